@@ -1,0 +1,86 @@
+"""Records the store hands out: frozen, typed, free of SQLAlchemy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    name: str
+    pool: str
+    secret_hash: bytes  # sha256 of the agent secret; the secret itself is never stored
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    name: str
+    is_admin: bool
+    created_at: dt.datetime
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str  # public identifier, safe to log
+    user: str
+    token_hash: bytes  # sha256 of the bearer token
+    created_at: dt.datetime
+    expires_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+    label: str = ""
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    name: str
+    type: str  # "tcp", later "postgres", "ssh", "kubernetes", "mysql"
+    pool: str  # the agent pool that reaches the target
+    host: str
+    port: int
+    options: dict[str, str] = field(default_factory=dict)  # database, username, sslmode, ...
+    # secret name -> "env:NAME" | "file:PATH" | "enc:<base64 AES-GCM blob>"; never plaintext
+    secrets: dict[str, str] = field(default_factory=dict)
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    user: str
+    connection: str
+    protocol: str
+    client_addr: str
+    started_at: dt.datetime
+    agent: str | None = None
+    ended_at: dt.datetime | None = None
+    status: str = "open"  # open | closed | failed
+    error: str | None = None
+    bytes_up: int = 0  # client -> target
+    bytes_down: int = 0  # target -> client
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    seq: int  # position in the gateway-wide log, 1-based, gapless
+    ts: dt.datetime
+    kind: str  # e.g. "agent.rejected", "session.open", "connection.upsert"
+    actor: str  # user or agent name, "-" when unknown
+    session_id: str | None
+    data: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes

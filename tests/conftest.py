@@ -1,0 +1,3 @@
+"""Fixtures that start real servers live in tests/fixtures/ as pytest plugins."""
+
+pytest_plugins = ["tests.fixtures.postgres"]
