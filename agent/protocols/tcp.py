@@ -1,0 +1,91 @@
+"""Generic TCP: dial the target, then copy bytes both ways with half-close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from shared.tunnel.frames import OpenResult, ResetCode, Target
+from shared.tunnel.stream import (
+    DataReceived,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+    TunnelStream,
+)
+
+DIAL_TIMEOUT = 10.0
+READ_SIZE = 64 * 1024
+
+
+async def dial(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with asyncio.timeout(DIAL_TIMEOUT):
+        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_SIZE)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def serve(stream: TunnelStream, target: Target) -> None:
+    try:
+        reader, writer = await dial(target)
+    except (OSError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        await stream.send_open_result(
+            OpenResult(
+                False,
+                ResetCode.TARGET_UNREACHABLE,
+                f"cannot reach {target.host}:{target.port}: {reason}",
+            )
+        )
+        return
+    await stream.send_open_result(OpenResult(True))
+    try:
+        await pump(stream, reader, writer)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def pump(
+    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Copy target<->tunnel until both directions closed or the session is reset."""
+
+    async def target_to_tunnel() -> None:
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    await stream.send_close()
+                    return
+                await stream.send_data(data)
+        except SessionClosedError:
+            return
+        except OSError as exc:
+            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
+
+    async def tunnel_to_target() -> None:
+        try:
+            while True:
+                event = await stream.receive()
+                if isinstance(event, DataReceived):
+                    writer.write(event.payload)
+                    await writer.drain()
+                elif isinstance(event, RemoteClosed):
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                elif isinstance(event, SessionReset):
+                    up.cancel()
+                    return
+        except OSError as exc:
+            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
+            up.cancel()
+
+    async with asyncio.TaskGroup() as tg:
+        up = tg.create_task(target_to_tunnel(), name=f"tcp/{stream.session_id}/up")
+        tg.create_task(tunnel_to_target(), name=f"tcp/{stream.session_id}/down")

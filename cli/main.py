@@ -1,0 +1,445 @@
+"""The `wardgate` command tree. Command, flag and file names here are a public interface."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
+from cli import client as cl
+from cli.runtime import run, setup_logging
+
+GATEWAY_OPTIONS = [
+    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
+    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
+    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
+]
+
+
+def gateway_options(fn: Any) -> Any:
+    for option in reversed(GATEWAY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _ref(gateway: str | None, token: str | None, ca: str | None) -> cl.GatewayRef:
+    return cl.resolve(gateway, token, ca)
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif isinstance(data, list):
+        for row in data:
+            click.echo("  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, {}, [])))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True, envvar="WARDGATE_LOG_LEVEL")
+@click.version_option(package_name="wardgate")
+def main(log_level: str) -> None:
+    """Wardgate: identity-aware access gateway."""
+    setup_logging(log_level)
+
+
+# ---- servers ---------------------------------------------------------------------------
+
+
+def _announce(started: Any, url: str) -> None:
+    click.echo(f"Wardgate gateway on https://{url}", err=True)
+    click.echo(
+        f"  agents connect to {started.agent_address[0]}:{started.agent_address[1]}", err=True
+    )
+    click.echo(f"  CA {started.ca_path} ({started.ca_fingerprint})", err=True)
+    for name, key in started.agent_keys.items():
+        click.echo(f"  agent {name} created; its key (shown once): {key}", err=True)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path))
+@click.option("--listen", help="Public endpoint HOST:PORT (default 0.0.0.0:8443).")
+@click.option("--agent-listen", help="Agent endpoint HOST:PORT (default 0.0.0.0:8444).")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def gateway(
+    config_path: Path | None, listen: str | None, agent_listen: str | None, data_dir: Path | None
+) -> None:
+    """Run the gateway."""
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    cfg = load_config(config_path, listen=listen, agent_listen=agent_listen, data_dir=data_dir)
+
+    async def serve() -> None:
+        gw = Gateway(cfg)
+        started = await gw.start()
+        host, port = started.public_address
+        _announce(started, f"{host}:{port}")
+        if started.admin_token:
+            click.echo(f"  admin token (shown once): {started.admin_token}", err=True)
+        try:
+            await gw.wait_closed()
+        finally:
+            await gw.aclose()
+
+    sys.exit(run(serve()))
+
+
+@main.command()
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".wardgate"), show_default=True
+)
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path))
+@click.option("--listen", default="127.0.0.1:8443", show_default=True)
+@click.option("--agent-listen", default="127.0.0.1:8444", show_default=True)
+def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str) -> None:
+    """Gateway + embedded agent + SQLite store in one process, for trying Wardgate out."""
+    from agent.app import Agent
+    from gateway.app import Gateway
+    from gateway.config import load_config
+    from shared.agentkey import parse as parse_key
+    from shared.tasks import TaskOwner
+
+    cfg = load_config(config_path, listen=listen, agent_listen=agent_listen, data_dir=data_dir)
+
+    async def serve() -> None:
+        gw = Gateway(cfg, rotate_admin_token=True)
+        started = await gw.start()
+        host, port = started.public_address
+        url = f"https://{host}:{port}"
+        key = await asyncio.to_thread(gw.agent_key, "default", "default")
+        agent = Agent(
+            parse_key(key), ca_pem=started.ca_path.read_bytes(), insecure=cfg.allow_insecure_agents
+        )
+        tasks = TaskOwner("dev")
+        tasks.spawn(agent.run(), name="embedded-agent")
+        env_file = cfg.data_dir / "env"
+        token = started.admin_token or ""
+        env_file.write_text(
+            f"export WARDGATE_URL={url}\nexport WARDGATE_TOKEN={token}\n"
+            f"export WARDGATE_CA={started.ca_path.resolve()}\n"
+        )
+        env_file.chmod(0o600)
+        _announce(started, f"{host}:{port}")
+        click.echo(f"  admin token: {token}", err=True)
+        click.echo("  embedded agent 'default' serves pool 'default'", err=True)
+        click.echo(f"  use the CLI with: source {env_file}", err=True)
+        try:
+            await gw.wait_closed()
+        finally:
+            await tasks.aclose()
+            await gw.aclose()
+
+    sys.exit(run(serve()))
+
+
+# ---- agents ----------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--key",
+    envvar="WARDGATE_AGENT_KEY",
+    help="wardgate://NAME:SECRET@HOST:PORT (or WARDGATE_AGENT_KEY).",
+)
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="Trust this CA for the gateway instead of the key's fingerprint pin.",
+)
+@click.option("--insecure", is_flag=True, help="Allow a plaintext connection to the gateway.")
+@click.pass_context
+def agent(ctx: click.Context, key: str | None, ca_file: Path | None, insecure: bool) -> None:
+    """Run an agent (no subcommand), or manage agents."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from agent.app import Agent, AgentFatal
+    from shared.agentkey import parse as parse_key
+
+    if not key:
+        raise click.UsageError("no agent key: pass --key or set WARDGATE_AGENT_KEY")
+    try:
+        parsed = parse_key(key)
+    except ValueError as exc:
+        raise click.UsageError(f"agent key: {exc}") from None
+    ca_pem = ca_file.read_bytes() if ca_file else None
+
+    async def serve() -> int:
+        try:
+            await Agent(parsed, ca_pem=ca_pem, insecure=insecure).run()
+        except AgentFatal as exc:
+            click.echo(f"wardgate agent: {exc}", err=True)
+            return 2
+        return 0
+
+    sys.exit(run(serve()))
+
+
+@agent.command("create")
+@click.argument("name")
+@click.option("--pool", help="Agent pool (default: the agent's name).")
+@gateway_options
+def agent_create(
+    name: str, pool: str | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Create an agent and print its key (shown once)."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post("/v1/agents", json={"name": name, "pool": pool}))
+    click.echo(data["key"])
+    click.echo(
+        f"agent {data['name']} in pool {data['pool']}: keep this key secret; it is not shown again",
+        err=True,
+    )
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def agent_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """List agents and whether they are connected."""
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get("/v1/agents")), as_json)
+
+
+@agent.command("revoke")
+@click.argument("name")
+@gateway_options
+def agent_revoke(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Revoke an agent's key; a connected agent is disconnected."""
+    with _ref(gateway, token, ca).http() as http:
+        cl.check(http.delete(f"/v1/agents/{name}"))
+    click.echo(f"agent {name} revoked", err=True)
+
+
+@agent.command("rotate")
+@click.argument("name")
+@gateway_options
+def agent_rotate(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Give an agent a new key (printed once); the old key stops working."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post(f"/v1/agents/{name}/rotate"))
+    click.echo(data["key"])
+
+
+# ---- connections -----------------------------------------------------------------------
+
+
+@main.group()
+def connection() -> None:
+    """Manage connections (what users connect to)."""
+
+
+@connection.command("create")
+@click.argument("name")
+@click.option(
+    "--type",
+    "type_",
+    default="tcp",
+    show_default=True,
+    type=click.Choice(["tcp", "postgres", "mysql", "ssh", "kubernetes"]),
+)
+@click.option("--agent", "pool", default="default", show_default=True, help="Agent pool.")
+@click.option("--host", required=True)
+@click.option("--port", required=True, type=int)
+@click.option("--database")
+@click.option("--username")
+@click.option("--password", help="env:NAME, file:PATH, or a literal (stored encrypted).")
+@click.option("--option", "options", multiple=True, help="KEY=VALUE, repeatable.")
+@gateway_options
+def connection_create(
+    name: str,
+    type_: str,
+    pool: str,
+    host: str,
+    port: int,
+    database: str | None,
+    username: str | None,
+    password: str | None,
+    options: tuple[str, ...],
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Create a connection."""
+    body: dict[str, Any] = {"name": name, "type": type_, "agent": pool, "host": host, "port": port}
+    for key, value in (("database", database), ("username", username), ("password", password)):
+        if value is not None:
+            body[key] = value
+    if options:
+        body["options"] = dict(o.split("=", 1) for o in options)
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post("/v1/connections", json=body))
+    click.echo(f"connection {data['name']} created", err=True)
+
+
+@connection.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def connection_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """List connections."""
+    with _ref(gateway, token, ca).http() as http:
+        rows = cl.check(http.get("/v1/connections"))
+    if as_json:
+        _print(rows, True)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<24} {r['type']:<10} {r['host']}:{r['port']}  agent={r['agent']}")
+
+
+@connection.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def connection_show(
+    name: str, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Show one connection (secrets as references, never values)."""
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get(f"/v1/connections/{name}")), as_json)
+
+
+@connection.command("delete")
+@click.argument("name")
+@gateway_options
+def connection_delete(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Delete a connection."""
+    with _ref(gateway, token, ca).http() as http:
+        cl.check(http.delete(f"/v1/connections/{name}"))
+    click.echo(f"connection {name} deleted", err=True)
+
+
+@main.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, path_type=Path))
+@gateway_options
+def apply_cmd(path: Path, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Apply a declarative YAML file (idempotent)."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict):
+        raise click.UsageError(f"{path}: expected a mapping with a 'connections:' list")
+    unknown = set(doc) - {"connections"}
+    if unknown:
+        raise click.UsageError(f"{path}: unknown top-level keys: {', '.join(sorted(unknown))}")
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post("/v1/apply", json={"connections": doc.get("connections", [])}))
+    for r in data["connections"]:
+        click.echo(f"connection {r['name']} {r['status']}")
+
+
+# ---- sessions, audit, login, tcp -------------------------------------------------------
+
+
+@main.group()
+def sessions() -> None:
+    """Sessions through the gateway."""
+
+
+@sessions.command("list")
+@click.option("--user")
+@click.option("--connection")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def sessions_list(
+    user: str | None,
+    connection: str | None,
+    limit: int,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """List sessions, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if user:
+        params["user"] = user
+    if connection:
+        params["connection"] = connection
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get("/v1/sessions", params=params)), as_json)
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("list")
+@click.option("--kind")
+@click.option("--after", default=0)
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def audit_list(
+    kind: str | None,
+    after: int,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """List audit events."""
+    params: dict[str, Any] = {"after": after}
+    if kind:
+        params["kind"] = kind
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get("/v1/audit", params=params)), as_json)
+
+
+@audit.command("verify")
+@gateway_options
+def audit_verify(gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Check the audit hash chain; exits 1 naming the first bad event."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.get("/v1/audit/verify"))
+    if data["intact"]:
+        click.echo("audit log intact")
+        return
+    click.echo(f"audit log TAMPERED: first bad event is seq {data['first_bad_seq']}", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--gateway", required=True, help="Gateway URL, e.g. https://gw.example:8443")
+@click.option("--token", required=True, help="A Wardgate credential.")
+@click.option("--ca", type=click.Path(exists=True, path_type=Path), help="CA to trust.")
+def login(gateway: str, token: str, ca: Path | None) -> None:
+    """Store the gateway URL and credential for later commands."""
+    ref = cl.GatewayRef(gateway.rstrip("/"), token, ca.read_bytes() if ca else None)
+    with ref.http() as http:
+        who = cl.check(http.get("/v1/whoami"))
+    path = cl.save(ref.url, token, ref.ca_pem)
+    click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    help="Local HOST:PORT to accept connections on.",
+)
+@gateway_options
+def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Open a local port whose connections reach connection NAME through the gateway."""
+    from cli.tcp import forward
+    from gateway.config import parse_address
+
+    host, port = parse_address(listen)
+    ref = _ref(gateway, token, ca)
+    if not ref.token:
+        raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
+    sys.exit(run(forward(ref, name, host, port)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,195 @@
+"""Connected agents, their pools, and the routing of sessions to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from shared.tunnel.frames import GatewayControl, Goodbye, OpenSession, ResetCode, Target
+from shared.tunnel.stream import Opened, OpenFailed, SessionReset, TunnelStream
+
+log = logging.getLogger(__name__)
+
+
+class RoutingError(Exception):
+    """A session could not be opened; `code` says whose fault it was."""
+
+    def __init__(self, code: ResetCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NoAgentError(RoutingError):
+    def __init__(self, pool: str) -> None:
+        super().__init__(ResetCode.UNSPECIFIED, f"no agent of pool {pool!r} is connected")
+        self.pool = pool
+
+
+class AgentLostError(RoutingError):
+    pass
+
+
+@dataclass(eq=False)
+class AgentConn:
+    """One live control stream of one agent."""
+
+    name: str
+    pool: str
+    secret_hash: bytes
+    instance_id: str
+    version: str
+    capabilities: frozenset[str]
+    peer: str
+    outbox: asyncio.Queue[GatewayControl] = field(default_factory=lambda: asyncio.Queue(1024))
+    last_seen: float = field(default_factory=time.monotonic)
+    active_sessions: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: dict[str, asyncio.Future[TunnelStream]] = field(default_factory=dict)
+
+    def send(self, frame: GatewayControl) -> None:
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            # An agent that does not drain its control stream is as good as gone.
+            self.close("control stream backlog full")
+
+    def close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for session_id, fut in self.pending.items():
+            if not fut.done():
+                fut.set_exception(AgentLostError(ResetCode.INTERNAL, f"agent lost: {reason}"))
+            log.debug("pending session %s failed: agent %s lost", session_id, self.name)
+        self.pending.clear()
+
+
+class AgentRegistry:
+    def __init__(self, *, ping_interval: float, open_timeout: float) -> None:
+        self.ping_interval = ping_interval
+        self.open_timeout = open_timeout
+        self._agents: dict[str, AgentConn] = {}
+        self._rng = random.Random()  # noqa: S311 - load spreading, not secrecy
+
+    # ---- membership ------------------------------------------------------------------
+
+    def register(self, conn: AgentConn) -> AgentConn | None:
+        """Add a connection; returns the one it supersedes (same agent identity)."""
+        old = self._agents.get(conn.name)
+        self._agents[conn.name] = conn
+        if old is not None and old is not conn:
+            old.send(Goodbye(ResetCode.SUPERSEDED, "another connection with this agent key"))
+            old.close("superseded")
+        return old
+
+    def unregister(self, conn: AgentConn) -> None:
+        if self._agents.get(conn.name) is conn:
+            del self._agents[conn.name]
+        conn.close("disconnected")
+
+    def get(self, name: str) -> AgentConn | None:
+        return self._agents.get(name)
+
+    def connected(self) -> list[AgentConn]:
+        return list(self._agents.values())
+
+    def healthy(self, pool: str, capability: str | None = None) -> list[AgentConn]:
+        horizon = time.monotonic() - 3 * self.ping_interval
+        return [
+            a
+            for a in self._agents.values()
+            if a.pool == pool
+            and not a.closed.is_set()
+            and a.last_seen >= horizon
+            and (capability is None or capability in a.capabilities)
+        ]
+
+    # ---- routing -------------------------------------------------------------------
+
+    def _pick(self, candidates: list[AgentConn]) -> AgentConn:
+        least = min(a.active_sessions for a in candidates)
+        return self._rng.choice([a for a in candidates if a.active_sessions == least])
+
+    async def open(
+        self, session_id: str, target: Target, pool: str
+    ) -> tuple[TunnelStream, AgentConn]:
+        """Open a session on a healthy agent of `pool`; (stream, the agent serving it).
+
+        An agent that vanishes between the order and its answer is skipped once; a
+        target-side failure is not retried, since another agent would meet the same target.
+        """
+        tried: set[str] = set()
+        while True:
+            candidates = [a for a in self.healthy(pool, target.type) if a.name not in tried]
+            if not candidates:
+                if tried:
+                    raise AgentLostError(
+                        ResetCode.INTERNAL, f"every agent of pool {pool!r} was lost"
+                    )
+                if self.healthy(pool):
+                    raise RoutingError(
+                        ResetCode.UNSUPPORTED,
+                        f"no agent of pool {pool!r} supports {target.type!r} connections",
+                    )
+                raise NoAgentError(pool)
+            agent = self._pick(candidates)
+            tried.add(agent.name)
+            try:
+                stream = await self._open_on(agent, session_id, target)
+            except AgentLostError:
+                continue
+            return stream, agent
+
+    async def _open_on(self, agent: AgentConn, session_id: str, target: Target) -> TunnelStream:
+        fut: asyncio.Future[TunnelStream] = asyncio.get_running_loop().create_future()
+        agent.pending[session_id] = fut
+        agent.active_sessions += 1
+        ok = False
+        try:
+            agent.send(OpenSession(session_id, target))
+            try:
+                async with asyncio.timeout(self.open_timeout):
+                    stream = await fut
+                    event = await stream.receive()
+            except TimeoutError:
+                raise AgentLostError(
+                    ResetCode.INTERNAL,
+                    f"agent {agent.name!r} did not answer within {self.open_timeout:g}s",
+                ) from None
+            if isinstance(event, Opened):
+                ok = True  # the count drops in release() when the session ends
+                return stream
+            if isinstance(event, OpenFailed | SessionReset):
+                await stream.reset(event.code, event.message)
+                raise RoutingError(event.code, event.message)
+            await stream.reset(ResetCode.PROTOCOL_ERROR, "expected OpenResult")
+            raise RoutingError(ResetCode.PROTOCOL_ERROR, f"agent {agent.name!r} broke protocol")
+        finally:
+            agent.pending.pop(session_id, None)
+            if not ok:
+                agent.active_sessions -= 1
+
+    def release(self, agent: AgentConn) -> None:
+        """A session routed by `open` ended."""
+        agent.active_sessions = max(0, agent.active_sessions - 1)
+
+    def claim(self, agent_name: str, session_id: str, stream: TunnelStream) -> bool:
+        """Hand an arriving session stream to the `open` call that waits for it."""
+        agent = self._agents.get(agent_name)
+        fut = agent.pending.get(session_id) if agent is not None else None
+        if fut is None or fut.done():
+            return False
+        fut.set_result(stream)
+        return True
+
+    async def aclose(self) -> None:
+        for agent in list(self._agents.values()):
+            agent.send(Goodbye(ResetCode.GATEWAY_SHUTDOWN, "gateway shutting down"))
+            with contextlib.suppress(Exception):
+                agent.close("gateway shutting down")
+        self._agents.clear()

@@ -1,0 +1,201 @@
+"""The gateway's end of the tunnel service: authenticate agent streams, serve them.
+
+Each call carries the agent's name and secret in metadata. A control call is checked
+against the store (hash of the secret, constant-time compare, not revoked); a session call
+against the live control connection of the same agent, so a session stream can only join
+a session that the gateway ordered from that very agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import logging
+import time
+
+import grpc
+
+from gateway.agents.registry import AgentConn, AgentRegistry
+from gateway.audit import Auditor
+from gateway.store import Store
+from shared.agentkey import hash_secret
+from shared.tunnel.frames import (
+    PROTOCOL_VERSION,
+    GatewayControl,
+    Goodbye,
+    Hello,
+    Ping,
+    Pong,
+    ResetCode,
+    Welcome,
+)
+from shared.tunnel.rpc import (
+    METADATA_AGENT,
+    METADATA_SECRET,
+    ProtocolViolation,
+    ServerControl,
+)
+from shared.tunnel.stream import TunnelStream
+from shared.version import __version__
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+
+
+class AgentService:
+    def __init__(self, store: Store, registry: AgentRegistry, auditor: Auditor) -> None:
+        self._store = store
+        self._registry = registry
+        self._audit = auditor
+        self._nonce = itertools.count(1)
+
+    async def _authenticate(self, ctl: ServerControl) -> tuple[str, str, bytes] | None:
+        """(name, pool, secret hash) of a valid agent, or None after auditing the refusal."""
+        name = ctl.metadata.get(METADATA_AGENT, "")
+        secret = ctl.metadata.get(METADATA_SECRET, "")
+        record = await asyncio.to_thread(self._store.get_agent, name) if name else None
+        offered = hash_secret(secret)
+        # Compare against a dummy when the agent is unknown so timing does not tell.
+        stored = record.secret_hash if record is not None else bytes(32)
+        matches = hmac.compare_digest(offered, stored) and record is not None
+        if record is None or not matches or record.revoked:
+            reason = (
+                "unknown agent"
+                if record is None
+                else "revoked agent"
+                if record.revoked
+                else "wrong secret"
+            )
+            await self._audit.record(
+                "agent.rejected", actor=name or "-", reason=reason, peer=ctl.peer
+            )
+            return None
+        return record.name, record.pool, record.secret_hash
+
+    async def control(self, ctl: ServerControl) -> None:
+        identity = await self._authenticate(ctl)
+        if identity is None:
+            await ctl.abort(grpc.StatusCode.UNAUTHENTICATED, "agent key rejected")
+            return
+        name, pool, secret_hash = identity
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hello = await ctl.read()
+        except (TimeoutError, ProtocolViolation):
+            hello = None
+        if not isinstance(hello, Hello) or hello.agent_name != name:
+            await self._audit.record(
+                "agent.rejected", actor=name, reason="bad handshake", peer=ctl.peer
+            )
+            await ctl.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello naming this agent")
+            return
+        if hello.protocol_version != PROTOCOL_VERSION:
+            await self._audit.record(
+                "agent.rejected",
+                actor=name,
+                reason=f"protocol version {hello.protocol_version}",
+                peer=ctl.peer,
+            )
+            await ctl.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"tunnel protocol {hello.protocol_version} unsupported; "
+                f"this gateway speaks {PROTOCOL_VERSION}",
+            )
+            return
+
+        conn = AgentConn(
+            name=name,
+            pool=pool,
+            secret_hash=secret_hash,
+            instance_id=hello.instance_id,
+            version=hello.version,
+            capabilities=frozenset(hello.capabilities),
+            peer=ctl.peer,
+        )
+        await ctl.write(
+            Welcome(
+                gateway_version=__version__,
+                pool=pool,
+                ping_interval_ms=int(self._registry.ping_interval * 1000),
+            )
+        )
+        superseded = self._registry.register(conn)
+        await self._audit.record(
+            "agent.connected",
+            actor=name,
+            pool=pool,
+            version=hello.version,
+            instance=hello.instance_id,
+            capabilities=sorted(conn.capabilities),
+            peer=ctl.peer,
+            superseded=superseded.instance_id if superseded else None,
+        )
+        reason = "disconnected"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(self._read_loop(ctl, conn), name=f"agent/{name}/read")
+                writer = tg.create_task(self._write_loop(ctl, conn), name=f"agent/{name}/write")
+                watchdog = tg.create_task(self._watchdog(conn), name=f"agent/{name}/watchdog")
+                await conn.closed.wait()
+                # Let a Goodbye queued by register()/shutdown reach the agent.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1):
+                        await conn.outbox.join()
+                for task in (reader, writer, watchdog):
+                    task.cancel()
+        except* (ProtocolViolation, grpc.RpcError, asyncio.InvalidStateError) as group:
+            reason = f"control stream failed: {group.exceptions[0]}"
+        finally:
+            self._registry.unregister(conn)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._audit.record("agent.disconnected", actor=name, reason=reason)
+                )
+
+    async def _read_loop(self, ctl: ServerControl, conn: AgentConn) -> None:
+        while True:
+            frame = await ctl.read()
+            if frame is None:
+                conn.close("agent closed the control stream")
+                return
+            conn.last_seen = time.monotonic()
+            if isinstance(frame, Ping):
+                conn.send(Pong(frame.nonce))
+            elif isinstance(frame, Hello):
+                raise ProtocolViolation("second Hello")
+
+    async def _write_loop(self, ctl: ServerControl, conn: AgentConn) -> None:
+        while True:
+            frame: GatewayControl = await conn.outbox.get()
+            await ctl.write(frame)
+            conn.outbox.task_done()
+            if isinstance(frame, Goodbye):
+                conn.close(frame.message)
+
+    async def _watchdog(self, conn: AgentConn) -> None:
+        interval = self._registry.ping_interval
+        while not conn.closed.is_set():
+            await asyncio.sleep(interval)
+            if time.monotonic() - conn.last_seen > 3 * interval:
+                conn.close(f"silent for {3 * interval:g}s")
+                return
+            conn.send(Ping(next(self._nonce)))
+
+    async def session(self, stream: TunnelStream, metadata: dict[str, str], peer: str) -> None:
+        name = metadata.get(METADATA_AGENT, "")
+        conn = self._registry.get(name)
+        offered = hash_secret(metadata.get(METADATA_SECRET, ""))
+        authentic = conn is not None and hmac.compare_digest(offered, conn.secret_hash)
+        if not authentic or not self._registry.claim(name, stream.session_id, stream):
+            await self._audit.record(
+                "tunnel.unknown_session",
+                actor=name or "-",
+                peer=peer,
+                authenticated=authentic,
+            )
+            await stream.reset(ResetCode.UNKNOWN_SESSION, "no such session for this agent")
+            return
+        await stream.wait_finished()

@@ -1,0 +1,303 @@
+"""The admin API and the WebSocket entry of generic TCP sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from gateway.agents.registry import AgentRegistry
+from gateway.audit import Auditor
+from gateway.auth import Authenticator, AuthError, Identity
+from gateway.connections import ConnectionError_, apply, describe, to_record
+from gateway.connspec import NAME_RE, ConnectionSpec
+from gateway.crypto import SecretBox
+from gateway.protocols import tcp
+from gateway.sessions import SessionBroker, SessionError
+from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
+from shared.agentkey import AgentKey, hash_secret, new_secret
+from shared.version import __version__
+
+
+@dataclass
+class ApiDeps:
+    store: Store
+    auth: Authenticator
+    broker: SessionBroker
+    registry: AgentRegistry
+    auditor: Auditor
+    secret_box: SecretBox | None
+    ca_pem: bytes
+    ca_fingerprint: str
+    agent_host: str
+    agent_port: int
+    insecure_agents: bool
+
+
+class AgentCreate(BaseModel):
+    name: str
+    pool: str | None = None
+
+
+class ApplyRequest(BaseModel):
+    connections: list[ConnectionSpec] = Field(default_factory=list)
+
+
+def _session_json(s: SessionRecord) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "user": s.user,
+        "connection": s.connection,
+        "protocol": s.protocol,
+        "client": s.client_addr,
+        "agent": s.agent,
+        "started_at": s.started_at.isoformat(),
+        "ended_at": s.ended_at.isoformat() if s.ended_at else None,
+        "status": s.status,
+        "error": s.error,
+        "bytes_up": s.bytes_up,
+        "bytes_down": s.bytes_down,
+    }
+
+
+async def _identity(request: Request) -> Identity:
+    deps: ApiDeps = request.app.state.deps
+    try:
+        return await deps.auth.authenticate_header(request.headers.get("authorization"))
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+async def _admin(who: Annotated[Identity, Depends(_identity)]) -> Identity:
+    if not who.is_admin:
+        raise HTTPException(403, f"user {who.user!r} is not an administrator")
+    return who
+
+
+User = Annotated[Identity, Depends(_identity)]
+Admin = Annotated[Identity, Depends(_admin)]
+
+
+def build_app(deps: ApiDeps) -> FastAPI:
+    app = FastAPI(
+        title="Wardgate",
+        version=__version__,
+        description="Admin API of the Wardgate access gateway. Authenticate with "
+        "`Authorization: Bearer <token>`.",
+    )
+    app.state.deps = deps
+
+    def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return asyncio.to_thread(fn, *args, **kwargs)
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "agents": len(deps.registry.connected())}
+
+    @app.get("/v1/ca.pem", response_class=PlainTextResponse)
+    async def ca_pem() -> str:
+        return deps.ca_pem.decode()
+
+    @app.get("/v1/whoami")
+    async def whoami(who: User) -> dict[str, Any]:
+        return {"user": who.user, "admin": who.is_admin, "groups": list(who.groups)}
+
+    # ---- agents --------------------------------------------------------------------
+
+    def agent_key(name: str, secret: str) -> str:
+        return AgentKey(
+            name=name,
+            secret=secret,
+            host=deps.agent_host,
+            port=deps.agent_port,
+            ca_fingerprint=None if deps.insecure_agents else deps.ca_fingerprint,
+            insecure=deps.insecure_agents,
+        ).format()
+
+    @app.post("/v1/agents", status_code=201)
+    async def create_agent(body: AgentCreate, who: Admin) -> dict[str, Any]:
+        pool = body.pool or body.name
+        for value in (body.name, pool):
+            if not NAME_RE.match(value):
+                raise HTTPException(422, f"{value!r} is not a valid agent or pool name")
+        secret = new_secret()
+        try:
+            await run(deps.store.create_agent, body.name, pool, hash_secret(secret))
+        except AlreadyExists:
+            raise HTTPException(409, f"agent {body.name!r} already exists") from None
+        await deps.auditor.record("agent.created", actor=who.user, agent=body.name, pool=pool)
+        return {"name": body.name, "pool": pool, "key": agent_key(body.name, secret)}
+
+    @app.post("/v1/agents/{name}/rotate")
+    async def rotate_agent(name: str, who: Admin) -> dict[str, Any]:
+        secret = new_secret()
+        try:
+            record = await run(deps.store.rotate_agent_secret, name, hash_secret(secret))
+        except NotFound:
+            raise HTTPException(404, f"agent {name!r} does not exist") from None
+        live = deps.registry.get(name)
+        if live is not None:
+            live.close("key rotated")
+        await deps.auditor.record("agent.rotated", actor=who.user, agent=name)
+        return {"name": name, "pool": record.pool, "key": agent_key(name, secret)}
+
+    @app.get("/v1/agents")
+    async def list_agents(who: Admin) -> list[dict[str, Any]]:
+        records = await run(deps.store.list_agents)
+        out = []
+        for r in records:
+            live = deps.registry.get(r.name)
+            out.append(
+                {
+                    "name": r.name,
+                    "pool": r.pool,
+                    "revoked": r.revoked,
+                    "connected": live is not None,
+                    "version": live.version if live else None,
+                    "capabilities": sorted(live.capabilities) if live else [],
+                    "active_sessions": live.active_sessions if live else 0,
+                    "peer": live.peer if live else None,
+                }
+            )
+        return out
+
+    @app.delete("/v1/agents/{name}")
+    async def revoke_agent(name: str, who: Admin) -> dict[str, Any]:
+        try:
+            await run(deps.store.revoke_agent, name)
+        except NotFound:
+            raise HTTPException(404, f"agent {name!r} does not exist") from None
+        live = deps.registry.get(name)
+        if live is not None:
+            live.close("revoked")
+        await deps.auditor.record("agent.revoked", actor=who.user, agent=name)
+        return {"name": name, "revoked": True}
+
+    # ---- connections ---------------------------------------------------------------
+
+    @app.get("/v1/connections")
+    async def list_connections(who: User) -> list[dict[str, Any]]:
+        return [describe(c) for c in await run(deps.store.list_connections)]
+
+    @app.get("/v1/connections/{name}")
+    async def show_connection(name: str, who: User) -> dict[str, Any]:
+        record = await run(deps.store.get_connection, name)
+        if record is None:
+            raise HTTPException(404, f"connection {name!r} does not exist")
+        return describe(record)
+
+    @app.post("/v1/connections", status_code=201)
+    async def create_connection(spec: ConnectionSpec, who: Admin) -> dict[str, Any]:
+        if await run(deps.store.get_connection, spec.name) is not None:
+            raise HTTPException(409, f"connection {spec.name!r} already exists")
+        try:
+            record = to_record(spec, deps.secret_box)
+        except ConnectionError_ as exc:
+            raise HTTPException(422, str(exc)) from None
+        stored, _ = await run(deps.store.upsert_connection, record)
+        await deps.auditor.record("connection.created", actor=who.user, connection=spec.name)
+        return describe(stored)
+
+    @app.delete("/v1/connections/{name}")
+    async def delete_connection(name: str, who: Admin) -> dict[str, Any]:
+        if not await run(deps.store.delete_connection, name):
+            raise HTTPException(404, f"connection {name!r} does not exist")
+        await deps.auditor.record("connection.deleted", actor=who.user, connection=name)
+        return {"name": name, "deleted": True}
+
+    @app.post("/v1/apply")
+    async def apply_file(body: ApplyRequest, who: Admin) -> dict[str, Any]:
+        try:
+            results = await run(apply, deps.store, deps.secret_box, body.connections)
+        except ConnectionError_ as exc:
+            raise HTTPException(422, str(exc)) from None
+        for r in results:
+            if r["status"] != "unchanged":
+                await deps.auditor.record(
+                    f"connection.{r['status']}", actor=who.user, connection=r["name"]
+                )
+        return {"connections": results}
+
+    # ---- sessions and audit --------------------------------------------------------
+
+    @app.get("/v1/sessions")
+    async def list_sessions(
+        who: User,
+        user: str | None = None,
+        connection: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        if not who.is_admin:
+            user = who.user  # people see their own sessions
+        rows = await run(
+            deps.store.list_sessions,
+            user=user,
+            connection=connection,
+            since=since,
+            limit=min(limit, 1000),
+        )
+        return [_session_json(s) for s in rows]
+
+    @app.get("/v1/audit")
+    async def list_audit(
+        who: Admin,
+        kind: str | None = None,
+        session: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        events = await run(
+            deps.store.list_audit,
+            kind=kind,
+            session_id=session,
+            after_seq=after,
+            limit=min(limit, 10_000),
+        )
+        return [
+            {
+                "seq": e.seq,
+                "ts": e.ts.isoformat(),
+                "kind": e.kind,
+                "actor": e.actor,
+                "session": e.session_id,
+                "data": e.data,
+                "hash": e.hash.hex(),
+            }
+            for e in events
+        ]
+
+    @app.get("/v1/audit/verify")
+    async def verify_audit(who: Admin) -> dict[str, Any]:
+        bad = await run(deps.store.verify_audit)
+        return {"intact": bad is None, "first_bad_seq": bad}
+
+    # ---- generic TCP ---------------------------------------------------------------
+
+    @app.websocket("/v1/connections/{name}/tcp")
+    async def tcp_session(ws: WebSocket, name: str) -> None:
+        await ws.accept()
+        client = f"{ws.client.host}:{ws.client.port}" if ws.client else "-"
+        try:
+            who = await deps.auth.authenticate_header(ws.headers.get("authorization"))
+        except AuthError as exc:
+            await deps.auditor.record(
+                "auth.rejected", client=client, connection=name, reason=str(exc)
+            )
+            await ws.close(tcp.CLOSE_CODES["unauthenticated"], reason=str(exc))
+            return
+        try:
+            session = await deps.broker.open(
+                who, name, protocol="tcp", client_addr=client, types=("tcp",)
+            )
+        except SessionError as exc:
+            await ws.close(tcp.CLOSE_CODES.get(exc.kind, 4502), reason=exc.message[:120])
+            return
+        await tcp.relay(ws, deps.broker, session)
+
+    return app

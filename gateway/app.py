@@ -1,0 +1,238 @@
+"""Composition root: builds every part of the gateway from its config and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from gateway.agents.registry import AgentRegistry
+from gateway.agents.service import AgentService
+from gateway.api.app import ApiDeps, build_app
+from gateway.api.server import http_handler
+from gateway.audit import Auditor
+from gateway.auth import Authenticator
+from gateway.config import GatewayConfig, parse_address, resolve_secret
+from gateway.connections import apply
+from gateway.crypto import SecretBox, hash_token, new_token
+from gateway.frontdoor import FrontDoor
+from gateway.sessions import SessionBroker
+from gateway.store import AlreadyExists, Store
+from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
+from shared.agentkey import AgentKey, hash_secret, new_secret
+from shared.tasks import TaskOwner
+from shared.tunnel.rpc import add_tunnel_service, make_server
+
+log = logging.getLogger(__name__)
+
+ADMIN_USER = "admin"
+BOOTSTRAP_LABEL = "bootstrap"
+
+
+@dataclass
+class Started:
+    """What an operator needs to know once the gateway is up."""
+
+    public_address: tuple[str, int]
+    agent_address: tuple[str, int]
+    ca_fingerprint: str
+    ca_path: Path
+    admin_token: str | None = None  # only when this start minted one
+    agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
+
+
+def _bind(address: tuple[str, int]) -> socket.socket:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, rotate_admin_token: bool = False) -> None:
+        self.config = config
+        self._rotate_admin = rotate_admin_token
+        self._tasks = TaskOwner("gateway")
+        self._grpc: grpc.aio.Server | None = None
+        self.store: Store | None = None
+        self.registry = AgentRegistry(
+            ping_interval=config.ping_interval, open_timeout=config.open_timeout
+        )
+        self.started: Started | None = None
+        self._closed = asyncio.Event()
+
+    # ---- start -----------------------------------------------------------------------
+
+    def _tls(self) -> TLSMaterial:
+        tls = self.config.tls
+        if tls.cert and tls.key:
+            return load_configured(tls.cert, tls.key, tls.ca)
+        return ensure_self_signed(self.config.data_dir, tls.hostnames)
+
+    def _secret_box(self) -> SecretBox | None:
+        value = self.config.secret_key or os.environ.get("WARDGATE_SECRET_KEY")
+        return SecretBox.from_config(resolve_secret(value)) if value else None
+
+    def _bootstrap_admin(self, store: Store) -> str | None:
+        """Make sure an admin can log in; returns a token only when this call minted one."""
+        configured = self.config.admin_token or os.environ.get("WARDGATE_ADMIN_TOKEN")
+        token = resolve_secret(configured) if configured else None
+        existing = store.get_user(ADMIN_USER)
+        store.ensure_user(ADMIN_USER, is_admin=True)
+        if token is not None:
+            if store.find_token(hash_token(token)) is None:
+                store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
+                store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
+            return token
+        if existing is not None and not self._rotate_admin:
+            return None  # production restarts keep the token printed at first start
+        store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
+        token = new_token()
+        store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
+        return token
+
+    async def start(self) -> Started:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await asyncio.to_thread(Store.open, cfg.store_url())
+        self.store = store
+        auditor = Auditor(store)
+        box = self._secret_box()
+        tls = await asyncio.to_thread(self._tls)
+        admin_token = await asyncio.to_thread(self._bootstrap_admin, store)
+        if cfg.connections:
+            results = await asyncio.to_thread(apply, store, box, cfg.connections)
+            log.info("config connections: %s", results)
+
+        public = parse_address(cfg.listen)
+        agent_addr = parse_address(cfg.agent_listen)
+        listener = _bind(public)
+        public = (public[0], listener.getsockname()[1])
+
+        service = AgentService(store, self.registry, auditor)
+        server = make_server()
+        add_tunnel_service(server, service.control, service.session)
+        bind = (
+            f"[{agent_addr[0]}]:{agent_addr[1]}"
+            if ":" in agent_addr[0]
+            else (f"{agent_addr[0]}:{agent_addr[1]}")
+        )
+        if cfg.allow_insecure_agents:
+            port = server.add_insecure_port(bind)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key_path.read_bytes(), tls.cert_path.read_bytes())]
+            )
+            port = server.add_secure_port(bind, creds)
+        if port == 0:
+            listener.close()
+            raise OSError(f"cannot listen for agents on {bind}")
+        agent_addr = (agent_addr[0], port)
+        await server.start()
+        self._grpc = server
+
+        advertise_host = (
+            agent_addr[0] if agent_addr[0] not in ("0.0.0.0", "::") else (socket.gethostname())
+        )
+        agent_keys = await asyncio.to_thread(
+            self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
+        )
+        authenticator = Authenticator(store)
+        broker = SessionBroker(store, self.registry, auditor, box)
+        app = build_app(
+            ApiDeps(
+                store=store,
+                auth=authenticator,
+                broker=broker,
+                registry=self.registry,
+                auditor=auditor,
+                secret_box=box,
+                ca_pem=tls.ca_path.read_bytes(),
+                ca_fingerprint=tls.ca_fingerprint,
+                agent_host=advertise_host,
+                agent_port=agent_addr[1],
+                insecure_agents=cfg.allow_insecure_agents,
+            )
+        )
+        ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
+        self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
+        self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
+        await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
+        self.started = Started(
+            public_address=public,
+            agent_address=agent_addr,
+            ca_fingerprint=tls.ca_fingerprint,
+            ca_path=tls.ca_path,
+            admin_token=admin_token,
+            agent_keys=agent_keys,
+        )
+        return self.started
+
+    def _declare_agents(
+        self, store: Store, host: str, port: int, fingerprint: str
+    ) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for decl in self.config.agents:
+            secret = new_secret()
+            try:
+                store.create_agent(decl.name, decl.pool or decl.name, hash_secret(secret))
+            except AlreadyExists:
+                continue
+            keys[decl.name] = AgentKey(
+                decl.name,
+                secret,
+                host,
+                port,
+                None if self.config.allow_insecure_agents else fingerprint,
+                self.config.allow_insecure_agents,
+            ).format()
+        return keys
+
+    def agent_key(self, name: str, pool: str, *, host: str = "127.0.0.1") -> str:
+        """Create or re-key an agent (the embedded dev agent gets a new key every start)."""
+        assert self.store is not None and self.started is not None
+        secret = new_secret()
+        try:
+            self.store.create_agent(name, pool, hash_secret(secret))
+        except AlreadyExists:
+            self.store.rotate_agent_secret(name, hash_secret(secret))
+        return AgentKey(
+            name,
+            secret,
+            host,
+            self.started.agent_address[1],
+            None if self.config.allow_insecure_agents else self.started.ca_fingerprint,
+            self.config.allow_insecure_agents,
+        ).format()
+
+    # ---- stop ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""
+        await self.registry.aclose()
+        await self._tasks.aclose()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    self.store.append_audit,
+                    "gateway.stopped",
+                    data={"at": dt.datetime.now(dt.UTC).isoformat()},
+                )
+            self.store.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()

@@ -1,0 +1,184 @@
+"""Frames <-> protobuf. The only module outside shared.pb that knows the wire types.
+
+Decoding dispatches on the oneof name through a table; an unset or unknown oneof (a newer
+peer, or garbage) raises FrameError, which the caller turns into a protocol-error reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shared.pb import tunnel_pb2 as pb
+from shared.tunnel.frames import (
+    AgentControl,
+    Close,
+    Data,
+    GatewayControl,
+    Goodbye,
+    Hello,
+    OpenResult,
+    OpenSession,
+    Ping,
+    Pong,
+    Reset,
+    ResetCode,
+    SessionFrame,
+    SessionHello,
+    Target,
+    Welcome,
+)
+
+
+class FrameError(ValueError):
+    """The peer sent a message that is not a frame we understand."""
+
+
+def _code(value: int) -> ResetCode:
+    try:
+        return ResetCode(value)
+    except ValueError:
+        return ResetCode.UNSPECIFIED
+
+
+# ---- session frames (the hot path: keep these lean) -----------------------------------
+
+_CLOSE = pb.SessionFrame(close=pb.Close())
+
+
+def encode_session(frame: SessionFrame) -> pb.SessionFrame:
+    if isinstance(frame, Data):
+        return pb.SessionFrame(data=pb.Data(payload=frame.payload))
+    if isinstance(frame, Close):
+        return _CLOSE
+    if isinstance(frame, Reset):
+        return pb.SessionFrame(reset=pb.Reset(code=int(frame.code), message=frame.message))
+    if isinstance(frame, OpenResult):
+        return pb.SessionFrame(
+            open_result=pb.OpenResult(ok=frame.ok, code=int(frame.code), message=frame.message)
+        )
+    return pb.SessionFrame(hello=pb.SessionHello(session_id=frame.session_id))
+
+
+_SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
+    "data": lambda m: Data(m.data.payload),
+    "close": lambda m: Close(),
+    "reset": lambda m: Reset(_code(m.reset.code), m.reset.message),
+    "open_result": lambda m: OpenResult(
+        m.open_result.ok, _code(m.open_result.code), m.open_result.message
+    ),
+    "hello": lambda m: SessionHello(m.hello.session_id),
+}
+
+
+def decode_session(message: pb.SessionFrame) -> SessionFrame:
+    kind = message.WhichOneof("frame")
+    decoder = _SESSION_DECODERS.get(kind or "")
+    if decoder is None:
+        raise FrameError(f"session frame without a known kind ({kind!r})")
+    return decoder(message)
+
+
+# ---- control frames -------------------------------------------------------------------
+
+
+def encode_agent_control(frame: AgentControl) -> pb.AgentControl:
+    if isinstance(frame, Hello):
+        return pb.AgentControl(
+            hello=pb.Hello(
+                agent_name=frame.agent_name,
+                version=frame.version,
+                protocol_version=frame.protocol_version,
+                capabilities=list(frame.capabilities),
+                instance_id=frame.instance_id,
+            )
+        )
+    if isinstance(frame, Ping):
+        return pb.AgentControl(ping=pb.Ping(nonce=frame.nonce))
+    return pb.AgentControl(pong=pb.Pong(nonce=frame.nonce))
+
+
+def decode_agent_control(message: pb.AgentControl) -> AgentControl:
+    kind = message.WhichOneof("frame")
+    if kind == "hello":
+        h = message.hello
+        return Hello(
+            agent_name=h.agent_name,
+            version=h.version,
+            protocol_version=h.protocol_version,
+            capabilities=tuple(h.capabilities),
+            instance_id=h.instance_id,
+        )
+    if kind == "ping":
+        return Ping(message.ping.nonce)
+    if kind == "pong":
+        return Pong(message.pong.nonce)
+    raise FrameError(f"agent control frame without a known kind ({kind!r})")
+
+
+def _encode_target(t: Target) -> pb.Target:
+    secrets = {
+        name: pb.Secret(reference=v) if isinstance(v, str) else pb.Secret(value=v)
+        for name, v in t.secrets.items()
+    }
+    return pb.Target(
+        connection=t.connection,
+        type=t.type,
+        host=t.host,
+        port=t.port,
+        options=dict(t.options),
+        secrets=secrets,
+    )
+
+
+def _decode_target(t: pb.Target) -> Target:
+    secrets: dict[str, str | bytes] = {}
+    for name, s in t.secrets.items():
+        source = s.WhichOneof("source")
+        if source == "reference":
+            secrets[name] = s.reference
+        elif source == "value":
+            secrets[name] = s.value
+        else:
+            raise FrameError(f"secret {name!r} has neither a reference nor a value")
+    return Target(t.connection, t.type, t.host, t.port, dict(t.options), secrets)
+
+
+def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:
+    if isinstance(frame, OpenSession):
+        return pb.GatewayControl(
+            open_session=pb.OpenSession(
+                session_id=frame.session_id, target=_encode_target(frame.target)
+            )
+        )
+    if isinstance(frame, Ping):
+        return pb.GatewayControl(ping=pb.Ping(nonce=frame.nonce))
+    if isinstance(frame, Pong):
+        return pb.GatewayControl(pong=pb.Pong(nonce=frame.nonce))
+    if isinstance(frame, Welcome):
+        return pb.GatewayControl(
+            welcome=pb.Welcome(
+                gateway_version=frame.gateway_version,
+                protocol_version=frame.protocol_version,
+                pool=frame.pool,
+                ping_interval_ms=frame.ping_interval_ms,
+            )
+        )
+    return pb.GatewayControl(goodbye=pb.Goodbye(code=int(frame.code), message=frame.message))
+
+
+def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
+    kind = message.WhichOneof("frame")
+    if kind == "open_session":
+        o = message.open_session
+        return OpenSession(o.session_id, _decode_target(o.target))
+    if kind == "ping":
+        return Ping(message.ping.nonce)
+    if kind == "pong":
+        return Pong(message.pong.nonce)
+    if kind == "welcome":
+        w = message.welcome
+        return Welcome(w.gateway_version, w.pool, w.ping_interval_ms, w.protocol_version)
+    if kind == "goodbye":
+        return Goodbye(_code(message.goodbye.code), message.goodbye.message)
+    raise FrameError(f"gateway control frame without a known kind ({kind!r})")

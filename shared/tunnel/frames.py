@@ -1,0 +1,131 @@
+"""Tunnel frames as typed values (sans-I/O).
+
+These mirror proto/shared/pb/tunnel.proto one to one; shared.tunnel.codec converts. The
+gateway and agent speak these, never protobuf, so the wire format can evolve in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+# One Data frame carries at most this much; larger writes are split. gRPC's own message
+# limit is set above this (see MAX_GRPC_MESSAGE) so an oversized frame is a clean reset.
+MAX_PAYLOAD = 256 * 1024
+MAX_GRPC_MESSAGE = MAX_PAYLOAD + 16 * 1024
+
+
+class ResetCode(enum.IntEnum):
+    UNSPECIFIED = 0
+    PROTOCOL_ERROR = 1
+    UNKNOWN_SESSION = 2
+    TARGET_UNREACHABLE = 3
+    TARGET_REFUSED = 4
+    UNSUPPORTED = 5
+    CANCELLED = 6
+    AGENT_SHUTDOWN = 7
+    GATEWAY_SHUTDOWN = 8
+    FRAME_TOO_LARGE = 9
+    SUPERSEDED = 10
+    INTERNAL = 11
+    SECRET_UNAVAILABLE = 12
+
+
+# ---- control stream ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    agent_name: str
+    version: str
+    protocol_version: int = PROTOCOL_VERSION
+    capabilities: tuple[str, ...] = ()
+    instance_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    gateway_version: str
+    pool: str
+    ping_interval_ms: int
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    code: ResetCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    connection: str
+    type: str
+    host: str
+    port: int
+    options: Mapping[str, str] = field(default_factory=dict)
+    # str: a reference the agent resolves ("env:NAME", "file:PATH"); bytes: the value itself,
+    # decrypted by the gateway for this one session.
+    secrets: Mapping[str, str | bytes] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # secrets never reach a log line through repr
+        return (
+            f"Target(connection={self.connection!r}, type={self.type!r}, "
+            f"host={self.host!r}, port={self.port}, secrets={sorted(self.secrets)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    session_id: str
+    target: Target
+
+
+AgentControl = Hello | Ping | Pong
+GatewayControl = Welcome | OpenSession | Ping | Pong | Goodbye
+
+
+# ---- session streams -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHello:
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenResult:
+    ok: bool
+    code: ResetCode = ResetCode.UNSPECIFIED
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    code: ResetCode
+    message: str = ""
+
+
+SessionFrame = SessionHello | OpenResult | Data | Close | Reset
