@@ -168,7 +168,7 @@ class Agent:
             if control is not None:
                 control.cancel()
             await sessions.aclose()
-            await channel.close()
+            await channel.close(None)
 
     @staticmethod
     def _raise_if_fatal(exc: grpc.RpcError) -> None:

@@ -78,9 +78,8 @@ async def handle(
                 await _pump(reader, writer, ws)
             except* (ConnectionClosed, OSError):
                 pass
-            close = ws.close_rcvd
-            if close is not None and close.code != 1000:
-                print(f"wardgate tcp: {name}: {close.reason or close.code}", file=sys.stderr)
+            if ws.close_code not in (None, 1000):
+                print(f"wardgate tcp: {name}: {ws.close_reason or ws.close_code}", file=sys.stderr)
     except InvalidStatus as exc:
         print(
             f"wardgate tcp: {name}: gateway refused: HTTP {exc.response.status_code}",

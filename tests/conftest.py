@@ -1,3 +1,3 @@
 """Fixtures that start real servers live in tests/fixtures/ as pytest plugins."""
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.wardgate", "tests.fixtures.servers"]

@@ -1,0 +1,48 @@
+"""The gateway's persistent state: who may connect, to what, and what happened.
+
+Layout:
+
+* ``models``: the frozen records the rest of the gateway sees; no SQLAlchemy leaks out.
+* ``tables``: the schema as SQLAlchemy Core tables, one definition for SQLite and PostgreSQL.
+* ``migrations``: Alembic revisions, applied by ``Store.open`` on every start, so a gateway always
+  runs against the schema it was built for (concurrent starts on PostgreSQL take an advisory lock).
+* ``store``: ``Store``, synchronous Core queries, one short transaction per call on a pooled
+  connection. The event loop calls it through ``asyncio.to_thread``.
+* ``chain``: the audit log's hash chain as pure functions, shared with offline verifiers.
+
+SQLite (the default, ``sqlite:///path/wardgate.db``) runs in WAL mode with foreign keys on; its
+writers take the write lock up front (``BEGIN IMMEDIATE``). PostgreSQL
+(``postgresql+psycopg://...``) lets several gateway processes share one store.
+
+What is stored, and what never is: agent secrets and bearer tokens only as sha256 digests;
+connection secrets only as references (``env:``, ``file:``) or sealed blobs (``enc:``). Datetimes
+are timezone-aware UTC in and out.
+
+The audit log is append-only and gateway-wide: event ``n`` carries ``seq = n`` (gapless, from 1)
+and ``hash = sha256(hash(n-1) + canonical JSON of the event)``. Appends are serialised on the
+``audit_head`` row, so the chain stays linear with any number of writers; ``Store.verify_audit``
+reports the first event that was edited, removed or reordered.
+"""
+
+from gateway.store.models import (
+    AgentRecord,
+    AuditEvent,
+    ConnectionRecord,
+    SessionRecord,
+    TokenRecord,
+    UserRecord,
+)
+from gateway.store.store import AlreadyExists, NotFound, Store, StoreError
+
+__all__ = [
+    "AgentRecord",
+    "AlreadyExists",
+    "AuditEvent",
+    "ConnectionRecord",
+    "NotFound",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "TokenRecord",
+    "UserRecord",
+]

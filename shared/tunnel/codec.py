@@ -7,7 +7,7 @@ peer, or garbage) raises FrameError, which the caller turns into a protocol-erro
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from shared.pb import tunnel_pb2 as pb
 from shared.tunnel.frames import (
@@ -34,6 +34,10 @@ class FrameError(ValueError):
     """The peer sent a message that is not a frame we understand."""
 
 
+def _wire_code(code: ResetCode) -> pb.ResetCode.ValueType:
+    return cast("pb.ResetCode.ValueType", int(code))
+
+
 def _code(value: int) -> ResetCode:
     try:
         return ResetCode(value)
@@ -52,10 +56,12 @@ def encode_session(frame: SessionFrame) -> pb.SessionFrame:
     if isinstance(frame, Close):
         return _CLOSE
     if isinstance(frame, Reset):
-        return pb.SessionFrame(reset=pb.Reset(code=int(frame.code), message=frame.message))
+        return pb.SessionFrame(reset=pb.Reset(code=_wire_code(frame.code), message=frame.message))
     if isinstance(frame, OpenResult):
         return pb.SessionFrame(
-            open_result=pb.OpenResult(ok=frame.ok, code=int(frame.code), message=frame.message)
+            open_result=pb.OpenResult(
+                ok=frame.ok, code=_wire_code(frame.code), message=frame.message
+            )
         )
     return pb.SessionFrame(hello=pb.SessionHello(session_id=frame.session_id))
 
@@ -164,7 +170,7 @@ def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:
                 ping_interval_ms=frame.ping_interval_ms,
             )
         )
-    return pb.GatewayControl(goodbye=pb.Goodbye(code=int(frame.code), message=frame.message))
+    return pb.GatewayControl(goodbye=pb.Goodbye(code=_wire_code(frame.code), message=frame.message))
 
 
 def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:

@@ -110,14 +110,17 @@ SessionHandler = Callable[[TunnelStream, dict[str, str], str], Awaitable[None]]
 
 
 class _Servicer(pb_grpc.AgentTunnelServicer):
+    # grpc.aio lets a streaming handler read and write through its context and return
+    # None; the generated stubs only describe the iterator style, hence the overrides.
+
     def __init__(self, on_control: ControlHandler, on_session: SessionHandler) -> None:
         self._on_control = on_control
         self._on_session = on_session
 
-    async def Control(self, request_iterator: Any, context: Any) -> None:
+    async def Control(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
         await self._on_control(ServerControl(context))
 
-    async def Session(self, request_iterator: Any, context: Any) -> None:
+    async def Session(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         first = await context.read()
         hello = None if first is aio.EOF else _session_hello(first)

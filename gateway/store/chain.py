@@ -1,0 +1,125 @@
+"""The audit log's hash chain, as pure functions.
+
+Every audit event commits to the one before it::
+
+    hash(n) = sha256(hash(n-1)
+                     + canonical_json({"seq", "ts", "kind", "actor", "session_id", "data"}))
+
+with ``hash(0)`` = 32 zero bytes and ``ts`` rendered with ``datetime.isoformat()`` in UTC. Editing,
+removing or reordering an event breaks every hash from that event on, so the first event that does
+not verify marks where the log was tampered with.
+
+This module imports no database code: an offline verifier can check an exported log with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+GENESIS_HASH = bytes(32)
+"""The ``prev_hash`` of the first event (seq 1)."""
+
+
+class ChainedEvent(Protocol):
+    """What the verifier reads from an event; ``models.AuditEvent`` is one."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> dt.datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+    @property
+    def prev_hash(self) -> bytes: ...
+    @property
+    def hash(self) -> bytes: ...
+
+
+def canonical_json(value: Any) -> bytes:
+    """One byte string per JSON value: sorted keys, no spaces, UTF-8.
+
+    NaN and infinities are refused: they are not JSON, and a log that holds them could not be
+    verified by tools outside Python.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def event_hash(
+    prev_hash: bytes,
+    *,
+    seq: int,
+    ts: dt.datetime,
+    kind: str,
+    actor: str,
+    session_id: str | None,
+    data: Mapping[str, Any],
+) -> bytes:
+    """The hash of one event, chained to ``prev_hash``."""
+    if ts.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    body = {
+        "seq": seq,
+        # Normalised so that the same instant hashes the same whatever zone object carries it.
+        "ts": ts.astimezone(dt.UTC).isoformat(),
+        "kind": kind,
+        "actor": actor,
+        "session_id": session_id,
+        "data": dict(data),
+    }
+    return hashlib.sha256(prev_hash + canonical_json(body)).digest()
+
+
+def hash_of(event: ChainedEvent, prev_hash: bytes) -> bytes:
+    """Recompute ``event``'s hash as if it followed an event whose hash is ``prev_hash``."""
+    return event_hash(
+        prev_hash,
+        seq=event.seq,
+        ts=event.ts,
+        kind=event.kind,
+        actor=event.actor,
+        session_id=event.session_id,
+        data=event.data,
+    )
+
+
+def first_broken_seq(
+    events: Iterable[ChainedEvent], *, head: tuple[int, bytes] | None = None
+) -> int | None:
+    """The seq of the first event that does not verify, or None when the whole chain does.
+
+    ``events`` must come in ascending seq order. A missing event is reported by its own seq (the
+    one that should have been there). ``head`` is the (seq, hash) of the last event as recorded
+    separately by the writer; with it, removing events from the end of the log is detected too.
+    """
+    expected = 1
+    prev = GENESIS_HASH
+    for event in events:
+        if event.seq != expected:
+            return expected
+        if event.prev_hash != prev or hash_of(event, prev) != event.hash:
+            return event.seq
+        prev = event.hash
+        expected += 1
+    last = expected - 1
+    if head is None:
+        return None
+    head_seq, head_hash = head
+    if head_seq > last:
+        return last + 1  # the tail was removed
+    if head_seq < last:
+        return head_seq + 1  # events the writer never recorded in its head
+    if head_hash != prev:
+        return max(last, 1)
+    return None

@@ -1,0 +1,856 @@
+"""``Store``: the gateway's persistent state over SQLAlchemy Core, on SQLite or PostgreSQL.
+
+Every method is synchronous and runs in its own short transaction on a connection from the
+engine's pool, so the event loop can call them from ``asyncio.to_thread`` workers concurrently.
+
+Transactions come in two kinds:
+
+* reads (``_read``) take a plain transaction; on SQLite in WAL mode they never wait for writers;
+* writes (``_write``) on SQLite start with ``BEGIN IMMEDIATE``, taking the database's single write
+  lock up front. A deferred transaction that reads and then writes can fail with "database is
+  locked" when another writer got in between, whatever the busy timeout; an immediate one simply
+  waits its turn. pysqlite would issue its own ``BEGIN`` lazily, so the engine switches that off and
+  issues ``BEGIN`` itself from the ``begin`` event (SQLAlchemy's documented recipe).
+
+Audit appends additionally lock the one-row ``audit_head`` table (``SELECT ... FOR UPDATE`` on
+PostgreSQL; the SQLite write lock already covers it), so appenders in any number of threads or
+gateway processes extend the chain one at a time and seqs stay gapless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import alembic.command
+import alembic.config
+import alembic.util
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.store import chain
+from gateway.store import tables as t
+from gateway.store.models import (
+    AgentRecord,
+    AuditEvent,
+    ConnectionRecord,
+    SessionRecord,
+    TokenRecord,
+    UserRecord,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for the write lock before giving up with "database is locked"."""
+
+SECRET_REFERENCE_PREFIXES = ("env:", "file:", "enc:")
+"""What a connection secret may look like in the store: a reference or a sealed blob."""
+
+ENDED_SESSION_STATUSES = frozenset({"closed", "failed"})
+
+# pg_advisory_xact_lock key serialising migrations across gateway processes ("Ward").
+_MIGRATION_LOCK_KEY = 0x57617264
+_SQLITE_BEGIN_OPTION = "wardgate_sqlite_begin"
+_HASH_SIZE = 32
+_TOKEN_ID_BYTES = 9  # 72 random bits, 12 url-safe characters
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked."""
+
+
+class AlreadyExists(StoreError):
+    """A record with that key exists already."""
+
+
+class NotFound(StoreError):
+    """No record with that key."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def alembic_config(connection: sa.Connection | None = None) -> alembic.config.Config:
+    """An Alembic configuration for the store's migrations, without an alembic.ini.
+
+    With ``connection``, migrations run on it, inside whatever transaction it holds.
+    """
+    config = alembic.config.Config()
+    # ConfigParser interpolation would read a '%' in the path as the start of a reference.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+class Store:
+    """The gateway's agents, users, tokens, connections, sessions and audit log.
+
+    Create it with ``Store.open(url)``; it is safe to share between threads. Records it returns
+    carry timezone-aware UTC datetimes, and it refuses naive ones.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        serialize: bool = False,
+    ) -> None:
+        """Wrap ``engine`` without migrating it; ``open`` is the usual way in.
+
+        ``serialize`` makes calls take turns, for engines whose threads share one connection.
+        """
+        self._engine = engine
+        self._clock = clock
+        # An in-memory SQLite database is one connection shared by every thread; it must not
+        # carry two transactions at once.
+        self._serial: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if serialize else contextlib.nullcontext()
+        )
+        self._closed = False
+        self._dialect: Literal["sqlite", "postgresql"]
+        self._write_engine: sa.Engine
+        self._snapshot_engine: sa.Engine
+        if engine.dialect.name == "sqlite":
+            if engine.dialect.driver != "pysqlite":
+                raise ValueError("SQLite is supported through the standard sqlite3 driver only")
+            self._dialect = "sqlite"
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+            self._write_engine = engine.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            self._snapshot_engine = engine  # a SQLite transaction reads one snapshot anyway
+        elif engine.dialect.name == "postgresql":
+            self._dialect = "postgresql"
+            self._write_engine = engine
+            # READ COMMITTED gives every statement a fresh snapshot; the verifier compares the
+            # head with the events and must see both as of one instant.
+            self._snapshot_engine = engine.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            raise ValueError(f"unsupported database {engine.dialect.name!r}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> Store:
+        """Connect to ``url``, bring the schema up to date, and return the store.
+
+        ``sqlite:///path/wardgate.db`` (the parent directory is created) or
+        ``postgresql+psycopg://user:password@host:port/db``. ``engine_options`` go to
+        ``sqlalchemy.create_engine`` (pool sizes and the like).
+        """
+        engine, serialize = _create_engine(sa.make_url(url), dict(engine_options or {}))
+        try:
+            store = cls(engine, clock=clock, serialize=serialize)
+            store._migrate()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close every pooled connection. The store cannot be used afterwards."""
+        self._closed = True
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]:
+        return self._dialect
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The underlying engine, for maintenance tools and tests; the gateway uses the methods."""
+        return self._engine
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            if self._dialect == "postgresql":
+                # Gateways started together would otherwise race to create the same tables.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            try:
+                alembic.command.upgrade(alembic_config(conn), "head")
+            except alembic.util.CommandError as exc:
+                # Typically a database migrated by a newer gateway than this one.
+                raise StoreError(f"cannot migrate the store schema: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
+        self._check_open()
+        engine = self._snapshot_engine if snapshot else self._engine
+        with self._serial, engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        self._check_open()
+        with self._serial, self._write_engine.begin() as conn:
+            yield conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def _upsert(
+        self, table: sa.Table, values: Mapping[str, Any], update: Iterable[str]
+    ) -> sa.Insert:
+        """INSERT that updates the ``update`` columns when the primary key exists already."""
+        key = [c.name for c in table.primary_key.columns]
+        if self._dialect == "postgresql":
+            pg = postgresql.insert(table).values(dict(values))
+            return pg.on_conflict_do_update(
+                index_elements=key, set_={c: pg.excluded[c] for c in update}
+            )
+        lite = sqlite.insert(table).values(dict(values))
+        return lite.on_conflict_do_update(
+            index_elements=key, set_={c: lite.excluded[c] for c in update}
+        )
+
+    def _insert_ignore(self, table: sa.Table, values: Mapping[str, Any]) -> sa.Insert:
+        """INSERT that does nothing when the primary key exists already."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table).values(dict(values)).on_conflict_do_nothing()
+        return sqlite.insert(table).values(dict(values)).on_conflict_do_nothing()
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def create_agent(self, name: str, pool: str, secret_hash: bytes) -> AgentRecord:
+        """Register an agent. Names are never reused, so a revoked name stays taken."""
+        _check_hash(secret_hash, "secret_hash")
+        stmt = (
+            sa.insert(t.agents)
+            .values(name=name, pool=pool, secret_hash=secret_hash, created_at=self._clock())
+            .returning(*t.agents.c)
+        )
+        try:
+            with self._write() as conn:
+                row = conn.execute(stmt).one()
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExists(f"agent {name!r} exists already") from exc
+        return _agent(row)
+
+    def get_agent(self, name: str) -> AgentRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.agents).where(t.agents.c.name == name)).first()
+        return None if row is None else _agent(row)
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.agents).order_by(t.agents.c.name)).all()
+        return [_agent(row) for row in rows]
+
+    def revoke_agent(self, name: str) -> AgentRecord:
+        """Revoke an agent; revoking twice keeps the first revocation time."""
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t.agents)
+                .where(t.agents.c.name == name, t.agents.c.revoked_at.is_(None))
+                .values(revoked_at=self._clock())
+            )
+            row = conn.execute(sa.select(t.agents).where(t.agents.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no agent {name!r}")
+        return _agent(row)
+
+    def rotate_agent_secret(self, name: str, secret_hash: bytes) -> AgentRecord:
+        """Replace an agent's secret hash; a revoked agent becomes valid again."""
+        _check_hash(secret_hash, "secret_hash")
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(t.agents)
+                .where(t.agents.c.name == name)
+                .values(secret_hash=secret_hash, revoked_at=None)
+                .returning(*t.agents.c)
+            ).first()
+        if row is None:
+            raise NotFound(f"no agent {name!r}")
+        return _agent(row)
+
+    # -- users and tokens ------------------------------------------------------------------
+
+    def ensure_user(
+        self, name: str, *, is_admin: bool = False, groups: tuple[str, ...] = ()
+    ) -> UserRecord:
+        """Create the user, or update its admin flag and groups; ``created_at`` is kept."""
+        stmt = self._upsert(
+            t.users,
+            {
+                "name": name,
+                "is_admin": is_admin,
+                "groups": list(groups),
+                "created_at": self._clock(),
+            },
+            update=("is_admin", "groups"),
+        ).returning(*t.users.c)
+        with self._write() as conn:
+            row = conn.execute(stmt).one()
+        return _user(row)
+
+    def get_user(self, name: str) -> UserRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.users).where(t.users.c.name == name)).first()
+        return None if row is None else _user(row)
+
+    def list_users(self) -> list[UserRecord]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.users).order_by(t.users.c.name)).all()
+        return [_user(row) for row in rows]
+
+    def add_token(
+        self,
+        user: str,
+        token_hash: bytes,
+        *,
+        expires_at: dt.datetime | None = None,
+        label: str = "",
+    ) -> TokenRecord:
+        """Record the digest of a bearer token issued to ``user``, who must exist."""
+        _check_hash(token_hash, "token_hash")
+        if expires_at is not None:
+            _check_aware(expires_at, "expires_at")
+        stmt = (
+            sa.insert(t.tokens)
+            .values(
+                id=secrets.token_urlsafe(_TOKEN_ID_BYTES),
+                user=user,
+                token_hash=token_hash,
+                created_at=self._clock(),
+                expires_at=expires_at,
+                label=label,
+            )
+            .returning(*t.tokens.c)
+        )
+        try:
+            with self._write() as conn:
+                exists = conn.execute(
+                    sa.select(t.users.c.name).where(t.users.c.name == user)
+                ).first()
+                if exists is None:
+                    raise NotFound(f"no user {user!r}")
+                row = conn.execute(stmt).one()
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExists("a token with this hash exists already") from exc
+        return _token(row)
+
+    def find_token(self, token_hash: bytes) -> tuple[TokenRecord, UserRecord] | None:
+        """The token with this hash and its user, revoked and expired tokens included.
+
+        The caller decides validity (``TokenRecord.valid_at``), so it can log why it refused.
+        """
+        stmt = (
+            sa.select(t.tokens, t.users)
+            .join(t.users, t.users.c.name == t.tokens.c.user)
+            .where(t.tokens.c.token_hash == token_hash)
+        )
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        m = row._mapping
+        token = TokenRecord(
+            id=m[t.tokens.c.id],
+            user=m[t.tokens.c.user],
+            token_hash=m[t.tokens.c.token_hash],
+            created_at=m[t.tokens.c.created_at],
+            expires_at=m[t.tokens.c.expires_at],
+            revoked_at=m[t.tokens.c.revoked_at],
+            label=m[t.tokens.c.label],
+        )
+        user = UserRecord(
+            name=m[t.users.c.name],
+            is_admin=m[t.users.c.is_admin],
+            created_at=m[t.users.c.created_at],
+            groups=tuple(m[t.users.c.groups]),
+        )
+        return token, user
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.tokens).where(t.tokens.c.id == token_id)).first()
+        return None if row is None else _token(row)
+
+    def list_tokens(self, user: str) -> list[TokenRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.tokens)
+                .where(t.tokens.c.user == user)
+                .order_by(t.tokens.c.created_at, t.tokens.c.id)
+            ).all()
+        return [_token(row) for row in rows]
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token; revoking twice keeps the first revocation time."""
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t.tokens)
+                .where(t.tokens.c.id == token_id, t.tokens.c.revoked_at.is_(None))
+                .values(revoked_at=self._clock())
+            )
+            exists = conn.execute(sa.select(t.tokens.c.id).where(t.tokens.c.id == token_id))
+            if exists.first() is None:
+                raise NotFound(f"no token {token_id!r}")
+
+    def revoke_tokens_labelled(self, user: str, label: str) -> int:
+        """Revoke ``user``'s live tokens carrying ``label``; returns how many were revoked."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(t.tokens)
+                .where(
+                    t.tokens.c.user == user,
+                    t.tokens.c.label == label,
+                    t.tokens.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=self._clock())
+            )
+        return result.rowcount
+
+    # -- connections -----------------------------------------------------------------------
+
+    def upsert_connection(self, conn: ConnectionRecord) -> tuple[ConnectionRecord, bool]:
+        """Create or replace a connection; the flag is False when nothing changed.
+
+        The record's own timestamps are ignored: the store sets ``created_at`` once and moves
+        ``updated_at`` only on a real change, so applying the same file twice is a no-op.
+        """
+        _check_secret_references(conn)
+        fields: dict[str, Any] = {
+            "type": conn.type,
+            "pool": conn.pool,
+            "host": conn.host,
+            "port": conn.port,
+            "options": dict(conn.options),
+            "secrets": dict(conn.secrets),
+        }
+        locked = sa.select(t.connections).where(t.connections.c.name == conn.name).with_for_update()
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(locked).first()
+            if row is None:
+                created = db.execute(
+                    self._insert_ignore(
+                        t.connections,
+                        {"name": conn.name, **fields, "created_at": now, "updated_at": now},
+                    ).returning(*t.connections.c)
+                ).first()
+                if created is not None:
+                    return _connection(created), True
+                # On PostgreSQL a concurrent upsert inserted the row after our SELECT; under
+                # READ COMMITTED the next statement sees it, so lock it and compare as usual.
+                row = db.execute(locked).one()
+            current = _connection(row)
+            if all(getattr(current, key) == value for key, value in fields.items()):
+                return current, False
+            updated = db.execute(
+                sa.update(t.connections)
+                .where(t.connections.c.name == conn.name)
+                .values(**fields, updated_at=now)
+                .returning(*t.connections.c)
+            ).one()
+        return _connection(updated), True
+
+    def get_connection(self, name: str) -> ConnectionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.connections).where(t.connections.c.name == name)).first()
+        return None if row is None else _connection(row)
+
+    def list_connections(self) -> list[ConnectionRecord]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.connections).order_by(t.connections.c.name)).all()
+        return [_connection(row) for row in rows]
+
+    def delete_connection(self, name: str) -> bool:
+        """Delete a connection; False if there was none. Its past sessions are kept."""
+        with self._write() as conn:
+            result = conn.execute(sa.delete(t.connections).where(t.connections.c.name == name))
+        return result.rowcount > 0
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def create_session(self, rec: SessionRecord) -> None:
+        _check_aware(rec.started_at, "started_at")
+        if rec.ended_at is not None:
+            _check_aware(rec.ended_at, "ended_at")
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    sa.insert(t.sessions).values(
+                        id=rec.id,
+                        user=rec.user,
+                        connection=rec.connection,
+                        protocol=rec.protocol,
+                        client_addr=rec.client_addr,
+                        agent=rec.agent,
+                        started_at=rec.started_at,
+                        ended_at=rec.ended_at,
+                        status=rec.status,
+                        error=rec.error,
+                        bytes_up=rec.bytes_up,
+                        bytes_down=rec.bytes_down,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExists(f"session {rec.id!r} exists already") from exc
+
+    def end_session(
+        self,
+        session_id: str,
+        *,
+        status: str,
+        error: str | None,
+        bytes_up: int,
+        bytes_down: int,
+        agent: str | None = None,
+    ) -> None:
+        """Record how a session ended. The first end wins: ending an ended session changes nothing.
+
+        ``agent``, when given, records the agent that carried the session; otherwise the agent
+        stored at creation is kept.
+        """
+        if status not in ENDED_SESSION_STATUSES:
+            raise ValueError(f"an ended session is closed or failed, not {status!r}")
+        values: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "ended_at": self._clock(),
+        }
+        if agent is not None:
+            values["agent"] = agent
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t.sessions)
+                .where(t.sessions.c.id == session_id, t.sessions.c.ended_at.is_(None))
+                .values(**values)
+            )
+            exists = conn.execute(sa.select(t.sessions.c.id).where(t.sessions.c.id == session_id))
+            if exists.first() is None:
+                raise NotFound(f"no session {session_id!r}")
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.sessions).where(t.sessions.c.id == session_id)).first()
+        return None if row is None else _session(row)
+
+    def list_sessions(
+        self,
+        *,
+        user: str | None = None,
+        connection: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions newest first; ``since`` keeps those started at or after it."""
+        stmt = sa.select(t.sessions)
+        if user is not None:
+            stmt = stmt.where(t.sessions.c.user == user)
+        if connection is not None:
+            stmt = stmt.where(t.sessions.c.connection == connection)
+        if since is not None:
+            _check_aware(since, "since")
+            stmt = stmt.where(t.sessions.c.started_at >= since)
+        stmt = stmt.order_by(t.sessions.c.started_at.desc(), t.sessions.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [_session(row) for row in rows]
+
+    # -- audit log -------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        kind: str,
+        *,
+        actor: str = "-",
+        session_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Append an event to the gateway-wide chain and return it as stored.
+
+        ``data`` must be JSON-serialisable; it is returned as it reads back (tuples become
+        lists, non-string keys become strings).
+        """
+        payload = chain.canonical_json(dict(data or {}))
+        with self._write() as conn:
+            return self._append_audit(conn, kind, actor, session_id, payload)
+
+    def _append_audit(
+        self, conn: sa.Connection, kind: str, actor: str, session_id: str | None, payload: bytes
+    ) -> AuditEvent:
+        head = conn.execute(
+            sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
+            .where(t.audit_head.c.id == 1)
+            .with_for_update()
+        ).one()
+        seq: int = head.seq + 1
+        prev_hash: bytes = head.hash
+        # Read the clock under the lock, so timestamps never run backwards along the chain
+        # (unless the clock itself does).
+        ts = self._clock().astimezone(dt.UTC)
+        data = json.loads(payload)
+        digest = chain.event_hash(
+            prev_hash, seq=seq, ts=ts, kind=kind, actor=actor, session_id=session_id, data=data
+        )
+        conn.execute(
+            sa.insert(t.audit_events).values(
+                seq=seq,
+                ts=ts,
+                kind=kind,
+                actor=actor,
+                session_id=session_id,
+                data=payload.decode(),
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+        conn.execute(
+            sa.update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=digest)
+        )
+        return AuditEvent(
+            seq=seq,
+            ts=ts,
+            kind=kind,
+            actor=actor,
+            session_id=session_id,
+            data=data,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+
+    def list_audit(
+        self,
+        *,
+        kind: str | None = None,
+        session_id: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        """Events with seq greater than ``after_seq``, oldest first; page with the last seq."""
+        stmt = sa.select(t.audit_events).where(t.audit_events.c.seq > after_seq)
+        if kind is not None:
+            stmt = stmt.where(t.audit_events.c.kind == kind)
+        if session_id is not None:
+            stmt = stmt.where(t.audit_events.c.session_id == session_id)
+        stmt = stmt.order_by(t.audit_events.c.seq).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        events: list[AuditEvent] = []
+        for row in rows:
+            event = _audit_event(row)
+            if event is None:
+                raise StoreError(f"audit event {row.seq} has unreadable data")
+            events.append(event)
+        return events
+
+    def verify_audit(self) -> int | None:
+        """None if the chain is intact, else the seq of the first event that does not verify.
+
+        Edited, removed or reordered events are found, removals at the end too (through the
+        head row). This proves integrity against casual edits, not against someone who rewrites
+        the whole chain and the head: anchor ``audit_head`` elsewhere for that.
+        """
+        with self._read(snapshot=True) as conn:
+            head = conn.execute(
+                sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+            ).first()
+            # Streamed, so a long log is checked in constant memory; closed explicitly because
+            # the verifier may stop early, leaving PostgreSQL's server-side cursor open.
+            with conn.execution_options(yield_per=1000).execute(
+                sa.select(t.audit_events).order_by(t.audit_events.c.seq)
+            ) as rows:
+                return chain.first_broken_seq(
+                    _verifiable(rows), head=None if head is None else (head.seq, head.hash)
+                )
+
+
+# -- engines -------------------------------------------------------------------------------
+
+
+def _create_engine(url: sa.URL, options: dict[str, Any]) -> tuple[sa.Engine, bool]:
+    """The engine for ``url`` and whether its calls must be serialised (in-memory SQLite)."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        # Survive a database restart between calls instead of failing the next one.
+        options.setdefault("pool_pre_ping", True)
+        return sa.create_engine(url, **options), False
+    if backend != "sqlite":
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite or postgresql")
+    memory = url.database in (None, "", ":memory:")
+    if memory:
+        # Every connection to ":memory:" is a separate database; share one.
+        options.setdefault("poolclass", sa.StaticPool)
+        options.setdefault("connect_args", {"check_same_thread": False})
+    elif url.query.get("uri") is None:
+        assert url.database is not None
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(url, **options), memory
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Stop pysqlite from issuing BEGIN on its own; _sqlite_on_begin does it, in the right mode.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # Readers no longer block the writer, nor it them. synchronous stays FULL: the audit
+        # log should survive a power cut, not just a crash.
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
+    if mode not in ("DEFERRED", "IMMEDIATE"):
+        raise ValueError(f"bad SQLite BEGIN mode {mode!r}")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _check_hash(value: bytes, what: str) -> None:
+    # A wrong length most likely means the caller passed the secret itself, not its digest.
+    if not isinstance(value, bytes) or len(value) != _HASH_SIZE:
+        raise ValueError(f"{what} must be a {_HASH_SIZE}-byte sha256 digest")
+
+
+def _check_aware(value: dt.datetime, what: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+
+
+def _check_secret_references(conn: ConnectionRecord) -> None:
+    for key, value in conn.secrets.items():
+        if not value.startswith(SECRET_REFERENCE_PREFIXES):
+            raise ValueError(
+                f"connection {conn.name!r}: secret {key!r} must be a reference or a sealed blob "
+                f"({', '.join(SECRET_REFERENCE_PREFIXES)}), never plaintext"
+            )
+
+
+# -- rows to records -----------------------------------------------------------------------
+
+
+def _agent(row: sa.Row[Any]) -> AgentRecord:
+    return AgentRecord(
+        name=row.name,
+        pool=row.pool,
+        secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _user(row: sa.Row[Any]) -> UserRecord:
+    return UserRecord(
+        name=row.name, is_admin=row.is_admin, created_at=row.created_at, groups=tuple(row.groups)
+    )
+
+
+def _token(row: sa.Row[Any]) -> TokenRecord:
+    return TokenRecord(
+        id=row.id,
+        user=row.user,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        label=row.label,
+    )
+
+
+def _connection(row: sa.Row[Any]) -> ConnectionRecord:
+    return ConnectionRecord(
+        name=row.name,
+        type=row.type,
+        pool=row.pool,
+        host=row.host,
+        port=row.port,
+        options=dict(row.options),
+        secrets=dict(row.secrets),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _session(row: sa.Row[Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row.id,
+        user=row.user,
+        connection=row.connection,
+        protocol=row.protocol,
+        client_addr=row.client_addr,
+        started_at=row.started_at,
+        agent=row.agent,
+        ended_at=row.ended_at,
+        status=row.status,
+        error=row.error,
+        bytes_up=row.bytes_up,
+        bytes_down=row.bytes_down,
+    )
+
+
+def _audit_event(row: sa.Row[Any]) -> AuditEvent | None:
+    """The event in ``row``, or None when its data is not a JSON object."""
+    try:
+        data = json.loads(row.data)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return AuditEvent(
+        seq=row.seq,
+        ts=row.ts,
+        kind=row.kind,
+        actor=row.actor,
+        session_id=row.session_id,
+        data=data,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def _verifiable(rows: Iterable[sa.Row[Any]]) -> Iterator[AuditEvent]:
+    for row in rows:
+        event = _audit_event(row)
+        if event is None:
+            # append_audit never writes such data, so the event was edited: give it a hash no
+            # recomputation can match and let the verifier report it.
+            event = AuditEvent(
+                seq=row.seq,
+                ts=row.ts,
+                kind=row.kind,
+                actor=row.actor,
+                session_id=row.session_id,
+                data={},
+                prev_hash=row.prev_hash,
+                hash=b"",
+            )
+        yield event

@@ -1,0 +1,156 @@
+"""The store's schema as SQLAlchemy Core tables, for SQLite and PostgreSQL alike.
+
+The migrations in ``migrations/versions`` create this schema; ``tests/gateway/test_store.py``
+checks that a migrated database and this module agree, so change both together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+# Explicit constraint names, so later migrations can drop or alter them by name on both dialects.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """An aware UTC datetime on both dialects.
+
+    PostgreSQL keeps the instant in ``timestamptz``. SQLite has no such type, so the value is
+    stored as naive UTC text, whose fixed-width format also sorts chronologically.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the store only accepts timezone-aware values")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+# JSONB on PostgreSQL so operators can query options and groups; text on SQLite.
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("pool", sa.String(255), nullable=False),
+    sa.Column("secret_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("is_admin", sa.Boolean(), nullable=False),
+    sa.Column("groups", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "user",
+        sa.String(255),
+        sa.ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Index(None, "user", "label"),
+)
+
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("type", sa.String(50), nullable=False),
+    sa.Column("pool", sa.String(255), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer(), nullable=False),
+    sa.Column("options", JSONType, nullable=False),
+    sa.Column("secrets", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Sessions are history: no foreign keys, so they outlive the users and connections they name.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("connection", sa.String(255), nullable=False),
+    sa.Column("protocol", sa.String(50), nullable=False),
+    sa.Column("client_addr", sa.String(255), nullable=False),
+    sa.Column("agent", sa.String(255), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("bytes_up", sa.BigInteger(), nullable=False),
+    sa.Column("bytes_down", sa.BigInteger(), nullable=False),
+    sa.Index(None, "started_at"),
+    sa.Index(None, "user", "started_at"),
+    sa.Index(None, "connection", "started_at"),
+)
+
+# ``data`` is kept as the canonical JSON text that was hashed, not as JSON/JSONB: JSONB would
+# renormalise numbers and key order, and the chain must verify against exactly what was written.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("ts", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False),
+    sa.Column("actor", sa.Text(), nullable=False),
+    sa.Column("session_id", sa.String(64), nullable=True),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Index(None, "kind"),
+    sa.Index(None, "session_id"),
+)
+
+# One row: the seq and hash of the last event. Appenders lock it to serialise the chain, and the
+# verifier compares it with the log to notice events removed from the end.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.CheckConstraint("id = 1", name="single_row"),
+)

@@ -1,0 +1,688 @@
+"""Store tests, each run against SQLite (a file under tmp_path) and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import string
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.store import (
+    AlreadyExists,
+    AuditEvent,
+    ConnectionRecord,
+    NotFound,
+    SessionRecord,
+    Store,
+    StoreError,
+    chain,
+)
+from gateway.store import tables as t
+from tests.fixtures.postgres import PostgresServer
+
+T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
+PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: dt.datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float = 1.0) -> dt.datetime:
+        self.now += dt.timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'wardgate.db'}"
+    # Looked up lazily, so a run limited to SQLite never starts PostgreSQL.
+    db: PostgresServer = request.getfixturevalue("postgres_db")
+    return db.url()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: Clock) -> Iterator[Store]:
+    with Store.open(store_url, clock=clock) as opened:
+        yield opened
+
+
+def make_session(session_id: str, **changes: Any) -> SessionRecord:
+    base = SessionRecord(
+        id=session_id,
+        user="alice",
+        connection="db1",
+        protocol="postgres",
+        client_addr="198.51.100.7:50000",
+        started_at=T0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def make_connection(name: str = "db1", **changes: Any) -> ConnectionRecord:
+    base = ConnectionRecord(
+        name=name,
+        type="postgres",
+        pool="dc1",
+        host="10.0.0.5",
+        port=5432,
+        options={"database": "app", "sslmode": "require"},
+        secrets={"password": "env:DB1_PASSWORD"},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+# -- opening -------------------------------------------------------------------------------
+
+
+def test_dialect_follows_the_url(store: Store, store_url: str) -> None:
+    assert store.dialect == sa.make_url(store_url).get_backend_name()
+
+
+def test_reopening_keeps_data_and_migrates_nothing(store_url: str) -> None:
+    with Store.open(store_url) as first:
+        first.create_agent("a1", "dc1", digest("s"))
+    with Store.open(store_url) as second:
+        agent = second.get_agent("a1")
+        assert agent is not None
+        assert agent.pool == "dc1"
+        with second.engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+
+
+def test_migrated_schema_matches_tables(store: Store) -> None:
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, t.metadata) == []
+
+
+def test_concurrent_opens_migrate_once(store_url: str) -> None:
+    # Gateways started together must not trip over each other creating the schema.
+    def open_and_close(_: int) -> str:
+        with Store.open(store_url) as opened:
+            return opened.dialect
+
+    with ThreadPoolExecutor(4) as pool:
+        assert len(list(pool.map(open_and_close, range(4)))) == 4
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'w.db'}") as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_in_memory_sqlite_is_shared_between_threads() -> None:
+    with Store.open("sqlite://") as store:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: store.append_audit("x", data={"i": i}), range(40)))
+        assert [e.seq for e in store.list_audit()] == list(range(1, 41))
+        assert store.verify_audit() is None
+
+
+def test_unsupported_database_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        Store.open("mysql://u:p@localhost/db")
+
+
+def test_closed_store_refuses_calls(store_url: str) -> None:
+    store = Store.open(store_url)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.list_agents()
+
+
+# -- agents --------------------------------------------------------------------------------
+
+
+def test_create_and_get_agent(store: Store) -> None:
+    created = store.create_agent("edge-1", "dc1", digest("secret"))
+    assert created.name == "edge-1"
+    assert created.pool == "dc1"
+    assert created.secret_hash == digest("secret")
+    assert created.created_at == T0
+    assert created.created_at.tzinfo is dt.UTC
+    assert not created.revoked
+    assert store.get_agent("edge-1") == created
+    assert store.get_agent("nobody") is None
+
+
+def test_agent_names_are_unique_even_after_revocation(store: Store) -> None:
+    store.create_agent("edge-1", "dc1", digest("a"))
+    with pytest.raises(AlreadyExists):
+        store.create_agent("edge-1", "dc2", digest("b"))
+    store.revoke_agent("edge-1")
+    with pytest.raises(AlreadyExists):
+        store.create_agent("edge-1", "dc2", digest("b"))
+
+
+def test_agent_secret_must_be_a_digest(store: Store) -> None:
+    with pytest.raises(ValueError, match="sha256"):
+        store.create_agent("edge-1", "dc1", b"the secret itself")
+    store.create_agent("edge-1", "dc1", digest("a"))
+    with pytest.raises(ValueError, match="sha256"):
+        store.rotate_agent_secret("edge-1", b"short")
+
+
+def test_list_agents_is_sorted_by_name(store: Store) -> None:
+    for name in ("b", "c", "a"):
+        store.create_agent(name, "dc1", digest(name))
+    assert [a.name for a in store.list_agents()] == ["a", "b", "c"]
+
+
+def test_revoke_agent_keeps_the_first_revocation_time(store: Store, clock: Clock) -> None:
+    store.create_agent("edge-1", "dc1", digest("a"))
+    revoked_at = clock.advance()
+    assert store.revoke_agent("edge-1").revoked_at == revoked_at
+    clock.advance()
+    again = store.revoke_agent("edge-1")
+    assert again.revoked_at == revoked_at
+    assert store.get_agent("edge-1") == again
+    with pytest.raises(NotFound):
+        store.revoke_agent("nobody")
+
+
+def test_rotate_agent_secret_replaces_the_hash_and_unrevokes(store: Store) -> None:
+    store.create_agent("edge-1", "dc1", digest("old"))
+    store.revoke_agent("edge-1")
+    rotated = store.rotate_agent_secret("edge-1", digest("new"))
+    assert rotated.secret_hash == digest("new")
+    assert not rotated.revoked
+    assert store.get_agent("edge-1") == rotated
+    with pytest.raises(NotFound):
+        store.rotate_agent_secret("nobody", digest("x"))
+
+
+# -- users and tokens ----------------------------------------------------------------------
+
+
+def test_ensure_user_creates_then_updates(store: Store, clock: Clock) -> None:
+    created = store.ensure_user("alice", groups=("dba", "ops"))
+    assert (created.name, created.is_admin, created.groups) == ("alice", False, ("dba", "ops"))
+    assert created.created_at == T0
+    clock.advance()
+    updated = store.ensure_user("alice", is_admin=True)
+    assert (updated.is_admin, updated.groups, updated.created_at) == (True, (), T0)
+    assert store.get_user("alice") == updated
+    assert store.get_user("bob") is None
+
+
+def test_list_users_is_sorted_by_name(store: Store) -> None:
+    store.ensure_user("carol")
+    store.ensure_user("alice", is_admin=True)
+    assert [(u.name, u.is_admin) for u in store.list_users()] == [
+        ("alice", True),
+        ("carol", False),
+    ]
+
+
+def test_add_token_and_find_it(store: Store) -> None:
+    user = store.ensure_user("alice", groups=("dba",))
+    expires = dt.datetime(2030, 1, 1, 2, 0, tzinfo=PLUS_TWO)
+    token = store.add_token("alice", digest("tok"), expires_at=expires, label="cli")
+    assert len(token.id) == 12
+    assert set(token.id) <= set(string.ascii_letters + string.digits + "-_")
+    assert (token.user, token.token_hash, token.label) == ("alice", digest("tok"), "cli")
+    assert token.created_at == T0
+    # Same instant, normalised to UTC.
+    assert token.expires_at == expires
+    assert token.expires_at is not None and token.expires_at.tzinfo is dt.UTC
+    assert store.find_token(digest("tok")) == (token, user)
+    assert store.find_token(digest("other")) is None
+    assert store.get_token(token.id) == token
+    assert store.list_tokens("alice") == [token]
+
+
+def test_token_ids_are_distinct(store: Store) -> None:
+    store.ensure_user("alice")
+    ids = {store.add_token("alice", digest(f"t{i}")).id for i in range(20)}
+    assert len(ids) == 20
+
+
+def test_add_token_needs_a_user_and_a_fresh_hash(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.add_token("nobody", digest("tok"))
+    store.ensure_user("alice")
+    store.add_token("alice", digest("tok"))
+    with pytest.raises(AlreadyExists):
+        store.add_token("alice", digest("tok"))
+    with pytest.raises(ValueError, match="sha256"):
+        store.add_token("alice", b"plaintext-token")
+    with pytest.raises(ValueError, match="aware"):
+        store.add_token("alice", digest("t2"), expires_at=dt.datetime(2030, 1, 1))
+
+
+def test_revoke_token(store: Store, clock: Clock) -> None:
+    store.ensure_user("alice")
+    token = store.add_token("alice", digest("tok"), expires_at=T0 + dt.timedelta(hours=1))
+    assert token.valid_at(clock())
+    revoked_at = clock.advance()
+    store.revoke_token(token.id)
+    found = store.find_token(digest("tok"))
+    assert found is not None
+    assert found[0].revoked_at == revoked_at
+    assert not found[0].valid_at(clock())
+    clock.advance()
+    store.revoke_token(token.id)  # again: no change
+    assert store.get_token(token.id) == found[0]
+    with pytest.raises(NotFound):
+        store.revoke_token("nosuchtoken0")
+
+
+def test_revoke_tokens_labelled_counts_only_live_matching_tokens(store: Store) -> None:
+    store.ensure_user("alice")
+    store.ensure_user("bob")
+    first = store.add_token("alice", digest("a1"), label="cli")
+    store.add_token("alice", digest("a2"), label="cli")
+    store.add_token("alice", digest("a3"), label="web")
+    store.add_token("bob", digest("b1"), label="cli")
+    store.revoke_token(first.id)
+    assert store.revoke_tokens_labelled("alice", "cli") == 1
+    assert store.revoke_tokens_labelled("alice", "cli") == 0
+    live = {tok.label for tok in store.list_tokens("alice") if tok.revoked_at is None}
+    assert live == {"web"}
+    bob = store.find_token(digest("b1"))
+    assert bob is not None and bob[0].revoked_at is None
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+def test_upsert_connection_reports_creation_change_and_no_change(
+    store: Store, clock: Clock
+) -> None:
+    created, changed = store.upsert_connection(make_connection())
+    assert changed
+    assert created == dataclasses.replace(make_connection(), created_at=T0, updated_at=T0)
+
+    clock.advance()
+    same, changed = store.upsert_connection(make_connection())
+    assert not changed
+    assert same == created
+
+    later = clock.advance()
+    updated, changed = store.upsert_connection(make_connection(port=6432, options={}))
+    assert changed
+    assert (updated.port, updated.options) == (6432, {})
+    assert (updated.created_at, updated.updated_at) == (T0, later)
+    assert store.get_connection("db1") == updated
+
+
+def test_upsert_connection_refuses_plaintext_secrets(store: Store) -> None:
+    with pytest.raises(ValueError, match="never plaintext"):
+        store.upsert_connection(make_connection(secrets={"password": "hunter2"}))
+    assert store.get_connection("db1") is None
+    for ref in ("env:X", "file:/run/secrets/x", "enc:QUJD"):
+        store.upsert_connection(make_connection(secrets={"password": ref}))
+
+
+def test_list_and_delete_connections(store: Store) -> None:
+    store.upsert_connection(make_connection("zeta"))
+    store.upsert_connection(make_connection("alpha", type="tcp", secrets={}))
+    assert [c.name for c in store.list_connections()] == ["alpha", "zeta"]
+    assert store.delete_connection("zeta")
+    assert not store.delete_connection("zeta")
+    assert store.get_connection("zeta") is None
+    assert [c.name for c in store.list_connections()] == ["alpha"]
+
+
+def test_concurrent_upserts_of_one_connection_create_it_once(store: Store) -> None:
+    barrier = threading.Barrier(8)
+
+    def upsert(_: int) -> bool:
+        barrier.wait()
+        return store.upsert_connection(make_connection())[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        changes = list(pool.map(upsert, range(8)))
+    assert changes.count(True) == 1
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+def test_create_get_and_end_session(store: Store, clock: Clock) -> None:
+    store.create_session(make_session("s1"))
+    assert store.get_session("s1") == make_session("s1")
+    assert store.get_session("s2") is None
+    with pytest.raises(AlreadyExists):
+        store.create_session(make_session("s1"))
+
+    ended_at = clock.advance(30)
+    store.end_session(
+        "s1", status="failed", error="upstream reset", bytes_up=10, bytes_down=2**40, agent="a1"
+    )
+    ended = store.get_session("s1")
+    assert ended == make_session(
+        "s1",
+        ended_at=ended_at,
+        status="failed",
+        error="upstream reset",
+        bytes_up=10,
+        bytes_down=2**40,
+        agent="a1",
+    )
+
+    clock.advance()
+    store.end_session("s1", status="closed", error=None, bytes_up=0, bytes_down=0)
+    assert store.get_session("s1") == ended  # the first end wins
+
+
+def test_end_session_keeps_the_agent_when_none_is_given(store: Store) -> None:
+    store.create_session(make_session("s1", agent="a7"))
+    store.end_session("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
+    ended = store.get_session("s1")
+    assert ended is not None
+    assert (ended.agent, ended.status) == ("a7", "closed")
+
+
+def test_end_session_errors(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.end_session("nope", status="closed", error=None, bytes_up=0, bytes_down=0)
+    store.create_session(make_session("s1"))
+    with pytest.raises(ValueError, match="closed or failed"):
+        store.end_session("s1", status="open", error=None, bytes_up=0, bytes_down=0)
+
+
+def test_session_times_must_be_aware(store: Store) -> None:
+    with pytest.raises(ValueError, match="aware"):
+        store.create_session(make_session("s1", started_at=T0.replace(tzinfo=None)))
+    with pytest.raises(ValueError, match="aware"):
+        store.list_sessions(since=T0.replace(tzinfo=None))
+
+
+def test_list_sessions_filters_newest_first(store: Store) -> None:
+    specs = [
+        ("s1", "alice", "db1", 0),
+        ("s2", "bob", "db1", 10),
+        ("s3", "alice", "db2", 20),
+        ("s4", "alice", "db1", 30),
+    ]
+    for session_id, user, connection, offset in specs:
+        started = (T0 + dt.timedelta(seconds=offset)).astimezone(PLUS_TWO)
+        store.create_session(
+            make_session(session_id, user=user, connection=connection, started_at=started)
+        )
+
+    def ids(sessions: list[SessionRecord]) -> list[str]:
+        return [s.id for s in sessions]
+
+    assert ids(store.list_sessions()) == ["s4", "s3", "s2", "s1"]
+    assert ids(store.list_sessions(user="alice")) == ["s4", "s3", "s1"]
+    assert ids(store.list_sessions(connection="db1")) == ["s4", "s2", "s1"]
+    assert ids(store.list_sessions(user="alice", connection="db1")) == ["s4", "s1"]
+    assert ids(store.list_sessions(since=T0 + dt.timedelta(seconds=10))) == ["s4", "s3", "s2"]
+    assert ids(store.list_sessions(limit=2)) == ["s4", "s3"]
+    assert all(s.started_at.tzinfo is dt.UTC for s in store.list_sessions())
+
+
+# -- audit log -----------------------------------------------------------------------------
+
+
+def test_append_audit_chains_events(store: Store, clock: Clock) -> None:
+    first = store.append_audit("agent.rejected", data={"reason": "bad secret", "n": 1.5})
+    clock.advance()
+    second = store.append_audit(
+        "session.open", actor="alice", session_id="s1", data={"ünï": ["ç", 2]}
+    )
+    assert (first.seq, first.actor, first.session_id, first.ts) == (1, "-", None, T0)
+    assert first.prev_hash == chain.GENESIS_HASH
+    assert first.hash == chain.hash_of(first, chain.GENESIS_HASH)
+    assert second.seq == 2
+    assert second.prev_hash == first.hash
+    assert store.list_audit() == [first, second]
+    assert store.verify_audit() is None
+
+
+def test_audit_data_is_returned_as_it_reads_back(store: Store) -> None:
+    event = store.append_audit("x", data={"tuple": (1, 2), "nested": {"b": None, "a": True}})
+    assert event.data == {"tuple": [1, 2], "nested": {"a": True, "b": None}}
+    assert store.list_audit() == [event]
+    with pytest.raises(ValueError):
+        store.append_audit("x", data={"bad": float("nan")})
+    with pytest.raises(ValueError):
+        store.append_audit("x", data={"bad": float("inf")})
+    with pytest.raises(TypeError):
+        store.append_audit("x", data={"bad": object()})
+    assert store.verify_audit() is None
+
+
+def test_list_audit_filters_and_pages(store: Store) -> None:
+    for i in range(10):
+        store.append_audit("even" if i % 2 == 0 else "odd", session_id=f"s{i % 3}")
+    assert [e.seq for e in store.list_audit(kind="odd")] == [2, 4, 6, 8, 10]
+    assert [e.seq for e in store.list_audit(session_id="s0")] == [1, 4, 7, 10]
+    assert [e.seq for e in store.list_audit(kind="even", session_id="s0")] == [1, 7]
+    assert [e.seq for e in store.list_audit(after_seq=7)] == [8, 9, 10]
+    assert [e.seq for e in store.list_audit(after_seq=2, limit=3)] == [3, 4, 5]
+
+
+def test_concurrent_appends_stay_gapless_and_chained(store: Store) -> None:
+    threads, per_thread = 8, 25
+    barrier = threading.Barrier(threads)
+
+    def append_many(worker: int) -> list[int]:
+        barrier.wait()  # start together, to contend for the head
+        return [
+            store.append_audit("load", actor=f"w{worker}", data={"i": i}).seq
+            for i in range(per_thread)
+        ]
+
+    with ThreadPoolExecutor(threads) as pool:
+        returned = [seq for seqs in pool.map(append_many, range(threads)) for seq in seqs]
+    total = threads * per_thread
+    assert sorted(returned) == list(range(1, total + 1))
+    assert [e.seq for e in store.list_audit(limit=total + 1)] == list(range(1, total + 1))
+    assert store.verify_audit() is None
+
+
+def test_appends_from_separate_stores_share_one_chain(store: Store, store_url: str) -> None:
+    # Two engines stand in for two gateway processes: nothing in memory is shared.
+    with Store.open(store_url) as other:
+        stores = [store, other] * 4
+        barrier = threading.Barrier(len(stores))
+
+        def append_many(index: int) -> None:
+            barrier.wait()
+            for i in range(10):
+                stores[index].append_audit("load", data={"store": index % 2, "i": i})
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(append_many, range(len(stores))))
+        assert [e.seq for e in other.list_audit()] == list(range(1, 81))
+        assert other.verify_audit() is None
+
+
+def test_verify_audit_on_an_empty_log(store: Store) -> None:
+    assert store.verify_audit() is None
+
+
+Tamper = Callable[[sa.Connection], None]
+
+
+def _execute(statement: str, **params: Any) -> Tamper:
+    def tamper(conn: sa.Connection) -> None:
+        conn.execute(sa.text(statement), params)
+
+    return tamper
+
+
+def _swap_data(a: int, b: int) -> Tamper:
+    def tamper(conn: sa.Connection) -> None:
+        query = sa.text("SELECT data FROM audit_events WHERE seq = :seq")
+        data_a = conn.execute(query, {"seq": a}).scalar_one()
+        data_b = conn.execute(query, {"seq": b}).scalar_one()
+        update = sa.text("UPDATE audit_events SET data = :data WHERE seq = :seq")
+        conn.execute(update, [{"data": data_b, "seq": a}, {"data": data_a, "seq": b}])
+
+    return tamper
+
+
+def _swap_seq(a: int, b: int) -> Tamper:
+    def tamper(conn: sa.Connection) -> None:
+        update = sa.text("UPDATE audit_events SET seq = :new WHERE seq = :old")
+        conn.execute(update, {"old": a, "new": -1})
+        conn.execute(update, {"old": b, "new": a})
+        conn.execute(update, {"old": -1, "new": b})
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    ("tamper", "broken"),
+    [
+        pytest.param(
+            _execute("UPDATE audit_events SET data = :d WHERE seq = 3", d='{"i":99}'), 3, id="edit"
+        ),
+        pytest.param(_execute("DELETE FROM audit_events WHERE seq = 3"), 3, id="delete"),
+        pytest.param(_execute("DELETE FROM audit_events WHERE seq = 1"), 1, id="delete-first"),
+        pytest.param(_execute("DELETE FROM audit_events WHERE seq >= 5"), 5, id="truncate"),
+        pytest.param(_swap_data(2, 5), 2, id="swap-data"),
+        pytest.param(_swap_seq(2, 4), 2, id="reorder"),
+        pytest.param(
+            _execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 4"), 4, id="actor"
+        ),
+        pytest.param(
+            _execute("UPDATE audit_events SET data = 'not json' WHERE seq = 6"), 6, id="garbage"
+        ),
+        pytest.param(
+            _execute("UPDATE audit_head SET hash = :h WHERE id = 1", h=bytes(32)), 6, id="head"
+        ),
+    ],
+)
+def test_verify_audit_finds_the_first_tampered_event(
+    store: Store, clock: Clock, tamper: Tamper, broken: int
+) -> None:
+    for i in range(6):
+        store.append_audit("e", actor="alice", data={"i": i})
+        clock.advance()
+    assert store.verify_audit() is None
+    with store.engine.begin() as conn:
+        tamper(conn)
+    assert store.verify_audit() == broken
+
+
+def test_tampering_with_the_timestamp_is_found(store: Store, clock: Clock) -> None:
+    for _ in range(3):
+        store.append_audit("e")
+        clock.advance()
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(t.audit_events).where(t.audit_events.c.seq == 2).values(ts=clock.advance())
+        )
+    assert store.verify_audit() == 2
+
+
+# -- the hash chain, without a database ----------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(data=st.dictionaries(st.text(), json_values, max_size=5), seq=st.integers(1, 2**62))
+def test_event_hash_survives_a_json_round_trip(data: dict[str, Any], seq: int) -> None:
+    # The store hashes what it writes and verifies what it reads back; both must agree.
+    read_back = json.loads(chain.canonical_json(data))
+    assert chain.canonical_json(read_back) == chain.canonical_json(data)
+    fields: dict[str, Any] = {"seq": seq, "ts": T0, "kind": "k", "actor": "a", "session_id": None}
+    assert chain.event_hash(bytes(32), data=data, **fields) == chain.event_hash(
+        bytes(32), data=read_back, **fields
+    )
+
+
+def test_event_hash_follows_the_documented_formula() -> None:
+    body: dict[str, Any] = {
+        "seq": 1,
+        "ts": "2025-01-02T03:04:05.123456+00:00",
+        "kind": "k",
+        "actor": "ä",
+        "session_id": None,
+        "data": {"b": 1, "a": [1.5]},
+    }
+    expected = hashlib.sha256(
+        bytes(32)
+        + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).digest()
+    ts_elsewhere = T0.astimezone(PLUS_TWO)
+    got = chain.event_hash(
+        bytes(32), seq=1, ts=ts_elsewhere, kind="k", actor="ä", session_id=None, data=body["data"]
+    )
+    assert got == expected
+
+
+def _events(n: int) -> list[AuditEvent]:
+    events: list[AuditEvent] = []
+    prev = chain.GENESIS_HASH
+    for seq in range(1, n + 1):
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "ts": T0,
+            "kind": "k",
+            "actor": "-",
+            "session_id": None,
+            "data": {"seq": seq},
+        }
+        digest_ = chain.event_hash(prev, **fields)
+        events.append(AuditEvent(**fields, prev_hash=prev, hash=digest_))
+        prev = digest_
+    return events
+
+
+def test_first_broken_seq_without_a_database() -> None:
+    events = _events(4)
+    assert chain.first_broken_seq(events) is None
+    assert chain.first_broken_seq(events, head=(4, events[-1].hash)) is None
+    assert chain.first_broken_seq([]) is None
+    assert chain.first_broken_seq([], head=(0, chain.GENESIS_HASH)) is None
+    assert chain.first_broken_seq(events[:3], head=(4, events[-1].hash)) == 4
+    assert chain.first_broken_seq(events, head=(3, events[2].hash)) == 4
+    assert chain.first_broken_seq([events[0], events[2], events[3]]) == 2
+    assert chain.first_broken_seq([dataclasses.replace(events[0], data={})]) == 1
+
+
+# -- the PostgreSQL the tests run on -------------------------------------------------------
+
+
+def test_postgres_fixture_demands_the_password(postgres_db: PostgresServer) -> None:
+    with postgres_db.connect() as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (postgres_db.dbname,)
+    wrong = dataclasses.replace(postgres_db, password="wrong")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        wrong.connect().close()
