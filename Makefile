@@ -1,31 +1,44 @@
 # Every task of the project; `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 export PATH := $(abspath $(dir $(PY))):$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: help dev install test test-fast lint proto proto-check bench clean
+.PHONY: help dev deps install test test-fast lint proto proto-check bench clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 install:  ## create .venv with the project and its dev tools
-	test -d .venv || python3 -m venv .venv
-	.venv/bin/pip install -q -e '.[dev]'
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }
+	@.venv/bin/python -c "import gateway, agent, shared, cli" 
 
 dev: install  ## run a gateway with an embedded agent and SQLite store in ./.wardgate
 	.venv/bin/wardgate dev
 
-test:  ## run the whole test suite (real PostgreSQL, real processes)
-	$(PY) -m pytest -q
+deps:  ## Debian packages the tests drive (PostgreSQL server, psql, pgbench); needs root
+	@if command -v psql >/dev/null && command -v pgbench >/dev/null && \
+	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "test dependencies present"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends postgresql postgresql-client postgresql-contrib; \
+	fi
 
-test-fast:  ## unit tests only (no end-to-end processes)
-	$(PY) -m pytest -q -m 'not e2e'
+test: install  ## run the whole test suite (real PostgreSQL, real processes)
+	.venv/bin/python -m pytest -q
 
-lint:  ## ruff, mypy strict, import-linter
+test-fast: install  ## unit tests only (no end-to-end processes)
+	.venv/bin/python -m pytest -q -m 'not e2e'
+
+lint: install  ## ruff, mypy strict, import-linter
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
-	$(PY) -m importlinter.cli lint --no-cache 2>/dev/null || .venv/bin/lint-imports --no-cache
+	.venv/bin/lint-imports --no-cache
 
 proto:  ## regenerate shared/pb from proto/
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
