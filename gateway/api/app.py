@@ -70,6 +70,10 @@ async def _identity(request: Request) -> Identity:
     try:
         return await deps.auth.authenticate_header(request.headers.get("authorization"))
     except AuthError as exc:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+        await deps.auditor.record(
+            "auth.rejected", client=client, path=request.url.path, reason=str(exc)
+        )
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.servers import EchoServer
 from tests.fixtures.wardgate import WARDGATE, Proc, Wardgate, free_port, wait_for
 
@@ -152,3 +153,22 @@ def test_unknown_token_is_refused_and_audited_nowhere_in_clear(wardgate: Wardgat
     bad = wardgate.cli(gw, "connection", "list", token="wgt_not-a-real-token")
     assert bad.returncode != 0 and "401" in bad.stderr and "not recognised" in bad.stderr
     assert "wgt_not-a-real-token" not in gw.log(tail=10_000)
+
+
+def test_gateway_on_a_postgresql_store(
+    wardgate: Wardgate, postgres_db: PostgresServer, echo_server: EchoServer
+) -> None:
+    gw = wardgate.gateway(store=postgres_db.url())
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(name="echo", host="127.0.0.1", port=echo_server.port)
+    _, port = wardgate.tcp(gw, "echo")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(b"stored in postgres")
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(100) == b"stored in postgres"
+    wait_for(lambda: any(e["kind"] == "session.close" for e in gw.audit()), "session.close")
+    with postgres_db.connect() as conn:
+        kinds = [r[0] for r in conn.execute("select kind from audit_events order by seq")]
+    assert "session.open" in kinds and "session.close" in kinds
+    assert not (gw.data_dir / "wardgate.db").exists()
+    assert wardgate.cli(gw, "audit", "verify").returncode == 0
