@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from shared.tunnel.frames import OpenResult, ResetCode, Target
+from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
 from shared.tunnel.stream import (
     DataReceived,
     RemoteClosed,
     SessionClosedError,
     SessionReset,
+    SignalReceived,
     TunnelStream,
 )
 
@@ -50,10 +53,20 @@ async def serve(stream: TunnelStream, target: Target) -> None:
             await writer.wait_closed()
 
 
+OnSignal = Callable[[SignalKind], Coroutine[Any, Any, None]]
+
+
 async def pump(
-    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    stream: TunnelStream,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_signal: OnSignal | None = None,
 ) -> None:
-    """Copy target<->tunnel until both directions closed or the session is reset."""
+    """Copy target<->tunnel until both directions closed or the session is reset.
+
+    Signals (e.g. a PostgreSQL cancel) go to `on_signal` in order with the data; the
+    handler runs in its own task so a slow target cannot hold the byte stream.
+    """
 
     async def target_to_tunnel() -> None:
         try:
@@ -79,6 +92,9 @@ async def pump(
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
+                elif isinstance(event, SignalReceived):
+                    if on_signal is not None:
+                        tg.create_task(on_signal(event.kind), name=f"signal {event.kind.name}")
                 elif isinstance(event, SessionReset):
                     up.cancel()
                     return

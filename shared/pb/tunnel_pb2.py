@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shared/pb/tunnel.proto\x12\x12wardgate.tunnel.v1\"\x97\x01\n\x0c\x41gentControl\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.wardgate.tunnel.v1.HelloH\x00\x12(\n\x04ping\x18\x02 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PingH\x00\x12(\n\x04pong\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PongH\x00\x42\x07\n\x05\x66rame\"\x86\x02\n\x0eGatewayControl\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.wardgate.tunnel.v1.WelcomeH\x00\x12\x37\n\x0copen_session\x18\x02 \x01(\x0b\x32\x1f.wardgate.tunnel.v1.OpenSessionH\x00\x12(\n\x04ping\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PingH\x00\x12(\n\x04pong\x18\x04 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PongH\x00\x12.\n\x07goodbye\x18\x05 \x01(\x0b\x32\x1b.wardgate.tunnel.v1.GoodbyeH\x00\x42\x07\n\x05\x66rame\"q\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"d\n\x07Welcome\x12\x17\n\x0fgateway_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x18\n\x10ping_interval_ms\x18\x04 \x01(\r\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"G\n\x07Goodbye\x12+\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"M\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x06target\x18\x02 \x01(\x0b\x32\x1a.wardgate.tunnel.v1.Target\"\xb6\x02\n\x06Target\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x38\n\x07options\x18\x05 \x03(\x0b\x32\'.wardgate.tunnel.v1.Target.OptionsEntry\x12\x38\n\x07secrets\x18\x06 \x03(\x0b\x32\'.wardgate.tunnel.v1.Target.SecretsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aJ\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.wardgate.tunnel.v1.Secret:\x02\x38\x01\"8\n\x06Secret\x12\x13\n\treference\x18\x01 \x01(\tH\x00\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\x83\x02\n\x0cSessionFrame\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .wardgate.tunnel.v1.SessionHelloH\x00\x12\x35\n\x0bopen_result\x18\x02 \x01(\x0b\x32\x1e.wardgate.tunnel.v1.OpenResultH\x00\x12(\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.DataH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.wardgate.tunnel.v1.CloseH\x00\x12*\n\x05reset\x18\x05 \x01(\x0b\x32\x19.wardgate.tunnel.v1.ResetH\x00\x42\x07\n\x05\x66rame\"\"\n\x0cSessionHello\x12\x12\n\nsession_id\x18\x01 \x01(\t\"V\n\nOpenResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x17\n\x04\x44\x61ta\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x07\n\x05\x43lose\"E\n\x05Reset\x12+\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\x95\x03\n\tResetCode\x12\x1a\n\x16RESET_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESET_CODE_PROTOCOL_ERROR\x10\x01\x12\x1e\n\x1aRESET_CODE_UNKNOWN_SESSION\x10\x02\x12!\n\x1dRESET_CODE_TARGET_UNREACHABLE\x10\x03\x12\x1d\n\x19RESET_CODE_TARGET_REFUSED\x10\x04\x12\x1a\n\x16RESET_CODE_UNSUPPORTED\x10\x05\x12\x18\n\x14RESET_CODE_CANCELLED\x10\x06\x12\x1d\n\x19RESET_CODE_AGENT_SHUTDOWN\x10\x07\x12\x1f\n\x1bRESET_CODE_GATEWAY_SHUTDOWN\x10\x08\x12\x1e\n\x1aRESET_CODE_FRAME_TOO_LARGE\x10\t\x12\x19\n\x15RESET_CODE_SUPERSEDED\x10\n\x12\x17\n\x13RESET_CODE_INTERNAL\x10\x0b\x12!\n\x1dRESET_CODE_SECRET_UNAVAILABLE\x10\x0c*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01\x32\xb5\x01\n\x0b\x41gentTunnel\x12S\n\x07\x43ontrol\x12 .wardgate.tunnel.v1.AgentControl\x1a\".wardgate.tunnel.v1.GatewayControl(\x01\x30\x01\x12Q\n\x07Session\x12 .wardgate.tunnel.v1.SessionFrame\x1a .wardgate.tunnel.v1.SessionFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shared/pb/tunnel.proto\x12\x12wardgate.tunnel.v1\"\x97\x01\n\x0c\x41gentControl\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.wardgate.tunnel.v1.HelloH\x00\x12(\n\x04ping\x18\x02 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PingH\x00\x12(\n\x04pong\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PongH\x00\x42\x07\n\x05\x66rame\"\x86\x02\n\x0eGatewayControl\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.wardgate.tunnel.v1.WelcomeH\x00\x12\x37\n\x0copen_session\x18\x02 \x01(\x0b\x32\x1f.wardgate.tunnel.v1.OpenSessionH\x00\x12(\n\x04ping\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PingH\x00\x12(\n\x04pong\x18\x04 \x01(\x0b\x32\x18.wardgate.tunnel.v1.PongH\x00\x12.\n\x07goodbye\x18\x05 \x01(\x0b\x32\x1b.wardgate.tunnel.v1.GoodbyeH\x00\x42\x07\n\x05\x66rame\"q\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"d\n\x07Welcome\x12\x17\n\x0fgateway_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x18\n\x10ping_interval_ms\x18\x04 \x01(\r\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"G\n\x07Goodbye\x12+\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"M\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x06target\x18\x02 \x01(\x0b\x32\x1a.wardgate.tunnel.v1.Target\"\xb6\x02\n\x06Target\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x38\n\x07options\x18\x05 \x03(\x0b\x32\'.wardgate.tunnel.v1.Target.OptionsEntry\x12\x38\n\x07secrets\x18\x06 \x03(\x0b\x32\'.wardgate.tunnel.v1.Target.SecretsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aJ\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.wardgate.tunnel.v1.Secret:\x02\x38\x01\"8\n\x06Secret\x12\x13\n\treference\x18\x01 \x01(\tH\x00\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\xb1\x02\n\x0cSessionFrame\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .wardgate.tunnel.v1.SessionHelloH\x00\x12\x35\n\x0bopen_result\x18\x02 \x01(\x0b\x32\x1e.wardgate.tunnel.v1.OpenResultH\x00\x12(\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x18.wardgate.tunnel.v1.DataH\x00\x12*\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x19.wardgate.tunnel.v1.CloseH\x00\x12*\n\x05reset\x18\x05 \x01(\x0b\x32\x19.wardgate.tunnel.v1.ResetH\x00\x12,\n\x06signal\x18\x06 \x01(\x0b\x32\x1a.wardgate.tunnel.v1.SignalH\x00\x42\x07\n\x05\x66rame\"\"\n\x0cSessionHello\x12\x12\n\nsession_id\x18\x01 \x01(\t\"V\n\nOpenResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x17\n\x04\x44\x61ta\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x07\n\x05\x43lose\"6\n\x06Signal\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.wardgate.tunnel.v1.SignalKind\"E\n\x05Reset\x12+\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1d.wardgate.tunnel.v1.ResetCode\x12\x0f\n\x07message\x18\x02 \x01(\t*A\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SIGNAL_KIND_CANCEL\x10\x01*\x95\x03\n\tResetCode\x12\x1a\n\x16RESET_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESET_CODE_PROTOCOL_ERROR\x10\x01\x12\x1e\n\x1aRESET_CODE_UNKNOWN_SESSION\x10\x02\x12!\n\x1dRESET_CODE_TARGET_UNREACHABLE\x10\x03\x12\x1d\n\x19RESET_CODE_TARGET_REFUSED\x10\x04\x12\x1a\n\x16RESET_CODE_UNSUPPORTED\x10\x05\x12\x18\n\x14RESET_CODE_CANCELLED\x10\x06\x12\x1d\n\x19RESET_CODE_AGENT_SHUTDOWN\x10\x07\x12\x1f\n\x1bRESET_CODE_GATEWAY_SHUTDOWN\x10\x08\x12\x1e\n\x1aRESET_CODE_FRAME_TOO_LARGE\x10\t\x12\x19\n\x15RESET_CODE_SUPERSEDED\x10\n\x12\x17\n\x13RESET_CODE_INTERNAL\x10\x0b\x12!\n\x1dRESET_CODE_SECRET_UNAVAILABLE\x10\x0c*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01\x32\xb5\x01\n\x0b\x41gentTunnel\x12S\n\x07\x43ontrol\x12 .wardgate.tunnel.v1.AgentControl\x1a\".wardgate.tunnel.v1.GatewayControl(\x01\x30\x01\x12Q\n\x07Session\x12 .wardgate.tunnel.v1.SessionFrame\x1a .wardgate.tunnel.v1.SessionFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TARGET_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_TARGET_SECRETSENTRY']._loaded_options = None
   _globals['_TARGET_SECRETSENTRY']._serialized_options = b'8\001'
-  _globals['_RESETCODE']._serialized_start=1743
-  _globals['_RESETCODE']._serialized_end=2148
-  _globals['_PROTOCOLVERSION']._serialized_start=2150
-  _globals['_PROTOCOLVERSION']._serialized_end=2225
+  _globals['_SIGNALKIND']._serialized_start=1844
+  _globals['_SIGNALKIND']._serialized_end=1909
+  _globals['_RESETCODE']._serialized_start=1912
+  _globals['_RESETCODE']._serialized_end=2317
+  _globals['_PROTOCOLVERSION']._serialized_start=2319
+  _globals['_PROTOCOLVERSION']._serialized_end=2394
   _globals['_AGENTCONTROL']._serialized_start=47
   _globals['_AGENTCONTROL']._serialized_end=198
   _globals['_GATEWAYCONTROL']._serialized_start=201
@@ -64,17 +66,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECRET']._serialized_start=1193
   _globals['_SECRET']._serialized_end=1249
   _globals['_SESSIONFRAME']._serialized_start=1252
-  _globals['_SESSIONFRAME']._serialized_end=1511
-  _globals['_SESSIONHELLO']._serialized_start=1513
-  _globals['_SESSIONHELLO']._serialized_end=1547
-  _globals['_OPENRESULT']._serialized_start=1549
-  _globals['_OPENRESULT']._serialized_end=1635
-  _globals['_DATA']._serialized_start=1637
-  _globals['_DATA']._serialized_end=1660
-  _globals['_CLOSE']._serialized_start=1662
-  _globals['_CLOSE']._serialized_end=1669
-  _globals['_RESET']._serialized_start=1671
-  _globals['_RESET']._serialized_end=1740
-  _globals['_AGENTTUNNEL']._serialized_start=2228
-  _globals['_AGENTTUNNEL']._serialized_end=2409
+  _globals['_SESSIONFRAME']._serialized_end=1557
+  _globals['_SESSIONHELLO']._serialized_start=1559
+  _globals['_SESSIONHELLO']._serialized_end=1593
+  _globals['_OPENRESULT']._serialized_start=1595
+  _globals['_OPENRESULT']._serialized_end=1681
+  _globals['_DATA']._serialized_start=1683
+  _globals['_DATA']._serialized_end=1706
+  _globals['_CLOSE']._serialized_start=1708
+  _globals['_CLOSE']._serialized_end=1715
+  _globals['_SIGNAL']._serialized_start=1717
+  _globals['_SIGNAL']._serialized_end=1771
+  _globals['_RESET']._serialized_start=1773
+  _globals['_RESET']._serialized_end=1842
+  _globals['_AGENTTUNNEL']._serialized_start=2397
+  _globals['_AGENTTUNNEL']._serialized_end=2578
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,21 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SignalKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignalKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNAL_KIND_UNSPECIFIED: _SignalKind.ValueType  # 0
+    SIGNAL_KIND_CANCEL: _SignalKind.ValueType  # 1
+
+class SignalKind(_SignalKind, metaclass=_SignalKindEnumTypeWrapper): ...
+
+SIGNAL_KIND_UNSPECIFIED: SignalKind.ValueType  # 0
+SIGNAL_KIND_CANCEL: SignalKind.ValueType  # 1
+Global___SignalKind: _TypeAlias = SignalKind  # noqa: Y015
+
 class _ResetCode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -437,6 +452,7 @@ class SessionFrame(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CLOSE_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
@@ -447,6 +463,8 @@ class SessionFrame(_message.Message):
     def close(self) -> Global___Close: ...
     @_builtins.property
     def reset(self) -> Global___Reset: ...
+    @_builtins.property
+    def signal(self) -> Global___Signal: ...
     def __init__(
         self,
         *,
@@ -455,12 +473,13 @@ class SessionFrame(_message.Message):
         data: Global___Data | None = ...,
         close: Global___Close | None = ...,
         reset: Global___Reset | None = ...,
+        signal: Global___Signal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset", "signal"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -545,6 +564,29 @@ class Close(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Close: _TypeAlias = Close  # noqa: Y015
+
+@_typing.final
+class Signal(_message.Message):
+    """Out-of-band order from the gateway to the agent, beside the byte stream: e.g. a
+    PostgreSQL CancelRequest, which the agent replays to the server with the real key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    kind: Global___SignalKind.ValueType
+    def __init__(
+        self,
+        *,
+        kind: Global___SignalKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Signal: _TypeAlias = Signal  # noqa: Y015
 
 @_typing.final
 class Reset(_message.Message):

@@ -25,6 +25,8 @@ from shared.tunnel.frames import (
     ResetCode,
     SessionFrame,
     SessionHello,
+    Signal,
+    SignalKind,
     Target,
     Welcome,
 )
@@ -63,6 +65,9 @@ def encode_session(frame: SessionFrame) -> pb.SessionFrame:
                 ok=frame.ok, code=_wire_code(frame.code), message=frame.message
             )
         )
+    if isinstance(frame, Signal):
+        kind = cast("pb.SignalKind.ValueType", int(frame.kind))
+        return pb.SessionFrame(signal=pb.Signal(kind=kind))
     return pb.SessionFrame(hello=pb.SessionHello(session_id=frame.session_id))
 
 
@@ -74,7 +79,15 @@ _SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
         m.open_result.ok, _code(m.open_result.code), m.open_result.message
     ),
     "hello": lambda m: SessionHello(m.hello.session_id),
+    "signal": lambda m: Signal(_signal_kind(m.signal.kind)),
 }
+
+
+def _signal_kind(value: int) -> SignalKind:
+    try:
+        return SignalKind(value)
+    except ValueError:
+        return SignalKind.UNSPECIFIED
 
 
 def decode_session(message: pb.SessionFrame) -> SessionFrame:

@@ -128,4 +128,16 @@ class Reset:
     message: str = ""
 
 
-SessionFrame = SessionHello | OpenResult | Data | Close | Reset
+class SignalKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    CANCEL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """An out-of-band order beside the byte stream (gateway to agent only)."""
+
+    kind: SignalKind
+
+
+SessionFrame = SessionHello | OpenResult | Data | Close | Reset | Signal

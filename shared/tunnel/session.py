@@ -12,6 +12,7 @@ Rules this machine keeps:
    frame that makes no sense in the current state is the PEER's protocol error: the machine
    answers with a Reset(PROTOCOL_ERROR) to send and finishes.
 5. Trying to send what the rules forbid is OUR bug: LocalProtocolError, nothing is sent.
+6. Signal (e.g. cancel) goes gateway -> agent only, while open, in either half-closed state.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from shared.tunnel.frames import (
     ResetCode,
     SessionFrame,
     SessionHello,
+    Signal,
+    SignalKind,
 )
 
 
@@ -71,6 +74,11 @@ class RemoteClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalReceived:
+    kind: SignalKind
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReset:
     """The session ended abnormally; `by_peer` is False when we detected the fault."""
 
@@ -79,7 +87,7 @@ class SessionReset:
     by_peer: bool = True
 
 
-Event = Opened | OpenFailed | DataReceived | RemoteClosed | SessionReset
+Event = Opened | OpenFailed | DataReceived | RemoteClosed | SignalReceived | SessionReset
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,10 @@ class SessionState:
             # The gateway only sends after it has seen OpenResult(ok), which the agent sent
             # after moving to OPEN; anything earlier is out of order.
             return self.violation(f"{type(frame).__name__} before the session was open")
+        if isinstance(frame, Signal):
+            if self.role is not Role.AGENT:
+                return self.violation("Signal sent to the gateway")
+            return Outcome(events=(SignalReceived(frame.kind),))
         if self.remote_closed:
             return self.violation(f"{type(frame).__name__} after Close")
         if isinstance(frame, Data):
@@ -176,6 +188,11 @@ class SessionState:
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError("payload larger than MAX_PAYLOAD; split it")
         return Data(payload)
+
+    def send_signal(self, kind: SignalKind) -> Signal:
+        if self.role is not Role.GATEWAY or self.phase is not Phase.OPEN:
+            raise LocalProtocolError("only the gateway signals, on an open session")
+        return Signal(kind)
 
     def send_close(self) -> Close | None:
         """Half-close our direction; None when there is nothing to close any more."""

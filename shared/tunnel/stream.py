@@ -19,6 +19,7 @@ from shared.tunnel.frames import (
     OpenResult,
     ResetCode,
     SessionFrame,
+    SignalKind,
 )
 from shared.tunnel.session import (
     DataReceived,
@@ -29,6 +30,7 @@ from shared.tunnel.session import (
     Role,
     SessionReset,
     SessionState,
+    SignalReceived,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ __all__ = [
     "RemoteClosed",
     "SessionClosedError",
     "SessionReset",
+    "SignalReceived",
     "TunnelStream",
     "Wire",
 ]
@@ -185,6 +188,9 @@ class TunnelStream:
             chunk = bytes(view[start : start + MAX_PAYLOAD])
             await self._write(self.state.send_data(chunk))
             self.bytes_out += len(chunk)
+
+    async def send_signal(self, kind: SignalKind) -> None:
+        await self._write(self.state.send_signal(kind))
 
     async def send_close(self) -> None:
         frame = self.state.send_close()

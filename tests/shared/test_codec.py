@@ -33,6 +33,8 @@ from shared.tunnel.frames import (
     Reset,
     ResetCode,
     SessionHello,
+    Signal,
+    SignalKind,
     Target,
     Welcome,
 )
@@ -47,6 +49,7 @@ session_frames = st.one_of(
     st.builds(Data, st.binary(max_size=2048)),
     st.just(Close()),
     st.builds(Reset, codes, text),
+    st.builds(Signal, st.sampled_from(list(SignalKind))),
 )
 targets = st.builds(
     Target,

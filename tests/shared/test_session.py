@@ -12,6 +12,8 @@ from shared.tunnel.frames import (
     Reset,
     ResetCode,
     SessionHello,
+    Signal,
+    SignalKind,
 )
 from shared.tunnel.session import (
     DataReceived,
@@ -23,6 +25,7 @@ from shared.tunnel.session import (
     Role,
     SessionReset,
     SessionState,
+    SignalReceived,
 )
 
 
@@ -114,3 +117,16 @@ def test_agent_that_fails_to_open_is_finished() -> None:
     a = SessionState(Role.AGENT)
     a.send_open_result(OpenResult(False, ResetCode.UNSUPPORTED, "no"))
     assert a.finished and not a.can_send_data
+
+
+def test_cancel_signal_goes_gateway_to_agent_only_even_after_half_close() -> None:
+    g = opened_gateway()
+    g.send_close()
+    assert g.send_signal(SignalKind.CANCEL) == Signal(SignalKind.CANCEL)
+    a = opened_agent()
+    a.receive(Close())
+    assert a.receive(Signal(SignalKind.CANCEL)).events == (SignalReceived(SignalKind.CANCEL),)
+    with pytest.raises(LocalProtocolError):
+        a.send_signal(SignalKind.CANCEL)
+    out = opened_gateway().receive(Signal(SignalKind.CANCEL))
+    assert out.reply is not None and out.reply.code is ResetCode.PROTOCOL_ERROR
