@@ -96,3 +96,31 @@ def check(response: httpx.Response) -> Any:
             f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail
         )
     raise click.ClickException(f"gateway answered {response.status_code}: {detail}")
+
+
+def ca_file(ca_pem: bytes) -> Path:
+    """The CA as a file for programs that want a path (psql's sslrootcert)."""
+    import hashlib
+
+    path = config_dir() / f"ca-{hashlib.sha256(ca_pem).hexdigest()[:16]}.pem"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ca_pem)
+    return path
+
+
+def write_pgpass(params: dict[str, str], password: str) -> Path:
+    """Add or replace the ~/.pgpass line for these host/port/dbname/user (mode 0600)."""
+    path = Path(os.environ.get("PGPASSFILE", Path.home() / ".pgpass"))
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace(":", "\\:")
+
+    key = ":".join(esc(params[k]) for k in ("host", "port", "dbname", "user"))
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(key + ":")]
+    lines.append(f"{key}:{esc(password)}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path

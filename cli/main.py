@@ -345,26 +345,58 @@ def sessions() -> None:
 @sessions.command("list")
 @click.option("--user")
 @click.option("--connection")
+@click.option("--since", help="ISO time, e.g. 2026-11-26T10:00:00+00:00")
+@click.option("--text", help="Only sessions with a statement containing this text.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @gateway_options
 def sessions_list(
     user: str | None,
     connection: str | None,
+    since: str | None,
+    text: str | None,
     limit: int,
     as_json: bool,
     gateway: str | None,
     token: str | None,
     ca: str | None,
 ) -> None:
-    """List sessions, newest first."""
+    """List sessions, newest first (filter by user, connection, time, statement text)."""
     params: dict[str, Any] = {"limit": limit}
-    if user:
-        params["user"] = user
-    if connection:
-        params["connection"] = connection
+    for key, value in (
+        ("user", user),
+        ("connection", connection),
+        ("since", since),
+        ("text", text),
+    ):
+        if value:
+            params[key] = value
     with _ref(gateway, token, ca).http() as http:
         _print(cl.check(http.get("/v1/sessions", params=params)), as_json)
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def sessions_show(
+    session_id: str, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Show one session and every statement it ran."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.get(f"/v1/sessions/{session_id}"))
+    if as_json:
+        _print(data, True)
+        return
+    statements = data.pop("statements")
+    _print(data, False)
+    click.echo("statements:")
+    for st in statements:
+        outcome = st["sqlstate"] or ",".join(st["tags"] or []) or "-"
+        click.echo(
+            f"  [{st['seq']}] {st['ts']} {outcome} rows={st['rows']} "
+            f"{st['duration_ms']}ms  {st['text']}"
+        )
 
 
 @main.group()
@@ -394,11 +426,26 @@ def audit_list(
 
 
 @audit.command("verify")
+@click.option(
+    "--store",
+    "store_url",
+    help="Verify a store directly (offline), e.g. "
+    "sqlite:///.wardgate/wardgate.db or a postgresql+psycopg:// URL.",
+)
 @gateway_options
-def audit_verify(gateway: str | None, token: str | None, ca: str | None) -> None:
+def audit_verify(
+    store_url: str | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
     """Check the audit hash chain; exits 1 naming the first bad event."""
-    with _ref(gateway, token, ca).http() as http:
-        data = cl.check(http.get("/v1/audit/verify"))
+    if store_url:
+        from gateway.store import Store
+
+        with Store.open(store_url) as store:
+            bad = store.verify_audit()
+        data = {"intact": bad is None, "first_bad_seq": bad}
+    else:
+        with _ref(gateway, token, ca).http() as http:
+            data = cl.check(http.get("/v1/audit/verify"))
     if data["intact"]:
         click.echo("audit log intact")
         return
@@ -417,6 +464,76 @@ def login(gateway: str, token: str, ca: Path | None) -> None:
         who = cl.check(http.get("/v1/whoami"))
     path = cl.save(ref.url, token, ref.ca_pem)
     click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
+
+
+def _libpq(ref: cl.GatewayRef, connection: str) -> dict[str, str]:
+    """libpq parameters that reach CONNECTION through the gateway as the current user."""
+    from urllib.parse import urlsplit
+
+    if not ref.token:
+        raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
+    with ref.http() as http:
+        who = cl.check(http.get("/v1/whoami"))
+    url = urlsplit(ref.url)
+    params = {
+        "host": url.hostname or "localhost",
+        "port": str(url.port or 443),
+        "dbname": connection,
+        "user": who["user"],
+        "sslmode": "verify-full",
+        # libpq >= 16 understands "system"; older ones need the CA file.
+        "sslrootcert": str(cl.ca_file(ref.ca_pem)) if ref.ca_pem else "system",
+    }
+    return params
+
+
+def _conninfo(params: dict[str, str]) -> str:
+    def quote(value: str) -> str:
+        if value and not any(c in value for c in " '\\"):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in params.items())
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("connection")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@gateway_options
+def psql(
+    connection: str,
+    psql_args: tuple[str, ...],
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Run psql on CONNECTION through the gateway with your credential."""
+    ref = _ref(gateway, token, ca)
+    params = _libpq(ref, connection)
+    env = dict(os.environ, PGPASSWORD=ref.token or "")
+    os.execvpe("psql", ["psql", _conninfo(params), *psql_args], env)  # noqa: S606 - exec psql itself
+
+
+@main.command()
+@click.argument("connection")
+@click.option(
+    "--pgpass",
+    is_flag=True,
+    help="Write the credential to ~/.pgpass instead of putting it in the string.",
+)
+@gateway_options
+def creds(
+    connection: str, pgpass: bool, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Print a libpq connection string for CONNECTION (psycopg, DBeaver, pgAdmin...)."""
+    ref = _ref(gateway, token, ca)
+    params = _libpq(ref, connection)
+    if pgpass:
+        path = cl.write_pgpass(params, ref.token or "")
+        click.echo(f"credential written to {path}", err=True)
+    else:
+        params["password"] = ref.token or ""
+    click.echo(_conninfo(params))
 
 
 @main.command()

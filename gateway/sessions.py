@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.agents.registry import AgentConn, AgentRegistry, NoAgentError, RoutingError
@@ -72,7 +73,10 @@ class SessionBroker:
         self._audit = auditor
         self._box = secret_box
 
-    def _target(self, conn: ConnectionRecord) -> Target:
+    async def connection(self, name: str) -> ConnectionRecord | None:
+        return await asyncio.to_thread(self._store.get_connection, name)
+
+    def _target(self, conn: ConnectionRecord, extra_options: Mapping[str, str]) -> Target:
         resolved: dict[str, str | bytes] = {}
         for name, value in conn.secrets.items():
             if SecretBox.is_sealed(value):
@@ -90,7 +94,8 @@ class SessionBroker:
                     ) from None
             else:
                 resolved[name] = value  # a reference the agent resolves
-        return Target(conn.name, conn.type, conn.host, conn.port, dict(conn.options), resolved)
+        options = {**extra_options, **conn.options}  # the connection's own settings win
+        return Target(conn.name, conn.type, conn.host, conn.port, options, resolved)
 
     async def open(
         self,
@@ -100,6 +105,7 @@ class SessionBroker:
         protocol: str,
         client_addr: str,
         types: tuple[str, ...] | None = None,
+        extra_options: Mapping[str, str] | None = None,
     ) -> Session:
         conn = await asyncio.to_thread(self._store.get_connection, connection)
         if conn is None:
@@ -124,7 +130,7 @@ class SessionBroker:
                 f"connection {connection!r} is of type {conn.type!r}; "
                 f"{protocol} reaches only {', '.join(types)} connections",
             )
-        target = self._target(conn)
+        target = self._target(conn, extra_options or {})
         session_id = secrets.token_urlsafe(12)
         now = dt.datetime.now(dt.UTC)
         await asyncio.to_thread(

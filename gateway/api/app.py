@@ -235,6 +235,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         user: str | None = None,
         connection: str | None = None,
         since: dt.datetime | None = None,
+        text: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         if not who.is_admin:
@@ -244,9 +245,43 @@ def build_app(deps: ApiDeps) -> FastAPI:
             user=user,
             connection=connection,
             since=since,
-            limit=min(limit, 1000),
+            limit=min(limit, 1000) if not text else 10_000,
         )
+        if text:
+            hits = await run(
+                deps.store.list_audit, kind="pg.statement", contains=text, limit=100_000
+            )
+            wanted = {e.session_id for e in hits}
+            rows = [s for s in rows if s.id in wanted][: min(limit, 1000)]
         return [_session_json(s) for s in rows]
+
+    @app.get("/v1/sessions/{session_id}")
+    async def show_session(session_id: str, who: User) -> dict[str, Any]:
+        record = await run(deps.store.get_session, session_id)
+        if record is None or (not who.is_admin and record.user != who.user):
+            raise HTTPException(404, f"session {session_id!r} does not exist")
+        events = await run(deps.store.list_audit, session_id=session_id, limit=100_000)
+        results = {e.data.get("statement_seq"): e.data for e in events if e.kind == "pg.result"}
+        statements = []
+        for e in events:
+            if e.kind != "pg.statement":
+                continue
+            result = results.get(e.seq, {})
+            statements.append(
+                {
+                    "seq": e.seq,
+                    "ts": e.ts.isoformat(),
+                    "text": e.data.get("text"),
+                    "protocol": e.data.get("protocol"),
+                    "params": e.data.get("params"),
+                    "tags": result.get("tags"),
+                    "rows": result.get("rows"),
+                    "sqlstate": result.get("sqlstate"),
+                    "error": result.get("error"),
+                    "duration_ms": result.get("duration_ms"),
+                }
+            )
+        return {**_session_json(record), "statements": statements}
 
     @app.get("/v1/audit")
     async def list_audit(

@@ -649,11 +649,19 @@ class Store:
         session_id: str | None = None,
         after_seq: int = 0,
         limit: int = 1000,
+        contains: str | None = None,
     ) -> list[AuditEvent]:
-        """Events with seq greater than ``after_seq``, oldest first; page with the last seq."""
+        """Events with seq greater than ``after_seq``, oldest first; page with the last seq.
+
+        ``contains`` keeps events whose data (as stored JSON) holds that text, e.g. a table
+        name in recorded statements.
+        """
         stmt = sa.select(t.audit_events).where(t.audit_events.c.seq > after_seq)
         if kind is not None:
             stmt = stmt.where(t.audit_events.c.kind == kind)
+        if contains:
+            needle = json.dumps(contains, ensure_ascii=False)[1:-1]  # as JSON escapes it
+            stmt = stmt.where(t.audit_events.c.data.contains(needle, autoescape=True))
         if session_id is not None:
             stmt = stmt.where(t.audit_events.c.session_id == session_id)
         stmt = stmt.order_by(t.audit_events.c.seq).limit(limit)
