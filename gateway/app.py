@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import socket
@@ -22,7 +21,8 @@ from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, parse_address, resolve_secret
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
-from gateway.frontdoor import FrontDoor
+from gateway.frontdoor import FrontDoor, Kind
+from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
@@ -66,6 +66,7 @@ class Gateway:
         self._tasks = TaskOwner("gateway")
         self._grpc: grpc.aio.Server | None = None
         self.store: Store | None = None
+        self.auditor: Auditor | None = None
         self.registry = AgentRegistry(
             ping_interval=config.ping_interval, open_timeout=config.open_timeout
         )
@@ -108,6 +109,7 @@ class Gateway:
         store = await asyncio.to_thread(Store.open, cfg.store_url())
         self.store = store
         auditor = Auditor(store)
+        self.auditor = auditor
         box = self._secret_box()
         tls = await asyncio.to_thread(self._tls)
         admin_token = await asyncio.to_thread(self._bootstrap_admin, store)
@@ -167,6 +169,12 @@ class Gateway:
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
+        # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
+        postgres = PostgresFrontDoor(
+            server_context(tls, alpn=["postgresql"]), authenticator, broker, auditor
+        )
+        self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
+        self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(
@@ -224,13 +232,11 @@ class Gateway:
         await self._tasks.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
-        if self.store is not None:
+        if self.auditor is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(
-                    self.store.append_audit,
-                    "gateway.stopped",
-                    data={"at": dt.datetime.now(dt.UTC).isoformat()},
-                )
+                await self.auditor.record("gateway.stopped")
+            await self.auditor.aclose()
+        if self.store is not None:
             self.store.close()
         self._closed.set()
 

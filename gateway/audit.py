@@ -1,8 +1,13 @@
-"""Audit events, written through the store's hash-chained log.
+"""Audit events, written through the store's hash-chained log with group commit.
 
-Writes happen before the action they record is forwarded (design decision 8), so callers
-await `record`. Refusals are audited too: a rejected agent key or an unknown protocol on
-the public port leaves a trace, without the secret that was offered.
+`record` returns once the event is durable: callers await it before forwarding the action
+it describes (design decision 8). `submit` queues an event without waiting (results of
+statements already forwarded). One writer task drains the queue: everything that arrived
+while the previous transaction was committing goes into the next one, so many sessions
+share one commit instead of queueing behind each other's.
+
+Refusals are audited too: a rejected agent key or an unknown protocol on the public port
+leaves a trace, without the secret that was offered.
 """
 
 from __future__ import annotations
@@ -13,11 +18,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.store import AuditEvent, Store
+from shared.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 512
 # Keys whose values must never reach the log, whatever a caller passes.
 _SECRET_KEYS = frozenset({"secret", "password", "token", "key", "authorization"})
+
+_Item = tuple[str, str, str | None, Mapping[str, Any], "asyncio.Future[AuditEvent] | None"]
+
+
+class AuditUnavailable(Exception):
+    """The audit log could not be written; the action it would record must not happen."""
 
 
 def _scrub(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,21 +40,55 @@ def _scrub(data: Mapping[str, Any]) -> dict[str, Any]:
 class Auditor:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._pending: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._tasks = TaskOwner("audit")
+        self._writer: asyncio.Task[None] | None = None
+
+    def _enqueue(self, item: _Item) -> None:
+        self._pending.append(item)
+        self._idle.clear()
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = self._tasks.spawn(self._write_loop(), name="writer")
 
     async def record(
-        self,
-        kind: str,
-        *,
-        actor: str = "-",
-        session_id: str | None = None,
-        **data: Any,
+        self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
     ) -> AuditEvent:
-        event = await asyncio.to_thread(
-            self._store.append_audit,
-            kind,
-            actor=actor,
-            session_id=session_id,
-            data=_scrub(data),
-        )
-        log.info("audit %s actor=%s session=%s %s", kind, actor, session_id or "-", event.data)
-        return event
+        fut: asyncio.Future[AuditEvent] = asyncio.get_running_loop().create_future()
+        self._enqueue((kind, actor, session_id, _scrub(data), fut))
+        return await asyncio.shield(fut)  # a cancelled caller must not unwrite the log
+
+    def submit(
+        self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
+    ) -> None:
+        self._enqueue((kind, actor, session_id, _scrub(data), None))
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                items = [(k, a, s, d) for k, a, s, d, _ in batch]
+                try:
+                    events = await asyncio.to_thread(self._store.append_audit_batch, items)
+                except Exception as exc:
+                    log.error("audit log write failed (%d events lost): %s", len(batch), exc)
+                    for *_, fut in batch:
+                        if fut is not None and not fut.done():
+                            fut.set_exception(AuditUnavailable(f"audit log unavailable: {exc}"))
+                    continue
+                for (kind, actor, session_id, _, fut), event in zip(batch, events, strict=True):
+                    log.debug("audit %s actor=%s session=%s", kind, actor, session_id or "-")
+                    if fut is not None and not fut.done():
+                        fut.set_result(event)
+            self._idle.set()
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._pending and self._writer is not None and not self._writer.done():
+            await self._idle.wait()
+        await self._tasks.aclose()

@@ -686,3 +686,24 @@ def test_postgres_fixture_demands_the_password(postgres_db: PostgresServer) -> N
     wrong = dataclasses.replace(postgres_db, password="wrong")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         wrong.connect().close()
+
+
+def test_audit_batch_appends_in_order_in_one_chain(store: Store) -> None:
+    store.append_audit("before", actor="a")
+    events = store.append_audit_batch(
+        [("pg.statement", "alice", "s1", {"text": "select 1"}), ("pg.result", "alice", "s1", {})]
+    )
+    store.append_audit("after")
+    assert [e.seq for e in events] == [2, 3]
+    assert events[1].prev_hash == events[0].hash
+    assert [e.kind for e in store.list_audit()] == ["before", "pg.statement", "pg.result", "after"]
+    assert store.verify_audit() is None
+    assert store.append_audit_batch([]) == []
+
+
+def test_list_audit_contains_matches_text_inside_the_data(store: Store) -> None:
+    store.append_audit("pg.statement", data={"text": 'select "needle" from t'})
+    store.append_audit("pg.statement", data={"text": "select 1"})
+    hits = store.list_audit(kind="pg.statement", contains='"needle"')
+    assert [e.data["text"] for e in hits] == ['select "needle" from t']
+    assert store.list_audit(contains="100%_") == []

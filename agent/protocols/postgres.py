@@ -1,0 +1,246 @@
+"""PostgreSQL on the agent side: log in to the real server with the injected credential.
+
+    dial -> SSLRequest per sslmode -> StartupMessage(connection's user and database, the
+    client's other startup parameters) -> SCRAM-SHA-256 (with tls-server-end-point channel
+    binding over TLS) / MD5 / cleartext -> AuthenticationOk -> collect the server's
+    ParameterStatus / BackendKeyData / ReadyForQuery -> OpenResult(ok) and those messages as
+    the first data -> relay bytes both ways.
+
+The real BackendKeyData stays here: a cancel arrives as a Signal and is replayed to the
+server on a new connection. Errors name the connection and the server's SQLSTATE, never the
+secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+from agent.protocols import tcp
+from shared.pgwire.auth import ScramSha256Client, md5_password, tls_server_end_point
+from shared.pgwire.backend import (
+    AuthenticationCleartextPassword,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    ErrorResponse,
+    ReadyForQuery,
+    decode_backend,
+)
+from shared.pgwire.errors import PgProtocolError
+from shared.pgwire.framing import MessageReader
+from shared.pgwire.frontend import SASLInitialResponse, SASLResponse, password_message
+from shared.pgwire.startup import encode_cancel_request, encode_ssl_request, encode_startup
+from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
+from shared.tunnel.stream import TunnelStream
+
+LOGIN_TIMEOUT = 20.0
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+class LoginFailed(Exception):
+    def __init__(self, code: ResetCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Server:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    tls: bool
+
+
+def _client_tls(target: Target, mode: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    root = target.options.get("sslrootcert")
+    if mode in ("verify-ca", "verify-full"):
+        if root:
+            ctx.load_verify_locations(cafile=root)
+        ctx.check_hostname = mode == "verify-full"
+    else:  # require/prefer: encrypt, do not verify (libpq semantics)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def connect(target: Target) -> _Server:
+    mode = target.options.get("sslmode", "prefer")
+    if mode not in SSL_MODES:
+        raise LoginFailed(ResetCode.TARGET_REFUSED, f"unknown sslmode {mode!r}")
+    reader, writer = await tcp.dial(target)
+    if mode in ("disable", "allow"):
+        return _Server(reader, writer, tls=False)
+    writer.write(encode_ssl_request())
+    await writer.drain()
+    answer = await reader.readexactly(1)
+    if answer == b"S":
+        await writer.start_tls(
+            _client_tls(target, mode),
+            server_hostname=target.host if mode == "verify-full" else None,
+        )
+        return _Server(reader, writer, tls=True)
+    if mode in ("require", "verify-ca", "verify-full"):
+        writer.close()
+        raise LoginFailed(
+            ResetCode.TARGET_REFUSED, f"the server does not accept TLS (sslmode={mode})"
+        )
+    return _Server(reader, writer, tls=False)
+
+
+async def _next(frames: MessageReader, reader: asyncio.StreamReader) -> object:
+    while (message := frames.next_message()) is None:
+        data = await reader.read(65536)
+        if not data:
+            raise LoginFailed(ResetCode.TARGET_UNREACHABLE, "the server closed the connection")
+        frames.feed(data)
+    decoded = decode_backend(message)
+    if isinstance(decoded, ErrorResponse):
+        raise LoginFailed(
+            ResetCode.TARGET_REFUSED,
+            f"the server refused the login: {decoded.sqlstate} {decoded.message}",
+        )
+    return decoded
+
+
+async def login(server: _Server, target: Target) -> tuple[bytes, BackendKeyData | None]:
+    """Authenticate; returns the raw post-auth messages (through ReadyForQuery) and the key."""
+    params = {
+        k.removeprefix("startup."): v for k, v in target.options.items() if k.startswith("startup.")
+    }
+    params["user"] = target.options.get("username", "")
+    params["database"] = target.options.get("database", params["user"])
+    if not params["user"]:
+        raise LoginFailed(ResetCode.TARGET_REFUSED, "the connection has no username")
+    password = target.secrets.get("password")
+    secret = password if isinstance(password, bytes) else None
+    reader, writer = server.reader, server.writer
+    writer.write(encode_startup(params))
+    await writer.drain()
+    frames = MessageReader()
+
+    def need_secret() -> bytes:
+        if secret is None:
+            raise LoginFailed(
+                ResetCode.SECRET_UNAVAILABLE, "the server asks for a password; none is configured"
+            )
+        return secret
+
+    while True:
+        message = await _next(frames, reader)
+        if isinstance(message, AuthenticationOk):
+            break
+        if isinstance(message, AuthenticationCleartextPassword):
+            writer.write(password_message(need_secret()))
+        elif isinstance(message, AuthenticationMD5Password):
+            writer.write(
+                password_message(md5_password(params["user"], need_secret(), message.salt))
+            )
+        elif isinstance(message, AuthenticationSASL):
+            binding = None
+            if server.tls:
+                ssl_object = writer.get_extra_info("ssl_object")
+                cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                binding = tls_server_end_point(cert) if cert else None
+            scram = ScramSha256Client(need_secret(), message.mechanisms, binding)
+            writer.write(SASLInitialResponse(scram.mechanism, scram.client_first()).encode())
+            await writer.drain()
+            first = await _next(frames, reader)
+            if not isinstance(first, AuthenticationSASLContinue):
+                raise LoginFailed(ResetCode.TARGET_REFUSED, "unexpected SCRAM message")
+            writer.write(SASLResponse(scram.client_final(first.data)).encode())
+            await writer.drain()
+            final = await _next(frames, reader)
+            if not isinstance(final, AuthenticationSASLFinal):
+                raise LoginFailed(ResetCode.TARGET_REFUSED, "unexpected SCRAM message")
+            scram.verify_server_final(final.data)
+            continue
+        else:
+            raise LoginFailed(
+                ResetCode.TARGET_REFUSED, f"unsupported authentication request {message!r}"
+            )
+        await writer.drain()
+
+    raw: list[bytes] = []
+    key: BackendKeyData | None = None
+    while True:
+        while (msg := frames.next_message()) is None:
+            data = await reader.read(65536)
+            if not data:
+                raise LoginFailed(ResetCode.TARGET_UNREACHABLE, "the server closed the connection")
+            frames.feed(data)
+        decoded = decode_backend(msg)
+        if isinstance(decoded, ErrorResponse):
+            raise LoginFailed(
+                ResetCode.TARGET_REFUSED,
+                f"the server refused the session: {decoded.sqlstate} {decoded.message}",
+            )
+        if isinstance(decoded, BackendKeyData):
+            key = decoded
+        raw.append(msg.raw)
+        if isinstance(decoded, ReadyForQuery):
+            return b"".join(raw), key
+
+
+async def cancel(target: Target, key: BackendKeyData, tls: bool) -> None:
+    """Replay a cancel to the server on a new connection, as libpq does."""
+    with contextlib.suppress(OSError, TimeoutError, LoginFailed, asyncio.IncompleteReadError):
+        async with asyncio.timeout(10):
+            server = await connect(target) if tls else _Server(*await tcp.dial(target), False)
+            server.writer.write(encode_cancel_request(key.pid, key.secret))
+            await server.writer.drain()
+            await server.reader.read()  # the server closes when done
+            server.writer.close()
+
+
+async def serve(stream: TunnelStream, target: Target) -> None:
+    server: _Server | None = None
+    try:
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            server = await connect(target)
+            startup, key = await login(server, target)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        reason = (
+            "timed out"
+            if isinstance(exc, TimeoutError)
+            else (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+        )
+        await _refuse(
+            stream,
+            server,
+            ResetCode.TARGET_UNREACHABLE,
+            f"cannot reach {target.host}:{target.port}: {reason}",
+        )
+        return
+    except LoginFailed as exc:
+        await _refuse(stream, server, exc.code, str(exc))
+        return
+    except PgProtocolError as exc:
+        await _refuse(stream, server, ResetCode.TARGET_REFUSED, f"server protocol error: {exc}")
+        return
+
+    async def on_signal(kind: SignalKind) -> None:
+        if kind is SignalKind.CANCEL and key is not None and server is not None:
+            await cancel(target, key, server.tls)
+
+    await stream.send_open_result(OpenResult(True))
+    try:
+        await stream.send_data(startup)
+        await tcp.pump(stream, server.reader, server.writer, on_signal)
+    finally:
+        server.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await server.writer.wait_closed()
+
+
+async def _refuse(
+    stream: TunnelStream, server: _Server | None, code: ResetCode, message: str
+) -> None:
+    if server is not None:
+        server.writer.close()
+    await stream.send_open_result(OpenResult(False, code, message))

@@ -1,0 +1,185 @@
+"""Follow one PostgreSQL session in both directions to record its statements (sans-I/O).
+
+Rules:
+1. A statement is recorded when it is about to run: a simple Query when the client sends
+   it; an extended-protocol statement at Execute, with the text Parse gave its prepared
+   statement and the parameter count Bind gave its portal. The caller writes the
+   `StatementStarted` durably and only then forwards the message.
+2. Server messages are scanned, not decoded: only the type byte and length of each message
+   are read, plus the bodies of CommandComplete, ErrorResponse and ReadyForQuery, so a
+   multi-gigabyte result costs one header read per row and no copies.
+3. Completion: a simple Query completes at ReadyForQuery (its command tags collected on the
+   way); an Execute completes at its CommandComplete, EmptyQueryResponse, PortalSuspended or
+   ErrorResponse. After an error the server skips to Sync, so Executes still pending at
+   ReadyForQuery did not run and complete as `skipped`.
+4. Rows are counted from DataRow messages, so SELECT and FETCH count what the client got.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_HEADER = struct.Struct("!cI")
+# CommandComplete, ErrorResponse, ReadyForQuery, EmptyQueryResponse, PortalSuspended
+_INTERESTING = frozenset(b"CEZIs")
+
+
+@dataclass(frozen=True, slots=True)
+class StatementStarted:
+    index: int  # position in this session, 1-based
+    text: str
+    protocol: str  # "simple" | "extended"
+    params: int = 0
+    statement: str = ""  # prepared statement name ("" for unnamed)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementFinished:
+    index: int
+    tags: tuple[str, ...]
+    rows: int
+    duration_ms: float
+    sqlstate: str | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+@dataclass
+class _Unit:
+    index: int
+    protocol: str
+    started: float
+    rows: int = 0
+    tags: list[str] = field(default_factory=list)
+    sqlstate: str | None = None
+    error: str | None = None
+
+
+def _error_fields(body: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields
+
+
+class PgTracker:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._count = 0
+        self._statements: dict[str, str] = {}  # prepared name -> text
+        self._portals: dict[str, tuple[str, str, int]] = {}  # portal -> (stmt name, text, params)
+        self._units: deque[_Unit] = deque()
+        # server-direction scanner state
+        self._carry = b""
+        self._skip = 0
+
+    # ---- client -> server ------------------------------------------------------------
+
+    def query(self, text: str) -> StatementStarted:
+        self._count += 1
+        self._units.append(_Unit(self._count, "simple", self._clock()))
+        return StatementStarted(self._count, text, "simple")
+
+    def parse(self, name: str, text: str) -> None:
+        self._statements[name] = text
+
+    def bind(self, portal: str, statement: str, params: int) -> None:
+        self._portals[portal] = (statement, self._statements.get(statement, ""), params)
+
+    def sync(self) -> None:
+        """Sync ends a batch: its ReadyForQuery closes the Executes before it."""
+        self._units.append(_Unit(0, "sync", self._clock()))
+
+    def close(self, kind: str, name: str) -> None:
+        (self._statements if kind == "S" else self._portals).pop(name, None)
+
+    def execute(self, portal: str) -> StatementStarted:
+        statement, text, params = self._portals.get(portal, ("", "", 0))
+        self._count += 1
+        self._units.append(_Unit(self._count, "extended", self._clock()))
+        return StatementStarted(self._count, text, "extended", params, statement)
+
+    # ---- server -> client ------------------------------------------------------------
+
+    def server_data(self, data: bytes) -> list[StatementFinished]:
+        """Scan a chunk of the server's byte stream; returns statements that completed."""
+        done: list[StatementFinished] = []
+        view = memoryview(data)
+        i = 0
+        n = len(view)
+        if self._skip:
+            i = min(self._skip, n)
+            self._skip -= i
+            if i == n:
+                return done
+        if self._carry:
+            view = memoryview(self._carry + bytes(view[i:]))
+            self._carry = b""
+            i = 0
+            n = len(view)
+        header = _HEADER
+        while i < n:
+            if n - i < 5:
+                self._carry = bytes(view[i:])
+                break
+            kind, length = header.unpack_from(view, i)
+            end = i + 1 + length
+            code = kind[0]
+            if code == 68:  # 'D' DataRow: the hot path
+                if self._units:
+                    self._units[0].rows += 1
+            elif code in _INTERESTING:
+                if end > n:
+                    self._carry = bytes(view[i:])
+                    break
+                self._on_message(code, bytes(view[i + 5 : end]), done)
+            if end > n:
+                self._skip = end - n
+                break
+            i = end
+        return done
+
+    def _on_message(self, code: int, body: bytes, done: list[StatementFinished]) -> None:
+        unit = self._units[0] if self._units else None
+        if unit is not None and unit.protocol == "sync" and code != 90:
+            return  # an answer after Sync but before ReadyForQuery belongs to nobody
+        if code in (73, 115):  # 'I' EmptyQueryResponse, 's' PortalSuspended
+            if unit is not None and unit.protocol == "extended":
+                done.append(self._finish(self._units.popleft()))
+        elif code == 67:  # 'C' CommandComplete
+            if unit is None:
+                return
+            unit.tags.append(body.rstrip(b"\0").decode("utf-8", "replace"))
+            if unit.protocol == "extended":
+                done.append(self._finish(self._units.popleft()))
+        elif code == 69:  # 'E' ErrorResponse
+            if unit is None:
+                return
+            fields = _error_fields(body)
+            unit.sqlstate = fields.get("C")
+            unit.error = fields.get("M", "")[:200]
+            if unit.protocol == "extended":
+                done.append(self._finish(self._units.popleft()))
+        elif code == 90:  # 'Z' ReadyForQuery
+            while self._units:
+                head = self._units.popleft()
+                if head.protocol == "sync":
+                    break
+                done.append(self._finish(head, skipped=head.protocol == "extended"))
+                if head.protocol == "simple":
+                    break
+
+    def _finish(self, unit: _Unit, *, skipped: bool = False) -> StatementFinished:
+        return StatementFinished(
+            index=unit.index,
+            tags=tuple(unit.tags),
+            rows=unit.rows,
+            duration_ms=round((self._clock() - unit.started) * 1000, 3),
+            sqlstate=unit.sqlstate,
+            error=unit.error,
+            skipped=skipped and not unit.tags and unit.sqlstate is None,
+        )

@@ -1,0 +1,515 @@
+"""The PostgreSQL front door: native clients on the public endpoint (gateway half).
+
+    client ── SSLRequest ──▶ 'S', TLS with the gateway certificate
+           (or direct TLS with ALPN "postgresql", PostgreSQL 17)
+           ── StartupMessage(user, database) ──▶ AuthenticationCleartextPassword (inside TLS)
+           ── PasswordMessage(Wardgate credential) ──▶ authenticate, open the session:
+              the agent logs in to the real server with the injected credential
+           ◀── AuthenticationOk, the server's ParameterStatus..., BackendKeyData (ours),
+               ReadyForQuery
+           then every statement is recorded (before it is forwarded) and relayed.
+
+`database` names the Wardgate connection and `user` the Wardgate user; the database's own
+user, database and password are the connection's and never reach the client. Errors are
+ErrorResponses with a SQLSTATE: 3D000 unknown connection, 28P01 bad credential, 42501
+denied, 08006 no agent / agent lost, 08001 target unreachable or refusing the credential,
+08P01 protocol violation. A CancelRequest (on a new connection, plaintext or TLS) is routed
+by the BackendKeyData the gateway handed out to the agent serving that session, which
+replays it to the server with the real key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from gateway.audit import Auditor, AuditUnavailable
+from gateway.auth import Authenticator, AuthError
+from gateway.frontdoor import accept_stream
+from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
+from gateway.sessions import Session, SessionBroker, SessionError
+from shared.pgwire.backend import (
+    BackendKeyData,
+    ReadyForQuery,
+    authentication_cleartext_password,
+    authentication_ok,
+    backend_key_data,
+    decode_backend,
+    error_response,
+)
+from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
+from shared.pgwire.framing import Message, MessageReader
+from shared.pgwire.frontend import Bind, Close, Execute, Parse, Query, Sync, decode_frontend
+from shared.pgwire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    parse_startup_packet,
+    startup_packet_length,
+)
+from shared.tunnel.frames import ResetCode, SignalKind
+from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 30.0
+READ_SIZE = 64 * 1024
+# Startup parameters passed through to the server; user and database are the connection's.
+_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+_FRONTEND_TRACKED = frozenset(b"QPBECSX")
+
+SQLSTATE_BY_KIND = {
+    "unknown_connection": "3D000",
+    "wrong_type": "3D000",
+    "forbidden": "42501",
+    "no_agent": "08006",
+    "agent_lost": "08006",
+    "unreachable": "08001",
+    "unsupported": "08001",
+}
+
+
+class ClientGone(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class _Live:
+    session: Session
+    secret: int
+
+
+class CancelKeys:
+    """BackendKeyData the gateway handed out -> the live session it stands for."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, _Live] = {}
+
+    def issue(self, session: Session) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self._by_pid:
+                break
+        secret = secrets.randbits(32)
+        self._by_pid[pid] = _Live(session, secret)
+        return pid, secret
+
+    def revoke(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)
+
+    def find(self, pid: int, secret: int) -> Session | None:
+        live = self._by_pid.get(pid)
+        if live is None:
+            return None
+        # Constant-time: the secret is what stops one user cancelling another's queries.
+        ok = 0 <= secret < 2**32 and hmac.compare_digest(
+            secret.to_bytes(4, "big"), live.secret.to_bytes(4, "big")
+        )
+        return live.session if ok else None
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    prefix = await reader.readexactly(4)
+    length = startup_packet_length(prefix)
+    assert length is not None
+    return prefix + await reader.readexactly(length - 4)
+
+
+async def _sock_read_packet(sock: socket.socket) -> bytes:
+    """Read one startup packet from a raw socket (before any TLS)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    need: int | None = None
+    while need is None or len(data) < need:
+        chunk = await loop.sock_recv(sock, (need or 4) - len(data))
+        if not chunk:
+            raise ClientGone("client closed during startup")
+        data += chunk
+        if need is None and len(data) >= 4:
+            need = startup_packet_length(data[:4])
+    return data
+
+
+class PostgresFrontDoor:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        auth: Authenticator,
+        broker: SessionBroker,
+        auditor: Auditor,
+    ) -> None:
+        self._ssl = ssl_context
+        self._auth = auth
+        self._broker = broker
+        self._audit = auditor
+        self.cancel_keys = CancelKeys()
+
+    # ---- entry points (registered on the front door) ---------------------------------
+
+    async def plain(self, sock: socket.socket, client: str) -> None:
+        """A connection whose first bytes are a PostgreSQL startup packet."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:
+                    packet = parse_startup_packet(await _sock_read_packet(sock))
+                    if isinstance(packet, GSSENCRequest):
+                        await loop.sock_sendall(sock, b"N")
+                        continue
+                    break
+        except (PgProtocolError, ClientGone, TimeoutError, OSError) as exc:
+            await self._refuse_raw(sock, client, exc)
+            return
+        if isinstance(packet, CancelRequest):
+            sock.close()
+            await self._cancel(packet, client)
+            return
+        if isinstance(packet, SSLRequest):
+            await loop.sock_sendall(sock, b"S")
+            try:
+                reader, writer = await accept_stream(sock, self._ssl)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                sock.close()
+                await self._audit.record("frontdoor.tls_failed", client=client, reason=str(exc))
+                return
+            await self._serve(reader, writer, client, tls=True)
+            return
+        reader, writer = await accept_stream(sock, None)
+        assert isinstance(packet, StartupMessage)
+        await self._serve(reader, writer, client, tls=False, startup=packet)
+
+    async def direct_tls(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+    ) -> None:
+        """PostgreSQL 17 direct TLS: ALPN "postgresql", the startup packet inside TLS."""
+        await self._serve(reader, writer, client, tls=True, own_writer=False)
+
+    # ---- refusals --------------------------------------------------------------------
+
+    async def _refuse_raw(self, sock: socket.socket, client: str, exc: BaseException) -> None:
+        reason = str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            if isinstance(exc, PgProtocolError):
+                await asyncio.get_running_loop().sock_sendall(
+                    sock, error_response("08P01", f"invalid startup packet: {reason}")
+                )
+        sock.close()
+        await self._audit.record("pg.refused", client=client, reason=reason)
+
+    async def _cancel(self, request: CancelRequest, client: str) -> None:
+        session = self.cancel_keys.find(request.pid, request.secret)
+        if session is None:
+            await self._audit.record("pg.cancel_refused", client=client, reason="unknown key")
+            return
+        await self._audit.record(
+            "pg.cancel", actor=session.identity.user, session_id=session.id, client=client
+        )
+        with contextlib.suppress(SessionClosedError):
+            await session.stream.send_signal(SignalKind.CANCEL)
+
+    # ---- one client ------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+        *,
+        tls: bool,
+        startup: StartupMessage | None = None,
+        own_writer: bool = True,
+    ) -> None:
+        try:
+            await self._serve_client(reader, writer, client, tls=tls, startup=startup)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, ClientGone):
+            pass
+        finally:
+            if own_writer:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await writer.wait_closed()
+
+    async def _fail(
+        self, writer: asyncio.StreamWriter, sqlstate: str, message: str, client: str, **audit: str
+    ) -> None:
+        writer.write(error_response(sqlstate, message))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        await self._audit.record(
+            "pg.refused", client=client, sqlstate=sqlstate, reason=message, **audit
+        )
+
+    async def _serve_client(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+        *,
+        tls: bool,
+        startup: StartupMessage | None,
+    ) -> None:
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while startup is None:
+                    packet = parse_startup_packet(await _read_packet(reader))
+                    if isinstance(packet, CancelRequest):
+                        await self._cancel(packet, client)
+                        return
+                    if isinstance(packet, StartupMessage):
+                        startup = packet
+                    else:  # SSLRequest/GSSENCRequest inside TLS: nothing more to offer
+                        writer.write(b"N")
+                user = startup.params.get("user", "")
+                database = startup.params.get("database") or user
+                if "replication" in startup.params:
+                    await self._fail(
+                        writer, "0A000", "replication connections are not supported", client
+                    )
+                    return
+                # Plaintext would expose the Wardgate credential: only dev-only connections
+                # (option allow_plaintext=true) may accept it.
+                if not tls and not await self._plaintext_allowed(database):
+                    await self._fail(
+                        writer,
+                        "28000",
+                        "this gateway requires TLS: connect with sslmode=require "
+                        "(or verify-full with the gateway CA)",
+                        client,
+                        connection=database,
+                    )
+                    return
+                writer.write(authentication_cleartext_password())
+                await writer.drain()
+                password = await self._read_password(reader)
+        except PgProtocolError as exc:
+            await self._fail(writer, "08P01", f"protocol violation: {exc}", client)
+            return
+        except TimeoutError:
+            await self._fail(writer, "08P01", "startup timed out", client)
+            return
+
+        try:
+            identity = await self._auth.authenticate(password)
+        except AuthError as exc:
+            await self._fail(
+                writer,
+                "28P01",
+                f'password authentication failed for user "{user}"',
+                client,
+                user=user,
+                reason_detail=str(exc),
+            )
+            return
+        if identity.user != user:
+            await self._fail(
+                writer,
+                "28P01",
+                f'password authentication failed for user "{user}"',
+                client,
+                user=user,
+                reason_detail="credential belongs to another user",
+            )
+            return
+
+        forwarded = {
+            f"startup.{k}": v for k, v in startup.params.items() if k not in _NOT_FORWARDED
+        }
+        try:
+            session = await self._broker.open(
+                identity,
+                database,
+                protocol="postgres",
+                client_addr=client,
+                types=("postgres",),
+                extra_options=forwarded,
+            )
+        except SessionError as exc:
+            writer.write(error_response(SQLSTATE_BY_KIND.get(exc.kind, "08006"), exc.message))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            return
+        await self._relay(reader, writer, session)
+
+    async def _plaintext_allowed(self, connection: str) -> bool:
+        record = await self._broker.connection(connection)
+        return record is not None and record.options.get("allow_plaintext") == "true"
+
+    @staticmethod
+    async def _read_password(reader: asyncio.StreamReader) -> str:
+        header = await reader.readexactly(5)
+        if header[:1] != b"p":
+            raise RemoteProtocolError(f"expected a password message, got type {header[:1]!r}")
+        length = int.from_bytes(header[1:5], "big")
+        if not 5 <= length <= 4096:
+            raise RemoteProtocolError("password message of impossible length")
+        body = await reader.readexactly(length - 4)
+        return body.rstrip(b"\0").decode("utf-8", "replace")
+
+    # ---- the session -----------------------------------------------------------------
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
+    ) -> None:
+        stream = session.stream
+        tracker = PgTracker(time.monotonic)
+        seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
+        pid, secret = self.cancel_keys.issue(session)
+        error: str | None = None
+        audit = self._audit
+        user = session.identity.user
+
+        async def record_started(started: StatementStarted) -> None:
+            event = await audit.record(
+                "pg.statement",
+                actor=user,
+                session_id=session.id,
+                connection=session.connection.name,
+                groups=list(session.identity.groups),
+                text=started.text,
+                protocol=started.protocol,
+                params=started.params,
+                statement=started.statement,
+            )
+            seqs[started.index] = event.seq
+
+        def record_finished(finished: list[StatementFinished]) -> None:
+            for f in finished:
+                audit.submit(
+                    "pg.result",
+                    actor=user,
+                    session_id=session.id,
+                    statement_seq=seqs.pop(f.index, None),
+                    tags=list(f.tags),
+                    rows=f.rows,
+                    duration_ms=f.duration_ms,
+                    sqlstate=f.sqlstate,
+                    error=f.error,
+                    skipped=f.skipped,
+                )
+
+        async def client_to_agent() -> None:
+            frames = MessageReader()
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    await stream.send_close()
+                    return
+                frames.feed(data)
+                out: list[bytes] = []
+                while (message := frames.next_message()) is not None:
+                    if message.type[0] in _FRONTEND_TRACKED:
+                        started = self._track(tracker, message)
+                        if started is not None:
+                            # Durably recorded before the statement leaves the gateway.
+                            if out:
+                                await stream.send_data(b"".join(out))
+                                out.clear()
+                            await record_started(started)
+                    out.append(message.raw)
+                    if message.type == b"X":
+                        await stream.send_data(b"".join(out))
+                        await stream.send_close()
+                        return
+                if out:
+                    await stream.send_data(b"".join(out))
+
+        async def agent_to_client() -> str | None:
+            startup = MessageReader()
+            in_startup = True
+            writer.write(authentication_ok())
+            while True:
+                event = await stream.receive()
+                if isinstance(event, DataReceived):
+                    data = event.payload
+                    if in_startup:
+                        data, in_startup = self._rewrite_startup(startup, data, pid, secret)
+                        if not in_startup:
+                            data += startup.take_buffered()
+                    finished = tracker.server_data(data) if not in_startup else []
+                    writer.write(data)
+                    await writer.drain()
+                    if finished:
+                        record_finished(finished)
+                elif isinstance(event, RemoteClosed):
+                    return None
+                elif isinstance(event, SessionReset):
+                    return event.message
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                down = tg.create_task(agent_to_client(), name=f"pg/{session.id}/down")
+                up = tg.create_task(client_to_agent(), name=f"pg/{session.id}/up")
+                error = await down
+                if error is not None:
+                    up.cancel()
+                    writer.write(
+                        error_response(
+                            "08006",
+                            f"connection {session.connection.name!r}: session ended: {error}",
+                        )
+                    )
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                else:
+                    await up
+        except* AuditUnavailable as group:
+            # Fail closed: a statement that cannot be recorded is not run.
+            error = f"statement not run: {group.exceptions[0]}"
+            with contextlib.suppress(ConnectionError):
+                writer.write(error_response("58030", error))
+                await writer.drain()
+        except* PgProtocolError as group:
+            error = f"client protocol violation: {group.exceptions[0]}"
+            with contextlib.suppress(ConnectionError):
+                writer.write(error_response("08P01", error))
+                await writer.drain()
+        except* (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as group:
+            error = error or f"connection failed: {group.exceptions[0]}"
+        finally:
+            self.cancel_keys.revoke(pid)
+            if not stream.finished:
+                await stream.reset(ResetCode.CANCELLED, error or "client went away")
+            await self._broker.finish(session, error=error)
+
+    @staticmethod
+    def _track(tracker: PgTracker, message: Message) -> StatementStarted | None:
+        decoded = decode_frontend(message)
+        if isinstance(decoded, Query):
+            return tracker.query(decoded.text)
+        if isinstance(decoded, Parse):
+            tracker.parse(decoded.name, decoded.query)
+        elif isinstance(decoded, Bind):
+            tracker.bind(decoded.portal, decoded.statement, len(decoded.params))
+        elif isinstance(decoded, Execute):
+            return tracker.execute(decoded.portal)
+        elif isinstance(decoded, Close):
+            tracker.close(decoded.kind, decoded.name)
+        elif isinstance(decoded, Sync):
+            tracker.sync()
+        return None
+
+    @staticmethod
+    def _rewrite_startup(
+        frames: MessageReader, data: bytes, pid: int, secret: int
+    ) -> tuple[bytes, bool]:
+        """Until the first ReadyForQuery, pass server messages with our BackendKeyData."""
+        frames.feed(data)
+        out: list[bytes] = []
+        while (message := frames.next_message()) is not None:
+            decoded = decode_backend(message)
+            if isinstance(decoded, BackendKeyData):
+                out.append(backend_key_data(pid, secret))
+                continue
+            out.append(message.raw)
+            if isinstance(decoded, ReadyForQuery):
+                return b"".join(out), False
+        return b"".join(out), True
