@@ -34,6 +34,9 @@ class StatementStarted:
     protocol: str  # "simple" | "extended"
     params: int = 0
     statement: str = ""  # prepared statement name ("" for unnamed)
+    # Parameter values, only when the connection's policy records them: text as sent,
+    # binary as \x-hex, NULL as None.
+    values: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +69,29 @@ def _error_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+def render_params(
+    params: tuple[bytes | None, ...], formats: tuple[int, ...]
+) -> tuple[str | None, ...]:
+    out: list[str | None] = []
+    for i, value in enumerate(params):
+        fmt = formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0
+        if value is None:
+            out.append(None)
+        elif fmt == 0:
+            out.append(value.decode("utf-8", "replace"))
+        else:
+            out.append("\\x" + value.hex())
+    return tuple(out)
+
+
 class PgTracker:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], *, record_params: bool = False) -> None:
         self._clock = clock
+        self._record_params = record_params
         self._count = 0
         self._statements: dict[str, str] = {}  # prepared name -> text
-        self._portals: dict[str, tuple[str, str, int]] = {}  # portal -> (stmt name, text, params)
+        # portal -> (statement name, text, parameter count, rendered values or None)
+        self._portals: dict[str, tuple[str, str, int, tuple[str | None, ...] | None]] = {}
         self._units: deque[_Unit] = deque()
         # server-direction scanner state
         self._carry = b""
@@ -87,8 +107,20 @@ class PgTracker:
     def parse(self, name: str, text: str) -> None:
         self._statements[name] = text
 
-    def bind(self, portal: str, statement: str, params: int) -> None:
-        self._portals[portal] = (statement, self._statements.get(statement, ""), params)
+    def bind(
+        self,
+        portal: str,
+        statement: str,
+        params: tuple[bytes | None, ...],
+        formats: tuple[int, ...] = (),
+    ) -> None:
+        values = render_params(params, formats) if self._record_params else None
+        self._portals[portal] = (
+            statement,
+            self._statements.get(statement, ""),
+            len(params),
+            values,
+        )
 
     def sync(self) -> None:
         """Sync ends a batch: its ReadyForQuery closes the Executes before it."""
@@ -98,10 +130,10 @@ class PgTracker:
         (self._statements if kind == "S" else self._portals).pop(name, None)
 
     def execute(self, portal: str) -> StatementStarted:
-        statement, text, params = self._portals.get(portal, ("", "", 0))
+        statement, text, params, values = self._portals.get(portal, ("", "", 0, None))
         self._count += 1
         self._units.append(_Unit(self._count, "extended", self._clock()))
-        return StatementStarted(self._count, text, "extended", params, statement)
+        return StatementStarted(self._count, text, "extended", params, statement, values)
 
     # ---- server -> client ------------------------------------------------------------
 

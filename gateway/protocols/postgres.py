@@ -360,7 +360,10 @@ class PostgresFrontDoor:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
     ) -> None:
         stream = session.stream
-        tracker = PgTracker(time.monotonic)
+        tracker = PgTracker(
+            time.monotonic,
+            record_params=session.connection.options.get("record_params") == "true",
+        )
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
         pid, secret = self.cancel_keys.issue(session)
         error: str | None = None
@@ -378,6 +381,7 @@ class PostgresFrontDoor:
                 protocol=started.protocol,
                 params=started.params,
                 statement=started.statement,
+                **({"values": list(started.values)} if started.values is not None else {}),
             )
             seqs[started.index] = event.seq
 
@@ -488,7 +492,7 @@ class PostgresFrontDoor:
         if isinstance(decoded, Parse):
             tracker.parse(decoded.name, decoded.query)
         elif isinstance(decoded, Bind):
-            tracker.bind(decoded.portal, decoded.statement, len(decoded.params))
+            tracker.bind(decoded.portal, decoded.statement, decoded.params, decoded.param_formats)
         elif isinstance(decoded, Execute):
             return tracker.execute(decoded.portal)
         elif isinstance(decoded, Close):

@@ -74,7 +74,7 @@ async def relay(ws: WebSocket, broker: SessionBroker, session: Session) -> None:
                 await ws.send_bytes(b"")
                 return None
             elif isinstance(event, SessionReset):
-                return event.message
+                return session.describe_end(event)
 
     try:
         async with asyncio.TaskGroup() as tg:

@@ -445,3 +445,60 @@ def test_agent_killed_mid_query_gives_a_clear_error(stack: Stack) -> None:
             return again.execute("select 1").fetchone() == (1,)
 
     wait_for(reconnects, "a new session through the new agent")
+
+
+def test_direct_tls_listen_notify_notices_and_parameter_status(stack: Stack) -> None:
+    # PostgreSQL 17+ direct TLS: no SSLRequest, ALPN "postgresql" on the public port.
+    with psycopg.connect(stack.conninfo(sslnegotiation="direct"), autocommit=True) as conn:
+        assert conn.execute("select 'direct'").fetchone() == ("direct",)
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("do $$ begin raise notice 'hello from plpgsql'; end $$")
+        assert notices == ["hello from plpgsql"]
+        conn.execute("set application_name = 'renamed-by-set'")
+        assert conn.info.parameter_status("application_name") == "renamed-by-set"
+        conn.execute("listen wardgate_channel")
+        with psycopg.connect(stack.conninfo(), autocommit=True) as other:
+            other.execute("notify wardgate_channel, 'payload-1'")
+        note = next(conn.notifies(timeout=30, stop_after=1))
+        assert (note.channel, note.payload) == ("wardgate_channel", "payload-1")
+
+
+def test_parameter_values_are_recorded_only_when_the_connection_says_so(stack: Stack) -> None:
+    stack.gw.create_connection(
+        name="pg-params",
+        type="postgres",
+        host="127.0.0.1",
+        port=stack.pg.port,
+        database="app",
+        username="app_rw",
+        password=APP_PASSWORD,
+        options={"record_params": "true"},
+    )
+    with psycopg.connect(stack.conninfo("pg-params")) as conn:
+        conn.execute("select %s::text as marker_with_params", ("visible-value",))
+    with psycopg.connect(stack.conninfo()) as conn:
+        conn.execute("select %s::text as marker_without_params", ("hidden-value",))
+    with stack.gw.api() as api:
+        events = api.get("/v1/audit", params={"kind": "pg.statement", "limit": 100_000}).json()
+    by_text = {e["data"]["text"]: e["data"] for e in events}
+    assert by_text["select $1::text as marker_with_params"]["values"] == ["visible-value"]
+    hidden = by_text["select $1::text as marker_without_params"]
+    assert "values" not in hidden and hidden["params"] == 1
+    assert "hidden-value" not in json.dumps(events)
+
+
+def test_malformed_startup_packet_gets_a_protocol_violation(stack: Stack) -> None:
+    # A v3 startup packet whose parameters are not NUL-terminated pairs.
+    body = (196608).to_bytes(4, "big") + b"user\x00admin"  # missing terminators
+    packet = (len(body) + 4).to_bytes(4, "big") + body
+    with socket.create_connection(("127.0.0.1", stack.gw.public_port), timeout=30) as raw:
+        raw.sendall(packet)
+        frames = MessageReader()
+        while (m := frames.next_message()) is None:
+            data = raw.recv(65536)
+            assert data, "closed without an ErrorResponse"
+            frames.feed(data)
+        error = decode_backend(m)
+        assert getattr(error, "sqlstate", None) == "08P01"
+    assert stack.gw.healthy()
