@@ -406,11 +406,13 @@ def audit() -> None:
 
 @audit.command("list")
 @click.option("--kind")
+@click.option("--text", help="Only events whose data contains this text.")
 @click.option("--after", default=0)
 @click.option("--json", "as_json", is_flag=True)
 @gateway_options
 def audit_list(
     kind: str | None,
+    text: str | None,
     after: int,
     as_json: bool,
     gateway: str | None,
@@ -421,6 +423,8 @@ def audit_list(
     params: dict[str, Any] = {"after": after}
     if kind:
         params["kind"] = kind
+    if text:
+        params["text"] = text
     with _ref(gateway, token, ca).http() as http:
         _print(cl.check(http.get("/v1/audit", params=params)), as_json)
 

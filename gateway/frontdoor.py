@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SNIFF_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
+LINGER_TIMEOUT = 1.0
+LINGER_BYTES = 64 * 1024
 
 PG_SSL_REQUEST = 80877103
 PG_GSSENC_REQUEST = 80877104
@@ -108,6 +110,25 @@ async def _peek(sock: socket.socket, deadline: float) -> bytes:
             loop.remove_reader(sock.fileno())
 
 
+async def _discard_input(sock: socket.socket) -> None:
+    """Half-close a refused connection, then read and drop what the peer sent, briefly.
+
+    Closing a socket with unread input (the sniffed bytes at least, which were only peeked)
+    makes the kernel answer with RST, and a RST can destroy our last words (the plaintext
+    HTTP 400) before the peer has read them.
+    """
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError, TimeoutError):
+        sock.shutdown(socket.SHUT_WR)
+        drained = 0
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            while drained < LINGER_BYTES:
+                data = await loop.sock_recv(sock, 4096)
+                if not data:
+                    return
+                drained += len(data)
+
+
 async def accept_stream(
     sock: socket.socket, ssl_context: ssl.SSLContext | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -181,6 +202,7 @@ class FrontDoor:
                 reason="no handler" if kind not in (None, Kind.UNKNOWN) else "unknown protocol",
                 first_bytes=prefix[:8].hex(),
             )
+            await _discard_input(sock)
         except (OSError, ssl.SSLError) as exc:
             log.debug("connection from %s failed: %s", client, exc)
         finally:

@@ -22,7 +22,7 @@ from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
-from shared.tunnel.stream import TunnelStream
+from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ class Session:
     connection: ConnectionRecord
     stream: TunnelStream
     agent: AgentConn
+
+    def describe_end(self, end: SessionReset) -> str:
+        """Why the session ended, for the client: a fault detected here names the agent."""
+        if end.by_peer:
+            return end.message
+        if end.code is ResetCode.PROTOCOL_ERROR:
+            return f"agent {self.agent.name!r} broke the tunnel protocol: {end.message}"
+        if end.code is ResetCode.INTERNAL:  # the stream is gone: the agent died or was cut off
+            return f"session lost on agent {self.agent.name!r}: {end.message}"
+        return end.message
 
 
 def _target_error_kind(code: ResetCode) -> str:

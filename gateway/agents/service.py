@@ -43,6 +43,8 @@ from shared.version import __version__
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
+# How long a refused control stream may take to deliver the Hello the agent sent with it.
+REFUSAL_GRACE = 2.0
 
 
 class AgentService:
@@ -78,6 +80,12 @@ class AgentService:
     async def control(self, ctl: ServerControl) -> None:
         identity = await self._authenticate(ctl)
         if identity is None:
+            # Take the agent's Hello before refusing: an abort that overtakes the agent's
+            # first write fails that write with a bare INTERNAL error, which the agent reads
+            # as a lost connection and retries, instead of UNAUTHENTICATED, which stops it.
+            with contextlib.suppress(TimeoutError, ProtocolViolation):
+                async with asyncio.timeout(REFUSAL_GRACE):
+                    await ctl.read()
             await ctl.abort(grpc.StatusCode.UNAUTHENTICATED, "agent key rejected")
             return
         name, pool, secret_hash = identity

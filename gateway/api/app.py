@@ -288,6 +288,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         who: Admin,
         kind: str | None = None,
         session: str | None = None,
+        text: str | None = None,
         after: int = 0,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
@@ -297,6 +298,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             session_id=session,
             after_seq=after,
             limit=min(limit, 10_000),
+            contains=text,
         )
         return [
             {

@@ -162,6 +162,9 @@ async def reject_session(stream: TunnelStream, code: ResetCode, message: str) ->
 class ClientControl:
     def __init__(self, call: Any) -> None:
         self._call = call
+        # grpc allows one write in flight per call (a second fails the whole call with
+        # TOO_MANY_OPERATIONS), and the agent's pinger and reader both write.
+        self._write_lock = asyncio.Lock()
 
     async def read(self) -> GatewayControl | None:
         message = await self._call.read()
@@ -173,7 +176,8 @@ class ClientControl:
             raise ProtocolViolation(str(exc)) from exc
 
     async def write(self, frame: AgentControl) -> None:
-        await self._call.write(encode_agent_control(frame))
+        async with self._write_lock:
+            await self._call.write(encode_agent_control(frame))
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -204,7 +208,7 @@ class _ClientWire:
         try:
             async with asyncio.timeout(5):
                 await self._call.wait_for_connection()
-                await self._call
+                await self._call.code()  # streaming calls are not awaitable: wait for the status
         except (TimeoutError, grpc.RpcError, asyncio.InvalidStateError):
             self._call.cancel()
 

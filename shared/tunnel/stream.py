@@ -79,6 +79,8 @@ class TunnelStream:
         self._wire = wire
         self._finished = asyncio.Event()
         self._end: SessionReset | None = None
+        # grpc allows one write in flight per call; a reset may race a data write.
+        self._write_lock = asyncio.Lock()
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -155,7 +157,8 @@ class TunnelStream:
 
     async def _write(self, frame: SessionFrame) -> None:
         try:
-            await self._wire.write(encode_session(frame))
+            async with self._write_lock:
+                await self._wire.write(encode_session(frame))
         except asyncio.CancelledError:
             if not _lost_by_other_task():
                 raise
