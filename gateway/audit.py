@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway.store import AuditEvent, Store
@@ -40,6 +41,9 @@ def _scrub(data: Mapping[str, Any]) -> dict[str, Any]:
 class Auditor:
     def __init__(self, store: Store) -> None:
         self._store = store
+        # One thread owns the writer's connection; the event loop never blocks on a commit.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._writer_db = store.audit_writer()
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -74,7 +78,9 @@ class Auditor:
                 del self._pending[:MAX_BATCH]
                 items = [(k, a, s, d) for k, a, s, d, _ in batch]
                 try:
-                    events = await asyncio.to_thread(self._store.append_audit_batch, items)
+                    events = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._writer_db.append, items
+                    )
                 except Exception as exc:
                     log.error("audit log write failed (%d events lost): %s", len(batch), exc)
                     for *_, fut in batch:
@@ -92,3 +98,5 @@ class Auditor:
         if self._pending and self._writer is not None and not self._writer.done():
             await self._idle.wait()
         await self._tasks.aclose()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._writer_db.close)
+        self._executor.shutdown(wait=True)

@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.store import chain
 from gateway.store import tables as t
+from gateway.store.audit_writer import AuditWriter
 from gateway.store.models import (
     AgentRecord,
     AuditEvent,
@@ -598,6 +599,11 @@ class Store:
         payload = chain.canonical_json(dict(data or {}))
         with self._write() as conn:
             return self._append_audit(conn, kind, actor, session_id, payload)
+
+    def audit_writer(self) -> AuditWriter:
+        """A writer for the append hot path, on its own connection; use it from one thread."""
+        self._check_open()
+        return AuditWriter(self._engine, self._clock)
 
     def append_audit_batch(
         self, items: Sequence[tuple[str, str, str | None, Mapping[str, Any]]]

@@ -707,3 +707,28 @@ def test_list_audit_contains_matches_text_inside_the_data(store: Store) -> None:
     hits = store.list_audit(kind="pg.statement", contains='"needle"')
     assert [e.data["text"] for e in hits] == ['select "needle" from t']
     assert store.list_audit(contains="100%_") == []
+
+
+def test_audit_writer_hot_path_extends_the_same_chain(store: Store) -> None:
+    store.append_audit("core.before", actor="a", data={"n": 1})
+    writer = store.audit_writer()
+    try:
+        first = writer.append([("pg.statement", "alice", "s1", {"text": "select 1"})])
+        second = writer.append(
+            [("pg.result", "alice", "s1", {"rows": 1}), ("pg.statement", "bob", None, {})]
+        )
+    finally:
+        writer.close()
+    store.append_audit("core.after")
+    assert [e.seq for e in first + second] == [2, 3, 4]
+    listed = store.list_audit()
+    assert [e.kind for e in listed] == [
+        "core.before",
+        "pg.statement",
+        "pg.result",
+        "pg.statement",
+        "core.after",
+    ]
+    assert listed[1] == first[0]
+    assert listed[1].ts == first[0].ts
+    assert store.verify_audit() is None
