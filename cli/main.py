@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
@@ -458,37 +459,283 @@ def audit_verify(
 
 
 @main.command()
-@click.option("--gateway", required=True, help="Gateway URL, e.g. https://gw.example:8443")
-@click.option("--token", required=True, help="A Wardgate credential.")
+@click.option("--gateway", help="Gateway URL, e.g. https://gw.example:8443 (or WARDGATE_URL).")
+@click.option("--token", help="A Wardgate credential to store as it is (no IdP needed).")
 @click.option("--ca", type=click.Path(exists=True, path_type=Path), help="CA to trust.")
-def login(gateway: str, token: str, ca: Path | None) -> None:
-    """Store the gateway URL and credential for later commands."""
-    ref = cl.GatewayRef(gateway.rstrip("/"), token, ca.read_bytes() if ca else None)
-    with ref.http() as http:
-        who = cl.check(http.get("/v1/whoami"))
-    path = cl.save(ref.url, token, ref.ca_pem)
-    click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
+@click.option("--device", is_flag=True, help="Sign in with the device flow (no local browser).")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Exchange this workload JWT (e.g. a CI job's OIDC token) for a machine credential.",
+)
+@click.option("--user", "local_user", help="Sign in as this local user (password + TOTP).")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening it.")
+def login(
+    gateway: str | None,
+    token: str | None,
+    ca: Path | None,
+    device: bool,
+    token_file: Path | None,
+    local_user: str | None,
+    no_browser: bool,
+) -> None:
+    """Sign in and store the gateway credential (0600) for later commands.
+
+    With an identity provider: the browser flow (authorization code + PKCE, loopback
+    redirect), or --device. Machines: --token-file. Without an IdP: --user (local) or
+    --token (store a credential as it is).
+    """
+    saved = cl.stored()
+    url = (gateway or os.environ.get("WARDGATE_URL") or saved.get("url") or "").rstrip("/")
+    if not url:
+        raise click.UsageError("no gateway: pass --gateway URL or set WARDGATE_URL")
+    ca_file = str(ca) if ca else os.environ.get("WARDGATE_CA")
+    if ca_file:
+        ca_pem: bytes | None = Path(ca_file).read_bytes()
+    elif saved.get("ca_pem") and saved.get("url") == url:
+        ca_pem = str(saved["ca_pem"]).encode()
+    else:
+        ca_pem = None
+    if sum(bool(x) for x in (token, device, token_file, local_user)) > 1:
+        raise click.UsageError("choose one of --token, --device, --token-file, --user")
+    if token:
+        ref = cl.GatewayRef(url, token, ca_pem)
+        with ref.http() as http:
+            who = cl.check(http.get("/v1/whoami"))
+        path = cl.save(ref.url, token, ref.ca_pem)
+        click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
+        return
+    ref = cl.GatewayRef(url, None, ca_pem)
+    if token_file:
+        jwt_text = token_file.read_text().strip()
+        with ref.http() as http:
+            issued = cl.check(http.post("/v1/auth/workload", json={"token": jwt_text}))
+    elif local_user:
+        password = click.prompt("password", hide_input=True)
+        code = click.prompt("one-time code")
+        with ref.http() as http:
+            issued = cl.check(
+                http.post(
+                    "/v1/auth/password",
+                    json={"user": local_user, "password": password, "code": code},
+                )
+            )
+    elif device:
+        issued = cl.device_login(ref)
+    else:
+        issued = cl.oidc_login(ref, open_browser=not no_browser)
+    path = cl.save_issued(ref.url, ca_pem, issued)
+    groups = ", ".join(issued.get("groups") or []) or "none"
+    click.echo(
+        f"logged in to {ref.url} as {issued['user']} (groups: {groups}); credential valid "
+        f"until {issued.get('expires_at')}, saved in {path}",
+        err=True,
+    )
 
 
-def _libpq(ref: cl.GatewayRef, connection: str) -> dict[str, str]:
-    """libpq parameters that reach CONNECTION through the gateway as the current user."""
+@main.command()
+@gateway_options
+def logout(gateway: str | None, token: str | None, ca: str | None) -> None:
+    """End your sign-in at the gateway and forget the stored credential."""
+    saved = cl.stored()
+    if saved.get("token"):
+        ca_pem = str(saved["ca_pem"]).encode() if saved.get("ca_pem") else None
+        ref = cl.GatewayRef(str(saved["url"]), str(saved["token"]), ca_pem)
+        try:
+            with ref.http() as http:
+                http.post("/v1/auth/logout")
+        except httpx.HTTPError as exc:
+            click.echo(f"could not reach the gateway to end the sign-in: {exc}", err=True)
+    forgot = cl.forget()
+    click.echo("logged out" if forgot else "not logged in", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def whoami(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Who the gateway takes you for, your groups and what you may reach."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.get("/v1/whoami"))
+    if as_json:
+        _print(data, True)
+        return
+    cred = data.get("credential") or {}
+    click.echo(f"user:       {data['user']} ({data.get('kind', 'person')})")
+    click.echo(f"admin:      {'yes' if data.get('admin') else 'no'}")
+    click.echo(f"groups:     {', '.join(data.get('groups') or []) or '-'}")
+    click.echo(f"credential: {cred.get('kind', '-')} {cred.get('id', '')}")
+    click.echo(f"expires:    {cred.get('expires_at') or 'never'}")
+    for grant in data.get("grants") or []:
+        click.echo(f"grant:      {grant['connection']} {grant['access']}")
+
+
+@main.group()
+def credentials() -> None:
+    """Your sign-ins and API keys: list, refresh, revoke."""
+
+
+@credentials.command("list")
+@click.option("--user", help="Another user's (administrators).")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def credentials_list(
+    user: str | None, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """List sign-ins and long-lived credentials (never their secrets)."""
+    params = {"user": user} if user else {}
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get("/v1/credentials", params=params)), as_json)
+
+
+@credentials.command("revoke")
+@click.argument("credential_id")
+@gateway_options
+def credentials_revoke(
+    credential_id: str, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Revoke a sign-in or API key by id; sessions opened with it end within seconds."""
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.delete(f"/v1/credentials/{credential_id}"))
+    click.echo(
+        f"{data['type']} {data['id']} revoked; {data.get('sessions_ended', 0)} session(s) ended",
+        err=True,
+    )
+
+
+@credentials.command("refresh")
+def credentials_refresh() -> None:
+    """Refresh the stored sign-in now (groups are re-read from the identity provider)."""
+    saved = cl.stored()
+    if not saved.get("refresh_token"):
+        raise click.UsageError("no refreshable sign-in stored: run `wardgate login`")
+    now = cl.refresh_stored(saved, force=True)
+    click.echo(
+        f"credential of {now.get('user')} refreshed, valid until {now.get('expires_at')}",
+        err=True,
+    )
+
+
+@main.group()
+def user() -> None:
+    """Users (administrators): list, disable, enable, create local users."""
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def user_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """List users with their kind, groups and state."""
+    with _ref(gateway, token, ca).http() as http:
+        _print(cl.check(http.get("/v1/users")), as_json)
+
+
+@user.command("disable")
+@click.argument("name")
+@gateway_options
+def user_disable(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Disable a user: every credential is revoked and live sessions end."""
+    with _ref(gateway, token, ca).http() as http:
+        cl.check(http.post(f"/v1/users/{name}/disable"))
+    click.echo(f"user {name} disabled", err=True)
+
+
+@user.command("enable")
+@click.argument("name")
+@gateway_options
+def user_enable(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Enable a disabled user again (they sign in anew)."""
+    with _ref(gateway, token, ca).http() as http:
+        cl.check(http.post(f"/v1/users/{name}/enable"))
+    click.echo(f"user {name} enabled", err=True)
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--group", "groups", multiple=True)
+@gateway_options
+def user_create(
+    name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Create a local user (setups without an IdP); prints the TOTP URI once."""
+    password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(
+            http.post(
+                "/v1/users", json={"name": name, "password": password, "groups": list(groups)}
+            )
+        )
+    click.echo(data["totp_uri"])
+    click.echo("add this URI to an authenticator app; it is not shown again", err=True)
+
+
+@main.group("service-account")
+def service_account() -> None:
+    """Service accounts (machines with API keys), for administrators."""
+
+
+@service_account.command("create")
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, help="Groups (roles map them), repeatable.")
+@gateway_options
+def service_account_create(
+    name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Create (or update the groups of) a service account."""
+    with _ref(gateway, token, ca).http() as http:
+        cl.check(http.post("/v1/service-accounts", json={"name": name, "groups": list(groups)}))
+    click.echo(f"service account {name} saved", err=True)
+
+
+@service_account.command("key")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="Connection name or glob the key may reach (repeatable); 'admin' for the admin API.",
+)
+@click.option("--ttl", type=int, help="Lifetime in seconds (capped by the gateway).")
+@click.option("--label", default="")
+@gateway_options
+def service_account_key(
+    name: str,
+    scopes: tuple[str, ...],
+    ttl: int | None,
+    label: str,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Issue an API key for a service account; printed once."""
+    body = {"scopes": list(scopes), "ttl": ttl, "label": label}
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post(f"/v1/service-accounts/{name}/keys", json=body))
+    click.echo(data["key"])
+    click.echo(f"key {data['id']} expires {data['expires_at']}; it is not shown again", err=True)
+
+
+def _libpq(ref: cl.GatewayRef, connection: str) -> tuple[dict[str, str], str]:
+    """libpq parameters that reach CONNECTION through the gateway as the current user, and
+    the password: a fresh short-lived credential valid for this one connection."""
     from urllib.parse import urlsplit
 
     if not ref.token:
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
     with ref.http() as http:
-        who = cl.check(http.get("/v1/whoami"))
+        minted = cl.check(http.post("/v1/credentials/connection", json={"connection": connection}))
     url = urlsplit(ref.url)
     params = {
         "host": url.hostname or "localhost",
         "port": str(url.port or 443),
         "dbname": connection,
-        "user": who["user"],
+        "user": minted["user"],
         "sslmode": "verify-full",
         # libpq >= 16 understands "system"; older ones need the CA file.
         "sslrootcert": str(cl.ca_file(ref.ca_pem)) if ref.ca_pem else "system",
     }
-    return params
+    return params, str(minted["token"])
 
 
 def _conninfo(params: dict[str, str]) -> str:
@@ -513,8 +760,8 @@ def psql(
 ) -> None:
     """Run psql on CONNECTION through the gateway with your credential."""
     ref = _ref(gateway, token, ca)
-    params = _libpq(ref, connection)
-    env = dict(os.environ, PGPASSWORD=ref.token or "")
+    params, password = _libpq(ref, connection)
+    env = dict(os.environ, PGPASSWORD=password)
     os.execvpe("psql", ["psql", _conninfo(params), *psql_args], env)  # noqa: S606 - exec psql itself
 
 
@@ -529,14 +776,16 @@ def psql(
 def creds(
     connection: str, pgpass: bool, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
-    """Print a libpq connection string for CONNECTION (psycopg, DBeaver, pgAdmin...)."""
+    """Print a libpq connection string for CONNECTION (psycopg, DBeaver, pgAdmin...).
+
+    The password in it is a short-lived credential for this connection only."""
     ref = _ref(gateway, token, ca)
-    params = _libpq(ref, connection)
+    params, password = _libpq(ref, connection)
     if pgpass:
-        path = cl.write_pgpass(params, ref.token or "")
+        path = cl.write_pgpass(params, password)
         click.echo(f"credential written to {path}", err=True)
     else:
-        params["password"] = ref.token or ""
+        params["password"] = password
     click.echo(_conninfo(params))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from gateway.config import GatewayConfig, parse_address, resolve_secret
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
+from gateway.identity.credentials import IdentityService
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
@@ -71,6 +73,7 @@ class Gateway:
             ping_interval=config.ping_interval, open_timeout=config.open_timeout
         )
         self.started: Started | None = None
+        self.identity: IdentityService | None = None
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -106,7 +109,9 @@ class Gateway:
     async def start(self) -> Started:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await asyncio.to_thread(Store.open, cfg.store_url())
+        store = await asyncio.to_thread(
+            functools.partial(Store.open, cfg.store_url(), sqlite_sync=cfg.audit_sync)
+        )
         self.store = store
         auditor = Auditor(store)
         self.auditor = auditor
@@ -150,8 +155,15 @@ class Gateway:
         agent_keys = await asyncio.to_thread(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
-        authenticator = Authenticator(store)
-        broker = SessionBroker(store, self.registry, auditor, box)
+        policy = cfg.access_policy()
+        authenticator = Authenticator(store, policy)
+        broker = SessionBroker(store, self.registry, auditor, box, policy)
+        self.identity = IdentityService(
+            store, auditor, cfg.identity, policy=policy, box=box, terminate=broker.terminate
+        )
+        self._tasks.spawn(
+            broker.watch_revocations(cfg.identity.revocation_check_interval), name="revocations"
+        )
         app = build_app(
             ApiDeps(
                 store=store,
@@ -165,6 +177,7 @@ class Gateway:
                 agent_host=advertise_host,
                 agent_port=agent_addr[1],
                 insecure_agents=cfg.allow_insecure_agents,
+                identity=self.identity,
             )
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
@@ -230,6 +243,8 @@ class Gateway:
         """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""
         await self.registry.aclose()
         await self._tasks.aclose()
+        if self.identity is not None:
+            await self.identity.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         if self.auditor is not None:

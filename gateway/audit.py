@@ -75,7 +75,8 @@ class Auditor:
     ) -> AuditEvent:
         fut: asyncio.Future[AuditEvent] = asyncio.get_running_loop().create_future()
         self._enqueue((kind, actor, session_id, _scrub(data), fut))
-        return await asyncio.shield(fut)  # a cancelled caller must not unwrite the log
+        # A caller cancelled while waiting does not unwrite the event: the writer task owns it.
+        return await fut
 
     def submit(
         self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
@@ -121,7 +122,5 @@ class Auditor:
         if self._inline:
             self._writer_db.close()
         else:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._writer_db.close
-            )
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer_db.close)
         self._executor.shutdown(wait=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.connspec import ConnectionSpec
+from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_AGENT_LISTEN = "0.0.0.0:8444"
@@ -37,6 +38,142 @@ class AgentDecl(BaseModel):
     pool: str | None = None
 
 
+# Asymmetric algorithms only: "none" and HMAC (whose key would be the provider's public key)
+# are never accepted, whatever a provider advertises.
+DEFAULT_JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+_ALLOWED_JWT_ALGORITHMS = frozenset(DEFAULT_JWT_ALGORITHMS) | {"ES512", "EdDSA"}
+
+
+def _check_algorithms(value: list[str]) -> list[str]:
+    bad = [a for a in value if a not in _ALLOWED_JWT_ALGORITHMS]
+    if bad:
+        raise ValueError(
+            f"algorithms {bad} are not allowed (asymmetric signatures only: "
+            f"{', '.join(sorted(_ALLOWED_JWT_ALGORITHMS))})"
+        )
+    if not value:
+        raise ValueError("at least one algorithm is needed")
+    return value
+
+
+class ClaimGroup(BaseModel):
+    """Adds `group` at sign-in when claim `claim` matches `value` (a shell glob)."""
+
+    model_config = ConfigDict(extra="forbid")
+    claim: str
+    value: str
+    group: str
+
+
+class OIDCConfig(BaseModel):
+    """The OpenID provider people sign in with (the gateway is its relying party)."""
+
+    model_config = ConfigDict(extra="forbid")
+    issuer: str
+    client_id: str
+    client_secret: str | None = None  # env:NAME / file:PATH / literal
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    claim_groups: list[ClaimGroup] = Field(default_factory=list)
+    algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
+    leeway: int = Field(default=30, ge=0, le=300)  # seconds of clock skew tolerated
+    ca_file: Path | None = None  # to trust a private CA for the provider's HTTPS
+    # Re-read the JWKS on an unknown `kid` at most this often (seconds).
+    jwks_min_refresh: float = Field(default=30.0, ge=0)
+    jwks_max_age: float = Field(default=3600.0, gt=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        return _check_algorithms(value)
+
+
+class WorkloadTrust(BaseModel):
+    """A machine identity: a JWT from `issuer` whose claims match becomes user `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    issuer: str
+    audience: str
+    # Every listed claim must match: a string is a shell glob, a list any of its globs.
+    claims: dict[str, str | list[str]] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=list)
+    ttl: int = Field(default=900, gt=0, le=86400)
+    algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
+    leeway: int = Field(default=30, ge=0, le=300)
+    ca_file: Path | None = None
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        return _check_algorithms(value)
+
+    @field_validator("claims")
+    @classmethod
+    def _claims_required(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        if not value:
+            raise ValueError("a workload trust needs at least one claim to match (e.g. sub)")
+        return value
+
+
+class CredentialsConfig(BaseModel):
+    """Lifetimes of what the gateway issues, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    ttl: int = Field(default=3600, gt=0)  # the access credential; refreshable
+    idle_timeout: int = Field(default=7200, gt=0)  # a sign-in unused this long ends
+    session_ttl: int = Field(default=43200, gt=0)  # absolute lifetime of a sign-in
+    connection_ttl: int = Field(default=300, gt=0)  # per-connection credentials
+    api_key_max_ttl: int = Field(default=90 * 86400, gt=0)
+
+
+class IdentityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    oidc: OIDCConfig | None = None
+    workload: list[WorkloadTrust] = Field(default_factory=list)
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    # Local users (password + TOTP), only for setups without an IdP.
+    local_users: bool = False
+    # What a non-admin gets on a connection no role grants: none (the default) or a level.
+    default_access: str = "none"
+    # How often live sessions are checked against revocations made by any gateway replica.
+    revocation_check_interval: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IdentityConfig:
+        if self.local_users and self.oidc is not None:
+            raise ValueError("local_users is for setups without an IdP: remove it or oidc")
+        if self.default_access != "none" and self.default_access not in ACCESS_LEVELS:
+            raise ValueError(f"default_access must be none or one of {', '.join(ACCESS_LEVELS)}")
+        names = [w.name for w in self.workload]
+        if len(names) != len(set(names)):
+            raise ValueError("workload trust names must be unique")
+        return self
+
+
+class GrantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connection: str  # a name or a shell glob
+    access: str = "read-only"
+
+    @field_validator("access")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {', '.join(ACCESS_LEVELS)}")
+        return value
+
+
+class RoleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    groups: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    admin: bool = False
+    grants: list[GrantConfig] = Field(default_factory=list)
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,10 +187,29 @@ class GatewayConfig(BaseModel):
     # 32-byte key (base64) for AES-GCM sealing of connection secrets at rest.
     secret_key: str | None = None
     admin_token: str | None = None
+    # SQLite store only: "full" fsyncs each audit commit (survives a power cut); "normal"
+    # survives a gateway crash but may lose the last events if the host loses power.
+    audit_sync: Literal["full", "normal"] = "full"
     ping_interval: float = Field(default=10.0, gt=0)
     open_timeout: float = Field(default=15.0, gt=0)
     connections: list[ConnectionSpec] = Field(default_factory=list)
     agents: list[AgentDecl] = Field(default_factory=list)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    roles: list[RoleConfig] = Field(default_factory=list)
+
+    def access_policy(self) -> AccessPolicy:
+        roles = [
+            Role(
+                name=r.name,
+                groups=frozenset(r.groups),
+                users=frozenset(r.users),
+                admin=r.admin,
+                grants=tuple(Grant(g.connection, g.access) for g in r.grants),
+            )
+            for r in self.roles
+        ]
+        default = self.identity.default_access
+        return AccessPolicy(roles, default_access=None if default == "none" else default)
 
     @field_validator("listen", "agent_listen")
     @classmethod

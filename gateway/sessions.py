@@ -5,6 +5,18 @@
     finish: record how it ended
 
 A control written here is enforced on every protocol (design decision 1).
+
+Authorization asks `gateway.policy.grants.AccessPolicy` for the identity's access to the
+connection (roles -> grants; a per-connection credential or an API key's scopes narrow it);
+none refuses with kind "forbidden" and a `session.refused` event, and so does a read-only
+grant on a connection type whose statements cannot be checked (tcp). The granted level is on
+the `Session` (`access`), for the front doors to enforce per statement; a read-only PostgreSQL
+session is also opened with `default_transaction_read_only=on` and without the client's own
+startup settings, as defence in depth.
+
+Live sessions are kept per credential, so revoking a credential or disabling a user ends
+them (`terminate`) within seconds: at once on this gateway, and on every replica through
+`watch_revocations`, which re-checks the credentials of live sessions against the store.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from gateway.agents.registry import AgentConn, AgentRegistry, NoAgentError, Rout
 from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
+from gateway.policy.grants import AccessPolicy, Decision
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
@@ -36,7 +49,8 @@ class SessionError(Exception):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        # unknown_connection | wrong_type | no_agent | unreachable | unsupported | agent_lost
+        # unknown_connection | wrong_type | forbidden | no_agent | unreachable | unsupported
+        # | agent_lost
         self.kind = kind
         self.message = message
 
@@ -48,6 +62,7 @@ class Session:
     connection: ConnectionRecord
     stream: TunnelStream
     agent: AgentConn
+    access: str = "admin"  # read-only | read-write | admin: what the grant allows
 
     def describe_end(self, end: SessionReset) -> str:
         """Why the session ended, for the client: a fault detected here names the agent."""
@@ -58,6 +73,30 @@ class Session:
         if end.code is ResetCode.INTERNAL:  # the stream is gone: the agent died or was cut off
             return f"session lost on agent {self.agent.name!r}: {end.message}"
         return end.message
+
+
+# Connection types whose front door enforces read-only per statement.
+READ_ONLY_ENFORCED = frozenset({"postgres"})
+
+# Client startup parameters a read-only PostgreSQL session keeps; the others (notably
+# `options`, which can carry `-c role=...` or `-c default_transaction_read_only=off`) are
+# dropped.
+_READ_ONLY_STARTUP = frozenset(
+    {
+        "startup.application_name",
+        "startup.client_encoding",
+        "startup.datestyle",
+        "startup.DateStyle",
+        "startup.timezone",
+        "startup.TimeZone",
+        "startup.extra_float_digits",
+        "startup.intervalstyle",
+        "startup.IntervalStyle",
+        "startup.search_path",
+        "startup.statement_timeout",
+        "startup.lc_messages",
+    }
+)
 
 
 def _target_error_kind(code: ResetCode) -> str:
@@ -77,16 +116,28 @@ class SessionBroker:
         registry: AgentRegistry,
         auditor: Auditor,
         secret_box: SecretBox | None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
+        self._policy = policy or AccessPolicy()
+        self._live: dict[str, Session] = {}
+
+    @property
+    def live(self) -> list[Session]:
+        return list(self._live.values())
 
     async def connection(self, name: str) -> ConnectionRecord | None:
         return await asyncio.to_thread(self._store.get_connection, name)
 
-    def _target(self, conn: ConnectionRecord, extra_options: Mapping[str, str]) -> Target:
+    def _target(
+        self,
+        conn: ConnectionRecord,
+        extra_options: Mapping[str, str],
+        forced: Mapping[str, str] | None = None,
+    ) -> Target:
         resolved: dict[str, str | bytes] = {}
         for name, value in conn.secrets.items():
             if SecretBox.is_sealed(value):
@@ -104,7 +155,8 @@ class SessionBroker:
                     ) from None
             else:
                 resolved[name] = value  # a reference the agent resolves
-        options = {**extra_options, **conn.options}  # the connection's own settings win
+        # The connection's own settings win over the client's, and `forced` over both.
+        options = {**extra_options, **conn.options, **(forced or {})}
         return Target(conn.name, conn.type, conn.host, conn.port, options, resolved)
 
     async def open(
@@ -140,7 +192,39 @@ class SessionBroker:
                 f"connection {connection!r} is of type {conn.type!r}; "
                 f"{protocol} reaches only {', '.join(types)} connections",
             )
-        target = self._target(conn, extra_options or {})
+        decision = self._policy.decide(
+            user=identity.user,
+            groups=identity.groups,
+            is_admin=identity.is_admin,
+            connection=conn.name,
+            bound_connection=identity.connection,
+            scopes=identity.scopes,
+        )
+        if decision.access == "read-only" and conn.type not in READ_ONLY_ENFORCED:
+            # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
+            decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
+        if decision.access is None:
+            await self._audit.record(
+                "session.refused",
+                actor=identity.user,
+                connection=connection,
+                reason=decision.reason,
+                credential=identity.token_id,
+                client=client_addr,
+            )
+            detail = ""
+            if decision.reason.startswith("read-only access cannot"):
+                detail = f" ({decision.reason})"
+            raise SessionError(
+                "forbidden",
+                f"user {identity.user!r} has no access to connection {conn.name!r}{detail}",
+            )
+        options = dict(extra_options or {})
+        forced: dict[str, str] = {}
+        if decision.access == "read-only" and conn.type == "postgres":
+            options = {k: v for k, v in options.items() if k in _READ_ONLY_STARTUP}
+            forced["startup.default_transaction_read_only"] = "on"
+        target = self._target(conn, options, forced)
         session_id = secrets.token_urlsafe(12)
         now = dt.datetime.now(dt.UTC)
         await asyncio.to_thread(
@@ -161,6 +245,9 @@ class SessionBroker:
             connection=conn.name,
             protocol=protocol,
             client=client_addr,
+            access=decision.access,
+            credential=identity.token_id,
+            login=identity.login_id,
         )
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)
@@ -171,7 +258,9 @@ class SessionBroker:
             message = f"connection {conn.name!r}: {exc.message}"
             await self._fail(session_id, identity, message)
             raise SessionError(_target_error_kind(exc.code), message) from None
-        return Session(session_id, identity, conn, stream, agent)
+        session = Session(session_id, identity, conn, stream, agent, access=decision.access)
+        self._live[session_id] = session
+        return session
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
         await asyncio.to_thread(
@@ -187,6 +276,7 @@ class SessionBroker:
         )
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
+        self._live.pop(session.id, None)
         self._registry.release(session.agent)
         await session.stream.aclose()
         await asyncio.to_thread(
@@ -206,3 +296,54 @@ class SessionBroker:
             bytes_down=session.stream.bytes_in,
             error=error,
         )
+
+    # ---- revocation ------------------------------------------------------------------
+
+    async def terminate(
+        self,
+        *,
+        reason: str,
+        user: str | None = None,
+        login_id: str | None = None,
+        token_ids: frozenset[str] | None = None,
+    ) -> int:
+        """End the live sessions of `user`, of sign-in `login_id`, or opened with one of
+        `token_ids`; returns how many. The relay sees the reset and tells its client."""
+        doomed = [
+            s
+            for s in self._live.values()
+            if (user is not None and s.identity.user == user)
+            or (login_id is not None and s.identity.login_id == login_id)
+            or (token_ids is not None and s.identity.token_id in token_ids)
+        ]
+        for session in doomed:
+            self._live.pop(session.id, None)
+            await self._audit.record(
+                "session.terminated",
+                actor=session.identity.user,
+                session_id=session.id,
+                connection=session.connection.name,
+                reason=reason,
+            )
+            if not session.stream.finished:
+                await session.stream.reset(ResetCode.CANCELLED, reason)
+        return len(doomed)
+
+    async def check_revocations(self) -> int:
+        """End live sessions whose credential was revoked anywhere (any gateway replica)."""
+        token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
+        if not token_ids:
+            return 0
+        bad = await asyncio.to_thread(self._store.invalid_credentials, token_ids)
+        if not bad:
+            return 0
+        return await self.terminate(reason="credential revoked", token_ids=frozenset(bad))
+
+    async def watch_revocations(self, interval: float) -> None:
+        """Run `check_revocations` every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_revocations()
+            except Exception as exc:  # a store hiccup must not end the watcher
+                log.warning("revocation check failed: %s", exc)

@@ -1,3 +1,8 @@
 """Fixtures that start real servers live in tests/fixtures/ as pytest plugins."""
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.wardgate", "tests.fixtures.servers"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.wardgate",
+    "tests.fixtures.servers",
+    "tests.fixtures.oidc",
+]

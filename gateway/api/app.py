@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
@@ -17,11 +18,14 @@ from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
 from gateway.crypto import SecretBox
+from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
 from gateway.protocols import tcp
 from gateway.sessions import SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class ApiDeps:
     agent_host: str
     agent_port: int
     insecure_agents: bool
+    identity: IdentityService | None = None
 
 
 class AgentCreate(BaseModel):
@@ -46,6 +51,59 @@ class AgentCreate(BaseModel):
 
 class ApplyRequest(BaseModel):
     connections: list[ConnectionSpec] = Field(default_factory=list)
+
+
+class AuthorizeRequest(BaseModel):
+    redirect_uri: str
+    state: str
+    nonce: str
+    code_challenge: str
+
+
+class CallbackRequest(BaseModel):
+    code: str = Field(max_length=4096)
+    redirect_uri: str
+    code_verifier: str = Field(max_length=256)
+    nonce: str = Field(max_length=256)
+
+
+class DeviceTokenRequest(BaseModel):
+    device_code: str = Field(max_length=4096)
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(max_length=256)
+
+
+class WorkloadRequest(BaseModel):
+    token: str = Field(max_length=16 * 1024)
+
+
+class PasswordRequest(BaseModel):
+    user: str = Field(max_length=255)
+    password: str = Field(max_length=1024)
+    code: str = Field(max_length=16)
+
+
+class ConnectionCredentialRequest(BaseModel):
+    connection: str
+
+
+class LocalUserCreate(BaseModel):
+    name: str
+    password: str = Field(max_length=1024)
+    groups: list[str] = Field(default_factory=list)
+
+
+class ServiceAccountCreate(BaseModel):
+    name: str
+    groups: list[str] = Field(default_factory=list)
+
+
+class ApiKeyCreate(BaseModel):
+    scopes: list[str]
+    ttl: int | None = Field(default=None, gt=0)
+    label: str = ""
 
 
 def _session_json(s: SessionRecord) -> dict[str, Any]:
@@ -65,14 +123,20 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
     }
 
 
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "-"
+
+
 async def _identity(request: Request) -> Identity:
     deps: ApiDeps = request.app.state.deps
     try:
-        return await deps.auth.authenticate_header(request.headers.get("authorization"))
+        who = await deps.auth.authenticate_header(request.headers.get("authorization"))
+        if who.credential == "connection":
+            raise AuthError("a per-connection credential only opens sessions on its connection")
+        return who
     except AuthError as exc:
-        client = f"{request.client.host}:{request.client.port}" if request.client else "-"
         await deps.auditor.record(
-            "auth.rejected", client=client, path=request.url.path, reason=str(exc)
+            "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
         )
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
@@ -109,7 +173,181 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/whoami")
     async def whoami(who: User) -> dict[str, Any]:
-        return {"user": who.user, "admin": who.is_admin, "groups": list(who.groups)}
+        record = await run(deps.store.get_token, who.token_id)
+        return {
+            "user": who.user,
+            "admin": who.is_admin,
+            "groups": list(who.groups),
+            "kind": who.kind,
+            "login": who.login_id,
+            "credential": {
+                "id": who.token_id,
+                "kind": who.credential,
+                "expires_at": (
+                    record.expires_at.isoformat() if record and record.expires_at else None
+                ),
+                "scopes": list(who.scopes) if who.scopes is not None else None,
+            },
+            "grants": ident().grants(who) if deps.identity else [],
+        }
+
+    # ---- identity ------------------------------------------------------------------
+
+    def ident() -> IdentityService:
+        if deps.identity is None:
+            raise HTTPException(404, "identity services are not configured")
+        return deps.identity
+
+    async def guarded(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except IdentityError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+
+    @app.get("/v1/auth/methods")
+    async def auth_methods() -> dict[str, Any]:
+        return ident().methods()
+
+    @app.post("/v1/auth/oidc/authorize")
+    async def oidc_authorize(body: AuthorizeRequest) -> dict[str, Any]:
+        url = await guarded(
+            ident().oidc_authorization_url(
+                redirect_uri=body.redirect_uri,
+                state=body.state,
+                nonce=body.nonce,
+                code_challenge=body.code_challenge,
+            )
+        )
+        return {"url": url}
+
+    @app.post("/v1/auth/oidc/callback")
+    async def oidc_callback(body: CallbackRequest, request: Request) -> dict[str, Any]:
+        issued = await guarded(
+            ident().oidc_code_login(
+                code=body.code,
+                redirect_uri=body.redirect_uri,
+                code_verifier=body.code_verifier,
+                nonce=body.nonce,
+                client=_client(request),
+            )
+        )
+        return issued.as_json()
+
+    @app.post("/v1/auth/oidc/device")
+    async def oidc_device() -> dict[str, Any]:
+        return await guarded(ident().oidc_device_start())
+
+    @app.post("/v1/auth/oidc/device/token", response_model=None)
+    async def oidc_device_token(
+        body: DeviceTokenRequest, request: Request
+    ) -> dict[str, Any] | JSONResponse:
+        try:
+            issued = await guarded(
+                ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
+            )
+        except FlowPending as pending:
+            error = "slow_down" if pending.slow_down else "authorization_pending"
+            return JSONResponse({"error": error}, status_code=428)
+        return issued.as_json()
+
+    @app.post("/v1/auth/refresh")
+    async def refresh(body: RefreshRequest, request: Request) -> dict[str, Any]:
+        issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
+        return issued.as_json()
+
+    @app.post("/v1/auth/workload")
+    async def workload(body: WorkloadRequest, request: Request) -> dict[str, Any]:
+        issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
+        return issued.as_json()
+
+    @app.post("/v1/auth/password")
+    async def password_login(body: PasswordRequest, request: Request) -> dict[str, Any]:
+        issued = await guarded(
+            ident().local_login(
+                user=body.user, password=body.password, code=body.code, client=_client(request)
+            )
+        )
+        return issued.as_json()
+
+    @app.post("/v1/auth/logout")
+    async def logout(who: User) -> dict[str, Any]:
+        return await guarded(ident().logout(who))
+
+    @app.post("/v1/credentials/connection")
+    async def connection_credential(body: ConnectionCredentialRequest, who: User) -> dict[str, Any]:
+        if await run(deps.store.get_connection, body.connection) is None:
+            raise HTTPException(404, f"connection {body.connection!r} does not exist")
+        token, expires = await guarded(ident().connection_credential(who, body.connection))
+        return {
+            "user": who.user,
+            "connection": body.connection,
+            "token": token,
+            "expires_at": expires.isoformat(),
+        }
+
+    @app.get("/v1/credentials")
+    async def list_credentials(who: User, user: str | None = None) -> list[dict[str, Any]]:
+        return await guarded(ident().list_credentials(who, user))
+
+    @app.delete("/v1/credentials/{credential_id}")
+    async def revoke_credential(credential_id: str, who: User) -> dict[str, Any]:
+        return await guarded(ident().revoke(who, credential_id))
+
+    @app.get("/v1/users")
+    async def list_users(who: Admin) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": u.name,
+                "kind": u.kind,
+                "admin": u.is_admin,
+                "groups": list(u.groups),
+                "disabled": u.disabled,
+                "issuer": u.issuer,
+                "local": u.has_password,
+            }
+            for u in await run(deps.store.list_users)
+        ]
+
+    @app.post("/v1/users", status_code=201)
+    async def create_local_user(body: LocalUserCreate, who: Admin) -> dict[str, Any]:
+        user, uri = await guarded(
+            ident().create_local_user(
+                who, name=body.name, password=body.password, groups=body.groups
+            )
+        )
+        return {"name": user.name, "totp_uri": uri}
+
+    @app.post("/v1/users/{name}/disable")
+    async def disable_user(name: str, who: Admin) -> dict[str, Any]:
+        user = await guarded(ident().set_disabled(who, name, True))
+        return {"name": user.name, "disabled": True}
+
+    @app.post("/v1/users/{name}/enable")
+    async def enable_user(name: str, who: Admin) -> dict[str, Any]:
+        user = await guarded(ident().set_disabled(who, name, False))
+        return {"name": user.name, "disabled": False}
+
+    @app.post("/v1/service-accounts", status_code=201)
+    async def create_service_account(body: ServiceAccountCreate, who: Admin) -> dict[str, Any]:
+        user = await guarded(
+            ident().create_service_account(who, name=body.name, groups=body.groups)
+        )
+        return {"name": user.name, "kind": user.kind, "groups": list(user.groups)}
+
+    @app.post("/v1/service-accounts/{name}/keys", status_code=201)
+    async def create_api_key(name: str, body: ApiKeyCreate, who: Admin) -> dict[str, Any]:
+        key, record = await guarded(
+            ident().create_api_key(
+                who, name=name, scopes=body.scopes, ttl=body.ttl, label=body.label
+            )
+        )
+        return {
+            "user": name,
+            "id": record.id,
+            "key": key,
+            "scopes": list(record.scopes or ()),
+            "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        }
 
     # ---- agents --------------------------------------------------------------------
 

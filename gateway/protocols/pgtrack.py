@@ -96,6 +96,12 @@ class PgTracker:
         # server-direction scanner state
         self._carry = b""
         self._skip = 0
+        self.tx_status = "I"  # from the last ReadyForQuery: I idle, T in a block, E failed
+
+    @property
+    def idle(self) -> bool:
+        """Everything sent has been answered and the server stream is at a message boundary."""
+        return not self._units and not self._carry and not self._skip
 
     # ---- client -> server ------------------------------------------------------------
 
@@ -197,6 +203,8 @@ class PgTracker:
             if unit.protocol == "extended":
                 done.append(self._finish(self._units.popleft()))
         elif code == 90:  # 'Z' ReadyForQuery
+            if body[:1] in (b"I", b"T", b"E"):
+                self.tx_status = body[:1].decode()
             while self._units:
                 head = self._units.popleft()
                 if head.protocol == "sync":

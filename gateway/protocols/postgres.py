@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
+from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.sessions import Session, SessionBroker, SessionError
 from shared.pgwire.backend import (
@@ -43,6 +44,7 @@ from shared.pgwire.backend import (
     backend_key_data,
     decode_backend,
     error_response,
+    ready_for_query,
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
 from shared.pgwire.framing import Message, MessageReader
@@ -79,6 +81,24 @@ SQLSTATE_BY_KIND = {
 
 class ClientGone(Exception):
     pass
+
+
+class ReadOnlyViolation(Exception):
+    """A refused statement in the middle of a batch the server has partly received."""
+
+
+_READ_ONLY_CHECKED = frozenset((b"Q", b"P", b"F"))
+
+
+def _read_only_refusal(message: Message) -> tuple[str, str] | None:
+    """(reason, text) when a read-only session must not send this message, else None."""
+    if message.type == b"F":
+        # A function called by OID would bypass the SQL check entirely.
+        return "read-only access: the fastpath function-call protocol is refused", ""
+    decoded = decode_frontend(message)
+    text = decoded.text if isinstance(decoded, Query) else getattr(decoded, "query", "")
+    verdict = check_read_only(text)
+    return None if verdict.allowed else (verdict.reason, text)
 
 
 @dataclass(eq=False)
@@ -366,6 +386,8 @@ class PostgresFrontDoor:
         )
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
         pid, secret = self.cancel_keys.issue(session)
+        read_only = session.access == "read-only"
+        progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
         audit = self._audit
         user = session.identity.user
@@ -400,8 +422,31 @@ class PostgresFrontDoor:
                     skipped=f.skipped,
                 )
 
+        async def server_idle() -> None:
+            while not tracker.idle:
+                progress.clear()
+                await progress.wait()
+
+        async def refuse(message: Message, reason: str, text: str) -> None:
+            """Answer a refused statement in place of the server, in order."""
+            await server_idle()  # earlier answers reach the client before our error
+            await audit.record(
+                "pg.refused",
+                actor=user,
+                session_id=session.id,
+                connection=session.connection.name,
+                text=text,
+                reason=reason,
+            )
+            writer.write(error_response(READ_ONLY_SQLSTATE, reason, severity="ERROR"))
+            if message.type != b"P":  # Parse: ReadyForQuery comes at the client's Sync
+                writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
+            await writer.drain()
+
         async def client_to_agent() -> None:
             frames = MessageReader()
+            discarding = False  # after a refused Parse: skip to Sync, as the server would
+            batch_start = True  # nothing of the current extended-protocol batch forwarded
             while True:
                 data = await reader.read(READ_SIZE)
                 if not data:
@@ -410,6 +455,30 @@ class PostgresFrontDoor:
                 frames.feed(data)
                 out: list[bytes] = []
                 while (message := frames.next_message()) is not None:
+                    if discarding:
+                        if message.type == b"S":
+                            discarding, batch_start = False, True
+                            writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
+                            await writer.drain()
+                        continue
+                    if read_only and message.type in _READ_ONLY_CHECKED:
+                        refusal = _read_only_refusal(message)
+                        if refusal is not None:
+                            reason, text = refusal
+                            if out:
+                                await stream.send_data(b"".join(out))
+                                out.clear()
+                            if message.type == b"P" and not batch_start:
+                                # Part of this batch is already at the server: no answer of
+                                # ours can keep the order, so the session ends, closed.
+                                raise ReadOnlyViolation(reason)
+                            await refuse(message, reason, text)
+                            discarding = message.type == b"P"
+                            continue
+                    if message.type in b"SQ":
+                        batch_start = True
+                    elif message.type in b"PBDEHC":
+                        batch_start = False
                     if message.type[0] in _FRONTEND_TRACKED:
                         started = self._track(tracker, message)
                         if started is not None:
@@ -441,6 +510,7 @@ class PostgresFrontDoor:
                     finished = tracker.server_data(data) if not in_startup else []
                     writer.write(data)
                     await writer.drain()
+                    progress.set()
                     if finished:
                         record_finished(finished)
                 elif isinstance(event, RemoteClosed):
@@ -465,6 +535,11 @@ class PostgresFrontDoor:
                         await writer.drain()
                 else:
                     await up
+        except* ReadOnlyViolation as group:
+            error = f"read-only access: {group.exceptions[0]}"
+            with contextlib.suppress(ConnectionError):
+                writer.write(error_response(READ_ONLY_SQLSTATE, error))
+                await writer.drain()
         except* AuditUnavailable as group:
             # Fail closed: a statement that cannot be recorded is not run.
             error = f"statement not run: {group.exceptions[0]}"
@@ -478,6 +553,17 @@ class PostgresFrontDoor:
                 await writer.drain()
         except* (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as group:
             error = error or f"connection failed: {group.exceptions[0]}"
+            if stream.end_reason is not None:
+                # e.g. the credential was revoked while the client was sending: say so.
+                with contextlib.suppress(ConnectionError, OSError):
+                    writer.write(
+                        error_response(
+                            "08006",
+                            f"connection {session.connection.name!r}: session ended: "
+                            f"{stream.end_reason.message}",
+                        )
+                    )
+                    await writer.drain()
         finally:
             self.cancel_keys.revoke(pid)
             if not stream.finished:

@@ -14,6 +14,10 @@ SQLite (the default, ``sqlite:///path/wardgate.db``) runs in WAL mode with forei
 writers take the write lock up front (``BEGIN IMMEDIATE``). PostgreSQL
 (``postgresql+psycopg://...``) lets several gateway processes share one store.
 
+Identity (migration 0002): users have a kind (person, service, workload) that never changes,
+people are bound to one IdP (issuer, subject); ``logins`` are sign-ins (gateway sessions with an
+absolute expiry and an idle timeout) and tokens carry their kind, sign-in, connection and scopes.
+
 What is stored, and what never is: agent secrets and bearer tokens only as sha256 digests;
 connection secrets only as references (``env:``, ``file:``) or sealed blobs (``enc:``). Datetimes
 are timezone-aware UTC in and out.
@@ -28,17 +32,20 @@ from gateway.store.models import (
     AgentRecord,
     AuditEvent,
     ConnectionRecord,
+    LoginRecord,
     SessionRecord,
     TokenRecord,
     UserRecord,
 )
-from gateway.store.store import AlreadyExists, NotFound, Store, StoreError
+from gateway.store.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 
 __all__ = [
     "AgentRecord",
     "AlreadyExists",
     "AuditEvent",
+    "Conflict",
     "ConnectionRecord",
+    "LoginRecord",
     "NotFound",
     "SessionRecord",
     "Store",

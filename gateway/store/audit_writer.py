@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -75,15 +74,17 @@ class AuditWriter:
             for kind, actor, session_id, data in items:
                 seq += 1
                 payload = chain.canonical_json(dict(data))
-                stored = json.loads(payload)
-                digest = chain.event_hash(
+                # Callers pass JSON-native values, so the data reads back as given: no
+                # json.loads round trip on the hot path.
+                stored = dict(data)
+                digest = chain.event_hash_of_payload(
                     prev_hash,
                     seq=seq,
                     ts=ts,
                     kind=kind,
                     actor=actor,
                     session_id=session_id,
-                    data=stored,
+                    payload=payload,
                 )
                 rows.append(
                     (seq, ts_param, kind, actor, session_id, payload.decode(), prev_hash, digest)

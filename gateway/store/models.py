@@ -20,12 +20,30 @@ class AgentRecord:
         return self.revoked_at is not None
 
 
+USER_KINDS = ("person", "service", "workload")
+"""A person signs in through the IdP (or locally); service accounts hold API keys; workload
+identities exchange a trusted CI token. Machines are the last two."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     name: str
     is_admin: bool
     created_at: dt.datetime
     groups: tuple[str, ...] = ()
+    kind: str = "person"
+    disabled_at: dt.datetime | None = None
+    issuer: str | None = None  # the IdP a person is bound to, with `subject`
+    subject: str | None = None
+    has_password: bool = False  # a local user (password + TOTP), for setups without an IdP
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
+
+    @property
+    def is_machine(self) -> bool:
+        return self.kind != "person"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +55,47 @@ class TokenRecord:
     expires_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
     label: str = ""
+    kind: str = "bearer"  # bearer | access | refresh | connection | api_key
+    login_id: str | None = None  # the sign-in it belongs to
+    connection: str | None = None  # a per-connection credential is valid for this one only
+    scopes: tuple[str, ...] | None = None  # API keys: connection patterns, and "admin"
+    parent_id: str | None = None  # the credential this one was minted from
 
     def valid_at(self, now: dt.datetime) -> bool:
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRecord:
+    """One sign-in: the gateway session its tokens belong to."""
+
+    id: str  # public identifier, safe to log
+    user: str
+    method: str  # oidc | device | local | workload | token
+    created_at: dt.datetime
+    expires_at: dt.datetime  # absolute: refreshing never extends a login past this
+    last_seen_at: dt.datetime
+    idle_timeout: int | None = None  # seconds without any use of its tokens
+    revoked_at: dt.datetime | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    idp_refresh_token: str | None = None  # sealed (enc:v1:...) or None
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        if self.revoked_at is not None or now >= self.expires_at:
+            return False
+        if self.idle_timeout is None:
+            return True
+        return now < self.last_seen_at + dt.timedelta(seconds=self.idle_timeout)
+
+    def why_invalid(self, now: dt.datetime) -> str:
+        if self.revoked_at is not None:
+            return "sign-in revoked"
+        if now >= self.expires_at:
+            return "sign-in expired"
+        return "sign-in idle for too long"
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,16 @@ users = sa.Table(
     sa.Column("is_admin", sa.Boolean(), nullable=False),
     sa.Column("groups", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # person | service (API keys) | workload (exchanged CI tokens): a name never changes kind,
+    # so no machine can sign in as a person, nor a person as a machine.
+    sa.Column("kind", sa.String(20), nullable=False, server_default="person"),
+    sa.Column("disabled_at", UTCDateTime(), nullable=True),
+    # The IdP identity a person is bound to at first sign-in; NULL for local and bootstrap users.
+    sa.Column("issuer", sa.String(512), nullable=True),
+    sa.Column("subject", sa.String(255), nullable=True),
+    sa.Column("password_hash", sa.Text(), nullable=True),  # scrypt, local users only
+    sa.Column("totp_secret", sa.Text(), nullable=True),  # sealed (enc:v1:...), local users only
+    sa.Index(None, "issuer", "subject", unique=True),
 )
 
 tokens = sa.Table(
@@ -89,7 +99,42 @@ tokens = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("label", sa.String(255), nullable=False),
+    # bearer (bootstrap, `--token`) | access | refresh | connection | api_key
+    sa.Column("kind", sa.String(20), nullable=False, server_default="bearer"),
+    # The sign-in (``logins``) the token belongs to; revoking the login revokes the token.
+    sa.Column("login_id", sa.String(32), nullable=True),
+    sa.Column("connection", sa.String(255), nullable=True),  # per-connection credentials
+    sa.Column("scopes", JSONType, nullable=True),  # API keys: connection patterns, "admin"
+    # The credential a per-connection credential was minted from; revoked with it.
+    sa.Column("parent_id", sa.String(32), nullable=True),
     sa.Index(None, "user", "label"),
+    sa.Index(None, "login_id"),
+    sa.Index(None, "parent_id"),
+)
+
+# One row per sign-in (a gateway session, independent of the IdP token's lifetime): its
+# absolute expiry, its idle timeout, and for OIDC the IdP refresh token, sealed, used to
+# re-read the user's groups when the gateway credential is refreshed.
+logins = sa.Table(
+    "logins",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "user",
+        sa.String(255),
+        sa.ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("issuer", sa.String(512), nullable=True),
+    sa.Column("subject", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("idle_timeout", sa.Integer(), nullable=True),  # seconds
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("idp_refresh_token", sa.Text(), nullable=True),  # sealed, never plaintext
+    sa.Index(None, "user"),
 )
 
 connections = sa.Table(

@@ -184,6 +184,13 @@ class TunnelStream:
         self._check_finished()
 
     async def send_data(self, payload: bytes | bytearray | memoryview) -> None:
+        if isinstance(payload, bytes) and len(payload) <= MAX_PAYLOAD:
+            # The common case: one frame, no copy.
+            if self.state.finished:
+                raise self._closed_error()
+            await self._write(self.state.send_data(payload))
+            self.bytes_out += len(payload)
+            return
         view = memoryview(payload)
         for start in range(0, len(view), MAX_PAYLOAD):
             if self.state.finished:

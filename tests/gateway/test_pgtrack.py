@@ -137,3 +137,15 @@ def test_any_chunking_of_the_server_stream_gives_the_same_result(cuts: list[int]
 def test_render_params_formats() -> None:
     assert render_params((b"a", b"\xff", None), (0, 1, 0)) == ("a", "\\xff", None)
     assert render_params((b"\x01", b"\x02"), (1,)) == ("\\x01", "\\x02")
+
+
+def test_idle_and_transaction_status_follow_the_server() -> None:
+    t = PgTracker(clock)
+    assert t.idle and t.tx_status == "I"
+    t.query("begin")
+    assert not t.idle
+    stream = CommandComplete("BEGIN").encode() + z("T")
+    t.server_data(stream[:3])
+    assert not t.idle  # a message is only half through
+    t.server_data(stream[3:])
+    assert t.idle and t.tx_status == "T"

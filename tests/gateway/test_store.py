@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store import (
@@ -116,7 +116,7 @@ def test_reopening_keeps_data_and_migrates_nothing(store_url: str) -> None:
         assert agent is not None
         assert agent.pool == "dc1"
         with second.engine.connect() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
 
 
 def test_migrated_schema_matches_tables(store: Store) -> None:
@@ -732,3 +732,27 @@ def test_audit_writer_hot_path_extends_the_same_chain(store: Store) -> None:
     assert listed[1] == first[0]
     assert listed[1].ts == first[0].ts
     assert store.verify_audit() is None
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text(max_size=8))),
+    st.text(max_size=10),
+    st.one_of(st.none(), st.text(max_size=10)),
+)
+def test_payload_hash_equals_the_canonical_body_hash(
+    data: dict[str, object], actor: str, session_id: str | None
+) -> None:
+    ts = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+    expected = chain.event_hash(
+        chain.GENESIS_HASH, seq=7, ts=ts, kind="k", actor=actor, session_id=session_id, data=data
+    )
+    assert expected == chain.event_hash_of_payload(
+        chain.GENESIS_HASH,
+        seq=7,
+        ts=ts,
+        kind="k",
+        actor=actor,
+        session_id=session_id,
+        payload=chain.canonical_json(data),
+    )

@@ -1,0 +1,113 @@
+"""Roles grant connections at an access level; the broker asks here at every session open.
+
+A role applies to an identity when the identity's user name is in the role's `users` or one
+of its groups is in the role's `groups` (groups come from the IdP at sign-in and refresh,
+from a service account's definition, or from a workload trust entry). A role grants
+connection-name patterns (shell globs, `pg-*`) at `read-only`, `read-write` or `admin`;
+the highest level any applicable role grants wins. A role with `admin: true` makes its
+members gateway administrators (admin API, every connection at `admin`).
+
+Nothing granted means no access, unless the operator set a `default_access` for everyone.
+A credential can only narrow this: a per-connection credential reaches its one connection,
+and an API key only the connection patterns in its scopes (and the admin API only with the
+`admin` scope).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+ACCESS_LEVELS = ("read-only", "read-write", "admin")
+ADMIN_SCOPE = "admin"
+
+
+def _rank(access: str) -> int:
+    return ACCESS_LEVELS.index(access)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    connection: str  # a name or a shell glob
+    access: str
+
+    def __post_init__(self) -> None:
+        if self.access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {', '.join(ACCESS_LEVELS)}")
+
+    def matches(self, connection: str) -> bool:
+        return fnmatch.fnmatchcase(connection, self.connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    name: str
+    groups: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    admin: bool = False
+    grants: tuple[Grant, ...] = ()
+
+    def applies_to(self, user: str, groups: Iterable[str]) -> bool:
+        return user in self.users or not self.groups.isdisjoint(groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    access: str | None  # None: refused
+    reason: str
+
+
+class AccessPolicy:
+    def __init__(self, roles: Sequence[Role] = (), *, default_access: str | None = None) -> None:
+        if default_access is not None and default_access not in ACCESS_LEVELS:
+            raise ValueError(f"default_access must be one of {', '.join(ACCESS_LEVELS)}")
+        self.roles = tuple(roles)
+        self.default_access = default_access
+
+    def roles_of(self, user: str, groups: Iterable[str]) -> list[Role]:
+        groups = tuple(groups)
+        return [r for r in self.roles if r.applies_to(user, groups)]
+
+    def is_admin(self, user: str, groups: Iterable[str]) -> bool:
+        return any(r.admin for r in self.roles_of(user, groups))
+
+    def grants_of(self, user: str, groups: Iterable[str]) -> list[Grant]:
+        """Every grant that applies to this user, for `whoami`."""
+        out = [g for r in self.roles_of(user, groups) for g in r.grants]
+        if self.default_access is not None:
+            out.append(Grant("*", self.default_access))
+        return out
+
+    def decide(
+        self,
+        *,
+        user: str,
+        groups: Iterable[str],
+        is_admin: bool,
+        connection: str,
+        bound_connection: str | None = None,
+        scopes: tuple[str, ...] | None = None,
+    ) -> Decision:
+        """The access `user` gets to `connection` with this credential, or why none."""
+        if bound_connection is not None and bound_connection != connection:
+            return Decision(None, f"the credential is valid for connection {bound_connection!r}")
+        if scopes is not None and not any(
+            s != ADMIN_SCOPE and fnmatch.fnmatchcase(connection, s) for s in scopes
+        ):
+            return Decision(None, "the API key's scopes do not include this connection")
+        if is_admin:
+            return Decision("admin", "administrator")
+        best: str | None = None
+        why = ""
+        for role in self.roles_of(user, groups):
+            for grant in role.grants:
+                if grant.matches(connection) and (
+                    best is None or _rank(grant.access) > _rank(best)
+                ):
+                    best, why = grant.access, f"role {role.name!r}"
+        if best is None and self.default_access is not None:
+            best, why = self.default_access, "default access"
+        if best is None:
+            return Decision(None, "no role grants this connection")
+        return Decision(best, why)
