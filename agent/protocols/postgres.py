@@ -33,7 +33,7 @@ from shared.pgwire.backend import (
     decode_backend,
 )
 from shared.pgwire.errors import PgProtocolError
-from shared.pgwire.framing import MessageReader
+from shared.pgwire.framing import Message, MessageReader
 from shared.pgwire.frontend import SASLInitialResponse, SASLResponse, password_message
 from shared.pgwire.startup import encode_cancel_request, encode_ssl_request, encode_startup
 from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
@@ -93,7 +93,10 @@ async def connect(target: Target) -> _Server:
     return _Server(reader, writer, tls=False)
 
 
-async def _next(frames: MessageReader, reader: asyncio.StreamReader) -> object:
+async def _next_raw(
+    frames: MessageReader, reader: asyncio.StreamReader, stage: str
+) -> tuple[Message, object]:
+    """The next server message, raw and decoded; an ErrorResponse ends the login."""
     while (message := frames.next_message()) is None:
         data = await reader.read(65536)
         if not data:
@@ -103,9 +106,13 @@ async def _next(frames: MessageReader, reader: asyncio.StreamReader) -> object:
     if isinstance(decoded, ErrorResponse):
         raise LoginFailed(
             ResetCode.TARGET_REFUSED,
-            f"the server refused the login: {decoded.sqlstate} {decoded.message}",
+            f"the server refused the {stage}: {decoded.sqlstate} {decoded.message}",
         )
-    return decoded
+    return message, decoded
+
+
+async def _next(frames: MessageReader, reader: asyncio.StreamReader) -> object:
+    return (await _next_raw(frames, reader, "login"))[1]
 
 
 async def login(server: _Server, target: Target) -> tuple[bytes, BackendKeyData | None]:
@@ -169,17 +176,7 @@ async def login(server: _Server, target: Target) -> tuple[bytes, BackendKeyData 
     raw: list[bytes] = []
     key: BackendKeyData | None = None
     while True:
-        while (msg := frames.next_message()) is None:
-            data = await reader.read(65536)
-            if not data:
-                raise LoginFailed(ResetCode.TARGET_UNREACHABLE, "the server closed the connection")
-            frames.feed(data)
-        decoded = decode_backend(msg)
-        if isinstance(decoded, ErrorResponse):
-            raise LoginFailed(
-                ResetCode.TARGET_REFUSED,
-                f"the server refused the session: {decoded.sqlstate} {decoded.message}",
-            )
+        msg, decoded = await _next_raw(frames, reader, "session")
         if isinstance(decoded, BackendKeyData):
             key = decoded
         raw.append(msg.raw)

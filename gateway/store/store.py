@@ -933,63 +933,6 @@ class Store:
         self._check_open()
         return AuditWriter(self._engine, self._clock)
 
-    def append_audit_batch(
-        self, items: Sequence[tuple[str, str, str | None, Mapping[str, Any]]]
-    ) -> list[AuditEvent]:
-        """Append (kind, actor, session_id, data) events in order, in ONE transaction.
-
-        Group commit: the gateway funnels the events of all its sessions through here, so
-        one commit covers every statement that arrived while the previous batch was written.
-        The head is read and written once and the rows go in as one executemany.
-        """
-        if not items:
-            return []
-        payloads = [(k, a, sid, chain.canonical_json(dict(d))) for k, a, sid, d in items]
-        with self._write() as conn:
-            head = conn.execute(
-                sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
-                .where(t.audit_head.c.id == 1)
-                .with_for_update()
-            ).one()
-            seq: int = head.seq
-            prev_hash: bytes = head.hash
-            ts = self._clock().astimezone(dt.UTC)
-            rows: list[dict[str, Any]] = []
-            events: list[AuditEvent] = []
-            for kind, actor, session_id, payload in payloads:
-                seq += 1
-                data = json.loads(payload)
-                digest = chain.event_hash(
-                    prev_hash,
-                    seq=seq,
-                    ts=ts,
-                    kind=kind,
-                    actor=actor,
-                    session_id=session_id,
-                    data=data,
-                )
-                rows.append(
-                    {
-                        "seq": seq,
-                        "ts": ts,
-                        "kind": kind,
-                        "actor": actor,
-                        "session_id": session_id,
-                        "data": payload.decode(),
-                        "prev_hash": prev_hash,
-                        "hash": digest,
-                    }
-                )
-                events.append(AuditEvent(seq, ts, kind, actor, session_id, data, prev_hash, digest))
-                prev_hash = digest
-            conn.execute(sa.insert(t.audit_events), rows)
-            conn.execute(
-                sa.update(t.audit_head)
-                .where(t.audit_head.c.id == 1)
-                .values(seq=seq, hash=prev_hash)
-            )
-        return events
-
     def _append_audit(
         self, conn: sa.Connection, kind: str, actor: str, session_id: str | None, payload: bytes
     ) -> AuditEvent:

@@ -688,17 +688,24 @@ def test_postgres_fixture_demands_the_password(postgres_db: PostgresServer) -> N
         wrong.connect().close()
 
 
-def test_audit_batch_appends_in_order_in_one_chain(store: Store) -> None:
+def test_audit_writer_batch_appends_in_order_in_one_chain(store: Store) -> None:
     store.append_audit("before", actor="a")
-    events = store.append_audit_batch(
-        [("pg.statement", "alice", "s1", {"text": "select 1"}), ("pg.result", "alice", "s1", {})]
-    )
+    writer = store.audit_writer()
+    try:
+        events = writer.append(
+            [
+                ("pg.statement", "alice", "s1", {"text": "select 1"}),
+                ("pg.result", "alice", "s1", {}),
+            ]
+        )
+        assert writer.append([]) == []
+    finally:
+        writer.close()
     store.append_audit("after")
     assert [e.seq for e in events] == [2, 3]
     assert events[1].prev_hash == events[0].hash
     assert [e.kind for e in store.list_audit()] == ["before", "pg.statement", "pg.result", "after"]
     assert store.verify_audit() is None
-    assert store.append_audit_batch([]) == []
 
 
 def test_list_audit_contains_matches_text_inside_the_data(store: Store) -> None:
