@@ -19,13 +19,19 @@ install:  ## create .venv with the project and its dev tools
 dev: install  ## run a gateway with an embedded agent and SQLite store in ./.wardgate
 	.venv/bin/wardgate dev
 
-deps:  ## Debian packages the tests drive (PostgreSQL server, psql, pgbench); needs root
+deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, OpenSSH); needs root
 	@if command -v psql >/dev/null && command -v pgbench >/dev/null && \
 	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "test dependencies present"; \
 	else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends postgresql postgresql-client postgresql-contrib; \
+	fi
+	@if test -x /usr/sbin/sshd && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; then \
+	  echo "benchmark dependencies present (OpenSSH)"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends openssh-server openssh-client; \
 	fi
 
 test: install  ## run the whole test suite (real PostgreSQL, real processes)
@@ -52,8 +58,8 @@ proto-check:  ## fail when the committed generated code is stale
 	  cmp -s $$tmp/$$f $$f || { echo "stale generated file: $$f (run make proto)"; exit 1; }; \
 	done && echo "generated code is current"
 
-bench:  ## direct vs ssh -L bastion vs Wardgate, printed as ratios
-	$(PY) -m bench
+bench: install  ## direct vs ssh -L bastion vs Wardgate (~5 min): table, bench/results.json
+	.venv/bin/python -m bench
 
 clean:
 	rm -rf .wardgate .pytest_cache .mypy_cache .ruff_cache build *.egg-info

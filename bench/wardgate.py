@@ -1,0 +1,150 @@
+"""Wardgate as it is deployed: gateway and agent as separate processes, TLS on, audit on.
+
+The gateway generates its CA and certificate in its data directory and keeps its store (and
+so the audit log every statement is written to before it is forwarded) in SQLite there. The
+agent is created through the admin API, started with its key, and the benchmark connection
+(``bench``, type postgres) carries the database role's password as a literal, sealed by the
+gateway's ``secret_key``. Clients log in as ``admin`` with the admin token as password,
+``sslmode=verify-full`` against the generated CA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.postgres import Postgres
+from bench.procs import BenchError, Proc, free_port, running, wait_for
+from gateway.crypto import SecretBox, new_token
+
+CONNECTION = "bench"
+AGENT = "default"
+USER = "admin"
+
+
+def _command() -> list[str]:
+    """The installed `wardgate` command, as deployed (`python -m cli.main` if not installed)."""
+    script = Path(sys.executable).with_name("wardgate")
+    return [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
+
+
+WARDGATE = _command()
+
+
+@dataclass(frozen=True, slots=True)
+class WardgateStack:
+    """A running gateway and agent, and what a PostgreSQL client needs to use them."""
+
+    public_port: int
+    ca_path: Path
+    token: str
+    gateway: Proc
+    agent: Proc
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class _Api:
+    def __init__(self, port: int, ca_path: Path, token: str) -> None:
+        self.port = port
+        self.ca_path = ca_path
+        self.token = token
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            verify=ssl.create_default_context(cafile=str(self.ca_path)),
+            timeout=30,
+        )
+
+    def call(self, method: str, path: str, json: Any = None) -> Any:
+        with self.client() as client:
+            response = client.request(method, path, json=json)
+        if response.status_code >= 400:
+            raise BenchError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+
+@contextlib.contextmanager
+def wardgate(root: Path, pg: Postgres) -> Iterator[WardgateStack]:
+    """Start gateway and agent in ``root`` (created), with a connection to ``pg``; stop both."""
+    root.mkdir()
+    data_dir = root / "gateway"
+    data_dir.mkdir()
+    token = new_token()
+    public, agent_port = free_port(), free_port()
+    config = root / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{public}",
+                "agent_listen": f"127.0.0.1:{agent_port}",
+                "data_dir": str(data_dir),
+                "secret_key": SecretBox.generate_key(),
+            }
+        )
+    )
+    ca_path = data_dir / "tls" / "ca.pem"
+    api = _Api(public, ca_path, token)
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(
+            running(
+                Proc(
+                    "gateway",
+                    [*WARDGATE, "gateway", "--config", str(config)],
+                    root / "gateway.log",
+                    _env(WARDGATE_ADMIN_TOKEN=token),
+                )
+            )
+        )
+
+        def healthy() -> bool:
+            gateway.check_alive()
+            return ca_path.exists() and api.call("GET", "/v1/health")["status"] == "ok"
+
+        wait_for(healthy, "the gateway to answer /v1/health", timeout=60)
+        key = str(api.call("POST", "/v1/agents", {"name": AGENT})["key"])
+        agent = stack.enter_context(
+            running(
+                Proc(
+                    "agent", [*WARDGATE, "agent"], root / "agent.log", _env(WARDGATE_AGENT_KEY=key)
+                )
+            )
+        )
+
+        def connected() -> bool:
+            agent.check_alive()
+            agents = {a["name"]: a for a in api.call("GET", "/v1/agents")}
+            return bool(agents.get(AGENT, {}).get("connected"))
+
+        wait_for(connected, "the agent to connect", timeout=60)
+        api.call(
+            "POST",
+            "/v1/connections",
+            {
+                "name": CONNECTION,
+                "type": "postgres",
+                "agent": AGENT,
+                "host": pg.host,
+                "port": pg.port,
+                "database": pg.database,
+                "username": pg.role,
+                "password": pg.password,
+            },
+        )
+        yield WardgateStack(public, ca_path, token, gateway, agent)
