@@ -335,6 +335,61 @@ def apply_cmd(path: Path, gateway: str | None, token: str | None, ca: str | None
         click.echo(f"connection {r['name']} {r['status']}")
 
 
+# ---- policy ----------------------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Guardrails: allow/deny rules on statements."""
+
+
+@policy.command("explain")
+@click.option("--user", required=True, help="The Wardgate user to judge for.")
+@click.option(
+    "--group", "groups", multiple=True, help="A group (repeatable; default: the user's own)."
+)
+@click.option("--connection", required=True, help="The connection the SQL would run on.")
+@click.argument("sql")
+@click.option("--json", "as_json", is_flag=True)
+@gateway_options
+def policy_explain(
+    user: str,
+    groups: tuple[str, ...],
+    connection: str,
+    sql: str,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Print the decision on SQL for a user on a connection, and the rules behind it."""
+    body: dict[str, Any] = {"user": user, "connection": connection, "sql": sql}
+    if groups:
+        body["groups"] = list(groups)
+    with _ref(gateway, token, ca).http() as http:
+        data = cl.check(http.post("/v1/policy/explain", json=body))
+    if as_json:
+        _print(data, True)
+        return
+    click.echo(f"decision: {data['decision']}")
+    click.echo(f"reason: {data['reason']}")
+    click.echo(f"rules: {', '.join(data['rules']) or '-'}")
+    click.echo(
+        f"identity: user={data['user']} groups={','.join(data['groups']) or '-'} "
+        f"roles={','.join(data['roles']) or '-'}"
+    )
+    click.echo(
+        f"connection: {data['connection']} access={data['access'] or 'none'} "
+        f"guarded={'yes' if data['guarded'] else 'no'} "
+        f"applicable rules={','.join(data['applicable_rules']) or '-'}"
+    )
+    for st in data["statements"]:
+        rules = f" [{', '.join(st['rules'])}]" if st["rules"] else ""
+        click.echo(f"  statement {st['index'] or '-'}: {st['effect']}{rules}  {st['facts']}")
+        click.echo(f"    sql: {st['text']}")
+        click.echo(f"    {st['reason']}")
+
+
 # ---- sessions, audit, login, tcp -------------------------------------------------------
 
 

@@ -156,6 +156,7 @@ class Gateway:
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
         policy = cfg.access_policy()
+        guardrails = cfg.guardrails()
         authenticator = Authenticator(store, policy)
         broker = SessionBroker(store, self.registry, auditor, box, policy)
         self.identity = IdentityService(
@@ -178,13 +179,20 @@ class Gateway:
                 agent_port=agent_addr[1],
                 insecure_agents=cfg.allow_insecure_agents,
                 identity=self.identity,
+                guardrails=guardrails,
+                access=policy,
             )
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         postgres = PostgresFrontDoor(
-            server_context(tls, alpn=["postgresql"]), authenticator, broker, auditor
+            server_context(tls, alpn=["postgresql"]),
+            authenticator,
+            broker,
+            auditor,
+            guardrails=guardrails,
+            access=policy,
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.connspec import ConnectionSpec
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
+from gateway.policy.rules import Policy, PolicyConfig
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_AGENT_LISTEN = "0.0.0.0:8444"
@@ -196,6 +197,11 @@ class GatewayConfig(BaseModel):
     agents: list[AgentDecl] = Field(default_factory=list)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     roles: list[RoleConfig] = Field(default_factory=list)
+    # Guardrails: allow/deny rules on statements (gateway/policy/rules.py).
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    def guardrails(self) -> Policy:
+        return Policy(self.policy)
 
     def access_policy(self) -> AccessPolicy:
         roles = [

@@ -19,8 +19,11 @@ from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
 from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
+from gateway.policy.explain import explain
+from gateway.policy.grants import AccessPolicy
+from gateway.policy.rules import Policy, subject_for
 from gateway.protocols import tcp
-from gateway.sessions import SessionBroker, SessionError
+from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
@@ -42,6 +45,8 @@ class ApiDeps:
     agent_port: int
     insecure_agents: bool
     identity: IdentityService | None = None
+    guardrails: Policy | None = None
+    access: AccessPolicy | None = None
 
 
 class AgentCreate(BaseModel):
@@ -98,6 +103,14 @@ class LocalUserCreate(BaseModel):
 class ServiceAccountCreate(BaseModel):
     name: str
     groups: list[str] = Field(default_factory=list)
+
+
+class ExplainRequest(BaseModel):
+    user: str = Field(max_length=255)
+    # None: the user's groups as the store knows them (from the last sign-in).
+    groups: list[str] | None = None
+    connection: str = Field(max_length=255)
+    sql: str = Field(max_length=1024 * 1024)
 
 
 class ApiKeyCreate(BaseModel):
@@ -465,6 +478,26 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 )
         return {"connections": results}
 
+    # ---- policy --------------------------------------------------------------------
+
+    @app.post("/v1/policy/explain")
+    async def policy_explain(body: ExplainRequest, who: Admin) -> dict[str, Any]:
+        """The decision on `sql` for `user` on `connection`, and the rules behind it."""
+        known = await run(deps.store.get_user, body.user)
+        record = await run(deps.store.get_connection, body.connection)
+        groups = tuple(body.groups) if body.groups is not None else known.groups if known else ()
+        return explain(
+            deps.guardrails or Policy(),
+            deps.access or AccessPolicy(),
+            user=body.user,
+            groups=groups,
+            connection=body.connection,
+            sql=body.sql,
+            is_admin=bool(known and known.is_admin),
+            machine=bool(known and known.kind != "person"),
+            statements_checked=record is None or record.type in READ_ONLY_ENFORCED,
+        )
+
     # ---- sessions and audit --------------------------------------------------------
 
     @app.get("/v1/sessions")
@@ -558,6 +591,21 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     # ---- generic TCP ---------------------------------------------------------------
 
+    async def unenforceable_guardrail(who: Identity, name: str) -> str | None:
+        """Why guardrails forbid a session on a connection whose statements we cannot read.
+
+        A byte stream carries no statements to judge: a guardrail meant for the connection
+        cannot be enforced there, so the session is refused (fail closed).
+        """
+        record = await deps.broker.connection(name)
+        if deps.guardrails is None or record is None or record.type in READ_ONLY_ENFORCED:
+            return None
+        subject = subject_for(
+            deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
+        )
+        blocked = deps.guardrails.unenforceable(subject, name)
+        return None if blocked is None else f"policy: {blocked[0]}"
+
     @app.websocket("/v1/connections/{name}/tcp")
     async def tcp_session(ws: WebSocket, name: str) -> None:
         await ws.accept()
@@ -569,6 +617,18 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 "auth.rejected", client=client, connection=name, reason=str(exc)
             )
             await ws.close(tcp.CLOSE_CODES["unauthenticated"], reason=str(exc))
+            return
+        blocked = await unenforceable_guardrail(who, name)
+        if blocked is not None:
+            await deps.auditor.record(
+                "session.refused",
+                actor=who.user,
+                connection=name,
+                reason=blocked,
+                credential=who.token_id,
+                client=client,
+            )
+            await ws.close(tcp.CLOSE_CODES["forbidden"], reason=blocked[:120])
             return
         try:
             session = await deps.broker.open(

@@ -4,7 +4,13 @@
   (read-only, read-write, admin); the session broker asks it at every session open.
 * ``readonly``: the PostgreSQL read-only classifier (pglast), pure and sans-I/O; the
   PostgreSQL front door runs it on every statement of a read-only session.
+* ``facts``: what each statement is (kinds, tables, functions, flags such as
+  outside-data access), read off the same pglast tree with the same walker as ``readonly``.
+* ``rules``: guardrails, allow/deny rules from the config's ``policy:`` key matched on the
+  identity, the connection and the facts; deny wins; the front door runs them after the
+  read-only check, on every Query and Parse of sessions where a rule can deny.
+* ``explain``: the whole decision (access, read-only, guardrails) for ``policy explain``.
 
-Both are pure functions of their inputs: no I/O, no asyncio, no authlib (an import-linter
+All are pure functions of their inputs: no I/O, no asyncio, no authlib (an import-linter
 contract keeps it so), so they are tested with tables of cases.
 """

@@ -23,6 +23,9 @@ builds (pglast wraps libpg_query), never on regular expressions. The rules, fail
 6. SQL-level `EXECUTE name` is refused: the statement it runs was prepared earlier and is not
    in this text. (Statements prepared with the extended protocol are checked at Parse.)
 
+The tree walker (`walk`) and `function_name` are shared with the guardrails' statement
+facts (`gateway.policy.facts`), so both checks see the same nodes.
+
 What parsing cannot see: a user-defined function or operator that writes. The database role
 of a read-only connection should be read-only too; `default_transaction_read_only` catches
 writes made through such functions unless they switch it off themselves.
@@ -321,7 +324,7 @@ def _check_query(query: Any) -> None:
     """A SELECT-like tree: refuse anything in it that writes, locks or escapes."""
     if isinstance(query, ast.SelectStmt) and query.intoClause is not None:
         raise _Refused("SELECT INTO creates a table")
-    for node in _walk(query):
+    for node in walk(query):
         if isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
             raise _Refused(f"the query contains {_name(node)}, which writes data")
         if isinstance(node, ast.SelectStmt):
@@ -330,18 +333,18 @@ def _check_query(query: Any) -> None:
             if node.intoClause is not None:
                 raise _Refused("SELECT INTO creates a table")
         elif isinstance(node, ast.FuncCall):
-            name = _function_name(node)
+            name = function_name(node)
             if name in DENIED_FUNCTIONS:
                 raise _Refused(f"function {name}() {DENIED_FUNCTIONS[name]}")
 
 
-def _function_name(call: Any) -> str:
+def function_name(call: Any) -> str:
     parts = [getattr(p, "sval", "") for p in call.funcname or ()]
     return str(parts[-1]).lower() if parts else ""
 
 
-def _walk(node: Any) -> Iterator[Any]:
-    """Every node of the tree under `node`, itself included."""
+def walk(node: Any) -> Iterator[Any]:
+    """Every node of the tree under `node`, itself included (shared with `facts`)."""
     stack = [node]
     while stack:
         current = stack.pop()
@@ -372,7 +375,7 @@ def _check_set(stmt: Any) -> None:
     writable = name in _READ_ONLY_SETTINGS and kind == VariableSetKind.VAR_SET_VALUE
     if writable and not _truthy(stmt.args):
         raise _Refused(f"SET {name} would allow writes")
-    for node in _walk(stmt.args):
+    for node in walk(stmt.args):
         if isinstance(node, ast.FuncCall):
             _check_query(node)
 

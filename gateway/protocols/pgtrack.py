@@ -1,17 +1,19 @@
 """Follow one PostgreSQL session in both directions to record its statements (sans-I/O).
 
 Rules:
-1. A statement is recorded when it is about to run: a simple Query when the client sends
-   it; an extended-protocol statement at Execute, with the text Parse gave its prepared
-   statement and the parameter count Bind gave its portal. The caller writes the
-   `StatementStarted` durably and only then forwards the message.
+1. A statement is recorded when it is about to run: each statement of a simple Query (split
+   by PostgreSQL's own scanner) when the client sends it; an extended-protocol statement at
+   Execute, with the text Parse gave its prepared statement and the parameter count Bind
+   gave its portal. The caller writes the `StatementStarted` durably and only then forwards
+   the message.
 2. Server messages are scanned, not decoded: only the type byte and length of each message
    are read, plus the bodies of CommandComplete, ErrorResponse and ReadyForQuery, so a
    multi-gigabyte result costs one header read per row and no copies.
-3. Completion: a simple Query completes at ReadyForQuery (its command tags collected on the
-   way); an Execute completes at its CommandComplete, EmptyQueryResponse, PortalSuspended or
-   ErrorResponse. After an error the server skips to Sync, so Executes still pending at
-   ReadyForQuery did not run and complete as `skipped`.
+3. Completion: a simple Query completes at ReadyForQuery; its statements get the command tags
+   in order, the first without one carries the error, the rest did not run. An Execute
+   completes at its CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse.
+   After an error the server skips to Sync, so Executes still pending at ReadyForQuery did
+   not run and complete as `skipped`.
 4. Rows are counted from DataRow messages, so SELECT and FETCH count what the client got.
 """
 
@@ -21,6 +23,8 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import pglast
 
 _HEADER = struct.Struct("!cI")
 # CommandComplete, ErrorResponse, ReadyForQuery, EmptyQueryResponse, PortalSuspended
@@ -59,6 +63,22 @@ class _Unit:
     tags: list[str] = field(default_factory=list)
     sqlstate: str | None = None
     error: str | None = None
+    count: int = 1  # statements of a simple Query: indexes index .. index + count - 1
+    rows_at_tag: list[int] = field(default_factory=list)  # rows counted when each tag came
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a simple Query, split by PostgreSQL's own scanner.
+
+    Text that does not split (a syntax error the server will report) stays one statement.
+    """
+    if ";" not in text.strip().rstrip(";"):
+        return [text]
+    try:
+        parts = [p for p in pglast.split(text) if p.strip()]
+    except Exception:  # pglast raises several types on text PostgreSQL would reject
+        return [text]
+    return parts or [text]
 
 
 def _error_fields(body: bytes) -> dict[str, str]:
@@ -105,10 +125,13 @@ class PgTracker:
 
     # ---- client -> server ------------------------------------------------------------
 
-    def query(self, text: str) -> StatementStarted:
-        self._count += 1
-        self._units.append(_Unit(self._count, "simple", self._clock()))
-        return StatementStarted(self._count, text, "simple")
+    def query(self, text: str) -> list[StatementStarted]:
+        """One started statement per statement of the Query string (rule 1)."""
+        statements = split_statements(text)
+        first = self._count + 1
+        self._count += len(statements)
+        self._units.append(_Unit(first, "simple", self._clock(), count=len(statements)))
+        return [StatementStarted(first + i, st, "simple") for i, st in enumerate(statements)]
 
     def parse(self, name: str, text: str) -> None:
         self._statements[name] = text
@@ -192,6 +215,7 @@ class PgTracker:
             if unit is None:
                 return
             unit.tags.append(body.rstrip(b"\0").decode("utf-8", "replace"))
+            unit.rows_at_tag.append(unit.rows)
             if unit.protocol == "extended":
                 done.append(self._finish(self._units.popleft()))
         elif code == 69:  # 'E' ErrorResponse
@@ -209,9 +233,37 @@ class PgTracker:
                 head = self._units.popleft()
                 if head.protocol == "sync":
                     break
-                done.append(self._finish(head, skipped=head.protocol == "extended"))
                 if head.protocol == "simple":
+                    done.extend(self._finish_query(head))
                     break
+                done.append(self._finish(head, skipped=True))
+
+    def _finish_query(self, unit: _Unit) -> list[StatementFinished]:
+        """Split a simple Query's outcome over its statements, in order: each completed one
+        has its tag and rows; the first without a tag carries the error; the rest never ran.
+        """
+        duration = round((self._clock() - unit.started) * 1000, 3)
+        out: list[StatementFinished] = []
+        before = 0
+        for i in range(unit.count):
+            if i < len(unit.tags):
+                rows = unit.rows_at_tag[i] - before
+                before = unit.rows_at_tag[i]
+                out.append(StatementFinished(unit.index + i, (unit.tags[i],), rows, duration))
+            elif i == len(unit.tags) and (unit.sqlstate is not None or unit.count == 1):
+                out.append(
+                    StatementFinished(
+                        unit.index + i,
+                        (),
+                        unit.rows - before,
+                        duration,
+                        unit.sqlstate,
+                        unit.error,
+                    )
+                )
+            else:
+                out.append(StatementFinished(unit.index + i, (), 0, duration, skipped=True))
+        return out
 
     def _finish(self, unit: _Unit, *, skipped: bool = False) -> StatementFinished:
         return StatementFinished(

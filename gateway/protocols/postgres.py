@@ -13,7 +13,16 @@
 user, database and password are the connection's and never reach the client. Errors are
 ErrorResponses with a SQLSTATE: 3D000 unknown connection, 28P01 bad credential, 42501
 denied, 08006 no agent / agent lost, 08001 target unreachable or refusing the credential,
-08P01 protocol violation. A CancelRequest (on a new connection, plaintext or TLS) is routed
+08P01 protocol violation.
+
+Per statement, read-only access (`gateway.policy.readonly`) and then the guardrails
+(`gateway.policy.rules`) judge each simple Query and each extended-protocol Parse (a
+statement prepared with Parse is judged at Parse, whatever Bind/Execute follow) and refuse
+the fastpath FunctionCall. A refusal is answered in the server's place and in order
+(ErrorResponse 42501 after the answers to what the client sent before, then ReadyForQuery,
+at its Sync for Parse) and audited as `pg.refused`; the session goes on. A refused Parse in
+a batch whose start the server already holds cannot be answered in order: the session ends
+with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
 by the BackendKeyData the gateway handed out to the agent serving that session, which
 replays it to the server with the real key.
 """
@@ -33,7 +42,9 @@ from dataclasses import dataclass
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
+from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
+from gateway.policy.rules import Policy, SessionGuard, subject_for
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.sessions import Session, SessionBroker, SessionError
 from shared.pgwire.backend import (
@@ -83,22 +94,43 @@ class ClientGone(Exception):
     pass
 
 
-class ReadOnlyViolation(Exception):
+class StatementRefused(Exception):
     """A refused statement in the middle of a batch the server has partly received."""
 
 
-_READ_ONLY_CHECKED = frozenset((b"Q", b"P", b"F"))
+# Messages that carry SQL (simple Query, extended Parse) or bypass it (fastpath call).
+_CHECKED = frozenset((b"Q", b"P", b"F"))
 
 
-def _read_only_refusal(message: Message) -> tuple[str, str] | None:
-    """(reason, text) when a read-only session must not send this message, else None."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    text: str
+    rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
+
+
+def _refusal(message: Message, read_only: bool, guard: SessionGuard | None) -> Refusal | None:
+    """Why this session must not send this message, or None.
+
+    Read-only access is checked first, then the guardrails: both answer a refusal the same
+    way (42501, in order), so the client cannot tell which check it met except by the reason.
+    """
     if message.type == b"F":
-        # A function called by OID would bypass the SQL check entirely.
-        return "read-only access: the fastpath function-call protocol is refused", ""
+        # A function called by OID would bypass the SQL checks entirely.
+        if read_only:
+            return Refusal("read-only access: the fastpath function-call protocol is refused", "")
+        return Refusal("policy: the fastpath function-call protocol is refused", "")
     decoded = decode_frontend(message)
     text = decoded.text if isinstance(decoded, Query) else getattr(decoded, "query", "")
-    verdict = check_read_only(text)
-    return None if verdict.allowed else (verdict.reason, text)
+    if read_only:
+        verdict = check_read_only(text)
+        if not verdict.allowed:
+            return Refusal(verdict.reason, text)
+    if guard is not None:
+        decision = guard.check(text)
+        if not decision.allowed:
+            return Refusal(f"policy: {decision.reason}", text, decision.rules)
+    return None
 
 
 @dataclass(eq=False)
@@ -165,11 +197,16 @@ class PostgresFrontDoor:
         auth: Authenticator,
         broker: SessionBroker,
         auditor: Auditor,
+        *,
+        guardrails: Policy | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
         self._broker = broker
         self._audit = auditor
+        self._guardrails = guardrails or Policy()
+        self._access = access or AccessPolicy()
         self.cancel_keys = CancelKeys()
 
     # ---- entry points (registered on the front door) ---------------------------------
@@ -387,25 +424,34 @@ class PostgresFrontDoor:
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
         pid, secret = self.cancel_keys.issue(session)
         read_only = session.access == "read-only"
+        guard = self._guard(session)
+        checked = read_only or guard is not None
         progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
         audit = self._audit
         user = session.identity.user
 
-        async def record_started(started: StatementStarted) -> None:
-            event = await audit.record(
-                "pg.statement",
-                actor=user,
-                session_id=session.id,
-                connection=session.connection.name,
-                groups=list(session.identity.groups),
-                text=started.text,
-                protocol=started.protocol,
-                params=started.params,
-                statement=started.statement,
-                **({"values": list(started.values)} if started.values is not None else {}),
+        async def record_started(started: list[StatementStarted]) -> None:
+            # All statements of one message go into the same commit, in order.
+            events = await asyncio.gather(
+                *(
+                    audit.record(
+                        "pg.statement",
+                        actor=user,
+                        session_id=session.id,
+                        connection=session.connection.name,
+                        groups=list(session.identity.groups),
+                        text=st.text,
+                        protocol=st.protocol,
+                        params=st.params,
+                        statement=st.statement,
+                        **({"values": list(st.values)} if st.values is not None else {}),
+                    )
+                    for st in started
+                )
             )
-            seqs[started.index] = event.seq
+            for st, event in zip(started, events, strict=True):
+                seqs[st.index] = event.seq
 
         def record_finished(finished: list[StatementFinished]) -> None:
             for f in finished:
@@ -427,7 +473,7 @@ class PostgresFrontDoor:
                 progress.clear()
                 await progress.wait()
 
-        async def refuse(message: Message, reason: str, text: str) -> None:
+        async def refuse(message: Message, refusal: Refusal) -> None:
             """Answer a refused statement in place of the server, in order."""
             await server_idle()  # earlier answers reach the client before our error
             await audit.record(
@@ -435,10 +481,11 @@ class PostgresFrontDoor:
                 actor=user,
                 session_id=session.id,
                 connection=session.connection.name,
-                text=text,
-                reason=reason,
+                text=refusal.text,
+                reason=refusal.reason,
+                rules=list(refusal.rules),
             )
-            writer.write(error_response(READ_ONLY_SQLSTATE, reason, severity="ERROR"))
+            writer.write(error_response(READ_ONLY_SQLSTATE, refusal.reason, severity="ERROR"))
             if message.type != b"P":  # Parse: ReadyForQuery comes at the client's Sync
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
@@ -461,18 +508,27 @@ class PostgresFrontDoor:
                             writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
                             await writer.drain()
                         continue
-                    if read_only and message.type in _READ_ONLY_CHECKED:
-                        refusal = _read_only_refusal(message)
+                    if checked and message.type in _CHECKED:
+                        refusal = _refusal(message, read_only, guard)
                         if refusal is not None:
-                            reason, text = refusal
                             if out:
                                 await stream.send_data(b"".join(out))
                                 out.clear()
                             if message.type == b"P" and not batch_start:
                                 # Part of this batch is already at the server: no answer of
                                 # ours can keep the order, so the session ends, closed.
-                                raise ReadOnlyViolation(reason)
-                            await refuse(message, reason, text)
+                                await audit.record(
+                                    "pg.refused",
+                                    actor=user,
+                                    session_id=session.id,
+                                    connection=session.connection.name,
+                                    text=refusal.text,
+                                    reason=refusal.reason,
+                                    rules=list(refusal.rules),
+                                    ended_session=True,
+                                )
+                                raise StatementRefused(refusal.reason)
+                            await refuse(message, refusal)
                             discarding = message.type == b"P"
                             continue
                     if message.type in b"SQ":
@@ -481,7 +537,7 @@ class PostgresFrontDoor:
                         batch_start = False
                     if message.type[0] in _FRONTEND_TRACKED:
                         started = self._track(tracker, message)
-                        if started is not None:
+                        if started:
                             # Durably recorded before the statement leaves the gateway.
                             if out:
                                 await stream.send_data(b"".join(out))
@@ -535,8 +591,8 @@ class PostgresFrontDoor:
                         await writer.drain()
                 else:
                     await up
-        except* ReadOnlyViolation as group:
-            error = f"read-only access: {group.exceptions[0]}"
+        except* StatementRefused as group:
+            error = str(group.exceptions[0])
             with contextlib.suppress(ConnectionError):
                 writer.write(error_response(READ_ONLY_SQLSTATE, error))
                 await writer.drain()
@@ -570,8 +626,18 @@ class PostgresFrontDoor:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
             await self._broker.finish(session, error=error)
 
+    def _guard(self, session: Session) -> SessionGuard | None:
+        """The guardrails of this identity on this connection; None when nothing can deny."""
+        if self._guardrails.empty:
+            return None
+        identity = session.identity
+        subject = subject_for(
+            self._access, identity.user, identity.groups, machine=identity.is_machine
+        )
+        return self._guardrails.for_session(subject, session.connection.name)
+
     @staticmethod
-    def _track(tracker: PgTracker, message: Message) -> StatementStarted | None:
+    def _track(tracker: PgTracker, message: Message) -> list[StatementStarted]:
         decoded = decode_frontend(message)
         if isinstance(decoded, Query):
             return tracker.query(decoded.text)
@@ -580,12 +646,12 @@ class PostgresFrontDoor:
         elif isinstance(decoded, Bind):
             tracker.bind(decoded.portal, decoded.statement, decoded.params, decoded.param_formats)
         elif isinstance(decoded, Execute):
-            return tracker.execute(decoded.portal)
+            return [tracker.execute(decoded.portal)]
         elif isinstance(decoded, Close):
             tracker.close(decoded.kind, decoded.name)
         elif isinstance(decoded, Sync):
             tracker.sync()
-        return None
+        return []
 
     @staticmethod
     def _rewrite_startup(

@@ -113,6 +113,9 @@ def stack(
 def test_psql_runs_as_the_injected_role_and_every_statement_is_recorded(stack: Stack) -> None:
     out = stack.psql("-Atc", "select current_user, current_database()")
     assert out.stdout.strip() == "app_rw|app"
+    # One Query message, two statements: two events.
+    stack.psql("-Atc", "select 'multi-a'; select 'multi-b'")
+    assert stack.statements("multi-") == ["select 'multi-a'", "select 'multi-b'"]
     assert "select current_user, current_database()" in stack.statements("current_database")
     assert APP_PASSWORD not in stack.gw.log(tail=100_000)
 

@@ -37,27 +37,47 @@ def error(code: str) -> bytes:
     return ErrorResponse({"S": "ERROR", "C": code, "M": "boom"}).encode()
 
 
-def test_simple_query_with_two_statements_completes_at_ready_for_query() -> None:
+def test_each_statement_of_a_simple_query_is_recorded_with_its_own_outcome() -> None:
     t = PgTracker(clock)
-    started = t.query("select 1; select 2")
-    assert (started.index, started.protocol) == (1, "simple")
+    started = t.query("select 1; select $$a;b$$ ;  select 3")
+    assert [(s.index, s.text, s.protocol) for s in started] == [
+        (1, "select 1", "simple"),
+        (2, "select $$a;b$$", "simple"),
+        (3, "select 3", "simple"),
+    ]
     server = (
         RowDescription(()).encode()
         + rows(3)
         + CommandComplete("SELECT 3").encode()
         + rows(2)
         + CommandComplete("SELECT 2").encode()
+        + error("22012")
     )
     assert t.server_data(server) == []
-    (done,) = t.server_data(z())
-    assert done == StatementFinished(1, ("SELECT 3", "SELECT 2"), 5, 0.0)
+    done = t.server_data(z())
+    assert done == [
+        StatementFinished(1, ("SELECT 3",), 3, 0.0),
+        StatementFinished(2, ("SELECT 2",), 2, 0.0),
+        StatementFinished(3, (), 0, 0.0, "22012", "boom"),
+    ]
 
 
-def test_simple_query_error_records_the_sqlstate() -> None:
+def test_statements_after_a_failed_one_never_ran() -> None:
     t = PgTracker(clock)
-    t.query("select 1/0")
-    (done,) = t.server_data(error("22012") + z())
-    assert (done.sqlstate, done.tags, done.skipped) == ("22012", (), False)
+    t.query("select 1/0; select 2")
+    done = t.server_data(error("22012") + z())
+    assert [(d.index, d.sqlstate, d.skipped) for d in done] == [
+        (1, "22012", False),
+        (2, None, True),
+    ]
+
+
+def test_unsplittable_text_stays_one_statement() -> None:
+    t = PgTracker(clock)
+    (only,) = t.query("selec garbage; x")
+    assert only.text == "selec garbage; x"
+    (done,) = t.server_data(error("42601") + z())
+    assert (done.sqlstate, done.tags, done.skipped) == ("42601", (), False)
 
 
 def test_pipelined_executes_complete_in_order_and_skip_after_an_error() -> None:
@@ -119,10 +139,10 @@ def test_empty_query_and_portal_suspended_end_an_execute() -> None:
 def test_any_chunking_of_the_server_stream_gives_the_same_result(cuts: list[int]) -> None:
     stream = rows(5) + CommandComplete("SELECT 5").encode() + error("XX000") + z()
     expected = PgTracker(clock)
-    expected.query("q")
+    expected.query("select 1; select 2")
     want = expected.server_data(stream)
     t = PgTracker(clock)
-    t.query("q")
+    t.query("select 1; select 2")
     got: list[StatementFinished] = []
     pos = 0
     for size in itertools.cycle(cuts):
@@ -131,7 +151,7 @@ def test_any_chunking_of_the_server_stream_gives_the_same_result(cuts: list[int]
         got += t.server_data(stream[pos : pos + size])
         pos += size
     assert got == want
-    assert want[0].rows == 5 and want[0].sqlstate == "XX000"
+    assert want[0].rows == 5 and want[1].sqlstate == "XX000"
 
 
 def test_render_params_formats() -> None:

@@ -1,0 +1,400 @@
+"""Statement facts for guardrails: what one SQL statement is, read off PostgreSQL's own tree.
+
+Pure and sans-I/O: text in, one `Facts` per statement out, derived from the parse tree
+pglast (libpg_query) builds, never from regular expressions, so comments, case, whitespace,
+quoting, dollar-quoting and Unicode escapes are resolved exactly as the server resolves them.
+The tree walker is the read-only classifier's (`readonly.walk`), so both see the same nodes.
+
+The facts, per statement:
+
+* `kinds`: every kind the statement is, the strongest first: `read` (SELECT, SHOW, EXPLAIN,
+  cursors, COPY TO STDOUT), `write` (INSERT/UPDATE/DELETE/MERGE, also inside a CTE or a
+  PREPARE, TRUNCATE, COPY FROM, SELECT INTO), `ddl`, `dcl` (privileges and roles),
+  `transaction`, `utility` (SET, VACUUM, LOCK, DO, CALL, EXECUTE, ...). A statement may be
+  several: `WITH d AS (DELETE ...) SELECT ...` is read and write.
+* `tables`: every relation named anywhere in the tree, `schema.name` when qualified, as the
+  server reads the identifier (unquoted names folded to lower case). DROP's object lists
+  count too.
+* `functions`: every function called (unqualified name, lower case), CALL included.
+* `flags`: `program` (COPY ... PROGRAM), `server_files` (COPY to/from a server file, file
+  and large-object import/export functions), `remote` (dblink, foreign servers, user
+  mappings, foreign tables, subscriptions), `dynamic_sql` (DO blocks, CREATE
+  FUNCTION/PROCEDURE/EXTENSION/LANGUAGE, functions running SQL text of their own),
+  `identity_change` (SET ROLE, SET SESSION AUTHORIZATION, session_replication_role,
+  set_config()), `server_config` (ALTER SYSTEM, LOAD, configuration reloads),
+  `server_admin` (terminating backends, WAL, replication slots, ...), and the umbrella
+  `outside_data`, set with any of those; plus `privilege_change` (GRANT/REVOKE, roles,
+  owners, policies), `where_less_write` (UPDATE/DELETE without a WHERE, or with one that
+  names no column, such as `WHERE true`; TRUNCATE), `row_lock` (FOR UPDATE/SHARE).
+* `opaque`: the statement runs code whose effects cannot be read here (DO, dynamic SQL):
+  guardrails treat every table and kind condition of a deny rule as met for it.
+
+What parsing cannot see: what a user-defined function, trigger, view or rule does. Name
+those in rules by function, or give the connection's database role matching privileges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums import AlterTableType, ObjectType, VariableSetKind
+
+from gateway.policy.readonly import function_name, walk
+
+KINDS = ("write", "ddl", "dcl", "utility", "transaction", "read")  # strongest first
+
+OUTSIDE_DATA_FLAGS = frozenset(
+    {
+        "program",
+        "server_files",
+        "remote",
+        "dynamic_sql",
+        "identity_change",
+        "server_config",
+        "server_admin",
+    }
+)
+FLAGS = OUTSIDE_DATA_FLAGS | {"outside_data", "privilege_change", "where_less_write", "row_lock"}
+
+
+def _named(flag: str, *names: str) -> dict[str, str]:
+    return dict.fromkeys(names, flag)
+
+
+# Functions whose call alone says the statement leaves the data. Matched on the unqualified
+# name in any schema, like the read-only classifier, so `pg_catalog.pg_read_file` counts.
+FUNCTION_FLAGS: dict[str, str] = {
+    **_named(
+        "server_files",
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        "pg_current_logfile",
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+        "lo_import",
+        "lo_export",
+    ),
+    **_named(
+        "remote",
+        "dblink",
+        "dblink_exec",
+        "dblink_connect",
+        "dblink_connect_u",
+        "dblink_send_query",
+        "dblink_open",
+        "dblink_fetch",
+    ),
+    **_named(
+        "dynamic_sql",
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+    ),
+    # set_config('role', ...) is SET ROLE by another name; flagged unless its first argument
+    # is a constant naming another setting (pg_dump's set_config('search_path', ...)).
+    **_named("identity_change", "set_config"),
+    **_named("server_config", "pg_reload_conf", "pg_rotate_logfile"),
+    **_named(
+        "server_admin",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_copy_logical_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_logical_emit_message",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_promote",
+        "pg_backup_start",
+        "pg_backup_stop",
+    ),
+}
+
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
+_WRITE_NODES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+_READ_STATEMENTS = (
+    ast.SelectStmt,
+    ast.VariableShowStmt,
+    ast.FetchStmt,
+    ast.ClosePortalStmt,
+)
+_PRIVILEGE_STATEMENTS = (
+    ast.GrantStmt,
+    ast.GrantRoleStmt,
+    ast.CreateRoleStmt,
+    ast.AlterRoleStmt,
+    ast.AlterRoleSetStmt,
+    ast.DropRoleStmt,
+    ast.AlterDefaultPrivilegesStmt,
+    ast.AlterOwnerStmt,
+    ast.ReassignOwnedStmt,
+    ast.DropOwnedStmt,
+    ast.CreatePolicyStmt,
+    ast.AlterPolicyStmt,
+)
+_DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment", "SecLabel", "Import", "Define")
+_DDL_STATEMENTS = frozenset(
+    {"IndexStmt", "ViewStmt", "RuleStmt", "CompositeTypeStmt", "RefreshMatViewStmt"}
+)
+# DROP of these names relations (tables, views, sequences...), so their names are tables.
+_RELATION_OBJECTS = frozenset(
+    {
+        ObjectType.OBJECT_TABLE,
+        ObjectType.OBJECT_VIEW,
+        ObjectType.OBJECT_MATVIEW,
+        ObjectType.OBJECT_FOREIGN_TABLE,
+        ObjectType.OBJECT_SEQUENCE,
+        ObjectType.OBJECT_INDEX,
+    }
+)
+
+
+# Statements that set up or use connections to other servers (foreign data, subscriptions).
+_REMOTE_STATEMENTS = (
+    ast.CreateForeignServerStmt,
+    ast.AlterForeignServerStmt,
+    ast.CreateUserMappingStmt,
+    ast.AlterUserMappingStmt,
+    ast.CreateFdwStmt,
+    ast.ImportForeignSchemaStmt,
+    ast.CreateForeignTableStmt,
+    ast.CreateSubscriptionStmt,
+    ast.AlterSubscriptionStmt,
+)
+# ALTER TABLE subcommands that change who may see or change the rows.
+_PRIVILEGE_SUBCOMMANDS = frozenset(
+    {
+        AlterTableType.AT_ChangeOwner,
+        AlterTableType.AT_EnableRowSecurity,
+        AlterTableType.AT_DisableRowSecurity,
+        AlterTableType.AT_ForceRowSecurity,
+        AlterTableType.AT_NoForceRowSecurity,
+    }
+)
+
+
+class UnparsableSQL(ValueError):
+    """The text is not SQL PostgreSQL would accept; guardrails deny it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What one statement is; `index` counts from 1 within its query string."""
+
+    index: int
+    kinds: tuple[str, ...]
+    tables: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    flags: frozenset[str] = frozenset()
+    opaque: bool = False
+    text: str = ""  # the statement's own text, for explanations
+
+    @property
+    def kind(self) -> str:
+        """The strongest kind, for one-word summaries."""
+        return self.kinds[0]
+
+    def describe(self) -> str:
+        parts = [f"kind={'+'.join(self.kinds)}"]
+        if self.tables:
+            parts.append(f"tables={','.join(sorted(self.tables))}")
+        if self.functions:
+            parts.append(f"functions={','.join(sorted(self.functions))}")
+        if self.flags:
+            parts.append(f"flags={','.join(sorted(self.flags))}")
+        if self.opaque:
+            parts.append("opaque")
+        return " ".join(parts)
+
+
+def statement_facts(sql: str) -> list[Facts]:
+    """One `Facts` per statement of `sql`; raises `UnparsableSQL` for what is not SQL."""
+    if "\0" in sql:
+        # libpg_query stops at a NUL, the server refuses the message: never judge a prefix.
+        raise UnparsableSQL("the statement cannot be parsed (it contains a NUL character)")
+    try:
+        statements = parse_sql(sql)
+    except Exception as exc:  # ParseError, and a few other types on odd input (NUL bytes)
+        raise UnparsableSQL(f"the statement cannot be parsed ({exc})") from exc
+    out = []
+    for index, raw in enumerate(statements, 1):
+        # pglast gives character offsets; a length of 0 means "to the end of the string".
+        start = raw.stmt_location or 0
+        end = start + raw.stmt_len if raw.stmt_len else len(sql)
+        out.append(_facts(index, raw.stmt, sql[start:end].strip()))
+    return out
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.kinds: set[str] = set()
+        self.tables: set[str] = set()
+        self.functions: set[str] = set()
+        self.flags: set[str] = set()
+
+    def facts(self, index: int, text: str) -> Facts:
+        flags = set(self.flags)
+        if flags & OUTSIDE_DATA_FLAGS:
+            flags.add("outside_data")
+        kinds = tuple(k for k in KINDS if k in self.kinds) or ("utility",)
+        return Facts(
+            index=index,
+            kinds=kinds,
+            tables=frozenset(self.tables),
+            functions=frozenset(self.functions),
+            flags=frozenset(flags),
+            opaque="dynamic_sql" in flags,
+            text=text,
+        )
+
+
+def _facts(index: int, stmt: Any, text: str) -> Facts:
+    out = _Collector()
+    out.kinds.add(_kind(stmt))
+    _statement_flags(stmt, out)
+    for node in walk(stmt):
+        if isinstance(node, ast.RangeVar):
+            out.tables.add(_relation(node))
+        elif isinstance(node, _WRITE_NODES):
+            out.kinds.add("write")
+            if isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and _where_less(node):
+                out.flags.add("where_less_write")
+        elif isinstance(node, ast.FuncCall):
+            name = function_name(node)
+            out.functions.add(name)
+            if name in FUNCTION_FLAGS and not _harmless_set_config(name, node):
+                out.flags.add(FUNCTION_FLAGS[name])
+        elif isinstance(node, ast.SelectStmt):
+            if node.lockingClause:
+                out.flags.add("row_lock")
+            if node.intoClause is not None:
+                out.kinds.update(("write", "ddl"))
+                out.tables.add(_relation(node.intoClause.rel))
+        elif isinstance(node, ast.DropStmt) and node.removeType in _RELATION_OBJECTS:
+            for names in node.objects or ():
+                out.tables.add(".".join(str(getattr(n, "sval", "")) for n in names))
+        elif isinstance(node, ast.CommentStmt | ast.SecLabelStmt):
+            _object_table(node, out)
+        elif isinstance(node, ast.VariableSetStmt):
+            _set_flags(node, out)
+        elif isinstance(node, ast.AlterTableCmd) and node.subtype in _PRIVILEGE_SUBCOMMANDS:
+            out.flags.add("privilege_change")
+    return out.facts(index, text)
+
+
+def _kind(stmt: Any) -> str:
+    if isinstance(stmt, _READ_STATEMENTS):
+        return "read"
+    if isinstance(stmt, ast.ExplainStmt | ast.PrepareStmt | ast.DeclareCursorStmt):
+        # The wrapped statement's kind (EXPLAIN without ANALYZE does not run it, but is
+        # judged like it rather than telling the two apart).
+        return _kind(stmt.query)
+    if isinstance(stmt, ast.CopyStmt):
+        if stmt.is_from:
+            return "write"
+        return "read"
+    if isinstance(stmt, ast.TruncateStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
+        return "write"
+    if isinstance(stmt, ast.MergeStmt | ast.CreateTableAsStmt):
+        return "write"
+    if isinstance(stmt, _PRIVILEGE_STATEMENTS):
+        return "dcl"
+    if isinstance(stmt, ast.TransactionStmt):
+        return "transaction"
+    if isinstance(stmt, ast.AlterSystemStmt):
+        return "utility"
+    name = type(stmt).__name__
+    if name.startswith(_DDL_PREFIXES) or name in _DDL_STATEMENTS:
+        return "ddl"
+    return "utility"
+
+
+def _statement_flags(stmt: Any, out: _Collector) -> None:
+    """Flags that belong to the top statement rather than to nodes found anywhere."""
+    if isinstance(stmt, _PRIVILEGE_STATEMENTS):
+        out.flags.add("privilege_change")
+    elif isinstance(stmt, ast.TruncateStmt):
+        out.flags.add("where_less_write")
+    elif isinstance(stmt, ast.CreateTableAsStmt):
+        out.kinds.add("ddl")
+    elif isinstance(stmt, ast.CopyStmt):
+        if stmt.is_program:
+            out.flags.add("program")
+        elif stmt.filename is not None:
+            out.flags.add("server_files")
+    elif isinstance(stmt, ast.DoStmt | ast.CreateFunctionStmt):
+        out.flags.add("dynamic_sql")
+    elif isinstance(stmt, ast.AlterSystemStmt | ast.LoadStmt):
+        out.flags.add("server_config")
+    elif isinstance(stmt, ast.CreateExtensionStmt | ast.CreatePLangStmt):
+        # An extension's script runs as the server wants (dblink, adminpack, untrusted PLs).
+        out.flags.add("dynamic_sql")
+    elif isinstance(stmt, _REMOTE_STATEMENTS):
+        out.flags.add("remote")
+
+
+def _object_table(stmt: Any, out: _Collector) -> None:
+    """COMMENT ON / SECURITY LABEL ON a table or column name it as a list of strings."""
+    names = (
+        [str(getattr(n, "sval", "")) for n in stmt.object or ()]
+        if isinstance(stmt.object, tuple | list)
+        else []
+    )
+    if stmt.objtype == ObjectType.OBJECT_COLUMN:
+        names = names[:-1]
+    elif stmt.objtype not in _RELATION_OBJECTS:
+        return
+    if names:
+        out.tables.add(".".join(names))
+
+
+def _set_flags(stmt: Any, out: _Collector) -> None:
+    if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_RESET_ALL):
+        return  # back to the session's own values
+    if (stmt.name or "").lower() in _IDENTITY_SETTINGS:
+        out.flags.add("identity_change")
+
+
+def _harmless_set_config(name: str, call: Any) -> bool:
+    """set_config('search_path', ...) and the like: a constant, ordinary setting name."""
+    if name != "set_config" or not call.args:
+        return False
+    first = call.args[0]
+    setting = getattr(getattr(first, "val", None), "sval", None)
+    return isinstance(setting, str) and setting.lower() not in _IDENTITY_SETTINGS
+
+
+def _relation(rv: Any) -> str:
+    parts = [p for p in (rv.catalogname, rv.schemaname, rv.relname) if p]
+    return ".".join(str(p) for p in parts)
+
+
+def _where_less(stmt: Any) -> bool:
+    """No WHERE, or one that names no column (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`)."""
+    where = stmt.whereClause
+    if where is None:
+        return True
+    if isinstance(where, ast.CurrentOfExpr):
+        return False  # WHERE CURRENT OF a cursor: one row
+    return not any(isinstance(n, ast.ColumnRef) for n in walk(where))

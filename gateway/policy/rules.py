@@ -1,0 +1,316 @@
+"""Guardrails: declarative allow/deny rules over who, where and what a statement is.
+
+Pure and sans-I/O: a `Policy` (parsed from the gateway config's `policy:` key), the
+identity (`Subject`), a connection name and the `Facts` of each statement in, one
+`Decision` with its reason and the rules behind it out. The rules it keeps:
+
+1. A rule *applies* to a session when every identity and connection condition it has
+   matches: `users` (globs), `groups` (any), `roles` (Wardgate roles, any), `identity`
+   (`person` or `machine`), `connections` (globs). An absent condition matches everyone.
+2. A rule *matches* a statement when every statement condition it has matches: `kinds`,
+   `tables` (globs), `functions` (globs), `flags`. A deny rule is generous, an allow rule
+   strict: a deny rule matches when *any* kind, table or function of the statement is
+   listed and *any* listed flag is set; an allow rule only when *all* of the statement's
+   kinds, tables and functions are listed and every flag it carries is listed (an allow
+   rule without flags never lets a flagged statement through: outside-data access, where-
+   less writes and row locks must be allowed by name). A statement whose effects cannot be
+   read (`opaque`: DO blocks, dynamic SQL) meets every kind and table condition of a deny
+   rule and none of an allow rule.
+3. Table globs are matched without regard to case. A pattern without a dot matches the
+   table in any schema; `schema.table` matches that schema, and also an unqualified name
+   (its schema depends on the search_path, which the gateway does not know).
+4. Deny wins: a statement matched by any applicable deny rule is denied, with that rule's
+   message. Otherwise an applicable allow rule that matches allows it. Otherwise it is
+   allowed, unless the connection is *guarded* (`guarded_connections` globs), where what
+   no rule allows is denied.
+5. A query string is denied when any of its statements is; the reason names the statement.
+6. On a connection whose statements the gateway cannot read (generic `tcp`), the session
+   itself is refused (by its entry, `gateway/api/app.py`) when the connection is guarded,
+   when a deny rule without statement conditions applies (it would deny everything), or
+   when an applicable deny rule names the connection in its `connections`: the rule is
+   meant for it and cannot be enforced there.
+7. Text that cannot be parsed is denied on a guarded connection and wherever a deny rule
+   applies (we cannot tell whether it would match); otherwise it passes, as the server will
+   reject it anyway. A connection with no applicable rule that is not guarded is never
+   parsed at all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, UnparsableSQL
+from gateway.policy.facts import statement_facts as _statement_facts
+from gateway.policy.grants import AccessPolicy
+
+POLICY_SQLSTATE = "42501"  # insufficient_privilege, as for read-only refusals
+
+
+class Match(BaseModel):
+    """Conditions of one rule; all given ones must hold, each list is any-of."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    identity: Literal["person", "machine"] | None = None
+    connections: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)
+    tables: list[str] = Field(default_factory=list)
+    functions: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        bad = [k for k in value if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown kinds {bad}: use {', '.join(KINDS)}")
+        return value
+
+    @field_validator("flags")
+    @classmethod
+    def _flags(cls, value: list[str]) -> list[str]:
+        bad = [f for f in value if f not in FLAGS]
+        if bad:
+            raise ValueError(f"unknown flags {bad}: use {', '.join(sorted(FLAGS))}")
+        return value
+
+    @field_validator("tables", "functions")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [v.lower() for v in value]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    effect: Literal["allow", "deny"]
+    message: str = ""
+    match: Match = Field(default_factory=Match)
+
+    @property
+    def statement_conditions(self) -> bool:
+        m = self.match
+        return bool(m.kinds or m.tables or m.functions or m.flags)
+
+    def explanation(self) -> str:
+        if self.message:
+            return f"{self.message} (rule {self.name!r})"
+        return f"{self.effect} by rule {self.name!r}"
+
+
+class PolicyConfig(BaseModel):
+    """The `policy:` key of the gateway config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rules: list[Rule] = Field(default_factory=list)
+    guarded_connections: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PolicyConfig:
+        names = [r.name for r in self.rules]
+        if len(names) != len(set(names)):
+            raise ValueError("policy rule names must be unique")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is asking: the identity facts rules can name."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    machine: bool = False
+
+
+def subject_for(
+    access: AccessPolicy, user: str, groups: Iterable[str], *, machine: bool
+) -> Subject:
+    """The identity facts rules match on; roles are the Wardgate roles that apply."""
+    groups = tuple(groups)
+    roles = tuple(r.name for r in access.roles_of(user, groups))
+    return Subject(user=user, groups=groups, roles=roles, machine=machine)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementDecision:
+    facts: Facts | None  # None: the text could not be parsed
+    effect: Literal["allow", "deny"]
+    reason: str
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Literal["allow", "deny"]
+    reason: str
+    rules: tuple[str, ...] = ()
+    statements: tuple[StatementDecision, ...] = field(default=())
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+
+def _glob(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _table_matches(table: str, pattern: str) -> bool:
+    table, pattern = table.lower(), pattern.lower()
+    if "." not in pattern:
+        return fnmatch.fnmatchcase(table.rsplit(".", 1)[-1], pattern)
+    if "." not in table:  # unqualified: any schema on the search_path
+        return fnmatch.fnmatchcase(table, pattern.rsplit(".", 1)[-1])
+    # db.schema.table and schema.table compare on their last two parts.
+    return fnmatch.fnmatchcase(".".join(table.split(".")[-2:]), pattern)
+
+
+def _denies(rule: Rule, facts: Facts) -> bool:
+    m = rule.match
+    unseen = facts.opaque  # a deny rule assumes the worst of what it cannot read
+    if m.kinds and not (unseen or any(k in m.kinds for k in facts.kinds)):
+        return False
+    if m.tables and not (
+        unseen or any(_table_matches(t, p) for t in facts.tables for p in m.tables)
+    ):
+        return False
+    if m.functions and not any(_glob(f, m.functions) for f in facts.functions):
+        return False
+    return not (m.flags and not any(f in facts.flags for f in m.flags))
+
+
+def _allows(rule: Rule, facts: Facts) -> bool:
+    m = rule.match
+    if facts.opaque:
+        return False
+    if m.kinds and not all(k in m.kinds for k in facts.kinds):
+        return False
+    if m.tables and not all(any(_table_matches(t, p) for p in m.tables) for t in facts.tables):
+        return False
+    if m.functions and not all(_glob(f, m.functions) for f in facts.functions):
+        return False
+    allowed_flags = set(m.flags)
+    if "outside_data" in allowed_flags:
+        allowed_flags |= OUTSIDE_DATA_FLAGS
+    return all(f in allowed_flags for f in facts.flags if f != "outside_data")
+
+
+class Policy:
+    """The guardrails of one gateway; `for_session` narrows them to one identity."""
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config or PolicyConfig()
+
+    @property
+    def empty(self) -> bool:
+        return not self.config.rules and not self.config.guarded_connections
+
+    def applicable(self, subject: Subject, connection: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self.config.rules if _applies(r.match, subject, connection))
+
+    def guarded(self, connection: str) -> bool:
+        return _glob(connection, self.config.guarded_connections)
+
+    def for_session(self, subject: Subject, connection: str) -> SessionGuard | None:
+        """The checker for one session, or None when nothing can ever be denied there."""
+        rules = self.applicable(subject, connection)
+        guarded = self.guarded(connection)
+        if not guarded and not any(r.effect == "deny" for r in rules):
+            return None  # only allow rules, or none: everything passes, parse nothing
+        return SessionGuard(rules, guarded=guarded)
+
+    def unenforceable(
+        self, subject: Subject, connection: str
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """(reason, rules) when a session whose statements cannot be read must be refused."""
+        if self.guarded(connection):
+            return (
+                f"connection {connection!r} is guarded and its statements cannot be checked",
+                (),
+            )
+        for rule in self.applicable(subject, connection):
+            if rule.effect != "deny":
+                continue
+            if not rule.statement_conditions:
+                return rule.explanation(), (rule.name,)
+            if rule.match.connections:
+                return (
+                    f"rule {rule.name!r} applies to connection {connection!r}, "
+                    "whose statements cannot be checked",
+                    (rule.name,),
+                )
+        return None
+
+    def evaluate(self, subject: Subject, connection: str, sql: str) -> Decision:
+        """The decision on `sql` for `subject` on `connection` (what explain shows)."""
+        guard = SessionGuard(self.applicable(subject, connection), guarded=self.guarded(connection))
+        return guard.check(sql)
+
+
+def _applies(m: Match, subject: Subject, connection: str) -> bool:
+    if m.users and not _glob(subject.user, m.users):
+        return False
+    if m.groups and not set(m.groups) & set(subject.groups):
+        return False
+    if m.roles and not set(m.roles) & set(subject.roles):
+        return False
+    if m.identity is not None and (m.identity == "machine") != subject.machine:
+        return False
+    return not (m.connections and not _glob(connection, m.connections))
+
+
+class SessionGuard:
+    """The rules that apply to one identity on one connection, judging its statements."""
+
+    def __init__(self, rules: Sequence[Rule], *, guarded: bool) -> None:
+        self.rules = tuple(rules)
+        self.guarded = guarded
+        self._deny = tuple(r for r in self.rules if r.effect == "deny")
+        self._allow = tuple(r for r in self.rules if r.effect == "allow")
+
+    def check(self, sql: str) -> Decision:
+        try:
+            facts = _statement_facts(sql)
+        except UnparsableSQL as exc:
+            if self.guarded or self._deny:
+                reason = f"policy: {exc}"
+                return Decision("deny", reason, (), (StatementDecision(None, "deny", reason),))
+            reason = "no rule applies; the server will reject the text"
+            return Decision("allow", reason, (), (StatementDecision(None, "allow", reason),))
+        judged = tuple(self.judge(f) for f in facts)
+        several = len(judged) > 1
+        for d in judged:
+            if d.effect == "deny" and d.facts is not None:
+                where = f"statement {d.facts.index} of {len(judged)}: " if several else ""
+                return Decision("deny", f"{where}{d.reason}", d.rules, judged)
+        rules = tuple(dict.fromkeys(r for d in judged for r in d.rules))
+        if not judged:
+            return Decision("allow", "empty query", (), judged)
+        reason = judged[0].reason if len(judged) == 1 else "every statement is allowed"
+        return Decision("allow", reason, rules, judged)
+
+    def judge(self, facts: Facts) -> StatementDecision:
+        denied = [r for r in self._deny if _denies(r, facts)]
+        if denied:
+            return StatementDecision(
+                facts, "deny", denied[0].explanation(), tuple(r.name for r in denied)
+            )
+        allowed = [r for r in self._allow if _allows(r, facts)]
+        if allowed:
+            names = tuple(r.name for r in allowed)
+            return StatementDecision(facts, "allow", f"allowed by rule {names[0]!r}", names)
+        if self.guarded:
+            return StatementDecision(
+                facts,
+                "deny",
+                f"no rule allows this statement ({facts.describe()}) on a guarded connection",
+            )
+        return StatementDecision(facts, "allow", "no rule denies this statement")
