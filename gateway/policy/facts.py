@@ -41,7 +41,7 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ObjectType, VariableSetKind
 
-from gateway.policy.readonly import function_name, walk
+from gateway.policy.readonly import SERVER_FILE_FUNCTIONS, function_name, walk
 
 KINDS = ("write", "ddl", "dcl", "utility", "transaction", "read")  # strongest first
 
@@ -66,28 +66,7 @@ def _named(flag: str, *names: str) -> dict[str, str]:
 # Functions whose call alone says the statement leaves the data. Matched on the unqualified
 # name in any schema, like the read-only classifier, so `pg_catalog.pg_read_file` counts.
 FUNCTION_FLAGS: dict[str, str] = {
-    **_named(
-        "server_files",
-        "pg_read_file",
-        "pg_read_binary_file",
-        "pg_ls_dir",
-        "pg_stat_file",
-        "pg_ls_logdir",
-        "pg_ls_waldir",
-        "pg_ls_tmpdir",
-        "pg_ls_archive_statusdir",
-        "pg_ls_logicalsnapdir",
-        "pg_ls_logicalmapdir",
-        "pg_ls_replslotdir",
-        "pg_current_logfile",
-        "pg_file_write",
-        "pg_file_rename",
-        "pg_file_unlink",
-        "pg_file_sync",
-        "pg_logdir_ls",
-        "lo_import",
-        "lo_export",
-    ),
+    **_named("server_files", *SERVER_FILE_FUNCTIONS),
     **_named(
         "remote",
         "dblink",

@@ -43,6 +43,28 @@ from pglast.parser import ParseError
 
 READ_ONLY_SQLSTATE = "42501"  # insufficient_privilege
 
+SERVER_FILE_FUNCTIONS = (
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_replslotdir",
+    "pg_current_logfile",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
+    "lo_import",
+    "lo_export",
+)
+
 # Functions that change state, touch server files or other servers, or run SQL text of their
 # own, which the classifier cannot see into. Matched on the unqualified name, any schema.
 DENIED_FUNCTIONS: dict[str, str] = {
@@ -50,30 +72,7 @@ DENIED_FUNCTIONS: dict[str, str] = {
         ("nextval", "setval", "set_config", "pg_notify", "txid_current", "pg_current_xact_id"),
         "changes session or database state",
     ),
-    **dict.fromkeys(
-        (
-            "pg_read_file",
-            "pg_read_binary_file",
-            "pg_ls_dir",
-            "pg_stat_file",
-            "pg_ls_logdir",
-            "pg_ls_waldir",
-            "pg_ls_tmpdir",
-            "pg_ls_archive_statusdir",
-            "pg_ls_logicalsnapdir",
-            "pg_ls_logicalmapdir",
-            "pg_ls_replslotdir",
-            "pg_current_logfile",
-            "pg_file_write",
-            "pg_file_rename",
-            "pg_file_unlink",
-            "pg_file_sync",
-            "pg_logdir_ls",
-            "lo_import",
-            "lo_export",
-        ),
-        "reads or writes files on the database server",
-    ),
+    **dict.fromkeys(SERVER_FILE_FUNCTIONS, "reads or writes files on the database server"),
     **dict.fromkeys(
         (
             "lo_create",
