@@ -172,3 +172,28 @@ def test_gateway_on_a_postgresql_store(
     assert "session.open" in kinds and "session.close" in kinds
     assert not (gw.data_dir / "wardgate.db").exists()
     assert wardgate.cli(gw, "audit", "verify").returncode == 0
+
+
+def test_plaintext_agents_need_both_the_gateway_setting_and_the_agent_flag(
+    wardgate: Wardgate, echo_server: EchoServer
+) -> None:
+    gw = wardgate.gateway(allow_insecure_agents=True)
+    key = gw.create_agent("default")
+    assert "insecure=1" in key and "ca=" not in key
+    refused = wardgate.agent(gw, key)
+    assert (
+        wait_for(
+            lambda: refused.proc is not None and refused.proc.poll() is not None,
+            "the agent without --insecure to stop",
+        )
+        is not None
+    )
+    assert refused.proc is not None and refused.proc.returncode == 2
+    assert "--insecure" in refused.log()
+    wardgate.agent(gw, key, "--insecure", wait="default")
+    gw.create_connection(name="echo", host="127.0.0.1", port=echo_server.port)
+    _, port = wardgate.tcp(gw, "echo")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(b"over a plaintext tunnel")
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(100) == b"over a plaintext tunnel"
