@@ -158,7 +158,7 @@ class Gateway:
         policy = cfg.access_policy()
         guardrails = cfg.guardrails()
         authenticator = Authenticator(store, policy)
-        broker = SessionBroker(store, self.registry, auditor, box, policy)
+        broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
         self.identity = IdentityService(
             store, auditor, cfg.identity, policy=policy, box=box, terminate=broker.terminate
         )

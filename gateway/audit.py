@@ -48,8 +48,9 @@ class Auditor:
         # statement inline vs 1.4 ms through a thread, whose hand-offs cost more than the
         # ~0.2 ms fsync they hide. A PostgreSQL store's commit is a network round trip, so
         # there one thread owns the writer's connection and the loop never waits on it.
-        self._inline = store.dialect == "sqlite"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._executor = (
+            None if store.dialect == "sqlite" else ThreadPoolExecutor(1, thread_name_prefix="audit")
+        )
         self._writer_db = store.audit_writer()
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
@@ -95,7 +96,7 @@ class Auditor:
                 del self._pending[:MAX_BATCH]
                 items = [(k, a, s, d) for k, a, s, d, _ in batch]
                 try:
-                    if self._inline:
+                    if self._executor is None:
                         events = self._writer_db.append(items)
                     else:
                         events = await asyncio.get_running_loop().run_in_executor(
@@ -119,8 +120,8 @@ class Auditor:
             self._wake.set()
             await self._idle.wait()
         await self._tasks.aclose()
-        if self._inline:
+        if self._executor is None:
             self._writer_db.close()
         else:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._writer_db.close)
-        self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True)

@@ -33,6 +33,7 @@ from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
+from gateway.policy.rules import Policy, subject_for
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
@@ -117,12 +118,14 @@ class SessionBroker:
         auditor: Auditor,
         secret_box: SecretBox | None,
         policy: AccessPolicy | None = None,
+        guardrails: Policy | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
         self._policy = policy or AccessPolicy()
+        self._guardrails = guardrails
         self._live: dict[str, Session] = {}
 
     @property
@@ -203,6 +206,26 @@ class SessionBroker:
         if decision.access == "read-only" and conn.type not in READ_ONLY_ENFORCED:
             # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
             decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
+        if (
+            decision.access is not None
+            and self._guardrails is not None
+            and conn.type not in READ_ONLY_ENFORCED
+        ):
+            # Likewise a guardrail meant for a connection whose statements we cannot read.
+            subject = subject_for(
+                self._policy, identity.user, identity.groups, machine=identity.is_machine
+            )
+            blocked = self._guardrails.unenforceable(subject, conn.name)
+            if blocked is not None:
+                await self._audit.record(
+                    "session.refused",
+                    actor=identity.user,
+                    connection=connection,
+                    reason=f"policy: {blocked[0]}",
+                    credential=identity.token_id,
+                    client=client_addr,
+                )
+                raise SessionError("forbidden", f"policy: {blocked[0]}")
         if decision.access is None:
             await self._audit.record(
                 "session.refused",

@@ -21,7 +21,7 @@ from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.rules import Policy, subject_for
+from gateway.policy.rules import Policy
 from gateway.protocols import tcp
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
@@ -591,21 +591,6 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     # ---- generic TCP ---------------------------------------------------------------
 
-    async def unenforceable_guardrail(who: Identity, name: str) -> str | None:
-        """Why guardrails forbid a session on a connection whose statements we cannot read.
-
-        A byte stream carries no statements to judge: a guardrail meant for the connection
-        cannot be enforced there, so the session is refused (fail closed).
-        """
-        record = await deps.broker.connection(name)
-        if deps.guardrails is None or record is None or record.type in READ_ONLY_ENFORCED:
-            return None
-        subject = subject_for(
-            deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
-        )
-        blocked = deps.guardrails.unenforceable(subject, name)
-        return None if blocked is None else f"policy: {blocked[0]}"
-
     @app.websocket("/v1/connections/{name}/tcp")
     async def tcp_session(ws: WebSocket, name: str) -> None:
         await ws.accept()
@@ -617,18 +602,6 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 "auth.rejected", client=client, connection=name, reason=str(exc)
             )
             await ws.close(tcp.CLOSE_CODES["unauthenticated"], reason=str(exc))
-            return
-        blocked = await unenforceable_guardrail(who, name)
-        if blocked is not None:
-            await deps.auditor.record(
-                "session.refused",
-                actor=who.user,
-                connection=name,
-                reason=blocked,
-                credential=who.token_id,
-                client=client,
-            )
-            await ws.close(tcp.CLOSE_CODES["forbidden"], reason=blocked[:120])
             return
         try:
             session = await deps.broker.open(

@@ -41,7 +41,13 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ObjectType, VariableSetKind
 
-from gateway.policy.readonly import SERVER_FILE_FUNCTIONS, function_name, walk
+from gateway.policy.readonly import (
+    SERVER_ADMIN_FUNCTIONS,
+    SERVER_CONFIG_FUNCTIONS,
+    SERVER_FILE_FUNCTIONS,
+    function_name,
+    walk,
+)
 
 KINDS = ("write", "ddl", "dcl", "utility", "transaction", "read")  # strongest first
 
@@ -88,26 +94,8 @@ FUNCTION_FLAGS: dict[str, str] = {
     # set_config('role', ...) is SET ROLE by another name; flagged unless its first argument
     # is a constant naming another setting (pg_dump's set_config('search_path', ...)).
     **_named("identity_change", "set_config"),
-    **_named("server_config", "pg_reload_conf", "pg_rotate_logfile"),
-    **_named(
-        "server_admin",
-        "pg_terminate_backend",
-        "pg_cancel_backend",
-        "pg_switch_wal",
-        "pg_create_restore_point",
-        "pg_create_physical_replication_slot",
-        "pg_create_logical_replication_slot",
-        "pg_drop_replication_slot",
-        "pg_copy_physical_replication_slot",
-        "pg_copy_logical_replication_slot",
-        "pg_replication_slot_advance",
-        "pg_logical_emit_message",
-        "pg_logical_slot_get_changes",
-        "pg_logical_slot_get_binary_changes",
-        "pg_promote",
-        "pg_backup_start",
-        "pg_backup_stop",
-    ),
+    **_named("server_config", *SERVER_CONFIG_FUNCTIONS),
+    **_named("server_admin", *SERVER_ADMIN_FUNCTIONS),
 }
 
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})

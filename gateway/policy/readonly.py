@@ -43,6 +43,28 @@ from pglast.parser import ParseError
 
 READ_ONLY_SQLSTATE = "42501"  # insufficient_privilege
 
+# Reload or rotate the server's configuration and logs.
+SERVER_CONFIG_FUNCTIONS = ("pg_reload_conf", "pg_rotate_logfile")
+# Stop backends, drive WAL, replication slots and backups.
+SERVER_ADMIN_FUNCTIONS = (
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_logical_emit_message",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_get_binary_changes",
+    "pg_promote",
+    "pg_backup_start",
+    "pg_backup_stop",
+)
+
 SERVER_FILE_FUNCTIONS = (
     "pg_read_file",
     "pg_read_binary_file",
@@ -106,24 +128,8 @@ DENIED_FUNCTIONS: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
-            "pg_terminate_backend",
-            "pg_cancel_backend",
-            "pg_reload_conf",
-            "pg_rotate_logfile",
-            "pg_switch_wal",
-            "pg_create_restore_point",
-            "pg_create_physical_replication_slot",
-            "pg_create_logical_replication_slot",
-            "pg_drop_replication_slot",
-            "pg_copy_physical_replication_slot",
-            "pg_copy_logical_replication_slot",
-            "pg_replication_slot_advance",
-            "pg_logical_emit_message",
-            "pg_logical_slot_get_changes",
-            "pg_logical_slot_get_binary_changes",
-            "pg_promote",
-            "pg_backup_start",
-            "pg_backup_stop",
+            *SERVER_CONFIG_FUNCTIONS,
+            *SERVER_ADMIN_FUNCTIONS,
             "pg_import_system_collations",
             "pg_stat_reset",
             "pg_stat_reset_shared",

@@ -59,7 +59,16 @@ from shared.pgwire.backend import (
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
 from shared.pgwire.framing import Message, MessageReader
-from shared.pgwire.frontend import Bind, Close, Execute, Parse, Query, Sync, decode_frontend
+from shared.pgwire.frontend import (
+    Bind,
+    Close,
+    Execute,
+    FrontendMessage,
+    Parse,
+    Query,
+    Sync,
+    decode_frontend,
+)
 from shared.pgwire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -109,18 +118,19 @@ class Refusal:
     rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
 
 
-def _refusal(message: Message, read_only: bool, guard: SessionGuard | None) -> Refusal | None:
+def _refusal(
+    kind: bytes, decoded: FrontendMessage | None, read_only: bool, guard: SessionGuard | None
+) -> Refusal | None:
     """Why this session must not send this message, or None.
 
     Read-only access is checked first, then the guardrails: both answer a refusal the same
     way (42501, in order), so the client cannot tell which check it met except by the reason.
     """
-    if message.type == b"F":
+    if kind == b"F":
         # A function called by OID would bypass the SQL checks entirely.
         if read_only:
             return Refusal("read-only access: the fastpath function-call protocol is refused", "")
         return Refusal("policy: the fastpath function-call protocol is refused", "")
-    decoded = decode_frontend(message)
     text = decoded.text if isinstance(decoded, Query) else getattr(decoded, "query", "")
     if read_only:
         verdict = check_read_only(text)
@@ -508,8 +518,11 @@ class PostgresFrontDoor:
                             writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
                             await writer.drain()
                         continue
+                    # Decoded once, for the checks and the recording alike.
+                    tracked = message.type[0] in _FRONTEND_TRACKED
+                    decoded = decode_frontend(message) if tracked else None
                     if checked and message.type in _CHECKED:
-                        refusal = _refusal(message, read_only, guard)
+                        refusal = _refusal(message.type, decoded, read_only, guard)
                         if refusal is not None:
                             if out:
                                 await stream.send_data(b"".join(out))
@@ -535,8 +548,8 @@ class PostgresFrontDoor:
                         batch_start = True
                     elif message.type in b"PBDEHC":
                         batch_start = False
-                    if message.type[0] in _FRONTEND_TRACKED:
-                        started = self._track(tracker, message)
+                    if decoded is not None:
+                        started = self._track(tracker, decoded)
                         if started:
                             # Durably recorded before the statement leaves the gateway.
                             if out:
@@ -637,8 +650,7 @@ class PostgresFrontDoor:
         return self._guardrails.for_session(subject, session.connection.name)
 
     @staticmethod
-    def _track(tracker: PgTracker, message: Message) -> list[StatementStarted]:
-        decoded = decode_frontend(message)
+    def _track(tracker: PgTracker, decoded: FrontendMessage) -> list[StatementStarted]:
         if isinstance(decoded, Query):
             return tracker.query(decoded.text)
         if isinstance(decoded, Parse):
