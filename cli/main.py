@@ -15,6 +15,7 @@ import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
+from cli import reviews as reviews_cli
 from cli.runtime import run, setup_logging
 
 GATEWAY_OPTIONS = [
@@ -374,6 +375,10 @@ def policy_explain(
     click.echo(f"decision: {data['decision']}")
     click.echo(f"reason: {data['reason']}")
     click.echo(f"rules: {', '.join(data['rules']) or '-'}")
+    if data.get("review"):
+        r = data["review"]
+        who = [*(f"group {g}" for g in r["approvers"]["groups"]), *r["approvers"]["users"]]
+        click.echo(f"review: {r['required']} of {', '.join(who)} within {r['timeout']}s")
     click.echo(
         f"identity: user={data['user']} groups={','.join(data['groups']) or '-'} "
         f"roles={','.join(data['roles']) or '-'}"
@@ -864,6 +869,8 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
     sys.exit(run(forward(ref, name, host, port)))
 
+
+reviews_cli.register(main)  # approvals: reviews, request, service-account owner
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -24,7 +24,9 @@ from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
+from gateway.policy.grants import AccessPolicy
 from gateway.protocols.postgres import PostgresFrontDoor
+from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
@@ -74,6 +76,7 @@ class Gateway:
         )
         self.started: Started | None = None
         self.identity: IdentityService | None = None
+        self.reviews: ReviewService | None = None
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -183,6 +186,8 @@ class Gateway:
                 access=policy,
             )
         )
+        self.reviews = self._reviews(store, auditor, policy)
+        app.state.reviews = self.reviews
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
@@ -193,6 +198,7 @@ class Gateway:
             auditor,
             guardrails=guardrails,
             access=policy,
+            reviews=self.reviews,
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
@@ -207,6 +213,26 @@ class Gateway:
             agent_keys=agent_keys,
         )
         return self.started
+
+    def _reviews(self, store: Store, auditor: Auditor, policy: AccessPolicy) -> ReviewService:
+        """Approvals: the review service, with the webhook when one is configured."""
+        cfg = self.config.reviews
+        webhook = None
+        if cfg.webhook is not None:
+
+            async def undelivered(event: str, url: str, error: str) -> None:
+                await auditor.record("review.webhook_failed", event=event, url=url, error=error)
+
+            webhook = Webhook(
+                cfg.webhook.url,
+                resolve_secret(cfg.webhook.secret),
+                attempts=cfg.webhook.attempts,
+                timeout=cfg.webhook.timeout,
+                on_failure=undelivered,
+            )
+        return ReviewService(
+            store, auditor, policy, webhook=webhook, poll_interval=cfg.poll_interval
+        )
 
     def _declare_agents(
         self, store: Store, host: str, port: int, fingerprint: str
@@ -253,6 +279,8 @@ class Gateway:
         await self._tasks.aclose()
         if self.identity is not None:
             await self.identity.aclose()
+        if self.reviews is not None:
+            await self.reviews.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         if self.auditor is not None:

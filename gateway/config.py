@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.connspec import ConnectionSpec
+from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
 from gateway.policy.rules import Policy, PolicyConfig
 
@@ -157,6 +158,9 @@ class GrantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connection: str  # a name or a shell glob
     access: str = "read-only"
+    # Approvals: with `request:` terms the grant holds only through an approved access
+    # request (`wardgate request`), see gateway/policy/grants.py.
+    request: ReviewTerms | None = None
 
     @field_validator("access")
     @classmethod
@@ -173,6 +177,24 @@ class RoleConfig(BaseModel):
     users: list[str] = Field(default_factory=list)
     admin: bool = False
     grants: list[GrantConfig] = Field(default_factory=list)
+
+
+class WebhookConfig(BaseModel):
+    """Where review events are POSTed (signed with HMAC-SHA256, see gateway/reviews/)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    secret: str  # env:NAME / file:PATH / literal
+    attempts: int = Field(default=4, ge=1, le=10)
+    timeout: float = Field(default=5.0, gt=0)
+
+
+class ReviewsConfig(BaseModel):
+    """Approvals: the webhook, and how often a waiting replica re-reads the store."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook: WebhookConfig | None = None
+    poll_interval: float = Field(default=1.0, gt=0)
 
 
 class GatewayConfig(BaseModel):
@@ -199,6 +221,8 @@ class GatewayConfig(BaseModel):
     roles: list[RoleConfig] = Field(default_factory=list)
     # Guardrails: allow/deny rules on statements (gateway/policy/rules.py).
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    # Approvals: statement reviews and access requests (gateway/reviews/).
+    reviews: ReviewsConfig = Field(default_factory=ReviewsConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)
@@ -210,7 +234,7 @@ class GatewayConfig(BaseModel):
                 groups=frozenset(r.groups),
                 users=frozenset(r.users),
                 admin=r.admin,
-                grants=tuple(Grant(g.connection, g.access) for g in r.grants),
+                grants=tuple(Grant(g.connection, g.access, g.request) for g in r.grants),
             )
             for r in self.roles
         ]

@@ -195,6 +195,13 @@ class SessionBroker:
                 f"connection {connection!r} is of type {conn.type!r}; "
                 f"{protocol} reaches only {', '.join(types)} connections",
             )
+        requested: set[str] = set()
+        if self._policy.on_request:
+            # Approvals: grants with `request:` terms hold only through an approved access
+            # request (gateway/reviews), looked up at every open so expiry takes effect.
+            requested = await asyncio.to_thread(
+                self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+            )
         decision = self._policy.decide(
             user=identity.user,
             groups=identity.groups,
@@ -202,6 +209,7 @@ class SessionBroker:
             connection=conn.name,
             bound_connection=identity.connection,
             scopes=identity.scopes,
+            requested=requested,
         )
         if decision.access == "read-only" and conn.type not in READ_ONLY_ENFORCED:
             # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.

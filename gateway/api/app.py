@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
+from gateway.api import reviews as reviews_api
 from gateway.audit import Auditor
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
@@ -588,6 +589,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
     async def verify_audit(who: Admin) -> dict[str, Any]:
         bad = await run(deps.store.verify_audit)
         return {"intact": bad is None, "first_bad_seq": bad}
+
+    app.include_router(reviews_api.router(_identity))  # approvals: /v1/reviews, /v1/requests
 
     # ---- generic TCP ---------------------------------------------------------------
 

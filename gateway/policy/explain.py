@@ -45,6 +45,8 @@ def explain(
         "decision": decision.effect,
         "reason": decision.reason,
         "rules": list(decision.rules),
+        # effect review: who must approve, how many, how long it waits
+        "review": decision.review.model_dump(mode="json") if decision.review else None,
         "statements": [
             {
                 "index": s.facts.index if s.facts else None,

@@ -7,6 +7,11 @@ connection-name patterns (shell globs, `pg-*`) at `read-only`, `read-write` or `
 the highest level any applicable role grants wins. A role with `admin: true` makes its
 members gateway administrators (admin API, every connection at `admin`).
 
+A grant with `request:` terms holds only *on request*: it applies while the identity has an
+approved, unexpired access request for that connection (`wardgate request CONNECTION --for
+2h`, reviewed by others under those terms, see `gateway.reviews`); the caller passes the
+connections with live requests as `requested`. Without one such a grant is no grant.
+
 Nothing granted means no access, unless the operator set a `default_access` for everyone.
 A credential can only narrow this: a per-connection credential reaches its one connection,
 and an API key only the connection patterns in its scopes (and the admin API only with the
@@ -16,8 +21,10 @@ and an API key only the connection patterns in its scopes (and the admin API onl
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+
+from gateway.policy.approval import ReviewTerms
 
 ACCESS_LEVELS = ("read-only", "read-write", "admin")
 ADMIN_SCOPE = "admin"
@@ -31,6 +38,7 @@ def _rank(access: str) -> int:
 class Grant:
     connection: str  # a name or a shell glob
     access: str
+    request: ReviewTerms | None = None  # set: holds only through an approved access request
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS_LEVELS:
@@ -65,12 +73,30 @@ class AccessPolicy:
         self.roles = tuple(roles)
         self.default_access = default_access
 
+    @property
+    def on_request(self) -> bool:
+        """Whether any grant holds only on request (session opens must look up requests)."""
+        return any(g.request is not None for r in self.roles for g in r.grants)
+
     def roles_of(self, user: str, groups: Iterable[str]) -> list[Role]:
         groups = tuple(groups)
         return [r for r in self.roles if r.applies_to(user, groups)]
 
     def is_admin(self, user: str, groups: Iterable[str]) -> bool:
         return any(r.admin for r in self.roles_of(user, groups))
+
+    def requestable(
+        self, user: str, groups: Iterable[str], connection: str
+    ) -> tuple[str, ReviewTerms] | None:
+        """The highest on-request grant of `user` on `connection`: (access, terms), or None."""
+        best: tuple[str, ReviewTerms] | None = None
+        for role in self.roles_of(user, groups):
+            for grant in role.grants:
+                if grant.request is None or not grant.matches(connection):
+                    continue
+                if best is None or _rank(grant.access) > _rank(best[0]):
+                    best = (grant.access, grant.request)
+        return best
 
     def grants_of(self, user: str, groups: Iterable[str]) -> list[Grant]:
         """Every grant that applies to this user, for `whoami`."""
@@ -88,6 +114,7 @@ class AccessPolicy:
         connection: str,
         bound_connection: str | None = None,
         scopes: tuple[str, ...] | None = None,
+        requested: Collection[str] = (),
     ) -> Decision:
         """The access `user` gets to `connection` with this credential, or why none."""
         if bound_connection is not None and bound_connection != connection:
@@ -102,10 +129,14 @@ class AccessPolicy:
         why = ""
         for role in self.roles_of(user, groups):
             for grant in role.grants:
+                if grant.request is not None and connection not in requested:
+                    continue  # on request only, and no approved request is live
                 if grant.matches(connection) and (
                     best is None or _rank(grant.access) > _rank(best)
                 ):
                     best, why = grant.access, f"role {role.name!r}"
+                    if grant.request is not None:
+                        why += " (approved access request)"
         if best is None and self.default_access is not None:
             best, why = self.default_access, "default access"
         if best is None:

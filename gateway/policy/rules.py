@@ -20,18 +20,24 @@ identity (`Subject`), a connection name and the `Facts` of each statement in, on
    table in any schema; `schema.table` matches that schema, and also an unqualified name
    (its schema depends on the search_path, which the gateway does not know).
 4. Deny wins: a statement matched by any applicable deny rule is denied, with that rule's
-   message. Otherwise an applicable allow rule that matches allows it. Otherwise it is
-   allowed, unless the connection is *guarded* (`guarded_connections` globs), where what
-   no rule allows is denied.
-5. A query string is denied when any of its statements is; the reason names the statement.
+   message. Otherwise a matching `review` rule holds it for approval by others (its
+   `review:` terms, `gateway.policy.approval`; it matches as generously as a deny rule).
+   Otherwise an applicable allow rule that matches allows it. Otherwise it is allowed,
+   unless the connection is *guarded* (`guarded_connections` globs), where what no rule
+   allows is denied. So: deny > review > allow.
+5. A query string is denied when any of its statements is; otherwise it is held for review
+   when any of its statements is (the first such statement's rule sets the terms, and the
+   whole string waits: its statements run together or not at all). The reason names the
+   statement.
 6. On a connection whose statements the gateway cannot read (generic `tcp`), the session
    itself is refused (by its entry, `gateway/api/app.py`) when the connection is guarded,
    when a deny rule without statement conditions applies (it would deny everything), or
    when an applicable deny rule names the connection in its `connections`: the rule is
-   meant for it and cannot be enforced there.
-7. Text that cannot be parsed is denied on a guarded connection and wherever a deny rule
-   applies (we cannot tell whether it would match); otherwise it passes, as the server will
-   reject it anyway. A connection with no applicable rule that is not guarded is never
+   meant for it and cannot be enforced there. Review rules count as deny rules here
+   (time-boxed access requests are the way to such connections).
+7. Text that cannot be parsed is denied on a guarded connection and wherever a deny or
+   review rule applies (we cannot tell whether it would match); otherwise it passes, as the
+   server will reject it anyway. A connection with no applicable rule that is not guarded is never
    parsed at all.
 """
 
@@ -44,6 +50,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy.approval import ReviewTerms
 from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, UnparsableSQL
 from gateway.policy.facts import statement_facts as _statement_facts
 from gateway.policy.grants import AccessPolicy
@@ -87,12 +94,24 @@ class Match(BaseModel):
         return [v.lower() for v in value]
 
 
+Effect = Literal["allow", "deny", "review"]
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    effect: Literal["allow", "deny"]
+    effect: Effect
     message: str = ""
     match: Match = Field(default_factory=Match)
+    review: ReviewTerms | None = None  # effect review: who approves, how many, how long
+
+    @model_validator(mode="after")
+    def _review_terms(self) -> Rule:
+        if (self.effect == "review") != (self.review is not None):
+            raise ValueError(
+                f"rule {self.name!r}: a `review:` block goes with `effect: review`, and only there"
+            )
+        return self
 
     @property
     def statement_conditions(self) -> bool:
@@ -142,17 +161,19 @@ def subject_for(
 @dataclass(frozen=True, slots=True)
 class StatementDecision:
     facts: Facts | None  # None: the text could not be parsed
-    effect: Literal["allow", "deny"]
+    effect: Effect
     reason: str
     rules: tuple[str, ...] = ()
+    review: ReviewTerms | None = None  # effect review: the terms of the first review rule
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    effect: Literal["allow", "deny"]
+    effect: Effect
     reason: str
     rules: tuple[str, ...] = ()
     statements: tuple[StatementDecision, ...] = field(default=())
+    review: ReviewTerms | None = None  # effect review: the terms the approvers must meet
 
     @property
     def allowed(self) -> bool:
@@ -223,7 +244,7 @@ class Policy:
         """The checker for one session, or None when nothing can ever be denied there."""
         rules = self.applicable(subject, connection)
         guarded = self.guarded(connection)
-        if not guarded and not any(r.effect == "deny" for r in rules):
+        if not guarded and not any(r.effect in ("deny", "review") for r in rules):
             return None  # only allow rules, or none: everything passes, parse nothing
         return SessionGuard(rules, guarded=guarded)
 
@@ -237,7 +258,7 @@ class Policy:
                 (),
             )
         for rule in self.applicable(subject, connection):
-            if rule.effect != "deny":
+            if rule.effect == "allow":
                 continue
             if not rule.statement_conditions:
                 return rule.explanation(), (rule.name,)
@@ -274,13 +295,14 @@ class SessionGuard:
         self.rules = tuple(rules)
         self.guarded = guarded
         self._deny = tuple(r for r in self.rules if r.effect == "deny")
+        self._review = tuple(r for r in self.rules if r.effect == "review")
         self._allow = tuple(r for r in self.rules if r.effect == "allow")
 
     def check(self, sql: str) -> Decision:
         try:
             facts = _statement_facts(sql)
         except UnparsableSQL as exc:
-            if self.guarded or self._deny:
+            if self.guarded or self._deny or self._review:
                 reason = f"policy: {exc}"
                 return Decision("deny", reason, (), (StatementDecision(None, "deny", reason),))
             reason = "no rule applies; the server will reject the text"
@@ -291,6 +313,13 @@ class SessionGuard:
             if d.effect == "deny" and d.facts is not None:
                 where = f"statement {d.facts.index} of {len(judged)}: " if several else ""
                 return Decision("deny", f"{where}{d.reason}", d.rules, judged)
+        held = [d for d in judged if d.effect == "review" and d.facts is not None]
+        if held:
+            first = held[0]
+            assert first.facts is not None
+            where = f"statement {first.facts.index} of {len(judged)}: " if several else ""
+            rules = tuple(dict.fromkeys(r for d in held for r in d.rules))
+            return Decision("review", f"{where}{first.reason}", rules, judged, first.review)
         rules = tuple(dict.fromkeys(r for d in judged for r in d.rules))
         if not judged:
             return Decision("allow", "empty query", (), judged)
@@ -302,6 +331,14 @@ class SessionGuard:
         if denied:
             return StatementDecision(
                 facts, "deny", denied[0].explanation(), tuple(r.name for r in denied)
+            )
+        held = [r for r in self._review if _denies(r, facts)]
+        if held:
+            reason = held[0].message or f"needs approval by rule {held[0].name!r}"
+            if held[0].message:
+                reason = f"{reason} (rule {held[0].name!r})"
+            return StatementDecision(
+                facts, "review", reason, tuple(r.name for r in held), held[0].review
             )
         allowed = [r for r in self._allow if _allows(r, facts)]
         if allowed:

@@ -25,6 +25,18 @@ a batch whose start the server already holds cannot be answered in order: the se
 with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
 by the BackendKeyData the gateway handed out to the agent serving that session, which
 replays it to the server with the real key.
+
+Approvals: a statement the guardrails send to review (`effect: review`) is held, not
+refused. The client stays connected and at once receives a NoticeResponse naming the review
+and how to approve it (`wardgate reviews approve ID`); the session's upward relay waits
+(`gateway.reviews.ReviewService.wait`, which never blocks other sessions) while answers the
+server still owes keep flowing down. Approved, the statement is forwarded as if it had just
+arrived; denied, timed out or cancelled, it is refused like any other (42501, in order, the
+session goes on). A simple Query is held whole (its statements run together or not at all).
+A Parse is judged at Parse: once approved, its prepared statement runs at every
+Bind/Execute, and a Parse of the same text in the same session is not asked again until the
+approval expires. A Parse that needs review in the middle of a batch the server already
+holds cannot be held without stalling that batch: it ends the session (fail closed).
 """
 
 from __future__ import annotations
@@ -37,15 +49,18 @@ import secrets
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
+from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
 from gateway.policy.rules import Policy, SessionGuard, subject_for
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
+from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
 from shared.pgwire.backend import (
     BackendKeyData,
@@ -55,6 +70,7 @@ from shared.pgwire.backend import (
     backend_key_data,
     decode_backend,
     error_response,
+    notice_response,
     ready_for_query,
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
@@ -118,9 +134,19 @@ class Refusal:
     rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A statement the guardrails send to review: held until others approve it."""
+
+    reason: str
+    text: str
+    rules: tuple[str, ...]
+    terms: ReviewTerms
+
+
 def _refusal(
     kind: bytes, decoded: FrontendMessage | None, read_only: bool, guard: SessionGuard | None
-) -> Refusal | None:
+) -> Refusal | Hold | None:
     """Why this session must not send this message, or None.
 
     Read-only access is checked first, then the guardrails: both answer a refusal the same
@@ -138,6 +164,8 @@ def _refusal(
             return Refusal(verdict.reason, text)
     if guard is not None:
         decision = guard.check(text)
+        if decision.effect == "review" and decision.review is not None:
+            return Hold(decision.reason, text, decision.rules, decision.review)
         if not decision.allowed:
             return Refusal(f"policy: {decision.reason}", text, decision.rules)
     return None
@@ -210,6 +238,7 @@ class PostgresFrontDoor:
         *,
         guardrails: Policy | None = None,
         access: AccessPolicy | None = None,
+        reviews: ReviewService | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
@@ -217,6 +246,7 @@ class PostgresFrontDoor:
         self._audit = auditor
         self._guardrails = guardrails or Policy()
         self._access = access or AccessPolicy()
+        self._reviews = reviews
         self.cancel_keys = CancelKeys()
 
     # ---- entry points (registered on the front door) ---------------------------------
@@ -500,6 +530,54 @@ class PostgresFrontDoor:
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
 
+        approved_parses: dict[str, float] = {}  # Parse text -> when its approval expires
+
+        async def held(hold: Hold) -> Refusal | None:
+            """Hold a statement for review: None once approved, else why it is refused."""
+            if self._reviews is None:
+                return Refusal(
+                    f"policy: {hold.reason}; approvals are not enabled on this gateway",
+                    hold.text,
+                    hold.rules,
+                )
+            await server_idle()  # our notice must not land inside a server message
+            review = await self._reviews.hold(
+                session.identity,
+                connection=session.connection.name,
+                session_id=session.id,
+                protocol="postgres",
+                text=hold.text,
+                reason=hold.reason,
+                rules=hold.rules,
+                terms=hold.terms,
+            )
+            writer.write(
+                notice_response(
+                    "01000",
+                    f"statement held for review {review.id}: {hold.reason}",
+                    detail=f"waiting up to {hold.terms.timeout}s for "
+                    f"{hold.terms.required} approval(s)",
+                    hint=f"another person approves with: wardgate reviews approve {review.id}",
+                )
+            )
+            await writer.drain()
+            try:
+                decided = await self._reviews.wait(review.id)
+            except asyncio.CancelledError:
+                # The session is ending: nobody is left to run the statement.
+                await asyncio.shield(self._reviews.cancel(review.id, "the session ended"))
+                raise
+            if decided.status == "approved":
+                return None
+            outcome = {"denied": "was denied", "expired": "timed out"}.get(
+                decided.status, f"was {decided.status}"
+            )
+            return Refusal(
+                f"policy: review {review.id} {outcome} ({decided.decision}); statement not run",
+                hold.text,
+                hold.rules,
+            )
+
         async def client_to_agent() -> None:
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
@@ -523,6 +601,13 @@ class PostgresFrontDoor:
                     decoded = decode_frontend(message) if tracked else None
                     if checked and message.type in _CHECKED:
                         refusal = _refusal(message.type, decoded, read_only, guard)
+                        if isinstance(refusal, Hold):
+                            if out:  # what came before goes first, held or not
+                                await stream.send_data(b"".join(out))
+                                out.clear()
+                            refusal = await self._review_statement(
+                                message.type, refusal, batch_start, approved_parses, held
+                            )
                         if refusal is not None:
                             if out:
                                 await stream.send_data(b"".join(out))
@@ -638,6 +723,32 @@ class PostgresFrontDoor:
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
             await self._broker.finish(session, error=error)
+
+    async def _review_statement(
+        self,
+        kind: bytes,
+        hold: Hold,
+        batch_start: bool,
+        approved_parses: dict[str, float],
+        held: Callable[[Hold], Awaitable[Refusal | None]],
+    ) -> Refusal | None:
+        """Hold `hold` for review; None when it may go on to the server."""
+        now = time.monotonic()
+        if kind == b"P":
+            if approved_parses.get(hold.text, 0.0) > now:
+                return None  # approved earlier in this session, and still valid
+            if not batch_start:
+                # Refused with the session's end by the caller's mid-batch rule.
+                return Refusal(
+                    f"policy: {hold.reason}; a statement that needs review cannot be held "
+                    "in the middle of a pipeline",
+                    hold.text,
+                    hold.rules,
+                )
+        refusal = await held(hold)
+        if refusal is None and kind == b"P":
+            approved_parses[hold.text] = time.monotonic() + hold.terms.approval_ttl
+        return refusal
 
     def _guard(self, session: Session) -> SessionGuard | None:
         """The guardrails of this identity on this connection; None when nothing can deny."""

@@ -33,9 +33,11 @@ from gateway.store.models import (
     AuditEvent,
     ConnectionRecord,
     LoginRecord,
+    ReviewRecord,
     SessionRecord,
     TokenRecord,
     UserRecord,
+    VoteRecord,
 )
 from gateway.store.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 
@@ -47,9 +49,11 @@ __all__ = [
     "ConnectionRecord",
     "LoginRecord",
     "NotFound",
+    "ReviewRecord",
     "SessionRecord",
     "Store",
     "StoreError",
     "TokenRecord",
     "UserRecord",
+    "VoteRecord",
 ]

@@ -138,3 +138,39 @@ class AuditEvent:
     data: dict[str, Any]
     prev_hash: bytes
     hash: bytes
+
+
+# ---- approvals (gateway/reviews) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRecord:
+    voter: str
+    controllers: tuple[str, ...]  # the voter and their owners when they voted
+    vote: str  # approve | deny
+    reason: str
+    voted_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRecord:
+    id: str
+    kind: str  # statement | access
+    status: str  # pending | approved | denied | expired | cancelled
+    requester: str
+    connection: str
+    text: str
+    reason: str
+    terms: dict[str, Any]
+    created_at: dt.datetime
+    deadline: dt.datetime
+    rules: tuple[str, ...] = ()
+    session_id: str | None = None
+    protocol: str | None = None
+    access: str | None = None
+    duration: int | None = None
+    decided_at: dt.datetime | None = None
+    decision: str | None = None
+    grant_expires_at: dt.datetime | None = None
+    votes: tuple[VoteRecord, ...] = ()

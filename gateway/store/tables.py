@@ -199,3 +199,65 @@ audit_head = sa.Table(
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
     sa.CheckConstraint("id = 1", name="single_row"),
 )
+
+# ---- approvals (migration 0003): reviews, their votes, and who owns a machine identity ----
+
+# One row per review: a held statement (kind "statement") or a time-boxed access request
+# (kind "access"). History, like sessions: no foreign keys to users or connections.
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # statement | access
+    sa.Column("status", sa.String(20), nullable=False),  # pending|approved|denied|expired|cancelled
+    sa.Column("requester", sa.String(255), nullable=False),
+    sa.Column("connection", sa.String(255), nullable=False),
+    sa.Column("session_id", sa.String(64), nullable=True),
+    sa.Column("protocol", sa.String(50), nullable=True),
+    sa.Column("text", sa.Text(), nullable=False),  # the statement; "" for access requests
+    sa.Column("reason", sa.Text(), nullable=False),  # why it needs review / the requester's why
+    sa.Column("rules", JSONType, nullable=False),
+    sa.Column("terms", JSONType, nullable=False),  # gateway.policy.approval.ReviewTerms
+    sa.Column("access", sa.String(20), nullable=True),  # access requests: the level granted
+    sa.Column("duration", sa.Integer(), nullable=True),  # access requests: seconds granted
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("deadline", UTCDateTime(), nullable=False),  # undecided by then: expired
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.Column("decision", sa.Text(), nullable=True),  # why it was decided so
+    sa.Column("grant_expires_at", UTCDateTime(), nullable=True),  # approved access requests
+    sa.Index(None, "status", "created_at"),
+    sa.Index(None, "requester", "kind", "status"),
+)
+
+review_votes = sa.Table(
+    "review_votes",
+    metadata,
+    sa.Column(
+        "review_id",
+        sa.String(32),
+        sa.ForeignKey("reviews.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("voter", sa.String(255), primary_key=True),
+    sa.Column("controllers", JSONType, nullable=False),  # the voter and their owners, then
+    sa.Column("vote", sa.String(10), nullable=False),  # approve | deny
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("voted_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# The people who answer for a machine identity (service account): for segregation of duties
+# they and it are one party. No foreign key on `owner`: a person may not have signed in yet.
+identity_owners = sa.Table(
+    "identity_owners",
+    metadata,
+    sa.Column(
+        "identity",
+        sa.String(255),
+        sa.ForeignKey("users.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("owner", sa.String(255), primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "owner"),
+)

@@ -1,0 +1,215 @@
+"""`wardgate reviews ...`, `wardgate request ...`, `wardgate service-account owner ...`.
+
+Each runs as the calling user (flags, WARDGATE_* variables or the stored sign-in, as every
+other command) against the approvals API (`gateway/api/reviews.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import click
+
+from cli import client as cl
+
+_OPTIONS = [
+    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
+    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
+    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
+]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+)([smhd])")
+
+
+def _gateway_options(fn: Any) -> Any:
+    for option in reversed(_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in `2h`, `90m`, `1h30m`, `45s`, `1d` (a bare number is seconds)."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return int(text)
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(f"{text!r} is not a duration like 2h, 30m or 1h30m")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
+
+
+def _show(review: dict[str, Any]) -> None:
+    click.echo(f"review {review['id']}: {review['status']}")
+    click.echo(f"  kind: {review['kind']}  connection: {review['connection']}")
+    click.echo(f"  requester: {review['requester']}  session: {review['session_id'] or '-'}")
+    if review["text"]:
+        click.echo(f"  sql: {review['text']}")
+    click.echo(f"  reason: {review['reason']}")
+    if review.get("rules"):
+        click.echo(f"  rules: {', '.join(review['rules'])}")
+    terms = review["terms"]
+    approvers = terms.get("approvers", {})
+    who = [f"group {g}" for g in approvers.get("groups", [])] + [
+        f"user {u}" for u in approvers.get("users", [])
+    ]
+    click.echo(f"  approvers: {', '.join(who)}; required: {terms.get('required')}")
+    if review["kind"] == "access":
+        click.echo(f"  access: {review['access']} for {review['duration']}s")
+    click.echo(f"  created: {review['created_at']}  deadline: {review['deadline']}")
+    for vote in review.get("votes", []):
+        reason = f" ({vote['reason']})" if vote["reason"] else ""
+        click.echo(f"  vote: {vote['voter']} {vote['vote']}{reason} at {vote['voted_at']}")
+    if review["decision"]:
+        click.echo(f"  decision: {review['decision']} at {review['decided_at']}")
+    if review.get("grant_expires_at"):
+        click.echo(f"  access until: {review['grant_expires_at']}")
+
+
+@click.group("reviews")
+def reviews() -> None:
+    """Approvals: held statements and access requests that others review."""
+
+
+@reviews.command("list")
+@click.option("--status", help="pending, approved, denied, expired, cancelled")
+@click.option("--kind", type=click.Choice(["statement", "access"]))
+@click.option("--mine", is_flag=True, help="Only my own requests.")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def reviews_list(
+    status: str | None,
+    kind: str | None,
+    mine: bool,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Reviews you requested or may approve (administrators: all)."""
+    params: dict[str, Any] = {"mine": mine}
+    if status:
+        params["status"] = status
+    if kind:
+        params["kind"] = kind
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.get("/v1/reviews", params=params))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for r in data:
+        what = r["text"] if r["kind"] == "statement" else f"access {r['access']} ({r['reason']})"
+        click.echo(f"{r['id']}  {r['status']}  {r['requester']}@{r['connection']}  {what[:80]}")
+
+
+@reviews.command("show")
+@click.argument("review_id")
+@click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def reviews_show(
+    review_id: str,
+    wait: float,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """One review with its votes."""
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.get(f"/v1/reviews/{review_id}", params={"wait": wait}))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _show(data)
+
+
+def _vote(vote: str, review_id: str, reason: str, ref: cl.GatewayRef) -> None:
+    with ref.http() as http:
+        data = cl.check(http.post(f"/v1/reviews/{review_id}/{vote}", json={"reason": reason}))
+    click.echo(f"review {data['id']}: {data['status']}")
+    if data["decision"]:
+        click.echo(f"  {data['decision']}")
+
+
+@reviews.command("approve")
+@click.argument("review_id")
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+@_gateway_options
+def reviews_approve(
+    review_id: str, reason: str, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Approve a review (nobody approves their own)."""
+    _vote("approve", review_id, reason, cl.resolve(gateway, token, ca))
+
+
+@reviews.command("deny")
+@click.argument("review_id")
+@click.option("--reason", default="", help="Why (told to the requester).")
+@_gateway_options
+def reviews_deny(
+    review_id: str, reason: str, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Deny a review: the held statement is refused, the access request ends."""
+    _vote("deny", review_id, reason, cl.resolve(gateway, token, ca))
+
+
+@click.command("request")
+@click.argument("connection")
+@click.option("--for", "duration", required=True, help="How long, e.g. 2h, 30m, 1h30m.")
+@click.option("--reason", required=True, help="Why you need access (the reviewers read it).")
+@click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def request(
+    connection: str,
+    duration: str,
+    reason: str,
+    wait: float,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Ask for time-boxed access to CONNECTION; others approve with `wardgate reviews`."""
+    seconds = parse_duration(duration)
+    ref = cl.resolve(gateway, token, ca)
+    with ref.http() as http:
+        data = cl.check(
+            http.post(
+                "/v1/requests",
+                json={"connection": connection, "duration": seconds, "reason": reason},
+            )
+        )
+        if wait > 0:
+            data = cl.check(http.get(f"/v1/reviews/{data['id']}", params={"wait": wait}))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"access request {data['id']}: {data['status']}")
+    if data["status"] == "pending":
+        click.echo(f"  another person approves with: wardgate reviews approve {data['id']}")
+    elif data.get("grant_expires_at"):
+        click.echo(f"  access to {connection} until {data['grant_expires_at']}")
+
+
+@click.command("owner")
+@click.argument("name")
+@click.argument("owner")
+@_gateway_options
+def service_account_owner(
+    name: str, owner: str, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Record OWNER as answering for service account NAME (they count as one for reviews)."""
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.post(f"/v1/service-accounts/{name}/owners", json={"owner": owner}))
+    click.echo(f"service account {name}: owners {', '.join(data['owners'])}", err=True)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(reviews)
+    main.add_command(request)
+    service_accounts = main.commands.get("service-account")
+    if isinstance(service_accounts, click.Group):
+        service_accounts.add_command(service_account_owner)
