@@ -11,9 +11,10 @@
 
 Every call is made as the authenticated caller (the same bearer credentials as the rest of
 the API); the review service enforces who may see and vote on what.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the route annotations at
+definition time, and they name aliases local to `router`.
+"""
 
 import asyncio
 import contextlib
