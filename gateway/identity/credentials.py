@@ -708,12 +708,18 @@ class IdentityService:
     ) -> tuple[str, dt.datetime]:
         if identity.connection is not None:
             raise IdentityError(403, "a per-connection credential cannot mint credentials")
+        requested: set[str] = set()
+        if self._policy.on_request:  # approvals: grants held through an access request
+            requested = await self._run(
+                self._store.granted_connections, identity.user, self._clock()
+            )
         decision = self._policy.decide(
             user=identity.user,
             groups=identity.groups,
             is_admin=identity.is_admin,
             connection=connection,
             scopes=identity.scopes,
+            requested=requested,
         )
         if decision.access is None:
             raise IdentityError(

@@ -481,8 +481,11 @@ def test_time_boxed_access_request(stack: Stack) -> None:
     assert ok.returncode == 0 and "approved" in ok.stdout, ok
     shown = stack.cli("alice", "reviews", "show", review_id.group(0))
     assert "access until:" in shown.stdout
+    # The grant also mints per-connection credentials (what `wardgate psql` uses).
+    minted = stack.cli("alice", "creds", "pg-prod")
+    assert minted.returncode == 0, minted.stderr
     allowed = subprocess.run(
-        ["psql", stack.conninfo("alice", "pg-prod"), "-X", "-At", "-c", "select 41 + 1"],
+        ["psql", minted.stdout.strip(), "-X", "-At", "-c", "select 41 + 1"],
         capture_output=True,
         text=True,
         timeout=60,
