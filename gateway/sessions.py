@@ -64,6 +64,7 @@ class Session:
     stream: TunnelStream
     agent: AgentConn
     access: str = "admin"  # read-only | read-write | admin: what the grant allows
+    grant_expires_at: dt.datetime | None = None  # access through an approved request ends then
 
     def describe_end(self, end: SessionReset) -> str:
         """Why the session ended, for the client: a fault detected here names the agent."""
@@ -195,7 +196,7 @@ class SessionBroker:
                 f"connection {connection!r} is of type {conn.type!r}; "
                 f"{protocol} reaches only {', '.join(types)} connections",
             )
-        requested: set[str] = set()
+        requested: dict[str, dt.datetime] = {}
         if self._policy.on_request:
             # Approvals: grants with `request:` terms hold only through an approved access
             # request (gateway/reviews), looked up at every open so expiry takes effect.
@@ -290,6 +291,8 @@ class SessionBroker:
             await self._fail(session_id, identity, message)
             raise SessionError(_target_error_kind(exc.code), message) from None
         session = Session(session_id, identity, conn, stream, agent, access=decision.access)
+        if decision.reason.endswith("(approved access request)"):
+            session.grant_expires_at = requested.get(conn.name)  # ended then, see below
         self._live[session_id] = session
         return session
 
@@ -337,6 +340,7 @@ class SessionBroker:
         user: str | None = None,
         login_id: str | None = None,
         token_ids: frozenset[str] | None = None,
+        session_ids: frozenset[str] | None = None,
     ) -> int:
         """End the live sessions of `user`, of sign-in `login_id`, or opened with one of
         `token_ids`; returns how many. The relay sees the reset and tells its client."""
@@ -346,6 +350,7 @@ class SessionBroker:
             if (user is not None and s.identity.user == user)
             or (login_id is not None and s.identity.login_id == login_id)
             or (token_ids is not None and s.identity.token_id in token_ids)
+            or (session_ids is not None and s.id in session_ids)
         ]
         for session in doomed:
             self._live.pop(session.id, None)
@@ -361,7 +366,18 @@ class SessionBroker:
         return len(doomed)
 
     async def check_revocations(self) -> int:
-        """End live sessions whose credential was revoked anywhere (any gateway replica)."""
+        """End live sessions whose credential was revoked anywhere (any gateway replica),
+        and those opened through an approved access request that has expired."""
+        now = dt.datetime.now(dt.UTC)
+        lapsed = frozenset(
+            s.id
+            for s in self._live.values()
+            if s.grant_expires_at is not None and s.grant_expires_at <= now
+        )
+        ended = await self.terminate(reason="access request expired", session_ids=lapsed)
+        return ended + await self._check_credentials()
+
+    async def _check_credentials(self) -> int:
         token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
         if not token_ids:
             return 0

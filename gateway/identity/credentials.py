@@ -708,7 +708,7 @@ class IdentityService:
     ) -> tuple[str, dt.datetime]:
         if identity.connection is not None:
             raise IdentityError(403, "a per-connection credential cannot mint credentials")
-        requested: set[str] = set()
+        requested: dict[str, dt.datetime] = {}
         if self._policy.on_request:  # approvals: grants held through an access request
             requested = await self._run(
                 self._store.granted_connections, identity.user, self._clock()

@@ -32,7 +32,8 @@ and how to approve it (`wardgate reviews approve ID`); the session's upward rela
 (`gateway.reviews.ReviewService.wait`, which never blocks other sessions) while answers the
 server still owes keep flowing down. Approved, the statement is forwarded as if it had just
 arrived; denied, timed out or cancelled, it is refused like any other (42501, in order, the
-session goes on). A simple Query is held whole (its statements run together or not at all).
+session goes on); cancelled by the client (CancelRequest), its review is withdrawn and the
+client gets 57014. A simple Query is held whole (its statements run together or not at all).
 A Parse is judged at Parse: once approved, its prepared statement runs at every
 Bind/Execute, and a Parse of the same text in the same session is not asked again until the
 approval expires. A Parse that needs review in the middle of a batch the server already
@@ -62,6 +63,7 @@ from gateway.policy.rules import Policy, SessionGuard, subject_for
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
+from gateway.store import ReviewRecord
 from shared.pgwire.backend import (
     BackendKeyData,
     ReadyForQuery,
@@ -132,6 +134,7 @@ class Refusal:
     reason: str
     text: str
     rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
+    sqlstate: str = READ_ONLY_SQLSTATE  # 42501; 57014 for a held statement the client cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +250,7 @@ class PostgresFrontDoor:
         self._guardrails = guardrails or Policy()
         self._access = access or AccessPolicy()
         self._reviews = reviews
+        self._holding: dict[str, asyncio.Event] = {}  # session id -> set to withdraw its hold
         self.cancel_keys = CancelKeys()
 
     # ---- entry points (registered on the front door) ---------------------------------
@@ -309,6 +313,9 @@ class PostgresFrontDoor:
         await self._audit.record(
             "pg.cancel", actor=session.identity.user, session_id=session.id, client=client
         )
+        holding = self._holding.get(session.id)
+        if holding is not None:
+            holding.set()  # a held statement: withdraw its review (the server runs nothing)
         with contextlib.suppress(SessionClosedError):
             await session.stream.send_signal(SignalKind.CANCEL)
 
@@ -525,7 +532,7 @@ class PostgresFrontDoor:
                 reason=refusal.reason,
                 rules=list(refusal.rules),
             )
-            writer.write(error_response(READ_ONLY_SQLSTATE, refusal.reason, severity="ERROR"))
+            writer.write(error_response(refusal.sqlstate, refusal.reason, severity="ERROR"))
             if message.type != b"P":  # Parse: ReadyForQuery comes at the client's Sync
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
@@ -561,12 +568,26 @@ class PostgresFrontDoor:
                 )
             )
             await writer.drain()
+            withdrawn = self._holding[session.id] = asyncio.Event()
             try:
-                decided = await self._reviews.wait(review.id)
+                decided = await self._wait_for_review(review.id, withdrawn)
             except asyncio.CancelledError:
                 # The session is ending: nobody is left to run the statement.
                 await asyncio.shield(self._reviews.cancel(review.id, "the session ended"))
                 raise
+            finally:
+                self._holding.pop(session.id, None)
+            if decided is None:
+                await self._reviews.cancel(review.id, "cancelled by the client")
+                return Refusal(
+                    f"canceling statement due to user request: review {review.id} withdrawn",
+                    hold.text,
+                    hold.rules,
+                    sqlstate="57014",
+                )
+            if decided.status == "approved" and reader.at_eof():
+                # The client hung up while it waited: run nothing on its behalf.
+                raise ConnectionResetError("the client went away while its statement was held")
             if decided.status == "approved":
                 return None
             outcome = {"denied": "was denied", "expired": "timed out"}.get(
@@ -723,6 +744,21 @@ class PostgresFrontDoor:
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
             await self._broker.finish(session, error=error)
+
+    async def _wait_for_review(
+        self, review_id: str, withdrawn: asyncio.Event
+    ) -> ReviewRecord | None:
+        """The decided review, or None when the client cancelled first."""
+        assert self._reviews is not None
+        async with asyncio.TaskGroup() as tg:
+            waiting = tg.create_task(self._reviews.wait(review_id), name=f"review/{review_id}")
+            cancel = tg.create_task(withdrawn.wait(), name=f"review/{review_id}/cancel")
+            await asyncio.wait((waiting, cancel), return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                cancel.cancel()
+                return waiting.result()
+            waiting.cancel()
+            return None
 
     async def _review_statement(
         self,

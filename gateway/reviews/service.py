@@ -263,7 +263,8 @@ class ReviewService:
             set(identity.groups) & set(approvers.get("groups", ()))
         )
 
-    async def granted_connections(self, user: str) -> set[str]:
+    async def granted_connections(self, user: str) -> dict[str, dt.datetime]:
+        """Connections `user` may reach through approved access requests, until when."""
         return await asyncio.to_thread(self._store.granted_connections, user, self._clock())
 
     # ---- voting ----------------------------------------------------------------------

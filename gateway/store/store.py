@@ -1023,18 +1023,21 @@ class Store:
             ).rowcount
             return self._review(conn, review_id), bool(changed)
 
-    def granted_connections(self, user: str, at: dt.datetime) -> set[str]:
-        """Connections `user` holds an approved, unexpired access request for."""
+    def granted_connections(self, user: str, at: dt.datetime) -> dict[str, dt.datetime]:
+        """Connections `user` holds an approved, unexpired access request for -> its end."""
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(t.reviews.c.connection).where(
+                sa.select(t.reviews.c.connection, t.reviews.c.grant_expires_at).where(
                     t.reviews.c.requester == user,
                     t.reviews.c.kind == "access",
                     t.reviews.c.status == "approved",
                     t.reviews.c.grant_expires_at > at,
                 )
             ).all()
-        return {r.connection for r in rows}
+        out: dict[str, dt.datetime] = {}
+        for r in rows:
+            out[r.connection] = max(r.grant_expires_at, out.get(r.connection, r.grant_expires_at))
+        return out
 
     def add_owner(self, identity: str, owner: str) -> None:
         with self._write() as conn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
 import subprocess
 import threading
 import urllib.parse
@@ -505,3 +506,66 @@ def test_time_boxed_access_request(stack: Stack) -> None:
         ),
         "the webhook events of the access request",
     )
+
+
+def test_psql_ctrl_c_withdraws_the_held_statement(stack: Stack, tmp_path: Path) -> None:
+    err = tmp_path / "psql.err"
+    with err.open("w") as stderr:
+        psql = subprocess.Popen(
+            [
+                "psql",
+                stack.conninfo("alice"),
+                "-X",
+                "-At",
+                "-c",
+                "delete from accounts where id = 6",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        review_id = wait_for(lambda: REVIEW_ID.search(err.read_text()), "the notice").group(0)
+        psql.send_signal(signal.SIGINT)  # psql sends a CancelRequest, as on Ctrl-C
+        psql.communicate(timeout=30)
+    finally:
+        if psql.poll() is None:
+            psql.kill()
+            psql.wait()
+    assert psql.returncode != 0
+    assert "canceling statement due to user request" in err.read_text()
+    with stack.api("bob") as api:
+        assert api.get(f"/v1/reviews/{review_id}").json()["status"] == "cancelled"
+        late = api.post(f"/v1/reviews/{review_id}/approve", json={})
+    assert late.status_code == 409
+    assert stack.balance(6) == 100
+
+
+def test_sessions_through_an_access_request_end_when_it_expires(stack: Stack) -> None:
+    with stack.api("dave") as api:
+        asked = api.post(
+            "/v1/requests", json={"connection": "pg-prod", "duration": 10, "reason": "a quick look"}
+        )
+    assert asked.status_code == 201, asked.text
+    with stack.api("carol") as api:
+        assert api.post(f"/v1/reviews/{asked.json()['id']}/approve", json={}).status_code == 200
+    with psycopg.connect(stack.conninfo("dave", "pg-prod"), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+        def ended() -> bool:
+            try:
+                conn.execute("select 1")
+            except psycopg.OperationalError:
+                return True
+            return False
+
+        wait_for(ended, "the session to end with its access request", timeout=60)
+    terminated = [e for e in stack.gw.audit("session.terminated") if e["actor"] == "dave"]
+    assert [e["data"]["reason"] for e in terminated] == ["access request expired"]
+    refused = subprocess.run(
+        ["psql", stack.conninfo("dave", "pg-prod"), "-X", "-At", "-c", "select 1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "no access" in refused.stderr

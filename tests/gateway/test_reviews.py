@@ -161,12 +161,12 @@ async def test_access_request_grants_the_connection_until_it_expires(
     record = await reviews.request_access(
         ALICE, connection="pg-prod", duration=3600, reason="incident"
     )
-    assert record.access == "admin" and await reviews.granted_connections("alice") == set()
+    assert record.access == "admin" and await reviews.granted_connections("alice") == {}
     approved = await reviews.vote(BOB, record.id, "approve")
     assert approved.grant_expires_at == T0 + dt.timedelta(seconds=3600)
-    assert await reviews.granted_connections("alice") == {"pg-prod"}
+    assert await reviews.granted_connections("alice") == {"pg-prod": approved.grant_expires_at}
     clock.advance(3600)
-    assert await reviews.granted_connections("alice") == set()
+    assert await reviews.granted_connections("alice") == {}
     seen = await reviews.list_reviews(Identity(user="dave", groups=("dev",)))
     assert seen == []  # neither requester nor approver
     assert [r.id for r in await reviews.list_reviews(BOB, kind="access")] == [record.id]
