@@ -220,8 +220,8 @@ class Gateway:
         webhook = None
         if cfg.webhook is not None:
 
-            async def undelivered(event: str, url: str, error: str) -> None:
-                await auditor.record("review.webhook_failed", event=event, url=url, error=error)
+            async def undelivered(event: str, error: str) -> None:
+                await auditor.record("review.webhook_failed", event=event, error=error)
 
             webhook = Webhook(
                 cfg.webhook.url,

@@ -548,19 +548,28 @@ class PostgresFrontDoor:
                     hold.rules,
                 )
             await server_idle()  # our notice must not land inside a server message
-            review = await self._reviews.hold(
-                session.identity,
-                connection=session.connection.name,
-                session_id=session.id,
-                protocol="postgres",
-                text=hold.text,
-                reason=hold.reason,
-                rules=hold.rules,
-                terms=hold.terms,
-            )
+            try:
+                review = await self._reviews.hold(
+                    session.identity,
+                    connection=session.connection.name,
+                    session_id=session.id,
+                    protocol="postgres",
+                    text=hold.text,
+                    reason=hold.reason,
+                    rules=hold.rules,
+                    terms=hold.terms,
+                )
+            except AuditUnavailable:
+                raise
+            except Exception:
+                # Fail closed: without a stored review nobody could approve it.
+                log.exception("session %s: cannot create a review", session.id)
+                return Refusal(
+                    f"policy: {hold.reason}; the review could not be created", hold.text, hold.rules
+                )
             writer.write(
                 notice_response(
-                    "01000",
+                    "00000",
                     f"statement held for review {review.id}: {hold.reason}",
                     detail=f"waiting up to {hold.terms.timeout}s for "
                     f"{hold.terms.required} approval(s)",

@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -71,7 +71,7 @@ class Webhook:
         *,
         attempts: int = 4,
         timeout: float = 5.0,
-        on_failure: Callable[[str, str, str], Any] | None = None,
+        on_failure: Callable[[str, str], Awaitable[Any]] | None = None,
     ) -> None:
         self.url = url
         self._secret = secret
@@ -105,9 +105,10 @@ class Webhook:
             log.warning("webhook %s attempt %d failed: %s", event, attempt, error)
             if attempt < self._attempts:
                 await asyncio.sleep(backoff.next_delay())
-        log.error("webhook %s not delivered to %s: %s", event, self.url, error)
+        # The URL is not logged: chat webhooks carry their secret in it.
+        log.error("webhook %s not delivered: %s", event, error)
         if self._on_failure is not None:
-            await self._on_failure(event, self.url, error)
+            await self._on_failure(event, error)
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
