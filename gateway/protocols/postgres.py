@@ -101,6 +101,7 @@ from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError,
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 30.0
+CLIENT_CHECK = 1.0  # seconds between looks for a client that hung up while held
 READ_SIZE = 64 * 1024
 # Startup parameters passed through to the server; user and database are the connection's.
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
@@ -579,13 +580,16 @@ class PostgresFrontDoor:
             await writer.drain()
             withdrawn = self._holding[session.id] = asyncio.Event()
             try:
-                decided = await self._wait_for_review(review.id, withdrawn)
+                decided = await self._wait_for_review(review.id, withdrawn, reader.at_eof)
             except asyncio.CancelledError:
                 # The session is ending: nobody is left to run the statement.
                 await asyncio.shield(self._reviews.cancel(review.id, "the session ended"))
                 raise
             finally:
                 self._holding.pop(session.id, None)
+            if decided is None and reader.at_eof():
+                await self._reviews.cancel(review.id, "the client went away")
+                raise ConnectionResetError("the client went away while its statement was held")
             if decided is None:
                 await self._reviews.cancel(review.id, "cancelled by the client")
                 return Refusal(
@@ -755,16 +759,23 @@ class PostgresFrontDoor:
             await self._broker.finish(session, error=error)
 
     async def _wait_for_review(
-        self, review_id: str, withdrawn: asyncio.Event
+        self, review_id: str, withdrawn: asyncio.Event, client_gone: Callable[[], bool]
     ) -> ReviewRecord | None:
-        """The decided review, or None when the client cancelled first."""
+        """The decided review, or None when the client cancelled or hung up first.
+
+        Nobody reads the client while its statement is held, so its hang-up shows only as
+        end-of-file on the (unread) stream: looked at every CLIENT_CHECK seconds.
+        """
         assert self._reviews is not None
         async with asyncio.TaskGroup() as tg:
             waiting = tg.create_task(self._reviews.wait(review_id), name=f"review/{review_id}")
             cancel = tg.create_task(withdrawn.wait(), name=f"review/{review_id}/cancel")
-            await asyncio.wait((waiting, cancel), return_when=asyncio.FIRST_COMPLETED)
+            while not (waiting.done() or cancel.done() or client_gone()):
+                await asyncio.wait(
+                    (waiting, cancel), timeout=CLIENT_CHECK, return_when=asyncio.FIRST_COMPLETED
+                )
+            cancel.cancel()
             if waiting.done():
-                cancel.cancel()
                 return waiting.result()
             waiting.cancel()
             return None

@@ -569,3 +569,54 @@ def test_sessions_through_an_access_request_end_when_it_expires(stack: Stack) ->
         timeout=60,
     )
     assert refused.returncode != 0 and "no access" in refused.stderr
+
+
+def test_a_client_that_hangs_up_while_held_has_its_review_cancelled(
+    stack: Stack, tmp_path: Path
+) -> None:
+    err = tmp_path / "psql.err"
+    with err.open("w") as stderr:
+        psql = subprocess.Popen(
+            ["psql", stack.conninfo("alice"), "-X", "-c", "delete from accounts where id = 8"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        review_id = wait_for(lambda: REVIEW_ID.search(err.read_text()), "the notice").group(0)
+    finally:
+        psql.kill()
+        psql.wait()
+
+    def status() -> str:
+        with stack.api("bob") as api:
+            return str(api.get(f"/v1/reviews/{review_id}").json()["status"])
+
+    wait_for(lambda: status() == "cancelled", "the review to be cancelled")
+    with stack.api("bob") as api:
+        assert "client went away" in api.get(f"/v1/reviews/{review_id}").json()["decision"]
+    assert stack.balance(8) == 100
+
+
+def test_a_multi_statement_query_waits_whole_and_runs_nothing_when_it_times_out(
+    stack: Stack,
+) -> None:
+    out = subprocess.run(
+        [
+            "psql",
+            stack.conninfo("alice"),
+            "-X",
+            "-At",
+            "-c",
+            "insert into slow_lane values (9); update accounts set balance = 9 where id = 9",
+            "-c",
+            "select 'still here'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "statement 1 of 2" in out.stderr and "timed out" in out.stderr, out
+    assert out.stdout.strip() == "still here"
+    assert stack.balance(9) == 100
+    with psycopg.connect(stack.db.dsn()) as conn:
+        assert conn.execute("select count(*) from slow_lane").fetchone() == (0,)
