@@ -13,6 +13,7 @@ would not help, and two processes sharing one key must not flap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -261,6 +262,4 @@ def _with_resolved_secrets(target: Target) -> Target:
     resolved: dict[str, str | bytes] = {
         name: resolve(name, source) for name, source in target.secrets.items()
     }
-    return Target(
-        target.connection, target.type, target.host, target.port, target.options, resolved
-    )
+    return dataclasses.replace(target, secrets=resolved)

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, UnparsableSQL
 from gateway.policy.facts import statement_facts as _statement_facts
 from gateway.policy.grants import AccessPolicy
+from gateway.policy.masking import MaskingRuleConfig
 
 POLICY_SQLSTATE = "42501"  # insufficient_privilege, as for read-only refusals
 
@@ -111,6 +112,7 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     rules: list[Rule] = Field(default_factory=list)
     guarded_connections: list[str] = Field(default_factory=list)
+    masking: list[MaskingRuleConfig] = Field(default_factory=list)  # gateway/policy/masking.py
 
     @model_validator(mode="after")
     def _unique(self) -> PolicyConfig:
