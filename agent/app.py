@@ -140,7 +140,9 @@ class Agent:
                     Hello(
                         agent_name=self.key.name,
                         version=__version__,
-                        capabilities=tuple(sorted(self.protocols)),
+                        # "masking": this agent applies Target.masking (an agent
+                        # without it is never given a masked session).
+                        capabilities=(*sorted(self.protocols), "masking"),
                         instance_id=self.instance_id,
                     )
                 )

@@ -33,6 +33,7 @@ from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
+from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
@@ -248,6 +249,25 @@ class SessionBroker:
             options = {k: v for k, v in options.items() if k in _READ_ONLY_STARTUP}
             forced["startup.default_transaction_read_only"] = "on"
         target = self._target(conn, options, forced)
+        if self._guardrails is not None and self._guardrails.config.masking:
+            try:
+                target = resolve_masking(
+                    self._guardrails.config.masking,
+                    subject_for(
+                        self._policy, identity.user, identity.groups, machine=identity.is_machine
+                    ),
+                    target,
+                    self._box.derive("masking") if self._box is not None else None,
+                )
+            except MaskingUnavailable as exc:
+                await self._audit.record(
+                    "session.refused",
+                    actor=identity.user,
+                    connection=connection,
+                    reason=f"masking: {exc}",
+                    client=client_addr,
+                )
+                raise SessionError("unsupported", f"masking: {exc}") from None
         session_id = secrets.token_urlsafe(12)
         now = dt.datetime.now(dt.UTC)
         await asyncio.to_thread(

@@ -20,6 +20,7 @@ between connections, and the gateway secret itself never leaves the gateway.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.masking.detectors import BUILTIN
 from shared.masking.spec import MaskRule, MaskSpec, Strategy
+from shared.tunnel.frames import Target
 
 _STRATEGIES = {"redact": Strategy.REDACT, "partial": Strategy.PARTIAL, "token": Strategy.TOKEN}
 _HKDF_INFO = b"wardgate/masking/token/v1\x00"
@@ -158,3 +160,25 @@ def resolve(
             )
         key = token_key(secret, connection)
     return MaskSpec(chosen, key)
+
+
+def resolve_masking(
+    rules: Iterable[MaskingRuleConfig], who: Who, target: Target, secret: bytes | None
+) -> Target:
+    """`target` with the masking of this session. Fail closed: rules that name a connection
+    whose protocol the agent cannot mask (anything but postgres) refuse the session."""
+    rules = list(rules)
+    if target.type != "postgres":
+        named = [
+            r.name
+            for r in rules
+            if r.match.connections and applies(r.match, who, target.connection)
+        ]
+        if named:
+            raise MaskingUnavailable(
+                f"rule {named[0]!r} masks connection {target.connection!r}, "
+                f"whose {target.type} traffic cannot be masked"
+            )
+        return target
+    spec = resolve(rules, who, target.connection, secret)
+    return target if spec.empty else dataclasses.replace(target, masking=spec)

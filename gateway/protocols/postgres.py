@@ -78,7 +78,13 @@ from shared.pgwire.startup import (
     startup_packet_length,
 )
 from shared.tunnel.frames import ResetCode, SignalKind
-from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
+from shared.tunnel.stream import (
+    DataReceived,
+    MaskReported,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -582,6 +588,17 @@ class PostgresFrontDoor:
                     progress.set()
                     if finished:
                         record_finished(finished)
+                elif isinstance(event, MaskReported):
+                    # Counts from the agent, which masked before the data left it.
+                    audit.submit(
+                        "pg.masked",
+                        actor=user,
+                        session_id=session.id,
+                        connection=session.connection.name,
+                        counts=[
+                            {"column": c, "detector": d, "count": n} for c, d, n in event.counts
+                        ],
+                    )
                 elif isinstance(event, RemoteClosed):
                     return None
                 elif isinstance(event, SessionReset):

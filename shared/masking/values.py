@@ -156,8 +156,14 @@ class Masker:
     ) -> bytes | None:
         """A type-valid masked value for a column whose type rejects text; None is NULL."""
         if strategy is Strategy.TOKEN:
-            digest = hmac.new(self._key, raw, hashlib.sha256).digest()
             width = INT_WIDTH.get(type_oid)
+            # Keyed on the canonical text, so text and binary results mask alike.
+            canonical = raw
+            if binary and width is not None and len(raw) == width:
+                canonical = str(int.from_bytes(raw, "big", signed=True)).encode()
+            elif binary and type_oid == UUID_OID and len(raw) == 16:
+                canonical = str(uuid.UUID(bytes=raw)).encode()
+            digest = hmac.new(self._key, canonical, hashlib.sha256).digest()
             if width is not None:
                 number = int.from_bytes(digest[:width], "big") >> 1  # non-negative
                 return (

@@ -19,8 +19,10 @@ returns what may go to the client. Rules it keeps:
    PortalSuspended keeps the last one; a client that skips Describe gets none) is masked
    blind: values with a detector hit, and every value when column rules apply, become NULL.
 3. Column rules match by name and by catalog identity: `catalog` maps (table OID,
-   attribute number) to `table.column` / `schema.table.column`, so an alias does not escape
-   a rule, and `known_tables` says which table OIDs the lookup saw.
+   attribute number) to `table.column` / `schema.table.column` for every table column whose
+   name the rules' globs can match, so an alias does not escape a rule. A table column the
+   catalog does not list (a table created after the lookup) matches `table.column` rules on
+   its column name alone: over-masking rather than leaking.
 4. COPY TO STDOUT carries no column names. Rules without columns (pure detectors) scan each
    text/CSV row as one line (replacements contain no delimiter, quote or newline) and null
    binary-format fields with a hit. When a rule with columns applies, the rows are dropped
@@ -87,13 +89,11 @@ class ResultMasker:
         masker: Masker,
         *,
         catalog: dict[tuple[int, int], tuple[str, ...]] | None = None,
-        known_tables: frozenset[int] = frozenset(),
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.masker = masker
         self.max_message = max_message
         self._catalog = catalog or {}
-        self._known_tables = known_tables
         self._buf = bytearray()
         self._passthrough = 0  # bytes of an uninspected message still to pass on
         self._columns: list[_Column] | None = None
@@ -112,6 +112,10 @@ class ResultMasker:
         self.masker.counts = Counter()
         self.report_due = False
         return counts
+
+    def take_report(self) -> tuple[tuple[str, str, int], ...]:
+        """The counts since the last report, as (column, detector, count), sorted."""
+        return tuple(sorted((c, d, n) for (c, d), n in self.take_counts().items()))
 
     def feed(self, data: bytes) -> bytes:
         if self.failed is not None:
@@ -187,8 +191,7 @@ class ResultMasker:
             return None
         if type_ == b"c":
             if self._copy == "refused":
-                self._copy = None
-                return b""  # the ErrorResponse replaces CopyDone + CommandComplete
+                return b""  # the ErrorResponse at CommandComplete replaces CopyDone too
             self._copy = None
             return None
         if type_ == b"C":
@@ -237,7 +240,9 @@ class ResultMasker:
             table, attnum, oid, _size, _mod, fmt = _FIELD_TAIL.unpack_from(body, end + 1)
             pos = end + 1 + _FIELD_TAIL.size
             qualified = self._catalog.get((table, attnum), ())
-            loose = table != 0 and table not in self._known_tables
+            # A table column the catalog lookup did not list: its table (or this column) is
+            # newer than the lookup, so `table.column` rules match on the column alone.
+            loose = table != 0 and not qualified
             plan = self.masker.plan(name, qualified, loose=loose)
             columns.append(_Column(plan, oid, fmt == 1))
         if pos != len(body):
@@ -314,7 +319,9 @@ class ResultMasker:
             return masker.typed_mask(oid, raw, rule.strategy, binary)
         if stringy:
             text = raw_text.decode("utf-8", "surrogateescape")
-            new, hit = masker.scan_text(text, plan, json=json)
+            # JSON cast to text (and array literals, which quote alike) keep their syntax too.
+            structured = json or (text[:1] in ("{", "[") and text[-1:] in ("}", "]"))
+            new, hit = masker.scan_text(text, plan, json=structured)
             if hit is None:
                 return raw
             return prefix + new.encode("utf-8", "surrogateescape")
