@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Mapping
 
 from shared.masking.spec import Strategy
 from shared.masking.values import (
@@ -88,7 +89,7 @@ class ResultMasker:
         self,
         masker: Masker,
         *,
-        catalog: dict[tuple[int, int], tuple[str, ...]] | None = None,
+        catalog: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.masker = masker
