@@ -18,6 +18,8 @@ returns what may go to the client. Rules it keeps:
    A DataRow with no RowDescription before it (a portal re-executed after
    PortalSuspended keeps the last one; a client that skips Describe gets none) is masked
    blind: values with a detector hit, and every value when column rules apply, become NULL.
+   After Describe(statement) the formats are unknown (Bind chooses them later): values of
+   covered non-text columns are then withheld (NULL) rather than guessed.
 3. Column rules match by name and by catalog identity: `catalog` maps (table OID,
    attribute number) to `table.column` / `schema.table.column` for every table column whose
    name the rules' globs can match, so an alias does not escape a rule. A table column the
@@ -74,7 +76,10 @@ class MaskingFailed(Exception):
 class _Column:
     __slots__ = ("binary", "oid", "plan")
 
-    def __init__(self, plan: ColumnPlan, oid: int, binary: bool) -> None:
+    # binary None: unknown. A RowDescription answering Describe(statement) (it follows a
+    # ParameterDescription) says text for every column; the Bind that follows may ask for
+    # binary results all the same.
+    def __init__(self, plan: ColumnPlan, oid: int, binary: bool | None) -> None:
         self.plan = plan
         self.oid = oid
         self.binary = binary
@@ -105,6 +110,7 @@ class ResultMasker:
         self.report_due = False
         self.failed: str | None = None
         self._blind = masker.everywhere
+        self._prev_type = 0  # type byte of the last message passed
 
     # ---- driver interface ------------------------------------------------------------
 
@@ -146,6 +152,7 @@ class ResultMasker:
                     out.append(bytes(buf[pos : pos + take]))
                     pos += take
                     self._passthrough = total - take
+                    self._prev_type = type_byte
                     continue
                 if length - 4 > self.max_message:
                     raise MaskingFailed(
@@ -159,6 +166,7 @@ class ResultMasker:
                 rewritten = self._message(bytes((type_byte,)), body)
                 out.append(bytes(buf[pos:raw_end]) if rewritten is None else rewritten)
                 pos = raw_end
+                self._prev_type = type_byte
         except (MaskingFailed, struct.error, IndexError, ValueError) as exc:
             self.failed = str(exc)
             self._buf.clear()
@@ -235,6 +243,7 @@ class ResultMasker:
         count = _U16.unpack_from(body, 0)[0]
         pos = 2
         columns: list[_Column] = []
+        formats_known = self._prev_type != 0x74  # not after ParameterDescription
         for _ in range(count):
             end = body.index(b"\0", pos)
             name = body[pos:end].decode("utf-8", "replace").lower()
@@ -245,7 +254,7 @@ class ResultMasker:
             # newer than the lookup, so `table.column` rules match on the column alone.
             loose = table != 0 and not qualified
             plan = self.masker.plan(name, qualified, loose=loose)
-            columns.append(_Column(plan, oid, fmt == 1))
+            columns.append(_Column(plan, oid, fmt == 1 if formats_known else None))
         if pos != len(body):
             raise MaskingFailed("RowDescription with trailing bytes")
         self._columns = columns
@@ -292,13 +301,21 @@ class ResultMasker:
         if self._column_rules:
             self.masker.counts[("?", "column")] += 1
             return None
-        _text, hit = self.masker.scan_text(raw.decode("utf-8", "surrogateescape"), self._blind)
-        return None if hit is not None else raw
+        return self._unknown_format(raw, self._blind)
 
     def _value(self, raw: bytes, column: _Column) -> bytes | None:
         masker = self.masker
         plan = column.plan
-        oid, binary = column.oid, column.binary
+        oid = column.oid
+        if column.binary is None:
+            if oid in TEXT_OIDS or oid == JSON_OID:
+                binary = False  # the same bytes in either format
+            elif oid == JSONB_OID:
+                binary = raw[:1] == b"\x01"  # jsonb text never starts with a control byte
+            else:
+                return self._unknown_format(raw, plan)
+        else:
+            binary = column.binary
         json = oid in (JSON_OID, JSONB_OID)
         stringy = oid in TEXT_OIDS or json or (not binary and oid not in STRICT_OIDS)
         if binary and oid == JSONB_OID:
@@ -334,6 +351,14 @@ class ResultMasker:
         if hit is None:
             return raw
         return masker.typed_mask(oid, raw, hit.strategy, binary)
+
+    def _unknown_format(self, raw: bytes, plan: ColumnPlan) -> bytes | None:
+        """A value whose format we cannot tell: withheld when a rule covers it."""
+        if plan.whole is not None:
+            self.masker.counts[(plan.label, "column")] += 1
+            return None
+        _text, hit = self.masker.scan_text(raw.decode("utf-8", "surrogateescape"), plan)
+        return None if hit is not None else raw
 
     # ---- COPY ------------------------------------------------------------------------
 

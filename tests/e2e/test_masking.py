@@ -289,3 +289,20 @@ def test_server_data_is_unchanged_and_counts_are_audited(stack: Stack) -> None:
         check=True,
     )
     assert "customers.email  column  3" in listed.stdout
+
+
+def test_prepared_statements_and_server_side_cursors_are_masked(stack: Stack) -> None:
+    with psycopg.connect(stack.conninfo(), autocommit=False) as conn:
+        for _ in range(3):
+            row = conn.execute(
+                "select email, ssn, note from customers where id = %s", (1,), prepare=True
+            ).fetchone()
+            assert row is not None
+            assert row[0].startswith("tok_") and row[1] == "****6789"
+            assert row[2] == "paid with [card]"
+        with conn.cursor("named", binary=True) as cur:
+            cur.itersize = 1
+            cur.execute("select email, tax_id from customers order by id")
+            fetched = list(cur)
+        assert [r[0][:4] for r in fetched] == ["tok_"] * 3
+        assert fetched[0][1] not in (900100200, None)

@@ -289,3 +289,16 @@ def test_well_framed_nonsense_bodies_never_raise(types: list[bytes], body: bytes
     rw = rewriter(DETECT, SSN)
     data = b"".join(encode_message(t, body) for t in types)
     assert isinstance(rw.feed(data), bytes)
+
+
+def test_after_describe_statement_formats_are_unknown_and_covered_values_withheld() -> None:
+    rw = rewriter(DETECT, TOKEN)
+    described = be.ParameterDescription(()).encode() + row_description(
+        [Field("n", 0, 0, 23), Field("note", 0, 0, 25), Field("doc", 0, 0, 3802)]
+    )
+    # Bind then asked for binary results: the int arrives as 4 raw bytes.
+    data = described + data_row((struct.pack("!i", 5), b"a@b.io", b'\x01{"e": "c@d.org"}'))
+    ((n, note, doc),) = rows_of(rw.feed(data))
+    assert n is None  # a token in the wrong format would break the client: withheld
+    assert note == b"[email]"  # text: the same bytes in both formats
+    assert doc == b'\x01{"e": "[email]"}'  # jsonb: the version byte tells binary
