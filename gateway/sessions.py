@@ -14,6 +14,11 @@ the `Session` (`access`), for the front doors to enforce per statement; a read-o
 session is also opened with `default_transaction_read_only=on` and without the client's own
 startup settings, as defence in depth.
 
+Result masking (`gateway.policy.masking`) is resolved here too: the rules that apply to the
+identity and connection travel in the Target to an agent with the `masking` capability;
+rules a connection type cannot honour, or a token rule without `secret_key`, refuse the
+session.
+
 Live sessions are kept per credential, so revoking a credential or disabling a user ends
 them (`terminate`) within seconds: at once on this gateway, and on every replica through
 `watch_revocations`, which re-checks the credentials of live sessions against the store.

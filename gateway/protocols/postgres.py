@@ -24,7 +24,8 @@ at its Sync for Parse) and audited as `pg.refused`; the session goes on. A refus
 a batch whose start the server already holds cannot be answered in order: the session ends
 with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
 by the BackendKeyData the gateway handed out to the agent serving that session, which
-replays it to the server with the real key.
+replays it to the server with the real key. Masking happens at the agent; the counts it
+reports beside the data are audited as `pg.masked`.
 """
 
 from __future__ import annotations
