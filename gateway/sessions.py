@@ -296,6 +296,7 @@ class SessionBroker:
             access=decision.access,
             credential=identity.token_id,
             login=identity.login_id,
+            **({"masking": [r.name for r in target.masking.rules]} if target.masking.rules else {}),
         )
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)

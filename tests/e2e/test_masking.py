@@ -274,6 +274,8 @@ def test_server_data_is_unchanged_and_counts_are_audited(stack: Stack) -> None:
         return counts[("customers.email", "column")] > 0 and counts[("customers.ssn", "column")] > 0
 
     wait_for(recorded, "pg.masked events in the audit", timeout=10)
+    opened = [e for e in stack.gw.audit("session.open") if e["data"].get("masking")]
+    assert opened[-1]["data"]["masking"] == ["ssn-partial", "email-token", "pii-scan"]
     events = stack.gw.audit("pg.masked")
     assert all("alice" not in json.dumps(e) for e in events)
     session_id = events[-1]["session"]
