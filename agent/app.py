@@ -13,6 +13,7 @@ would not help, and two processes sharing one key must not flap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -139,7 +140,9 @@ class Agent:
                     Hello(
                         agent_name=self.key.name,
                         version=__version__,
-                        capabilities=tuple(sorted(self.protocols)),
+                        # "masking": this agent applies Target.masking (an agent
+                        # without it is never given a masked session).
+                        capabilities=(*sorted(self.protocols), "masking"),
                         instance_id=self.instance_id,
                     )
                 )
@@ -261,6 +264,4 @@ def _with_resolved_secrets(target: Target) -> Target:
     resolved: dict[str, str | bytes] = {
         name: resolve(name, source) for name, source in target.secrets.items()
     }
-    return Target(
-        target.connection, target.type, target.host, target.port, target.options, resolved
-    )
+    return dataclasses.replace(target, secrets=resolved)

@@ -450,6 +450,7 @@ def sessions_show(
         _print(data, True)
         return
     statements = data.pop("statements")
+    masked = data.pop("masked", [])
     _print(data, False)
     click.echo("statements:")
     for st in statements:
@@ -458,6 +459,10 @@ def sessions_show(
             f"  [{st['seq']}] {st['ts']} {outcome} rows={st['rows']} "
             f"{st['duration_ms']}ms  {st['text']}"
         )
+    if masked:
+        click.echo("masked values:")
+        for m in masked:
+            click.echo(f"  {m['column']}  {m['detector']}  {m['count']}")
 
 
 @main.group()

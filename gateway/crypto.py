@@ -23,7 +23,9 @@ import os
 import secrets
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEALED_PREFIX = "enc:v1:"
 KEY_SIZE = 32
@@ -48,12 +50,19 @@ def _b64decode_lenient(value: str) -> bytes:
 class SecretBox:
     """Seals and opens small secrets with one AES-256-GCM key."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError(f"secret box key must be {KEY_SIZE} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for another purpose (HKDF-SHA256), so this key is never reused."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"wardgate/" + purpose.encode()
+        ).derive(self._key)
 
     @classmethod
     def from_config(cls, value: str) -> SecretBox:

@@ -14,6 +14,11 @@ the `Session` (`access`), for the front doors to enforce per statement; a read-o
 session is also opened with `default_transaction_read_only=on` and without the client's own
 startup settings, as defence in depth.
 
+Result masking (`gateway.policy.masking`) is resolved here too: the rules that apply to the
+identity and connection travel in the Target to an agent with the `masking` capability;
+rules a connection type cannot honour, or a token rule without `secret_key`, refuse the
+session.
+
 Live sessions are kept per credential, so revoking a credential or disabling a user ends
 them (`terminate`) within seconds: at once on this gateway, and on every replica through
 `watch_revocations`, which re-checks the credentials of live sessions against the store.
@@ -33,6 +38,7 @@ from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
+from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
@@ -257,6 +263,25 @@ class SessionBroker:
             options = {k: v for k, v in options.items() if k in _READ_ONLY_STARTUP}
             forced["startup.default_transaction_read_only"] = "on"
         target = self._target(conn, options, forced)
+        if self._guardrails is not None and self._guardrails.config.masking:
+            try:
+                target = resolve_masking(
+                    self._guardrails.config.masking,
+                    subject_for(
+                        self._policy, identity.user, identity.groups, machine=identity.is_machine
+                    ),
+                    target,
+                    self._box.derive("masking") if self._box is not None else None,
+                )
+            except MaskingUnavailable as exc:
+                await self._audit.record(
+                    "session.refused",
+                    actor=identity.user,
+                    connection=connection,
+                    reason=f"masking: {exc}",
+                    client=client_addr,
+                )
+                raise SessionError("unsupported", f"masking: {exc}") from None
         session_id = secrets.token_urlsafe(12)
         now = dt.datetime.now(dt.UTC)
         await asyncio.to_thread(
@@ -280,6 +305,7 @@ class SessionBroker:
             access=decision.access,
             credential=identity.token_id,
             login=identity.login_id,
+            **({"masking": [r.name for r in target.masking.rules]} if target.masking.rules else {}),
         )
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)

@@ -9,6 +9,14 @@
 The real BackendKeyData stays here: a cancel arrives as a Signal and is replayed to the
 server on a new connection. Errors name the connection and the server's SQLSTATE, never the
 secret.
+
+Masking: when the session's Target carries masking rules, the server's bytes go through
+`shared.pgwire.masking.ResultMasker` before they enter the tunnel, so the gateway never
+receives an unmasked value; counts go to the gateway as MaskReport frames after each
+ReadyForQuery. Column rules are matched by catalog identity too: at session open the agent
+looks up, on a second connection with the same credential, the (table OID, attribute
+number) of every table column whose name the rules' globs can match, cached per connection
+for `CATALOG_TTL` seconds. A session without masking rules keeps the untouched byte pump.
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass
 
 from agent.protocols import tcp
+from shared.masking.spec import MaskSpec
+from shared.masking.values import Masker
 from shared.pgwire.auth import ScramSha256Client, md5_password, tls_server_end_point
 from shared.pgwire.backend import (
     AuthenticationCleartextPassword,
@@ -28,18 +39,21 @@ from shared.pgwire.backend import (
     AuthenticationSASLContinue,
     AuthenticationSASLFinal,
     BackendKeyData,
+    DataRow,
     ErrorResponse,
     ReadyForQuery,
     decode_backend,
 )
 from shared.pgwire.errors import PgProtocolError
 from shared.pgwire.framing import Message, MessageReader
-from shared.pgwire.frontend import SASLInitialResponse, SASLResponse, password_message
+from shared.pgwire.frontend import Query, SASLInitialResponse, SASLResponse, password_message
+from shared.pgwire.masking import ResultMasker
 from shared.pgwire.startup import encode_cancel_request, encode_ssl_request, encode_startup
 from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
 from shared.tunnel.stream import TunnelStream
 
 LOGIN_TIMEOUT = 20.0
+CATALOG_TTL = 30.0
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -195,10 +209,105 @@ async def cancel(target: Target, key: BackendKeyData, tls: bool) -> None:
             server.writer.close()
 
 
+# ---- masking ---------------------------------------------------------------------------
+
+Catalog = dict[tuple[int, int], tuple[str, ...]]
+_catalog_cache: dict[tuple[str, tuple[str, ...]], tuple[float, Catalog]] = {}
+
+
+def _like(glob: str) -> str:
+    """A SQL LIKE pattern (escape '!') matching at least what the fnmatch glob matches."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        elif ch == "[" and "]" in glob[i + 1 :]:
+            out.append("_")  # one character of a class
+            i = glob.index("]", i + 1)
+        elif ch in "%_!":
+            out.append("!" + ch)
+        elif ch == "'":
+            out.append("''")
+        elif ch == "\\":
+            out.append("_")  # never a backslash: safe whatever standard_conforming_strings
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def catalog_query(globs: tuple[str, ...]) -> str:
+    names = sorted({g.rsplit(".", 1)[-1] for g in globs})
+    where = " OR ".join(f"lower(a.attname::text) LIKE '{_like(n)}' ESCAPE '!'" for n in names)
+    # The patterns are the operator's globs, quoted by _like (no backslash, quotes doubled).
+    return _CATALOG_SQL + " AND (" + where + ")"
+
+
+_CATALOG_SQL = (
+    "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname"
+    " FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'p', 'f')"
+)
+
+
+async def lookup_catalog(target: Target, globs: tuple[str, ...]) -> Catalog:
+    """(table OID, attnum) -> (table.column, schema.table.column) for columns the globs
+    can match, read on a separate connection; cached per connection for CATALOG_TTL."""
+    cache_key = (target.connection, globs)
+    cached = _catalog_cache.get(cache_key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < CATALOG_TTL:
+        return cached[1]
+    catalog: Catalog = {}
+    server = await connect(target)
+    try:
+        _startup, _key = await login(server, target)
+        server.writer.write(Query(catalog_query(globs)).encode())
+        await server.writer.drain()
+        frames = MessageReader()
+        while True:
+            _raw, message = await _next_raw(frames, server.reader, "catalog lookup")
+            if isinstance(message, DataRow):
+                oid, attnum, schema, table, column = (
+                    (v or b"").decode("utf-8", "replace") for v in message.values
+                )
+                schema, table, column = schema.lower(), table.lower(), column.lower()
+                catalog[(int(oid), int(attnum))] = (
+                    f"{table}.{column}",
+                    f"{schema}.{table}.{column}",
+                )
+            elif isinstance(message, ReadyForQuery):
+                break
+    finally:
+        server.writer.close()
+    if len(_catalog_cache) > 256:
+        _catalog_cache.clear()
+    _catalog_cache[cache_key] = (now, catalog)
+    return catalog
+
+
+async def rewriter_for(target: Target) -> ResultMasker | None:
+    spec: MaskSpec = target.masking
+    if spec.empty:
+        return None
+    globs = spec.column_globs
+    catalog = await lookup_catalog(target, globs) if globs else {}
+    return ResultMasker(Masker(spec), catalog=catalog)
+
+
 async def serve(stream: TunnelStream, target: Target) -> None:
     server: _Server | None = None
+    rewriter: ResultMasker | None = None
     try:
         async with asyncio.timeout(LOGIN_TIMEOUT):
+            # Fail closed: masking that cannot be set up refuses the session.
+            rewriter = await rewriter_for(target)
             server = await connect(target)
             startup, key = await login(server, target)
     except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
@@ -228,7 +337,7 @@ async def serve(stream: TunnelStream, target: Target) -> None:
     await stream.send_open_result(OpenResult(True))
     try:
         await stream.send_data(startup)
-        await tcp.pump(stream, server.reader, server.writer, on_signal)
+        await tcp.pump(stream, server.reader, server.writer, on_signal, rewriter)
     finally:
         server.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
 from shared.tunnel.stream import (
@@ -56,16 +56,29 @@ async def serve(stream: TunnelStream, target: Target) -> None:
 OnSignal = Callable[[SignalKind], Coroutine[Any, Any, None]]
 
 
+class Rewriter(Protocol):
+    """Rewrites target -> client bytes as they stream (result masking) and reports counts."""
+
+    failed: str | None  # set once it has refused the stream; nothing more may pass
+    report_due: bool
+
+    def feed(self, data: bytes) -> bytes: ...
+    def take_report(self) -> tuple[tuple[str, str, int], ...]: ...
+
+
 async def pump(
     stream: TunnelStream,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     on_signal: OnSignal | None = None,
+    rewriter: Rewriter | None = None,
 ) -> None:
     """Copy target<->tunnel until both directions closed or the session is reset.
 
     Signals (e.g. a PostgreSQL cancel) go to `on_signal` in order with the data; the
-    handler runs in its own task so a slow target cannot hold the byte stream.
+    handler runs in its own task so a slow target cannot hold the byte stream. With a
+    `rewriter`, target bytes pass through it (and its reports follow the data they count);
+    without one they are copied untouched (the measured fast path).
     """
 
     async def target_to_tunnel() -> None:
@@ -76,6 +89,32 @@ async def pump(
                     await stream.send_close()
                     return
                 await stream.send_data(data)
+        except SessionClosedError:
+            return
+        except OSError as exc:
+            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
+
+    async def target_to_tunnel_rewritten(rw: Rewriter) -> None:
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    report = rw.take_report()
+                    if report:
+                        await stream.send_mask_report(report)
+                    await stream.send_close()
+                    return
+                out = rw.feed(data)
+                if out:
+                    await stream.send_data(out)
+                if rw.report_due or rw.failed is not None:
+                    report = rw.take_report()
+                    if report:
+                        await stream.send_mask_report(report)
+                if rw.failed is not None:
+                    # The client has its error; nothing of the target may follow it.
+                    await stream.reset(ResetCode.TARGET_REFUSED, rw.failed)
+                    return
         except SessionClosedError:
             return
         except OSError as exc:
@@ -103,5 +142,8 @@ async def pump(
             up.cancel()
 
     async with asyncio.TaskGroup() as tg:
-        up = tg.create_task(target_to_tunnel(), name=f"tcp/{stream.session_id}/up")
+        up = tg.create_task(
+            target_to_tunnel() if rewriter is None else target_to_tunnel_rewritten(rewriter),
+            name=f"tcp/{stream.session_id}/up",
+        )
         tg.create_task(tunnel_to_target(), name=f"tcp/{stream.session_id}/down")

@@ -125,7 +125,13 @@ class AgentRegistry:
         """
         tried: set[str] = set()
         while True:
-            candidates = [a for a in self.healthy(pool, target.type) if a.name not in tried]
+            candidates = [
+                a
+                for a in self.healthy(pool, target.type)
+                if a.name not in tried
+                # Fail closed: masking goes only to agents that apply it.
+                and (target.masking.empty or "masking" in a.capabilities)
+            ]
             if not candidates:
                 if tried:
                     raise AgentLostError(

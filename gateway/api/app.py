@@ -553,7 +553,19 @@ def build_app(deps: ApiDeps) -> FastAPI:
                     "duration_ms": result.get("duration_ms"),
                 }
             )
-        return {**_session_json(record), "statements": statements}
+        masked: dict[tuple[str, str], int] = {}  # values masked at the agent
+        for e in events:
+            if e.kind == "pg.masked":
+                for c in e.data.get("counts", []):
+                    key = (c["column"], c["detector"])
+                    masked[key] = masked.get(key, 0) + int(c["count"])
+        return {
+            **_session_json(record),
+            "statements": statements,
+            "masked": [
+                {"column": c, "detector": d, "count": n} for (c, d), n in sorted(masked.items())
+            ],
+        }
 
     @app.get("/v1/audit")
     async def list_audit(

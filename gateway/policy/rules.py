@@ -54,6 +54,7 @@ from gateway.policy.approval import ReviewTerms
 from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, UnparsableSQL
 from gateway.policy.facts import statement_facts as _statement_facts
 from gateway.policy.grants import AccessPolicy
+from gateway.policy.masking import MaskingRuleConfig
 
 POLICY_SQLSTATE = "42501"  # insufficient_privilege, as for read-only refusals
 
@@ -130,6 +131,7 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     rules: list[Rule] = Field(default_factory=list)
     guarded_connections: list[str] = Field(default_factory=list)
+    masking: list[MaskingRuleConfig] = Field(default_factory=list)  # gateway/policy/masking.py
 
     @model_validator(mode="after")
     def _unique(self) -> PolicyConfig:

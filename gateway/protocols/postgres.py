@@ -24,7 +24,8 @@ at its Sync for Parse) and audited as `pg.refused`; the session goes on. A refus
 a batch whose start the server already holds cannot be answered in order: the session ends
 with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
 by the BackendKeyData the gateway handed out to the agent serving that session, which
-replays it to the server with the real key.
+replays it to the server with the real key. Masking happens at the agent; the counts it
+reports beside the data are audited as `pg.masked`.
 
 Approvals: a statement the guardrails send to review (`effect: review`) is held, not
 refused. The client stays connected and at once receives a NoticeResponse naming the review
@@ -96,7 +97,13 @@ from shared.pgwire.startup import (
     startup_packet_length,
 )
 from shared.tunnel.frames import ResetCode, SignalKind
-from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
+from shared.tunnel.stream import (
+    DataReceived,
+    MaskReported,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -701,6 +708,17 @@ class PostgresFrontDoor:
                     progress.set()
                     if finished:
                         record_finished(finished)
+                elif isinstance(event, MaskReported):
+                    # Counts from the agent, which masked before the data left it.
+                    audit.submit(
+                        "pg.masked",
+                        actor=user,
+                        session_id=session.id,
+                        connection=session.connection.name,
+                        counts=[
+                            {"column": c, "detector": d, "count": n} for c, d, n in event.counts
+                        ],
+                    )
                 elif isinstance(event, RemoteClosed):
                     return None
                 elif isinstance(event, SessionReset):

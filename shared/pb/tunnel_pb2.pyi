@@ -32,6 +32,25 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _MaskStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MaskStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MaskStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MASK_STRATEGY_UNSPECIFIED: _MaskStrategy.ValueType  # 0
+    MASK_STRATEGY_REDACT: _MaskStrategy.ValueType  # 1
+    MASK_STRATEGY_PARTIAL: _MaskStrategy.ValueType  # 2
+    MASK_STRATEGY_TOKEN: _MaskStrategy.ValueType  # 3
+
+class MaskStrategy(_MaskStrategy, metaclass=_MaskStrategyEnumTypeWrapper): ...
+
+MASK_STRATEGY_UNSPECIFIED: MaskStrategy.ValueType  # 0
+MASK_STRATEGY_REDACT: MaskStrategy.ValueType  # 1
+MASK_STRATEGY_PARTIAL: MaskStrategy.ValueType  # 2
+MASK_STRATEGY_TOKEN: MaskStrategy.ValueType  # 3
+Global___MaskStrategy: _TypeAlias = MaskStrategy  # noqa: Y015
+
 class _SignalKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -385,6 +404,7 @@ class Target(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    MASKING_FIELD_NUMBER: _builtins.int
     connection: _builtins.str
     """the connection's name, for errors and logs"""
     type: _builtins.str
@@ -395,6 +415,10 @@ class Target(_message.Message):
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def secrets(self) -> _containers.MessageMap[_builtins.str, Global___Secret]: ...
+    @_builtins.property
+    def masking(self) -> Global___Masking:
+        """result masking the agent applies; unset: none"""
+
     def __init__(
         self,
         *,
@@ -404,14 +428,83 @@ class Target(_message.Message):
         port: _builtins.int = ...,
         options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         secrets: _abc.Mapping[_builtins.str, Global___Secret] | None = ...,
+        masking: Global___Masking | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["masking", b"masking"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "host", b"host", "options", b"options", "port", b"port", "secrets", b"secrets", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "host", b"host", "masking", b"masking", "options", b"options", "port", b"port", "secrets", b"secrets", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Target: _TypeAlias = Target  # noqa: Y015
+
+@_typing.final
+class Masking(_message.Message):
+    """The masking rules resolved by the gateway for this session's identity and
+    connection. token_key is the HMAC key of the token strategy (derived per
+    connection); like a secret it is never logged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    TOKEN_KEY_FIELD_NUMBER: _builtins.int
+    token_key: _builtins.bytes
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskingRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___MaskingRule] | None = ...,
+        token_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "token_key", b"token_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Masking: _TypeAlias = Masking  # noqa: Y015
+
+@_typing.final
+class MaskingRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    DETECTORS_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    strategy: Global___MaskStrategy.ValueType
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """lower-case globs: column, table.column, schema.table.column"""
+
+    @_builtins.property
+    def detectors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """built-in detector names"""
+
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """custom regular expressions"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        strategy: Global___MaskStrategy.ValueType = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        detectors: _abc.Iterable[_builtins.str] | None = ...,
+        patterns: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "detectors", b"detectors", "name", b"name", "patterns", b"patterns", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskingRule: _TypeAlias = MaskingRule  # noqa: Y015
 
 @_typing.final
 class Secret(_message.Message):
@@ -453,6 +546,7 @@ class SessionFrame(_message.Message):
     CLOSE_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    MASK_REPORT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
@@ -465,6 +559,8 @@ class SessionFrame(_message.Message):
     def reset(self) -> Global___Reset: ...
     @_builtins.property
     def signal(self) -> Global___Signal: ...
+    @_builtins.property
+    def mask_report(self) -> Global___MaskReport: ...
     def __init__(
         self,
         *,
@@ -474,16 +570,66 @@ class SessionFrame(_message.Message):
         close: Global___Close | None = ...,
         reset: Global___Reset | None = ...,
         signal: Global___Signal | None = ...,
+        mask_report: Global___MaskReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset", "signal", "mask_report"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___SessionFrame: _TypeAlias = SessionFrame  # noqa: Y015
+
+@_typing.final
+class MaskReport(_message.Message):
+    """Agent -> gateway, beside the data: how many values the agent masked since its last
+    report, per column and detector ("column" for a whole-column rule). Never values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskCount]: ...
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___MaskCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskReport: _TypeAlias = MaskReport  # noqa: Y015
+
+@_typing.final
+class MaskCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    detector: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        detector: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "count", b"count", "detector", b"detector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskCount: _TypeAlias = MaskCount  # noqa: Y015
 
 @_typing.final
 class SessionHello(_message.Message):

@@ -11,6 +11,8 @@ The map:
 - ``backend``  server-to-client messages, ``decode_backend``, and encoders for what a gateway
                synthesizes (``error_response``, ``authentication_ok``, ``ready_for_query``...).
 - ``auth``     client-side MD5 and SCRAM-SHA-256(-PLUS), ``tls_server_end_point``.
+- ``masking``  ``ResultMasker``: rewrites server-to-client bytes as they stream (DataRow, COPY
+               out, error texts) with ``shared.masking`` rules; the agent drives it.
 - ``errors``   ``RemoteProtocolError`` (the peer is at fault), ``LocalProtocolError`` (we are),
                ``AuthenticationFailed``; all are ``PgProtocolError``.
 

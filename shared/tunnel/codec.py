@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from shared.masking.spec import MaskRule, MaskSpec, Strategy
 from shared.pb import tunnel_pb2 as pb
 from shared.tunnel.frames import (
     AgentControl,
@@ -17,6 +18,7 @@ from shared.tunnel.frames import (
     GatewayControl,
     Goodbye,
     Hello,
+    MaskReport,
     OpenResult,
     OpenSession,
     Ping,
@@ -68,6 +70,9 @@ def encode_session(frame: SessionFrame) -> pb.SessionFrame:
     if isinstance(frame, Signal):
         kind = cast("pb.SignalKind.ValueType", int(frame.kind))
         return pb.SessionFrame(signal=pb.Signal(kind=kind))
+    if isinstance(frame, MaskReport):
+        counts = [pb.MaskCount(column=c, detector=d, count=n) for c, d, n in frame.counts]
+        return pb.SessionFrame(mask_report=pb.MaskReport(counts=counts))
     return pb.SessionFrame(hello=pb.SessionHello(session_id=frame.session_id))
 
 
@@ -80,6 +85,9 @@ _SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
     ),
     "hello": lambda m: SessionHello(m.hello.session_id),
     "signal": lambda m: Signal(_signal_kind(m.signal.kind)),
+    "mask_report": lambda m: MaskReport(
+        tuple((c.column, c.detector, c.count) for c in m.mask_report.counts)
+    ),
 }
 
 
@@ -140,7 +148,7 @@ def _encode_target(t: Target) -> pb.Target:
         name: pb.Secret(reference=v) if isinstance(v, str) else pb.Secret(value=v)
         for name, v in t.secrets.items()
     }
-    return pb.Target(
+    target = pb.Target(
         connection=t.connection,
         type=t.type,
         host=t.host,
@@ -148,6 +156,38 @@ def _encode_target(t: Target) -> pb.Target:
         options=dict(t.options),
         secrets=secrets,
     )
+    if not t.masking.empty:
+        target.masking.CopyFrom(_encode_masking(t.masking))
+    return target
+
+
+def _encode_masking(spec: MaskSpec) -> pb.Masking:
+    return pb.Masking(
+        rules=[
+            pb.MaskingRule(
+                name=r.name,
+                strategy=cast("pb.MaskStrategy.ValueType", int(r.strategy)),
+                columns=list(r.columns),
+                detectors=list(r.detectors),
+                patterns=list(r.patterns),
+            )
+            for r in spec.rules
+        ],
+        token_key=spec.token_key,
+    )
+
+
+def _decode_masking(m: pb.Masking) -> MaskSpec:
+    rules = []
+    for r in m.rules:
+        try:
+            strategy = Strategy(r.strategy)
+        except ValueError:
+            raise FrameError(f"masking rule {r.name!r} has an unknown strategy") from None
+        rules.append(
+            MaskRule(r.name, strategy, tuple(r.columns), tuple(r.detectors), tuple(r.patterns))
+        )
+    return MaskSpec(tuple(rules), m.token_key)
 
 
 def _decode_target(t: pb.Target) -> Target:
@@ -160,7 +200,8 @@ def _decode_target(t: pb.Target) -> Target:
             secrets[name] = s.value
         else:
             raise FrameError(f"secret {name!r} has neither a reference nor a value")
-    return Target(t.connection, t.type, t.host, t.port, dict(t.options), secrets)
+    masking = _decode_masking(t.masking) if t.HasField("masking") else MaskSpec()
+    return Target(t.connection, t.type, t.host, t.port, dict(t.options), secrets, masking)
 
 
 def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:

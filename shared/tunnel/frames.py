@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.masking.spec import MaskSpec
+
 PROTOCOL_VERSION = 1
 # One Data frame carries at most this much; larger writes are split. gRPC's own message
 # limit is set above this (see MAX_GRPC_MESSAGE) so an oversized frame is a clean reset.
@@ -79,6 +81,8 @@ class Target:
     # str: a reference the agent resolves ("env:NAME", "file:PATH"); bytes: the value itself,
     # decrypted by the gateway for this one session.
     secrets: Mapping[str, str | bytes] = field(default_factory=dict)
+    # Result masking for this session (rules resolved by the gateway); empty: none.
+    masking: MaskSpec = field(default_factory=MaskSpec)
 
     def __repr__(self) -> str:  # secrets never reach a log line through repr
         return (
@@ -140,4 +144,11 @@ class Signal:
     kind: SignalKind
 
 
-SessionFrame = SessionHello | OpenResult | Data | Close | Reset | Signal
+@dataclass(frozen=True, slots=True)
+class MaskReport:
+    """Agent -> gateway: values masked since the last report, (column, detector, count)."""
+
+    counts: tuple[tuple[str, str, int], ...]
+
+
+SessionFrame = SessionHello | OpenResult | Data | Close | Reset | Signal | MaskReport

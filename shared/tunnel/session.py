@@ -13,6 +13,8 @@ Rules this machine keeps:
    answers with a Reset(PROTOCOL_ERROR) to send and finishes.
 5. Trying to send what the rules forbid is OUR bug: LocalProtocolError, nothing is sent.
 6. Signal (e.g. cancel) goes gateway -> agent only, while open, in either half-closed state.
+7. MaskReport goes agent -> gateway only, in the agent's data direction (open, before its
+   Close), so counts arrive in order with the data they describe.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shared.tunnel.frames import (
     MAX_PAYLOAD,
     Close,
     Data,
+    MaskReport,
     OpenResult,
     Reset,
     ResetCode,
@@ -79,6 +82,11 @@ class SignalReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class MaskReported:
+    counts: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReset:
     """The session ended abnormally; `by_peer` is False when we detected the fault."""
 
@@ -87,7 +95,9 @@ class SessionReset:
     by_peer: bool = True
 
 
-Event = Opened | OpenFailed | DataReceived | RemoteClosed | SignalReceived | SessionReset
+Event = (
+    Opened | OpenFailed | DataReceived | RemoteClosed | SignalReceived | MaskReported | SessionReset
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +174,10 @@ class SessionState:
                     f"Data frame of {len(frame.payload)} bytes exceeds {MAX_PAYLOAD}"
                 )
             return Outcome(events=(DataReceived(frame.payload),))
+        if isinstance(frame, MaskReport):
+            if self.role is not Role.GATEWAY:
+                return self.violation("MaskReport sent to the agent")
+            return Outcome(events=(MaskReported(frame.counts),))
         if isinstance(frame, Close):
             self.remote_closed = True
             self._finish_if_done()
@@ -188,6 +202,11 @@ class SessionState:
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError("payload larger than MAX_PAYLOAD; split it")
         return Data(payload)
+
+    def send_mask_report(self, counts: tuple[tuple[str, str, int], ...]) -> MaskReport:
+        if self.role is not Role.AGENT or not self.can_send_data:
+            raise LocalProtocolError("only the agent reports masking, while its data flows")
+        return MaskReport(counts)
 
     def send_signal(self, kind: SignalKind) -> Signal:
         if self.role is not Role.GATEWAY or self.phase is not Phase.OPEN:

@@ -24,6 +24,7 @@ from shared.tunnel.frames import (
 from shared.tunnel.session import (
     DataReceived,
     Event,
+    MaskReported,
     Opened,
     OpenFailed,
     RemoteClosed,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DataReceived",
     "Event",
+    "MaskReported",
     "OpenFailed",
     "Opened",
     "RemoteClosed",
@@ -198,6 +200,11 @@ class TunnelStream:
             chunk = bytes(view[start : start + MAX_PAYLOAD])
             await self._write(self.state.send_data(chunk))
             self.bytes_out += len(chunk)
+
+    async def send_mask_report(self, counts: tuple[tuple[str, str, int], ...]) -> None:
+        if self.state.finished:
+            raise self._closed_error()
+        await self._write(self.state.send_mask_report(counts))
 
     async def send_signal(self, kind: SignalKind) -> None:
         await self._write(self.state.send_signal(kind))

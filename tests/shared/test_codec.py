@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.masking.spec import MaskRule, MaskSpec, Strategy
 from shared.pb import tunnel_pb2 as pb
 from shared.tunnel.codec import (
     FrameError,
@@ -26,6 +27,7 @@ from shared.tunnel.frames import (
     Data,
     Goodbye,
     Hello,
+    MaskReport,
     OpenResult,
     OpenSession,
     Ping,
@@ -50,6 +52,22 @@ session_frames = st.one_of(
     st.just(Close()),
     st.builds(Reset, codes, text),
     st.builds(Signal, st.sampled_from(list(SignalKind))),
+    st.builds(MaskReport, st.lists(st.tuples(text, text, u64), max_size=4).map(tuple)),
+)
+mask_specs = st.builds(
+    MaskSpec,
+    st.lists(
+        st.builds(
+            MaskRule,
+            text,
+            st.sampled_from(list(Strategy)),
+            st.lists(text, max_size=3).map(tuple),
+            st.lists(text, max_size=3).map(tuple),
+            st.lists(text, max_size=2).map(tuple),
+        ),
+        max_size=3,
+    ).map(tuple),
+    st.binary(max_size=32),
 )
 targets = st.builds(
     Target,
@@ -59,6 +77,7 @@ targets = st.builds(
     st.integers(min_value=0, max_value=65535),
     st.dictionaries(text, text, max_size=3),
     st.dictionaries(text, st.one_of(text, st.binary(max_size=32)), max_size=3),
+    mask_specs,
 )
 
 
@@ -104,6 +123,10 @@ def test_gateway_control_round_trips(frame: object) -> None:
         assert decoded.session_id == frame.session_id
         assert dict(decoded.target.secrets) == dict(frame.target.secrets)
         assert dict(decoded.target.options) == dict(frame.target.options)
+        # An empty spec travels as "unset": the agent's fast path.
+        assert decoded.target.masking.rules == frame.target.masking.rules
+        if frame.target.masking.rules:
+            assert decoded.target.masking == frame.target.masking
     else:
         assert decoded == frame
 
@@ -125,6 +148,17 @@ def test_empty_frame_is_an_error() -> None:
 def test_target_repr_never_shows_secret_values() -> None:
     t = Target("db", "postgres", "h", 5432, {}, {"password": b"hunter2", "token": "env:TOK"})
     assert "hunter2" not in repr(t) and "env:TOK" not in repr(t)
+    spec = MaskSpec((MaskRule("r", Strategy.TOKEN, ("email",)),), b"token-key-bytes")
+    assert "token-key-bytes" not in repr(spec)
+
+
+def test_masking_rule_with_an_unknown_strategy_is_a_frame_error() -> None:
+    target = pb.Target(connection="db", type="postgres")
+    target.masking.rules.add(name="r", strategy=cast("pb.MaskStrategy.ValueType", 99))
+    with pytest.raises(FrameError):
+        decode_gateway_control(
+            pb.GatewayControl(open_session=pb.OpenSession(session_id="s", target=target))
+        )
 
 
 DECODERS: list[tuple[Any, Callable[[Any], object]]] = [

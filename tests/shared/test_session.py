@@ -130,3 +130,23 @@ def test_cancel_signal_goes_gateway_to_agent_only_even_after_half_close() -> Non
         a.send_signal(SignalKind.CANCEL)
     out = opened_gateway().receive(Signal(SignalKind.CANCEL))
     assert out.reply is not None and out.reply.code is ResetCode.PROTOCOL_ERROR
+
+
+def test_mask_report_goes_agent_to_gateway_with_the_data() -> None:
+    from shared.tunnel.frames import MaskReport
+    from shared.tunnel.session import MaskReported
+
+    agent = opened_agent()
+    report = agent.send_mask_report((("users.email", "column", 3),))
+    gateway = opened_gateway()
+    assert gateway.receive(report).events == (MaskReported((("users.email", "column", 3),)),)
+    # The wrong direction is a protocol error, and nothing follows the agent's Close.
+    assert agent.receive(MaskReport(())).reply == Reset(
+        ResetCode.PROTOCOL_ERROR, "MaskReport sent to the agent"
+    )
+    closing = opened_agent()
+    closing.send_close()
+    with pytest.raises(LocalProtocolError):
+        closing.send_mask_report(())
+    gateway.receive(Close())
+    assert gateway.receive(MaskReport(())).reply is not None

@@ -1,0 +1,464 @@
+"""Masking of server-to-client PostgreSQL bytes, as they stream (sans-I/O).
+
+`ResultMasker.feed(bytes) -> bytes` takes the server's bytes in chunks of any size and
+returns what may go to the client. Rules it keeps:
+
+1. Framing is its own: a partial message waits in a carry buffer. Messages it does not
+   rewrite (ParameterStatus, ParseComplete, CopyInResponse, ...) are passed on at once,
+   even in pieces, never buffered whole. A message it must rewrite (RowDescription,
+   DataRow, CopyData in copy-out, ErrorResponse, NoticeResponse, NotificationResponse,
+   FunctionCallResponse) is buffered whole up to `max_message` bytes; a bigger one ends the
+   session with FATAL 54000 (program_limit_exceeded) instead of being held or passed
+   unmasked, and nothing more is forwarded (`failed`).
+2. RowDescription names each column's type OID and format; the DataRows that follow are
+   rewritten with `shared.masking.Masker`: lengths recomputed, NULLs kept NULL, text-like
+   values (text, varchar, bpchar, name, json/jsonb, xml, and in text format arrays,
+   records and user types) masked in place, other types given a type-valid value or NULL
+   (see `shared.masking.values`). Binary int2/4/8 are scanned as their decimal digits.
+   A DataRow with no RowDescription before it (a portal re-executed after
+   PortalSuspended keeps the last one; a client that skips Describe gets none) is masked
+   blind: values with a detector hit, and every value when column rules apply, become NULL.
+   After Describe(statement) the formats are unknown (Bind chooses them later): values of
+   covered non-text columns are then withheld (NULL) rather than guessed.
+3. Column rules match by name and by catalog identity: `catalog` maps (table OID,
+   attribute number) to `table.column` / `schema.table.column` for every table column whose
+   name the rules' globs can match, so an alias does not escape a rule. A table column the
+   catalog does not list (a table created after the lookup) matches `table.column` rules on
+   its column name alone: over-masking rather than leaking.
+4. COPY TO STDOUT carries no column names. Rules without columns (pure detectors) scan each
+   text/CSV row as one line (replacements contain no delimiter, quote or newline) and null
+   binary-format fields with a hit. When a rule with columns applies, the rows are dropped
+   and the copy ends with ErrorResponse 42501 instead of CopyDone (fail closed).
+5. ErrorResponse/NoticeResponse texts and notification payloads go through the detectors:
+   a constraint error's DETAIL quotes the offending value.
+6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
+   ReadyForQuery that follows masking, `report_due` is set for the driver to send them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Mapping
+
+from shared.masking.spec import Strategy
+from shared.masking.values import (
+    INT_WIDTH,
+    JSON_OID,
+    JSONB_OID,
+    REDACTED,
+    STRICT_OIDS,
+    TEXT_OIDS,
+    ColumnPlan,
+    Counts,
+    Masker,
+)
+from shared.pgwire.backend import error_response
+
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+_HEAD = struct.Struct("!cI")
+_I32 = struct.Struct("!i")
+_U16 = struct.Struct("!H")
+_I16 = struct.Struct("!h")
+_FIELD_TAIL = struct.Struct("!IhIhih")
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+# Messages rewritten whole; d (CopyData) only while a copy-out runs.
+_INSPECTED = frozenset(b"TDHdcCEIZNAVs")
+_USER_OID_MIN = 16384
+SQLSTATE_TOO_BIG = "54000"
+SQLSTATE_COPY_REFUSED = "42501"
+
+
+class MaskingFailed(Exception):
+    """The server's bytes cannot be masked safely; the session must end."""
+
+
+class _Column:
+    __slots__ = ("binary", "oid", "plan")
+
+    # binary None: unknown. A RowDescription answering Describe(statement) (it follows a
+    # ParameterDescription) says text for every column; the Bind that follows may ask for
+    # binary results all the same.
+    def __init__(self, plan: ColumnPlan, oid: int, binary: bool | None) -> None:
+        self.plan = plan
+        self.oid = oid
+        self.binary = binary
+
+
+def _encode(type_: bytes, body: bytes) -> bytes:
+    return _HEAD.pack(type_, len(body) + 4) + body
+
+
+class ResultMasker:
+    def __init__(
+        self,
+        masker: Masker,
+        *,
+        catalog: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.masker = masker
+        self.max_message = max_message
+        self._catalog = catalog or {}
+        self._buf = bytearray()
+        self._passthrough = 0  # bytes of an uninspected message still to pass on
+        self._columns: list[_Column] | None = None
+        self._rows_active = bool(masker.spec.rules)  # blind until a RowDescription
+        self._copy: str | None = None  # "text" | "binary" | "refused" during copy-out
+        self._copy_header = False
+        self._column_rules = any(r.columns for r in masker.spec.rules)
+        self.report_due = False
+        self.failed: str | None = None
+        self._blind = masker.everywhere
+        self._prev_type = 0  # type byte of the last message passed
+
+    # ---- driver interface ------------------------------------------------------------
+
+    def take_counts(self) -> Counts:
+        counts = self.masker.counts
+        self.masker.counts = Counter()
+        self.report_due = False
+        return counts
+
+    def take_report(self) -> tuple[tuple[str, str, int], ...]:
+        """The counts since the last report, as (column, detector, count), sorted."""
+        return tuple(sorted((c, d, n) for (c, d), n in self.take_counts().items()))
+
+    def feed(self, data: bytes) -> bytes:
+        if self.failed is not None:
+            return b""
+        out: list[bytes] = []
+        start = 0
+        if self._passthrough:
+            start = min(self._passthrough, len(data))
+            out.append(data[:start])
+            self._passthrough -= start
+        buf = self._buf
+        buf += memoryview(data)[start:]
+        pos = 0
+        try:
+            while len(buf) - pos >= 5:
+                type_byte = buf[pos]
+                length = _I32.unpack_from(buf, pos + 1)[0]
+                if length < 4:
+                    raise MaskingFailed(f"server message of impossible length {length}")
+                total = length + 1
+                inspected = type_byte in _INSPECTED and not (
+                    (type_byte == 0x44 and not self._rows_active)  # D with nothing to mask
+                    or (type_byte == 0x64 and self._copy is None)  # d outside copy-out
+                )
+                if not inspected:
+                    take = min(total, len(buf) - pos)
+                    out.append(bytes(buf[pos : pos + take]))
+                    pos += take
+                    self._passthrough = total - take
+                    self._prev_type = type_byte
+                    continue
+                if length - 4 > self.max_message:
+                    raise MaskingFailed(
+                        f"a server message of {length - 4} bytes exceeds the masking limit "
+                        f"of {self.max_message} bytes"
+                    )
+                if len(buf) - pos < total:
+                    break
+                body = bytes(buf[pos + 5 : pos + total])
+                raw_end = pos + total
+                rewritten = self._message(bytes((type_byte,)), body)
+                out.append(bytes(buf[pos:raw_end]) if rewritten is None else rewritten)
+                pos = raw_end
+                self._prev_type = type_byte
+        except (MaskingFailed, struct.error, IndexError, ValueError) as exc:
+            self.failed = str(exc)
+            self._buf.clear()
+            out.append(
+                error_response(
+                    SQLSTATE_TOO_BIG if "limit" in str(exc) else "XX000",
+                    f"wardgate masking: {exc}",
+                    severity="FATAL",
+                )
+            )
+            return b"".join(out)
+        del buf[:pos]
+        return b"".join(out)
+
+    # ---- messages --------------------------------------------------------------------
+
+    def _message(self, type_: bytes, body: bytes) -> bytes | None:
+        """The rewritten message, or None to pass the original."""
+        if type_ == b"D":
+            return self._data_row(body)
+        if type_ == b"T":
+            self._describe(body)
+            return None
+        if type_ == b"d":
+            return self._copy_data(body)
+        if type_ == b"H":
+            self._copy = "binary" if body[:1] == b"\x01" else "text"
+            self._copy_header = False
+            if self._column_rules:
+                self._copy = "refused"
+            return None
+        if type_ == b"c":
+            if self._copy == "refused":
+                return b""  # the ErrorResponse at CommandComplete replaces CopyDone too
+            self._copy = None
+            return None
+        if type_ == b"C":
+            if self._copy == "refused":
+                self._copy = None
+                self._end_result()
+                return error_response(
+                    SQLSTATE_COPY_REFUSED,
+                    "wardgate masking: COPY TO cannot apply column masking rules "
+                    "(COPY output names no columns); use SELECT",
+                    severity="ERROR",
+                )
+            self._copy = None
+            self._end_result()
+            return None
+        if type_ in (b"E", b"N"):
+            if type_ == b"E":
+                self._copy = None
+                self._end_result()
+            return self._report_fields(type_, body)
+        if type_ in (b"I",):
+            self._end_result()
+            return None
+        if type_ == b"Z":
+            self._end_result()
+            if self.masker.counts:
+                self.report_due = True
+            return None
+        if type_ == b"A":
+            return self._notification(body)
+        if type_ == b"V":
+            return self._function_result(body)
+        return None  # s: PortalSuspended keeps the description for the next Execute
+
+    def _end_result(self) -> None:
+        self._columns = None
+        self._rows_active = bool(self.masker.spec.rules)  # blind until described
+
+    def _describe(self, body: bytes) -> None:
+        count = _U16.unpack_from(body, 0)[0]
+        pos = 2
+        columns: list[_Column] = []
+        formats_known = self._prev_type != 0x74  # not after ParameterDescription
+        for _ in range(count):
+            end = body.index(b"\0", pos)
+            name = body[pos:end].decode("utf-8", "replace").lower()
+            table, attnum, oid, _size, _mod, fmt = _FIELD_TAIL.unpack_from(body, end + 1)
+            pos = end + 1 + _FIELD_TAIL.size
+            qualified = self._catalog.get((table, attnum), ())
+            # A table column the catalog lookup did not list: its table (or this column) is
+            # newer than the lookup, so `table.column` rules match on the column alone.
+            loose = table != 0 and not qualified
+            plan = self.masker.plan(name, qualified, loose=loose)
+            columns.append(_Column(plan, oid, fmt == 1 if formats_known else None))
+        if pos != len(body):
+            raise MaskingFailed("RowDescription with trailing bytes")
+        self._columns = columns
+        self._rows_active = any(c.plan.active for c in columns)
+
+    # ---- rows ------------------------------------------------------------------------
+
+    def _data_row(self, body: bytes) -> bytes | None:
+        count = _U16.unpack_from(body, 0)[0]
+        columns = self._columns
+        if columns is not None and len(columns) != count:
+            raise MaskingFailed(
+                f"DataRow of {count} columns after a RowDescription of {len(columns)}"
+            )
+        pos = 2
+        n = len(body)
+        parts: list[bytes] = [body[:2]]
+        changed = False
+        for index in range(count):
+            size = _I32.unpack_from(body, pos)[0]
+            pos += 4
+            if size == -1:
+                parts.append(b"\xff\xff\xff\xff")
+                continue
+            if not 0 <= size <= n - pos:
+                raise MaskingFailed(f"DataRow column {index}: length {size} runs past the body")
+            raw = body[pos : pos + size]
+            pos += size
+            if columns is None:
+                new = self._blind_value(raw)
+            else:
+                column = columns[index]
+                new = self._value(raw, column) if column.plan.active else raw
+            if new is raw:
+                parts.append(body[pos - size - 4 : pos])
+                continue
+            changed = True
+            parts.append(b"\xff\xff\xff\xff" if new is None else _I32.pack(len(new)) + new)
+        if pos != n:
+            raise MaskingFailed("DataRow with trailing bytes")
+        return _encode(b"D", b"".join(parts)) if changed else None
+
+    def _blind_value(self, raw: bytes) -> bytes | None:
+        if self._column_rules:
+            self.masker.counts[("?", "column")] += 1
+            return None
+        return self._unknown_format(raw, self._blind)
+
+    def _value(self, raw: bytes, column: _Column) -> bytes | None:
+        masker = self.masker
+        plan = column.plan
+        oid = column.oid
+        if column.binary is None:
+            if oid in TEXT_OIDS or oid == JSON_OID:
+                binary = False  # the same bytes in either format
+            elif oid == JSONB_OID:
+                binary = raw[:1] == b"\x01"  # jsonb text never starts with a control byte
+            else:
+                return self._unknown_format(raw, plan)
+        else:
+            binary = column.binary
+        json = oid in (JSON_OID, JSONB_OID)
+        stringy = oid in TEXT_OIDS or json or (not binary and oid not in STRICT_OIDS)
+        if binary and oid == JSONB_OID:
+            if raw[:1] != b"\x01":
+                stringy = False  # a jsonb version we cannot read: typed (NULL) masks only
+            prefix, raw_text = b"\x01", raw[1:]
+        else:
+            prefix, raw_text = b"", raw
+        if plan.whole is not None:
+            rule = plan.whole
+            whole_string = oid in TEXT_OIDS or json or (not binary and oid >= _USER_OID_MIN)
+            masker.counts[(plan.label, "column")] += 1
+            if whole_string and stringy:
+                text = raw_text.decode("utf-8", "surrogateescape")
+                repl = masker.replacement(text, rule.strategy, "column")
+                if json:
+                    repl = f'"{repl}"'
+                return prefix + repl.encode()
+            return masker.typed_mask(oid, raw, rule.strategy, binary)
+        if stringy:
+            text = raw_text.decode("utf-8", "surrogateescape")
+            # JSON cast to text (and array literals, which quote alike) keep their syntax too.
+            structured = json or (text[:1] in ("{", "[") and text[-1:] in ("}", "]"))
+            new, hit = masker.scan_text(text, plan, json=structured)
+            if hit is None:
+                return raw
+            return prefix + new.encode("utf-8", "surrogateescape")
+        if binary and oid in INT_WIDTH:
+            text = str(int.from_bytes(raw, "big", signed=True))
+        else:
+            text = raw.decode("utf-8", "surrogateescape")
+        _new, hit = masker.scan_text(text, plan)
+        if hit is None:
+            return raw
+        return masker.typed_mask(oid, raw, hit.strategy, binary)
+
+    def _unknown_format(self, raw: bytes, plan: ColumnPlan) -> bytes | None:
+        """A value whose format we cannot tell: withheld when a rule covers it."""
+        if plan.whole is not None:
+            self.masker.counts[(plan.label, "column")] += 1
+            return None
+        _text, hit = self.masker.scan_text(raw.decode("utf-8", "surrogateescape"), plan)
+        return None if hit is not None else raw
+
+    # ---- COPY ------------------------------------------------------------------------
+
+    def _copy_data(self, body: bytes) -> bytes | None:
+        if self._copy == "refused":
+            return b""
+        if self._copy == "text":
+            text = body.decode("utf-8", "surrogateescape")
+            new, hit = self.masker.scan_text(text, self._copy_plan())
+            return None if hit is None else _encode(b"d", new.encode("utf-8", "surrogateescape"))
+        return self._binary_copy(body)
+
+    def _copy_plan(self) -> ColumnPlan:
+        return ColumnPlan("copy", None, self._blind.scan)
+
+    def _binary_copy(self, body: bytes) -> bytes | None:
+        pos = 0
+        parts: list[bytes] = []
+        if not self._copy_header:
+            if not body.startswith(_COPY_SIGNATURE):
+                raise MaskingFailed("binary COPY without its signature")
+            ext = _I32.unpack_from(body, len(_COPY_SIGNATURE) + 4)[0]
+            pos = len(_COPY_SIGNATURE) + 8 + ext
+            parts.append(body[:pos])
+            self._copy_header = True
+        changed = False
+        plan = self._copy_plan()
+        while pos < len(body):
+            count = _I16.unpack_from(body, pos)[0]
+            parts.append(body[pos : pos + 2])
+            pos += 2
+            if count == -1:
+                continue  # trailer
+            for _ in range(count):
+                size = _I32.unpack_from(body, pos)[0]
+                pos += 4
+                if size == -1:
+                    parts.append(b"\xff\xff\xff\xff")
+                    continue
+                if not 0 <= size <= len(body) - pos:
+                    raise MaskingFailed("binary COPY row split across messages")
+                raw = body[pos : pos + size]
+                pos += size
+                _text, hit = self.masker.scan_text(raw.decode("utf-8", "surrogateescape"), plan)
+                if hit is None:
+                    parts.append(body[pos - size - 4 : pos])
+                else:
+                    parts.append(b"\xff\xff\xff\xff")
+                    changed = True
+        return _encode(b"d", b"".join(parts)) if changed else None
+
+    # ---- texts the server writes -----------------------------------------------------
+
+    def _report_fields(self, type_: bytes, body: bytes) -> bytes | None:
+        if not self._blind.scan:
+            return None
+        label = "error" if type_ == b"E" else "notice"
+        plan = ColumnPlan(label, None, self._blind.scan)
+        parts: list[bytes] = []
+        pos = 0
+        changed = False
+        while body[pos] != 0:
+            code = body[pos : pos + 1]
+            end = body.index(b"\0", pos + 1)
+            value = body[pos + 1 : end]
+            if code not in (b"S", b"V", b"C", b"P", b"p", b"L", b"R", b"F"):
+                new, hit = self.masker.scan_text(value.decode("utf-8", "surrogateescape"), plan)
+                if hit is not None:
+                    value = new.encode("utf-8", "surrogateescape")
+                    changed = True
+            parts.append(code + value + b"\0")
+            pos = end + 1
+        parts.append(b"\0")
+        return _encode(type_, b"".join(parts)) if changed else None
+
+    def _notification(self, body: bytes) -> bytes | None:
+        if not self._blind.scan:
+            return None
+        channel_end = body.index(b"\0", 4)
+        payload_end = body.index(b"\0", channel_end + 1)
+        payload = body[channel_end + 1 : payload_end].decode("utf-8", "surrogateescape")
+        new, hit = self.masker.scan_text(
+            payload, ColumnPlan("notification", None, self._blind.scan)
+        )
+        if hit is None:
+            return None
+        return _encode(
+            b"A", body[: channel_end + 1] + new.encode("utf-8", "surrogateescape") + b"\0"
+        )
+
+    def _function_result(self, body: bytes) -> bytes | None:
+        size = _I32.unpack_from(body, 0)[0]
+        if size == -1:
+            return None
+        if self._column_rules:
+            self.masker.counts[("function", "column")] += 1
+            return _encode(b"V", b"\xff\xff\xff\xff")
+        value = body[4 : 4 + size].decode("utf-8", "surrogateescape")
+        _new, hit = self.masker.scan_text(value, ColumnPlan("function", None, self._blind.scan))
+        return None if hit is None else _encode(b"V", b"\xff\xff\xff\xff")
+
+
+__all__ = ["DEFAULT_MAX_MESSAGE", "REDACTED", "MaskingFailed", "ResultMasker", "Strategy"]
