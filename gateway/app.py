@@ -24,6 +24,7 @@ from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
+from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
@@ -156,7 +157,9 @@ class Gateway:
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
         policy = cfg.access_policy()
-        guardrails = cfg.guardrails()
+        guardrails = PolicySource(store, cfg.policy)  # the store's newest version, seeded
+        await asyncio.to_thread(guardrails.seed)
+        self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
         broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
         self.identity = IdentityService(
@@ -181,6 +184,7 @@ class Gateway:
                 identity=self.identity,
                 guardrails=guardrails,
                 access=policy,
+                policy_source=guardrails,
             )
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
@@ -193,6 +197,7 @@ class Gateway:
             auditor,
             guardrails=guardrails,
             access=policy,
+            budgets=BudgetLedger(store),
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls

@@ -25,6 +25,12 @@ a batch whose start the server already holds cannot be answered in order: the se
 with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
 by the BackendKeyData the gateway handed out to the agent serving that session, which
 replays it to the server with the real key.
+
+The policy is the store's newest version (`gateway.policystore`): a session switches to a new
+version at its next statement, and each recorded statement carries `policy_version`.
+Exfiltration budgets (`gateway.policy.budgets`) count the rows and bytes the client receives;
+a statement on an exhausted budget is refused like a guardrail refusal but with SQLSTATE 53400,
+and a result that crosses a budget is stopped (`ResultStopper`, the server asked to cancel).
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ from dataclasses import dataclass
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
+from gateway.policy.budgets import BUDGET_SQLSTATE, ResultStopper
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
 from gateway.policy.rules import Policy, SessionGuard, subject_for
+from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.sessions import Session, SessionBroker, SessionError
 from shared.pgwire.backend import (
@@ -116,6 +124,8 @@ class Refusal:
     reason: str
     text: str
     rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
+    sqlstate: str = READ_ONLY_SQLSTATE
+    budget: str | None = None  # the exfiltration budget that is exhausted
 
 
 def _refusal(
@@ -208,14 +218,16 @@ class PostgresFrontDoor:
         broker: SessionBroker,
         auditor: Auditor,
         *,
-        guardrails: Policy | None = None,
+        guardrails: Policy | PolicyView | None = None,
         access: AccessPolicy | None = None,
+        budgets: BudgetLedger | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
         self._broker = broker
         self._audit = auditor
-        self._guardrails = guardrails or Policy()
+        self._guardrails = as_view(guardrails)
+        self._budgets = budgets
         self._access = access or AccessPolicy()
         self.cancel_keys = CancelKeys()
 
@@ -434,8 +446,9 @@ class PostgresFrontDoor:
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
         pid, secret = self.cancel_keys.issue(session)
         read_only = session.access == "read-only"
-        guard = self._guard(session)
-        checked = read_only or guard is not None
+        policy = self._session_policy(session)
+        flush_wake = asyncio.Event()  # a statement ended: move budget usage to the store
+        stopper: ResultStopper | None = None  # a result being stopped by a budget
         progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
         audit = self._audit
@@ -455,6 +468,7 @@ class PostgresFrontDoor:
                         protocol=st.protocol,
                         params=st.params,
                         statement=st.statement,
+                        policy_version=policy.version,
                         **({"values": list(st.values)} if st.values is not None else {}),
                     )
                     for st in started
@@ -494,9 +508,11 @@ class PostgresFrontDoor:
                 text=refusal.text,
                 reason=refusal.reason,
                 rules=list(refusal.rules),
+                policy_version=policy.version,
+                **({"budget": refusal.budget} if refusal.budget else {}),
             )
-            writer.write(error_response(READ_ONLY_SQLSTATE, refusal.reason, severity="ERROR"))
-            if message.type != b"P":  # Parse: ReadyForQuery comes at the client's Sync
+            writer.write(error_response(refusal.sqlstate, refusal.reason, severity="ERROR"))
+            if message.type not in (b"P", b"B"):  # ReadyForQuery comes at the client's Sync
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
 
@@ -521,29 +537,48 @@ class PostgresFrontDoor:
                     # Decoded once, for the checks and the recording alike.
                     tracked = message.type[0] in _FRONTEND_TRACKED
                     decoded = decode_frontend(message) if tracked else None
-                    if checked and message.type in _CHECKED:
+                    guard = policy.current()  # a new policy version applies from here on
+                    refusal = None
+                    if (read_only or guard is not None) and message.type in _CHECKED:
                         refusal = _refusal(message.type, decoded, read_only, guard)
-                        if refusal is not None:
-                            if out:
-                                await stream.send_data(b"".join(out))
-                                out.clear()
-                            if message.type == b"P" and not batch_start:
-                                # Part of this batch is already at the server: no answer of
-                                # ours can keep the order, so the session ends, closed.
-                                await audit.record(
-                                    "pg.refused",
-                                    actor=user,
-                                    session_id=session.id,
-                                    connection=session.connection.name,
-                                    text=refusal.text,
-                                    reason=refusal.reason,
-                                    rules=list(refusal.rules),
-                                    ended_session=True,
-                                )
-                                raise StatementRefused(refusal.reason)
-                            await refuse(message, refusal)
-                            discarding = message.type == b"P"
-                            continue
+                    if (
+                        refusal is None
+                        and policy.metered
+                        and (message.type in b"QP" or (message.type == b"B" and batch_start))
+                    ):
+                        exceeded = await policy.exhausted()
+                        if exceeded is not None:
+                            text = str(
+                                getattr(decoded, "text", None) or getattr(decoded, "query", "")
+                            )
+                            refusal = Refusal(
+                                exceeded.message,
+                                text,
+                                sqlstate=BUDGET_SQLSTATE,
+                                budget=exceeded.budget.name,
+                            )
+                    if refusal is not None:
+                        if out:
+                            await stream.send_data(b"".join(out))
+                            out.clear()
+                        if message.type == b"P" and not batch_start:
+                            # Part of this batch is already at the server: no answer of
+                            # ours can keep the order, so the session ends, closed.
+                            await audit.record(
+                                "pg.refused",
+                                actor=user,
+                                session_id=session.id,
+                                connection=session.connection.name,
+                                text=refusal.text,
+                                reason=refusal.reason,
+                                rules=list(refusal.rules),
+                                policy_version=policy.version,
+                                ended_session=True,
+                            )
+                            raise StatementRefused(refusal.reason)
+                        await refuse(message, refusal)
+                        discarding = message.type in (b"P", b"B")
+                        continue
                     if message.type in b"SQ":
                         batch_start = True
                     elif message.type in b"PBDEHC":
@@ -564,7 +599,40 @@ class PostgresFrontDoor:
                 if out:
                     await stream.send_data(b"".join(out))
 
+        async def metered(rows: int, nbytes: int, finished: list[StatementFinished]) -> None:
+            """Count what the client gets against its budgets; stop a result that crosses."""
+            nonlocal stopper
+            crossed = policy.count(rows, nbytes)
+            if finished or crossed is not None:
+                flush_wake.set()
+            if crossed is None:
+                return
+            running = not tracker.idle
+            audit.submit(
+                "budget.exceeded",
+                actor=user,
+                session_id=session.id,
+                connection=session.connection.name,
+                budget=crossed.budget.name,
+                limit=crossed.limit,
+                rows=crossed.usage.rows,
+                bytes=crossed.usage.bytes,
+                stopped=running,
+                policy_version=policy.version,
+            )
+            if running and stopper is None:
+                # From the next message on the client gets no more of this result, and the
+                # server is asked to stop producing it (a late cancel meets an idle server or
+                # a statement this session would refuse anyway).
+                stopper = ResultStopper(
+                    error_response(BUDGET_SQLSTATE, crossed.message, severity="ERROR"),
+                    partial=tracker.partial,
+                )
+                with contextlib.suppress(SessionClosedError):
+                    await stream.send_signal(SignalKind.CANCEL)
+
         async def agent_to_client() -> str | None:
+            nonlocal stopper
             startup = MessageReader()
             in_startup = True
             writer.write(authentication_ok())
@@ -576,7 +644,16 @@ class PostgresFrontDoor:
                         data, in_startup = self._rewrite_startup(startup, data, pid, secret)
                         if not in_startup:
                             data += startup.take_buffered()
-                    finished = tracker.server_data(data) if not in_startup else []
+                    finished: list[StatementFinished] = []
+                    if not in_startup:
+                        if stopper is not None:
+                            data = stopper.feed(data)
+                            if stopper.done:
+                                stopper = None
+                        rows_before = tracker.rows_total
+                        finished = tracker.server_data(data)
+                        if policy.metered:
+                            await metered(tracker.rows_total - rows_before, len(data), finished)
                     writer.write(data)
                     await writer.drain()
                     progress.set()
@@ -591,6 +668,9 @@ class PostgresFrontDoor:
             async with asyncio.TaskGroup() as tg:
                 down = tg.create_task(agent_to_client(), name=f"pg/{session.id}/down")
                 up = tg.create_task(client_to_agent(), name=f"pg/{session.id}/up")
+                flusher = tg.create_task(
+                    policy.run_flusher(flush_wake), name=f"pg/{session.id}/budgets"
+                )
                 error = await down
                 if error is not None:
                     up.cancel()
@@ -604,6 +684,7 @@ class PostgresFrontDoor:
                         await writer.drain()
                 else:
                     await up
+                flusher.cancel()
         except* StatementRefused as group:
             error = str(group.exceptions[0])
             with contextlib.suppress(ConnectionError):
@@ -637,17 +718,19 @@ class PostgresFrontDoor:
             self.cancel_keys.revoke(pid)
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
+            try:
+                await policy.flush()  # the usage outlives the session (and the gateway)
+            except Exception as exc:
+                log.warning("session %s: budget usage not stored: %s", session.id, exc)
             await self._broker.finish(session, error=error)
 
-    def _guard(self, session: Session) -> SessionGuard | None:
-        """The guardrails of this identity on this connection; None when nothing can deny."""
-        if self._guardrails.empty:
-            return None
+    def _session_policy(self, session: Session) -> SessionPolicy:
+        """This identity's guardrails and budgets on this connection, following new versions."""
         identity = session.identity
         subject = subject_for(
             self._access, identity.user, identity.groups, machine=identity.is_machine
         )
-        return self._guardrails.for_session(subject, session.connection.name)
+        return SessionPolicy(self._guardrails, self._budgets, subject, session.connection.name)
 
     @staticmethod
     def _track(tracker: PgTracker, decoded: FrontendMessage) -> list[StatementStarted]:
