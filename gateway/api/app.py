@@ -509,8 +509,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         known = await run(deps.store.get_user, body.user)
         record = await run(deps.store.get_connection, body.connection)
         groups = tuple(body.groups) if body.groups is not None else known.groups if known else ()
+        view = as_view(deps.guardrails)
+        await view.refresh()  # the version in force now, also one applied on another replica
         return explain(
-            as_view(deps.guardrails).policy,
+            view.policy,
             deps.access or AccessPolicy(),
             user=body.user,
             groups=groups,
