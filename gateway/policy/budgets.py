@@ -17,7 +17,7 @@ gateway keeps the usage in the store per (user, connection, budget, day). The ru
    same 53400 error in place of its CommandComplete or ErrorResponse, drops whatever else the
    server says for that batch and passes the ReadyForQuery, so the wire stays valid. The
    server is asked to cancel meanwhile so it stops producing. The overshoot is bounded by
-   what arrived in the same chunk as the crossing (one tunnel message, at most 64 KiB).
+   what arrived in the same chunk as the crossing (one tunnel message, at most 256 KiB).
 5. ``on_exceed`` is ``stop`` for now; ``review`` (hold the statement for an approval) is
    reserved for the approvals work and is rejected until then.
 """

@@ -1,0 +1,196 @@
+"""Exfiltration budgets end to end: real PostgreSQL, gateway and agent processes, psql/psycopg.
+
+A rows budget for `admin` on `pg-rows` stops a 50,000-row result mid-stream (the client gets
+53400 naming the budget, the overshoot stays within one tunnel message), refuses the next
+statements in order while the session keeps answering, and leaves other users and other
+connections alone; the usage survives a gateway restart. A bytes budget on `pg-bytes` stops
+a wide result the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from gateway.crypto import SecretBox
+from shared.tunnel.frames import MAX_PAYLOAD
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+
+pytestmark = pytest.mark.e2e
+
+APP_PASSWORD = "budget-app-secret-Wm5"
+BIG_ROWS = 50_000
+PAD = 100
+ROW_BYTES_MIN = 1 + 4 + 2 + 4 + 1 + 4 + PAD  # a DataRow of (id, pad) at its smallest
+ROWS_LIMIT = 1000
+BYTES_LIMIT = 300_000
+
+POLICY = {
+    "budgets": [
+        {
+            "name": "admin-rows",
+            "match": {"users": ["admin"], "connections": ["pg-rows"]},
+            "rows_per_day": ROWS_LIMIT,
+        },
+        {
+            "name": "admin-bytes",
+            "match": {"users": ["admin"], "connections": ["pg-bytes"]},
+            "bytes_per_day": BYTES_LIMIT,
+        },
+    ]
+}
+ROLES = [
+    {
+        "name": "analysts",
+        "groups": ["analysts"],
+        "grants": [{"connection": "pg-*", "access": "read-only"}],
+    }
+]
+
+
+@dataclass
+class Stack:
+    wg: Wardgate
+    gw: GatewayProc
+
+    def conninfo(self, dbname: str, user: str = "admin", password: str = ADMIN_TOKEN) -> str:
+        return (
+            f"host=127.0.0.1 port={self.gw.public_port} dbname={dbname} user={user} "
+            f"password={password} sslmode=verify-full sslrootcert={self.gw.ca_path}"
+        )
+
+    def psql(self, dbname: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["psql", self.conninfo(dbname), "-X", "-At", "-v", "VERBOSITY=verbose", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def result_of(self, text: str) -> dict[str, Any]:
+        """The pg.result of the last statement with this text."""
+        seqs = [e["seq"] for e in self.gw.audit("pg.statement") if e["data"]["text"] == text]
+        assert seqs, f"no statement {text!r}"
+        results = [
+            e["data"]
+            for e in self.gw.audit("pg.result")
+            if e["data"].get("statement_seq") == seqs[-1]
+        ]
+        assert results, f"no result for {text!r}"
+        return dict(results[-1])
+
+    def usage(self, budget: str) -> dict[str, Any]:
+        with self.gw.api() as api:
+            rows = api.get("/v1/budgets/usage", params={"user": "admin"}).json()
+        return next(r for r in rows if r["budget"] == budget)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Stack]:
+    with postgres_server.connect() as admin:
+        admin.execute(sql.SQL("drop database if exists budgetapp"))
+        admin.execute(sql.SQL("drop role if exists budget_app"))
+        admin.execute(
+            sql.SQL("create role budget_app login password {}").format(sql.Literal(APP_PASSWORD))
+        )
+        admin.execute(sql.SQL("create database budgetapp owner budget_app"))
+    db = dataclasses.replace(postgres_server, dbname="budgetapp")
+    with psycopg.connect(db.dsn(), autocommit=True) as conn:
+        conn.execute("set role budget_app")
+        conn.execute("create table big (id int primary key, pad text)")
+        conn.execute(
+            "insert into big select i, repeat('x', %s) from generate_series(1, %s) i",
+            (PAD, BIG_ROWS),
+        )
+    wg = Wardgate(tmp_path_factory.mktemp("budgets"))
+    try:
+        gw = wg.gateway(secret_key=SecretBox.generate_key(), policy=POLICY, roles=ROLES)
+        wg.agent(gw, gw.create_agent("default"), wait="default")
+        for name in ("pg-rows", "pg-bytes", "pg-free"):
+            gw.create_connection(
+                name=name,
+                type="postgres",
+                host="127.0.0.1",
+                port=postgres_server.port,
+                database="budgetapp",
+                username="budget_app",
+                password=APP_PASSWORD,
+            )
+        yield Stack(wg, gw)
+    finally:
+        wg.close()
+
+
+def _analyst_conninfo(stack: Stack) -> str:
+    with stack.gw.api() as api:
+        made = api.post("/v1/service-accounts", json={"name": "analyst", "groups": ["analysts"]})
+        assert made.status_code == 201, made.text
+        key = api.post("/v1/service-accounts/analyst/keys", json={"scopes": ["pg-rows"]}).json()
+    with stack.gw.api(key["key"]) as api:
+        minted = api.post("/v1/credentials/connection", json={"connection": "pg-rows"}).json()
+    return stack.conninfo("pg-rows", user="analyst", password=minted["token"])
+
+
+def test_a_rows_budget_stops_a_result_and_refuses_what_follows(stack: Stack) -> None:
+    with psycopg.connect(stack.conninfo("pg-rows"), autocommit=True) as conn:
+        assert len(conn.execute("select * from big limit 600").fetchall()) == 600
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows") as exc:
+            conn.execute("select * from big").fetchall()
+        assert exc.value.sqlstate == "53400"
+        # The stopped statement got the limit plus at most one tunnel message of rows.
+        delivered = stack.result_of("select * from big")
+        assert delivered["sqlstate"] == "53400"
+        assert ROWS_LIMIT - 600 <= delivered["rows"] <= ROWS_LIMIT + MAX_PAYLOAD // ROW_BYTES_MIN
+        assert delivered["rows"] < BIG_ROWS - 600
+        # The session answers every next statement, in order, with the same refusal.
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows"):
+                conn.execute("select 1")
+        assert not conn.closed
+    exceeded = [e["data"] for e in stack.gw.audit("budget.exceeded")]
+    assert exceeded and exceeded[0]["budget"] == "admin-rows" and exceeded[0]["stopped"] is True
+    refused = [e["data"] for e in stack.gw.audit("pg.refused") if e["data"].get("budget")]
+    assert refused and refused[-1]["budget"] == "admin-rows"
+    assert stack.usage("admin-rows")["rows"] >= ROWS_LIMIT
+
+    # psql (simple protocol): refused, the reason and SQLSTATE in its own protocol.
+    out = stack.psql("pg-rows", "-c", "select 42")
+    assert out.returncode != 0 and "53400" in out.stderr and "admin-rows" in out.stderr, out
+    # Other connections and other users are not affected.
+    free = stack.psql("pg-free", "-c", "select count(*) from big")
+    assert free.stdout.strip() == str(BIG_ROWS), free.stderr
+    with psycopg.connect(_analyst_conninfo(stack), autocommit=True) as other:
+        assert len(other.execute("select * from big limit 2000").fetchall()) == 2000
+
+
+def test_the_usage_survives_a_gateway_restart(stack: Stack) -> None:
+    if not stack.usage("admin-rows")["rows"] >= ROWS_LIMIT:  # run alone: exhaust it first
+        stack.psql("pg-rows", "-c", "select * from big")
+    stack.gw.restart()
+    stack.gw.wait_agent("default")
+    out = stack.psql("pg-rows", "-c", "select 1")
+    assert out.returncode != 0 and "admin-rows" in out.stderr, out
+
+
+def test_a_bytes_budget_stops_a_wide_result(stack: Stack) -> None:
+    query = "select repeat('y', 1000) from generate_series(1, 5000)"
+    out = stack.psql("pg-bytes", "-c", query, "-c", "select 'after'")
+    assert out.returncode != 0
+    assert "53400" in out.stderr and "admin-bytes" in out.stderr, out
+    assert "limit 300000 bytes per day" in out.stderr
+    stopped = stack.result_of(query)
+    assert stopped["sqlstate"] == "53400"
+    assert 0 < stopped["rows"] < 5000
+    used = stack.usage("admin-bytes")["bytes"]
+    assert BYTES_LIMIT <= used <= BYTES_LIMIT + MAX_PAYLOAD + 4096
