@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable
+from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, stop_offset
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
 from gateway.store.models import PolicyVersionRecord
@@ -311,8 +311,18 @@ class SessionPolicy:
         if meter is None or self._ledger is None:
             return None
         if self._loaded_at is None or self._monotonic() - self._loaded_at >= BUDGET_FLUSH_INTERVAL:
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # judged on what this session knows; kept pending
+                log.warning("budget usage not read from the store: %s", exc)
         return meter.exhausted()
+
+    def stop_offset(self, data: bytes, partial: tuple[bytes, int]) -> int | None:
+        """Where in `data` the client must stop getting rows, or None (see budgets rule 4)."""
+        if self.meter is None:
+            return None
+        rows_left, bytes_left = self.meter.remaining()
+        return stop_offset(data, partial, rows_left, bytes_left)
 
     def count(self, rows: int, nbytes: int) -> Exceeded | None:
         return None if self.meter is None else self.meter.add(rows, nbytes)

@@ -12,12 +12,16 @@ gateway keeps the usage in the store per (user, connection, budget, day). The ru
 3. A budget is *exhausted* when the day's usage (the store's total as last read plus what
    this session has not flushed yet) reached a limit. A new statement on an exhausted budget
    is refused by the gateway with SQLSTATE 53400 (configuration_limit_exceeded) naming it.
-4. A running result that crosses a limit is stopped (``ResultStopper``): from the next
-   message boundary on, the gateway drops the server's rows, answers the statement with the
-   same 53400 error in place of its CommandComplete or ErrorResponse, drops whatever else the
-   server says for that batch and passes the ReadyForQuery, so the wire stays valid. The
-   server is asked to cancel meanwhile so it stops producing. The overshoot is bounded by
-   what arrived in the same chunk as the crossing (one tunnel message, at most 256 KiB).
+4. A running result is stopped before the first DataRow (or CopyData) the budget has no room
+   for (``stop_offset``): past the rows limit, or starting when the bytes limit is reached.
+   So the client gets exactly the rows the limit leaves, and the bytes limit plus less than
+   one row (the row that reaches it) and the closing messages; either way the budget is then
+   exhausted, for every session and replica that reads the store.
+   From there on (``ResultStopper``) the gateway drops the server's rows, answers the
+   statement with the same 53400 error in place of its CommandComplete or ErrorResponse,
+   drops whatever else the server says for that batch and passes the ReadyForQuery, so the
+   wire stays valid. The server is asked to cancel meanwhile so it stops producing. A result
+   that ends exactly at the limit is not stopped; the next statement is refused.
 5. ``on_exceed`` is ``stop`` for now; ``review`` (hold the statement for an approval) is
    reserved for the approvals work and is rejected until then.
 """
@@ -179,6 +183,20 @@ class BudgetMeter:
                 crossed = Exceeded(budget, limit, usage)
         return crossed
 
+    def remaining(self) -> tuple[int | None, int | None]:
+        """(rows, bytes) the tightest budgets still allow today; None: no such limit."""
+        rows: int | None = None
+        nbytes: int | None = None
+        for budget in self.budgets:
+            used = self.used(budget.name)
+            if budget.rows_per_day is not None:
+                left = budget.rows_per_day - used.rows
+                rows = left if rows is None else min(rows, left)
+            if budget.bytes_per_day is not None:
+                left = budget.bytes_per_day - used.bytes
+                nbytes = left if nbytes is None else min(nbytes, left)
+        return rows, nbytes
+
     @property
     def pending(self) -> bool:
         return bool(self._pending)
@@ -206,6 +224,46 @@ class BudgetMeter:
                 )
             key = (day, name)
             self._pending[key] = self._pending.get(key, Usage()) + usage
+
+
+_DATA = frozenset(b"Dd")  # DataRow, CopyData
+_MIN_ROW = 7  # the smallest DataRow: type, length, column count
+
+
+def stop_offset(
+    data: bytes, partial: tuple[bytes, int], rows_left: int | None, bytes_left: int | None
+) -> int | None:
+    """Rule 4: the offset in `data` of the first DataRow or CopyData the budget has no room
+    for, or None when this chunk stays within it.
+
+    `partial` is `PgTracker.partial` before `data`: the message the stream is inside of goes
+    through whole (its start reached the client already), so it is counted, never cut.
+    """
+    n = len(data)
+    if (rows_left is None or n // _MIN_ROW <= rows_left) and (
+        bytes_left is None or n <= bytes_left
+    ):
+        return None  # cannot hold a row or a byte too many: no need to scan
+    carry, skip = partial
+    pre = len(carry)
+    buf = carry + data if carry else data
+    total = len(buf)
+    pos = min(skip, total)
+    rows = 0
+    while pos + 5 <= total:
+        kind, length = _HEADER.unpack_from(buf, pos)
+        end = pos + 1 + length
+        code = kind[0]
+        if code in _DATA:
+            if code == 68:
+                rows += 1
+            past = (rows_left is not None and code == 68 and rows > rows_left) or (
+                bytes_left is not None and pos - pre >= bytes_left
+            )
+            if past and pos >= pre:
+                return pos - pre
+        pos = end
+    return None
 
 
 class ResultStopper:

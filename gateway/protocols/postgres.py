@@ -30,7 +30,8 @@ The policy is the store's newest version (`gateway.policystore`): a session swit
 version at its next statement, and each recorded statement carries `policy_version`.
 Exfiltration budgets (`gateway.policy.budgets`) count the rows and bytes the client receives;
 a statement on an exhausted budget is refused like a guardrail refusal but with SQLSTATE 53400,
-and a result that crosses a budget is stopped (`ResultStopper`, the server asked to cancel).
+and a result is cut before the first row the budget has no room for (`stop_offset`,
+`ResultStopper`; the server is asked to cancel).
 """
 
 from __future__ import annotations
@@ -599,37 +600,58 @@ class PostgresFrontDoor:
                 if out:
                     await stream.send_data(b"".join(out))
 
-        async def metered(rows: int, nbytes: int, finished: list[StatementFinished]) -> None:
-            """Count what the client gets against its budgets; stop a result that crosses."""
-            nonlocal stopper
+        def counted(rows: int, nbytes: int, finished: list[StatementFinished]) -> None:
+            """Count what the client got against its budgets."""
             crossed = policy.count(rows, nbytes)
             if finished or crossed is not None:
                 flush_wake.set()
-            if crossed is None:
-                return
-            running = not tracker.idle
+            if crossed is not None:
+                audit.submit(
+                    "budget.exceeded",
+                    actor=user,
+                    session_id=session.id,
+                    connection=session.connection.name,
+                    budget=crossed.budget.name,
+                    limit=crossed.limit,
+                    rows=crossed.usage.rows,
+                    bytes=crossed.usage.bytes,
+                    policy_version=policy.version,
+                )
+
+        async def stop_result() -> ResultStopper:
+            """The running result must not reach the client beyond here: cut it off, and ask
+            the server to stop producing it (a late cancel meets an idle server or a statement
+            this session refuses anyway)."""
+            exceeded = policy.meter.exhausted() if policy.meter is not None else None
+            reason = exceeded.message if exceeded else "exfiltration budget exhausted"
             audit.submit(
-                "budget.exceeded",
+                "budget.stopped",
                 actor=user,
                 session_id=session.id,
                 connection=session.connection.name,
-                budget=crossed.budget.name,
-                limit=crossed.limit,
-                rows=crossed.usage.rows,
-                bytes=crossed.usage.bytes,
-                stopped=running,
+                budget=exceeded.budget.name if exceeded else None,
+                rows=exceeded.usage.rows if exceeded else None,
+                bytes=exceeded.usage.bytes if exceeded else None,
                 policy_version=policy.version,
             )
-            if running and stopper is None:
-                # From the next message on the client gets no more of this result, and the
-                # server is asked to stop producing it (a late cancel meets an idle server or
-                # a statement this session would refuse anyway).
-                stopper = ResultStopper(
-                    error_response(BUDGET_SQLSTATE, crossed.message, severity="ERROR"),
-                    partial=tracker.partial,
-                )
-                with contextlib.suppress(SessionClosedError):
-                    await stream.send_signal(SignalKind.CANCEL)
+            with contextlib.suppress(SessionClosedError):
+                await stream.send_signal(SignalKind.CANCEL)
+            return ResultStopper(
+                error_response(BUDGET_SQLSTATE, reason, severity="ERROR"),
+                partial=tracker.partial,
+            )
+
+        def forward(piece: bytes, finished: list[StatementFinished]) -> bytes:
+            nonlocal stopper
+            if stopper is not None:
+                piece = stopper.feed(piece)
+                if stopper.done:
+                    stopper = None
+            rows_before = tracker.rows_total
+            finished.extend(tracker.server_data(piece))
+            if policy.metered:
+                counted(tracker.rows_total - rows_before, len(piece), finished)
+            return piece
 
         async def agent_to_client() -> str | None:
             nonlocal stopper
@@ -646,14 +668,15 @@ class PostgresFrontDoor:
                             data += startup.take_buffered()
                     finished: list[StatementFinished] = []
                     if not in_startup:
-                        if stopper is not None:
-                            data = stopper.feed(data)
-                            if stopper.done:
-                                stopper = None
-                        rows_before = tracker.rows_total
-                        finished = tracker.server_data(data)
-                        if policy.metered:
-                            await metered(tracker.rows_total - rows_before, len(data), finished)
+                        cut = None
+                        if policy.metered and stopper is None:
+                            cut = policy.stop_offset(data, tracker.partial)
+                        if cut is None:
+                            data = forward(data, finished)
+                        else:  # the budget ends inside this chunk: the rest is stopped
+                            head = forward(data[:cut], finished)
+                            stopper = await stop_result()
+                            data = head + forward(data[cut:], finished)
                     writer.write(data)
                     await writer.drain()
                     progress.set()

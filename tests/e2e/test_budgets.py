@@ -1,7 +1,7 @@
 """Exfiltration budgets end to end: real PostgreSQL, gateway and agent processes, psql/psycopg.
 
 A rows budget for `admin` on `pg-rows` stops a 50,000-row result mid-stream (the client gets
-53400 naming the budget, the overshoot stays within one tunnel message), refuses the next
+53400 naming the budget, after exactly the rows the budget allowed), refuses the next
 statements in order while the session keeps answering, and leaves other users and other
 connections alone; the usage survives a gateway restart. A bytes budget on `pg-bytes` stops
 a wide result the same way.
@@ -20,7 +20,6 @@ import pytest
 from psycopg import sql
 
 from gateway.crypto import SecretBox
-from shared.tunnel.frames import MAX_PAYLOAD
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
 
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.e2e
 APP_PASSWORD = "budget-app-secret-Wm5"
 BIG_ROWS = 50_000
 PAD = 100
-ROW_BYTES_MIN = 1 + 4 + 2 + 4 + 1 + 4 + PAD  # a DataRow of (id, pad) at its smallest
 ROWS_LIMIT = 1000
 BYTES_LIMIT = 300_000
 
@@ -148,21 +146,23 @@ def test_a_rows_budget_stops_a_result_and_refuses_what_follows(stack: Stack) -> 
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows") as exc:
             conn.execute("select * from big").fetchall()
         assert exc.value.sqlstate == "53400"
-        # The stopped statement got the limit plus at most one tunnel message of rows.
+        # The stopped statement got exactly what the budget had left.
         delivered = stack.result_of("select * from big")
         assert delivered["sqlstate"] == "53400"
-        assert ROWS_LIMIT - 600 <= delivered["rows"] <= ROWS_LIMIT + MAX_PAYLOAD // ROW_BYTES_MIN
-        assert delivered["rows"] < BIG_ROWS - 600
+        assert delivered["rows"] == ROWS_LIMIT - 600
         # The session answers every next statement, in order, with the same refusal.
         for _ in range(2):
             with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows"):
                 conn.execute("select 1")
         assert not conn.closed
     exceeded = [e["data"] for e in stack.gw.audit("budget.exceeded")]
-    assert exceeded and exceeded[0]["budget"] == "admin-rows" and exceeded[0]["stopped"] is True
+    assert exceeded and exceeded[0]["budget"] == "admin-rows"
+    assert exceeded[0]["rows"] == ROWS_LIMIT
+    stopped = [e["data"] for e in stack.gw.audit("budget.stopped")]
+    assert stopped and stopped[0]["budget"] == "admin-rows"
     refused = [e["data"] for e in stack.gw.audit("pg.refused") if e["data"].get("budget")]
     assert refused and refused[-1]["budget"] == "admin-rows"
-    assert stack.usage("admin-rows")["rows"] >= ROWS_LIMIT
+    assert stack.usage("admin-rows")["rows"] == ROWS_LIMIT
 
     # psql (simple protocol): refused, the reason and SQLSTATE in its own protocol.
     out = stack.psql("pg-rows", "-c", "select 42")
@@ -186,11 +186,13 @@ def test_the_usage_survives_a_gateway_restart(stack: Stack) -> None:
 def test_a_bytes_budget_stops_a_wide_result(stack: Stack) -> None:
     query = "select repeat('y', 1000) from generate_series(1, 5000)"
     out = stack.psql("pg-bytes", "-c", query, "-c", "select 'after'")
-    assert out.returncode != 0
-    assert "53400" in out.stderr and "admin-bytes" in out.stderr, out
+    assert out.returncode != 0 and "after" not in out.stdout
+    assert out.stderr.count("53400") == 2 and "admin-bytes" in out.stderr, out
     assert "limit 300000 bytes per day" in out.stderr
     stopped = stack.result_of(query)
     assert stopped["sqlstate"] == "53400"
     assert 0 < stopped["rows"] < 5000
+    # Past the limit: less than the row that reached it (1,000 bytes of text in a DataRow),
+    # the closing messages, and the refused statement's answer.
     used = stack.usage("admin-bytes")["bytes"]
-    assert BYTES_LIMIT <= used <= BYTES_LIMIT + MAX_PAYLOAD + 4096
+    assert BYTES_LIMIT <= used <= BYTES_LIMIT + 1100 + 512

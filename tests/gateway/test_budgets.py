@@ -17,6 +17,7 @@ from gateway.policy.budgets import (
     ResultStopper,
     Usage,
     applicable,
+    stop_offset,
 )
 from gateway.policy.rules import Match, PolicyConfig, Subject, _applies
 from gateway.protocols.pgtrack import PgTracker
@@ -222,3 +223,62 @@ def test_the_stopper_is_the_same_whatever_the_chunking(data: st.DataObject) -> N
         assert isinstance(got[-2], ErrorResponse) and got[-2].fields["C"] == BUDGET_SQLSTATE
     assert all(isinstance(m, DataRow) for m in got[:-2])
     assert len(got) - 2 <= 7
+
+
+def test_remaining_is_the_tightest_budget() -> None:
+    meter = BudgetMeter(
+        [budget(rows_per_day=10), Budget(name="x", rows_per_day=8, bytes_per_day=100)], Clock()
+    )
+    meter.add(3, 40)
+    assert meter.remaining() == (5, 60)
+    assert BudgetMeter([Budget(name="y", bytes_per_day=9)], Clock()).remaining() == (None, 9)
+
+
+def test_stop_offset_cuts_before_the_first_row_past_the_limit() -> None:
+    one = DataRow((b"abc",)).encode()
+    done = CommandComplete("SELECT 5").encode() + ReadyForQuery("I").encode()
+    chunk = one * 5 + done
+    assert stop_offset(chunk, (b"", 0), 5, None) is None  # ends exactly at the limit
+    assert stop_offset(chunk, (b"", 0), 3, None) == 3 * len(one)
+    assert stop_offset(chunk, (b"", 0), 0, None) == 0
+    # The row that reaches the bytes limit passes, the next is cut.
+    assert stop_offset(chunk, (b"", 0), None, 2 * len(one) + 1) == 3 * len(one)
+    assert stop_offset(chunk, (b"", 0), None, 2 * len(one)) == 2 * len(one)
+    assert stop_offset(chunk, (b"", 0), None, len(chunk)) is None
+    # Inside a row already on its way (the tracker counted it): it goes through.
+    rest = len(one) - 4
+    assert stop_offset(one[4:] + one * 2, (b"", rest), 1, None) == rest + len(one)
+    assert stop_offset(one[4:] + one * 2, (b"", rest), 0, None) == rest
+    # A header split over two chunks: the carried row counts but cannot be cut.
+    assert stop_offset(one[2:] + one, (one[:2], 0), 0, None) == len(one) - 2
+    # Non-row messages are never cut.
+    assert stop_offset(done * 10, (b"", 0), 0, 1) is None
+
+
+@given(st.integers(0, 30), st.integers(1, 40), st.integers(0, 60))
+def test_a_stopped_stream_gives_exactly_the_rows_left(left: int, total: int, at: int) -> None:
+    """Tracker, stop_offset and stopper together, chunked anywhere: rows = min(total, left)."""
+    stream = rows(total, width=30) + CommandComplete(f"SELECT {total}").encode() + b"Z\0\0\0\x05I"
+    tracker = PgTracker(lambda: 0.0)
+    tracker.query("select")
+    cut_at = min(at * 13, len(stream))
+    out = b""
+    stopper: ResultStopper | None = None
+    for chunk in (stream[:cut_at], stream[cut_at:]):
+        if stopper is None:
+            offset = stop_offset(chunk, tracker.partial, left - tracker.rows_total, None)
+            if offset is not None:
+                out += chunk[:offset]
+                tracker.server_data(chunk[:offset])
+                stopper = ResultStopper(STOP, partial=tracker.partial)
+                chunk = chunk[offset:]
+        piece = stopper.feed(chunk) if stopper is not None else chunk
+        tracker.server_data(piece)
+        out += piece
+    got = messages(out)
+    assert sum(isinstance(m, DataRow) for m in got) == min(total, left)
+    assert isinstance(got[-1], ReadyForQuery)
+    if total > left:
+        assert isinstance(got[-2], ErrorResponse) and got[-2].fields["C"] == BUDGET_SQLSTATE
+    else:
+        assert isinstance(got[-2], CommandComplete)
