@@ -282,6 +282,8 @@ class SessionPolicy:
         self.meter: BudgetMeter | None = None
         self._loaded_at: float | None = None
         self._flush_lock = asyncio.Lock()
+        # Unflushed usage of budgets a new version dropped: still owed to the store.
+        self._leftover: dict[tuple[dt.date, str], Usage] = {}
         self.current()
 
     def current(self) -> SessionGuard | None:
@@ -292,7 +294,9 @@ class SessionPolicy:
             self.guard = None if policy.empty else policy.for_session(self.subject, self.connection)
             budgets = applicable(policy.config.budgets, self.subject, self.connection)
             if self._ledger is None or not budgets:
-                self.meter = None  # pending usage of dropped budgets is flushed at the end
+                if self.meter is not None:
+                    self._owe(self.meter.take_pending())
+                self.meter = None
                 return self.guard
             old = self.meter
             self.meter = BudgetMeter(budgets, self._clock)
@@ -327,22 +331,51 @@ class SessionPolicy:
     def count(self, rows: int, nbytes: int) -> Exceeded | None:
         return None if self.meter is None else self.meter.add(rows, nbytes)
 
+    def _owe(self, pending: dict[tuple[dt.date, str], Usage]) -> None:
+        for key, usage in pending.items():
+            self._leftover[key] = self._leftover.get(key, Usage()) + usage
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._leftover) or (self.meter is not None and self.meter.pending)
+
     async def flush(self) -> None:
         """Move pending usage to the store and load the day's totals (everyone's)."""
-        meter, ledger = self.meter, self._ledger
-        if meter is None or ledger is None:
+        ledger = self._ledger
+        if ledger is None:
             return
         async with self._flush_lock:
             user = self.subject.user
+            if self._leftover:
+                leftover, self._leftover = self._leftover, {}
+                try:
+                    await ledger.add(user, self.connection, leftover)
+                except asyncio.CancelledError:
+                    raise  # the write goes on in its thread: owing it again would count twice
+                except BaseException:
+                    self._owe(leftover)
+                    raise
+            meter = self.meter
+            if meter is None:
+                return
             pending = meter.take_pending()
-            try:
-                if pending:
-                    await ledger.add(user, self.connection, pending)
-                day = meter.day
-                meter.load(await ledger.totals(user, self.connection, day), day)
-            except BaseException:
-                meter.restore(pending)
-                raise
+            day = meter.day
+            totals: dict[str, Usage] | None = None
+            if pending:
+                try:
+                    added = await ledger.add(user, self.connection, pending)
+                except asyncio.CancelledError:
+                    raise  # the write goes on in its thread: restoring would count it twice
+                except BaseException:
+                    meter.restore(pending)
+                    raise
+                # Every budget of the meter counts every row, so today's totals are all here.
+                today = {name: usage for (d, name), usage in added.items() if d == day}
+                if len(today) == len(meter.budgets):
+                    totals = today
+            if totals is None:
+                totals = await ledger.totals(user, self.connection, day)
+            meter.load(totals, day)
             self._loaded_at = self._monotonic()
 
     async def run_flusher(self, wake: asyncio.Event) -> None:
@@ -354,7 +387,7 @@ class SessionPolicy:
                 async with asyncio.timeout(interval):
                     await wake.wait()
             wake.clear()
-            if self.meter is not None and self.meter.pending:
+            if self.pending:
                 try:
                     await self.flush()
                 except Exception as exc:  # kept pending; the next round retries

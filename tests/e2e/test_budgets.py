@@ -21,7 +21,7 @@ from psycopg import sql
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -75,16 +75,21 @@ class Stack:
         )
 
     def result_of(self, text: str) -> dict[str, Any]:
-        """The pg.result of the last statement with this text."""
+        """The pg.result of the last statement with this text (written after the answer)."""
         seqs = [e["seq"] for e in self.gw.audit("pg.statement") if e["data"]["text"] == text]
         assert seqs, f"no statement {text!r}"
-        results = [
-            e["data"]
-            for e in self.gw.audit("pg.result")
-            if e["data"].get("statement_seq") == seqs[-1]
-        ]
-        assert results, f"no result for {text!r}"
-        return dict(results[-1])
+        found: list[dict[str, Any]] = []
+
+        def recorded() -> bool:
+            found[:] = [
+                e["data"]
+                for e in self.gw.audit("pg.result")
+                if e["data"].get("statement_seq") == seqs[-1]
+            ]
+            return bool(found)
+
+        wait_for(recorded, f"the result of {text!r} to be recorded")
+        return found[-1]
 
     def usage(self, budget: str) -> dict[str, Any]:
         with self.gw.api() as api:
@@ -93,9 +98,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
-) -> Iterator[Stack]:
+def budget_db(postgres_server: PostgresServer) -> PostgresServer:
+    """The `budgetapp` database with a `big` table of BIG_ROWS rows."""
     with postgres_server.connect() as admin:
         admin.execute(sql.SQL("drop database if exists budgetapp"))
         admin.execute(sql.SQL("drop role if exists budget_app"))
@@ -111,6 +115,15 @@ def stack(
             "insert into big select i, repeat('x', %s) from generate_series(1, %s) i",
             (PAD, BIG_ROWS),
         )
+    return db
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    budget_db: PostgresServer,
+) -> Iterator[Stack]:
     wg = Wardgate(tmp_path_factory.mktemp("budgets"))
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key(), policy=POLICY, roles=ROLES)
@@ -143,17 +156,22 @@ def _analyst_conninfo(stack: Stack) -> str:
 def test_a_rows_budget_stops_a_result_and_refuses_what_follows(stack: Stack) -> None:
     with psycopg.connect(stack.conninfo("pg-rows"), autocommit=True) as conn:
         assert len(conn.execute("select * from big limit 600").fetchall()) == 600
+        prepared = "select id from big where id = %s"
+        assert conn.execute(prepared, (1,), prepare=True).fetchall() == [(1,)]
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows") as exc:
             conn.execute("select * from big").fetchall()
         assert exc.value.sqlstate == "53400"
         # The stopped statement got exactly what the budget had left.
         delivered = stack.result_of("select * from big")
         assert delivered["sqlstate"] == "53400"
-        assert delivered["rows"] == ROWS_LIMIT - 600
+        assert delivered["rows"] == ROWS_LIMIT - 601  # 600 + the prepared one before
         # The session answers every next statement, in order, with the same refusal.
         for _ in range(2):
             with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows"):
                 conn.execute("select 1")
+        # A statement prepared before: its Bind is refused (nothing is parsed again).
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-rows"):
+            conn.execute(prepared, (2,), prepare=True)
         assert not conn.closed
     exceeded = [e["data"] for e in stack.gw.audit("budget.exceeded")]
     assert exceeded and exceeded[0]["budget"] == "admin-rows"
@@ -196,3 +214,43 @@ def test_a_bytes_budget_stops_a_wide_result(stack: Stack) -> None:
     # the closing messages, and the refused statement's answer.
     used = stack.usage("admin-bytes")["bytes"]
     assert BYTES_LIMIT <= used <= BYTES_LIMIT + 1100 + 512
+
+
+def test_replicas_share_the_usage(
+    wardgate: Wardgate,
+    postgres_server: PostgresServer,
+    postgres_db: PostgresServer,
+    budget_db: PostgresServer,
+) -> None:
+    """Two gateways on one PostgreSQL store: what one session read counts on the other."""
+    shared = {
+        "store": postgres_db.url(),
+        "secret_key": SecretBox.generate_key(),
+        "policy": {"budgets": [{"name": "shared", "rows_per_day": 300}]},
+    }
+    first = wardgate.gateway(**shared)
+    second = wardgate.gateway(**shared)
+    wardgate.agent(first, first.create_agent("a1", "default"), wait="a1")
+    wardgate.agent(second, second.create_agent("a2", "default"), wait="a2")
+    first.create_connection(
+        name="pg-rows",
+        type="postgres",
+        host="127.0.0.1",
+        port=postgres_server.port,
+        database="budgetapp",
+        username="budget_app",
+        password=APP_PASSWORD,
+    )
+    one, two = Stack(wardgate, first), Stack(wardgate, second)
+    with psycopg.connect(one.conninfo("pg-rows"), autocommit=True) as conn:
+        assert len(conn.execute("select * from big limit 200").fetchall()) == 200
+    with psycopg.connect(two.conninfo("pg-rows"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="'shared'"):
+            conn.execute("select * from big limit 200").fetchall()
+        assert two.result_of("select * from big limit 200")["rows"] == 100
+    with (
+        psycopg.connect(one.conninfo("pg-rows"), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="'shared'"),
+    ):
+        conn.execute("select 1")
+    assert one.usage("shared")["rows"] == 300

@@ -154,3 +154,16 @@ async def test_an_open_session_switches_at_its_next_statement(store: Store) -> N
     await session.flush()
     exceeded = await session.exhausted()
     assert exceeded is not None and exceeded.usage == Usage(5, 10)
+
+
+async def test_usage_of_a_budget_a_new_version_drops_is_still_stored(store: Store) -> None:
+    source = PolicySource(store)
+    await source.apply(BUDGET, applied_by="admin")
+    session = SessionPolicy(source, BudgetLedger(store), Subject("alice"), "pg")
+    session.count(2, 20)
+    await source.apply(DENY_DELETE, applied_by="admin")  # no budgets any more
+    session.current()
+    assert not session.metered and session.pending
+    await session.flush()
+    today = dt.datetime.now(dt.UTC).date()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
