@@ -118,6 +118,8 @@ class StatementRefused(Exception):
 
 # Messages that carry SQL (simple Query, extended Parse) or bypass it (fastpath call).
 _CHECKED = frozenset((b"Q", b"P", b"F"))
+# ... and Bind, which runs a statement prepared earlier (budgets judge it).
+_JUDGED = _CHECKED | {b"B"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +519,29 @@ class PostgresFrontDoor:
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
 
+        async def judge(
+            message: Message, decoded: FrontendMessage | None, batch_start: bool
+        ) -> Refusal | None:
+            """Read-only access and guardrails (of the version in force), then budgets."""
+            guard = policy.current()  # a new policy version applies from here on
+            if (read_only or guard is not None) and message.type in _CHECKED:
+                refusal = _refusal(message.type, decoded, read_only, guard)
+                if refusal is not None:
+                    return refusal
+            # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse
+            # judged already.
+            if not policy.metered or message.type == b"F":
+                return None
+            if message.type == b"B" and not batch_start:
+                return None
+            exceeded = await policy.exhausted()
+            if exceeded is None:
+                return None
+            text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
+            return Refusal(
+                exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
+            )
+
         async def client_to_agent() -> None:
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
@@ -538,48 +563,30 @@ class PostgresFrontDoor:
                     # Decoded once, for the checks and the recording alike.
                     tracked = message.type[0] in _FRONTEND_TRACKED
                     decoded = decode_frontend(message) if tracked else None
-                    guard = policy.current()  # a new policy version applies from here on
-                    refusal = None
-                    if (read_only or guard is not None) and message.type in _CHECKED:
-                        refusal = _refusal(message.type, decoded, read_only, guard)
-                    if (
-                        refusal is None
-                        and policy.metered
-                        and (message.type in b"QP" or (message.type == b"B" and batch_start))
-                    ):
-                        exceeded = await policy.exhausted()
-                        if exceeded is not None:
-                            text = str(
-                                getattr(decoded, "text", None) or getattr(decoded, "query", "")
-                            )
-                            refusal = Refusal(
-                                exceeded.message,
-                                text,
-                                sqlstate=BUDGET_SQLSTATE,
-                                budget=exceeded.budget.name,
-                            )
-                    if refusal is not None:
-                        if out:
-                            await stream.send_data(b"".join(out))
-                            out.clear()
-                        if message.type == b"P" and not batch_start:
-                            # Part of this batch is already at the server: no answer of
-                            # ours can keep the order, so the session ends, closed.
-                            await audit.record(
-                                "pg.refused",
-                                actor=user,
-                                session_id=session.id,
-                                connection=session.connection.name,
-                                text=refusal.text,
-                                reason=refusal.reason,
-                                rules=list(refusal.rules),
-                                policy_version=policy.version,
-                                ended_session=True,
-                            )
-                            raise StatementRefused(refusal.reason)
-                        await refuse(message, refusal)
-                        discarding = message.type in (b"P", b"B")
-                        continue
+                    if message.type in _JUDGED:
+                        refusal = await judge(message, decoded, batch_start)
+                        if refusal is not None:
+                            if out:
+                                await stream.send_data(b"".join(out))
+                                out.clear()
+                            if message.type == b"P" and not batch_start:
+                                # Part of this batch is already at the server: no answer of
+                                # ours can keep the order, so the session ends, closed.
+                                await audit.record(
+                                    "pg.refused",
+                                    actor=user,
+                                    session_id=session.id,
+                                    connection=session.connection.name,
+                                    text=refusal.text,
+                                    reason=refusal.reason,
+                                    rules=list(refusal.rules),
+                                    policy_version=policy.version,
+                                    ended_session=True,
+                                )
+                                raise StatementRefused(refusal.reason)
+                            await refuse(message, refusal)
+                            discarding = message.type in (b"P", b"B")
+                            continue
                     if message.type in b"SQ":
                         batch_start = True
                     elif message.type in b"PBDEHC":
