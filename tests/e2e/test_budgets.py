@@ -43,6 +43,11 @@ POLICY = {
             "match": {"users": ["admin"], "connections": ["pg-bytes"]},
             "bytes_per_day": BYTES_LIMIT,
         },
+        {
+            "name": "admin-copy",
+            "match": {"users": ["admin"], "connections": ["pg-copy"]},
+            "bytes_per_day": BYTES_LIMIT,
+        },
     ]
 }
 ROLES = [
@@ -128,7 +133,7 @@ def stack(
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key(), policy=POLICY, roles=ROLES)
         wg.agent(gw, gw.create_agent("default"), wait="default")
-        for name in ("pg-rows", "pg-bytes", "pg-free"):
+        for name in ("pg-rows", "pg-bytes", "pg-copy", "pg-free"):
             gw.create_connection(
                 name=name,
                 type="postgres",
@@ -181,6 +186,9 @@ def test_a_rows_budget_stops_a_result_and_refuses_what_follows(stack: Stack) -> 
     refused = [e["data"] for e in stack.gw.audit("pg.refused") if e["data"].get("budget")]
     assert refused and refused[-1]["budget"] == "admin-rows"
     assert stack.usage("admin-rows")["rows"] == ROWS_LIMIT
+    usage = stack.wg.cli(stack.gw, "budgets", "usage", "--user", "admin", "--connection", "pg-rows")
+    assert usage.returncode == 0, usage.stderr
+    assert "budget=admin-rows" in usage.stdout and f"rows={ROWS_LIMIT}" in usage.stdout
 
     # psql (simple protocol): refused, the reason and SQLSTATE in its own protocol.
     out = stack.psql("pg-rows", "-c", "select 42")
@@ -254,3 +262,14 @@ def test_replicas_share_the_usage(
     ):
         conn.execute("select 1")
     assert one.usage("shared")["rows"] == 300
+
+
+def test_copy_to_stdout_is_stopped_by_a_bytes_budget(stack: Stack) -> None:
+    out = stack.psql("pg-copy", "-c", "copy big to stdout", "-c", "select 'after'")
+    assert out.returncode != 0 and "after" not in out.stdout
+    assert out.stderr.count("53400") == 2 and "admin-copy" in out.stderr, out.stderr
+    # COPY rows are CopyData: cut before the first one that starts past the limit.
+    assert 0 < len(out.stdout.encode()) <= BYTES_LIMIT
+    assert BIG_ROWS > out.stdout.count("\n") > 0
+    used = stack.usage("admin-copy")["bytes"]
+    assert BYTES_LIMIT <= used <= BYTES_LIMIT + PAD + 512
