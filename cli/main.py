@@ -15,6 +15,7 @@ import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
+from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli.runtime import run, setup_logging
 
@@ -323,17 +324,22 @@ def connection_delete(name: str, gateway: str | None, token: str | None, ca: str
 @click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, path_type=Path))
 @gateway_options
 def apply_cmd(path: Path, gateway: str | None, token: str | None, ca: str | None) -> None:
-    """Apply a declarative YAML file (idempotent)."""
+    """Apply a declarative YAML file (idempotent): `connections:` and/or `policy:`."""
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, dict):
         raise click.UsageError(f"{path}: expected a mapping with a 'connections:' list")
-    unknown = set(doc) - {"connections"}
+    unknown = set(doc) - {"connections", "policy"}
     if unknown:
         raise click.UsageError(f"{path}: unknown top-level keys: {', '.join(sorted(unknown))}")
+    body: dict[str, Any] = {"connections": doc.get("connections", [])}
+    if "policy" in doc:
+        body["policy"] = doc["policy"] or {}
     with _ref(gateway, token, ca).http() as http:
-        data = cl.check(http.post("/v1/apply", json={"connections": doc.get("connections", [])}))
+        data = cl.check(http.post("/v1/apply", json=body))
     for r in data["connections"]:
         click.echo(f"connection {r['name']} {r['status']}")
+    if "policy" in data:
+        click.echo(f"policy version {data['policy']['version']} {data['policy']['status']}")
 
 
 # ---- policy ----------------------------------------------------------------------------
@@ -876,6 +882,9 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
 
 
 reviews_cli.register(main)  # approvals: reviews, request, service-account owner
+
+policy_commands.register(main, policy)  # policy show/history/rollback, budgets usage
+
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

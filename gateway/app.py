@@ -25,6 +25,7 @@ from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
+from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
@@ -159,7 +160,9 @@ class Gateway:
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
         policy = cfg.access_policy()
-        guardrails = cfg.guardrails()
+        guardrails = PolicySource(store, cfg.policy)  # the store's newest version, seeded
+        await asyncio.to_thread(guardrails.seed)
+        self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
         broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
         self.identity = IdentityService(
@@ -184,6 +187,7 @@ class Gateway:
                 identity=self.identity,
                 guardrails=guardrails,
                 access=policy,
+                policy_source=guardrails,
             )
         )
         self.reviews = self._reviews(store, auditor, policy)
@@ -199,6 +203,7 @@ class Gateway:
             guardrails=guardrails,
             access=policy,
             reviews=self.reviews,
+            budgets=BudgetLedger(store),
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls

@@ -219,10 +219,14 @@ class GatewayConfig(BaseModel):
     agents: list[AgentDecl] = Field(default_factory=list)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     roles: list[RoleConfig] = Field(default_factory=list)
-    # Guardrails: allow/deny rules on statements (gateway/policy/rules.py).
+    # Guardrails: allow/deny rules on statements (gateway/policy/rules.py), and budgets. It
+    # seeds policy version 1 of an empty store; afterwards the store's versions are in force
+    # (gateway/policystore.py), re-read every `policy_check_interval` seconds.
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     # Approvals: statement reviews and access requests (gateway/reviews/).
     reviews: ReviewsConfig = Field(default_factory=ReviewsConfig)
+
+    policy_check_interval: float = Field(default=2.0, gt=0)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)

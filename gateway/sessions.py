@@ -40,6 +40,7 @@ from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
 from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
+from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
@@ -125,14 +126,14 @@ class SessionBroker:
         auditor: Auditor,
         secret_box: SecretBox | None,
         policy: AccessPolicy | None = None,
-        guardrails: Policy | None = None,
+        guardrails: Policy | PolicyView | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
         self._policy = policy or AccessPolicy()
-        self._guardrails = guardrails
+        self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
 
     @property
@@ -180,6 +181,12 @@ class SessionBroker:
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
         conn = await asyncio.to_thread(self._store.get_connection, connection)
+        try:  # a version applied on another replica is in force from the next session on
+            await self._guardrails.refresh()
+        except Exception as exc:
+            log.warning(
+                "policy check failed, keeping version %d: %s", self._guardrails.version, exc
+            )
         if conn is None:
             await self._audit.record(
                 "session.refused",
@@ -221,16 +228,12 @@ class SessionBroker:
         if decision.access == "read-only" and conn.type not in READ_ONLY_ENFORCED:
             # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
             decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
-        if (
-            decision.access is not None
-            and self._guardrails is not None
-            and conn.type not in READ_ONLY_ENFORCED
-        ):
+        if decision.access is not None and conn.type not in READ_ONLY_ENFORCED:
             # Likewise a guardrail meant for a connection whose statements we cannot read.
             subject = subject_for(
                 self._policy, identity.user, identity.groups, machine=identity.is_machine
             )
-            blocked = self._guardrails.unenforceable(subject, conn.name)
+            blocked = self._guardrails.policy.unenforceable(subject, conn.name)
             if blocked is not None:
                 await self._audit.record(
                     "session.refused",
@@ -263,10 +266,11 @@ class SessionBroker:
             options = {k: v for k, v in options.items() if k in _READ_ONLY_STARTUP}
             forced["startup.default_transaction_read_only"] = "on"
         target = self._target(conn, options, forced)
-        if self._guardrails is not None and self._guardrails.config.masking:
+        masking = self._guardrails.policy.config.masking
+        if masking:
             try:
                 target = resolve_masking(
-                    self._guardrails.config.masking,
+                    masking,
                     subject_for(
                         self._policy, identity.user, identity.groups, machine=identity.is_machine
                     ),

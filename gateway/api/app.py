@@ -23,6 +23,13 @@ from gateway.identity.credentials import FlowPending, IdentityError, IdentitySer
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.rules import Policy
+from gateway.policystore import (
+    PolicyDocumentError,
+    PolicySource,
+    PolicyView,
+    as_view,
+    parse_document,
+)
 from gateway.protocols import tcp
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
@@ -46,8 +53,9 @@ class ApiDeps:
     agent_port: int
     insecure_agents: bool
     identity: IdentityService | None = None
-    guardrails: Policy | None = None
+    guardrails: Policy | PolicyView | None = None
     access: AccessPolicy | None = None
+    policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
 
 
 class AgentCreate(BaseModel):
@@ -57,6 +65,7 @@ class AgentCreate(BaseModel):
 
 class ApplyRequest(BaseModel):
     connections: list[ConnectionSpec] = Field(default_factory=list)
+    policy: dict[str, Any] | None = None  # a new policy version unless unchanged
 
 
 class AuthorizeRequest(BaseModel):
@@ -173,6 +182,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
         "`Authorization: Bearer <token>`.",
     )
     app.state.deps = deps
+
+    from gateway.api.policy import policy_router, record_applied  # it needs this module
 
     def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return asyncio.to_thread(fn, *args, **kwargs)
@@ -468,6 +479,13 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.post("/v1/apply")
     async def apply_file(body: ApplyRequest, who: Admin) -> dict[str, Any]:
+        if body.policy is not None:
+            if deps.policy_source is None:
+                raise HTTPException(404, "this gateway keeps no policy versions")
+            try:  # validated before anything is written
+                parse_document(body.policy)
+            except PolicyDocumentError as exc:
+                raise HTTPException(422, str(exc)) from None
         try:
             results = await run(apply, deps.store, deps.secret_box, body.connections)
         except ConnectionError_ as exc:
@@ -477,7 +495,12 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 await deps.auditor.record(
                     f"connection.{r['status']}", actor=who.user, connection=r["name"]
                 )
-        return {"connections": results}
+        out: dict[str, Any] = {"connections": results}
+        if body.policy is not None and deps.policy_source is not None:
+            applied = await deps.policy_source.apply(body.policy, applied_by=who.user)
+            await record_applied(deps, who.user, applied)
+            out["policy"] = applied.as_json()
+        return out
 
     # ---- policy --------------------------------------------------------------------
 
@@ -487,8 +510,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         known = await run(deps.store.get_user, body.user)
         record = await run(deps.store.get_connection, body.connection)
         groups = tuple(body.groups) if body.groups is not None else known.groups if known else ()
+        view = as_view(deps.guardrails)
+        await view.refresh()  # the version in force now, also one applied on another replica
         return explain(
-            deps.guardrails or Policy(),
+            view.policy,
             deps.access or AccessPolicy(),
             user=body.user,
             groups=groups,
@@ -627,4 +652,5 @@ def build_app(deps: ApiDeps) -> FastAPI:
             return
         await tcp.relay(ws, deps.broker, session)
 
+    app.include_router(policy_router(deps))
     return app

@@ -10,6 +10,8 @@
   identity, the connection and the facts; deny wins; the front door runs them after the
   read-only check, on every Query and Parse of sessions where a rule can deny.
 * ``explain``: the whole decision (access, read-only, guardrails) for ``policy explain``.
+* ``budgets``: exfiltration budgets (rows/bytes per user, connection and UTC day), the
+  per-session meter and the sans-I/O cutter that stops a result keeping the wire valid.
 
 All are pure functions of their inputs: no I/O, no asyncio, no authlib (an import-linter
 contract keeps it so), so they are tested with tables of cases.

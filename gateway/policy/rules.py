@@ -51,6 +51,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.policy.approval import ReviewTerms
+from gateway.policy.budgets import Budget
 from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, UnparsableSQL
 from gateway.policy.facts import statement_facts as _statement_facts
 from gateway.policy.grants import AccessPolicy
@@ -133,11 +134,17 @@ class PolicyConfig(BaseModel):
     guarded_connections: list[str] = Field(default_factory=list)
     masking: list[MaskingRuleConfig] = Field(default_factory=list)  # gateway/policy/masking.py
 
+    # Exfiltration budgets: rows/bytes per user, connection and day (gateway/policy/budgets.py).
+    budgets: list[Budget] = Field(default_factory=list)
+
     @model_validator(mode="after")
     def _unique(self) -> PolicyConfig:
         names = [r.name for r in self.rules]
         if len(names) != len(set(names)):
             raise ValueError("policy rule names must be unique")
+        budgets = [b.name for b in self.budgets]
+        if len(budgets) != len(set(budgets)):
+            raise ValueError("budget names must be unique")
         return self
 
 

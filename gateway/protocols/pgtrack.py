@@ -117,11 +117,21 @@ class PgTracker:
         self._carry = b""
         self._skip = 0
         self.tx_status = "I"  # from the last ReadyForQuery: I idle, T in a block, E failed
+        self.rows_total = 0  # DataRows seen in this session (exfiltration budgets count them)
 
     @property
     def idle(self) -> bool:
         """Everything sent has been answered and the server stream is at a message boundary."""
         return not self._units and not self._carry and not self._skip
+
+    @property
+    def partial(self) -> tuple[bytes, int]:
+        """Where the scan stopped inside a message: (its first bytes, bytes still to come).
+
+        Both are empty/0 at a message boundary; a filter taking over the stream from here
+        must let the rest of this message through.
+        """
+        return self._carry, self._skip
 
     # ---- client -> server ------------------------------------------------------------
 
@@ -191,6 +201,7 @@ class PgTracker:
             end = i + 1 + length
             code = kind[0]
             if code == 68:  # 'D' DataRow: the hot path
+                self.rows_total += 1
                 if self._units:
                     self._units[0].rows += 1
             elif code in _INTERESTING:

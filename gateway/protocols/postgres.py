@@ -39,6 +39,13 @@ A Parse is judged at Parse: once approved, its prepared statement runs at every
 Bind/Execute, and a Parse of the same text in the same session is not asked again until the
 approval expires. A Parse that needs review in the middle of a batch the server already
 holds cannot be held without stalling that batch: it ends the session (fail closed).
+
+The policy is the store's newest version (`gateway.policystore`): a session switches to a new
+version at its next statement, and each recorded statement carries `policy_version`.
+Exfiltration budgets (`gateway.policy.budgets`) count the rows and bytes the client receives;
+a statement on an exhausted budget is refused like a guardrail refusal but with SQLSTATE 53400,
+and a result is cut before the first row the budget has no room for (`stop_offset`,
+`ResultStopper`; the server is asked to cancel).
 """
 
 from __future__ import annotations
@@ -58,9 +65,11 @@ from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
 from gateway.policy.approval import ReviewTerms
+from gateway.policy.budgets import BUDGET_SQLSTATE, ResultStopper
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
 from gateway.policy.rules import Policy, SessionGuard, subject_for
+from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
@@ -135,6 +144,8 @@ class StatementRefused(Exception):
 
 # Messages that carry SQL (simple Query, extended Parse) or bypass it (fastpath call).
 _CHECKED = frozenset((b"Q", b"P", b"F"))
+# ... and Bind, which runs a statement prepared earlier (budgets judge it).
+_JUDGED = _CHECKED | {b"B"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +154,7 @@ class Refusal:
     text: str
     rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
     sqlstate: str = READ_ONLY_SQLSTATE  # 42501; 57014 for a held statement the client cancelled
+    budget: str | None = None  # the exfiltration budget that is exhausted
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,15 +259,17 @@ class PostgresFrontDoor:
         broker: SessionBroker,
         auditor: Auditor,
         *,
-        guardrails: Policy | None = None,
+        guardrails: Policy | PolicyView | None = None,
         access: AccessPolicy | None = None,
         reviews: ReviewService | None = None,
+        budgets: BudgetLedger | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
         self._broker = broker
         self._audit = auditor
-        self._guardrails = guardrails or Policy()
+        self._guardrails = as_view(guardrails)
+        self._budgets = budgets
         self._access = access or AccessPolicy()
         self._reviews = reviews
         self._holding: dict[str, asyncio.Event] = {}  # session id -> set to withdraw its hold
@@ -479,8 +493,9 @@ class PostgresFrontDoor:
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
         pid, secret = self.cancel_keys.issue(session)
         read_only = session.access == "read-only"
-        guard = self._guard(session)
-        checked = read_only or guard is not None
+        policy = self._session_policy(session)
+        flush_wake = asyncio.Event()  # a statement ended: move budget usage to the store
+        stopper: ResultStopper | None = None  # a result being stopped by a budget
         progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
         audit = self._audit
@@ -500,6 +515,7 @@ class PostgresFrontDoor:
                         protocol=st.protocol,
                         params=st.params,
                         statement=st.statement,
+                        policy_version=policy.version,
                         **({"values": list(st.values)} if st.values is not None else {}),
                     )
                     for st in started
@@ -539,9 +555,11 @@ class PostgresFrontDoor:
                 text=refusal.text,
                 reason=refusal.reason,
                 rules=list(refusal.rules),
+                policy_version=policy.version,
+                **({"budget": refusal.budget} if refusal.budget else {}),
             )
             writer.write(error_response(refusal.sqlstate, refusal.reason, severity="ERROR"))
-            if message.type != b"P":  # Parse: ReadyForQuery comes at the client's Sync
+            if message.type not in (b"P", b"B"):  # ReadyForQuery comes at the client's Sync
                 writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
             await writer.drain()
 
@@ -619,6 +637,33 @@ class PostgresFrontDoor:
                 hold.rules,
             )
 
+        async def judge(
+            message: Message, decoded: FrontendMessage | None, batch_start: bool
+        ) -> Refusal | Hold | None:
+            """Read-only access and guardrails (of the version in force), then budgets;
+            a statement held for review is held only when its budget allows it to run."""
+            guard = policy.current()  # a new policy version applies from here on
+            if (read_only or guard is not None) and message.type in _CHECKED:
+                verdict = _refusal(message.type, decoded, read_only, guard)
+                if isinstance(verdict, Refusal):
+                    return verdict
+                hold = verdict
+            else:
+                hold = None
+            # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse
+            # judged already.
+            if not policy.metered or message.type == b"F":
+                return hold
+            if message.type == b"B" and not batch_start:
+                return hold
+            exceeded = await policy.exhausted()
+            if exceeded is None:
+                return hold
+            text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
+            return Refusal(
+                exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
+            )
+
         async def client_to_agent() -> None:
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
@@ -640,8 +685,8 @@ class PostgresFrontDoor:
                     # Decoded once, for the checks and the recording alike.
                     tracked = message.type[0] in _FRONTEND_TRACKED
                     decoded = decode_frontend(message) if tracked else None
-                    if checked and message.type in _CHECKED:
-                        refusal = _refusal(message.type, decoded, read_only, guard)
+                    if message.type in _JUDGED:
+                        refusal = await judge(message, decoded, batch_start)
                         if isinstance(refusal, Hold):
                             if out:  # what came before goes first, held or not
                                 await stream.send_data(b"".join(out))
@@ -664,11 +709,12 @@ class PostgresFrontDoor:
                                     text=refusal.text,
                                     reason=refusal.reason,
                                     rules=list(refusal.rules),
+                                    policy_version=policy.version,
                                     ended_session=True,
                                 )
                                 raise StatementRefused(refusal.reason)
                             await refuse(message, refusal)
-                            discarding = message.type == b"P"
+                            discarding = message.type in (b"P", b"B")
                             continue
                     if message.type in b"SQ":
                         batch_start = True
@@ -690,7 +736,61 @@ class PostgresFrontDoor:
                 if out:
                     await stream.send_data(b"".join(out))
 
+        def counted(rows: int, nbytes: int, finished: list[StatementFinished]) -> None:
+            """Count what the client got against its budgets."""
+            crossed = policy.count(rows, nbytes)
+            if finished or crossed is not None:
+                flush_wake.set()
+            if crossed is not None:
+                audit.submit(
+                    "budget.exceeded",
+                    actor=user,
+                    session_id=session.id,
+                    connection=session.connection.name,
+                    budget=crossed.budget.name,
+                    limit=crossed.limit,
+                    rows=crossed.usage.rows,
+                    bytes=crossed.usage.bytes,
+                    policy_version=policy.version,
+                )
+
+        async def stop_result() -> ResultStopper:
+            """The running result must not reach the client beyond here: cut it off, and ask
+            the server to stop producing it (a late cancel meets an idle server or a statement
+            this session refuses anyway)."""
+            exceeded = policy.meter.exhausted() if policy.meter is not None else None
+            reason = exceeded.message if exceeded else "exfiltration budget exhausted"
+            audit.submit(
+                "budget.stopped",
+                actor=user,
+                session_id=session.id,
+                connection=session.connection.name,
+                budget=exceeded.budget.name if exceeded else None,
+                rows=exceeded.usage.rows if exceeded else None,
+                bytes=exceeded.usage.bytes if exceeded else None,
+                policy_version=policy.version,
+            )
+            with contextlib.suppress(SessionClosedError):
+                await stream.send_signal(SignalKind.CANCEL)
+            return ResultStopper(
+                error_response(BUDGET_SQLSTATE, reason, severity="ERROR"),
+                partial=tracker.partial,
+            )
+
+        def forward(piece: bytes, finished: list[StatementFinished]) -> bytes:
+            nonlocal stopper
+            if stopper is not None:
+                piece = stopper.feed(piece)
+                if stopper.done:
+                    stopper = None
+            rows_before = tracker.rows_total
+            finished.extend(tracker.server_data(piece))
+            if policy.metered:
+                counted(tracker.rows_total - rows_before, len(piece), finished)
+            return piece
+
         async def agent_to_client() -> str | None:
+            nonlocal stopper
             startup = MessageReader()
             in_startup = True
             writer.write(authentication_ok())
@@ -702,7 +802,17 @@ class PostgresFrontDoor:
                         data, in_startup = self._rewrite_startup(startup, data, pid, secret)
                         if not in_startup:
                             data += startup.take_buffered()
-                    finished = tracker.server_data(data) if not in_startup else []
+                    finished: list[StatementFinished] = []
+                    if not in_startup:
+                        cut = None
+                        if policy.metered and stopper is None:
+                            cut = policy.stop_offset(data, tracker.partial)
+                        if cut is None:
+                            data = forward(data, finished)
+                        else:  # the budget ends inside this chunk: the rest is stopped
+                            head = forward(data[:cut], finished)
+                            stopper = await stop_result()
+                            data = head + forward(data[cut:], finished)
                     writer.write(data)
                     await writer.drain()
                     progress.set()
@@ -728,6 +838,9 @@ class PostgresFrontDoor:
             async with asyncio.TaskGroup() as tg:
                 down = tg.create_task(agent_to_client(), name=f"pg/{session.id}/down")
                 up = tg.create_task(client_to_agent(), name=f"pg/{session.id}/up")
+                flusher = tg.create_task(
+                    policy.run_flusher(flush_wake), name=f"pg/{session.id}/budgets"
+                )
                 error = await down
                 if error is not None:
                     up.cancel()
@@ -741,6 +854,7 @@ class PostgresFrontDoor:
                         await writer.drain()
                 else:
                     await up
+                flusher.cancel()
         except* StatementRefused as group:
             error = str(group.exceptions[0])
             with contextlib.suppress(ConnectionError):
@@ -774,6 +888,10 @@ class PostgresFrontDoor:
             self.cancel_keys.revoke(pid)
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
+            try:
+                await policy.flush()  # the usage outlives the session (and the gateway)
+            except Exception as exc:
+                log.warning("session %s: budget usage not stored: %s", session.id, exc)
             await self._broker.finish(session, error=error)
 
     async def _wait_for_review(
@@ -824,15 +942,13 @@ class PostgresFrontDoor:
             approved_parses[hold.text] = time.monotonic() + hold.terms.approval_ttl
         return refusal
 
-    def _guard(self, session: Session) -> SessionGuard | None:
-        """The guardrails of this identity on this connection; None when nothing can deny."""
-        if self._guardrails.empty:
-            return None
+    def _session_policy(self, session: Session) -> SessionPolicy:
+        """This identity's guardrails and budgets on this connection, following new versions."""
         identity = session.identity
         subject = subject_for(
             self._access, identity.user, identity.groups, machine=identity.is_machine
         )
-        return self._guardrails.for_session(subject, session.connection.name)
+        return SessionPolicy(self._guardrails, self._budgets, subject, session.connection.name)
 
     @staticmethod
     def _track(tracker: PgTracker, decoded: FrontendMessage) -> list[StatementStarted]:

@@ -174,3 +174,16 @@ class ReviewRecord:
     decision: str | None = None
     grant_expires_at: dt.datetime | None = None
     votes: tuple[VoteRecord, ...] = ()
+
+
+# ---- policy in the store (migration 0004) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersionRecord:
+    version: int  # from 1; the newest is in force
+    document: str  # canonical JSON of the policy document
+    sha256: str  # hex digest of `document`
+    applied_by: str
+    applied_at: dt.datetime
+    comment: str | None = None

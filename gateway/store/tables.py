@@ -261,3 +261,32 @@ identity_owners = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index(None, "owner"),
 )
+
+
+# ---- policy in the store (migration 0004) ----------------------------------------------------
+
+# Every policy document ever applied, numbered from 1; the newest is in force. ``document`` is the
+# canonical JSON text whose sha256 is ``sha256``, so "unchanged" is a comparison of digests.
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("applied_by", sa.String(255), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+    sa.Column("comment", sa.Text(), nullable=True),
+)
+
+# Exfiltration budget usage per UTC day; gateways add to it with atomic increments.
+budget_usage = sa.Table(
+    "budget_usage",
+    metadata,
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("user", sa.String(255), primary_key=True),
+    sa.Column("connection", sa.String(255), primary_key=True),
+    sa.Column("budget", sa.String(100), primary_key=True),
+    sa.Column("rows", sa.BigInteger(), nullable=False),
+    sa.Column("bytes", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,109 @@
+"""`wardgate policy show|history|rollback` and `wardgate budgets usage`: policy versions in
+the store and exfiltration budget usage (the API in gateway/api/policy.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import yaml
+
+from cli import client as cl
+
+_GATEWAY_OPTIONS = [
+    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
+    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
+    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
+]
+
+
+def _gateway_options(fn: Any) -> Any:
+    for option in reversed(_GATEWAY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _describe(v: dict[str, object]) -> str:
+    comment = f"  # {v['comment']}" if v.get("comment") else ""
+    return (
+        f"version {v['version']}  {v['applied_at']}  by {v['applied_by']}  "
+        f"sha256 {str(v['sha256'])[:12]}{comment}"
+    )
+
+
+@click.command("show")
+@click.option("--version", "version", type=int, help="A past version (default: in force).")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def show(
+    version: int | None, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Print the policy in force (or version N) as YAML, ready for `wardgate apply -f`."""
+    path = f"/v1/policy/versions/{version}" if version else "/v1/policy"
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.get(path))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"# {_describe(data)}" if data.get("applied_by") else "# no policy version yet")
+    click.echo(yaml.safe_dump({"policy": data["policy"]}, sort_keys=False).rstrip())
+
+
+@click.command("history")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def history(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """List the policy versions, oldest first; the last one is in force."""
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.get("/v1/policy/versions"))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for v in data:
+        click.echo(_describe(v))
+
+
+@click.command("rollback")
+@click.argument("version", type=int)
+@_gateway_options
+def rollback(version: int, gateway: str | None, token: str | None, ca: str | None) -> None:
+    """Put version VERSION's policy back in force, as a new version."""
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.post(f"/v1/policy/versions/{version}/rollback"))
+    click.echo(f"policy version {data['version']} {data['status']} (from version {version})")
+
+
+@click.command("usage")
+@click.option("--day", help="UTC day YYYY-MM-DD (default: today).")
+@click.option("--user")
+@click.option("--connection")
+@click.option("--json", "as_json", is_flag=True)
+@_gateway_options
+def usage(
+    day: str | None,
+    user: str | None,
+    connection: str | None,
+    as_json: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Exfiltration budget usage of a day."""
+    params = {k: v for k, v in (("day", day), ("user", user), ("connection", connection)) if v}
+    with cl.resolve(gateway, token, ca).http() as http:
+        data = cl.check(http.get("/v1/budgets/usage", params=params))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for row in data:
+        click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def register(main: click.Group, policy: click.Group) -> None:
+    """Hang these commands on `wardgate policy` and a new `wardgate budgets` group."""
+    for command in (show, history, rollback):
+        policy.add_command(command)
+    budgets = click.Group("budgets", help="Exfiltration budgets: rows and bytes per day.")
+    budgets.add_command(usage)
+    main.add_command(budgets)

@@ -1,0 +1,394 @@
+"""The policy in force: versioned in the store, the same on every gateway replica.
+
+Every policy document applied (``wardgate apply -f``, ``PUT /v1/policy``, a rollback) becomes
+a new numbered version in the store, unless it equals the newest one (same canonical JSON,
+same sha256). The newest version is in force.
+
+How the config's ``policy:`` and the store meet: when the store holds no version yet, the
+config's policy (if it says anything) becomes version 1, applied by ``config``. From then on
+the store wins: editing the config's ``policy:`` and restarting changes nothing (a warning
+says so); apply the change with ``wardgate apply -f`` instead. A store without versions and a
+config without policy means no guardrails and no budgets.
+
+Replicas pick up a version they did not write themselves: every session open reads the newest
+version number (one indexed ``max()``), and a watcher re-reads it every
+``policy_check_interval`` seconds for sessions already open. Open PostgreSQL sessions switch
+to the new version at their next statement; the version that judged each statement is
+recorded on its ``pg.statement`` / ``pg.refused`` event (``policy_version``).
+
+A document in the store that this gateway cannot read (written by a newer one, say) is not
+applied: the gateway keeps the version it had and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, stop_offset
+from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
+from gateway.store import Store
+from gateway.store.models import PolicyVersionRecord
+
+log = logging.getLogger(__name__)
+
+CONFIG_AUTHOR = "config"
+
+
+class PolicyDocumentError(ValueError):
+    """A policy document that does not validate; the message says where."""
+
+
+def canonical(config: PolicyConfig) -> tuple[str, str]:
+    """(canonical JSON, sha256 hex) of a policy. Defaults are left out, so a gateway that
+    learns a new optional field does not see every stored document as changed."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_document(document: Any) -> PolicyConfig:
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise PolicyDocumentError("the policy document must be a mapping")
+    try:
+        return PolicyConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()
+        )
+        raise PolicyDocumentError(f"invalid policy: {problems}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    record: PolicyVersionRecord
+    created: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {**version_json(self.record), "status": "created" if self.created else "unchanged"}
+
+
+def version_json(record: PolicyVersionRecord, *, document: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "version": record.version,
+        "sha256": record.sha256,
+        "applied_by": record.applied_by,
+        "applied_at": record.applied_at.isoformat(),
+        "comment": record.comment,
+    }
+    if document:
+        out["policy"] = json.loads(record.document)
+    return out
+
+
+class PolicyView(Protocol):
+    """What the front doors read: the policy in force and its version (0: not from the store)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def version(self) -> int: ...
+
+    async def refresh(self) -> int: ...
+
+
+class FixedPolicy:
+    """A policy that never changes (tests, tools): version 0."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+        self.version = 0
+
+    async def refresh(self) -> int:
+        return 0
+
+
+def as_view(guardrails: Policy | PolicyView | None) -> PolicyView:
+    if guardrails is None or isinstance(guardrails, Policy):
+        return FixedPolicy(guardrails)
+    return guardrails
+
+
+class PolicySource:
+    """The policy in force on this gateway, and the number of its store version (0: none)."""
+
+    def __init__(self, store: Store, fallback: PolicyConfig | None = None) -> None:
+        self._store = store
+        self._fallback = fallback or PolicyConfig()
+        self.policy = Policy(self._fallback)
+        self.version = 0
+        self._lock = asyncio.Lock()
+
+    # ---- start ---------------------------------------------------------------------------
+
+    def seed(self) -> None:
+        """Blocking, at start: the config's policy becomes version 1 of an empty store."""
+        text, sha = canonical(self._fallback)
+        if text != "{}":
+            record, created = self._store.add_policy_version(
+                text,
+                sha,
+                applied_by=CONFIG_AUTHOR,
+                comment="seeded from the config",
+                only_if_empty=True,
+            )
+            if created:
+                log.info("policy version %d seeded from the config", record.version)
+            elif record.sha256 != sha:
+                log.warning(
+                    "the config's policy differs from the store's version %d, which stays in "
+                    "force; apply the config's policy with `wardgate apply -f` to change it",
+                    record.version,
+                )
+        self._load_newest()
+
+    def _load_newest(self) -> None:
+        record = self._store.get_policy_version()
+        if record is not None:
+            self._use(record)
+
+    def _use(self, record: PolicyVersionRecord) -> None:
+        try:
+            config = parse_document(json.loads(record.document))
+        except (PolicyDocumentError, ValueError) as exc:
+            log.error(
+                "policy version %d cannot be used, keeping %d: %s",
+                record.version,
+                self.version,
+                exc,
+            )
+            return
+        self.policy = Policy(config)
+        self.version = record.version
+
+    # ---- keeping up ----------------------------------------------------------------------
+
+    async def refresh(self) -> int:
+        """Read the newest version number and load it if it is new; returns the version."""
+        latest = await asyncio.to_thread(self._store.latest_policy_version)
+        if latest != self.version:
+            async with self._lock:
+                if latest != self.version:
+                    record = await asyncio.to_thread(self._store.get_policy_version)
+                    if record is not None and record.version != self.version:
+                        self._use(record)
+                        log.info("policy version %d in force", self.version)
+        return self.version
+
+    async def watch(self, interval: float) -> None:
+        """`refresh` every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # a store hiccup must not end the watcher
+                log.warning("policy check failed: %s", exc)
+
+    # ---- changing ------------------------------------------------------------------------
+
+    async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
+        """Validate `document` and make it the newest version (unless it is already)."""
+        config = parse_document(document)
+        text, sha = canonical(config)
+        record, created = await asyncio.to_thread(
+            self._store.add_policy_version, text, sha, applied_by=applied_by, comment=comment
+        )
+        await self.refresh()
+        return Applied(record, created)
+
+    async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
+        """Apply version `version`'s document again, as a new version; None if unknown."""
+        record = await asyncio.to_thread(self._store.get_policy_version, version)
+        if record is None:
+            return None
+        return await self.apply(
+            json.loads(record.document),
+            applied_by=applied_by,
+            comment=f"rollback to version {version}",
+        )
+
+
+# ---- exfiltration budgets: usage in the store -----------------------------------------------
+
+# How often a session with budgets moves its usage to the store and re-reads the day's totals
+# (usage other sessions and replicas added). Between two flushes, sessions of one identity on
+# different gateways can together overshoot by what they read in this time.
+BUDGET_FLUSH_INTERVAL = 1.0
+
+
+class BudgetLedger:
+    """The store's budget usage, for the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
+        rows = await asyncio.to_thread(
+            self._store.budget_usage, day, user=user, connection=connection
+        )
+        return {budget: Usage(r, b) for _, _, budget, r, b in rows}
+
+    async def add(
+        self, user: str, connection: str, pending: dict[tuple[dt.date, str], Usage]
+    ) -> dict[tuple[dt.date, str], Usage]:
+        totals = await asyncio.to_thread(
+            self._store.add_budget_usage,
+            user,
+            connection,
+            {key: (u.rows, u.bytes) for key, u in pending.items()},
+        )
+        return {key: Usage(r, b) for key, (r, b) in totals.items()}
+
+
+class SessionPolicy:
+    """One session's view of the policy: its guard and its budgets, following new versions.
+
+    `current()` is called per client message and costs an attribute read unless the version
+    changed; budgets are loaded from the store at start, on a version change and when the
+    last read is older than `BUDGET_FLUSH_INTERVAL`.
+    """
+
+    def __init__(
+        self,
+        view: PolicyView,
+        ledger: BudgetLedger | None,
+        subject: Subject,
+        connection: str,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._view = view
+        self._ledger = ledger
+        self.subject = subject
+        self.connection = connection
+        self._clock = clock
+        self._monotonic = monotonic
+        self.version = -1
+        self.guard: SessionGuard | None = None
+        self.meter: BudgetMeter | None = None
+        self._loaded_at: float | None = None
+        self._flush_lock = asyncio.Lock()
+        # Unflushed usage of budgets a new version dropped: still owed to the store.
+        self._leftover: dict[tuple[dt.date, str], Usage] = {}
+        self.current()
+
+    def current(self) -> SessionGuard | None:
+        """The guard of the version in force (switching when a new one came)."""
+        if self._view.version != self.version:
+            self.version = self._view.version
+            policy = self._view.policy
+            self.guard = None if policy.empty else policy.for_session(self.subject, self.connection)
+            budgets = applicable(policy.config.budgets, self.subject, self.connection)
+            if self._ledger is None or not budgets:
+                if self.meter is not None:
+                    self._owe(self.meter.take_pending())
+                self.meter = None
+                return self.guard
+            old = self.meter
+            self.meter = BudgetMeter(budgets, self._clock)
+            if old is not None:
+                self.meter.adopt(old.take_pending())
+            self._loaded_at = None
+        return self.guard
+
+    @property
+    def metered(self) -> bool:
+        return self.meter is not None
+
+    async def exhausted(self) -> Exceeded | None:
+        """The budget a new statement would exceed, reading the store when the view is old."""
+        meter = self.meter
+        if meter is None or self._ledger is None:
+            return None
+        if self._loaded_at is None or self._monotonic() - self._loaded_at >= BUDGET_FLUSH_INTERVAL:
+            try:
+                await self.flush()
+            except Exception as exc:  # judged on what this session knows; kept pending
+                log.warning("budget usage not read from the store: %s", exc)
+        return meter.exhausted()
+
+    def stop_offset(self, data: bytes, partial: tuple[bytes, int]) -> int | None:
+        """Where in `data` the client must stop getting rows, or None (see budgets rule 4)."""
+        if self.meter is None:
+            return None
+        rows_left, bytes_left = self.meter.remaining()
+        return stop_offset(data, partial, rows_left, bytes_left)
+
+    def count(self, rows: int, nbytes: int) -> Exceeded | None:
+        return None if self.meter is None else self.meter.add(rows, nbytes)
+
+    def _owe(self, pending: dict[tuple[dt.date, str], Usage]) -> None:
+        for key, usage in pending.items():
+            self._leftover[key] = self._leftover.get(key, Usage()) + usage
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._leftover) or (self.meter is not None and self.meter.pending)
+
+    async def flush(self) -> None:
+        """Move pending usage to the store and load the day's totals (everyone's)."""
+        ledger = self._ledger
+        if ledger is None:
+            return
+        async with self._flush_lock:
+            user = self.subject.user
+            if self._leftover:
+                leftover, self._leftover = self._leftover, {}
+                try:
+                    await ledger.add(user, self.connection, leftover)
+                except asyncio.CancelledError:
+                    raise  # the write goes on in its thread: owing it again would count twice
+                except BaseException:
+                    self._owe(leftover)
+                    raise
+            meter = self.meter
+            if meter is None:
+                return
+            pending = meter.take_pending()
+            day = meter.day
+            totals: dict[str, Usage] | None = None
+            if pending:
+                try:
+                    added = await ledger.add(user, self.connection, pending)
+                except asyncio.CancelledError:
+                    raise  # the write goes on in its thread: restoring would count it twice
+                except BaseException:
+                    meter.restore(pending)
+                    raise
+                # Every budget of the meter counts every row, so today's totals are all here.
+                today = {name: usage for (d, name), usage in added.items() if d == day}
+                if len(today) == len(meter.budgets):
+                    totals = today
+            if totals is None:
+                totals = await ledger.totals(user, self.connection, day)
+            meter.load(totals, day)
+            self._loaded_at = self._monotonic()
+
+    async def run_flusher(self, wake: asyncio.Event) -> None:
+        """Flush at each `wake` (statement ends) and every interval, until cancelled."""
+        while True:
+            # Sessions without budgets only wake when a statement ends.
+            interval = BUDGET_FLUSH_INTERVAL if self.meter is not None else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            wake.clear()
+            if self.pending:
+                try:
+                    await self.flush()
+                except Exception as exc:  # kept pending; the next round retries
+                    log.warning("budget usage flush failed: %s", exc)

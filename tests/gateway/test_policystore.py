@@ -1,0 +1,169 @@
+"""Policy versions and budget usage in the store, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.budgets import Usage
+from gateway.policy.rules import PolicyConfig, Subject
+from gateway.policystore import (
+    BudgetLedger,
+    PolicyDocumentError,
+    PolicySource,
+    SessionPolicy,
+    canonical,
+)
+from gateway.store import Store
+from tests.fixtures.postgres import PostgresServer
+
+DENY_DELETE = {
+    "rules": [{"name": "no-delete", "effect": "deny", "match": {"kinds": ["write"]}}],
+}
+BUDGET = {"budgets": [{"name": "daily", "rows_per_day": 5}]}
+DAY = dt.date(2026, 3, 1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'wardgate.db'}"
+    else:
+        db: PostgresServer = request.getfixturevalue("postgres_db")
+        url = db.url()
+    with Store.open(url) as opened:
+        yield opened
+
+
+def test_a_version_is_created_only_when_the_document_changes(store: Store) -> None:
+    assert store.latest_policy_version() == 0 and store.get_policy_version() is None
+    text, sha = canonical(PolicyConfig.model_validate(DENY_DELETE))
+    first, created = store.add_policy_version(text, sha, applied_by="alice", comment="one")
+    assert created and first.version == 1 and first.applied_by == "alice"
+    again, created = store.add_policy_version(text, sha, applied_by="bob")
+    assert not created and again.version == 1
+    text2, sha2 = canonical(PolicyConfig.model_validate(BUDGET))
+    second, created = store.add_policy_version(text2, sha2, applied_by="bob")
+    assert created and second.version == 2
+    seeded, created = store.add_policy_version(text, sha, applied_by="config", only_if_empty=True)
+    assert not created and seeded.version == 2
+    assert store.latest_policy_version() == 2
+    assert [v.version for v in store.list_policy_versions()] == [1, 2]
+    one = store.get_policy_version(1)
+    assert one is not None and json.loads(one.document) == json.loads(text)
+    assert one.comment == "one" and one.applied_at.tzinfo is not None
+
+
+def test_canonical_ignores_formatting_and_defaults() -> None:
+    a = PolicyConfig.model_validate({"guarded_connections": ["x"], "rules": []})
+    b = PolicyConfig.model_validate({"guarded_connections": ["x"]})
+    assert canonical(a) == canonical(b)
+    assert canonical(PolicyConfig())[0] == "{}"
+
+
+def test_budget_usage_increments_are_atomic_across_threads(store: Store) -> None:
+    def add(_: int) -> None:
+        store.add_budget_usage("alice", "pg", {(DAY, "daily"): (3, 100)})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(add, range(40)))
+    assert store.budget_usage(DAY, user="alice") == [("alice", "pg", "daily", 120, 4000)]
+    totals = store.add_budget_usage("alice", "pg", {(DAY, "daily"): (1, 1), (DAY, "b2"): (2, 2)})
+    assert totals == {(DAY, "daily"): (121, 4001), (DAY, "b2"): (2, 2)}
+    assert store.budget_usage(DAY + dt.timedelta(days=1)) == []
+    assert store.budget_usage(DAY, user="bob") == []
+
+
+async def test_the_config_seeds_version_one_and_then_the_store_wins(store: Store) -> None:
+    source = PolicySource(store, PolicyConfig.model_validate(DENY_DELETE))
+    source.seed()
+    assert source.version == 1 and source.policy.config.rules[0].name == "no-delete"
+    record = store.get_policy_version(1)
+    assert record is not None and record.applied_by == "config"
+    applied = await source.apply(BUDGET, applied_by="alice", comment="budgets")
+    assert applied.created and applied.record.version == 2 and source.version == 2
+    # A restart with the old config does not undo what was applied since.
+    restarted = PolicySource(store, PolicyConfig.model_validate(DENY_DELETE))
+    restarted.seed()
+    assert restarted.version == 2 and not restarted.policy.config.rules
+    # An empty config on an empty store seeds nothing.
+
+
+async def test_an_empty_config_seeds_nothing(store: Store) -> None:
+    source = PolicySource(store, PolicyConfig())
+    source.seed()
+    assert source.version == 0 and store.latest_policy_version() == 0
+
+
+async def test_a_replica_picks_up_a_version_it_did_not_write(store: Store) -> None:
+    writer, replica = PolicySource(store), PolicySource(store)
+    writer.seed()
+    replica.seed()
+    await writer.apply(DENY_DELETE, applied_by="alice")
+    assert replica.version == 0
+    assert await replica.refresh() == 1
+    assert replica.policy.config.rules[0].name == "no-delete"
+
+
+async def test_invalid_documents_change_nothing(store: Store) -> None:
+    source = PolicySource(store)
+    await source.apply(DENY_DELETE, applied_by="alice")
+    bad = [
+        {"rules": [{"name": "x", "effect": "maybe"}]},
+        {"budgets": [{"name": "b"}]},
+        {"unknown": 1},
+        ["not", "a", "mapping"],
+    ]
+    for document in bad:
+        with pytest.raises(PolicyDocumentError, match="policy"):
+            await source.apply(document, applied_by="alice")
+    assert store.latest_policy_version() == 1 and source.version == 1
+
+
+async def test_rollback_applies_an_old_document_as_a_new_version(store: Store) -> None:
+    source = PolicySource(store)
+    await source.apply(DENY_DELETE, applied_by="alice")
+    await source.apply(BUDGET, applied_by="alice")
+    back = await source.rollback(1, applied_by="bob")
+    assert back is not None and back.created and back.record.version == 3
+    assert back.record.comment == "rollback to version 1"
+    assert source.policy.config.rules[0].name == "no-delete"
+    same = await source.rollback(3, applied_by="bob")
+    assert same is not None and not same.created
+    assert await source.rollback(99, applied_by="bob") is None
+
+
+async def test_an_open_session_switches_at_its_next_statement(store: Store) -> None:
+    source = PolicySource(store)
+    session = SessionPolicy(source, BudgetLedger(store), Subject("alice"), "pg")
+    assert session.current() is None and not session.metered
+    await source.apply({**DENY_DELETE, **BUDGET}, applied_by="admin")
+    guard = session.current()
+    assert guard is not None and session.version == 1 and session.metered
+    assert guard.check("delete from t").effect == "deny"
+    assert session.count(3, 10) is None
+    assert await session.exhausted() is None  # flushes the 3 rows, reads the totals
+    today = dt.datetime.now(dt.UTC).date()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 10)]
+    store.add_budget_usage("alice", "pg", {(today, "daily"): (2, 0)})  # another replica
+    await session.flush()
+    exceeded = await session.exhausted()
+    assert exceeded is not None and exceeded.usage == Usage(5, 10)
+
+
+async def test_usage_of_a_budget_a_new_version_drops_is_still_stored(store: Store) -> None:
+    source = PolicySource(store)
+    await source.apply(BUDGET, applied_by="admin")
+    session = SessionPolicy(source, BudgetLedger(store), Subject("alice"), "pg")
+    session.count(2, 20)
+    await source.apply(DENY_DELETE, applied_by="admin")  # no budgets any more
+    session.current()
+    assert not session.metered and session.pending
+    await session.flush()
+    today = dt.datetime.now(dt.UTC).date()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
