@@ -6,6 +6,14 @@ agent is created through the admin API, started with its key, and the benchmark 
 (``bench``, type postgres) carries the database role's password as a literal, sealed by the
 gateway's ``secret_key``. Clients log in as ``admin`` with the admin token as password,
 ``sslmode=verify-full`` against the generated CA.
+
+The gateway runs with a realistic policy (``POLICY``, in the config, so it becomes policy
+version 1): the connection is guarded (what no rule allows is denied), guardrails deny DDL,
+privilege changes, anything reaching outside the data and where-less writes, allow rules name
+exactly what the workloads read, an exfiltration budget counts every row and byte (limits far
+above what a run reads), and a masking rule puts the agent's result rewriter on the path of
+every result. The masking rule is a custom pattern, not a column rule: COPY TO STDOUT is
+refused when a column rule applies (its rows name no columns), and the bulk workload is COPY.
 """
 
 from __future__ import annotations
@@ -29,6 +37,76 @@ from gateway.crypto import SecretBox, new_token
 CONNECTION = "bench"
 AGENT = "default"
 USER = "admin"
+
+# What pgbench -S (and its start-up catalog query), pgbench -C with `SELECT 1`, psql's COPY
+# and the psycopg round trips read; tests/bench/test_policy.py checks each is allowed.
+POLICY: dict[str, Any] = {
+    "guarded_connections": [CONNECTION],
+    "rules": [
+        {
+            "name": "no-schema-or-privilege-changes",
+            "effect": "deny",
+            "message": "schema and privilege changes go through migrations",
+            "match": {"kinds": ["ddl", "dcl"]},
+        },
+        {
+            "name": "no-outside-data",
+            "effect": "deny",
+            "message": "no access outside the data (files, programs, remote servers, roles)",
+            "match": {"flags": ["outside_data"]},
+        },
+        {
+            "name": "no-where-less-writes",
+            "effect": "deny",
+            "message": "UPDATE and DELETE need a WHERE clause",
+            "match": {"flags": ["where_less_write"]},
+        },
+        {
+            "name": "bench-reads",
+            "effect": "allow",
+            "match": {
+                "connections": [CONNECTION],
+                "kinds": ["read"],
+                # Not `pg_catalog.*`: an unqualified table would match its `*` (any schema).
+                "tables": [
+                    "pgbench_*",
+                    "pg_catalog.pg_class",
+                    "pg_catalog.pg_namespace",
+                    "pg_catalog.pg_partitioned_table",
+                    "pg_catalog.pg_inherits",
+                ],
+                "functions": [
+                    "count",
+                    "repeat",
+                    "generate_series",
+                    "array_position",
+                    "current_schemas",
+                ],
+            },
+        },
+        {
+            "name": "bench-transactions",
+            "effect": "allow",
+            "match": {"connections": [CONNECTION], "kinds": ["transaction"]},
+        },
+    ],
+    "budgets": [
+        {
+            "name": "bench-daily",
+            "match": {"connections": [CONNECTION]},
+            "rows_per_day": 10**12,
+            "bytes_per_day": 10**15,
+        }
+    ],
+    "masking": [
+        {
+            "name": "employee-ids",
+            "match": {"connections": [CONNECTION]},
+            "regex": [r"EMP-\d{6}"],
+            "strategy": "redact",
+        }
+    ],
+}
 
 
 def _command() -> list[str]:
@@ -96,6 +174,7 @@ def wardgate(root: Path, pg: Postgres) -> Iterator[WardgateStack]:
                 "agent_listen": f"127.0.0.1:{agent_port}",
                 "data_dir": str(data_dir),
                 "secret_key": SecretBox.generate_key(),
+                "policy": POLICY,
             }
         )
     )
