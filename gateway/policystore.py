@@ -328,6 +328,22 @@ class SessionPolicy:
         rows_left, bytes_left = self.meter.remaining()
         return stop_offset(data, partial, rows_left, bytes_left)
 
+    def asking(self) -> tuple[str, ...]:
+        return () if self.meter is None else self.meter.asking()
+
+    def waive(self, budgets: tuple[str, ...]) -> None:
+        """A review approved: the statement's result runs past these budgets (budgets rule 5)."""
+        if self.meter is not None:
+            self.meter.waive(budgets)
+
+    @property
+    def waiving(self) -> bool:
+        return self.meter is not None and bool(self.meter.waived)
+
+    def unwaive(self) -> None:
+        if self.meter is not None:
+            self.meter.unwaive()
+
     def count(self, rows: int, nbytes: int) -> Exceeded | None:
         return None if self.meter is None else self.meter.add(rows, nbytes)
 

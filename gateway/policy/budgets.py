@@ -22,8 +22,12 @@ gateway keeps the usage in the store per (user, connection, budget, day). The ru
    drops whatever else the server says for that batch and passes the ReadyForQuery, so the
    wire stays valid. The server is asked to cancel meanwhile so it stops producing. A result
    that ends exactly at the limit is not stopped; the next statement is refused.
-5. ``on_exceed`` is ``stop`` for now; ``review`` (hold the statement for an approval) is
-   reserved for the approvals work and is rejected until then.
+5. ``on_exceed: review`` (with a ``review:`` block, the terms of ``gateway.policy.approval``)
+   holds a new statement on an exhausted budget for approval instead of refusing it; once
+   approved, that statement runs and its result is not cut by the budgets its approval
+   covers (``BudgetMeter.waive``; it is still counted). A budget that stops wins over one
+   that asks: with both exhausted, the statement is refused. A result that crosses a review
+   budget's limit while it runs is still stopped (rule 4): a running result cannot be held.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.policy.approval import ReviewTerms
 
 if TYPE_CHECKING:
     from gateway.policy.rules import Subject
@@ -75,12 +81,18 @@ class Budget(BaseModel):
     match: BudgetMatch = Field(default_factory=BudgetMatch)
     rows_per_day: int | None = Field(default=None, gt=0)
     bytes_per_day: int | None = Field(default=None, gt=0)
-    on_exceed: Literal["stop"] = "stop"
+    on_exceed: Literal["stop", "review"] = "stop"
+    review: ReviewTerms | None = None  # on_exceed review: who approves, how many, how long
 
     @model_validator(mode="after")
     def _limited(self) -> Budget:
         if self.rows_per_day is None and self.bytes_per_day is None:
             raise ValueError(f"budget {self.name!r} needs rows_per_day and/or bytes_per_day")
+        if (self.on_exceed == "review") != (self.review is not None):
+            raise ValueError(
+                f"budget {self.name!r}: a `review:` block goes with `on_exceed: review`, "
+                "and only there"
+            )
         return self
 
     def over(self, rows: int, nbytes: int) -> Literal["rows", "bytes"] | None:
@@ -141,6 +153,7 @@ class BudgetMeter:
         self._stored: dict[str, Usage] = {}
         self._pending: dict[tuple[dt.date, str], Usage] = {}
         self._reported: set[tuple[dt.date, str]] = set()  # exceeds already announced
+        self.waived: frozenset[str] = frozenset()  # budgets an approval lets a result pass
 
     def _roll(self) -> None:
         today = utc_day(self._clock())
@@ -158,13 +171,23 @@ class BudgetMeter:
         return self._stored.get(name, Usage()) + self._pending.get((self.day, name), Usage())
 
     def exhausted(self) -> Exceeded | None:
-        """The first budget already at a limit today, or None."""
-        for budget in self.budgets:
+        """The first budget already at a limit today, or None; one that stops comes before
+        one that asks for review (rule 5: refusing wins)."""
+        for budget in sorted(self.budgets, key=lambda b: b.on_exceed == "review"):
             usage = self.used(budget.name)
             limit = budget.over(usage.rows, usage.bytes)
             if limit is not None:
                 return Exceeded(budget, limit, usage)
         return None
+
+    def asking(self) -> tuple[str, ...]:
+        """The exhausted budgets that ask for review (`on_exceed: review`)."""
+        out = []
+        for budget in self.budgets:
+            usage = self.used(budget.name)
+            if budget.on_exceed == "review" and budget.over(usage.rows, usage.bytes):
+                out.append(budget.name)
+        return tuple(out)
 
     def add(self, rows: int, nbytes: int) -> Exceeded | None:
         """Count what the client received; returns a budget this crossed (once per day)."""
@@ -183,11 +206,21 @@ class BudgetMeter:
                 crossed = Exceeded(budget, limit, usage)
         return crossed
 
+    def waive(self, names: Iterable[str]) -> None:
+        """An approved statement runs past these budgets (rule 5) until `unwaive`."""
+        self.waived = frozenset(names)
+
+    def unwaive(self) -> None:
+        self.waived = frozenset()
+
     def remaining(self) -> tuple[int | None, int | None]:
-        """(rows, bytes) the tightest budgets still allow today; None: no such limit."""
+        """(rows, bytes) the tightest budgets not waived still allow today; None: no such
+        limit."""
         rows: int | None = None
         nbytes: int | None = None
         for budget in self.budgets:
+            if budget.name in self.waived:
+                continue
             used = self.used(budget.name)
             if budget.rows_per_day is not None:
                 left = budget.rows_per_day - used.rows

@@ -45,7 +45,10 @@ version at its next statement, and each recorded statement carries `policy_versi
 Exfiltration budgets (`gateway.policy.budgets`) count the rows and bytes the client receives;
 a statement on an exhausted budget is refused like a guardrail refusal but with SQLSTATE 53400,
 and a result is cut before the first row the budget has no room for (`stop_offset`,
-`ResultStopper`; the server is asked to cancel).
+`ResultStopper`; the server is asked to cancel). A budget with `on_exceed: review` holds the
+statement instead, as a review rule would (the budget's `review:` terms); approved, it runs and
+its result is not cut by that budget until the server is idle again; denied or timed out, it is
+refused with 53400.
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ class Hold:
     text: str
     rules: tuple[str, ...]
     terms: ReviewTerms
+    budgets: tuple[str, ...] = ()  # exhausted budgets (on_exceed review) this asks past
 
 
 def _refusal(
@@ -612,6 +616,8 @@ class PostgresFrontDoor:
                 raise
             finally:
                 self._holding.pop(session.id, None)
+            budget = hold.budgets[0] if hold.budgets else None
+            refused = BUDGET_SQLSTATE if budget else READ_ONLY_SQLSTATE
             if decided is None and reader.at_eof():
                 await self._reviews.cancel(review.id, "the client went away")
                 raise ConnectionResetError("the client went away while its statement was held")
@@ -622,6 +628,7 @@ class PostgresFrontDoor:
                     hold.text,
                     hold.rules,
                     sqlstate="57014",
+                    budget=budget,
                 )
             if decided.status == "approved" and reader.at_eof():
                 # The client hung up while it waited: run nothing on its behalf.
@@ -635,6 +642,8 @@ class PostgresFrontDoor:
                 f"policy: review {review.id} {outcome} ({decided.decision}); statement not run",
                 hold.text,
                 hold.rules,
+                sqlstate=refused,
+                budget=budget,
             )
 
         async def judge(
@@ -660,6 +669,14 @@ class PostgresFrontDoor:
             if exceeded is None:
                 return hold
             text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
+            terms = exceeded.budget.review
+            if terms is not None:  # only budgets that ask are exhausted (stopping ones win)
+                if hold is not None:
+                    # Held once, on the rule's terms; its result is then still cut by the
+                    # budget (an approval of the rule does not stand for the budget's).
+                    return hold
+                reason = f"{exceeded.message}; running it needs approval"
+                return Hold(reason, str(text), (), terms, budgets=policy.asking())
             return Refusal(
                 exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
             )
@@ -691,9 +708,14 @@ class PostgresFrontDoor:
                             if out:  # what came before goes first, held or not
                                 await stream.send_data(b"".join(out))
                                 out.clear()
+                            hold = refusal
                             refusal = await self._review_statement(
-                                message.type, refusal, batch_start, approved_parses, held
+                                message.type, hold, batch_start, approved_parses, held
                             )
+                            if refusal is None and hold.budgets:
+                                # Its result runs past those budgets until the server is
+                                # idle again (forward); it is still counted.
+                                policy.waive(hold.budgets)
                         if refusal is not None:
                             if out:
                                 await stream.send_data(b"".join(out))
@@ -787,6 +809,8 @@ class PostgresFrontDoor:
             finished.extend(tracker.server_data(piece))
             if policy.metered:
                 counted(tracker.rows_total - rows_before, len(piece), finished)
+                if policy.waiving and tracker.idle:
+                    policy.unwaive()  # the approved statement's answer is complete
             return piece
 
         async def agent_to_client() -> str | None:
@@ -927,7 +951,7 @@ class PostgresFrontDoor:
         """Hold `hold` for review; None when it may go on to the server."""
         now = time.monotonic()
         if kind == b"P":
-            if approved_parses.get(hold.text, 0.0) > now:
+            if not hold.budgets and approved_parses.get(hold.text, 0.0) > now:
                 return None  # approved earlier in this session, and still valid
             if not batch_start:
                 # Refused with the session's end by the caller's mid-batch rule.
@@ -938,7 +962,8 @@ class PostgresFrontDoor:
                     hold.rules,
                 )
         refusal = await held(hold)
-        if refusal is None and kind == b"P":
+        if refusal is None and kind == b"P" and not hold.budgets:
+            # A budget's approval is for one statement: the next one asks again.
             approved_parses[hold.text] = time.monotonic() + hold.terms.approval_ttl
         return refusal
 

@@ -4,13 +4,18 @@ A rows budget for `admin` on `pg-rows` stops a 50,000-row result mid-stream (the
 53400 naming the budget, after exactly the rows the budget allowed), refuses the next
 statements in order while the session keeps answering, and leaves other users and other
 connections alone; the usage survives a gateway restart. A bytes budget on `pg-bytes` stops
-a wide result the same way.
+a wide result the same way. A budget with `on_exceed: review` stops a result that crosses it,
+then holds the next statement until another person approves it with the CLI (it then runs in
+full), and asks again for the one after (denied: 53400).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +25,7 @@ import pytest
 from psycopg import sql
 
 from gateway.crypto import SecretBox
+from gateway.identity.local import totp
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
 
@@ -273,3 +279,110 @@ def test_copy_to_stdout_is_stopped_by_a_bytes_budget(stack: Stack) -> None:
     assert BIG_ROWS > out.stdout.count("\n") > 0
     used = stack.usage("admin-copy")["bytes"]
     assert BYTES_LIMIT <= used <= BYTES_LIMIT + PAD + 512
+
+
+REVIEW_ID = re.compile(r"rv_[0-9a-f]{12}")
+ASK_LIMIT = 100
+
+
+def _local_user(gw: GatewayProc, name: str, groups: list[str]) -> str:
+    """A signed-in local user's token (password + TOTP)."""
+    password = "a long local password"
+    with gw.api() as api:
+        made = api.post("/v1/users", json={"name": name, "password": password, "groups": groups})
+        assert made.status_code == 201, made.text
+        secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
+        signed = api.post(
+            "/v1/auth/password",
+            json={"user": name, "password": password, "code": totp(secret["secret"][0])},
+        )
+        assert signed.status_code == 200, signed.text
+        return str(signed.json()["token"])
+
+
+def test_a_review_budget_holds_the_next_statement_until_another_person_approves(
+    wardgate: Wardgate, postgres_server: PostgresServer, budget_db: PostgresServer
+) -> None:
+    policy = {
+        "budgets": [
+            {
+                "name": "admin-ask",
+                "match": {"users": ["admin"]},
+                "rows_per_day": ASK_LIMIT,
+                "on_exceed": "review",
+                "review": {"approvers": {"groups": ["dba"]}, "timeout": 120},
+            }
+        ]
+    }
+    gw = wardgate.gateway(
+        secret_key=SecretBox.generate_key(), identity={"local_users": True}, policy=policy
+    )
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(
+        name="pg-ask",
+        type="postgres",
+        host="127.0.0.1",
+        port=postgres_server.port,
+        database="budgetapp",
+        username="budget_app",
+        password=APP_PASSWORD,
+    )
+    bob = _local_user(gw, "bob", ["dba"])
+    stack = Stack(wardgate, gw)
+    notices: list[str] = []
+    with psycopg.connect(stack.conninfo("pg-ask"), autocommit=True) as conn:
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        # A running result that crosses the limit is still stopped: it cannot be held.
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="admin-ask"):
+            conn.execute("select * from big limit 150").fetchall()
+        assert stack.result_of("select * from big limit 150")["rows"] == ASK_LIMIT
+
+        # The next statement is held; the client gets the review id as a notice.
+        query = "select * from big limit 500"
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["rows"] = len(conn.execute(query).fetchall())
+            except Exception as exc:
+                outcome["error"] = exc
+
+        waiting = threading.Thread(target=run, daemon=True)
+        waiting.start()
+        found = wait_for(lambda: REVIEW_ID.search(" ".join(notices)), "the review notice")
+        review_id = found.group(0)
+        assert "admin-ask" in " ".join(notices)
+        shown = wardgate.cli(gw, "reviews", "show", review_id, token=bob)
+        assert shown.returncode == 0 and query in shown.stdout, shown
+        assert waiting.is_alive()
+        # Nobody approves their own statement.
+        own = wardgate.cli(gw, "reviews", "approve", review_id)
+        assert own.returncode != 0, own
+        approved = wardgate.cli(gw, "reviews", "approve", review_id, token=bob)
+        assert approved.returncode == 0, approved.stderr
+        waiting.join(30)
+        assert not waiting.is_alive()
+        # Approved, it runs in full: its result is not cut by the budget it asked past.
+        assert outcome == {"rows": 500}, outcome
+        assert stack.result_of(query)["rows"] == 500
+        assert stack.usage("admin-ask")["rows"] == ASK_LIMIT + 500  # still counted
+
+        # The approval was for that statement: the next one asks again; denied, 53400.
+        notices.clear()
+        outcome.clear()
+        waiting = threading.Thread(target=run, daemon=True)
+        waiting.start()
+        found = wait_for(lambda: REVIEW_ID.search(" ".join(notices)), "the second notice")
+        assert found.group(0) != review_id
+        denied = wardgate.cli(gw, "reviews", "deny", found.group(0), token=bob)
+        assert denied.returncode == 0, denied.stderr
+        waiting.join(30)
+        error = outcome.get("error")
+        assert isinstance(error, psycopg.errors.ConfigurationLimitExceeded), outcome
+        assert "denied" in str(error)
+        # The session goes on (and the next statement would be held again).
+        assert not conn.closed
+    refused = [e["data"] for e in gw.audit("pg.refused")]
+    assert refused and refused[-1]["budget"] == "admin-ask"
+    kinds = [e["kind"] for e in gw.audit() if e["data"].get("review") == review_id]
+    assert "review.created" in kinds and "review.approved" in kinds

@@ -57,8 +57,21 @@ def test_a_budget_needs_a_limit_and_names_are_unique() -> None:
         Budget(name="none")
     with pytest.raises(ValidationError):
         Budget(name="neg", rows_per_day=0)
-    with pytest.raises(ValidationError):  # review waits for the approvals work
+    with pytest.raises(ValidationError, match="`review:` block goes with `on_exceed: review`"):
         Budget.model_validate({"name": "r", "rows_per_day": 1, "on_exceed": "review"})
+    with pytest.raises(ValidationError, match="`review:` block"):
+        Budget.model_validate(
+            {"name": "r", "rows_per_day": 1, "review": {"approvers": {"users": ["bob"]}}}
+        )
+    asks = Budget.model_validate(
+        {
+            "name": "r",
+            "rows_per_day": 1,
+            "on_exceed": "review",
+            "review": {"approvers": {"groups": ["dba"]}},
+        }
+    )
+    assert asks.review is not None and asks.review.approvers.groups == ("dba",)
     with pytest.raises(ValidationError, match="budget names must be unique"):
         PolicyConfig.model_validate({"budgets": [{"name": "x", "rows_per_day": 1}] * 2})
     with pytest.raises(ValidationError):  # statement conditions have no meaning here
@@ -147,6 +160,29 @@ def test_a_new_utc_day_starts_from_nothing_and_keeps_yesterdays_pending() -> Non
         (DAY1.date(), "b"): Usage(10, 0),
         (DAY1.date() + dt.timedelta(days=1), "b"): Usage(2, 0),
     }
+
+
+def test_a_stopping_budget_wins_over_one_that_asks_and_an_approval_waives_only_its_budgets() -> (
+    None
+):
+    review = {"approvers": {"groups": ["dba"]}}
+    asks = Budget.model_validate(
+        {"name": "asks", "rows_per_day": 10, "on_exceed": "review", "review": review}
+    )
+    stops = Budget(name="stops", rows_per_day=20)
+    meter = BudgetMeter([asks, stops], Clock())
+    meter.add(10, 0)
+    exhausted = meter.exhausted()
+    assert exhausted is not None and exhausted.budget.name == "asks"
+    assert meter.asking() == ("asks",)
+    assert meter.remaining() == (0, None)
+    meter.waive(meter.asking())  # an approved statement: cut only by the budget that stops
+    assert meter.remaining() == (10, None)
+    meter.unwaive()
+    assert meter.remaining() == (0, None)
+    meter.add(10, 0)
+    exhausted = meter.exhausted()
+    assert exhausted is not None and exhausted.budget.name == "stops"  # refusing wins
 
 
 # ---- the stopper ------------------------------------------------------------------------
