@@ -399,6 +399,23 @@ def policy_explain(
         click.echo(f"  statement {st['index'] or '-'}: {st['effect']}{rules}  {st['facts']}")
         click.echo(f"    sql: {st['text']}")
         click.echo(f"    {st['reason']}")
+    for m in data.get("masking", []):
+        what = [f"{key} {','.join(m[key])}" for key in ("columns", "detectors", "regex") if m[key]]
+        click.echo(f"masking: {m['name']} ({'; '.join(what)}) strategy={m['strategy']}")
+    for b in data.get("budgets", []):
+        limits = [
+            f"{b[key]} {unit}/day"
+            for key, unit in (("rows_per_day", "rows"), ("bytes_per_day", "bytes"))
+            if b[key] is not None
+        ]
+        used = b.get("used")
+        today = (
+            f" used today: {used['rows']} rows, {used['bytes']} bytes"
+            f"{' (exhausted)' if b['exhausted'] else ''}"
+            if used
+            else ""
+        )
+        click.echo(f"budget: {b['name']} {', '.join(limits)} on_exceed={b['on_exceed']}{today}")
 
 
 # ---- sessions, audit, login, tcp -------------------------------------------------------

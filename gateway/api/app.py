@@ -20,6 +20,7 @@ from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
 from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
+from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.rules import Policy
@@ -512,6 +513,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
         groups = tuple(body.groups) if body.groups is not None else known.groups if known else ()
         view = as_view(deps.guardrails)
         await view.refresh()  # the version in force now, also one applied on another replica
+        today = dt.datetime.now(dt.UTC).date()
+        used = await run(deps.store.budget_usage, today, user=body.user, connection=body.connection)
         return explain(
             view.policy,
             deps.access or AccessPolicy(),
@@ -522,6 +525,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             is_admin=bool(known and known.is_admin),
             machine=bool(known and known.kind != "person"),
             statements_checked=record is None or record.type in READ_ONLY_ENFORCED,
+            usage={budget: Usage(rows, nbytes) for _, _, budget, rows, nbytes in used},
         )
 
     # ---- sessions and audit --------------------------------------------------------

@@ -3,16 +3,58 @@
 Pure and sans-I/O. It runs the checks in the order the PostgreSQL front door does: the
 access the roles grant (none refuses the session), read-only enforcement when that access is
 read-only, then the guardrails. The answer is plain data (what `POST /v1/policy/explain`
-returns and `wardgate policy explain` prints).
+returns and `wardgate policy explain` prints). Beside the decision it lists what else the
+policy does to the user's session on that connection: the masking rules the agent would
+apply to its results, and the exfiltration budgets that count it (with today's usage when
+the caller read it from the store).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from gateway.policy.budgets import Usage, applicable
 from gateway.policy.grants import AccessPolicy
+from gateway.policy.masking import applies
 from gateway.policy.readonly import check_read_only
-from gateway.policy.rules import Policy, subject_for
+from gateway.policy.rules import Policy, Subject, subject_for
+
+
+def masking_rules(policy: Policy, subject: Subject, connection: str) -> list[dict[str, Any]]:
+    """The masking rules that apply to `subject` on `connection`, as the agent gets them."""
+    return [
+        {
+            "name": r.name,
+            "columns": list(r.columns),
+            "detectors": list(r.detectors),
+            "regex": list(r.regex),
+            "strategy": r.strategy,
+        }
+        for r in policy.config.masking
+        if applies(r.match, subject, connection)
+    ]
+
+
+def budgets(
+    policy: Policy, subject: Subject, connection: str, usage: Mapping[str, Usage] | None
+) -> list[dict[str, Any]]:
+    """The budgets that count `subject` on `connection`, with today's usage if known."""
+    out = []
+    for b in applicable(policy.config.budgets, subject, connection):
+        used = usage.get(b.name, Usage()) if usage is not None else None
+        out.append(
+            {
+                "name": b.name,
+                "rows_per_day": b.rows_per_day,
+                "bytes_per_day": b.bytes_per_day,
+                "on_exceed": b.on_exceed,
+                "review": b.review.model_dump(mode="json") if b.review else None,
+                "used": None if used is None else {"rows": used.rows, "bytes": used.bytes},
+                "exhausted": None if used is None else b.over(used.rows, used.bytes) is not None,
+            }
+        )
+    return out
 
 
 def explain(
@@ -26,8 +68,10 @@ def explain(
     is_admin: bool = False,
     machine: bool = False,
     statements_checked: bool = True,
+    usage: Mapping[str, Usage] | None = None,
 ) -> dict[str, Any]:
-    """`statements_checked`: False for connections whose statements cannot be read (tcp)."""
+    """`statements_checked`: False for connections whose statements cannot be read (tcp).
+    `usage`: today's usage of this user on this connection per budget, if read."""
     subject = subject_for(access, user, groups, machine=machine)
     roles = subject.roles
     granted = access.decide(user=user, groups=groups, is_admin=is_admin, connection=connection)
@@ -58,6 +102,8 @@ def explain(
             }
             for s in decision.statements
         ],
+        "masking": masking_rules(guardrails, subject, connection),
+        "budgets": budgets(guardrails, subject, connection, usage),
     }
     # The earlier checks win, as at the front door.
     if granted.access is None:

@@ -386,3 +386,21 @@ def test_a_review_budget_holds_the_next_statement_until_another_person_approves(
     assert refused and refused[-1]["budget"] == "admin-ask"
     kinds = [e["kind"] for e in gw.audit() if e["data"].get("review") == review_id]
     assert "review.created" in kinds and "review.approved" in kinds
+
+
+def test_policy_explain_shows_the_budgets_and_todays_usage(stack: Stack) -> None:
+    stack.psql("pg-rows", "-c", "select * from big")  # exhausted (already, or now)
+    out = stack.wg.cli(
+        stack.gw, "policy", "explain", "--user", "admin", "--connection", "pg-rows", "select 1"
+    )
+    assert out.returncode == 0, out.stderr
+    budgets = [line for line in out.stdout.splitlines() if line.startswith("budget:")]
+    assert budgets == [
+        f"budget: admin-rows {ROWS_LIMIT} rows/day on_exceed=stop used today: {ROWS_LIMIT} "
+        f"rows, {stack.usage('admin-rows')['bytes']} bytes (exhausted)"
+    ]
+    with stack.gw.api() as api:
+        free = api.post(
+            "/v1/policy/explain", json={"user": "admin", "connection": "pg-free", "sql": "select 1"}
+        ).json()
+    assert free["budgets"] == []

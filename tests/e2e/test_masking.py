@@ -308,3 +308,38 @@ def test_prepared_statements_and_server_side_cursors_are_masked(stack: Stack) ->
             fetched = list(cur)
         assert [r[0][:4] for r in fetched] == ["tok_"] * 3
         assert fetched[0][1] not in (900100200, None)
+
+
+def test_policy_explain_shows_the_masking_rules_that_apply(stack: Stack) -> None:
+    def explain(connection: str) -> subprocess.CompletedProcess[str]:
+        return stack.wg.cli(
+            stack.gw,
+            "policy",
+            "explain",
+            "--user",
+            "admin",
+            "--connection",
+            connection,
+            "select email from customers",
+        )
+
+    main = explain("pg-main")
+    assert main.returncode == 0, main.stderr
+    assert "masking: ssn-partial (columns ssn) strategy=partial" in main.stdout
+    assert (
+        "masking: email-token (columns customers.email,orders.customer_email,tax_id) "
+        "strategy=token" in main.stdout
+    )
+    assert "masking: pii-scan (detectors email,card,phone,iban) strategy=redact" in main.stdout
+    scan = explain("pg-scan")
+    assert scan.returncode == 0, scan.stderr
+    assert [line for line in scan.stdout.splitlines() if line.startswith("masking:")] == [
+        "masking: pii-scan (detectors email,card,phone,iban) strategy=redact"
+    ]
+    with stack.gw.api() as api:
+        other = api.post(
+            "/v1/policy/explain",
+            json={"user": "someone", "connection": "pg-main", "sql": "select 1"},
+        )
+    assert other.status_code == 200, other.text
+    assert other.json()["masking"] == []

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config import GatewayConfig
+from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy, Grant, Role
 from gateway.policy.rules import Policy, PolicyConfig, Subject
@@ -210,3 +211,53 @@ def test_rules_that_cannot_be_enforced_on_unreadable_connections() -> None:
         statements_checked=False,
     )
     assert out["decision"] == "deny" and out["rules"] == ["named"]
+
+
+def test_explain_lists_the_masking_rules_and_budgets_of_the_session() -> None:
+    config = PolicyConfig.model_validate(
+        {
+            "masking": [
+                {"name": "ssn", "match": {"groups": ["support"]}, "columns": ["*ssn*"]},
+                {"name": "pii", "detectors": ["email"], "strategy": "partial"},
+                {"name": "prod", "match": {"connections": ["pg-prod"]}, "regex": ["EMP-\\d+"]},
+            ],
+            "budgets": [
+                {"name": "daily", "rows_per_day": 10},
+                {"name": "bots", "match": {"identity": "machine"}, "bytes_per_day": 5},
+            ],
+        }
+    )
+    access = AccessPolicy([Role("all", users=frozenset({"alice"}), grants=(Grant("*", "admin"),))])
+    out = explain(
+        Policy(config),
+        access,
+        user="alice",
+        groups=("support",),
+        connection="pg-main",
+        sql="select 1",
+        usage={"daily": Usage(10, 99)},
+    )
+    assert [m["name"] for m in out["masking"]] == ["ssn", "pii"]
+    assert out["masking"][0] == {
+        "name": "ssn",
+        "columns": ["*ssn*"],
+        "detectors": [],
+        "regex": [],
+        "strategy": "redact",
+    }
+    assert out["budgets"] == [
+        {
+            "name": "daily",
+            "rows_per_day": 10,
+            "bytes_per_day": None,
+            "on_exceed": "stop",
+            "review": None,
+            "used": {"rows": 10, "bytes": 99},
+            "exhausted": True,
+        }
+    ]
+    unread = explain(
+        Policy(config), access, user="alice", groups=(), connection="pg-prod", sql="select 1"
+    )
+    assert [m["name"] for m in unread["masking"]] == ["pii", "prod"]
+    assert unread["budgets"][0]["used"] is None and unread["budgets"][0]["exhausted"] is None
