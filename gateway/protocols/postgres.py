@@ -22,10 +22,16 @@ the fastpath FunctionCall. A refusal is answered in the server's place and in or
 (ErrorResponse 42501 after the answers to what the client sent before, then ReadyForQuery,
 at its Sync for Parse) and audited as `pg.refused`; the session goes on. A refused Parse in
 a batch whose start the server already holds cannot be answered in order: the session ends
-with 42501 (fail closed). A CancelRequest (on a new connection, plaintext or TLS) is routed
-by the BackendKeyData the gateway handed out to the agent serving that session, which
-replays it to the server with the real key. Masking happens at the agent; the counts it
-reports beside the data are audited as `pg.masked`.
+(fail closed). The server's part of the batch is dropped with its session; the gateway reads
+the client's batch to its Sync (at most LINGER seconds), answers it with ERROR 42501 and
+ReadyForQuery, so that a pipelining client reports the refusal rather than a lost connection,
+then sends FATAL 42501 and closes lingering (`_linger`: FIN, then reads until the client hangs
+up), so that no TCP reset destroys the error before the client reads it.
+
+A CancelRequest (on a new connection, plaintext or TLS) is routed by the BackendKeyData the
+gateway handed out to the agent serving that session, which replays it to the server with
+the real key. Masking happens at the agent; the counts it reports beside the data are
+audited as `pg.masked`.
 
 Approvals: a statement the guardrails send to review (`effect: review`) is held, not
 refused. The client stays connected and at once receives a NoticeResponse naming the review
@@ -122,6 +128,9 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 30.0
 CLIENT_CHECK = 1.0  # seconds between looks for a client that hung up while held
 READ_SIZE = 64 * 1024
+# Seconds a session the gateway ends keeps reading (and dropping) what the client still sends,
+# so that the client reads the error that ends it (see `_linger`).
+LINGER = 2.0
 # Startup parameters passed through to the server; user and database are the connection's.
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 _FRONTEND_TRACKED = frozenset(b"QPBECSX")
@@ -143,6 +152,11 @@ class ClientGone(Exception):
 
 class StatementRefused(Exception):
     """A refused statement in the middle of a batch the server has partly received."""
+
+    def __init__(self, reason: str, *, synced: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.synced = synced  # the client ended its batch with Sync: it awaits ReadyForQuery
 
 
 # Messages that carry SQL (simple Query, extended Parse) or bypass it (fastpath call).
@@ -196,6 +210,34 @@ def _refusal(
         if not decision.allowed:
             return Refusal(f"policy: {decision.reason}", text, decision.rules)
     return None
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A lingering close: the client must read the FATAL error just written before it is cut.
+
+    A socket closed while client bytes wait unread in its receive queue, or that receives
+    bytes after it is closed, answers with a TCP RST, and an RST makes the client's kernel
+    drop what the client has not read yet: the error. A client in a pipeline keeps sending
+    after the message the gateway refused, so: flush the error, end our direction (TCP FIN:
+    the client reads the error, then end-of-file), and read and drop whatever the client
+    still sends until it hangs up or LINGER seconds pass. The caller then closes.
+    """
+    with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
+        await writer.drain()
+        # uvloop queues small writes until the end of the loop iteration: one turn of the
+        # loop puts the error on the wire before the FIN that must follow it.
+        await asyncio.sleep(0)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # The transport's socket refuses shutdown(); a duplicate descriptor does not,
+            # and shutdown acts on the connection, not on one descriptor. (No TLS
+            # close_notify: asyncio has no TLS half-close; after a FATAL error libpq and
+            # psycopg report the error, not the missing close_notify.)
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                dup.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER):
+            while await reader.read(READ_SIZE):
+                pass
 
 
 @dataclass(eq=False)
@@ -681,6 +723,24 @@ class PostgresFrontDoor:
                 exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
             )
 
+        async def until_sync(frames: MessageReader) -> bool:
+            """Drop what the client sends up to the end of its batch; True at its Sync,
+            False when it hangs up, sends Terminate or LINGER seconds pass first. A
+            pipelining client (psycopg) takes an error as the answer to its batch only once
+            it has sent the whole batch and reads up to the ReadyForQuery that ends it; told
+            earlier, or cut off before that, it reports the lost connection instead."""
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER):
+                    while True:
+                        while (message := frames.next_message()) is not None:
+                            if message.type in b"SX":
+                                return message.type == b"S"
+                        data = await reader.read(READ_SIZE)
+                        if not data:
+                            return False
+                        frames.feed(data)
+            return False
+
         async def client_to_agent() -> None:
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
@@ -734,7 +794,8 @@ class PostgresFrontDoor:
                                     policy_version=policy.version,
                                     ended_session=True,
                                 )
-                                raise StatementRefused(refusal.reason)
+                                synced = await until_sync(frames)
+                                raise StatementRefused(refusal.reason, synced=synced)
                             await refuse(message, refusal)
                             discarding = message.type in (b"P", b"B")
                             continue
@@ -880,21 +941,34 @@ class PostgresFrontDoor:
                     await up
                 flusher.cancel()
         except* StatementRefused as group:
-            error = str(group.exceptions[0])
+            refused = group.exceptions[0]
+            assert isinstance(refused, StatementRefused)
+            error = refused.reason
+            # The server drops the part of the batch it holds (nothing of it is committed
+            # unless it committed itself); the client is told why, and the session ends.
+            await stream.reset(ResetCode.CANCELLED, error)
+            # Never inside a server message the client has the start of.
             with contextlib.suppress(ConnectionError):
-                writer.write(error_response(READ_ONLY_SQLSTATE, error))
-                await writer.drain()
+                if tracker.partial == (b"", 0):
+                    if refused.synced:
+                        # Its batch answered as a server would (error, ReadyForQuery), so
+                        # that the client reports this error; then the session ends.
+                        status = "E" if tracker.tx_status in ("T", "E") else "I"
+                        writer.write(error_response(READ_ONLY_SQLSTATE, error, severity="ERROR"))
+                        writer.write(ready_for_query(status))  # type: ignore[arg-type]
+                    writer.write(error_response(READ_ONLY_SQLSTATE, f"session ended: {error}"))
+            await _linger(reader, writer)
         except* AuditUnavailable as group:
             # Fail closed: a statement that cannot be recorded is not run.
             error = f"statement not run: {group.exceptions[0]}"
             with contextlib.suppress(ConnectionError):
                 writer.write(error_response("58030", error))
-                await writer.drain()
+            await _linger(reader, writer)
         except* PgProtocolError as group:
             error = f"client protocol violation: {group.exceptions[0]}"
             with contextlib.suppress(ConnectionError):
                 writer.write(error_response("08P01", error))
-                await writer.drain()
+            await _linger(reader, writer)
         except* (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as group:
             error = error or f"connection failed: {group.exceptions[0]}"
             if stream.end_reason is not None:

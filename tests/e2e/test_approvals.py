@@ -625,11 +625,14 @@ def test_a_multi_statement_query_waits_whole_and_runs_nothing_when_it_times_out(
 def test_a_review_in_the_middle_of_a_pipeline_ends_the_session_closed(stack: Stack) -> None:
     with (
         psycopg.connect(stack.conninfo("alice"), autocommit=True) as conn,
-        pytest.raises(psycopg.Error),
+        pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="cannot be held in the middle of a pipeline"
+        ) as exc,
         conn.pipeline(),
     ):
         conn.execute("select 1")
         conn.execute("update accounts set balance = %s where id = %s", (0, 10))
+    assert exc.value.sqlstate == "42501"
     assert stack.balance(10) == 100
     assert not stack.pending_of("alice")
     ended = [e["data"] for e in stack.gw.audit("pg.refused") if e["data"].get("ended_session")]

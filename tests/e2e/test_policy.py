@@ -156,14 +156,26 @@ def test_psycopg_extended_protocol_is_judged_at_parse(stack: Stack) -> None:
         assert conn.execute("select v from secrets where id = %s", (1,)).fetchone() == ("alpha",)
         conn.execute("insert into notes (body) values (%s)", ("allowed write",))
         assert conn.execute("select count(*) from notes").fetchone() == (1,)
-    # Mid-pipeline the server already holds part of the batch: the session ends, closed.
+    # Mid-pipeline the server already holds part of the batch: the session ends, closed,
+    # and the client reads why (the gateway lingers until it has, rather than reset).
     with (
         psycopg.connect(stack.conninfo(), autocommit=True) as conn,
-        pytest.raises(psycopg.Error),
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-secret-writes") as exc,
         conn.pipeline(),
     ):
         conn.execute("select 1")
         conn.execute("delete from secrets where id = %s", (2,))
+    assert exc.value.sqlstate == "42501"
+    assert conn.closed
+    # A client that waits for results mid-batch (a Flush, no Sync) gets the session's end.
+    with (
+        psycopg.connect(stack.conninfo(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="session ended: policy:"),
+        conn.pipeline(),
+    ):
+        first = conn.execute("select 1")
+        conn.execute("delete from secrets where id = %s", (3,))
+        first.fetchone()
     assert stack.rows() == SECRET_ROWS
 
 
