@@ -61,6 +61,7 @@ def _announce(started: Any, url: str) -> None:
         f"  agents connect to {started.agent_address[0]}:{started.agent_address[1]}", err=True
     )
     click.echo(f"  CA {started.ca_path} ({started.ca_fingerprint})", err=True)
+    click.echo(f"  SSH host key {started.ssh_fingerprint}", err=True)
     for name, key in started.agent_keys.items():
         click.echo(f"  agent {name} created; its key (shown once): {key}", err=True)
 

@@ -25,6 +25,7 @@ from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.protocols.postgres import PostgresFrontDoor
+from gateway.protocols.ssh import SshFrontDoor, load_host_key
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
@@ -48,6 +49,7 @@ class Started:
     ca_path: Path
     admin_token: str | None = None  # only when this start minted one
     agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
+    ssh_fingerprint: str = ""  # the SSH front door's host key
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:
@@ -196,6 +198,16 @@ class Gateway:
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
+        # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
+        ssh_door = SshFrontDoor(
+            await asyncio.to_thread(load_host_key, cfg.data_dir),
+            authenticator,
+            broker,
+            auditor,
+            access=policy,
+            recordings=cfg.data_dir / "recordings",
+        )
+        self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(
@@ -205,6 +217,7 @@ class Gateway:
             ca_path=tls.ca_path,
             admin_token=admin_token,
             agent_keys=agent_keys,
+            ssh_fingerprint=ssh_door.fingerprint,
         )
         return self.started
 

@@ -1,0 +1,148 @@
+"""SSH end to end: OpenSSH ssh/scp/sftp -> gateway -> agent -> a real OpenSSH sshd.
+
+The ssh client types the Wardgate credential as its password through SSH_ASKPASS (no
+terminal needed); the gateway's host key is pinned in a known_hosts file the test writes
+from the gateway's data directory, so StrictHostKeyChecking stays on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.sshd import Sshd
+from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Route:
+    """How the test's OpenSSH clients reach a connection through the gateway."""
+
+    gw: GatewayProc
+    sshd: Sshd
+    tmp: Path
+    connection: str = "web-1"
+    user: str = "admin"
+    credential: str = ADMIN_TOKEN
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}:{self.connection}@127.0.0.1"
+
+    def options(self) -> list[str]:
+        known = self.tmp / "known_hosts"
+        pub = (self.gw.data_dir / "ssh_host_ed25519_key.pub").read_text().split()
+        known.write_text(f"[127.0.0.1]:{self.gw.public_port} {pub[0]} {pub[1]}\n")
+        return [
+            "-F",
+            "/dev/null",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+
+    def env(self) -> dict[str, str]:
+        askpass = self.tmp / "askpass.sh"
+        askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$WARDGATE_TEST_SECRET"\n')
+        askpass.chmod(0o700)
+        env = dict(os.environ)
+        env.update(
+            SSH_ASKPASS=str(askpass),
+            SSH_ASKPASS_REQUIRE="force",
+            DISPLAY=":0",
+            WARDGATE_TEST_SECRET=self.credential,
+        )
+        return env
+
+    def ssh(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["ssh", "-p", str(self.gw.public_port), *self.options(), self.destination, *args],
+            env=self.env(),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def ssh_connection(sshd: Sshd, name: str = "web-1", **extra: object) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "name": name,
+        "type": "ssh",
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "username": sshd.user,
+        "private_key": f"file:{sshd.client_key}",
+        "host_key": sshd.host_fingerprint,
+    }
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture
+def route(wardgate: Wardgate, sshd: Sshd, tmp_path: Path) -> Iterator[Route]:
+    gw = wardgate.gateway()
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(**ssh_connection(sshd))
+    yield Route(gw, sshd, tmp_path)
+
+
+def test_exec_keeps_stdout_stderr_and_exit_codes(route: Route) -> None:
+    out = route.ssh("echo out-$((6*7)); echo err-1 >&2; exit 3")
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == b"out-42\n"
+    assert out.stderr == b"err-1\n"
+    assert route.ssh("true").returncode == 0
+    events = route.gw.audit("ssh.exec")
+    assert any(e["data"]["command"].startswith("echo out-") for e in events)
+    exits = route.gw.audit("ssh.exit")
+    assert {e["data"]["status"] for e in exits} >= {3, 0}
+
+
+def test_wrong_password_is_refused(route: Route) -> None:
+    route.credential = "wgt_not-a-real-credential"
+    out = route.ssh("true")
+    assert out.returncode == 255
+    assert b"Permission denied" in out.stderr
+    assert any("auth" in e["data"]["reason"] for e in route.gw.audit("ssh.refused"))
+
+
+def test_unknown_connection_is_refused_with_a_clear_message(route: Route) -> None:
+    route.connection = "nope"
+    out = route.ssh("true")
+    assert out.returncode == 1
+    assert b"connection 'nope' does not exist" in out.stderr
+
+
+def test_changed_host_key_is_refused(route: Route) -> None:
+    assert route.ssh("true").returncode == 0
+    route.sshd.regenerate_host_key()
+    out = route.ssh("true")
+    assert out.returncode == 1
+    assert b"host key verification failed" in out.stderr
+    assert b"not the pinned host key" in out.stderr
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
