@@ -456,6 +456,36 @@ def sessions_show(
         )
 
 
+@sessions.command("replay")
+@click.argument("session_id")
+@click.option("--channel", type=int, help="Which terminal channel (default: the first).")
+@click.option("--speed", default=1.0, show_default=True, help="Playback speed factor.")
+@click.option("--max-idle", default=2.0, show_default=True, help="Cap pauses at N seconds.")
+@click.option("--export", type=click.Path(path_type=Path), help="Write the .cast file instead.")
+@gateway_options
+def sessions_replay(
+    session_id: str,
+    channel: int | None,
+    speed: float,
+    max_idle: float,
+    export: Path | None,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Play an SSH terminal recording back (asciicast v2), or export it."""
+    from cli.ssh import replay
+
+    replay(
+        _ref(gateway, token, ca),
+        session_id,
+        channel=channel,
+        speed=max(speed, 0.001),
+        max_idle=max_idle,
+        export=export,
+    )
+
+
 @main.group()
 def audit() -> None:
     """The tamper-evident audit log."""

@@ -8,6 +8,7 @@ from the gateway's data directory, so StrictHostKeyChecking stays on.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.sshd import Sshd
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +147,58 @@ def sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def test_interactive_shell_with_pty_resize_and_exit_status(route: Route) -> None:
+    import pexpect
+
+    args = ["-tt", "-p", str(route.gw.public_port), *route.options(), route.destination]
+    child = pexpect.spawn("ssh", args, env=route.env(), timeout=30, dimensions=(24, 80))
+    try:
+        child.sendline("stty size; echo term=$TERM; echo marker-$((40+2))")
+        child.expect("marker-42")
+        assert b"24 80" in child.before
+        child.setwinsize(40, 120)  # SIGWINCH -> window-change -> the target's pty
+        child.sendline("stty size; echo resized-$((1+1))")
+        child.expect("resized-2")
+        assert b"40 120" in child.before
+        child.sendline("exit 7")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 7
+    shells = route.gw.audit("ssh.shell")
+    assert shells and shells[-1]["data"]["pty"] is True
+
+
+def test_recording_replays_what_the_session_printed(route: Route, wardgate: Wardgate) -> None:
+    import pexpect
+
+    args = ["-tt", "-p", str(route.gw.public_port), *route.options(), route.destination]
+    child = pexpect.spawn("ssh", args, env=route.env(), timeout=30, dimensions=(30, 100))
+    try:
+        child.sendline("echo recorded-$((6*7))")
+        child.expect("recorded-42")
+        child.setwinsize(33, 101)
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    event = wait_for(lambda: route.gw.audit("ssh.recording"), "the recording event")[-1]
+    session_id = event["session"]
+    replayed = wardgate.cli(route.gw, "sessions", "replay", session_id, "--speed", "1000")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "recorded-42" in replayed.stdout
+    export = route.tmp / "s.cast"
+    done = wardgate.cli(route.gw, "sessions", "replay", session_id, "--export", str(export))
+    assert done.returncode == 0, done.stderr
+    lines = export.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert (header["version"], header["width"], header["height"]) == (2, 100, 30)
+    events = [json.loads(line) for line in lines[1:]]
+    codes = {e[1] for e in events}
+    assert {"o", "i", "r"} <= codes
+    assert ["r", "101x33"] in [e[1:] for e in events]
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    assert "echo recorded-$((6*7))" in typed
+    assert hashlib.sha256(export.read_bytes()).hexdigest() == event["data"]["sha256"]
