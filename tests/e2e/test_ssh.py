@@ -202,3 +202,86 @@ def test_recording_replays_what_the_session_printed(route: Route, wardgate: Ward
     typed = "".join(e[2] for e in events if e[1] == "i")
     assert "echo recorded-$((6*7))" in typed
     assert hashlib.sha256(export.read_bytes()).hexdigest() == event["data"]["sha256"]
+
+
+def _scp_args(route: Route, legacy: bool) -> list[str]:
+    # scp reads "user:conn@host:path" as host "user"; the user name goes in -o User=.
+    return [
+        "scp",
+        *(["-O"] if legacy else []),
+        "-q",
+        "-P",
+        str(route.gw.public_port),
+        "-o",
+        f"User={route.user}:{route.connection}",
+    ]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["scp-sftp-mode", "scp-legacy"])
+def test_scp_both_ways_keeps_the_bytes(route: Route, legacy: bool) -> None:
+    size = int(os.environ.get("WARDGATE_TEST_SSH_BYTES", 200 * 1000 * 1000))
+    src = route.tmp / "up.bin"
+    with src.open("wb") as fh:
+        fh.write(os.urandom(size))
+    remote = route.sshd.root / f"remote-{legacy}.bin"
+    back = route.tmp / "down.bin"
+    target = "127.0.0.1"
+    up = subprocess.run(
+        [*_scp_args(route, legacy), *route.options(), str(src), f"{target}:{remote}"],
+        env=route.env(),
+        capture_output=True,
+        timeout=280,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    assert sha256(remote) == sha256(src)
+    down = subprocess.run(
+        [*_scp_args(route, legacy), *route.options(), f"{target}:{remote}", str(back)],
+        env=route.env(),
+        capture_output=True,
+        timeout=280,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr
+    assert sha256(back) == sha256(src)
+    if legacy:
+        commands = [e["data"]["command"] for e in route.gw.audit("ssh.exec")]
+        assert any(c.startswith("scp -t") for c in commands)
+        assert any(c.startswith("scp -f") for c in commands)
+    else:
+        assert len(route.gw.audit("ssh.subsystem")) >= 2
+
+
+def test_sftp_both_ways_keeps_the_bytes(route: Route) -> None:
+    size = int(os.environ.get("WARDGATE_TEST_SSH_BYTES", 200 * 1000 * 1000))
+    src = route.tmp / "sftp-up.bin"
+    with src.open("wb") as fh:
+        fh.write(os.urandom(size))
+    remote = route.sshd.root / "sftp-remote.bin"
+    back = route.tmp / "sftp-down.bin"
+    batch = route.tmp / "batch"
+    batch.write_text(f"put {src} {remote}\nget {remote} {back}\nls -l {remote}\n")
+    out = subprocess.run(
+        [
+            "sftp",
+            "-q",
+            "-o",
+            "BatchMode=no",  # before -b, which would turn the password prompt off
+            "-b",
+            str(batch),
+            "-P",
+            str(route.gw.public_port),
+            "-o",
+            f"User={route.user}:{route.connection}",
+            *route.options(),
+            "127.0.0.1",
+        ],
+        env=route.env(),
+        capture_output=True,
+        timeout=280,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sha256(remote) == sha256(src)
+    assert sha256(back) == sha256(src)
+    assert route.gw.audit("ssh.subsystem")[-1]["data"]["name"] == "sftp"
