@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.sshd import Sshd
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
+from tests.fixtures.wardgate import (
+    ADMIN_TOKEN,
+    GatewayProc,
+    Wardgate,
+    free_port,
+    port_open,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -285,3 +293,81 @@ def test_sftp_both_ways_keeps_the_bytes(route: Route) -> None:
     assert sha256(remote) == sha256(src)
     assert sha256(back) == sha256(src)
     assert route.gw.audit("ssh.subsystem")[-1]["data"]["name"] == "sftp"
+
+
+def test_forbidden_exec_and_channel_kinds_are_refused(route: Route) -> None:
+    options = {"ssh_deny_exec": "rm -rf *\nshutdown*", "ssh_sftp": "none"}
+    route.gw.create_connection(**ssh_connection(route.sshd, "web-2", options=options))
+    route.connection = "web-2"
+    out = route.ssh("echo hi && rm  -rf /tmp/wardgate-nothing-here")
+    assert out.returncode == 126
+    assert b"command refused by pattern 'rm -rf *'" in out.stderr
+    assert out.stdout == b""  # nothing of it ran
+    assert route.ssh("echo allowed").stdout == b"allowed\n"
+    refused = route.gw.audit("ssh.refused")[-1]["data"]
+    assert refused["rules"] == ["ssh_deny_exec:rm -rf *"]
+    sftp = subprocess.run(
+        [
+            "sftp",
+            "-P",
+            str(route.gw.public_port),
+            "-o",
+            "User=admin:web-2",
+            *route.options(),
+            "127.0.0.1",
+        ],
+        env=route.env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert sftp.returncode != 0
+    assert b"sftp is not allowed on this connection" in sftp.stderr
+
+
+def _forward(route: Route) -> tuple[subprocess.Popen[bytes], int]:
+    local = free_port()
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            "-N",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{route.sshd.port}",
+            "-p",
+            str(route.gw.public_port),
+            *route.options(),
+            route.destination,
+        ],
+        env=route.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: port_open(local), "ssh -L to listen")
+    return proc, local
+
+
+def _banner(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        return s.recv(64)
+
+
+def test_local_forwarding_only_where_allowed(route: Route) -> None:
+    proc, local = _forward(route)  # web-1 does not allow forwarding (the default)
+    try:
+        assert _banner(local) == b""  # the channel was refused: closed at once
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert any("forwarding" in e["data"]["reason"] for e in route.gw.audit("ssh.refused"))
+    options = {"ssh_forwarding": "all"}
+    route.gw.create_connection(**ssh_connection(route.sshd, "web-fw", options=options))
+    route.connection = "web-fw"
+    proc, local = _forward(route)
+    try:
+        assert _banner(local).startswith(b"SSH-2.0-OpenSSH")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert route.gw.audit("ssh.forward")[-1]["data"]["port"] == route.sshd.port
