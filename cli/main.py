@@ -15,6 +15,7 @@ import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
+from cli import ssh as ssh_cli
 from cli.runtime import run, setup_logging
 
 GATEWAY_OPTIONS = [
@@ -474,9 +475,7 @@ def sessions_replay(
     ca: str | None,
 ) -> None:
     """Play an SSH terminal recording back (asciicast v2), or export it."""
-    from cli.ssh import replay
-
-    replay(
+    ssh_cli.replay(
         _ref(gateway, token, ca),
         session_id,
         channel=channel,
@@ -894,6 +893,10 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
     if not ref.token:
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
     sys.exit(run(forward(ref, name, host, port)))
+
+
+main.add_command(ssh_cli.ssh)  # wardgate ssh CONNECTION
+main.add_command(ssh_cli.ssh_keys)  # wardgate ssh-keys add|list|remove
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
 from gateway.api.server import http_handler
-from gateway.api.ssh import recordings_router
+from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, parse_address, resolve_secret
@@ -186,7 +186,7 @@ class Gateway:
                 access=policy,
             )
         )
-        app.include_router(recordings_router(store, cfg.data_dir / "recordings"))
+        app.include_router(ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings"))
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
@@ -203,6 +203,7 @@ class Gateway:
         # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
         ssh_door = SshFrontDoor(
             await asyncio.to_thread(load_host_key, cfg.data_dir),
+            store,
             authenticator,
             broker,
             auditor,

@@ -262,8 +262,10 @@ class _Relay:
             else:
                 return f.OpenResult(frame.channel, False, f"channel kind {frame.kind!r}")
             self.channels[frame.channel] = chan
+            # The answer goes out before the readers start, so it precedes the channel's data.
+            self.send(f.OpenResult(frame.channel, True))
             self._start_readers(frame.channel, chan)
-            return f.OpenResult(frame.channel, True)
+            return None
         found = self.channels.get(frame.channel)
         if found is None:
             request = getattr(frame, "request", 0)

@@ -65,6 +65,7 @@ from gateway.auth import Authenticator, AuthError, Identity
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
 from gateway.sessions import Session, SessionBroker, SessionError
+from gateway.store import Store
 from shared.recording.asciicast import CastEncoder, Header
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
@@ -195,13 +196,17 @@ class _Server(paramiko.ServerInterface):
 
     # authentication
     def get_allowed_auths(self, username: str) -> str:
-        return "password,keyboard-interactive"
+        return "publickey,password,keyboard-interactive"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        # paramiko checks the signature itself; this is asked with and without one.
+        return self.c.login(username, key=fingerprint(key))
 
     def check_auth_none(self, username: str) -> int:
         return AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
-        return self.c.login(username, password)
+        return self.c.login(username, password=password)
 
     def check_auth_interactive(self, username: str, submethods: str) -> Any:
         self.c.pending_user = username
@@ -212,7 +217,7 @@ class _Server(paramiko.ServerInterface):
     def check_auth_interactive_response(self, responses: list[str]) -> int:
         if len(responses) != 1:
             return AUTH_FAILED
-        return self.c.login(self.c.pending_user, responses[0])
+        return self.c.login(self.c.pending_user, password=responses[0])
 
     # channels
     def check_channel_request(self, kind: str, chanid: int) -> int:
@@ -224,9 +229,15 @@ class _Server(paramiko.ServerInterface):
     def check_channel_direct_tcpip_request(
         self, chanid: int, origin: tuple[str, int], destination: tuple[str, int]
     ) -> int:
+        self.c.ensure_session()
         decision = self.c.may("forwarding")
         if not decision.allowed:
-            self.c.refuse_quietly(f"forwarding to {destination[0]}:{destination[1]}")
+            self.c.audit_wait(
+                "ssh.refused",
+                channel=chanid,
+                connection=self.c.connection,
+                reason=f"forwarding to {destination[0]}:{destination[1]}: {decision.reason}",
+            )
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         self.c.audit_wait(
             "ssh.forward", channel=chanid, host=destination[0], port=int(destination[1])
@@ -330,6 +341,7 @@ class _Connection:
         self._lock = threading.Lock()
         self._waiting: dict[tuple[int, int], asyncio.Future[Any]] = {}
         self._next_request = 0
+        self._opening = False
         self._session_ready = asyncio.Event()
         self._done = asyncio.Event()
         # One thread writes to the client, in the order the agent's frames arrived.
@@ -361,7 +373,7 @@ class _Connection:
 
     # -- authentication (transport thread) ---------------------------------------------
 
-    def login(self, username: str, credential: str) -> int:
+    def login(self, username: str, *, password: str = "", key: str = "") -> int:
         parsed = parse_username(username)
         if parsed is None:
             self.audit_later(
@@ -371,19 +383,23 @@ class _Connection:
             )
             return AUTH_FAILED
         try:
-            ok = self._wait(self._login(parsed[0], parsed[1], credential), AUTH_TIMEOUT)
+            ok = self._wait(self._login(parsed[0], parsed[1], password, key), AUTH_TIMEOUT)
         except (concurrent.futures.TimeoutError, RuntimeError):
             return AUTH_FAILED
         return AUTH_SUCCESSFUL if ok else AUTH_FAILED
 
-    async def _login(self, user: str, connection: str, credential: str) -> bool:
+    async def _login(self, user: str, connection: str, password: str, key: str) -> bool:
         door = self.door
         try:
-            identity = await door.auth.authenticate(credential)
+            if key:
+                identity = await door.key_identity(user, key)
+            else:
+                identity = await door.auth.authenticate(password)
         except AuthError as exc:
-            await door.audit.record(
-                "ssh.refused", client=self.client, user=user, reason=f"auth: {exc}"
-            )
+            if not key:  # a key the client merely offers is not an attack worth a line
+                await door.audit.record(
+                    "ssh.refused", client=self.client, user=user, reason=f"auth: {exc}"
+                )
             return False
         if identity.user != user:
             await door.audit.record(
@@ -395,14 +411,33 @@ class _Connection:
             return False
         self.identity, self.user, self.connection = identity, user, connection
         self.roles = tuple(r.name for r in door.access.roles_of(identity.user, identity.groups))
+        return True
+
+    def ensure_session(self) -> None:
+        """Open the Wardgate session at the first channel (after authentication)."""
+        with self._lock:
+            if self._opening:
+                return
+            self._opening = True
         try:
-            self.session = await door.broker.open(
-                identity, connection, protocol="ssh", client_addr=self.client, types=("ssh",)
+            self._wait(self._open_session(), AUTH_TIMEOUT)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            self.session_error = self.session_error or "the session could not be opened in time"
+
+    async def _open_session(self) -> None:
+        assert self.identity is not None
+        try:
+            self.session = await self.door.broker.open(
+                self.identity,
+                self.connection,
+                protocol="ssh",
+                client_addr=self.client,
+                types=("ssh",),
             )
         except SessionError as exc:
             self.session_error = exc.message
-        self._session_ready.set()
-        return True
+        finally:
+            self._session_ready.set()
 
     # -- policy --------------------------------------------------------------------------
 
@@ -420,6 +455,7 @@ class _Connection:
     # -- channels (transport thread) -----------------------------------------------------
 
     def open_channel(self, chanid: int, order: f.ChannelOpen) -> int:
+        self.ensure_session()
         ch = _Channel(chanid, order.kind)
         with self._lock:
             self.channels[chanid] = ch
@@ -759,6 +795,7 @@ def _close_channel(chan: paramiko.Channel) -> None:
 def _write_client(ch: _Channel, frame: f.Frame) -> None:
     """Runs in the connection's writer thread: one agent frame to the client's channel."""
     if not ch.attached.wait(ATTACH_TIMEOUT):
+        log.warning("ssh channel %d never attached; dropped %s", ch.id, type(frame).__name__)
         return
     chan = ch.chan
     assert chan is not None
@@ -819,6 +856,7 @@ class SshFrontDoor:
     def __init__(
         self,
         host_key: paramiko.PKey,
+        store: Store,
         auth: Authenticator,
         broker: SessionBroker,
         auditor: Auditor,
@@ -827,12 +865,29 @@ class SshFrontDoor:
         recordings: Path,
     ) -> None:
         self.host_key = host_key
+        self.store = store
         self.auth = auth
         self.broker = broker
         self.audit = auditor
         self.access = access or AccessPolicy()
         self.recordings = recordings
         self.fingerprint = fingerprint(host_key)
+
+    async def key_identity(self, user: str, key_fingerprint: str) -> Identity:
+        """Who a registered public key belongs to (as the credential check would say)."""
+        record = await asyncio.to_thread(self.store.find_ssh_key, key_fingerprint)
+        if record is None or record.user != user:
+            raise AuthError("public key not registered for this user")
+        found = await asyncio.to_thread(self.store.get_user, user)
+        if found is None or found.disabled:
+            raise AuthError("user unknown or disabled")
+        return Identity(
+            user=found.name,
+            is_admin=found.is_admin or self.access.is_admin(found.name, found.groups),
+            groups=found.groups,
+            kind=found.kind,
+            credential="ssh_key",
+        )
 
     async def plain(self, sock: socket.socket, client: str) -> None:
         """A connection whose first bytes are an SSH banner."""

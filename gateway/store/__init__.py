@@ -34,6 +34,7 @@ from gateway.store.models import (
     ConnectionRecord,
     LoginRecord,
     SessionRecord,
+    SshKeyRecord,
     TokenRecord,
     UserRecord,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "LoginRecord",
     "NotFound",
     "SessionRecord",
+    "SshKeyRecord",
     "Store",
     "StoreError",
     "TokenRecord",

@@ -138,3 +138,18 @@ class AuditEvent:
     data: dict[str, Any]
     prev_hash: bytes
     hash: bytes
+
+
+# ---- SSH -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SshKeyRecord:
+    """A public key a user registered for SSH to the gateway."""
+
+    id: str
+    user: str
+    fingerprint: str  # OpenSSH "SHA256:..."
+    public_key: str  # "TYPE BASE64"
+    comment: str
+    created_at: dt.datetime

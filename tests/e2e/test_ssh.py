@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.sshd import Sshd
+from tests.fixtures.sshd import Sshd, keygen
 from tests.fixtures.wardgate import (
     ADMIN_TOKEN,
+    WARDGATE,
     GatewayProc,
     Wardgate,
     free_port,
@@ -360,7 +361,8 @@ def test_local_forwarding_only_where_allowed(route: Route) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    assert any("forwarding" in e["data"]["reason"] for e in route.gw.audit("ssh.refused"))
+    refusals = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+    assert any("forwarding is not allowed" in r for r in refusals), refusals
     options = {"ssh_forwarding": "all"}
     route.gw.create_connection(**ssh_connection(route.sshd, "web-fw", options=options))
     route.connection = "web-fw"
@@ -371,3 +373,75 @@ def test_local_forwarding_only_where_allowed(route: Route) -> None:
         proc.terminate()
         proc.wait(10)
     assert route.gw.audit("ssh.forward")[-1]["data"]["port"] == route.sshd.port
+
+
+def _cli(route: Route, *args: str) -> subprocess.CompletedProcess[str]:
+    env = route.gw.client_env()
+    env["WARDGATE_CONFIG_DIR"] = str(route.tmp / "wgconfig")
+    return subprocess.run(
+        [*WARDGATE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_wardgate_ssh_pins_the_gateway_and_uses_a_fresh_credential(route: Route) -> None:
+    out = _cli(
+        route, "ssh", "web-1", "-o", "LogLevel=ERROR", "--", "echo", "via-cli", ";", "exit 4"
+    )
+    assert out.returncode == 4, out.stderr
+    assert out.stdout == "via-cli\n"
+    known = (route.tmp / "wgconfig" / "known_hosts").read_text()
+    assert known.startswith(f"[127.0.0.1]:{route.gw.public_port} ssh-ed25519 ")
+    # The credential was minted for this connection only (not the admin token itself).
+    opened = route.gw.audit("session.open")[-1]["data"]
+    assert opened["protocol"] == "ssh"
+
+
+def test_registered_public_key_signs_in(route: Route) -> None:
+    key = route.tmp / "user_key"
+    keygen(key)
+    added = _cli(route, "ssh-keys", "add", f"{key}.pub")
+    assert added.returncode == 0, added.stderr
+    fp = added.stdout.split()[0]
+    assert fp.startswith("SHA256:")
+    assert fp in _cli(route, "ssh-keys", "list").stdout
+    pubkey = [
+        "-o",
+        "PreferredAuthentications=publickey",
+        "-o",
+        "PubkeyAuthentication=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(key),
+    ]
+
+    def run() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(route.gw.public_port),
+                *pubkey,  # ssh keeps an option's first value: ours before the defaults
+                *route.options(),
+                route.destination,
+                "echo key-ok",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    out = run()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"key-ok\n"
+    assert _cli(route, "ssh-keys", "remove", fp).returncode == 0
+    refused = run()
+    assert refused.returncode == 255
+    assert b"Permission denied" in refused.stderr
