@@ -40,10 +40,11 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import shlex
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,14 @@ from gateway.store import Store
 from shared.recording.asciicast import CastEncoder, Header
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
+from shared.sshwire.scp import ScpObserver
+from shared.sshwire.sftp import (
+    FileOperation,
+    FileTransferred,
+    ObserverStopped,
+    SftpEvent,
+    SftpObserver,
+)
 from shared.tunnel.frames import ResetCode
 from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
 
@@ -138,6 +147,61 @@ class _Channel:
     cast: _CastFile | None = None
     exit_status: int | None = None
     refused: bool = False
+    transfers: _TransferWatch | None = None
+
+
+class _TransferWatch:
+    """Files seen on an sftp or legacy scp channel; fed from the reader and writer threads."""
+
+    def __init__(
+        self,
+        emit: Callable[[list[SftpEvent]], None],
+        *,
+        sftp: bool = False,
+        scp_upload: bool | None = None,
+    ) -> None:
+        self._sftp = SftpObserver() if sftp else None
+        self._scp = ScpObserver(scp_upload) if scp_upload is not None else None
+        self._lock = threading.Lock()
+        self._emit = emit
+
+    def client(self, data: bytes) -> None:
+        with self._lock:
+            if self._sftp is not None:
+                events = self._sftp.client_data(data)
+            elif self._scp is not None and self._scp.upload:
+                events = self._scp.data(data)
+            else:
+                return
+        if events:
+            self._emit(events)
+
+    def server(self, data: bytes) -> None:
+        with self._lock:
+            if self._sftp is not None:
+                events = self._sftp.server_data(data)
+            elif self._scp is not None and not self._scp.upload:
+                events = self._scp.data(data)
+            else:
+                return
+        if events:
+            self._emit(events)
+
+
+def scp_direction(command: str) -> bool | None:
+    """For a legacy scp server command (`scp -t DIR` / `scp -f FILE`): True for upload."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    if not argv or argv[0] != "scp":
+        return None
+    flags = {a for a in argv[1:] if a.startswith("-")}
+    if any("t" in f for f in flags):
+        return True
+    if any("f" in f for f in flags):
+        return False
+    return None
 
 
 class _CastFile:
@@ -555,10 +619,18 @@ class _Connection:
             return True
         if what == "exec":
             ch.command = text
-            transfer = text.split()[0:1] == ["scp"]
+            upload = scp_direction(text)
             self.audit_wait(
-                "ssh.exec", channel=ch.id, command=text, pty=ch.pty is not None, scp=transfer
+                "ssh.exec",
+                channel=ch.id,
+                command=text,
+                pty=ch.pty is not None,
+                scp=upload is not None,
             )
+            if upload is not None:
+                ch.transfers = _TransferWatch(
+                    lambda ev: self._sftp_events(ch.id, ev), scp_upload=upload
+                )
             order: f.Frame = f.ExecRequest(ch.id, 0, bytes(command or b""))
         elif what == "shell":
             self.audit_wait("ssh.shell", channel=ch.id, pty=ch.pty is not None)
@@ -566,12 +638,37 @@ class _Connection:
         else:
             self.audit_wait("ssh.subsystem", channel=ch.id, name=subsystem)
             order = f.SubsystemRequest(ch.id, 0, subsystem or "")
+            ch.transfers = _TransferWatch(lambda ev: self._sftp_events(ch.id, ev), sftp=True)
         if ch.pty is not None and what != "subsystem":
             self._start_cast(ch, what, text)
         ok = self.request(order)
         if not ok:
             self.audit_later("ssh.request_failed", channel=ch.id, request=what)
         return ok
+
+    def _sftp_events(self, channel: int, events: list[SftpEvent]) -> None:
+        """From a relay thread: what the sftp observer saw, into the audit log."""
+        for event in events:
+            if isinstance(event, FileTransferred):
+                self.audit_later(
+                    "ssh.transfer",
+                    channel=channel,
+                    path=event.path,
+                    direction="upload" if event.uploaded else "download",
+                    uploaded=event.uploaded,
+                    downloaded=event.downloaded,
+                    sha256=event.sha256,
+                )
+            elif isinstance(event, FileOperation):
+                self.audit_later(
+                    "ssh.file_op",
+                    channel=channel,
+                    op=event.op,
+                    path=event.path,
+                    target=event.target or None,
+                )
+            elif isinstance(event, ObserverStopped):
+                self.audit_later("ssh.transfer_unobserved", channel=channel, reason=event.reason)
 
     def _start_cast(self, ch: _Channel, what: str, text: str) -> None:
         assert self.session is not None and ch.pty is not None
@@ -603,6 +700,8 @@ class _Connection:
                     break
                 if ch.cast is not None:
                     ch.cast.input(data)
+                if ch.transfers is not None:
+                    ch.transfers.client(data)
                 self._wait(self._send(f.ChannelData(ch.id, data)), REQUEST_TIMEOUT * 10)
             self._wait(self._send(f.Eof(ch.id)), REQUEST_TIMEOUT)
         except (SessionClosedError, OSError, EOFError, RuntimeError):
@@ -805,6 +904,8 @@ def _write_client(ch: _Channel, frame: f.Frame) -> None:
         if isinstance(frame, f.ChannelData):
             if ch.cast is not None:
                 ch.cast.output(frame.data)
+            if ch.transfers is not None:
+                ch.transfers.server(frame.data)
             chan.sendall(frame.data)
         elif isinstance(frame, f.ExtendedData):
             if ch.cast is not None:

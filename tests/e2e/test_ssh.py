@@ -253,6 +253,12 @@ def test_scp_both_ways_keeps_the_bytes(route: Route, legacy: bool) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert sha256(back) == sha256(src)
+    transfers = wait_for(
+        lambda: len(route.gw.audit("ssh.transfer")) >= 2 and route.gw.audit("ssh.transfer"),
+        "transfer events",
+    )
+    seen = {(e["data"]["direction"], e["data"]["sha256"]) for e in transfers}
+    assert seen == {("upload", sha256(src)), ("download", sha256(src))}
     if legacy:
         commands = [e["data"]["command"] for e in route.gw.audit("ssh.exec")]
         assert any(c.startswith("scp -t") for c in commands)
@@ -294,6 +300,15 @@ def test_sftp_both_ways_keeps_the_bytes(route: Route) -> None:
     assert sha256(remote) == sha256(src)
     assert sha256(back) == sha256(src)
     assert route.gw.audit("ssh.subsystem")[-1]["data"]["name"] == "sftp"
+    transfers = wait_for(
+        lambda: len(route.gw.audit("ssh.transfer")) >= 2 and route.gw.audit("ssh.transfer"),
+        "transfer events",
+    )
+    seen = {(e["data"]["direction"], e["data"]["path"], e["data"]["sha256"]) for e in transfers}
+    assert ("upload", str(remote), sha256(src)) in seen
+    assert ("download", str(remote), sha256(src)) in seen
+    sizes = {e["data"]["uploaded"] + e["data"]["downloaded"] for e in transfers}
+    assert sizes == {size}
 
 
 def test_forbidden_exec_and_channel_kinds_are_refused(route: Route) -> None:
