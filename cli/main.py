@@ -256,6 +256,8 @@ def connection() -> None:
 @click.option("--database")
 @click.option("--username")
 @click.option("--password", help="env:NAME, file:PATH, or a literal (stored encrypted).")
+@click.option("--private-key", help="ssh: the key the agent logs in with (env:, file:, literal).")
+@click.option("--host-key", help="ssh: the target's host key (known_hosts line or SHA256:...).")
 @click.option("--option", "options", multiple=True, help="KEY=VALUE, repeatable.")
 @gateway_options
 def connection_create(
@@ -267,6 +269,8 @@ def connection_create(
     database: str | None,
     username: str | None,
     password: str | None,
+    private_key: str | None,
+    host_key: str | None,
     options: tuple[str, ...],
     gateway: str | None,
     token: str | None,
@@ -274,7 +278,13 @@ def connection_create(
 ) -> None:
     """Create a connection."""
     body: dict[str, Any] = {"name": name, "type": type_, "agent": pool, "host": host, "port": port}
-    for key, value in (("database", database), ("username", username), ("password", password)):
+    for key, value in (
+        ("database", database),
+        ("username", username),
+        ("password", password),
+        ("private_key", private_key),
+        ("host_key", host_key),
+    ):
         if value is not None:
             body[key] = value
     if options:
