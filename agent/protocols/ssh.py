@@ -231,7 +231,11 @@ class _Relay:
                             await self._send(reply)
                         except SessionClosedError:
                             return
-            elif isinstance(event, RemoteClosed | SessionReset):
+            elif isinstance(event, RemoteClosed):
+                # The client's connection ended: close ours too, cleanly.
+                await self.stream.send_close()
+                return
+            elif isinstance(event, SessionReset):
                 return
 
     # -- orders, in the order thread -----------------------------------------------------

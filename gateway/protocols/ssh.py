@@ -797,6 +797,7 @@ class _Connection:
                 for frame in frames:
                     await self._deliver(frame)
             elif isinstance(event, RemoteClosed):
+                await session.stream.send_close()
                 await self._end_transport(None)
                 return
             elif isinstance(event, SessionReset):

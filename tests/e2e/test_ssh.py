@@ -23,6 +23,7 @@ from tests.fixtures.wardgate import (
     ADMIN_TOKEN,
     WARDGATE,
     GatewayProc,
+    Proc,
     Wardgate,
     free_port,
     port_open,
@@ -42,6 +43,7 @@ class Route:
     connection: str = "web-1"
     user: str = "admin"
     credential: str = ADMIN_TOKEN
+    agent: Proc | None = None
 
     @property
     def destination(self) -> str:
@@ -109,9 +111,9 @@ def ssh_connection(sshd: Sshd, name: str = "web-1", **extra: object) -> dict[str
 @pytest.fixture
 def route(wardgate: Wardgate, sshd: Sshd, tmp_path: Path) -> Iterator[Route]:
     gw = wardgate.gateway()
-    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
     gw.create_connection(**ssh_connection(sshd))
-    yield Route(gw, sshd, tmp_path)
+    yield Route(gw, sshd, tmp_path, agent=agent)
 
 
 def test_exec_keeps_stdout_stderr_and_exit_codes(route: Route) -> None:
@@ -124,6 +126,16 @@ def test_exec_keeps_stdout_stderr_and_exit_codes(route: Route) -> None:
     assert any(e["data"]["command"].startswith("echo out-") for e in events)
     exits = route.gw.audit("ssh.exit")
     assert {e["data"]["status"] for e in exits} >= {3, 0}
+
+    def ended() -> list[dict[str, object]]:
+        with route.gw.api() as api:
+            rows = api.get("/v1/sessions").json()
+        return rows if all(r["status"] != "open" for r in rows) else []
+
+    sessions = wait_for(ended, "both sessions to end")
+    assert [(s["protocol"], s["status"], s["error"]) for s in sessions] == [
+        ("ssh", "closed", None)
+    ] * 2
 
 
 def test_wrong_password_is_refused(route: Route) -> None:
@@ -460,3 +472,26 @@ def test_registered_public_key_signs_in(route: Route) -> None:
     refused = run()
     assert refused.returncode == 255
     assert b"Permission denied" in refused.stderr
+
+
+def test_losing_the_agent_ends_the_session_with_a_message(route: Route) -> None:
+    args = ["ssh", "-p", str(route.gw.public_port), *route.options(), route.destination]
+    client = subprocess.Popen(
+        [*args, "echo started; exec sleep 120"],
+        env=route.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        assert route.agent is not None
+        route.agent.kill()
+        _, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 255
+    assert b"wardgate: session ended: session lost on agent 'default'" in err
