@@ -449,7 +449,8 @@ class _Connection:
         try:
             ok = self._wait(self._login(parsed[0], parsed[1], password, key), AUTH_TIMEOUT)
         except (concurrent.futures.TimeoutError, RuntimeError):
-            return AUTH_FAILED
+            ok = False
+        # paramiko itself disconnects a connection after 10 failed attempts.
         return AUTH_SUCCESSFUL if ok else AUTH_FAILED
 
     async def _login(self, user: str, connection: str, password: str, key: str) -> bool:

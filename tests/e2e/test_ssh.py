@@ -144,6 +144,28 @@ def test_wrong_password_is_refused(route: Route) -> None:
     assert out.returncode == 255
     assert b"Permission denied" in out.stderr
     assert any("auth" in e["data"]["reason"] for e in route.gw.audit("ssh.refused"))
+    # Guessing on one connection ends it.
+    guess = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(route.gw.public_port),
+            "-o",
+            "NumberOfPasswordPrompts=50",
+            *route.options(),
+            route.destination,
+            "true",
+        ],
+        env=route.env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert guess.returncode == 255
+    # paramiko disconnects after ten failed attempts on one connection.
+    attempts = [e for e in route.gw.audit("ssh.refused") if e["data"].get("user") == "admin"]
+    assert 1 < len(attempts) <= 1 + 10
 
 
 def test_unknown_connection_is_refused_with_a_clear_message(route: Route) -> None:
