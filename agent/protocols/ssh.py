@@ -8,9 +8,10 @@ here and never sent to the user. Channels and requests arrive as `shared.sshwire
 and are replayed on that connection; the target's output goes back the same way.
 
 paramiko blocks, so it runs in threads: one thread carries out the gateway's orders in
-order (open, requests, writes: a target whose window is full holds the orders behind it,
-which is the backpressure), and per channel one thread each reads stdout and stderr and
-waits for each tunnel write. The event loop only decodes frames and hands them over.
+order for its channel (open, requests, writes; a target whose window is full holds only
+that channel's orders), and per channel one thread each reads stdout and stderr, sending
+within the channel's credit (`shared.sshwire.window`). The event loop only decodes frames
+and queues them, so it never waits on a target.
 
 Known limits: paramiko's client does not report `exit-signal` (a command killed by a
 signal ends without a status) and has no call for the `signal` request; both are dropped.
@@ -29,12 +30,15 @@ import logging
 import socket
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import paramiko
 
+from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
+from shared.sshwire.window import ReceiveWindow, WindowError
 from shared.tunnel.frames import OpenResult, ResetCode, Target
 from shared.tunnel.stream import (
     DataReceived,
@@ -190,16 +194,21 @@ async def serve(stream: TunnelStream, target: Target) -> None:
         await relay.aclose()
 
 
+@dataclass(eq=False)
+class _Channel:
+    id: int
+    chan: paramiko.Channel | None = None
+    credit: Credit = field(default_factory=Credit)  # target data we may still relay
+    acks: ReceiveWindow = field(default_factory=ReceiveWindow)  # gateway data written
+    worker: Worker | None = None
+
+
 class _Relay:
     def __init__(self, stream: TunnelStream, transport: paramiko.Transport) -> None:
         self.stream = stream
         self.transport = transport
         self.loop = asyncio.get_running_loop()
-        self.channels: dict[int, paramiko.Channel] = {}
-        self._orders = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"ssh-orders {stream.session_id}"
-        )
-        self._threads: list[threading.Thread] = []
+        self.channels: dict[int, _Channel] = {}
 
     def _wait(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -218,19 +227,15 @@ class _Relay:
             if isinstance(event, DataReceived):
                 decoder.receive_data(event.payload)
                 try:
-                    frames = decoder.frames()
-                except SshWireError as exc:
+                    for frame in decoder.frames():
+                        await self._dispatch(frame)
+                except (SshWireError, WindowError) as exc:
                     await self.stream.reset(
                         ResetCode.PROTOCOL_ERROR, f"gateway broke the SSH relay protocol: {exc}"
                     )
                     return
-                for frame in frames:
-                    reply = await self.loop.run_in_executor(self._orders, self._order, frame)
-                    if reply is not None:
-                        try:
-                            await self._send(reply)
-                        except SessionClosedError:
-                            return
+                except SessionClosedError:
+                    return
             elif isinstance(event, RemoteClosed):
                 # The client's connection ended: close ours too, cleanly.
                 await self.stream.send_close()
@@ -238,21 +243,56 @@ class _Relay:
             elif isinstance(event, SessionReset):
                 return
 
-    # -- orders, in the order thread -----------------------------------------------------
-
-    def _order(self, frame: f.Frame) -> f.Frame | None:
-        try:
-            return self._carry_out(frame)
-        except Exception as exc:  # a request the target refused, a closed channel...
-            log.debug("ssh order %r failed: %s", type(frame).__name__, exc)
-            if isinstance(frame, f.ChannelOpen):
-                return f.OpenResult(frame.channel, False, _describe(exc))
+    async def _dispatch(self, frame: f.Frame) -> None:
+        """Queue the frame to its channel's thread; this loop never waits on the target."""
+        if isinstance(frame, f.ChannelOpen):
+            if frame.channel in self.channels:
+                raise SshWireError(f"channel {frame.channel} opened twice")
+            ch = _Channel(frame.channel)
+            ch.worker = Worker(
+                f"ssh-order {self.stream.session_id}#{frame.channel}",
+                lambda fr: self._order(ch, fr),
+            )
+            self.channels[frame.channel] = ch
+            ch.worker.put(frame)
+            return
+        found = self.channels.get(frame.channel)
+        if found is None or found.worker is None:
             request = getattr(frame, "request", 0)
             if request:
-                return f.RequestResult(frame.channel, request, False, _describe(exc))
-            return None
+                await self._send(f.RequestResult(frame.channel, request, False, "no such channel"))
+            return
+        if isinstance(frame, f.WindowAdjust):
+            found.credit.grant(frame.increment)
+            return
+        found.worker.put(frame)
 
-    def _carry_out(self, frame: f.Frame) -> f.Frame | None:
+    # -- orders, in the channel's thread -------------------------------------------------
+
+    def _order(self, ch: _Channel, frame: f.Frame) -> bool:
+        """Carry out one order; True when the channel is done."""
+        try:
+            reply, done = self._carry_out(ch, frame)
+        except Exception as exc:  # a request the target refused, a closed channel...
+            log.debug("ssh order %r failed: %s", type(frame).__name__, exc)
+            done = isinstance(frame, f.ChannelOpen | f.ChannelClose)
+            if isinstance(frame, f.ChannelOpen):
+                reply = f.OpenResult(frame.channel, False, _describe(exc))
+            elif getattr(frame, "request", 0):
+                reply = f.RequestResult(frame.channel, frame.request, False, _describe(exc))  # type: ignore[union-attr]
+            else:
+                reply = None
+        if reply is not None:
+            with contextlib.suppress(
+                SessionClosedError, RuntimeError, concurrent.futures.TimeoutError
+            ):
+                self.send(reply)
+        if done:
+            self.channels.pop(ch.id, None)
+            ch.credit.close()
+        return done
+
+    def _carry_out(self, ch: _Channel, frame: f.Frame) -> tuple[f.Frame | None, bool]:
         if isinstance(frame, f.ChannelOpen):
             if frame.kind == "session":
                 chan = self.transport.open_session(timeout=HANDSHAKE_TIMEOUT)
@@ -264,52 +304,55 @@ class _Relay:
                     timeout=HANDSHAKE_TIMEOUT,
                 )
             else:
-                return f.OpenResult(frame.channel, False, f"channel kind {frame.kind!r}")
-            self.channels[frame.channel] = chan
+                return f.OpenResult(frame.channel, False, f"channel kind {frame.kind!r}"), True
+            ch.chan = chan
             # The answer goes out before the readers start, so it precedes the channel's data.
             self.send(f.OpenResult(frame.channel, True))
-            self._start_readers(frame.channel, chan)
-            return None
-        found = self.channels.get(frame.channel)
-        if found is None:
-            request = getattr(frame, "request", 0)
-            if request:
-                return f.RequestResult(frame.channel, request, False, "no such channel")
-            return None
-        chan = found
+            self._start_readers(ch, chan)
+            return None, False
+        if ch.chan is None:
+            return None, True
+        chan = ch.chan
         if isinstance(frame, f.ChannelData):
             chan.sendall(frame.data)
-        elif isinstance(frame, f.Eof):
+            increment = ch.acks.delivered(len(frame.data))
+            return (f.WindowAdjust(ch.id, increment) if increment else None), False
+        if isinstance(frame, f.Eof):
             chan.shutdown_write()
         elif isinstance(frame, f.ChannelClose):
             chan.close()
+            return None, True
         elif isinstance(frame, f.WindowChange):
             chan.resize_pty(frame.cols, frame.rows, frame.width_px, frame.height_px)
         elif isinstance(frame, f.EnvRequest):
             chan.set_environment_variable(frame.name, frame.value)
-            return f.RequestResult(frame.channel, frame.request, True) if frame.request else None
+            ok = f.RequestResult(frame.channel, frame.request, True)
+            return (ok if frame.request else None), False
         elif isinstance(frame, f.PtyRequest):
             chan.get_pty(frame.term, frame.cols, frame.rows, frame.width_px, frame.height_px)
-            return f.RequestResult(frame.channel, frame.request, True)
+            return f.RequestResult(frame.channel, frame.request, True), False
         elif isinstance(frame, f.ShellRequest):
             chan.invoke_shell()
-            return f.RequestResult(frame.channel, frame.request, True)
+            return f.RequestResult(frame.channel, frame.request, True), False
         elif isinstance(frame, f.ExecRequest):
             chan.exec_command(frame.command)
-            return f.RequestResult(frame.channel, frame.request, True)
+            return f.RequestResult(frame.channel, frame.request, True), False
         elif isinstance(frame, f.SubsystemRequest):
             chan.invoke_subsystem(frame.name)
-            return f.RequestResult(frame.channel, frame.request, True)
-        return None
+            return f.RequestResult(frame.channel, frame.request, True), False
+        return None, False
 
     # -- target -> gateway, per channel --------------------------------------------------
 
-    def _start_readers(self, channel: int, chan: paramiko.Channel) -> None:
+    def _start_readers(self, ch: _Channel, chan: paramiko.Channel) -> None:
         stderr_done = threading.Event()
+        channel = ch.id
 
         def read_stderr() -> None:
             try:
                 while data := chan.recv_stderr(MAX_DATA):
+                    if not ch.credit.take(len(data)):
+                        return
                     self.send(f.ExtendedData(channel, data))
             except (SessionClosedError, OSError, RuntimeError, concurrent.futures.TimeoutError):
                 pass
@@ -319,6 +362,8 @@ class _Relay:
         def read_stdout() -> None:
             try:
                 while data := chan.recv(MAX_DATA):
+                    if not ch.credit.take(len(data)):
+                        return
                     self.send(f.ChannelData(channel, data))
                 stderr_done.wait()
                 self.send(f.Eof(channel))
@@ -331,18 +376,22 @@ class _Relay:
             finally:
                 with contextlib.suppress(Exception):
                     chan.close()
+                if ch.worker is not None:
+                    ch.worker.stop()
                 self.channels.pop(channel, None)
 
         for target, name in ((read_stdout, "out"), (read_stderr, "err")):
             thread = threading.Thread(
                 target=target, name=f"ssh-{name} {self.stream.session_id}#{channel}", daemon=True
             )
-            self._threads.append(thread)
             thread.start()
 
     async def aclose(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.credit.close()
+            if ch.worker is not None:
+                ch.worker.stop()
         await asyncio.to_thread(self.transport.close)
-        self._orders.shutdown(wait=False, cancel_futures=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -68,6 +68,7 @@ from gateway.policy.grants import AccessPolicy
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import Store
 from shared.recording.asciicast import CastEncoder, Header
+from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
 from shared.sshwire.scp import ScpObserver
@@ -78,6 +79,7 @@ from shared.sshwire.sftp import (
     SftpEvent,
     SftpObserver,
 )
+from shared.sshwire.window import ReceiveWindow
 from shared.tunnel.frames import ResetCode
 from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
 
@@ -148,6 +150,9 @@ class _Channel:
     exit_status: int | None = None
     refused: bool = False
     transfers: _TransferWatch | None = None
+    credit: Credit = field(default_factory=Credit)  # client data we may still relay
+    acks: ReceiveWindow = field(default_factory=ReceiveWindow)  # agent data written
+    worker: Worker | None = None  # writes the agent's frames to the client, in order
 
 
 class _TransferWatch:
@@ -408,10 +413,6 @@ class _Connection:
         self._opening = False
         self._session_ready = asyncio.Event()
         self._done = asyncio.Event()
-        # One thread writes to the client, in the order the agent's frames arrived.
-        self._writer = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"ssh-write {client}"
-        )
         self.error: str | None = None
 
     # -- bridging: a paramiko thread waits for a coroutine on the loop -----------------
@@ -522,6 +523,7 @@ class _Connection:
     def open_channel(self, chanid: int, order: f.ChannelOpen) -> int:
         self.ensure_session()
         ch = _Channel(chanid, order.kind)
+        ch.worker = Worker(f"ssh-write {self.client}#{chanid}", lambda fr: self._write(ch, fr))
         with self._lock:
             self.channels[chanid] = ch
         if self.session is None:
@@ -534,6 +536,7 @@ class _Connection:
         if not isinstance(result, f.OpenResult) or not result.ok:
             with self._lock:
                 self.channels.pop(chanid, None)
+            ch.worker.stop()
             message = result.message if isinstance(result, f.OpenResult) else ""
             self.audit_later("ssh.channel_failed", channel=chanid, reason=message)
             return OPEN_FAILED_CONNECT_FAILED
@@ -686,8 +689,9 @@ class _Connection:
         with contextlib.suppress(Exception):
             chan.sendall_stderr((message.rstrip() + "\r\n").encode())
             chan.send_exit_status(status)
-        # Closed from another thread: the request's reply goes out first.
-        self._writer.submit(_close_channel, chan)
+        # Closed by the channel's writer thread: the request's reply goes out first.
+        assert ch.worker is not None
+        ch.worker.put(f.ChannelClose(ch.id))
 
     # -- client -> agent (one reader thread per channel) -------------------------------
 
@@ -703,6 +707,8 @@ class _Connection:
                     ch.cast.input(data)
                 if ch.transfers is not None:
                     ch.transfers.client(data)
+                if not ch.credit.take(len(data)):
+                    return
                 self._wait(self._send(f.ChannelData(ch.id, data)), REQUEST_TIMEOUT * 10)
             self._wait(self._send(f.Eof(ch.id)), REQUEST_TIMEOUT)
         except (SessionClosedError, OSError, EOFError, RuntimeError):
@@ -807,6 +813,8 @@ class _Connection:
                 return
 
     async def _deliver(self, frame: f.Frame) -> None:
+        """Answers wake the paramiko thread waiting for them; the rest is queued to the
+        channel's writer thread, so this loop never waits on a slow client."""
         if isinstance(frame, f.OpenResult):
             fut = self._waiting.get((frame.channel, 0))
             if fut is not None and not fut.done():
@@ -818,7 +826,10 @@ class _Connection:
                 fut.set_result(frame)
             return
         ch = self.channels.get(frame.channel)
-        if ch is None:
+        if ch is None or ch.worker is None:
+            return
+        if isinstance(frame, f.WindowAdjust):
+            ch.credit.grant(frame.increment)  # WindowError: the agent broke the protocol
             return
         if isinstance(frame, f.ExitStatus):
             ch.exit_status = frame.status
@@ -839,11 +850,27 @@ class _Connection:
                 command=ch.command,
                 signal=frame.signal,
             )
-        await self.loop.run_in_executor(self._writer, _write_client, ch, frame)
+        ch.worker.put(frame)
+
+    def _write(self, ch: _Channel, frame: f.Frame) -> bool:
+        """In the channel's writer thread: one agent frame to the client; True when done."""
+        _write_client(ch, frame)
+        if isinstance(frame, f.ChannelData | f.ExtendedData):
+            increment = ch.acks.delivered(len(frame.data))
+            if increment:
+                with contextlib.suppress(
+                    SessionClosedError, RuntimeError, concurrent.futures.TimeoutError
+                ):
+                    self._wait(self._send(f.WindowAdjust(ch.id, increment)), REQUEST_TIMEOUT)
+            return False
         if isinstance(frame, f.ChannelClose):
+            ch.credit.close()
             with self._lock:
                 self.channels.pop(ch.id, None)
-            await self._close_cast(ch)
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                asyncio.run_coroutine_threadsafe(self._close_cast(ch), self.loop)
+            return True
+        return False
 
     async def _close_cast(self, ch: _Channel) -> None:
         if ch.cast is None or self.session is None:
@@ -865,16 +892,19 @@ class _Connection:
     async def _end_transport(self, error: str | None) -> None:
         """The agent side ended: tell open session channels why, then hang up."""
         channels = list(self.channels.values())
-        await self.loop.run_in_executor(self._writer, _hang_up, self.transport, channels, error)
+        await asyncio.to_thread(_hang_up, self.transport, channels, error)
 
     async def _finish(self) -> None:
         for ch in list(self.channels.values()):
             with contextlib.suppress(Exception):
                 await self._close_cast(ch)
+        for ch in list(self.channels.values()):
+            ch.credit.close()
+            if ch.worker is not None:
+                ch.worker.stop()
         transport = self.transport
         if transport is not None:
             await asyncio.to_thread(transport.close)
-        self._writer.shutdown(wait=False, cancel_futures=True)
         if self.session is not None:
             session = self.session
             if not session.stream.finished:
@@ -887,12 +917,6 @@ def _with_request(order: f.Frame, number: int) -> f.Frame:
     return changed
 
 
-def _close_channel(chan: paramiko.Channel) -> None:
-    with contextlib.suppress(Exception):
-        chan.shutdown_write()
-        chan.close()
-
-
 def _write_client(ch: _Channel, frame: f.Frame) -> None:
     """Runs in the connection's writer thread: one agent frame to the client's channel."""
     if not ch.attached.wait(ATTACH_TIMEOUT):
@@ -900,7 +924,7 @@ def _write_client(ch: _Channel, frame: f.Frame) -> None:
         return
     chan = ch.chan
     assert chan is not None
-    if ch.refused:
+    if ch.refused and not isinstance(frame, f.ChannelClose):
         return
     try:
         if isinstance(frame, f.ChannelData):
@@ -920,6 +944,7 @@ def _write_client(ch: _Channel, frame: f.Frame) -> None:
         elif isinstance(frame, f.ExitSignal):
             _send_exit_signal(chan, frame)
         elif isinstance(frame, f.ChannelClose):
+            chan.shutdown_write()
             chan.close()
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the client went away; the transport watcher ends the session

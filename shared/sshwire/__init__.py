@@ -13,4 +13,7 @@ client). Between them, everything that crosses is one of the typed frames in
                        ExitStatus, ExitSignal, ChannelClose
 
 Requests carry an id the answer repeats, so a waiting SSH request is matched to its result.
+Both directions carry WindowAdjust: per channel, a sender keeps at most CHANNEL_WINDOW
+unacknowledged data bytes in flight (like SSH's own channel windows, or h2's per-stream
+windows), so each side reads the tunnel without ever blocking on one slow channel.
 """

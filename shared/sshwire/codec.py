@@ -40,6 +40,7 @@ _TYPES: tuple[type[Any], ...] = (
     f.ExitStatus,
     f.ExitSignal,
     f.ChannelClose,
+    f.WindowAdjust,
 )
 _CODE = {cls: code for code, cls in enumerate(_TYPES, start=1)}
 _FIELDS = {cls: tuple((fl.name, str(fl.type)) for fl in dataclasses.fields(cls)) for cls in _TYPES}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Per channel and direction: unacknowledged data bytes one side may have sent.
+CHANNEL_WINDOW = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelOpen:
@@ -131,6 +134,20 @@ class ChannelClose:
     channel: int
 
 
+@dataclass(frozen=True, slots=True)
+class WindowAdjust:
+    """The receiver took `increment` more bytes of the channel's data off the relay.
+
+    Each side may have at most CHANNEL_WINDOW bytes of one channel's data (ChannelData and
+    ExtendedData payloads) in flight that the other side has not acknowledged this way, so
+    neither side ever has to stop reading the tunnel for a slow channel: answers and other
+    channels go on while one channel's reader is slow.
+    """
+
+    channel: int
+    increment: int
+
+
 Frame = (
     ChannelOpen
     | OpenResult
@@ -148,4 +165,5 @@ Frame = (
     | ExitStatus
     | ExitSignal
     | ChannelClose
+    | WindowAdjust
 )

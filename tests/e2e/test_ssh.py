@@ -223,6 +223,8 @@ def test_recording_replays_what_the_session_printed(route: Route, wardgate: Ward
         child.sendline("echo recorded-$((6*7))")
         child.expect("recorded-42")
         child.setwinsize(33, 101)
+        child.sendline("stty size")  # the resize has reached the target (and the record)
+        child.expect("33 101")
         child.sendline("exit")
         child.expect(pexpect.EOF)
     finally:
@@ -517,3 +519,42 @@ def test_losing_the_agent_ends_the_session_with_a_message(route: Route) -> None:
             client.communicate()
     assert client.returncode == 255
     assert b"wardgate: session ended: session lost on agent 'default'" in err
+
+
+def test_a_stalled_channel_does_not_hold_the_others(route: Route) -> None:
+    """One SSH connection: a command floods a reader that never reads, then -L opens more."""
+    options = {"ssh_forwarding": "all"}
+    route.gw.create_connection(**ssh_connection(route.sshd, "web-fw", options=options))
+    route.connection = "web-fw"
+    local = free_port()
+    flood = subprocess.Popen(
+        [
+            "ssh",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{route.sshd.port}",
+            "-p",
+            str(route.gw.public_port),
+            *route.options(),
+            route.destination,
+            "head -c 100000000 /dev/zero",
+        ],
+        env=route.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # never read: the flood stalls in every buffer on the way
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert flood.stdout is not None
+        assert flood.stdout.read(1) == b"\0"  # flowing; it fills every buffer within ms
+        wait_for(lambda: port_open(local), "ssh -L to listen")
+        for _ in range(3):  # new channels open and answer while channel 0 is stalled
+            assert _banner(local).startswith(b"SSH-2.0-OpenSSH")
+        drained = 1
+        while chunk := flood.stdout.read(1 << 20):
+            drained += len(chunk)
+        assert drained == 100_000_000
+        assert flood.wait(60) == 0
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+        flood.communicate()

@@ -18,7 +18,7 @@ _STRATEGY = {"int": u32, "str": text, "bytes": blob, "bool": st.booleans()}
 frame_types = [
     f.ChannelOpen, f.OpenResult, f.PtyRequest, f.EnvRequest, f.ShellRequest, f.ExecRequest,
     f.SubsystemRequest, f.RequestResult, f.WindowChange, f.SignalRequest, f.ChannelData,
-    f.ExtendedData, f.Eof, f.ExitStatus, f.ExitSignal, f.ChannelClose,
+    f.ExtendedData, f.Eof, f.ExitStatus, f.ExitSignal, f.ChannelClose, f.WindowAdjust,
 ]  # fmt: skip
 
 
@@ -72,3 +72,18 @@ def test_oversized_unknown_truncated_and_trailing_are_refused() -> None:
 def test_values_that_do_not_fit_are_our_error() -> None:
     with pytest.raises(ValueError, match="u32"):
         encode(f.ExitStatus(1, -1))
+
+
+def test_windows_count_credit_and_acknowledge_in_quarters() -> None:
+    from shared.sshwire.window import ReceiveWindow, SendWindow, WindowError
+
+    send = SendWindow(available=100, size=100)
+    assert send.can_send(100)
+    send.consume(100)
+    assert not send.can_send(1)
+    send.adjust(40)
+    assert send.can_send(40) and not send.can_send(41)
+    with pytest.raises(WindowError):
+        send.adjust(61)
+    receive = ReceiveWindow(size=100)
+    assert [receive.delivered(10), receive.delivered(10), receive.delivered(5)] == [0, 0, 25]
