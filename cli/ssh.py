@@ -116,7 +116,7 @@ def trust_gateway(ref: cl.GatewayRef) -> tuple[str, int, Path]:
     return host, port, known
 
 
-def ssh_command(ref: cl.GatewayRef, connection: str, args: tuple[str, ...]) -> list[str]:
+def ssh_command(ref: cl.GatewayRef, args: tuple[str, ...]) -> list[str]:
     """The ssh command line and, as a side effect, trust and askpass files in place."""
     if not ref.token:
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
@@ -140,7 +140,7 @@ def ssh_command(ref: cl.GatewayRef, connection: str, args: tuple[str, ...]) -> l
 
 
 def run_ssh(ref: cl.GatewayRef, connection: str, args: tuple[str, ...]) -> None:
-    argv = ssh_command(ref, connection, args)
+    argv = ssh_command(ref, args)
     with ref.http() as http:
         minted = cl.check(http.post("/v1/credentials/connection", json={"connection": connection}))
     askpass = cl.config_dir() / "ssh-askpass"

@@ -12,11 +12,12 @@
 Threads and the event loop. paramiko is blocking and threaded, so it never runs on the
 event loop: its Transport thread owns the client socket and calls our `ServerInterface`
 callbacks; callbacks that need the loop (authenticate, audit, ask the agent) submit a
-coroutine and wait for it in that thread. Per channel one reader thread carries client
-bytes to the tunnel, waiting for each tunnel write (so grpc's flow control reaches the
-client's SSH window). Bytes from the agent are written to the client by one writer thread
-per connection, in order; its queue is the loop awaiting each write, so a slow client
-stops reading from the tunnel, not the loop.
+coroutine and wait for it in that thread. Per channel, a reader thread carries client bytes
+to the tunnel within the channel's credit (`shared.sshwire.window`, refilled by the agent's
+WindowAdjust), and a writer thread writes the agent's frames to the client in order and
+acknowledges what it wrote. The loop only decodes and queues, so a client that stops
+reading one channel stalls that channel, never the loop, the answers the transport thread
+waits for, or the other channels.
 
 Refusals reach the client in SSH: a bad credential fails authentication; a session that
 cannot be opened (unknown connection, no access, the target's host key changed...) and a
