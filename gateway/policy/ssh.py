@@ -76,3 +76,60 @@ def check_exec(command: str, options: Mapping[str, str]) -> SshDecision:
                     False, f"command refused by pattern {norm!r}", f"ssh_deny_exec:{norm}"
                 )
     return ALLOWED
+
+
+class TypedLine:
+    """Best-effort check of command lines typed into an interactive shell (sans-I/O).
+
+    Follows what the user types into a PTY: printable characters build the line, Backspace
+    removes one, Ctrl-U and Ctrl-C clear it. At Enter the line is judged with `check_exec`;
+    a denied line is not entered: the Enter is replaced by Ctrl-U (which makes the shell's
+    line editor drop the line). Arrow keys, Tab completion, history and other escape
+    sequences make the line on the screen unknowable from the keys alone: such a line is
+    let through. So this stops the plain typing of a denied command, nothing cleverer; the
+    recording has every keystroke either way.
+    """
+
+    KILL_LINE = b"\x15"
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self._options = options
+        self._line: list[str] = []
+        self._uncertain = False
+        self._escape = False
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[str, SshDecision]]]:
+        """The bytes to forward, and each refused line with its decision."""
+        out = bytearray()
+        refused: list[tuple[str, SshDecision]] = []
+        for byte in data:
+            char = bytes((byte,))
+            if self._escape:
+                # Inside an escape sequence: it ends at a letter or '~'.
+                if chr(byte).isalpha() or char == b"~":
+                    self._escape = False
+                out += char
+                continue
+            if char in (b"\r", b"\n"):
+                line = "".join(self._line)
+                decision = ALLOWED if self._uncertain else check_exec(line, self._options)
+                self._line, self._uncertain = [], False
+                if decision.allowed:
+                    out += char
+                else:
+                    out += self.KILL_LINE
+                    refused.append((line, decision))
+                continue
+            if char == b"\x1b":
+                self._escape, self._uncertain = True, True
+            elif char in (b"\x7f", b"\x08"):
+                if self._line:
+                    self._line.pop()
+            elif char in (b"\x15", b"\x03"):
+                self._line, self._uncertain = [], False
+            elif char == b"\t" or byte < 0x20:
+                self._uncertain = True
+            else:
+                self._line.append(chr(byte) if byte < 0x80 else "\ufffd")
+            out += char
+        return bytes(out), refused

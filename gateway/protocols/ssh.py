@@ -154,6 +154,7 @@ class _Channel:
     credit: Credit = field(default_factory=Credit)  # client data we may still relay
     acks: ReceiveWindow = field(default_factory=ReceiveWindow)  # agent data written
     worker: Worker | None = None  # writes the agent's frames to the client, in order
+    typed: ssh_policy.TypedLine | None = None  # shell input checked against deny patterns
 
 
 class _TransferWatch:
@@ -640,6 +641,8 @@ class _Connection:
         elif what == "shell":
             self.audit_wait("ssh.shell", channel=ch.id, pty=ch.pty is not None)
             order = f.ShellRequest(ch.id, 0)
+            if ch.pty is not None and ssh_policy.deny_patterns(options):
+                ch.typed = ssh_policy.TypedLine(options)
         else:
             self.audit_wait("ssh.subsystem", channel=ch.id, name=subsystem)
             order = f.SubsystemRequest(ch.id, 0, subsystem or "")
@@ -708,9 +711,14 @@ class _Connection:
                     ch.cast.input(data)
                 if ch.transfers is not None:
                     ch.transfers.client(data)
+                refused: list[tuple[str, ssh_policy.SshDecision]] = []
+                if ch.typed is not None:
+                    data, refused = ch.typed.feed(data)
                 if not ch.credit.take(len(data)):
                     return
                 self._wait(self._send(f.ChannelData(ch.id, data)), REQUEST_TIMEOUT * 10)
+                for line, decision in refused:
+                    self._refuse_typed(ch, line, decision)
             self._wait(self._send(f.Eof(ch.id)), REQUEST_TIMEOUT)
         except (SessionClosedError, OSError, EOFError, RuntimeError):
             return
@@ -718,6 +726,21 @@ class _Connection:
             log.warning("ssh %s: channel %d: the tunnel did not take data", self.client, ch.id)
         except Exception:
             log.exception("ssh %s: channel %d reader failed", self.client, ch.id)
+
+    def _refuse_typed(self, ch: _Channel, line: str, decision: ssh_policy.SshDecision) -> None:
+        """A denied line typed into a shell was not entered: say why, on the terminal."""
+        self.audit_later(
+            "ssh.refused",
+            channel=ch.id,
+            connection=self.connection,
+            request="shell input",
+            command=line,
+            reason=decision.reason,
+            rules=[decision.rule],
+        )
+        assert ch.chan is not None
+        with contextlib.suppress(Exception):
+            ch.chan.sendall_stderr(f"\r\nwardgate: {decision.reason}\r\n".encode())
 
     # -- loop side -------------------------------------------------------------------------
 

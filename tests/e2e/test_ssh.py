@@ -558,3 +558,34 @@ def test_a_stalled_channel_does_not_hold_the_others(route: Route) -> None:
         if flood.poll() is None:
             flood.kill()
         flood.communicate()
+
+
+def test_a_denied_command_typed_into_a_shell_is_not_entered(route: Route) -> None:
+    import pexpect
+
+    marker = route.tmp / "wardgate-typed-marker"
+    marker.write_text("still here")
+    options = {"ssh_deny_exec": "rm *"}
+    route.gw.create_connection(**ssh_connection(route.sshd, "web-guarded", options=options))
+    route.connection = "web-guarded"
+    args = ["-tt", "-p", str(route.gw.public_port), *route.options(), route.destination]
+    child = pexpect.spawn("ssh", args, env=route.env(), timeout=30)
+    try:
+        child.sendline(f"rm {marker}")
+        child.expect("wardgate: command refused by pattern 'rm \\*'")
+        child.sendline("echo alive-$((2+3))")
+        child.expect("alive-5")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert marker.read_text() == "still here"
+    refused = wait_for(
+        lambda: [
+            e["data"]
+            for e in route.gw.audit("ssh.refused")
+            if e["data"].get("request") == "shell input"
+        ],
+        "the refusal in the audit log",
+    )
+    assert refused[-1]["command"] == f"rm {marker}"

@@ -30,3 +30,18 @@ def test_deny_patterns_match_the_command_and_each_part() -> None:
     assert decision.rule == "ssh_deny_exec:shutdown*"
     assert check_exec("ls -l", options).allowed
     assert check_exec("anything", {}).allowed
+
+
+def test_typed_lines_are_checked_at_enter_best_effort() -> None:
+    from gateway.policy.ssh import TypedLine
+
+    typed = TypedLine({"ssh_deny_exec": "rm -rf *"})
+    out, refused = typed.feed(b"rm -rf /x\r")
+    assert out == b"rm -rf /x\x15"
+    assert refused[0][0] == "rm -rf /x" and not refused[0][1].allowed
+    out, refused = typed.feed(b"rm -rf /y\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7fls\r")
+    assert out.endswith(b"ls\r") and refused == []
+    out, refused = typed.feed(b"\x1b[A\r")  # history: the line is unknowable, let through
+    assert out == b"\x1b[A\r" and refused == []
+    out, refused = typed.feed(b"rm -r\x03rm -rf /z\n")
+    assert out.endswith(b"\x15") and refused[0][0] == "rm -rf /z"
