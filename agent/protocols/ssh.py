@@ -13,8 +13,9 @@ that channel's orders), and per channel one thread each reads stdout and stderr,
 within the channel's credit (`shared.sshwire.window`). The event loop only decodes frames
 and queues them, so it never waits on a target.
 
-Known limits: paramiko's client does not report `exit-signal` (a command killed by a
-signal ends without a status) and has no call for the `signal` request; both are dropped.
+paramiko's client drops the target's `exit-signal`; `_TargetTransport` reads it, so a
+command killed by a signal ends with that signal at the client too. The `signal` request
+(client to target) is not relayed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_REQUEST
 
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
@@ -122,7 +124,7 @@ def connect(target: Target) -> paramiko.Transport:
     sock = socket.create_connection((target.host, target.port), timeout=DIAL_TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
-    transport = paramiko.Transport(sock)
+    transport = _TargetTransport(sock)
     try:
         transport.banner_timeout = HANDSHAKE_TIMEOUT
         transport.handshake_timeout = HANDSHAKE_TIMEOUT
@@ -160,6 +162,27 @@ def connect(target: Target) -> paramiko.Transport:
     except BaseException:
         transport.close()
         raise
+
+
+def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
+    """paramiko's handler for channel requests, keeping the `exit-signal` it would drop."""
+    start = m.packet.tell()
+    if m.get_text() != "exit-signal":
+        m.packet.seek(start)
+        paramiko.Channel._handle_request(chan, m)  # type: ignore[attr-defined]
+        return
+    m.get_boolean()  # want_reply: never for exit-signal
+    name, core, message = m.get_text(), m.get_boolean(), m.get_text()
+    chan.exit_signal = (name, core, message)  # type: ignore[attr-defined]
+    chan.status_event.set()
+
+
+class _TargetTransport(paramiko.Transport):
+    # paramiko dispatches channel messages through this class-level table.
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,  # type: ignore[attr-defined]
+        MSG_CHANNEL_REQUEST: _channel_request,
+    }
 
 
 def _secret(target: Target, name: str) -> bytes:
@@ -367,9 +390,12 @@ class _Relay:
                     self.send(f.ChannelData(channel, data))
                 stderr_done.wait()
                 self.send(f.Eof(channel))
-                status = chan.recv_exit_status()  # returns at exit-status or at close
+                status = chan.recv_exit_status()  # at exit-status, exit-signal or close
+                signal = getattr(chan, "exit_signal", None)
                 if status >= 0:
                     self.send(f.ExitStatus(channel, status))
+                elif signal is not None:
+                    self.send(f.ExitSignal(channel, *signal))
                 self.send(f.ChannelClose(channel))
             except (SessionClosedError, OSError, RuntimeError, concurrent.futures.TimeoutError):
                 pass

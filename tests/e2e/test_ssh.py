@@ -589,3 +589,14 @@ def test_a_denied_command_typed_into_a_shell_is_not_entered(route: Route) -> Non
         "the refusal in the audit log",
     )
     assert refused[-1]["command"] == f"rm {marker}"
+
+
+def test_a_command_killed_by_a_signal_reports_it(route: Route) -> None:
+    out = route.ssh("echo before; kill -TERM $$")
+    assert out.stdout == b"before\n"
+    assert out.returncode == 255  # what OpenSSH's ssh exits with for a remote signal
+    exits = wait_for(
+        lambda: [e["data"] for e in route.gw.audit("ssh.exit") if e["data"].get("signal")],
+        "the exit signal in the audit log",
+    )
+    assert exits[-1]["signal"] == "TERM"
