@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import click
 
@@ -219,5 +219,5 @@ def ssh_keys_remove(
 ) -> None:
     """Remove a key by id or fingerprint."""
     with cl.resolve(gateway, token, ca).http() as http:
-        cl.check(http.delete(f"/v1/ssh-keys/{key}", params={"user": user} if user else {}))
+        cl.check(http.delete(f"/v1/ssh-keys/{quote(key)}", params={"user": user} if user else {}))
     click.echo(f"removed {key}")

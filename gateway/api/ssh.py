@@ -96,7 +96,7 @@ def ssh_router(store: Store, auditor: Auditor, data_dir: Path, recordings: Path)
             rows = await asyncio.to_thread(store.list_ssh_keys, owner(who, user))
         return [_key_json(k) for k in rows]
 
-    @router.delete("/v1/ssh-keys/{key}")
+    @router.delete("/v1/ssh-keys/{key:path}")  # fingerprints hold "/"
     async def remove_key(key: str, who: User, user: str | None = None) -> dict[str, Any]:
         name = owner(who, user)
         if not await asyncio.to_thread(store.remove_ssh_key, name, key):
