@@ -114,6 +114,9 @@ def route(wardgate: Wardgate, sshd: Sshd, tmp_path: Path) -> Iterator[Route]:
     agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
     gw.create_connection(**ssh_connection(sshd))
     yield Route(gw, sshd, tmp_path, agent=agent)
+    # pytest keeps the last runs' tmp directories: not with 200 MB files in them.
+    for big in [*tmp_path.glob("*.bin"), *sshd.root.glob("*.bin")]:
+        big.unlink()
 
 
 def test_exec_keeps_stdout_stderr_and_exit_codes(route: Route) -> None:
