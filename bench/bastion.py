@@ -66,6 +66,7 @@ def _sshd_config(root: Path, port: int, user: str) -> Path:
                 "AllowTcpForwarding yes",
                 "PermitTTY no",
                 "X11Forwarding no",
+                "Subsystem sftp internal-sftp",  # scp (sftp mode) measurements, bench.scp
                 "PrintMotd no",
                 "LogLevel ERROR",
                 "",

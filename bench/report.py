@@ -50,6 +50,8 @@ CPU = "relay_cpu_per_1000_round_trips"
 IDLE_RSS = "relay_rss_1000_idle_sessions"
 IDLE_PER_SESSION = "relay_rss_per_idle_session"
 STREAM_RSS = "relay_rss_growth_streaming_1gb"
+SCP_UP = "scp_upload"
+SCP_DOWN = "scp_download"
 
 RELAYED = (SSH_TUNNEL, WARDGATE)
 SPECS: tuple[Spec, ...] = (
@@ -64,6 +66,9 @@ SPECS: tuple[Spec, ...] = (
     Spec(IDLE_RSS, "MiB", "lower", "relay RSS, 1,000 idle sessions", RELAYED),
     Spec(IDLE_PER_SESSION, "KiB", "lower", "relay RSS per idle session", RELAYED, "<= 50 KiB"),
     Spec(STREAM_RSS, "MiB", "lower", "relay RSS growth, 1 GB COPY", RELAYED, "<= 64 MiB each"),
+    # SSH (issue 7): the ssh_tunnel column is scp through an OpenSSH ProxyJump bastion.
+    Spec(SCP_UP, "MB/s", "higher", "scp upload (bastion: ProxyJump)"),
+    Spec(SCP_DOWN, "MB/s", "higher", "scp download (bastion: ProxyJump)"),
 )
 SPEC_BY_NAME: Mapping[str, Spec] = {spec.name: spec for spec in SPECS}
 LATENCY_ROWS = (LATENCY_P50, LATENCY_P99)

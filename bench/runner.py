@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from bench import report, workloads
+from bench import report, scp, workloads
 from bench.bastion import ssh_tunnel
 from bench.postgres import Postgres, postgres
 from bench.procs import run_checked
@@ -49,6 +49,7 @@ class Settings:
     cpu_round_trips: int
     idle_sessions: int
     pgbench_scale: int
+    scp_bytes: int = 200 * MB
 
 
 FULL = Settings(
@@ -74,6 +75,7 @@ QUICK = Settings(
     cpu_round_trips=300,
     idle_sessions=20,
     pgbench_scale=1,
+    scp_bytes=2 * MB,
 )
 
 
@@ -118,6 +120,7 @@ class Routes:
     ssh_tunnel: Route
     wardgate: Route
     fresh: Callable[[str], contextlib.AbstractContextManager[list[Route]]]
+    scp: scp.ScpTargets
 
     @property
     def all(self) -> list[Route]:
@@ -174,7 +177,9 @@ def start_routes(work_dir: Path, settings: Settings) -> Iterator[tuple[Routes, d
             return _relays(work_dir / f"relays-{tag}", pg, direct)
 
         versions = {"postgresql": pg.version, "openssh": _ssh_version()}
-        yield Routes(direct, ssh, gated, fresh), versions
+        # The bastion's sshd is also the scp target (see bench.scp).
+        targets = scp.setup(work_dir / "relays" / "ssh", gated, work_dir)
+        yield Routes(direct, ssh, gated, fresh, targets), versions
 
 
 def _ssh_version() -> str:
@@ -240,6 +245,18 @@ class _Measurement:
                 self.samples.add(name, route.name, mb_per_s)
                 self.note(f"COPY {nbytes / MB:g} MB", rep, route, f"{mb_per_s:.0f} MB/s")
 
+    def scp(self) -> None:
+        nbytes = self.settings.scp_bytes
+        self.samples.params[report.SCP_UP] = self.samples.params[report.SCP_DOWN] = {
+            "bytes": nbytes,
+            "scp_mode": "sftp",
+        }
+        for rep, route in schedule(self.routes.all, self.settings.repeats):
+            up, down = scp.copy(self.routes.scp, route.name, nbytes, self.work_dir)
+            self.samples.add(report.SCP_UP, route.name, up)
+            self.samples.add(report.SCP_DOWN, route.name, down)
+            self.note(f"scp {nbytes / MB:g} MB", rep, route, f"up {up:.0f}, down {down:.0f} MB/s")
+
     def relay_cpu(self) -> None:
         round_trips = self.settings.cpu_round_trips
         self.samples.params[report.CPU] = {"round_trips": round_trips}
@@ -287,6 +304,7 @@ def measure(routes: Routes, settings: Settings, work_dir: Path) -> Samples:
     phases.throughput()
     phases.connections()
     phases.bulk()
+    phases.scp()
     phases.relay_cpu()
     phases.memory()
     phases.progress.say("done")

@@ -17,6 +17,7 @@ import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
+from cli import ssh as ssh_cli
 from cli.runtime import run, setup_logging
 
 GATEWAY_OPTIONS = [
@@ -63,6 +64,7 @@ def _announce(started: Any, url: str) -> None:
         f"  agents connect to {started.agent_address[0]}:{started.agent_address[1]}", err=True
     )
     click.echo(f"  CA {started.ca_path} ({started.ca_fingerprint})", err=True)
+    click.echo(f"  SSH host key {started.ssh_fingerprint}", err=True)
     for name, key in started.agent_keys.items():
         click.echo(f"  agent {name} created; its key (shown once): {key}", err=True)
 
@@ -256,6 +258,8 @@ def connection() -> None:
 @click.option("--database")
 @click.option("--username")
 @click.option("--password", help="env:NAME, file:PATH, or a literal (stored encrypted).")
+@click.option("--private-key", help="ssh: the key the agent logs in with (env:, file:, literal).")
+@click.option("--host-key", help="ssh: the target's host key (known_hosts line or SHA256:...).")
 @click.option("--option", "options", multiple=True, help="KEY=VALUE, repeatable.")
 @gateway_options
 def connection_create(
@@ -267,6 +271,8 @@ def connection_create(
     database: str | None,
     username: str | None,
     password: str | None,
+    private_key: str | None,
+    host_key: str | None,
     options: tuple[str, ...],
     gateway: str | None,
     token: str | None,
@@ -274,7 +280,13 @@ def connection_create(
 ) -> None:
     """Create a connection."""
     body: dict[str, Any] = {"name": name, "type": type_, "agent": pool, "host": host, "port": port}
-    for key, value in (("database", database), ("username", username), ("password", password)):
+    for key, value in (
+        ("database", database),
+        ("username", username),
+        ("password", password),
+        ("private_key", private_key),
+        ("host_key", host_key),
+    ):
         if value is not None:
             body[key] = value
     if options:
@@ -486,6 +498,34 @@ def sessions_show(
         click.echo("masked values:")
         for m in masked:
             click.echo(f"  {m['column']}  {m['detector']}  {m['count']}")
+
+
+@sessions.command("replay")
+@click.argument("session_id")
+@click.option("--channel", type=int, help="Which terminal channel (default: the first).")
+@click.option("--speed", default=1.0, show_default=True, help="Playback speed factor.")
+@click.option("--max-idle", default=2.0, show_default=True, help="Cap pauses at N seconds.")
+@click.option("--export", type=click.Path(path_type=Path), help="Write the .cast file instead.")
+@gateway_options
+def sessions_replay(
+    session_id: str,
+    channel: int | None,
+    speed: float,
+    max_idle: float,
+    export: Path | None,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """Play an SSH terminal recording back (asciicast v2), or export it."""
+    ssh_cli.replay(
+        _ref(gateway, token, ca),
+        session_id,
+        channel=channel,
+        speed=max(speed, 0.001),
+        max_idle=max_idle,
+        export=export,
+    )
 
 
 @main.group()
@@ -899,8 +939,10 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
 
 
 reviews_cli.register(main)  # approvals: reviews, request, service-account owner
-
 policy_commands.register(main, policy)  # policy show/history/rollback, budgets usage
+
+main.add_command(ssh_cli.ssh)  # wardgate ssh CONNECTION
+main.add_command(ssh_cli.ssh_keys)  # wardgate ssh-keys add|list|remove
 
 
 if __name__ == "__main__":  # pragma: no cover

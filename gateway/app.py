@@ -17,6 +17,7 @@ from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
 from gateway.api.server import http_handler
+from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, parse_address, resolve_secret
@@ -27,6 +28,7 @@ from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
+from gateway.protocols.ssh import SshFrontDoor, load_host_key
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
@@ -51,6 +53,7 @@ class Started:
     ca_path: Path
     admin_token: str | None = None  # only when this start minted one
     agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
+    ssh_fingerprint: str = ""  # the SSH front door's host key
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:
@@ -192,6 +195,7 @@ class Gateway:
         )
         self.reviews = self._reviews(store, auditor, policy)
         app.state.reviews = self.reviews
+        app.include_router(ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings"))
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
@@ -207,6 +211,17 @@ class Gateway:
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
+        # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
+        ssh_door = SshFrontDoor(
+            await asyncio.to_thread(load_host_key, cfg.data_dir),
+            store,
+            authenticator,
+            broker,
+            auditor,
+            access=policy,
+            recordings=cfg.data_dir / "recordings",
+        )
+        self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(
@@ -216,6 +231,7 @@ class Gateway:
             ca_path=tls.ca_path,
             admin_token=admin_token,
             agent_keys=agent_keys,
+            ssh_fingerprint=ssh_door.fingerprint,
         )
         return self.started
 

@@ -10,6 +10,19 @@
       username: app_rw
       password: env:APP_DB_PASSWORD   # or file:/path, or an enc:v1:... sealed value
 
+SSH connections (`type: ssh`) log in as `username` with `private_key` (an unencrypted
+OpenSSH/PEM key) or `password`, and pin the target's host key in `host_key` (a known_hosts
+or .pub line, or an OpenSSH `SHA256:` fingerprint; several on separate lines):
+
+    - name: web-1
+      type: ssh
+      host: 10.0.0.9
+      port: 22
+      username: deploy
+      private_key: file:/run/secrets/web-1.key
+      host_key: "SHA256:Xb3..."
+      options: {ssh_forwarding: ops}
+
 Secret-bearing fields (`password`, everything under `secrets:`) hold references or sealed
 blobs once stored; a plain value is sealed with the gateway's key on the way in.
 """
@@ -19,14 +32,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ConnectionType = Literal["tcp", "postgres", "mysql", "ssh", "kubernetes"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 DEFAULT_POOL = "default"
 
 # Fields that become plain options on the record (visible in `connection show`).
-OPTION_FIELDS = ("database", "username", "sslmode")
+OPTION_FIELDS = ("database", "username", "sslmode", "host_key")
 
 
 class ConnectionSpec(BaseModel):
@@ -41,6 +54,8 @@ class ConnectionSpec(BaseModel):
     username: str | None = None
     sslmode: str | None = None
     password: str | None = None
+    private_key: str | None = None  # ssh: the key the agent logs in with (a secret)
+    host_key: str | None = None  # ssh: the target's host key pin
     options: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
 
@@ -52,6 +67,24 @@ class ConnectionSpec(BaseModel):
                 f"{value!r}: use lowercase letters, digits, '.', '_' or '-' (max 63 chars)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _ssh(self) -> ConnectionSpec:
+        if self.type != "ssh":
+            if self.private_key is not None or self.host_key is not None:
+                raise ValueError("private_key and host_key are for ssh connections")
+            return self
+        if not self.username:
+            raise ValueError("an ssh connection needs a username")
+        if not (self.host_key or self.options.get("host_key")):
+            raise ValueError(
+                "an ssh connection needs host_key: the target's known_hosts line or its "
+                "SHA256 fingerprint (ssh-keygen -lf KEY.pub)"
+            )
+        secrets = self.secret_map()
+        if "private_key" not in secrets and "password" not in secrets:
+            raise ValueError("an ssh connection needs private_key or password")
+        return self
 
     def option_map(self) -> dict[str, str]:
         options = dict(self.options)
@@ -65,4 +98,6 @@ class ConnectionSpec(BaseModel):
         secrets = dict(self.secrets)
         if self.password is not None:
             secrets["password"] = self.password
+        if self.private_key is not None:
+            secrets["private_key"] = self.private_key
         return secrets

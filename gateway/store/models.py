@@ -187,3 +187,18 @@ class PolicyVersionRecord:
     applied_by: str
     applied_at: dt.datetime
     comment: str | None = None
+
+
+# ---- SSH -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SshKeyRecord:
+    """A public key a user registered for SSH to the gateway."""
+
+    id: str
+    user: str
+    fingerprint: str  # OpenSSH "SHA256:..."
+    public_key: str  # "TYPE BASE64"
+    comment: str
+    created_at: dt.datetime

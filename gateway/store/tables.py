@@ -290,3 +290,24 @@ budget_usage = sa.Table(
     sa.Column("bytes", sa.BigInteger(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+
+# ---- SSH (migration 0005) ------------------------------------------------------------
+# Public keys users registered for SSH to the gateway (`wardgate ssh-keys add`). A key
+# authenticates exactly one user, so its fingerprint is unique across users.
+ssh_keys = sa.Table(
+    "ssh_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "user",
+        sa.String(255),
+        sa.ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("fingerprint", sa.String(128), nullable=False, unique=True),
+    sa.Column("public_key", sa.Text(), nullable=False),  # "TYPE BASE64", no comment
+    sa.Column("comment", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "user"),
+)

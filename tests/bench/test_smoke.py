@@ -33,6 +33,8 @@ MEASUREMENTS = [
     "relay_rss_1000_idle_sessions",
     "relay_rss_per_idle_session",
     "relay_rss_growth_streaming_1gb",
+    "scp_upload",
+    "scp_download",
 ]
 RELAY_ONLY = {name for name in MEASUREMENTS if name.startswith("relay_")}  # no direct value
 KEYS = {
@@ -70,7 +72,7 @@ def test_quick_run_writes_every_measurement_with_finite_numbers(tmp_path: Path) 
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=180,  # scp adds 12 short transfers (each an SSH handshake and sign-in)
         check=False,
     )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr[-6000:]}"

@@ -1,0 +1,156 @@
+"""SSH over the API: the gateway's host key, users' SSH public keys, terminal recordings.
+
+Public keys (`wardgate ssh-keys`): each user registers their own (administrators may name
+another user); a key belongs to one user only. The gateway keeps the key and its OpenSSH
+SHA256 fingerprint, which is what SSH authentication looks up.
+
+Recordings: list a session's terminal recordings and fetch one.
+
+A recording is an asciicast v2 file in the gateway's data directory; the `ssh.recording`
+audit event written when its channel closed holds the file's SHA-256 and size, so the
+file is served only if it still matches the hash chain (409 otherwise).
+"""
+
+import asyncio
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from fastapi import APIRouter, HTTPException, Response
+from pydantic import BaseModel, Field
+
+from gateway.api.app import User
+from gateway.audit import Auditor
+from gateway.store import AlreadyExists, AuditEvent, NotFound, SshKeyRecord, Store
+
+CAST_MEDIA_TYPE = "application/x-asciicast"
+
+
+class SshKeyAdd(BaseModel):
+    public_key: str = Field(max_length=16_384)
+    user: str | None = None  # administrators only: register for someone else
+
+
+def parse_public_key(line: str) -> tuple[str, str, str]:
+    """An OpenSSH public key line -> ("TYPE BASE64", comment, SHA256 fingerprint)."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 2:
+        raise ValueError("expected an OpenSSH public key line: TYPE BASE64 [COMMENT]")
+    try:
+        serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+        blob = base64.b64decode(parts[1], validate=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid SSH public key: {exc}") from None
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"{parts[0]} {parts[1]}", (parts[2] if len(parts) > 2 else ""), f"SHA256:{digest}"
+
+
+def _key_json(k: SshKeyRecord) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "user": k.user,
+        "fingerprint": k.fingerprint,
+        "comment": k.comment,
+        "public_key": k.public_key,
+        "created_at": k.created_at.isoformat(),
+    }
+
+
+def ssh_router(store: Store, auditor: Auditor, data_dir: Path, recordings: Path) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/ssh/host-key")
+    async def host_key() -> dict[str, str]:
+        line = await asyncio.to_thread((data_dir / "ssh_host_ed25519_key.pub").read_text)
+        key, _, fingerprint = parse_public_key(line)
+        return {"public_key": key, "fingerprint": fingerprint}
+
+    def owner(who: Any, user: str | None) -> str:
+        if user is not None and user != who.user and not who.is_admin:
+            raise HTTPException(403, "only administrators manage other users' keys")
+        return user or str(who.user)
+
+    @router.post("/v1/ssh-keys", status_code=201)
+    async def add_key(body: SshKeyAdd, who: User) -> dict[str, Any]:
+        user = owner(who, body.user)
+        try:
+            key, comment, fp = parse_public_key(body.public_key)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            record = await asyncio.to_thread(store.add_ssh_key, user, fp, key, comment)
+        except AlreadyExists:
+            raise HTTPException(409, f"key {fp} is registered already") from None
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        await auditor.record("ssh_key.added", actor=who.user, user=user, fingerprint=fp)
+        return _key_json(record)
+
+    @router.get("/v1/ssh-keys")
+    async def list_keys(who: User, user: str | None = None) -> list[dict[str, Any]]:
+        if who.is_admin and user is None:
+            rows = await asyncio.to_thread(store.list_ssh_keys)
+        else:
+            rows = await asyncio.to_thread(store.list_ssh_keys, owner(who, user))
+        return [_key_json(k) for k in rows]
+
+    @router.delete("/v1/ssh-keys/{key:path}")  # fingerprints hold "/"
+    async def remove_key(key: str, who: User, user: str | None = None) -> dict[str, Any]:
+        name = owner(who, user)
+        if not await asyncio.to_thread(store.remove_ssh_key, name, key):
+            raise HTTPException(404, f"user {name!r} has no key {key!r}")
+        await auditor.record("ssh_key.removed", actor=who.user, user=name, key_id=key)
+        return {"removed": key}
+
+    async def events(session_id: str, who: Any) -> list[AuditEvent]:
+        record = await asyncio.to_thread(store.get_session, session_id)
+        if record is None or (not who.is_admin and record.user != who.user):
+            raise HTTPException(404, f"session {session_id!r} does not exist")
+        return await asyncio.to_thread(
+            store.list_audit, session_id=session_id, kind="ssh.recording", limit=10_000
+        )
+
+    @router.get("/v1/sessions/{session_id}/recordings")
+    async def list_recordings(session_id: str, who: User) -> list[dict[str, Any]]:
+        return [
+            {
+                "channel": e.data.get("channel"),
+                "seq": e.seq,
+                "ts": e.ts.isoformat(),
+                "format": e.data.get("format"),
+                "command": e.data.get("command"),
+                "bytes": e.data.get("bytes"),
+                "sha256": e.data.get("sha256"),
+            }
+            for e in await events(session_id, who)
+        ]
+
+    @router.get("/v1/sessions/{session_id}/recordings/{channel}")
+    async def get_recording(session_id: str, channel: int, who: User) -> Response:
+        found = [e for e in await events(session_id, who) if e.data.get("channel") == channel]
+        if not found:
+            raise HTTPException(
+                404, f"session {session_id!r} has no recording of channel {channel}"
+            )
+        event = found[-1]
+        try:
+            data = await asyncio.to_thread(_read, recordings, str(event.data.get("path", "")))
+        except OSError:
+            raise HTTPException(410, "the recording file is missing") from None
+        if hashlib.sha256(data).hexdigest() != event.data.get("sha256"):
+            raise HTTPException(
+                409, f"recording does not match its audit event (seq {event.seq}): altered"
+            )
+        return Response(data, media_type=CAST_MEDIA_TYPE)
+
+    return router
+
+
+def _read(recordings: Path, relative: str) -> bytes:
+    base = recordings.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise OSError("recording path outside the recordings directory")
+    return path.read_bytes()

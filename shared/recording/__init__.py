@@ -1,0 +1,1 @@
+"""Recording formats both sides can read (sans-I/O)."""

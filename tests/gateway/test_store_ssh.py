@@ -1,0 +1,38 @@
+"""SSH public keys in the store (migration 0005), on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store import AlreadyExists, NotFound, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path / 'wardgate.db'}") as opened:
+        opened.ensure_user("alice")
+        opened.ensure_user("bob")
+        yield opened
+
+
+def test_a_key_belongs_to_one_user_and_is_found_by_fingerprint(store: Store) -> None:
+    added = store.add_ssh_key("alice", "SHA256:abc", "ssh-ed25519 AAAA", "laptop")
+    assert store.find_ssh_key("SHA256:abc") == added
+    assert store.list_ssh_keys("alice") == [added]
+    assert store.list_ssh_keys("bob") == []
+    with pytest.raises(AlreadyExists):
+        store.add_ssh_key("bob", "SHA256:abc", "ssh-ed25519 AAAA")
+    with pytest.raises(NotFound):
+        store.add_ssh_key("nobody", "SHA256:def", "ssh-ed25519 BBBB")
+
+
+def test_removal_by_id_or_fingerprint_only_for_the_owner(store: Store) -> None:
+    one = store.add_ssh_key("alice", "SHA256:one", "ssh-ed25519 AAAA")
+    store.add_ssh_key("alice", "SHA256:two", "ssh-ed25519 BBBB")
+    assert not store.remove_ssh_key("bob", one.id)
+    assert store.remove_ssh_key("alice", one.id)
+    assert store.remove_ssh_key("alice", "SHA256:two")
+    assert store.find_ssh_key("SHA256:two") is None
