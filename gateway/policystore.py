@@ -395,9 +395,9 @@ class SessionPolicy:
             self._loaded_at = self._monotonic()
 
     async def run_flusher(self, wake: asyncio.Event) -> None:
-        """Flush at each `wake` (statement ends) and every interval, until cancelled."""
+        """Flush at each `wake` (a budget crossed) and every interval, until cancelled."""
         while True:
-            # Sessions without budgets only wake when a statement ends.
+            # A session without budgets (any more) owes at most a leftover, flushed at close.
             interval = BUDGET_FLUSH_INTERVAL if self.meter is not None else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
