@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.wardgate",
     "tests.fixtures.servers",
     "tests.fixtures.oidc",
+    "tests.fixtures.kube_apiserver",
 ]
