@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from agent.protocols import postgres, tcp
+from agent.protocols import kubernetes, postgres, tcp
 from agent.secrets import SecretUnavailable, resolve
 from shared.agentkey import AgentKey
 from shared.backoff import Backoff
@@ -54,7 +54,11 @@ from shared.version import __version__
 log = logging.getLogger(__name__)
 
 Serve = Callable[[TunnelStream, Target], Awaitable[None]]
-PROTOCOLS: dict[str, Serve] = {"tcp": tcp.serve, "postgres": postgres.serve}
+PROTOCOLS: dict[str, Serve] = {
+    "tcp": tcp.serve,
+    "postgres": postgres.serve,
+    "kubernetes": kubernetes.serve,
+}
 WELCOME_TIMEOUT = 15.0
 
 

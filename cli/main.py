@@ -15,6 +15,7 @@ import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
+from cli.kube import kube as kube_commands
 from cli.runtime import run, setup_logging
 
 GATEWAY_OPTIONS = [
@@ -864,6 +865,8 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
     sys.exit(run(forward(ref, name, host, port)))
 
+
+main.add_command(kube_commands)
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -181,6 +181,7 @@ class Gateway:
                 identity=self.identity,
                 guardrails=guardrails,
                 access=policy,
+                kube_policy=cfg.kube_policy(),
             )
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])

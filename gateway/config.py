@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.connspec import ConnectionSpec
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
+from gateway.policy.kube import KubePolicy, KubePolicyConfig
 from gateway.policy.rules import Policy, PolicyConfig
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -199,9 +200,14 @@ class GatewayConfig(BaseModel):
     roles: list[RoleConfig] = Field(default_factory=list)
     # Guardrails: allow/deny rules on statements (gateway/policy/rules.py).
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    # Kubernetes API rules and masking (gateway/policy/kube.py).
+    kubernetes: KubePolicyConfig = Field(default_factory=KubePolicyConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)
+
+    def kube_policy(self) -> KubePolicy:
+        return KubePolicy(self.kubernetes)
 
     def access_policy(self) -> AccessPolicy:
         roles = [

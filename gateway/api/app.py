@@ -21,8 +21,9 @@ from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
+from gateway.policy.kube import KubePolicy
 from gateway.policy.rules import Policy
-from gateway.protocols import tcp
+from gateway.protocols import kubernetes, tcp
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
 from shared.agentkey import AgentKey, hash_secret, new_secret
@@ -47,6 +48,7 @@ class ApiDeps:
     identity: IdentityService | None = None
     guardrails: Policy | None = None
     access: AccessPolicy | None = None
+    kube_policy: KubePolicy | None = None
 
 
 class AgentCreate(BaseModel):
@@ -612,4 +614,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             return
         await tcp.relay(ws, deps.broker, session)
 
+    # ---- Kubernetes API ------------------------------------------------------------
+
+    kubernetes.mount(app, deps)
     return app

@@ -1,0 +1,355 @@
+"""Kubernetes: one tunnel session = one API request (or one WebSocket upgrade) to the real
+API server, made with the connection's own credential. The frames are shared/kubeapi.py's.
+
+The credential comes from the connection, loaded here with the `kubernetes` package's
+config loaders, and never reaches the gateway or the client:
+
+    options.auth = token       https://HOST:PORT with the `token` secret (a reference such as
+                               env:/file:, resolved here) and `certificate_authority` (a path
+                               here; absent: the system trust store)
+    options.auth = kubeconfig  options.kubeconfig (a path here), options.context (optional)
+    options.auth = in-cluster  the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)
+
+`options.impersonate = true` adds Impersonate-User / Impersonate-Group for the Wardgate
+identity the gateway put in the request head, so the cluster's RBAC and audit log see the
+person; the client's own Authorization and Impersonate-* headers never pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from shared.kubeapi import (
+    WS_BINARY,
+    WS_CLOSE,
+    WS_TEXT,
+    HeadError,
+    Masker,
+    RequestHead,
+    ResponseHead,
+    decode_head,
+    decode_ws,
+    encode_head,
+    encode_ws,
+    encode_ws_close,
+    status_body,
+)
+from shared.tunnel.frames import MAX_PAYLOAD, OpenResult, ResetCode, Target
+from shared.tunnel.stream import (
+    DataReceived,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+    TunnelStream,
+)
+
+MAX_REQUEST_BODY = 16 * 1024 * 1024  # kube-apiserver itself caps request bodies near 3 MiB
+MAX_MASKED_BODY = 64 * 1024 * 1024  # a masked JSON document is rewritten whole
+MAX_WATCH_LINE = 16 * 1024 * 1024
+MAX_WS_MESSAGE = MAX_PAYLOAD - 1  # one tunnel frame per message, after the tag byte
+CONNECT_TIMEOUT = 10.0
+_RESPONSE_DROPPED = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+)
+
+
+class UpstreamConfigError(Exception):
+    """The connection's cluster credential cannot be loaded (names the source, not a value)."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    server: str  # https://host:port[/prefix]
+    ssl_context: ssl.SSLContext
+    authorization: str | None  # "Bearer ..."; None with client certificates only
+
+
+def _ssl_context(ca: str | None, cert: str | None, key: str | None, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def load_upstream(target: Target) -> Upstream:
+    """Blocking (reads files, may run a kubeconfig exec plugin): call it in a thread."""
+    from kubernetes import client, config  # heavy import, only on agents serving kubernetes
+
+    auth = target.options.get("auth", "token")
+    try:
+        if auth == "token":
+            token = target.secrets.get("token")
+            if token is None:
+                raise UpstreamConfigError("auth=token needs a `token` secret")
+            assert isinstance(token, bytes)  # resolved on this agent before serve()
+            ctx = _ssl_context(target.options.get("certificate_authority"), None, None, True)
+            return Upstream(f"https://{target.host}:{target.port}", ctx, f"Bearer {token.decode()}")
+        cfg = client.Configuration()
+        if auth == "kubeconfig":
+            path = target.options.get("kubeconfig")
+            if not path:
+                raise UpstreamConfigError("auth=kubeconfig needs the `kubeconfig` option")
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=path,
+                context=target.options.get("context") or None,
+                client_configuration=cfg,
+                persist_config=False,
+            )
+        elif auth == "in-cluster":
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            raise UpstreamConfigError(f"unknown auth {auth!r}: use token, kubeconfig, in-cluster")
+    except config.ConfigException as exc:
+        raise UpstreamConfigError(f"{auth} credential: {exc}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise UpstreamConfigError(f"{auth} credential: {exc}") from None
+    authorization = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+    prefix = cfg.api_key_prefix.get("authorization")
+    if authorization and prefix and not authorization.startswith(prefix):
+        authorization = f"{prefix} {authorization}"
+    ctx = _ssl_context(cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file, bool(cfg.verify_ssl))
+    return Upstream(cfg.host.rstrip("/"), ctx, authorization)
+
+
+def _upstream_headers(
+    head: RequestHead, upstream: Upstream, target: Target
+) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for name, value in head.headers:
+        low = name.lower()
+        if low in ("authorization", "accept-encoding") or low.startswith("impersonate-"):
+            continue  # the gateway dropped them already; defence in depth
+        if low == "accept" and head.masks:
+            # Masking reads JSON: never let the server answer in protobuf.
+            kept = [p for p in value.split(",") if "protobuf" not in p]
+            value = ",".join(kept) or "application/json"
+        headers.append((low, value))
+    headers.append(("accept-encoding", "identity"))
+    if upstream.authorization:
+        headers.append(("authorization", upstream.authorization))
+    if target.options.get("impersonate") == "true" and head.impersonate_user:
+        headers.append(("impersonate-user", head.impersonate_user))
+        headers.extend(("impersonate-group", g) for g in head.impersonate_groups)
+    return headers
+
+
+async def _send_error(stream: TunnelStream, code: int, message: str) -> None:
+    head = ResponseHead(code, (("content-type", "application/json"),))
+    await stream.send_data(encode_head(head))
+    await stream.send_data(status_body(code, message))
+    await stream.send_close()
+
+
+async def serve(stream: TunnelStream, target: Target) -> None:
+    try:
+        upstream = await asyncio.to_thread(load_upstream, target)
+    except UpstreamConfigError as exc:
+        await stream.send_open_result(
+            OpenResult(False, ResetCode.TARGET_REFUSED, f"connection {target.connection!r}: {exc}")
+        )
+        return
+    await stream.send_open_result(OpenResult(True))
+    try:
+        head, body = await _read_request(stream)
+    except HeadError as exc:
+        await stream.reset(ResetCode.PROTOCOL_ERROR, f"kubernetes request: {exc}")
+        return
+    if head is None:
+        return
+    try:
+        if head.websocket_protocols:
+            await _websocket(stream, head, upstream, target)
+        else:
+            await _http(stream, head, body, upstream, target)
+    except SessionClosedError:
+        return
+
+
+async def _read_request(stream: TunnelStream) -> tuple[RequestHead | None, bytes]:
+    head: RequestHead | None = None
+    body = bytearray()
+    while True:
+        event = await stream.receive()
+        if isinstance(event, DataReceived):
+            if head is None:
+                decoded = decode_head(event.payload)
+                if not isinstance(decoded, RequestHead):
+                    raise HeadError("expected a request head")
+                head = decoded
+                if head.websocket_protocols:
+                    return head, b""  # messages follow once the upgrade is done
+                continue
+            body += event.payload
+            if len(body) > MAX_REQUEST_BODY:
+                raise HeadError(f"request body over {MAX_REQUEST_BODY} bytes")
+        elif isinstance(event, RemoteClosed):
+            if head is None:
+                raise HeadError("closed before the request head")
+            return head, bytes(body)
+        elif isinstance(event, SessionReset):
+            return None, b""
+
+
+async def _http(
+    stream: TunnelStream, head: RequestHead, body: bytes, upstream: Upstream, target: Target
+) -> None:
+    url = upstream.server + head.path + (f"?{head.query}" if head.query else "")
+    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
+    async with httpx.AsyncClient(verify=upstream.ssl_context, timeout=timeout) as client:
+        request = client.build_request(
+            head.method, url, headers=_upstream_headers(head, upstream, target), content=body
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            await _send_error(
+                stream, 502, f"connection {target.connection!r}: API server unreachable: {exc}"
+            )
+            return
+        try:
+            await _relay_response(stream, head, response)
+        finally:
+            await response.aclose()
+
+
+async def _relay_response(
+    stream: TunnelStream, head: RequestHead, response: httpx.Response
+) -> None:
+    content_type = response.headers.get("content-type", "")
+    masking = head.masks and response.status_code < 300
+    if masking and "protobuf" in content_type:
+        await _send_error(
+            stream, 502, "the API server answered in protobuf, which cannot be masked"
+        )
+        return
+    headers = tuple(
+        (k, v) for k, v in response.headers.multi_items() if k.lower() not in _RESPONSE_DROPPED
+    )
+    await stream.send_data(encode_head(ResponseHead(response.status_code, headers)))
+    masker = Masker(head.mask_secrets, head.mask_env)
+    if not masking or "json" not in content_type:
+        async for chunk in response.aiter_bytes():
+            await stream.send_data(chunk)
+    elif "watch=true" in head.query or "watch=1" in head.query:
+        # One JSON event per line: mask line by line, never the whole stream.
+        pending = bytearray()
+        async for chunk in response.aiter_bytes():
+            pending += chunk
+            if len(pending) > MAX_WATCH_LINE:
+                await stream.reset(ResetCode.INTERNAL, "watch event too large to mask")
+                return
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            out = b"".join(masker.mask_json(line) + b"\n" for line in lines if line.strip())
+            if out:
+                await stream.send_data(out)
+    else:
+        whole = bytearray()
+        async for chunk in response.aiter_bytes():
+            whole += chunk
+            if len(whole) > MAX_MASKED_BODY:
+                await stream.reset(ResetCode.INTERNAL, "response too large to mask")
+                return
+        try:
+            await stream.send_data(masker.mask_json(bytes(whole)))
+        except ValueError:
+            await stream.reset(ResetCode.INTERNAL, "response is not JSON and cannot be masked")
+            return
+    await stream.send_close()
+
+
+async def _websocket(
+    stream: TunnelStream, head: RequestHead, upstream: Upstream, target: Target
+) -> None:
+    url = "wss" + upstream.server.removeprefix("https") + head.path
+    url += f"?{head.query}" if head.query else ""
+    headers = [
+        (k, v) for k, v in _upstream_headers(head, upstream, target) if k != "accept-encoding"
+    ]
+    try:
+        ws = await connect(
+            url,
+            ssl=upstream.ssl_context,
+            additional_headers=headers,
+            subprotocols=[p for p in head.websocket_protocols],  # type: ignore[misc]
+            open_timeout=CONNECT_TIMEOUT,
+            max_size=MAX_WS_MESSAGE,
+            compression=None,
+            ping_interval=None,
+        )
+    except InvalidStatus as exc:
+        answer = exc.response
+        kept = tuple(
+            (k, v) for k, v in answer.headers.raw_items() if k.lower() not in _RESPONSE_DROPPED
+        )
+        await stream.send_data(encode_head(ResponseHead(answer.status_code, kept)))
+        if answer.body:
+            await stream.send_data(answer.body)
+        await stream.send_close()
+        return
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        await _send_error(
+            stream, 502, f"connection {target.connection!r}: API server unreachable: {exc}"
+        )
+        return
+    try:
+        await stream.send_data(encode_head(ResponseHead(101, (), ws.subprotocol)))
+        await _relay_ws(stream, ws)
+    finally:
+        await ws.close()
+
+
+async def _relay_ws(stream: TunnelStream, ws: ClientConnection) -> None:
+    async def upstream_to_tunnel() -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    await stream.send_data(encode_ws(WS_TEXT, message.encode()))
+                else:
+                    await stream.send_data(encode_ws(WS_BINARY, message))
+        except ConnectionClosed:
+            pass
+        except SessionClosedError:
+            return
+        with contextlib.suppress(SessionClosedError):
+            await stream.send_data(encode_ws_close(ws.close_code or 1000, ws.close_reason or ""))
+            await stream.send_close()
+
+    async def tunnel_to_upstream() -> None:
+        while True:
+            event = await stream.receive()
+            if isinstance(event, DataReceived):
+                try:
+                    kind, payload = decode_ws(event.payload)
+                except HeadError as exc:
+                    await stream.reset(ResetCode.PROTOCOL_ERROR, str(exc))
+                    down.cancel()
+                    return
+                try:
+                    if kind == WS_CLOSE:
+                        await ws.close()
+                        return
+                    await ws.send(payload.decode() if kind == WS_TEXT else payload)
+                except ConnectionClosed:
+                    return
+            elif isinstance(event, RemoteClosed):
+                await ws.close()
+                return
+            elif isinstance(event, SessionReset):
+                down.cancel()
+                return
+
+    async with asyncio.TaskGroup() as tg:
+        down = tg.create_task(upstream_to_tunnel(), name=f"k8s/{stream.session_id}/down")
+        tg.create_task(tunnel_to_upstream(), name=f"k8s/{stream.session_id}/up")
