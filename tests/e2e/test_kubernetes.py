@@ -75,6 +75,11 @@ KUBE_POLICY = {
             "message": "deleting in prod needs a change ticket",
             "match": {"verbs": ["delete", "deletecollection"], "namespaces": ["prod"]},
         },
+        {
+            "name": "no-exec-in-prod",
+            "effect": "deny",
+            "match": {"subresources": ["exec", "attach"], "namespaces": ["prod"]},
+        },
     ],
     "masking": [{"secrets": True, "env": ["*PASSWORD*"]}],
 }
@@ -200,6 +205,61 @@ def test_exec_runs_a_command_and_returns_its_exit_status(kube: KubeSetup) -> Non
     seen = kube.double.requests_to("/exec")[-1]["headers"]
     assert seen["impersonate-user"] == "admin"
     assert seen["authorization"] == f"Bearer {kube.double.token}"
+
+
+def test_exec_denied_by_policy(kube: KubeSetup) -> None:
+    out = kube.kubectl("exec", "api-1", "-n", "prod", "--", "echo", "hi")
+    assert out.returncode != 0
+    assert "no-exec-in-prod" in out.stderr
+    assert not kube.double.requests_to("/exec")
+
+
+def test_kubeconfig_credential_and_errors_in_kubernetes_status(
+    kube: KubeSetup, tmp_path: Path
+) -> None:
+    """A connection whose cluster credential is a kubeconfig file on the agent; and the
+    gateway's own refusals arrive as `Status` objects."""
+    agent_kubeconfig = tmp_path / "agent-kubeconfig"
+    agent_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": kube.double.url,
+                            "certificate-authority": str(kube.double.ca_path),
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": kube.double.token}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    kube.gw.create_connection(
+        name="k8s-kc",
+        type="kubernetes",
+        host="unused.invalid",
+        port=443,
+        options={"auth": "kubeconfig", "kubeconfig": str(agent_kubeconfig)},
+    )
+    with kube.gw.api() as api:
+        r = api.get("/k8s/k8s-kc/api/v1/namespaces/default/pods")
+        assert r.status_code == 200, r.text
+        assert [p["metadata"]["name"] for p in r.json()["items"]] == ["web-1", "web-2"]
+        # impersonation is off on this connection
+        assert "impersonate-user" not in kube.double.requests_to("/pods")[-1]["headers"]
+        r = api.get("/k8s/nope/api/v1/pods")
+        assert (r.status_code, r.json()["kind"], r.json()["reason"]) == (404, "Status", "NotFound")
+    with kube.gw.api(token="wgt_not-a-real-credential-000000000000000000000") as api:
+        r = api.get("/k8s/k8s/api/v1/pods", headers={"Impersonate-User": "root"})
+        assert (r.status_code, r.json()["reason"]) == (401, "Unauthorized")
+    assert not [r for r in kube.double.requests if "impersonate-user" in r["headers"]
+                and r["headers"]["impersonate-user"] == "root"]  # fmt: skip
 
 
 def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatch) -> None:
