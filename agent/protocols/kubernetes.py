@@ -4,9 +4,10 @@ API server, made with the connection's own credential. The frames are shared/kub
 The credential comes from the connection, loaded here with the `kubernetes` package's
 config loaders, and never reaches the gateway or the client:
 
-    options.auth = token       https://HOST:PORT with the `token` secret (a reference such as
-                               env:/file:, resolved here) and `certificate_authority` (a path
-                               here; absent: the system trust store)
+    options.auth = token       https://HOST:PORT with the `token` (or `password`) secret (a
+                               reference such as env:/file:, resolved here) and
+                               `certificate_authority` (a path here; absent: the system
+                               trust store)
     options.auth = kubeconfig  options.kubeconfig (a path here), options.context (optional)
     options.auth = in-cluster  the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)
 
@@ -89,9 +90,10 @@ def load_upstream(target: Target) -> Upstream:
     auth = target.options.get("auth", "token")
     try:
         if auth == "token":
-            token = target.secrets.get("token")
+            # `password` too: what `wardgate connection create --password` stores.
+            token = target.secrets.get("token", target.secrets.get("password"))
             if token is None:
-                raise UpstreamConfigError("auth=token needs a `token` secret")
+                raise UpstreamConfigError("auth=token needs a `token` (or `password`) secret")
             assert isinstance(token, bytes)  # resolved on this agent before serve()
             ctx = _ssl_context(target.options.get("certificate_authority"), None, None, True)
             return Upstream(f"https://{target.host}:{target.port}", ctx, f"Bearer {token.decode()}")

@@ -72,7 +72,7 @@ def test_kubeconfig_credential_is_read_with_the_kubernetes_loaders(tmp_path: Pat
 @pytest.mark.parametrize(
     ("options", "secrets", "message"),
     [
-        ({}, {}, "needs a `token` secret"),
+        ({}, {}, "needs a `token` \\(or `password`\\) secret"),
         ({"auth": "kubeconfig"}, {}, "needs the `kubeconfig` option"),
         ({"auth": "kubeconfig", "kubeconfig": "/nonexistent"}, {}, "kubeconfig credential"),
         ({"auth": "in-cluster"}, {}, "in-cluster credential"),
