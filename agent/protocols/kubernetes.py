@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -56,6 +58,8 @@ MAX_MASKED_BODY = 64 * 1024 * 1024  # a masked JSON document is rewritten whole
 MAX_WATCH_LINE = 16 * 1024 * 1024
 MAX_WS_MESSAGE = MAX_PAYLOAD - 1  # one tunnel frame per message, after the tag byte
 CONNECT_TIMEOUT = 10.0
+CACHE_TTL = 60.0  # seconds a loaded cluster credential is reused
+MAX_POOLED = 64
 _RESPONSE_DROPPED = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 )
@@ -153,29 +157,104 @@ async def _send_error(stream: TunnelStream, code: int, message: str) -> None:
     await stream.send_close()
 
 
+class UpstreamPool:
+    """Loaded cluster credentials and their HTTP connection pools, per connection definition.
+
+    kubectl sends many short requests; a TLS handshake and a kubeconfig parse for each would
+    cost more than the request. An entry lives `CACHE_TTL` seconds, so a rotated token or
+    kubeconfig is picked up; a retired entry's connections close when its last request ends
+    (a watch may outlive the TTL by hours).
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[tuple[object, ...], _Entry] = {}
+
+    @staticmethod
+    def _key(target: Target) -> tuple[object, ...]:
+        secrets = tuple(
+            sorted(
+                (name, hashlib.sha256(v if isinstance(v, bytes) else v.encode()).hexdigest())
+                for name, v in target.secrets.items()
+            )
+        )
+        return (
+            target.connection,
+            target.host,
+            target.port,
+            tuple(sorted(target.options.items())),
+            secrets,
+        )
+
+    async def acquire(self, target: Target) -> _Entry:
+        key = self._key(target)
+        now = time.monotonic()
+        entry = self._live.get(key)
+        if entry is not None and now - entry.born > CACHE_TTL:
+            await self._retire(key, entry)
+            entry = None
+        if entry is None:
+            upstream = await asyncio.to_thread(load_upstream, target)
+            entry = self._live.get(key)  # another request may have loaded it meanwhile
+            if entry is None:
+                timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
+                client = httpx.AsyncClient(verify=upstream.ssl_context, timeout=timeout)
+                entry = _Entry(upstream, client, now)
+                self._live[key] = entry
+                if len(self._live) > MAX_POOLED:
+                    oldest = min(self._live, key=lambda k: self._live[k].born)
+                    await self._retire(oldest, self._live[oldest])
+        entry.users += 1
+        return entry
+
+    async def release(self, entry: _Entry) -> None:
+        entry.users -= 1
+        if entry.retired and entry.users == 0:
+            await entry.client.aclose()
+
+    async def _retire(self, key: tuple[object, ...], entry: _Entry) -> None:
+        self._live.pop(key, None)
+        entry.retired = True
+        if entry.users == 0:
+            await entry.client.aclose()
+
+
+@dataclass(eq=False)
+class _Entry:
+    upstream: Upstream
+    client: httpx.AsyncClient
+    born: float
+    users: int = 0
+    retired: bool = False
+
+
+POOL = UpstreamPool()
+
+
 async def serve(stream: TunnelStream, target: Target) -> None:
     try:
-        upstream = await asyncio.to_thread(load_upstream, target)
+        entry = await POOL.acquire(target)
     except UpstreamConfigError as exc:
         await stream.send_open_result(
             OpenResult(False, ResetCode.TARGET_REFUSED, f"connection {target.connection!r}: {exc}")
         )
         return
-    await stream.send_open_result(OpenResult(True))
     try:
-        head, body = await _read_request(stream)
-    except HeadError as exc:
-        await stream.reset(ResetCode.PROTOCOL_ERROR, f"kubernetes request: {exc}")
-        return
-    if head is None:
-        return
-    try:
+        await stream.send_open_result(OpenResult(True))
+        try:
+            head, body = await _read_request(stream)
+        except HeadError as exc:
+            await stream.reset(ResetCode.PROTOCOL_ERROR, f"kubernetes request: {exc}")
+            return
+        if head is None:
+            return
         if head.websocket_protocols:
-            await _websocket(stream, head, upstream, target)
+            await _websocket(stream, head, entry.upstream, target)
         else:
-            await _http(stream, head, body, upstream, target)
+            await _http(stream, head, body, entry, target)
     except SessionClosedError:
         return
+    finally:
+        await POOL.release(entry)
 
 
 async def _read_request(stream: TunnelStream) -> tuple[RequestHead | None, bytes]:
@@ -204,25 +283,39 @@ async def _read_request(stream: TunnelStream) -> tuple[RequestHead | None, bytes
 
 
 async def _http(
-    stream: TunnelStream, head: RequestHead, body: bytes, upstream: Upstream, target: Target
+    stream: TunnelStream, head: RequestHead, body: bytes, entry: _Entry, target: Target
 ) -> None:
+    upstream, client = entry.upstream, entry.client
     url = upstream.server + head.path + (f"?{head.query}" if head.query else "")
-    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
-    async with httpx.AsyncClient(verify=upstream.ssl_context, timeout=timeout) as client:
-        request = client.build_request(
-            head.method, url, headers=_upstream_headers(head, upstream, target), content=body
+    request = client.build_request(
+        head.method, url, headers=_upstream_headers(head, upstream, target), content=body
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        await _send_error(
+            stream, 502, f"connection {target.connection!r}: API server unreachable: {exc}"
         )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            await _send_error(
-                stream, 502, f"connection {target.connection!r}: API server unreachable: {exc}"
+        return
+    try:
+        async with asyncio.TaskGroup() as tg:
+            relay = tg.create_task(
+                _relay_response(stream, head, response), name=f"k8s/{stream.session_id}/down"
             )
-            return
-        try:
-            await _relay_response(stream, head, response)
-        finally:
-            await response.aclose()
+            # A quiet watch sends nothing for hours: its end is the gateway ending the
+            # session (the client left), not a failed write. After a complete response the
+            # gateway ends the session too, which ends this watcher without cancelling a
+            # tunnel read.
+            await _until_ended(stream)
+            relay.cancel()
+    finally:
+        await response.aclose()
+
+
+async def _until_ended(stream: TunnelStream) -> None:
+    """Wait until the gateway ends the session; no data comes after the request."""
+    while isinstance(await stream.receive(), DataReceived):
+        pass
 
 
 async def _relay_response(

@@ -103,7 +103,8 @@ class KubeSetup:
 
 
 @pytest.fixture
-def kube(wardgate: Wardgate, kube_apiserver: KubeApiServerDouble, tmp_path: Path) -> KubeSetup:
+def kube(kube_apiserver: KubeApiServerDouble, wardgate: Wardgate, tmp_path: Path) -> KubeSetup:
+    # The double first, so it is stopped last: after the agent's pooled connections to it.
     gw = wardgate.gateway(kubernetes=KUBE_POLICY)
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
     token_file = tmp_path / "cluster-token"
@@ -281,6 +282,8 @@ def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatc
         first = next(events)
         assert first["type"] == "ADDED"
         events.close()
+        # The client left: the gateway ends the session, the agent the upstream watch.
+        wait_for(lambda: not kube.double._watchers, "the upstream watch to end")
         ws = streamer(
             v1.connect_get_namespaced_pod_exec, "web-1", "default",
             command=["sh", "-c", "exit 5"], stderr=True, stdin=False, stdout=True, tty=False,
