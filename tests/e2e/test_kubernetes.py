@@ -4,9 +4,11 @@ agent processes, to the kube-apiserver TEST DOUBLE (tests/fixtures/kube_apiserve
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,10 +299,20 @@ def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatc
             # websocket-client skips closing its socket when the server closed first (as
             # the API server does after an exec): close it, or it lingers until collected.
             ws.sock.shutdown()
-        with pytest.raises(client.ApiException) as denied:
-            v1.delete_namespaced_pod("api-1", "prod")
-        assert denied.value.status == 403
-        assert json.loads(str(denied.value.body))["kind"] == "Status"
+        # The client keeps an error response's connection out of its pool (closing the pool
+        # misses it, and it would hold the gateway's stop): its frames must go, here, where
+        # the unclosed-socket warning they cause is expected.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                v1.delete_namespaced_pod("api-1", "prod")
+            except client.ApiException as exc:
+                status, body = exc.status, str(exc.body)
+            else:
+                pytest.fail("deleting in prod was not denied")
+            gc.collect()
+        assert status == 403
+        assert json.loads(body)["kind"] == "Status"
     finally:
         api_client.close()
     requests = kube.gw.audit("k8s.request")
