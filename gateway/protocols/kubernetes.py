@@ -37,6 +37,7 @@ from gateway.policy.kube import KubeDecision, KubePolicy
 from gateway.policy.rules import subject_for
 from gateway.sessions import Session, SessionError
 from shared.kubeapi import (
+    CONNECT_SUBRESOURCES,
     WS_BINARY,
     WS_TEXT,
     HeadError,
@@ -74,6 +75,10 @@ HTTP_STATUS = {
     "unsupported": 502,
 }
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _reads(info: RequestInfo) -> bool:
+    return info.verb in ("get", "list", "watch") and info.subresource not in CONNECT_SUBRESOURCES
 
 
 def _status(code: int, message: str) -> Response:
@@ -151,6 +156,8 @@ class KubeFrontDoor:
             self.deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
         )
         decision = self.policy.decide(subject, connection, info)
+        if session.access == "read-only" and decision.allowed and not _reads(info):
+            decision = KubeDecision("deny", "read-only access allows only get, list and watch")
         try:
             await self.deps.auditor.record(
                 "k8s.request",

@@ -104,10 +104,14 @@ class KubeSetup:
         )  # fmt: skip
 
 
+VIEWERS = [{"name": "viewers", "groups": ["viewers"],
+            "grants": [{"connection": "k8s", "access": "read-only"}]}]  # fmt: skip
+
+
 @pytest.fixture
 def kube(kube_apiserver: KubeApiServerDouble, wardgate: Wardgate, tmp_path: Path) -> KubeSetup:
     # The double first, so it is stopped last: after the agent's pooled connections to it.
-    gw = wardgate.gateway(kubernetes=KUBE_POLICY)
+    gw = wardgate.gateway(kubernetes=KUBE_POLICY, roles=VIEWERS)
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
     token_file = tmp_path / "cluster-token"
     token_file.write_text(kube_apiserver.token + "\n")
@@ -261,6 +265,24 @@ def test_kubeconfig_credential_and_errors_in_kubernetes_status(
         assert (r.status_code, r.json()["reason"]) == (401, "Unauthorized")
     assert not [r for r in kube.double.requests if "impersonate-user" in r["headers"]
                 and r["headers"]["impersonate-user"] == "root"]  # fmt: skip
+
+
+def test_read_only_grant_reads_and_is_impersonated_with_its_groups(kube: KubeSetup) -> None:
+    with kube.gw.api() as api:
+        made = api.post("/v1/service-accounts", json={"name": "viewer", "groups": ["viewers"]})
+        assert made.status_code == 201, made.text
+        issued = api.post("/v1/service-accounts/viewer/keys", json={"scopes": ["k8s"]})
+        assert issued.status_code == 201, issued.text
+    with kube.gw.api(token=issued.json()["key"]) as api:
+        r = api.get("/k8s/k8s/api/v1/namespaces/default/pods/web-1")
+        assert r.status_code == 200, r.text
+        seen = kube.double.requests_to("/pods/web-1")[-1]
+        assert seen["headers"]["impersonate-user"] == "viewer"
+        assert seen["impersonate_groups"] == ["viewers"]
+        r = api.delete("/k8s/k8s/api/v1/namespaces/default/pods/web-1")
+        assert r.status_code == 403
+        assert "read-only access allows only get, list and watch" in r.json()["message"]
+    assert ("default", "web-1") in kube.double.pods
 
 
 def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatch) -> None:
