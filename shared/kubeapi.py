@@ -101,6 +101,7 @@ class ResponseHead:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     websocket_protocol: str | None = None  # set with status 101
+    masked: int = 0  # values the agent masked in a whole-document body (not in streams)
 
     def header(self, name: str) -> str | None:
         low = name.lower()
@@ -128,6 +129,7 @@ def encode_head(head: RequestHead | ResponseHead) -> bytes:
                 "status": head.status,
                 "headers": [list(h) for h in head.headers],
                 "websocket_protocol": head.websocket_protocol,
+                "masked": head.masked,
             }
         }
     body = json.dumps(doc, separators=(",", ":")).encode()
@@ -190,7 +192,10 @@ def decode_head(payload: bytes) -> RequestHead | ResponseHead:
                 raise HeadError("status must be an HTTP status code")
             if proto is not None and not isinstance(proto, str):
                 raise HeadError("websocket_protocol must be a string")
-            return ResponseHead(status, _pairs(resp["headers"]), proto)
+            masked = resp["masked"]
+            if not isinstance(masked, int) or masked < 0:
+                raise HeadError("masked must be a count")
+            return ResponseHead(status, _pairs(resp["headers"]), proto, masked)
     except KeyError as exc:
         raise HeadError(f"head lacks {exc.args[0]!r}") from None
     raise HeadError("head is neither a request nor a response")

@@ -24,6 +24,7 @@ import hashlib
 import ssl
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -331,37 +332,54 @@ async def _relay_response(
     headers = tuple(
         (k, v) for k, v in response.headers.multi_items() if k.lower() not in _RESPONSE_DROPPED
     )
-    await stream.send_data(encode_head(ResponseHead(response.status_code, headers)))
     masker = Masker(head.mask_secrets, head.mask_env)
-    if not masking or "json" not in content_type:
-        async for chunk in response.aiter_bytes():
-            await stream.send_data(chunk)
-    elif "watch=true" in head.query or "watch=1" in head.query:
-        # One JSON event per line: mask line by line, never the whole stream.
-        pending = bytearray()
-        async for chunk in response.aiter_bytes():
-            pending += chunk
-            if len(pending) > MAX_WATCH_LINE:
-                await stream.reset(ResetCode.INTERNAL, "watch event too large to mask")
-                return
-            *lines, rest = bytes(pending).split(b"\n")
-            pending = bytearray(rest)
-            out = b"".join(masker.mask_json(line) + b"\n" for line in lines if line.strip())
-            if out:
-                await stream.send_data(out)
-    else:
+    if masking and "json" in content_type and not _is_watch(head.query):
+        # One document: masked whole, so the head can say how many values were masked.
         whole = bytearray()
         async for chunk in response.aiter_bytes():
             whole += chunk
             if len(whole) > MAX_MASKED_BODY:
-                await stream.reset(ResetCode.INTERNAL, "response too large to mask")
+                await _send_error(stream, 502, "the response is too large to be masked")
                 return
         try:
-            await stream.send_data(masker.mask_json(bytes(whole)))
+            body = masker.mask_json(bytes(whole))
         except ValueError:
-            await stream.reset(ResetCode.INTERNAL, "response is not JSON and cannot be masked")
+            await _send_error(stream, 502, "the response is not JSON and cannot be masked")
             return
+        await stream.send_data(
+            encode_head(ResponseHead(response.status_code, headers, None, masker.masked))
+        )
+        await stream.send_data(body)
+        await stream.send_close()
+        return
+    await stream.send_data(encode_head(ResponseHead(response.status_code, headers)))
+    if not masking or "json" not in content_type:
+        async for chunk in response.aiter_bytes():
+            await stream.send_data(chunk)
+    else:
+        # A watch: one JSON event per line, masked line by line, never the whole stream.
+        pending = bytearray()
+        async for chunk in response.aiter_bytes():
+            pending += chunk
+            if b"\n" not in chunk:
+                if len(pending) > MAX_WATCH_LINE:
+                    await stream.reset(ResetCode.INTERNAL, "watch event too large to mask")
+                    return
+                continue
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            try:
+                out = b"".join(masker.mask_json(line) + b"\n" for line in lines if line.strip())
+            except ValueError:
+                await stream.reset(ResetCode.INTERNAL, "a watch event is not JSON: cannot mask")
+                return
+            if out:
+                await stream.send_data(out)
     await stream.send_close()
+
+
+def _is_watch(query: str) -> bool:
+    return any(v in ("true", "1") for v in parse_qs(query).get("watch", []))
 
 
 async def _websocket(

@@ -180,7 +180,13 @@ class KubeFrontDoor:
         return session, decision
 
     async def _end(
-        self, session: Session, status: int | None, nbytes: int, *, error: str | None = None
+        self,
+        session: Session,
+        status: int | None,
+        nbytes: int,
+        *,
+        error: str | None = None,
+        masked: int = 0,
     ) -> None:
         if not session.stream.finished:
             await session.stream.reset(ResetCode.CANCELLED, error or "request done")
@@ -191,6 +197,7 @@ class KubeFrontDoor:
                 session_id=session.id,
                 status=status,
                 bytes=nbytes,
+                masked=masked,
                 error=error,
             )
         await self.deps.broker.finish(session, error=error)
@@ -266,9 +273,9 @@ class KubeFrontDoor:
         if isinstance(answer, str):
             await self._end(session, 502, 0, error=answer)
             return _status(502, f"Wardgate: {answer}")
-        return _RelayResponse(self._body(session, answer.status), answer)
+        return _RelayResponse(self._body(session, answer.status, answer.masked), answer)
 
-    async def _body(self, session: Session, status: int) -> AsyncIterator[bytes]:
+    async def _body(self, session: Session, status: int, masked: int) -> AsyncIterator[bytes]:
         sent = 0
         error: str | None = None
         try:
@@ -287,7 +294,7 @@ class KubeFrontDoor:
             raise
         finally:
             # Shielded: a cancelled response (the client left a watch) still ends its session.
-            await asyncio.shield(self._end(session, status, sent, error=error))
+            await asyncio.shield(self._end(session, status, sent, error=error, masked=masked))
 
     # ---- WebSocket upgrades (exec, attach) -------------------------------------------
 

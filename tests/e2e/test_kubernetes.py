@@ -162,6 +162,9 @@ def test_secret_data_is_masked(kube: KubeSetup) -> None:
     assert out.returncode == 0, out.stderr
     assert "czNjcjN0" not in out.stdout  # base64 of the value's start
     assert json.loads(out.stdout)["items"][0]["data"]["password"] == MASKED_B64
+    # The session log counts what the agent masked.
+    masked = [e for e in kube.gw.audit("k8s.response") if e["data"].get("masked")]
+    assert len(masked) == 2 and all(e["data"]["masked"] == 1 for e in masked)
 
 
 def test_delete_in_prod_is_denied_with_a_status_403(kube: KubeSetup) -> None:

@@ -54,9 +54,11 @@ def test_request_heads_round_trip(
     assert decode_head(encode_head(head)) == head
 
 
-@given(status=st.integers(100, 599), headers=pairs, proto=st.none() | text)
-def test_response_heads_round_trip(status: int, headers: Any, proto: str | None) -> None:
-    head = ResponseHead(status, headers, proto)
+@given(status=st.integers(100, 599), headers=pairs, proto=st.none() | text, masked=st.integers(0))
+def test_response_heads_round_trip(
+    status: int, headers: Any, proto: str | None, masked: int
+) -> None:
+    head = ResponseHead(status, headers, proto, masked)
     assert decode_head(encode_head(head)) == head
 
 
@@ -73,8 +75,9 @@ def test_garbage_is_a_head_error_never_a_crash(data: bytes) -> None:
         {"request": {"method": "GET", "path": "no-slash", "query": "", "headers": [],
                      "websocket_protocols": [], "impersonate_user": None,
                      "impersonate_groups": [], "mask_secrets": False, "mask_env": []}},
-        {"response": {"status": 99, "headers": [], "websocket_protocol": None}},
-        {"response": {"status": 200, "headers": [["a"]], "websocket_protocol": None}},
+        {"response": {"status": 99, "headers": [], "websocket_protocol": None, "masked": 0}},
+        {"response": {"status": 200, "headers": [["a"]], "websocket_protocol": None, "masked": 0}},
+        {"response": {"status": 200, "headers": [], "websocket_protocol": None, "masked": -1}},
         {"other": 1},
         [],
     ],
