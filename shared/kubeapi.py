@@ -370,3 +370,63 @@ class Masker:
                     item.setdefault("kind", "Secret")
         self.walk(doc)
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# ---- exec recording -----------------------------------------------------------------
+
+# Channel numbers of the v4/v5 channel.k8s.io protocols.
+STDOUT, STDERR, RESIZE = 1, 2, 4
+CHANNEL_PROTOCOLS = frozenset({"v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"})
+MAX_RECORDING = 4 * 1024 * 1024
+
+
+@dataclass
+class ExecRecorder:
+    """Terminal output of an exec/attach as asciicast v2 lines, bounded.
+
+    Output (stdout, stderr) and resizes are recorded; stdin is not (it carries what people
+    type, passwords included). `started` and `now` are seconds on any monotonic clock; the
+    caller supplies them, so this stays pure. Past `limit` bytes the recording stops and
+    says so once.
+    """
+
+    started: float
+    limit: int = MAX_RECORDING
+    size: int = 0
+    truncated: bool = False
+    _pending: list[str] = field(default_factory=list)
+
+    def header(self, width: int = 80, height: int = 24, timestamp: int = 0) -> str:
+        return json.dumps({"version": 2, "width": width, "height": height, "timestamp": timestamp})
+
+    def server_message(self, now: float, message: bytes) -> None:
+        if len(message) > 1 and message[0] in (STDOUT, STDERR):
+            self._add(now, "o", message[1:].decode("utf-8", errors="replace"))
+
+    def client_message(self, now: float, message: bytes) -> None:
+        if len(message) > 1 and message[0] == RESIZE:
+            try:
+                size = json.loads(message[1:])
+                self._add(now, "r", f"{int(size['Width'])}x{int(size['Height'])}")
+            except (ValueError, KeyError, TypeError):
+                return
+
+    def _add(self, now: float, kind: str, data: str) -> None:
+        if self.truncated:
+            return
+        line = json.dumps([round(now - self.started, 6), kind, data])
+        if self.size + len(line) > self.limit:
+            self.truncated = True
+            line = json.dumps([round(now - self.started, 6), "o", "\r\n[recording truncated]\r\n"])
+        self.size += len(line) + 1
+        self._pending.append(line)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def take(self) -> str:
+        """The lines recorded since the last call, newline-terminated."""
+        out = "".join(line + "\n" for line in self._pending)
+        self._pending.clear()
+        return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -37,9 +38,11 @@ from gateway.policy.kube import KubeDecision, KubePolicy
 from gateway.policy.rules import subject_for
 from gateway.sessions import Session, SessionError
 from shared.kubeapi import (
+    CHANNEL_PROTOCOLS,
     CONNECT_SUBRESOURCES,
     WS_BINARY,
     WS_TEXT,
+    ExecRecorder,
     HeadError,
     RequestHead,
     RequestInfo,
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/k8s/"
 MAX_REQUEST_BODY = 16 * 1024 * 1024
 MAX_ERROR_BODY = 1024 * 1024
+RECORD_INTERVAL = 1.0  # seconds between batches of recorded exec output
 HTTP_STATUS = {
     "unauthenticated": 401,
     "forbidden": 403,
@@ -338,7 +342,7 @@ class KubeFrontDoor:
             )
             return
         await ws.accept(subprotocol=answer.websocket_protocol)
-        nbytes, error = await self._relay_ws(ws, session)
+        nbytes, error = await self._relay_ws(ws, session, answer.websocket_protocol)
         await self._end(session, 101, nbytes, error=error)
 
     async def _collect(self, session: Session) -> bytes:
@@ -350,10 +354,39 @@ class KubeFrontDoor:
             body += event.payload
         return bytes(body[:MAX_ERROR_BODY])
 
-    async def _relay_ws(self, ws: WebSocket, session: Session) -> tuple[int, str | None]:
+    async def _relay_ws(
+        self, ws: WebSocket, session: Session, protocol: str | None
+    ) -> tuple[int, str | None]:
         stream = session.stream
         counted = [0]
         error: list[str] = []
+        loop = asyncio.get_running_loop()
+        # Terminal output of exec/attach goes to the session log as asciicast v2, in
+        # batches (`k8s.exec.output`); the first batch carries the header.
+        recorder = ExecRecorder(loop.time()) if protocol in CHANNEL_PROTOCOLS else None
+        flushed = [0, 0.0]  # batches written, time of the last one
+
+        def flush(final: bool = False) -> None:
+            if recorder is None:
+                return
+            now = loop.time()
+            if not final and now - flushed[1] < RECORD_INTERVAL and recorder.backlog < 256:
+                return
+            text = recorder.take()
+            if not text and not (final and flushed[0] == 0):
+                return
+            if flushed[0] == 0:
+                text = recorder.header(timestamp=int(time.time())) + "\n" + text
+            flushed[0] += 1
+            flushed[1] = now
+            self.deps.auditor.submit(
+                "k8s.exec.output",
+                actor=session.identity.user,
+                session_id=session.id,
+                batch=flushed[0],
+                asciicast=text,
+                truncated=recorder.truncated,
+            )
 
         async def client_to_agent() -> None:
             try:
@@ -365,6 +398,8 @@ class KubeFrontDoor:
                         return
                     if (data := message.get("bytes")) is not None:
                         frame = encode_ws(WS_BINARY, data)
+                        if recorder is not None:
+                            recorder.client_message(loop.time(), data)
                     else:
                         frame = encode_ws(WS_TEXT, (message.get("text") or "").encode())
                     if len(frame) > MAX_PAYLOAD:
@@ -389,6 +424,9 @@ class KubeFrontDoor:
                         break
                     counted[0] += len(payload)
                     if kind == WS_BINARY:
+                        if recorder is not None:
+                            recorder.server_message(loop.time(), payload)
+                            flush()
                         await ws.send_bytes(payload)
                     elif kind == WS_TEXT:
                         await ws.send_text(payload.decode(errors="replace"))
@@ -411,6 +449,8 @@ class KubeFrontDoor:
                 up = tg.create_task(client_to_agent(), name=f"k8s/{session.id}/up")
         except* (WebSocketDisconnect, OSError, RuntimeError) as group:
             error.append(f"client connection failed: {group.exceptions[0]}")
+        finally:
+            flush(final=True)
         return counted[0], (error[0] if error else None)
 
 

@@ -213,6 +213,14 @@ def test_exec_runs_a_command_and_returns_its_exit_status(kube: KubeSetup) -> Non
     seen = kube.double.requests_to("/exec")[-1]["headers"]
     assert seen["impersonate-user"] == "admin"
     assert seen["authorization"] == f"Bearer {kube.double.token}"
+    # The terminal output is in the session log, as asciicast v2.
+    recorded = wait_for(
+        lambda: [e for e in kube.gw.audit("k8s.exec.output") if "hello" in e["data"]["asciicast"]],
+        "the exec recording",
+    )
+    header, *events = recorded[0]["data"]["asciicast"].splitlines()
+    assert json.loads(header)["version"] == 2
+    assert [json.loads(e)[1:] for e in events] == [["o", "hello from the pod\n"]]
 
 
 def test_exec_denied_by_policy(kube: KubeSetup) -> None:

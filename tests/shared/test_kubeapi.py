@@ -16,6 +16,7 @@ from shared.kubeapi import (
     MASKED_B64,
     WS_BINARY,
     WS_CLOSE,
+    ExecRecorder,
     HeadError,
     Masker,
     RequestHead,
@@ -194,3 +195,20 @@ def test_secrets_are_left_alone_when_not_masked() -> None:
 def test_non_json_cannot_be_masked() -> None:
     with pytest.raises(ValueError):
         Masker(True).mask_json(b"\x00protobuf")
+
+
+def test_exec_recording_is_asciicast_output_and_resizes_never_stdin() -> None:
+    rec = ExecRecorder(started=100.0, limit=200)
+    rec.client_message(100.5, b"\x00secret typed\n")
+    rec.client_message(100.6, b'\x04{"Width":120,"Height":40}')
+    rec.server_message(101.0, b"\x01hello\r\n")
+    rec.server_message(101.5, b"\x03{}")  # the status channel is not terminal output
+    lines = [json.loads(line) for line in rec.take().splitlines()]
+    assert lines == [[0.6, "r", "120x40"], [1.0, "o", "hello\r\n"]]
+    assert json.loads(rec.header())["version"] == 2
+    for i in range(10):
+        rec.server_message(102.0 + i, b"\x02" + b"x" * 40)
+    assert rec.truncated
+    assert rec.take().splitlines()[-1].endswith('"\\r\\n[recording truncated]\\r\\n"]')
+    rec.server_message(200.0, b"\x01more")
+    assert rec.take() == ""
