@@ -12,8 +12,9 @@ config loaders, and never reaches the gateway or the client:
     options.auth = in-cluster  the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)
 
 `options.impersonate = true` adds Impersonate-User / Impersonate-Group for the Wardgate
-identity the gateway put in the request head, so the cluster's RBAC and audit log see the
-person; the client's own Authorization and Impersonate-* headers never pass.
+identity the gateway put in the request head (prefixed with `options.impersonate_prefix`),
+so the cluster's RBAC and audit log see the person; the client's own Authorization and
+Impersonate-* headers never pass.
 """
 
 from __future__ import annotations
@@ -62,7 +63,15 @@ CONNECT_TIMEOUT = 10.0
 CACHE_TTL = 60.0  # seconds a loaded cluster credential is reused
 MAX_POOLED = 64
 _RESPONSE_DROPPED = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "content-encoding",
+        "date",  # the gateway's HTTP server sets its own
+        "server",
+    }
 )
 
 
@@ -146,8 +155,10 @@ def _upstream_headers(
     if upstream.authorization:
         headers.append(("authorization", upstream.authorization))
     if target.options.get("impersonate") == "true" and head.impersonate_user:
-        headers.append(("impersonate-user", head.impersonate_user))
-        headers.extend(("impersonate-group", g) for g in head.impersonate_groups)
+        # A prefix keeps Wardgate names apart from the cluster's own (no "system:masters").
+        prefix = target.options.get("impersonate_prefix", "")
+        headers.append(("impersonate-user", prefix + head.impersonate_user))
+        headers.extend(("impersonate-group", prefix + g) for g in head.impersonate_groups)
     return headers
 
 

@@ -32,6 +32,7 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from gateway.audit import AuditUnavailable
 from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy
@@ -252,6 +253,8 @@ class KubeFrontDoor:
             session, decision = await self._open(who, connection, client, info)
         except SessionError as exc:
             return _status(HTTP_STATUS.get(exc.kind, 502), f"Wardgate: {exc.message}")
+        except AuditUnavailable as exc:  # nothing is forwarded that is not recorded
+            return _status(503, f"Wardgate: {exc}")
         if not decision.allowed:
             await self._end(session, 403, 0, error=f"policy: {decision.reason}")
             return _status(403, f"Wardgate policy denies {info.describe()}: {decision.reason}")
@@ -317,6 +320,9 @@ class KubeFrontDoor:
         except SessionError as exc:
             code = HTTP_STATUS.get(exc.kind, 502)
             await ws.send_denial_response(_status(code, f"Wardgate: {exc.message}"))
+            return
+        except AuditUnavailable as exc:
+            await ws.send_denial_response(_status(503, f"Wardgate: {exc}"))
             return
         if not decision.allowed:
             await self._end(session, 403, 0, error=f"policy: {decision.reason}")

@@ -104,5 +104,9 @@ def test_headers_carry_the_agent_credential_and_the_impersonated_identity(tmp_pa
     assert [v for k, v in headers if k == "impersonate-user"] == ["alice"]
     assert [v for k, v in headers if k == "impersonate-group"] == ["dev", "ops"]
     assert ("accept", "application/json") in headers  # masking reads JSON, never protobuf
+    prefixed = _upstream_headers(head, up, target({"impersonate": "true",
+                                                   "impersonate_prefix": "wardgate:"}))  # fmt: skip
+    assert [v for k, v in prefixed if k.startswith("impersonate")] == [
+        "wardgate:alice", "wardgate:dev", "wardgate:ops"]  # fmt: skip
     plain = _upstream_headers(head, up, target({}))
     assert not [k for k, _ in plain if k.startswith("impersonate")]
