@@ -99,18 +99,22 @@ def _ssl_context(ca: str | None, cert: str | None, key: str | None, verify: bool
 
 def load_upstream(target: Target) -> Upstream:
     """Blocking (reads files, may run a kubeconfig exec plugin): call it in a thread."""
-    from kubernetes import client, config  # heavy import, only on agents serving kubernetes
-
     auth = target.options.get("auth", "token")
-    try:
-        if auth == "token":
-            # `password` too: what `wardgate connection create --password` stores.
-            token = target.secrets.get("token", target.secrets.get("password"))
-            if token is None:
-                raise UpstreamConfigError("auth=token needs a `token` (or `password`) secret")
-            assert isinstance(token, bytes)  # resolved on this agent before serve()
+    if auth == "token":
+        # `password` too: what `wardgate connection create --password` stores.
+        token = target.secrets.get("token", target.secrets.get("password"))
+        if token is None:
+            raise UpstreamConfigError("auth=token needs a `token` (or `password`) secret")
+        assert isinstance(token, bytes)  # resolved on this agent before serve()
+        try:
             ctx = _ssl_context(target.options.get("certificate_authority"), None, None, True)
-            return Upstream(f"https://{target.host}:{target.port}", ctx, f"Bearer {token.decode()}")
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamConfigError(f"certificate_authority: {exc}") from None
+        return Upstream(f"https://{target.host}:{target.port}", ctx, f"Bearer {token.decode()}")
+    # The loaders are a heavy import (~25 MiB): only for the credentials that need them.
+    from kubernetes import client, config
+
+    try:
         cfg = client.Configuration()
         if auth == "kubeconfig":
             path = target.options.get("kubeconfig")

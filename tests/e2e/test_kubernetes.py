@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -202,6 +203,39 @@ def test_logs_follow_streams_lines(kube: KubeSetup) -> None:
             assert proc.poll() is None
         finally:
             proc.kill()
+
+
+def test_a_large_log_streams_with_bounded_memory(kube: KubeSetup, wardgate: Wardgate) -> None:
+    size = 128 << 20
+    agent = next(p for p in wardgate.procs if "agent" in p.args)
+    watched = {"gateway": kube.gw.pid, "agent": agent.pid}
+    baseline = {name: _rss(pid) for name, pid in watched.items()}
+    peak = dict(baseline)
+    received = 0
+    next_sample = 0
+    with kube.gw.api() as api, api.stream(
+        "GET", "/k8s/k8s/api/v1/namespaces/default/pods/chatty/log",
+        params={"limitBytes": str(size)}, timeout=120,
+    ) as r:  # fmt: skip
+        assert r.status_code == 200
+        for chunk in r.iter_raw():
+            received += len(chunk)
+            if received >= next_sample:  # sample by volume moved, not by time
+                next_sample += 8 << 20
+                for name, pid in watched.items():
+                    peak[name] = max(peak[name], _rss(pid))
+    assert received == size
+    growth = {name: (peak[name] - baseline[name]) >> 20 for name in watched}
+    print(f"\n128 MiB of logs through the gateway: RSS growth MiB {growth}")
+    for name, mib in growth.items():
+        assert mib < 64, f"{name} RSS grew {mib} MiB while streaming {size >> 20} MiB"
+    # The volume is in the session log.
+    done = [e for e in kube.gw.audit("k8s.response") if e["data"]["bytes"] == size]
+    assert len(done) == 1 and done[0]["data"]["status"] == 200
+
+
+def _rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def test_exec_runs_a_command_and_returns_its_exit_status(kube: KubeSetup) -> None:
