@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from shared.kubeapi import MASKED_B64
-from tests.fixtures.kube_apiserver import KubeApiServerDouble
+from tests.fixtures.kube_apiserver import FILE_IN_POD, KubeApiServerDouble
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -255,6 +255,13 @@ def test_exec_runs_a_command_and_returns_its_exit_status(kube: KubeSetup) -> Non
     header, *events = recorded[0]["data"]["asciicast"].splitlines()
     assert json.loads(header)["version"] == 2
     assert [json.loads(e)[1:] for e in events] == [["o", "hello from the pod\n"]]
+
+
+def test_kubectl_cp_from_a_pod(kube: KubeSetup, tmp_path: Path) -> None:
+    target = tmp_path / "copied.txt"
+    out = kube.kubectl("cp", "web-1:/tmp/notes.txt", str(target))
+    assert out.returncode == 0, out.stderr
+    assert target.read_bytes() == FILE_IN_POD
 
 
 def test_exec_denied_by_policy(kube: KubeSetup) -> None:
