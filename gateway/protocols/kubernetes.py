@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, WebSocket
@@ -97,44 +96,67 @@ def _split(raw_path: bytes) -> tuple[str, str]:
     return connection, "/" + path
 
 
+class UpstreamFailed(Exception):
+    """The response broke off mid-body: the client's connection (or HTTP/2 stream) is
+    aborted rather than ended cleanly, so a truncated body never looks complete."""
+
+
 class _RelayResponse(Response):
-    """Streams the agent's response body and stops when the client leaves.
+    """Streams the agent's response body, notices the client leaving, and always ends the
+    session, however the response ends (even before its first byte).
 
     A watch or `logs -f` may send nothing for hours: the end of the client has to be
     noticed by listening for `http.disconnect`, not by a failing write.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], head: ResponseHead) -> None:
+    def __init__(self, door: KubeFrontDoor, session: Session, head: ResponseHead) -> None:
         super().__init__(status_code=head.status)
         self.raw_headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head.headers
         ]
-        self._chunks = body
+        self._door = door
+        self._session = session
+        self._masked = head.masked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self._session
+        sent = 0
+        error: str | None = "client went away"
+
         async def pump() -> None:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            async for chunk in self._chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nonlocal sent, error
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            while True:
+                event = await session.stream.receive()
+                if isinstance(event, DataReceived):
+                    sent += len(event.payload)
+                    await send({"type": "http.response.body", "body": event.payload,
+                                "more_body": True})  # fmt: skip
+                elif isinstance(event, RemoteClosed):
+                    error = None
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                elif isinstance(event, SessionReset):
+                    error = session.describe_end(event)
+                    raise UpstreamFailed(error)
 
         async def watch_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        async with asyncio.TaskGroup() as tg:
-            body = tg.create_task(pump(), name="k8s response body")
-            gone = tg.create_task(watch_disconnect(), name="k8s client watch")
-            done, _ = await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (body, gone):
-                if task not in done:
-                    task.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                body = tg.create_task(pump(), name=f"k8s/{session.id}/body")
+                gone = tg.create_task(watch_disconnect(), name=f"k8s/{session.id}/client")
+                done, _ = await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (body, gone):
+                    if task not in done:
+                        task.cancel()
+        finally:
+            # Shielded: a cancelled response (the client left a watch) still ends its session.
+            end = self._door._end(session, self.status_code, sent, error=error, masked=self._masked)
+            await asyncio.shield(end)
 
 
 class KubeFrontDoor:
@@ -280,28 +302,7 @@ class KubeFrontDoor:
         if isinstance(answer, str):
             await self._end(session, 502, 0, error=answer)
             return _status(502, f"Wardgate: {answer}")
-        return _RelayResponse(self._body(session, answer.status, answer.masked), answer)
-
-    async def _body(self, session: Session, status: int, masked: int) -> AsyncIterator[bytes]:
-        sent = 0
-        error: str | None = None
-        try:
-            while True:
-                event = await session.stream.receive()
-                if isinstance(event, DataReceived):
-                    sent += len(event.payload)
-                    yield event.payload
-                elif isinstance(event, RemoteClosed):
-                    return
-                elif isinstance(event, SessionReset):
-                    error = session.describe_end(event)
-                    return
-        except BaseException:
-            error = error or "client went away"
-            raise
-        finally:
-            # Shielded: a cancelled response (the client left a watch) still ends its session.
-            await asyncio.shield(self._end(session, status, sent, error=error, masked=masked))
+        return _RelayResponse(self, session, answer)
 
     # ---- WebSocket upgrades (exec, attach) -------------------------------------------
 

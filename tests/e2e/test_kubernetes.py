@@ -203,6 +203,14 @@ def test_logs_follow_streams_lines(kube: KubeSetup) -> None:
             assert proc.poll() is None
         finally:
             proc.kill()
+    # The follower left: its session ends and says so.
+    follows = {e["session"] for e in kube.gw.audit("k8s.request") if e["data"]["subresource"]}
+    assert follows
+    ended = wait_for(
+        lambda: [e for e in kube.gw.audit("k8s.response") if e["session"] in follows],
+        "the followed log's session to end",
+    )
+    assert ended[0]["data"]["error"] == "client went away"
 
 
 def test_a_large_log_streams_with_bounded_memory(kube: KubeSetup, wardgate: Wardgate) -> None:
