@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/k8s/"
 MAX_REQUEST_BODY = 16 * 1024 * 1024
 MAX_ERROR_BODY = 1024 * 1024
+MAX_AUDIT_QUERY = 4096
 RECORD_INTERVAL = 1.0  # seconds between batches of recorded exec output
 HTTP_STATUS = {
     "unauthenticated": 401,
@@ -174,7 +176,7 @@ class KubeFrontDoor:
             raise
 
     async def _open(
-        self, who: Identity, connection: str, client: str, info: RequestInfo
+        self, who: Identity, connection: str, client: str, info: RequestInfo, query: str
     ) -> tuple[Session, KubeDecision]:
         session = await self.deps.broker.open(
             who, connection, protocol="kubernetes", client_addr=client, types=("kubernetes",)
@@ -198,6 +200,9 @@ class KubeFrontDoor:
                 name=info.name,
                 api_group=info.api_group,
                 path=info.path,
+                query=query[:MAX_AUDIT_QUERY],
+                # What an exec runs is the heart of its record.
+                command=parse_qs(query).get("command") if info.subresource == "exec" else None,
                 decision=decision.effect,
                 reason=decision.reason,
             )
@@ -272,7 +277,7 @@ class KubeFrontDoor:
             return _status(401, f"Wardgate: {exc}")
         info = request_info(request.method, path, query)
         try:
-            session, decision = await self._open(who, connection, client, info)
+            session, decision = await self._open(who, connection, client, info, query)
         except SessionError as exc:
             return _status(HTTP_STATUS.get(exc.kind, 502), f"Wardgate: {exc.message}")
         except AuditUnavailable as exc:  # nothing is forwarded that is not recorded
@@ -317,7 +322,7 @@ class KubeFrontDoor:
             return
         info = request_info("GET", path, query)
         try:
-            session, decision = await self._open(who, connection, client, info)
+            session, decision = await self._open(who, connection, client, info, query)
         except SessionError as exc:
             code = HTTP_STATUS.get(exc.kind, 502)
             await ws.send_denial_response(_status(code, f"Wardgate: {exc.message}"))

@@ -255,6 +255,8 @@ def test_exec_runs_a_command_and_returns_its_exit_status(kube: KubeSetup) -> Non
     seen = kube.double.requests_to("/exec")[-1]["headers"]
     assert seen["impersonate-user"] == "admin"
     assert seen["authorization"] == f"Bearer {kube.double.token}"
+    execs = [e["data"] for e in kube.gw.audit("k8s.request") if e["data"]["subresource"] == "exec"]
+    assert ["sh", "-c", "exit 3"] in [e["command"] for e in execs]
     # The terminal output is in the session log, as asciicast v2.
     recorded = wait_for(
         lambda: [e for e in kube.gw.audit("k8s.exec.output") if "hello" in e["data"]["asciicast"]],
