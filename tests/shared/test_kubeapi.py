@@ -212,3 +212,29 @@ def test_exec_recording_is_asciicast_output_and_resizes_never_stdin() -> None:
     assert rec.take().splitlines()[-1].endswith('"\\r\\n[recording truncated]\\r\\n"]')
     rec.server_message(200.0, b"\x01more")
     assert rec.take() == ""
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "BREW"]),
+    path=st.lists(st.text(max_size=8), max_size=8).map(lambda parts: "/" + "/".join(parts)),
+    query=st.text(max_size=30),
+)
+def test_request_info_takes_any_path(method: str, path: str, query: str) -> None:
+    info = request_info(method, path, query)
+    assert info.verb
+    assert info.describe()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["kind", "data", "env", "name", "value", "x"]), children,
+                      max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@given(json_values)
+def test_masking_takes_any_json(doc: Any) -> None:
+    out = Masker(True, ("*",)).mask_json(json.dumps(doc).encode())
+    assert json.loads(out) is not None or doc is None
