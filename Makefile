@@ -19,7 +19,7 @@ install:  ## create .venv with the project and its dev tools
 dev: install  ## run a gateway with an embedded agent and SQLite store in ./.wardgate
 	.venv/bin/wardgate dev
 
-deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, OpenSSH); needs root
+deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, OpenSSH, kubectl); needs root
 	@if command -v psql >/dev/null && command -v pgbench >/dev/null && \
 	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "test dependencies present"; \
@@ -32,6 +32,12 @@ deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, O
 	else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends openssh-server openssh-client; \
+	fi
+	@if test -x /usr/bin/kubectl; then \
+	  echo "kubernetes test client present (kubectl)"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends kubectl; \
 	fi
 
 test: install  ## run the whole test suite (real PostgreSQL, real processes)

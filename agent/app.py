@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from agent.protocols import postgres, ssh, tcp
+from agent.protocols import kubernetes, postgres, ssh, tcp
 from agent.secrets import SecretUnavailable, resolve
 from shared.agentkey import AgentKey
 from shared.backoff import Backoff
@@ -55,7 +55,12 @@ from shared.version import __version__
 log = logging.getLogger(__name__)
 
 Serve = Callable[[TunnelStream, Target], Awaitable[None]]
-PROTOCOLS: dict[str, Serve] = {"tcp": tcp.serve, "postgres": postgres.serve, "ssh": ssh.serve}
+PROTOCOLS: dict[str, Serve] = {
+    "tcp": tcp.serve,
+    "postgres": postgres.serve,
+    "ssh": ssh.serve,
+    "kubernetes": kubernetes.serve,
+}
 WELCOME_TIMEOUT = 15.0
 
 

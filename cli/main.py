@@ -18,6 +18,7 @@ from cli import client as cl
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
+from cli.kube import kube as kube_commands
 from cli.runtime import run, setup_logging
 
 GATEWAY_OPTIONS = [
@@ -943,6 +944,7 @@ policy_commands.register(main, policy)  # policy show/history/rollback, budgets 
 
 main.add_command(ssh_cli.ssh)  # wardgate ssh CONNECTION
 main.add_command(ssh_cli.ssh_keys)  # wardgate ssh-keys add|list|remove
+main.add_command(kube_commands)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -191,6 +191,7 @@ class Gateway:
                 guardrails=guardrails,
                 access=policy,
                 policy_source=guardrails,
+                kube_policy=cfg.kube_policy(),
             )
         )
         self.reviews = self._reviews(store, auditor, policy)

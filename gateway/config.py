@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.connspec import ConnectionSpec
 from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
+from gateway.policy.kube import KubePolicy, KubePolicyConfig
 from gateway.policy.rules import Policy, PolicyConfig
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -228,8 +229,14 @@ class GatewayConfig(BaseModel):
 
     policy_check_interval: float = Field(default=2.0, gt=0)
 
+    # Kubernetes API rules and masking (gateway/policy/kube.py).
+    kubernetes: KubePolicyConfig = Field(default_factory=KubePolicyConfig)
+
     def guardrails(self) -> Policy:
         return Policy(self.policy)
+
+    def kube_policy(self) -> KubePolicy:
+        return KubePolicy(self.kubernetes)
 
     def access_policy(self) -> AccessPolicy:
         roles = [

@@ -9,7 +9,8 @@ A control written here is enforced on every protocol (design decision 1).
 Authorization asks `gateway.policy.grants.AccessPolicy` for the identity's access to the
 connection (roles -> grants; a per-connection credential or an API key's scopes narrow it);
 none refuses with kind "forbidden" and a `session.refused` event, and so does a read-only
-grant on a connection type whose statements cannot be checked (tcp). The granted level is on
+grant on a connection type whose statements cannot be checked (tcp; Kubernetes sessions are
+checked per API request by their front door). The granted level is on
 the `Session` (`access`), for the front doors to enforce per statement; a read-only PostgreSQL
 session is also opened with `default_transaction_read_only=on` and without the client's own
 startup settings, as defence in depth.
@@ -86,6 +87,8 @@ class Session:
 
 # Connection types whose front door enforces read-only per statement.
 READ_ONLY_ENFORCED = frozenset({"postgres"})
+# ...and per API request: the Kubernetes door lets a read-only session only get, list, watch.
+READ_ONLY_BY_REQUEST = frozenset({"kubernetes"})
 
 # Client startup parameters a read-only PostgreSQL session keeps; the others (notably
 # `options`, which can carry `-c role=...` or `-c default_transaction_read_only=off`) are
@@ -225,7 +228,10 @@ class SessionBroker:
             scopes=identity.scopes,
             requested=requested,
         )
-        if decision.access == "read-only" and conn.type not in READ_ONLY_ENFORCED:
+        if (
+            decision.access == "read-only"
+            and conn.type not in READ_ONLY_ENFORCED | READ_ONLY_BY_REQUEST
+        ):
             # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
             decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
         if decision.access is not None and conn.type not in READ_ONLY_ENFORCED:

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.oidc",
     "tests.fixtures.sshd",
+    "tests.fixtures.kube_apiserver",
 ]

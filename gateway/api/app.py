@@ -23,6 +23,7 @@ from gateway.identity.credentials import FlowPending, IdentityError, IdentitySer
 from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
+from gateway.policy.kube import KubePolicy
 from gateway.policy.rules import Policy
 from gateway.policystore import (
     PolicyDocumentError,
@@ -31,7 +32,7 @@ from gateway.policystore import (
     as_view,
     parse_document,
 )
-from gateway.protocols import tcp
+from gateway.protocols import kubernetes, tcp
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
 from shared.agentkey import AgentKey, hash_secret, new_secret
@@ -57,6 +58,7 @@ class ApiDeps:
     guardrails: Policy | PolicyView | None = None
     access: AccessPolicy | None = None
     policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
+    kube_policy: KubePolicy | None = None
 
 
 class AgentCreate(BaseModel):
@@ -657,4 +659,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
         await tcp.relay(ws, deps.broker, session)
 
     app.include_router(policy_router(deps))
+
+    # ---- Kubernetes API ------------------------------------------------------------
+
+    kubernetes.mount(app, deps)
     return app

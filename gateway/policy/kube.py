@@ -1,0 +1,153 @@
+"""Kubernetes guardrails: allow/deny rules over who, which connection, and what API request.
+
+Pure and sans-I/O, like `gateway.policy.rules`: the gateway config's `kubernetes:` key, a
+`Subject`, a connection name and the `RequestInfo` of one API request in, one `KubeDecision`
+out. The rules it keeps:
+
+1. A rule *applies* when every identity and connection condition it has matches (`users`,
+   `connections`, `names`... are globs; `groups` and `roles` any-of; `identity` person or
+   machine). An absent condition matches everyone and everything.
+2. A rule *matches* a request when every request condition it has matches: `verbs`,
+   `resources`, `subresources`, `namespaces`, `names`, `api_groups` (globs, any-of). A
+   request condition never matches a non-resource request (discovery, /version), except
+   `verbs`.
+3. Deny wins, then allow; with neither, the request passes unless the connection is
+   guarded (`guarded_connections`), where what no rule allows is denied. Discovery and
+   /version always pass on a guarded connection: kubectl cannot work without them and they
+   reveal no object.
+4. Masking is decided per request as the union of the `masking` entries that apply:
+   Secret `data` values (`secrets: true`, the default for everyone) and environment
+   variables whose names match `env` globs. The agent applies it (shared/kubeapi.Masker).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.policy.rules import Subject
+from shared.kubeapi import RequestInfo
+
+
+class KubeMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    identity: Literal["person", "machine"] | None = None
+    connections: list[str] = Field(default_factory=list)
+    verbs: list[str] = Field(default_factory=list)
+    resources: list[str] = Field(default_factory=list)
+    subresources: list[str] = Field(default_factory=list)
+    namespaces: list[str] = Field(default_factory=list)
+    names: list[str] = Field(default_factory=list)
+    api_groups: list[str] = Field(default_factory=list)
+
+
+class KubeRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    effect: Literal["allow", "deny"]
+    message: str = ""
+    match: KubeMatch = Field(default_factory=KubeMatch)
+
+    def explanation(self) -> str:
+        if self.message:
+            return f"{self.message} (rule {self.name!r})"
+        return f"{self.effect} by rule {self.name!r}"
+
+
+class KubeMasking(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    secrets: bool = True
+    env: list[str] = Field(default_factory=list)
+    match: KubeMatch = Field(default_factory=KubeMatch)
+
+
+class KubePolicyConfig(BaseModel):
+    """The `kubernetes:` key of the gateway config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rules: list[KubeRule] = Field(default_factory=list)
+    guarded_connections: list[str] = Field(default_factory=list)
+    masking: list[KubeMasking] = Field(default_factory=lambda: [KubeMasking()])
+
+    @model_validator(mode="after")
+    def _unique(self) -> KubePolicyConfig:
+        names = [r.name for r in self.rules]
+        if len(names) != len(set(names)):
+            raise ValueError("kubernetes rule names must be unique")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class KubeDecision:
+    effect: Literal["allow", "deny"]
+    reason: str
+    rules: tuple[str, ...] = ()
+    mask_secrets: bool = False
+    mask_env: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+
+def _glob(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _applies(m: KubeMatch, subject: Subject, connection: str) -> bool:
+    if m.users and not _glob(subject.user, m.users):
+        return False
+    if m.groups and not set(m.groups) & set(subject.groups):
+        return False
+    if m.roles and not set(m.roles) & set(subject.roles):
+        return False
+    if m.identity is not None and (m.identity == "machine") != subject.machine:
+        return False
+    return not (m.connections and not _glob(connection, m.connections))
+
+
+def _matches(m: KubeMatch, info: RequestInfo) -> bool:
+    if m.verbs and not _glob(info.verb, m.verbs):
+        return False
+    conditions = (
+        (m.resources, info.resource),
+        (m.subresources, info.subresource),
+        (m.namespaces, info.namespace),
+        (m.names, info.name),
+        (m.api_groups, info.api_group),
+    )
+    for patterns, value in conditions:
+        if patterns and (not info.is_resource or not _glob(value, patterns)):
+            return False
+    return True
+
+
+class KubePolicy:
+    def __init__(self, config: KubePolicyConfig | None = None) -> None:
+        self.config = config or KubePolicyConfig()
+
+    def decide(self, subject: Subject, connection: str, info: RequestInfo) -> KubeDecision:
+        masking = [m for m in self.config.masking if _applies(m.match, subject, connection)]
+        mask_secrets = any(m.secrets for m in masking)
+        mask_env = tuple(sorted({g for m in masking for g in m.env}))
+        applicable = [r for r in self.config.rules if _applies(r.match, subject, connection)]
+        for rule in applicable:
+            if rule.effect == "deny" and _matches(rule.match, info):
+                return KubeDecision("deny", rule.explanation(), (rule.name,))
+        for rule in applicable:
+            if rule.effect == "allow" and _matches(rule.match, info):
+                return KubeDecision(
+                    "allow", rule.explanation(), (rule.name,), mask_secrets, mask_env
+                )
+        if _glob(connection, self.config.guarded_connections) and info.is_resource:
+            return KubeDecision(
+                "deny", f"connection {connection!r} is guarded and no rule allows {info.verb}"
+            )
+        return KubeDecision("allow", "no rule applies", (), mask_secrets, mask_env)

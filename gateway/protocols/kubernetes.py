@@ -1,0 +1,474 @@
+"""Kubernetes API front door: `https://GATEWAY/k8s/CONNECTION/...` (HTTP/1.1 or HTTP/2,
+and WebSocket upgrades for exec/attach), served by the admin app's hypercorn.
+
+Each API request is one session of the common pipeline (`SessionBroker.open`: authorize on
+the connection, record, route to an agent), then:
+
+    decide   the per-request policy (gateway/policy/kube.py) on verb, resource, subresource,
+             namespace and name; a denial is a `Status` 403 naming the rule, and the request
+             never reaches the agent's API server
+    record   `k8s.request` (user, verb, resource, namespace, name, decision) before the
+             request is forwarded, `k8s.response` (code, bytes) when it ends
+    relay    the request head + body to the agent (shared/kubeapi.py frames); the response
+             head, then the body streamed frame by frame (watch, `logs -f`), or WebSocket
+             messages both ways after a 101
+
+The bearer token kubectl sends is a Wardgate credential (from `wardgate kube credential`),
+checked like every other entry's. It never goes further: the agent uses the connection's
+own cluster credential and, when the connection says so, impersonates the Wardgate user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
+
+from gateway.audit import AuditUnavailable
+from gateway.auth import AuthError, Identity
+from gateway.policy.grants import AccessPolicy
+from gateway.policy.kube import KubeDecision, KubePolicy
+from gateway.policy.rules import subject_for
+from gateway.sessions import Session, SessionError
+from shared.kubeapi import (
+    CHANNEL_PROTOCOLS,
+    CONNECT_SUBRESOURCES,
+    WS_BINARY,
+    WS_TEXT,
+    ExecRecorder,
+    HeadError,
+    RequestHead,
+    RequestInfo,
+    ResponseHead,
+    decode_head,
+    decode_ws,
+    encode_head,
+    encode_ws,
+    encode_ws_close,
+    forwardable,
+    request_info,
+    status_body,
+)
+from shared.tunnel.frames import MAX_PAYLOAD, ResetCode
+from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
+
+if TYPE_CHECKING:
+    from gateway.api.app import ApiDeps
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/k8s/"
+MAX_REQUEST_BODY = 16 * 1024 * 1024
+MAX_ERROR_BODY = 1024 * 1024
+MAX_AUDIT_QUERY = 4096
+RECORD_INTERVAL = 1.0  # seconds between batches of recorded exec output
+HTTP_STATUS = {
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "unknown_connection": 404,
+    "wrong_type": 400,
+    "no_agent": 503,
+    "unreachable": 502,
+    "agent_lost": 502,
+    "unsupported": 502,
+}
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _reads(info: RequestInfo) -> bool:
+    return info.verb in ("get", "list", "watch") and info.subresource not in CONNECT_SUBRESOURCES
+
+
+def _status(code: int, message: str) -> Response:
+    return Response(status_body(code, message), status_code=code, media_type="application/json")
+
+
+def _split(raw_path: bytes) -> tuple[str, str]:
+    """(connection, API server path) from the raw, still percent-encoded request path."""
+    rest = raw_path.decode("latin-1")[len(PREFIX) :]
+    connection, _, path = rest.partition("/")
+    return connection, "/" + path
+
+
+class UpstreamFailed(Exception):
+    """The response broke off mid-body: the client's connection (or HTTP/2 stream) is
+    aborted rather than ended cleanly, so a truncated body never looks complete."""
+
+
+class _RelayResponse(Response):
+    """Streams the agent's response body, notices the client leaving, and always ends the
+    session, however the response ends (even before its first byte).
+
+    A watch or `logs -f` may send nothing for hours: the end of the client has to be
+    noticed by listening for `http.disconnect`, not by a failing write.
+    """
+
+    def __init__(self, door: KubeFrontDoor, session: Session, head: ResponseHead) -> None:
+        super().__init__(status_code=head.status)
+        self.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head.headers
+        ]
+        self._door = door
+        self._session = session
+        self._masked = head.masked
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self._session
+        sent = 0
+        error: str | None = "client went away"
+
+        async def pump() -> None:
+            nonlocal sent, error
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            while True:
+                event = await session.stream.receive()
+                if isinstance(event, DataReceived):
+                    sent += len(event.payload)
+                    await send({"type": "http.response.body", "body": event.payload,
+                                "more_body": True})  # fmt: skip
+                elif isinstance(event, RemoteClosed):
+                    error = None
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                elif isinstance(event, SessionReset):
+                    error = session.describe_end(event)
+                    raise UpstreamFailed(error)
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                body = tg.create_task(pump(), name=f"k8s/{session.id}/body")
+                gone = tg.create_task(watch_disconnect(), name=f"k8s/{session.id}/client")
+                done, _ = await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (body, gone):
+                    if task not in done:
+                        task.cancel()
+        finally:
+            # Shielded: a cancelled response (the client left a watch) still ends its session.
+            end = self._door._end(session, self.status_code, sent, error=error, masked=self._masked)
+            await asyncio.shield(end)
+
+
+class KubeFrontDoor:
+    def __init__(self, deps: ApiDeps) -> None:
+        self.deps = deps
+        self.policy = deps.kube_policy or KubePolicy()
+
+    async def _identity(self, header: str | None, client: str, connection: str) -> Identity:
+        try:
+            return await self.deps.auth.authenticate_header(header)
+        except AuthError as exc:
+            await self.deps.auditor.record(
+                "auth.rejected", client=client, connection=connection, reason=str(exc)
+            )
+            raise
+
+    async def _open(
+        self, who: Identity, connection: str, client: str, info: RequestInfo, query: str
+    ) -> tuple[Session, KubeDecision]:
+        session = await self.deps.broker.open(
+            who, connection, protocol="kubernetes", client_addr=client, types=("kubernetes",)
+        )
+        subject = subject_for(
+            self.deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
+        )
+        decision = self.policy.decide(subject, connection, info)
+        if session.access == "read-only" and decision.allowed and not _reads(info):
+            decision = KubeDecision("deny", "read-only access allows only get, list and watch")
+        try:
+            await self.deps.auditor.record(
+                "k8s.request",
+                actor=who.user,
+                session_id=session.id,
+                connection=connection,
+                verb=info.verb,
+                resource=info.resource,
+                subresource=info.subresource,
+                namespace=info.namespace,
+                name=info.name,
+                api_group=info.api_group,
+                path=info.path,
+                query=query[:MAX_AUDIT_QUERY],
+                # What an exec runs is the heart of its record.
+                command=parse_qs(query).get("command") if info.subresource == "exec" else None,
+                decision=decision.effect,
+                reason=decision.reason,
+            )
+        except BaseException:
+            await self._end(session, None, 0, error="audit log unavailable")
+            raise
+        return session, decision
+
+    async def _end(
+        self,
+        session: Session,
+        status: int | None,
+        nbytes: int,
+        *,
+        error: str | None = None,
+        masked: int = 0,
+    ) -> None:
+        if not session.stream.finished:
+            await session.stream.reset(ResetCode.CANCELLED, error or "request done")
+        with contextlib.suppress(Exception):
+            await self.deps.auditor.record(
+                "k8s.response",
+                actor=session.identity.user,
+                session_id=session.id,
+                status=status,
+                bytes=nbytes,
+                masked=masked,
+                error=error,
+            )
+        await self.deps.broker.finish(session, error=error)
+
+    def _head(
+        self, method: str, path: str, query: str, headers: list[tuple[str, str]],
+        who: Identity, decision: KubeDecision, protocols: tuple[str, ...] = (),
+    ) -> RequestHead:  # fmt: skip
+        return RequestHead(
+            method=method,
+            path=path,
+            query=query,
+            headers=forwardable(headers),
+            websocket_protocols=protocols,
+            impersonate_user=who.user,
+            impersonate_groups=who.groups,
+            mask_secrets=decision.mask_secrets,
+            mask_env=decision.mask_env,
+        )
+
+    async def _response_head(self, session: Session) -> ResponseHead | str:
+        """The agent's response head, or why there is none."""
+        event = await session.stream.receive()
+        if isinstance(event, DataReceived):
+            try:
+                head = decode_head(event.payload)
+            except HeadError as exc:
+                return f"agent {session.agent.name!r} broke the kubernetes framing: {exc}"
+            if isinstance(head, ResponseHead):
+                return head
+            return f"agent {session.agent.name!r} sent a request head"
+        if isinstance(event, SessionReset):
+            return session.describe_end(event)
+        return "the agent closed the request without an answer"
+
+    # ---- plain HTTP ------------------------------------------------------------------
+
+    async def http(self, request: Request) -> Response:
+        connection, path = _split(request.scope.get("raw_path") or request.url.path.encode())
+        client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+        query = request.url.query
+        try:
+            who = await self._identity(request.headers.get("authorization"), client, connection)
+        except AuthError as exc:
+            return _status(401, f"Wardgate: {exc}")
+        info = request_info(request.method, path, query)
+        try:
+            session, decision = await self._open(who, connection, client, info, query)
+        except SessionError as exc:
+            return _status(HTTP_STATUS.get(exc.kind, 502), f"Wardgate: {exc.message}")
+        except AuditUnavailable as exc:  # nothing is forwarded that is not recorded
+            return _status(503, f"Wardgate: {exc}")
+        if not decision.allowed:
+            await self._end(session, 403, 0, error=f"policy: {decision.reason}")
+            return _status(403, f"Wardgate policy denies {info.describe()}: {decision.reason}")
+        stream = session.stream
+        try:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_REQUEST_BODY:
+                    await self._end(session, 413, 0, error="request body too large")
+                    return _status(413, f"request body over {MAX_REQUEST_BODY} bytes")
+            head = self._head(request.method, path, query, request.headers.items(), who, decision)
+            await stream.send_data(encode_head(head))
+            if body:
+                await stream.send_data(bytes(body))
+            await stream.send_close()
+            answer = await self._response_head(session)
+        except SessionClosedError as exc:
+            answer = str(exc)
+        except BaseException:
+            await self._end(session, None, 0, error="client went away")
+            raise
+        if isinstance(answer, str):
+            await self._end(session, 502, 0, error=answer)
+            return _status(502, f"Wardgate: {answer}")
+        return _RelayResponse(self, session, answer)
+
+    # ---- WebSocket upgrades (exec, attach) -------------------------------------------
+
+    async def websocket(self, ws: WebSocket) -> None:
+        connection, path = _split(ws.scope.get("raw_path") or ws.url.path.encode())
+        client = f"{ws.client.host}:{ws.client.port}" if ws.client else "-"
+        query = ws.url.query
+        try:
+            who = await self._identity(ws.headers.get("authorization"), client, connection)
+        except AuthError as exc:
+            await ws.send_denial_response(_status(401, f"Wardgate: {exc}"))
+            return
+        info = request_info("GET", path, query)
+        try:
+            session, decision = await self._open(who, connection, client, info, query)
+        except SessionError as exc:
+            code = HTTP_STATUS.get(exc.kind, 502)
+            await ws.send_denial_response(_status(code, f"Wardgate: {exc.message}"))
+            return
+        except AuditUnavailable as exc:
+            await ws.send_denial_response(_status(503, f"Wardgate: {exc}"))
+            return
+        if not decision.allowed:
+            await self._end(session, 403, 0, error=f"policy: {decision.reason}")
+            message = f"Wardgate policy denies {info.describe()}: {decision.reason}"
+            await ws.send_denial_response(_status(403, message))
+            return
+        protocols = tuple(ws.scope.get("subprotocols") or ())
+        head = self._head("GET", path, query, ws.headers.items(), who, decision, protocols)
+        try:
+            await session.stream.send_data(encode_head(head))
+            answer = await self._response_head(session)
+        except SessionClosedError as exc:
+            answer = str(exc)
+        if isinstance(answer, str):
+            await self._end(session, 502, 0, error=answer)
+            await ws.send_denial_response(_status(502, f"Wardgate: {answer}"))
+            return
+        if answer.status != 101:
+            body = await self._collect(session)
+            await self._end(session, answer.status, len(body))
+            await ws.send_denial_response(
+                Response(body, status_code=answer.status, headers=dict(answer.headers))
+            )
+            return
+        await ws.accept(subprotocol=answer.websocket_protocol)
+        nbytes, error = await self._relay_ws(ws, session, answer.websocket_protocol)
+        await self._end(session, 101, nbytes, error=error)
+
+    async def _collect(self, session: Session) -> bytes:
+        body = bytearray()
+        while len(body) < MAX_ERROR_BODY:
+            event = await session.stream.receive()
+            if not isinstance(event, DataReceived):
+                break
+            body += event.payload
+        return bytes(body[:MAX_ERROR_BODY])
+
+    async def _relay_ws(
+        self, ws: WebSocket, session: Session, protocol: str | None
+    ) -> tuple[int, str | None]:
+        stream = session.stream
+        counted = [0]
+        error: list[str] = []
+        loop = asyncio.get_running_loop()
+        # Terminal output of exec/attach goes to the session log as asciicast v2, in
+        # batches (`k8s.exec.output`); the first batch carries the header.
+        recorder = ExecRecorder(loop.time()) if protocol in CHANNEL_PROTOCOLS else None
+        flushed = [0, 0.0]  # batches written, time of the last one
+
+        def flush(final: bool = False) -> None:
+            if recorder is None:
+                return
+            now = loop.time()
+            if not final and now - flushed[1] < RECORD_INTERVAL and recorder.backlog < 256:
+                return
+            text = recorder.take()
+            if not text and not (final and flushed[0] == 0):
+                return
+            if flushed[0] == 0:
+                text = recorder.header(timestamp=int(time.time())) + "\n" + text
+            flushed[0] += 1
+            flushed[1] = now
+            self.deps.auditor.submit(
+                "k8s.exec.output",
+                actor=session.identity.user,
+                session_id=session.id,
+                batch=flushed[0],
+                asciicast=text,
+                truncated=recorder.truncated,
+            )
+
+        async def client_to_agent() -> None:
+            try:
+                while True:
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        await stream.send_data(encode_ws_close(1000, ""))
+                        await stream.send_close()
+                        return
+                    if (data := message.get("bytes")) is not None:
+                        frame = encode_ws(WS_BINARY, data)
+                        if recorder is not None:
+                            recorder.client_message(loop.time(), data)
+                    else:
+                        frame = encode_ws(WS_TEXT, (message.get("text") or "").encode())
+                    if len(frame) > MAX_PAYLOAD:
+                        error.append("WebSocket message too large")
+                        await ws.close(1009)
+                        down.cancel()
+                        return
+                    counted[0] += len(frame) - 1
+                    await stream.send_data(frame)
+            except (SessionClosedError, WebSocketDisconnect):
+                return
+
+        async def agent_to_client() -> None:
+            while True:
+                event = await stream.receive()
+                if isinstance(event, DataReceived):
+                    try:
+                        kind, payload = decode_ws(event.payload)
+                    except HeadError as exc:
+                        error.append(f"agent {session.agent.name!r}: {exc}")
+                        await ws.close(1011)
+                        break
+                    counted[0] += len(payload)
+                    if kind == WS_BINARY:
+                        if recorder is not None:
+                            recorder.server_message(loop.time(), payload)
+                            flush()
+                        await ws.send_bytes(payload)
+                    elif kind == WS_TEXT:
+                        await ws.send_text(payload.decode(errors="replace"))
+                    else:
+                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+                        await ws.close(code, reason=payload[2:].decode(errors="replace"))
+                        break
+                elif isinstance(event, RemoteClosed):
+                    await ws.close(1000)
+                    break
+                elif isinstance(event, SessionReset):
+                    error.append(session.describe_end(event))
+                    await ws.close(1011, reason=error[-1][:120])
+                    break
+            up.cancel()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                down = tg.create_task(agent_to_client(), name=f"k8s/{session.id}/down")
+                up = tg.create_task(client_to_agent(), name=f"k8s/{session.id}/up")
+        except* (WebSocketDisconnect, OSError, RuntimeError) as group:
+            error.append(f"client connection failed: {group.exceptions[0]}")
+        finally:
+            flush(final=True)
+        return counted[0], (error[0] if error else None)
+
+
+def mount(app: FastAPI, deps: ApiDeps) -> None:
+    door = KubeFrontDoor(deps)
+    app.add_api_route(
+        "/k8s/{connection}/{path:path}", door.http, methods=_METHODS, include_in_schema=False
+    )
+    app.add_api_websocket_route("/k8s/{connection}/{path:path}", door.websocket)
