@@ -47,6 +47,13 @@ KUBE_POLICY = {
             "match": {"subresources": ["exec"], "namespaces": ["prod"]},
             "review": OPS,
         },
+        {
+            "name": "prod-delete-waits",
+            "effect": "review",
+            "wait": True,
+            "match": {"verbs": ["delete"], "namespaces": ["prod"]},
+            "review": OPS,
+        },
     ]
 }
 ROLES = [
@@ -291,3 +298,42 @@ def test_a_kubectl_that_leaves_while_held_withdraws_its_review(stack: Stack) -> 
     late = stack.cli("bob", "reviews", "approve", review_id)
     assert late.returncode != 0 and "already cancelled" in late.stderr + late.stdout
     assert not stack.ran(command)
+
+
+def test_a_held_delete_waits_over_http2_and_a_leaving_kubectl_withdraws(stack: Stack) -> None:
+    """The plain HTTP path (kubectl speaks HTTP/2 to the gateway): a wait rule on delete."""
+    for name in ("tmp-1", "tmp-2"):
+        stack.double.add_pod("prod", name)
+    deleting = subprocess.Popen(
+        [KUBECTL, "delete", "pod", "tmp-1", "-n", "prod", "--wait=false"],
+        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        pending = wait_for(
+            lambda: stack.reviews_of("alice", "delete pods/tmp-1 -n prod"), "the held delete"
+        )
+        assert deleting.poll() is None and ("prod", "tmp-1") in stack.double.pods
+        approved = stack.cli("bob", "reviews", "approve", pending[0]["id"])
+        assert approved.returncode == 0, approved.stderr
+        out, err = deleting.communicate(timeout=60)
+    finally:
+        if deleting.poll() is None:
+            deleting.kill()
+            deleting.wait()
+    assert deleting.returncode == 0, err
+    assert "deleted" in out and ("prod", "tmp-1") not in stack.double.pods
+
+    leaving = subprocess.Popen(
+        [KUBECTL, "delete", "pod", "tmp-2", "-n", "prod", "--wait=false"],
+        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: stack.reviews_of("alice", "delete pods/tmp-2 -n prod"), "the review")
+    finally:
+        leaving.kill()
+        leaving.communicate()
+    wait_for(
+        lambda: stack.reviews_of("alice", "delete pods/tmp-2 -n prod")[0]["status"] == "cancelled",
+        "the review to be withdrawn",
+    )
+    assert ("prod", "tmp-2") in stack.double.pods
