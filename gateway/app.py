@@ -174,6 +174,7 @@ class Gateway:
         self._tasks.spawn(
             broker.watch_revocations(cfg.identity.revocation_check_interval), name="revocations"
         )
+        self.reviews = self._reviews(store, auditor, policy)
         app = build_app(
             ApiDeps(
                 store=store,
@@ -192,9 +193,9 @@ class Gateway:
                 access=policy,
                 policy_source=guardrails,
                 kube_policy=cfg.kube_policy(),
+                reviews=self.reviews,
             )
         )
-        self.reviews = self._reviews(store, auditor, policy)
         app.state.reviews = self.reviews
         app.include_router(ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings"))
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])

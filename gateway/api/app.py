@@ -33,6 +33,7 @@ from gateway.policystore import (
     parse_document,
 )
 from gateway.protocols import kubernetes, tcp
+from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
 from shared.agentkey import AgentKey, hash_secret, new_secret
@@ -59,6 +60,7 @@ class ApiDeps:
     access: AccessPolicy | None = None
     policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
     kube_policy: KubePolicy | None = None
+    reviews: ReviewService | None = None  # approvals (Kubernetes `effect: review`)
 
 
 class AgentCreate(BaseModel):

@@ -11,11 +11,16 @@ out. The rules it keeps:
    `resources`, `subresources`, `namespaces`, `names`, `api_groups` (globs, any-of). A
    request condition never matches a non-resource request (discovery, /version), except
    `verbs`.
-3. Deny wins, then allow; with neither, the request passes unless the connection is
-   guarded (`guarded_connections`), where what no rule allows is denied. Discovery and
-   /version always pass on a guarded connection: kubectl cannot work without them and they
-   reveal no object.
-4. Masking is decided per request as the union of the `masking` entries that apply:
+3. Deny wins, then review, then allow; with none, the request passes unless the
+   connection is guarded (`guarded_connections`), where what no rule allows is denied.
+   Discovery and /version always pass on a guarded connection: kubectl cannot work without
+   them and they reveal no object.
+4. A `review` rule holds the request for approval by others (its `review:` terms, as
+   PostgreSQL rules have, `gateway.policy.approval`). By default the client is answered at
+   once (a Status 403 naming the review) and, once approved, the same user's identical
+   request (`review_text`) passes while the approval is valid; with `wait: true` the
+   gateway holds the request until the review is decided.
+5. Masking is decided per request as the union of the `masking` entries that apply:
    Secret `data` values (`secrets: true`, the default for everyone) and environment
    variables whose names match `env` globs. The agent applies it (shared/kubeapi.Masker).
 """
@@ -23,12 +28,15 @@ out. The rules it keeps:
 from __future__ import annotations
 
 import fnmatch
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.policy.approval import ReviewTerms
 from gateway.policy.rules import Subject
 from shared.kubeapi import RequestInfo
 
@@ -51,9 +59,22 @@ class KubeMatch(BaseModel):
 class KubeRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    effect: Literal["allow", "deny"]
+    effect: Literal["allow", "deny", "review"]
     message: str = ""
     match: KubeMatch = Field(default_factory=KubeMatch)
+    review: ReviewTerms | None = None  # effect review: who approves, how many, how long
+    # effect review: hold the request until decided, instead of answering 403 at once
+    wait: bool = False
+
+    @model_validator(mode="after")
+    def _review_terms(self) -> KubeRule:
+        if (self.effect == "review") != (self.review is not None):
+            raise ValueError(
+                f"rule {self.name!r}: a `review:` block goes with `effect: review`, and only there"
+            )
+        if self.wait and self.effect != "review":
+            raise ValueError(f"rule {self.name!r}: `wait` goes with `effect: review` only")
+        return self
 
     def explanation(self) -> str:
         if self.message:
@@ -86,11 +107,13 @@ class KubePolicyConfig(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class KubeDecision:
-    effect: Literal["allow", "deny"]
+    effect: Literal["allow", "deny", "review"]
     reason: str
     rules: tuple[str, ...] = ()
     mask_secrets: bool = False
     mask_env: tuple[str, ...] = ()
+    review: ReviewTerms | None = None  # effect review: the terms of the first review rule
+    wait: bool = False  # effect review: hold the request until decided
 
     @property
     def allowed(self) -> bool:
@@ -141,6 +164,18 @@ class KubePolicy:
         for rule in applicable:
             if rule.effect == "deny" and _matches(rule.match, info):
                 return KubeDecision("deny", rule.explanation(), (rule.name,))
+        held = [r for r in applicable if r.effect == "review" and _matches(r.match, info)]
+        if held:
+            first = held[0]
+            return KubeDecision(
+                "review",
+                first.explanation(),
+                tuple(r.name for r in held),
+                mask_secrets,
+                mask_env,
+                review=first.review,
+                wait=first.wait,
+            )
         for rule in applicable:
             if rule.effect == "allow" and _matches(rule.match, info):
                 return KubeDecision(
@@ -151,3 +186,29 @@ class KubePolicy:
                 "deny", f"connection {connection!r} is guarded and no rule allows {info.verb}"
             )
         return KubeDecision("allow", "no rule applies", (), mask_secrets, mask_env)
+
+
+def review_text(info: RequestInfo, query: str) -> str:
+    """What a review shows and what an approval is for, like the kubectl command line:
+    `exec pod/web-1 -n default -- sh -c 'exit 3'`, `delete pods/api-1 -n prod`.
+
+    Two requests with the same text are the same request for an approval: it names the
+    verb, resource, subresource, API group, namespace and name, and what an exec runs.
+    """
+    if not info.is_resource:
+        return f"{info.verb} {info.path}"
+    params = parse_qs(query)
+    where = f" -n {info.namespace}" if info.namespace else ""
+    container = "".join(f" -c {shlex.quote(c)}" for c in params.get("container", [])[-1:])
+    if info.resource == "pods" and info.subresource in ("exec", "attach"):
+        text = f"{info.subresource} pod/{info.name}{where}{container}"
+        if info.subresource == "exec":
+            text += " -- " + shlex.join(params.get("command", []))
+        return text
+    if info.resource == "pods" and info.subresource == "portforward":
+        ports = " ".join(params.get("ports", []))
+        return f"port-forward pod/{info.name}{where} {ports}".rstrip()
+    what = info.resource + (f".{info.api_group}" if info.api_group else "")
+    what += f"/{info.name}" if info.name else ""
+    what += f"/{info.subresource}" if info.subresource else ""
+    return f"{info.verb} {what}{where}"

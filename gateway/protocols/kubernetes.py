@@ -7,6 +7,11 @@ the connection, record, route to an agent), then:
     decide   the per-request policy (gateway/policy/kube.py) on verb, resource, subresource,
              namespace and name; a denial is a `Status` 403 naming the rule, and the request
              never reaches the agent's API server
+    review   a request a `review` rule holds becomes a review (gateway/reviews, as for
+             PostgreSQL): by default a `Status` 403 names it at once, and the same user's
+             identical request passes once it is approved (kubectl is simply run again);
+             with `wait: true` the request waits for the decision (the client's leaving
+             withdraws the review)
     record   `k8s.request` (user, verb, resource, namespace, name, decision) before the
              request is forwarded, `k8s.response` (code, bytes) when it ends
     relay    the request head + body to the agent (shared/kubeapi.py frames); the response
@@ -22,22 +27,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.audit import AuditUnavailable
 from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.kube import KubeDecision, KubePolicy
+from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
 from gateway.sessions import Session, SessionError
+from gateway.store import ReviewRecord
 from shared.kubeapi import (
     CHANNEL_PROTOCOLS,
     CONNECT_SUBRESOURCES,
@@ -96,6 +104,27 @@ def _split(raw_path: bytes) -> tuple[str, str]:
     rest = raw_path.decode("latin-1")[len(PREFIX) :]
     connection, _, path = rest.partition("/")
     return connection, "/" + path
+
+
+def _outcome(review: ReviewRecord) -> str:
+    return {
+        "pending": "is still waiting for approval",
+        "approved": "was approved, but its approval has expired",
+        "denied": "was denied",
+        "expired": "timed out",
+    }.get(review.status, f"was {review.status}")
+
+
+def _spdy(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "upgrade" and v.lower().startswith("spdy") for k, v in headers)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Opened:
+    session: Session
+    decision: KubeDecision
+    text: str = ""  # effect review: what the review shows (`review_text`)
+    latest: ReviewRecord | None = None  # effect review: the newest review of this request
 
 
 class UpstreamFailed(Exception):
@@ -177,7 +206,7 @@ class KubeFrontDoor:
 
     async def _open(
         self, who: Identity, connection: str, client: str, info: RequestInfo, query: str
-    ) -> tuple[Session, KubeDecision]:
+    ) -> _Opened:
         session = await self.deps.broker.open(
             who, connection, protocol="kubernetes", client_addr=client, types=("kubernetes",)
         )
@@ -185,9 +214,14 @@ class KubeFrontDoor:
             self.deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
         )
         decision = self.policy.decide(subject, connection, info)
-        if session.access == "read-only" and decision.allowed and not _reads(info):
+        if session.access == "read-only" and decision.effect != "deny" and not _reads(info):
             decision = KubeDecision("deny", "read-only access allows only get, list and watch")
+        text = ""
+        latest: ReviewRecord | None = None
         try:
+            if decision.effect == "review":
+                text = review_text(info, query)
+                decision, latest = await self._approved(who, connection, text, decision)
             await self.deps.auditor.record(
                 "k8s.request",
                 actor=who.user,
@@ -205,11 +239,112 @@ class KubeFrontDoor:
                 command=parse_qs(query).get("command") if info.subresource == "exec" else None,
                 decision=decision.effect,
                 reason=decision.reason,
+                review=latest.id if latest is not None else None,
             )
         except BaseException:
             await self._end(session, None, 0, error="audit log unavailable")
             raise
-        return session, decision
+        return _Opened(session, decision, text, latest)
+
+    # ---- reviews ---------------------------------------------------------------------
+
+    async def _approved(
+        self, who: Identity, connection: str, text: str, decision: KubeDecision
+    ) -> tuple[KubeDecision, ReviewRecord | None]:
+        """A held request whose identical twin was approved (and the approval is still
+        valid) is allowed; else it stays held. With the newest review of it, if any."""
+        reviews = self.deps.reviews
+        if reviews is None:
+            return KubeDecision(
+                "deny", f"{decision.reason}; approvals are not enabled on this gateway"
+            ), None
+        try:
+            latest = await reviews.latest(
+                who, connection=connection, protocol="kubernetes", text=text
+            )
+        except AuditUnavailable:
+            raise
+        except Exception:
+            log.exception("kubernetes: cannot look up the reviews of %r", text)
+            return KubeDecision("deny", f"{decision.reason}; reviews cannot be read"), None
+        if latest is not None and reviews.still_approved(latest):
+            allowed = dataclasses.replace(
+                decision, effect="allow", reason=f"{decision.reason}; approved in {latest.id}"
+            )
+            return allowed, latest
+        return decision, latest
+
+    async def _hold(
+        self,
+        opened: _Opened,
+        info: RequestInfo,
+        *,
+        fallback: bool,
+        client_gone: Callable[[], Coroutine[Any, Any, None]],
+    ) -> str | None:
+        """A request a review rule holds: None when it may go on (approved while it
+        waited), else the message of its Status 403."""
+        reviews, decision, latest = self.deps.reviews, opened.decision, opened.latest
+        terms = decision.review
+        assert reviews is not None and terms is not None
+        what = info.describe()
+        session = opened.session
+        if latest is not None and (latest.status == "pending" or fallback):
+            # Asked again while pending (or kubectl's SPDY retry of a refused WebSocket
+            # exec): the same review answers, nobody is asked twice.
+            review, ours = latest, False
+        else:
+            try:
+                review = await reviews.hold(
+                    session.identity,
+                    connection=session.connection.name,
+                    session_id=session.id,
+                    protocol="kubernetes",
+                    text=opened.text,
+                    reason=decision.reason,
+                    rules=decision.rules,
+                    terms=terms,
+                )
+            except AuditUnavailable:
+                raise
+            except Exception:
+                # Fail closed: without a stored review nobody could approve it.
+                log.exception("session %s: cannot create a review", session.id)
+                return (
+                    f"Wardgate policy: {what} needs approval ({decision.reason}), "
+                    "and the review could not be created"
+                )
+            ours = True
+        approve = f"another person approves with: wardgate reviews approve {review.id}"
+        if review.status != "pending":
+            return f"Wardgate: review {review.id} of {what} {_outcome(review)} ({review.decision})"
+        if not decision.wait:
+            return (
+                f"Wardgate: {what} is held for review {review.id} ({decision.reason}); {approve}; "
+                f"once approved, run the same request again within {terms.approval_ttl}s"
+            )
+        decided = await self._wait_for_review(review.id, client_gone)
+        if decided is None:
+            if ours:
+                await reviews.cancel(review.id, "the client went away")
+            return f"Wardgate: the client went away while review {review.id} was pending"
+        if reviews.still_approved(decided):
+            return None
+        outcome = _outcome(decided)
+        return f"Wardgate: review {review.id} of {what} {outcome} ({decided.decision}); not run"
+
+    async def _wait_for_review(
+        self, review_id: str, client_gone: Callable[[], Coroutine[Any, Any, None]]
+    ) -> ReviewRecord | None:
+        """The decided review, or None when the client left first."""
+        assert self.deps.reviews is not None
+        async with asyncio.TaskGroup() as tg:
+            waiting = tg.create_task(self.deps.reviews.wait(review_id), name=f"review/{review_id}")
+            gone = tg.create_task(client_gone(), name=f"review/{review_id}/client")
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (waiting, gone):
+                task.cancel()
+        return waiting.result() if not waiting.cancelled() else None
 
     async def _end(
         self,
@@ -277,12 +412,13 @@ class KubeFrontDoor:
             return _status(401, f"Wardgate: {exc}")
         info = request_info(request.method, path, query)
         try:
-            session, decision = await self._open(who, connection, client, info, query)
+            opened = await self._open(who, connection, client, info, query)
         except SessionError as exc:
             return _status(HTTP_STATUS.get(exc.kind, 502), f"Wardgate: {exc.message}")
         except AuditUnavailable as exc:  # nothing is forwarded that is not recorded
             return _status(503, f"Wardgate: {exc}")
-        if not decision.allowed:
+        session, decision = opened.session, opened.decision
+        if decision.effect == "deny":
             await self._end(session, 403, 0, error=f"policy: {decision.reason}")
             return _status(403, f"Wardgate policy denies {info.describe()}: {decision.reason}")
         stream = session.stream
@@ -293,6 +429,22 @@ class KubeFrontDoor:
                 if len(body) > MAX_REQUEST_BODY:
                     await self._end(session, 413, 0, error="request body too large")
                     return _status(413, f"request body over {MAX_REQUEST_BODY} bytes")
+            if decision.effect == "review":
+
+                async def client_gone() -> None:
+                    # The body is read: what the client sends next is its leaving.
+                    while (await request.receive())["type"] != "http.disconnect":
+                        pass
+
+                refusal = await self._hold(
+                    opened,
+                    info,
+                    fallback=_spdy(request.headers.items()),
+                    client_gone=client_gone,
+                )
+                if refusal is not None:
+                    await self._end(session, 403, 0, error=f"policy: {refusal}")
+                    return _status(403, refusal)
             head = self._head(request.method, path, query, request.headers.items(), who, decision)
             await stream.send_data(encode_head(head))
             if body:
@@ -301,6 +453,9 @@ class KubeFrontDoor:
             answer = await self._response_head(session)
         except SessionClosedError as exc:
             answer = str(exc)
+        except AuditUnavailable as exc:  # a review that cannot be recorded is not made
+            await self._end(session, 503, 0, error="audit log unavailable")
+            return _status(503, f"Wardgate: {exc}")
         except BaseException:
             await self._end(session, None, 0, error="client went away")
             raise
@@ -322,7 +477,7 @@ class KubeFrontDoor:
             return
         info = request_info("GET", path, query)
         try:
-            session, decision = await self._open(who, connection, client, info, query)
+            opened = await self._open(who, connection, client, info, query)
         except SessionError as exc:
             code = HTTP_STATUS.get(exc.kind, 502)
             await ws.send_denial_response(_status(code, f"Wardgate: {exc.message}"))
@@ -330,11 +485,32 @@ class KubeFrontDoor:
         except AuditUnavailable as exc:
             await ws.send_denial_response(_status(503, f"Wardgate: {exc}"))
             return
-        if not decision.allowed:
+        session, decision = opened.session, opened.decision
+        if decision.effect == "deny":
             await self._end(session, 403, 0, error=f"policy: {decision.reason}")
             message = f"Wardgate policy denies {info.describe()}: {decision.reason}"
             await ws.send_denial_response(_status(403, message))
             return
+        if decision.effect == "review":
+
+            async def client_gone() -> None:
+                # Not accepted yet: the connect message, then only the client's leaving.
+                with contextlib.suppress(Exception):
+                    if ws.client_state == WebSocketState.CONNECTING:
+                        await ws.receive()
+                    while (await ws.receive())["type"] != "websocket.disconnect":
+                        pass
+
+            try:
+                refusal = await self._hold(opened, info, fallback=False, client_gone=client_gone)
+            except BaseException:
+                await self._end(session, None, 0, error="review unavailable")
+                raise
+            if refusal is not None:
+                await self._end(session, 403, 0, error=f"policy: {refusal}")
+                if ws.client_state != WebSocketState.DISCONNECTED:
+                    await ws.send_denial_response(_status(403, refusal))
+                return
         protocols = tuple(ws.scope.get("subprotocols") or ())
         head = self._head("GET", path, query, ws.headers.items(), who, decision, protocols)
         try:

@@ -254,6 +254,36 @@ class ReviewService:
             out = [r for r in out if r.status == status]
         return out
 
+    async def latest(
+        self, identity: Identity, *, connection: str, protocol: str, text: str
+    ) -> ReviewRecord | None:
+        """The newest review of exactly this request by this user (Kubernetes: the client
+        runs its request again once it is approved), or None."""
+        found = await asyncio.to_thread(
+            self._store.matching_reviews,
+            requester=identity.user,
+            connection=connection,
+            protocol=protocol,
+            text=text[:MAX_TEXT],
+            limit=1,
+        )
+        return await self._expire_if_due(found[0]) if found else None
+
+    def still_approved(self, record: ReviewRecord) -> bool:
+        """Approved, and enough of its approvals are still valid (`approval_ttl`)."""
+        if record.status != "approved":
+            return False
+        try:
+            terms = ReviewTerms.model_validate(record.terms)
+        except ValidationError:
+            return False  # fail closed: terms we cannot read approve nothing
+        votes = [
+            Vote(v.voter, frozenset(v.controllers), "approve", v.voted_at, v.expires_at)
+            for v in record.votes
+            if v.vote == "approve"
+        ]
+        return tally(terms, votes, self._clock()).outcome == "approved"
+
     @staticmethod
     def _may_see(identity: Identity, record: ReviewRecord) -> bool:
         if identity.is_admin or identity.user == record.requester:

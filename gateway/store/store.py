@@ -1026,6 +1026,29 @@ class Store:
             ).rowcount
             return self._review(conn, review_id), bool(changed)
 
+    # Kubernetes reviews: the client is answered at once and runs its request again; an
+    # approval of the identical request (same requester, connection, protocol and text)
+    # lets it pass.
+    def matching_reviews(
+        self, *, requester: str, connection: str, protocol: str, text: str, limit: int = 5
+    ) -> list[ReviewRecord]:
+        """Statement reviews of exactly this request, newest first, with their votes."""
+        stmt = (
+            sa.select(t.reviews.c.id)
+            .where(
+                t.reviews.c.requester == requester,
+                t.reviews.c.kind == "statement",
+                t.reviews.c.connection == connection,
+                t.reviews.c.protocol == protocol,
+                t.reviews.c.text == text,
+            )
+            .order_by(t.reviews.c.created_at.desc(), t.reviews.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            ids = conn.execute(stmt).scalars().all()
+            return [self._review(conn, i) for i in ids]
+
     def granted_connections(self, user: str, at: dt.datetime) -> dict[str, dt.datetime]:
         """Connections `user` holds an approved, unexpired access request for -> its end."""
         with self._read() as conn:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config import GatewayConfig
-from gateway.policy.kube import KubePolicy, KubePolicyConfig
+from gateway.policy.kube import KubePolicy, KubePolicyConfig, review_text
 from gateway.policy.rules import Subject
 from shared.kubeapi import request_info
 
@@ -94,3 +94,70 @@ def test_config_key_and_validation() -> None:
         KubePolicyConfig.model_validate({"rules": [RULES[0], RULES[0]]})
     with pytest.raises(ValidationError):
         KubePolicyConfig.model_validate({"rules": [{"name": "x", "effect": "hold"}]})
+
+
+REVIEW = {"approvers": {"groups": ["ops"]}}
+REVIEW_RULES = [
+    {"name": "exec-review", "effect": "review", "match": {"subresources": ["exec"]},
+     "review": REVIEW},
+    {"name": "prod-exec-waits", "effect": "review", "wait": True,
+     "match": {"subresources": ["exec"], "namespaces": ["prod"]}, "review": REVIEW},
+    {"name": "no-exec-for-machines", "effect": "deny",
+     "match": {"identity": "machine", "subresources": ["exec"]}},
+    {"name": "exec-allowed", "effect": "allow", "match": {"subresources": ["exec"]}},
+]  # fmt: skip
+
+
+def test_review_rules_hold_between_deny_and_allow() -> None:
+    p = policy(rules=REVIEW_RULES, masking=[{"env": ["*KEY*"]}])
+    exec_ = request_info("GET", "/api/v1/namespaces/dev/pods/a/exec", "command=ls")
+    held = p.decide(ALICE, "c", exec_)
+    assert (held.effect, held.rules, held.wait) == ("review", ("exec-review",), False)
+    assert held.review is not None and held.review.approvers.groups == ("ops",)
+    assert held.mask_env == ("*KEY*",)  # what runs once approved is masked as usual
+    waits = p.decide(ALICE, "c", request_info("GET", "/api/v1/namespaces/prod/pods/a/exec"))
+    assert waits.rules == ("exec-review", "prod-exec-waits") and not waits.wait  # the first
+    assert p.decide(BOT, "c", exec_).effect == "deny"  # deny > review
+    assert p.decide(ALICE, "c", request_info("GET", "/api/v1/pods")).effect == "allow"
+    only_wait = policy(rules=REVIEW_RULES[1:])
+    assert only_wait.decide(
+        ALICE, "c", request_info("GET", "/api/v1/namespaces/prod/pods/a/exec")
+    ).wait
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "text"),
+    [
+        ("GET", "/api/v1/namespaces/d/pods/web-1/exec",
+         "command=sh&command=-c&command=exit+3&container=app&stdout=true",
+         "exec pod/web-1 -n d -c app -- sh -c 'exit 3'"),
+        ("GET", "/api/v1/namespaces/d/pods/web-1/attach", "container=app&stdin=true",
+         "attach pod/web-1 -n d -c app"),
+        ("POST", "/api/v1/namespaces/d/pods/web-1/portforward", "ports=8080",
+         "port-forward pod/web-1 -n d 8080"),
+        ("DELETE", "/api/v1/namespaces/prod/pods/api-1", "", "delete pods/api-1 -n prod"),
+        ("DELETE", "/apis/apps/v1/namespaces/prod/deployments", "",
+         "deletecollection deployments.apps -n prod"),
+        ("GET", "/api/v1/namespaces/d/pods/web-1/log", "follow=true", "get pods/web-1/log -n d"),
+        ("GET", "/version", "", "get /version"),
+    ],
+)  # fmt: skip
+def test_review_text_names_the_request_like_kubectl(
+    method: str, path: str, query: str, text: str
+) -> None:
+    assert review_text(request_info(method, path, query), query) == text
+
+
+def test_review_rules_need_terms_and_wait_needs_review() -> None:
+    with pytest.raises(ValidationError, match="review"):
+        KubePolicyConfig.model_validate({"rules": [{"name": "x", "effect": "review"}]})
+    with pytest.raises(ValidationError, match="review"):
+        KubePolicyConfig.model_validate(
+            {"rules": [{"name": "x", "effect": "deny", "review": REVIEW}]}
+        )
+    with pytest.raises(ValidationError, match="wait"):
+        KubePolicyConfig.model_validate({"rules": [{"name": "x", "effect": "allow", "wait": True}]})
+    with pytest.raises(ValidationError, match="approvers"):
+        KubePolicyConfig.model_validate(
+            {"rules": [{"name": "x", "effect": "review", "review": {"approvers": {}}}]}
+        )

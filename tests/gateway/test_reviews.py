@@ -170,3 +170,34 @@ async def test_access_request_grants_the_connection_until_it_expires(
     seen = await reviews.list_reviews(Identity(user="dave", groups=("dev",)))
     assert seen == []  # neither requester nor approver
     assert [r.id for r in await reviews.list_reviews(BOB, kind="access")] == [record.id]
+
+
+async def test_latest_review_of_a_request_and_how_long_its_approval_holds(
+    store: Store, auditor: Auditor, clock: Clock
+) -> None:
+    """Kubernetes: the client runs its request again; the newest review of exactly that
+    request (user, connection, protocol, text) decides whether it passes."""
+    reviews = service(store, auditor, clock)
+    text = "exec pod/web-1 -n default -c app -- ls"
+    where = {"connection": "k8s", "protocol": "kubernetes", "text": text}
+    assert await reviews.latest(ALICE, **where) is None
+    first = await reviews.hold(
+        ALICE, session_id="s1", reason="exec needs review", rules=("r",), terms=TERMS, **where
+    )
+    found = await reviews.latest(ALICE, **where)
+    assert found is not None and found.id == first.id and not reviews.still_approved(found)
+    assert await reviews.latest(BOB, **where) is None  # another user's request
+    assert await reviews.latest(ALICE, **{**where, "text": text + " -la"}) is None
+    assert await reviews.latest(ALICE, **{**where, "connection": "k8s-2"}) is None
+    await reviews.vote(BOB, first.id, "approve")
+    found = await reviews.latest(ALICE, **where)
+    assert found is not None and reviews.still_approved(found)
+    clock.advance(601)  # TERMS.approval_ttl: the approval is spent
+    assert not reviews.still_approved(found)
+    second = await reviews.hold(
+        ALICE, session_id="s2", reason="exec needs review", rules=("r",), terms=TERMS, **where
+    )
+    await reviews.vote(CAROL, second.id, "deny")
+    found = await reviews.latest(ALICE, **where)
+    assert found is not None and found.id == second.id and found.status == "denied"
+    assert not reviews.still_approved(found)
