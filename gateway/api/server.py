@@ -2,6 +2,10 @@
 
 hypercorn normally owns its listening sockets; the front door owns ours, so each
 decrypted connection is handed to hypercorn's per-connection server.
+
+Cancelled (the gateway stopping), hypercorn's server closes its stream and waits for the
+close to complete; over TLS that waits for the peer, which an idle keep-alive client never
+answers. The connection is therefore aborted first, so shutdown does not wait on clients.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ def http_handler(app: Any) -> StreamHandler:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: str) -> None:
         loop = asyncio.get_running_loop()
-        await TCPServer(wrapped, loop, config, context, state, reader, writer)
+
+        async def serve() -> None:
+            await TCPServer(wrapped, loop, config, context, state, reader, writer)
+
+        async with asyncio.TaskGroup() as tg:
+            server = tg.create_task(serve(), name="http connection")
+            try:
+                await asyncio.shield(server)
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
 
     return handle

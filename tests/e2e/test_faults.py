@@ -668,3 +668,14 @@ def test_no_agent_for_the_pool_names_the_pool(wardgate: Wardgate) -> None:
         with pytest.raises(BlockingIOError):
             target.accept()  # nobody dialled the target
     assert gw.healthy()
+
+
+def test_gateway_stops_on_sigterm_while_a_client_holds_an_idle_https_connection(
+    wardgate: Wardgate,
+) -> None:
+    gw = wardgate.gateway()
+    # A keep-alive HTTPS client (as kubectl and the CLI are) that sent a request and idles.
+    with gw.api() as api:
+        assert api.get("/v1/agents").status_code == 200
+        returncode = gw.stop(timeout=15)
+    assert returncode == 0, f"gateway did not stop by itself: {returncode}\n{gw.log()}"
