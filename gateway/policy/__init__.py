@@ -1,5 +1,7 @@
 """Policy: what an identity may do once it is known.
 
+* ``who``: the identity and connection conditions (`WhoMatch`) every kind of rule below
+  starts with, and the `Subject` they are matched against.
 * ``grants``: roles (from IdP groups, user names) grant connections at an access level
   (read-only, read-write, admin); the session broker asks it at every session open.
 * ``readonly``: the PostgreSQL read-only classifier (pglast), pure and sans-I/O; the
@@ -12,6 +14,9 @@
 * ``explain``: the whole decision (access, read-only, guardrails) for ``policy explain``.
 * ``budgets``: exfiltration budgets (rows/bytes per user, connection and UTC day), the
   per-session meter and the sans-I/O cutter that stops a result keeping the wire valid.
+* ``masking``: which masking rules apply to a session, resolved into the spec the agent runs.
+* ``approval``: review terms and the segregation-of-duties rules for votes.
+* ``ssh``, ``kube``: per-connection SSH channel/exec rules and Kubernetes request rules.
 
 All are pure functions of their inputs: no I/O, no asyncio, no authlib (an import-linter
 contract keeps it so), so they are tested with tables of cases.

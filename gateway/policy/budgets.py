@@ -33,46 +33,22 @@ gateway keeps the usage in the store per (user, connection, budget, day). The ru
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.policy.approval import ReviewTerms
-
-if TYPE_CHECKING:
-    from gateway.policy.rules import Subject
+from gateway.policy.who import Subject, WhoMatch
 
 BUDGET_SQLSTATE = "53400"  # configuration_limit_exceeded: a limit the operator set was reached
 _HEADER = struct.Struct("!cI")
 
 
-class BudgetMatch(BaseModel):
+class BudgetMatch(WhoMatch):
     """Who a budget counts: the identity and connection conditions of a guardrail `Match`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    users: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    identity: Literal["person", "machine"] | None = None
-    connections: list[str] = Field(default_factory=list)
-
-    def applies(self, subject: Subject, connection: str) -> bool:
-        if self.users and not any(fnmatch.fnmatchcase(subject.user, p) for p in self.users):
-            return False
-        if self.groups and not set(self.groups) & set(subject.groups):
-            return False
-        if self.roles and not set(self.roles) & set(subject.roles):
-            return False
-        if self.identity is not None and (self.identity == "machine") != subject.machine:
-            return False
-        return not (
-            self.connections
-            and not any(fnmatch.fnmatchcase(connection, p) for p in self.connections)
-        )
 
 
 class Budget(BaseModel):

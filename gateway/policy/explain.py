@@ -16,7 +16,6 @@ from typing import Any
 
 from gateway.policy.budgets import Usage, applicable
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.masking import applies
 from gateway.policy.readonly import check_read_only
 from gateway.policy.rules import Policy, Subject, subject_for
 
@@ -32,7 +31,7 @@ def masking_rules(policy: Policy, subject: Subject, connection: str) -> list[dic
             "strategy": r.strategy,
         }
         for r in policy.config.masking
-        if applies(r.match, subject, connection)
+        if r.match.applies(subject, connection)
     ]
 
 

@@ -27,9 +27,7 @@ out. The rules it keeps:
 
 from __future__ import annotations
 
-import fnmatch
 import shlex
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs
@@ -37,17 +35,12 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.policy.approval import ReviewTerms
-from gateway.policy.rules import Subject
+from gateway.policy.who import Subject, WhoMatch
+from gateway.policy.who import glob as _glob
 from shared.kubeapi import RequestInfo
 
 
-class KubeMatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    users: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    identity: Literal["person", "machine"] | None = None
-    connections: list[str] = Field(default_factory=list)
+class KubeMatch(WhoMatch):
     verbs: list[str] = Field(default_factory=list)
     resources: list[str] = Field(default_factory=list)
     subresources: list[str] = Field(default_factory=list)
@@ -120,22 +113,6 @@ class KubeDecision:
         return self.effect == "allow"
 
 
-def _glob(value: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
-def _applies(m: KubeMatch, subject: Subject, connection: str) -> bool:
-    if m.users and not _glob(subject.user, m.users):
-        return False
-    if m.groups and not set(m.groups) & set(subject.groups):
-        return False
-    if m.roles and not set(m.roles) & set(subject.roles):
-        return False
-    if m.identity is not None and (m.identity == "machine") != subject.machine:
-        return False
-    return not (m.connections and not _glob(connection, m.connections))
-
-
 def _matches(m: KubeMatch, info: RequestInfo) -> bool:
     if m.verbs and not _glob(info.verb, m.verbs):
         return False
@@ -157,10 +134,10 @@ class KubePolicy:
         self.config = config or KubePolicyConfig()
 
     def decide(self, subject: Subject, connection: str, info: RequestInfo) -> KubeDecision:
-        masking = [m for m in self.config.masking if _applies(m.match, subject, connection)]
+        masking = [m for m in self.config.masking if m.match.applies(subject, connection)]
         mask_secrets = any(m.secrets for m in masking)
         mask_env = tuple(sorted({g for m in masking for g in m.env}))
-        applicable = [r for r in self.config.rules if _applies(r.match, subject, connection)]
+        applicable = [r for r in self.config.rules if r.match.applies(subject, connection)]
         for rule in applicable:
             if rule.effect == "deny" and _matches(rule.match, info):
                 return KubeDecision("deny", rule.explanation(), (rule.name,))

@@ -21,15 +21,15 @@ between connections, and the gateway secret itself never leaves the gateway.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import re
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy.who import Subject, WhoMatch
 from shared.masking.detectors import BUILTIN
 from shared.masking.spec import MaskRule, MaskSpec, Strategy
 from shared.tunnel.frames import Target
@@ -38,15 +38,8 @@ _STRATEGIES = {"redact": Strategy.REDACT, "partial": Strategy.PARTIAL, "token": 
 _HKDF_INFO = b"wardgate/masking/token/v1\x00"
 
 
-class MaskMatch(BaseModel):
+class MaskMatch(WhoMatch):
     """Who and where a masking rule applies; the guardrails' identity conditions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    users: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    identity: Literal["person", "machine"] | None = None
-    connections: list[str] = Field(default_factory=list)
 
 
 class MaskingRuleConfig(BaseModel):
@@ -104,36 +97,6 @@ class MaskingRuleConfig(BaseModel):
         )
 
 
-class Who(Protocol):
-    """The identity facts a rule names (`gateway.policy.rules.Subject`)."""
-
-    @property
-    def user(self) -> str: ...
-    @property
-    def groups(self) -> tuple[str, ...]: ...
-    @property
-    def roles(self) -> tuple[str, ...]: ...
-    @property
-    def machine(self) -> bool: ...
-
-
-def _glob(value: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
-def applies(m: MaskMatch, who: Who, connection: str) -> bool:
-    """The guardrails' rule: every given condition holds; an absent one matches everyone."""
-    if m.users and not _glob(who.user, m.users):
-        return False
-    if m.groups and not set(m.groups) & set(who.groups):
-        return False
-    if m.roles and not set(m.roles) & set(who.roles):
-        return False
-    if m.identity is not None and (m.identity == "machine") != who.machine:
-        return False
-    return not (m.connections and not _glob(connection, m.connections))
-
-
 def token_key(secret: bytes, connection: str) -> bytes:
     """The HMAC key of the token strategy on `connection` (HKDF-SHA256 of the secret)."""
     return HKDF(
@@ -146,10 +109,10 @@ class MaskingUnavailable(Exception):
 
 
 def resolve(
-    rules: Iterable[MaskingRuleConfig], who: Who, connection: str, secret: bytes | None
+    rules: Iterable[MaskingRuleConfig], who: Subject, connection: str, secret: bytes | None
 ) -> MaskSpec:
     """The masking spec of one session; empty when no rule applies."""
-    chosen = tuple(r.rule() for r in rules if applies(r.match, who, connection))
+    chosen = tuple(r.rule() for r in rules if r.match.applies(who, connection))
     if not chosen:
         return MaskSpec()
     key = b""
@@ -163,16 +126,14 @@ def resolve(
 
 
 def resolve_masking(
-    rules: Iterable[MaskingRuleConfig], who: Who, target: Target, secret: bytes | None
+    rules: Iterable[MaskingRuleConfig], who: Subject, target: Target, secret: bytes | None
 ) -> Target:
     """`target` with the masking of this session. Fail closed: rules that name a connection
     whose protocol the agent cannot mask (anything but postgres) refuse the session."""
     rules = list(rules)
     if target.type != "postgres":
         named = [
-            r.name
-            for r in rules
-            if r.match.connections and applies(r.match, who, target.connection)
+            r.name for r in rules if r.match.connections and r.match.applies(who, target.connection)
         ]
         if named:
             raise MaskingUnavailable(

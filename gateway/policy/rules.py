@@ -56,19 +56,16 @@ from gateway.policy.facts import FLAGS, KINDS, OUTSIDE_DATA_FLAGS, Facts, Unpars
 from gateway.policy.facts import statement_facts as _statement_facts
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.masking import MaskingRuleConfig
+from gateway.policy.who import Subject as Subject  # re-exported: callers name it here
+from gateway.policy.who import WhoMatch
+from gateway.policy.who import glob as _glob
 
 POLICY_SQLSTATE = "42501"  # insufficient_privilege, as for read-only refusals
 
 
-class Match(BaseModel):
+class Match(WhoMatch):
     """Conditions of one rule; all given ones must hold, each list is any-of."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    users: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    identity: Literal["person", "machine"] | None = None
-    connections: list[str] = Field(default_factory=list)
     kinds: list[str] = Field(default_factory=list)
     tables: list[str] = Field(default_factory=list)
     functions: list[str] = Field(default_factory=list)
@@ -148,16 +145,6 @@ class PolicyConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """Who is asking: the identity facts rules can name."""
-
-    user: str
-    groups: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
-    machine: bool = False
-
-
 def subject_for(
     access: AccessPolicy, user: str, groups: Iterable[str], *, machine: bool
 ) -> Subject:
@@ -187,10 +174,6 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.effect == "allow"
-
-
-def _glob(value: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
 def _table_matches(table: str, pattern: str) -> bool:
@@ -244,7 +227,7 @@ class Policy:
         return not self.config.rules and not self.config.guarded_connections
 
     def applicable(self, subject: Subject, connection: str) -> tuple[Rule, ...]:
-        return tuple(r for r in self.config.rules if _applies(r.match, subject, connection))
+        return tuple(r for r in self.config.rules if r.match.applies(subject, connection))
 
     def guarded(self, connection: str) -> bool:
         return _glob(connection, self.config.guarded_connections)
@@ -283,18 +266,6 @@ class Policy:
         """The decision on `sql` for `subject` on `connection` (what explain shows)."""
         guard = SessionGuard(self.applicable(subject, connection), guarded=self.guarded(connection))
         return guard.check(sql)
-
-
-def _applies(m: Match, subject: Subject, connection: str) -> bool:
-    if m.users and not _glob(subject.user, m.users):
-        return False
-    if m.groups and not set(m.groups) & set(subject.groups):
-        return False
-    if m.roles and not set(m.roles) & set(subject.roles):
-        return False
-    if m.identity is not None and (m.identity == "machine") != subject.machine:
-        return False
-    return not (m.connections and not _glob(connection, m.connections))
 
 
 class SessionGuard:

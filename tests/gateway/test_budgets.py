@@ -19,7 +19,7 @@ from gateway.policy.budgets import (
     applicable,
     stop_offset,
 )
-from gateway.policy.rules import Match, PolicyConfig, Subject, _applies
+from gateway.policy.rules import Match, PolicyConfig, Subject
 from gateway.protocols.pgtrack import PgTracker
 from shared.pgwire.backend import (
     CommandComplete,
@@ -99,7 +99,7 @@ MATCHES = [
 def test_budget_match_has_the_semantics_of_a_rule_match(
     match: dict[str, object], subject: Subject, connection: str
 ) -> None:
-    expected = _applies(Match.model_validate(match), subject, connection)
+    expected = Match.model_validate(match).applies(subject, connection)
     assert BudgetMatch.model_validate(match).applies(subject, connection) is expected
 
 
