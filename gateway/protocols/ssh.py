@@ -19,6 +19,15 @@ acknowledges what it wrote. The loop only decodes and queues, so a client that s
 reading one channel stalls that channel, never the loop, the answers the transport thread
 waits for, or the other channels.
 
+Approvals: an exec matching the connection's `ssh_review_exec` patterns (deny patterns
+first: deny wins) is held. The transport thread creates the review (`ReviewService.hold`),
+writes its id and `wardgate reviews approve ID` to the channel's stderr and answers the exec
+request at once; the waiting is a task on the loop (`_held_exec`), so the connection's other
+channels and sessions go on. Until the review decides, the channel's reader holds client
+data back. Approved, the exec request goes to the agent as usual; denied or expired, the
+client gets the reason on stderr and exit status 126; a client that hangs up (or closes the
+channel) while it waits has its review cancelled.
+
 Refusals reach the client in SSH: a bad credential fails authentication; a session that
 cannot be opened (unknown connection, no access, the target's host key changed...) and a
 refused command are answered on the session channel with a message on stderr and exit
@@ -732,12 +741,18 @@ class _Connection:
                     f"wardgate reviews approve {review.id}\r\n"
                 ).encode()
             )
-        try:
-            self.loop.call_soon_threadsafe(
-                lambda: self._tasks.spawn(
+
+        def spawn() -> None:
+            try:
+                self._tasks.spawn(
                     self._held_exec(ch, review, text, command), name=f"review/{review.id}"
                 )
-            )
+            except RuntimeError:
+                # The connection is ending: nothing will run; the review expires unanswered.
+                ch.released.set()
+
+        try:
+            self.loop.call_soon_threadsafe(spawn)
         except RuntimeError:  # the loop is closing: so is the connection
             ch.released.set()
         return True
