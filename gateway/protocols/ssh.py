@@ -173,6 +173,7 @@ class _Channel:
     acks: ReceiveWindow = field(default_factory=ReceiveWindow)  # agent data written
     worker: Worker | None = None  # writes the agent's frames to the client, in order
     typed: ssh_policy.TypedLine | None = None  # shell input checked against deny patterns
+    eof_held: bool = False  # the target's EOF, written after its exit status
     # Cleared while the channel's exec waits for review: the reader holds client data back.
     released: threading.Event = field(default_factory=_set_event)
 
@@ -1093,7 +1094,16 @@ class _Connection:
 
     def _write(self, ch: _Channel, frame: f.Frame) -> bool:
         """In the channel's writer thread: one agent frame to the client; True when done."""
+        if isinstance(frame, f.Eof) and ch.kind == "session":
+            # The target's EOF waits for its exit status (the agent sends EOF, status, close):
+            # a multiplexing OpenSSH client closes a session channel at EOF both ways, and the
+            # status arriving after that close is lost to its mux client (exit 255).
+            ch.eof_held = True
+            return False
         _write_client(ch, frame)
+        if ch.eof_held and isinstance(frame, f.ExitStatus | f.ExitSignal):
+            ch.eof_held = False
+            _write_client(ch, f.Eof(ch.id))
         if isinstance(frame, f.ChannelData | f.ExtendedData):
             increment = ch.acks.delivered(len(frame.data))
             if increment:
