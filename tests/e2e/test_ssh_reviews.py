@@ -269,3 +269,20 @@ def test_deny_wins_over_review_and_an_unanswered_review_times_out(
     assert status == 126
     assert f"review {held.id} timed out" in err, err
     assert not marker.exists()
+
+
+def test_approved_exec_with_a_terminal_is_recorded(stack: Stack, tmp_path: Path) -> None:
+    marker = stack.sshd.root / "pty-marker"
+    held = Held(stack.route(tmp_path), f"touch {marker} && echo pty-ok", tmp_path, extra=("-tt",))
+    approved = stack.cli("bob", "reviews", "approve", held.id)
+    assert approved.returncode == 0, approved.stderr
+    status, out, err = held.finish()
+    assert status == 0, err
+    assert b"pty-ok" in out
+    assert marker.exists()
+    text = stack.review(held.id)["text"]
+    recording = wait_for(
+        lambda: [e for e in stack.gw.audit("ssh.recording") if e["data"]["command"] == text],
+        "the terminal recording",
+    )
+    assert recording[0]["data"]["format"] == "asciicast-v2"
