@@ -45,7 +45,8 @@ def _show(review: dict[str, Any]) -> None:
     click.echo(f"  kind: {review['kind']}  connection: {review['connection']}")
     click.echo(f"  requester: {review['requester']}  session: {review['session_id'] or '-'}")
     if review["text"]:
-        click.echo(f"  sql: {review['text']}")
+        label = "command" if review.get("protocol") == "ssh" else "sql"
+        click.echo(f"  {label}: {review['text']}")
     click.echo(f"  reason: {review['reason']}")
     if review.get("rules"):
         click.echo(f"  rules: {', '.join(review['rules'])}")

@@ -221,6 +221,7 @@ class Gateway:
             broker,
             auditor,
             access=policy,
+            reviews=self.reviews,
             recordings=cfg.data_dir / "recordings",
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain

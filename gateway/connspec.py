@@ -34,6 +34,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy import ssh as ssh_policy
+
 ConnectionType = Literal["tcp", "postgres", "mysql", "ssh", "kubernetes"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 DEFAULT_POOL = "default"
@@ -81,6 +83,7 @@ class ConnectionSpec(BaseModel):
                 "an ssh connection needs host_key: the target's known_hosts line or its "
                 "SHA256 fingerprint (ssh-keygen -lf KEY.pub)"
             )
+        ssh_policy.validate_options(self.options)  # ValueError: review terms unreadable
         secrets = self.secret_map()
         if "private_key" not in secrets and "password" not in secrets:
             raise ValueError("an ssh connection needs private_key or password")

@@ -19,6 +19,15 @@ acknowledges what it wrote. The loop only decodes and queues, so a client that s
 reading one channel stalls that channel, never the loop, the answers the transport thread
 waits for, or the other channels.
 
+Approvals: an exec matching the connection's `ssh_review_exec` patterns (deny patterns
+first: deny wins) is held. The transport thread creates the review (`ReviewService.hold`),
+writes its id and `wardgate reviews approve ID` to the channel's stderr and answers the exec
+request at once; the waiting is a task on the loop (`_held_exec`), so the connection's other
+channels and sessions go on. Until the review decides, the channel's reader holds client
+data back. Approved, the exec request goes to the agent as usual; denied or expired, the
+client gets the reason on stderr and exit status 126; a client that hangs up (or closes the
+channel) while it waits has its review cancelled.
+
 Refusals reach the client in SSH: a bad credential fails authentication; a session that
 cannot be opened (unknown connection, no access, the target's host key changed...) and a
 refused command are answered on the session channel with a message on stderr and exit
@@ -66,8 +75,9 @@ from gateway.audit import Auditor
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
+from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
-from gateway.store import Store
+from gateway.store import ReviewRecord, Store
 from shared.recording.asciicast import CastEncoder, Header
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
@@ -81,6 +91,7 @@ from shared.sshwire.sftp import (
     SftpObserver,
 )
 from shared.sshwire.window import ReceiveWindow
+from shared.tasks import TaskOwner
 from shared.tunnel.frames import ResetCode
 from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
 
@@ -95,6 +106,7 @@ ATTACH_TIMEOUT = 10.0
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 EXIT_REFUSED = 126
 EXIT_SESSION_FAILED = 1
+CLIENT_CHECK = 0.5  # seconds between looks at a held exec's channel (did the client leave?)
 
 
 # ---- host key --------------------------------------------------------------------------
@@ -138,6 +150,12 @@ def parse_username(username: str) -> tuple[str, str] | None:
 # ---- per channel -----------------------------------------------------------------------
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class _Channel:
     id: int
@@ -155,6 +173,9 @@ class _Channel:
     acks: ReceiveWindow = field(default_factory=ReceiveWindow)  # agent data written
     worker: Worker | None = None  # writes the agent's frames to the client, in order
     typed: ssh_policy.TypedLine | None = None  # shell input checked against deny patterns
+    eof_held: bool = False  # the target's EOF, written after its exit status
+    # Cleared while the channel's exec waits for review: the reader holds client data back.
+    released: threading.Event = field(default_factory=_set_event)
 
 
 class _TransferWatch:
@@ -415,6 +436,7 @@ class _Connection:
         self._opening = False
         self._session_ready = asyncio.Event()
         self._done = asyncio.Event()
+        self._tasks = TaskOwner(f"ssh/{client}")  # held execs waiting for their review
         self.error: str | None = None
 
     # -- bridging: a paramiko thread waits for a coroutine on the loop -----------------
@@ -606,7 +628,13 @@ class _Connection:
             return True
         decision = self.may(action)
         if decision.allowed and what == "exec":
-            decision = ssh_policy.check_exec(text, options)
+            decision = ssh_policy.check_exec(text, options)  # deny wins over review
+        held: ssh_policy.ExecReview | None = None
+        if decision.allowed and what == "exec":
+            try:
+                held = ssh_policy.check_review(text, options)
+            except ValueError as exc:  # fail closed: nobody could approve it
+                decision = ssh_policy.SshDecision(False, str(exc), "ssh_review")
         if not decision.allowed:
             self.audit_wait(
                 "ssh.refused",
@@ -623,6 +651,8 @@ class _Connection:
                 EXIT_REFUSED,
             )
             return True
+        if held is not None:
+            return self._hold_exec(ch, text, bytes(command or b""), held)
         if what == "exec":
             ch.command = text
             upload = scp_direction(text)
@@ -641,7 +671,9 @@ class _Connection:
         elif what == "shell":
             self.audit_wait("ssh.shell", channel=ch.id, pty=ch.pty is not None)
             order = f.ShellRequest(ch.id, 0)
-            if ch.pty is not None and ssh_policy.deny_patterns(options):
+            if ch.pty is not None and (
+                ssh_policy.deny_patterns(options) or ssh_policy.review_patterns(options)
+            ):
                 ch.typed = ssh_policy.TypedLine(options)
         else:
             self.audit_wait("ssh.subsystem", channel=ch.id, name=subsystem)
@@ -653,6 +685,183 @@ class _Connection:
         if not ok:
             self.audit_later("ssh.request_failed", channel=ch.id, request=what)
         return ok
+
+    # -- held execs: approvals ------------------------------------------------------------
+
+    def _hold_exec(
+        self, ch: _Channel, text: str, command: bytes, held: ssh_policy.ExecReview
+    ) -> bool:
+        """In the transport thread: create the review, tell the client, and leave the
+        waiting to the loop, so this thread goes on serving the connection's other
+        channels. The exec request itself is answered at once (the channel stays open)."""
+        assert self.session is not None and self.identity is not None
+        reviews = self.door.reviews
+        why = f"{held.reason}; approvals are not enabled on this gateway"
+        review: ReviewRecord | None = None
+        if reviews is not None:
+            try:
+                review = self._wait(
+                    reviews.hold(
+                        self.identity,
+                        connection=self.connection,
+                        session_id=self.session.id,
+                        protocol="ssh",
+                        text=text,
+                        reason=held.reason,
+                        rules=(held.rule,),
+                        terms=held.terms,
+                    ),
+                    REQUEST_TIMEOUT,
+                )
+            except Exception:
+                # Fail closed: without a stored review nobody could approve it.
+                log.exception("ssh %s: cannot create a review", self.client)
+                why = f"{held.reason}; the review could not be created"
+        if review is None:
+            self.audit_wait(
+                "ssh.refused",
+                channel=ch.id,
+                connection=self.connection,
+                request="exec",
+                command=text,
+                reason=why,
+                rules=[held.rule],
+            )
+            self._refuse(ch, f"wardgate: {why}", EXIT_REFUSED)
+            return True
+        ch.command = text
+        ch.released.clear()  # before this returns: no client data has been read yet
+        terms = held.terms
+        assert ch.chan is not None
+        with contextlib.suppress(Exception):
+            ch.chan.sendall_stderr(
+                (
+                    f"wardgate: command held for review {review.id}: {held.reason}\r\n"
+                    f"wardgate: waiting up to {terms.timeout}s for {terms.required} "
+                    f"approval(s); another person approves with: "
+                    f"wardgate reviews approve {review.id}\r\n"
+                ).encode()
+            )
+
+        def spawn() -> None:
+            try:
+                self._tasks.spawn(
+                    self._held_exec(ch, review, text, command), name=f"review/{review.id}"
+                )
+            except RuntimeError:
+                # The connection is ending: nothing will run; the review expires unanswered.
+                ch.released.set()
+
+        try:
+            self.loop.call_soon_threadsafe(spawn)
+        except RuntimeError:  # the loop is closing: so is the connection
+            ch.released.set()
+        return True
+
+    async def _held_exec(
+        self, ch: _Channel, review: ReviewRecord, text: str, command: bytes
+    ) -> None:
+        """Wait for the review without blocking anything else; then run or refuse."""
+        reviews = self.door.reviews
+        assert reviews is not None
+        try:
+            try:
+                decided = await self._await_review(ch, review.id)
+            except asyncio.CancelledError:
+                # The connection is ending: nobody is left to run the command.
+                await asyncio.shield(reviews.cancel(review.id, "the session ended"))
+                raise
+            if decided is None:
+                await reviews.cancel(review.id, "the client went away")
+                return
+            if self._channel_gone(ch):
+                return  # approved, but the client hung up while it waited: run nothing
+            if decided.status != "approved":
+                outcome = {"denied": "was denied", "expired": "timed out"}.get(
+                    decided.status, f"was {decided.status}"
+                )
+                reason = f"review {review.id} {outcome} ({decided.decision}); command not run"
+                await self.door.audit.record(
+                    "ssh.refused",
+                    actor=self.user,
+                    session_id=review.session_id,
+                    channel=ch.id,
+                    connection=self.connection,
+                    request="exec",
+                    command=text,
+                    review=review.id,
+                    reason=reason,
+                    rules=list(review.rules),
+                )
+                await asyncio.to_thread(self._refuse, ch, f"wardgate: {reason}", EXIT_REFUSED)
+                return
+            await self._run_approved(ch, review, text, command)
+        finally:
+            ch.released.set()
+
+    async def _await_review(self, ch: _Channel, review_id: str) -> ReviewRecord | None:
+        """The decided review, or None when the client left first (its connection ended,
+        or it closed the channel: looked at every CLIENT_CHECK seconds)."""
+        reviews = self.door.reviews
+        assert reviews is not None
+        async with asyncio.TaskGroup() as tg:
+            waiting = tg.create_task(reviews.wait(review_id), name=f"review/{review_id}")
+            gone = tg.create_task(self._done.wait(), name=f"review/{review_id}/client")
+            while not (waiting.done() or gone.done() or self._channel_gone(ch)):
+                await asyncio.wait(
+                    (waiting, gone), timeout=CLIENT_CHECK, return_when=asyncio.FIRST_COMPLETED
+                )
+            gone.cancel()
+            if waiting.done() and not self._done.is_set() and not self._channel_gone(ch):
+                return waiting.result()
+            waiting.cancel()
+            return None
+
+    def _channel_gone(self, ch: _Channel) -> bool:
+        chan = ch.chan
+        return self._done.is_set() or chan is None or chan.closed
+
+    async def _run_approved(
+        self, ch: _Channel, review: ReviewRecord, text: str, command: bytes
+    ) -> None:
+        """The approved command goes to the target, recorded first, as an unheld exec."""
+        upload = scp_direction(text)
+        await self.door.audit.record(
+            "ssh.exec",
+            actor=self.user,
+            session_id=review.session_id,
+            channel=ch.id,
+            command=text,
+            pty=ch.pty is not None,
+            scp=upload is not None,
+            review=review.id,
+        )
+        if upload is not None:
+            ch.transfers = _TransferWatch(
+                lambda ev: self._sftp_events(ch.id, ev), scp_upload=upload
+            )
+        if ch.pty is not None:
+            await asyncio.to_thread(self._start_cast, ch, "exec", text)
+        with self._lock:
+            self._next_request += 1
+            number = self._next_request
+        try:
+            result = await self._ask((ch.id, number), f.ExecRequest(ch.id, number, command))
+            ok = isinstance(result, f.RequestResult) and result.ok
+        except (TimeoutError, SessionClosedError):
+            ok = False
+        if not ok:
+            # The client was told the request succeeded: say so on the channel instead.
+            self.door.audit.submit(
+                "ssh.request_failed",
+                actor=self.user,
+                session_id=review.session_id,
+                channel=ch.id,
+                request="exec",
+            )
+            await asyncio.to_thread(
+                self._refuse, ch, "wardgate: the target refused the approved command", 255
+            )
 
     def _sftp_events(self, channel: int, events: list[SftpEvent]) -> None:
         """From a relay thread: what the sftp observer saw, into the audit log."""
@@ -705,6 +914,12 @@ class _Connection:
         try:
             while True:
                 data = chan.recv(MAX_DATA)
+                if not ch.released.is_set():
+                    # A held exec: nothing reaches the target before the review decides
+                    # (set again on every outcome, see `_held_exec`).
+                    ch.released.wait()
+                if ch.refused:
+                    return
                 if not data:
                     break
                 if ch.cast is not None:
@@ -778,6 +993,7 @@ class _Connection:
                 tg.create_task(self._watch_transport(), name=f"ssh/{self.client}/transport")
                 tg.create_task(self._from_agent(), name=f"ssh/{self.client}/down")
         finally:
+            await self._tasks.aclose()  # a held exec's review is withdrawn
             await self._finish()
             await asyncio.to_thread(thread.join, 5)
 
@@ -878,7 +1094,16 @@ class _Connection:
 
     def _write(self, ch: _Channel, frame: f.Frame) -> bool:
         """In the channel's writer thread: one agent frame to the client; True when done."""
+        if isinstance(frame, f.Eof) and ch.kind == "session":
+            # The target's EOF waits for its exit status (the agent sends EOF, status, close):
+            # a multiplexing OpenSSH client closes a session channel at EOF both ways, and the
+            # status arriving after that close is lost to its mux client (exit 255).
+            ch.eof_held = True
+            return False
         _write_client(ch, frame)
+        if ch.eof_held and isinstance(frame, f.ExitStatus | f.ExitSignal):
+            ch.eof_held = False
+            _write_client(ch, f.Eof(ch.id))
         if isinstance(frame, f.ChannelData | f.ExtendedData):
             increment = ch.acks.delivered(len(frame.data))
             if increment:
@@ -1014,6 +1239,7 @@ class SshFrontDoor:
         auditor: Auditor,
         *,
         access: AccessPolicy | None = None,
+        reviews: ReviewService | None = None,
         recordings: Path,
     ) -> None:
         self.host_key = host_key
@@ -1023,6 +1249,7 @@ class SshFrontDoor:
         self.audit = auditor
         self.access = access or AccessPolicy()
         self.recordings = recordings
+        self.reviews = reviews  # None: a command needing approval is refused
         self.fingerprint = fingerprint(host_key)
 
     async def key_identity(self, user: str, key_fingerprint: str) -> Identity:

@@ -1,6 +1,6 @@
 """Approvals: statement reviews and time-boxed access requests, with segregation of duties.
 
-    front door (PostgreSQL; later SSH exec, Kubernetes) ── decision "review" ──▶
+    front door (PostgreSQL, SSH exec; later Kubernetes) ── decision "review" ──▶
         ReviewService.hold(...)    store: reviews row (pending), audit review.created,
                                    webhook review.created; the client is told the id
         ReviewService.wait(id)     in-process wake-up, store poll as the fallback, so a

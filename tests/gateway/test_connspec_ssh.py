@@ -40,3 +40,11 @@ def test_incomplete_ssh_connections_are_refused(changes: dict[str, object], mess
 def test_ssh_fields_only_on_ssh() -> None:
     with pytest.raises(ValidationError, match="for ssh connections"):
         ConnectionSpec(name="db", type="postgres", host="h", port=5432, host_key="SHA256:a")
+
+
+def test_review_terms_are_checked_at_apply() -> None:
+    options = {"ssh_review_exec": "sudo *", "ssh_review": "{approvers: {groups: [ops]}}"}
+    full = {**BASE, "private_key": "file:/k", "host_key": "SHA256:abc"}
+    assert ConnectionSpec.model_validate({**full, "options": options}).options == options
+    with pytest.raises(ValidationError, match="needs ssh_review terms"):
+        ConnectionSpec.model_validate({**full, "options": {"ssh_review_exec": "sudo *"}})
