@@ -7,6 +7,7 @@ import base64
 import gc
 import json
 import os
+import socket
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import yaml
 
 from shared.kubeapi import MASKED_B64
 from tests.fixtures.kube_apiserver import FILE_IN_POD, KubeApiServerDouble
-from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
+from tests.fixtures.wardgate import GatewayProc, Wardgate, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -536,3 +537,47 @@ def test_patch_strategic_merge_json_and_denied_in_prod(kube: KubeSetup) -> None:
     assert ("patch", "prod", "deny") in decisions
     responses = kube.gw.audit("k8s.response")
     assert any(e["data"]["status"] == 403 for e in responses)
+
+
+# ---- port-forward: SPDY/3.1 inside a WebSocket ---------------------------------------
+
+
+def _round_trip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+def test_port_forward_round_trips_and_is_denied_in_prod(kube: KubeSetup) -> None:
+    local = free_port()
+    with kube.popen("port-forward", "pod/web-1", f"{local}:7000") as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = proc.stdout.readline()
+            assert f"Forwarding from 127.0.0.1:{local} -> 7000" in line, proc.stderr.read()
+            # Two local connections: two pairs of SPDY streams in the one tunnel; the
+            # second is larger than SPDY's 64 KiB initial window.
+            assert _round_trip(local, b"hello through the tunnel") == b"hello through the tunnel"
+            big = bytes(range(256)) * 1024
+            assert _round_trip(local, big) == big
+        finally:
+            proc.kill()
+    assert kube.double.forwarded == [("web-1", "7000"), ("web-1", "7000")]
+    (upgrade,) = kube.double.requests_to("/portforward")
+    assert upgrade["headers"]["sec-websocket-protocol"] == "SPDY/3.1+portforward.k8s.io"
+    assert upgrade["headers"]["impersonate-user"] == "admin"
+
+    out = kube.kubectl("port-forward", "-n", "prod", "pod/api-1", f"{free_port()}:7000")
+    assert out.returncode != 0
+    assert "Wardgate policy denies create pods/portforward" in out.stderr, out.stderr
+    assert "no-port-forward-in-prod" in out.stderr
+    assert len(kube.double.requests_to("/portforward")) == 1
+    requests = kube.gw.audit("k8s.request")
+    seen = {(e["data"]["verb"], e["data"]["subresource"], e["data"]["namespace"],
+             e["data"]["decision"]) for e in requests}  # fmt: skip
+    assert ("create", "portforward", "default", "allow") in seen
+    assert ("create", "portforward", "prod", "deny") in seen
