@@ -25,11 +25,20 @@ import hashlib
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    NegotiationError,
+    WebSocketException,
+)
+from websockets.typing import Subprotocol
 
 from shared.kubeapi import (
     WS_BINARY,
@@ -164,6 +173,36 @@ def _upstream_headers(
         headers.append(("impersonate-user", prefix + head.impersonate_user))
         headers.extend(("impersonate-group", prefix + g) for g in head.impersonate_groups)
     return headers
+
+
+class _KubeClientProtocol(ClientProtocol):
+    """Accepts the API server's choice of exactly one offered subprotocol, verbatim.
+
+    Port-forward's `SPDY/3.1+portforward.k8s.io` holds a "/", which is not an RFC 7230
+    token: websockets refuses to offer it (`connect` validates) and to parse the answer
+    naming it, though kube-apiserver and kubectl use it so."""
+
+    def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
+        values = [v.strip() for v in headers.get_all("Sec-WebSocket-Protocol")]
+        if not values:
+            return None
+        offered = self.available_subprotocols or []
+        if len(values) != 1 or values[0] not in offered:
+            raise NegotiationError(f"unsupported subprotocol: {', '.join(values)}")
+        return Subprotocol(values[0])
+
+
+def _connection_class(offered: tuple[str, ...]) -> type[ClientConnection]:
+    """A ClientConnection offering `offered` as they are; websockets builds its
+    ClientProtocol itself, so the protocol's class and offer are set here."""
+
+    class _KubeClientConnection(ClientConnection):
+        def __init__(self, protocol: ClientProtocol, **kwargs: Any) -> None:
+            protocol.__class__ = _KubeClientProtocol
+            protocol.available_subprotocols = [Subprotocol(p) for p in offered]
+            super().__init__(protocol, **kwargs)
+
+    return _KubeClientConnection
 
 
 async def _send_error(stream: TunnelStream, code: int, message: str) -> None:
@@ -410,11 +449,11 @@ async def _websocket(
             url,
             ssl=upstream.ssl_context,
             additional_headers=headers,
-            subprotocols=[p for p in head.websocket_protocols],  # type: ignore[misc]
             open_timeout=CONNECT_TIMEOUT,
             max_size=MAX_WS_MESSAGE,
             compression=None,
             ping_interval=None,
+            create_connection=_connection_class(head.websocket_protocols),
         )
     except InvalidStatus as exc:
         answer = exc.response

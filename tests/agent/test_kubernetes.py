@@ -110,3 +110,25 @@ def test_headers_carry_the_agent_credential_and_the_impersonated_identity(tmp_pa
         "wardgate:alice", "wardgate:dev", "wardgate:ops"]  # fmt: skip
     plain = _upstream_headers(head, up, target({}))
     assert not [k for k, _ in plain if k.startswith("impersonate")]
+
+
+def test_port_forward_subprotocol_is_offered_and_accepted_verbatim() -> None:
+    """`SPDY/3.1+portforward.k8s.io` is not an RFC 7230 token; websockets alone refuses it."""
+    from websockets.client import ClientProtocol
+    from websockets.datastructures import Headers
+    from websockets.exceptions import NegotiationError
+    from websockets.uri import parse_uri
+
+    from agent.protocols.kubernetes import _KubeClientProtocol
+
+    offered = ["SPDY/3.1+portforward.k8s.io", "v5.channel.k8s.io"]
+    protocol = ClientProtocol(parse_uri("wss://cluster/api"))
+    protocol.__class__ = _KubeClientProtocol
+    protocol.available_subprotocols = offered  # type: ignore[assignment]
+    assert protocol.connect().headers["Sec-WebSocket-Protocol"] == ", ".join(offered)
+    answer = Headers({"Sec-WebSocket-Protocol": "SPDY/3.1+portforward.k8s.io"})
+    assert protocol.process_subprotocol(answer) == "SPDY/3.1+portforward.k8s.io"
+    assert protocol.process_subprotocol(Headers()) is None
+    for bad in ("SPDY/3.1+other", "v5.channel.k8s.io, SPDY/3.1+portforward.k8s.io"):
+        with pytest.raises(NegotiationError):
+            protocol.process_subprotocol(Headers({"Sec-WebSocket-Protocol": bad}))

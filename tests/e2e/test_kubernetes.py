@@ -7,6 +7,7 @@ import base64
 import gc
 import json
 import os
+import socket
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import yaml
 
 from shared.kubeapi import MASKED_B64
 from tests.fixtures.kube_apiserver import FILE_IN_POD, KubeApiServerDouble
-from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
+from tests.fixtures.wardgate import GatewayProc, Wardgate, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +81,17 @@ KUBE_POLICY = {
             "name": "no-exec-in-prod",
             "effect": "deny",
             "match": {"subresources": ["exec", "attach"], "namespaces": ["prod"]},
+        },
+        {
+            "name": "no-patch-in-prod",
+            "effect": "deny",
+            "message": "prod changes go through the pipeline",
+            "match": {"verbs": ["patch"], "namespaces": ["prod"]},
+        },
+        {
+            "name": "no-port-forward-in-prod",
+            "effect": "deny",
+            "match": {"subresources": ["portforward"], "namespaces": ["prod"]},
         },
     ],
     "masking": [{"secrets": True, "env": ["*PASSWORD*"]}],
@@ -409,3 +421,163 @@ def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatc
     responses = kube.gw.audit("k8s.response")
     assert any(e["data"]["status"] == 200 and e["data"]["bytes"] > 0 for e in responses)
     assert any(e["data"]["status"] == 403 for e in responses)
+
+
+# ---- writes: apply, create, patch ------------------------------------------------------
+
+CONFIGMAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: default
+data:
+  mode: {mode}
+"""
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: batch-1
+  namespace: default
+spec:
+  containers:
+  - name: app
+    image: example/batch:1
+"""
+
+
+def _writes(kube: KubeSetup, method: str) -> list[dict[str, Any]]:
+    return [r for r in kube.double.requests if r["method"] == method]
+
+
+def test_apply_server_side_then_client_side_and_create(kube: KubeSetup, tmp_path: Path) -> None:
+    manifest = tmp_path / "settings.yaml"
+    manifest.write_text(CONFIGMAP.format(mode="blue"))
+    out = kube.kubectl("apply", "--server-side", "-f", str(manifest))
+    assert out.returncode == 0, out.stderr
+    assert "configmap/settings serverside-applied" in out.stdout
+    assert kube.double.configmaps[("default", "settings")]["data"] == {"mode": "blue"}
+    (ssa,) = _writes(kube, "PATCH")
+    # Body and content type reach the API server as kubectl sent them.
+    assert ssa["headers"]["content-type"] == "application/apply-patch+yaml"
+    assert yaml.safe_load(ssa["body"])["data"] == {"mode": "blue"}
+    assert "fieldManager=kubectl" in ssa["query"]
+
+    # Client-side apply: kubectl computes a strategic merge patch against the live object.
+    manifest.write_text(CONFIGMAP.format(mode="green"))
+    out = kube.kubectl("apply", "-f", str(manifest))
+    assert out.returncode == 0, out.stderr
+    assert "configmap/settings configured" in out.stdout
+    live = kube.double.configmaps[("default", "settings")]
+    assert live["data"] == {"mode": "green"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" in live["metadata"]["annotations"]
+    csa = _writes(kube, "PATCH")[-1]
+    assert csa["headers"]["content-type"] == "application/strategic-merge-patch+json"
+    assert json.loads(csa["body"])["data"] == {"mode": "green"}
+
+    # A new object: client-side apply creates it (POST), as does `kubectl create -f`.
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(POD)
+    out = kube.kubectl("apply", "-f", str(pod))
+    assert out.returncode == 0, out.stderr
+    assert "pod/batch-1 created" in out.stdout
+    assert kube.double.pods[("default", "batch-1")]["spec"]["containers"][0]["image"] == (
+        "example/batch:1"
+    )
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIGMAP.format(mode="red").replace("settings", "other"))
+    out = kube.kubectl("create", "-f", str(other))
+    assert out.returncode == 0, out.stderr
+    assert kube.double.configmaps[("default", "other")]["data"] == {"mode": "red"}
+    created = _writes(kube, "POST")
+    assert [r["headers"]["content-type"] for r in created] == ["application/json"] * 2
+
+    requests = kube.gw.audit("k8s.request")
+    seen = {(e["data"]["verb"], e["data"]["resource"], e["data"]["name"]) for e in requests}
+    assert ("patch", "configmaps", "settings") in seen
+    assert ("create", "pods", "") in seen
+    assert ("create", "configmaps", "") in seen
+
+
+def test_patch_strategic_merge_json_and_denied_in_prod(kube: KubeSetup) -> None:
+    out = kube.kubectl("patch", "pod", "web-1", "-p", '{"metadata":{"labels":{"tier":"web"}}}')
+    assert out.returncode == 0, out.stderr
+    out = kube.kubectl(
+        "patch", "pod", "web-1", "--type=merge", "-p", '{"metadata":{"labels":{"team":"a"}}}'
+    )
+    assert out.returncode == 0, out.stderr
+    out = kube.kubectl(
+        "patch", "pod", "web-1", "--type=json", "-o", "jsonpath={.metadata.labels}",
+        "-p", '[{"op":"replace","path":"/metadata/labels/team","value":"b"}]',
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"team": "b", "tier": "web"}
+    types = [r["headers"]["content-type"] for r in _writes(kube, "PATCH")]
+    assert types == [
+        "application/strategic-merge-patch+json",
+        "application/merge-patch+json",
+        "application/json-patch+json",
+    ]
+
+    out = kube.kubectl(
+        "patch", "pod", "api-1", "-n", "prod", "-p", '{"metadata":{"labels":{"x":"y"}}}'
+    )
+    assert out.returncode != 0
+    assert "Forbidden" in out.stderr
+    assert "prod changes go through the pipeline" in out.stderr
+    assert not [r for r in _writes(kube, "PATCH") if "/namespaces/prod/" in r["path"]]
+    assert "labels" not in kube.double.pods[("prod", "api-1")]["metadata"]
+    requests = kube.gw.audit("k8s.request")
+    decisions = {
+        (e["data"]["verb"], e["data"]["namespace"], e["data"]["decision"]) for e in requests
+    }
+    assert ("patch", "default", "allow") in decisions
+    assert ("patch", "prod", "deny") in decisions
+    responses = kube.gw.audit("k8s.response")
+    assert any(e["data"]["status"] == 403 for e in responses)
+
+
+# ---- port-forward: SPDY/3.1 inside a WebSocket ---------------------------------------
+
+
+def _round_trip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+def test_port_forward_round_trips_and_is_denied_in_prod(kube: KubeSetup) -> None:
+    local = free_port()
+    with kube.popen("port-forward", "pod/web-1", f"{local}:7000") as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = proc.stdout.readline()
+            assert f"Forwarding from 127.0.0.1:{local} -> 7000" in line, proc.stderr.read()
+            # Two local connections: two pairs of SPDY streams in the one tunnel; the
+            # second is larger than SPDY's 64 KiB initial window.
+            assert _round_trip(local, b"hello through the tunnel") == b"hello through the tunnel"
+            big = bytes(range(256)) * 1024
+            assert _round_trip(local, big) == big
+        finally:
+            proc.kill()
+    assert kube.double.forwarded == [("web-1", "7000"), ("web-1", "7000")]
+    (upgrade,) = kube.double.requests_to("/portforward")
+    assert upgrade["headers"]["sec-websocket-protocol"] == "SPDY/3.1+portforward.k8s.io"
+    assert upgrade["headers"]["impersonate-user"] == "admin"
+
+    out = kube.kubectl("port-forward", "-n", "prod", "pod/api-1", f"{free_port()}:7000")
+    assert out.returncode != 0
+    assert "Wardgate policy denies create pods/portforward" in out.stderr, out.stderr
+    assert "no-port-forward-in-prod" in out.stderr
+    assert len(kube.double.requests_to("/portforward")) == 1
+    requests = kube.gw.audit("k8s.request")
+    seen = {(e["data"]["verb"], e["data"]["subresource"], e["data"]["namespace"],
+             e["data"]["decision"]) for e in requests}  # fmt: skip
+    assert ("create", "portforward", "default", "allow") in seen
+    assert ("create", "portforward", "prod", "deny") in seen
