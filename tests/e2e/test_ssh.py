@@ -745,3 +745,80 @@ def test_expired_foreign_and_misaddressed_certificates_are_refused(route: Route)
 
 def serial_name(key_id: str) -> str:
     return key_id.replace("/", "_")
+
+
+def test_certificates_end_with_the_sign_in_and_the_user(
+    wardgate: Wardgate, sshd: Sshd, tmp_path: Path
+) -> None:
+    import urllib.parse
+
+    from gateway.crypto import SecretBox
+    from gateway.identity.local import totp
+
+    gw = wardgate.gateway(secret_key=SecretBox.generate_key(), identity={"local_users": True})
+    agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(**ssh_connection(sshd))
+    route = Route(gw, sshd, tmp_path, agent=agent)
+    password = "a long local password"
+    with route.gw.api() as api:
+        made = api.post("/v1/users", json={"name": "carol", "password": password, "groups": []})
+        assert made.status_code == 201, made.text
+    secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
+
+    def sign_in() -> str:
+        with route.gw.api() as api:
+            body = {"user": "carol", "password": password, "code": totp(secret["secret"][0])}
+            got = api.post("/v1/auth/password", json=body)
+        assert got.status_code == 200, got.text
+        return str(got.json()["token"])
+
+    key = route.tmp / "carol_key"
+    keygen(key)
+    public = Path(f"{key}.pub").read_text()
+    cert = route.tmp / "carol_key-cert.pub"
+    route.user = "carol"
+
+    def issue(token: str, **extra: object) -> Any:
+        with route.gw.api(token) as api:
+            return api.post("/v1/ssh/certificates", json={"public_key": public, **extra})
+
+    token = sign_in()
+    # Never beyond the credential's own lifetime; bounds; a scoped credential gets none.
+    with route.gw.api(token) as api:
+        expires = api.get("/v1/whoami").json()["credential"]["expires_at"]
+    got = issue(token)
+    assert got.status_code == 201, got.text
+    assert got.json()["principals"] == ["carol"]
+    if expires is not None:
+        assert got.json()["valid_before"] <= expires
+    assert issue(token, validity_seconds=5).status_code == 422
+    assert issue(token, validity_seconds=10**6).status_code == 422
+    with route.gw.api(token) as api:
+        cert_as_key = api.post(
+            "/v1/ssh/certificates", json={"public_key": got.json()["certificate"]}
+        )
+        assert cert_as_key.status_code == 422
+    with route.gw.api() as api:  # carol has no grant to mint one for: the admin's
+        minted = api.post("/v1/credentials/connection", json={"connection": "web-1"}).json()
+    assert issue(str(minted["token"])).status_code in (401, 403)  # not an API credential
+
+    def signs_in() -> bool:
+        out = _cert_ssh(route, key, cert)
+        # carol has no grant on web-1: past authentication the session itself is refused.
+        return out.returncode != 255 and b"Permission denied" not in out.stderr
+
+    cert.write_text(got.json()["certificate"] + "\n")
+    assert signs_in()
+    with route.gw.api(token) as api:
+        assert api.post("/v1/auth/logout").status_code == 200
+    assert not signs_in()
+    reasons = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+    assert any("credential it was issued under is revoked" in r for r in reasons)
+
+    cert.write_text(issue(sign_in()).json()["certificate"] + "\n")
+    assert signs_in()
+    with route.gw.api() as api:
+        assert api.post("/v1/users/carol/disable").status_code == 200
+    assert not signs_in()
+    reasons = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+    assert any("certificate: user unknown or disabled" in r for r in reasons)
