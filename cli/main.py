@@ -66,6 +66,7 @@ def _announce(started: Any, url: str) -> None:
     )
     click.echo(f"  CA {started.ca_path} ({started.ca_fingerprint})", err=True)
     click.echo(f"  SSH host key {started.ssh_fingerprint}", err=True)
+    click.echo(f"  SSH user CA {started.ssh_user_ca}", err=True)
     for name, key in started.agent_keys.items():
         click.echo(f"  agent {name} created; its key (shown once): {key}", err=True)
 
@@ -599,6 +600,11 @@ def audit_verify(
 )
 @click.option("--user", "local_user", help="Sign in as this local user (password + TOTP).")
 @click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening it.")
+@click.option(
+    "--ssh-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also have this SSH key certified by the gateway's user CA (writes KEY-cert.pub).",
+)
 def login(
     gateway: str | None,
     token: str | None,
@@ -607,6 +613,7 @@ def login(
     token_file: Path | None,
     local_user: str | None,
     no_browser: bool,
+    ssh_key: Path | None,
 ) -> None:
     """Sign in and store the gateway credential (0600) for later commands.
 
@@ -633,6 +640,8 @@ def login(
             who = cl.check(http.get("/v1/whoami"))
         path = cl.save(ref.url, token, ref.ca_pem)
         click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
+        if ssh_key is not None:
+            click.echo(ssh_cli.issue_cert(ref, ssh_key), err=True)
         return
     ref = cl.GatewayRef(url, None, ca_pem)
     if token_file:
@@ -660,6 +669,10 @@ def login(
         f"until {issued.get('expires_at')}, saved in {path}",
         err=True,
     )
+    if ssh_key is not None:
+        click.echo(
+            ssh_cli.issue_cert(cl.GatewayRef(ref.url, issued["token"], ca_pem), ssh_key), err=True
+        )
 
 
 @main.command()
@@ -944,6 +957,7 @@ policy_commands.register(main, policy)  # policy show/history/rollback, budgets 
 
 main.add_command(ssh_cli.ssh)  # wardgate ssh CONNECTION
 main.add_command(ssh_cli.ssh_keys)  # wardgate ssh-keys add|list|remove
+main.add_command(ssh_cli.ssh_cert)  # wardgate ssh-cert [--key FILE]
 main.add_command(kube_commands)
 
 

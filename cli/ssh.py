@@ -4,13 +4,17 @@ wardgate ssh CONNECTION [SSH OPTIONS] [-- COMMAND]
     runs OpenSSH's ssh to CONNECTION through the gateway: the gateway's host key is
     pinned in a Wardgate-owned known_hosts file (fetched over the verified HTTPS API),
     and a short-lived per-connection credential is handed to ssh through SSH_ASKPASS
-    (never on the command line). Keys registered with `ssh-keys add` are tried first.
+    (never on the command line). Keys registered with `ssh-keys add` are tried first;
+    while a certificate from `wardgate ssh-cert` is valid, ssh signs in with it instead.
+wardgate ssh-cert [--key FILE] (also `wardgate login --ssh-key FILE`)
+    has the gateway's SSH user CA sign your public key: FILE-cert.pub, next to the key.
 wardgate ssh-keys add [FILE] | list | remove ID-OR-FINGERPRINT
 wardgate sessions replay ID [--speed N] [--export FILE.cast]
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import time
@@ -19,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import click
+from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
 
 from cli import client as cl
 from shared.recording.asciicast import CastError, parse
@@ -139,8 +144,63 @@ def ssh_command(ref: cl.GatewayRef, args: tuple[str, ...]) -> list[str]:
     ]
 
 
+# ---- SSH user certificates (issue 7) ------------------------------------------------------
+
+CERT_KEY_FILE = "ssh-cert-key"  # in the config dir: which key `ssh-cert` last certified
+DEFAULT_KEY = Path.home() / ".ssh" / "id_ed25519"
+
+
+def key_paths(path: Path) -> tuple[Path, Path, Path]:
+    """A private or public key file -> (private key, public key, certificate) paths."""
+    private = path.with_suffix("") if path.suffix == ".pub" else path
+    return private, Path(f"{private}.pub"), Path(f"{private}-cert.pub")
+
+
+def issue_cert(ref: cl.GatewayRef, key: Path, validity: int | None = None) -> str:
+    """Have the gateway sign KEY's public key; write KEY-cert.pub; a line saying so."""
+    private, public, cert_path = key_paths(key)
+    if not public.exists():
+        raise click.ClickException(f"no public key {public} (ssh-keygen -t ed25519 makes one)")
+    body: dict[str, Any] = {"public_key": public.read_text()}
+    if validity is not None:
+        body["validity_seconds"] = validity
+    with ref.http() as http:
+        issued = cl.check(http.post("/v1/ssh/certificates", json=body))
+    cert_path.write_text(issued["certificate"] + "\n")
+    marker = cl.config_dir() / CERT_KEY_FILE
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{private}\n")
+    user, until = issued["principals"][0], issued["valid_before"]
+    return f"SSH certificate {cert_path} for {user}, valid until {until}"
+
+
+def current_cert() -> tuple[Path, Path, str] | None:
+    """The key `ssh-cert` last certified, its certificate and principal, while valid."""
+    marker = cl.config_dir() / CERT_KEY_FILE
+    if not marker.exists():
+        return None
+    private, _, cert_path = key_paths(Path(marker.read_text().strip()))
+    try:
+        cert = load_ssh_public_identity(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    now = dt.datetime.now(dt.UTC).timestamp()
+    if not isinstance(cert, SSHCertificate) or not cert.valid_principals:
+        return None
+    if not private.exists() or not cert.valid_after <= now < cert.valid_before:
+        return None
+    return private, cert_path, cert.valid_principals[0].decode()
+
+
 def run_ssh(ref: cl.GatewayRef, connection: str, args: tuple[str, ...]) -> None:
     argv = ssh_command(ref, args)
+    cert = current_cert()
+    if cert is not None:
+        # ssh keeps an option's first value: these go before the user's own.
+        private, cert_path, user = cert
+        argv[1:1] = ["-o", f"User={user}:{connection}", "-i", str(private)]
+        argv[1:1] = ["-o", f"CertificateFile={cert_path}"]
+        os.execvp("ssh", argv)  # noqa: S606 - becomes ssh itself
     with ref.http() as http:
         minted = cl.check(http.post("/v1/credentials/connection", json={"connection": connection}))
     askpass = cl.config_dir() / "ssh-askpass"
@@ -172,6 +232,22 @@ def ssh(
 ) -> None:
     """Run ssh to CONNECTION through the gateway (ssh options, then -- COMMAND)."""
     run_ssh(cl.resolve(gateway, token, ca), connection, ssh_args)
+
+
+@click.command("ssh-cert")
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: str(DEFAULT_KEY),
+    help="Your SSH key (private or .pub; default ~/.ssh/id_ed25519).",
+)
+@click.option("--validity", type=int, help="Seconds (at most 8 h and your credential's lifetime).")
+@_gateway_options
+def ssh_cert(
+    key: Path, validity: int | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Have the gateway's SSH user CA sign your key (KEY-cert.pub, used by `wardgate ssh`)."""
+    click.echo(issue_cert(cl.resolve(gateway, token, ca), key, validity), err=True)
 
 
 @click.group("ssh-keys")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
@@ -54,6 +55,7 @@ class Started:
     admin_token: str | None = None  # only when this start minted one
     agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
     ssh_fingerprint: str = ""  # the SSH front door's host key
+    ssh_user_ca: str = ""  # fingerprint of the CA that signs users' SSH certificates
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:
@@ -197,7 +199,10 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
-        app.include_router(ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings"))
+        user_ca = await asyncio.to_thread(sshca.load_user_ca, cfg.data_dir)
+        app.include_router(
+            ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
+        )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
@@ -223,6 +228,7 @@ class Gateway:
             access=policy,
             reviews=self.reviews,
             recordings=cfg.data_dir / "recordings",
+            user_ca=user_ca.public_key(),
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
@@ -235,6 +241,7 @@ class Gateway:
             admin_token=admin_token,
             agent_keys=agent_keys,
             ssh_fingerprint=ssh_door.fingerprint,
+            ssh_user_ca=sshca.ca_fingerprint(user_ca),
         )
         return self.started
 

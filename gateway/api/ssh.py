@@ -4,6 +4,10 @@ Public keys (`wardgate ssh-keys`): each user registers their own (administrators
 another user); a key belongs to one user only. The gateway keeps the key and its OpenSSH
 SHA256 fingerprint, which is what SSH authentication looks up.
 
+User certificates (`wardgate ssh-cert`, `wardgate login --ssh-key`): the caller's public
+key signed by the gateway's SSH user CA (gateway/sshca.py), short-lived, for their own
+Wardgate user name; the CA's public key is public (`GET /v1/ssh/user-ca`).
+
 Recordings: list a session's terminal recordings and fetch one.
 
 A recording is an asciicast v2 file in the gateway's data directory; the `ssh.recording`
@@ -13,14 +17,17 @@ file is served only if it still matches the hash chain (409 otherwise).
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
+from gateway import sshca
 from gateway.api.app import User
 from gateway.audit import Auditor
 from gateway.store import AlreadyExists, AuditEvent, NotFound, SshKeyRecord, Store
@@ -58,8 +65,77 @@ def _key_json(k: SshKeyRecord) -> dict[str, Any]:
     }
 
 
-def ssh_router(store: Store, auditor: Auditor, data_dir: Path, recordings: Path) -> APIRouter:
+class SshCertRequest(BaseModel):
+    public_key: str = Field(max_length=16_384)
+    # At most the default, and never beyond the credential the request is made with.
+    validity_seconds: int = Field(
+        default=int(sshca.DEFAULT_VALIDITY.total_seconds()),
+        ge=int(sshca.MIN_VALIDITY.total_seconds()),
+        le=int(sshca.DEFAULT_VALIDITY.total_seconds()),
+    )
+
+
+def ssh_router(
+    store: Store,
+    auditor: Auditor,
+    data_dir: Path,
+    recordings: Path,
+    *,
+    user_ca: ed25519.Ed25519PrivateKey | None = None,
+) -> APIRouter:
     router = APIRouter()
+
+    # ---- SSH user certificates (issue 7) ------------------------------------------------
+
+    @router.get("/v1/ssh/user-ca")
+    async def user_ca_key() -> dict[str, str]:
+        if user_ca is None:
+            raise HTTPException(404, "this gateway has no SSH user CA")
+        return {
+            "public_key": sshca.public_line(user_ca),
+            "fingerprint": sshca.ca_fingerprint(user_ca),
+        }
+
+    @router.post("/v1/ssh/certificates", status_code=201)
+    async def issue_cert(body: SshCertRequest, who: User) -> dict[str, Any]:
+        if user_ca is None:
+            raise HTTPException(404, "this gateway has no SSH user CA")
+        if who.connection is not None or who.scopes is not None:
+            raise HTTPException(403, "a scoped credential cannot have an SSH certificate issued")
+        try:
+            key, _, fp = parse_public_key(body.public_key)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if "-cert-" in key.split()[0]:
+            raise HTTPException(422, "send the public key, not a certificate")
+        now = dt.datetime.now(dt.UTC)
+        until = now + dt.timedelta(seconds=body.validity_seconds)
+        token = await asyncio.to_thread(store.get_token, who.token_id) if who.token_id else None
+        if token is None:
+            raise HTTPException(403, "an SSH certificate is issued under a stored credential")
+        if token.expires_at is not None:
+            until = min(until, token.expires_at.replace(tzinfo=token.expires_at.tzinfo or dt.UTC))
+        key_id = f"{who.user}/{who.token_id}"
+        try:
+            line = sshca.issue_user_cert(
+                user_ca, key, user=str(who.user), key_id=key_id, now=now, valid_before=until
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        await auditor.record(
+            "ssh_cert.issued",
+            actor=who.user,
+            key_id=key_id,
+            fingerprint=fp,
+            valid_before=until.isoformat(),
+        )
+        return {
+            "certificate": line,
+            "key_id": key_id,
+            "principals": [who.user],
+            "fingerprint": fp,
+            "valid_before": until.isoformat(),
+        }
 
     @router.get("/v1/ssh/host-key")
     async def host_key() -> dict[str, str]:

@@ -48,6 +48,7 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import shlex
@@ -71,6 +72,7 @@ from paramiko.common import (
 )
 from paramiko.server import InteractiveQuery
 
+from gateway import sshca
 from gateway.audit import Auditor
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.policy import ssh as ssh_policy
@@ -104,6 +106,7 @@ AUTH_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 ATTACH_TIMEOUT = 10.0
 HOST_KEY_FILE = "ssh_host_ed25519_key"
+CERT_SUFFIX = "-cert-v01@openssh.com"
 EXIT_REFUSED = 126
 EXIT_SESSION_FAILED = 1
 CLIENT_CHECK = 0.5  # seconds between looks at a held exec's channel (did the client leave?)
@@ -137,6 +140,19 @@ def load_host_key(data_dir: Path) -> paramiko.PKey:
         )
         path.with_suffix(".pub").write_bytes(public + b" wardgate-gateway\n")
     return paramiko.Ed25519Key.from_private_key_file(str(path))
+
+
+def cert_line(key: paramiko.PKey) -> bytes | None:
+    """An OpenSSH certificate the client authenticates with, as a `.pub` line; else None.
+
+    paramiko parses `*-cert-v01@openssh.com` keys itself (the key's numbers from inside
+    the certificate, the whole certificate in `public_blob`) and verifies the client's
+    signature with the certified key; whether to trust the certificate is ours to decide.
+    """
+    blob = key.public_blob
+    if blob is None or not blob.key_type.endswith(CERT_SUFFIX):
+        return None
+    return blob.key_type.encode() + b" " + base64.b64encode(blob.key_blob)
 
 
 def parse_username(username: str) -> tuple[str, str] | None:
@@ -292,6 +308,9 @@ class _Server(paramiko.ServerInterface):
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         # paramiko checks the signature itself; this is asked with and without one.
+        cert = cert_line(key)
+        if cert is not None:  # only ever checked as a certificate, never as its bare key
+            return self.c.login(username, cert=cert)
         return self.c.login(username, key=fingerprint(key))
 
     def check_auth_none(self, username: str) -> int:
@@ -462,7 +481,7 @@ class _Connection:
 
     # -- authentication (transport thread) ---------------------------------------------
 
-    def login(self, username: str, *, password: str = "", key: str = "") -> int:
+    def login(self, username: str, *, password: str = "", key: str = "", cert: bytes = b"") -> int:
         parsed = parse_username(username)
         if parsed is None:
             self.audit_later(
@@ -472,16 +491,20 @@ class _Connection:
             )
             return AUTH_FAILED
         try:
-            ok = self._wait(self._login(parsed[0], parsed[1], password, key), AUTH_TIMEOUT)
+            ok = self._wait(self._login(parsed[0], parsed[1], password, key, cert), AUTH_TIMEOUT)
         except (concurrent.futures.TimeoutError, RuntimeError):
             ok = False
         # paramiko itself disconnects a connection after 10 failed attempts.
         return AUTH_SUCCESSFUL if ok else AUTH_FAILED
 
-    async def _login(self, user: str, connection: str, password: str, key: str) -> bool:
+    async def _login(
+        self, user: str, connection: str, password: str, key: str, cert: bytes
+    ) -> bool:
         door = self.door
         try:
-            if key:
+            if cert:
+                identity = await door.cert_identity(user, cert)
+            elif key:
                 identity = await door.key_identity(user, key)
             else:
                 identity = await door.auth.authenticate(password)
@@ -1241,8 +1264,10 @@ class SshFrontDoor:
         access: AccessPolicy | None = None,
         reviews: ReviewService | None = None,
         recordings: Path,
+        user_ca: ed25519.Ed25519PublicKey | None = None,
     ) -> None:
         self.host_key = host_key
+        self.user_ca = user_ca
         self.store = store
         self.auth = auth
         self.broker = broker
@@ -1266,6 +1291,32 @@ class SshFrontDoor:
             groups=found.groups,
             kind=found.kind,
             credential="ssh_key",
+        )
+
+    # ---- SSH user certificates (issue 7; see gateway/sshca.py) ------------------------
+
+    async def cert_identity(self, user: str, cert: bytes) -> Identity:
+        """Who an OpenSSH user certificate from the gateway's user CA signs in as."""
+        if self.user_ca is None:
+            raise AuthError("certificate: no user CA configured")
+        try:
+            info = sshca.check_user_cert(cert, self.user_ca, user, dt.datetime.now(dt.UTC))
+        except sshca.CertError as exc:
+            raise AuthError(f"certificate: {exc}") from None
+        found = await asyncio.to_thread(self.store.get_user, user)
+        if found is None or found.disabled:
+            raise AuthError("certificate: user unknown or disabled")
+        # The key id names the credential it was issued under: signing out ends it too.
+        token_id = info.key_id.rpartition("/")[2]
+        token = await asyncio.to_thread(self.store.get_token, token_id) if token_id else None
+        if token is None or token.user != user or token.revoked_at is not None:
+            raise AuthError("certificate: the credential it was issued under is revoked")
+        return Identity(
+            user=found.name,
+            is_admin=found.is_admin or self.access.is_admin(found.name, found.groups),
+            groups=found.groups,
+            kind=found.kind,
+            credential="ssh_cert",
         )
 
     async def plain(self, sock: socket.socket, client: str) -> None:

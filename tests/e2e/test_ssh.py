@@ -12,9 +12,11 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -603,3 +605,220 @@ def test_a_command_killed_by_a_signal_reports_it(route: Route) -> None:
         "the exit signal in the audit log",
     )
     assert exits[-1]["signal"] == "TERM"
+
+
+# ---- SSH user certificates (issue 7) -----------------------------------------------------
+
+
+def _cert_ssh(route: Route, key: Path, cert: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(route.gw.public_port),
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "PubkeyAuthentication=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"CertificateFile={cert}",
+            "-i",
+            str(key),
+            *route.options(),  # ssh keeps an option's first value: ours before these
+            route.destination,
+            "echo cert-ok",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _sign(
+    route: Route,
+    key: Path,
+    ca: Any,
+    principal: str,
+    hours: tuple[float, float],
+    key_id: str = "admin/none",
+) -> Path:
+    """A certificate made in the test itself (a window or principal the API would not give)."""
+    from cryptography.hazmat.primitives import serialization as ser
+
+    public = ser.load_ssh_public_key(Path(f"{key}.pub").read_bytes())
+    now = time.time()
+    cert = (
+        ser.SSHCertificateBuilder()
+        .public_key(public)  # type: ignore[arg-type]
+        .serial(7)
+        .type(ser.SSHCertificateType.USER)
+        .key_id(key_id.encode())
+        .valid_principals([principal.encode()])
+        .valid_after(int(now + hours[0] * 3600))
+        .valid_before(int(now + hours[1] * 3600))
+        .sign(ca)
+    )
+    path = route.tmp / f"{key.name}-{principal}-{hours[1]}-{serial_name(key_id)}-cert.pub"
+    path.write_bytes(cert.public_bytes() + b"\n")
+    return path
+
+
+def test_a_certificate_from_the_gateway_user_ca_signs_in(route: Route) -> None:
+    key = route.tmp / "id_ed25519"
+    keygen(key)
+    with route.gw.api() as api:
+        ca = api.get("/v1/ssh/user-ca").json()
+    on_disk = (route.gw.data_dir / "ssh_user_ca_ed25519_key.pub").read_text().split()
+    assert ca["public_key"] == f"{on_disk[0]} {on_disk[1]}"
+    issued = _cli(route, "ssh-cert", "--key", str(key))
+    assert issued.returncode == 0, issued.stderr
+    cert = route.tmp / "id_ed25519-cert.pub"
+    assert cert.read_text().startswith("ssh-ed25519-cert-v01@openssh.com ")
+    shown = subprocess.run(
+        ["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Type: ssh-ed25519-cert-v01@openssh.com user certificate" in shown
+    assert "admin/" in shown and "permit-pty" in shown
+    out = _cert_ssh(route, key, cert)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"cert-ok\n"
+    opened = [e for e in route.gw.audit("ssh_cert.issued") if e["actor"] == "admin"]
+    assert opened and "-----" not in json.dumps(opened)
+    # `wardgate ssh` uses the certificate while it is valid (no credential is minted).
+    via = _cli(route, "ssh", "web-1", "-o", "LogLevel=ERROR", "--", "echo", "via-cert")
+    assert via.returncode == 0, via.stderr
+    assert via.stdout == "via-cert\n"
+    # `wardgate login --ssh-key` issues one at sign-in.
+    second = route.tmp / "second"
+    keygen(second)
+    logged = _cli(route, "login", "--token", ADMIN_TOKEN, "--ssh-key", f"{second}.pub")
+    assert logged.returncode == 0, logged.stderr
+    assert "SSH certificate" in logged.stderr
+    out = _cert_ssh(route, second, route.tmp / "second-cert.pub")
+    assert out.returncode == 0, out.stderr
+
+
+def test_expired_foreign_and_misaddressed_certificates_are_refused(route: Route) -> None:
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = route.tmp / "id_ed25519"
+    keygen(key)
+    ca = ser.load_ssh_private_key(
+        (route.gw.data_dir / "ssh_user_ca_ed25519_key").read_bytes(), password=None
+    )
+    foreign = ed25519.Ed25519PrivateKey.generate()
+    cases = {
+        "expired": _sign(route, key, ca, "admin", (-2, -1)),
+        "not issued for this user": _sign(route, key, ca, "bob", (-1, 1)),
+        "not signed by the gateway's user CA": _sign(route, key, foreign, "admin", (-1, 1)),
+    }
+    for reason, cert in cases.items():
+        out = _cert_ssh(route, key, cert)
+        assert out.returncode == 255, (reason, out.stderr)
+        assert b"Permission denied" in out.stderr
+        assert reason.encode() not in out.stderr  # the reason is for the audit log only
+        refused = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+        assert any(reason in r for r in refused), (reason, refused)
+    # A certificate naming no live credential is refused; the same key with one gets in.
+    unknown = _sign(route, key, ca, "admin", (-1, 1))
+    assert _cert_ssh(route, key, unknown).returncode == 255
+    assert any("revoked" in e["data"]["reason"] for e in route.gw.audit("ssh.refused"))
+    with route.gw.api() as api:
+        token_id = api.get("/v1/whoami").json()["credential"]["id"]
+    good = _sign(route, key, ca, "admin", (-1, 1), key_id=f"admin/{token_id}")
+    out = _cert_ssh(route, key, good)
+    assert out.returncode == 0, out.stderr
+    # ECDSA and RSA keys' certificates too (paramiko reads all three kinds).
+    for kind in ("ecdsa", "rsa"):
+        other = route.tmp / f"id_{kind}"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(other)], check=True, timeout=60
+        )
+        cert = _sign(route, other, ca, "admin", (-1, 1), key_id=f"admin/{token_id}")
+        out = _cert_ssh(route, other, cert)
+        assert out.returncode == 0, (kind, out.stderr)
+
+
+def serial_name(key_id: str) -> str:
+    return key_id.replace("/", "_")
+
+
+def test_certificates_end_with_the_sign_in_and_the_user(
+    wardgate: Wardgate, sshd: Sshd, tmp_path: Path
+) -> None:
+    import urllib.parse
+
+    from gateway.crypto import SecretBox
+    from gateway.identity.local import totp
+
+    gw = wardgate.gateway(secret_key=SecretBox.generate_key(), identity={"local_users": True})
+    agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(**ssh_connection(sshd))
+    route = Route(gw, sshd, tmp_path, agent=agent)
+    password = "a long local password"
+    with route.gw.api() as api:
+        made = api.post("/v1/users", json={"name": "carol", "password": password, "groups": []})
+        assert made.status_code == 201, made.text
+    secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
+
+    def sign_in() -> str:
+        with route.gw.api() as api:
+            body = {"user": "carol", "password": password, "code": totp(secret["secret"][0])}
+            got = api.post("/v1/auth/password", json=body)
+        assert got.status_code == 200, got.text
+        return str(got.json()["token"])
+
+    key = route.tmp / "carol_key"
+    keygen(key)
+    public = Path(f"{key}.pub").read_text()
+    cert = route.tmp / "carol_key-cert.pub"
+    route.user = "carol"
+
+    def issue(token: str, **extra: object) -> Any:
+        with route.gw.api(token) as api:
+            return api.post("/v1/ssh/certificates", json={"public_key": public, **extra})
+
+    token = sign_in()
+    # Never beyond the credential's own lifetime; bounds; a scoped credential gets none.
+    with route.gw.api(token) as api:
+        expires = api.get("/v1/whoami").json()["credential"]["expires_at"]
+    got = issue(token)
+    assert got.status_code == 201, got.text
+    assert got.json()["principals"] == ["carol"]
+    if expires is not None:
+        assert got.json()["valid_before"] <= expires
+    assert issue(token, validity_seconds=5).status_code == 422
+    assert issue(token, validity_seconds=10**6).status_code == 422
+    with route.gw.api(token) as api:
+        cert_as_key = api.post(
+            "/v1/ssh/certificates", json={"public_key": got.json()["certificate"]}
+        )
+        assert cert_as_key.status_code == 422
+    with route.gw.api() as api:  # carol has no grant to mint one for: the admin's
+        minted = api.post("/v1/credentials/connection", json={"connection": "web-1"}).json()
+    assert issue(str(minted["token"])).status_code in (401, 403)  # not an API credential
+
+    def signs_in() -> bool:
+        out = _cert_ssh(route, key, cert)
+        # carol has no grant on web-1: past authentication the session itself is refused.
+        return out.returncode != 255 and b"Permission denied" not in out.stderr
+
+    cert.write_text(got.json()["certificate"] + "\n")
+    assert signs_in()
+    with route.gw.api(token) as api:
+        assert api.post("/v1/auth/logout").status_code == 200
+    assert not signs_in()
+    reasons = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+    assert any("credential it was issued under is revoked" in r for r in reasons)
+
+    cert.write_text(issue(sign_in()).json()["certificate"] + "\n")
+    assert signs_in()
+    with route.gw.api() as api:
+        assert api.post("/v1/users/carol/disable").status_code == 200
+    assert not signs_in()
+    reasons = [e["data"]["reason"] for e in route.gw.audit("ssh.refused")]
+    assert any("certificate: user unknown or disabled" in r for r in reasons)
