@@ -83,6 +83,7 @@ class Gateway:
         self.started: Started | None = None
         self.identity: IdentityService | None = None
         self.reviews: ReviewService | None = None
+        self.budgets: BudgetLedger | None = None
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -206,6 +207,8 @@ class Gateway:
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
+        self.budgets = BudgetLedger(store)
+        self._tasks.spawn(self.budgets.run(), name="budget ledger")
         postgres = PostgresFrontDoor(
             server_context(tls, alpn=["postgresql"]),
             authenticator,
@@ -214,7 +217,7 @@ class Gateway:
             guardrails=guardrails,
             access=policy,
             reviews=self.reviews,
-            budgets=BudgetLedger(store),
+            budgets=self.budgets,
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
@@ -308,6 +311,8 @@ class Gateway:
         """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""
         await self.registry.aclose()
         await self._tasks.aclose()
+        if self.budgets is not None:  # after the sessions ended and deferred their usage
+            await self.budgets.aclose()
         if self.identity is not None:
             await self.identity.aclose()
         if self.reviews is not None:

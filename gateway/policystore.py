@@ -229,28 +229,89 @@ class PolicySource:
 BUDGET_FLUSH_INTERVAL = 1.0
 
 
+_Pending = dict[tuple[dt.date, str], Usage]  # (day, budget) -> usage not yet in the store
+
+
+def _merge(into: _Pending, more: _Pending) -> None:
+    for key, usage in more.items():
+        into[key] = into.get(key, Usage()) + usage
+
+
 class BudgetLedger:
-    """The store's budget usage, for the event loop."""
+    """The store's budget usage, for the event loop.
+
+    What ended sessions still owe is not written by each session: `defer` keeps it here and
+    `run` writes all of it every BUDGET_FLUSH_INTERVAL in one thread hop (and `aclose` at
+    shutdown), so a session's end costs no store write of its own. Until written, it is
+    added to what `totals` and `add` report, so this gateway's sessions never miss it;
+    other replicas see it within the interval, like the running sessions' usage.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._deferred: dict[tuple[str, str], _Pending] = {}
+        self._writing: dict[tuple[str, str], _Pending] = {}  # taken by a write in flight
+
+    def defer(self, user: str, connection: str, pending: _Pending) -> None:
+        _merge(self._deferred.setdefault((user, connection), {}), pending)
+
+    def _unwritten(self, user: str, connection: str) -> _Pending:
+        owed: _Pending = {}
+        for source in (self._deferred, self._writing):
+            _merge(owed, source.get((user, connection), {}))
+        return owed
 
     async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
         rows = await asyncio.to_thread(
             self._store.budget_usage, day, user=user, connection=connection
         )
-        return {budget: Usage(r, b) for _, _, budget, r, b in rows}
+        totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
+        for (d, budget), usage in self._unwritten(user, connection).items():
+            if d == day:
+                totals[budget] = totals.get(budget, Usage()) + usage
+        return totals
 
-    async def add(
-        self, user: str, connection: str, pending: dict[tuple[dt.date, str], Usage]
-    ) -> dict[tuple[dt.date, str], Usage]:
+    async def add(self, user: str, connection: str, pending: _Pending) -> _Pending:
         totals = await asyncio.to_thread(
             self._store.add_budget_usage,
             user,
             connection,
             {key: (u.rows, u.bytes) for key, u in pending.items()},
         )
-        return {key: Usage(r, b) for key, (r, b) in totals.items()}
+        added = {key: Usage(r, b) for key, (r, b) in totals.items()}
+        owed = self._unwritten(user, connection)
+        return {key: usage + owed[key] if key in owed else usage for key, usage in added.items()}
+
+    async def flush(self) -> None:
+        """Write what ended sessions owe; on failure it stays owed for the next round."""
+        if not self._deferred or self._writing:
+            return
+        self._writing, self._deferred = self._deferred, {}
+        try:
+            await asyncio.to_thread(self._write, self._writing)
+        except asyncio.CancelledError:
+            self._writing = {}  # the write goes on in its thread: owing it again would count twice
+            raise
+        except Exception as exc:
+            log.warning("budget usage of ended sessions not stored yet: %s", exc)
+            for (user, connection), pending in self._writing.items():
+                self.defer(user, connection, pending)
+        self._writing = {}
+
+    def _write(self, batch: dict[tuple[str, str], _Pending]) -> None:
+        for (user, connection), pending in batch.items():
+            self._store.add_budget_usage(
+                user, connection, {key: (u.rows, u.bytes) for key, u in pending.items()}
+            )
+
+    async def run(self) -> None:
+        """Write deferred usage every BUDGET_FLUSH_INTERVAL, until cancelled."""
+        while True:
+            await asyncio.sleep(BUDGET_FLUSH_INTERVAL)
+            await self.flush()
+
+    async def aclose(self) -> None:
+        await self.flush()
 
 
 class SessionPolicy:
@@ -393,6 +454,16 @@ class SessionPolicy:
                 totals = await ledger.totals(user, self.connection, day)
             meter.load(totals, day)
             self._loaded_at = self._monotonic()
+
+    def release(self) -> None:
+        """The session ended: what it still owes goes to the ledger, written within an interval."""
+        if self._ledger is None:
+            return
+        owed, self._leftover = self._leftover, {}
+        if self.meter is not None:
+            _merge(owed, self.meter.take_pending())
+        if owed:
+            self._ledger.defer(self.subject.user, self.connection, owed)
 
     async def run_flusher(self, wake: asyncio.Event) -> None:
         """Flush at each `wake` (a budget crossed) and every interval, until cancelled."""

@@ -988,10 +988,7 @@ class PostgresFrontDoor:
             self.cancel_keys.revoke(pid)
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
-            try:
-                await policy.flush()  # the usage outlives the session (and the gateway)
-            except Exception as exc:
-                log.warning("session %s: budget usage not stored: %s", session.id, exc)
+            policy.release()  # the usage outlives the session (and the gateway)
             await self._broker.finish(session, error=error)
 
     async def _wait_for_review(

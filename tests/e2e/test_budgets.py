@@ -258,6 +258,9 @@ def test_replicas_share_the_usage(
     one, two = Stack(wardgate, first), Stack(wardgate, second)
     with psycopg.connect(one.conninfo("pg-rows"), autocommit=True) as conn:
         assert len(conn.execute("select * from big limit 200").fetchall()) == 200
+    # An ended session's usage reaches the store within the ledger's interval ...
+    wait_for(lambda: one.usage("shared")["rows"] == 200, "the first session's rows stored")
+    # ... and then counts on the other replica.
     with psycopg.connect(two.conninfo("pg-rows"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="'shared'"):
             conn.execute("select * from big limit 200").fetchall()

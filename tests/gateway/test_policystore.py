@@ -167,3 +167,32 @@ async def test_usage_of_a_budget_a_new_version_drops_is_still_stored(store: Stor
     await session.flush()
     today = dt.datetime.now(dt.UTC).date()
     assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
+
+
+async def test_an_ended_session_owes_its_usage_to_the_ledger_until_it_writes(
+    store: Store,
+) -> None:
+    source = PolicySource(store)
+    await source.apply(BUDGET, applied_by="admin")
+    ledger = BudgetLedger(store)
+    today = dt.datetime.now(dt.UTC).date()
+    ended = SessionPolicy(source, ledger, Subject("alice"), "pg")
+    ended.count(3, 30)
+    ended.release()
+    # Not in the store yet, but this gateway's next session of alice sees it at once.
+    assert store.budget_usage(today, user="alice") == []
+    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(3, 30)}
+    added = await ledger.add("alice", "pg", {(today, "daily"): Usage(1, 10)})
+    assert added == {(today, "daily"): Usage(4, 40)}
+    await ledger.aclose()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 4, 40)]
+    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(4, 40)}
+
+
+async def test_deferred_usage_stays_owed_when_the_store_write_fails(store: Store) -> None:
+    ledger = BudgetLedger(store)
+    today = dt.datetime.now(dt.UTC).date()
+    ledger.defer("bob", "pg", {(today, "daily"): Usage(2, 20)})
+    store.close()  # every write fails now
+    await ledger.flush()
+    assert ledger._unwritten("bob", "pg") == {(today, "daily"): Usage(2, 20)}
