@@ -205,7 +205,7 @@ class Gateway:
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
-        self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app))
+        self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")

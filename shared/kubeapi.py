@@ -24,6 +24,7 @@ Its rules:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fnmatch
 import json
 import struct
@@ -90,6 +91,8 @@ class RequestHead:
     impersonate_groups: tuple[str, ...] = ()
     mask_secrets: bool = False
     mask_env: tuple[str, ...] = ()  # globs of environment variable names
+    # Set ("SPDY/3.1"): a plain HTTP upgrade; after a 101 both sides relay raw bytes.
+    upgrade: str | None = None
 
     @property
     def masks(self) -> bool:
@@ -121,6 +124,7 @@ def encode_head(head: RequestHead | ResponseHead) -> bytes:
                 "impersonate_groups": list(head.impersonate_groups),
                 "mask_secrets": head.mask_secrets,
                 "mask_env": list(head.mask_env),
+                "upgrade": head.upgrade,
             }
         }
     else:
@@ -150,6 +154,13 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise HeadError(f"{what} must be a list of strings")
     return tuple(value)
+
+
+def _upgrade(value: Any) -> str | None:
+    # Optional: heads from agents and gateways that predate raw upgrades lack it.
+    if value is not None and not isinstance(value, str):
+        raise HeadError("upgrade must be a string")
+    return value
 
 
 def decode_head(payload: bytes) -> RequestHead | ResponseHead:
@@ -184,6 +195,7 @@ def decode_head(payload: bytes) -> RequestHead | ResponseHead:
                 impersonate_groups=_strings(req["impersonate_groups"], "impersonate_groups"),
                 mask_secrets=bool(req["mask_secrets"]),
                 mask_env=_strings(req["mask_env"], "mask_env"),
+                upgrade=_upgrade(req.get("upgrade")),
             )
         if isinstance(resp := doc.get("response"), dict):
             status = resp["status"]
@@ -430,3 +442,52 @@ class ExecRecorder:
         out = "".join(line + "\n" for line in self._pending)
         self._pending.clear()
         return out
+
+
+MAX_UPGRADE_HEAD = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    """A plain HTTP/1.1 upgrade request head (kubectl's SPDY/3.1 exec, attach, port-forward)."""
+
+    method: str
+    target: str  # the raw request target: path and query, still percent-encoded
+    headers: tuple[tuple[str, str], ...]
+    upgrade: str
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        return next((v for k, v in self.headers if k.lower() == low), None)
+
+
+def parse_upgrade(head: bytes) -> UpgradeRequest | None:
+    """The SPDY upgrade an HTTP/1.1 request head (through its blank line) asks for, or None
+    for anything else, including heads that do not parse (the HTTP server answers those)."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        return None
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            break
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            return None
+        headers.append((name, value.strip()))
+    request = UpgradeRequest(parts[0], parts[1], tuple(headers), "")
+    upgrade = request.header("upgrade") or ""
+    connection = {t.strip().lower() for t in (request.header("connection") or "").split(",")}
+    if not upgrade.lower().startswith("spdy/") or "upgrade" not in connection:
+        return None
+    return dataclasses.replace(request, upgrade=upgrade)
+
+
+def encode_response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -26,7 +26,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -302,7 +302,9 @@ async def serve(stream: TunnelStream, target: Target) -> None:
             return
         if head is None:
             return
-        if head.websocket_protocols:
+        if head.upgrade:
+            await _raw_upgrade(stream, head, entry.upstream, target)
+        elif head.websocket_protocols:
             await _websocket(stream, head, entry.upstream, target)
         else:
             await _http(stream, head, body, entry, target)
@@ -323,7 +325,7 @@ async def _read_request(stream: TunnelStream) -> tuple[RequestHead | None, bytes
                 if not isinstance(decoded, RequestHead):
                     raise HeadError("expected a request head")
                 head = decoded
-                if head.websocket_protocols:
+                if head.websocket_protocols or head.upgrade:
                     return head, b""  # messages follow once the upgrade is done
                 continue
             body += event.payload
@@ -514,6 +516,112 @@ async def _relay_ws(stream: TunnelStream, ws: ClientConnection) -> None:
                 await ws.close()
                 return
             elif isinstance(event, SessionReset):
+                down.cancel()
+                return
+
+    async with asyncio.TaskGroup() as tg:
+        down = tg.create_task(upstream_to_tunnel(), name=f"k8s/{stream.session_id}/down")
+        tg.create_task(tunnel_to_upstream(), name=f"k8s/{stream.session_id}/up")
+
+
+# ---- plain upgrades (SPDY/3.1) ---------------------------------------------------------
+
+MAX_UPGRADE_ANSWER = 64 * 1024
+RAW_CHUNK = 32 * 1024
+
+
+async def _raw_upgrade(
+    stream: TunnelStream, head: RequestHead, upstream: Upstream, target: Target
+) -> None:
+    """kubectl's SPDY fallback: the same upgrade request to the API server on a connection
+    of its own; after its 101 the bytes are relayed as they are, both ways (the SPDY
+    framing is kubectl's and the API server's business)."""
+    parts = urlsplit(upstream.server)
+    host, port = parts.hostname or "", parts.port or 443
+    path = parts.path.rstrip("/") + head.path + (f"?{head.query}" if head.query else "")
+    headers = [
+        (k, v) for k, v in _upstream_headers(head, upstream, target) if k != "accept-encoding"
+    ]
+    lines = [f"{head.method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    lines += ["Connection: Upgrade", f"Upgrade: {head.upgrade}", "Content-Length: 0"]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    unreachable = f"connection {target.connection!r}: API server unreachable"
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=upstream.ssl_context, server_hostname=host,
+                limit=MAX_UPGRADE_ANSWER,
+            )  # fmt: skip
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        await _send_error(stream, 502, f"{unreachable}: {exc}")
+        return
+    try:
+        try:
+            writer.write(request)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                raw = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.LimitOverrunError,
+                asyncio.IncompleteReadError) as exc:  # fmt: skip
+            await _send_error(stream, 502, f"{unreachable}: no upgrade answer ({exc!r})")
+            return
+        status_line, *header_lines = raw.decode("latin-1").split("\r\n")
+        try:
+            status = int(status_line.split(" ")[1])
+        except (IndexError, ValueError):
+            await _send_error(stream, 502, f"{unreachable}: bad status line {status_line[:80]!r}")
+            return
+        answer: list[tuple[str, str]] = []
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                answer.append((name.strip(), value.strip()))
+        kept = tuple((k, v) for k, v in answer if k.lower() not in _RESPONSE_DROPPED | {"upgrade"})
+        await stream.send_data(encode_head(ResponseHead(status, kept)))
+        if status != 101:
+            # A refusal (403, 404, ...): its body, bounded, then the end.
+            length = next((v for k, v in answer if k.lower() == "content-length"), None)
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError, ValueError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    if length is not None:
+                        body = await reader.readexactly(min(int(length), MAX_UPGRADE_ANSWER))
+                    else:
+                        body = await reader.read(MAX_UPGRADE_ANSWER)
+                if body:
+                    await stream.send_data(body)
+            await stream.send_close()
+            return
+        await _relay_raw(stream, reader, writer)
+    except asyncio.IncompleteReadError:
+        await stream.send_close()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(5):
+                await writer.wait_closed()
+
+
+async def _relay_raw(
+    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    async def upstream_to_tunnel() -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, SessionClosedError):
+            while data := await reader.read(RAW_CHUNK):
+                await stream.send_data(data)
+            await stream.send_close()
+
+    async def tunnel_to_upstream() -> None:
+        while True:
+            event = await stream.receive()
+            if isinstance(event, DataReceived):
+                writer.write(event.payload)
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.drain()
+            elif isinstance(event, RemoteClosed):
+                # TLS cannot half-close: the client's end is the connection's end.
+                writer.close()
+                return
+            else:
                 down.cancel()
                 return
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -56,9 +57,11 @@ from shared.kubeapi import (
     RequestHead,
     RequestInfo,
     ResponseHead,
+    UpgradeRequest,
     decode_head,
     decode_ws,
     encode_head,
+    encode_response_head,
     encode_ws,
     encode_ws_close,
     forwardable,
@@ -641,9 +644,151 @@ class KubeFrontDoor:
             flush(final=True)
         return counted[0], (error[0] if error else None)
 
+    # ---- plain upgrades (SPDY/3.1: kubectl's exec, attach, port-forward fallback) -------
+
+    async def spdy(
+        self,
+        request: UpgradeRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+    ) -> None:
+        """A SPDY upgrade, read by gateway/api/server.py before hypercorn (ASGI only
+        upgrades to WebSocket). The same steps as a WebSocket upgrade; after the API
+        server's 101 the bytes are relayed as they are. Exec output is not recorded on
+        this path: it would mean parsing SPDY (zlib header blocks, streams) here."""
+        path_only, _, query = request.target.partition("?")
+        if not path_only.startswith(PREFIX):
+            await _answer(writer, 404, "Wardgate: SPDY upgrades are relayed only under /k8s/")
+            return
+        connection, path = _split(path_only.encode("latin-1"))
+        try:
+            who = await self._identity(request.header("authorization"), client, connection)
+        except AuthError as exc:
+            await _answer(writer, 401, f"Wardgate: {exc}")
+            return
+        info = request_info(request.method, path, query)
+        try:
+            opened = await self._open(who, connection, client, info, query)
+        except SessionError as exc:
+            await _answer(writer, HTTP_STATUS.get(exc.kind, 502), f"Wardgate: {exc.message}")
+            return
+        except AuditUnavailable as exc:
+            await _answer(writer, 503, f"Wardgate: {exc}")
+            return
+        session, decision = opened.session, opened.decision
+        if decision.effect == "deny":
+            await self._end(session, 403, 0, error=f"policy: {decision.reason}")
+            await _answer(
+                writer, 403, f"Wardgate policy denies {info.describe()}: {decision.reason}"
+            )
+            return
+        nbytes, error, status = 0, None, None
+        try:
+            if decision.effect == "review":
+
+                async def client_gone() -> None:
+                    # An upgrade request has no body: what comes next is the client leaving.
+                    with contextlib.suppress(OSError):
+                        while await reader.read(4096):
+                            pass
+
+                # fallback: kubectl tries SPDY after a refused WebSocket exec; the same
+                # review answers both.
+                refusal = await self._hold(opened, info, fallback=True, client_gone=client_gone)
+                if refusal is not None:
+                    status, error = 403, f"policy: {refusal}"
+                    await _answer(writer, 403, refusal)
+                    return
+            head = dataclasses.replace(
+                self._head(request.method, path, query, list(request.headers), who, decision),
+                upgrade=request.upgrade,
+            )
+            try:
+                await session.stream.send_data(encode_head(head))
+                answer = await self._response_head(session)
+            except SessionClosedError as exc:
+                answer = str(exc)
+            if isinstance(answer, str):
+                status, error = 502, answer
+                await _answer(writer, 502, f"Wardgate: {answer}")
+                return
+            status = answer.status
+            if answer.status != 101:
+                body = await self._collect(session)
+                nbytes = len(body)
+                kept = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
+                kept += [("Content-Length", str(len(body))), ("Connection", "close")]
+                writer.write(encode_response_head(answer.status, "Refused", kept) + body)
+                await writer.drain()
+                return
+            switched = [*answer.headers, ("Connection", "Upgrade"), ("Upgrade", request.upgrade)]
+            writer.write(encode_response_head(101, "Switching Protocols", switched))
+            nbytes, error = await _relay_raw(session, reader, writer)
+        except AuditUnavailable as exc:
+            status, error = 503, "audit log unavailable"
+            await _answer(writer, 503, f"Wardgate: {exc}")
+        except (OSError, ssl.SSLError) as exc:
+            error = f"client connection failed: {exc}"
+        finally:
+            await asyncio.shield(self._end(session, status, nbytes, error=error))
+
+
+async def _answer(writer: asyncio.StreamWriter, code: int, message: str) -> None:
+    body = status_body(code, message)
+    head = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Connection", "close")]  # fmt: skip
+    with contextlib.suppress(OSError, ssl.SSLError):
+        writer.write(encode_response_head(code, "Wardgate", head) + body)
+        await writer.drain()
+
+
+async def _relay_raw(
+    session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[int, str | None]:
+    """Bytes both ways until either side ends: (bytes relayed, why it failed)."""
+    stream = session.stream
+    counted = [0]
+    error: list[str] = []
+
+    async def client_to_agent() -> None:
+        try:
+            while data := await reader.read(MAX_PAYLOAD):
+                counted[0] += len(data)
+                await stream.send_data(data)
+            await stream.send_close()
+        except (OSError, ssl.SSLError) as exc:
+            error.append(f"client connection failed: {exc}")
+            down.cancel()
+        except SessionClosedError:
+            return
+
+    async def agent_to_client() -> None:
+        while True:
+            event = await stream.receive()
+            if isinstance(event, DataReceived):
+                counted[0] += len(event.payload)
+                writer.write(event.payload)
+                try:
+                    await writer.drain()
+                except (OSError, ssl.SSLError) as exc:
+                    error.append(f"client connection failed: {exc}")
+                    break
+            else:
+                if isinstance(event, SessionReset):
+                    error.append(session.describe_end(event))
+                break
+        up.cancel()
+
+    async with asyncio.TaskGroup() as tg:
+        down = tg.create_task(agent_to_client(), name=f"k8s/{session.id}/down")
+        up = tg.create_task(client_to_agent(), name=f"k8s/{session.id}/up")
+    return counted[0], (error[0] if error else None)
+
 
 def mount(app: FastAPI, deps: ApiDeps) -> None:
     door = KubeFrontDoor(deps)
+    app.state.kube_door = door  # gateway/app.py hands it SPDY upgrades
     app.add_api_route(
         "/k8s/{connection}/{path:path}", door.http, methods=_METHODS, include_in_schema=False
     )

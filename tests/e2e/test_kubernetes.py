@@ -581,3 +581,30 @@ def test_port_forward_round_trips_and_is_denied_in_prod(kube: KubeSetup) -> None
              e["data"]["decision"]) for e in requests}  # fmt: skip
     assert ("create", "portforward", "default", "allow") in seen
     assert ("create", "portforward", "prod", "deny") in seen
+
+
+def test_exec_over_a_plain_spdy_upgrade(kube: KubeSetup) -> None:
+    """kubectl's SPDY/3.1 fallback (forced here) is relayed as raw bytes after the 101."""
+    kube.env["KUBECTL_REMOTE_COMMAND_WEBSOCKETS"] = "false"
+    out = kube.kubectl("exec", "web-1", "--", "echo", "over", "spdy")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "over spdy\n"
+    out = kube.kubectl("exec", "web-1", "--", "sh", "-c", "exit 4")
+    assert out.returncode == 4, out.stderr
+    seen = kube.double.requests_to("/exec")
+    assert [r["method"] for r in seen] == ["POST", "POST"]  # no WebSocket was tried
+    assert seen[-1]["headers"]["upgrade"] == "SPDY/3.1"
+    assert seen[-1]["headers"]["impersonate-user"] == "admin"
+    assert seen[-1]["headers"]["authorization"] == f"Bearer {kube.double.token}"
+    execs = [e["data"] for e in kube.gw.audit("k8s.request") if e["data"]["subresource"] == "exec"]
+    assert [(e["command"], e["decision"]) for e in execs] == [
+        (["echo", "over", "spdy"], "allow"),
+        (["sh", "-c", "exit 4"], "allow"),
+    ]
+    ends = [e["data"] for e in kube.gw.audit("k8s.response")]
+    assert [e["status"] for e in ends if e["status"] == 101] == [101, 101]
+    # The policy holds on this path too: a Status 403 names the rule, nothing reaches the pod.
+    out = kube.kubectl("exec", "api-1", "-n", "prod", "--", "echo", "hi")
+    assert out.returncode != 0
+    assert "no-exec-in-prod" in out.stderr
+    assert len(kube.double.requests_to("/exec")) == 2
