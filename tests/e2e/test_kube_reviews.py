@@ -337,3 +337,50 @@ def test_a_held_delete_waits_over_http2_and_a_leaving_kubectl_withdraws(stack: S
         "the review to be withdrawn",
     )
     assert ("prod", "tmp-2") in stack.double.pods
+
+
+def _spdy_exec(stack: Stack, user: str, *args: str) -> subprocess.Popen[str]:
+    """kubectl exec over a plain SPDY upgrade only (no WebSocket first)."""
+    env = {**stack.env(user), "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
+    return subprocess.Popen(
+        [KUBECTL, "exec", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def test_a_wait_rule_holds_a_spdy_exec_until_approved(stack: Stack) -> None:
+    command = ["sh", "-c", "exit 6"]
+    text = "exec pod/api-1 -n prod -c app -- sh -c 'exit 6'"
+    waiting = _spdy_exec(stack, "alice", "api-1", "-n", "prod", "--", *command)
+    try:
+        pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
+        assert waiting.poll() is None
+        assert not stack.ran(command)
+        approved = stack.cli("bob", "reviews", "approve", pending[0]["id"])
+        assert approved.returncode == 0, approved.stderr
+        _, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 6, err
+    assert [r["method"] for r in stack.double.requests_to("/exec") if "exit+6" in r["query"]] == [
+        "POST"
+    ]
+
+
+def test_a_spdy_exec_that_leaves_while_held_withdraws_its_review(stack: Stack) -> None:
+    command = ["echo", "spdy", "left"]
+    text = "exec pod/api-1 -n prod -c app -- echo spdy left"
+    waiting = _spdy_exec(stack, "alice", "api-1", "-n", "prod", "--", *command)
+    try:
+        pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
+    finally:
+        waiting.kill()
+        waiting.communicate()
+    wait_for(
+        lambda: stack.reviews_of("alice", text)[0]["status"] == "cancelled",
+        "the review to be withdrawn",
+    )
+    assert pending[0]["status"] == "pending"
+    assert not stack.ran(command)
