@@ -11,9 +11,8 @@ answers. The connection is therefore aborted first, so shutdown does not wait on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
@@ -21,7 +20,7 @@ from hypercorn.config import Config
 from hypercorn.utils import wrap_app
 
 from gateway.frontdoor import StreamHandler
-from shared.kubeapi import MAX_UPGRADE_HEAD, UpgradeRequest, parse_upgrade
+from shared.kubeapi import UpgradeRequest, parse_upgrade
 
 SNIFF_TIMEOUT = 10.0
 UpgradeHandler = Callable[
@@ -41,21 +40,23 @@ async def _first_head(reader: asyncio.StreamReader) -> bytes | None:
         return exc.partial
 
 
-def _replayed(
-    head: bytes, reader: asyncio.StreamReader, tg: asyncio.TaskGroup
-) -> asyncio.StreamReader:
-    """A reader that yields `head`, then everything `reader` yields."""
-    replay = asyncio.StreamReader(limit=MAX_UPGRADE_HEAD)
-    replay.feed_data(head)
+class _Replay:
+    """`head`, then the rest of `reader`: the two calls hypercorn makes on its stream (`read`,
+    `at_eof`), so the consumed head goes back without a copying task or a second buffer."""
 
-    async def pump() -> None:
-        with contextlib.suppress(OSError, ConnectionError):
-            while data := await reader.read(64 * 1024):
-                replay.feed_data(data)
-        replay.feed_eof()
+    def __init__(self, head: bytes, reader: asyncio.StreamReader) -> None:
+        self._head = head
+        self._reader = reader
 
-    tg.create_task(pump(), name="http connection replay")
-    return replay
+    async def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return await self._reader.read(n)
+        size = len(self._head) if n < 0 else n
+        data, self._head = self._head[:size], self._head[size:]
+        return data
+
+    def at_eof(self) -> bool:
+        return not self._head and self._reader.at_eof()
 
 
 def http_handler(app: Any, upgrade: UpgradeHandler | None = None) -> StreamHandler:
@@ -73,19 +74,22 @@ def http_handler(app: Any, upgrade: UpgradeHandler | None = None) -> StreamHandl
         loop = asyncio.get_running_loop()
         ssl_object = writer.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
+        stream: asyncio.StreamReader | _Replay = reader
+        if upgrade is not None and alpn != "h2":
+            head = await _first_head(reader)
+            if head is not None:
+                request = parse_upgrade(head)
+                if request is not None:
+                    await upgrade(request, reader, writer, client)
+                    return
+                stream = _Replay(head, reader)
+
+        async def serve() -> None:
+            # hypercorn calls only read() and at_eof() on its reader, which _Replay provides.
+            source = cast(asyncio.StreamReader, stream)
+            await TCPServer(wrapped, loop, config, context, state, source, writer)
+
         async with asyncio.TaskGroup() as tg:
-            if upgrade is not None and alpn != "h2":
-                head = await _first_head(reader)
-                if head is not None:
-                    request = parse_upgrade(head)
-                    if request is not None:
-                        await upgrade(request, reader, writer, client)
-                        return
-                    reader = _replayed(head, reader, tg)
-
-            async def serve() -> None:
-                await TCPServer(wrapped, loop, config, context, state, reader, writer)
-
             server = tg.create_task(serve(), name="http connection")
             try:
                 await asyncio.shield(server)
