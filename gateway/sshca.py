@@ -53,9 +53,10 @@ def _fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def load_user_ca(data_dir: Path) -> ed25519.Ed25519PrivateKey:
-    """The CA key, created on first start and kept in the data directory (0600)."""
-    path = data_dir / USER_CA_FILE
+def ensure_ed25519_key(path: Path, comment: str) -> ed25519.Ed25519PrivateKey:
+    """The Ed25519 key at `path` (OpenSSH format), created there on first use: 0600 from the
+    start and moved into place whole, with `path.pub` beside it. The gateway's host key and
+    user CA live in its data directory this way, so clients' trust survives restarts."""
     if not path.exists():
         key = ed25519.Ed25519PrivateKey.generate()
         pem = key.private_bytes(
@@ -67,11 +68,16 @@ def load_user_ca(data_dir: Path) -> ed25519.Ed25519PrivateKey:
         tmp.touch(mode=0o600)
         tmp.write_bytes(pem)
         tmp.replace(path)
-        path.with_suffix(".pub").write_text(public_line(key) + " wardgate-user-ca\n")
+        path.with_suffix(".pub").write_text(f"{public_line(key)} {comment}\n")
     loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 key")
     return loaded
+
+
+def load_user_ca(data_dir: Path) -> ed25519.Ed25519PrivateKey:
+    """The CA key, created on first start and kept in the data directory (0600)."""
+    return ensure_ed25519_key(data_dir / USER_CA_FILE, "wardgate-user-ca")
 
 
 def public_line(ca: ed25519.Ed25519PrivateKey) -> str:

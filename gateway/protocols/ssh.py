@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import paramiko
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from paramiko.common import (
     AUTH_FAILED,
@@ -124,21 +123,7 @@ def fingerprint(key: paramiko.PKey) -> str:
 def load_host_key(data_dir: Path) -> paramiko.PKey:
     """The gateway's SSH host key, created on first start and kept in the data directory."""
     path = data_dir / HOST_KEY_FILE
-    if not path.exists():
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(pem)
-        tmp.replace(path)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        path.with_suffix(".pub").write_bytes(public + b" wardgate-gateway\n")
+    sshca.ensure_ed25519_key(path, "wardgate-gateway")
     return paramiko.Ed25519Key.from_private_key_file(str(path))
 
 
