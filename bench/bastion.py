@@ -15,7 +15,7 @@ import contextlib
 import getpass
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +46,18 @@ def _programs() -> tuple[str, str, str]:
     return SSHD, ssh, keygen
 
 
-def _sshd_config(root: Path, port: int, user: str) -> Path:
+def sshd_config(
+    root: Path, port: int, user: str, *, tty: bool = False, extra: Sequence[str] = ()
+) -> Path:
+    """An sshd_config in `root` for a loopback sshd that admits only `user` by public key
+    (`root/host_key`, `root/authorized_keys`). `extra` lines come first: sshd keeps the first
+    value it reads for a keyword, so they override the defaults below. Shared with the test
+    suite's sshd (tests/fixtures/sshd.py)."""
     config = root / "sshd_config"
     config.write_text(
         "\n".join(
             [
+                *extra,
                 "ListenAddress 127.0.0.1",
                 f"Port {port}",
                 f"HostKey {root / 'host_key'}",
@@ -64,9 +71,9 @@ def _sshd_config(root: Path, port: int, user: str) -> Path:
                 "StrictModes no",
                 "UsePAM no",
                 "AllowTcpForwarding yes",
-                "PermitTTY no",
+                f"PermitTTY {'yes' if tty else 'no'}",
                 "X11Forwarding no",
-                "Subsystem sftp internal-sftp",  # scp (sftp mode) measurements, bench.scp
+                "Subsystem sftp internal-sftp",  # scp (sftp mode): bench.scp, the SSH tests
                 "PrintMotd no",
                 "LogLevel ERROR",
                 "",
@@ -137,7 +144,7 @@ def _start_sshd(
     """Start sshd on a free port (retried if it was taken meanwhile); it and its port."""
     for attempt in range(ATTEMPTS):
         port = free_port()
-        config = _sshd_config(root, port, user)
+        config = sshd_config(root, port, user)
         sshd = stack.enter_context(
             running(
                 Proc("sshd", [sshd_bin, "-D", "-e", "-f", str(config)], root / f"sshd{attempt}.log")
