@@ -388,6 +388,14 @@ class KubeFrontDoor:
             mask_env=decision.mask_env,
         )
 
+    async def _upgrade(self, session: Session, head: RequestHead) -> ResponseHead | str:
+        """Send an upgrade's request head (no body follows); the agent's answer, or why none."""
+        try:
+            await session.stream.send_data(encode_head(head))
+            return await self._response_head(session)
+        except SessionClosedError as exc:
+            return str(exc)
+
     async def _response_head(self, session: Session) -> ResponseHead | str:
         """The agent's response head, or why there is none."""
         event = await session.stream.receive()
@@ -516,11 +524,7 @@ class KubeFrontDoor:
                 return
         protocols = tuple(ws.scope.get("subprotocols") or ())
         head = self._head("GET", path, query, ws.headers.items(), who, decision, protocols)
-        try:
-            await session.stream.send_data(encode_head(head))
-            answer = await self._response_head(session)
-        except SessionClosedError as exc:
-            answer = str(exc)
+        answer = await self._upgrade(session, head)
         if isinstance(answer, str):
             await self._end(session, 502, 0, error=answer)
             await ws.send_denial_response(_status(502, f"Wardgate: {answer}"))
@@ -704,11 +708,7 @@ class KubeFrontDoor:
                 self._head(request.method, path, query, list(request.headers), who, decision),
                 upgrade=request.upgrade,
             )
-            try:
-                await session.stream.send_data(encode_head(head))
-                answer = await self._response_head(session)
-            except SessionClosedError as exc:
-                answer = str(exc)
+            answer = await self._upgrade(session, head)
             if isinstance(answer, str):
                 status, error = 502, answer
                 await _answer(writer, 502, f"Wardgate: {answer}")
