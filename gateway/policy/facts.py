@@ -40,6 +40,7 @@ from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ObjectType, VariableSetKind
+from pglast.parser import normalize, split
 
 from gateway.policy.readonly import (
     SERVER_ADMIN_FUNCTIONS,
@@ -200,17 +201,111 @@ def statement_facts(sql: str) -> list[Facts]:
     if "\0" in sql:
         # libpg_query stops at a NUL, the server refuses the message: never judge a prefix.
         raise UnparsableSQL("the statement cannot be parsed (it contains a NUL character)")
+    return _CACHE.facts(sql)
+
+
+def _parsed_facts(sql: str) -> tuple[list[Facts], bool]:
+    """The facts of every statement, and whether any of them depends on a constant's value."""
     try:
         statements = parse_sql(sql)
     except Exception as exc:  # ParseError, and a few other types on odd input (NUL bytes)
         raise UnparsableSQL(f"the statement cannot be parsed ({exc})") from exc
     out = []
+    dependent = False
     for index, raw in enumerate(statements, 1):
         # pglast gives character offsets; a length of 0 means "to the end of the string".
         start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(sql)
-        out.append(_facts(index, raw.stmt, sql[start:end].strip()))
-    return out
+        facts, uses_constant = _facts(index, raw.stmt, sql[start:end].strip())
+        out.append(facts)
+        dependent = dependent or uses_constant
+    return out, dependent
+
+
+def _shape(facts: Facts) -> tuple[object, ...]:
+    return (facts.index, facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque)
+
+
+class _FactsCache:
+    """Facts by statement shape: the text with its constants replaced by parameters.
+
+    Building pglast's Python tree is most of what judging a statement costs (~40 of ~55 us
+    for a pgbench query), and applications send the same few shapes with new constants each
+    time. libpg_query's `normalize` (C, ~2 us) gives the shape; a shape's facts are cached
+    only when they cannot depend on the constants: the shape itself parses, its facts equal
+    those of the text it was first seen with, and no fact was read off a constant's value
+    (`_facts` reports that). Anything else is parsed each time, as without the cache. A
+    parameter in place of a constant is judged as strictly as the constant could be (the
+    extended protocol sends such statements), so even a shape wrongly cached would only
+    refuse more, never allow more.
+    """
+
+    MAX_ENTRIES = 2048
+    MAX_TEXT = 4096  # longer statements (bulk VALUES lists) are rarely sent twice
+
+    def __init__(self) -> None:
+        # shape -> the facts to reuse, or None: parse this shape every time
+        self._entries: dict[str, tuple[Facts, ...] | None] = {}
+
+    def facts(self, sql: str) -> list[Facts]:
+        shape = self._shape_of(sql)
+        if shape is None:
+            return _parsed_facts(sql)[0]
+        cached = self._entries.get(shape, _MISSING)
+        if cached is _MISSING:
+            facts, dependent = _parsed_facts(sql)
+            self._remember(shape, None if dependent else self._reusable(shape, facts))
+            return facts
+        if cached is None:
+            return _parsed_facts(sql)[0]
+        texts = self._texts(sql, len(cached))
+        if texts is None:
+            return _parsed_facts(sql)[0]
+        return [
+            Facts(f.index, f.kinds, f.tables, f.functions, f.flags, f.opaque, text)
+            for f, text in zip(cached, texts, strict=True)
+        ]
+
+    def _shape_of(self, sql: str) -> str | None:
+        if len(sql) > self.MAX_TEXT:
+            return None
+        try:
+            return normalize(sql)
+        except Exception:  # not SQL: the full parse says why
+            return None
+
+    @staticmethod
+    def _reusable(shape: str, facts: list[Facts]) -> tuple[Facts, ...] | None:
+        try:
+            generic, dependent = _parsed_facts(shape)
+        except UnparsableSQL:  # a constant where no parameter may stand (`SET x = 1`)
+            return None
+        if dependent or [_shape(f) for f in generic] != [_shape(f) for f in facts]:
+            return None
+        return tuple(generic)
+
+    @staticmethod
+    def _texts(sql: str, count: int) -> list[str] | None:
+        """Each statement's own text, cut where `_parsed_facts` cuts it."""
+        try:
+            slices = split(sql, with_parser=True, only_slices=True)
+        except Exception:  # normalize accepted it; be safe anyway
+            return None
+        if len(slices) != count:
+            return None
+        return [sql[s].strip() for s in slices]
+
+    def _remember(self, shape: str, facts: tuple[Facts, ...] | None) -> None:
+        entries = self._entries
+        while len(entries) >= self.MAX_ENTRIES:
+            # First in, first out: dicts keep insertion order; pop(..., None) because the
+            # API's explain calls may run in threads too.
+            entries.pop(next(iter(entries)), None)
+        entries[shape] = facts
+
+
+_MISSING: Any = object()
+_CACHE = _FactsCache()
 
 
 class _Collector:
@@ -236,8 +331,10 @@ class _Collector:
         )
 
 
-def _facts(index: int, stmt: Any, text: str) -> Facts:
+def _facts(index: int, stmt: Any, text: str) -> tuple[Facts, bool]:
+    """The statement's facts, and whether one was read off a constant's value."""
     out = _Collector()
+    uses_constant = False
     out.kinds.add(_kind(stmt))
     _statement_flags(stmt, out)
     for node in walk(stmt):
@@ -250,6 +347,7 @@ def _facts(index: int, stmt: Any, text: str) -> Facts:
         elif isinstance(node, ast.FuncCall):
             name = function_name(node)
             out.functions.add(name)
+            uses_constant = uses_constant or name == "set_config"  # its setting's name
             if name in FUNCTION_FLAGS and not _harmless_set_config(name, node):
                 out.flags.add(FUNCTION_FLAGS[name])
         elif isinstance(node, ast.SelectStmt):
@@ -267,7 +365,7 @@ def _facts(index: int, stmt: Any, text: str) -> Facts:
             _set_flags(node, out)
         elif isinstance(node, ast.AlterTableCmd) and node.subtype in _PRIVILEGE_SUBCOMMANDS:
             out.flags.add("privilege_change")
-    return out.facts(index, text)
+    return out.facts(index, text), uses_constant
 
 
 def _kind(stmt: Any) -> str:
