@@ -163,6 +163,10 @@ class StatementDecision:
     review: ReviewTerms | None = None  # effect review: the terms of the first review rule
 
 
+# A StatementDecision without its facts: (effect, reason, rules, review).
+_Verdict = tuple[Effect, str, tuple[str, ...], "ReviewTerms | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     effect: Effect
@@ -277,6 +281,7 @@ class SessionGuard:
         self._deny = tuple(r for r in self.rules if r.effect == "deny")
         self._review = tuple(r for r in self.rules if r.effect == "review")
         self._allow = tuple(r for r in self.rules if r.effect == "allow")
+        self._verdicts: dict[tuple[object, ...], _Verdict] = {}
 
     def check(self, sql: str) -> Decision:
         try:
@@ -306,28 +311,34 @@ class SessionGuard:
         reason = judged[0].reason if len(judged) == 1 else "every statement is allowed"
         return Decision("allow", reason, rules, judged)
 
+    # Verdicts depend on what a statement is, never on its text: a session sends the same few
+    # kinds of statement over and over, so each is judged against the rules once.
+    MAX_VERDICTS = 1024
+
     def judge(self, facts: Facts) -> StatementDecision:
+        key = (facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdict(facts)
+            if len(self._verdicts) < self.MAX_VERDICTS:
+                self._verdicts[key] = verdict
+        return StatementDecision(facts, *verdict)
+
+    def _verdict(self, facts: Facts) -> _Verdict:
         denied = [r for r in self._deny if _denies(r, facts)]
         if denied:
-            return StatementDecision(
-                facts, "deny", denied[0].explanation(), tuple(r.name for r in denied)
-            )
+            return "deny", denied[0].explanation(), tuple(r.name for r in denied), None
         held = [r for r in self._review if _denies(r, facts)]
         if held:
             reason = held[0].message or f"needs approval by rule {held[0].name!r}"
             if held[0].message:
                 reason = f"{reason} (rule {held[0].name!r})"
-            return StatementDecision(
-                facts, "review", reason, tuple(r.name for r in held), held[0].review
-            )
+            return "review", reason, tuple(r.name for r in held), held[0].review
         allowed = [r for r in self._allow if _allows(r, facts)]
         if allowed:
             names = tuple(r.name for r in allowed)
-            return StatementDecision(facts, "allow", f"allowed by rule {names[0]!r}", names)
+            return "allow", f"allowed by rule {names[0]!r}", names, None
         if self.guarded:
-            return StatementDecision(
-                facts,
-                "deny",
-                f"no rule allows this statement ({facts.describe()}) on a guarded connection",
-            )
-        return StatementDecision(facts, "allow", "no rule denies this statement")
+            reason = f"no rule allows this statement ({facts.describe()}) on a guarded connection"
+            return "deny", reason, (), None
+        return "allow", "no rule denies this statement", (), None

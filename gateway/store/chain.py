@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring
 from typing import Any, Protocol
 
 GENESIS_HASH = bytes(32)
@@ -51,9 +52,18 @@ def canonical_json(value: Any) -> bytes:
     NaN and infinities are refused: they are not JSON, and a log that holds them could not be
     verified by tools outside Python.
     """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    return _ENCODER.encode(value).encode()
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _string(value: str | None) -> bytes:
+    """`canonical_json` of a string or None, without the encoder's set-up (the hot path)."""
+    return b"null" if value is None else encode_basestring(value).encode()
 
 
 def event_hash(
@@ -100,17 +110,17 @@ def event_hash_of_payload(
     body = b"".join(
         (
             b'{"actor":',
-            canonical_json(actor),
+            _string(actor),
             b',"data":',
             payload,
             b',"kind":',
-            canonical_json(kind),
+            _string(kind),
             b',"seq":',
             str(int(seq)).encode(),
             b',"session_id":',
-            canonical_json(session_id),
+            _string(session_id),
             b',"ts":',
-            canonical_json(stamp),
+            _string(stamp),
             b"}",
         )
     )

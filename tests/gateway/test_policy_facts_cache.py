@@ -110,3 +110,16 @@ def test_cached_facts_equal_fresh_facts_for_any_constants(template: str, consts:
                 statement_facts(sql)
             continue
         assert statement_facts(sql) == expected
+
+
+def test_a_session_guard_reuses_verdicts_but_reports_each_statement_text() -> None:
+    guard = POLICY.for_session(WHO, "pg-main")
+    first = guard.check("update secrets set v = 1 where id = 1")
+    again = guard.check("update secrets set v = 2 where id = 3")
+    assert (first.effect, first.reason, first.rules) == (again.effect, again.reason, again.rules)
+    assert first.effect == "deny"
+    assert [d.facts.text for d in again.statements if d.facts] == [
+        "update secrets set v = 2 where id = 3"
+    ]
+    assert guard.check("select * from secrets where id = 1").allowed
+    assert len(guard._verdicts) == 2

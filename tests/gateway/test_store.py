@@ -766,3 +766,34 @@ def test_payload_hash_equals_the_canonical_body_hash(
         session_id=session_id,
         payload=chain.canonical_json(data),
     )
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text(max_size=8))),
+    st.text(max_size=10),
+    st.one_of(st.none(), st.text(max_size=10)),
+    st.text(max_size=10),
+)
+def test_the_hash_covers_the_canonical_json_of_the_whole_event(
+    data: dict[str, object], actor: str, session_id: str | None, kind: str
+) -> None:
+    ts = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    whole = {
+        "actor": actor,
+        "data": data,
+        "kind": kind,
+        "seq": 7,
+        "session_id": session_id,
+        "ts": ts.astimezone(dt.UTC).isoformat(),
+    }
+    try:
+        body = json.dumps(
+            whole, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except UnicodeEncodeError:  # lone surrogates are not UTF-8: neither side can hash them
+        return
+    expected = hashlib.sha256(chain.GENESIS_HASH + body).digest()
+    assert expected == chain.event_hash(
+        chain.GENESIS_HASH, seq=7, ts=ts, kind=kind, actor=actor, session_id=session_id, data=data
+    )
