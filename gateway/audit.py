@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +39,18 @@ class AuditUnavailable(Exception):
 
 def _scrub(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if k.lower() in _SECRET_KEYS else v) for k, v in data.items()}
+
+
+async def durable(queued: Sequence[asyncio.Future[AuditEvent]]) -> list[AuditEvent]:
+    """The events of `Auditor.queue` calls, once all are durable; the first failure raises."""
+    try:
+        return [await fut for fut in queued]
+    finally:
+        for fut in queued:  # nothing left unawaited to warn about later
+            if not fut.done():
+                fut.cancel()  # the event is still written; nobody waits for it
+            elif not fut.cancelled():
+                fut.exception()
 
 
 class Auditor:
@@ -74,10 +86,17 @@ class Auditor:
     async def record(
         self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
     ) -> AuditEvent:
+        # A caller cancelled while waiting does not unwrite the event: the writer task owns it.
+        return await self.queue(kind, actor=actor, session_id=session_id, **data)
+
+    def queue(
+        self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
+    ) -> asyncio.Future[AuditEvent]:
+        """`record` in two steps: queued now (in call order), durable when the future is
+        done; several events queued together share one commit, without a task each."""
         fut: asyncio.Future[AuditEvent] = asyncio.get_running_loop().create_future()
         self._enqueue((kind, actor, session_id, _scrub(data), fut))
-        # A caller cancelled while waiting does not unwrite the event: the writer task owns it.
-        return await fut
+        return fut
 
     def submit(
         self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any

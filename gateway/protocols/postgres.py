@@ -70,7 +70,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.audit import Auditor, AuditUnavailable
+from gateway.audit import Auditor, AuditUnavailable, durable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
 from gateway.policy.approval import ReviewTerms
@@ -549,25 +549,23 @@ class PostgresFrontDoor:
 
         async def record_started(started: list[StatementStarted]) -> None:
             # All statements of one message go into the same commit, in order.
-            events = await asyncio.gather(
-                *(
-                    audit.record(
-                        "pg.statement",
-                        actor=user,
-                        session_id=session.id,
-                        connection=session.connection.name,
-                        groups=list(session.identity.groups),
-                        text=st.text,
-                        protocol=st.protocol,
-                        params=st.params,
-                        statement=st.statement,
-                        policy_version=policy.version,
-                        **({"values": list(st.values)} if st.values is not None else {}),
-                    )
-                    for st in started
+            queued = [
+                audit.queue(
+                    "pg.statement",
+                    actor=user,
+                    session_id=session.id,
+                    connection=session.connection.name,
+                    groups=list(session.identity.groups),
+                    text=st.text,
+                    protocol=st.protocol,
+                    params=st.params,
+                    statement=st.statement,
+                    policy_version=policy.version,
+                    **({"values": list(st.values)} if st.values is not None else {}),
                 )
-            )
-            for st, event in zip(started, events, strict=True):
+                for st in started
+            ]
+            for st, event in zip(started, await durable(queued), strict=True):
                 seqs[st.index] = event.seq
 
         def record_finished(finished: list[StatementFinished]) -> None:
