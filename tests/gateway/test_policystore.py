@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from gateway.policy.budgets import Usage
 from gateway.policy.rules import PolicyConfig, Subject
 from gateway.policystore import (
+    BUDGET_FLUSH_INTERVAL,
     BudgetLedger,
     PolicyDocumentError,
     PolicySource,
@@ -196,3 +198,57 @@ async def test_deferred_usage_stays_owed_when_the_store_write_fails(store: Store
     store.close()  # every write fails now
     await ledger.flush()
     assert ledger._unwritten("bob", "pg") == {(today, "daily"): Usage(2, 20)}
+
+
+async def test_a_new_session_starts_from_a_recent_read_and_a_flush_reads_again(
+    store: Store,
+) -> None:
+    now = [100.0]
+    ledger = BudgetLedger(store, monotonic=lambda: now[0])
+    today = dt.datetime.now(dt.UTC).date()
+    store.add_budget_usage("alice", "pg", {(today, "daily"): (2, 0)})
+    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(2, 0)}
+    store.add_budget_usage("alice", "pg", {(today, "daily"): (1, 0)})  # another replica
+    now[0] += BUDGET_FLUSH_INTERVAL / 2
+    recent = await ledger.totals("alice", "pg", today, max_age=BUDGET_FLUSH_INTERVAL)
+    assert recent == {"daily": Usage(2, 0)}  # no store read: at most an interval behind
+    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(3, 0)}
+    # A write returns the store's new totals: they are what the next session starts from.
+    await ledger.add("alice", "pg", {(today, "daily"): Usage(1, 0)})
+    store.add_budget_usage("alice", "pg", {(today, "daily"): (10, 0)})
+    now[0] += BUDGET_FLUSH_INTERVAL * 2
+    stale = await ledger.totals("alice", "pg", today, max_age=BUDGET_FLUSH_INTERVAL)
+    assert stale == {"daily": Usage(14, 0)}  # too old to reuse: read again
+
+
+class _ReadsTold(BudgetLedger):
+    """The real ledger, telling when it has read totals (the session loads them right after,
+    before it awaits anything else)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.read = asyncio.Event()
+
+    async def totals(
+        self, user: str, connection: str, day: dt.date, *, max_age: float = 0.0
+    ) -> dict[str, Usage]:
+        totals = await super().totals(user, connection, day, max_age=max_age)
+        self.read.set()
+        return totals
+
+
+async def test_a_metered_session_loads_its_usage_before_its_first_statement(store: Store) -> None:
+    source = PolicySource(store)
+    await source.apply(BUDGET, applied_by="admin")
+    today = dt.datetime.now(dt.UTC).date()
+    store.add_budget_usage("alice", "pg", {(today, "daily"): (5, 0)})
+    ledger = _ReadsTold(store)
+    session = SessionPolicy(source, ledger, Subject("alice"), "pg")
+    assert session.meter is not None and session.meter.exhausted() is None  # not read yet
+    async with asyncio.TaskGroup() as tg:
+        flusher = tg.create_task(session.run_flusher(asyncio.Event()))
+        async with asyncio.timeout(10):  # no statement comes: the flusher alone reads
+            await ledger.read.wait()
+        flusher.cancel()
+    exceeded = session.meter.exhausted()
+    assert exceeded is not None and exceeded.usage == Usage(5, 0)
