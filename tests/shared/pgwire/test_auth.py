@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from shared.pgwire import auth
 from shared.pgwire.auth import (
     ScramSha256Client,
     md5_password,
@@ -198,6 +199,18 @@ def test_wrong_password_is_refused_by_the_server() -> None:
     client = ScramSha256Client(b"battery staple", server.mechanisms)
     with pytest.raises(AuthenticationFailed, match="invalid-proof"):
         exchange(client, server)
+
+
+def test_later_logins_reuse_the_salted_password_and_a_wrong_one_still_fails() -> None:
+    server = ScramServer(b"same role")  # one salt and count, as a server keeps per role
+    exchange(ScramSha256Client(b"same role", server.mechanisms), server)
+    before = auth._salted_password.cache_info()
+    again = ScramSha256Client(b"same role", server.mechanisms)
+    exchange(again, server)  # a fresh nonce, so a fresh proof, from the cached key
+    assert again.done
+    assert auth._salted_password.cache_info().hits == before.hits + 1
+    with pytest.raises(AuthenticationFailed, match="invalid-proof"):
+        exchange(ScramSha256Client(b"same rolf", server.mechanisms), server)
 
 
 def test_a_server_without_the_verifier_cannot_impersonate() -> None:
