@@ -183,13 +183,11 @@ class SessionBroker:
         types: tuple[str, ...] | None = None,
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
-        conn = await asyncio.to_thread(self._store.get_connection, connection)
-        try:  # a version applied on another replica is in force from the next session on
-            await self._guardrails.refresh()
-        except Exception as exc:
-            log.warning(
-                "policy check failed, keeping version %d: %s", self._guardrails.version, exc
-            )
+        # Two store reads at once: the connection, and whether another replica applied a
+        # new policy version (in force from the next session on).
+        conn, _ = await asyncio.gather(
+            asyncio.to_thread(self._store.get_connection, connection), self._refresh_policy()
+        )
         if conn is None:
             await self._audit.record(
                 "session.refused",
@@ -294,28 +292,36 @@ class SessionBroker:
                 raise SessionError("unsupported", f"masking: {exc}") from None
         session_id = secrets.token_urlsafe(12)
         now = dt.datetime.now(dt.UTC)
-        await asyncio.to_thread(
-            self._store.create_session,
-            SessionRecord(
-                id=session_id,
-                user=identity.user,
+        # The session row and its audit event are both durable before the agent is asked to
+        # open anything; neither waits for the other's commit.
+        await asyncio.gather(
+            asyncio.to_thread(
+                self._store.create_session,
+                SessionRecord(
+                    id=session_id,
+                    user=identity.user,
+                    connection=conn.name,
+                    protocol=protocol,
+                    client_addr=client_addr,
+                    started_at=now,
+                ),
+            ),
+            self._audit.queue(
+                "session.open",
+                actor=identity.user,
+                session_id=session_id,
                 connection=conn.name,
                 protocol=protocol,
-                client_addr=client_addr,
-                started_at=now,
+                client=client_addr,
+                access=decision.access,
+                credential=identity.token_id,
+                login=identity.login_id,
+                **(
+                    {"masking": [r.name for r in target.masking.rules]}
+                    if target.masking.rules
+                    else {}
+                ),
             ),
-        )
-        await self._audit.record(
-            "session.open",
-            actor=identity.user,
-            session_id=session_id,
-            connection=conn.name,
-            protocol=protocol,
-            client=client_addr,
-            access=decision.access,
-            credential=identity.token_id,
-            login=identity.login_id,
-            **({"masking": [r.name for r in target.masking.rules]} if target.masking.rules else {}),
         )
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)
@@ -331,6 +337,14 @@ class SessionBroker:
             session.grant_expires_at = requested.get(conn.name)  # ended then, see below
         self._live[session_id] = session
         return session
+
+    async def _refresh_policy(self) -> None:
+        try:
+            await self._guardrails.refresh()
+        except Exception as exc:
+            log.warning(
+                "policy check failed, keeping version %d: %s", self._guardrails.version, exc
+            )
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
         await asyncio.to_thread(
