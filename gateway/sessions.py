@@ -372,7 +372,9 @@ class SessionBroker:
             bytes_down=session.stream.bytes_in,
             agent=session.agent.name,
         )
-        await self._audit.record(
+        # Records what already happened: it rides along with the next commit someone waits
+        # for (or LAZY_FLUSH_DELAY later) instead of forcing a commit of its own.
+        self._audit.submit(
             "session.close",
             actor=session.identity.user,
             session_id=session.id,
