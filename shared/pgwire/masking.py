@@ -37,10 +37,12 @@ returns what may go to the client. Rules it keeps:
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import Counter
 from collections.abc import Mapping
 
+from shared.masking.screen import build_screen
 from shared.masking.spec import Strategy
 from shared.masking.values import (
     INT_WIDTH,
@@ -96,6 +98,7 @@ class ResultMasker:
         *,
         catalog: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        prefilter: bool = True,
     ) -> None:
         self.masker = masker
         self.max_message = max_message
@@ -111,6 +114,14 @@ class ResultMasker:
         self.failed: str | None = None
         self._blind = masker.everywhere
         self._prev_type = 0  # type byte of the last message passed
+        self._need = 5  # bytes `_buf` must hold before the next message can be read
+        # The prefilter: runs of CopyData (text copy-out) and DataRow (when every scanned
+        # column can be screened) are screened whole and pass untouched unless a screen
+        # match overlaps a message (see `_flagged`). None: some detector cannot be screened,
+        # or prefilter=False; every message then takes the full path.
+        self._screen = build_screen(masker.detector_sets) if prefilter else None
+        self._rows_screened = not self._column_rules
+        self._run_type = self._screened_type()
 
     # ---- driver interface ------------------------------------------------------------
 
@@ -125,31 +136,60 @@ class ResultMasker:
         return tuple(sorted((c, d, n) for (c, d), n in self.take_counts().items()))
 
     def feed(self, data: bytes) -> bytes:
+        """What of the server's bytes may go on now. Untouched stretches are not copied:
+        when nothing in `data` changes and no message is held back, `data` itself is
+        returned."""
         if self.failed is not None:
             return b""
-        out: list[bytes] = []
         start = 0
         if self._passthrough:
             start = min(self._passthrough, len(data))
-            out.append(data[:start])
             self._passthrough -= start
-        buf = self._buf
-        buf += memoryview(data)[start:]
-        pos = 0
+            if start == len(data):
+                return data
+        elif self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return b""
+            data = bytes(self._buf)
+            self._buf.clear()
+        out: list[bytes | memoryview] = []
+        view = memoryview(data)
+        n = len(data)
+        pos = start
+        clean = 0  # data[clean:pos] passes unchanged; it is added to `out` lazily
         try:
-            while len(buf) - pos >= 5:
-                type_byte = buf[pos]
-                length = _I32.unpack_from(buf, pos + 1)[0]
+            while n - pos >= 5:
+                type_byte = data[pos]
+                length = _I32.unpack_from(data, pos + 1)[0]
                 if length < 4:
                     raise MaskingFailed(f"server message of impossible length {length}")
                 total = length + 1
+                starts: list[int] = []
+                if type_byte == self._run_type:
+                    end, starts = self._gather(data, pos, type_byte)
+                # Without a complete first message, the single-message path below refuses
+                # or waits for it.
+                if starts:
+                    kind = bytes((type_byte,))
+                    for i in self._flagged(view, starts, end, type_byte):
+                        first = starts[i]
+                        last = starts[i + 1] if i + 1 < len(starts) else end
+                        pos = first  # what precedes it is cleared, should this one fail
+                        rewritten = self._message(kind, bytes(view[first + 5 : last]))
+                        if rewritten is not None:
+                            out.append(view[clean:first])
+                            out.append(rewritten)
+                            clean = last
+                    pos = end
+                    self._prev_type = type_byte
+                    continue
                 inspected = type_byte in _INSPECTED and not (
                     (type_byte == 0x44 and not self._rows_active)  # D with nothing to mask
                     or (type_byte == 0x64 and self._copy is None)  # d outside copy-out
                 )
                 if not inspected:
-                    take = min(total, len(buf) - pos)
-                    out.append(bytes(buf[pos : pos + take]))
+                    take = min(total, n - pos)
                     pos += take
                     self._passthrough = total - take
                     self._prev_type = type_byte
@@ -159,17 +199,24 @@ class ResultMasker:
                         f"a server message of {length - 4} bytes exceeds the masking limit "
                         f"of {self.max_message} bytes"
                     )
-                if len(buf) - pos < total:
+                if n - pos < total:
+                    self._need = total
                     break
-                body = bytes(buf[pos + 5 : pos + total])
-                raw_end = pos + total
-                rewritten = self._message(bytes((type_byte,)), body)
-                out.append(bytes(buf[pos:raw_end]) if rewritten is None else rewritten)
-                pos = raw_end
+                rewritten = self._message(bytes((type_byte,)), bytes(view[pos + 5 : pos + total]))
+                if rewritten is not None:
+                    out.append(view[clean:pos])
+                    out.append(rewritten)
+                    clean = pos + total
+                pos += total
                 self._prev_type = type_byte
+                self._run_type = self._screened_type()
+            else:
+                self._need = 5
         except (MaskingFailed, struct.error, IndexError, ValueError) as exc:
             self.failed = str(exc)
             self._buf.clear()
+            if pos > clean:
+                out.append(view[clean:pos])
             out.append(
                 error_response(
                     SQLSTATE_TOO_BIG if "limit" in str(exc) else "XX000",
@@ -178,8 +225,75 @@ class ResultMasker:
                 )
             )
             return b"".join(out)
-        del buf[:pos]
+        if pos < n:
+            self._buf += view[pos:]
+        if clean == 0 and pos == n:
+            return data
+        out.append(view[clean:pos])
         return b"".join(out)
+
+    # ---- the prefilter ---------------------------------------------------------------
+
+    def _screened_type(self) -> int:
+        """The message type whose runs the screen may pass whole (-1: none now)."""
+        if self._screen is None:
+            return -1
+        if self._copy == "text":
+            return 0x64
+        if self._copy is None and self._rows_active and self._rows_screened:
+            return 0x44
+        return -1
+
+    def _gather(self, data: bytes, pos: int, type_byte: int) -> tuple[int, list[int]]:
+        """The run of complete, well-sized messages of type `type_byte` from `pos` on:
+        (its end, their starts). It stops before anything else, so a message the full path
+        would refuse is refused only after the run before it has gone out, as it would be."""
+        n = len(data)
+        starts: list[int] = []
+        limit = self.max_message + 4
+        while n - pos >= 5 and data[pos] == type_byte:
+            length = _I32.unpack_from(data, pos + 1)[0]
+            if length < 4 or length > limit or n - pos <= length:
+                break
+            starts.append(pos)
+            pos += length + 1
+        return pos, starts
+
+    def _flagged(self, view: memoryview, starts: list[int], end: int, type_byte: int) -> list[int]:
+        """Indexes of the messages in `starts` that could hold a detector hit, in order.
+
+        Every value the full path scans is a stretch of its message's bytes, decoded alone
+        (UTF-8, surrogateescape). When the run decodes one character per byte, no byte
+        joined its neighbours into a character, so each value's text is the same stretch
+        of the run's text: a screen match overlapping no message clears them all (see
+        `shared.masking.screen`). Otherwise positions in the text are not offsets in the
+        bytes, and a multi-byte character may straddle a header or a DataRow's length
+        field: each message is screened alone. A CopyData text row is one value, decoded
+        whole by the full path; a DataRow whose body holds a multi-byte character takes
+        the full path.
+        """
+        screen = self._screen
+        assert screen is not None
+        base = starts[0]
+        text = str(view[base:end], "utf-8", "surrogateescape")
+        if len(text) == end - base:
+            spans = screen.spans(text)
+            if not spans:
+                return []
+            offsets = [s - base for s in starts]
+            flagged: set[int] = set()
+            for first, last in spans:
+                lo = bisect.bisect_right(offsets, first) - 1
+                hi = bisect.bisect_left(offsets, last) - 1
+                flagged.update(range(lo, hi + 1))
+            return sorted(flagged)
+        indexes: list[int] = []
+        for i, first in enumerate(starts):
+            last = starts[i + 1] if i + 1 < len(starts) else end
+            body = str(view[first + 5 : last], "utf-8", "surrogateescape")
+            if (type_byte == 0x44 and len(body) != last - first - 5) or screen.could_match(body):
+                indexes.append(i)
+        return indexes
 
     # ---- messages --------------------------------------------------------------------
 
@@ -238,6 +352,7 @@ class ResultMasker:
     def _end_result(self) -> None:
         self._columns = None
         self._rows_active = bool(self.masker.spec.rules)  # blind until described
+        self._rows_screened = not self._column_rules  # blind values: scanned as they are
 
     def _describe(self, body: bytes) -> None:
         count = _U16.unpack_from(body, 0)[0]
@@ -259,6 +374,13 @@ class ResultMasker:
             raise MaskingFailed("RowDescription with trailing bytes")
         self._columns = columns
         self._rows_active = any(c.plan.active for c in columns)
+        # Screenable when every covered value is scanned as its own bytes: not a whole-value
+        # rule (always masked, counted), nor a binary integer (scanned as its decimal digits).
+        self._rows_screened = all(
+            c.plan.whole is None and not (c.binary is True and c.oid in INT_WIDTH)
+            for c in columns
+            if c.plan.active
+        )
 
     # ---- rows ------------------------------------------------------------------------
 

@@ -1,0 +1,151 @@
+"""A prefilter for the detectors: which stretches of a long text could hold a hit.
+
+The wire rewriter (`shared.pgwire.masking`) would otherwise parse every DataRow/CopyData
+and run each detector over each value. A `Screen` runs a few regular expressions, at C
+speed, over the text of many messages at once; a message that no screen match overlaps
+cannot hold a detector hit and passes untouched.
+
+Soundness rests on one property of every screen pattern S built for a detector D:
+
+    every string D can report (in any surrounding text) contains a substring S matches,
+    whatever text surrounds it, and S never matches the empty string.
+
+Then, if a value holds a hit at [s, e), S matches a substring inside [s, e) of any longer
+text containing the value, and `finditer` (leftmost matches, each non-empty) reports a
+match overlapping [s, e): a match starting before s that ends at or before s leaves the
+search at or before s, and at the first start at or before s where S matches it matches.
+That needs a backtracking search with no atomic groups or possessive repeats, and no
+assertions: what a lookaround or anchor sees differs between a value alone and the value
+inside a run of messages. Validation (Luhn, mod-97, digit counts) stays with the detector:
+a screen only finds candidates.
+
+- Built-in detectors get hand-written screens (below), each a shorter necessary part of
+  the detector's pattern chosen to start with a literal or a small class, which Python's
+  `re` searches fast. They are ASCII-only and case-sensitive like their patterns, so they
+  match the same characters in any text.
+- A custom pattern is its own screen when it has none of those constructs and cannot
+  match the empty string (`EMP-\\d{6}` is); it keeps its flags. A pattern with an
+  assertion, a backreference, a conditional, an atomic group or a possessive repeat gets
+  no screen, and neither does its detector set: every value then takes the full path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.masking.detectors import BUILTIN, DetectorSet
+
+# The parser behind `re` (private: any surprise from it means "no screen").
+_sre_parser: Any
+_sre_constants: Any
+try:
+    _sre_parser = importlib.import_module("re._parser")
+    _sre_constants = importlib.import_module("re._constants")
+except ImportError:  # pragma: no cover - another Python
+    _sre_parser = _sre_constants = None
+
+# One pattern for the digit-led detectors, from the first digit of each match: card
+# \d([ -]?\d){12,18}: its first 13 digits; French NIR [12]( ?\d\d){3}( ?\d{3}){2} ?\d\d: the
+# same shape (at most one space before each digit); IBAN [A-Z]{2}\d\d( ?[A-Z0-9]){11,30}:
+# from its check digits on; UK NINO [A-Z]{2} ?\d\d ?\d\d ?\d\d ?[A-D]: from its first digit.
+# One pattern, led by one class, is searched much faster than four alternatives.
+_DIGIT_LED = r"[0-9](?:(?:[ -]?[0-9]){12}|[0-9] ?[0-9]{2} ?[0-9]{2} ?[A-D]|[0-9](?: ?[A-Z0-9]){11})"
+# Necessary parts of each built-in detector's matches (see detectors.py for the patterns):
+_BUILTIN_SCREENS: dict[str, tuple[str, ...]] = {
+    # local@domain: "@" then the domain's first character [a-z0-9] (case-insensitive).
+    "email": (r"@[A-Za-z0-9]",),
+    "card": (_DIGIT_LED,),
+    "iban": (_DIGIT_LED,),
+    # +CC numbers start "+" [1-9]; North American ones end \d{3}[.-]\d{4}.
+    "phone": (r"\+[1-9]", r"-[0-9]{4}", r"\.[0-9]{4}"),
+    # SSN \d{3}-\d\d-\d{4}; NINO and NIR as above.
+    "national_id": (
+        r"-[0-9]{2}-[0-9]{4}",
+        _DIGIT_LED,
+    ),
+    "jwt": (r"eyJ[A-Za-z0-9_-]{4,}\.eyJ",),
+    # Each alternative of the api_key pattern on its own: a literal start is searched fast.
+    "api_key": (
+        r"AKIA[0-9A-Z]{16}",
+        r"ASIA[0-9A-Z]{16}",
+        r"gh[pousr]_[A-Za-z0-9]{36}",
+        r"github_pat_[A-Za-z0-9_]{40}",
+        r"ox[abposr]-[A-Za-z0-9-]{10}",  # xox?- without its x: "xxxx" is searched fast
+        r"sk_live_[A-Za-z0-9]{20}",
+        r"rk_live_[A-Za-z0-9]{20}",
+        r"AIza[0-9A-Za-z_-]{35}",
+        r"sk-[A-Za-z0-9_-]{20}",
+        r"wg[tkr]_[A-Za-z0-9_-]{20}",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    ),
+}
+assert set(_BUILTIN_SCREENS) == set(BUILTIN), "every built-in detector needs a screen"
+
+
+def _plain_tree(items: Any) -> bool:
+    """Only literals, classes, groups, alternation and backtracking repeats: no assertion,
+    backreference, conditional, atomic group or possessive repeat (nor anything newer)."""
+    c = _sre_constants
+    for op, av in items:
+        if op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN):
+            continue
+        if op is c.BRANCH:
+            if not all(_plain_tree(branch) for branch in av[1]):
+                return False
+        elif op is c.SUBPATTERN:
+            if not _plain_tree(av[3]):
+                return False
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            if not _plain_tree(av[2]):
+                return False
+        else:
+            return False
+    return True
+
+
+def _context_free(pattern: re.Pattern[str]) -> bool:
+    """The pattern matches the same strings wherever they stand, never the empty string,
+    and a backtracking search finds a match wherever one starts."""
+    if _sre_parser is None or not isinstance(pattern.pattern, str):
+        return False
+    try:
+        parsed = _sre_parser.parse(pattern.pattern, pattern.flags)
+        return bool(parsed.getwidth()[0] >= 1 and _plain_tree(parsed))
+    except Exception:  # a parser we do not know: no screen
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """Patterns whose matches cover every detector hit (see the module docstring)."""
+
+    patterns: tuple[re.Pattern[str], ...]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where a hit could be: every match of every pattern (unsorted)."""
+        return [m.span() for pattern in self.patterns for m in pattern.finditer(text)]
+
+    def could_match(self, text: str) -> bool:
+        return any(pattern.search(text) is not None for pattern in self.patterns)
+
+
+def build_screen(detector_sets: Iterable[DetectorSet]) -> Screen | None:
+    """A screen for all the sets together, or None when one of them cannot be screened."""
+    sources: dict[str, None] = {}
+    custom: dict[tuple[str, int], re.Pattern[str]] = {}
+    for detectors in detector_sets:
+        for name in detectors.names:
+            sources.update(dict.fromkeys(_BUILTIN_SCREENS[name]))
+        for pattern in detectors.patterns:
+            if not _context_free(pattern):
+                return None
+            custom[(pattern.pattern, pattern.flags)] = pattern
+    patterns = tuple(re.compile(s) for s in sources) + tuple(custom.values())
+    return Screen(patterns) if patterns else None
+
+
+__all__ = ["Screen", "build_screen"]
