@@ -53,6 +53,16 @@ FRAGMENTS = [
     "1 84 12 76 451 089 46",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
     "EMP-123456",
+    # api keys of the shortest length their pattern takes
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_" + "a1" * 18,
+    "github_pat_" + "B_" * 20,
+    "xoxb-12345-67890",
+    "sk_live_" + "x" * 20,
+    "rk_live_" + "Y" * 20,
+    "AIza" + "z-" * 17 + "z",
+    "sk-" + "_" * 20,
+    "wgk_" + "-" * 20,
 ]
 texts = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=60).map("".join),
@@ -110,9 +120,14 @@ def test_every_detector_hit_is_under_a_screen_match(text: str) -> None:
         "nir 2 84 12 76 451 089 93",
         "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-nature_",
         "key AKIAIOSFODNN7EXAMPLE",
-        "key xoxb-1234567890-abc",
+        "key xoxb-abcdefghij",
         "-----BEGIN OPENSSH PRIVATE KEY-----",
         "token wgt_" + "a" * 30,
+        "key sk-" + "a" * 20,
+        "key sk_live_" + "a" * 20,
+        "key ghp_" + "a" * 36,
+        "key github_pat_" + "a" * 40,
+        "key AIza" + "a" * 35,
     ],
 )
 def test_known_values_are_screened(text: str) -> None:
