@@ -263,37 +263,53 @@ class ResultMasker:
         """Indexes of the messages in `starts` that could hold a detector hit, in order.
 
         Every value the full path scans is a stretch of its message's bytes, decoded alone
-        (UTF-8, surrogateescape). When the run decodes one character per byte, no byte
-        joined its neighbours into a character, so each value's text is the same stretch
-        of the run's text: a screen match overlapping no message clears them all (see
-        `shared.masking.screen`). Otherwise positions in the text are not offsets in the
-        bytes, and a multi-byte character may straddle a header or a DataRow's length
-        field: each message is screened alone. A CopyData text row is one value, decoded
-        whole by the full path; a DataRow whose body holds a multi-byte character takes
-        the full path.
+        (UTF-8, surrogateescape); a screen match overlapping no message whose values read
+        as the same stretch of the screened text clears it (see `shared.masking.screen`;
+        headers and neighbours only add matches).
         """
         screen = self._screen
         assert screen is not None
         base = starts[0]
+        if type_byte == 0x64:
+            # A CopyData text row is one value. Latin-1 makes one character per byte, and
+            # cheaply: a row of ASCII reads the same either way. Other rows are screened
+            # alone, decoded as the full path decodes them.
+            text = str(view[base:end], "latin-1")
+            flagged = self._overlapped(screen.spans(text), starts, base)
+            if not text.isascii():  # the length bytes of headers often are not
+                ends = [*starts[1:], end]
+                for i, (first, last) in enumerate(zip(starts, ends, strict=True)):
+                    if i in flagged or text[first + 5 - base : last - base].isascii():
+                        continue
+                    if screen.could_match(str(view[first + 5 : last], "utf-8", "surrogateescape")):
+                        flagged.add(i)
+            return sorted(flagged)
+        # DataRows: their length fields are often not ASCII, values mostly are. When the run
+        # decodes one character per byte, no byte joined its neighbours into a character,
+        # so each value reads as the same stretch of the run's text. Otherwise a multi-byte
+        # character may straddle a length field: a DataRow holding one takes the full path.
         text = str(view[base:end], "utf-8", "surrogateescape")
         if len(text) == end - base:
-            spans = screen.spans(text)
-            if not spans:
-                return []
+            return sorted(self._overlapped(screen.spans(text), starts, base))
+        ends = [*starts[1:], end]
+        indexes: list[int] = []
+        for i, (first, last) in enumerate(zip(starts, ends, strict=True)):
+            body = str(view[first + 5 : last], "utf-8", "surrogateescape")
+            if len(body) != last - first - 5 or screen.could_match(body):
+                indexes.append(i)
+        return indexes
+
+    @staticmethod
+    def _overlapped(spans: list[tuple[int, int]], starts: list[int], base: int) -> set[int]:
+        """Indexes of the messages (at `starts`, text offset `base`) the spans overlap."""
+        flagged: set[int] = set()
+        if spans:
             offsets = [s - base for s in starts]
-            flagged: set[int] = set()
             for first, last in spans:
                 lo = bisect.bisect_right(offsets, first) - 1
                 hi = bisect.bisect_left(offsets, last) - 1
                 flagged.update(range(lo, hi + 1))
-            return sorted(flagged)
-        indexes: list[int] = []
-        for i, first in enumerate(starts):
-            last = starts[i + 1] if i + 1 < len(starts) else end
-            body = str(view[first + 5 : last], "utf-8", "surrogateescape")
-            if (type_byte == 0x44 and len(body) != last - first - 5) or screen.could_match(body):
-                indexes.append(i)
-        return indexes
+        return flagged
 
     # ---- messages --------------------------------------------------------------------
 
