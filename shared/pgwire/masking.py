@@ -251,8 +251,9 @@ class ResultMasker:
         n = len(data)
         starts: list[int] = []
         limit = self.max_message + 4
+        unpack = _I32.unpack_from
         while n - pos >= 5 and data[pos] == type_byte:
-            length = _I32.unpack_from(data, pos + 1)[0]
+            length = unpack(data, pos + 1)[0]
             if length < 4 or length > limit or n - pos <= length:
                 break
             starts.append(pos)
@@ -278,10 +279,11 @@ class ResultMasker:
             flagged = self._overlapped(screen.spans(text), starts, base)
             if not text.isascii():  # the length bytes of headers often are not
                 ends = [*starts[1:], end]
-                for i, (first, last) in enumerate(zip(starts, ends, strict=True)):
-                    if i in flagged or text[first + 5 - base : last - base].isascii():
+                for i, first in enumerate(starts):
+                    if text[first + 5 - base : ends[i] - base].isascii() or i in flagged:
                         continue
-                    if screen.could_match(str(view[first + 5 : last], "utf-8", "surrogateescape")):
+                    row = str(view[first + 5 : ends[i]], "utf-8", "surrogateescape")
+                    if screen.could_match(row):
                         flagged.add(i)
             return sorted(flagged)
         # DataRows: their length fields are often not ASCII, values mostly are. When the run
