@@ -252,9 +252,15 @@ class ResultMasker:
         starts: list[int] = []
         limit = self.max_message + 4
         unpack = _I32.unpack_from
+        # A DataRow of the wrong width goes to the full path, which refuses it. (A run's
+        # column lengths are not walked: a row whose lengths overrun its body passes when
+        # nothing in it could be a hit, where the full path would end the session.)
+        width = len(self._columns) if type_byte == 0x44 and self._columns is not None else -1
         while n - pos >= 5 and data[pos] == type_byte:
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > limit or n - pos <= length:
+                break
+            if width >= 0 and (length < 6 or _U16.unpack_from(data, pos + 5)[0] != width):
                 break
             starts.append(pos)
             pos += length + 1

@@ -274,3 +274,13 @@ def test_a_data_row_length_that_joins_a_value_into_a_character() -> None:
     data = select([Field("note", 0, 0, 25)], [(value,), (b"plain",)])
     out = same_as_full_path((odd,), data, [])
     assert value not in out
+
+
+def test_a_data_row_of_the_wrong_width_is_refused_as_before() -> None:
+    fields = [Field("a"), Field("b")]
+    data = row_description(fields) + data_row((b"x", b"y")) + data_row((b"only",))
+    data += data_row((b"x", b"y"))
+    rw = make(EMAIL)
+    out = rw.feed(data)
+    assert rw.failed is not None and b"wardgate masking" in out
+    same_as_full_path((EMAIL,), data, [])
