@@ -33,6 +33,12 @@ returns what may go to the client. Rules it keeps:
    a constraint error's DETAIL quotes the offending value.
 6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
    ReadyForQuery that follows masking, `report_due` is set for the driver to send them.
+7. Parsing only what the rules need: a run of whole CopyData (text/CSV copy-out) or
+   DataRow messages is first screened as one text by `shared.masking.screen`; messages no
+   screen match overlaps hold no detector hit and pass as they are (not parsed, not
+   copied). The rest, and whatever cannot be screened (binary COPY, whole-value rules,
+   binary integers, DataRows holding multi-byte UTF-8, custom patterns with assertions),
+   take the per-value path above, so output and counts are the same either way.
 """
 
 from __future__ import annotations
