@@ -37,8 +37,8 @@ returns what may go to the client. Rules it keeps:
    DataRow messages is first screened as one text by `shared.masking.screen`; messages no
    screen match overlaps hold no detector hit and pass as they are (not parsed, not
    copied). The rest, and whatever cannot be screened (binary COPY, whole-value rules,
-   binary integers, DataRows holding multi-byte UTF-8, custom patterns with assertions),
-   take the per-value path above, so output and counts are the same either way.
+   binary integers, custom patterns with assertions), take the per-value path above, so
+   output and counts are the same either way.
 """
 
 from __future__ import annotations
@@ -301,7 +301,8 @@ class ResultMasker:
         # DataRows: their length fields are often not ASCII, values mostly are. When the run
         # decodes one character per byte, no byte joined its neighbours into a character,
         # so each value reads as the same stretch of the run's text. Otherwise a multi-byte
-        # character may straddle a length field: a DataRow holding one takes the full path.
+        # character may straddle a length field: such a row's values are screened one by
+        # one, each decoded alone as the full path decodes it.
         text = str(view[base:end], "utf-8", "surrogateescape")
         if len(text) == end - base:
             return sorted(self._overlapped(screen.spans(text), starts, base))
@@ -309,9 +310,33 @@ class ResultMasker:
         indexes: list[int] = []
         for i, (first, last) in enumerate(zip(starts, ends, strict=True)):
             body = str(view[first + 5 : last], "utf-8", "surrogateescape")
-            if len(body) != last - first - 5 or screen.could_match(body):
+            if len(body) == last - first - 5:
+                if screen.could_match(body):
+                    indexes.append(i)
+            elif self._values_could_match(view, first + 5, last):
                 indexes.append(i)
         return indexes
+
+    def _values_could_match(self, view: memoryview, pos: int, end: int) -> bool:
+        """Whether a value of the DataRow body view[pos:end] could hold a hit (or the row
+        is malformed, which the full path refuses)."""
+        screen = self._screen
+        assert screen is not None
+        count = _U16.unpack_from(view, pos)[0]
+        pos += 2
+        for _ in range(count):
+            if end - pos < 4:
+                return True
+            size = _I32.unpack_from(view, pos)[0]
+            pos += 4
+            if size == -1:
+                continue
+            if not 0 <= size <= end - pos:
+                return True
+            if screen.could_match(str(view[pos : pos + size], "utf-8", "surrogateescape")):
+                return True
+            pos += size
+        return pos != end
 
     @staticmethod
     def _overlapped(spans: list[tuple[int, int]], starts: list[int], base: int) -> set[int]:

@@ -284,3 +284,16 @@ def test_a_data_row_of_the_wrong_width_is_refused_as_before() -> None:
     out = rw.feed(data)
     assert rw.failed is not None and b"wardgate masking" in out
     same_as_full_path((EMAIL,), data, [])
+
+
+def test_data_rows_with_multibyte_text_are_screened_value_by_value() -> None:
+    fields = [Field("name"), Field("note")]
+    clean: list[tuple[bytes | None, ...]] = [("Zoë".encode() + b"\xa9", "Ærøskøbing".encode())]
+    clean *= 40
+    rw = make(EMAIL, EMP)
+    data = select(fields, clean)
+    assert rw.feed(data) is data
+    rows: list[tuple[bytes | None, ...]] = [*clean, ("Zoë".encode(), "é zoe@example.com".encode())]
+    rows += [(None, "EMP-\u0661\u0662\u0663\u0664\u0665\u0666".encode()), (b"\xc3", b"\xa9EMP")]
+    out = same_as_full_path((EMAIL, EMP), select(fields, rows), [100])
+    assert b"example.com" not in out and "\u0661".encode() not in out
