@@ -31,6 +31,7 @@ a screen only finds candidates.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Iterable
@@ -105,6 +106,7 @@ def _plain_tree(items: Any) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)  # parsed once, not at every session open
 def _context_free(pattern: re.Pattern[str]) -> bool:
     """The pattern matches the same strings wherever they stand, never the empty string,
     and a backtracking search finds a match wherever one starts."""
