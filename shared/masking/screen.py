@@ -119,18 +119,28 @@ def _context_free(pattern: re.Pattern[str]) -> bool:
         return False
 
 
+# Below this many characters one alternation of the built-in screens is cheaper than a
+# search per screen (each search has a fixed cost); above it the separate searches, most of
+# them led by a literal, are faster.
+_SHORT = 128
+
+
 @dataclass(frozen=True, slots=True)
 class Screen:
-    """Patterns whose matches cover every detector hit (see the module docstring)."""
+    """Patterns whose matches cover every detector hit (see the module docstring).
+    `short`: the same language in fewer patterns, for short texts."""
 
     patterns: tuple[re.Pattern[str], ...]
+    short: tuple[re.Pattern[str], ...]
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Where a hit could be: every match of every pattern (unsorted)."""
-        return [m.span() for pattern in self.patterns for m in pattern.finditer(text)]
+        patterns = self.short if len(text) < _SHORT else self.patterns
+        return [m.span() for pattern in patterns for m in pattern.finditer(text)]
 
     def could_match(self, text: str) -> bool:
-        return any(pattern.search(text) is not None for pattern in self.patterns)
+        patterns = self.short if len(text) < _SHORT else self.patterns
+        return any(pattern.search(text) is not None for pattern in patterns)
 
 
 def build_screen(detector_sets: Iterable[DetectorSet]) -> Screen | None:
@@ -144,8 +154,13 @@ def build_screen(detector_sets: Iterable[DetectorSet]) -> Screen | None:
             if not _context_free(pattern):
                 return None
             custom[(pattern.pattern, pattern.flags)] = pattern
-    patterns = tuple(re.compile(s) for s in sources) + tuple(custom.values())
-    return Screen(patterns) if patterns else None
+    if not sources and not custom:
+        return None
+    # Custom patterns keep their own flags (an inline global flag cannot go in an
+    # alternation); the built-in sources have none.
+    builtin = tuple(re.compile(s) for s in sources)
+    combined = (re.compile("|".join(f"(?:{s})" for s in sources)),) if sources else ()
+    return Screen(builtin + tuple(custom.values()), combined + tuple(custom.values()))
 
 
 __all__ = ["Screen", "build_screen"]

@@ -53,6 +53,11 @@ FRAGMENTS = [
     "1 84 12 76 451 089 46",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
     "EMP-123456",
+    # the shortest or barest forms of some shapes
+    "4222222222222",
+    "GB82WEST12345698765432",
+    "GB82WEST1234ABCD",
+    "eyJabcd.eyJabcd.",
     # api keys of the shortest length their pattern takes
     "AKIAIOSFODNN7EXAMPLE",
     "ghp_" + "a1" * 18,
@@ -94,6 +99,8 @@ def test_every_shape_match_is_under_a_screen_match(name: str, text: str, prefix:
     assert_covers(screen, SHAPES[name], text)
     # Inside a longer text (other rows, message headers) the same holds.
     assert_covers(screen, SHAPES[name], prefix + "\x00\x00\x03\xed" + text + "\n" + prefix)
+    # Short texts are screened by one alternation, long ones by a search per screen.
+    assert_covers(screen, SHAPES[name], "," * 130 + text)
 
 
 @settings(max_examples=300, deadline=None)
@@ -186,3 +193,13 @@ def test_case_insensitive_custom_pattern_keeps_its_flags() -> None:
 def test_no_detectors_no_screen() -> None:
     assert build_screen([]) is None
     assert build_screen([DetectorSet.build([])]) is None
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_every_fragment_shape_is_under_a_screen_match(name: str) -> None:
+    # The property tests above draw from these; here each is checked every run.
+    screen = build_screen([DetectorSet.build([name])])
+    assert screen is not None
+    for fragment in FRAGMENTS:
+        for text in (fragment, f" {fragment} ", f"{fragment.lower()}\t", "," * 130 + fragment):
+            assert_covers(screen, SHAPES[name], text)
