@@ -10,14 +10,17 @@ Soundness rests on one property of every screen pattern S built for a detector D
     every string D can report (in any surrounding text) contains a substring S matches,
     whatever text surrounds it, and S never matches the empty string.
 
-Then, if a value holds a hit at [s, e), S matches a substring inside [s, e) of any longer
-text containing the value, and `finditer` (leftmost matches, each non-empty) reports a
-match overlapping [s, e): a match starting before s that ends at or before s leaves the
-search at or before s, and at the first start at or before s where S matches it matches.
-That needs a backtracking search with no atomic groups or possessive repeats, and no
+Then, if a value holds a hit at [s, e), S matches at some t in [s, e) of any longer text
+containing the value, and `finditer` reports a match overlapping [s, e): while no reported
+match has reached past t, the next search starts at or before t, so it finds a match
+starting at or before t (S matches at t); a non-empty match starting at or before t either
+ends after t, overlapping the hit, or ends at or before t and the search goes on. That
+needs a backtracking search with no atomic groups or possessive repeats, and no
 assertions: what a lookaround or anchor sees differs between a value alone and the value
 inside a run of messages. Validation (Luhn, mod-97, digit counts) stays with the detector:
-a screen only finds candidates.
+a screen only finds candidates. Texts shorter than `_SHORT` are searched with one
+alternation of the built-in screens (the union of their matches; one search costs less
+than many there).
 
 - Built-in detectors get hand-written screens (below), each a shorter necessary part of
   the detector's pattern chosen to start with a literal or a small class, which Python's
