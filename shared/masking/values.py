@@ -111,6 +111,11 @@ class Masker:
         self._everywhere = self.plan("", ())
 
     @property
+    def detector_sets(self) -> tuple[DetectorSet, ...]:
+        """The detectors of every rule that scans, for a prefilter (`shared.masking.screen`)."""
+        return tuple(self._detectors.values())
+
+    @property
     def everywhere(self) -> ColumnPlan:
         """The plan for a value whose column is unknown (COPY, notices, errors)."""
         return self._everywhere

@@ -33,14 +33,22 @@ returns what may go to the client. Rules it keeps:
    a constraint error's DETAIL quotes the offending value.
 6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
    ReadyForQuery that follows masking, `report_due` is set for the driver to send them.
+7. Parsing only what the rules need: a run of whole CopyData (text/CSV copy-out) or
+   DataRow messages is first screened as one text by `shared.masking.screen`; messages no
+   screen match overlaps hold no detector hit and pass as they are (not parsed, not
+   copied). The rest, and whatever cannot be screened (binary COPY, whole-value rules,
+   binary integers, custom patterns with assertions), take the per-value path above, so
+   output and counts are the same either way.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import Counter
 from collections.abc import Mapping
 
+from shared.masking.screen import build_screen
 from shared.masking.spec import Strategy
 from shared.masking.values import (
     INT_WIDTH,
@@ -96,6 +104,7 @@ class ResultMasker:
         *,
         catalog: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        prefilter: bool = True,
     ) -> None:
         self.masker = masker
         self.max_message = max_message
@@ -111,6 +120,14 @@ class ResultMasker:
         self.failed: str | None = None
         self._blind = masker.everywhere
         self._prev_type = 0  # type byte of the last message passed
+        self._need = 5  # bytes `_buf` must hold before the next message can be read
+        # The prefilter: runs of CopyData (text copy-out) and DataRow (when every scanned
+        # column can be screened) are screened whole and pass untouched unless a screen
+        # match overlaps a message (see `_flagged`). None: some detector cannot be screened,
+        # or prefilter=False; every message then takes the full path.
+        self._screen = build_screen(masker.detector_sets) if prefilter else None
+        self._rows_screened = not self._column_rules
+        self._run_type = self._screened_type()
 
     # ---- driver interface ------------------------------------------------------------
 
@@ -125,31 +142,60 @@ class ResultMasker:
         return tuple(sorted((c, d, n) for (c, d), n in self.take_counts().items()))
 
     def feed(self, data: bytes) -> bytes:
+        """What of the server's bytes may go on now. Untouched stretches are not copied:
+        when nothing in `data` changes and no message is held back, `data` itself is
+        returned."""
         if self.failed is not None:
             return b""
-        out: list[bytes] = []
         start = 0
         if self._passthrough:
             start = min(self._passthrough, len(data))
-            out.append(data[:start])
             self._passthrough -= start
-        buf = self._buf
-        buf += memoryview(data)[start:]
-        pos = 0
+            if start == len(data):
+                return data
+        elif self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return b""
+            data = bytes(self._buf)
+            self._buf.clear()
+        out: list[bytes | memoryview] = []
+        view = memoryview(data)
+        n = len(data)
+        pos = start
+        clean = 0  # data[clean:pos] passes unchanged; it is added to `out` lazily
         try:
-            while len(buf) - pos >= 5:
-                type_byte = buf[pos]
-                length = _I32.unpack_from(buf, pos + 1)[0]
+            while n - pos >= 5:
+                type_byte = data[pos]
+                length = _I32.unpack_from(data, pos + 1)[0]
                 if length < 4:
                     raise MaskingFailed(f"server message of impossible length {length}")
                 total = length + 1
+                starts: list[int] = []
+                if type_byte == self._run_type:
+                    end, starts = self._gather(data, pos, type_byte)
+                # Without a complete first message, the single-message path below refuses
+                # or waits for it.
+                if starts:
+                    kind = bytes((type_byte,))
+                    for i in self._flagged(view, starts, end, type_byte):
+                        first = starts[i]
+                        last = starts[i + 1] if i + 1 < len(starts) else end
+                        pos = first  # what precedes it is cleared, should this one fail
+                        rewritten = self._message(kind, bytes(view[first + 5 : last]))
+                        if rewritten is not None:
+                            out.append(view[clean:first])
+                            out.append(rewritten)
+                            clean = last
+                    pos = end
+                    self._prev_type = type_byte
+                    continue
                 inspected = type_byte in _INSPECTED and not (
                     (type_byte == 0x44 and not self._rows_active)  # D with nothing to mask
                     or (type_byte == 0x64 and self._copy is None)  # d outside copy-out
                 )
                 if not inspected:
-                    take = min(total, len(buf) - pos)
-                    out.append(bytes(buf[pos : pos + take]))
+                    take = min(total, n - pos)
                     pos += take
                     self._passthrough = total - take
                     self._prev_type = type_byte
@@ -159,17 +205,24 @@ class ResultMasker:
                         f"a server message of {length - 4} bytes exceeds the masking limit "
                         f"of {self.max_message} bytes"
                     )
-                if len(buf) - pos < total:
+                if n - pos < total:
+                    self._need = total
                     break
-                body = bytes(buf[pos + 5 : pos + total])
-                raw_end = pos + total
-                rewritten = self._message(bytes((type_byte,)), body)
-                out.append(bytes(buf[pos:raw_end]) if rewritten is None else rewritten)
-                pos = raw_end
+                rewritten = self._message(bytes((type_byte,)), bytes(view[pos + 5 : pos + total]))
+                if rewritten is not None:
+                    out.append(view[clean:pos])
+                    out.append(rewritten)
+                    clean = pos + total
+                pos += total
                 self._prev_type = type_byte
+                self._run_type = self._screened_type()
+            else:
+                self._need = 5
         except (MaskingFailed, struct.error, IndexError, ValueError) as exc:
             self.failed = str(exc)
             self._buf.clear()
+            if pos > clean:
+                out.append(view[clean:pos])
             out.append(
                 error_response(
                     SQLSTATE_TOO_BIG if "limit" in str(exc) else "XX000",
@@ -178,8 +231,124 @@ class ResultMasker:
                 )
             )
             return b"".join(out)
-        del buf[:pos]
+        if pos < n:
+            self._buf += view[pos:]
+        if clean == 0 and pos == n:
+            return data
+        out.append(view[clean:pos])
         return b"".join(out)
+
+    # ---- the prefilter ---------------------------------------------------------------
+
+    def _screened_type(self) -> int:
+        """The message type whose runs the screen may pass whole (-1: none now)."""
+        if self._screen is None:
+            return -1
+        if self._copy == "text":
+            return 0x64
+        if self._copy is None and self._rows_active and self._rows_screened:
+            return 0x44
+        return -1
+
+    def _gather(self, data: bytes, pos: int, type_byte: int) -> tuple[int, list[int]]:
+        """The run of complete, well-sized messages of type `type_byte` from `pos` on:
+        (its end, their starts). It stops before anything else, so a message the full path
+        would refuse is refused only after the run before it has gone out, as it would be."""
+        n = len(data)
+        starts: list[int] = []
+        limit = self.max_message + 4
+        unpack = _I32.unpack_from
+        # A DataRow of the wrong width goes to the full path, which refuses it. (A run's
+        # column lengths are not walked: a row whose lengths overrun its body passes when
+        # nothing in it could be a hit, where the full path would end the session.)
+        width = len(self._columns) if type_byte == 0x44 and self._columns is not None else -1
+        while n - pos >= 5 and data[pos] == type_byte:
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > limit or n - pos <= length:
+                break
+            if width >= 0 and (length < 6 or _U16.unpack_from(data, pos + 5)[0] != width):
+                break
+            starts.append(pos)
+            pos += length + 1
+        return pos, starts
+
+    def _flagged(self, view: memoryview, starts: list[int], end: int, type_byte: int) -> list[int]:
+        """Indexes of the messages in `starts` that could hold a detector hit, in order.
+
+        Every value the full path scans is a stretch of its message's bytes, decoded alone
+        (UTF-8, surrogateescape); a screen match overlapping no message whose values read
+        as the same stretch of the screened text clears it (see `shared.masking.screen`;
+        headers and neighbours only add matches).
+        """
+        screen = self._screen
+        assert screen is not None
+        base = starts[0]
+        if type_byte == 0x64:
+            # A CopyData text row is one value. Latin-1 makes one character per byte, and
+            # cheaply: a row of ASCII reads the same either way. Other rows are screened
+            # alone, decoded as the full path decodes them.
+            text = str(view[base:end], "latin-1")
+            flagged = self._overlapped(screen.spans(text), starts, base)
+            if not text.isascii():  # the length bytes of headers often are not
+                ends = [*starts[1:], end]
+                for i, first in enumerate(starts):
+                    if text[first + 5 - base : ends[i] - base].isascii() or i in flagged:
+                        continue
+                    row = str(view[first + 5 : ends[i]], "utf-8", "surrogateescape")
+                    if screen.could_match(row):
+                        flagged.add(i)
+            return sorted(flagged)
+        # DataRows: their length fields are often not ASCII, values mostly are. When the run
+        # decodes one character per byte, no byte joined its neighbours into a character,
+        # so each value reads as the same stretch of the run's text. Otherwise a multi-byte
+        # character may straddle a length field: such a row's values are screened one by
+        # one, each decoded alone as the full path decodes it.
+        text = str(view[base:end], "utf-8", "surrogateescape")
+        if len(text) == end - base:
+            return sorted(self._overlapped(screen.spans(text), starts, base))
+        ends = [*starts[1:], end]
+        indexes: list[int] = []
+        for i, (first, last) in enumerate(zip(starts, ends, strict=True)):
+            body = str(view[first + 5 : last], "utf-8", "surrogateescape")
+            if len(body) == last - first - 5:
+                if screen.could_match(body):
+                    indexes.append(i)
+            elif self._values_could_match(view, first + 5, last):
+                indexes.append(i)
+        return indexes
+
+    def _values_could_match(self, view: memoryview, pos: int, end: int) -> bool:
+        """Whether a value of the DataRow body view[pos:end] could hold a hit (or the row
+        is malformed, which the full path refuses)."""
+        screen = self._screen
+        assert screen is not None
+        count = _U16.unpack_from(view, pos)[0]
+        pos += 2
+        for _ in range(count):
+            if end - pos < 4:
+                return True
+            size = _I32.unpack_from(view, pos)[0]
+            pos += 4
+            if size == -1:
+                continue
+            if not 0 <= size <= end - pos:
+                return True
+            if screen.could_match(str(view[pos : pos + size], "utf-8", "surrogateescape")):
+                return True
+            pos += size
+        return pos != end
+
+    @staticmethod
+    def _overlapped(spans: list[tuple[int, int]], starts: list[int], base: int) -> set[int]:
+        """Indexes of the messages (at `starts`, text offset `base`) the spans overlap."""
+        flagged: set[int] = set()
+        if spans:
+            offsets = [s - base for s in starts]
+            for first, last in spans:
+                lo = bisect.bisect_right(offsets, first) - 1
+                hi = bisect.bisect_left(offsets, last) - 1
+                flagged.update(range(lo, hi + 1))
+        return flagged
 
     # ---- messages --------------------------------------------------------------------
 
@@ -238,6 +407,7 @@ class ResultMasker:
     def _end_result(self) -> None:
         self._columns = None
         self._rows_active = bool(self.masker.spec.rules)  # blind until described
+        self._rows_screened = not self._column_rules  # blind values: scanned as they are
 
     def _describe(self, body: bytes) -> None:
         count = _U16.unpack_from(body, 0)[0]
@@ -259,6 +429,13 @@ class ResultMasker:
             raise MaskingFailed("RowDescription with trailing bytes")
         self._columns = columns
         self._rows_active = any(c.plan.active for c in columns)
+        # Screenable when every covered value is scanned as its own bytes: not a whole-value
+        # rule (always masked, counted), nor a binary integer (scanned as its decimal digits).
+        self._rows_screened = all(
+            c.plan.whole is None and not (c.binary is True and c.oid in INT_WIDTH)
+            for c in columns
+            if c.plan.active
+        )
 
     # ---- rows ------------------------------------------------------------------------
 
