@@ -114,6 +114,7 @@ def test_cached_facts_equal_fresh_facts_for_any_constants(template: str, consts:
 
 def test_a_session_guard_reuses_verdicts_but_reports_each_statement_text() -> None:
     guard = POLICY.for_session(WHO, "pg-main")
+    assert guard is not None
     first = guard.check("update secrets set v = 1 where id = 1")
     again = guard.check("update secrets set v = 2 where id = 3")
     assert (first.effect, first.reason, first.rules) == (again.effect, again.reason, again.rules)
