@@ -77,6 +77,9 @@ SQLSTATE_TOO_BIG = "54000"
 SQLSTATE_COPY_REFUSED = "42501"
 
 
+_MAX_DESCRIBED = 256  # row shapes remembered per session
+
+
 class MaskingFailed(Exception):
     """The server's bytes cannot be masked safely; the session must end."""
 
@@ -120,6 +123,7 @@ class ResultMasker:
         self.failed: str | None = None
         self._blind = masker.everywhere
         self._prev_type = 0  # type byte of the last message passed
+        self._described: dict[tuple[bytes, bool], tuple[list[_Column], bool, bool]] = {}
         self._need = 5  # bytes `_buf` must hold before the next message can be read
         # The prefilter: runs of CopyData (text copy-out) and DataRow (when every scanned
         # column can be screened) are screened whole and pass untouched unless a screen
@@ -410,10 +414,20 @@ class ResultMasker:
         self._rows_screened = not self._column_rules  # blind values: scanned as they are
 
     def _describe(self, body: bytes) -> None:
+        # A session's results repeat a few row shapes; each RowDescription is planned once
+        # (plans depend only on its bytes, the catalog and the rules, all fixed per masker).
+        formats_known = self._prev_type != 0x74  # not after ParameterDescription
+        known = self._described.get((body, formats_known))
+        if known is None:
+            known = self._plan_rows(body, formats_known)
+            if len(self._described) < _MAX_DESCRIBED:
+                self._described[(body, formats_known)] = known
+        self._columns, self._rows_active, self._rows_screened = known
+
+    def _plan_rows(self, body: bytes, formats_known: bool) -> tuple[list[_Column], bool, bool]:
         count = _U16.unpack_from(body, 0)[0]
         pos = 2
         columns: list[_Column] = []
-        formats_known = self._prev_type != 0x74  # not after ParameterDescription
         for _ in range(count):
             end = body.index(b"\0", pos)
             name = body[pos:end].decode("utf-8", "replace").lower()
@@ -427,15 +441,14 @@ class ResultMasker:
             columns.append(_Column(plan, oid, fmt == 1 if formats_known else None))
         if pos != len(body):
             raise MaskingFailed("RowDescription with trailing bytes")
-        self._columns = columns
-        self._rows_active = any(c.plan.active for c in columns)
         # Screenable when every covered value is scanned as its own bytes: not a whole-value
         # rule (always masked, counted), nor a binary integer (scanned as its decimal digits).
-        self._rows_screened = all(
+        screened = all(
             c.plan.whole is None and not (c.binary is True and c.oid in INT_WIDTH)
             for c in columns
             if c.plan.active
         )
+        return columns, any(c.plan.active for c in columns), screened
 
     # ---- rows ------------------------------------------------------------------------
 

@@ -302,3 +302,18 @@ def test_after_describe_statement_formats_are_unknown_and_covered_values_withhel
     assert n is None  # a token in the wrong format would break the client: withheld
     assert note == b"[email]"  # text: the same bytes in both formats
     assert doc == b'\x01{"e": "[email]"}'  # jsonb: the version byte tells binary
+
+
+def test_a_repeated_row_shape_is_planned_once_and_masks_alike() -> None:
+    masker = Masker(MaskSpec((MaskRule("mail", Strategy.REDACT, detectors=("email",)),)))
+    rewriter = ResultMasker(masker)
+    result = (
+        row_description([Field("contact")])
+        + data_row([b"ann@example.com"])
+        + command_complete("SELECT 1")
+        + ready_for_query("I")
+    )
+    first = rewriter.feed(result)
+    assert rewriter.feed(result) == first
+    assert b"ann@example.com" not in first
+    assert len(rewriter._described) == 1
