@@ -167,6 +167,11 @@ def _data_payload(raw: bytes) -> bytes | None:
     (what every encoder writes), else None: then protobuf parses it, with all its rules."""
     if len(raw) < 4 or raw[0] != _DATA_TAG:
         return None
+    if raw[1] < 0x80:  # a small frame: both lengths are one byte
+        if raw[1] == len(raw) - 2 and raw[2] == _PAYLOAD_TAG and raw[3] == len(raw) - 4:
+            return raw[4:]
+        if raw[3] < 0x80:
+            return None  # some other shape: protobuf decides
     outer, at = _read_varint(raw, 1)
     if outer < 2 or outer != len(raw) - at or raw[at] != _PAYLOAD_TAG:
         return None

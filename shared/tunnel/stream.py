@@ -139,9 +139,15 @@ class TunnelStream:
                 outcome = self.state.violation(str(exc))
             else:
                 outcome = self.state.receive(frame)
+            events = outcome.events
+            if outcome.reply is None and len(events) == 1:
+                event = events[0]
+                if type(event) is DataReceived:  # the common case: no bookkeeping below
+                    self.bytes_in += len(event.payload)
+                    return event
             if outcome.reply is not None:
                 await self._send_quietly(outcome.reply)
-            for event in outcome.events:
+            for event in events:
                 if isinstance(event, SessionReset | OpenFailed):
                     self._end = (
                         event
