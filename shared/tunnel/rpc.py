@@ -13,15 +13,16 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from shared.pb import tunnel_pb2 as pb
 from shared.pb import tunnel_pb2_grpc as pb_grpc
 from shared.tunnel.codec import (
     FrameError,
     decode_agent_control,
     decode_gateway_control,
-    decode_session,
+    decode_session_bytes,
     encode_agent_control,
     encode_gateway_control,
-    encode_session,
+    encode_session_bytes,
 )
 from shared.tunnel.frames import (
     MAX_GRPC_MESSAGE,
@@ -93,11 +94,11 @@ class _ServerWire:
     def __init__(self, context: aio.ServicerContext[Any, Any]) -> None:
         self._ctx = context
 
-    async def read(self) -> Any:
+    async def read(self) -> bytes | None:
         message = await self._ctx.read()
         return None if message is aio.EOF else message
 
-    async def write(self, message: Any) -> None:
+    async def write(self, message: bytes) -> None:
         await self._ctx.write(message)
 
     async def finish(self) -> None:
@@ -126,7 +127,7 @@ class _Servicer(pb_grpc.AgentTunnelServicer):
         hello = None if first is aio.EOF else _session_hello(first)
         if hello is None:
             await context.write(
-                encode_session(Reset(ResetCode.PROTOCOL_ERROR, "expected SessionHello"))
+                encode_session_bytes(Reset(ResetCode.PROTOCOL_ERROR, "expected SessionHello"))
             )
             return
         stream = TunnelStream(hello.session_id, Role.GATEWAY, _ServerWire(context))
@@ -137,18 +138,34 @@ class _Servicer(pb_grpc.AgentTunnelServicer):
             raise
 
 
-def _session_hello(message: Any) -> SessionHello | None:
+def _session_hello(message: bytes) -> SessionHello | None:
     try:
-        frame = decode_session(message)
+        frame = decode_session_bytes(message)
     except FrameError:
         return None
     return frame if isinstance(frame, SessionHello) else None
 
 
+SERVICE = "wardgate.tunnel.v1.AgentTunnel"
+SESSION_METHOD = f"/{SERVICE}/Session"
+
+
 def add_tunnel_service(
     server: aio.Server, on_control: ControlHandler, on_session: SessionHandler
 ) -> None:
-    pb_grpc.add_AgentTunnelServicer_to_server(_Servicer(on_control, on_session), server)
+    # As the generated add_AgentTunnelServicer_to_server, except that session streams carry
+    # bytes: shared.tunnel.codec (de)serializes them, Data frames without protobuf objects.
+    servicer = _Servicer(on_control, on_session)
+    handlers = {
+        "Control": grpc.stream_stream_rpc_method_handler(
+            servicer.Control,
+            request_deserializer=pb.AgentControl.FromString,
+            response_serializer=pb.GatewayControl.SerializeToString,
+        ),
+        "Session": grpc.stream_stream_rpc_method_handler(servicer.Session),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 async def reject_session(stream: TunnelStream, code: ResetCode, message: str) -> None:
@@ -188,11 +205,11 @@ class _ClientWire:
         self._call = call
         self._done_writing = False
 
-    async def read(self) -> Any:
+    async def read(self) -> bytes | None:
         message = await self._call.read()
         return None if message is aio.EOF else message
 
-    async def write(self, message: Any) -> None:
+    async def write(self, message: bytes) -> None:
         await self._call.write(message)
 
     async def finish(self) -> None:
@@ -218,14 +235,16 @@ class TunnelClient:
 
     def __init__(self, channel: aio.Channel, metadata: Sequence[tuple[str, str]]) -> None:
         self._stub = pb_grpc.AgentTunnelStub(channel)
+        # Session streams carry bytes both ways (see add_tunnel_service).
+        self._session = channel.stream_stream(SESSION_METHOD, _registered_method=True)
         self._metadata = tuple(metadata)
 
     def open_control(self) -> ClientControl:
         return ClientControl(self._stub.Control(metadata=self._metadata))
 
     async def open_session(self, session_id: str) -> TunnelStream:
-        call = self._stub.Session(metadata=self._metadata)
-        await call.write(encode_session(SessionHello(session_id)))
+        call = self._session(metadata=self._metadata)
+        await call.write(encode_session_bytes(SessionHello(session_id)))
         return TunnelStream(session_id, Role.AGENT, _ClientWire(call))
 
 

@@ -139,6 +139,13 @@ class SessionState:
     # ---- incoming ------------------------------------------------------------------
 
     def receive(self, frame: SessionFrame) -> Outcome:
+        if (
+            type(frame) is Data
+            and self.phase is Phase.OPEN
+            and not self.remote_closed
+            and len(frame.payload) <= MAX_PAYLOAD
+        ):
+            return Outcome((DataReceived(frame.payload),))  # nearly every frame: checked first
         if self.phase is Phase.FINISHED:
             return Outcome()  # frames racing a reset are dropped, not errors
         if isinstance(frame, Reset):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
-from shared.tunnel.codec import FrameError, decode_session, encode_session
+from shared.tunnel.codec import FrameError, decode_session_bytes, encode_session_bytes
 from shared.tunnel.frames import (
     MAX_PAYLOAD,
     OpenResult,
@@ -61,10 +61,10 @@ class SessionClosedError(Exception):
 
 
 class Wire(Protocol):
-    """The I/O underneath a TunnelStream; raw protobuf messages, None at end of stream."""
+    """The I/O underneath a TunnelStream: serialized SessionFrames, None at end of stream."""
 
-    async def read(self) -> Any: ...
-    async def write(self, message: Any) -> None: ...
+    async def read(self) -> bytes | None: ...
+    async def write(self, message: bytes) -> None: ...
     async def finish(self) -> None: ...
 
 
@@ -134,14 +134,20 @@ class TunnelStream:
                 self.lost("tunnel stream ended without Close")
                 continue
             try:
-                frame = decode_session(message)
+                frame = decode_session_bytes(message)
             except FrameError as exc:
                 outcome = self.state.violation(str(exc))
             else:
                 outcome = self.state.receive(frame)
+            events = outcome.events
+            if outcome.reply is None and len(events) == 1:
+                event = events[0]
+                if type(event) is DataReceived:  # the common case: no bookkeeping below
+                    self.bytes_in += len(event.payload)
+                    return event
             if outcome.reply is not None:
                 await self._send_quietly(outcome.reply)
-            for event in outcome.events:
+            for event in events:
                 if isinstance(event, SessionReset | OpenFailed):
                     self._end = (
                         event
@@ -160,7 +166,7 @@ class TunnelStream:
     async def _write(self, frame: SessionFrame) -> None:
         try:
             async with self._write_lock:
-                await self._wire.write(encode_session(frame))
+                await self._wire.write(encode_session_bytes(frame))
         except asyncio.CancelledError:
             if not _lost_by_other_task():
                 raise

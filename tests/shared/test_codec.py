@@ -18,9 +18,12 @@ from shared.tunnel.codec import (
     decode_agent_control,
     decode_gateway_control,
     decode_session,
+    decode_session_bytes,
     encode_agent_control,
+    encode_data_bytes,
     encode_gateway_control,
     encode_session,
+    encode_session_bytes,
 )
 from shared.tunnel.frames import (
     Close,
@@ -85,6 +88,41 @@ targets = st.builds(
 def test_session_frames_round_trip(frame: object) -> None:
     wire = encode_session(frame).SerializeToString()  # type: ignore[arg-type]
     assert decode_session(pb.SessionFrame.FromString(wire)) == frame
+
+
+@given(session_frames)
+def test_session_bytes_are_what_protobuf_writes_and_reads(frame: object) -> None:
+    # The hand-written Data path and protobuf agree both ways, so either end may use either.
+    wire = encode_session_bytes(frame)  # type: ignore[arg-type]
+    assert wire == encode_session(frame).SerializeToString()  # type: ignore[arg-type]
+    assert decode_session_bytes(wire) == frame
+    assert decode_session(pb.SessionFrame.FromString(wire)) == frame
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 128, 16383, 16384, 2**17, 256 * 1024])
+def test_data_bytes_at_varint_boundaries(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    wire = encode_data_bytes(payload)
+    assert wire == pb.SessionFrame(data=pb.Data(payload=payload)).SerializeToString()
+    assert encode_data_bytes(memoryview(payload)) == wire
+    assert decode_session_bytes(wire) == Data(payload)
+
+
+def test_data_frame_in_another_shape_still_decodes_like_protobuf() -> None:
+    # Valid protobuf a hand-written Data reader could get wrong: a repeated field (the last
+    # one wins), a non-minimal length varint, an unknown field inside Data.
+    two = encode_data_bytes(b"first") + encode_data_bytes(b"second")
+    padded = b"\x1a\x85\x00\x0a\x03abc"
+    extra = b"\x1a\x07\x0a\x03abc\x10\x01"
+    for raw in (two, padded, extra):
+        assert decode_session_bytes(raw) == decode_session(pb.SessionFrame.FromString(raw))
+
+
+@given(st.binary(max_size=512))
+def test_garbage_session_bytes_decode_or_raise_frame_error(raw: bytes) -> None:
+    with contextlib.suppress(FrameError):
+        frame = decode_session_bytes(raw)
+        assert frame == decode_session(pb.SessionFrame.FromString(raw))
 
 
 @given(

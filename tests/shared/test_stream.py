@@ -21,7 +21,7 @@ from shared.tunnel.stream import (
 
 
 class MemoryWire:
-    """One end of a pipe of protobuf messages; `None` is end of stream."""
+    """One end of a pipe of serialized frames; `None` is end of stream."""
 
     def __init__(self, inbox: asyncio.Queue[Any], outbox: asyncio.Queue[Any]) -> None:
         self.inbox, self.outbox = inbox, outbox
@@ -32,11 +32,11 @@ class MemoryWire:
             raise self.broken
         return await self.inbox.get()
 
-    async def write(self, message: Any) -> None:
+    async def write(self, message: bytes) -> None:
         if self.broken:
             raise self.broken
-        # Serialise like the real wire so both ends never share a message object.
-        await self.outbox.put(type(message).FromString(message.SerializeToString()))
+        assert isinstance(message, bytes)  # what grpc carries, without a serializer
+        await self.outbox.put(message)
 
     async def finish(self) -> None:
         await self.outbox.put(None)
@@ -116,7 +116,16 @@ async def test_end_of_stream_without_close_is_reported_as_lost() -> None:
 
 async def test_garbage_message_is_a_protocol_error_answered_with_reset() -> None:
     gateway, agent, gw_wire = pair()
-    await gw_wire.inbox.put(pb.SessionFrame())  # no oneof set
+    await gw_wire.inbox.put(pb.SessionFrame().SerializeToString())  # no oneof set
+    event = await gateway.receive()
+    assert isinstance(event, SessionReset) and event.code is ResetCode.PROTOCOL_ERROR
+    reply = await agent.receive()
+    assert isinstance(reply, SessionReset) and reply.code is ResetCode.PROTOCOL_ERROR
+
+
+async def test_bytes_that_are_not_protobuf_are_a_protocol_error() -> None:
+    gateway, agent, gw_wire = pair()
+    await gw_wire.inbox.put(b"\x1a\x09\x0a\x07trunc")  # lengths promise more than arrives
     event = await gateway.receive()
     assert isinstance(event, SessionReset) and event.code is ResetCode.PROTOCOL_ERROR
     reply = await agent.receive()

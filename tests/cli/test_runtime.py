@@ -1,0 +1,18 @@
+"""Process tuning the long-running commands apply at start."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from cli.runtime import tune_malloc
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_tuning_applies_on_glibc() -> None:
+    assert tune_malloc({}) is True
+
+
+def test_malloc_tuning_leaves_an_operators_malloc_settings_alone() -> None:
+    assert tune_malloc({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
