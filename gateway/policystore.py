@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, stop_offset
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
+from gateway.store.loop import call as store_call
 from gateway.store.models import PolicyVersionRecord
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,11 @@ class PolicySource:
 
     async def refresh(self) -> int:
         """Read the newest version number and load it if it is new; returns the version."""
-        latest = await asyncio.to_thread(self._store.latest_policy_version)
+        latest = await store_call(self._store, self._store.latest_policy_version)
         if latest != self.version:
             async with self._lock:
                 if latest != self.version:
-                    record = await asyncio.to_thread(self._store.get_policy_version)
+                    record = await store_call(self._store, self._store.get_policy_version)
                     if record is not None and record.version != self.version:
                         self._use(record)
                         log.info("policy version %d in force", self.version)
@@ -274,8 +275,8 @@ class BudgetLedger:
         if seen is not None and self._monotonic() - seen[0] <= max_age:
             totals = dict(seen[1])
         else:
-            rows = await asyncio.to_thread(
-                self._store.budget_usage, day, user=user, connection=connection
+            rows = await store_call(
+                self._store, self._store.budget_usage, day, user=user, connection=connection
             )
             totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
             self._remember(user, connection, day, totals)

@@ -43,6 +43,7 @@ from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store
+from gateway.store.loop import call as store_call
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
 
@@ -144,7 +145,7 @@ class SessionBroker:
         return list(self._live.values())
 
     async def connection(self, name: str) -> ConnectionRecord | None:
-        return await asyncio.to_thread(self._store.get_connection, name)
+        return await store_call(self._store, self._store.get_connection, name)
 
     def _target(
         self,
@@ -186,7 +187,8 @@ class SessionBroker:
         # Two store reads at once: the connection, and whether another replica applied a
         # new policy version (in force from the next session on).
         conn, _ = await asyncio.gather(
-            asyncio.to_thread(self._store.get_connection, connection), self._refresh_policy()
+            store_call(self._store, self._store.get_connection, connection),
+            self._refresh_policy(),
         )
         if conn is None:
             await self._audit.record(
@@ -214,8 +216,8 @@ class SessionBroker:
         if self._policy.on_request:
             # Approvals: grants with `request:` terms hold only through an approved access
             # request (gateway/reviews), looked up at every open so expiry takes effect.
-            requested = await asyncio.to_thread(
-                self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+            requested = await store_call(
+                self._store, self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
             )
         decision = self._policy.decide(
             user=identity.user,
@@ -433,7 +435,7 @@ class SessionBroker:
         token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
         if not token_ids:
             return 0
-        bad = await asyncio.to_thread(self._store.invalid_credentials, token_ids)
+        bad = await store_call(self._store, self._store.invalid_credentials, token_ids)
         if not bad:
             return 0
         return await self.terminate(reason="credential revoked", token_ids=frozenset(bad))
