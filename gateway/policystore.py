@@ -248,14 +248,10 @@ class BudgetLedger:
     other replicas see it within the interval, like the running sessions' usage.
     """
 
-    def __init__(self, store: Store, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._monotonic = monotonic
         self._deferred: dict[tuple[str, str], _Pending] = {}
         self._writing: dict[tuple[str, str], _Pending] = {}  # taken by a write in flight
-        # The store's totals as last read or returned by a write, and when: a new session
-        # starts from them when they are fresh instead of reading the store on its way in.
-        self._seen: dict[tuple[str, str, dt.date], tuple[float, dict[str, Usage]]] = {}
 
     def defer(self, user: str, connection: str, pending: _Pending) -> None:
         _merge(self._deferred.setdefault((user, connection), {}), pending)
@@ -266,47 +262,27 @@ class BudgetLedger:
             _merge(owed, source.get((user, connection), {}))
         return owed
 
-    async def totals(
-        self, user: str, connection: str, day: dt.date, *, max_age: float = 0.0
-    ) -> dict[str, Usage]:
-        """The day's usage: the store's (read again unless a read at most `max_age` seconds
-        old is at hand) plus what this gateway has not written yet."""
-        seen = self._seen.get((user, connection, day))
-        if seen is not None and self._monotonic() - seen[0] <= max_age:
-            totals = dict(seen[1])
-        else:
-            rows = await store_call(
-                self._store, self._store.budget_usage, day, user=user, connection=connection
-            )
-            totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
-            self._remember(user, connection, day, totals)
+    async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
+        rows = await store_call(
+            self._store, self._store.budget_usage, day, user=user, connection=connection
+        )
+        totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
         for (d, budget), usage in self._unwritten(user, connection).items():
             if d == day:
                 totals[budget] = totals.get(budget, Usage()) + usage
         return totals
 
     async def add(self, user: str, connection: str, pending: _Pending) -> _Pending:
-        totals = await asyncio.to_thread(
+        totals = await store_call(
+            self._store,
             self._store.add_budget_usage,
             user,
             connection,
             {key: (u.rows, u.bytes) for key, u in pending.items()},
         )
         added = {key: Usage(r, b) for key, (r, b) in totals.items()}
-        for (day, budget), usage in added.items():
-            seen = self._seen.get((user, connection, day))
-            if seen is not None:
-                seen[1][budget] = usage
         owed = self._unwritten(user, connection)
         return {key: usage + owed[key] if key in owed else usage for key, usage in added.items()}
-
-    def _remember(self, user: str, connection: str, day: dt.date, totals: dict[str, Usage]) -> None:
-        now = self._monotonic()
-        if len(self._seen) >= 1024:  # users x connections in use: keep only fresh reads
-            self._seen = {
-                k: v for k, v in self._seen.items() if now - v[0] <= BUDGET_FLUSH_INTERVAL
-            }
-        self._seen[(user, connection, day)] = (now, dict(totals))
 
     async def flush(self) -> None:
         """Write what ended sessions owe; on failure it stays owed for the next round."""
@@ -314,7 +290,7 @@ class BudgetLedger:
             return
         self._writing, self._deferred = self._deferred, {}
         try:
-            await asyncio.to_thread(self._write, self._writing)
+            await store_call(self._store, self._write, self._writing)
         except asyncio.CancelledError:
             self._writing = {}  # the write goes on in its thread: owing it again would count twice
             raise
@@ -403,8 +379,7 @@ class SessionPolicy:
             return None
         if self._loaded_at is None or self._monotonic() - self._loaded_at >= BUDGET_FLUSH_INTERVAL:
             try:
-                # A first load may start from this gateway's recent read, as run_flusher's.
-                await self.flush(fresh=self._loaded_at is not None)
+                await self.flush()
             except Exception as exc:  # judged on what this session knows; kept pending
                 log.warning("budget usage not read from the store: %s", exc)
         return meter.exhausted()
@@ -443,9 +418,8 @@ class SessionPolicy:
     def pending(self) -> bool:
         return bool(self._leftover) or (self.meter is not None and self.meter.pending)
 
-    async def flush(self, *, fresh: bool = True) -> None:
-        """Move pending usage to the store and load the day's totals (everyone's); not
-        `fresh`: totals this gateway read less than BUDGET_FLUSH_INTERVAL ago will do."""
+    async def flush(self) -> None:
+        """Move pending usage to the store and load the day's totals (everyone's)."""
         ledger = self._ledger
         if ledger is None:
             return
@@ -479,8 +453,7 @@ class SessionPolicy:
                 if len(today) == len(meter.budgets):
                     totals = today
             if totals is None:
-                max_age = 0.0 if fresh else BUDGET_FLUSH_INTERVAL
-                totals = await ledger.totals(user, self.connection, day, max_age=max_age)
+                totals = await ledger.totals(user, self.connection, day)
             meter.load(totals, day)
             self._loaded_at = self._monotonic()
 
@@ -499,7 +472,7 @@ class SessionPolicy:
         flush at each `wake` (a budget crossed) and every interval, until cancelled."""
         if self.meter is not None and self._loaded_at is None:
             try:
-                await self.flush(fresh=False)
+                await self.flush()
             except Exception as exc:  # the first statement tries again
                 log.warning("budget usage not read from the store: %s", exc)
         while True:

@@ -297,7 +297,8 @@ class SessionBroker:
         # The session row and its audit event are both durable before the agent is asked to
         # open anything; neither waits for the other's commit.
         await asyncio.gather(
-            asyncio.to_thread(
+            store_call(
+                self._store,
                 self._store.create_session,
                 SessionRecord(
                     id=session_id,
@@ -349,7 +350,8 @@ class SessionBroker:
             )
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
-        await asyncio.to_thread(
+        await store_call(
+            self._store,
             self._store.end_session,
             session_id,
             status="failed",
@@ -365,7 +367,8 @@ class SessionBroker:
         self._live.pop(session.id, None)
         self._registry.release(session.agent)
         await session.stream.aclose()
-        await asyncio.to_thread(
+        await store_call(
+            self._store,
             self._store.end_session,
             session.id,
             status="failed" if error else "closed",

@@ -14,7 +14,6 @@ import pytest
 from gateway.policy.budgets import Usage
 from gateway.policy.rules import PolicyConfig, Subject
 from gateway.policystore import (
-    BUDGET_FLUSH_INTERVAL,
     BudgetLedger,
     PolicyDocumentError,
     PolicySource,
@@ -200,27 +199,6 @@ async def test_deferred_usage_stays_owed_when_the_store_write_fails(store: Store
     assert ledger._unwritten("bob", "pg") == {(today, "daily"): Usage(2, 20)}
 
 
-async def test_a_new_session_starts_from_a_recent_read_and_a_flush_reads_again(
-    store: Store,
-) -> None:
-    now = [100.0]
-    ledger = BudgetLedger(store, monotonic=lambda: now[0])
-    today = dt.datetime.now(dt.UTC).date()
-    store.add_budget_usage("alice", "pg", {(today, "daily"): (2, 0)})
-    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(2, 0)}
-    store.add_budget_usage("alice", "pg", {(today, "daily"): (1, 0)})  # another replica
-    now[0] += BUDGET_FLUSH_INTERVAL / 2
-    recent = await ledger.totals("alice", "pg", today, max_age=BUDGET_FLUSH_INTERVAL)
-    assert recent == {"daily": Usage(2, 0)}  # no store read: at most an interval behind
-    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(3, 0)}
-    # A write returns the store's new totals: they are what the next session starts from.
-    await ledger.add("alice", "pg", {(today, "daily"): Usage(1, 0)})
-    store.add_budget_usage("alice", "pg", {(today, "daily"): (10, 0)})
-    now[0] += BUDGET_FLUSH_INTERVAL * 2
-    stale = await ledger.totals("alice", "pg", today, max_age=BUDGET_FLUSH_INTERVAL)
-    assert stale == {"daily": Usage(14, 0)}  # too old to reuse: read again
-
-
 class _ReadsTold(BudgetLedger):
     """The real ledger, telling when it has read totals (the session loads them right after,
     before it awaits anything else)."""
@@ -229,10 +207,8 @@ class _ReadsTold(BudgetLedger):
         super().__init__(store)
         self.read = asyncio.Event()
 
-    async def totals(
-        self, user: str, connection: str, day: dt.date, *, max_age: float = 0.0
-    ) -> dict[str, Usage]:
-        totals = await super().totals(user, connection, day, max_age=max_age)
+    async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
+        totals = await super().totals(user, connection, day)
         self.read.set()
         return totals
 
