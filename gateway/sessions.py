@@ -377,9 +377,7 @@ class SessionBroker:
             bytes_down=session.stream.bytes_in,
             agent=session.agent.name,
         )
-        # Records what already happened: it rides along with the next commit someone waits
-        # for (or LAZY_FLUSH_DELAY later) instead of forcing a commit of its own.
-        self._audit.submit(
+        await self._audit.record(
             "session.close",
             actor=session.identity.user,
             session_id=session.id,
