@@ -19,7 +19,7 @@ from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
 from cli.kube import kube as kube_commands
-from cli.runtime import run, setup_logging
+from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
 
 GATEWAY_OPTIONS = [
     click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
@@ -97,7 +97,7 @@ def gateway(
         finally:
             await gw.aclose()
 
-    sys.exit(run(serve()))
+    sys.exit(run(serve(), malloc=MANY_CONNECTIONS))
 
 
 @main.command()
@@ -145,7 +145,7 @@ def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str
             await tasks.aclose()
             await gw.aclose()
 
-    sys.exit(run(serve()))
+    sys.exit(run(serve(), malloc=MANY_CONNECTIONS))
 
 
 # ---- agents ----------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def agent(ctx: click.Context, key: str | None, ca_file: Path | None, insecure: b
             return 2
         return 0
 
-    sys.exit(run(serve()))
+    sys.exit(run(serve(), malloc=BULK))
 
 
 @agent.command("create")

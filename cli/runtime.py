@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Measured (../shared/peers.md): grpc's event-engine experiments add ~40 us per message in
@@ -21,19 +22,34 @@ os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_li
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Measured (TunnelStream echo of 256 KiB frames over gRPC+TLS, README "Benchmarks"): with
-# glibc's defaults every frame-sized buffer (a tunnel frame is up to 256 KiB; gRPC, TLS and
-# the codec each hold one) is a fresh mmap, or heap the allocator hands back to the kernel at
-# once, so each frame pays its pages' faults again: ~250 MB/s and ~640 us of agent CPU per
-# 256 KiB round trip, against ~650 MB/s and ~200 us with these. Both are needed: setting one
-# turns off glibc's dynamic adjustment of the other. The cost is up to TRIM bytes of freed
-# heap kept per malloc arena.
-MALLOC_MMAP_THRESHOLD = 1024 * 1024
-MALLOC_TRIM_THRESHOLD = 8 * 1024 * 1024
 
 
-def tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
-    """Keep frame-sized buffers on the heap; False when not glibc or the operator chose."""
+@dataclass(frozen=True)
+class MallocTuning:
+    mmap_threshold: int
+    trim_threshold: int
+
+
+# The agent moves bulk data: measured (TunnelStream echo of 256 KiB frames over gRPC+TLS,
+# README "Benchmarks"), with glibc's defaults every frame-sized buffer (a tunnel frame is up
+# to 256 KiB; gRPC, TLS and the codec each hold one) is a fresh mmap, or heap the allocator
+# hands back to the kernel at once, so each frame pays its pages' faults again: ~250 MB/s
+# and ~640 us of agent CPU per 256 KiB round trip, against ~650 MB/s and ~200 us with these.
+# Both are set: setting one turns off glibc's dynamic adjustment of the other. The cost is up
+# to the trim threshold of freed heap kept per malloc arena.
+BULK = MallocTuning(mmap_threshold=1024 * 1024, trim_threshold=8 * 1024 * 1024)
+# The gateway holds a TLS connection per client, and uvloop gives each a 256 KiB read buffer
+# that stays mostly untouched (little RSS) only as its own mmap: hence an mmap threshold of
+# exactly that size (a full tunnel frame is a little larger and is mmapped too; smaller ones
+# stay on the heap). A small trim threshold hands freed heap back, which is most of what
+# idle sessions cost otherwise. Measured with 300
+# idle sessions and 300 MB COPYs: glibc's defaults 98 KiB per session; BULK 141 KiB and
+# ~300-350 MB/s; this 77 KiB and ~260-300 MB/s (gateway CPU 1.3-1.8 vs 2.3-2.7 ms per MB).
+MANY_CONNECTIONS = MallocTuning(mmap_threshold=256 * 1024, trim_threshold=128 * 1024)
+
+
+def tune_malloc(tuning: MallocTuning, environ: Mapping[str, str] = os.environ) -> bool:
+    """Apply `tuning` to glibc's allocator; False when not glibc or the operator chose."""
     if any(name.startswith("MALLOC_") for name in environ):
         return False  # glibc's own MALLOC_*_ variables (or a tuning of the operator's) win
     name = ctypes.util.find_library("c")
@@ -45,8 +61,8 @@ def tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(
-        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-        and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+        mallopt(_M_MMAP_THRESHOLD, tuning.mmap_threshold)
+        and mallopt(_M_TRIM_THRESHOLD, tuning.trim_threshold)
     )
 
 
@@ -60,9 +76,11 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(main: Coroutine[Any, Any, int | None]) -> int:
-    """Run `main` on uvloop; SIGINT/SIGTERM cancel it (clean shutdown), a second one exits."""
-    tune_malloc()
+def run(main: Coroutine[Any, Any, int | None], *, malloc: MallocTuning | None = None) -> int:
+    """Run `main` on uvloop; SIGINT/SIGTERM cancel it (clean shutdown), a second one exits.
+    `malloc`: the allocator tuning for what this process mostly does."""
+    if malloc is not None:
+        tune_malloc(malloc)
 
     async def wrapper() -> int | None:
         loop = asyncio.get_running_loop()

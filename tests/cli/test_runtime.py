@@ -6,13 +6,14 @@ import platform
 
 import pytest
 
-from cli.runtime import tune_malloc
+from cli.runtime import BULK, MANY_CONNECTIONS, tune_malloc
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_malloc_tuning_applies_on_glibc() -> None:
-    assert tune_malloc({}) is True
+    assert tune_malloc(BULK, {}) is True
+    assert tune_malloc(MANY_CONNECTIONS, {}) is True
 
 
 def test_malloc_tuning_leaves_an_operators_malloc_settings_alone() -> None:
-    assert tune_malloc({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert tune_malloc(BULK, {"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
