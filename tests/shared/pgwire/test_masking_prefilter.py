@@ -21,6 +21,7 @@ from shared.pgwire.backend import (
 )
 from shared.pgwire.frontend import CopyData, CopyDone
 from shared.pgwire.masking import ResultMasker
+from tests.shared.pgwire.test_masking import feed_in
 
 KEY = b"k" * 32
 EMP = MaskRule("emp", Strategy.REDACT, patterns=(r"EMP-\d{6}",))
@@ -34,16 +35,6 @@ SSN_COLUMN = MaskRule("ssn", Strategy.PARTIAL, columns=("ssn",))
 
 def make(*rules: MaskRule, prefilter: bool = True) -> ResultMasker:
     return ResultMasker(Masker(MaskSpec(rules, KEY)), prefilter=prefilter)
-
-
-def feed_in(rw: ResultMasker, data: bytes, cuts: list[int]) -> bytes:
-    out = []
-    last = 0
-    for cut in sorted(c % (len(data) + 1) for c in cuts):
-        out.append(rw.feed(data[last:cut]))
-        last = max(last, cut)
-    out.append(rw.feed(data[last:]))
-    return b"".join(out)
 
 
 def same_as_full_path(rules: tuple[MaskRule, ...], data: bytes, cuts: list[int]) -> bytes:
