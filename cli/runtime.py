@@ -42,9 +42,9 @@ BULK = MallocTuning(mmap_threshold=1024 * 1024, trim_threshold=8 * 1024 * 1024)
 # that stays mostly untouched (little RSS) only as its own mmap: hence an mmap threshold of
 # exactly that size (a full tunnel frame is a little larger and is mmapped too; smaller ones
 # stay on the heap). A small trim threshold hands freed heap back, which is most of what
-# idle sessions cost otherwise. Measured with 300
-# idle sessions and 300 MB COPYs: glibc's defaults 98 KiB per session; BULK 141 KiB and
-# ~300-350 MB/s; this 77 KiB and ~260-300 MB/s (gateway CPU 1.3-1.8 vs 2.3-2.7 ms per MB).
+# idle sessions cost otherwise. Measured with 300 idle sessions and 300 MB COPYs: glibc's
+# defaults 98 KiB per session; BULK 141 KiB and ~300-350 MB/s; this 77 KiB and ~260-300 MB/s
+# (gateway CPU 1.3-1.8 vs 2.3-2.7 ms per MB). README "Benchmarks" has the scp numbers.
 MANY_CONNECTIONS = MallocTuning(mmap_threshold=256 * 1024, trim_threshold=128 * 1024)
 
 

@@ -292,7 +292,8 @@ class BudgetLedger:
         try:
             await store_call(self._store, self._write, self._writing)
         except asyncio.CancelledError:
-            self._writing = {}  # the write goes on in its thread: owing it again would count twice
+            self._writing = {}  # the write goes on in its thread (PostgreSQL): owing it again
+            # would count it twice
             raise
         except Exception as exc:
             log.warning("budget usage of ended sessions not stored yet: %s", exc)

@@ -278,7 +278,7 @@ class _FactsCache:
     def _reusable(shape: str, facts: list[Facts]) -> tuple[Facts, ...] | None:
         try:
             generic, dependent = _parsed_facts(shape)
-        except UnparsableSQL:  # a constant where no parameter may stand (`SET x = 1`)
+        except UnparsableSQL:  # a constant where the grammar takes no parameter
             return None
         if dependent or [_shape(f) for f in generic] != [_shape(f) for f in facts]:
             return None
@@ -297,10 +297,8 @@ class _FactsCache:
 
     def _remember(self, shape: str, facts: tuple[Facts, ...] | None) -> None:
         entries = self._entries
-        while len(entries) >= self.MAX_ENTRIES:
-            # First in, first out: dicts keep insertion order; pop(..., None) because the
-            # API's explain calls may run in threads too.
-            entries.pop(next(iter(entries)), None)
+        if len(entries) >= self.MAX_ENTRIES:
+            del entries[next(iter(entries))]  # first in, first out: dicts keep insertion order
         entries[shape] = facts
 
 

@@ -7,7 +7,8 @@ Layout:
 * ``migrations``: Alembic revisions, applied by ``Store.open`` on every start, so a gateway always
   runs against the schema it was built for (concurrent starts on PostgreSQL take an advisory lock).
 * ``store``: ``Store``, synchronous Core queries, one short transaction per call on a pooled
-  connection. The event loop calls it through ``asyncio.to_thread``.
+  connection. The event loop calls it through ``loop.call``: inline on SQLite, through
+  ``asyncio.to_thread`` on PostgreSQL (admin API handlers use threads on both).
 * ``chain``: the audit log's hash chain as pure functions, shared with offline verifiers.
 
 SQLite (the default, ``sqlite:///path/wardgate.db``) runs in WAL mode with foreign keys on; its

@@ -4,8 +4,9 @@ A SQLite call is local work (tens to hundreds of microseconds of CPU, a commit's
 writes, no network), and the hand-off to a worker thread and back cost more than that on
 this project's machine: 1.2-1.5 ms of wall time per call under load, mostly waiting for the
 GIL and thread wake-ups (measured at session open: authentication 1.4 ms through a thread).
-The audit writer commits inline for the same reason. A PostgreSQL call is a network round
-trip, so there the loop never waits on it.
+The audit writer commits inline for the same reason, and like it a write waits for SQLite's
+write lock when another thread holds it (admin API calls run in threads). A PostgreSQL call
+is a network round trip, so there the loop never waits on it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``Store``: the gateway's persistent state over SQLAlchemy Core, on SQLite or PostgreSQL.
 
 Every method is synchronous and runs in its own short transaction on a connection from the
-engine's pool, so the event loop can call them from ``asyncio.to_thread`` workers concurrently.
+engine's pool, so they can run from ``asyncio.to_thread`` workers concurrently (the event loop
+calls them through ``loop.call``, inline on SQLite).
 
 Transactions come in two kinds:
 
