@@ -260,7 +260,8 @@ def stop_offset(
     through whole (its start reached the client already), so it is counted, never cut.
     """
     n = len(data)
-    if (rows_left is None or n // _MIN_ROW <= rows_left) and (
+    # Rows that start in `data`: whole ones, and one whose header the chunk cuts short.
+    if (rows_left is None or -(-n // _MIN_ROW) <= rows_left) and (
         bytes_left is None or n <= bytes_left
     ):
         return None  # cannot hold a row or a byte too many: no need to scan
@@ -270,10 +271,8 @@ def stop_offset(
     total = len(buf)
     pos = min(skip, total)
     rows = 0
-    while pos + 5 <= total:
-        kind, length = _HEADER.unpack_from(buf, pos)
-        end = pos + 1 + length
-        code = kind[0]
+    while pos < total:
+        code = buf[pos]
         if code in _DATA:
             if code == 68:
                 rows += 1
@@ -282,7 +281,11 @@ def stop_offset(
             )
             if past and pos >= pre:
                 return pos - pre
-        pos = end
+        if pos + 5 > total:
+            # A header cut short: its type byte is enough to stop it, and what it turns out
+            # to be otherwise is the next chunk's business (it starts in the carry).
+            break
+        pos += 1 + _HEADER.unpack_from(buf, pos)[1]
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -287,11 +287,15 @@ def test_stop_offset_cuts_before_the_first_row_past_the_limit() -> None:
     assert stop_offset(one[4:] + one * 2, (b"", rest), 0, None) == rest
     # A header split over two chunks: the carried row counts but cannot be cut.
     assert stop_offset(one[2:] + one, (one[:2], 0), 0, None) == len(one) - 2
+    # A row past the limit whose header the chunk cuts short: cut before its first byte.
+    assert stop_offset(one * 2 + one[:3], (b"", 0), 2, None) == 2 * len(one)
+    assert stop_offset(one[:1], (b"", 0), 0, None) == 0
     # Non-row messages are never cut.
     assert stop_offset(done * 10, (b"", 0), 0, 1) is None
 
 
 @given(st.integers(0, 30), st.integers(1, 40), st.integers(0, 60))
+@example(left=5, total=6, at=18)  # the chunk ends inside the header of the row past the limit
 def test_a_stopped_stream_gives_exactly_the_rows_left(left: int, total: int, at: int) -> None:
     """Tracker, stop_offset and stopper together, chunked anywhere: rows = min(total, left)."""
     stream = rows(total, width=30) + CommandComplete(f"SELECT {total}").encode() + b"Z\0\0\0\x05I"
