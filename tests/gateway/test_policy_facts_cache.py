@@ -124,3 +124,18 @@ def test_a_session_guard_reuses_verdicts_but_reports_each_statement_text() -> No
     ]
     assert guard.check("select * from secrets where id = 1").allowed
     assert len(guard._verdicts) == 2
+
+
+TOKENS = ["select", "1", "'a;b'", "$$x;y$$", "--c\n", "/* c; */", ";", "\n", "from", "t"]
+TOKENS += ["where", "a", "=", "(", ")", ",", "set_config('role', 'x', false)", "é", "delete"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=14).map(" ".join))
+def test_any_text_seen_twice_gives_the_facts_of_a_fresh_parse(text: str) -> None:
+    try:
+        expected = fresh(text)
+    except UnparsableSQL:
+        return
+    assert statement_facts(text) == expected
+    assert statement_facts(text) == expected
