@@ -137,6 +137,8 @@ class Store:
             threading.RLock() if serialize else contextlib.nullcontext()
         )
         self._closed = False
+        # Writes made with fsync=False skip their own fsync when this is "full" (see _write).
+        self._relaxable = engine.dialect.name == "sqlite" and sqlite_sync == "full"
         self._dialect: Literal["sqlite", "postgresql"]
         self._write_engine: sa.Engine
         self._snapshot_engine: sa.Engine
@@ -229,10 +231,26 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
+    def _write(self, *, fsync: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction. ``fsync=False`` (SQLite): the commit is not synced on its own,
+        for bookkeeping the audit log also records (session rows, budget usage). In WAL mode
+        it survives a gateway crash at once, and a host power cut from the next synced commit
+        on (any audit event), which syncs the one WAL file everything before it is in."""
         self._check_open()
-        with self._serial, self._write_engine.begin() as conn:
-            yield conn
+        with self._serial, self._write_engine.connect() as conn:
+            relaxed = self._relaxable and not fsync
+            if relaxed:  # outside the transaction: SQLite refuses the change inside one
+                _set_synchronous(conn, "NORMAL")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if relaxed:
+                    try:
+                        _set_synchronous(conn, "FULL")
+                    except Exception:
+                        conn.invalidate()  # never back in the pool without its fsync
+                        raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -834,7 +852,7 @@ class Store:
         if rec.ended_at is not None:
             _check_aware(rec.ended_at, "ended_at")
         try:
-            with self._write() as conn:
+            with self._write(fsync=False) as conn:
                 conn.execute(
                     sa.insert(t.sessions).values(
                         id=rec.id,
@@ -880,7 +898,7 @@ class Store:
         }
         if agent is not None:
             values["agent"] = agent
-        with self._write() as conn:
+        with self._write(fsync=False) as conn:
             conn.execute(
                 sa.update(t.sessions)
                 .where(t.sessions.c.id == session_id, t.sessions.c.ended_at.is_(None))
@@ -1291,7 +1309,7 @@ class Store:
         now = self._clock()
         totals: dict[tuple[dt.date, str], tuple[int, int]] = {}
         table = t.budget_usage
-        with self._write() as conn:
+        with self._write(fsync=False) as conn:
             for (day, budget), (rows, nbytes) in sorted(usage.items()):
                 values = {
                     "day": day,
@@ -1434,6 +1452,12 @@ def _sqlite_on_connect(
         cursor.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
     finally:
         cursor.close()
+
+
+def _set_synchronous(conn: sa.Connection, level: Literal["FULL", "NORMAL"]) -> None:
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a live pysqlite connection
+    driver.execute(f"PRAGMA synchronous = {level}")
 
 
 def _enable_wal(cursor: Any) -> None:

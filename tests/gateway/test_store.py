@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import pytest
@@ -797,3 +797,20 @@ def test_the_hash_covers_the_canonical_json_of_the_whole_event(
     assert expected == chain.event_hash(
         chain.GENESIS_HASH, seq=7, ts=ts, kind=kind, actor=actor, session_id=session_id, data=data
     )
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+def test_bookkeeping_writes_leave_every_connection_at_the_configured_fsync(
+    tmp_path: Path, sync: Literal["full", "normal"], level: int
+) -> None:
+    # Session rows skip their own fsync (the next audit commit syncs the WAL they are in);
+    # the pooled connection must go back to the configured level for everything else.
+    with Store.open(f"sqlite:///{tmp_path / 'w.db'}", sqlite_sync=sync) as store:
+        store.create_session(make_session("s1"))
+        store.end_session("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
+        with store.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            assert driver.execute("PRAGMA synchronous").fetchone()[0] == level
+        ended = store.get_session("s1")
+        assert ended is not None and ended.status == "closed"
