@@ -346,6 +346,7 @@ class SessionPolicy:
         self.meter: BudgetMeter | None = None
         self._loaded_at: float | None = None
         self._flush_lock = asyncio.Lock()
+        self._counted = asyncio.Event()  # usage counted since the flusher last looked
         # Unflushed usage of budgets a new version dropped: still owed to the store.
         self._leftover: dict[tuple[dt.date, str], Usage] = {}
         self.current()
@@ -409,7 +410,11 @@ class SessionPolicy:
             self.meter.unwaive()
 
     def count(self, rows: int, nbytes: int) -> Exceeded | None:
-        return None if self.meter is None else self.meter.add(rows, nbytes)
+        if self.meter is None:
+            return None
+        if rows or nbytes:
+            self._counted.set()  # run_flusher: there is usage to write within the interval
+        return self.meter.add(rows, nbytes)
 
     def _owe(self, pending: dict[tuple[dt.date, str], Usage]) -> None:
         for key, usage in pending.items():
@@ -470,13 +475,19 @@ class SessionPolicy:
 
     async def run_flusher(self, wake: asyncio.Event) -> None:
         """Load the budgets' usage while the session starts (not at its first statement), then
-        flush at each `wake` (a budget crossed) and every interval, until cancelled."""
+        flush at each `wake` (a budget crossed) and every interval while there is usage to
+        write, until cancelled."""
         if self.meter is not None and self._loaded_at is None:
             try:
                 await self.flush()
             except Exception as exc:  # the first statement tries again
                 log.warning("budget usage not read from the store: %s", exc)
         while True:
+            if not self.pending:
+                # Idle: nothing to write until the client gets rows (or a budget is crossed,
+                # which comes with rows), so no timer wakes an idle session every interval.
+                await self._counted.wait()
+            self._counted.clear()
             # A session without budgets (any more) owes at most a leftover, flushed at close.
             interval = BUDGET_FLUSH_INTERVAL if self.meter is not None else None
             with contextlib.suppress(TimeoutError):

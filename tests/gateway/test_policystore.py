@@ -201,11 +201,19 @@ async def test_deferred_usage_stays_owed_when_the_store_write_fails(store: Store
 
 class _ReadsTold(BudgetLedger):
     """The real ledger, telling when it has read totals (the session loads them right after,
-    before it awaits anything else)."""
+    before it awaits anything else) and when it has added usage to the store."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.read = asyncio.Event()
+        self.added = asyncio.Event()
+
+    async def add(
+        self, user: str, connection: str, pending: dict[tuple[dt.date, str], Usage]
+    ) -> dict[tuple[dt.date, str], Usage]:
+        added = await super().add(user, connection, pending)
+        self.added.set()
+        return added
 
     async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
         totals = await super().totals(user, connection, day)
@@ -228,3 +236,22 @@ async def test_a_metered_session_loads_its_usage_before_its_first_statement(stor
         flusher.cancel()
     exceeded = session.meter.exhausted()
     assert exceeded is not None and exceeded.usage == Usage(5, 0)
+
+
+async def test_usage_counted_after_an_idle_spell_is_written_within_the_interval(
+    store: Store,
+) -> None:
+    source = PolicySource(store)
+    await source.apply(BUDGET, applied_by="admin")
+    ledger = _ReadsTold(store)
+    session = SessionPolicy(source, ledger, Subject("alice"), "pg")
+    async with asyncio.TaskGroup() as tg:
+        flusher = tg.create_task(session.run_flusher(asyncio.Event()))
+        async with asyncio.timeout(10):
+            await ledger.read.wait()  # loaded; idle now, with nothing to write
+            assert not ledger.added.is_set()
+            session.count(3, 30)
+            await ledger.added.wait()  # the flusher woke for it: no statement came
+        flusher.cancel()
+    today = dt.datetime.now(dt.UTC).date()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 30)]
