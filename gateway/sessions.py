@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from gateway.policy.grants import AccessPolicy, Decision
 from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
-from gateway.store import ConnectionRecord, SessionRecord, Store
+from gateway.store import ConnectionRecord, SessionRecord, Store, new_id
 from gateway.store.loop import call as store_call
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
@@ -292,7 +291,7 @@ class SessionBroker:
                     client=client_addr,
                 )
                 raise SessionError("unsupported", f"masking: {exc}") from None
-        session_id = secrets.token_urlsafe(12)
+        session_id = new_id(12)
         now = dt.datetime.now(dt.UTC)
         # The session row and its audit event are both durable before the agent is asked to
         # open anything; neither waits for the other's commit.

@@ -41,7 +41,7 @@ from gateway.store.models import (
     UserRecord,
     VoteRecord,
 )
-from gateway.store.store import AlreadyExists, Conflict, NotFound, Store, StoreError
+from gateway.store.store import AlreadyExists, Conflict, NotFound, Store, StoreError, new_id
 
 __all__ = [
     "AgentRecord",
@@ -59,4 +59,5 @@ __all__ = [
     "TokenRecord",
     "UserRecord",
     "VoteRecord",
+    "new_id",
 ]

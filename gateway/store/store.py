@@ -77,6 +77,15 @@ _HASH_SIZE = 32
 _TOKEN_ID_BYTES = 9  # 72 random bits, 12 url-safe characters
 
 
+def new_id(nbytes: int = _TOKEN_ID_BYTES) -> str:
+    """A random url-safe identifier that never starts with "-": users pass ids to the CLI,
+    whose parser would take such an id for an option (one id in 64 did)."""
+    while True:
+        candidate = secrets.token_urlsafe(nbytes)
+        if not candidate.startswith("-"):
+            return candidate
+
+
 class StoreError(Exception):
     """The store cannot do what was asked."""
 
@@ -383,7 +392,7 @@ class Store:
         stmt = (
             sa.insert(t.tokens)
             .values(
-                id=secrets.token_urlsafe(_TOKEN_ID_BYTES),
+                id=new_id(),
                 user=user,
                 token_hash=token_hash,
                 created_at=self._clock(),
@@ -684,7 +693,7 @@ class Store:
         stmt = (
             sa.insert(t.logins)
             .values(
-                id=secrets.token_urlsafe(_TOKEN_ID_BYTES),
+                id=new_id(),
                 user=user,
                 method=method,
                 issuer=issuer,
@@ -1360,7 +1369,7 @@ class Store:
     ) -> SshKeyRecord:
         """Register a public key for ``user``; AlreadyExists if any user has it already."""
         record = SshKeyRecord(
-            id=secrets.token_urlsafe(_TOKEN_ID_BYTES),
+            id=new_id(),
             user=user,
             fingerprint=fingerprint,
             public_key=public_key,

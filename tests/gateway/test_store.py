@@ -31,6 +31,7 @@ from gateway.store import (
     Store,
     StoreError,
     chain,
+    new_id,
 )
 from gateway.store import tables as t
 from gateway.store.store import MIGRATIONS_DIR
@@ -814,3 +815,10 @@ def test_bookkeeping_writes_leave_every_connection_at_the_configured_fsync(
             assert driver.execute("PRAGMA synchronous").fetchone()[0] == level
         ended = store.get_session("s1")
         assert ended is not None and ended.status == "closed"
+
+
+def test_ids_never_start_with_a_dash_the_cli_would_read_as_an_option() -> None:
+    ids = [new_id() for _ in range(2000)]  # one in 64 token_urlsafe strings starts with "-"
+    assert not [i for i in ids if i.startswith("-")]
+    assert {len(i) for i in ids} == {12}
+    assert len(set(ids)) == len(ids)
