@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, stop_offset
+from gateway.policy.errors import problems
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
 from gateway.store.loop import call as store_call
@@ -66,10 +67,7 @@ def parse_document(document: Any) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()
-        )
-        raise PolicyDocumentError(f"invalid policy: {problems}") from None
+        raise PolicyDocumentError(f"invalid policy: {problems(exc, 'policy')}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@
 * ``masking``: which masking rules apply to a session, resolved into the spec the agent runs.
 * ``approval``: review terms and the segregation-of-duties rules for votes.
 * ``ssh``, ``kube``: per-connection SSH channel/exec rules and Kubernetes request rules.
+* ``errors``: how an invalid policy document is reported, field by field.
 
 All are pure functions of their inputs: no I/O, no asyncio, no authlib (an import-linter
 contract keeps it so), so they are tested with tables of cases.

@@ -88,10 +88,6 @@ def utc_day(now: dt.datetime) -> dt.date:
     return now.astimezone(dt.UTC).date()
 
 
-def _midnight_after(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class Usage:
     rows: int = 0
@@ -132,20 +128,15 @@ class BudgetMeter:
         self._by_severity = tuple(sorted(self.budgets, key=lambda b: b.on_exceed == "review"))
         self._clock = clock
         self.day = utc_day(clock())
-        self._day_ends = _midnight_after(self.day)
         self._stored: dict[str, Usage] = {}
         self._pending: dict[tuple[dt.date, str], Usage] = {}
         self._reported: set[tuple[dt.date, str]] = set()  # exceeds already announced
         self.waived: frozenset[str] = frozenset()  # budgets an approval lets a result pass
 
     def _roll(self) -> None:
-        now = self._clock()
-        if now < self._day_ends:  # called for every chunk of results: no date arithmetic
-            return
-        today = utc_day(now)
+        today = utc_day(self._clock())
         if today != self.day:  # a new day starts from nothing; the old day's pending stays
             self.day = today
-            self._day_ends = _midnight_after(today)
             self._stored = {}
 
     def load(self, totals: Mapping[str, Usage], day: dt.date) -> None:

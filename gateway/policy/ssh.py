@@ -37,6 +37,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.policy.approval import ReviewTerms
+from gateway.policy.errors import problems
 
 ACTIONS = ("shell", "exec", "sftp", "forwarding")
 DEFAULTS = {"shell": "all", "exec": "all", "sftp": "all", "forwarding": "none"}
@@ -128,10 +129,7 @@ def review_terms(options: Mapping[str, str]) -> ReviewTerms:
     try:
         return ReviewTerms.model_validate(data)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'ssh_review'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"ssh_review: {errors}") from None
+        raise ValueError(f"ssh_review: {problems(exc, 'ssh_review')}") from None
 
 
 def check_review(command: str, options: Mapping[str, str]) -> ExecReview | None:

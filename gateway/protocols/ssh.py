@@ -78,7 +78,7 @@ from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
-from gateway.store import ReviewRecord, Store
+from gateway.store import ReviewRecord, Store, UserRecord
 from shared.recording.asciicast import CastEncoder, Header
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
@@ -1270,12 +1270,15 @@ class SshFrontDoor:
         found = await asyncio.to_thread(self.store.get_user, user)
         if found is None or found.disabled:
             raise AuthError("user unknown or disabled")
+        return self._identity(found, "ssh_key")
+
+    def _identity(self, found: UserRecord, credential: str) -> Identity:
         return Identity(
             user=found.name,
             is_admin=found.is_admin or self.access.is_admin(found.name, found.groups),
             groups=found.groups,
             kind=found.kind,
-            credential="ssh_key",
+            credential=credential,
         )
 
     # ---- SSH user certificates (issue 7; see gateway/sshca.py) ------------------------
@@ -1296,13 +1299,7 @@ class SshFrontDoor:
         token = await asyncio.to_thread(self.store.get_token, token_id) if token_id else None
         if token is None or token.user != user or token.revoked_at is not None:
             raise AuthError("certificate: the credential it was issued under is revoked")
-        return Identity(
-            user=found.name,
-            is_admin=found.is_admin or self.access.is_admin(found.name, found.groups),
-            groups=found.groups,
-            kind=found.kind,
-            credential="ssh_cert",
-        )
+        return self._identity(found, "ssh_cert")
 
     async def plain(self, sock: socket.socket, client: str) -> None:
         """A connection whose first bytes are an SSH banner."""
