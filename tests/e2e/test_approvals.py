@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +27,6 @@ import pytest
 from psycopg import sql
 
 from gateway.crypto import SecretBox
-from gateway.identity.local import totp
 from gateway.reviews.webhook import SIGNATURE_HEADER, verify
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import GatewayProc, Wardgate, free_port, wait_for
@@ -37,7 +35,6 @@ pytestmark = pytest.mark.e2e
 
 APP_PASSWORD = "approvals-app-Pw9"
 WEBHOOK_SECRET = "whsec-approvals-test-0123456789"
-PASSWORD = "a long local password"
 REVIEW_ID = re.compile(r"rv_[0-9a-f]{12}")
 DBA = {"approvers": {"groups": ["dba"]}}
 
@@ -171,19 +168,6 @@ class Stack:
         return [x for x in r.json() if x["requester"] == requester]
 
 
-def _login(gw: GatewayProc, name: str, groups: list[str]) -> str:
-    with gw.api() as api:
-        made = api.post("/v1/users", json={"name": name, "password": PASSWORD, "groups": groups})
-        assert made.status_code == 201, made.text
-        secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
-        code = totp(secret["secret"][0])
-        good = api.post(
-            "/v1/auth/password", json={"user": name, "password": PASSWORD, "code": code}
-        )
-        assert good.status_code == 200, good.text
-        return str(good.json()["token"])
-
-
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -233,10 +217,10 @@ def stack(
                 password=APP_PASSWORD,
             )
         tokens = {
-            "alice": _login(gw, "alice", ["dev"]),
-            "bob": _login(gw, "bob", ["dba"]),
-            "carol": _login(gw, "carol", ["dba"]),
-            "dave": _login(gw, "dave", ["dev"]),
+            "alice": gw.local_login("alice", ["dev"]),
+            "bob": gw.local_login("bob", ["dba"]),
+            "carol": gw.local_login("carol", ["dba"]),
+            "dave": gw.local_login("dave", ["dev"]),
         }
         with gw.api() as api:
             r = api.post("/v1/service-accounts", json={"name": "alice-bot", "groups": ["dba"]})

@@ -20,14 +20,12 @@ from typing import Any
 import pytest
 
 from gateway.crypto import SecretBox
-from gateway.identity.local import totp
 from tests.fixtures.kube_apiserver import KubeApiServerDouble, running_double
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
 KUBECTL = "/usr/bin/kubectl"
-PASSWORD = "a long local password"
 REVIEW_ID = re.compile(r"rv_[0-9a-f]{12}")
 OPS = {"approvers": {"groups": ["ops"]}, "timeout": 120}
 
@@ -103,19 +101,6 @@ class Stack:
         return False
 
 
-def _login(gw: GatewayProc, name: str, groups: list[str]) -> str:
-    with gw.api() as api:
-        made = api.post("/v1/users", json={"name": name, "password": PASSWORD, "groups": groups})
-        assert made.status_code == 201, made.text
-        secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
-        good = api.post(
-            "/v1/auth/password",
-            json={"user": name, "password": PASSWORD, "code": totp(secret["secret"][0])},
-        )
-        assert good.status_code == 200, good.text
-        return str(good.json()["token"])
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("kube-reviews")
@@ -145,9 +130,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             out = wg.cli(gw, "kube", "login", "k8s", "--kubeconfig", str(kubeconfig))
             assert out.returncode == 0, out.stderr
             tokens = {
-                "alice": _login(gw, "alice", ["dev"]),
-                "bob": _login(gw, "bob", ["ops"]),
-                "carol": _login(gw, "carol", ["ops"]),
+                "alice": gw.local_login("alice", ["dev"]),
+                "bob": gw.local_login("bob", ["ops"]),
+                "carol": gw.local_login("carol", ["ops"]),
             }
             yield Stack(wg, gw, double, kubeconfig, tokens)
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,12 @@ from typing import Any
 import pytest
 
 from gateway.crypto import SecretBox
-from gateway.identity.local import totp
 from tests.e2e.test_ssh import Route, ssh_connection
 from tests.fixtures.sshd import Sshd, start_sshd
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a long local password"
 REVIEW_ID = re.compile(r"rv_[0-9a-f]{12}")
 OPS = "{approvers: {groups: [ops]}, timeout: 120}"
 ROLES = [
@@ -37,19 +34,6 @@ ROLES = [
     }
     for name, group in (("devs", "dev"), ("ops", "ops"))
 ]
-
-
-def _login(gw: GatewayProc, name: str, groups: list[str]) -> str:
-    with gw.api() as api:
-        made = api.post("/v1/users", json={"name": name, "password": PASSWORD, "groups": groups})
-        assert made.status_code == 201, made.text
-        secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
-        code = totp(secret["secret"][0])
-        good = api.post(
-            "/v1/auth/password", json={"user": name, "password": PASSWORD, "code": code}
-        )
-        assert good.status_code == 200, good.text
-        return str(good.json()["token"])
 
 
 @dataclass
@@ -101,7 +85,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         quick = {**options, "ssh_review": "{approvers: {groups: [ops]}, timeout: 1}"}
         gw.create_connection(**ssh_connection(sshd, "web-2", options=quick))
         tokens = {
-            name: _login(gw, name, [group]) for name, group in (("alice", "dev"), ("bob", "ops"))
+            name: gw.local_login(name, [group])
+            for name, group in (("alice", "dev"), ("bob", "ops"))
         }
         yield Stack(wg, gw, sshd, tokens)
     finally:
