@@ -139,6 +139,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             wg.close()
 
 
+def _kubectl(stack: Stack, user: str, *args: str, spdy: bool = False) -> subprocess.Popen[str]:
+    """kubectl running as `user`; `spdy`: exec over a plain SPDY upgrade only (no WebSocket)."""
+    env = {**stack.env(user), **({"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"} if spdy else {})}
+    return subprocess.Popen(
+        [KUBECTL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_held_exec_approved_by_another_user_then_run_again(stack: Stack) -> None:
     command = ["echo", "approved", "run"]
     text = "exec pod/web-1 -n default -c app -- echo approved run"
@@ -219,10 +227,7 @@ def test_nobody_approves_their_own_exec(stack: Stack) -> None:
 def test_a_wait_rule_holds_kubectl_until_approved(stack: Stack) -> None:
     command = ["sh", "-c", "exit 4"]
     text = "exec pod/api-1 -n prod -c app -- sh -c 'exit 4'"
-    waiting = subprocess.Popen(
-        [KUBECTL, "exec", "api-1", "-n", "prod", "--", *command],
-        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    waiting = _kubectl(stack, "alice", "exec", "api-1", "-n", "prod", "--", *command)
     try:
         pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
         assert pending[0]["status"] == "pending"
@@ -242,10 +247,7 @@ def test_a_wait_rule_holds_kubectl_until_approved(stack: Stack) -> None:
 def test_a_wait_rule_refuses_when_denied(stack: Stack) -> None:
     command = ["echo", "waits", "for", "nothing"]
     text = "exec pod/api-1 -n prod -c app -- echo waits for nothing"
-    waiting = subprocess.Popen(
-        [KUBECTL, "exec", "api-1", "-n", "prod", "--", *command],
-        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    waiting = _kubectl(stack, "alice", "exec", "api-1", "-n", "prod", "--", *command)
     try:
         pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
         review_id = pending[0]["id"]
@@ -266,10 +268,7 @@ def test_a_wait_rule_refuses_when_denied(stack: Stack) -> None:
 def test_a_kubectl_that_leaves_while_held_withdraws_its_review(stack: Stack) -> None:
     command = ["echo", "left", "early"]
     text = "exec pod/api-1 -n prod -c app -- echo left early"
-    waiting = subprocess.Popen(
-        [KUBECTL, "exec", "api-1", "-n", "prod", "--", *command],
-        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    waiting = _kubectl(stack, "alice", "exec", "api-1", "-n", "prod", "--", *command)
     try:
         pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
     finally:
@@ -289,10 +288,7 @@ def test_a_held_delete_waits_over_http2_and_a_leaving_kubectl_withdraws(stack: S
     """The plain HTTP path (kubectl speaks HTTP/2 to the gateway): a wait rule on delete."""
     for name in ("tmp-1", "tmp-2"):
         stack.double.add_pod("prod", name)
-    deleting = subprocess.Popen(
-        [KUBECTL, "delete", "pod", "tmp-1", "-n", "prod", "--wait=false"],
-        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    deleting = _kubectl(stack, "alice", "delete", "pod", "tmp-1", "-n", "prod", "--wait=false")
     try:
         pending = wait_for(
             lambda: stack.reviews_of("alice", "delete pods/tmp-1 -n prod"), "the held delete"
@@ -308,10 +304,7 @@ def test_a_held_delete_waits_over_http2_and_a_leaving_kubectl_withdraws(stack: S
     assert deleting.returncode == 0, err
     assert "deleted" in out and ("prod", "tmp-1") not in stack.double.pods
 
-    leaving = subprocess.Popen(
-        [KUBECTL, "delete", "pod", "tmp-2", "-n", "prod", "--wait=false"],
-        env=stack.env("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    leaving = _kubectl(stack, "alice", "delete", "pod", "tmp-2", "-n", "prod", "--wait=false")
     try:
         wait_for(lambda: stack.reviews_of("alice", "delete pods/tmp-2 -n prod"), "the review")
     finally:
@@ -324,19 +317,10 @@ def test_a_held_delete_waits_over_http2_and_a_leaving_kubectl_withdraws(stack: S
     assert ("prod", "tmp-2") in stack.double.pods
 
 
-def _spdy_exec(stack: Stack, user: str, *args: str) -> subprocess.Popen[str]:
-    """kubectl exec over a plain SPDY upgrade only (no WebSocket first)."""
-    env = {**stack.env(user), "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
-    return subprocess.Popen(
-        [KUBECTL, "exec", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-
-
 def test_a_wait_rule_holds_a_spdy_exec_until_approved(stack: Stack) -> None:
     command = ["sh", "-c", "exit 6"]
     text = "exec pod/api-1 -n prod -c app -- sh -c 'exit 6'"
-    waiting = _spdy_exec(stack, "alice", "api-1", "-n", "prod", "--", *command)
+    waiting = _kubectl(stack, "alice", "exec", "api-1", "-n", "prod", "--", *command, spdy=True)
     try:
         pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
         assert waiting.poll() is None
@@ -357,7 +341,7 @@ def test_a_wait_rule_holds_a_spdy_exec_until_approved(stack: Stack) -> None:
 def test_a_spdy_exec_that_leaves_while_held_withdraws_its_review(stack: Stack) -> None:
     command = ["echo", "spdy", "left"]
     text = "exec pod/api-1 -n prod -c app -- echo spdy left"
-    waiting = _spdy_exec(stack, "alice", "api-1", "-n", "prod", "--", *command)
+    waiting = _kubectl(stack, "alice", "exec", "api-1", "-n", "prod", "--", *command, spdy=True)
     try:
         pending = wait_for(lambda: stack.reviews_of("alice", text), "the held exec's review")
     finally:
