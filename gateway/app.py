@@ -84,6 +84,7 @@ class Gateway:
         self.identity: IdentityService | None = None
         self.reviews: ReviewService | None = None
         self.budgets: BudgetLedger | None = None
+        self.broker: SessionBroker | None = None
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -170,7 +171,7 @@ class Gateway:
         await asyncio.to_thread(guardrails.seed)
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
-        broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
+        broker = self.broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
         self.identity = IdentityService(
             store, auditor, cfg.identity, policy=policy, box=box, terminate=broker.terminate
         )
@@ -311,6 +312,8 @@ class Gateway:
         """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""
         await self.registry.aclose()
         await self._tasks.aclose()
+        if self.broker is not None:
+            await self.broker.aclose()
         if self.budgets is not None:  # after the sessions ended and deferred their usage
             await self.budgets.aclose()
         if self.identity is not None:

@@ -6,6 +6,10 @@ statements already forwarded). One writer task drains the queue: everything that
 while the previous transaction was committing goes into the next one, so many sessions
 share one commit instead of queueing behind each other's.
 
+A failed commit (a full disk) fails every waiting `record`, whose action then does not
+happen, and keeps the `submit`ted events, whose actions did: they are written first, in
+order, once the store takes writes again.
+
 Refusals are audited too: a rejected agent key or an unknown protocol on the public port
 leaves a trace, without the secret that was offered.
 """
@@ -19,11 +23,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway.store import AuditEvent, Store
+from shared.backoff import Backoff
 from shared.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+# Events of actions already taken (`submit`) that a failed commit could not write are kept,
+# in order, and written once the store takes writes again; past this many the oldest go.
+MAX_KEPT = 10_000
+RETRY_BASE, RETRY_CAP = 0.5, 10.0  # seconds between attempts to write kept events
 # Events nobody waits for (statement results) ride along with the next commit that someone
 # does wait for, or go out after this delay: one commit per statement instead of two.
 LAZY_FLUSH_DELAY = 0.02
@@ -70,6 +79,7 @@ class Auditor:
         self._tasks = TaskOwner("audit")
         self._writer: asyncio.Task[None] | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._retry = Backoff(base=RETRY_BASE, cap=RETRY_CAP)
 
     def _enqueue(self, item: _Item, *, urgent: bool = True) -> None:
         self._pending.append(item)
@@ -122,22 +132,48 @@ class Auditor:
                             self._executor, self._writer_db.append, items
                         )
                 except Exception as exc:
-                    log.error("audit log write failed (%d events lost): %s", len(batch), exc)
-                    for *_, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(AuditUnavailable(f"audit log unavailable: {exc}"))
-                    continue
+                    self._failed(batch, exc)
+                    break
+                self._retry.reset()
                 for (kind, actor, session_id, _, fut), event in zip(batch, events, strict=True):
                     log.debug("audit %s actor=%s session=%s", kind, actor, session_id or "-")
                     if fut is not None and not fut.done():
                         fut.set_result(event)
             self._idle.set()
 
+    def _failed(self, batch: list[_Item], exc: Exception) -> None:
+        """Fail closed for every event someone waits on (its action must not happen), and
+        keep the others, whose actions happened, for the next attempt."""
+        refused = AuditUnavailable(f"audit log unavailable: {exc}")
+        queued = batch + self._pending
+        kept = [item for item in queued if item[4] is None]
+        for *_, fut in queued:
+            if fut is not None and not fut.done():
+                fut.set_exception(refused)
+        lost = max(0, len(kept) - MAX_KEPT)
+        self._pending = kept[lost:]
+        log.error(
+            "audit log write failed: %d events refused, %d kept for a retry, %d lost: %s",
+            len(queued) - len(kept),
+            len(self._pending),
+            lost,
+            exc,
+        )
+        if self._pending and self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self._retry.next_delay(), self._wake.set
+            )
+
     async def aclose(self) -> None:
         """Write what is queued, then stop the writer."""
         if self._pending and self._writer is not None and not self._writer.done():
+            self._idle.clear()  # set already when a failed write left kept events
             self._wake.set()
             await self._idle.wait()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self._pending:
+            log.error("audit log: %d events not written at shutdown", len(self._pending))
         await self._tasks.aclose()
         if self._executor is None:
             self._writer_db.close()

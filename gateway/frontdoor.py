@@ -25,7 +25,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.audit import Auditor
+from gateway.audit import Auditor, AuditUnavailable
+from gateway.store import StoreUnavailable
 from shared.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class FrontDoor:
             await _discard_input(sock)
         except (OSError, ssl.SSLError) as exc:
             log.debug("connection from %s failed: %s", client, exc)
+        except (AuditUnavailable, StoreUnavailable) as exc:
+            log.error("connection from %s dropped: %s", client, exc)
         finally:
             if not handed_off:
                 sock.close()

@@ -34,19 +34,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.agents.registry import AgentConn, AgentRegistry, NoAgentError, RoutingError
-from gateway.audit import Auditor
+from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
 from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
-from gateway.store import ConnectionRecord, SessionRecord, Store, new_id
+from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
 from gateway.store.loop import call as store_call
+from shared.backoff import Backoff
+from shared.tasks import TaskOwner
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
+
+# Retrying a session end the store would not take (seconds; capped backoff, full jitter).
+RECORD_RETRY_BASE = 0.5
+RECORD_RETRY_CAP = 10.0
 
 
 class SessionError(Exception):
@@ -59,7 +65,7 @@ class SessionError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         # unknown_connection | wrong_type | forbidden | no_agent | unreachable | unsupported
-        # | agent_lost
+        # | agent_lost | unavailable (the store or the audit log cannot be written)
         self.kind = kind
         self.message = message
 
@@ -138,6 +144,11 @@ class SessionBroker:
         self._policy = policy or AccessPolicy()
         self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
+        self._tasks = TaskOwner("sessions")
+
+    async def aclose(self) -> None:
+        """Stop retrying ends the store would not take (they stay open in it)."""
+        await self._tasks.aclose()
 
     @property
     def live(self) -> list[Session]:
@@ -182,6 +193,30 @@ class SessionBroker:
         client_addr: str,
         types: tuple[str, ...] | None = None,
         extra_options: Mapping[str, str] | None = None,
+    ) -> Session:
+        try:
+            return await self._open(
+                identity,
+                connection,
+                protocol=protocol,
+                client_addr=client_addr,
+                types=types,
+                extra_options=extra_options,
+            )
+        except (StoreUnavailable, AuditUnavailable) as exc:
+            # Fail closed: a session that cannot be recorded is not opened.
+            log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
+            raise SessionError("unavailable", f"session not opened: {exc}") from None
+
+    async def _open(
+        self,
+        identity: Identity,
+        connection: str,
+        *,
+        protocol: str,
+        client_addr: str,
+        types: tuple[str, ...] | None,
+        extra_options: Mapping[str, str] | None,
     ) -> Session:
         # Two store reads at once: the connection, and whether another replica applied a
         # new policy version (in force from the next session on).
@@ -295,7 +330,7 @@ class SessionBroker:
         now = dt.datetime.now(dt.UTC)
         # The session row and its audit event are both durable before the agent is asked to
         # open anything; neither waits for the other's commit.
-        await asyncio.gather(
+        written = await asyncio.gather(
             store_call(
                 self._store,
                 self._store.create_session,
@@ -324,7 +359,11 @@ class SessionBroker:
                     else {}
                 ),
             ),
+            return_exceptions=True,  # the other write is awaited (and retrieved) too
         )
+        for outcome in written:
+            if isinstance(outcome, BaseException):
+                raise outcome
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)
         except NoAgentError as exc:
@@ -366,6 +405,26 @@ class SessionBroker:
         self._live.pop(session.id, None)
         self._registry.release(session.agent)
         await session.stream.aclose()
+        try:
+            await self._record_end(session, error)
+        except (StoreUnavailable, AuditUnavailable) as exc:
+            # The session is over either way; its end is written once the store takes
+            # writes again (an operator freeing a full disk), not dropped.
+            log.error("session %s ended; recording its end later: %s", session.id, exc)
+            self._tasks.spawn(self._record_end_later(session, error), name=f"end/{session.id}")
+
+    async def _record_end_later(self, session: Session, error: str | None) -> None:
+        backoff = Backoff(base=RECORD_RETRY_BASE, cap=RECORD_RETRY_CAP)
+        while True:
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self._record_end(session, error)
+            except (StoreUnavailable, AuditUnavailable):
+                continue
+            log.info("session %s: its end is recorded", session.id)
+            return
+
+    async def _record_end(self, session: Session, error: str | None) -> None:
         await store_call(
             self._store,
             self._store.end_session,

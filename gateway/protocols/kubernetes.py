@@ -90,6 +90,7 @@ HTTP_STATUS = {
     "unreachable": 502,
     "agent_lost": 502,
     "unsupported": 502,
+    "unavailable": 503,
 }
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 

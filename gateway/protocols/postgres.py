@@ -82,7 +82,7 @@ from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
-from gateway.store import ReviewRecord
+from gateway.store import ReviewRecord, StoreUnavailable
 from shared.pgwire.backend import (
     BackendKeyData,
     ReadyForQuery,
@@ -143,6 +143,7 @@ SQLSTATE_BY_KIND = {
     "agent_lost": "08006",
     "unreachable": "08001",
     "unsupported": "08001",
+    "unavailable": "58030",  # the session could not be recorded: not opened
 }
 
 
@@ -403,6 +404,13 @@ class PostgresFrontDoor:
             await self._serve_client(reader, writer, client, tls=tls, startup=startup)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, ClientGone):
             pass
+        except (AuditUnavailable, StoreUnavailable) as exc:
+            # Before a session exists (a refusal that could not be recorded): fail closed,
+            # and say why in the client's protocol.
+            log.error("postgres client %s: %s", client, exc)
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                writer.write(error_response("58030", f"connection not accepted: {exc}"))
+                await writer.drain()
         finally:
             if own_writer:
                 writer.close()

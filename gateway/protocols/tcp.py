@@ -38,6 +38,7 @@ CLOSE_CODES = {
     "agent_lost": 4502,
     "unsupported": 4502,
     "no_agent": 4503,
+    "unavailable": 4503,
 }
 
 

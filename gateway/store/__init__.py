@@ -41,7 +41,15 @@ from gateway.store.models import (
     UserRecord,
     VoteRecord,
 )
-from gateway.store.store import AlreadyExists, Conflict, NotFound, Store, StoreError, new_id
+from gateway.store.store import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    new_id,
+)
 
 __all__ = [
     "AgentRecord",
@@ -56,6 +64,7 @@ __all__ = [
     "SshKeyRecord",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "TokenRecord",
     "UserRecord",
     "VoteRecord",

@@ -102,6 +102,16 @@ class Conflict(StoreError):
     """The change would make one identity pass for another (a name bound elsewhere)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database refused a write it would take on a good day (a full disk, a lost
+    server, a lock held too long); the message is the database's first line, no SQL."""
+
+
+def _unavailable(exc: sa.exc.DBAPIError) -> StoreUnavailable:
+    reason = str(exc.orig or exc).strip().splitlines() or ["unknown error"]
+    return StoreUnavailable(f"store unavailable: {reason[0]}")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -253,6 +263,8 @@ class Store:
             try:
                 with conn.begin():
                     yield conn
+            except sa.exc.OperationalError as exc:
+                raise _unavailable(exc) from exc
             finally:
                 if relaxed:
                     try:

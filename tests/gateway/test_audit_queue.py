@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Iterator
@@ -46,3 +47,52 @@ async def test_a_failed_write_fails_every_queued_event(store: Store, tmp_path: P
         assert all(isinstance(f.exception(), AuditUnavailable) for f in queued)
     finally:
         await auditor.aclose()
+
+
+def _rename(path: Path, old: str, new: str) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+async def test_a_failed_write_keeps_the_events_of_actions_taken(
+    store: Store, tmp_path: Path
+) -> None:
+    """Results of statements that ran are not dropped with a failed commit: they are
+    written, before anything newer, once the store takes writes again."""
+    auditor = Auditor(store)
+    db = tmp_path / "wg.db"
+    try:
+        await auditor.record("pg.statement", actor="ann", text="select 1")
+        _rename(db, "audit_events", "audit_events_away")  # every append now fails
+        auditor.submit("pg.result", actor="ann", rows=1)
+        with pytest.raises(AuditUnavailable):
+            await auditor.record("pg.statement", actor="ann", text="select 2")  # not run
+        _rename(db, "audit_events_away", "audit_events")
+        await auditor.record("pg.statement", actor="ann", text="select 3")
+    finally:
+        await auditor.aclose()
+    kinds = [(e.kind, e.data.get("text")) for e in store.list_audit()]
+    assert kinds == [
+        ("pg.statement", "select 1"),
+        ("pg.result", None),
+        ("pg.statement", "select 3"),
+    ]
+    assert store.verify_audit() is None
+
+
+async def test_kept_events_are_retried_without_new_ones(store: Store, tmp_path: Path) -> None:
+    auditor = Auditor(store)
+    db = tmp_path / "wg.db"
+    try:
+        _rename(db, "audit_events", "audit_events_away")
+        auditor.submit("pg.result", actor="ann", rows=1)
+        with pytest.raises(AuditUnavailable):  # the commit that failed to write it too
+            await auditor.record("pg.statement", actor="ann", text="select 1")
+        _rename(db, "audit_events_away", "audit_events")
+        deadline = asyncio.get_running_loop().time() + 30
+        while not store.list_audit():
+            assert asyncio.get_running_loop().time() < deadline, "kept event never written"
+            await asyncio.sleep(0.05)
+    finally:
+        await auditor.aclose()
+    assert [e.kind for e in store.list_audit()] == ["pg.result"]

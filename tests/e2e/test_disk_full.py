@@ -1,0 +1,192 @@
+"""A full disk under the audit store, end to end.
+
+The gateway's SQLite store lives on a small tmpfs that the test fills with a ballast file:
+the real ENOSPC, met by SQLite's own write path. What must hold while the disk is full and
+after space comes back:
+- a statement whose audit event cannot be written is not run (the server never sees it) and
+  its client gets a PostgreSQL error naming the cause; a client that connects meanwhile is
+  refused in its own protocol, not left hanging;
+- every statement that did run is in the log, and nothing that did not run is; the hash
+  chain of what was written verifies;
+- the gateway keeps running: a session that was open and idle through it carries on, and new
+  sessions work once space is freed, without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.crypto import SecretBox
+from tests.e2e.test_ssh import Route, ssh_connection
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.sshd import Sshd
+from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Wardgate, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MAX_STATEMENTS = 20_000  # the write-ahead log outgrows a full disk long before this
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a disk that can really fill up. Request it before `wardgate`, so that
+    the gateway stops before the disk goes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    path = tmp_path / "disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def gateway_on(wardgate: Wardgate, disk: Path) -> GatewayProc:
+    """A gateway whose store is on `disk`, with an agent."""
+    gw = wardgate.gateway(
+        store=f"sqlite:///{disk / 'wardgate.db'}", secret_key=SecretBox.generate_key()
+    )
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    return gw
+
+
+def verify_chain(disk: Path) -> None:
+    verify = subprocess.run(
+        [*WARDGATE, "audit", "verify", "--store", f"sqlite:///{disk / 'wardgate.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "audit log intact" in verify.stdout
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Write a ballast file until the disk refuses another byte, then give `leave` back."""
+    ballast = disk / "ballast"
+    with ballast.open("wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        f.truncate(f.tell() - leave)
+    return ballast
+
+
+def conninfo(gw: GatewayProc) -> str:
+    return (
+        f"host=127.0.0.1 port={gw.public_port} dbname=pg-disk user=admin "
+        f"password={ADMIN_TOKEN} sslmode=verify-full sslrootcert={gw.ca_path}"
+    )
+
+
+def test_a_full_audit_disk_stops_statements_and_loses_no_record(
+    disk: Path, wardgate: Wardgate, postgres_server: PostgresServer
+) -> None:
+    postgres_server.drop_database("diskfull")
+    server = postgres_server.create_database("diskfull")
+    with server.connect() as direct:
+        direct.execute("create table t (n int primary key)")
+    gw = gateway_on(wardgate, disk)
+    gw.create_connection(
+        name="pg-disk",
+        type="postgres",
+        host="127.0.0.1",
+        port=postgres_server.port,
+        database=server.dbname,
+        username=server.user,
+        password=server.password,
+    )
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
+        bystander = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
+        writer.execute("insert into t values (0)")
+        bystander.execute("select 1")
+
+        # Room for a few statements: the one that finds the disk full shares its commit
+        # with the result of the one before, which ran.
+        ballast = fill(disk, leave=64 << 10)
+        ran = 1
+        with pytest.raises(psycopg.Error) as refused:
+            while ran < MAX_STATEMENTS:
+                writer.execute(f"insert into t values ({ran})")
+                ran += 1
+        assert ran > 2, "the disk was full before any statement ran"
+        assert refused.value.sqlstate == "58030", refused.value
+        assert "statement not run" in str(refused.value)
+        assert "disk is full" in str(refused.value)
+
+        # Connecting while the disk is full: refused in PostgreSQL's protocol.
+        with pytest.raises(psycopg.OperationalError) as late:
+            psycopg.connect(conninfo(gw), connect_timeout=30)
+        assert "FATAL:  session not opened: store unavailable: database or disk is full" in str(
+            late.value
+        )
+
+        ballast.unlink()
+        # The idle session carries on; new sessions work; no restart.
+        assert bystander.execute("select 'still here'").fetchone() == ("still here",)
+        with psycopg.connect(conninfo(gw), autocommit=True) as later:
+            later.execute(f"insert into t values ({MAX_STATEMENTS})")
+        assert gw.alive()
+
+        # What ran is recorded, results and the session's end included; what was refused
+        # neither ran nor is recorded.
+        with server.connect() as direct:
+            stored = {n for (n,) in direct.execute("select n from t")}
+        assert stored == set(range(ran)) | {MAX_STATEMENTS}
+        first = gw.audit("pg.statement")
+        writer_id = next(
+            e["session"] for e in first if e["data"]["text"] == "insert into t values (0)"
+        )
+
+        def writer_session() -> dict[str, Any] | None:
+            with gw.api() as api:
+                record: dict[str, Any] = api.get(f"/v1/sessions/{writer_id}").json()
+            done = record["ended_at"] and all(
+                st["tags"] == ["INSERT 0 1"] for st in record["statements"]
+            )
+            return record if done else None
+
+        record = wait_for(writer_session, "the writer's results and end in the store", 60)
+        assert record["status"] == "failed"
+        assert "statement not run" in record["error"]
+        recorded = {int(st["text"].rsplit("(", 1)[1].rstrip(")")) for st in record["statements"]}
+        assert recorded == set(range(ran))
+        verify_chain(disk)
+        assert "Traceback" not in gw.log(tail=100_000)
+
+
+def test_an_ssh_command_is_not_run_while_the_audit_disk_is_full(
+    disk: Path, wardgate: Wardgate, sshd: Sshd, tmp_path: Path
+) -> None:
+    gw = gateway_on(wardgate, disk)
+    gw.create_connection(**ssh_connection(sshd))
+    route = Route(gw, sshd, tmp_path)
+    marker = tmp_path / "ran"
+    assert route.ssh("true").returncode == 0
+    ballast = fill(disk, leave=0)
+    out = route.ssh(f"touch {marker}")
+    assert out.returncode != 0
+    assert b"disk is full" in out.stderr, out.stderr
+    assert not marker.exists()
+    ballast.unlink()
+    out = route.ssh(f"touch {marker}")
+    assert out.returncode == 0, out.stderr
+    assert marker.exists()
+    assert gw.alive()
+    verify_chain(disk)
+    assert "Traceback" not in gw.log(tail=100_000)
