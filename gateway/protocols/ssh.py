@@ -233,8 +233,16 @@ def scp_direction(command: str) -> bool | None:
     return None
 
 
+class RecordingFailed(Exception):
+    """A terminal recording could not be written (a full disk): its channel stops."""
+
+
 class _CastFile:
-    """One terminal channel's asciicast file; written from the reader and writer threads."""
+    """One terminal channel's asciicast file; written from the reader and writer threads.
+
+    Every chunk is in the file before it reaches the client or the target (design decision
+    8). A write the disk refuses raises `RecordingFailed`, and the file is cut back to the
+    lines written whole, which the audited hash and size cover."""
 
     def __init__(self, path: Path, header: Header) -> None:
         self.path = path
@@ -242,8 +250,12 @@ class _CastFile:
         self._enc = CastEncoder(header, time.monotonic())
         self._hash = hashlib.sha256()
         self.size = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("w", encoding="utf-8")
+        self.failure: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("wb", buffering=0)
+        except OSError as exc:
+            raise RecordingFailed(f"the session cannot be recorded: {exc.strerror}") from exc
         self._write(self._enc.header_line())
 
     def _write(self, line: str) -> None:
@@ -251,10 +263,20 @@ class _CastFile:
             return
         raw = line.encode()
         with self._lock:
+            if self.failure is not None:
+                raise RecordingFailed(self.failure)
             if self._file.closed:
                 return
-            self._file.write(line)
-            self._file.flush()
+            try:
+                left = memoryview(raw)
+                while left:  # unbuffered: a short write (the disk filling up) goes on
+                    left = left[self._file.write(left) or 0 :]
+            except OSError as exc:
+                self.failure = f"the session recording failed: {exc.strerror}"
+                with contextlib.suppress(OSError):
+                    self._file.truncate(self.size)  # a partial line is not the record
+                self._file.close()
+                raise RecordingFailed(self.failure) from exc
             self._hash.update(raw)
             self.size += len(raw)
 
@@ -391,7 +413,11 @@ class _Server(paramiko.ServerInterface):
         if ch is None or self.c.session is None:
             return False
         if ch.cast is not None:
-            ch.cast.resize(width, height)
+            try:
+                ch.cast.resize(width, height)
+            except RecordingFailed as exc:
+                self.c.recording_failed(ch, exc)
+                return False
         return self.c.request(
             f.WindowChange(ch.id, width, height, pixelwidth, pixelheight), wait=False
         )
@@ -688,7 +714,11 @@ class _Connection:
             order = f.SubsystemRequest(ch.id, 0, subsystem or "")
             ch.transfers = _TransferWatch(lambda ev: self._sftp_events(ch.id, ev), sftp=True)
         if ch.pty is not None and what != "subsystem":
-            self._start_cast(ch, what, text)
+            try:
+                self._start_cast(ch, what, text)
+            except RecordingFailed as exc:
+                self.recording_failed(ch, exc)
+                return True
         ok = self.request(order)
         if not ok:
             self.audit_later("ssh.request_failed", channel=ch.id, request=what)
@@ -849,7 +879,11 @@ class _Connection:
                 lambda ev: self._sftp_events(ch.id, ev), scp_upload=upload
             )
         if ch.pty is not None:
-            await asyncio.to_thread(self._start_cast, ch, "exec", text)
+            try:
+                await asyncio.to_thread(self._start_cast, ch, "exec", text)
+            except RecordingFailed as exc:
+                await asyncio.to_thread(self.recording_failed, ch, exc)
+                return
         with self._lock:
             self._next_request += 1
             number = self._next_request
@@ -902,6 +936,26 @@ class _Connection:
         title = f"{self.user}@{self.connection}" + (f": {text}" if text else "")
         ch.cast = _CastFile(path, Header(cols, rows, int(time.time()), term, title))
 
+    def recording_failed(self, ch: _Channel, exc: RecordingFailed) -> None:
+        """Fail closed: a terminal that cannot be recorded stops, and the target's side of
+        the channel is closed; what was recorded up to there stays, hashed (ssh.recording)."""
+        with self._lock:
+            if ch.refused:
+                return
+            ch.refused = True
+        log.error("ssh %s: channel %d: %s", self.client, ch.id, exc)
+        self.audit_later("ssh.recording_failed", channel=ch.id, reason=str(exc))
+        self._refuse(ch, f"\r\nwardgate: {exc}; the channel is closed", EXIT_SESSION_FAILED)
+        if self.session is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                asyncio.run_coroutine_threadsafe(
+                    self._send_quietly(f.ChannelClose(ch.id)), self.loop
+                )
+
+    async def _send_quietly(self, frame: f.Frame) -> None:
+        with contextlib.suppress(SessionClosedError):
+            await self._send(frame)
+
     def _refuse(self, ch: _Channel, message: str, status: int) -> None:
         """Tell the client why on stderr, give the exit status, then close the channel."""
         ch.refused = True
@@ -931,7 +985,11 @@ class _Connection:
                 if not data:
                     break
                 if ch.cast is not None:
-                    ch.cast.input(data)
+                    try:
+                        ch.cast.input(data)
+                    except RecordingFailed as exc:  # not recorded: not sent
+                        self.recording_failed(ch, exc)
+                        return
                 if ch.transfers is not None:
                     ch.transfers.client(data)
                 refused: list[tuple[str, ssh_policy.SshDecision]] = []
@@ -1108,7 +1166,11 @@ class _Connection:
             # status arriving after that close is lost to its mux client (exit 255).
             ch.eof_held = True
             return False
-        _write_client(ch, frame)
+        try:
+            _write_client(ch, frame)
+        except RecordingFailed as exc:  # not recorded: not shown
+            self.recording_failed(ch, exc)
+            return False
         if ch.eof_held and isinstance(frame, f.ExitStatus | f.ExitSignal):
             ch.eof_held = False
             _write_client(ch, f.Eof(ch.id))
@@ -1144,6 +1206,7 @@ class _Connection:
             sha256=digest,
             bytes=size,
             command=ch.command,
+            **({"incomplete": cast.failure} if cast.failure else {}),
         )
 
     async def _end_transport(self, error: str | None) -> None:

@@ -10,12 +10,15 @@ after space comes back:
   chain of what was written verifies;
 - the gateway keeps running: a session that was open and idle through it carries on, and new
   sessions work once space is freed, without a restart.
+The same for SSH: a command is not run, and a terminal whose recording (on its own small
+disk) cannot be written stops, having shown the client nothing that is not in the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -36,14 +39,12 @@ pytestmark = pytest.mark.e2e
 MAX_STATEMENTS = 20_000  # the write-ahead log outgrows a full disk long before this
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs: a disk that can really fill up. Request it before `wardgate`, so that
-    the gateway stops before the disk goes."""
+@contextlib.contextmanager
+def small_disk(path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted at `path`: a disk that can really fill up."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    path = tmp_path / "disk"
-    path.mkdir()
+    path.mkdir(exist_ok=True)
     mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)]
     mounted = subprocess.run(mount, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:  # root without CAP_SYS_ADMIN (some containers)
@@ -52,6 +53,14 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A small disk for the store. Requested before `wardgate`, so that the gateway stops
+    before the disk goes."""
+    with small_disk(tmp_path / "disk") as path:
+        yield path
 
 
 def gateway_on(wardgate: Wardgate, disk: Path) -> GatewayProc:
@@ -192,4 +201,58 @@ def test_an_ssh_command_is_not_run_while_the_audit_disk_is_full(
     assert marker.exists()
     assert gw.alive()
     verify_chain(disk)
+    assert "Traceback" not in gw.log(tail=100_000)
+
+
+def test_a_terminal_that_cannot_be_recorded_stops(
+    wardgate: Wardgate, sshd: Sshd, tmp_path: Path
+) -> None:
+    """Recordings on a full disk: the terminal stops with a message; what the client saw
+    is in the recording, whose audited hash matches the file; space back, shells work."""
+    import pexpect
+
+    gw = wardgate.gateway()
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    gw.create_connection(**ssh_connection(sshd))
+    route = Route(gw, sshd, tmp_path)
+    args = ["-tt", "-p", str(gw.public_port), *route.options(), route.destination]
+    with small_disk(gw.data_dir / "recordings") as recordings:
+        ballast = fill(recordings, leave=0)
+        child = pexpect.spawn("ssh", args, env=route.env(), timeout=30)
+        child.expect("wardgate: the session recording failed: No space left on device")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 1
+
+        ballast.unlink()
+        ballast = fill(recordings, leave=64 << 10)  # room for a session's start, not more
+        child = pexpect.spawn("ssh", args, env=route.env(), timeout=30)
+        child.sendline("echo ready-$((2+3))")
+        child.expect("ready-5")
+        child.sendline("head -c 300000 /dev/zero | tr '\\0' x; echo")
+        child.expect("the session recording failed: No space left on device; the channel")
+        seen = child.before.count(b"x")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 1
+
+        (failed,) = gw.audit("ssh.recording_failed")[-1:]
+        assert "No space left on device" in failed["data"]["reason"]
+        recording = wait_for(
+            lambda: [e for e in gw.audit("ssh.recording") if e["data"].get("incomplete")],
+            "the cut recording in the audit log",
+        )[-1]["data"]
+        cast = (recordings / recording["path"]).read_bytes()
+        assert hashlib.sha256(cast).hexdigest() == recording["sha256"]
+        assert len(cast) == recording["bytes"]
+        assert 0 < seen <= cast.count(b"x")  # nothing reached the client unrecorded
+
+        ballast.unlink()
+        child = pexpect.spawn("ssh", args, env=route.env(), timeout=30)
+        child.sendline("echo alive-$((2+3))")
+        child.expect("alive-5")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
     assert "Traceback" not in gw.log(tail=100_000)
