@@ -58,7 +58,14 @@ from shared.tunnel.rpc import (
 )
 from shared.tunnel.stream import SessionReset
 from tests.fixtures.servers import PATTERN
-from tests.fixtures.wardgate import GatewayProc, Proc, Wardgate, free_port, wait_for
+from tests.fixtures.wardgate import (
+    ADMIN_TOKEN,
+    GatewayProc,
+    Proc,
+    Wardgate,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -232,6 +239,33 @@ def test_wrong_and_revoked_agent_keys_are_rejected_and_audited_without_the_secre
     _, port = wardgate.tcp(gw, "echo")
     assert_serving(gw, port)
     assert not gw.agents()["retired"]["connected"]
+    assert_no_tracebacks(gw, agent)
+
+
+def test_agent_and_user_credentials_never_stand_for_each_other(
+    wardgate: Wardgate, echo_port: int
+) -> None:
+    gw = wardgate.gateway()
+    key = gw.create_agent("edge", pool="default")
+    agent_secret = parse_key(key).secret
+    # An agent's key is no client credential, whole or its secret alone.
+    for presented in (agent_secret, key):
+        with gw.api(token=presented) as api:
+            assert api.get("/v1/whoami").status_code == 401
+            assert api.get("/v1/connections").status_code == 401
+    # A user's credential is no agent secret, not even an administrator's.
+    impostor = wardgate.agent(gw, with_identity(key, secret=ADMIN_TOKEN).format())
+    assert wait_exit(impostor, "the agent with a user's token to exit") == 2
+    assert "agent key rejected" in impostor.log()
+    assert [e["data"]["reason"] for e in gw.audit("agent.rejected")] == ["wrong secret"]
+    assert_secrets_absent(gw, agent_secret)
+    assert ADMIN_TOKEN not in json.dumps(gw.audit())
+    assert gw.log_path.read_text().count(ADMIN_TOKEN) == 1  # printed once at its creation
+    # Each still works where it belongs.
+    agent = wardgate.agent(gw, key, wait="edge")
+    gw.create_connection(name="echo", host="127.0.0.1", port=echo_port)
+    _, port = wardgate.tcp(gw, "echo")
+    assert_serving(gw, port)
     assert_no_tracebacks(gw, agent)
 
 
