@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -14,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
 from gateway.api import reviews as reviews_api
-from gateway.audit import Auditor
+from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
@@ -35,9 +36,11 @@ from gateway.policystore import (
 from gateway.protocols import kubernetes, tcp
 from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
-from gateway.store import AlreadyExists, NotFound, SessionRecord, Store
+from gateway.store import AlreadyExists, NotFound, SessionRecord, Store, StoreUnavailable
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -187,6 +190,13 @@ def build_app(deps: ApiDeps) -> FastAPI:
         "`Authorization: Bearer <token>`.",
     )
     app.state.deps = deps
+
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(AuditUnavailable)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A full disk or a lost store database: the change is not made, and not recorded.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     from gateway.api.policy import policy_router, record_applied  # it needs this module
 

@@ -148,12 +148,20 @@ def test_a_full_audit_disk_stops_statements_and_loses_no_record(
             late.value
         )
 
+        # An administrator's change is not made either, and the API says why.
+        with gw.api() as api:
+            made = api.post("/v1/connections", json={"name": "later", "host": "h", "port": 1})
+        assert made.status_code == 503, made.text
+        assert made.json()["detail"].endswith("database or disk is full")
+
         ballast.unlink()
         # The idle session carries on; new sessions work; no restart.
         assert bystander.execute("select 'still here'").fetchone() == ("still here",)
         with psycopg.connect(conninfo(gw), autocommit=True) as later:
             later.execute(f"insert into t values ({MAX_STATEMENTS})")
         assert gw.alive()
+        with gw.api() as api:
+            assert "later" not in {c["name"] for c in api.get("/v1/connections").json()}
 
         # What ran is recorded, results and the session's end included; what was refused
         # neither ran nor is recorded.
