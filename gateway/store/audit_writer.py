@@ -105,11 +105,21 @@ class AuditWriter:
                     cur.execute("ROLLBACK")
                 else:
                     conn.rollback()
-            self.close()  # a broken connection is not reused
+            self._discard()  # a broken connection is not reused
             raise
         finally:
             cur.close()
         return events
+
+    def _discard(self) -> None:
+        """Drop a failed connection. A PostgreSQL one leaves the pool without the reset a
+        dead server connection would fail; SQLite's file connection is fine to reuse."""
+        if self._sqlite:
+            self.close()
+        elif self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
 
     def close(self) -> None:
         if self._conn is not None:

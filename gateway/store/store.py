@@ -103,7 +103,7 @@ class Conflict(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database refused a write it would take on a good day (a full disk, a lost
+    """The database failed a read or write it would do on a good day (a full disk, a lost
     server, a lock held too long); the message is the database's first line, no SQL."""
 
 
@@ -246,8 +246,11 @@ class Store:
     def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
         self._check_open()
         engine = self._snapshot_engine if snapshot else self._engine
-        with self._serial, engine.begin() as conn:
-            yield conn
+        try:
+            with self._serial, engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     @contextlib.contextmanager
     def _write(self, *, fsync: bool = True) -> Iterator[sa.Connection]:
@@ -256,22 +259,23 @@ class Store:
         it survives a gateway crash at once, and a host power cut from the next synced commit
         on (any audit event), which syncs the one WAL file everything before it is in."""
         self._check_open()
-        with self._serial, self._write_engine.connect() as conn:
-            relaxed = self._relaxable and not fsync
-            if relaxed:  # outside the transaction: SQLite refuses the change inside one
-                _set_synchronous(conn, "NORMAL")
-            try:
-                with conn.begin():
-                    yield conn
-            except sa.exc.OperationalError as exc:
-                raise _unavailable(exc) from exc
-            finally:
-                if relaxed:
-                    try:
-                        _set_synchronous(conn, "FULL")
-                    except Exception:
-                        conn.invalidate()  # never back in the pool without its fsync
-                        raise
+        try:
+            with self._serial, self._write_engine.connect() as conn:
+                relaxed = self._relaxable and not fsync
+                if relaxed:  # outside the transaction: SQLite refuses the change inside one
+                    _set_synchronous(conn, "NORMAL")
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if relaxed:
+                        try:
+                            _set_synchronous(conn, "FULL")
+                        except Exception:
+                            conn.invalidate()  # never back in the pool without its fsync
+                            raise
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     def _check_open(self) -> None:
         if self._closed:
