@@ -1028,7 +1028,12 @@ class _Connection:
     async def _send(self, frame: f.Frame) -> None:
         if self.session is None:
             raise SessionClosedError(ResetCode.CANCELLED, "no session")
-        await self.session.stream.send_data(encode(frame))
+        stream = self.session.stream
+        if not stream.state.can_send_data:
+            # The client hung up and the loop closed our side while a channel's reader
+            # thread was still sending (its EOF): that frame has nowhere to go.
+            raise SessionClosedError(ResetCode.CANCELLED, "the session is closing")
+        await stream.send_data(encode(frame))
 
     async def _ask(self, key: tuple[int, int], order: f.Frame) -> f.Frame:
         fut: asyncio.Future[Any] = self.loop.create_future()
