@@ -409,22 +409,29 @@ class SessionBroker:
             await self._record_end(session, error)
         except (StoreUnavailable, AuditUnavailable) as exc:
             # The session is over either way; its end is written once the store takes
-            # writes again (an operator freeing a full disk), not dropped.
+            # writes again (an operator freeing a full disk), not dropped, and not re-dated.
             log.error("session %s ended; recording its end later: %s", session.id, exc)
-            self._tasks.spawn(self._record_end_later(session, error), name=f"end/{session.id}")
+            ended_at = dt.datetime.now(dt.UTC)
+            self._tasks.spawn(
+                self._record_end_later(session, error, ended_at), name=f"end/{session.id}"
+            )
 
-    async def _record_end_later(self, session: Session, error: str | None) -> None:
+    async def _record_end_later(
+        self, session: Session, error: str | None, ended_at: dt.datetime
+    ) -> None:
         backoff = Backoff(base=RECORD_RETRY_BASE, cap=RECORD_RETRY_CAP)
         while True:
             await asyncio.sleep(backoff.next_delay())
             try:
-                await self._record_end(session, error)
+                await self._record_end(session, error, ended_at)
             except (StoreUnavailable, AuditUnavailable):
                 continue
             log.info("session %s: its end is recorded", session.id)
             return
 
-    async def _record_end(self, session: Session, error: str | None) -> None:
+    async def _record_end(
+        self, session: Session, error: str | None, ended_at: dt.datetime | None = None
+    ) -> None:
         await store_call(
             self._store,
             self._store.end_session,
@@ -434,6 +441,7 @@ class SessionBroker:
             bytes_up=session.stream.bytes_out,
             bytes_down=session.stream.bytes_in,
             agent=session.agent.name,
+            ended_at=ended_at,
         )
         await self._audit.record(
             "session.close",

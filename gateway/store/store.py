@@ -906,20 +906,23 @@ class Store:
         bytes_up: int,
         bytes_down: int,
         agent: str | None = None,
+        ended_at: dt.datetime | None = None,
     ) -> None:
         """Record how a session ended. The first end wins: ending an ended session changes nothing.
 
         ``agent``, when given, records the agent that carried the session; otherwise the agent
-        stored at creation is kept.
+        stored at creation is kept. ``ended_at`` (default: now) is for an end recorded late.
         """
         if status not in ENDED_SESSION_STATUSES:
             raise ValueError(f"an ended session is closed or failed, not {status!r}")
+        if ended_at is not None:
+            _check_aware(ended_at, "ended_at")
         values: dict[str, Any] = {
             "status": status,
             "error": error,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
-            "ended_at": self._clock(),
+            "ended_at": ended_at or self._clock(),
         }
         if agent is not None:
             values["agent"] = agent

@@ -19,6 +19,7 @@ failover looks to its clients.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import os
@@ -164,6 +165,7 @@ def test_a_full_audit_disk_stops_statements_and_loses_no_record(
         assert made.status_code == 503, made.text
         assert made.json()["detail"].endswith("database or disk is full")
 
+        freed_at = dt.datetime.now(dt.UTC)
         ballast.unlink()
         # The idle session carries on; new sessions work; no restart.
         assert bystander.execute("select 'still here'").fetchone() == ("still here",)
@@ -194,6 +196,7 @@ def test_a_full_audit_disk_stops_statements_and_loses_no_record(
         record = wait_for(writer_session, "the writer's results and end in the store", 60)
         assert record["status"] == "failed"
         assert "statement not run" in record["error"]
+        assert dt.datetime.fromisoformat(record["ended_at"]) < freed_at  # when it ended
         recorded = {int(st["text"].rsplit("(", 1)[1].rstrip(")")) for st in record["statements"]}
         assert recorded == set(range(ran))
         verify_chain(f"sqlite:///{disk / 'wardgate.db'}")

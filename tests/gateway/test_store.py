@@ -410,6 +410,15 @@ def test_end_session_keeps_the_agent_when_none_is_given(store: Store) -> None:
     assert (ended.agent, ended.status) == ("a7", "closed")
 
 
+def test_an_end_recorded_late_keeps_when_it_happened(store: Store, clock: Clock) -> None:
+    store.create_session(make_session("s1"))
+    happened = clock.advance(5)
+    clock.advance(60)  # the store took writes again only now
+    store.end_session("s1", status="failed", error="x", bytes_up=0, bytes_down=0, ended_at=happened)
+    ended = store.get_session("s1")
+    assert ended is not None and ended.ended_at == happened
+
+
 def test_end_session_errors(store: Store) -> None:
     with pytest.raises(NotFound):
         store.end_session("nope", status="closed", error=None, bytes_up=0, bytes_down=0)
