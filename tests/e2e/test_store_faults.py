@@ -24,6 +24,7 @@ import errno
 import hashlib
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,8 @@ from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Wardgate
 pytestmark = pytest.mark.e2e
 
 MAX_STATEMENTS = 20_000  # the write-ahead log outgrows a full disk long before this
+# The session row and its audit event are written at once: either write may be the one refused.
+NOT_OPENED = "session not opened: (store|audit log) unavailable: database or disk is full"
 
 
 @contextlib.contextmanager
@@ -155,9 +158,7 @@ def test_a_full_audit_disk_stops_statements_and_loses_no_record(
         # Connecting while the disk is full: refused in PostgreSQL's protocol.
         with pytest.raises(psycopg.OperationalError) as late:
             psycopg.connect(conninfo(gw), connect_timeout=30)
-        assert "FATAL:  session not opened: store unavailable: database or disk is full" in str(
-            late.value
-        )
+        assert re.search(f"FATAL:  {NOT_OPENED}", str(late.value)), late.value
 
         # An administrator's change is not made either, and the API says why.
         with gw.api() as api:
@@ -340,3 +341,29 @@ def test_a_lost_store_database_stops_statements_until_it_is_back(
         assert "statement not run" in wait_for(writer_ended, "the writer's end", 60)["error"]
         verify_chain(store.url())
         assert_not_crashed(gw)
+
+
+def test_a_tcp_session_is_not_opened_while_the_audit_disk_is_full(
+    disk: Path, wardgate: Wardgate
+) -> None:
+    gw = gateway_on(wardgate, disk)
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        target.setblocking(False)
+        gw.create_connection(name="raw", host="127.0.0.1", port=target.getsockname()[1])
+        cli, port = wardgate.tcp(gw, "raw")
+        ballast = fill(disk, leave=0)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"anyone?")
+            assert client.recv(100) == b""  # closed, with nothing relayed
+        printed = wait_for(
+            lambda: [
+                line for line in cli.log().splitlines() if line.startswith("wardgate tcp: raw: ")
+            ],
+            "wardgate tcp to print why",
+        )
+        assert len(printed) == 1
+        assert re.fullmatch(f"wardgate tcp: raw: {NOT_OPENED}", printed[0]), printed
+        with pytest.raises(BlockingIOError):
+            target.accept()  # nobody dialled the target
+        ballast.unlink()
+    assert_not_crashed(gw)
