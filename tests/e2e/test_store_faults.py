@@ -34,7 +34,9 @@ import psycopg
 import pytest
 
 from gateway.crypto import SecretBox
+from tests.e2e.test_kubernetes import KUBE_POLICY, KUBECTL
 from tests.e2e.test_ssh import Route, ssh_connection
+from tests.fixtures.kube_apiserver import KubeApiServerDouble
 from tests.fixtures.postgres import PostgresServer, StoppableServer
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Wardgate, wait_for
@@ -366,4 +368,49 @@ def test_a_tcp_session_is_not_opened_while_the_audit_disk_is_full(
         with pytest.raises(BlockingIOError):
             target.accept()  # nobody dialled the target
         ballast.unlink()
+    assert_not_crashed(gw)
+
+
+def test_a_kubernetes_request_is_not_forwarded_while_the_audit_disk_is_full(
+    kube_apiserver: KubeApiServerDouble, disk: Path, wardgate: Wardgate, tmp_path: Path
+) -> None:
+    gw = wardgate.gateway(store=f"sqlite:///{disk / 'wardgate.db'}", kubernetes=KUBE_POLICY)
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    token_file = tmp_path / "cluster-token"
+    token_file.write_text(kube_apiserver.token + "\n")
+    gw.create_connection(
+        name="k8s",
+        type="kubernetes",
+        host="127.0.0.1",
+        port=kube_apiserver.port,
+        options={"auth": "token", "certificate_authority": str(kube_apiserver.ca_path)},
+        secrets={"token": f"file:{token_file}"},
+    )
+    kubeconfig = tmp_path / "kube" / "config"
+    assert wardgate.cli(gw, "kube", "login", "k8s", "--kubeconfig", str(kubeconfig)).returncode == 0
+    env = {**gw.client_env(), "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KUBECTL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    ballast = fill(disk, leave=0)
+    # kubectl's credential plugin mints a credential per run: refused first, with the reason.
+    out = kubectl("delete", "pod", "web-2")
+    assert out.returncode != 0
+    assert re.search(
+        "gateway answered 503: (store|audit log) unavailable: database or disk is full", out.stderr
+    ), out.stderr
+    # A client holding a credential already reaches the Kubernetes door, which refuses too.
+    with gw.api() as api:
+        answer = api.delete("/k8s/k8s/api/v1/namespaces/default/pods/web-2")
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["kind"] == "Status"
+    assert "disk is full" in answer.json()["message"]
+    assert not [r for r in kube_apiserver.requests if r["method"] == "DELETE"]
+    ballast.unlink()
+    out = kubectl("delete", "pod", "web-2")
+    assert out.returncode == 0, out.stderr
+    assert ("default", "web-2") not in kube_apiserver.pods
     assert_not_crashed(gw)
