@@ -32,7 +32,7 @@ MAX_BATCH = 512
 # Events of actions already taken (`submit`) that a failed commit could not write are kept,
 # in order, and written once the store takes writes again; past this many the oldest go.
 MAX_KEPT = 10_000
-RETRY_BASE, RETRY_CAP = 0.5, 10.0  # seconds between attempts to write kept events
+RETRY_BASE, RETRY_CAP = 0.5, 10.0  # seconds between attempts to write what the store refused
 # Events nobody waits for (statement results) ride along with the next commit that someone
 # does wait for, or go out after this delay: one commit per statement instead of two.
 LAZY_FLUSH_DELAY = 0.02

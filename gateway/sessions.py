@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.agents.registry import AgentConn, AgentRegistry, NoAgentError, RoutingError
-from gateway.audit import Auditor, AuditUnavailable
+from gateway.audit import RETRY_BASE, RETRY_CAP, Auditor, AuditUnavailable
 from gateway.auth import Identity
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.policy.grants import AccessPolicy, Decision
@@ -49,10 +49,6 @@ from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
-
-# Retrying a session end the store would not take (seconds; capped backoff, full jitter).
-RECORD_RETRY_BASE = 0.5
-RECORD_RETRY_CAP = 10.0
 
 
 class SessionError(Exception):
@@ -419,7 +415,7 @@ class SessionBroker:
     async def _record_end_later(
         self, session: Session, error: str | None, ended_at: dt.datetime
     ) -> None:
-        backoff = Backoff(base=RECORD_RETRY_BASE, cap=RECORD_RETRY_CAP)
+        backoff = Backoff(base=RETRY_BASE, cap=RETRY_CAP)  # as the auditor's kept events
         while True:
             await asyncio.sleep(backoff.next_delay())
             try:

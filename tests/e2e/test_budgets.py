@@ -15,7 +15,6 @@ import dataclasses
 import re
 import subprocess
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,6 @@ import pytest
 from psycopg import sql
 
 from gateway.crypto import SecretBox
-from gateway.identity.local import totp
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
 
@@ -288,21 +286,6 @@ REVIEW_ID = re.compile(r"rv_[0-9a-f]{12}")
 ASK_LIMIT = 100
 
 
-def _local_user(gw: GatewayProc, name: str, groups: list[str]) -> str:
-    """A signed-in local user's token (password + TOTP)."""
-    password = "a long local password"
-    with gw.api() as api:
-        made = api.post("/v1/users", json={"name": name, "password": password, "groups": groups})
-        assert made.status_code == 201, made.text
-        secret = urllib.parse.parse_qs(urllib.parse.urlsplit(made.json()["totp_uri"]).query)
-        signed = api.post(
-            "/v1/auth/password",
-            json={"user": name, "password": password, "code": totp(secret["secret"][0])},
-        )
-        assert signed.status_code == 200, signed.text
-        return str(signed.json()["token"])
-
-
 def test_a_review_budget_holds_the_next_statement_until_another_person_approves(
     wardgate: Wardgate, postgres_server: PostgresServer, budget_db: PostgresServer
 ) -> None:
@@ -330,7 +313,7 @@ def test_a_review_budget_holds_the_next_statement_until_another_person_approves(
         username="budget_app",
         password=APP_PASSWORD,
     )
-    bob = _local_user(gw, "bob", ["dba"])
+    bob = gw.local_login("bob", ["dba"])
     stack = Stack(wardgate, gw)
     notices: list[str] = []
     with psycopg.connect(stack.conninfo("pg-ask"), autocommit=True) as conn:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.crypto import SecretBox
-from tests.fixtures.kube_apiserver import KubeApiServerDouble, running_double
+from tests.fixtures.kube_apiserver import KubeApiServerDouble, connect_and_log_in, running_double
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -116,19 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 reviews={"poll_interval": 0.5},
             )
             wg.agent(gw, gw.create_agent("default"), wait="default")
-            token_file = tmp / "cluster-token"
-            token_file.write_text(double.token + "\n")
-            gw.create_connection(
-                name="k8s",
-                type="kubernetes",
-                host="127.0.0.1",
-                port=double.port,
-                options={"auth": "token", "certificate_authority": str(double.ca_path)},
-                secrets={"token": f"file:{token_file}"},
-            )
-            kubeconfig = tmp / "kube" / "config"
-            out = wg.cli(gw, "kube", "login", "k8s", "--kubeconfig", str(kubeconfig))
-            assert out.returncode == 0, out.stderr
+            kubeconfig = connect_and_log_in(wg, gw, double, tmp)
             tokens = {
                 "alice": gw.local_login("alice", ["dev"]),
                 "bob": gw.local_login("bob", ["ops"]),

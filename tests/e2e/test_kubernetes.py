@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from shared.kubeapi import MASKED_B64
-from tests.fixtures.kube_apiserver import FILE_IN_POD, KubeApiServerDouble
+from tests.fixtures.kube_apiserver import FILE_IN_POD, KubeApiServerDouble, connect_and_log_in
 from tests.fixtures.wardgate import GatewayProc, Wardgate, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -126,23 +126,7 @@ def kube(kube_apiserver: KubeApiServerDouble, wardgate: Wardgate, tmp_path: Path
     # The double first, so it is stopped last: after the agent's pooled connections to it.
     gw = wardgate.gateway(kubernetes=KUBE_POLICY, roles=VIEWERS)
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
-    token_file = tmp_path / "cluster-token"
-    token_file.write_text(kube_apiserver.token + "\n")
-    gw.create_connection(
-        name="k8s",
-        type="kubernetes",
-        host="127.0.0.1",
-        port=kube_apiserver.port,
-        options={
-            "auth": "token",
-            "certificate_authority": str(kube_apiserver.ca_path),
-            "impersonate": "true",
-        },
-        secrets={"token": f"file:{token_file}"},
-    )
-    kubeconfig = tmp_path / "kube" / "config"
-    out = wardgate.cli(gw, "kube", "login", "k8s", "--kubeconfig", str(kubeconfig))
-    assert out.returncode == 0, out.stderr
+    kubeconfig = connect_and_log_in(wardgate, gw, kube_apiserver, tmp_path, impersonate="true")
     env = gw.client_env()
     env.update(KUBECONFIG=str(kubeconfig), HOME=str(tmp_path))
     return KubeSetup(gw, kubeconfig, env, kube_apiserver)

@@ -36,7 +36,7 @@ import pytest
 from gateway.crypto import SecretBox
 from tests.e2e.test_kubernetes import KUBE_POLICY, KUBECTL
 from tests.e2e.test_ssh import Route, ssh_connection
-from tests.fixtures.kube_apiserver import KubeApiServerDouble
+from tests.fixtures.kube_apiserver import KubeApiServerDouble, connect_and_log_in
 from tests.fixtures.postgres import PostgresServer, StoppableServer
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Wardgate, wait_for
@@ -114,6 +114,35 @@ def fill(disk: Path, leave: int) -> Path:
     return ballast
 
 
+def target_database(postgres_server: PostgresServer, name: str, gw: GatewayProc) -> PostgresServer:
+    """A fresh database `name` with an empty table t, reached through `gw` as pg-disk."""
+    postgres_server.drop_database(name)
+    server = postgres_server.create_database(name)
+    with server.connect() as direct:
+        direct.execute("create table t (n int primary key)")
+    gw.create_connection(
+        name="pg-disk",
+        type="postgres",
+        host="127.0.0.1",
+        port=postgres_server.port,
+        database=server.dbname,
+        username=server.user,
+        password=server.password,
+    )
+    return server
+
+
+def two_sessions(
+    stack: contextlib.ExitStack, gw: GatewayProc
+) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+    """A writer that has inserted 0 into t, and a bystander past its first statement."""
+    writer = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
+    bystander = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
+    writer.execute("insert into t values (0)")
+    bystander.execute("select 1")
+    return writer, bystander
+
+
 def conninfo(gw: GatewayProc) -> str:
     return (
         f"host=127.0.0.1 port={gw.public_port} dbname=pg-disk user=admin "
@@ -124,25 +153,10 @@ def conninfo(gw: GatewayProc) -> str:
 def test_a_full_audit_disk_stops_statements_and_loses_no_record(
     disk: Path, wardgate: Wardgate, postgres_server: PostgresServer
 ) -> None:
-    postgres_server.drop_database("diskfull")
-    server = postgres_server.create_database("diskfull")
-    with server.connect() as direct:
-        direct.execute("create table t (n int primary key)")
     gw = gateway_on(wardgate, disk)
-    gw.create_connection(
-        name="pg-disk",
-        type="postgres",
-        host="127.0.0.1",
-        port=postgres_server.port,
-        database=server.dbname,
-        username=server.user,
-        password=server.password,
-    )
+    server = target_database(postgres_server, "diskfull", gw)
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
-        bystander = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
-        writer.execute("insert into t values (0)")
-        bystander.execute("select 1")
+        writer, bystander = two_sessions(stack, gw)
 
         # Room for a few statements: the one that finds the disk full shares its commit
         # with the result of the one before, which ran.
@@ -285,27 +299,12 @@ def test_a_terminal_that_cannot_be_recorded_stops(
 def test_a_lost_store_database_stops_statements_until_it_is_back(
     stoppable_postgres: StoppableServer, wardgate: Wardgate, postgres_server: PostgresServer
 ) -> None:
-    postgres_server.drop_database("storelost")
-    server = postgres_server.create_database("storelost")
-    with server.connect() as direct:
-        direct.execute("create table t (n int primary key)")
     store = stoppable_postgres.server
     gw = wardgate.gateway(store=store.url(), secret_key=SecretBox.generate_key())
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
-    gw.create_connection(
-        name="pg-disk",
-        type="postgres",
-        host="127.0.0.1",
-        port=postgres_server.port,
-        database=server.dbname,
-        username=server.user,
-        password=server.password,
-    )
+    server = target_database(postgres_server, "storelost", gw)
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
-        bystander = stack.enter_context(psycopg.connect(conninfo(gw), autocommit=True))
-        writer.execute("insert into t values (0)")
-        bystander.execute("select 1")
+        writer, bystander = two_sessions(stack, gw)
 
         stoppable_postgres.stop()
         with pytest.raises(psycopg.Error) as refused:
@@ -376,18 +375,7 @@ def test_a_kubernetes_request_is_not_forwarded_while_the_audit_disk_is_full(
 ) -> None:
     gw = wardgate.gateway(store=f"sqlite:///{disk / 'wardgate.db'}", kubernetes=KUBE_POLICY)
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
-    token_file = tmp_path / "cluster-token"
-    token_file.write_text(kube_apiserver.token + "\n")
-    gw.create_connection(
-        name="k8s",
-        type="kubernetes",
-        host="127.0.0.1",
-        port=kube_apiserver.port,
-        options={"auth": "token", "certificate_authority": str(kube_apiserver.ca_path)},
-        secrets={"token": f"file:{token_file}"},
-    )
-    kubeconfig = tmp_path / "kube" / "config"
-    assert wardgate.cli(gw, "kube", "login", "k8s", "--kubeconfig", str(kubeconfig)).returncode == 0
+    kubeconfig = connect_and_log_in(wardgate, gw, kube_apiserver, tmp_path)
     env = {**gw.client_env(), "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
 
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
