@@ -5,16 +5,42 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 export PATH := $(abspath $(dir $(PY))):$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: help dev deps install test test-fast lint proto proto-check bench clean
+.PHONY: help dev deps install lock test test-latest test-fast lint proto proto-check bench docs clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv with the project and its dev tools
+install: .venv/.installed  ## create .venv with the project and its dev tools, from the lock
+
+# The lock (requirements*.txt, exact versions and hashes) is what gets installed; pyproject.toml keeps
+# the ranges a library user needs. The machine's pip configuration is ignored so that every machine
+# resolves against the same index.
+LOCKENV := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_DISABLE_PIP_VERSION_CHECK=1
+.venv/.installed: requirements-build.txt requirements-dev.txt pyproject.toml
 	test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
-	  | { grep -v '^WARNING: Location' || true; }
-	@.venv/bin/python -c "import gateway, agent, shared, cli" 
+	@echo "installing $$(cat requirements-build.txt requirements-dev.txt | grep -c '^[a-z]') locked packages into .venv (about two minutes the first time)"
+	$(LOCKENV) .venv/bin/python -m pip install --require-hashes \
+	  -r requirements-build.txt -r requirements-dev.txt \
+	  | { grep -E '^(Collecting|Successfully|ERROR)' || true; }
+	$(LOCKENV) .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
+	  >.venv/install.log 2>&1 || { cat .venv/install.log; exit 1; }
+	@.venv/bin/python -c "import gateway, agent, shared, cli"
+	@touch $@
+
+lock: install  ## refresh requirements*.txt (exact versions, hashes) from pyproject.toml; UPGRADE=1 for newest
+	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --all-build-deps --only-build-deps \
+	  -o requirements-build.txt pyproject.toml
+	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) -o requirements.txt pyproject.toml
+	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --extra dev --extra docs -c requirements.txt \
+	  -o requirements-dev.txt pyproject.toml
+LOCKFLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+  $(if $(UPGRADE),--upgrade)
+
+test-latest:  ## the unit tests against the newest versions pyproject.toml allows (a throwaway venv)
+	rm -rf build/latest && python3 -m venv build/latest
+	build/latest/bin/python -m pip install -q --upgrade pip
+	build/latest/bin/python -m pip install -q --upgrade -e '.[dev]'
+	build/latest/bin/python -m pytest -q -m 'not e2e' -p no:cacheprovider
 
 dev: install  ## run a gateway with an embedded agent and SQLite store in ./.wardgate
 	.venv/bin/wardgate dev
