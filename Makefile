@@ -21,7 +21,7 @@ LOCKENV := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_DISABLE_PIP_VERSION_CHE
 	@echo "installing $$(cat requirements-build.txt requirements-dev.txt | grep -c '^[a-z]') locked packages into .venv (about two minutes the first time)"
 	$(LOCKENV) .venv/bin/python -m pip install --require-hashes \
 	  -r requirements-build.txt -r requirements-dev.txt \
-	  | { grep -E '^(Collecting|Successfully|ERROR)' || true; }
+	  | awk '/^(Collecting|ERROR)/ { print; fflush() } /^Successfully installed/ { print "installed", NF - 2, "packages" }'
 	$(LOCKENV) .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
 	  >.venv/install.log 2>&1 || { cat .venv/install.log; exit 1; }
 	@.venv/bin/python -c "import gateway, agent, shared, cli"
