@@ -62,9 +62,8 @@ def config_reference(root: type[BaseModel]) -> str:
         for name, info in model.model_fields.items():
             key = info.alias or name
             desc = info.description or comments.get(name, "")
-            out.append(
-                f"| `{key}` | {type_text(info.annotation)} | {default_text(info)} | {cell(desc)} |"
-            )
+            kind = type_text(info.annotation) + bounds_text(info)
+            out.append(f"| `{key}` | {kind} | {default_text(info)} | {cell(desc)} |")
         out.append("")
     return "\n".join(out)
 
@@ -120,6 +119,18 @@ def type_text(annotation: Any) -> str:
     return f"`{getattr(annotation, '__name__', str(annotation))}`"
 
 
+def bounds_text(info: FieldInfo) -> str:
+    """Numeric bounds (`Field(ge=..., le=...)`) as the reader checks them."""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bounds = [
+        f"{sign} {getattr(m, attr)}"
+        for m in info.metadata
+        for attr, sign in signs.items()
+        if getattr(m, attr, None) is not None
+    ]
+    return f", {' and '.join(bounds)}" if bounds else ""
+
+
 def default_text(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
@@ -141,7 +152,16 @@ def cell(text: str) -> str:
 
 
 def source_comments(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> its comment: the one ending its line, else the lines just above."""
+    """Field name -> its comment: the one ending its line, else the lines just above; a field
+    inherited from a base model has its comment in the base's source."""
+    out: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if inspect.isclass(cls) and issubclass(cls, BaseModel) and cls is not BaseModel:
+            out.update(own_comments(cls, set(model.model_fields)))
+    return out
+
+
+def own_comments(model: type[BaseModel], fields: set[str]) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(model))
     except (OSError, TypeError):
@@ -157,7 +177,7 @@ def source_comments(model: type[BaseModel]) -> dict[str, str]:
         name = stripped.split(":", 1)[0]
         if not (line.startswith("    ") and not line.startswith("     ")):
             continue
-        if name not in model.model_fields or not stripped.startswith(f"{name}:"):
+        if name not in fields or not stripped.startswith(f"{name}:"):
             continue
         if number in comments and not stripped.startswith("#"):
             out[name] = comments[number]
