@@ -90,6 +90,9 @@ proto-check:  ## fail when the committed generated code is stale
 	  cmp -s $$tmp/$$f $$f || { echo "stale generated file: $$f (run make proto)"; exit 1; }; \
 	done && echo "generated code is current"
 
+docs: install  ## build the documentation site into build/site (mkdocs --strict: warnings are errors)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir build/site
+
 bench: install  ## direct vs ssh -L bastion vs Wardgate (~5 min): table, bench/results.json
 	.venv/bin/python -m bench
 

@@ -13,9 +13,9 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Measured (../shared/peers.md): grpc's event-engine experiments add ~40 us per message in
-# Python. This must happen before grpc is imported anywhere; pin grpcio and re-measure on
-# upgrade, since experiments are not a stable interface.
+# Measured (docs/architecture.md, "Tunables"): grpc's event-engine experiments add ~40 us per
+# message in Python. This must happen before grpc is imported anywhere; pin grpcio and
+# re-measure on upgrade, since experiments are not a stable interface.
 os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
 
 
@@ -31,12 +31,12 @@ class MallocTuning:
 
 
 # The agent moves bulk data: measured (TunnelStream echo of 256 KiB frames over gRPC+TLS,
-# README "Benchmarks"), with glibc's defaults every frame-sized buffer (a tunnel frame is up
-# to 256 KiB; gRPC, TLS and the codec each hold one) is a fresh mmap, or heap the allocator
-# hands back to the kernel at once, so each frame pays its pages' faults again: ~250 MB/s
-# and ~640 us of agent CPU per 256 KiB round trip, against ~650 MB/s and ~200 us with these.
-# Both are set: setting one turns off glibc's dynamic adjustment of the other. The cost is up
-# to the trim threshold of freed heap kept per malloc arena.
+# docs/architecture.md, "The allocator"), with glibc's defaults every frame-sized buffer (a
+# tunnel frame is up to 256 KiB; gRPC, TLS and the codec each hold one) is a fresh mmap, or
+# heap the allocator hands back to the kernel at once, so each frame pays its pages' faults
+# again: ~250 MB/s and ~640 us of agent CPU per 256 KiB round trip, against ~650 MB/s and
+# ~200 us with these. Both are set: setting one turns off glibc's dynamic adjustment of the
+# other. The cost is up to the trim threshold of freed heap kept per malloc arena.
 BULK = MallocTuning(mmap_threshold=1024 * 1024, trim_threshold=8 * 1024 * 1024)
 # The gateway holds a TLS connection per client, and uvloop gives each a 256 KiB read buffer
 # that stays mostly untouched (little RSS) only as its own mmap: hence an mmap threshold of
@@ -44,7 +44,7 @@ BULK = MallocTuning(mmap_threshold=1024 * 1024, trim_threshold=8 * 1024 * 1024)
 # stay on the heap). A small trim threshold hands freed heap back, which is most of what
 # idle sessions cost otherwise. Measured with 300 idle sessions and 300 MB COPYs: glibc's
 # defaults 98 KiB per session; BULK 141 KiB and ~300-350 MB/s; this 77 KiB and ~260-300 MB/s
-# (gateway CPU 1.3-1.8 vs 2.3-2.7 ms per MB). README "Benchmarks" has the scp numbers.
+# (gateway CPU 1.3-1.8 vs 2.3-2.7 ms per MB). docs/architecture.md has the scp numbers.
 MANY_CONNECTIONS = MallocTuning(mmap_threshold=256 * 1024, trim_threshold=128 * 1024)
 
 

@@ -28,7 +28,7 @@ DEFAULT_AGENT_LISTEN = "0.0.0.0:8444"
 class TLSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cert: Path | None = None  # full chain PEM
-    key: Path | None = None
+    key: Path | None = None  # its private key (PEM)
     ca: Path | None = None  # the CA agents and clients pin; defaults to the chain's last cert
     hostnames: list[str] = Field(default_factory=list)  # extra SANs for a generated cert
 
@@ -37,8 +37,8 @@ class AgentDecl(BaseModel):
     """An agent declared in config; its key is printed once when first created."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    pool: str | None = None
+    name: str  # the agent's name, unique
+    pool: str | None = None  # the pool it serves; default: its name
 
 
 # Asymmetric algorithms only: "none" and HMAC (whose key would be the provider's public key)
@@ -63,28 +63,29 @@ class ClaimGroup(BaseModel):
     """Adds `group` at sign-in when claim `claim` matches `value` (a shell glob)."""
 
     model_config = ConfigDict(extra="forbid")
-    claim: str
-    value: str
-    group: str
+    claim: str  # a claim of the sign-in's ID token
+    value: str  # a shell glob its value must match
+    group: str  # the group added
 
 
 class OIDCConfig(BaseModel):
     """The OpenID provider people sign in with (the gateway is its relying party)."""
 
     model_config = ConfigDict(extra="forbid")
-    issuer: str
-    client_id: str
+    issuer: str  # discovery at ISSUER/.well-known/openid-configuration; matched exactly
+    client_id: str  # the gateway's client at the provider
     client_secret: str | None = None  # env:NAME / file:PATH / literal
-    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
-    username_claim: str = "preferred_username"
-    groups_claim: str = "groups"
-    claim_groups: list[ClaimGroup] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])  # asked
+    username_claim: str = "preferred_username"  # the Wardgate user name; no fallback claim
+    groups_claim: str = "groups"  # the claim listing the user's groups
+    claim_groups: list[ClaimGroup] = Field(default_factory=list)  # claims -> extra groups
+    # Accepted signature algorithms: asymmetric only (none and HS* are always refused).
     algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
     leeway: int = Field(default=30, ge=0, le=300)  # seconds of clock skew tolerated
     ca_file: Path | None = None  # to trust a private CA for the provider's HTTPS
     # Re-read the JWKS on an unknown `kid` at most this often (seconds).
     jwks_min_refresh: float = Field(default=30.0, ge=0)
-    jwks_max_age: float = Field(default=3600.0, gt=0)
+    jwks_max_age: float = Field(default=3600.0, gt=0)  # seconds a fetched JWKS is kept
 
     @field_validator("algorithms")
     @classmethod
@@ -96,16 +97,17 @@ class WorkloadTrust(BaseModel):
     """A machine identity: a JWT from `issuer` whose claims match becomes user `name`."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    issuer: str
-    audience: str
+    name: str  # the machine user the token becomes
+    issuer: str  # the token's `iss`; its signing keys come from the issuer's OIDC discovery
+    audience: str  # the `aud` the token must carry
     # Every listed claim must match: a string is a shell glob, a list any of its globs.
     claims: dict[str, str | list[str]] = Field(default_factory=dict)
-    groups: list[str] = Field(default_factory=list)
-    ttl: int = Field(default=900, gt=0, le=86400)
+    groups: list[str] = Field(default_factory=list)  # the machine user's groups
+    ttl: int = Field(default=900, gt=0, le=86400)  # seconds the issued credential lives
+    # Accepted signature algorithms: asymmetric only.
     algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
-    leeway: int = Field(default=30, ge=0, le=300)
-    ca_file: Path | None = None
+    leeway: int = Field(default=30, ge=0, le=300)  # seconds of clock skew tolerated
+    ca_file: Path | None = None  # to trust a private CA for the issuer's HTTPS
 
     @field_validator("algorithms")
     @classmethod
@@ -128,14 +130,14 @@ class CredentialsConfig(BaseModel):
     idle_timeout: int = Field(default=7200, gt=0)  # a sign-in unused this long ends
     session_ttl: int = Field(default=43200, gt=0)  # absolute lifetime of a sign-in
     connection_ttl: int = Field(default=300, gt=0)  # per-connection credentials
-    api_key_max_ttl: int = Field(default=90 * 86400, gt=0)
+    api_key_max_ttl: int = Field(default=90 * 86400, gt=0)  # longest API key lifetime
 
 
 class IdentityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    oidc: OIDCConfig | None = None
-    workload: list[WorkloadTrust] = Field(default_factory=list)
-    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    oidc: OIDCConfig | None = None  # people sign in with this provider
+    workload: list[WorkloadTrust] = Field(default_factory=list)  # machines: trusted JWT issuers
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)  # lifetimes
     # Local users (password + TOTP), only for setups without an IdP.
     local_users: bool = False
     # What a non-admin gets on a connection no role grants: none (the default) or a level.
@@ -158,7 +160,7 @@ class IdentityConfig(BaseModel):
 class GrantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connection: str  # a name or a shell glob
-    access: str = "read-only"
+    access: str = "read-only"  # read-only, read-write or admin
     # Approvals: with `request:` terms the grant holds only through an approved access
     # request (`wardgate request`), see gateway/policy/grants.py.
     request: ReviewTerms | None = None
@@ -173,53 +175,54 @@ class GrantConfig(BaseModel):
 
 class RoleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    groups: list[str] = Field(default_factory=list)
-    users: list[str] = Field(default_factory=list)
-    admin: bool = False
-    grants: list[GrantConfig] = Field(default_factory=list)
+    name: str  # what `roles:` conditions of rules name
+    groups: list[str] = Field(default_factory=list)  # members: these groups...
+    users: list[str] = Field(default_factory=list)  # ...and these users
+    admin: bool = False  # gateway administrators
+    grants: list[GrantConfig] = Field(default_factory=list)  # connections, and at what level
 
 
 class WebhookConfig(BaseModel):
     """Where review events are POSTed (signed with HMAC-SHA256, see gateway/reviews/)."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str
+    url: str  # where review events are POSTed
     secret: str  # env:NAME / file:PATH / literal
-    attempts: int = Field(default=4, ge=1, le=10)
-    timeout: float = Field(default=5.0, gt=0)
+    attempts: int = Field(default=4, ge=1, le=10)  # deliveries tried, with backoff
+    timeout: float = Field(default=5.0, gt=0)  # seconds per attempt
 
 
 class ReviewsConfig(BaseModel):
     """Approvals: the webhook, and how often a waiting replica re-reads the store."""
 
     model_config = ConfigDict(extra="forbid")
-    webhook: WebhookConfig | None = None
-    poll_interval: float = Field(default=1.0, gt=0)
+    webhook: WebhookConfig | None = None  # told of each review created and decided
+    poll_interval: float = Field(default=1.0, gt=0)  # seconds between a waiter's store reads
 
 
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = DEFAULT_LISTEN
-    agent_listen: str = DEFAULT_AGENT_LISTEN
+    listen: str = DEFAULT_LISTEN  # the public endpoint, HOST:PORT
+    agent_listen: str = DEFAULT_AGENT_LISTEN  # where agents connect (gRPC), HOST:PORT
+    # TLS material, SSH host key and user CA, recordings, the SQLite store.
     data_dir: Path = Path(".wardgate")
     store: str | None = None  # SQLAlchemy URL; default sqlite in data_dir
-    tls: TLSConfig = Field(default_factory=TLSConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)  # omitted: generated in data_dir/tls
     # Plaintext agent connections; the agent must also pass --insecure.
     allow_insecure_agents: bool = False
     # 32-byte key (base64) for AES-GCM sealing of connection secrets at rest.
     secret_key: str | None = None
-    admin_token: str | None = None
+    admin_token: str | None = None  # the bootstrap admin's credential; default: minted once
     # SQLite store only: "full" fsyncs each audit commit (survives a power cut); "normal"
     # survives a gateway crash but may lose the last events if the host loses power.
     audit_sync: Literal["full", "normal"] = "full"
-    ping_interval: float = Field(default=10.0, gt=0)
-    open_timeout: float = Field(default=15.0, gt=0)
-    connections: list[ConnectionSpec] = Field(default_factory=list)
-    agents: list[AgentDecl] = Field(default_factory=list)
-    identity: IdentityConfig = Field(default_factory=IdentityConfig)
-    roles: list[RoleConfig] = Field(default_factory=list)
+    ping_interval: float = Field(default=10.0, gt=0)  # seconds; 3 missed pings drop an agent
+    open_timeout: float = Field(default=15.0, gt=0)  # seconds an agent has to open a session
+    connections: list[ConnectionSpec] = Field(default_factory=list)  # as for `apply -f`
+    agents: list[AgentDecl] = Field(default_factory=list)  # created at start if missing
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)  # sign-in, credentials
+    roles: list[RoleConfig] = Field(default_factory=list)  # who may reach which connection
     # Guardrails: allow/deny rules on statements (gateway/policy/rules.py), and budgets. It
     # seeds policy version 1 of an empty store; afterwards the store's versions are in force
     # (gateway/policystore.py), re-read every `policy_check_interval` seconds.
@@ -227,7 +230,7 @@ class GatewayConfig(BaseModel):
     # Approvals: statement reviews and access requests (gateway/reviews/).
     reviews: ReviewsConfig = Field(default_factory=ReviewsConfig)
 
-    policy_check_interval: float = Field(default=2.0, gt=0)
+    policy_check_interval: float = Field(default=2.0, gt=0)  # seconds between version checks
 
     # Kubernetes API rules and masking (gateway/policy/kube.py).
     kubernetes: KubePolicyConfig = Field(default_factory=KubePolicyConfig)

@@ -47,19 +47,19 @@ OPTION_FIELDS = ("database", "username", "sslmode", "host_key")
 class ConnectionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    type: ConnectionType = "tcp"
-    agent: str = DEFAULT_POOL
-    host: str
+    name: str  # what users type: lowercase letters, digits, . _ -
+    type: ConnectionType = "tcp"  # the protocol, which decides the front door
+    agent: str = DEFAULT_POOL  # the agent pool that reaches the target
+    host: str  # the target, as the agent sees it
     port: int = Field(ge=1, le=65535)
-    database: str | None = None
-    username: str | None = None
-    sslmode: str | None = None
-    password: str | None = None
+    database: str | None = None  # postgres: the database on the target
+    username: str | None = None  # the account the agent logs in as
+    sslmode: str | None = None  # postgres: the agent's TLS to the target (libpq's modes)
+    password: str | None = None  # env:NAME / file:PATH (read by the agent) / sealed literal
     private_key: str | None = None  # ssh: the key the agent logs in with (a secret)
     host_key: str | None = None  # ssh: the target's host key pin
-    options: dict[str, str] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, str] = Field(default_factory=dict)  # per-protocol, see its guide
+    secrets: dict[str, str] = Field(default_factory=dict)  # more secrets by name (token)
 
     @field_validator("name", "agent")
     @classmethod

@@ -38,15 +38,15 @@ DEFAULT_APPROVAL_TTL = 3600  # seconds an approval vote stays valid
 
 class Approvers(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    groups: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()  # members of these groups may vote...
+    users: tuple[str, ...] = ()  # ...and these users
 
 
 class ReviewTerms(BaseModel):
     """The `review:` block of a rule, or the `request:` block of a grant."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    approvers: Approvers = Field(default_factory=Approvers)
+    approvers: Approvers = Field(default_factory=Approvers)  # who may vote (required)
     required: int = Field(default=1, ge=1, le=10)  # distinct approvers
     timeout: int = Field(default=DEFAULT_TIMEOUT, gt=0)  # seconds the requester waits
     approval_ttl: int = Field(default=DEFAULT_APPROVAL_TTL, gt=0)  # seconds a vote is valid

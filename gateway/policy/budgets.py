@@ -54,10 +54,10 @@ class BudgetMatch(WhoMatch):
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=100)
-    match: BudgetMatch = Field(default_factory=BudgetMatch)
-    rows_per_day: int | None = Field(default=None, gt=0)
-    bytes_per_day: int | None = Field(default=None, gt=0)
-    on_exceed: Literal["stop", "review"] = "stop"
+    match: BudgetMatch = Field(default_factory=BudgetMatch)  # whose reads it counts, where
+    rows_per_day: int | None = Field(default=None, gt=0)  # per user, connection, UTC day
+    bytes_per_day: int | None = Field(default=None, gt=0)  # of the server's answers
+    on_exceed: Literal["stop", "review"] = "stop"  # refuse, or hold for approval
     review: ReviewTerms | None = None  # on_exceed review: who approves, how many, how long
 
     @model_validator(mode="after")

@@ -41,20 +41,20 @@ from shared.kubeapi import RequestInfo
 
 
 class KubeMatch(WhoMatch):
-    verbs: list[str] = Field(default_factory=list)
-    resources: list[str] = Field(default_factory=list)
-    subresources: list[str] = Field(default_factory=list)
-    namespaces: list[str] = Field(default_factory=list)
-    names: list[str] = Field(default_factory=list)
-    api_groups: list[str] = Field(default_factory=list)
+    verbs: list[str] = Field(default_factory=list)  # RBAC's: get list watch create ...
+    resources: list[str] = Field(default_factory=list)  # pods, secrets, ... (globs)
+    subresources: list[str] = Field(default_factory=list)  # exec attach portforward log
+    namespaces: list[str] = Field(default_factory=list)  # globs
+    names: list[str] = Field(default_factory=list)  # object names (globs)
+    api_groups: list[str] = Field(default_factory=list)  # API groups (globs)
 
 
 class KubeRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    effect: Literal["allow", "deny", "review"]
-    message: str = ""
-    match: KubeMatch = Field(default_factory=KubeMatch)
+    effect: Literal["allow", "deny", "review"]  # deny wins, then review, then allow
+    message: str = ""  # what the client is told on a denial
+    match: KubeMatch = Field(default_factory=KubeMatch)  # absent conditions match everything
     review: ReviewTerms | None = None  # effect review: who approves, how many, how long
     # effect review: hold the request until decided, instead of answering 403 at once
     wait: bool = False
@@ -77,9 +77,9 @@ class KubeRule(BaseModel):
 
 class KubeMasking(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    secrets: bool = True
-    env: list[str] = Field(default_factory=list)
-    match: KubeMatch = Field(default_factory=KubeMatch)
+    secrets: bool = True  # Secret data and stringData values
+    env: list[str] = Field(default_factory=list)  # env variables whose values are masked (globs)
+    match: KubeMatch = Field(default_factory=KubeMatch)  # who and where it applies
 
 
 class KubePolicyConfig(BaseModel):
@@ -87,8 +87,9 @@ class KubePolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     rules: list[KubeRule] = Field(default_factory=list)
+    # On these connections (globs) what no rule allows is denied (discovery always passes).
     guarded_connections: list[str] = Field(default_factory=list)
-    masking: list[KubeMasking] = Field(default_factory=lambda: [KubeMasking()])
+    masking: list[KubeMasking] = Field(default_factory=lambda: [KubeMasking()])  # by the agent
 
     @model_validator(mode="after")
     def _unique(self) -> KubePolicyConfig:

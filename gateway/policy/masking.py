@@ -45,11 +45,11 @@ class MaskMatch(WhoMatch):
 class MaskingRuleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    match: MaskMatch = Field(default_factory=MaskMatch)
-    columns: list[str] = Field(default_factory=list)
-    detectors: list[str] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-    strategy: Literal["redact", "partial", "token"] = "redact"
+    match: MaskMatch = Field(default_factory=MaskMatch)  # who and where it applies
+    columns: list[str] = Field(default_factory=list)  # [[schema.]table.]column globs
+    detectors: list[str] = Field(default_factory=list)  # email card iban phone ...
+    regex: list[str] = Field(default_factory=list)  # your own patterns (Python re)
+    strategy: Literal["redact", "partial", "token"] = "redact"  # what replaces a value
 
     @field_validator("columns")
     @classmethod

@@ -66,10 +66,10 @@ POLICY_SQLSTATE = "42501"  # insufficient_privilege, as for read-only refusals
 class Match(WhoMatch):
     """Conditions of one rule; all given ones must hold, each list is any-of."""
 
-    kinds: list[str] = Field(default_factory=list)
-    tables: list[str] = Field(default_factory=list)
-    functions: list[str] = Field(default_factory=list)
-    flags: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)  # read write ddl dcl transaction utility
+    tables: list[str] = Field(default_factory=list)  # globs, any case, [schema.]table
+    functions: list[str] = Field(default_factory=list)  # globs
+    flags: list[str] = Field(default_factory=list)  # outside_data, where_less_write, ...
 
     @field_validator("kinds")
     @classmethod
@@ -99,9 +99,9 @@ Effect = Literal["allow", "deny", "review"]
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    effect: Effect
-    message: str = ""
-    match: Match = Field(default_factory=Match)
+    effect: Effect  # deny wins, then review, then allow
+    message: str = ""  # what the client is told on a denial
+    match: Match = Field(default_factory=Match)  # absent conditions match everything
     review: ReviewTerms | None = None  # effect review: who approves, how many, how long
 
     @model_validator(mode="after")
@@ -128,6 +128,7 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     rules: list[Rule] = Field(default_factory=list)
+    # On these connections (globs) what no rule allows is denied.
     guarded_connections: list[str] = Field(default_factory=list)
     masking: list[MaskingRuleConfig] = Field(default_factory=list)  # gateway/policy/masking.py
 

@@ -34,11 +34,11 @@ class WhoMatch(BaseModel):
     """The identity and connection conditions of a rule."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    users: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    identity: Literal["person", "machine"] | None = None
-    connections: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)  # user names (shell globs)
+    groups: list[str] = Field(default_factory=list)  # the user's groups
+    roles: list[str] = Field(default_factory=list)  # Wardgate roles the user holds
+    identity: Literal["person", "machine"] | None = None  # people or machines only
+    connections: list[str] = Field(default_factory=list)  # connection names (shell globs)
 
     def applies(self, subject: Subject, connection: str) -> bool:
         if self.users and not glob(subject.user, self.users):
