@@ -22,7 +22,7 @@ from cli import ssh as ssh_cli
 from cli.errors import WardgateGroup
 from cli.kube import kube as kube_commands
 from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
-from gateway.connspec import SUPPORTED_TYPES
+from gateway.conntypes import SUPPORTED_TYPES
 from gateway.identity.local import MIN_PASSWORD_LENGTH
 
 GATEWAY_OPTIONS = [

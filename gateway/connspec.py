@@ -30,16 +30,13 @@ blobs once stored; a plain value is sealed with the gateway's key on the way in.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.conntypes import SUPPORTED_TYPES, ConnectionType
 from gateway.policy import ssh as ssh_policy
 
-# What the gateway serves: each type has a front door (gateway/protocols/) and an agent side
-# (agent/protocols/). A type nothing serves is refused, naming these.
-ConnectionType = Literal["tcp", "postgres", "ssh", "kubernetes"]
-SUPPORTED_TYPES: tuple[str, ...] = get_args(ConnectionType)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 DEFAULT_POOL = "default"
 
