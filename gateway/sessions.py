@@ -13,7 +13,8 @@ grant on a connection type whose statements cannot be checked (tcp; Kubernetes s
 checked per API request by their front door). The granted level is on
 the `Session` (`access`), for the front doors to enforce per statement; a read-only PostgreSQL
 session is also opened with `default_transaction_read_only=on` and without the client's own
-startup settings, as defence in depth.
+startup settings, as defence in depth. `SessionBroker.access` gives the same answer without
+opening or recording anything, for clients that ask before they listen (`wardgate tcp`).
 
 Result masking (`gateway.policy.masking`) is resolved here too: the rules that apply to the
 identity and connection travel in the Target to an agent with the `masking` capability;
