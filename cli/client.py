@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import click
 import httpx
 
+from cli.errors import UsageProblem
 from shared.tlsutil import client_context
 
 
@@ -147,16 +148,46 @@ def resolve(gateway: str | None, token: str | None, ca: str | None) -> GatewayRe
         )
     if not (token or os.environ.get("WARDGATE_TOKEN")) and saved.get("url") == url.rstrip("/"):
         saved = refresh_stored(saved)
+    check_url(url)
     tok = token or os.environ.get("WARDGATE_TOKEN") or saved.get("token")
     ca_file = ca or os.environ.get("WARDGATE_CA")
     ca_pem: bytes | None
     if ca_file:
-        ca_pem = Path(ca_file).read_bytes()
+        ca_pem = read_ca(ca_file)
     elif saved.get("ca_pem") and saved.get("url") == url:
         ca_pem = str(saved["ca_pem"]).encode()
     else:
         ca_pem = None
     return GatewayRef(url.rstrip("/"), tok, ca_pem)
+
+
+def check_url(url: str) -> str:
+    """Refuse a gateway URL without https:// (or http://) before anything dials it."""
+    parts = urlsplit(url)
+    if parts.scheme in ("https", "http") and parts.netloc:
+        return url
+    if "://" not in url:
+        raise UsageProblem(
+            f"gateway URL {url!r} has no scheme: write https://{url} (in WARDGATE_URL or --gateway)"
+        )
+    raise UsageProblem(f"gateway URL {url!r}: write https://HOST:PORT")
+
+
+def read_ca(ca_file: str) -> bytes:
+    """The CA certificate named by WARDGATE_CA or --ca, refused early when it is not one."""
+    path = Path(ca_file).expanduser()
+    if not path.is_file():
+        raise UsageProblem(
+            f"CA file {ca_file} (WARDGATE_CA or --ca) does not exist: point it at the gateway's "
+            "CA certificate (tls/ca.pem in its data dir)"
+        )
+    pem = path.read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise UsageProblem(
+            f"CA file {ca_file} (WARDGATE_CA or --ca) holds no PEM certificate: point it at "
+            "the gateway's CA certificate (tls/ca.pem in its data dir)"
+        )
+    return pem
 
 
 def _detail(response: httpx.Response) -> str:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -18,8 +19,11 @@ from cli import client as cl
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
+from cli.errors import WardgateGroup
 from cli.kube import kube as kube_commands
 from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
+from gateway.conntypes import SUPPORTED_TYPES
+from gateway.identity.local import MIN_PASSWORD_LENGTH
 
 GATEWAY_OPTIONS = [
     click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
@@ -48,10 +52,16 @@ def _print(data: Any, as_json: bool) -> None:
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-@click.group()
+@click.group(cls=WardgateGroup)
 @click.option("--log-level", default="info", show_default=True, envvar="WARDGATE_LOG_LEVEL")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="WARDGATE_DEBUG",
+    help="Show the full traceback when a command fails (or WARDGATE_DEBUG=1).",
+)
 @click.version_option(package_name="wardgate")
-def main(log_level: str) -> None:
+def main(log_level: str, debug: bool) -> None:
     """Wardgate: identity-aware access gateway."""
     setup_logging(log_level)
 
@@ -71,6 +81,15 @@ def _announce(started: Any, url: str) -> None:
         click.echo(f"  agent {name} created; its key (shown once): {key}", err=True)
 
 
+async def _start(gw: Any) -> Any:
+    """Start the gateway; one that fails half-way closes what it opened (the store) first."""
+    try:
+        return await gw.start()
+    except BaseException:
+        await gw.aclose()
+        raise
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path))
 @click.option("--listen", help="Public endpoint HOST:PORT (default 0.0.0.0:8443).")
@@ -87,7 +106,7 @@ def gateway(
 
     async def serve() -> None:
         gw = Gateway(cfg)
-        started = await gw.start()
+        started = await _start(gw)
         host, port = started.public_address
         _announce(started, f"{host}:{port}")
         if started.admin_token:
@@ -118,8 +137,10 @@ def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str
     cfg = load_config(config_path, listen=listen, agent_listen=agent_listen, data_dir=data_dir)
 
     async def serve() -> None:
-        gw = Gateway(cfg, rotate_admin_token=True)
-        started = await gw.start()
+        # The dev admin token is kept in the data dir (0600) and reused while it is valid,
+        # so shells that sourced the env file and ~/.pgpass entries survive a restart.
+        gw = Gateway(cfg, admin_token_file=cfg.data_dir / "admin-token")
+        started = await _start(gw)
         host, port = started.public_address
         url = f"https://{host}:{port}"
         key = await asyncio.to_thread(gw.agent_key, "default", "default")
@@ -130,15 +151,11 @@ def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str
         tasks.spawn(agent.run(), name="embedded-agent")
         env_file = cfg.data_dir / "env"
         token = started.admin_token or ""
-        env_file.write_text(
-            f"export WARDGATE_URL={url}\nexport WARDGATE_TOKEN={token}\n"
-            f"export WARDGATE_CA={started.ca_path.resolve()}\n"
-        )
-        env_file.chmod(0o600)
+        _write_env(env_file, url, token, started.ca_path.resolve())
         _announce(started, f"{host}:{port}")
         click.echo(f"  admin token: {token}", err=True)
         click.echo("  embedded agent 'default' serves pool 'default'", err=True)
-        click.echo(f"  use the CLI with: source {env_file}", err=True)
+        click.echo(f"  use the CLI with: source {env_file} (signed in as admin)", err=True)
         try:
             await gw.wait_closed()
         finally:
@@ -146,6 +163,41 @@ def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str
             await gw.aclose()
 
     sys.exit(run(serve(), malloc=MANY_CONNECTIONS))
+
+
+def _cli_dir() -> Path | None:
+    """The directory of the running `wardgate` executable (a venv's bin), absolute."""
+    import shutil
+
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "wardgate" and argv0.exists():
+        return argv0.absolute().parent
+    # `python -m cli.main`: the script installed next to this interpreter (not resolved:
+    # a venv's python is a symlink out of the venv).
+    beside = Path(sys.executable).absolute().parent / "wardgate"
+    if beside.exists():
+        return beside.parent
+    found = shutil.which("wardgate")
+    return Path(found).absolute().parent if found else None
+
+
+def _write_env(env_file: Path, url: str, token: str, ca_path: Path) -> None:
+    """The env file `source`d to use the CLI at once: gateway, token, CA, and `wardgate` on
+    PATH. Mode 0600: it holds the admin token."""
+    import shlex
+
+    lines = [
+        f"export WARDGATE_URL={shlex.quote(url)}",
+        f"export WARDGATE_TOKEN={shlex.quote(token)}",
+        f"export WARDGATE_CA={shlex.quote(str(ca_path))}",
+    ]
+    bin_dir = _cli_dir()
+    if bin_dir is not None:
+        lines.append(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    env_file.chmod(0o600)
 
 
 # ---- agents ----------------------------------------------------------------------------
@@ -252,7 +304,8 @@ def connection() -> None:
     "type_",
     default="tcp",
     show_default=True,
-    type=click.Choice(["tcp", "postgres", "mysql", "ssh", "kubernetes"]),
+    type=click.Choice(SUPPORTED_TYPES),
+    help="What the gateway serves: " + ", ".join(SUPPORTED_TYPES) + ".",
 )
 @click.option("--agent", "pool", default="default", show_default=True, help="Agent pool.")
 @click.option("--host", required=True)
@@ -336,18 +389,34 @@ def connection_delete(name: str, gateway: str | None, token: str | None, ca: str
 
 @main.command("apply")
 @click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--comment", help="Why the policy changes, shown by `policy history` (wins over the file's)."
+)
 @gateway_options
-def apply_cmd(path: Path, gateway: str | None, token: str | None, ca: str | None) -> None:
-    """Apply a declarative YAML file (idempotent): `connections:` and/or `policy:`."""
-    doc = yaml.safe_load(path.read_text()) or {}
+def apply_cmd(
+    path: Path, comment: str | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
+    """Apply a declarative YAML file (idempotent): `connections:` and/or `policy:`.
+
+    A top-level `comment:` (or --comment) says why the policy changes; `wardgate policy
+    history` shows it next to the new version. It is not part of the policy: applying the
+    same policy with another comment changes nothing.
+    """
+    with path.open() as fh:  # a stream, so a YAML error's mark names the file
+        doc = yaml.safe_load(fh) or {}
     if not isinstance(doc, dict):
         raise click.UsageError(f"{path}: expected a mapping with a 'connections:' list")
-    unknown = set(doc) - {"connections", "policy"}
+    unknown = set(doc) - {"connections", "policy", "comment"}
     if unknown:
         raise click.UsageError(f"{path}: unknown top-level keys: {', '.join(sorted(unknown))}")
     body: dict[str, Any] = {"connections": doc.get("connections", [])}
     if "policy" in doc:
         body["policy"] = doc["policy"] or {}
+        note = comment if comment is not None else doc.get("comment")
+        if note is not None:
+            body["comment"] = str(note)
+    elif comment is not None or "comment" in doc:
+        raise click.UsageError(f"{path}: a comment goes with a 'policy:' to apply")
     with _ref(gateway, token, ca).http() as http:
         data = cl.check(http.post("/v1/apply", json=body))
     for r in data["connections"]:
@@ -625,9 +694,10 @@ def login(
     url = (gateway or os.environ.get("WARDGATE_URL") or saved.get("url") or "").rstrip("/")
     if not url:
         raise click.UsageError("no gateway: pass --gateway URL or set WARDGATE_URL")
+    cl.check_url(url)
     ca_file = str(ca) if ca else os.environ.get("WARDGATE_CA")
     if ca_file:
-        ca_pem: bytes | None = Path(ca_file).read_bytes()
+        ca_pem: bytes | None = cl.read_ca(ca_file)
     elif saved.get("ca_pem") and saved.get("url") == url:
         ca_pem = str(saved["ca_pem"]).encode()
     else:
@@ -792,6 +862,13 @@ def user_enable(name: str, gateway: str | None, token: str | None, ca: str | Non
     click.echo(f"user {name} enabled", err=True)
 
 
+def _long_enough(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        # click re-prompts after a UsageError from value_proc, before the confirmation.
+        raise click.UsageError(f"passwords have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
 @user.command("create")
 @click.argument("name")
 @click.option("--group", "groups", multiple=True)
@@ -800,7 +877,12 @@ def user_create(
     name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
 ) -> None:
     """Create a local user (setups without an IdP); prints the TOTP URI once."""
-    password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = click.prompt(
+        f"password (at least {MIN_PASSWORD_LENGTH} characters)",
+        hide_input=True,
+        confirmation_prompt=True,
+        value_proc=_long_enough,
+    )
     with _ref(gateway, token, ca).http() as http:
         data = cl.check(
             http.post(
@@ -945,10 +1027,24 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
     from cli.tcp import forward
     from gateway.config import parse_address
 
-    host, port = parse_address(listen)
+    try:
+        host, port = parse_address(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
     ref = _ref(gateway, token, ca)
     if not ref.token:
         raise click.UsageError("no credential: pass --token, set WARDGATE_TOKEN, or log in")
+    # Refuse before listening what every client connection would be refused (a missing
+    # connection, another type, no access), rather than fail at the first client.
+    with ref.http() as http:
+        access = cl.check(http.get(f"/v1/connections/{quote(name, safe='')}/access"))
+    if access["type"] != "tcp":
+        raise click.ClickException(
+            f"connection {name!r} is of type {access['type']}; wardgate tcp reaches only tcp "
+            "connections"
+        )
+    if access["access"] is None:
+        raise click.ClickException(f"you may not use connection {name!r}: {access['reason']}")
     sys.exit(run(forward(ref, name, host, port)))
 
 

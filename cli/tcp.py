@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cli.client import GatewayRef
+from shared.listen import ListenError, host_port
 from shared.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,10 @@ async def forward(
         peer = writer.get_extra_info("peername")
         connections.spawn(handle(ref, name, reader, writer), name=str(peer))
 
-    server = await asyncio.start_server(accept, host, port)
+    try:
+        server = await asyncio.start_server(accept, host, port)
+    except OSError as exc:
+        raise ListenError(host_port(host, port), exc) from exc
     bound = server.sockets[0].getsockname()
     print(f"wardgate tcp: {name} on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
     if ready is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import errno
 import functools
 import logging
 import os
@@ -35,6 +37,7 @@ from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
 from shared.agentkey import AgentKey, hash_secret, new_secret
+from shared.listen import ListenError, host_port
 from shared.tasks import TaskOwner
 from shared.tunnel.rpc import add_tunnel_service, make_server
 
@@ -52,7 +55,7 @@ class Started:
     agent_address: tuple[str, int]
     ca_fingerprint: str
     ca_path: Path
-    admin_token: str | None = None  # only when this start minted one
+    admin_token: str | None = None  # when this start minted one (or kept dev's, see __init__)
     agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
     ssh_fingerprint: str = ""  # the SSH front door's host key
     ssh_user_ca: str = ""  # fingerprint of the CA that signs users' SSH certificates
@@ -63,16 +66,30 @@ def _bind(address: tuple[str, int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host_port(host, port), exc) from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, rotate_admin_token: bool = False) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        rotate_admin_token: bool = False,
+        admin_token_file: Path | None = None,
+    ) -> None:
+        """`admin_token_file` (`wardgate dev`): keep the bootstrap admin token in this file
+        (0600) and reuse it at every start while the store holds it valid, so shells and
+        ~/.pgpass entries made with it survive restarts."""
         self.config = config
         self._rotate_admin = rotate_admin_token
+        self._admin_token_file = admin_token_file
         self._tasks = TaskOwner("gateway")
         self._grpc: grpc.aio.Server | None = None
         self.store: Store | None = None
@@ -110,12 +127,34 @@ class Gateway:
                 store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
                 store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
             return token
-        if existing is not None and not self._rotate_admin:
+        kept = self._kept_admin_token(store)
+        if kept is not None:
+            return kept
+        if existing is not None and not self._rotate_admin and self._admin_token_file is None:
             return None  # production restarts keep the token printed at first start
         store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
         token = new_token()
         store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
+        if self._admin_token_file is not None:
+            path = self._admin_token_file
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            path.chmod(0o600)  # O_CREAT's mode does not apply to a file that existed
         return token
+
+    def _kept_admin_token(self, store: Store) -> str | None:
+        """The token in `admin_token_file` while the store still holds it valid for admin."""
+        path = self._admin_token_file
+        if path is None or not path.exists():
+            return None
+        token = path.read_text().strip()
+        found = store.find_token(hash_token(token)) if token else None
+        if found is None:
+            return None
+        record, user = found
+        valid = record.valid_at(dt.datetime.now(dt.UTC)) and user.name == ADMIN_USER
+        return token if valid and record.label == BOOTSTRAP_LABEL else None
 
     async def start(self) -> Started:
         cfg = self.config
@@ -146,16 +185,24 @@ class Gateway:
             if ":" in agent_addr[0]
             else (f"{agent_addr[0]}:{agent_addr[1]}")
         )
-        if cfg.allow_insecure_agents:
-            port = server.add_insecure_port(bind)
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(tls.key_path.read_bytes(), tls.cert_path.read_bytes())]
-            )
-            port = server.add_secure_port(bind, creds)
+        try:
+            if cfg.allow_insecure_agents:
+                port = server.add_insecure_port(bind)
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.key_path.read_bytes(), tls.cert_path.read_bytes())]
+                )
+                port = server.add_secure_port(bind, creds)
+        except RuntimeError:  # grpc says only "Failed to bind"
+            port = 0
         if port == 0:
             listener.close()
-            raise OSError(f"cannot listen for agents on {bind}")
+            try:  # grpc says only "Failed to bind": a plain bind names the reason
+                _bind(agent_addr).close()
+            except ListenError as exc:
+                raise ListenError(bind, exc, setting="agent_listen") from exc
+            in_use = OSError(errno.EADDRINUSE, "address already in use")
+            raise ListenError(bind, in_use, setting="agent_listen")
         agent_addr = (agent_addr[0], port)
         await server.start()
         self._grpc = server

@@ -8,12 +8,22 @@ itself can be committed.
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.connspec import ConnectionSpec
 from gateway.policy.approval import ReviewTerms
@@ -286,12 +296,65 @@ def resolve_secret(value: str) -> str:
     return value
 
 
+class ConfigError(ValueError):
+    """The gateway config cannot be used; the message names the file, the key and the fix."""
+
+
 def load_config(path: Path | None, **overrides: Any) -> GatewayConfig:
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        with path.open() as fh:  # a stream, so a YAML error's mark names the file
+            loaded = yaml.safe_load(fh) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return GatewayConfig.model_validate(data)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, path, set(given))) from exc
+
+
+def _describe_errors(exc: ValidationError, path: Path | None, flags: set[str]) -> str:
+    """The first error of `exc` in one line (with how many more), the key spelled as in the
+    file (`identity.credentials.ttl`, `roles[0].name`), or as the flag that set it."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    where = str(path) if path is not None else "the gateway settings"
+    if loc and loc[0] in flags:
+        where, key = "the command line", f"--{str(loc[0]).replace('_', '-')}"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        text = f"{where}: unknown key {key!r}{hint}"
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ")
+        text = f"{where}: {key or 'the file'}: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return text
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config model accepts at `loc` (for "did you mean")."""
+    model: type[BaseModel] | None = GatewayConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -30,13 +30,13 @@ blobs once stored; a plain value is sealed with the gateway's key on the way in.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.conntypes import SUPPORTED_TYPES, ConnectionType
 from gateway.policy import ssh as ssh_policy
 
-ConnectionType = Literal["tcp", "postgres", "mysql", "ssh", "kubernetes"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 DEFAULT_POOL = "default"
 
@@ -60,6 +60,16 @@ class ConnectionSpec(BaseModel):
     host_key: str | None = None  # ssh: the target's host key pin
     options: dict[str, str] = Field(default_factory=dict)  # per-protocol, see its guide
     secrets: dict[str, str] = Field(default_factory=dict)  # more secrets by name (token)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _served(cls, value: Any) -> Any:
+        if value not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"type {value!r} is not served by Wardgate; supported types: "
+                f"{', '.join(SUPPORTED_TYPES)}"
+            )
+        return value
 
     @field_validator("name", "agent")
     @classmethod

@@ -13,7 +13,8 @@ grant on a connection type whose statements cannot be checked (tcp; Kubernetes s
 checked per API request by their front door). The granted level is on
 the `Session` (`access`), for the front doors to enforce per statement; a read-only PostgreSQL
 session is also opened with `default_transaction_read_only=on` and without the client's own
-startup settings, as defence in depth.
+startup settings, as defence in depth. `SessionBroker.access` gives the same answer without
+opening or recording anything, for clients that ask before they listen (`wardgate tcp`).
 
 Result masking (`gateway.policy.masking`) is resolved here too: the rules that apply to the
 identity and connection travel in the Target to an agent with the `masking` capability;
@@ -49,6 +50,15 @@ from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What a session open decides before anything is recorded."""
+
+    decision: Decision  # the grant's
+    blocked: str | None  # a guardrail that cannot be enforced on the connection's type
+    request_expires_at: dt.datetime | None  # when the grant holds through an access request
 
 
 class SessionError(Exception):
@@ -204,6 +214,48 @@ class SessionBroker:
             log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
             raise SessionError("unavailable", f"session not opened: {exc}") from None
 
+    async def access(self, identity: Identity, conn: ConnectionRecord) -> Decision:
+        """The access `identity` gets on `conn`, decided as `open` decides it, without
+        opening or recording anything: clients ask before they listen (`wardgate tcp`)."""
+        await self._refresh_policy()
+        verdict = await self._decide(identity, conn)
+        if verdict.blocked is not None:
+            return Decision(None, f"policy: {verdict.blocked}")
+        return verdict.decision
+
+    async def _decide(self, identity: Identity, conn: ConnectionRecord) -> _Verdict:
+        requested: dict[str, dt.datetime] = {}
+        if self._policy.on_request:
+            # Approvals: grants with `request:` terms hold only through an approved access
+            # request (gateway/reviews), looked up at every open so expiry takes effect.
+            requested = await store_call(
+                self._store, self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+            )
+        decision = self._policy.decide(
+            user=identity.user,
+            groups=identity.groups,
+            is_admin=identity.is_admin,
+            connection=conn.name,
+            bound_connection=identity.connection,
+            scopes=identity.scopes,
+            requested=requested,
+        )
+        if (
+            decision.access == "read-only"
+            and conn.type not in READ_ONLY_ENFORCED | READ_ONLY_BY_REQUEST
+        ):
+            # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
+            decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
+        if decision.access is not None and conn.type not in READ_ONLY_ENFORCED:
+            # Likewise a guardrail meant for a connection whose statements we cannot read.
+            subject = subject_for(
+                self._policy, identity.user, identity.groups, machine=identity.is_machine
+            )
+            blocked = self._guardrails.policy.unenforceable(subject, conn.name)
+            if blocked is not None:
+                return _Verdict(decision, blocked[0], requested.get(conn.name))
+        return _Verdict(decision, None, requested.get(conn.name))
+
     async def _open(
         self,
         identity: Identity,
@@ -242,44 +294,18 @@ class SessionBroker:
                 f"connection {connection!r} is of type {conn.type!r}; "
                 f"{protocol} reaches only {', '.join(types)} connections",
             )
-        requested: dict[str, dt.datetime] = {}
-        if self._policy.on_request:
-            # Approvals: grants with `request:` terms hold only through an approved access
-            # request (gateway/reviews), looked up at every open so expiry takes effect.
-            requested = await store_call(
-                self._store, self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+        verdict = await self._decide(identity, conn)
+        decision, blocked = verdict.decision, verdict.blocked
+        if blocked is not None:
+            await self._audit.record(
+                "session.refused",
+                actor=identity.user,
+                connection=connection,
+                reason=f"policy: {blocked}",
+                credential=identity.token_id,
+                client=client_addr,
             )
-        decision = self._policy.decide(
-            user=identity.user,
-            groups=identity.groups,
-            is_admin=identity.is_admin,
-            connection=conn.name,
-            bound_connection=identity.connection,
-            scopes=identity.scopes,
-            requested=requested,
-        )
-        if (
-            decision.access == "read-only"
-            and conn.type not in READ_ONLY_ENFORCED | READ_ONLY_BY_REQUEST
-        ):
-            # Fail closed: a read-only grant on a protocol we cannot inspect is no grant.
-            decision = Decision(None, f"read-only access cannot be enforced on {conn.type}")
-        if decision.access is not None and conn.type not in READ_ONLY_ENFORCED:
-            # Likewise a guardrail meant for a connection whose statements we cannot read.
-            subject = subject_for(
-                self._policy, identity.user, identity.groups, machine=identity.is_machine
-            )
-            blocked = self._guardrails.policy.unenforceable(subject, conn.name)
-            if blocked is not None:
-                await self._audit.record(
-                    "session.refused",
-                    actor=identity.user,
-                    connection=connection,
-                    reason=f"policy: {blocked[0]}",
-                    credential=identity.token_id,
-                    client=client_addr,
-                )
-                raise SessionError("forbidden", f"policy: {blocked[0]}")
+            raise SessionError("forbidden", f"policy: {blocked}")
         if decision.access is None:
             await self._audit.record(
                 "session.refused",
@@ -371,7 +397,7 @@ class SessionBroker:
             raise SessionError(_target_error_kind(exc.code), message) from None
         session = Session(session_id, identity, conn, stream, agent, access=decision.access)
         if decision.reason.endswith("(approved access request)"):
-            session.grant_expires_at = requested.get(conn.name)  # ended then, see below
+            session.grant_expires_at = verdict.request_expires_at  # ended then, see below
         self._live[session_id] = session
         return session
 

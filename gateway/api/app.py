@@ -74,6 +74,7 @@ class AgentCreate(BaseModel):
 class ApplyRequest(BaseModel):
     connections: list[ConnectionSpec] = Field(default_factory=list)
     policy: dict[str, Any] | None = None  # a new policy version unless unchanged
+    comment: str | None = Field(default=None, max_length=1000)  # the new version's
 
 
 class AuthorizeRequest(BaseModel):
@@ -473,6 +474,21 @@ def build_app(deps: ApiDeps) -> FastAPI:
             raise HTTPException(404, f"connection {name!r} does not exist")
         return describe(record)
 
+    @app.get("/v1/connections/{name}/access")
+    async def connection_access(name: str, who: User) -> dict[str, Any]:
+        """Whether the caller may open a session on NAME, decided as opening one would (no
+        session, no audit event): `wardgate tcp` asks before it listens."""
+        record = await run(deps.store.get_connection, name)
+        if record is None:
+            raise HTTPException(404, f"connection {name!r} does not exist")
+        decision = await deps.broker.access(who, record)
+        return {
+            "connection": name,
+            "type": record.type,
+            "access": decision.access,
+            "reason": decision.reason,
+        }
+
     @app.post("/v1/connections", status_code=201)
     async def create_connection(spec: ConnectionSpec, who: Admin) -> dict[str, Any]:
         if await run(deps.store.get_connection, spec.name) is not None:
@@ -512,7 +528,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 )
         out: dict[str, Any] = {"connections": results}
         if body.policy is not None and deps.policy_source is not None:
-            applied = await deps.policy_source.apply(body.policy, applied_by=who.user)
+            applied = await deps.policy_source.apply(
+                body.policy, applied_by=who.user, comment=body.comment
+            )
             await record_applied(deps, who.user, applied)
             out["policy"] = applied.as_json()
         return out

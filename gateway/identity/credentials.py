@@ -634,8 +634,10 @@ class IdentityService:
             raise IdentityError(404, "local users are not enabled on this gateway")
         if not cl.USER_NAME_RE.match(name):
             raise IdentityError(422, f"{name!r} is not a valid user name")
-        if len(password) < 12:
-            raise IdentityError(422, "passwords have at least 12 characters")
+        if len(password) < local.MIN_PASSWORD_LENGTH:
+            raise IdentityError(
+                422, f"passwords have at least {local.MIN_PASSWORD_LENGTH} characters"
+            )
         assert self._box is not None
         secret = local.new_totp_secret()
         sealed = self._box.seal(secret.encode(), context=f"user/{name}/totp")

@@ -16,6 +16,7 @@ import time
 from urllib.parse import quote
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD_LENGTH = 12  # the CLI says it in its prompt
 TOTP_STEP = 30
 TOTP_DIGITS = 6
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
+import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures.postgres import PostgresServer
@@ -81,15 +84,35 @@ def test_dev_runs_gateway_and_embedded_agent_with_printed_admin_token(
             tcp.stop()
     finally:
         assert dev.stop() == 0, dev.log()
-    # A second start prints a new token and revokes the old one.
+    # A second start on the same data dir keeps the token: shells that sourced the env file
+    # (and ~/.pgpass entries made with it) go on working.
+    assert stat.S_IMODE((tmp_path / "wg" / "admin-token").stat().st_mode) == 0o600
     dev2 = Proc(dev.args, tmp_path / "dev2.log", env).start()
     try:
         token2 = wait_for(
             lambda: re.search(r"admin token: (wgt_\S+)", dev2.log()), "the second admin token"
         ).group(1)
-        assert token2 != token
+        assert token2 == token
+        assert "signed in as admin" in dev2.log()
+        ca = ssl.create_default_context(cafile=str(tmp_path / "wg" / "tls" / "ca.pem"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{public}", verify=ca) as api:
+            who = api.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert who.status_code == 200 and who.json()["user"] == "admin"
+        # The env file alone makes the CLI usable, from a shell whose PATH lacks the venv.
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+        sourced = subprocess.run(
+            ["bash", "-c", f"source {env_file} && wardgate whoami"],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sourced.returncode == 0, sourced.stderr
+        assert "admin" in sourced.stdout
     finally:
-        dev2.stop()
+        assert dev2.stop() == 0, dev2.log()
 
 
 def test_connection_commands_and_idempotent_apply(wardgate: Wardgate, tmp_path: Path) -> None:

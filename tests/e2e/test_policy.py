@@ -9,7 +9,7 @@ at Parse); the session goes on; the data is unchanged; `wardgate policy explain`
 from __future__ import annotations
 
 import dataclasses
-import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +17,18 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from psycopg import sql
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
+from tests.fixtures.wardgate import (
+    ADMIN_TOKEN,
+    GatewayProc,
+    Wardgate,
+    free_port,
+    port_open,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -190,10 +198,22 @@ def test_a_guarded_connection_allows_only_what_a_rule_allows(stack: Stack) -> No
 def test_a_guarded_tcp_connection_is_refused_since_nothing_there_can_be_judged(
     stack: Stack,
 ) -> None:
-    proc, port = stack.wg.tcp(stack.gw, "tcp-locked")
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        assert sock.recv(1) == b""  # closed without reaching the target
-    wait_for(lambda: "is guarded" in proc.log(), "wardgate tcp to print the refusal")
+    # `wardgate tcp` asks first and refuses before it listens.
+    port = free_port()
+    cli = stack.wg.cli(stack.gw, "tcp", "tcp-locked", "--listen", f"127.0.0.1:{port}")
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert "you may not use connection 'tcp-locked': policy: " in cli.stderr
+    assert "is guarded" in cli.stderr and not port_open(port)
+    # A client that does not ask is refused at the session, and the refusal is audited.
+    ca = ssl.create_default_context(cafile=str(stack.gw.ca_path))
+    url = stack.gw.url.replace("https://", "wss://") + "/v1/connections/tcp-locked/tcp"
+    auth = {"Authorization": f"Bearer {stack.gw.token}"}
+    with (
+        ws_connect(url, ssl=ca, additional_headers=auth, open_timeout=30) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and "is guarded" in closed.value.rcvd.reason
     refused = [
         e for e in stack.gw.audit("session.refused") if e["data"].get("connection") == "tcp-locked"
     ]
