@@ -37,6 +37,7 @@ from gateway.protocols import kubernetes, tcp
 from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store, StoreUnavailable
+from gateway.store.chain import ChainCheck
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
 
@@ -642,8 +643,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/audit/verify")
     async def verify_audit(who: Admin) -> dict[str, Any]:
-        bad = await run(deps.store.verify_audit)
-        return {"intact": bad is None, "first_bad_seq": bad}
+        checked: ChainCheck = await run(deps.store.check_audit)
+        return checked.as_dict()
 
     app.include_router(reviews_api.router(_identity))  # approvals: /v1/reviews, /v1/requests
 
