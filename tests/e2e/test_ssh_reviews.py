@@ -30,7 +30,15 @@ ROLES = [
     {
         "name": name,
         "groups": [group],
-        "grants": [{"connection": "web-*", "access": "read-write"}],
+        "grants": [
+            {"connection": "web-*", "access": "read-write"},
+            # Access requests: held only through an approved `wardgate request`.
+            {
+                "connection": "vault-*",
+                "access": "read-write",
+                "request": {"approvers": {"groups": ["ops"]}},
+            },
+        ],
     }
     for name, group in (("devs", "dev"), ("ops", "ops"))
 ]
@@ -84,6 +92,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         gw.create_connection(**ssh_connection(sshd, "web-1", options=options))
         quick = {**options, "ssh_review": "{approvers: {groups: [ops]}, timeout: 1}"}
         gw.create_connection(**ssh_connection(sshd, "web-2", options=quick))
+        gw.create_connection(**ssh_connection(sshd, "vault-1"))
         tokens = {
             name: gw.local_login(name, [group])
             for name, group in (("alice", "dev"), ("bob", "ops"))
@@ -271,3 +280,12 @@ def test_approved_exec_with_a_terminal_is_recorded(stack: Stack, tmp_path: Path)
         "the terminal recording",
     )
     assert recording[0]["data"]["format"] == "asciicast-v2"
+
+
+def test_a_grant_on_request_tells_the_ssh_client_how_to_ask(stack: Stack, tmp_path: Path) -> None:
+    out = stack.route(tmp_path, "vault-1").ssh("true")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (
+        b"wardgate: user 'alice' needs an approved access request for 'vault-1': "
+        b'wardgate request vault-1 --for 1h --reason "..."\r\n'
+    )
