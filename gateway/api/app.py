@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
+from gateway.api import docs
 from gateway.api import reviews as reviews_api
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
@@ -189,7 +190,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         version=__version__,
         description="Admin API of the Wardgate access gateway. Authenticate with "
         "`Authorization: Bearer <token>`.",
+        docs_url=None,  # FastAPI's pages load from a CDN: see gateway.api.docs
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.deps = deps
 
     @app.exception_handler(StoreUnavailable)
