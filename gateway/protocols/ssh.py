@@ -28,7 +28,9 @@ data back. Approved, the exec request goes to the agent as usual; denied or expi
 client gets the reason on stderr and exit status 126; a client that hangs up (or closes the
 channel) while it waits has its review cancelled.
 
-Refusals reach the client in SSH: a bad credential fails authentication; a session that
+Refusals reach the client in SSH: a login name without `:CONNECTION` (`ssh alice@gw`) fails
+authentication with a userauth banner saying how to name the target (before authentication
+it names no connection); a bad credential fails authentication; a session that
 cannot be opened (unknown connection, no access, the target's host key changed...) and a
 refused command are answered on the session channel with a message on stderr and exit
 status 1 (session) or 126 (command); channel kinds the connection does not allow fail to
@@ -150,6 +152,7 @@ def parse_username(username: str) -> tuple[str, str] | None:
     return user, connection
 
 
+WHOAMI_HINT = "`wardgate whoami` lists the connections you may use."
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
@@ -163,7 +166,7 @@ def target_hint(username: str) -> str:
     return (
         "wardgate: the login name must name the target as USER:CONNECTION, e.g.\r\n"
         f"wardgate:   ssh -p PORT {user}:CONNECTION@HOST   (or: wardgate ssh CONNECTION)\r\n"
-        "wardgate: `wardgate whoami` lists the connections you may use.\r\n"
+        f"wardgate: {WHOAMI_HINT}\r\n"
     )
 
 
@@ -489,6 +492,7 @@ class _Connection:
         self.pending_user = ""
         self.session: Session | None = None
         self.session_error: str | None = None
+        self.session_hint = ""  # what to do about session_error, for the client only
         self.roles: tuple[str, ...] = ()
         self.channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()
@@ -542,7 +546,7 @@ class _Connection:
             banner.add_string("")  # language tag
             # paramiko has no public call for a banner after the service request: its own
             # `get_banner` is sent before any login name is known.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(EOFError, OSError, paramiko.SSHException):  # gone
                 transport._send_message(banner)  # type: ignore[attr-defined]
         return True
 
@@ -615,6 +619,11 @@ class _Connection:
             )
         except SessionError as exc:
             self.session_error = exc.message
+            if exc.kind == "unknown_connection" or (
+                exc.kind == "forbidden" and "wardgate request" not in exc.message
+            ):
+                # Authenticated by now: pointing at the user's own grants leaks nothing.
+                self.session_hint = f"\r\nwardgate: {WHOAMI_HINT}"
         finally:
             self._session_ready.set()
 
@@ -706,7 +715,8 @@ class _Connection:
         if ch is None:
             return False
         if self.session is None:
-            self._refuse(ch, f"wardgate: {self.session_error}", EXIT_SESSION_FAILED)
+            message = f"wardgate: {self.session_error}{self.session_hint}"
+            self._refuse(ch, message, EXIT_SESSION_FAILED)
             return True
         options = self.session.connection.options
         text = command.decode(errors="replace") if command is not None else ""

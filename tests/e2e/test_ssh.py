@@ -178,7 +178,10 @@ def test_unknown_connection_is_refused_with_a_clear_message(route: Route) -> Non
     route.connection = "nope"
     out = route.ssh("true")
     assert out.returncode == 1
-    assert b"connection 'nope' does not exist" in out.stderr
+    assert out.stderr == (
+        b"wardgate: connection 'nope' does not exist\r\n"
+        b"wardgate: `wardgate whoami` lists the connections you may use.\r\n"
+    )
 
 
 @pytest.mark.parametrize("login", ["admin@", ""], ids=["user-only", "no-user"])
