@@ -640,20 +640,22 @@ def audit_list(
 def audit_verify(
     store_url: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
-    """Check the audit hash chain; exits 1 naming the first bad event."""
+    """Check the audit hash chain; exits 1 saying which event was edited or is missing."""
     if store_url:
         from gateway.store import Store
 
         with Store.open(store_url) as store:
-            bad = store.verify_audit()
-        data = {"intact": bad is None, "first_bad_seq": bad}
+            data = store.check_audit().as_dict()
     else:
         with _ref(gateway, token, ca).http() as http:
             data = cl.check(http.get("/v1/audit/verify"))
+    checked = data.get("checked")  # absent from gateways before issue 13
+    counted = "" if checked is None else f"{checked} event{'' if checked == 1 else 's'} checked"
     if data["intact"]:
-        click.echo("audit log intact")
+        click.echo(f"audit log intact: {counted}" if counted else "audit log intact")
         return
-    click.echo(f"audit log TAMPERED: first bad event is seq {data['first_bad_seq']}", err=True)
+    detail = data.get("detail") or f"first bad event is seq {data['first_bad_seq']}"
+    click.echo(f"audit log TAMPERED: {detail}" + (f" ({counted})" if counted else ""), err=True)
     sys.exit(1)
 
 

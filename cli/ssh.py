@@ -130,6 +130,10 @@ def ssh_command(ref: cl.GatewayRef, args: tuple[str, ...]) -> list[str]:
     if "--" in options:
         at = options.index("--")
         options, command = options[:at], options[at + 1 :]
+    # A command or a script gets only the remote side's output: ssh's sign-in chatter (the
+    # gateway's keyboard-interactive banner) goes to stderr at log level INFO. ssh keeps an
+    # option's first value, so the user's own LogLevel (or -v) before this one wins.
+    quiet = [] if interactive(command) else ["-o", "LogLevel=ERROR"]
     return [
         "ssh",
         "-p",
@@ -139,9 +143,15 @@ def ssh_command(ref: cl.GatewayRef, args: tuple[str, ...]) -> list[str]:
         "-o",
         "StrictHostKeyChecking=yes",
         *options,
+        *quiet,
         host,
         *command,
     ]
+
+
+def interactive(command: list[str]) -> bool:
+    """A login shell on a terminal: the one kind of run that shows ssh's sign-in banner."""
+    return not command and sys.stdin.isatty() and sys.stdout.isatty()
 
 
 # ---- SSH user certificates (issue 7) ------------------------------------------------------

@@ -318,10 +318,7 @@ class SessionBroker:
             detail = ""
             if decision.reason.startswith("read-only access cannot"):
                 detail = f" ({decision.reason})"
-            raise SessionError(
-                "forbidden",
-                f"user {identity.user!r} has no access to connection {conn.name!r}{detail}",
-            )
+            raise SessionError("forbidden", decision.refusal(identity.user, conn.name) + detail)
         options = dict(extra_options or {})
         forced: dict[str, str] = {}
         if decision.access == "read-only" and conn.type == "postgres":

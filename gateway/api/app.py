@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
+from gateway.api import docs
 from gateway.api import reviews as reviews_api
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
@@ -37,6 +38,7 @@ from gateway.protocols import kubernetes, tcp
 from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import AlreadyExists, NotFound, SessionRecord, Store, StoreUnavailable
+from gateway.store.chain import ChainCheck
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
 
@@ -189,7 +191,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         version=__version__,
         description="Admin API of the Wardgate access gateway. Authenticate with "
         "`Authorization: Bearer <token>`.",
+        docs_url=None,  # FastAPI's pages load from a CDN: see gateway.api.docs
+        redoc_url=None,
     )
+    docs.mount(app)
     app.state.deps = deps
 
     @app.exception_handler(StoreUnavailable)
@@ -660,8 +665,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/audit/verify")
     async def verify_audit(who: Admin) -> dict[str, Any]:
-        bad = await run(deps.store.verify_audit)
-        return {"intact": bad is None, "first_bad_seq": bad}
+        checked: ChainCheck = await run(deps.store.check_audit)
+        return checked.as_dict()
 
     app.include_router(reviews_api.router(_identity))  # approvals: /v1/reviews, /v1/requests
 

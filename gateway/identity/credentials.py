@@ -724,9 +724,7 @@ class IdentityService:
             requested=requested,
         )
         if decision.access is None:
-            raise IdentityError(
-                403, f"user {identity.user!r} has no access to connection {connection!r}"
-            )
+            raise IdentityError(403, decision.refusal(identity.user, connection))
         expires = self._clock() + dt.timedelta(seconds=self.config.credentials.connection_ttl)
         if identity.login_id is not None:
             login: LoginRecord | None = await self._run(self._store.get_login, identity.login_id)

@@ -64,6 +64,27 @@ class Role:
 class Decision:
     access: str | None  # None: refused
     reason: str
+    # Refused, but an on-request grant would hold with an approved access request: its terms.
+    on_request: ReviewTerms | None = None
+
+    def refusal(self, user: str, connection: str) -> str:
+        """What the refused person reads: and, when a request would grant access, how to ask."""
+        if self.on_request is None:
+            return f"user {user!r} has no access to connection {connection!r}"
+        hint = min(3600, self.on_request.max_duration)
+        # Short enough for a WebSocket close reason (123 bytes) with everyday names.
+        return (
+            f"user {user!r} needs an approved access request for {connection!r}: "
+            f'wardgate request {connection} --for {_duration(hint)} --reason "..."'
+        )
+
+
+def _duration(seconds: int) -> str:
+    """`3600` -> `1h`, as `wardgate request --for` reads it."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 class AccessPolicy:
@@ -140,5 +161,10 @@ class AccessPolicy:
         if best is None and self.default_access is not None:
             best, why = self.default_access, "default access"
         if best is None:
+            found = self.requestable(user, groups, connection)
+            if found is not None:
+                return Decision(
+                    None, "granted on request only: no approved access request", found[1]
+                )
             return Decision(None, "no role grants this connection")
         return Decision(best, why)

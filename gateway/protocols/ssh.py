@@ -28,7 +28,9 @@ data back. Approved, the exec request goes to the agent as usual; denied or expi
 client gets the reason on stderr and exit status 126; a client that hangs up (or closes the
 channel) while it waits has its review cancelled.
 
-Refusals reach the client in SSH: a bad credential fails authentication; a session that
+Refusals reach the client in SSH: a login name without `:CONNECTION` (`ssh alice@gw`) fails
+authentication with a userauth banner saying how to name the target (before authentication
+it names no connection); a bad credential fails authentication; a session that
 cannot be opened (unknown connection, no access, the target's host key changed...) and a
 refused command are answered on the session channel with a message on stderr and exit
 status 1 (session) or 126 (command); channel kinds the connection does not allow fail to
@@ -51,6 +53,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import re
 import shlex
 import socket
 import threading
@@ -68,6 +71,7 @@ from paramiko.common import (
     OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
     OPEN_FAILED_CONNECT_FAILED,
     OPEN_SUCCEEDED,
+    cMSG_USERAUTH_BANNER,
 )
 from paramiko.server import InteractiveQuery
 
@@ -146,6 +150,24 @@ def parse_username(username: str) -> tuple[str, str] | None:
     if not sep or not user or not connection:
         return None
     return user, connection
+
+
+WHOAMI_HINT = "`wardgate whoami` lists the connections you may use."
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def target_hint(username: str) -> str:
+    """The userauth banner for a login name that names no connection: how to name one.
+
+    Said before authentication, so it names no connection and says nothing of who exists;
+    it echoes the client's own login name only when that is a plain name."""
+    user = username.partition(":")[0]
+    user = user if _PLAIN_NAME.fullmatch(user) else "USER"
+    return (
+        "wardgate: the login name must name the target as USER:CONNECTION, e.g.\r\n"
+        f"wardgate:   ssh -p PORT {user}:CONNECTION@HOST   (or: wardgate ssh CONNECTION)\r\n"
+        f"wardgate: {WHOAMI_HINT}\r\n"
+    )
 
 
 # ---- per channel -----------------------------------------------------------------------
@@ -311,22 +333,34 @@ class _Server(paramiko.ServerInterface):
 
     # authentication
     def get_allowed_auths(self, username: str) -> str:
+        if parse_username(username) is None:
+            # No target named: nothing can succeed, so the client is not asked to type a
+            # credential (it has been sent the hint); keys it offers fail quietly.
+            return "publickey"
         return "publickey,password,keyboard-interactive"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         # paramiko checks the signature itself; this is asked with and without one.
+        if self.c.hint_target(username):
+            return AUTH_FAILED
         cert = cert_line(key)
         if cert is not None:  # only ever checked as a certificate, never as its bare key
             return self.c.login(username, cert=cert)
         return self.c.login(username, key=fingerprint(key))
 
     def check_auth_none(self, username: str) -> int:
+        # OpenSSH's ssh asks "none" first: the moment to tell it how to name the target.
+        self.c.hint_target(username)
         return AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
+        if self.c.hint_target(username):
+            return AUTH_FAILED
         return self.c.login(username, password=password)
 
     def check_auth_interactive(self, username: str, submethods: str) -> Any:
+        if self.c.hint_target(username):
+            return AUTH_FAILED
         self.c.pending_user = username
         return InteractiveQuery(
             "Wardgate", "Sign in with a Wardgate credential.", ("Wardgate credential: ", False)
@@ -458,6 +492,7 @@ class _Connection:
         self.pending_user = ""
         self.session: Session | None = None
         self.session_error: str | None = None
+        self.session_hint = ""  # what to do about session_error, for the client only
         self.roles: tuple[str, ...] = ()
         self.channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()
@@ -468,6 +503,7 @@ class _Connection:
         self._done = asyncio.Event()
         self._tasks = TaskOwner(f"ssh/{client}")  # held execs waiting for their review
         self.error: str | None = None
+        self._hinted = False  # the client was told how to name the target
 
     # -- bridging: a paramiko thread waits for a coroutine on the loop -----------------
 
@@ -487,6 +523,33 @@ class _Connection:
             lambda: self.door.audit.submit(kind, actor=actor, session_id=sid, **data)
         )
 
+    def hint_target(self, username: str) -> bool:
+        """True when `username` names no connection; the client is told how, once, in an
+        SSH userauth banner (RFC 4252 allows one at any time before authentication), and
+        the refusal is audited once."""
+        if parse_username(username) is not None:
+            return False
+        with self._lock:
+            hinted, self._hinted = self._hinted, True
+        if hinted:
+            return True
+        self.audit_later(
+            "ssh.refused",
+            client=self.client,
+            reason="user name does not name a connection (use USER:CONNECTION)",
+        )
+        transport = self.transport
+        if transport is not None:
+            banner = paramiko.Message()
+            banner.add_byte(cMSG_USERAUTH_BANNER)
+            banner.add_string(target_hint(username))
+            banner.add_string("")  # language tag
+            # paramiko has no public call for a banner after the service request: its own
+            # `get_banner` is sent before any login name is known.
+            with contextlib.suppress(EOFError, OSError, paramiko.SSHException):  # gone
+                transport._send_message(banner)  # type: ignore[attr-defined]
+        return True
+
     def refuse_quietly(self, what: str) -> None:
         self.audit_later("ssh.refused", connection=self.connection, reason=f"{what} is not allowed")
 
@@ -495,11 +558,7 @@ class _Connection:
     def login(self, username: str, *, password: str = "", key: str = "", cert: bytes = b"") -> int:
         parsed = parse_username(username)
         if parsed is None:
-            self.audit_later(
-                "ssh.refused",
-                client=self.client,
-                reason="user name does not name a connection (use USER:CONNECTION)",
-            )
+            self.hint_target(username)
             return AUTH_FAILED
         try:
             ok = self._wait(self._login(parsed[0], parsed[1], password, key, cert), AUTH_TIMEOUT)
@@ -560,6 +619,11 @@ class _Connection:
             )
         except SessionError as exc:
             self.session_error = exc.message
+            if exc.kind == "unknown_connection" or (
+                exc.kind == "forbidden" and "wardgate request" not in exc.message
+            ):
+                # Authenticated by now: pointing at the user's own grants leaks nothing.
+                self.session_hint = f"\r\nwardgate: {WHOAMI_HINT}"
         finally:
             self._session_ready.set()
 
@@ -651,7 +715,8 @@ class _Connection:
         if ch is None:
             return False
         if self.session is None:
-            self._refuse(ch, f"wardgate: {self.session_error}", EXIT_SESSION_FAILED)
+            message = f"wardgate: {self.session_error}{self.session_hint}"
+            self._refuse(ch, message, EXIT_SESSION_FAILED)
             return True
         options = self.session.connection.options
         text = command.decode(errors="replace") if command is not None else ""

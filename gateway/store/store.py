@@ -1238,7 +1238,11 @@ class Store:
         return events
 
     def verify_audit(self) -> int | None:
-        """None if the chain is intact, else the seq of the first event that does not verify.
+        """None if the chain is intact, else the seq of the first event that does not verify."""
+        return self.check_audit().first_bad_seq
+
+    def check_audit(self) -> chain.ChainCheck:
+        """Verify the chain: how many events were checked, where and how it first breaks.
 
         Edited, removed or reordered events are found, removals at the end too (through the
         head row). This proves integrity against casual edits, not against someone who rewrites
@@ -1253,7 +1257,7 @@ class Store:
             with conn.execution_options(yield_per=1000).execute(
                 sa.select(t.audit_events).order_by(t.audit_events.c.seq)
             ) as rows:
-                return chain.first_broken_seq(
+                return chain.check_chain(
                     _verifiable(rows), head=None if head is None else (head.seq, head.hash)
                 )
 

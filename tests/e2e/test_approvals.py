@@ -450,7 +450,17 @@ def test_time_boxed_access_request(stack: Stack) -> None:
         text=True,
         timeout=60,
     )
-    assert refused.returncode != 0 and "no access" in refused.stderr
+    # The refusal says how to get access (psql shows the ErrorResponse; the API its 403).
+    hint = 'wardgate request pg-prod --for 1h --reason "..."'
+    assert refused.returncode != 0, refused.stderr
+    assert "user 'alice' needs an approved access request for 'pg-prod'" in refused.stderr
+    assert hint in refused.stderr
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(stack.conninfo("alice", "pg-prod")).close()
+    assert hint in str(caught.value)  # libpq gives no SQLSTATE for a refused connection
+    with stack.api("alice") as api:
+        minting = api.post("/v1/credentials/connection", json={"connection": "pg-prod"})
+    assert minting.status_code == 403 and hint in minting.json()["detail"], minting.text
     nope = stack.cli("dave", "request", "pg-main", "--for", "1h", "--reason", "x")
     assert nope.returncode != 0 and "no role lets" in nope.stderr
     asked = stack.cli("alice", "request", "pg-prod", "--for", "2h", "--reason", "incident 42")
@@ -552,7 +562,7 @@ def test_sessions_through_an_access_request_end_when_it_expires(stack: Stack) ->
         text=True,
         timeout=60,
     )
-    assert refused.returncode != 0 and "no access" in refused.stderr
+    assert refused.returncode != 0 and "needs an approved access request" in refused.stderr
 
 
 def test_a_client_that_hangs_up_while_held_has_its_review_cancelled(

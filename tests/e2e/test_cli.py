@@ -150,7 +150,8 @@ def test_connection_commands_and_idempotent_apply(wardgate: Wardgate, tmp_path: 
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
     verify = wardgate.cli(gw, "audit", "verify")
-    assert verify.returncode == 0 and "intact" in verify.stdout
+    assert verify.returncode == 0
+    assert re.fullmatch(r"audit log intact: \d+ events checked\n", verify.stdout), verify.stdout
     kinds = [e["kind"] for e in gw.audit()]
     assert kinds.count("connection.created") == 2 and "connection.deleted" in kinds
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -177,7 +178,52 @@ def test_unknown_connection_is_refused_with_a_clear_message(route: Route) -> Non
     route.connection = "nope"
     out = route.ssh("true")
     assert out.returncode == 1
-    assert b"connection 'nope' does not exist" in out.stderr
+    assert out.stderr == (
+        b"wardgate: connection 'nope' does not exist\r\n"
+        b"wardgate: `wardgate whoami` lists the connections you may use.\r\n"
+    )
+
+
+@pytest.mark.parametrize("login", ["admin@", ""], ids=["user-only", "no-user"])
+def test_a_login_name_without_a_connection_is_told_how_to_name_one(
+    route: Route, login: str
+) -> None:
+    # `ssh alice@gw` and `ssh gw` (the local user's name): refused before any credential is
+    # asked for, with the hint in a userauth banner (shown at ssh's default log level).
+    out = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(route.gw.public_port),
+            "-o",
+            "LogLevel=INFO",  # ssh keeps an option's first value: before route.options()
+            *route.options(),
+            f"{login}127.0.0.1",
+            "true",
+        ],
+        env=route.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 255, out.stderr
+    user = "admin" if login else pwd.getpwuid(os.getuid()).pw_name
+    assert "wardgate: the login name must name the target as USER:CONNECTION" in out.stderr
+    assert f"ssh -p PORT {user}:CONNECTION@HOST   (or: wardgate ssh CONNECTION)" in out.stderr
+    assert "Permission denied (publickey)" in out.stderr  # no credential was asked for
+    assert "web-1" not in out.stderr  # nothing said about which connections exist
+
+    def refused() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in route.gw.audit("ssh.refused")
+            if "does not name a connection" in e["data"]["reason"]
+        ]
+
+    assert len(wait_for(refused, "the refusal to be audited")) == 1
+    assert not [e for e in route.gw.audit("ssh.refused") if "auth" in e["data"]["reason"]]
 
 
 def test_changed_host_key_is_refused(route: Route) -> None:
@@ -461,6 +507,35 @@ def test_wardgate_ssh_pins_the_gateway_and_uses_a_fresh_credential(route: Route)
     # The credential was minted for this connection only (not the admin token itself).
     opened = route.gw.audit("session.open")[-1]["data"]
     assert opened["protocol"] == "ssh"
+
+
+SIGN_IN_BANNER = "Sign in with a Wardgate credential."
+
+
+def test_wardgate_ssh_with_a_command_prints_only_the_command_output(route: Route) -> None:
+    # As a script runs it: no LogLevel option, stdin and stdout not a terminal.
+    out = _cli(route, "ssh", "web-1", "--", "echo out-1; echo err-1 >&2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "out-1\n"
+    assert SIGN_IN_BANNER not in out.stderr
+    assert out.stderr == "err-1\n"
+
+
+def test_wardgate_ssh_shows_the_sign_in_banner_on_an_interactive_shell(route: Route) -> None:
+    import pexpect
+
+    env = route.gw.client_env()
+    env["WARDGATE_CONFIG_DIR"] = str(route.tmp / "wgconfig")
+    child = pexpect.spawn(WARDGATE[0], [*WARDGATE[1:], "ssh", "web-1"], env=env, timeout=30)
+    try:
+        child.expect_exact(SIGN_IN_BANNER)
+        child.sendline("echo marker-$((40+2))")
+        child.expect("marker-42")
+        child.sendline("exit 5")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 5
 
 
 def test_registered_public_key_signs_in(route: Route) -> None:

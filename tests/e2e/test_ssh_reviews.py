@@ -30,7 +30,15 @@ ROLES = [
     {
         "name": name,
         "groups": [group],
-        "grants": [{"connection": "web-*", "access": "read-write"}],
+        "grants": [
+            {"connection": "web-*", "access": "read-write"},
+            # Access requests: held only through an approved `wardgate request`.
+            {
+                "connection": "vault-*",
+                "access": "read-write",
+                "request": {"approvers": {"groups": ["ops"]}},
+            },
+        ],
     }
     for name, group in (("devs", "dev"), ("ops", "ops"))
 ]
@@ -84,6 +92,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         gw.create_connection(**ssh_connection(sshd, "web-1", options=options))
         quick = {**options, "ssh_review": "{approvers: {groups: [ops]}, timeout: 1}"}
         gw.create_connection(**ssh_connection(sshd, "web-2", options=quick))
+        gw.create_connection(**ssh_connection(sshd, "vault-1"))
+        gw.create_connection(**ssh_connection(sshd, "nobodys-1"))  # granted to no role
         tokens = {
             name: gw.local_login(name, [group])
             for name, group in (("alice", "dev"), ("bob", "ops"))
@@ -271,3 +281,18 @@ def test_approved_exec_with_a_terminal_is_recorded(stack: Stack, tmp_path: Path)
         "the terminal recording",
     )
     assert recording[0]["data"]["format"] == "asciicast-v2"
+
+
+def test_a_refused_ssh_session_says_what_to_do(stack: Stack, tmp_path: Path) -> None:
+    on_request = stack.route(tmp_path, "vault-1").ssh("true")
+    assert on_request.returncode == 1, on_request.stderr
+    assert on_request.stderr == (
+        b"wardgate: user 'alice' needs an approved access request for 'vault-1': "
+        b'wardgate request vault-1 --for 1h --reason "..."\r\n'
+    )
+    no_grant = stack.route(tmp_path, "nobodys-1").ssh("true")
+    assert no_grant.returncode == 1, no_grant.stderr
+    assert no_grant.stderr == (
+        b"wardgate: user 'alice' has no access to connection 'nobodys-1'\r\n"
+        b"wardgate: `wardgate whoami` lists the connections you may use.\r\n"
+    )

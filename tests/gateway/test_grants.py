@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import GatewayConfig
+from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import AccessPolicy, Grant, Role
 
 POLICY = AccessPolicy(
@@ -105,3 +106,33 @@ def test_config_builds_the_policy_and_refuses_bad_levels() -> None:
         GatewayConfig.model_validate(
             {"identity": {"local_users": True, "oidc": {"issuer": "https://i", "client_id": "c"}}}
         )
+
+
+def _on_request(max_duration: int) -> AccessPolicy:
+    terms = ReviewTerms.model_validate(
+        {"approvers": {"groups": ["dba"]}, "max_duration": max_duration}
+    )
+    grant = Grant("pg-prod", "read-write", request=terms)
+    return AccessPolicy([Role("devs", groups=frozenset({"dev"}), grants=(grant,))])
+
+
+@pytest.mark.parametrize(
+    ("max_duration", "hint"), [(8 * 3600, "1h"), (30 * 60, "30m"), (90, "90s")]
+)
+def test_a_refusal_says_how_to_request_access_when_a_request_would_grant_it(
+    max_duration: int, hint: str
+) -> None:
+    policy = _on_request(max_duration)
+    refused = policy.decide(user="ann", groups=("dev",), is_admin=False, connection="pg-prod")
+    assert refused.access is None
+    assert refused.refusal("ann", "pg-prod") == (
+        "user 'ann' needs an approved access request for 'pg-prod': "
+        f'wardgate request pg-prod --for {hint} --reason "..."'
+    )
+    # With the request approved, the grant holds; without any grant, no hint.
+    granted = policy.decide(
+        user="ann", groups=("dev",), is_admin=False, connection="pg-prod", requested={"pg-prod"}
+    )
+    assert granted.access == "read-write"
+    stranger = policy.decide(user="bo", groups=(), is_admin=False, connection="pg-prod")
+    assert stranger.refusal("bo", "pg-prod") == "user 'bo' has no access to connection 'pg-prod'"

@@ -605,6 +605,131 @@ def test_verify_audit_finds_the_first_tampered_event(
     assert store.verify_audit() == broken
 
 
+def _reseal(seq: int, data: str) -> Tamper:
+    """Edit event `seq` and give it the hash its new content earns (a careful forger)."""
+
+    def tamper(conn: sa.Connection) -> None:
+        row = conn.execute(sa.select(t.audit_events).where(t.audit_events.c.seq == seq)).one()
+        digest = chain.event_hash(
+            row.prev_hash,
+            seq=seq,
+            ts=row.ts,
+            kind=row.kind,
+            actor=row.actor,
+            session_id=row.session_id,
+            data=json.loads(data),
+        )
+        conn.execute(
+            sa.update(t.audit_events)
+            .where(t.audit_events.c.seq == seq)
+            .values(data=data, hash=digest)
+        )
+
+    return tamper
+
+
+def _append_behind_the_writer(conn: sa.Connection) -> None:
+    """A well-chained event 7 written straight into the table (the head still says 6)."""
+    last = conn.execute(sa.select(t.audit_events).where(t.audit_events.c.seq == 6)).one()
+    digest = chain.event_hash(
+        last.hash, seq=7, ts=last.ts, kind="e", actor="mallory", session_id=None, data={}
+    )
+    conn.execute(
+        sa.insert(t.audit_events).values(
+            seq=7,
+            ts=last.ts,
+            kind="e",
+            actor="mallory",
+            session_id=None,
+            data="{}",
+            prev_hash=last.hash,
+            hash=digest,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected", "detail"),
+    [
+        pytest.param(
+            _execute("UPDATE audit_events SET data = :d WHERE seq = 3", d='{"i":99}'),
+            {"first_bad_seq": 3, "problem": "edited", "checked": 3, "missing_to": None},
+            "event 3 was edited (its hash does not match its content)",
+            id="edited",
+        ),
+        pytest.param(
+            _execute("DELETE FROM audit_events WHERE seq = 3"),
+            {"first_bad_seq": 3, "problem": "missing", "checked": 3, "missing_to": 3},
+            "event 3 is missing (deleted from the log)",
+            id="deleted-in-the-middle",
+        ),
+        pytest.param(
+            _execute("DELETE FROM audit_events WHERE seq IN (2, 3, 4)"),
+            {"first_bad_seq": 2, "problem": "missing", "checked": 2, "missing_to": 4},
+            "events 2 to 4 are missing (deleted from the log)",
+            id="deleted-several",
+        ),
+        pytest.param(
+            _execute("DELETE FROM audit_events WHERE seq = 1"),
+            {"first_bad_seq": 1, "problem": "missing", "checked": 1, "missing_to": 1},
+            "event 1 is missing",
+            id="deleted-first",
+        ),
+        pytest.param(
+            # Found through the writer's head row: the table alone looks like a shorter log.
+            _execute("DELETE FROM audit_events WHERE seq >= 5"),
+            {"first_bad_seq": 5, "problem": "missing", "checked": 4, "missing_to": 6},
+            "events 5 to 6 are missing (deleted from the log)",
+            id="deleted-at-the-end",
+        ),
+        pytest.param(
+            _reseal(3, '{"i":99}'),
+            {"first_bad_seq": 4, "problem": "relinked", "checked": 4, "missing_to": None},
+            "event 4 does not follow event 3",
+            id="replaced-with-a-new-hash",
+        ),
+        pytest.param(
+            _append_behind_the_writer,
+            {"first_bad_seq": 7, "problem": "unrecorded", "checked": 7, "missing_to": None},
+            "event 7 and after were added outside the gateway's writer",
+            id="appended-behind-the-writer",
+        ),
+        pytest.param(
+            _execute("UPDATE audit_head SET hash = :h WHERE id = 1", h=bytes(32)),
+            {"first_bad_seq": 6, "problem": "head", "checked": 6, "missing_to": None},
+            "event 6, the last one, does not match the writer's record",
+            id="head",
+        ),
+    ],
+)
+def test_check_audit_says_how_the_chain_broke_and_how_much_it_read(
+    store: Store, clock: Clock, tamper: Tamper, expected: dict[str, Any], detail: str
+) -> None:
+    for i in range(6):
+        store.append_audit("e", actor="alice", data={"i": i})
+        clock.advance()
+    intact = store.check_audit()
+    assert intact.as_dict() == {
+        "intact": True,
+        "first_bad_seq": None,
+        "checked": 6,
+        "problem": None,
+        "missing_to": None,
+        "detail": "",
+    }
+    with store.engine.begin() as conn:
+        tamper(conn)
+    report = store.check_audit().as_dict()
+    assert report["intact"] is False
+    assert {k: report[k] for k in expected} == expected
+    assert report["detail"].startswith(detail), report["detail"]
+    assert store.verify_audit() == expected["first_bad_seq"]
+
+
+def test_check_audit_of_an_empty_log_checked_nothing(store: Store) -> None:
+    assert store.check_audit() == chain.ChainCheck(checked=0)
+
+
 def test_tampering_with_the_timestamp_is_found(store: Store, clock: Clock) -> None:
     for _ in range(3):
         store.append_audit("e")
