@@ -148,8 +148,12 @@ def cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
         return ", ".join(cell(v) for v in value)
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={cell(v)}" for k, v in value.items() if v not in (None, "", [], {}))
+    if isinstance(value, Mapping):  # k=v pairs; a list inside one stays one word
+        return " ".join(
+            f"{k}={','.join(map(cell, v)) if isinstance(v, list | tuple) else cell(v)}"
+            for k, v in value.items()
+            if v not in (None, "", [], {})
+        )
     return str(value)
 
 

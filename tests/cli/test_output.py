@@ -40,6 +40,7 @@ def test_cells_and_sizes() -> None:
     assert out.cell(True) == "yes" and out.cell(False) == "no"
     assert out.cell(["a", "b"]) == "a, b"
     assert out.cell({"a": 1, "b": None, "c": "x"}) == "a=1 c=x"
+    assert out.cell({"caps": ["ssh", "tcp"], "n": 2}) == "caps=ssh,tcp n=2"
     assert out.size(512) == "512 B" and out.size(3 * 1024 + 400) == "3.4 KiB"
     assert out.size(5 * 1024**4) == "5120.0 GiB"
     assert out.duration(None) == "-" and out.duration(7200) == "2 h"
