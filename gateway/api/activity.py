@@ -13,30 +13,29 @@ def ssh_activity(events: list[AuditEvent]) -> dict[str, list[dict[str, Any]]]:
     """What an SSH session did, from its audit events: the commands (exec, shell, subsystem,
     and the refused ones) with their exit, the files moved over scp/sftp and file operations,
     and port forwards. Empty lists for other protocols."""
-    exits: dict[int, dict[str, Any]] = {}
-    for e in events:
-        if e.kind == "ssh.exit":
-            exits[e.data.get("channel", -1)] = e.data
     commands: list[dict[str, Any]] = []
     transfers: list[dict[str, Any]] = []
     forwards: list[dict[str, Any]] = []
+    running: dict[Any, dict[str, Any]] = {}  # channel -> its command (channel ids are reused)
     for e in events:
         d = e.data
         base = {"seq": e.seq, "ts": e.ts.isoformat(), "channel": d.get("channel")}
         if e.kind in _SSH_REQUESTS:
-            end = exits.get(d.get("channel", -1), {})
-            commands.append(
-                {
-                    **base,
-                    "request": _SSH_REQUESTS[e.kind],
-                    "command": d.get("command") if e.kind == "ssh.exec" else d.get("name"),
-                    "pty": d.get("pty"),
-                    "review": d.get("review"),
-                    "refused": None,
-                    "exit_status": end.get("status"),
-                    "exit_signal": end.get("signal"),
-                }
-            )
+            running[d.get("channel")] = command = {
+                **base,
+                "request": _SSH_REQUESTS[e.kind],
+                "command": d.get("command") if e.kind == "ssh.exec" else d.get("name"),
+                "pty": d.get("pty"),
+                "review": d.get("review"),
+                "refused": None,
+                "exit_status": None,
+                "exit_signal": None,
+            }
+            commands.append(command)
+        elif e.kind == "ssh.exit" and d.get("channel") in running:
+            ended = running.pop(d.get("channel"))
+            ended["exit_status"] = d.get("status")
+            ended["exit_signal"] = d.get("signal")
         elif e.kind == "ssh.refused" and d.get("request"):
             commands.append(
                 {

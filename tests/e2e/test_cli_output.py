@@ -243,10 +243,10 @@ def test_whoami_marks_a_grant_that_needs_an_access_request(stack: Stack) -> None
     review = json.loads(asked.stdout)["id"]
     ok = stack.cli("reviews", "approve", review, token=stack.tokens["bob"])
     assert ok.returncode == 0, ok.stderr
-    who = stack.cli("whoami", token=alice).stdout
+    approved = stack.cli("whoami", token=alice).stdout
     assert re.search(
-        r"^\s+pg-prod\s+read-write\s+approved request for pg-prod until in (1|2) h$", who, re.M
-    ), who
+        r"^\s+pg-prod\s+read-write\s+approved request for pg-prod until in (1|2) h$", approved, re.M
+    ), approved
     listed = stack.cli("reviews", "list", token=alice).stdout
     assert re.search(rf"^{review}\s+approved\s+access\s+alice\s+pg-prod\s", listed, re.M), listed
     assert "read-write for 2 h: incident" in listed
