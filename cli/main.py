@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -16,6 +16,7 @@ import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import client as cl
+from cli import output as out
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
@@ -40,16 +41,6 @@ def gateway_options(fn: Any) -> Any:
 
 def _ref(gateway: str | None, token: str | None, ca: str | None) -> cl.GatewayRef:
     return cl.resolve(gateway, token, ca)
-
-
-def _print(data: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    elif isinstance(data, list):
-        for row in data:
-            click.echo("  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, {}, [])))
-    else:
-        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
 @click.group(cls=WardgateGroup)
@@ -260,13 +251,29 @@ def agent_create(
     )
 
 
+AGENT_COLUMNS = [
+    out.col("NAME", "name", ident=True),
+    out.col("POOL", "pool"),
+    out.Column(
+        "STATE",
+        lambda a: "revoked" if a["revoked"] else "connected" if a["connected"] else "offline",
+    ),
+    out.num("SESSIONS", "active_sessions"),
+    out.col("VERSION", "version"),
+    out.col("PEER", "peer"),
+    out.col("CAPABILITIES", "capabilities"),
+]
+
+
 @agent.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
-def agent_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+def agent_list(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List agents and whether they are connected."""
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get("/v1/agents")), as_json)
+        data = cl.check(http.get("/v1/agents"))
+    if not out.structured(data, output):
+        out.table(data, AGENT_COLUMNS)
 
 
 @agent.command("revoke")
@@ -351,30 +358,52 @@ def connection_create(
     click.echo(f"connection {data['name']} created", err=True)
 
 
+CONNECTION_COLUMNS = [
+    out.col("NAME", "name", ident=True),
+    out.col("TYPE", "type"),
+    out.Column("ADDRESS", lambda c: f"{c['host']}:{c['port']}"),
+    out.col("AGENT", "agent"),
+    out.when("UPDATED", "updated_at"),
+]
+
+
 @connection.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
-def connection_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+def connection_list(
+    output: str | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
     """List connections."""
     with _ref(gateway, token, ca).http() as http:
         rows = cl.check(http.get("/v1/connections"))
-    if as_json:
-        _print(rows, True)
-        return
-    for r in rows:
-        click.echo(f"{r['name']:<24} {r['type']:<10} {r['host']}:{r['port']}  agent={r['agent']}")
+    if not out.structured(rows, output):
+        out.table(rows, CONNECTION_COLUMNS)
 
 
 @connection.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def connection_show(
-    name: str, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+    name: str, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
     """Show one connection (secrets as references, never values)."""
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get(f"/v1/connections/{name}")), as_json)
+        data = cl.check(http.get(f"/v1/connections/{name}"))
+    if out.structured(data, output):
+        return
+    out.record(
+        [
+            ("name", data["name"]),
+            ("type", data["type"]),
+            ("address", f"{data['host']}:{data['port']}"),
+            ("agent pool", data["agent"]),
+            ("options", data["options"]),
+            ("secrets", data["secrets"]),
+            ("created", out.timestamp(data["created_at"])),
+            ("updated", out.timestamp(data["updated_at"])),
+        ]
+    )
 
 
 @connection.command("delete")
@@ -440,14 +469,14 @@ def policy() -> None:
 )
 @click.option("--connection", required=True, help="The connection the SQL would run on.")
 @click.argument("sql")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def policy_explain(
     user: str,
     groups: tuple[str, ...],
     connection: str,
     sql: str,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -458,8 +487,7 @@ def policy_explain(
         body["groups"] = list(groups)
     with _ref(gateway, token, ca).http() as http:
         data = cl.check(http.post("/v1/policy/explain", json=body))
-    if as_json:
-        _print(data, True)
+    if out.structured(data, output):
         return
     click.echo(f"decision: {data['decision']}")
     click.echo(f"reason: {data['reason']}")
@@ -509,13 +537,80 @@ def sessions() -> None:
     """Sessions through the gateway."""
 
 
+def _lasted(s: dict[str, Any]) -> str:
+    if not s.get("ended_at"):
+        return "open"
+    started = dt.datetime.fromisoformat(s["started_at"])
+    return out.duration((dt.datetime.fromisoformat(s["ended_at"]) - started).total_seconds())
+
+
+SESSION_COLUMNS = [
+    out.col("ID", "id", ident=True),
+    out.col("USER", "user"),
+    out.col("CONNECTION", "connection"),
+    out.col("PROTOCOL", "protocol"),
+    out.when("STARTED", "started_at"),
+    out.Column("DURATION", _lasted),
+    out.col("STATUS", "status"),
+    out.Column("UP", lambda s: out.size(s["bytes_up"]), justify="right"),
+    out.Column("DOWN", lambda s: out.size(s["bytes_down"]), justify="right"),
+    out.col("CLIENT", "client"),
+]
+STATEMENT_COLUMNS = [
+    out.num("SEQ", "seq"),
+    out.Column("TIME", lambda st: out.clock(st["ts"])),
+    out.Column("RESULT", lambda st: st["sqlstate"] or st["tags"]),
+    out.num("ROWS", "rows"),
+    out.num("MS", "duration_ms"),
+    out.col("SQL", "text"),
+]
+MASKED_COLUMNS = [
+    out.col("COLUMN", "column"),
+    out.col("DETECTOR", "detector"),
+    out.num("COUNT", "count"),
+]
+
+
+def _command_result(c: dict[str, Any]) -> str:
+    if c.get("refused"):
+        return f"refused: {c['refused']}"
+    if c.get("exit_signal"):
+        return f"signal {c['exit_signal']}"
+    return out.cell(c.get("exit_status"))
+
+
+COMMAND_COLUMNS = [
+    out.num("SEQ", "seq"),
+    out.Column("TIME", lambda c: out.clock(c["ts"])),
+    out.num("CHANNEL", "channel"),
+    out.col("REQUEST", "request"),
+    out.Column("EXIT", _command_result),
+    out.col("COMMAND", "command"),
+]
+TRANSFER_COLUMNS = [
+    out.num("SEQ", "seq"),
+    out.Column("TIME", lambda t: out.clock(t["ts"])),
+    out.num("CHANNEL", "channel"),
+    out.col("OP", "op"),
+    out.Column("SIZE", lambda t: out.size(t["bytes"]), justify="right"),
+    out.col("SHA256", "sha256"),
+    out.Column("PATH", lambda t: f"{t['path']} -> {t['target']}" if t.get("target") else t["path"]),
+]
+FORWARD_COLUMNS = [
+    out.num("SEQ", "seq"),
+    out.Column("TIME", lambda f: out.clock(f["ts"])),
+    out.num("CHANNEL", "channel"),
+    out.Column("DESTINATION", lambda f: f"{f['host']}:{f['port']}"),
+]
+
+
 @sessions.command("list")
 @click.option("--user")
 @click.option("--connection")
 @click.option("--since", help="ISO time, e.g. 2026-11-26T10:00:00+00:00")
 @click.option("--text", help="Only sessions with a statement containing this text.")
 @click.option("--limit", default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def sessions_list(
     user: str | None,
@@ -523,7 +618,7 @@ def sessions_list(
     since: str | None,
     text: str | None,
     limit: int,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -539,36 +634,44 @@ def sessions_list(
         if value:
             params[key] = value
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get("/v1/sessions", params=params)), as_json)
+        data = cl.check(http.get("/v1/sessions", params=params))
+    if not out.structured(data, output):
+        out.table(data, SESSION_COLUMNS)
 
 
 @sessions.command("show")
 @click.argument("session_id")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def sessions_show(
-    session_id: str, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+    session_id: str, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
-    """Show one session and every statement it ran."""
+    """Show one session and what it did: statements, or SSH commands and file transfers."""
     with _ref(gateway, token, ca).http() as http:
         data = cl.check(http.get(f"/v1/sessions/{session_id}"))
-    if as_json:
-        _print(data, True)
+    if out.structured(data, output):
         return
-    statements = data.pop("statements")
-    masked = data.pop("masked", [])
-    _print(data, False)
-    click.echo("statements:")
-    for st in statements:
-        outcome = st["sqlstate"] or ",".join(st["tags"] or []) or "-"
-        click.echo(
-            f"  [{st['seq']}] {st['ts']} {outcome} rows={st['rows']} "
-            f"{st['duration_ms']}ms  {st['text']}"
-        )
-    if masked:
-        click.echo("masked values:")
-        for m in masked:
-            click.echo(f"  {m['column']}  {m['detector']}  {m['count']}")
+    out.record(
+        [
+            ("id", data["id"]),
+            ("user", data["user"]),
+            ("connection", data["connection"]),
+            ("protocol", data["protocol"]),
+            ("client", data["client"]),
+            ("agent", data["agent"]),
+            ("started", out.timestamp(data["started_at"])),
+            ("ended", out.timestamp(data["ended_at"])),
+            ("duration", _lasted(data)),
+            ("status", data["status"]),
+            ("error", data["error"]),
+            ("traffic", f"{out.size(data['bytes_up'])} up, {out.size(data['bytes_down'])} down"),
+        ]
+    )
+    out.section("statements", data.get("statements") or [], STATEMENT_COLUMNS)
+    out.section("masked values", data.get("masked") or [], MASKED_COLUMNS)
+    out.section("commands", data.get("commands") or [], COMMAND_COLUMNS)
+    out.section("file transfers", data.get("transfers") or [], TRANSFER_COLUMNS)
+    out.section("port forwards", data.get("forwards") or [], FORWARD_COLUMNS)
 
 
 @sessions.command("replay")
@@ -604,29 +707,42 @@ def audit() -> None:
     """The tamper-evident audit log."""
 
 
+AUDIT_COLUMNS = [
+    out.num("SEQ", "seq"),
+    out.when("TIME", "ts"),
+    out.col("KIND", "kind"),
+    out.col("ACTOR", "actor"),
+    out.col("SESSION", "session", ident=True),
+    out.col("DATA", "data"),
+]
+
+
 @audit.command("list")
 @click.option("--kind")
+@click.option("--session", "session_id", help="Only the events of this session.")
 @click.option("--text", help="Only events whose data contains this text.")
 @click.option("--after", default=0)
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def audit_list(
     kind: str | None,
+    session_id: str | None,
     text: str | None,
     after: int,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
 ) -> None:
-    """List audit events."""
+    """List audit events, oldest first."""
     params: dict[str, Any] = {"after": after}
-    if kind:
-        params["kind"] = kind
-    if text:
-        params["text"] = text
+    for key, value in (("kind", kind), ("session", session_id), ("text", text)):
+        if value:
+            params[key] = value
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get("/v1/audit", params=params)), as_json)
+        data = cl.check(http.get("/v1/audit", params=params))
+    if not out.structured(data, output):
+        out.table(data, AUDIT_COLUMNS)
 
 
 @audit.command("verify")
@@ -764,24 +880,49 @@ def logout(gateway: str | None, token: str | None, ca: str | None) -> None:
     click.echo("logged out" if forgot else "not logged in", err=True)
 
 
+def _holds(grant: dict[str, Any]) -> str:
+    """How a grant holds: always, or only through an approved access request."""
+    if not grant.get("on_request"):
+        return "granted"
+    approved = grant.get("approved") or []
+    if approved:
+        return "; ".join(
+            f"approved request for {a['connection']} until {out.relative(a['until'])}"
+            for a in approved
+        )
+    name = grant["connection"]
+    target = name if not any(c in name for c in "*?[ ") else "CONNECTION"
+    return f"needs an approved request: wardgate request {target} --for 1h --reason ..."
+
+
+GRANT_COLUMNS = [
+    out.col("CONNECTION", "connection"),
+    out.col("ACCESS", "access"),
+    out.Column("HOLDS", _holds),
+]
+
+
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
-def whoami(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+def whoami(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Who the gateway takes you for, your groups and what you may reach."""
     with _ref(gateway, token, ca).http() as http:
         data = cl.check(http.get("/v1/whoami"))
-    if as_json:
-        _print(data, True)
+    if out.structured(data, output):
         return
     cred = data.get("credential") or {}
-    click.echo(f"user:       {data['user']} ({data.get('kind', 'person')})")
-    click.echo(f"admin:      {'yes' if data.get('admin') else 'no'}")
-    click.echo(f"groups:     {', '.join(data.get('groups') or []) or '-'}")
-    click.echo(f"credential: {cred.get('kind', '-')} {cred.get('id', '')}")
-    click.echo(f"expires:    {cred.get('expires_at') or 'never'}")
-    for grant in data.get("grants") or []:
-        click.echo(f"grant:      {grant['connection']} {grant['access']}")
+    expires = cred.get("expires_at")
+    out.record(
+        [
+            ("user", f"{data['user']} ({data.get('kind', 'person')})"),
+            ("admin", bool(data.get("admin"))),
+            ("groups", data.get("groups")),
+            ("credential", f"{cred.get('kind', '-')} {cred.get('id', '')}".strip()),
+            ("expires", out.timestamp(expires) if expires else "never"),
+        ]
+    )
+    out.section("grants", data.get("grants") or [], GRANT_COLUMNS)
 
 
 @main.group()
@@ -789,17 +930,36 @@ def credentials() -> None:
     """Your sign-ins and API keys: list, refresh, revoke."""
 
 
+def _credential_state(c: dict[str, Any]) -> str:
+    state = "active" if c.get("active") else "inactive"
+    return f"{state} (this one)" if c.get("current") else state
+
+
+CREDENTIAL_COLUMNS = [
+    out.col("ID", "id", ident=True),
+    out.col("TYPE", "type"),
+    out.col("USER", "user"),
+    out.Column("HOW", lambda c: c.get("method") or c.get("label")),
+    out.col("SCOPES", "scopes"),
+    out.when("CREATED", "created_at"),
+    out.Column("EXPIRES", lambda c: out.relative(c["expires_at"]) if c["expires_at"] else "never"),
+    out.Column("STATE", _credential_state),
+]
+
+
 @credentials.command("list")
 @click.option("--user", help="Another user's (administrators).")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
 def credentials_list(
-    user: str | None, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+    user: str | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
     """List sign-ins and long-lived credentials (never their secrets)."""
     params = {"user": user} if user else {}
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get("/v1/credentials", params=params)), as_json)
+        data = cl.check(http.get("/v1/credentials", params=params))
+    if not out.structured(data, output):
+        out.table(data, CREDENTIAL_COLUMNS)
 
 
 @credentials.command("revoke")
@@ -835,13 +995,25 @@ def user() -> None:
     """Users (administrators): list, disable, enable, create local users."""
 
 
+USER_COLUMNS = [
+    out.col("NAME", "name", ident=True),
+    out.col("KIND", "kind"),
+    out.col("ADMIN", "admin"),
+    out.col("GROUPS", "groups"),
+    out.Column("STATE", lambda u: "disabled" if u["disabled"] else "enabled"),
+    out.Column("SIGN-IN", lambda u: "local" if u.get("local") else u.get("issuer")),
+]
+
+
 @user.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @gateway_options
-def user_list(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+def user_list(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List users with their kind, groups and state."""
     with _ref(gateway, token, ca).http() as http:
-        _print(cl.check(http.get("/v1/users")), as_json)
+        data = cl.check(http.get("/v1/users"))
+    if not out.structured(data, output):
+        out.table(data, USER_COLUMNS)
 
 
 @user.command("disable")

@@ -3,13 +3,13 @@ the store and exfiltration budget usage (the API in gateway/api/policy.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 import yaml
 
 from cli import client as cl
+from cli import output as out
 
 _GATEWAY_OPTIONS = [
     click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
@@ -34,34 +34,41 @@ def _describe(v: dict[str, object]) -> str:
 
 @click.command("show")
 @click.option("--version", "version", type=int, help="A past version (default: in force).")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
 def show(
-    version: int | None, as_json: bool, gateway: str | None, token: str | None, ca: str | None
+    version: int | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
-    """Print the policy in force (or version N) as YAML, ready for `wardgate apply -f`."""
+    """Print the policy in force (or version N) as YAML, ready for `wardgate apply -f`.
+
+    `-o json|yaml` prints the gateway's data instead: the version, its hash and the policy."""
     path = f"/v1/policy/versions/{version}" if version else "/v1/policy"
     with cl.resolve(gateway, token, ca).http() as http:
         data = cl.check(http.get(path))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if out.structured(data, output):
         return
     click.echo(f"# {_describe(data)}" if data.get("applied_by") else "# no policy version yet")
     click.echo(yaml.safe_dump({"policy": data["policy"]}, sort_keys=False).rstrip())
 
 
+HISTORY_COLUMNS = [
+    out.num("VERSION", "version"),
+    out.when("APPLIED", "applied_at"),
+    out.col("BY", "applied_by"),
+    out.Column("SHA256", lambda v: str(v["sha256"])[:12]),
+    out.col("COMMENT", "comment"),
+]
+
+
 @click.command("history")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
-def history(as_json: bool, gateway: str | None, token: str | None, ca: str | None) -> None:
+def history(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List the policy versions, oldest first; the last one is in force."""
     with cl.resolve(gateway, token, ca).http() as http:
         data = cl.check(http.get("/v1/policy/versions"))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for v in data:
-        click.echo(_describe(v))
+    if not out.structured(data, output):
+        out.table(data, HISTORY_COLUMNS)
 
 
 @click.command("rollback")
@@ -74,17 +81,27 @@ def rollback(version: int, gateway: str | None, token: str | None, ca: str | Non
     click.echo(f"policy version {data['version']} {data['status']} (from version {version})")
 
 
+USAGE_COLUMNS = [
+    out.col("DAY", "day"),
+    out.col("USER", "user"),
+    out.col("CONNECTION", "connection"),
+    out.col("BUDGET", "budget"),
+    out.num("ROWS", "rows"),
+    out.num("BYTES", "bytes"),
+]
+
+
 @click.command("usage")
 @click.option("--day", help="UTC day YYYY-MM-DD (default: today).")
 @click.option("--user")
 @click.option("--connection")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
 def usage(
     day: str | None,
     user: str | None,
     connection: str | None,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -93,11 +110,8 @@ def usage(
     params = {k: v for k, v in (("day", day), ("user", user), ("connection", connection)) if v}
     with cl.resolve(gateway, token, ca).http() as http:
         data = cl.check(http.get("/v1/budgets/usage", params=params))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for row in data:
-        click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+    if not out.structured(data, output):
+        out.table(data, USAGE_COLUMNS)
 
 
 def register(main: click.Group, policy: click.Group) -> None:

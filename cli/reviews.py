@@ -6,13 +6,13 @@ other command) against the approvals API (`gateway/api/reviews.py`).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import click
 
 from cli import client as cl
+from cli import output as out
 
 _OPTIONS = [
     click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
@@ -40,32 +40,70 @@ def parse_duration(text: str) -> int:
     return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
-def _show(review: dict[str, Any]) -> None:
-    click.echo(f"review {review['id']}: {review['status']}")
-    click.echo(f"  kind: {review['kind']}  connection: {review['connection']}")
-    click.echo(f"  requester: {review['requester']}  session: {review['session_id'] or '-'}")
-    if review["text"]:
-        label = "command" if review.get("protocol") == "ssh" else "sql"
-        click.echo(f"  {label}: {review['text']}")
-    click.echo(f"  reason: {review['reason']}")
-    if review.get("rules"):
-        click.echo(f"  rules: {', '.join(review['rules'])}")
-    terms = review["terms"]
+def _approvers(terms: dict[str, Any]) -> str:
     approvers = terms.get("approvers", {})
     who = [f"group {g}" for g in approvers.get("groups", [])] + [
         f"user {u}" for u in approvers.get("users", [])
     ]
-    click.echo(f"  approvers: {', '.join(who)}; required: {terms.get('required')}")
+    return f"{terms.get('required')} of {', '.join(who)}"
+
+
+def _what(r: dict[str, Any]) -> str:
+    if r["kind"] == "access":
+        return f"{r['access']} for {out.duration(r['duration'])}: {r['reason']}"
+    return str(r["text"])
+
+
+VOTE_COLUMNS = [
+    out.col("VOTER", "voter"),
+    out.col("VOTE", "vote"),
+    out.when("AT", "voted_at"),
+    out.col("REASON", "reason"),
+]
+
+
+def _show(review: dict[str, Any]) -> None:
+    fields: list[tuple[str, Any]] = [
+        ("review", review["id"]),
+        ("status", review["status"]),
+        ("kind", review["kind"]),
+        ("connection", review["connection"]),
+        ("requester", review["requester"]),
+        ("session", review["session_id"]),
+    ]
+    if review["text"]:
+        fields.append(("command" if review.get("protocol") == "ssh" else "sql", review["text"]))
+    fields.append(("reason", review["reason"]))
+    if review.get("rules"):
+        fields.append(("rules", review["rules"]))
+    fields.append(("approvers", _approvers(review["terms"])))
     if review["kind"] == "access":
-        click.echo(f"  access: {review['access']} for {review['duration']}s")
-    click.echo(f"  created: {review['created_at']}  deadline: {review['deadline']}")
-    for vote in review.get("votes", []):
-        reason = f" ({vote['reason']})" if vote["reason"] else ""
-        click.echo(f"  vote: {vote['voter']} {vote['vote']}{reason} at {vote['voted_at']}")
+        fields.append(("access", f"{review['access']} for {out.duration(review['duration'])}"))
+    fields += [
+        ("created", out.timestamp(review["created_at"])),
+        ("deadline", out.timestamp(review["deadline"])),
+    ]
     if review["decision"]:
-        click.echo(f"  decision: {review['decision']} at {review['decided_at']}")
+        fields += [
+            ("decision", review["decision"]),
+            ("decided", out.timestamp(review["decided_at"])),
+        ]
     if review.get("grant_expires_at"):
-        click.echo(f"  access until: {review['grant_expires_at']}")
+        fields.append(("access until", out.timestamp(review["grant_expires_at"])))
+    out.record(fields)
+    out.section("votes", review.get("votes") or [], VOTE_COLUMNS)
+
+
+REVIEW_COLUMNS = [
+    out.col("ID", "id", ident=True),
+    out.col("STATUS", "status"),
+    out.col("KIND", "kind"),
+    out.col("REQUESTER", "requester"),
+    out.col("CONNECTION", "connection"),
+    out.when("CREATED", "created_at"),
+    out.when("DEADLINE", "deadline"),
+    out.Column("WHAT", _what),
+]
 
 
 @click.group("reviews")
@@ -77,13 +115,13 @@ def reviews() -> None:
 @click.option("--status", help="pending, approved, denied, expired, cancelled")
 @click.option("--kind", type=click.Choice(["statement", "access"]))
 @click.option("--mine", is_flag=True, help="Only my own requests.")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
 def reviews_list(
     status: str | None,
     kind: str | None,
     mine: bool,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -96,23 +134,19 @@ def reviews_list(
         params["kind"] = kind
     with cl.resolve(gateway, token, ca).http() as http:
         data = cl.check(http.get("/v1/reviews", params=params))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for r in data:
-        what = r["text"] if r["kind"] == "statement" else f"access {r['access']} ({r['reason']})"
-        click.echo(f"{r['id']}  {r['status']}  {r['requester']}@{r['connection']}  {what[:80]}")
+    if not out.structured(data, output):
+        out.table(data, REVIEW_COLUMNS)
 
 
 @reviews.command("show")
 @click.argument("review_id")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
 def reviews_show(
     review_id: str,
     wait: float,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -120,9 +154,7 @@ def reviews_show(
     """One review with its votes."""
     with cl.resolve(gateway, token, ca).http() as http:
         data = cl.check(http.get(f"/v1/reviews/{review_id}", params={"wait": wait}))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
+    if not out.structured(data, output):
         _show(data)
 
 
@@ -161,14 +193,14 @@ def reviews_deny(
 @click.option("--for", "duration", required=True, help="How long, e.g. 2h, 30m, 1h30m.")
 @click.option("--reason", required=True, help="Why you need access (the reviewers read it).")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
-@click.option("--json", "as_json", is_flag=True)
+@out.output_options
 @_gateway_options
 def request(
     connection: str,
     duration: str,
     reason: str,
     wait: float,
-    as_json: bool,
+    output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
@@ -185,8 +217,7 @@ def request(
         )
         if wait > 0:
             data = cl.check(http.get(f"/v1/reviews/{data['id']}", params={"wait": wait}))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if out.structured(data, output):
         return
     click.echo(f"access request {data['id']}: {data['status']}")
     if data["status"] == "pending":

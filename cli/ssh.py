@@ -26,6 +26,7 @@ import click
 from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
 
 from cli import client as cl
+from cli import output as out
 from shared.recording.asciicast import CastError, parse
 
 
@@ -285,15 +286,27 @@ def ssh_keys_add(
     click.echo(f"{added['fingerprint']} registered for {added['user']} (id {added['id']})")
 
 
+SSH_KEY_COLUMNS = [
+    out.col("ID", "id", ident=True),
+    out.col("USER", "user"),
+    out.col("FINGERPRINT", "fingerprint", ident=True),
+    out.when("ADDED", "created_at"),
+    out.col("COMMENT", "comment"),
+]
+
+
 @ssh_keys.command("list")
 @click.option("--user")
+@out.output_options
 @_gateway_options
-def ssh_keys_list(user: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
+def ssh_keys_list(
+    user: str | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
+) -> None:
     """List registered keys (yours; administrators: everyone's, or --user)."""
     with cl.resolve(gateway, token, ca).http() as http:
         keys = cl.check(http.get("/v1/ssh-keys", params={"user": user} if user else {}))
-    for k in keys:
-        click.echo(f"{k['id']}  {k['user']}  {k['fingerprint']}  {k['comment']}")
+    if not out.structured(keys, output):
+        out.table(keys, SSH_KEY_COLUMNS)
 
 
 @ssh_keys.command("remove")

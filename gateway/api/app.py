@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from gateway.agents.registry import AgentRegistry
 from gateway.api import docs
 from gateway.api import reviews as reviews_api
+from gateway.api.activity import ssh_activity
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
@@ -220,6 +221,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.get("/v1/whoami")
     async def whoami(who: User) -> dict[str, Any]:
         record = await run(deps.store.get_token, who.token_id)
+        requested: dict[str, dt.datetime] = {}
+        if deps.identity and not who.is_admin:  # grants held through approved requests
+            requested = await run(deps.store.granted_connections, who.user, dt.datetime.now(dt.UTC))
         return {
             "user": who.user,
             "admin": who.is_admin,
@@ -234,7 +238,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 ),
                 "scopes": list(who.scopes) if who.scopes is not None else None,
             },
-            "grants": ident().grants(who) if deps.identity else [],
+            "grants": ident().grants(who, requested) if deps.identity else [],
         }
 
     # ---- identity ------------------------------------------------------------------
@@ -631,6 +635,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             "masked": [
                 {"column": c, "detector": d, "count": n} for (c, d), n in sorted(masked.items())
             ],
+            **ssh_activity(events),
         }
 
     @app.get("/v1/audit")

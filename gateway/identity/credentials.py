@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -848,14 +848,31 @@ class IdentityService:
         )
         return user
 
-    def grants(self, identity: Identity) -> list[dict[str, str]]:
+    def grants(
+        self, identity: Identity, requested: Mapping[str, dt.datetime] | None = None
+    ) -> list[dict[str, Any]]:
+        """For `whoami`. A grant with `request:` terms says so (`on_request`), with the
+        approved access requests (`requested`: connection -> end) it holds through now."""
         if identity.is_admin:
-            return [{"connection": "*", "access": "admin"}]
+            return [{"connection": "*", "access": "admin", "on_request": False}]
         grants = self._policy.grants_of(identity.user, identity.groups)
+        scoped = ""
         if identity.scopes is not None:
-            scoped = ", ".join(s for s in identity.scopes if s != ADMIN_SCOPE)
-            return [
-                {"connection": f"{g.connection} (scopes: {scoped})", "access": g.access}
-                for g in grants
-            ]
-        return [{"connection": g.connection, "access": g.access} for g in grants]
+            scoped = " (scopes: {})".format(
+                ", ".join(s for s in identity.scopes if s != ADMIN_SCOPE)
+            )
+        out: list[dict[str, Any]] = []
+        for g in grants:
+            entry: dict[str, Any] = {
+                "connection": f"{g.connection}{scoped}",
+                "access": g.access,
+                "on_request": g.request is not None,
+            }
+            if g.request is not None:
+                entry["approved"] = [
+                    {"connection": c, "until": end.isoformat()}
+                    for c, end in sorted((requested or {}).items())
+                    if g.matches(c)
+                ]
+            out.append(entry)
+        return out

@@ -63,7 +63,10 @@ def test_dev_runs_gateway_and_embedded_agent_with_printed_admin_token(
                 check=False,
             )
 
-        wait_for(lambda: "connected=True" in cli("agent", "list").stdout, "the embedded agent")
+        wait_for(
+            lambda: re.search(r"^default\s+default\s+connected", cli("agent", "list").stdout, re.M),
+            "the embedded agent",
+        )
         created = cli(
             "connection", "create", "echo", "--host", "127.0.0.1", "--port", str(echo_server.port)
         )
@@ -138,7 +141,7 @@ def test_connection_commands_and_idempotent_apply(wardgate: Wardgate, tmp_path: 
     listed = wardgate.cli(gw, "connection", "list")
     assert re.search(r"cache\s+tcp\s+10.0.0.7:6379", listed.stdout)
     shown = wardgate.cli(gw, "connection", "show", "pg-main")
-    assert "env:APP_DB_PASSWORD" in shown.stdout and "database: app" in shown.stdout
+    assert "env:APP_DB_PASSWORD" in shown.stdout and re.search(r"database:\s+app", shown.stdout)
 
     literal = wardgate.cli(
         gw, "connection", "create", "lit", "--host", "h", "--port", "1", "--password", "hunter2"

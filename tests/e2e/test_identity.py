@@ -179,7 +179,7 @@ def test_browser_login_then_psql_and_psycopg_as_that_person(stack: Stack, tmp_pa
     data = json.loads(who.stdout)
     assert (data["user"], data["kind"], data["admin"]) == ("alice", "person", False)
     assert data["groups"] == ["analysts"]
-    assert {"connection": "pg-app", "access": "read-only"} in data["grants"]
+    assert {"connection": "pg-app", "access": "read-only", "on_request": False} in data["grants"]
 
     out = stack.cli(tmp_path, "psql", "pg-app", "-XAtc", "select current_user, count(*) from notes")
     assert out.returncode == 0, out.stderr

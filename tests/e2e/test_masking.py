@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -290,7 +291,7 @@ def test_server_data_is_unchanged_and_counts_are_audited(stack: Stack) -> None:
         timeout=60,
         check=True,
     )
-    assert "customers.email  column  3" in listed.stdout
+    assert re.search(r"^\s+customers\.email\s+column\s+3$", listed.stdout, re.M), listed.stdout
 
 
 def test_prepared_statements_and_server_side_cursors_are_masked(stack: Stack) -> None:

@@ -10,6 +10,7 @@ PostgreSQL store: a version applied through one is enforced on the other.
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,8 +131,14 @@ def stack(
 def test_apply_history_rollback_and_enforcement_without_restart(stack: Stack) -> None:
     history = stack.cli("policy", "history")
     assert history.returncode == 0, history.stderr
-    assert history.stdout.splitlines()[0].startswith("version 1 ")
-    assert "by config" in history.stdout
+    assert history.stdout.splitlines()[0].split() == [
+        "VERSION",
+        "APPLIED",
+        "BY",
+        "SHA256",
+        "COMMENT",
+    ]
+    assert re.match(r"\s*1\s.*\sconfig\s", history.stdout.splitlines()[1])
 
     with psycopg.connect(conninfo(stack.gw), autocommit=True) as open_session:
         open_session.execute("delete from items where id = 3")  # allowed by version 1
@@ -175,7 +182,7 @@ def test_apply_history_rollback_and_enforcement_without_restart(stack: Stack) ->
         conn.execute("delete from items where id = 2")
     assert stack.count() == 1
     history = stack.cli("policy", "history")
-    assert [line.split()[1] for line in history.stdout.splitlines()] == ["1", "2", "3"]
+    assert [line.split()[0] for line in history.stdout.splitlines()[1:]] == ["1", "2", "3"]
     assert "rollback to version 1" in history.stdout
     explain = stack.cli(
         "policy", "explain", "--user", "admin", "--connection", "pg-app", "delete from items"
@@ -186,7 +193,7 @@ def test_apply_history_rollback_and_enforcement_without_restart(stack: Stack) ->
 
 
 def test_an_invalid_document_is_refused_and_changes_nothing(stack: Stack) -> None:
-    before = stack.cli("policy", "history").stdout
+    before = stack.cli("policy", "history", "-o", "json").stdout
     bad = stack.apply(
         {"policy": {"rules": [{"name": "x", "effect": "perhaps"}], "budgets": [{"name": "b"}]}},
         name="bad.yaml",
@@ -199,7 +206,7 @@ def test_an_invalid_document_is_refused_and_changes_nothing(stack: Stack) -> Non
         assert r.status_code == 422 and "guarded_connections" in r.json()["detail"]
         assert api.get("/v1/policy/versions/99").status_code == 404
         assert api.post("/v1/policy/versions/99/rollback").status_code == 404
-    assert stack.cli("policy", "history").stdout == before
+    assert stack.cli("policy", "history", "-o", "json").stdout == before
 
 
 def test_a_replica_enforces_a_version_applied_through_another(
