@@ -4,6 +4,7 @@ short message and an exit status, no traceback; and `apply -f` sets the policy c
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -121,9 +122,13 @@ def test_apply_sets_the_policy_comment_history_shows(wardgate: Wardgate, tmp_pat
     doc.write_text(yaml.safe_dump({"comment": "from the file", "policy": policy}))
     flagged = wardgate.cli(gw, "apply", "-f", str(doc), "--comment", "ticket OPS-12")
     assert flagged.returncode == 0, flagged.stderr
-    history = wardgate.cli(gw, "policy", "history").stdout.splitlines()
-    assert history[-2].endswith("# no DDL until the freeze ends"), history
-    assert history[-1].endswith("# ticket OPS-12"), history
+    history = json.loads(wardgate.cli(gw, "policy", "history", "-o", "json").stdout)
+    assert [(v["version"], v["comment"]) for v in history] == [
+        (1, "no DDL until the freeze ends"),
+        (2, "ticket OPS-12"),  # the flag wins over the file
+    ]
+    table = wardgate.cli(gw, "policy", "history").stdout.splitlines()
+    assert table[0].split()[-1] == "COMMENT" and table[-1].endswith("ticket OPS-12"), table
 
     alone = tmp_path / "alone.yaml"
     alone.write_text("comment: why\nconnections: []\n")
