@@ -580,6 +580,7 @@ async def test_pg_terminate_backend_reaches_the_client_and_ends_its_connection(
             await conn.execute("select 1")
     session_id = stack.session_of("terminate-probe")
     record = stack.ended(session_id)
+    assert record["status"] == "failed"
     assert record["error"] == f"the server ended the session: 57P01 {TERMINATED}"
     assert stack.close_event(session_id)["data"]["error"] == record["error"]
     # Ended when the server ended it, not whenever the client gave up.
