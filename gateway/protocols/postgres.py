@@ -570,6 +570,7 @@ class PostgresFrontDoor:
         progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
         server_closed = False  # the server ended the session (its FATAL, or it went away)
+        said_goodbye = False  # the client sent Terminate: the server's close answers it
         audit = self._audit
         user = session.identity.user
 
@@ -766,6 +767,7 @@ class PostgresFrontDoor:
             return False
 
         async def client_to_agent() -> None:
+            nonlocal said_goodbye
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
             batch_start = True  # nothing of the current extended-protocol batch forwarded
@@ -837,6 +839,7 @@ class PostgresFrontDoor:
                             await record_started(started)
                     out.append(message.raw)
                     if message.type == b"X":
+                        said_goodbye = True
                         await stream.send_data(b"".join(out))
                         await stream.send_close()
                         return
@@ -963,7 +966,7 @@ class PostgresFrontDoor:
                     )
                     with contextlib.suppress(ConnectionError):
                         await writer.drain()
-                elif not up.done():
+                elif not (up.done() or said_goodbye):
                     # The server closed first (pg_terminate_backend, a session timeout, a
                     # restart). PostgreSQL has no half-open session: after its FATAL a
                     # client waits for end-of-file, and would wait forever for a client
@@ -974,15 +977,16 @@ class PostgresFrontDoor:
                     # The client reads the server's last bytes, then end-of-file, as from a
                     # server that exits; what it still sends is read and dropped (_linger).
                     await _end_output(writer)
-                    ended = tracker.ended_by
-                    error = (
-                        f"the server ended the session: {ended}"
-                        if ended is not None
-                        else "the server closed the connection"
-                    )
                     server_closed = True
                 else:
                     await up
+                if error is None and (server_closed or tracker.ended_by is not None):
+                    # Also when the client was leaving anyway: the FATAL says why it ended.
+                    error = (
+                        f"the server ended the session: {tracker.ended_by}"
+                        if tracker.ended_by is not None
+                        else "the server closed the connection"
+                    )
                 flusher.cancel()
         except* StatementRefused as group:
             refused = group.exceptions[0]

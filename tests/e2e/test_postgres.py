@@ -668,3 +668,17 @@ async def test_a_backend_gone_without_a_word_ends_the_session_as_closed_by_the_s
         assert conn.closed
     record = stack.ended(stack.session_of("killed-probe"))
     assert record["error"] == "the server closed the connection"
+
+
+def test_a_client_that_leaves_first_is_recorded_closed_without_an_error(stack: Stack) -> None:
+    # The server closes right after the client's Terminate: that close answers the client,
+    # and is not the server ending the session. Many times, since the two race.
+    probes = [f"goodbye-probe-{i:02d}" for i in range(12)]
+    for probe in probes[:6]:
+        with psycopg.connect(stack.conninfo()) as conn:
+            conn.execute(f"select '{probe}'")
+    for probe in probes[6:]:
+        stack.psql("-c", f"select '{probe}'")
+    for probe in probes:
+        record = stack.ended(stack.session_of(probe))
+        assert (record["status"], record["error"]) == ("closed", None), probe
