@@ -15,6 +15,9 @@ Rules:
    After an error the server skips to Sync, so Executes still pending at ReadyForQuery did
    not run and complete as `skipped`.
 4. Rows are counted from DataRow messages, so SELECT and FETCH count what the client got.
+5. A FATAL or PANIC ErrorResponse, whatever it answers (it may come unasked, as for
+   idle_in_transaction_session_timeout), is kept as `ended_by`: the server closes the
+   connection after it, and that is why the session ended.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pglast
 _HEADER = struct.Struct("!cI")
 # CommandComplete, ErrorResponse, ReadyForQuery, EmptyQueryResponse, PortalSuspended
 _INTERESTING = frozenset(b"CEZIs")
+_ENDING = frozenset(("FATAL", "PANIC"))  # severities after which the server closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,17 @@ class StatementFinished:
     sqlstate: str | None = None
     error: str | None = None
     skipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEnded:
+    """The server's last word before it closed the session (rule 5)."""
+
+    sqlstate: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.sqlstate} {self.message}"
 
 
 @dataclass
@@ -118,6 +133,7 @@ class PgTracker:
         self._skip = 0
         self.tx_status = "I"  # from the last ReadyForQuery: I idle, T in a block, E failed
         self.rows_total = 0  # DataRows seen in this session (exfiltration budgets count them)
+        self.ended_by: ServerEnded | None = None  # rule 5
 
     @property
     def idle(self) -> bool:
@@ -216,6 +232,10 @@ class PgTracker:
         return done
 
     def _on_message(self, code: int, body: bytes, done: list[StatementFinished]) -> None:
+        fields = _error_fields(body) if code == 69 else {}
+        # V is the severity never localized (PostgreSQL 9.6+); S the one that may be.
+        if fields.get("V", fields.get("S")) in _ENDING:
+            self.ended_by = ServerEnded(fields.get("C", ""), fields.get("M", "")[:200])
         unit = self._units[0] if self._units else None
         if unit is not None and unit.protocol == "sync" and code != 90:
             return  # an answer after Sync but before ReadyForQuery belongs to nobody
@@ -232,7 +252,6 @@ class PgTracker:
         elif code == 69:  # 'E' ErrorResponse
             if unit is None:
                 return
-            fields = _error_fields(body)
             unit.sqlstate = fields.get("C")
             unit.error = fields.get("M", "")[:200]
             if unit.protocol == "extended":

@@ -28,6 +28,12 @@ ReadyForQuery, so that a pipelining client reports the refusal rather than a los
 then sends FATAL 42501 and closes lingering (`_linger`: FIN, then reads until the client hangs
 up), so that no TCP reset destroys the error before the client reads it.
 
+The server may end the session itself (pg_terminate_backend, idle_in_transaction_session_timeout,
+a shutdown or restart): the client gets what it sent, its FATAL error, then end-of-file, as
+from a server that exits, and the session is recorded as ended by the server with that SQLSTATE
+and message. PostgreSQL has no half-open session, so the server's end-of-file ends it; raw TCP
+(`gateway.protocols.tcp`) keeps half-close.
+
 A CancelRequest (on a new connection, plaintext or TLS) is routed by the BackendKeyData the
 gateway handed out to the agent serving that session, which replays it to the server with
 the real key. Masking happens at the agent; the counts it reports beside the data are
@@ -223,6 +229,12 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     the client reads the error, then end-of-file), and read and drop whatever the client
     still sends until it hangs up or LINGER seconds pass. The caller then closes.
     """
+    await _end_output(writer)
+    await _drain_client(reader)
+
+
+async def _end_output(writer: asyncio.StreamWriter) -> None:
+    """Flush what was written, then TCP FIN: the client reads it, then end-of-file."""
     with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
         await writer.drain()
         # uvloop queues small writes until the end of the loop iteration: one turn of the
@@ -236,6 +248,11 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             # psycopg report the error, not the missing close_notify.)
             with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
                 dup.shutdown(socket.SHUT_WR)
+
+
+async def _drain_client(reader: asyncio.StreamReader) -> None:
+    """Read and drop what the client still sends, until it hangs up or LINGER seconds pass."""
+    with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
         async with asyncio.timeout(LINGER):
             while await reader.read(READ_SIZE):
                 pass
@@ -552,6 +569,8 @@ class PostgresFrontDoor:
         stopper: ResultStopper | None = None  # a result being stopped by a budget
         progress = asyncio.Event()  # set whenever server data reached the client
         error: str | None = None
+        server_closed = False  # the server ended the session (its FATAL, or it went away)
+        said_goodbye = False  # the client sent Terminate: the server's close answers it
         audit = self._audit
         user = session.identity.user
 
@@ -748,6 +767,7 @@ class PostgresFrontDoor:
             return False
 
         async def client_to_agent() -> None:
+            nonlocal said_goodbye
             frames = MessageReader()
             discarding = False  # after a refused Parse: skip to Sync, as the server would
             batch_start = True  # nothing of the current extended-protocol batch forwarded
@@ -819,6 +839,7 @@ class PostgresFrontDoor:
                             await record_started(started)
                     out.append(message.raw)
                     if message.type == b"X":
+                        said_goodbye = True
                         await stream.send_data(b"".join(out))
                         await stream.send_close()
                         return
@@ -945,8 +966,27 @@ class PostgresFrontDoor:
                     )
                     with contextlib.suppress(ConnectionError):
                         await writer.drain()
+                elif not (up.done() or said_goodbye):
+                    # The server closed first (pg_terminate_backend, a session timeout, a
+                    # restart). PostgreSQL has no half-open session: after its FATAL a
+                    # client waits for end-of-file, and would wait forever for a client
+                    # direction nobody will read. So the session ends here, unlike raw TCP,
+                    # whose half-close the shared pumps keep (agent/protocols/tcp.py,
+                    # gateway/protocols/tcp.py).
+                    up.cancel()
+                    # The client reads the server's last bytes, then end-of-file, as from a
+                    # server that exits; what it still sends is read and dropped (_linger).
+                    await _end_output(writer)
+                    server_closed = True
                 else:
                     await up
+                if error is None and (server_closed or tracker.ended_by is not None):
+                    # Also when the client was leaving anyway: the FATAL says why it ended.
+                    error = (
+                        f"the server ended the session: {tracker.ended_by}"
+                        if tracker.ended_by is not None
+                        else "the server closed the connection"
+                    )
                 flusher.cancel()
         except* StatementRefused as group:
             refused = group.exceptions[0]
@@ -992,10 +1032,16 @@ class PostgresFrontDoor:
                     await writer.drain()
         finally:
             self.cancel_keys.revoke(pid)
+            if server_closed:
+                await stream.send_close()  # both directions closed: the agent's pump ends
             if not stream.finished:
                 await stream.reset(ResetCode.CANCELLED, error or "client went away")
             policy.release()  # the usage outlives the session (and the gateway)
             await self._broker.finish(session, error=error)
+        if server_closed:
+            # After the session's end is recorded, so that the record says when the server
+            # ended it, not when a client that reads nothing was let go.
+            await _drain_client(reader)
 
     async def _wait_for_review(
         self, review_id: str, withdrawn: asyncio.Event, client_gone: Callable[[], bool]

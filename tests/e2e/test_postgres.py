@@ -7,8 +7,12 @@ agent. Clients log in as the Wardgate admin with the admin token as their passwo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
+import signal
 import socket
 import sqlite3
 import ssl
@@ -18,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -29,7 +34,7 @@ from shared.pgwire.backend import decode_backend
 from shared.pgwire.framing import MessageReader
 from shared.pgwire.frontend import password_message
 from shared.pgwire.startup import encode_ssl_request, encode_startup
-from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.postgres import PostgresServer, StoppableServer
 from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Proc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -58,13 +63,18 @@ class Stack:
         return " ".join(f"{k}={v}" for k, v in params.items())
 
     def psql(
-        self, *args: str, dbname: str = "pg-main", check: bool = True, **extra: str
+        self,
+        *args: str,
+        dbname: str = "pg-main",
+        check: bool = True,
+        timeout: float = 120,
+        **extra: str,
     ) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
             ["psql", self.conninfo(dbname, **extra), "-X", "-v", "ON_ERROR_STOP=1", *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if check:
@@ -76,6 +86,28 @@ class Stack:
         with self.gw.api() as api:
             events = api.get("/v1/audit", params={"kind": "pg.statement", "text": text})
         return [e["data"]["text"] for e in events.json()]
+
+    def session_of(self, text: str) -> str:
+        """The id of the session that ran the statement containing `text`."""
+        with self.gw.api() as api:
+            events = api.get("/v1/audit", params={"kind": "pg.statement", "text": text})
+        ids: set[str] = {e["session"] for e in events.json()}
+        assert len(ids) == 1, ids
+        return ids.pop()
+
+    def ended(self, session_id: str) -> dict[str, Any]:
+        """The session's record, once its end is recorded."""
+
+        def record() -> dict[str, Any] | None:
+            with self.gw.api() as api:
+                found: dict[str, Any] = api.get(f"/v1/sessions/{session_id}").json()
+            return found if found["ended_at"] else None
+
+        ended: dict[str, Any] = wait_for(record, f"the end of session {session_id}")
+        return ended
+
+    def close_event(self, session_id: str) -> dict[str, Any]:
+        return next(e for e in self.gw.audit("session.close") if e["session"] == session_id)
 
 
 @pytest.fixture(scope="module")
@@ -505,3 +537,148 @@ def test_malformed_startup_packet_gets_a_protocol_violation(stack: Stack) -> Non
         error = decode_backend(m)
         assert getattr(error, "sqlstate", None) == "08P01"
     assert stack.gw.healthy()
+
+
+# ---- the server ends the session -------------------------------------------------------
+
+# Seconds within which a client whose session the server ended has the error and end-of-file.
+# A direct connection has both at once; before this bound existed, the client waited forever.
+SERVER_END = 10.0
+TERMINATED = "terminating connection due to administrator command"
+
+
+def closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Read what the server sent the idle connection and tell whether it has reached
+    end-of-file; as on a direct connection, libpq gives an error that nobody asked for to
+    the notice handlers."""
+    with contextlib.suppress(psycopg.OperationalError):
+        conn.pgconn.consume_input()
+    conn.pgconn.is_busy()  # parses what was read
+    return conn.closed
+
+
+def notices_of(conn: psycopg.Connection[Any]) -> list[tuple[str | None, str | None]]:
+    notices: list[tuple[str | None, str | None]] = []
+    conn.add_notice_handler(lambda d: notices.append((d.sqlstate, d.message_primary)))
+    return notices
+
+
+async def test_pg_terminate_backend_reaches_the_client_and_ends_its_connection(
+    stack: Stack,
+) -> None:
+    conn = await psycopg.AsyncConnection.connect(stack.conninfo(), autocommit=True)
+    async with conn:
+        await conn.execute("select 'terminate-probe'")
+        with pytest.raises(psycopg.errors.AdminShutdown) as info:
+            async with asyncio.timeout(SERVER_END):
+                await conn.execute("select pg_terminate_backend(pg_backend_pid())")
+        assert info.value.sqlstate == "57P01"
+        assert TERMINATED in str(info.value)
+        told = dt.datetime.now(dt.UTC)
+        assert conn.closed
+        with pytest.raises(psycopg.OperationalError):
+            await conn.execute("select 1")
+    session_id = stack.session_of("terminate-probe")
+    record = stack.ended(session_id)
+    assert record["status"] == "failed"
+    assert record["error"] == f"the server ended the session: 57P01 {TERMINATED}"
+    assert stack.close_event(session_id)["data"]["error"] == record["error"]
+    # Ended when the server ended it, not whenever the client gave up.
+    assert dt.datetime.fromisoformat(record["ended_at"]) <= told + dt.timedelta(seconds=1)
+
+
+def test_idle_in_transaction_timeout_ends_the_session_without_the_client(stack: Stack) -> None:
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        notices = notices_of(conn)
+        conn.execute("set idle_in_transaction_session_timeout = '200ms'")
+        conn.execute("begin")
+        conn.execute("select 'idle-probe'")
+        session_id = stack.session_of("idle-probe")
+        # The client does nothing meanwhile: the session ends because the server ended it.
+        record = stack.ended(session_id)
+        assert record["error"].startswith("the server ended the session: 25P03 ")
+        assert "idle-in-transaction timeout" in record["error"]
+        wait_for(lambda: closed_by_server(conn), "the client to read the error and end-of-file")
+        assert [code for code, _ in notices] == ["25P03"]
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+
+
+def test_psql_exits_by_itself_with_the_servers_message_when_terminated(stack: Stack) -> None:
+    out = stack.psql(
+        "-c", "select pg_terminate_backend(pg_backend_pid())", check=False, timeout=SERVER_END
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"FATAL:  {TERMINATED}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_server_restart_under_an_open_session_ends_it_at_once(
+    stack: Stack, stoppable_postgres: StoppableServer
+) -> None:
+    target = stoppable_postgres.server
+    stack.gw.create_connection(
+        name="pg-restart",
+        type="postgres",
+        host="127.0.0.1",
+        port=target.port,
+        database=target.dbname,
+        username=target.user,
+        password=target.password,
+    )
+    with psycopg.connect(stack.conninfo("pg-restart"), autocommit=True) as conn:
+        notices = notices_of(conn)
+        conn.execute("select 'restart-probe'")
+        stoppable_postgres.stop()  # fast: every backend sends FATAL 57P01, then exits
+        stopped = time.monotonic()
+        wait_for(lambda: closed_by_server(conn), "the client to read the error and end-of-file")
+        assert time.monotonic() - stopped < 1.0
+        assert notices == [("57P01", TERMINATED)]
+    record = stack.ended(stack.session_of("restart-probe"))
+    assert record["error"] == f"the server ended the session: 57P01 {TERMINATED}"
+    stoppable_postgres.start()
+    with psycopg.connect(stack.conninfo("pg-restart")) as again:
+        assert again.execute("select 'after the restart'").fetchone() == ("after the restart",)
+
+
+async def test_a_backend_gone_without_a_word_ends_the_session_as_closed_by_the_server(
+    stack: Stack, stoppable_postgres: StoppableServer
+) -> None:
+    target = stoppable_postgres.server
+    stack.gw.create_connection(
+        name="pg-killed",
+        type="postgres",
+        host="127.0.0.1",
+        port=target.port,
+        database=target.dbname,
+        username=target.user,
+        password=target.password,
+    )
+    conn = await psycopg.AsyncConnection.connect(stack.conninfo("pg-killed"), autocommit=True)
+    async with conn:
+        cur = await conn.execute("select pg_backend_pid(), 'killed-probe'")
+        row = await cur.fetchone()
+        assert row is not None
+        # A backend killed outright says nothing: its socket just closes, and libpq reports
+        # the end-of-file (over TLS, one without close_notify), as it does directly.
+        os.kill(row[0], signal.SIGKILL)
+        with pytest.raises(psycopg.OperationalError, match=r"server closed|unexpected eof"):
+            async with asyncio.timeout(SERVER_END):
+                await conn.execute("select 1")
+        assert conn.closed
+    record = stack.ended(stack.session_of("killed-probe"))
+    assert record["error"] == "the server closed the connection"
+
+
+def test_a_client_that_leaves_first_is_recorded_closed_without_an_error(stack: Stack) -> None:
+    # The server closes right after the client's Terminate: that close answers the client,
+    # and is not the server ending the session. Many times, since the two race.
+    probes = [f"goodbye-probe-{i:02d}" for i in range(12)]
+    for probe in probes[:6]:
+        with psycopg.connect(stack.conninfo()) as conn:
+            conn.execute(f"select '{probe}'")
+    for probe in probes[6:]:
+        stack.psql("-c", f"select '{probe}'")
+    for probe in probes:
+        record = stack.ended(stack.session_of(probe))
+        assert (record["status"], record["error"]) == ("closed", None), probe

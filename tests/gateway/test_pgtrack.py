@@ -169,3 +169,36 @@ def test_idle_and_transaction_status_follow_the_server() -> None:
     assert not t.idle  # a message is only half through
     t.server_data(stream[3:])
     assert t.idle and t.tx_status == "T"
+
+
+def fatal(code: str, message: str) -> bytes:
+    return ErrorResponse({"S": "FATAL", "V": "FATAL", "C": code, "M": message}).encode()
+
+
+def test_a_fatal_error_is_kept_as_why_the_server_ended_the_session() -> None:
+    t = PgTracker(clock)
+    t.query("select pg_terminate_backend(pg_backend_pid())")
+    assert t.ended_by is None
+    t.server_data(error("22012"))  # an ERROR ends a statement, not the session
+    assert t.ended_by is None
+    # The answer to the running statement, cut anywhere.
+    bye = fatal("57P01", "terminating connection due to administrator command")
+    t.server_data(bye[:7])
+    t.server_data(bye[7:])
+    assert t.ended_by is not None
+    assert str(t.ended_by) == "57P01 terminating connection due to administrator command"
+
+
+def test_a_fatal_error_nobody_asked_for_is_kept_too() -> None:
+    t = PgTracker(clock)
+    t.query("begin")
+    t.server_data(CommandComplete("BEGIN").encode() + z("T"))
+    assert t.idle
+    # idle_in_transaction_session_timeout: the server speaks unasked, then closes.
+    t.server_data(fatal("25P03", "terminating connection due to idle-in-transaction timeout"))
+    assert t.ended_by is not None and t.ended_by.sqlstate == "25P03"
+    # After a Sync, before its ReadyForQuery, answers belong to nobody; a FATAL still counts.
+    t2 = PgTracker(clock)
+    t2.sync()
+    t2.server_data(fatal("57P01", "terminating connection due to administrator command"))
+    assert t2.ended_by is not None and t2.ended_by.sqlstate == "57P01"
