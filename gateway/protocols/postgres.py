@@ -5,8 +5,8 @@
            ── StartupMessage(user, database) ──▶ AuthenticationCleartextPassword (inside TLS)
            ── PasswordMessage(Wardgate credential) ──▶ authenticate, open the session:
               the agent logs in to the real server with the injected credential
-           ◀── AuthenticationOk, the server's ParameterStatus..., BackendKeyData (ours),
-               ReadyForQuery
+           ◀── AuthenticationOk, the server's ParameterStatus..., BackendKeyData (the
+               server's pid, a secret of ours), ReadyForQuery
            then every statement is recorded (before it is forwarded) and relayed.
 
 `database` names the Wardgate connection and `user` the Wardgate user; the database's own
@@ -34,9 +34,12 @@ from a server that exits, and the session is recorded as ended by the server wit
 and message. PostgreSQL has no half-open session, so the server's end-of-file ends it; raw TCP
 (`gateway.protocols.tcp`) keeps half-close.
 
-A CancelRequest (on a new connection, plaintext or TLS) is routed by the BackendKeyData the
-gateway handed out to the agent serving that session, which replays it to the server with
-the real key. Masking happens at the agent; the counts it reports beside the data are
+A CancelRequest (on a new connection, plaintext or TLS) is routed by the key the gateway
+handed out (`gateway.protocols.pgcancel`) to the agent serving that session, which replays
+it to the server with the real key. A client asking for protocol 3.2 gets it (a 32-byte
+secret) whatever its server speaks; a later minor version or `_pq_` options get a
+NegotiateProtocolVersion, as from PostgreSQL 18. Masking happens at the agent; the counts it
+reports beside the data are
 audited as `pg.masked`.
 
 Approvals: a statement the guardrails send to review (`effect: review`) is held, not
@@ -67,9 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import secrets
 import socket
 import ssl
 import time
@@ -85,6 +86,7 @@ from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
 from gateway.policy.rules import Policy, SessionGuard, subject_for
 from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
+from gateway.protocols.pgcancel import CancelKeys, secret_length
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
@@ -97,6 +99,7 @@ from shared.pgwire.backend import (
     backend_key_data,
     decode_backend,
     error_response,
+    negotiate_protocol_version,
     notice_response,
     ready_for_query,
 )
@@ -258,41 +261,6 @@ async def _drain_client(reader: asyncio.StreamReader) -> None:
                 pass
 
 
-@dataclass(eq=False)
-class _Live:
-    session: Session
-    secret: int
-
-
-class CancelKeys:
-    """BackendKeyData the gateway handed out -> the live session it stands for."""
-
-    def __init__(self) -> None:
-        self._by_pid: dict[int, _Live] = {}
-
-    def issue(self, session: Session) -> tuple[int, int]:
-        while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
-            if pid not in self._by_pid:
-                break
-        secret = secrets.randbits(32)
-        self._by_pid[pid] = _Live(session, secret)
-        return pid, secret
-
-    def revoke(self, pid: int) -> None:
-        self._by_pid.pop(pid, None)
-
-    def find(self, pid: int, secret: int) -> Session | None:
-        live = self._by_pid.get(pid)
-        if live is None:
-            return None
-        # Constant-time: the secret is what stops one user cancelling another's queries.
-        ok = 0 <= secret < 2**32 and hmac.compare_digest(
-            secret.to_bytes(4, "big"), live.secret.to_bytes(4, "big")
-        )
-        return live.session if ok else None
-
-
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:
     prefix = await reader.readexactly(4)
     length = startup_packet_length(prefix)
@@ -337,7 +305,7 @@ class PostgresFrontDoor:
         self._access = access or AccessPolicy()
         self._reviews = reviews
         self._holding: dict[str, asyncio.Event] = {}  # session id -> set to withdraw its hold
-        self.cancel_keys = CancelKeys()
+        self.cancel_keys: CancelKeys[Session] = CancelKeys()
 
     # ---- entry points (registered on the front door) ---------------------------------
 
@@ -484,6 +452,13 @@ class PostgresFrontDoor:
                         connection=database,
                     )
                     return
+                # Protocol 3.2 (PostgreSQL 18) differs from 3.0 only in longer cancel keys,
+                # which are the gateway's own: a client gets up to 3.2 whatever its server
+                # speaks. `_pq_` options mean nothing to us: refused by name, as a server does.
+                minor = min(startup.version[1], 2)
+                pq_options = sorted(k for k in startup.params if k.startswith("_pq_."))
+                if startup.version[1] > minor or pq_options:
+                    writer.write(negotiate_protocol_version(minor, pq_options))
                 writer.write(authentication_cleartext_password())
                 await writer.drain()
                 password = await self._read_password(reader)
@@ -518,7 +493,9 @@ class PostgresFrontDoor:
             return
 
         forwarded = {
-            f"startup.{k}": v for k, v in startup.params.items() if k not in _NOT_FORWARDED
+            f"startup.{k}": v
+            for k, v in startup.params.items()
+            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")
         }
         try:
             session = await self._broker.open(
@@ -534,7 +511,7 @@ class PostgresFrontDoor:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             return
-        await self._relay(reader, writer, session)
+        await self._relay(reader, writer, session, secret_length(minor))
 
     async def _plaintext_allowed(self, connection: str) -> bool:
         record = await self._broker.connection(connection)
@@ -554,7 +531,11 @@ class PostgresFrontDoor:
     # ---- the session -----------------------------------------------------------------
 
     async def _relay(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: Session,
+        key_length: int,
     ) -> None:
         stream = session.stream
         tracker = PgTracker(
@@ -562,7 +543,7 @@ class PostgresFrontDoor:
             record_params=session.connection.options.get("record_params") == "true",
         )
         seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
-        pid, secret = self.cancel_keys.issue(session)
+        cancel_key: tuple[int, bytes] | None = None  # handed to the client, from the server's pid
         read_only = session.access == "read-only"
         policy = self._session_policy(session)
         flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
@@ -903,6 +884,13 @@ class PostgresFrontDoor:
                     policy.unwaive()  # the approved statement's answer is complete
             return piece
 
+        def issue_key(pid: int) -> bytes:
+            nonlocal cancel_key
+            if cancel_key is not None:  # a second BackendKeyData: the old key goes
+                self.cancel_keys.revoke(*cancel_key)
+            cancel_key = (pid, self.cancel_keys.issue(session, pid, key_length))
+            return cancel_key[1]
+
         async def agent_to_client() -> str | None:
             nonlocal stopper
             startup = MessageReader()
@@ -913,7 +901,7 @@ class PostgresFrontDoor:
                 if isinstance(event, DataReceived):
                     data = event.payload
                     if in_startup:
-                        data, in_startup = self._rewrite_startup(startup, data, pid, secret)
+                        data, in_startup = self._rewrite_startup(startup, data, issue_key)
                         if not in_startup:
                             data += startup.take_buffered()
                     finished: list[StatementFinished] = []
@@ -1031,7 +1019,8 @@ class PostgresFrontDoor:
                     )
                     await writer.drain()
         finally:
-            self.cancel_keys.revoke(pid)
+            if cancel_key is not None:
+                self.cancel_keys.revoke(*cancel_key)
             if server_closed:
                 await stream.send_close()  # both directions closed: the agent's pump ends
             if not stream.finished:
@@ -1118,15 +1107,16 @@ class PostgresFrontDoor:
 
     @staticmethod
     def _rewrite_startup(
-        frames: MessageReader, data: bytes, pid: int, secret: int
+        frames: MessageReader, data: bytes, issue_key: Callable[[int], bytes]
     ) -> tuple[bytes, bool]:
-        """Until the first ReadyForQuery, pass server messages with our BackendKeyData."""
+        """Until the first ReadyForQuery, pass server messages, the BackendKeyData with the
+        server's pid and a secret of ours (`gateway.protocols.pgcancel`)."""
         frames.feed(data)
         out: list[bytes] = []
         while (message := frames.next_message()) is not None:
             decoded = decode_backend(message)
             if isinstance(decoded, BackendKeyData):
-                out.append(backend_key_data(pid, secret))
+                out.append(backend_key_data(decoded.pid, issue_key(decoded.pid)))
                 continue
             out.append(message.raw)
             if isinstance(decoded, ReadyForQuery):

@@ -133,6 +133,19 @@ def cbytes(raw: bytes, what: str, field: str) -> bytes:
     return raw + b"\0"
 
 
+# A cancel key's secret: 4 bytes in protocol 3.0, up to 256 in 3.2 (PostgreSQL 18's limit).
+MIN_SECRET = 4
+MAX_SECRET = 256
+
+
+def check_secret(secret: bytes, what: str) -> bytes:
+    if not MIN_SECRET <= len(secret) <= MAX_SECRET:
+        raise LocalProtocolError(
+            f"{what}: secret: {len(secret)} bytes, outside [{MIN_SECRET}, {MAX_SECRET}]"
+        )
+    return secret
+
+
 def check_range(value: int, low: int, high: int, what: str, field: str) -> int:
     if not low <= value <= high:
         raise LocalProtocolError(f"{what}: {field}: {value} is outside [{low}, {high}]")

@@ -13,7 +13,8 @@ Rules:
 4. DataRow is the hot path of result sets: its decoder is a flat loop without a cursor object.
 5. Error and notice field codes are single bytes, kept as one-character strings in wire order.
    A field code given twice keeps its last value (servers do not send duplicates).
-6. BackendKeyData and NegotiateProtocolVersion follow protocol 3.0: a 32-bit cancel secret.
+6. BackendKeyData carries a cancel secret of 4 bytes (protocol 3.0) up to 256 bytes (protocol
+   3.2, PostgreSQL 18); which length a session may use is the caller's to check.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from typing import ClassVar, Literal, TypeAlias
 
 from shared.pgwire._wire import (
     INT32,
+    MAX_SECRET,
+    MIN_SECRET,
     UINT16,
     BodyReader,
+    check_secret,
     cstr,
     pack_count,
     pack_int16,
@@ -163,16 +167,15 @@ class BackendKeyData:
 
     TYPE: ClassVar[bytes] = b"K"
     pid: int
-    secret: int
+    secret: bytes
 
     def __repr__(self) -> str:
-        return f"BackendKeyData(pid={self.pid}, secret=<redacted>)"
+        return f"BackendKeyData(pid={self.pid}, secret=<{len(self.secret)} bytes redacted>)"
 
     def encode(self) -> bytes:
         what = "BackendKeyData"
-        return encode_message(
-            b"K", pack_int32(self.pid, what, "pid") + pack_uint32(self.secret, what, "secret")
-        )
+        check_secret(self.secret, what)
+        return encode_message(b"K", pack_int32(self.pid, what, "pid") + self.secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +591,7 @@ def authentication_sasl_final(data: bytes) -> bytes:
     return AuthenticationSASLFinal(data).encode()
 
 
-def backend_key_data(pid: int, secret: int) -> bytes:
+def backend_key_data(pid: int, secret: bytes) -> bytes:
     return BackendKeyData(pid, secret).encode()
 
 
@@ -675,9 +678,11 @@ def _parameter_status(r: BodyReader) -> ParameterStatus:
 
 
 def _backend_key_data(r: BodyReader) -> BackendKeyData:
-    if r.remaining != 8:
-        raise r.fail("body", f"{r.remaining} bytes, expected 8 (protocol 3.0 cancel key)")
-    return BackendKeyData(r.int32("pid"), r.uint32("secret"))
+    if not MIN_SECRET + 4 <= r.remaining <= MAX_SECRET + 4:
+        raise r.fail(
+            "body", f"{r.remaining} bytes, expected a pid and a {MIN_SECRET}-{MAX_SECRET} byte key"
+        )
+    return BackendKeyData(r.int32("pid"), r.rest())
 
 
 def _ready_for_query(r: BodyReader) -> ReadyForQuery:

@@ -14,8 +14,8 @@ Rules:
    which must be the last byte. ``user`` is required and non-empty. A repeated key is refused:
    a gateway that checks the first ``user`` while the server honours the last would be
    bypassed.
-4. SSLRequest and GSSENCRequest are exactly 8 bytes; CancelRequest exactly 16 (the 32-bit
-   secret of protocol 3.0; the variable-length keys of protocol 3.2 are not supported).
+4. SSLRequest and GSSENCRequest are exactly 8 bytes; a CancelRequest is 12 bytes and a secret
+   of 4 (protocol 3.0) to 256 bytes (protocol 3.2): its length is the key's.
 5. After an SSLRequest or GSSENCRequest the client must wait for the one-byte answer: bytes
    buffered behind the request were sent in cleartext and must not be read as if they came
    through TLS (CVE-2021-23214). The driver checks ``MessageReader.buffered`` for that.
@@ -28,12 +28,14 @@ from dataclasses import dataclass
 
 from shared.pgwire._wire import (
     INT32,
+    MAX_SECRET,
+    MIN_SECRET,
     UINT32,
     check_range,
+    check_secret,
     cstr,
     decode_text,
     pack_int32,
-    pack_uint32,
 )
 from shared.pgwire.errors import LocalProtocolError, RemoteProtocolError
 
@@ -44,7 +46,7 @@ _SPECIAL_MAJOR = 1234
 
 MIN_STARTUP_PACKET = 8
 MAX_STARTUP_PACKET = 10000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
-_CANCEL_PACKET = 16
+_CANCEL_HEADER = 12  # length, code, pid: the secret follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +65,24 @@ class GSSENCRequest:
         return INT32.pack(8) + INT32.pack(GSSENC_REQUEST_CODE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class CancelRequest:
     """Cancel the query running in backend ``pid``; ``secret`` comes from BackendKeyData."""
 
     pid: int
-    secret: int
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"CancelRequest(pid={self.pid}, secret=<{len(self.secret)} bytes redacted>)"
 
     def encode(self) -> bytes:
         what = "CancelRequest"
+        check_secret(self.secret, what)
         return (
-            INT32.pack(_CANCEL_PACKET)
+            INT32.pack(_CANCEL_HEADER + len(self.secret))
             + INT32.pack(CANCEL_REQUEST_CODE)
             + pack_int32(self.pid, what, "pid")
-            + pack_uint32(self.secret, what, "secret")
+            + self.secret
         )
 
 
@@ -132,14 +138,13 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
                 raise RemoteProtocolError(f"{name}: length {length}, expected 8")
             return SSLRequest() if code == SSL_REQUEST_CODE else GSSENCRequest()
         if code == CANCEL_REQUEST_CODE:
-            if length != _CANCEL_PACKET:
+            if not _CANCEL_HEADER + MIN_SECRET <= length <= _CANCEL_HEADER + MAX_SECRET:
                 raise RemoteProtocolError(
-                    f"CancelRequest: length {length}, expected {_CANCEL_PACKET} "
-                    "(protocol 3.2 long cancel keys are not supported)"
+                    f"CancelRequest: length {length}, expected {_CANCEL_HEADER + MIN_SECRET} "
+                    f"to {_CANCEL_HEADER + MAX_SECRET} (a pid and a 4-256 byte key)"
                 )
             pid: int = INT32.unpack_from(packet, 8)[0]
-            secret: int = UINT32.unpack_from(packet, 12)[0]
-            return CancelRequest(pid=pid, secret=secret)
+            return CancelRequest(pid=pid, secret=packet[_CANCEL_HEADER:])
         raise RemoteProtocolError(f"startup packet: unknown request code {major}.{minor}")
     if major != 3:
         raise RemoteProtocolError(f"startup packet: unsupported protocol {major}.{minor}")
@@ -208,5 +213,5 @@ def encode_gssenc_request() -> bytes:
     return GSSENCRequest().encode()
 
 
-def encode_cancel_request(pid: int, secret: int) -> bytes:
+def encode_cancel_request(pid: int, secret: bytes) -> bytes:
     return CancelRequest(pid=pid, secret=secret).encode()

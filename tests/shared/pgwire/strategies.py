@@ -70,7 +70,7 @@ backend_messages: st.SearchStrategy[be.BackendMessage] = st.one_of(
     st.builds(be.AuthenticationSASLFinal, st.binary(max_size=60)),
     st.builds(be.AuthenticationOther, other_auth_codes, st.binary(max_size=20)),
     st.builds(be.ParameterStatus, ctext, ctext),
-    st.builds(be.BackendKeyData, int32, uint32),
+    st.builds(be.BackendKeyData, int32, st.binary(min_size=4, max_size=256)),
     st.builds(be.ReadyForQuery, st.sampled_from(["I", "T", "E"])),
     st.builds(be.NegotiateProtocolVersion, int32, st.lists(ctext, max_size=4).map(tuple)),
     st.builds(be.RowDescription, st.lists(fields, max_size=5).map(tuple)),

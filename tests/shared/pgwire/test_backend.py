@@ -37,7 +37,8 @@ WIRE_CASES: list[tuple[be.BackendMessage, bytes]] = [
     (be.AuthenticationOther(7), b"R\0\0\0\x08\0\0\0\x07"),
     (be.AuthenticationOther(8, b"tok"), b"R\0\0\0\x0b\0\0\0\x08tok"),
     (be.ParameterStatus("a", "b"), b"S\0\0\0\x08a\0b\0"),
-    (be.BackendKeyData(1234, 0xDEADBEEF), b"K\0\0\0\x0c\0\0\x04\xd2\xde\xad\xbe\xef"),
+    (be.BackendKeyData(1234, b"\xde\xad\xbe\xef"), b"K\0\0\0\x0c\0\0\x04\xd2\xde\xad\xbe\xef"),
+    (be.BackendKeyData(1, b"k" * 32), b"K\0\0\0\x28\0\0\0\x01" + b"k" * 32),  # protocol 3.2
     (be.ReadyForQuery("I"), b"Z\0\0\0\x05I"),
     (be.NegotiateProtocolVersion(0, ("_pq_.x",)), b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0"),
     (
@@ -129,7 +130,7 @@ def test_severity_prefers_the_unlocalized_field() -> None:
         (be.authentication_sasl(["SCRAM-SHA-256"]), be.AuthenticationSASL(("SCRAM-SHA-256",))),
         (be.authentication_sasl_continue(b"c"), be.AuthenticationSASLContinue(b"c")),
         (be.authentication_sasl_final(b"f"), be.AuthenticationSASLFinal(b"f")),
-        (be.backend_key_data(1, 2), be.BackendKeyData(1, 2)),
+        (be.backend_key_data(1, b"\0\0\0\x02"), be.BackendKeyData(1, b"\0\0\0\x02")),
         (be.parameter_status("server_version", "17"), be.ParameterStatus("server_version", "17")),
         (be.ready_for_query("T"), be.ReadyForQuery("T")),
         (be.negotiate_protocol_version(0, ["_pq_.a"]), be.NegotiateProtocolVersion(0, ("_pq_.a",))),
@@ -174,7 +175,8 @@ def test_rows_from_tag_never_raises(tag: str) -> None:
 
 
 def test_backend_key_data_keeps_the_secret_out_of_its_repr() -> None:
-    assert "3735928559" not in repr(be.BackendKeyData(1, 0xDEADBEEF))
+    shown = repr(be.BackendKeyData(1, b"\xde\xad\xbe\xef"))
+    assert "deadbeef" not in shown and "\\xde" not in shown and "4 bytes" in shown
 
 
 @pytest.mark.parametrize(
@@ -185,7 +187,10 @@ def test_backend_key_data_keeps_the_secret_out_of_its_repr() -> None:
         (b"R\0\0\0\x0d\0\0\0\x0aab\0\0x", "Authentication: 1 unexpected trailing bytes"),
         (b"R\0\0\0\x0a\0\0\0\x0aab", "Authentication: mechanism: string is not NUL-terminated"),
         (b"Z\0\0\0\x05X", "ReadyForQuery: status: byte 0x58 is not I, T or E"),
-        (b"K\0\0\0\x0b\0\0\0\x01\0\0\0", "BackendKeyData: body: 7 bytes, expected 8"),
+        (
+            b"K\0\0\0\x0b\0\0\0\x01\0\0\0",
+            "BackendKeyData: body: 7 bytes, expected a pid and a 4-256",
+        ),
         (b"D\0\0\0\x05\0", "DataRow: body of 1 bytes has no column count"),
         (b"D\0\0\0\x08\0\x01\0\0", "DataRow: column 0: length runs past the body"),
         (b"D\0\0\0\x0a\0\x01\0\0\0\x05", "DataRow: column 0: length 5 does not fit"),
@@ -214,7 +219,8 @@ def test_malformed_bodies_name_message_and_field(wire: bytes, match: str) -> Non
         (lambda: be.authentication_sasl([""]), "empty mechanism name"),
         (lambda: be.AuthenticationOther(0).encode(), "code 0 has its own message class"),
         (lambda: be.ready_for_query("X"), "status 'X'"),  # type: ignore[arg-type]
-        (lambda: be.backend_key_data(1, -1), "secret: -1 is outside"),
+        (lambda: be.backend_key_data(1, b"abc"), "secret: 3 bytes, outside"),
+        (lambda: be.backend_key_data(1, b"x" * 257), "secret: 257 bytes, outside"),
         (lambda: be.row_description([be.Field("x", type_size=40000)]), "type size"),
         (lambda: be.data_row([None] * 65536), "number of values: 65536"),
         (lambda: be.CopyInResponse(2, ()).encode(), "format 2"),

@@ -32,14 +32,24 @@ def packet(code: int, body: bytes = b"") -> bytes:
 def test_special_requests_have_their_well_known_bytes() -> None:
     assert encode_ssl_request() == b"\0\0\0\x08\x04\xd2\x16\x2f"  # 80877103
     assert encode_gssenc_request() == b"\0\0\0\x08\x04\xd2\x16\x30"  # 80877104
-    assert encode_cancel_request(42, 0xFFFFFFFF) == (
+    assert encode_cancel_request(42, b"\xff" * 4) == (
         b"\0\0\0\x10\x04\xd2\x16\x2e\0\0\0\x2a\xff\xff\xff\xff"  # 80877102
     )
     assert parse_startup_packet(encode_ssl_request()) == SSLRequest()
     assert parse_startup_packet(encode_gssenc_request()) == GSSENCRequest()
-    assert parse_startup_packet(encode_cancel_request(42, 0xFFFFFFFF)) == CancelRequest(
-        42, 0xFFFFFFFF
+    assert parse_startup_packet(encode_cancel_request(42, b"\xff" * 4)) == CancelRequest(
+        42, b"\xff" * 4
     )
+
+
+@pytest.mark.parametrize("size", [4, 32, 256])
+def test_cancel_keys_of_protocol_3_2_are_4_to_256_bytes(size: int) -> None:
+    secret = bytes(range(256))[:size]
+    wire = encode_cancel_request(7, secret)
+    assert len(wire) == 12 + size
+    request = parse_startup_packet(wire)
+    assert request == CancelRequest(7, secret)
+    assert secret.hex() not in repr(request) and f"{size} bytes" in repr(request)
 
 
 def test_startup_message_bytes() -> None:
@@ -82,7 +92,8 @@ def test_startup_packet_length() -> None:
         (packet(1234 << 16 | 5681), "unknown request code 1234.5681"),
         (packet(80877103, b"x"), "SSLRequest: length 9, expected 8"),
         (packet(80877104, b"x"), "GSSENCRequest: length 9, expected 8"),
-        (packet(80877102, b"\0" * 40), "CancelRequest: length 48, expected 16"),
+        (packet(80877102, b"\0" * 7), "CancelRequest: length 15, expected 16 to 268"),
+        (packet(80877102, b"\0" * 261), "CancelRequest: length 269, expected 16 to 268"),
         (packet(196608), "the last byte is not the NUL terminator"),
         (packet(196608, b"user\0u"), "the last byte is not the NUL terminator"),
         (packet(196608, b"user\0u\0"), "no empty name terminates the parameter list"),
@@ -111,8 +122,9 @@ def test_malformed_startup_packets(wire: bytes, match: str) -> None:
         (lambda: encode_startup({"user": "u\0"}), "value of 'user': contains a NUL byte"),
         (lambda: encode_startup({"user": "u"}, (2, 0)), "protocol 2.0 is not 3.x"),
         (lambda: encode_startup({"user": "u" * 10000}), "more than 10000"),
-        (lambda: encode_cancel_request(2**31, 0), "pid"),
-        (lambda: encode_cancel_request(1, 2**32), "secret"),
+        (lambda: encode_cancel_request(2**31, b"abcd"), "pid"),
+        (lambda: encode_cancel_request(1, b"abc"), "secret: 3 bytes"),
+        (lambda: encode_cancel_request(1, b"x" * 257), "secret: 257 bytes"),
     ],
 )
 def test_encoders_refuse_invalid_packets(call: Callable[[], object], match: str) -> None:

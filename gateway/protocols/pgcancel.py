@@ -1,0 +1,60 @@
+"""Cancel keys the gateway hands to PostgreSQL clients, and the sessions they stand for.
+
+A client gets its server's real backend pid, so that `conn.info.backend_pid` agrees with
+`pg_backend_pid()`, `pg_stat_activity.pid`, the pid in every NotificationResponse and
+`pg_terminate_backend(pid)`; the secret is the gateway's own (the server's stays with the
+agent, which replays a cancel with it). Two servers behind one gateway may hand out the same
+pid, so a key is the pair (pid, secret), and a secret is drawn again until the pair is unused.
+
+The secret is as long as the client's protocol allows: 4 bytes in protocol 3.0, 32 bytes (as
+PostgreSQL 18 draws them) in 3.2 and later. A CancelRequest is matched in constant time
+against every live key with its pid, so the lookup tells an attacker nothing about secrets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Generic, TypeVar
+
+SessionT = TypeVar("SessionT")
+
+SECRET_3_0 = 4
+SECRET_3_2 = 32  # PostgreSQL 18 draws 32-byte keys for protocol 3.2
+
+
+def secret_length(protocol_minor: int) -> int:
+    """The secret length for a client that agreed on protocol 3.``protocol_minor``."""
+    return SECRET_3_2 if protocol_minor >= 2 else SECRET_3_0
+
+
+class CancelKeys(Generic[SessionT]):
+    def __init__(self) -> None:
+        self._by_pid: dict[int, dict[bytes, SessionT]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_pid.values())
+
+    def issue(self, session: SessionT, pid: int, length: int) -> bytes:
+        """A new secret for `session`, whose server backend is `pid`."""
+        keys = self._by_pid.setdefault(pid, {})
+        while (secret := secrets.token_bytes(length)) in keys:
+            pass
+        keys[secret] = session
+        return secret
+
+    def revoke(self, pid: int, secret: bytes) -> None:
+        keys = self._by_pid.get(pid)
+        if keys is not None:
+            keys.pop(secret, None)
+            if not keys:
+                del self._by_pid[pid]
+
+    def find(self, pid: int, secret: bytes) -> SessionT | None:
+        found: SessionT | None = None
+        # Compare with every candidate, not a dict lookup: a hash probe's timing depends on
+        # the secret, and the secret is what stops one user cancelling another's queries.
+        for candidate, session in self._by_pid.get(pid, {}).items():
+            if hmac.compare_digest(candidate, secret):
+                found = session
+        return found
