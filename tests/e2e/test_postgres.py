@@ -641,6 +641,13 @@ def test_a_server_restart_under_an_open_session_ends_it_at_once(
         assert again.execute("select 'after the restart'").fetchone() == ("after the restart",)
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 async def test_a_backend_gone_without_a_word_ends_the_session_as_closed_by_the_server(
     stack: Stack, stoppable_postgres: StoppableServer
 ) -> None:
@@ -662,6 +669,9 @@ async def test_a_backend_gone_without_a_word_ends_the_session_as_closed_by_the_s
         # A backend killed outright says nothing: its socket just closes, and libpq reports
         # the end-of-file (over TLS, one without close_notify), as it does directly.
         os.kill(row[0], signal.SIGKILL)
+        # Until the process is gone, a statement sent now would reach its socket unread, and
+        # the kernel would answer the close with a reset instead of end-of-file.
+        await asyncio.to_thread(wait_for, lambda: _gone(row[0]), "the killed backend to exit")
         with pytest.raises(psycopg.OperationalError, match=r"server closed|unexpected eof"):
             async with asyncio.timeout(SERVER_END):
                 await conn.execute("select 1")

@@ -106,6 +106,10 @@ def test_terminating_a_backend_by_the_pid_its_client_was_given(stack: Stack) -> 
         with psycopg.connect(stack.conninfo(), autocommit=True) as other:
             assert other.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
         wait_for(lambda: stack.server_sees(pid) is None, "the backend to exit")
+        # ...and its client hears of it, as directly (issue 14, cause 1)
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            victim.execute("select 1")
+        assert victim.closed
     finally:
         victim.close()
 
