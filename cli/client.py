@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -200,6 +201,27 @@ def _detail(response: httpx.Response) -> str:
             f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail
         )
     return f"gateway answered {response.status_code}: {detail}"
+
+
+def paged(http: httpx.Client, path: str, params: dict[str, Any], wanted: int | None) -> list[Any]:
+    """Rows of a list the gateway pages (Link: rel="next"), up to `wanted` (None: all).
+    Past the first page, a count on stderr shows progress when stderr is a terminal."""
+    rows: list[Any] = []
+    response = http.get(path, params=params)
+    show = sys.stderr.isatty()
+    shown = False
+    while True:
+        rows += check(response)
+        following = response.links.get("next", {}).get("url")
+        if not following or (wanted is not None and len(rows) >= wanted):
+            break
+        if show:
+            click.echo(f"\r{len(rows)} fetched...", err=True, nl=False)
+            shown = True
+        response = http.get(following)
+    if shown:
+        click.echo("\r\033[K", err=True, nl=False)  # clear the progress line
+    return rows if wanted is None else rows[:wanted]
 
 
 def check(response: httpx.Response) -> Any:

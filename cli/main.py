@@ -26,6 +26,8 @@ from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
 from gateway.conntypes import SUPPORTED_TYPES
 from gateway.identity.local import MIN_PASSWORD_LENGTH
 
+PAGE = 1000  # the most rows the gateway returns at once
+
 GATEWAY_OPTIONS = [
     click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
     click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
@@ -609,7 +611,14 @@ FORWARD_COLUMNS = [
 @click.option("--connection")
 @click.option("--since", help="ISO time, e.g. 2026-11-26T10:00:00+00:00")
 @click.option("--text", help="Only sessions with a statement containing this text.")
-@click.option("--limit", default=50, show_default=True)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many sessions to list; more than a page (1000) are fetched page by page.",
+)
+@click.option("--all", "everything", is_flag=True, help="Every matching session (no --limit).")
 @out.output_options
 @gateway_options
 def sessions_list(
@@ -618,13 +627,14 @@ def sessions_list(
     since: str | None,
     text: str | None,
     limit: int,
+    everything: bool,
     output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
 ) -> None:
     """List sessions, newest first (filter by user, connection, time, statement text)."""
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": min(limit, PAGE) if not everything else PAGE}
     for key, value in (
         ("user", user),
         ("connection", connection),
@@ -633,8 +643,9 @@ def sessions_list(
     ):
         if value:
             params[key] = value
+    wanted = None if everything else limit
     with _ref(gateway, token, ca).http() as http:
-        data = cl.check(http.get("/v1/sessions", params=params))
+        data = cl.paged(http, "/v1/sessions", params, wanted)
     if not out.structured(data, output):
         out.table(data, SESSION_COLUMNS)
 

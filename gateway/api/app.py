@@ -9,14 +9,15 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
-from gateway.api import docs
+from gateway.api import docs, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
+from gateway.api.paging import MAX_PAGE
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
@@ -574,27 +575,44 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.get("/v1/sessions")
     async def list_sessions(
         who: User,
+        request: Request,
+        response: Response,
         user: str | None = None,
         connection: str | None = None,
         since: dt.datetime | None = None,
         text: str | None = None,
-        limit: int = 100,
+        limit: Annotated[int, Query(ge=1)] = 100,
+        cursor: Annotated[
+            str | None, Query(description="From the previous page's Link: rel=next.")
+        ] = None,
     ) -> list[dict[str, Any]]:
+        """Sessions newest first, at most `limit` (up to 1000) a page. When more remain, the
+        `Link` header names the next page (rel="next"), as GitHub's API does."""
         if not who.is_admin:
             user = who.user  # people see their own sessions
+        page = min(limit, MAX_PAGE)
+        before = paging.decode_cursor(cursor) if cursor else None
         rows = await run(
             deps.store.list_sessions,
             user=user,
             connection=connection,
             since=since,
-            limit=min(limit, 1000) if not text else 10_000,
+            before=before,
+            limit=page + 1 if not text else 10_000,
         )
         if text:
             hits = await run(
                 deps.store.list_audit, kind="pg.statement", contains=text, limit=100_000
             )
             wanted = {e.session_id for e in hits}
-            rows = [s for s in rows if s.id in wanted][: min(limit, 1000)]
+            rows = [s for s in rows if s.id in wanted]
+        if len(rows) > page:
+            rows = rows[:page]
+            last = rows[-1]
+            following = request.url.include_query_params(
+                cursor=paging.encode_cursor(last.started_at, last.id)
+            )
+            response.headers["Link"] = f'<{following}>; rel="next"'
         return [_session_json(s) for s in rows]
 
     @app.get("/v1/sessions/{session_id}")

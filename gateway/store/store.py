@@ -947,10 +947,20 @@ class Store:
         user: str | None = None,
         connection: str | None = None,
         since: dt.datetime | None = None,
+        before: tuple[dt.datetime, str] | None = None,
         limit: int = 100,
     ) -> list[SessionRecord]:
-        """Sessions newest first; ``since`` keeps those started at or after it."""
+        """Sessions newest first; ``since`` keeps those started at or after it, ``before``
+        those after the (started_at, id) of the last row of a previous page (keyset paging:
+        sessions that start meanwhile shift no page)."""
         stmt = sa.select(t.sessions)
+        if before is not None:
+            _check_aware(before[0], "before")
+            at, session_id = before
+            stmt = stmt.where(
+                (t.sessions.c.started_at < at)
+                | ((t.sessions.c.started_at == at) & (t.sessions.c.id < session_id))
+            )
         if user is not None:
             stmt = stmt.where(t.sessions.c.user == user)
         if connection is not None:

@@ -459,6 +459,27 @@ def test_list_sessions_filters_newest_first(store: Store) -> None:
     assert all(s.started_at.tzinfo is dt.UTC for s in store.list_sessions())
 
 
+def test_list_sessions_pages_by_start_then_id(store: Store) -> None:
+    # Three sessions share a start time: the id breaks the tie, so no page repeats or skips.
+    for session_id, offset in [("a", 0), ("b", 10), ("c", 10), ("d", 10), ("e", 20)]:
+        store.create_session(make_session(session_id, started_at=T0 + dt.timedelta(seconds=offset)))
+    pages: list[list[str]] = []
+    before = None
+    while page := store.list_sessions(before=before, limit=2):
+        pages.append([s.id for s in page])
+        before = (page[-1].started_at, page[-1].id)
+    assert pages == [["e", "d"], ["c", "b"], ["a"]]
+    # A session started after the first page was read shifts nothing.
+    store.create_session(make_session("z", started_at=T0 + dt.timedelta(seconds=30)))
+    assert [s.id for s in store.list_sessions(before=(T0 + dt.timedelta(seconds=10), "d"))] == [
+        "c",
+        "b",
+        "a",
+    ]
+    with pytest.raises(ValueError, match="before"):
+        store.list_sessions(before=(T0.replace(tzinfo=None), "x"))
+
+
 # -- audit log -----------------------------------------------------------------------------
 
 
