@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -52,14 +51,6 @@ class Stack:
         }
         return " ".join(f"{k}={v}" for k, v in params.items())
 
-    def server_sees(self, pid: int) -> tuple[str, str] | None:
-        """(state, query) of backend `pid`, asked of the server directly."""
-        with self.pg.connect() as admin:
-            row = admin.execute(
-                "select state, query from pg_stat_activity where pid = %s", (pid,)
-            ).fetchone()
-        return (row[0], row[1]) if row else None
-
 
 @pytest.fixture(scope="module")
 def stack(
@@ -87,7 +78,7 @@ def test_the_client_sees_its_servers_backend_pid(stack: Stack) -> None:
     with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
         pid = conn.info.backend_pid
         assert conn.execute("select pg_backend_pid()").fetchone() == (pid,)
-        assert stack.server_sees(pid) is not None  # pg_stat_activity, read directly
+        assert stack.pg.activity(pid) is not None  # pg_stat_activity, read directly
         # A notification carries the sender's pid: an application that skips its own
         # notifications compares it with backend_pid.
         conn.execute("listen keys_channel")
@@ -105,7 +96,7 @@ def test_terminating_a_backend_by_the_pid_its_client_was_given(stack: Stack) -> 
         pid = victim.info.backend_pid
         with psycopg.connect(stack.conninfo(), autocommit=True) as other:
             assert other.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
-        wait_for(lambda: stack.server_sees(pid) is None, "the backend to exit")
+        wait_for(lambda: stack.pg.activity(pid) is None, "the backend to exit")
         # ...and its client hears of it, as directly (issue 14, cause 1)
         with pytest.raises(psycopg.errors.AdminShutdown):
             victim.execute("select 1")
@@ -114,38 +105,12 @@ def test_terminating_a_backend_by_the_pid_its_client_was_given(stack: Stack) -> 
         victim.close()
 
 
-def _cancel_while_running(
-    stack: Stack, conn: psycopg.Connection[tuple[object, ...]], cancel: Callable[[], None]
-) -> BaseException | None:
-    """Run SLEEP, cancel it once the server shows it running; what the statement raised."""
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            conn.execute(SLEEP)
-        except psycopg.Error as exc:
-            raised.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        wait_for(
-            lambda: stack.server_sees(conn.info.backend_pid) == ("active", SLEEP),
-            "the statement to run on the server",
-        )
-        cancel()
-    finally:
-        worker.join(timeout=60)
-    assert not worker.is_alive(), "the cancelled statement is still running"
-    return raised[0] if raised else None
-
-
 @pytest.mark.parametrize("protocol", ["3.0", "3.2"])
 def test_a_cancel_reaches_the_server_with_either_key_length(stack: Stack, protocol: str) -> None:
     info = stack.conninfo(max_protocol_version=protocol)
     with psycopg.connect(info, autocommit=True) as conn:
         assert conn.pgconn.full_protocol_version == {"3.0": 30000, "3.2": 30002}[protocol]
-        raised = _cancel_while_running(stack, conn, conn.cancel_safe)
+        raised = stack.pg.interrupt(conn, SLEEP, conn.cancel_safe)
         assert isinstance(raised, psycopg.errors.QueryCanceled), raised
         assert conn.execute("select 'still here'").fetchone() == ("still here",)
 
@@ -196,7 +161,7 @@ def test_the_key_length_follows_the_protocol_the_client_asked_for(
         assert negotiations == ([negotiated] if negotiated else [])
         keys = [m for m in seen if isinstance(m, BackendKeyData)]
         assert len(keys) == 1 and len(keys[0].secret) == secret
-        assert stack.server_sees(keys[0].pid) is not None
+        assert stack.pg.activity(keys[0].pid) is not None
 
 
 def test_a_wrong_secret_cancels_nothing(stack: Stack) -> None:
@@ -214,8 +179,8 @@ def test_a_wrong_secret_cancels_nothing(stack: Stack) -> None:
                 lambda: len(stack.gw.audit("pg.cancel_refused")) > refused,
                 "the gateway to refuse the forged cancel",
             )
-            assert stack.server_sees(conn.info.backend_pid) == ("active", SLEEP)
+            assert stack.pg.activity(conn.info.backend_pid) == ("active", SLEEP)
             conn.cancel_safe()
 
-        raised = _cancel_while_running(stack, conn, forged_then_real_cancel)
+        raised = stack.pg.interrupt(conn, SLEEP, forged_then_real_cancel)
         assert isinstance(raised, psycopg.errors.QueryCanceled), raised
