@@ -605,15 +605,7 @@ def test_a_server_restart_under_an_open_session_ends_it_at_once(
     stack: Stack, stoppable_postgres: StoppableServer
 ) -> None:
     target = stoppable_postgres.server
-    stack.gw.create_connection(
-        name="pg-restart",
-        type="postgres",
-        host="127.0.0.1",
-        port=target.port,
-        database=target.dbname,
-        username=target.user,
-        password=target.password,
-    )
+    stack.gw.create_connection(**target.connection_spec("pg-restart"))
     with psycopg.connect(stack.conninfo("pg-restart"), autocommit=True) as conn:
         notices = notices_of(conn)
         conn.execute("select 'restart-probe'")
@@ -644,15 +636,7 @@ async def test_a_backend_gone_without_a_word_ends_the_session_as_closed_by_the_s
     stack: Stack, stoppable_postgres: StoppableServer
 ) -> None:
     target = stoppable_postgres.server
-    stack.gw.create_connection(
-        name="pg-killed",
-        type="postgres",
-        host="127.0.0.1",
-        port=target.port,
-        database=target.dbname,
-        username=target.user,
-        password=target.password,
-    )
+    stack.gw.create_connection(**target.connection_spec("pg-killed"))
     conn = await psycopg.AsyncConnection.connect(stack.conninfo("pg-killed"), autocommit=True)
     async with conn:
         cur = await conn.execute("select pg_backend_pid(), 'killed-probe'")

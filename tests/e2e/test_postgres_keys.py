@@ -60,15 +60,7 @@ def stack(
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key())
         wg.agent(gw, gw.create_agent("default"), wait="default")
-        gw.create_connection(
-            name="pg-keys",
-            type="postgres",
-            host=postgres_server.host,
-            port=postgres_server.port,
-            database=postgres_server.dbname,
-            username=postgres_server.user,
-            password=postgres_server.password,
-        )
+        gw.create_connection(**postgres_server.connection_spec("pg-keys"))
         yield Stack(gw, postgres_server)
     finally:
         wg.close()

@@ -120,15 +120,7 @@ def target_database(postgres_server: PostgresServer, name: str, gw: GatewayProc)
     server = postgres_server.create_database(name)
     with server.connect() as direct:
         direct.execute("create table t (n int primary key)")
-    gw.create_connection(
-        name="pg-disk",
-        type="postgres",
-        host="127.0.0.1",
-        port=postgres_server.port,
-        database=server.dbname,
-        username=server.user,
-        password=server.password,
-    )
+    gw.create_connection(**server.connection_spec("pg-disk"))
     return server
 
 
