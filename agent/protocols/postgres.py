@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -71,15 +73,34 @@ class _Server:
 
 
 def _client_tls(target: Target, mode: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
     root = target.options.get("sslrootcert")
-    if mode in ("verify-ca", "verify-full"):
-        if root:
-            ctx.load_verify_locations(cafile=root)
-        ctx.check_hostname = mode == "verify-full"
-    else:  # require/prefer: encrypt, do not verify (libpq semantics)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+    if mode not in ("verify-ca", "verify-full"):
+        return _ENCRYPT_ONLY
+    # Keyed by the CA file's mtime too: a replaced file is read again, an unchanged one not.
+    mtime = os.stat(root).st_mtime_ns if root else 0
+    return _verifying_tls(mode, root, mtime)
+
+
+def _encrypt_only() -> ssl.SSLContext:
+    """require/prefer: encrypt, do not verify (libpq semantics): no trust store to load."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# Built once: loading the system trust store takes ~65 ms, which every session open and
+# every cancel on a TLS hop to the server paid before (issue 14: a loop of timeouts took
+# seconds more through a TLS hop).
+_ENCRYPT_ONLY = _encrypt_only()
+
+
+@functools.lru_cache(maxsize=64)
+def _verifying_tls(mode: str, root: str | None, mtime: int) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if root:
+        ctx.load_verify_locations(cafile=root)
+    ctx.check_hostname = mode == "verify-full"
     return ctx
 
 
