@@ -31,7 +31,7 @@ lock: install  ## refresh requirements*.txt (exact versions, hashes) from pyproj
 	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --all-build-deps --only-build-deps \
 	  -o requirements-build.txt pyproject.toml
 	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) -o requirements.txt pyproject.toml
-	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --extra dev --extra docs -c requirements.txt \
+	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --extra dev --extra docs --extra suites -c requirements.txt \
 	  -o requirements-dev.txt pyproject.toml
 LOCKFLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
   $(if $(UPGRADE),--upgrade)
