@@ -5,10 +5,10 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 export PATH := $(abspath $(dir $(PY))):$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: help dev deps install lock test test-latest test-fast lint proto proto-check bench docs clean
+.PHONY: help dev deps install lock test test-latest test-fast suite-psycopg lint proto proto-check bench docs clean
 
 help:  ## list the tasks
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 install: .venv/.installed  ## create .venv with the project and its dev tools, from the lock
 
@@ -31,7 +31,7 @@ lock: install  ## refresh requirements*.txt (exact versions, hashes) from pyproj
 	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --all-build-deps --only-build-deps \
 	  -o requirements-build.txt pyproject.toml
 	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) -o requirements.txt pyproject.toml
-	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --extra dev --extra docs -c requirements.txt \
+	$(LOCKENV) .venv/bin/pip-compile -q $(LOCKFLAGS) --extra dev --extra docs --extra suites -c requirements.txt \
 	  -o requirements-dev.txt pyproject.toml
 LOCKFLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
   $(if $(UPGRADE),--upgrade)
@@ -77,6 +77,11 @@ test: install  ## run the whole test suite (real PostgreSQL, real processes)
 
 test-fast: install  ## unit tests only (no end-to-end processes)
 	.venv/bin/python -m pytest -q -m 'not e2e'
+
+# Peers' test suites, used where they lie (shared/ beside the repo), never copied into it.
+SUITES ?= ../shared/suites
+suite-psycopg: install  ## psycopg's own tests, direct vs through Wardgate; fails on a new difference
+	.venv/bin/python -m tests.suites.psycopg_compare --suite $(SUITES)/psycopg
 
 lint: install  ## ruff, mypy strict, import-linter
 	$(PY) -m ruff check .
