@@ -83,9 +83,12 @@ class AgentConn:
 
 
 class AgentRegistry:
-    def __init__(self, *, ping_interval: float, open_timeout: float) -> None:
+    def __init__(
+        self, *, ping_interval: float, open_timeout: float, session_window: int = SESSION_WINDOW
+    ) -> None:
         self.ping_interval = ping_interval
         self.open_timeout = open_timeout
+        self.session_window = session_window
         self._agents: dict[str, AgentConn] = {}
         self._rng = random.Random()  # noqa: S311 - load spreading, not secrecy
 
@@ -171,7 +174,7 @@ class AgentRegistry:
         ok = False
         try:
             window = (
-                SESSION_WINDOW
+                self.session_window
                 if WINDOW_CAPABILITY in agent.capabilities and target.type in WINDOWED_TYPES
                 else 0
             )

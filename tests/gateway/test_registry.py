@@ -37,10 +37,12 @@ class Wire:
         return None
 
 
-async def open_with(capabilities: set[str], kind: str) -> tuple[OpenSession, TunnelStream]:
+async def open_with(
+    capabilities: set[str], kind: str, window: int = SESSION_WINDOW
+) -> tuple[OpenSession, TunnelStream]:
     """Open a session of type `kind` on an agent announcing `capabilities`: the order it was
     sent and the stream as the gateway then drives it."""
-    registry = AgentRegistry(ping_interval=10, open_timeout=5)
+    registry = AgentRegistry(ping_interval=10, open_timeout=5, session_window=window)
     agent = AgentConn("a", "default", b"", "i", "v", frozenset({kind, *capabilities}), "peer")
     registry.register(agent)
     wire = Wire()
@@ -71,3 +73,11 @@ async def test_an_older_agent_keeps_grpc_flow_control_and_takes_no_answers() -> 
 async def test_ssh_and_kubernetes_sessions_keep_grpc_flow_control() -> None:
     order, _ = await open_with({WINDOW_CAPABILITY, SIGNAL_DONE_CAPABILITY}, "ssh")
     assert (order.window, order.signal_acks) == (0, True)
+
+
+async def test_the_window_is_the_gateways_setting_and_zero_turns_it_off() -> None:
+    features = {WINDOW_CAPABILITY, SIGNAL_DONE_CAPABILITY}
+    order, stream = await open_with(features, "postgres", window=4 * 1024 * 1024)
+    assert order.window == stream.state.window == 4 * 1024 * 1024
+    order, stream = await open_with(features, "postgres", window=0)
+    assert order.window == stream.state.window == 0
