@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,9 @@ pytestmark = pytest.mark.e2e
 # ~130 MB of COPY output: far more than every buffer on the way holds (a loopback socket's
 # autotuned buffers alone reach several MB).
 ROWS = 10_000_000
-ROW_BYTES = 12  # on the wire: CopyData header (5) and "1234567\n"
-# User-space buffers of the relays on top of the window: the agent's reader (up to 2 x 256
-# KiB before it pauses, and the 256 KiB in hand), the gateway's TLS writer; and slack for
-# the loopback sockets' autotuning, which differs between hops.
-RELAY_SLACK = SESSION_WINDOW + 4 * 1024 * 1024
+# The relays' own buffers: the agent's reader (it pauses past 2 x 256 KiB; one read more
+# may land) and the 256 KiB in hand, the gateway's TLS writer, libpq's input buffer.
+RELAY_BUFFERS = 2 * 1024 * 1024
 
 
 @dataclass
@@ -98,40 +97,59 @@ def test_a_cancel_on_an_idle_connection_never_cancels_the_next_statement(stack: 
     assert wrongly == 0, f"{wrongly} of 100 statements were cancelled by the cancel before them"
 
 
-def _stall_then_cancel(stack: Stack, conn: psycopg.Connection[tuple[object, ...]]) -> int:
-    """Read one row of a large COPY, stall until the server waits to write, cancel: how many
-    rows the server produced (a sequence counts them, whatever the buffers hold)."""
-    stack.admin("drop sequence if exists flow_rows", "create sequence flow_rows")
-    copy_sql = f"copy (select nextval('flow_rows') from generate_series(1, {ROWS})) to stdout"
-    pid = conn.info.backend_pid
-    with pytest.raises(psycopg.errors.QueryCanceled), conn.cursor().copy(copy_sql) as copy:
-        assert bytes(copy.read()) == b"1\n"
-        # Every buffer on the way fills, then the server waits to write.
-        wait_for(
-            lambda: (
-                stack.admin(f"select wait_event from pg_stat_activity where pid = {pid}")
-                == "ClientWrite"
-            ),
-            "the server to wait for the client to read",
-        )
-        conn.cancel_safe()
-        while copy.read():
-            pass
-    assert conn.execute("select 'still here'").fetchone() == ("still here",)
-    produced = stack.admin("select last_value from flow_rows")
-    assert isinstance(produced, int)
-    return produced
+def _queued(ports: set[int]) -> int:
+    """Bytes in the kernel's queues (received, unread; sent, unacknowledged) of the local TCP
+    connections that have an end on one of `ports`: what those hops hold."""
+    out = subprocess.run(["ss", "-tnH"], capture_output=True, text=True, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        _state, recv_q, send_q, local, peer, *_ = line.split()
+        if {int(local.rsplit(":", 1)[1]), int(peer.rsplit(":", 1)[1])} & ports:
+            total += int(recv_q) + int(send_q)
+    return total
+
+
+def _wire_bytes(rows: int) -> int:
+    """The COPY output of rows 1..rows: a CopyData message (5 bytes of header) per row."""
+    total, digits, start = 0, 1, 1
+    while start <= rows:
+        end = min(rows, 10**digits - 1)
+        total += (end - start + 1) * (5 + digits + 1)
+        start, digits = end + 1, digits + 1
+    return total
 
 
 def test_a_one_row_read_of_a_large_copy_that_is_then_cancelled(stack: Stack) -> None:
-    with stack.pg.connect() as conn:
-        direct = _stall_then_cancel(stack, conn)  # what the socket buffers of one hop hold
+    stack.admin("drop sequence if exists flow_rows", "create sequence flow_rows")
+    copy_sql = f"copy (select nextval('flow_rows') from generate_series(1, {ROWS})) to stdout"
+    hops = {stack.pg.port, stack.gw.public_port}  # agent-server and client-gateway, not the tunnel
     with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
-        gated = _stall_then_cancel(stack, conn)
-    # Two TCP hops instead of one, plus the session window and the relays' read buffers
-    # (RELAY_SLACK). Before the fix gRPC's own windows (megabytes) came on top.
-    assert gated <= 2 * direct + RELAY_SLACK // ROW_BYTES, (gated, direct)
-    assert gated < ROWS // 4
+        pid = conn.info.backend_pid
+
+        def settled() -> tuple[int, int] | None:
+            """(rows produced, bytes in the hops) once the server waits to write and nothing
+            moved since the last look."""
+            waiting = stack.admin(f"select wait_event from pg_stat_activity where pid = {pid}")
+            now = (stack.admin("select last_value from flow_rows"), _queued(hops))
+            previous, looks[0] = looks[0], now
+            return now if waiting == "ClientWrite" and now == previous else None  # type: ignore[return-value]
+
+        looks: list[tuple[object, int] | None] = [None]
+        with pytest.raises(psycopg.errors.QueryCanceled), conn.cursor().copy(copy_sql) as copy:
+            assert bytes(copy.read()) == b"1\n"
+            # The client reads nothing more: every buffer on the way fills, then the server
+            # waits to write.
+            produced, in_hops = wait_for(settled, "the server to wait for the client to read")
+            conn.cancel_safe()
+            while copy.read():
+                pass
+        assert conn.execute("select 'still here'").fetchone() == ("still here",)
+    assert produced < ROWS // 4  # the server did not finish: the cancel stopped it
+    # What gateway, tunnel and agent hold (the client's own read buffer counts here too):
+    # at most the window and the relays' read buffers. Before the fix, gRPC's windows
+    # (megabytes) held the rest of an 11.9 MB COPY.
+    held = _wire_bytes(produced) - in_hops
+    assert held <= SESSION_WINDOW + RELAY_BUFFERS, (held, produced, in_hops)
 
 
 def _upload_until_refused(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, int]:
