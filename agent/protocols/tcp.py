@@ -20,11 +20,14 @@ from shared.tunnel.stream import (
 
 DIAL_TIMEOUT = 10.0
 READ_SIZE = 256 * 1024  # one full tunnel frame per read: fewer gRPC messages per MB
+# The reader stops taking from the target past twice this: little read-ahead beyond the
+# session window when the client stalls.
+BUFFER_LIMIT = 64 * 1024
 
 
 async def dial(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     async with asyncio.timeout(DIAL_TIMEOUT):
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_SIZE)
+        reader, writer = await asyncio.open_connection(target.host, target.port, limit=BUFFER_LIMIT)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
