@@ -233,7 +233,7 @@ class GatewayConfig(BaseModel):
     # Bytes a PostgreSQL or TCP session's data may run ahead of the side reading it, each way
     # (so a client that stops reading stops the server); 0: gRPC's flow control alone, whose
     # windows grow to megabytes. A session moves at most this much per gateway-agent round
-    # trip: raise it for agents far away (256 KiB at 50 ms is about 5 MB/s per session).
+    # trip: raise it for agents far away (1 MiB at 50 ms is about 20 MB/s per session).
     session_window: int = Field(default=SESSION_WINDOW, ge=0, le=MAX_WINDOW)
     connections: list[ConnectionSpec] = Field(default_factory=list)  # as for `apply -f`
     agents: list[AgentDecl] = Field(default_factory=list)  # created at start if missing

@@ -17,9 +17,12 @@ PROTOCOL_VERSION = 1
 # limit is set above this (see MAX_GRPC_MESSAGE) so an oversized frame is a clean reset.
 MAX_PAYLOAD = 256 * 1024
 MAX_GRPC_MESSAGE = MAX_PAYLOAD + 16 * 1024
-# A session's flow-control window (OpenSession.window): about what one TCP socket buffers,
-# so a client that stops reading stops the server about as soon as directly.
-SESSION_WINDOW = 256 * 1024
+# A session's flow-control window (OpenSession.window, the gateway's `session_window`): of
+# the order of what a TCP socket buffers, so a client that stops reading stops the server
+# soon. Four full frames: with one frame per window the sender would wait for each frame
+# to be written on before sending the next (measured: a 256 KiB window cost 16-25% of COPY
+# throughput, 1 MiB is within the noise of none).
+SESSION_WINDOW = 1024 * 1024
 # Agent capabilities (Hello.capabilities) for the session features the gateway then orders.
 WINDOW_CAPABILITY = "window"  # keeps OpenSession.window
 SIGNAL_DONE_CAPABILITY = "signal-done"  # answers signals when OpenSession.signal_acks

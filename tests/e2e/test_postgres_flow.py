@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 # ~130 MB of COPY output: far more than every buffer on the way holds (a loopback socket's
 # autotuned buffers alone reach several MB).
 ROWS = 10_000_000
-# The relays' own buffers beside the window (about 1 MB measured): the agent's reader (it
+# The relays' own buffers beside the window (0.7-0.9 MB measured): the agent's reader (it
 # pauses past 2 x 64 KiB; one read more may land) and the 256 KiB read in hand, the
 # gateway's TLS writer, libpq's input buffer; with room for scheduling under load.
 RELAY_BUFFERS = 2 * 1024 * 1024
