@@ -30,6 +30,8 @@ from shared.backoff import Backoff
 from shared.tasks import TaskOwner
 from shared.tlsutil import fetch_pinned_ca
 from shared.tunnel.frames import (
+    SIGNAL_DONE_CAPABILITY,
+    WINDOW_CAPABILITY,
     Goodbye,
     Hello,
     OpenResult,
@@ -146,8 +148,15 @@ class Agent:
                         agent_name=self.key.name,
                         version=__version__,
                         # "masking": this agent applies Target.masking (an agent
-                        # without it is never given a masked session).
-                        capabilities=(*sorted(self.protocols), "masking"),
+                        # without it is never given a masked session); "window" and
+                        # "signal-done": it keeps session windows and answers signals
+                        # (OpenSession.window, .signal_acks).
+                        capabilities=(
+                            *sorted(self.protocols),
+                            "masking",
+                            WINDOW_CAPABILITY,
+                            SIGNAL_DONE_CAPABILITY,
+                        ),
                         instance_id=self.instance_id,
                     )
                 )
@@ -237,6 +246,7 @@ class Agent:
 
     async def _session(self, client: TunnelClient, order: OpenSession) -> None:
         stream = await client.open_session(order.session_id)
+        stream.negotiate(order.window, order.signal_acks)
         self.status.sessions += 1
         try:
             serve = self.protocols.get(order.target.type)

@@ -95,7 +95,9 @@ class Gateway:
         self.store: Store | None = None
         self.auditor: Auditor | None = None
         self.registry = AgentRegistry(
-            ping_interval=config.ping_interval, open_timeout=config.open_timeout
+            ping_interval=config.ping_interval,
+            open_timeout=config.open_timeout,
+            session_window=config.session_window,
         )
         self.started: Started | None = None
         self.identity: IdentityService | None = None

@@ -30,6 +30,7 @@ from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
 from gateway.policy.kube import KubePolicy, KubePolicyConfig
 from gateway.policy.rules import Policy, PolicyConfig
+from shared.tunnel.frames import MAX_WINDOW, SESSION_WINDOW
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_AGENT_LISTEN = "0.0.0.0:8444"
@@ -229,6 +230,11 @@ class GatewayConfig(BaseModel):
     audit_sync: Literal["full", "normal"] = "full"
     ping_interval: float = Field(default=10.0, gt=0)  # seconds; 3 missed pings drop an agent
     open_timeout: float = Field(default=15.0, gt=0)  # seconds an agent has to open a session
+    # Bytes a PostgreSQL or TCP session's data may run ahead of the side reading it, each way
+    # (so a client that stops reading stops the server); 0: gRPC's flow control alone, whose
+    # windows grow to megabytes. A session moves at most this much per gateway-agent round
+    # trip: raise it for agents far away (1 MiB at 50 ms is about 20 MB/s per session).
+    session_window: int = Field(default=SESSION_WINDOW, ge=0, le=MAX_WINDOW)
     connections: list[ConnectionSpec] = Field(default_factory=list)  # as for `apply -f`
     agents: list[AgentDecl] = Field(default_factory=list)  # created at start if missing
     identity: IdentityConfig = Field(default_factory=IdentityConfig)  # sign-in, credentials

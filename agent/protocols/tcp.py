@@ -20,11 +20,14 @@ from shared.tunnel.stream import (
 
 DIAL_TIMEOUT = 10.0
 READ_SIZE = 256 * 1024  # one full tunnel frame per read: fewer gRPC messages per MB
+# The reader stops taking from the target past twice this: little read-ahead beyond the
+# session window when the client stalls.
+BUFFER_LIMIT = 64 * 1024
 
 
 async def dial(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     async with asyncio.timeout(DIAL_TIMEOUT):
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_SIZE)
+        reader, writer = await asyncio.open_connection(target.host, target.port, limit=BUFFER_LIMIT)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -76,7 +79,8 @@ async def pump(
     """Copy target<->tunnel until both directions closed or the session is reset.
 
     Signals (e.g. a PostgreSQL cancel) go to `on_signal` in order with the data; the
-    handler runs in its own task so a slow target cannot hold the byte stream. With a
+    handler runs in its own task so a slow target cannot hold the byte stream, and its end
+    is reported to the gateway (Signal DONE, on sessions with signal acks). With a
     `rewriter`, target bytes pass through it (and its reports follow the data they count);
     without one they are copied untouched (the measured fast path).
     """
@@ -132,14 +136,19 @@ async def pump(
                         writer.write_eof()
                     return
                 elif isinstance(event, SignalReceived):
-                    if on_signal is not None:
-                        tg.create_task(on_signal(event.kind), name=f"signal {event.kind.name}")
+                    tg.create_task(carry_out(event), name=f"signal {event.kind.name}")
                 elif isinstance(event, SessionReset):
                     up.cancel()
                     return
         except OSError as exc:
             await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
             up.cancel()
+
+    async def carry_out(signal: SignalReceived) -> None:
+        if on_signal is not None:
+            await on_signal(signal.kind)
+        # The gateway holds the client's cancel connection open until this answer.
+        await stream.send_signal_done(signal.id)
 
     async with asyncio.TaskGroup() as tg:
         up = tg.create_task(

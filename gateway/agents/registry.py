@@ -9,10 +9,23 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from shared.tunnel.frames import GatewayControl, Goodbye, OpenSession, ResetCode, Target
+from shared.tunnel.frames import (
+    SESSION_WINDOW,
+    SIGNAL_DONE_CAPABILITY,
+    WINDOW_CAPABILITY,
+    GatewayControl,
+    Goodbye,
+    OpenSession,
+    ResetCode,
+    Target,
+)
 from shared.tunnel.stream import Opened, OpenFailed, SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
+
+# Session types whose results may run at most SESSION_WINDOW ahead of the client (and their
+# uploads ahead of the server); the others keep gRPC's own flow control.
+WINDOWED_TYPES = frozenset({"postgres", "tcp"})
 
 
 class RoutingError(Exception):
@@ -70,9 +83,12 @@ class AgentConn:
 
 
 class AgentRegistry:
-    def __init__(self, *, ping_interval: float, open_timeout: float) -> None:
+    def __init__(
+        self, *, ping_interval: float, open_timeout: float, session_window: int = SESSION_WINDOW
+    ) -> None:
         self.ping_interval = ping_interval
         self.open_timeout = open_timeout
+        self.session_window = session_window
         self._agents: dict[str, AgentConn] = {}
         self._rng = random.Random()  # noqa: S311 - load spreading, not secrecy
 
@@ -157,10 +173,17 @@ class AgentRegistry:
         agent.active_sessions += 1
         ok = False
         try:
-            agent.send(OpenSession(session_id, target))
+            window = (
+                self.session_window
+                if WINDOW_CAPABILITY in agent.capabilities and target.type in WINDOWED_TYPES
+                else 0
+            )
+            acks = SIGNAL_DONE_CAPABILITY in agent.capabilities
+            agent.send(OpenSession(session_id, target, window, acks))
             try:
                 async with asyncio.timeout(self.open_timeout):
                     stream = await fut
+                    stream.negotiate(window, acks)
                     event = await stream.receive()
             except TimeoutError:
                 raise AgentLostError(

@@ -36,10 +36,12 @@ and message. PostgreSQL has no half-open session, so the server's end-of-file en
 
 A CancelRequest (on a new connection, plaintext or TLS) is routed by the key the gateway
 handed out (`gateway.protocols.pgcancel`) to the agent serving that session, which replays
-it to the server with the real key. A client asking for protocol 3.2 gets it (a 32-byte
-secret) whatever its server speaks; a later minor version or `_pq_` options get a
-NegotiateProtocolVersion, as from PostgreSQL 18. Masking happens at the agent; the counts it
-reports beside the data are
+it to the server with the real key; as with PostgreSQL, the client's cancel connection is
+closed only once the server has closed the agent's (Signal DONE; CANCEL_TIMEOUT at most), so
+that a cancel cannot land on the statement the client sends next. A client asking for
+protocol 3.2 gets it (a 32-byte secret) whatever its server speaks; a later minor version or
+`_pq_` options get a NegotiateProtocolVersion, as from PostgreSQL 18. Masking happens at the
+agent; the counts it reports beside the data are
 audited as `pg.masked`.
 
 Approvals: a statement the guardrails send to review (`effect: review`) is held, not
@@ -137,6 +139,8 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 30.0
 CLIENT_CHECK = 1.0  # seconds between looks for a client that hung up while held
 READ_SIZE = 64 * 1024
+# Seconds a client's cancel connection waits for the agent to report the server's answer.
+CANCEL_TIMEOUT = 10.0
 # Seconds a session the gateway ends keeps reading (and dropping) what the client still sends,
 # so that the client reads the error that ends it (see `_linger`).
 LINGER = 2.0
@@ -324,8 +328,10 @@ class PostgresFrontDoor:
             await self._refuse_raw(sock, client, exc)
             return
         if isinstance(packet, CancelRequest):
-            sock.close()
-            await self._cancel(packet, client)
+            try:
+                await self._cancel(packet, client)
+            finally:
+                sock.close()  # the client's cancel returns now: the server has acted
             return
         if isinstance(packet, SSLRequest):
             await loop.sock_sendall(sock, b"S")
@@ -370,8 +376,13 @@ class PostgresFrontDoor:
         holding = self._holding.get(session.id)
         if holding is not None:
             holding.set()  # a held statement: withdraw its review (the server runs nothing)
-        with contextlib.suppress(SessionClosedError):
-            await session.stream.send_signal(SignalKind.CANCEL)
+        # As from PostgreSQL, the client's cancel connection closes once the server has
+        # acted on it (the agent's DONE: the server closed the agent's cancel connection),
+        # so that a statement the client sends next is not the one cancelled.
+        with contextlib.suppress(SessionClosedError, TimeoutError):
+            signal_id = await session.stream.send_signal(SignalKind.CANCEL)
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                await session.stream.wait_signal_done(signal_id)
 
     # ---- one client ------------------------------------------------------------------
 

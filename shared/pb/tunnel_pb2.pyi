@@ -59,11 +59,15 @@ class _SignalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignalKind
     DESCRIPTOR: _descriptor.EnumDescriptor
     SIGNAL_KIND_UNSPECIFIED: _SignalKind.ValueType  # 0
     SIGNAL_KIND_CANCEL: _SignalKind.ValueType  # 1
+    SIGNAL_KIND_DONE: _SignalKind.ValueType  # 2
+    """agent -> gateway: signal `id` was carried out"""
 
 class SignalKind(_SignalKind, metaclass=_SignalKindEnumTypeWrapper): ...
 
 SIGNAL_KIND_UNSPECIFIED: SignalKind.ValueType  # 0
 SIGNAL_KIND_CANCEL: SignalKind.ValueType  # 1
+SIGNAL_KIND_DONE: SignalKind.ValueType  # 2
+"""agent -> gateway: signal `id` was carried out"""
 Global___SignalKind: _TypeAlias = SignalKind  # noqa: Y015
 
 class _ResetCode:
@@ -336,7 +340,18 @@ class OpenSession(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    SIGNAL_ACKS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    window: _builtins.int
+    """Flow control for this session (agents with the "window" capability): each direction's
+    sender may run at most this many bytes of Data ahead of the receiver's WindowUpdates.
+    0: none beyond gRPC's own (whose windows grow to megabytes).
+    """
+    signal_acks: _builtins.bool
+    """The agent answers each Signal with a Signal DONE of the same id once carried out
+    (agents with the "signal-done" capability).
+    """
     @_builtins.property
     def target(self) -> Global___Target: ...
     def __init__(
@@ -344,10 +359,12 @@ class OpenSession(_message.Message):
         *,
         session_id: _builtins.str = ...,
         target: Global___Target | None = ...,
+        window: _builtins.int = ...,
+        signal_acks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "signal_acks", b"signal_acks", "target", b"target", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -547,6 +564,7 @@ class SessionFrame(_message.Message):
     RESET_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
     MASK_REPORT_FIELD_NUMBER: _builtins.int
+    WINDOW_UPDATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
@@ -561,6 +579,8 @@ class SessionFrame(_message.Message):
     def signal(self) -> Global___Signal: ...
     @_builtins.property
     def mask_report(self) -> Global___MaskReport: ...
+    @_builtins.property
+    def window_update(self) -> Global___WindowUpdate: ...
     def __init__(
         self,
         *,
@@ -571,16 +591,40 @@ class SessionFrame(_message.Message):
         reset: Global___Reset | None = ...,
         signal: Global___Signal | None = ...,
         mask_report: Global___MaskReport | None = ...,
+        window_update: Global___WindowUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal", "window_update", b"window_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "frame", b"frame", "hello", b"hello", "mask_report", b"mask_report", "open_result", b"open_result", "reset", b"reset", "signal", b"signal", "window_update", b"window_update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset", "signal", "mask_report"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "open_result", "data", "close", "reset", "signal", "mask_report", "window_update"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___SessionFrame: _TypeAlias = SessionFrame  # noqa: Y015
+
+@_typing.final
+class WindowUpdate(_message.Message):
+    """Either direction, on a session with a window: the sender's application has consumed
+    `increment` more bytes of Data, which the peer may now send.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    increment: _builtins.int
+    def __init__(
+        self,
+        *,
+        increment: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["increment", b"increment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowUpdate: _TypeAlias = WindowUpdate  # noqa: Y015
 
 @_typing.final
 class MaskReport(_message.Message):
@@ -715,20 +759,25 @@ Global___Close: _TypeAlias = Close  # noqa: Y015
 class Signal(_message.Message):
     """Out-of-band order from the gateway to the agent, beside the byte stream: e.g. a
     PostgreSQL CancelRequest, which the agent replays to the server with the real key.
+    On a session with signal_acks, the agent answers with kind DONE and the same id.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     kind: Global___SignalKind.ValueType
+    id: _builtins.int
+    """1, 2, ... on a session with signal_acks; else 0"""
     def __init__(
         self,
         *,
         kind: Global___SignalKind.ValueType = ...,
+        id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

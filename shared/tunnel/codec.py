@@ -40,6 +40,7 @@ from shared.tunnel.frames import (
     SignalKind,
     Target,
     Welcome,
+    WindowUpdate,
 )
 
 
@@ -76,9 +77,11 @@ def encode_session(frame: SessionFrame) -> pb.SessionFrame:
                 ok=frame.ok, code=_wire_code(frame.code), message=frame.message
             )
         )
+    if isinstance(frame, WindowUpdate):
+        return pb.SessionFrame(window_update=pb.WindowUpdate(increment=frame.increment))
     if isinstance(frame, Signal):
         kind = cast("pb.SignalKind.ValueType", int(frame.kind))
-        return pb.SessionFrame(signal=pb.Signal(kind=kind))
+        return pb.SessionFrame(signal=pb.Signal(kind=kind, id=frame.id))
     if isinstance(frame, MaskReport):
         counts = [pb.MaskCount(column=c, detector=d, count=n) for c, d, n in frame.counts]
         return pb.SessionFrame(mask_report=pb.MaskReport(counts=counts))
@@ -93,7 +96,8 @@ _SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
         m.open_result.ok, _code(m.open_result.code), m.open_result.message
     ),
     "hello": lambda m: SessionHello(m.hello.session_id),
-    "signal": lambda m: Signal(_signal_kind(m.signal.kind)),
+    "signal": lambda m: Signal(_signal_kind(m.signal.kind), m.signal.id),
+    "window_update": lambda m: WindowUpdate(m.window_update.increment),
     "mask_report": lambda m: MaskReport(
         tuple((c.column, c.detector, c.count) for c in m.mask_report.counts)
     ),
@@ -294,7 +298,10 @@ def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:
     if isinstance(frame, OpenSession):
         return pb.GatewayControl(
             open_session=pb.OpenSession(
-                session_id=frame.session_id, target=_encode_target(frame.target)
+                session_id=frame.session_id,
+                target=_encode_target(frame.target),
+                window=frame.window,
+                signal_acks=frame.signal_acks,
             )
         )
     if isinstance(frame, Ping):
@@ -317,7 +324,7 @@ def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
     kind = message.WhichOneof("frame")
     if kind == "open_session":
         o = message.open_session
-        return OpenSession(o.session_id, _decode_target(o.target))
+        return OpenSession(o.session_id, _decode_target(o.target), o.window, o.signal_acks)
     if kind == "ping":
         return Ping(message.ping.nonce)
     if kind == "pong":

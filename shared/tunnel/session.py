@@ -12,9 +12,22 @@ Rules this machine keeps:
    frame that makes no sense in the current state is the PEER's protocol error: the machine
    answers with a Reset(PROTOCOL_ERROR) to send and finishes.
 5. Trying to send what the rules forbid is OUR bug: LocalProtocolError, nothing is sent.
-6. Signal (e.g. cancel) goes gateway -> agent only, while open, in either half-closed state.
+6. Signal (e.g. cancel) goes gateway -> agent, while open, in either half-closed state. On a
+   session with signal acks (`negotiate`), signals carry ids 1, 2, ..., and the agent answers
+   each with Signal(DONE, same id) once it has carried it out (for a PostgreSQL cancel: the
+   server closed its cancel connection), in either half-closed state. DONE goes agent ->
+   gateway only, once per id the gateway sent; anything else is the peer's protocol error.
 7. MaskReport goes agent -> gateway only, in the agent's data direction (open, before its
    Close), so counts arrive in order with the data they describe.
+8. Flow control, on a session with a window W (`negotiate`, before it opens): in each
+   direction the sender may have at most W bytes of Data payload the receiver has not given
+   back. The receiver gives bytes back with WindowUpdate once its application has consumed
+   them (written them on, `consumed`), at least W/2 at a time so that updates stay few. Data
+   beyond the window, a WindowUpdate of 0 bytes or beyond MAX_WINDOW, or one on a session
+   without a window, is the peer's protocol error. WindowUpdate goes either way while open,
+   whatever the half-closes. The sender splits its data to its credit (`send_credit`); a
+   session without a window has unlimited credit (gRPC's HTTP/2 windows still apply, but
+   they grow to megabytes, far ahead of a slow client).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from dataclasses import dataclass
 
 from shared.tunnel.frames import (
     MAX_PAYLOAD,
+    MAX_WINDOW,
     Close,
     Data,
     MaskReport,
@@ -34,7 +48,12 @@ from shared.tunnel.frames import (
     SessionHello,
     Signal,
     SignalKind,
+    WindowUpdate,
 )
+
+# The credit of a session without a window: never reached (2**62 bytes), so the hot path
+# counts without asking whether the session has a window.
+_UNLIMITED = 1 << 62
 
 
 class Role(enum.Enum):
@@ -79,6 +98,21 @@ class RemoteClosed:
 @dataclass(frozen=True, slots=True)
 class SignalReceived:
     kind: SignalKind
+    id: int = 0  # answer with send_signal_done(id) on a session with signal acks
+
+
+@dataclass(frozen=True, slots=True)
+class SignalDone:
+    """The agent carried out the signal `id` (sessions with signal acks)."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditReceived:
+    """The peer consumed `increment` bytes: `send_credit` grew by that much."""
+
+    increment: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +130,15 @@ class SessionReset:
 
 
 Event = (
-    Opened | OpenFailed | DataReceived | RemoteClosed | SignalReceived | MaskReported | SessionReset
+    Opened
+    | OpenFailed
+    | DataReceived
+    | RemoteClosed
+    | SignalReceived
+    | SignalDone
+    | CreditReceived
+    | MaskReported
+    | SessionReset
 )
 
 
@@ -115,6 +157,24 @@ class SessionState:
         self.local_closed = False
         self.remote_closed = False
         self.reset_code: ResetCode | None = None
+        self.window = 0
+        self.signal_acks = False
+        self.send_credit = _UNLIMITED  # bytes of Data we may still send
+        self.recv_credit = _UNLIMITED  # bytes of Data the peer may still send us
+        self._consumed = 0  # consumed by our application, not yet given back
+        self._next_signal = 1
+        self._signals_out: set[int] = set()  # gateway: sent, not yet DONE
+        self._signals_in: set[int] = set()  # agent: received, not yet answered
+
+    def negotiate(self, window: int, signal_acks: bool) -> None:
+        """Flow control and signal acks as the session was ordered (OpenSession)."""
+        if self.phase is not Phase.OPENING:
+            raise LocalProtocolError("a session's window is set before it opens")
+        if not 0 <= window <= MAX_WINDOW:
+            raise LocalProtocolError(f"window {window} out of range")
+        self.window = window
+        self.signal_acks = signal_acks
+        self.send_credit = self.recv_credit = window or _UNLIMITED
 
     @property
     def finished(self) -> bool:
@@ -144,7 +204,9 @@ class SessionState:
             and self.phase is Phase.OPEN
             and not self.remote_closed
             and len(frame.payload) <= MAX_PAYLOAD
+            and len(frame.payload) <= self.recv_credit
         ):
+            self.recv_credit -= len(frame.payload)
             return Outcome((DataReceived(frame.payload),))  # nearly every frame: checked first
         if self.phase is Phase.FINISHED:
             return Outcome()  # frames racing a reset are dropped, not errors
@@ -169,10 +231,10 @@ class SessionState:
             # The gateway only sends after it has seen OpenResult(ok), which the agent sent
             # after moving to OPEN; anything earlier is out of order.
             return self.violation(f"{type(frame).__name__} before the session was open")
+        if isinstance(frame, WindowUpdate):
+            return self._credit(frame.increment)
         if isinstance(frame, Signal):
-            if self.role is not Role.AGENT:
-                return self.violation("Signal sent to the gateway")
-            return Outcome(events=(SignalReceived(frame.kind),))
+            return self._signal(frame)
         if self.remote_closed:
             return self.violation(f"{type(frame).__name__} after Close")
         if isinstance(frame, Data):
@@ -180,7 +242,10 @@ class SessionState:
                 return self.violation(
                     f"Data frame of {len(frame.payload)} bytes exceeds {MAX_PAYLOAD}"
                 )
-            return Outcome(events=(DataReceived(frame.payload),))
+            return self.violation(
+                f"Data frame of {len(frame.payload)} bytes beyond the window "
+                f"({self.recv_credit} bytes left)"
+            )
         if isinstance(frame, MaskReport):
             if self.role is not Role.GATEWAY:
                 return self.violation("MaskReport sent to the agent")
@@ -190,6 +255,30 @@ class SessionState:
             self._finish_if_done()
             return Outcome(events=(RemoteClosed(),))
         return self.violation(f"unknown frame {frame!r}")  # pragma: no cover - exhaustive
+
+    def _credit(self, increment: int) -> Outcome:
+        if not self.window:
+            return self.violation("WindowUpdate on a session without a window")
+        if increment <= 0 or self.send_credit + increment > MAX_WINDOW:
+            return self.violation(f"WindowUpdate of {increment} bytes")
+        self.send_credit += increment
+        return Outcome(events=(CreditReceived(increment),))
+
+    def _signal(self, frame: Signal) -> Outcome:
+        if self.role is Role.AGENT:
+            if frame.kind is SignalKind.DONE:
+                return self.violation("Signal DONE sent to the agent")
+            if self.signal_acks:
+                if frame.id in self._signals_in or frame.id < 1:
+                    return self.violation(f"Signal with id {frame.id} twice or none")
+                self._signals_in.add(frame.id)
+            return Outcome(events=(SignalReceived(frame.kind, frame.id),))
+        if frame.kind is not SignalKind.DONE:
+            return self.violation("Signal sent to the gateway")
+        if frame.id not in self._signals_out:
+            return self.violation(f"Signal DONE for id {frame.id}, which awaits none")
+        self._signals_out.discard(frame.id)
+        return Outcome(events=(SignalDone(frame.id),))
 
     # ---- outgoing ------------------------------------------------------------------
 
@@ -208,7 +297,22 @@ class SessionState:
             raise LocalProtocolError(f"cannot send data in phase {self.phase.value}")
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError("payload larger than MAX_PAYLOAD; split it")
+        if len(payload) > self.send_credit:
+            raise LocalProtocolError("payload beyond the window; wait for credit")
+        self.send_credit -= len(payload)
         return Data(payload)
+
+    def consumed(self, nbytes: int) -> WindowUpdate | None:
+        """Our application has written `nbytes` of received Data on: the WindowUpdate to
+        send, once at least half the window is owed; None until then (or without a window)."""
+        if not self.window or self.phase is not Phase.OPEN or self.remote_closed:
+            return None
+        self._consumed += nbytes
+        if self._consumed < (self.window + 1) // 2:
+            return None
+        increment, self._consumed = self._consumed, 0
+        self.recv_credit += increment
+        return WindowUpdate(increment)
 
     def send_mask_report(self, counts: tuple[tuple[str, str, int], ...]) -> MaskReport:
         if self.role is not Role.AGENT or not self.can_send_data:
@@ -218,7 +322,26 @@ class SessionState:
     def send_signal(self, kind: SignalKind) -> Signal:
         if self.role is not Role.GATEWAY or self.phase is not Phase.OPEN:
             raise LocalProtocolError("only the gateway signals, on an open session")
-        return Signal(kind)
+        if kind is SignalKind.DONE:
+            raise LocalProtocolError("DONE answers a signal; the agent sends it")
+        if not self.signal_acks:
+            return Signal(kind)
+        signal_id = self._next_signal
+        self._next_signal += 1
+        self._signals_out.add(signal_id)
+        return Signal(kind, signal_id)
+
+    def send_signal_done(self, signal_id: int) -> Signal | None:
+        """The answer to signal `signal_id`; None when the session takes no answers (no
+        signal acks) or has finished."""
+        if self.role is not Role.AGENT:
+            raise LocalProtocolError("only the agent answers signals")
+        if not self.signal_acks or self.phase is not Phase.OPEN:
+            return None
+        if signal_id not in self._signals_in:
+            raise LocalProtocolError(f"no signal {signal_id} to answer")
+        self._signals_in.discard(signal_id)
+        return Signal(SignalKind.DONE, signal_id)
 
     def send_close(self) -> Close | None:
         """Half-close our direction; None when there is nothing to close any more."""

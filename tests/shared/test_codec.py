@@ -42,6 +42,7 @@ from shared.tunnel.frames import (
     SignalKind,
     Target,
     Welcome,
+    WindowUpdate,
 )
 
 text = st.text(max_size=40)
@@ -55,6 +56,8 @@ session_frames = st.one_of(
     st.just(Close()),
     st.builds(Reset, codes, text),
     st.builds(Signal, st.sampled_from(list(SignalKind))),
+    st.builds(Signal, st.sampled_from(list(SignalKind)), u64),
+    st.builds(WindowUpdate, st.integers(0, 2**32 - 1)),
     st.builds(MaskReport, st.lists(st.tuples(text, text, u64), max_size=4).map(tuple)),
 )
 mask_specs = st.builds(
@@ -148,6 +151,7 @@ def test_agent_control_round_trips(frame: object) -> None:
     st.one_of(
         st.builds(Welcome, text, text, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
         st.builds(OpenSession, text, targets),
+        st.builds(OpenSession, text, targets, st.integers(0, 2**32 - 1), st.booleans()),
         st.builds(Ping, u64),
         st.builds(Pong, u64),
         st.builds(Goodbye, codes, text),
@@ -159,6 +163,7 @@ def test_gateway_control_round_trips(frame: object) -> None:
     if isinstance(frame, OpenSession):
         assert isinstance(decoded, OpenSession)
         assert decoded.session_id == frame.session_id
+        assert (decoded.window, decoded.signal_acks) == (frame.window, frame.signal_acks)
         assert dict(decoded.target.secrets) == dict(frame.target.secrets)
         assert dict(decoded.target.options) == dict(frame.target.options)
         # An empty spec travels as "unset": the agent's fast path.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.pb import tunnel_pb2 as pb
-from shared.tunnel.frames import MAX_PAYLOAD, OpenResult, ResetCode
+from shared.tunnel.frames import MAX_PAYLOAD, OpenResult, ResetCode, SignalKind
 from shared.tunnel.session import Role
 from shared.tunnel.stream import (
     DataReceived,
@@ -16,6 +16,7 @@ from shared.tunnel.stream import (
     RemoteClosed,
     SessionClosedError,
     SessionReset,
+    SignalReceived,
     TunnelStream,
 )
 
@@ -130,3 +131,82 @@ async def test_bytes_that_are_not_protobuf_are_a_protocol_error() -> None:
     assert isinstance(event, SessionReset) and event.code is ResetCode.PROTOCOL_ERROR
     reply = await agent.receive()
     assert isinstance(reply, SessionReset) and reply.code is ResetCode.PROTOCOL_ERROR
+
+
+# ---- flow control and signal answers ---------------------------------------------------
+
+WINDOW = 1024
+
+
+async def windowed_pair(acks: bool = False) -> tuple[TunnelStream, TunnelStream, MemoryWire]:
+    gateway, agent, gw_wire = pair()
+    gateway.negotiate(WINDOW, acks)
+    agent.negotiate(WINDOW, acks)
+    await agent.send_open_result(OpenResult(True))
+    assert await gateway.receive() == Opened()
+    return gateway, agent, gw_wire
+
+
+async def test_a_sender_stops_one_window_ahead_of_a_receiver_that_does_not_consume() -> None:
+    gateway, agent, _ = await windowed_pair()
+    blob = bytes(range(256)) * 16  # four windows
+    async with asyncio.TaskGroup() as tg:
+        sending = tg.create_task(agent.send_data(blob), name="send")
+        # A memory wire never blocks: the sender still waiting is waiting for credit.
+        await asyncio.wait({sending}, timeout=0.05)
+        assert agent.bytes_out == WINDOW and not sending.done()
+        got = b""
+        while len(got) < len(blob):
+            event = await gateway.receive()  # each call consumes the one before: credit flows
+            assert isinstance(event, DataReceived)
+            got += event.payload
+            assert agent.bytes_out - len(got) <= WINDOW  # never more than a window in flight
+    assert got == blob
+
+
+async def test_credit_reaches_a_sender_whose_application_no_longer_receives() -> None:
+    gateway, agent, _ = await windowed_pair()
+    await gateway.send_close()
+    assert await agent.receive() == RemoteClosed()  # the agent's pump stops receiving here
+    blob = b"r" * (3 * WINDOW)
+    got = b""
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(agent.send_data(blob), name="send")  # reads its credit frames itself
+        while len(got) < len(blob):
+            event = await gateway.receive()
+            assert isinstance(event, DataReceived)
+            got += event.payload
+    assert got == blob
+
+
+async def test_a_signal_answer_is_read_past_data_the_application_has_not_taken() -> None:
+    gateway, agent, _ = await windowed_pair(acks=True)
+    await agent.send_data(b"d" * WINDOW)  # a full window, unread by the gateway's application
+    signal_id = await gateway.send_signal(SignalKind.CANCEL)
+    event = await agent.receive()
+    assert event == SignalReceived(SignalKind.CANCEL, signal_id)
+    await agent.send_signal_done(signal_id)
+    async with asyncio.timeout(5):
+        assert await gateway.wait_signal_done(signal_id)
+    assert await gateway.receive() == DataReceived(b"d" * WINDOW)  # still there, in order
+
+
+async def test_giving_up_on_a_signal_answer_leaves_the_stream_working() -> None:
+    gateway, agent, _ = await windowed_pair(acks=True)
+    signal_id = await gateway.send_signal(SignalKind.CANCEL)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await gateway.wait_signal_done(signal_id)
+    await agent.send_data(b"after")
+    assert await gateway.receive() == DataReceived(b"after")
+    assert not gateway.finished
+
+
+async def test_without_signal_acks_nobody_waits_for_an_answer() -> None:
+    gateway, agent, _ = await windowed_pair(acks=False)
+    signal_id = await gateway.send_signal(SignalKind.CANCEL)
+    assert signal_id == 0 and not await gateway.wait_signal_done(signal_id)
+    assert await agent.receive() == SignalReceived(SignalKind.CANCEL, 0)
+    await agent.send_signal_done(0)  # nothing is sent
+    await agent.send_data(b"x")
+    assert await gateway.receive() == DataReceived(b"x")
