@@ -22,7 +22,7 @@ import pytest
 from gateway.crypto import SecretBox
 from shared.tunnel.frames import SESSION_WINDOW
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate, wait_for
+from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +41,7 @@ class Stack:
     pg: PostgresServer
 
     def conninfo(self) -> str:
-        params = {
-            "host": "127.0.0.1",
-            "port": str(self.gw.public_port),
-            "dbname": "pg-flow",
-            "user": "admin",
-            "password": ADMIN_TOKEN,
-            "sslmode": "verify-full",
-            "sslrootcert": str(self.gw.ca_path),
-        }
-        return " ".join(f"{k}={v}" for k, v in params.items())
+        return self.gw.pg_conninfo("pg-flow")
 
     def admin(self, *sql: str) -> object:
         """Run each statement on the server directly; the first column of the last one's
@@ -70,15 +61,7 @@ def stack(
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key())
         wg.agent(gw, gw.create_agent("default"), wait="default")
-        gw.create_connection(
-            name="pg-flow",
-            type="postgres",
-            host=postgres_server.host,
-            port=postgres_server.port,
-            database=postgres_server.dbname,
-            username=postgres_server.user,
-            password=postgres_server.password,
-        )
+        gw.create_connection(**postgres_server.connection_spec("pg-flow"))
         yield Stack(gw, postgres_server)
     finally:
         wg.close()

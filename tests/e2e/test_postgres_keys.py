@@ -39,17 +39,7 @@ class Stack:
     pg: PostgresServer
 
     def conninfo(self, **extra: str) -> str:
-        params = {
-            "host": "127.0.0.1",
-            "port": str(self.gw.public_port),
-            "dbname": "pg-keys",
-            "user": "admin",
-            "password": ADMIN_TOKEN,
-            "sslmode": "verify-full",
-            "sslrootcert": str(self.gw.ca_path),
-            **extra,
-        }
-        return " ".join(f"{k}={v}" for k, v in params.items())
+        return self.gw.pg_conninfo("pg-keys", **extra)
 
 
 @pytest.fixture(scope="module")

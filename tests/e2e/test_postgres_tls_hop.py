@@ -15,7 +15,7 @@ import pytest
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+from tests.fixtures.wardgate import GatewayProc, Wardgate
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +26,7 @@ class Stack:
     pg: PostgresServer
 
     def conninfo(self, dbname: str) -> str:
-        return (
-            f"host=127.0.0.1 port={self.gw.public_port} dbname={dbname} user=admin "
-            f"password={ADMIN_TOKEN} sslmode=verify-full sslrootcert={self.gw.ca_path}"
-        )
+        return self.gw.pg_conninfo(dbname)
 
     def encrypted(self, pid: int) -> bool | None:
         with self.pg.connect() as admin:
