@@ -327,7 +327,7 @@ class KubeFrontDoor:
                 f"Wardgate: {what} is held for review {review.id} ({decision.reason}); {approve}; "
                 f"once approved, run the same request again within {terms.approval_ttl}s"
             )
-        decided = await self._wait_for_review(review.id, client_gone)
+        decided = await reviews.wait_for_client(review.id, left=client_gone())
         if decided is None:
             if ours:
                 await reviews.cancel(review.id, "the client went away")
@@ -336,19 +336,6 @@ class KubeFrontDoor:
             return None
         outcome = _outcome(decided)
         return f"Wardgate: review {review.id} of {what} {outcome} ({decided.decision}); not run"
-
-    async def _wait_for_review(
-        self, review_id: str, client_gone: Callable[[], Coroutine[Any, Any, None]]
-    ) -> ReviewRecord | None:
-        """The decided review, or None when the client left first."""
-        assert self.deps.reviews is not None
-        async with asyncio.TaskGroup() as tg:
-            waiting = tg.create_task(self.deps.reviews.wait(review_id), name=f"review/{review_id}")
-            gone = tg.create_task(client_gone(), name=f"review/{review_id}/client")
-            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (waiting, gone):
-                task.cancel()
-        return waiting.result() if not waiting.cancelled() else None
 
     async def _end(
         self,

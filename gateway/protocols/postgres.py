@@ -92,7 +92,7 @@ from gateway.protocols.pgcancel import CancelKeys, secret_length
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
-from gateway.store import ReviewRecord, StoreUnavailable
+from gateway.store import StoreUnavailable
 from shared.pgwire.backend import (
     BackendKeyData,
     ReadyForQuery,
@@ -668,7 +668,9 @@ class PostgresFrontDoor:
             await writer.drain()
             withdrawn = self._holding[session.id] = asyncio.Event()
             try:
-                decided = await self._wait_for_review(review.id, withdrawn, reader.at_eof)
+                decided = await self._reviews.wait_for_client(
+                    review.id, left=withdrawn.wait(), gone=reader.at_eof, check=CLIENT_CHECK
+                )
             except asyncio.CancelledError:
                 # The session is ending: nobody is left to run the statement.
                 await asyncio.shield(self._reviews.cancel(review.id, "the session ended"))
@@ -1042,28 +1044,6 @@ class PostgresFrontDoor:
             # After the session's end is recorded, so that the record says when the server
             # ended it, not when a client that reads nothing was let go.
             await _drain_client(reader)
-
-    async def _wait_for_review(
-        self, review_id: str, withdrawn: asyncio.Event, client_gone: Callable[[], bool]
-    ) -> ReviewRecord | None:
-        """The decided review, or None when the client cancelled or hung up first.
-
-        Nobody reads the client while its statement is held, so its hang-up shows only as
-        end-of-file on the (unread) stream: looked at every CLIENT_CHECK seconds.
-        """
-        assert self._reviews is not None
-        async with asyncio.TaskGroup() as tg:
-            waiting = tg.create_task(self._reviews.wait(review_id), name=f"review/{review_id}")
-            cancel = tg.create_task(withdrawn.wait(), name=f"review/{review_id}/cancel")
-            while not (waiting.done() or cancel.done() or client_gone()):
-                await asyncio.wait(
-                    (waiting, cancel), timeout=CLIENT_CHECK, return_when=asyncio.FIRST_COMPLETED
-                )
-            cancel.cancel()
-            if waiting.done():
-                return waiting.result()
-            waiting.cancel()
-            return None
 
     async def _review_statement(
         self,

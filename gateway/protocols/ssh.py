@@ -869,7 +869,12 @@ class _Connection:
         assert reviews is not None
         try:
             try:
-                decided = await self._await_review(ch, review.id)
+                decided = await reviews.wait_for_client(
+                    review.id,
+                    left=self._done.wait(),
+                    gone=lambda: self._channel_gone(ch),
+                    check=CLIENT_CHECK,
+                )
             except asyncio.CancelledError:
                 # The connection is ending: nobody is left to run the command.
                 await asyncio.shield(reviews.cancel(review.id, "the session ended"))
@@ -901,24 +906,6 @@ class _Connection:
             await self._run_approved(ch, review, text, command)
         finally:
             ch.released.set()
-
-    async def _await_review(self, ch: _Channel, review_id: str) -> ReviewRecord | None:
-        """The decided review, or None when the client left first (its connection ended,
-        or it closed the channel: looked at every CLIENT_CHECK seconds)."""
-        reviews = self.door.reviews
-        assert reviews is not None
-        async with asyncio.TaskGroup() as tg:
-            waiting = tg.create_task(reviews.wait(review_id), name=f"review/{review_id}")
-            gone = tg.create_task(self._done.wait(), name=f"review/{review_id}/client")
-            while not (waiting.done() or gone.done() or self._channel_gone(ch)):
-                await asyncio.wait(
-                    (waiting, gone), timeout=CLIENT_CHECK, return_when=asyncio.FIRST_COMPLETED
-                )
-            gone.cancel()
-            if waiting.done() and not self._done.is_set() and not self._channel_gone(ch):
-                return waiting.result()
-            waiting.cancel()
-            return None
 
     def _channel_gone(self, ch: _Channel) -> bool:
         chan = ch.chan

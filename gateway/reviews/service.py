@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -439,6 +439,31 @@ class ReviewService:
                         await event.wait()
         finally:
             self._wake.pop(review_id, None)
+
+    async def wait_for_client(
+        self,
+        review_id: str,
+        *,
+        left: Coroutine[Any, Any, object],
+        gone: Callable[[], bool] = lambda: False,
+        check: float = 1.0,
+    ) -> ReviewRecord | None:
+        """The decided review, or None when the client stopped waiting first: `left`
+        returned (it withdrew, or its connection ended), or `gone()` became true, looked at
+        every `check` seconds (a hang-up that only polling sees: nobody reads a held
+        client). The one wait every front door holds its client in."""
+        async with asyncio.TaskGroup() as tg:
+            waiting = tg.create_task(self.wait(review_id), name=f"review/{review_id}")
+            leaving = tg.create_task(left, name=f"review/{review_id}/client")
+            while not (waiting.done() or leaving.done() or gone()):
+                await asyncio.wait(
+                    (waiting, leaving), timeout=check, return_when=asyncio.FIRST_COMPLETED
+                )
+            leaving.cancel()
+            if waiting.done():
+                return waiting.result()
+            waiting.cancel()
+            return None
 
     # ---- owners ----------------------------------------------------------------------
 

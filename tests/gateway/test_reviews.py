@@ -101,6 +101,42 @@ async def test_a_vote_on_another_replica_ends_the_wait(
     assert kinds == ["review.created", "review.vote", "review.approved"]
 
 
+async def test_the_client_wait_ends_with_the_decision_or_the_client(
+    store: Store, auditor: Auditor, clock: Clock
+) -> None:
+    reviews = service(store, auditor, clock)
+    # decided first: the decision
+    decided_id = await held(reviews)
+    left = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(reviews.wait_for_client(decided_id, left=left.wait()))
+        await reviews.vote(BOB, decided_id, "approve")
+        async with asyncio.timeout(30):
+            got = await waiting
+    assert got is not None and got.status == "approved"
+    # the client withdrew (a cancel, a closed connection): None, the review still pending
+    withdrawn_id = await held(reviews)
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(reviews.wait_for_client(withdrawn_id, left=left.wait()))
+        left.set()
+        async with asyncio.timeout(30):
+            assert await waiting is None
+    # a hang-up that only polling sees
+    polled_id = await held(reviews)
+    hung_up = False
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(
+            reviews.wait_for_client(
+                polled_id, left=asyncio.Event().wait(), gone=lambda: hung_up, check=0.01
+            )
+        )
+        hung_up = True
+        async with asyncio.timeout(30):
+            assert await waiting is None
+    assert (await reviews.get(withdrawn_id)).status == "pending"
+    assert (await reviews.get(polled_id)).status == "pending"
+
+
 async def test_self_approval_and_outsiders_are_refused_and_audited(
     store: Store, auditor: Auditor, clock: Clock
 ) -> None:
