@@ -8,7 +8,9 @@ a direct DSN, once with a Wardgate DSN. A client must not be able to tell it is 
 The comparison is a ratchet: ``psycopg_known.txt`` lists the tests that pass directly but not yet
 through Wardgate, each with its cause. The run fails when a test that passes directly fails through
 Wardgate and is not listed, and when a listed test passes through Wardgate (remove it: the list
-only shrinks), unless its reason starts with ``flaky:``.
+only shrinks), unless its reason starts with ``flaky:``. A test the suite itself marks ``timing``
+(wall-clock windows of tens of milliseconds, "can fail on cheese hardware") is shown when it
+differs but does not break the ratchet.
 
 The suite is a peer's code, used from where it lies (never copied into the project), with its own
 rootdir and an empty configuration, so the project's pytest settings do not apply to it.
@@ -73,6 +75,7 @@ class Run:
     side: str
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     collected: dict[str, int] = field(default_factory=dict)  # per pytest invocation
+    timing: set[str] = field(default_factory=set)  # tests the suite marks timing-based
     seconds: float = 0.0
     stalled: bool = False
 
@@ -270,6 +273,7 @@ def _absorb(run: Run, name: str, lines: list[str]) -> None:
         record = json.loads(line)
         if "collected" in record:
             run.collected[name] = record["collected"]
+            run.timing.update(record.get("timing", ()))
         else:
             run.outcomes[record["test"]] = Outcome(record["outcome"], record["message"])
 
@@ -315,13 +319,19 @@ def compare(direct: Run, through: Run, known: dict[str, str], known_path: Path) 
             f"{_duration(run.seconds)}{stalled}"
         )
     lost = sorted(t for t in direct.outcomes if direct.passed(t) and not through.passed(t))
-    new = [t for t in lost if t not in known]
+    # A test the suite itself marks timing-based measures wall-clock time in windows of tens
+    # of milliseconds, which the extra hop may or may not cross on a loaded machine: shown,
+    # not counted against the ratchet.
+    new = [t for t in lost if t not in known and t not in through.timing]
     # A flaky test may pass through Wardgate in one run and not the next: it stays listed.
     fixed = sorted(t for t, why in known.items() if through.passed(t) and not _flaky(why))
-    print(f"\npass directly, not through Wardgate: {len(lost)} ({len(lost) - len(new)} known)")
+    print(
+        f"\npass directly, not through Wardgate: {len(lost)} "
+        f"({len(lost) - len(new)} known or marked timing by the suite)"
+    )
     for test in lost:
         got = through.outcomes.get(test, Outcome("not run"))
-        tag = "NEW  " if test in new else "known"
+        tag = "NEW  " if test in new else "known" if test in known else "timing"
         print(f"  {tag} {test}: {got.outcome}: {known.get(test) or got.message}")
     if fixed:
         print(f"\npass through Wardgate now, remove from {known_path.name}: {len(fixed)}")

@@ -31,7 +31,9 @@ class OutcomeRecorder:
         self._out.write(json.dumps(record) + "\n")
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._write({"collected": len(session.items)})
+        # The suite marks wall-clock tests `timing` ("can fail on cheese hardware").
+        timing = [i.nodeid for i in session.items if i.get_closest_marker("timing")]
+        self._write({"collected": len(session.items), "timing": timing})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._seconds[report.nodeid] = self._seconds.get(report.nodeid, 0.0) + report.duration

@@ -49,3 +49,15 @@ def test_a_listed_test_that_now_passes_fails_unless_flaky(
     assert compare(direct, through, {"t.py::a": "flaky: timing"}, KNOWN) == 0
     assert compare(direct, through, {"t.py::b": "cause 2"}, KNOWN) == 1
     assert "remove from psycopg_known.txt: 1\n  t.py::b" in capsys.readouterr().out
+
+
+def test_a_test_the_suite_marks_timing_is_shown_not_counted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    direct = _run("direct", a="passed", b="passed")
+    through = _run("wardgate", a="failed", b="failed")
+    through.timing = {"t.py::a"}
+    assert compare(direct, through, {}, KNOWN) == 1  # b is a new difference
+    out = capsys.readouterr().out
+    assert "timing t.py::a: failed" in out and "NEW   t.py::b: failed" in out
+    assert "1 new differences" in out
