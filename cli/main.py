@@ -102,7 +102,7 @@ def gateway(
         started = await _start(gw)
         host, port = started.public_address
         _announce(started, f"{host}:{port}")
-        if started.admin_token:
+        if started.admin_origin == "minted":  # a configured one is never shown
             click.echo(f"  admin token (shown once): {started.admin_token}", err=True)
         try:
             await gw.wait_closed()
@@ -146,7 +146,10 @@ def dev(data_dir: Path, config_path: Path | None, listen: str, agent_listen: str
         token = started.admin_token or ""
         _write_env(env_file, url, token, started.ca_path.resolve())
         _announce(started, f"{host}:{port}")
-        click.echo(f"  admin token: {token}", err=True)
+        if started.admin_origin == "configured":
+            click.echo("  admin token: the configured one (WARDGATE_ADMIN_TOKEN)", err=True)
+        else:  # dev's own, minted or kept in the data dir
+            click.echo(f"  admin token: {token}", err=True)
         click.echo("  embedded agent 'default' serves pool 'default'", err=True)
         click.echo(f"  use the CLI with: source {env_file} (signed in as admin)", err=True)
         try:

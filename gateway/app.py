@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import grpc
 
@@ -23,7 +24,7 @@ from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig, parse_address, resolve_secret
+from gateway.config import GatewayConfig, check_admin_token, parse_address, resolve_secret
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
@@ -47,6 +48,9 @@ ADMIN_USER = "admin"
 BOOTSTRAP_LABEL = "bootstrap"
 
 
+AdminOrigin = Literal["configured", "kept", "minted"]  # kept: dev's, from its data dir
+
+
 @dataclass
 class Started:
     """What an operator needs to know once the gateway is up."""
@@ -55,7 +59,8 @@ class Started:
     agent_address: tuple[str, int]
     ca_fingerprint: str
     ca_path: Path
-    admin_token: str | None = None  # when this start minted one (or kept dev's, see __init__)
+    admin_token: str | None = None  # configured, kept (dev, see __init__) or minted
+    admin_origin: AdminOrigin | None = None
     agent_keys: dict[str, str] = field(default_factory=dict)  # agents created by this start
     ssh_fingerprint: str = ""  # the SSH front door's host key
     ssh_user_ca: str = ""  # fingerprint of the CA that signs users' SSH certificates
@@ -118,22 +123,25 @@ class Gateway:
         value = self.config.secret_key or os.environ.get("WARDGATE_SECRET_KEY")
         return SecretBox.from_config(resolve_secret(value)) if value else None
 
-    def _bootstrap_admin(self, store: Store) -> str | None:
-        """Make sure an admin can log in; returns a token only when this call minted one."""
+    def _bootstrap_admin(self, store: Store) -> tuple[str | None, AdminOrigin | None]:
+        """Make sure an admin can log in: the admin token this start knows, and where it
+        came from (a configured one is the operator's and never shown)."""
         configured = self.config.admin_token or os.environ.get("WARDGATE_ADMIN_TOKEN")
         token = resolve_secret(configured) if configured else None
+        if token is not None:
+            check_admin_token(token)
         existing = store.get_user(ADMIN_USER)
         store.ensure_user(ADMIN_USER, is_admin=True)
         if token is not None:
             if store.find_token(hash_token(token)) is None:
                 store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
                 store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
-            return token
+            return token, "configured"
         kept = self._kept_admin_token(store)
         if kept is not None:
-            return kept
+            return kept, "kept"
         if existing is not None and not self._rotate_admin and self._admin_token_file is None:
-            return None  # production restarts keep the token printed at first start
+            return None, None  # production restarts keep the token printed at first start
         store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
         token = new_token()
         store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
@@ -143,7 +151,7 @@ class Gateway:
             with os.fdopen(fd, "w") as fh:
                 fh.write(token + "\n")
             path.chmod(0o600)  # O_CREAT's mode does not apply to a file that existed
-        return token
+        return token, "minted"
 
     def _kept_admin_token(self, store: Store) -> str | None:
         """The token in `admin_token_file` while the store still holds it valid for admin."""
@@ -161,15 +169,20 @@ class Gateway:
     async def start(self) -> Started:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Statement text, credential hashes, keys and terminal recordings live here: private
+        # to the gateway's user whatever the umask (PostgreSQL insists on the same).
+        cfg.data_dir.chmod(0o700)
         store = await asyncio.to_thread(
             functools.partial(Store.open, cfg.store_url(), sqlite_sync=cfg.audit_sync)
         )
+        for db_file in cfg.data_dir.glob("*.db*"):  # SQLite and its -wal/-shm files
+            db_file.chmod(0o600)
         self.store = store
         auditor = Auditor(store)
         self.auditor = auditor
         box = self._secret_box()
         tls = await asyncio.to_thread(self._tls)
-        admin_token = await asyncio.to_thread(self._bootstrap_admin, store)
+        admin_token, origin = await asyncio.to_thread(self._bootstrap_admin, store)
         if cfg.connections:
             results = await asyncio.to_thread(apply, store, box, cfg.connections)
             log.info("config connections: %s", results)
@@ -292,6 +305,7 @@ class Gateway:
             ca_fingerprint=tls.ca_fingerprint,
             ca_path=tls.ca_path,
             admin_token=admin_token,
+            admin_origin=origin,
             agent_keys=agent_keys,
             ssh_fingerprint=ssh_door.fingerprint,
             ssh_user_ca=sshca.ca_fingerprint(user_ca),

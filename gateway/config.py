@@ -306,6 +306,29 @@ class ConfigError(ValueError):
     """The gateway config cannot be used; the message names the file, the key and the fix."""
 
 
+ADMIN_TOKEN_MIN = 32  # characters after the prefix: what `wardgate` mints has 43
+
+
+def check_admin_token(token: str) -> str:
+    """A configured bootstrap admin token must be one the gateway accepts: refused at start
+    rather than answered 401 at every use."""
+    prefix = "wgt_"
+    body = token.removeprefix(prefix)
+    if (
+        not token.startswith(prefix)
+        or not ADMIN_TOKEN_MIN <= len(body) <= 250
+        or not body.isascii()
+        or not body.isprintable()
+        or " " in body
+    ):
+        raise ConfigError(
+            f"admin_token (or WARDGATE_ADMIN_TOKEN) must be {prefix} followed by "
+            f"{ADMIN_TOKEN_MIN} to 250 printable characters without spaces, e.g. "
+            f"{prefix}$(openssl rand -hex 24); or leave it unset and the gateway mints one"
+        )
+    return token
+
+
 def load_config(path: Path | None, **overrides: Any) -> GatewayConfig:
     data: dict[str, Any] = {}
     if path is not None:

@@ -53,6 +53,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 import shlex
 import socket
@@ -274,8 +275,10 @@ class _CastFile:
         self.size = 0
         self.failure: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("wb", buffering=0)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # What the terminal showed is the user's: the gateway's user alone reads it.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._file = os.fdopen(fd, "wb", buffering=0)
         except OSError as exc:
             raise RecordingFailed(f"the session cannot be recorded: {exc.strerror}") from exc
         self._write(self._enc.header_line())

@@ -185,3 +185,19 @@ def test_password_rule_is_said_in_the_prompt_and_checked_at_once(
     assert rule < out.index("password (at least 12 characters):", rule)
     assert rule < out.index("Repeat for confirmation")
     assert "Traceback" not in out
+
+
+def test_a_malformed_admin_token_in_the_environment_is_refused_at_start(tmp_path: Path) -> None:
+    listen = f"--listen=127.0.0.1:{free_port()}"
+    agents = f"--agent-listen=127.0.0.1:{free_port()}"
+    result = wardgate(
+        "gateway",
+        listen,
+        agents,
+        "--data-dir",
+        str(tmp_path),
+        WARDGATE_ADMIN_TOKEN="hunter2hunter2",
+    )
+    err = short_error(result, 2)
+    assert "WARDGATE_ADMIN_TOKEN) must be wgt_ followed by 32 to 250 printable" in err
+    assert "hunter2" not in result.stderr + result.stdout

@@ -1,10 +1,16 @@
-"""The SSH front door's login-name parsing, its hint banner and the scp direction."""
+"""The SSH front door's login-name parsing, its hint banner, the scp direction and the
+recordings' file modes."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
-from gateway.protocols.ssh import parse_username, scp_direction, target_hint
+from gateway.protocols.ssh import _CastFile, parse_username, scp_direction, target_hint
+from shared.recording.asciicast import Header
 
 
 @pytest.mark.parametrize(
@@ -47,3 +53,14 @@ def test_the_hint_echoes_only_a_plain_login_name() -> None:
 )
 def test_scp_direction(command: str, upload: bool | None) -> None:
     assert scp_direction(command) is upload
+
+
+def test_a_recording_is_private_to_the_gateways_user(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # a permissive umask must not make a recording readable by others
+    try:
+        cast = _CastFile(tmp_path / "recordings" / "s1.cast", Header(80, 24, 0))
+        cast.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "recordings").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "recordings" / "s1.cast").stat().st_mode) == 0o600
