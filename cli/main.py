@@ -363,10 +363,15 @@ def connection_create(
     click.echo(f"connection {data['name']} created", err=True)
 
 
+def _address(c: dict[str, Any]) -> str:
+    # Only administrators see where a connection leads (`wardgate whoami`: your access).
+    return f"{c['host']}:{c['port']}" if "host" in c else "(hidden)"
+
+
 CONNECTION_COLUMNS = [
     out.col("NAME", "name", ident=True),
     out.col("TYPE", "type"),
-    out.Column("ADDRESS", lambda c: f"{c['host']}:{c['port']}"),
+    out.Column("ADDRESS", lambda c: _address(c)),
     out.col("AGENT", "agent"),
     out.when("UPDATED", "updated_at"),
 ]
@@ -397,11 +402,15 @@ def connection_show(
         data = cl.check(http.get(f"/v1/connections/{name}"))
     if out.structured(data, output):
         return
+    if "host" not in data:  # not an administrator: what you may do with it, no more
+        access = data["access"] or "on request (wardgate request NAME)"
+        out.record([("name", data["name"]), ("type", data["type"]), ("access", access)])
+        return
     out.record(
         [
             ("name", data["name"]),
             ("type", data["type"]),
-            ("address", f"{data['host']}:{data['port']}"),
+            ("address", _address(data)),
             ("agent pool", data["agent"]),
             ("options", data["options"]),
             ("secrets", data["secrets"]),

@@ -39,7 +39,14 @@ from gateway.policystore import (
 from gateway.protocols import kubernetes, tcp
 from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
-from gateway.store import AlreadyExists, NotFound, SessionRecord, Store, StoreUnavailable
+from gateway.store import (
+    AlreadyExists,
+    ConnectionRecord,
+    NotFound,
+    SessionRecord,
+    Store,
+    StoreUnavailable,
+)
 from gateway.store.chain import ChainCheck
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
@@ -473,16 +480,34 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     # ---- connections ---------------------------------------------------------------
 
+    async def visible(who: Identity, record: ConnectionRecord) -> dict[str, Any] | None:
+        """What `who` may see of a connection. Administrators: all of it. Anyone else: the
+        connections they may reach (or request), by name and type only: where a target
+        lives is the operator's to know, and the rest do not exist for them."""
+        if who.is_admin:
+            return describe(record)
+        decision = await deps.broker.access(who, record)
+        if decision.access is None and decision.on_request is None:
+            return None
+        return {
+            "name": record.name,
+            "type": record.type,
+            "access": decision.access,
+            "on_request": decision.on_request is not None,
+        }
+
     @app.get("/v1/connections")
     async def list_connections(who: User) -> list[dict[str, Any]]:
-        return [describe(c) for c in await run(deps.store.list_connections)]
+        shown = [await visible(who, c) for c in await run(deps.store.list_connections)]
+        return [c for c in shown if c is not None]
 
     @app.get("/v1/connections/{name}")
     async def show_connection(name: str, who: User) -> dict[str, Any]:
         record = await run(deps.store.get_connection, name)
-        if record is None:
+        shown = await visible(who, record) if record is not None else None
+        if shown is None:
             raise HTTPException(404, f"connection {name!r} does not exist")
-        return describe(record)
+        return shown
 
     @app.get("/v1/connections/{name}/access")
     async def connection_access(name: str, who: User) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wg.agent(gw, gw.create_agent("default"), wait="default")
         gw.create_connection(**ssh_connection(sshd))
         gw.create_connection(name="pg-prod", type="postgres", host="127.0.0.1", port=1)
+        gw.create_connection(name="nobodys-tcp", type="tcp", host="127.0.0.1", port=9)
         tokens = {
             "alice": gw.local_login("alice", ["dev"]),
             "bob": gw.local_login("bob", ["dba"]),
@@ -250,3 +251,29 @@ def test_whoami_marks_a_grant_that_needs_an_access_request(stack: Stack) -> None
     listed = stack.cli("reviews", "list", token=alice).stdout
     assert re.search(rf"^{review}\s+approved\s+access\s+alice\s+pg-prod\s", listed, re.M), listed
     assert "read-write for 2 h: incident" in listed
+
+
+def test_people_see_only_the_connections_they_may_reach_and_not_where_they_lead(
+    stack: Stack,
+) -> None:
+    alice = stack.tokens["alice"]
+    listed = json.loads(stack.cli("connection", "list", "-o", "json", token=alice).stdout)
+    by_name = {c["name"]: c for c in listed}
+    assert set(by_name) == {"pg-prod", "web-1"}  # not nobodys-tcp, granted to nobody
+    assert by_name["web-1"] == {
+        "name": "web-1",
+        "type": "ssh",
+        "access": "read-write",
+        "on_request": False,
+    }
+    # pg-prod is granted on request (approved or not, depending on what ran before)
+    assert set(by_name["pg-prod"]) == {"name", "type", "access", "on_request"}
+    table = stack.cli("connection", "list", token=alice).stdout
+    assert "(hidden)" in table and "127.0.0.1" not in table and "nobodys-tcp" not in table
+    hidden = stack.cli("connection", "show", "nobodys-tcp", token=alice)
+    assert hidden.returncode == 1 and "connection 'nobodys-tcp' does not exist" in hidden.stderr
+    shown = stack.cli("connection", "show", "web-1", token=alice).stdout
+    assert "access: read-write" in " ".join(shown.split()) and "127.0.0.1" not in shown
+    every = json.loads(stack.cli("connection", "list", "-o", "json").stdout)  # the admin
+    assert {"nobodys-tcp", "pg-prod", "web-1"} <= {c["name"] for c in every}
+    assert all("host" in c and "port" in c for c in every)
