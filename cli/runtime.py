@@ -66,13 +66,34 @@ def tune_malloc(tuning: MallocTuning, environ: Mapping[str, str] = os.environ) -
     )
 
 
+MAX_LOG_MESSAGE = 2000  # characters of one log message; the rest is counted, not written
+
+
+class CappedMessages(logging.Filter):
+    """Cut a log message past MAX_LOG_MESSAGE characters. What an unauthenticated peer
+    sends (an SSH banner, a startup packet, a header) can reach a message; it must not
+    make the gateway write megabytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > MAX_LOG_MESSAGE:
+            cut = len(message) - MAX_LOG_MESSAGE
+            record.msg = f"{message[:MAX_LOG_MESSAGE]}... ({cut} more characters)"
+            record.args = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("hpack", "httpx", "httpcore", "alembic", "websockets"):
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CappedMessages())
+    # paramiko logs each peer's banner and every negotiation step at INFO: library noise,
+    # and the banner is the peer's to choose.
+    for noisy in ("hpack", "httpx", "httpcore", "alembic", "websockets", "paramiko"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
