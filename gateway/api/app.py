@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.agents.registry import AgentRegistry
-from gateway.api import docs, paging
+from gateway.api import docs, limits, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
 from gateway.api.paging import MAX_PAGE
@@ -204,6 +204,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         redoc_url=None,
     )
     docs.mount(app)
+    limits.install(app)
     app.state.deps = deps
 
     @app.exception_handler(StoreUnavailable)
