@@ -162,6 +162,21 @@ def resolve(gateway: str | None, token: str | None, ca: str | None) -> GatewayRe
     return GatewayRef(url.rstrip("/"), tok, ca_pem)
 
 
+_GATEWAY_OPTIONS = [
+    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
+    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
+    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
+]
+
+
+def gateway_options(fn: Any) -> Any:
+    """--gateway/--token/--ca (or WARDGATE_URL/_TOKEN/_CA), on every command that talks
+    to a gateway."""
+    for option in reversed(_GATEWAY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 def check_url(url: str) -> str:
     """Refuse a gateway URL without https:// (or http://) before anything dials it."""
     parts = urlsplit(url)

@@ -64,9 +64,7 @@ def kube() -> None:
 @click.option("--context", "context_name", help="Context name (default: wardgate-CONNECTION).")
 @click.option("--namespace", help="Default namespace of the context.")
 @click.option("--no-switch", is_flag=True, help="Do not make it the current context.")
-@click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT).")
-@click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential.")
-@click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust.")
+@cl.gateway_options
 def login(
     connection: str,
     kubeconfig: Path | None,
@@ -134,9 +132,7 @@ def login(
 
 @kube.command("credential")
 @click.argument("connection")
-@click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT).")
-@click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential.")
-@click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust.")
+@cl.gateway_options
 def credential(connection: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Print an ExecCredential for kubectl (the kubeconfig's exec plugin runs this)."""
     ref = cl.resolve(gateway, token, ca)

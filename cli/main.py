@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import yaml
 
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
+from cli import activity
 from cli import client as cl
 from cli import output as out
 from cli import policy as policy_commands
@@ -25,20 +25,6 @@ from cli.kube import kube as kube_commands
 from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
 from gateway.conntypes import SUPPORTED_TYPES
 from gateway.identity.local import MIN_PASSWORD_LENGTH
-
-PAGE = 1000  # the most rows the gateway returns at once
-
-GATEWAY_OPTIONS = [
-    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
-    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
-    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
-]
-
-
-def gateway_options(fn: Any) -> Any:
-    for option in reversed(GATEWAY_OPTIONS):
-        fn = option(fn)
-    return fn
 
 
 def _ref(gateway: str | None, token: str | None, ca: str | None) -> cl.GatewayRef:
@@ -242,7 +228,7 @@ def agent(ctx: click.Context, key: str | None, ca_file: Path | None, insecure: b
 @agent.command("create")
 @click.argument("name")
 @click.option("--pool", help="Agent pool (default: the agent's name).")
-@gateway_options
+@cl.gateway_options
 def agent_create(
     name: str, pool: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -272,7 +258,7 @@ AGENT_COLUMNS = [
 
 @agent.command("list")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def agent_list(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List agents and whether they are connected."""
     with _ref(gateway, token, ca).http() as http:
@@ -283,7 +269,7 @@ def agent_list(output: str | None, gateway: str | None, token: str | None, ca: s
 
 @agent.command("revoke")
 @click.argument("name")
-@gateway_options
+@cl.gateway_options
 def agent_revoke(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Revoke an agent's key; a connected agent is disconnected."""
     with _ref(gateway, token, ca).http() as http:
@@ -293,7 +279,7 @@ def agent_revoke(name: str, gateway: str | None, token: str | None, ca: str | No
 
 @agent.command("rotate")
 @click.argument("name")
-@gateway_options
+@cl.gateway_options
 def agent_rotate(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Give an agent a new key (printed once); the old key stops working."""
     with _ref(gateway, token, ca).http() as http:
@@ -328,7 +314,7 @@ def connection() -> None:
 @click.option("--private-key", help="ssh: the key the agent logs in with (env:, file:, literal).")
 @click.option("--host-key", help="ssh: the target's host key (known_hosts line or SHA256:...).")
 @click.option("--option", "options", multiple=True, help="KEY=VALUE, repeatable.")
-@gateway_options
+@cl.gateway_options
 def connection_create(
     name: str,
     type_: str,
@@ -379,7 +365,7 @@ CONNECTION_COLUMNS = [
 
 @connection.command("list")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def connection_list(
     output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -393,7 +379,7 @@ def connection_list(
 @connection.command("show")
 @click.argument("name")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def connection_show(
     name: str, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -422,7 +408,7 @@ def connection_show(
 
 @connection.command("delete")
 @click.argument("name")
-@gateway_options
+@cl.gateway_options
 def connection_delete(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Delete a connection."""
     with _ref(gateway, token, ca).http() as http:
@@ -435,7 +421,7 @@ def connection_delete(name: str, gateway: str | None, token: str | None, ca: str
 @click.option(
     "--comment", help="Why the policy changes, shown by `policy history` (wins over the file's)."
 )
-@gateway_options
+@cl.gateway_options
 def apply_cmd(
     path: Path, comment: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -484,7 +470,7 @@ def policy() -> None:
 @click.option("--connection", required=True, help="The connection the SQL would run on.")
 @click.argument("sql")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def policy_explain(
     user: str,
     groups: tuple[str, ...],
@@ -543,259 +529,7 @@ def policy_explain(
         click.echo(f"budget: {b['name']} {', '.join(limits)} on_exceed={b['on_exceed']}{today}")
 
 
-# ---- sessions, audit, login, tcp -------------------------------------------------------
-
-
-@main.group()
-def sessions() -> None:
-    """Sessions through the gateway."""
-
-
-def _lasted(s: dict[str, Any]) -> str:
-    if not s.get("ended_at"):
-        return "open"
-    started = dt.datetime.fromisoformat(s["started_at"])
-    return out.duration((dt.datetime.fromisoformat(s["ended_at"]) - started).total_seconds())
-
-
-SESSION_COLUMNS = [
-    out.col("ID", "id", ident=True),
-    out.col("USER", "user"),
-    out.col("CONNECTION", "connection"),
-    out.col("PROTOCOL", "protocol"),
-    out.when("STARTED", "started_at"),
-    out.Column("DURATION", _lasted),
-    out.col("STATUS", "status"),
-    out.Column("UP", lambda s: out.size(s["bytes_up"]), justify="right"),
-    out.Column("DOWN", lambda s: out.size(s["bytes_down"]), justify="right"),
-    out.col("CLIENT", "client"),
-]
-STATEMENT_COLUMNS = [
-    out.num("SEQ", "seq"),
-    out.Column("TIME", lambda st: out.clock(st["ts"])),
-    out.Column("RESULT", lambda st: st["sqlstate"] or st["tags"]),
-    out.num("ROWS", "rows"),
-    out.num("MS", "duration_ms"),
-    out.col("SQL", "text"),
-]
-MASKED_COLUMNS = [
-    out.col("COLUMN", "column"),
-    out.col("DETECTOR", "detector"),
-    out.num("COUNT", "count"),
-]
-
-
-def _command_result(c: dict[str, Any]) -> str:
-    if c.get("refused"):
-        return f"refused: {c['refused']}"
-    if c.get("exit_signal"):
-        return f"signal {c['exit_signal']}"
-    return out.cell(c.get("exit_status"))
-
-
-COMMAND_COLUMNS = [
-    out.num("SEQ", "seq"),
-    out.Column("TIME", lambda c: out.clock(c["ts"])),
-    out.num("CHANNEL", "channel"),
-    out.col("REQUEST", "request"),
-    out.Column("EXIT", _command_result),
-    out.col("COMMAND", "command"),
-]
-TRANSFER_COLUMNS = [
-    out.num("SEQ", "seq"),
-    out.Column("TIME", lambda t: out.clock(t["ts"])),
-    out.num("CHANNEL", "channel"),
-    out.col("OP", "op"),
-    out.Column("SIZE", lambda t: out.size(t["bytes"]), justify="right"),
-    out.col("SHA256", "sha256"),
-    out.Column("PATH", lambda t: f"{t['path']} -> {t['target']}" if t.get("target") else t["path"]),
-]
-FORWARD_COLUMNS = [
-    out.num("SEQ", "seq"),
-    out.Column("TIME", lambda f: out.clock(f["ts"])),
-    out.num("CHANNEL", "channel"),
-    out.Column("DESTINATION", lambda f: f"{f['host']}:{f['port']}"),
-]
-
-
-@sessions.command("list")
-@click.option("--user")
-@click.option("--connection")
-@click.option("--since", help="ISO time, e.g. 2026-11-26T10:00:00+00:00")
-@click.option("--text", help="Only sessions with a statement containing this text.")
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="How many sessions to list; more than a page (1000) are fetched page by page.",
-)
-@click.option("--all", "everything", is_flag=True, help="Every matching session (no --limit).")
-@out.output_options
-@gateway_options
-def sessions_list(
-    user: str | None,
-    connection: str | None,
-    since: str | None,
-    text: str | None,
-    limit: int,
-    everything: bool,
-    output: str | None,
-    gateway: str | None,
-    token: str | None,
-    ca: str | None,
-) -> None:
-    """List sessions, newest first (filter by user, connection, time, statement text)."""
-    params: dict[str, Any] = {"limit": min(limit, PAGE) if not everything else PAGE}
-    for key, value in (
-        ("user", user),
-        ("connection", connection),
-        ("since", since),
-        ("text", text),
-    ):
-        if value:
-            params[key] = value
-    wanted = None if everything else limit
-    with _ref(gateway, token, ca).http() as http:
-        data = cl.paged(http, "/v1/sessions", params, wanted)
-    if not out.structured(data, output):
-        out.table(data, SESSION_COLUMNS)
-
-
-@sessions.command("show")
-@click.argument("session_id")
-@out.output_options
-@gateway_options
-def sessions_show(
-    session_id: str, output: str | None, gateway: str | None, token: str | None, ca: str | None
-) -> None:
-    """Show one session and what it did: statements, or SSH commands and file transfers."""
-    with _ref(gateway, token, ca).http() as http:
-        data = cl.check(http.get(f"/v1/sessions/{session_id}"))
-    if out.structured(data, output):
-        return
-    out.record(
-        [
-            ("id", data["id"]),
-            ("user", data["user"]),
-            ("connection", data["connection"]),
-            ("protocol", data["protocol"]),
-            ("client", data["client"]),
-            ("agent", data["agent"]),
-            ("started", out.timestamp(data["started_at"])),
-            ("ended", out.timestamp(data["ended_at"])),
-            ("duration", _lasted(data)),
-            ("status", data["status"]),
-            ("error", data["error"]),
-            ("traffic", f"{out.size(data['bytes_up'])} up, {out.size(data['bytes_down'])} down"),
-        ]
-    )
-    out.section("statements", data.get("statements") or [], STATEMENT_COLUMNS)
-    out.section("masked values", data.get("masked") or [], MASKED_COLUMNS)
-    out.section("commands", data.get("commands") or [], COMMAND_COLUMNS)
-    out.section("file transfers", data.get("transfers") or [], TRANSFER_COLUMNS)
-    out.section("port forwards", data.get("forwards") or [], FORWARD_COLUMNS)
-
-
-@sessions.command("replay")
-@click.argument("session_id")
-@click.option("--channel", type=int, help="Which terminal channel (default: the first).")
-@click.option("--speed", default=1.0, show_default=True, help="Playback speed factor.")
-@click.option("--max-idle", default=2.0, show_default=True, help="Cap pauses at N seconds.")
-@click.option("--export", type=click.Path(path_type=Path), help="Write the .cast file instead.")
-@gateway_options
-def sessions_replay(
-    session_id: str,
-    channel: int | None,
-    speed: float,
-    max_idle: float,
-    export: Path | None,
-    gateway: str | None,
-    token: str | None,
-    ca: str | None,
-) -> None:
-    """Play an SSH terminal recording back (asciicast v2), or export it."""
-    ssh_cli.replay(
-        _ref(gateway, token, ca),
-        session_id,
-        channel=channel,
-        speed=max(speed, 0.001),
-        max_idle=max_idle,
-        export=export,
-    )
-
-
-@main.group()
-def audit() -> None:
-    """The tamper-evident audit log."""
-
-
-AUDIT_COLUMNS = [
-    out.num("SEQ", "seq"),
-    out.when("TIME", "ts"),
-    out.col("KIND", "kind"),
-    out.col("ACTOR", "actor"),
-    out.col("SESSION", "session", ident=True),
-    out.col("DATA", "data"),
-]
-
-
-@audit.command("list")
-@click.option("--kind")
-@click.option("--session", "session_id", help="Only the events of this session.")
-@click.option("--text", help="Only events whose data contains this text.")
-@click.option("--after", default=0)
-@out.output_options
-@gateway_options
-def audit_list(
-    kind: str | None,
-    session_id: str | None,
-    text: str | None,
-    after: int,
-    output: str | None,
-    gateway: str | None,
-    token: str | None,
-    ca: str | None,
-) -> None:
-    """List audit events, oldest first."""
-    params: dict[str, Any] = {"after": after}
-    for key, value in (("kind", kind), ("session", session_id), ("text", text)):
-        if value:
-            params[key] = value
-    with _ref(gateway, token, ca).http() as http:
-        data = cl.check(http.get("/v1/audit", params=params))
-    if not out.structured(data, output):
-        out.table(data, AUDIT_COLUMNS)
-
-
-@audit.command("verify")
-@click.option(
-    "--store",
-    "store_url",
-    help="Verify a store directly (offline), e.g. "
-    "sqlite:///.wardgate/wardgate.db or a postgresql+psycopg:// URL.",
-)
-@gateway_options
-def audit_verify(
-    store_url: str | None, gateway: str | None, token: str | None, ca: str | None
-) -> None:
-    """Check the audit hash chain; exits 1 saying which event was edited or is missing."""
-    if store_url:
-        from gateway.store import Store
-
-        with Store.open(store_url) as store:
-            data = store.check_audit().as_dict()
-    else:
-        with _ref(gateway, token, ca).http() as http:
-            data = cl.check(http.get("/v1/audit/verify"))
-    checked = data.get("checked")  # absent from gateways before issue 13
-    counted = "" if checked is None else f"{checked} event{'' if checked == 1 else 's'} checked"
-    if data["intact"]:
-        click.echo(f"audit log intact: {counted}" if counted else "audit log intact")
-        return
-    detail = data.get("detail") or f"first bad event is seq {data['first_bad_seq']}"
-    click.echo(f"audit log TAMPERED: {detail}" + (f" ({counted})" if counted else ""), err=True)
-    sys.exit(1)
+# ---- login, tcp ----------------------------------------------------------------------
 
 
 @main.command()
@@ -887,7 +621,7 @@ def login(
 
 
 @main.command()
-@gateway_options
+@cl.gateway_options
 def logout(gateway: str | None, token: str | None, ca: str | None) -> None:
     """End your sign-in at the gateway and forget the stored credential."""
     saved = cl.stored()
@@ -927,7 +661,7 @@ GRANT_COLUMNS = [
 
 @main.command()
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def whoami(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Who the gateway takes you for, your groups and what you may reach."""
     with _ref(gateway, token, ca).http() as http:
@@ -973,7 +707,7 @@ CREDENTIAL_COLUMNS = [
 @credentials.command("list")
 @click.option("--user", help="Another user's (administrators).")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def credentials_list(
     user: str | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -987,7 +721,7 @@ def credentials_list(
 
 @credentials.command("revoke")
 @click.argument("credential_id")
-@gateway_options
+@cl.gateway_options
 def credentials_revoke(
     credential_id: str, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -1030,7 +764,7 @@ USER_COLUMNS = [
 
 @user.command("list")
 @out.output_options
-@gateway_options
+@cl.gateway_options
 def user_list(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List users with their kind, groups and state."""
     with _ref(gateway, token, ca).http() as http:
@@ -1041,7 +775,7 @@ def user_list(output: str | None, gateway: str | None, token: str | None, ca: st
 
 @user.command("disable")
 @click.argument("name")
-@gateway_options
+@cl.gateway_options
 def user_disable(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Disable a user: every credential is revoked and live sessions end."""
     with _ref(gateway, token, ca).http() as http:
@@ -1051,7 +785,7 @@ def user_disable(name: str, gateway: str | None, token: str | None, ca: str | No
 
 @user.command("enable")
 @click.argument("name")
-@gateway_options
+@cl.gateway_options
 def user_enable(name: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Enable a disabled user again (they sign in anew)."""
     with _ref(gateway, token, ca).http() as http:
@@ -1069,7 +803,7 @@ def _long_enough(password: str) -> str:
 @user.command("create")
 @click.argument("name")
 @click.option("--group", "groups", multiple=True)
-@gateway_options
+@cl.gateway_options
 def user_create(
     name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -1098,7 +832,7 @@ def service_account() -> None:
 @service_account.command("create")
 @click.argument("name")
 @click.option("--group", "groups", multiple=True, help="Groups (roles map them), repeatable.")
-@gateway_options
+@cl.gateway_options
 def service_account_create(
     name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -1119,7 +853,7 @@ def service_account_create(
 )
 @click.option("--ttl", type=int, help="Lifetime in seconds (capped by the gateway).")
 @click.option("--label", default="")
-@gateway_options
+@cl.gateway_options
 def service_account_key(
     name: str,
     scopes: tuple[str, ...],
@@ -1171,7 +905,7 @@ def _conninfo(params: dict[str, str]) -> str:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("connection")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
-@gateway_options
+@cl.gateway_options
 def psql(
     connection: str,
     psql_args: tuple[str, ...],
@@ -1193,7 +927,7 @@ def psql(
     is_flag=True,
     help="Write the credential to ~/.pgpass instead of putting it in the string.",
 )
-@gateway_options
+@cl.gateway_options
 def creds(
     connection: str, pgpass: bool, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -1218,7 +952,7 @@ def creds(
     show_default=True,
     help="Local HOST:PORT to accept connections on.",
 )
-@gateway_options
+@cl.gateway_options
 def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Open a local port whose connections reach connection NAME through the gateway."""
     from cli.tcp import forward
@@ -1245,6 +979,7 @@ def tcp(name: str, listen: str, gateway: str | None, token: str | None, ca: str 
     sys.exit(run(forward(ref, name, host, port)))
 
 
+activity.register(main)  # sessions list/show/replay, audit list/verify
 reviews_cli.register(main)  # approvals: reviews, request, service-account owner
 policy_commands.register(main, policy)  # policy show/history/rollback, budgets usage
 

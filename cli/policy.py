@@ -3,25 +3,11 @@ the store and exfiltration budget usage (the API in gateway/api/policy.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 import yaml
 
 from cli import client as cl
 from cli import output as out
-
-_GATEWAY_OPTIONS = [
-    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
-    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
-    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
-]
-
-
-def _gateway_options(fn: Any) -> Any:
-    for option in reversed(_GATEWAY_OPTIONS):
-        fn = option(fn)
-    return fn
 
 
 def _describe(v: dict[str, object]) -> str:
@@ -35,7 +21,7 @@ def _describe(v: dict[str, object]) -> str:
 @click.command("show")
 @click.option("--version", "version", type=int, help="A past version (default: in force).")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def show(
     version: int | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -62,7 +48,7 @@ HISTORY_COLUMNS = [
 
 @click.command("history")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def history(output: str | None, gateway: str | None, token: str | None, ca: str | None) -> None:
     """List the policy versions, oldest first; the last one is in force."""
     with cl.resolve(gateway, token, ca).http() as http:
@@ -73,7 +59,7 @@ def history(output: str | None, gateway: str | None, token: str | None, ca: str 
 
 @click.command("rollback")
 @click.argument("version", type=int)
-@_gateway_options
+@cl.gateway_options
 def rollback(version: int, gateway: str | None, token: str | None, ca: str | None) -> None:
     """Put version VERSION's policy back in force, as a new version."""
     with cl.resolve(gateway, token, ca).http() as http:
@@ -96,7 +82,7 @@ USAGE_COLUMNS = [
 @click.option("--user")
 @click.option("--connection")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def usage(
     day: str | None,
     user: str | None,

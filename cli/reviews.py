@@ -14,19 +14,8 @@ import click
 from cli import client as cl
 from cli import output as out
 
-_OPTIONS = [
-    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
-    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
-    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
-]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+)([smhd])")
-
-
-def _gateway_options(fn: Any) -> Any:
-    for option in reversed(_OPTIONS):
-        fn = option(fn)
-    return fn
 
 
 def parse_duration(text: str) -> int:
@@ -116,7 +105,7 @@ def reviews() -> None:
 @click.option("--kind", type=click.Choice(["statement", "access"]))
 @click.option("--mine", is_flag=True, help="Only my own requests.")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def reviews_list(
     status: str | None,
     kind: str | None,
@@ -142,7 +131,7 @@ def reviews_list(
 @click.argument("review_id")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def reviews_show(
     review_id: str,
     wait: float,
@@ -169,7 +158,7 @@ def _vote(vote: str, review_id: str, reason: str, ref: cl.GatewayRef) -> None:
 @reviews.command("approve")
 @click.argument("review_id")
 @click.option("--reason", default="", help="Why (recorded in the audit log).")
-@_gateway_options
+@cl.gateway_options
 def reviews_approve(
     review_id: str, reason: str, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -180,7 +169,7 @@ def reviews_approve(
 @reviews.command("deny")
 @click.argument("review_id")
 @click.option("--reason", default="", help="Why (told to the requester).")
-@_gateway_options
+@cl.gateway_options
 def reviews_deny(
     review_id: str, reason: str, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -194,7 +183,7 @@ def reviews_deny(
 @click.option("--reason", required=True, help="Why you need access (the reviewers read it).")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for a decision.")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def request(
     connection: str,
     duration: str,
@@ -229,7 +218,7 @@ def request(
 @click.command("owner")
 @click.argument("name")
 @click.argument("owner")
-@_gateway_options
+@cl.gateway_options
 def service_account_owner(
     name: str, owner: str, gateway: str | None, token: str | None, ca: str | None
 ) -> None:

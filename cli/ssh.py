@@ -90,18 +90,6 @@ def replay(
 
 # ---- wardgate ssh / ssh-keys -------------------------------------------------------------
 
-_OPTIONS = [
-    click.option("--gateway", envvar="WARDGATE_URL", help="Gateway URL (https://HOST:PORT)."),
-    click.option("--token", envvar="WARDGATE_TOKEN", help="Your Wardgate credential."),
-    click.option("--ca", envvar="WARDGATE_CA", help="CA certificate (PEM) to trust."),
-]
-
-
-def _gateway_options(fn: Any) -> Any:
-    for option in reversed(_OPTIONS):
-        fn = option(fn)
-    return fn
-
 
 _ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$WARDGATE_SSH_CREDENTIAL\"\n"
 
@@ -233,7 +221,7 @@ def run_ssh(ref: cl.GatewayRef, connection: str, args: tuple[str, ...]) -> None:
 )
 @click.argument("connection")
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
-@_gateway_options
+@cl.gateway_options
 def ssh(
     connection: str,
     ssh_args: tuple[str, ...],
@@ -253,7 +241,7 @@ def ssh(
     help="Your SSH key (private or .pub; default ~/.ssh/id_ed25519).",
 )
 @click.option("--validity", type=int, help="Seconds (at most 8 h and your credential's lifetime).")
-@_gateway_options
+@cl.gateway_options
 def ssh_cert(
     key: Path, validity: int | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -273,7 +261,7 @@ def ssh_keys() -> None:
     default=lambda: str(Path.home() / ".ssh" / "id_ed25519.pub"),
 )
 @click.option("--user", help="Administrators: register the key for this user.")
-@_gateway_options
+@cl.gateway_options
 def ssh_keys_add(
     path: Path, user: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -298,7 +286,7 @@ SSH_KEY_COLUMNS = [
 @ssh_keys.command("list")
 @click.option("--user")
 @out.output_options
-@_gateway_options
+@cl.gateway_options
 def ssh_keys_list(
     user: str | None, output: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
@@ -312,7 +300,7 @@ def ssh_keys_list(
 @ssh_keys.command("remove")
 @click.argument("key")
 @click.option("--user")
-@_gateway_options
+@cl.gateway_options
 def ssh_keys_remove(
     key: str, user: str | None, gateway: str | None, token: str | None, ca: str | None
 ) -> None:
