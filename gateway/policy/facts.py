@@ -11,7 +11,10 @@ The facts, per statement:
   cursors, COPY TO STDOUT), `write` (INSERT/UPDATE/DELETE/MERGE, also inside a CTE or a
   PREPARE, TRUNCATE, COPY FROM, SELECT INTO), `ddl`, `dcl` (privileges and roles),
   `transaction`, `utility` (SET, VACUUM, LOCK, DO, CALL, EXECUTE, ...). A statement may be
-  several: `WITH d AS (DELETE ...) SELECT ...` is read and write.
+  several: `WITH d AS (DELETE ...) SELECT ...` is read and write. A call of a built-in
+  function the read-only check refuses adds the kind the shared table gives it
+  (`gateway.policy.writes`): `SELECT nextval('s')` is read and write, `SELECT
+  pg_advisory_lock(1)` read and utility.
 * `tables`: every relation named anywhere in the tree, `schema.name` when qualified, as the
   server reads the identifier (unquoted names folded to lower case). DROP's object lists
   count too.
@@ -35,20 +38,15 @@ those in rules by function, or give the connection's database role matching priv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ObjectType, VariableSetKind
 from pglast.parser import normalize, split
 
-from gateway.policy.readonly import (
-    SERVER_ADMIN_FUNCTIONS,
-    SERVER_CONFIG_FUNCTIONS,
-    SERVER_FILE_FUNCTIONS,
-    function_name,
-    walk,
-)
+from gateway.policy.readonly import function_name, walk
+from gateway.policy.writes import FUNCTIONS
 
 KINDS = ("write", "ddl", "dcl", "utility", "transaction", "read")  # strongest first
 
@@ -66,38 +64,10 @@ OUTSIDE_DATA_FLAGS = frozenset(
 FLAGS = OUTSIDE_DATA_FLAGS | {"outside_data", "privilege_change", "where_less_write", "row_lock"}
 
 
-def _named(flag: str, *names: str) -> dict[str, str]:
-    return dict.fromkeys(names, flag)
-
-
-# Functions whose call alone says the statement leaves the data. Matched on the unqualified
-# name in any schema, like the read-only classifier, so `pg_catalog.pg_read_file` counts.
-FUNCTION_FLAGS: dict[str, str] = {
-    **_named("server_files", *SERVER_FILE_FUNCTIONS),
-    **_named(
-        "remote",
-        "dblink",
-        "dblink_exec",
-        "dblink_connect",
-        "dblink_connect_u",
-        "dblink_send_query",
-        "dblink_open",
-        "dblink_fetch",
-    ),
-    **_named(
-        "dynamic_sql",
-        "query_to_xml",
-        "query_to_xmlschema",
-        "query_to_xml_and_xmlschema",
-        "cursor_to_xml",
-        "cursor_to_xmlschema",
-    ),
-    # set_config('role', ...) is SET ROLE by another name; flagged unless its first argument
-    # is a constant naming another setting (pg_dump's set_config('search_path', ...)).
-    **_named("identity_change", "set_config"),
-    **_named("server_config", *SERVER_CONFIG_FUNCTIONS),
-    **_named("server_admin", *SERVER_ADMIN_FUNCTIONS),
-}
+# Functions whose call alone says the statement leaves the data, and the kind a call of a
+# writing built-in adds: one table with the read-only check (`gateway.policy.writes`).
+FUNCTION_FLAGS: dict[str, str] = {n: e.flag for n, e in FUNCTIONS.items() if e.flag}
+FUNCTION_KINDS: dict[str, str] = {n: e.kind for n, e in FUNCTIONS.items() if e.kind}
 
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
 _WRITE_NODES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
@@ -177,6 +147,10 @@ class Facts:
     flags: frozenset[str] = frozenset()
     opaque: bool = False
     text: str = ""  # the statement's own text, for explanations
+    # Every function called, as written: its name parts (schema-qualified or not) exactly as
+    # the server reads them, for the catalog lookup of what user functions do
+    # (`gateway.policy.functions`).
+    calls: frozenset[tuple[str, ...]] = frozenset()
 
     @property
     def kind(self) -> str:
@@ -223,7 +197,15 @@ def _parsed_facts(sql: str) -> tuple[list[Facts], bool]:
 
 
 def _shape(facts: Facts) -> tuple[object, ...]:
-    return (facts.index, facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque)
+    return (
+        facts.index,
+        facts.kinds,
+        facts.tables,
+        facts.functions,
+        facts.flags,
+        facts.opaque,
+        facts.calls,
+    )
 
 
 class _FactsCache:
@@ -261,10 +243,7 @@ class _FactsCache:
         texts = self._texts(sql, len(cached))
         if texts is None:
             return _parsed_facts(sql)[0]
-        return [
-            Facts(f.index, f.kinds, f.tables, f.functions, f.flags, f.opaque, text)
-            for f, text in zip(cached, texts, strict=True)
-        ]
+        return [replace(f, text=text) for f, text in zip(cached, texts, strict=True)]
 
     def _shape_of(self, sql: str) -> str | None:
         if len(sql) > self.MAX_TEXT:
@@ -312,6 +291,7 @@ class _Collector:
         self.tables: set[str] = set()
         self.functions: set[str] = set()
         self.flags: set[str] = set()
+        self.calls: set[tuple[str, ...]] = set()
 
     def facts(self, index: int, text: str) -> Facts:
         flags = set(self.flags)
@@ -326,6 +306,7 @@ class _Collector:
             flags=frozenset(flags),
             opaque="dynamic_sql" in flags,
             text=text,
+            calls=frozenset(self.calls),
         )
 
 
@@ -345,7 +326,10 @@ def _facts(index: int, stmt: Any, text: str) -> tuple[Facts, bool]:
         elif isinstance(node, ast.FuncCall):
             name = function_name(node)
             out.functions.add(name)
+            out.calls.add(tuple(str(getattr(p, "sval", "")) for p in node.funcname or ()))
             uses_constant = uses_constant or name == "set_config"  # its setting's name
+            if name in FUNCTION_KINDS:
+                out.kinds.add(FUNCTION_KINDS[name])
             if name in FUNCTION_FLAGS and not _harmless_set_config(name, node):
                 out.flags.add(FUNCTION_FLAGS[name])
         elif isinstance(node, ast.SelectStmt):
