@@ -32,8 +32,10 @@ The facts, per statement:
 * `opaque`: the statement runs code whose effects cannot be read here (DO, dynamic SQL):
   guardrails treat every table and kind condition of a deny rule as met for it.
 
-What parsing cannot see: what a user-defined function, trigger, view or rule does. Name
-those in rules by function, or give the connection's database role matching privileges.
+What parsing cannot see: what a user-defined function, trigger, view or rule does. The
+functions a statement calls are kept (`calls`) for the catalog lookup that tells whether
+they write (`gateway.policy.functions`, which fills `writers`); for the rest, give the
+connection's database role matching privileges.
 """
 
 from __future__ import annotations
@@ -151,6 +153,18 @@ class Facts:
     # the server reads them, for the catalog lookup of what user functions do
     # (`gateway.policy.functions`).
     calls: frozenset[tuple[str, ...]] = frozenset()
+    # Schemas a SET search_path / set_config('search_path', ...) names; None for a value
+    # that cannot be read here. Volatile user functions the catalog found the statement may
+    # call (`gateway.policy.functions`): they make it a write unless a rule trusts them.
+    search_path: tuple[str | None, ...] = ()
+    writers: frozenset[str] = frozenset()
+
+    @property
+    def effective_kinds(self) -> tuple[str, ...]:
+        """The kinds, with `write` first when a user function the statement calls writes."""
+        if self.writers and "write" not in self.kinds:
+            return ("write", *self.kinds)
+        return self.kinds
 
     @property
     def kind(self) -> str:
@@ -158,13 +172,15 @@ class Facts:
         return self.kinds[0]
 
     def describe(self) -> str:
-        parts = [f"kind={'+'.join(self.kinds)}"]
+        parts = [f"kind={'+'.join(self.effective_kinds)}"]
         if self.tables:
             parts.append(f"tables={','.join(sorted(self.tables))}")
         if self.functions:
             parts.append(f"functions={','.join(sorted(self.functions))}")
         if self.flags:
             parts.append(f"flags={','.join(sorted(self.flags))}")
+        if self.writers:
+            parts.append(f"volatile_functions={','.join(sorted(self.writers))}")
         if self.opaque:
             parts.append("opaque")
         return " ".join(parts)
@@ -205,6 +221,7 @@ def _shape(facts: Facts) -> tuple[object, ...]:
         facts.flags,
         facts.opaque,
         facts.calls,
+        facts.search_path,
     )
 
 
@@ -292,6 +309,7 @@ class _Collector:
         self.functions: set[str] = set()
         self.flags: set[str] = set()
         self.calls: set[tuple[str, ...]] = set()
+        self.search_path: list[str | None] = []
 
     def facts(self, index: int, text: str) -> Facts:
         flags = set(self.flags)
@@ -307,6 +325,7 @@ class _Collector:
             opaque="dynamic_sql" in flags,
             text=text,
             calls=frozenset(self.calls),
+            search_path=tuple(self.search_path),
         )
 
 
@@ -332,6 +351,8 @@ def _facts(index: int, stmt: Any, text: str) -> tuple[Facts, bool]:
                 out.kinds.add(FUNCTION_KINDS[name])
             if name in FUNCTION_FLAGS and not _harmless_set_config(name, node):
                 out.flags.add(FUNCTION_FLAGS[name])
+            if name == "set_config":
+                _set_config_path(node, out)
         elif isinstance(node, ast.SelectStmt):
             if node.lockingClause:
                 out.flags.add("row_lock")
@@ -416,7 +437,39 @@ def _object_table(stmt: Any, out: _Collector) -> None:
         out.tables.add(".".join(names))
 
 
+def _path_entries(value: str) -> list[str | None]:
+    """Schemas a search_path value may name: the value itself (SET quotes each list item)
+    and its comma-separated parts (set_config splits them), unquoted; too many to
+    follow: None."""
+    parts = [value, *(p.strip() for p in value.split(","))]
+    out: list[str | None] = [
+        p[1:-1].replace('""', '"') if len(p) >= 2 and p[0] == p[-1] == '"' else p
+        for p in parts
+        if p
+    ]
+    return out if len(out) <= 64 else [None]
+
+
+def _set_config_path(call: Any, out: _Collector) -> None:
+    args = list(call.args or ())
+    setting = _string(args[0]) if args else None
+    if setting is None:
+        out.search_path.append(None)  # which setting it changes cannot be read here
+    elif setting.lower() == "search_path":
+        value = _string(args[1]) if len(args) > 1 else None
+        out.search_path.extend(_path_entries(value) if value is not None else [None])
+
+
+def _string(node: Any) -> str | None:
+    value = getattr(getattr(node, "val", None), "sval", None)
+    return value if isinstance(node, ast.A_Const) and isinstance(value, str) else None
+
+
 def _set_flags(stmt: Any, out: _Collector) -> None:
+    if (stmt.name or "").lower() == "search_path" and stmt.kind == VariableSetKind.VAR_SET_VALUE:
+        for arg in stmt.args or ():
+            value = _string(arg)
+            out.search_path.extend(_path_entries(value) if value is not None else [None])
     if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_RESET_ALL):
         return  # back to the session's own values
     if (stmt.name or "").lower() in _IDENTITY_SETTINGS:
