@@ -28,10 +28,11 @@ The rules this module keeps:
 3. The catalog's answers are cached per session, per function name, for CACHE_TTL seconds
    (a change made by another session is seen within that time), and dropped at once after a
    statement of the session that may change functions: DDL (CREATE/ALTER/DROP FUNCTION,
-   schemas, extensions...), DO and dynamic SQL, and calls of writers (a procedure or a
-   trusted volatile function may run DDL). A statement in the same query string after one
-   that is not a plain read is judged as if every function it calls were a writer: the
-   answer it would need does not exist yet.
+   schemas, extensions...), DO and dynamic SQL. (DDL a function runs inside itself is seen
+   like another session's, within CACHE_TTL.) A statement in the same query string after one of
+   those is judged as if every function it calls were a writer: the answer it would need
+   does not exist yet. A SET search_path earlier in the string widens the candidates of the
+   statements after it at once.
 4. Fail closed: when the catalog cannot be asked, the statement is refused.
 
 What this does not see: functions called by views, rules, triggers, row-level security
@@ -157,9 +158,13 @@ class SessionFunctions:
     def observe(self, facts: Sequence[Facts]) -> None:
         """A statement string is about to run: follow its search_path changes, and forget
         what the catalog said when it may change functions (rule 3)."""
+        self.widen(facts)
+        if any(_changes_functions(f) for f in facts):
+            self.functions.clear()
+
+    def widen(self, facts: Sequence[Facts]) -> None:
+        """Add the schemas the statements may put on the search path (rule 2)."""
         for f in facts:
-            if "ddl" in f.kinds or f.opaque or f.writers:
-                self.functions.clear()
             if "identity_change" in f.flags or f.opaque:
                 self.any_schema = True  # "$user" may change, or anything may
             for schema in f.search_path:
@@ -232,8 +237,9 @@ def worst_writers(facts: Facts) -> frozenset[str]:
     return frozenset(".".join(c) for c in facts.calls)
 
 
-def _runs_unread(f: Facts) -> bool:
-    return not set(f.kinds) <= {"read", "transaction"} or bool(f.flags) or f.opaque
+def _changes_functions(f: Facts) -> bool:
+    """DDL, or code the gateway cannot read (a DO block, dynamic SQL)."""
+    return "ddl" in f.kinds or f.opaque
 
 
 class FunctionCheck:
@@ -254,7 +260,6 @@ class FunctionCheck:
         self._ask = ask
         self._clock = clock
         self.state = SessionFunctions()
-        self.lookups = 0  # catalog queries run, for tests and logs
 
     async def check(self, guard: SessionGuard, sql: str) -> Decision:
         plain = guard.check(sql)
@@ -272,7 +277,6 @@ class FunctionCheck:
         names = self.state.missing(facts, now)
         if names:
             try:
-                self.lookups += 1
                 rows = await self._ask(lookup_sql(names))
             except LookupFailed as exc:
                 reason = (
@@ -290,12 +294,14 @@ class FunctionCheck:
             self.state.observe([s.facts for s in decision.statements if s.facts is not None])
 
     def _annotate(self, facts: Sequence[Facts]) -> list[Facts]:
+        self.state.widen(facts)  # a SET search_path earlier in the string counts already
         out: list[Facts] = []
-        unread = False  # an earlier statement of the string may change what functions are
+        changed = False  # an earlier statement of the string may change what functions are
         for f in facts:
-            found = worst_writers(f) if unread else self.state.writers(f)
-            out.append(replace(f, writers=found))
-            unread = unread or _runs_unread(f)
+            found = worst_writers(f) if changed else self.state.writers(f)
+            f = replace(f, writers=found)
+            out.append(f)
+            changed = changed or _changes_functions(f)
         return out
 
 

@@ -206,3 +206,19 @@ def test_a_lookup_that_cannot_be_made_refuses_the_statement(stack: Stack) -> Non
         ) as exc:
             conn.execute("select lower('X')")
         assert "too many connections" in str(exc.value)
+
+
+def test_unqualified_names_are_resolved_on_the_sessions_search_path(stack: Stack) -> None:
+    before = stack.hits()
+    # Off the search path, bump() is no function the server would call: no write to refuse.
+    with stack.connect() as conn, pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute("select bump()")
+    # The client's startup options put app on the path; the lookup logs in with them too.
+    options = "options='-c search_path=app,public'"
+    with psycopg.connect(f"{stack.conninfo('pg-guarded')} {options}", autocommit=True) as conn:
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"volatile_functions=app\.bump"
+        ):
+            conn.execute("select bump()")
+        assert conn.execute("select pure(5)").fetchone() == (10,)
+    assert stack.hits() == before

@@ -254,3 +254,12 @@ async def test_settings_and_reads_keep_the_cache_and_ddl_drops_it() -> None:
     assert (await c.check(g, "create schema app2")).allowed
     assert (await c.check(g, "select app.pure(2)")).allowed
     assert len(catalog.asked) == 2
+
+
+async def test_a_setting_earlier_in_the_string_is_followed_not_feared() -> None:
+    g = guard(READS, UTILITY)
+    c = check()
+    assert (await c.check(g, "set statement_timeout = '1s'; select lower('x')")).allowed
+    decision = await c.check(g, "set search_path = other; select bump2()")
+    assert not decision.allowed
+    assert "other.bump2" in decision.reason
