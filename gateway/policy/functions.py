@@ -20,7 +20,7 @@ The rules this module keeps:
    counts as a writer when *any* candidate is one. Candidates of `name(...)` are the
    functions of that name in every schema of every search_path the session may have had:
    the server's own (`current_schemas(true)` on the lookup connection, which logs in as the
-   session does), plus each schema a SET search_path or set_config('search_path', ...) of
+   session does; every one a lookup of the session reported), plus each schema a SET search_path or set_config('search_path', ...) of
    the session named ("$user" is the session's user). A search_path the gateway cannot
    read (set_config with a value that is not a constant, SET ROLE, which changes "$user")
    makes every schema a candidate. `schema.name(...)` has the candidates of that schema;
@@ -149,7 +149,9 @@ class SessionFunctions:
     """One session's knowledge of its functions and search paths (rules 2 and 3)."""
 
     functions: dict[str, tuple[float, tuple[FunctionInfo, ...]]] = field(default_factory=dict)
-    server_path: tuple[str, ...] | None = None  # learned at the first lookup
+    # Every default search path a lookup reported (an ALTER ROLE/DATABASE ... SET search_path
+    # changes it for the lookups, not for the running session: both count); None: no lookup.
+    server_path: set[str] | None = None
     user: str = ""
     named: set[str] = field(default_factory=set)  # schemas SET search_path named
     any_schema: bool = False  # the search path could be anything
@@ -187,7 +189,7 @@ class SessionFunctions:
         }
 
     def learn(self, answer: CatalogAnswer, names: Iterable[str], now: float) -> None:
-        self.server_path = answer.path
+        self.server_path = (self.server_path or set()) | set(answer.path)
         self.user = answer.user
         by_name: dict[str, list[FunctionInfo]] = {n: [] for n in names}
         for info in answer.functions:
@@ -198,7 +200,7 @@ class SessionFunctions:
     def _schemas(self) -> set[str] | None:
         if self.any_schema or self.server_path is None:
             return None
-        schemas = set(self.server_path) | self.named
+        schemas = self.server_path | self.named
         if self.user_in_path:
             schemas.add(self.user)
         return schemas

@@ -16,7 +16,8 @@ denied, 08006 no agent / agent lost, 08001 target unreachable or refusing the cr
 08P01 protocol violation.
 
 Per statement, read-only access (`gateway.policy.readonly`) and then the guardrails
-(`gateway.policy.rules`) judge each simple Query and each extended-protocol Parse (a
+(`gateway.policy.rules`, with the catalog asked what called user functions are:
+`gateway.protocols.pgfunctions`) judge each simple Query and each extended-protocol Parse (a
 statement prepared with Parse is judged at Parse, whatever Bind/Execute follow) and refuse
 the fastpath FunctionCall. A refusal is answered in the server's place and in order
 (ErrorResponse 42501 after the answers to what the client sent before, then ReadyForQuery,
