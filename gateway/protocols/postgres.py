@@ -16,7 +16,8 @@ denied, 08006 no agent / agent lost, 08001 target unreachable or refusing the cr
 08P01 protocol violation.
 
 Per statement, read-only access (`gateway.policy.readonly`) and then the guardrails
-(`gateway.policy.rules`) judge each simple Query and each extended-protocol Parse (a
+(`gateway.policy.rules`, with the catalog asked what called user functions are:
+`gateway.protocols.pgfunctions`) judge each simple Query and each extended-protocol Parse (a
 statement prepared with Parse is judged at Parse, whatever Bind/Execute follow) and refuse
 the fastpath FunctionCall. A refusal is answered in the server's place and in order
 (ErrorResponse 42501 after the answers to what the client sent before, then ReadyForQuery,
@@ -86,9 +87,10 @@ from gateway.policy.approval import ReviewTerms
 from gateway.policy.budgets import BUDGET_SQLSTATE, ResultStopper
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
-from gateway.policy.rules import Policy, SessionGuard, subject_for
+from gateway.policy.rules import Decision, Policy, SessionGuard, subject_for
 from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgcancel import CancelKeys, secret_length
+from gateway.protocols.pgfunctions import function_check
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
@@ -200,7 +202,11 @@ class Hold:
 
 
 def _refusal(
-    kind: bytes, decoded: FrontendMessage | None, read_only: bool, guard: SessionGuard | None
+    kind: bytes,
+    decoded: FrontendMessage | None,
+    read_only: bool,
+    guard: SessionGuard | None,
+    decision: Decision | None = None,
 ) -> Refusal | Hold | None:
     """Why this session must not send this message, or None.
 
@@ -218,12 +224,16 @@ def _refusal(
         if not verdict.allowed:
             return Refusal(verdict.reason, text)
     if guard is not None:
-        decision = guard.check(text)
+        decision = decision or guard.check(text)
         if decision.effect == "review" and decision.review is not None:
             return Hold(decision.reason, text, decision.rules, decision.review)
         if not decision.allowed:
             return Refusal(f"policy: {decision.reason}", text, decision.rules)
     return None
+
+
+def _sql_text(decoded: Query | Parse) -> str:
+    return decoded.text if isinstance(decoded, Query) else decoded.query
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -557,6 +567,7 @@ class PostgresFrontDoor:
         cancel_key: tuple[int, bytes] | None = None  # handed to the client, from the server's pid
         read_only = session.access == "read-only"
         policy = self._session_policy(session)
+        functions = function_check(self._broker, session)
         flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
         stopper: ResultStopper | None = None  # a result being stopped by a budget
         progress = asyncio.Event()  # set whenever server data reached the client
@@ -714,7 +725,11 @@ class PostgresFrontDoor:
             a statement held for review is held only when its budget allows it to run."""
             guard = policy.current()  # a new policy version applies from here on
             if (read_only or guard is not None) and message.type in _CHECKED:
-                verdict = _refusal(message.type, decoded, read_only, guard)
+                # The guardrails with the catalog behind them (volatile user functions).
+                decision = None
+                if guard is not None and isinstance(decoded, Query | Parse):
+                    decision = await functions.check(guard, _sql_text(decoded))
+                verdict = _refusal(message.type, decoded, read_only, guard, decision)
                 if isinstance(verdict, Refusal):
                     return verdict
                 hold = verdict
