@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -37,18 +39,29 @@ from gateway.crypto import SecretBox, SecretBoxError, hash_token, new_token
 from gateway.identity import claims as cl
 from gateway.identity import local
 from gateway.identity.oidc import (
+    MAX_NUMERIC_DATE,
+    Discovery,
     FlowPending,
+    JwksCache,
     JwtValidator,
     OidcClient,
     ProviderError,
     TokenRejected,
     TokenResponse,
     http_client,
-    issuer_validator,
+    issuer_keys,
     unverified_header_and_claims,
 )
 from gateway.policy.grants import ADMIN_SCOPE, AccessPolicy
-from gateway.store import Conflict, LoginRecord, NotFound, Store, TokenRecord, UserRecord
+from gateway.store import (
+    Conflict,
+    LoginRecord,
+    NotFound,
+    Store,
+    StoreError,
+    TokenRecord,
+    UserRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +160,12 @@ class IdentityService:
             self._oidc = self._oidc_client(config.oidc)
         if config.local_users and box is None:
             raise ValueError("identity.local_users needs secret_key: TOTP secrets are sealed")
-        self._workload: dict[tuple[str, str], JwtValidator] = {}
-        for trust in config.workload:
-            key = (trust.issuer.rstrip("/"), trust.audience)
-            if key not in self._workload:
-                self._workload[key] = self._workload_validator(trust)
+        # One validator per trust entry, with that entry's audience, algorithms and leeway;
+        # entries of one issuer (and CA) share its discovery and JWKS.
+        self._issuers: dict[tuple[str, Path | None], tuple[Discovery, JwksCache]] = {}
+        self._workload: dict[str, JwtValidator] = {
+            trust.name: self._workload_validator(trust) for trust in config.workload
+        }
 
     def _oidc_client(self, cfg: OIDCConfig) -> OidcClient:
         http = http_client(cfg.ca_file)
@@ -169,11 +183,15 @@ class IdentityService:
         )
 
     def _workload_validator(self, trust: WorkloadTrust) -> JwtValidator:
-        http = http_client(trust.ca_file)
-        self._http_clients.append(http)
-        return issuer_validator(
-            trust.issuer,
-            http,
+        where = (trust.issuer.rstrip("/"), trust.ca_file)
+        if where not in self._issuers:
+            http = http_client(trust.ca_file)
+            self._http_clients.append(http)
+            self._issuers[where] = issuer_keys(trust.issuer, http)
+        discovery, keys = self._issuers[where]
+        return JwtValidator(
+            discovery,
+            keys,
             audience=trust.audience,
             algorithms=trust.algorithms,
             leeway=trust.leeway,
@@ -556,17 +574,16 @@ class IdentityService:
             raise IdentityError(401, "token refused: its issuer is not trusted")
         claims: dict[str, Any] | None = None
         chosen: WorkloadTrust | None = None
-        invalid: str | None = None  # why the token itself failed validation
+        invalid: dict[str, str] = {}  # trust name -> why the token failed its validation
         mismatches: list[str] = []  # valid token: which claim each trust entry refused
         for trust in trusts:
-            validator = self._workload[(issuer, trust.audience)]
             try:
-                claims = await validator.validate(token)
+                claims = await self._workload[trust.name].validate(token)
             except TokenRejected as exc:
-                invalid = exc.reason
+                invalid[trust.name] = exc.reason
                 continue
             except ProviderError as exc:
-                invalid = str(exc)
+                invalid[trust.name] = str(exc)
                 continue
             mismatch = cl.trust_matches(claims, trust)
             if mismatch is None:
@@ -574,11 +591,59 @@ class IdentityService:
                 break
             mismatches.append(f"{trust.name}: claim {mismatch!r} does not match")
         if chosen is None or claims is None:
-            # The audit names each trust entry; the client only learns that none matched.
-            detail = "; ".join(mismatches) if mismatches else invalid or "no trust entry"
-            shown = "its claims match no workload trust" if mismatches else detail
-            await self._failed("workload", detail, client, issuer=issuer)
+            # The audit names each trust entry; the client only learns that none matched,
+            # or why the token is invalid (without the entries' names).
+            detail = "; ".join(mismatches + [f"{n}: {why}" for n, why in invalid.items()])
+            reasons = list(dict.fromkeys(invalid.values()))
+            shown = "its claims match no workload trust" if mismatches else "; ".join(reasons)
+            await self._failed("workload", detail or "no trust entry", client, issuer=issuer[:200])
             raise IdentityError(401, f"token refused: {shown}")
+        replay_key = await self._use_once(chosen, claims, issuer, client)
+        try:
+            return await self._machine_login(chosen, claims, issuer, client)
+        except BaseException:
+            if replay_key is not None:
+                await self._forget_use(replay_key)
+            raise
+
+    async def _use_once(
+        self, trust: WorkloadTrust, claims: dict[str, Any], issuer: str, client: str
+    ) -> bytes | None:
+        """For a `single_use` entry: remember the token's `jti` until it expires (in the
+        store, so every gateway replica sees it), refusing one seen before."""
+        if not trust.single_use:
+            return None
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 1 <= len(jti) <= 255:
+            await self._failed("workload", f"{trust.name}: no usable jti", client, issuer=issuer)
+            raise IdentityError(
+                401, "token refused: single-use tokens need a jti claim (1 to 255 characters)"
+            )
+        key = hashlib.sha256(f"{issuer}\n{jti}".encode()).digest()
+        # Remembered as long as the token validates: until exp plus the clock-skew leeway.
+        until = min(float(claims["exp"]) + trust.leeway, MAX_NUMERIC_DATE)
+        expires = dt.datetime.fromtimestamp(until, dt.UTC)
+        if not await self._run(
+            self._store.use_token_once, key, trust=trust.name, expires_at=expires
+        ):
+            await self._failed(
+                "workload", f"{trust.name}: token replayed (jti already used)", client,
+                issuer=issuer, user=trust.name,
+            )  # fmt: skip
+            raise IdentityError(401, "token refused: this single-use token was already used")
+        return key
+
+    async def _forget_use(self, key: bytes) -> None:
+        """The exchange was refused or failed after the token was remembered: it is not used
+        up, so the job may retry it (a store outage must not burn a CI job's only token)."""
+        try:
+            await self._run(self._store.forget_token_use, key)
+        except StoreError as exc:
+            log.warning("could not forget a failed single-use token exchange: %s", exc)
+
+    async def _machine_login(
+        self, chosen: WorkloadTrust, claims: dict[str, Any], issuer: str, client: str
+    ) -> Issued:
         try:
             user: UserRecord = await self._run(
                 self._store.ensure_machine,
