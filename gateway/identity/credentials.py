@@ -572,6 +572,14 @@ class IdentityService:
         if not trusts:
             await self._failed("workload", "issuer not trusted", client, issuer=issuer[:200])
             raise IdentityError(401, "token refused: its issuer is not trusted")
+        # Routing only, as for the issuer: each entry validates the audience again.
+        aud = unverified.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        trusts = [t for t in trusts if t.audience in audiences]
+        if not trusts:
+            shown = f"wrong audience {str(aud)[:200]!r}"
+            await self._failed("workload", shown, client, issuer=issuer[:200])
+            raise IdentityError(401, f"token refused: {shown}")
         claims: dict[str, Any] | None = None
         chosen: WorkloadTrust | None = None
         invalid: dict[str, str] = {}  # trust name -> why the token failed its validation
