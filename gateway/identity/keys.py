@@ -62,6 +62,9 @@ def _b64_int(value: object) -> int | None:
 def unfit(jwk: Mapping[str, Any]) -> str | None:
     """Why this published key must not verify anything, or None when it may."""
     kty = jwk.get("kty")
+    for member in ("kty", "crv", "use", "alg", "kid"):
+        if member in jwk and not isinstance(jwk[member], str):
+            return f"malformed {member}"
     if kty == "oct":
         return "a symmetric (oct) key is not a public key"
     if kty not in ("RSA", "EC", "OKP"):
@@ -99,9 +102,6 @@ def unfit(jwk: Mapping[str, Any]) -> str | None:
             return f"its alg {str(alg)[:20]!r} is not an asymmetric signature algorithm"
         if not _kind_fits(jwk, alg):
             return f"its alg {alg} does not fit a {kty} key"
-    kid = jwk.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        return "malformed kid"
     return None
 
 
@@ -112,7 +112,7 @@ def _kind_fits(jwk: Mapping[str, Any], alg: str) -> bool:
 
 def fits(jwk: Mapping[str, Any], alg: str) -> bool:
     """Whether a usable key verifies tokens signed with `alg`."""
-    if alg not in SIGNATURE_ALGORITHMS or not _kind_fits(jwk, alg):
+    if not isinstance(alg, str) or alg not in SIGNATURE_ALGORITHMS or not _kind_fits(jwk, alg):
         return False
     own = jwk.get("alg")
     return own is None or own == alg

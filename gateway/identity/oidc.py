@@ -115,7 +115,8 @@ def _b64json(part: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested a few thousand levels deep, which fits in 16 KiB.
         raise TokenRejected("malformed token") from exc
     if not isinstance(value, dict):
         raise TokenRejected("malformed token")
@@ -296,7 +297,7 @@ class JwksCache:
             if why is None:
                 try:
                     key = JWKRegistry.import_key(jwk)
-                except (JoseError, ValueError, KeyError, TypeError) as exc:
+                except Exception as exc:  # whatever joserfc makes of it, the key is out
                     why = f"it cannot be read ({type(exc).__name__})"
                 else:
                     kid = jwk.get("kid")

@@ -228,6 +228,14 @@ def _tampered(s: Stack) -> str:
     return f"{header}.{encode(s.claims())}.{signature}"
 
 
+def _nested(s: Stack, *, header: bool) -> str:
+    """JSON nested deeper than Python's parser recurses, still within the 16 KiB limit."""
+    deep = "[" * 5000 + "]" * 5000
+    if header:
+        return encode('{"alg": ' + deep + "}") + "." + encode(s.claims()) + ".AA"
+    return s.ci.sign(s.claims()).split(".")[0] + "." + encode(deep) + ".AA"
+
+
 def _own_kid(s: Stack) -> str:
     return str(s.ci.jwks()["keys"][0]["kid"])
 
@@ -315,6 +323,8 @@ FORGED: dict[str, tuple[Callable[[Stack], str], str]] = {
         lambda s: s.ci.sign(s.claims(repository=["acme/app"])), "claim 'repository' does not match"
     ),
     "not a JWT": (lambda s: "wgt_not-a-jwt", "malformed"),
+    "header nested 5000 levels deep": (lambda s: _nested(s, header=True), "malformed"),
+    "claims nested 5000 levels deep": (lambda s: _nested(s, header=False), "malformed"),
     "header not JSON": (lambda s: "bm90IGpzb24." + encode(s.claims()) + ".AAAA", "malformed"),
 }  # fmt: skip
 

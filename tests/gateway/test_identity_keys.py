@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.identity import keys
 from tests.fixtures.forge import Signer, b64_int
@@ -56,7 +58,10 @@ def test_fit_keys_are_usable(jwk: dict[str, Any]) -> None:
         ({**RSA2048, "d": "AAAA"}, "private key members (d)"),
         ({**P256, "d": "AAAA"}, "private key members (d)"),
         ({**RSA2048, "use": "enc"}, "use is 'enc'"),
-        ({**RSA2048, "use": ["sig"]}, "use is"),
+        ({**RSA2048, "use": ["sig"]}, "malformed use"),
+        ({**P256, "crv": ["P-256"]}, "malformed crv"),
+        ({**RSA2048, "alg": ["RS256"]}, "malformed alg"),
+        ({**RSA2048, "kty": {"RSA": 1}}, "malformed kty"),
         ({**RSA2048, "key_ops": ["encrypt"]}, "not for signature verification"),
         ({**RSA2048, "key_ops": ["sign"]}, "not for signature verification"),
         ({**RSA2048, "key_ops": ["verify", "encrypt"]}, "not for signature verification"),
@@ -97,3 +102,28 @@ def test_a_key_verifies_only_algorithms_that_fit_it(
     jwk: dict[str, Any], alg: str, ok: bool
 ) -> None:
     assert keys.fits(jwk, alg) is ok
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+members = st.sampled_from(["kty", "crv", "n", "e", "x", "y", "d", "use", "key_ops", "alg", "kid"])
+
+
+@given(
+    base=st.sampled_from([RSA2048, P256, ED25519, {}]),
+    changes=st.dictionaries(members, json_values, max_size=4),
+    alg=json_values | st.sampled_from(list(keys.SIGNATURE_ALGORITHMS)),
+)
+def test_any_published_json_is_judged_without_an_error(
+    base: dict[str, Any], changes: dict[str, Any], alg: Any
+) -> None:
+    jwk = {**base, **changes}
+    reason = keys.unfit(jwk)
+    assert reason is None or isinstance(reason, str)
+    if reason is None:
+        assert isinstance(keys.fits(jwk, alg), bool)
