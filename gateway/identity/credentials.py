@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+import httpx
 
 from gateway.audit import Auditor
 from gateway.auth import API_KEY_PREFIX, REFRESH_PREFIX, TOKEN_PREFIX, Identity
@@ -39,19 +40,14 @@ from gateway.crypto import SecretBox, SecretBoxError, hash_token, new_token
 from gateway.identity import claims as cl
 from gateway.identity import local
 from gateway.identity.oidc import (
-    MAX_NUMERIC_DATE,
-    Discovery,
     FlowPending,
-    JwksCache,
-    JwtValidator,
     OidcClient,
     ProviderError,
     TokenRejected,
     TokenResponse,
     http_client,
-    issuer_keys,
-    unverified_header_and_claims,
 )
+from gateway.identity.workload import WorkloadRefused, WorkloadTrusts, single_use_key
 from gateway.policy.grants import ADMIN_SCOPE, AccessPolicy
 from gateway.store import (
     Conflict,
@@ -160,12 +156,7 @@ class IdentityService:
             self._oidc = self._oidc_client(config.oidc)
         if config.local_users and box is None:
             raise ValueError("identity.local_users needs secret_key: TOTP secrets are sealed")
-        # One validator per trust entry, with that entry's audience, algorithms and leeway;
-        # entries of one issuer (and CA) share its discovery and JWKS.
-        self._issuers: dict[tuple[str, Path | None], tuple[Discovery, JwksCache]] = {}
-        self._workload: dict[str, JwtValidator] = {
-            trust.name: self._workload_validator(trust) for trust in config.workload
-        }
+        self._workload = WorkloadTrusts(config.workload, self._http_client)
 
     def _oidc_client(self, cfg: OIDCConfig) -> OidcClient:
         http = http_client(cfg.ca_file)
@@ -182,20 +173,10 @@ class IdentityService:
             jwks_max_age=cfg.jwks_max_age,
         )
 
-    def _workload_validator(self, trust: WorkloadTrust) -> JwtValidator:
-        where = (trust.issuer.rstrip("/"), trust.ca_file)
-        if where not in self._issuers:
-            http = http_client(trust.ca_file)
-            self._http_clients.append(http)
-            self._issuers[where] = issuer_keys(trust.issuer, http)
-        discovery, keys = self._issuers[where]
-        return JwtValidator(
-            discovery,
-            keys,
-            audience=trust.audience,
-            algorithms=trust.algorithms,
-            leeway=trust.leeway,
-        )
+    def _http_client(self, ca_file: Path | None) -> httpx.AsyncClient:
+        http = http_client(ca_file)
+        self._http_clients.append(http)
+        return http
 
     async def aclose(self) -> None:
         for http in self._http_clients:
@@ -562,84 +543,29 @@ class IdentityService:
     # ---- machines: workload identity -------------------------------------------------
 
     async def workload_exchange(self, token: str, *, client: str) -> Issued:
+        """A workload token for a machine credential (gateway/identity/workload.py)."""
         try:
-            _, unverified = unverified_header_and_claims(token)
-        except TokenRejected as exc:
-            await self._failed("workload", exc.reason, client)
-            raise IdentityError(401, f"token refused: {exc.reason}") from None
-        issuer = str(unverified.get("iss", "")).rstrip("/")
-        trusts = [t for t in self.config.workload if t.issuer.rstrip("/") == issuer]
-        if not trusts:
-            await self._failed("workload", "issuer not trusted", client, issuer=issuer[:200])
-            raise IdentityError(401, "token refused: its issuer is not trusted")
-        # Routing only, as for the issuer: each entry validates the audience again.
-        aud = unverified.get("aud")
-        audiences = aud if isinstance(aud, list) else [aud]
-        trusts = [t for t in trusts if t.audience in audiences]
-        if not trusts:
-            shown = f"wrong audience {str(aud)[:200]!r}"
-            await self._failed("workload", shown, client, issuer=issuer[:200])
-            raise IdentityError(401, f"token refused: {shown}")
-        claims: dict[str, Any] | None = None
-        chosen: WorkloadTrust | None = None
-        invalid: dict[str, str] = {}  # trust name -> why the token failed its validation
-        mismatches: list[str] = []  # valid token: which claim each trust entry refused
-        for trust in trusts:
-            try:
-                claims = await self._workload[trust.name].validate(token)
-            except TokenRejected as exc:
-                invalid[trust.name] = exc.reason
-                continue
-            except ProviderError as exc:
-                invalid[trust.name] = str(exc)
-                continue
-            mismatch = cl.trust_matches(claims, trust)
-            if mismatch is None:
-                chosen = trust
-                break
-            mismatches.append(f"{trust.name}: claim {mismatch!r} does not match")
-        if chosen is None or claims is None:
-            # The audit names each trust entry; the client only learns that none matched,
-            # or why the token is invalid (without the entries' names).
-            detail = "; ".join(mismatches + [f"{n}: {why}" for n, why in invalid.items()])
-            reasons = list(dict.fromkeys(invalid.values()))
-            shown = "its claims match no workload trust" if mismatches else "; ".join(reasons)
-            await self._failed("workload", detail or "no trust entry", client, issuer=issuer[:200])
-            raise IdentityError(401, f"token refused: {shown}")
-        replay_key = await self._use_once(chosen, claims, issuer, client)
+            chosen, claims, issuer = await self._workload.verify(token)
+            once = single_use_key(chosen, claims, issuer)
+        except WorkloadRefused as refused:
+            await self._failed("workload", refused.detail, client, issuer=refused.issuer)
+            raise IdentityError(401, f"token refused: {refused.shown}") from None
+        if once is not None:
+            digest, until = once
+            if not await self._run(
+                self._store.use_token_once, digest, trust=chosen.name, expires_at=until
+            ):
+                await self._failed(
+                    "workload", f"{chosen.name}: token replayed (jti already used)", client,
+                    issuer=issuer, user=chosen.name,
+                )  # fmt: skip
+                raise IdentityError(401, "token refused: this single-use token was already used")
         try:
             return await self._machine_login(chosen, claims, issuer, client)
         except BaseException:
-            if replay_key is not None:
-                await self._forget_use(replay_key)
+            if once is not None:
+                await self._forget_use(once[0])
             raise
-
-    async def _use_once(
-        self, trust: WorkloadTrust, claims: dict[str, Any], issuer: str, client: str
-    ) -> bytes | None:
-        """For a `single_use` entry: remember the token's `jti` until it expires (in the
-        store, so every gateway replica sees it), refusing one seen before."""
-        if not trust.single_use:
-            return None
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not 1 <= len(jti) <= 255:
-            await self._failed("workload", f"{trust.name}: no usable jti", client, issuer=issuer)
-            raise IdentityError(
-                401, "token refused: single-use tokens need a jti claim (1 to 255 characters)"
-            )
-        key = hashlib.sha256(f"{issuer}\n{jti}".encode()).digest()
-        # Remembered as long as the token validates: until exp plus the clock-skew leeway.
-        until = min(float(claims["exp"]) + trust.leeway, MAX_NUMERIC_DATE)
-        expires = dt.datetime.fromtimestamp(until, dt.UTC)
-        if not await self._run(
-            self._store.use_token_once, key, trust=trust.name, expires_at=expires
-        ):
-            await self._failed(
-                "workload", f"{trust.name}: token replayed (jti already used)", client,
-                issuer=issuer, user=trust.name,
-            )  # fmt: skip
-            raise IdentityError(401, "token refused: this single-use token was already used")
-        return key
 
     async def _forget_use(self, key: bytes) -> None:
         """The exchange was refused or failed after the token was remembered: it is not used

@@ -161,7 +161,7 @@ class Discovery:
             response = await self._http.get(url)
             response.raise_for_status()
             doc = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             raise ProviderError(f"discovery at {url} failed: {exc}") from exc
         if not isinstance(doc, dict):
             raise ProviderError(f"discovery at {url}: not a JSON object")
@@ -272,7 +272,7 @@ class JwksCache:
                 response = await self._http.get(metadata.jwks_uri)
                 response.raise_for_status()
                 doc = response.json()
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, ValueError, RecursionError) as exc:
                 raise ProviderError(f"cannot read the JWKS at {metadata.jwks_uri}: {exc}") from exc
             listed = doc.get("keys") if isinstance(doc, dict) else None
             if not isinstance(listed, list):
