@@ -81,3 +81,10 @@ def test_concurrent_uses_of_one_token_let_exactly_one_through(store_url: str) ->
         for s in stores:
             s.close()
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_a_token_valid_until_year_9999_is_remembered(store: Store) -> None:
+    last = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+    key = digest("issuer\nforever")
+    assert store.use_token_once(key, trust="ci", expires_at=last)
+    assert not store.use_token_once(key, trust="ci", expires_at=last)
