@@ -20,6 +20,7 @@ from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
+from gateway.api.metrics import metrics_router
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
@@ -29,6 +30,7 @@ from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
+from gateway.metrics import Registry
 from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
@@ -268,7 +270,15 @@ class Gateway:
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
-        self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy))
+        metrics = Registry()
+        app.include_router(metrics_router(metrics))
+        self.frontdoor = FrontDoor(
+            ssl_ctx,
+            auditor,
+            http_handler(app, app.state.kube_door.spdy),
+            limits=cfg.frontdoor,
+            metrics=metrics,
+        )
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
