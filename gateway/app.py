@@ -30,11 +30,11 @@ from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
-from gateway.metrics import Registry
 from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.protocols.ssh import SshFrontDoor, load_host_key
+from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
@@ -270,15 +270,10 @@ class Gateway:
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
-        metrics = Registry()
-        app.include_router(metrics_router(metrics))
         self.frontdoor = FrontDoor(
-            ssl_ctx,
-            auditor,
-            http_handler(app, app.state.kube_door.spdy),
-            limits=cfg.frontdoor,
-            metrics=metrics,
+            ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy), limits=cfg.frontdoor
         )
+        app.include_router(metrics_router([self.frontdoor.counters]))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
@@ -307,6 +302,7 @@ class Gateway:
             user_ca=user_ca.public_key(),
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
+        quiet_banner_errors()  # each refused banner is audited; no traceback per peer
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(

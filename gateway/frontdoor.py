@@ -27,17 +27,18 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import errno
 import logging
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from gateway.admission import Admissions, LogCap, Refusal, Ticket
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.config import FrontDoorConfig
-from gateway.metrics import Registry
+from gateway.metrics import Counter
 from gateway.store import StoreUnavailable
 from shared.tasks import TaskOwner
 
@@ -48,6 +49,10 @@ LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 64 * 1024
 LOG_INTERVAL = 10.0  # seconds between two lines about refused or expired connections
 PEEK_BYTES = 16
+ACCEPT_RETRY_DELAY = 0.1  # seconds before accepting again after EMFILE and the like
+_ACCEPT_RETRY = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
+)
 
 PG_SSL_REQUEST = 80877103
 PG_GSSENC_REQUEST = 80877104
@@ -242,7 +247,6 @@ class FrontDoor:
         auditor: Auditor,
         http_handler: StreamHandler,
         limits: FrontDoorConfig | None = None,
-        metrics: Registry | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._audit = auditor
@@ -256,24 +260,33 @@ class FrontDoor:
             total=self.limits.max_unauthenticated,
             per_address=self.limits.max_unauthenticated_per_address,
         )
-        metrics = metrics or Registry()
-        metrics.gauge(
+        self.unauthenticated = _Gauge(
             "wardgate_frontdoor_unauthenticated_connections",
             "Connections on the public port whose client has not authenticated yet.",
             lambda: self.admissions.open,
         )
-        self._refused = metrics.counter(
+        self.refused = Counter(
             "wardgate_frontdoor_refused_total",
             "Connections closed at accept: too many unauthenticated ones (per address, total).",
             ("reason",),
         )
-        self._expired = metrics.counter(
+        self.expired = Counter(
             "wardgate_frontdoor_deadline_closed_total",
             "Unauthenticated connections closed at a deadline, by phase (sniff, tls, login).",
             ("phase",),
         )
+        self.accept_errors = Counter(
+            "wardgate_frontdoor_accept_errors_total",
+            "Accepts that failed (EMFILE: out of file descriptors...), by error.",
+            ("error",),
+        )
         self._refusal_log = LogCap(LOG_INTERVAL)
+        self._accept_log = LogCap(LOG_INTERVAL)
         self._expiry_log = LogCap(LOG_INTERVAL)
+
+    def counters(self) -> list[Counter]:
+        """What `/v1/metrics` shows of the front door."""
+        return [self.unauthenticated, self.refused, self.expired, self.accept_errors]
 
     async def serve(self, listener: socket.socket) -> None:
         """Accept until cancelled; each admitted connection runs in its own owned task."""
@@ -282,7 +295,17 @@ class FrontDoor:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                sock, addr = await loop.sock_accept(listener)
+                try:
+                    sock, addr = await loop.sock_accept(listener)
+                except OSError as exc:
+                    # Out of descriptors or memory for now (or the peer gave up in the backlog):
+                    # wait and accept again, as asyncio's own servers do; the door stays open.
+                    if exc.errno not in _ACCEPT_RETRY:
+                        raise
+                    self._note_accept_error(exc)
+                    if exc.errno != errno.ECONNABORTED:
+                        await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
                 client = _format_addr(addr)
                 host = addr[0] if isinstance(addr, tuple) else str(addr)
                 ticket = self.admissions.admit(host)
@@ -295,7 +318,7 @@ class FrontDoor:
             await self._tasks.aclose()
 
     def _note_refusal(self, refusal: Refusal, client: str) -> None:
-        self._refused.inc(reason=refusal.value)
+        self.refused.inc(refusal.value)
         held = self._refusal_log.due(asyncio.get_running_loop().time())
         if held is None:
             return
@@ -316,8 +339,18 @@ class FrontDoor:
             held,
         )
 
+    def _note_accept_error(self, exc: OSError) -> None:
+        self.accept_errors.inc(errno.errorcode.get(exc.errno or 0, "other"))
+        held = self._accept_log.due(asyncio.get_running_loop().time())
+        if held is not None:
+            log.warning(
+                "cannot accept connections: %s; %d more such errors since the last line",
+                exc.strerror or exc,
+                held,
+            )
+
     def _note_expiry(self, phase: str, client: str) -> None:
-        self._expired.inc(phase=phase)
+        self.expired.inc(phase)
         held = self._expiry_log.due(asyncio.get_running_loop().time())
         if held is not None:
             log.info(
@@ -337,8 +370,7 @@ class FrontDoor:
                 _current.set(Admission(ticket, deadline))
                 handed_off = await self._dispatch(sock, client)
         except TimeoutError:
-            if deadline is not None and deadline.expired():
-                self._note_expiry("login", client)
+            pass  # the login deadline (counted below), or a handler's own, unwound
         except (OSError, ssl.SSLError) as exc:
             log.debug("connection from %s failed: %s", client, exc)
         except (AuditUnavailable, StoreUnavailable) as exc:
@@ -347,6 +379,9 @@ class FrontDoor:
             ticket.release()
             if not handed_off:
                 sock.close()
+            # However the handler unwound from the cancellation (a cleanup may raise instead).
+            if deadline is not None and deadline.expired():
+                self._note_expiry("login", client)
 
     async def _dispatch(self, sock: socket.socket, client: str) -> bool:
         """Sniff and hand the connection to its handler; True when a handler took the socket."""
@@ -410,6 +445,19 @@ class FrontDoor:
             with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
                 async with asyncio.timeout(5):
                     await writer.wait_closed()
+
+
+class _Gauge(Counter):
+    """A value read when rendered (no bookkeeping that could drift), in the format's gauge type."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], int]) -> None:
+        super().__init__(name, help_text, ())
+        self._read = read
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        yield f"{self.name} {self._read()}"
 
 
 def _format_addr(addr: Any) -> str:

@@ -1,27 +1,26 @@
-"""`GET /metrics`: the gateway's Prometheus metrics (gateway/metrics.py).
-
-Any valid Wardgate credential may read them: the numbers say how busy the public port is,
-nothing about who uses it or what. Give Prometheus an API key of a user with no grants
-(`authorization: {credentials: wgt_...}` in its scrape config).
-"""
+"""`GET /v1/metrics`: the gateway member's counters in the Prometheus text format
+(gateway/metrics.py), for administrators (`authorization: {credentials: wgt_...}` in the
+scrape config)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from gateway.api.app import User
-from gateway.metrics import Registry
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from gateway import metrics
+from gateway.api.app import Admin
 
 
-def metrics_router(registry: Registry) -> APIRouter:
+def metrics_router(sources: Iterable[Callable[[], Iterable[metrics.Counter]]]) -> APIRouter:
     router = APIRouter()
+    parts = list(sources)
 
-    @router.get("/metrics", response_class=PlainTextResponse)
-    async def metrics(_who: User) -> PlainTextResponse:
-        """The gateway's metrics in Prometheus' text format."""
-        return PlainTextResponse(registry.render(), media_type=CONTENT_TYPE)
+    @router.get("/v1/metrics", response_class=PlainTextResponse)
+    async def metrics_text(_who: Admin) -> PlainTextResponse:
+        """Counters in the Prometheus text format (this member's own)."""
+        counters = [counter for source in parts for counter in source()]
+        return PlainTextResponse(metrics.render(counters), media_type=metrics.CONTENT_TYPE)
 
     return router

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import resource
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,7 +21,7 @@ import pytest
 from gateway.audit import Auditor
 from gateway.config import FrontDoorConfig
 from gateway.frontdoor import FrontDoor, Kind, _peek, authenticated, current_admission
-from gateway.metrics import Registry
+from gateway.metrics import render
 from gateway.store import Store
 
 WAIT = 30.0  # a test's deadline for a condition; never what it asserts
@@ -125,13 +127,12 @@ async def stand_in_ssh(sock: socket.socket, client: str) -> None:
 
 
 class Door:
-    def __init__(self, door: FrontDoor, port: int, metrics: Registry) -> None:
+    def __init__(self, door: FrontDoor, port: int) -> None:
         self.door = door
         self.port = port
-        self.metrics = metrics
 
     def metric(self, line: str) -> float:
-        for row in self.metrics.render().splitlines():
+        for row in render(self.door.counters()).splitlines():
             name, _, value = row.rpartition(" ")
             if name == line:
                 return float(value)
@@ -147,7 +148,6 @@ class Door:
 async def front_door(tmp_path: Path, **limits: Any) -> AsyncIterator[Door]:
     store = Store.open(f"sqlite:///{tmp_path / 'wg.db'}")
     auditor = Auditor(store)
-    metrics = Registry()
 
     async def no_http(r: asyncio.StreamReader, w: asyncio.StreamWriter, c: str) -> None:
         raise AssertionError("no HTTP in these tests")
@@ -157,7 +157,6 @@ async def front_door(tmp_path: Path, **limits: Any) -> AsyncIterator[Door]:
         auditor,
         no_http,
         limits=FrontDoorConfig(**limits),
-        metrics=metrics,
     )
     door.plain_handlers[Kind.SSH] = stand_in_ssh
     listener = socket.create_server(("0.0.0.0", 0))
@@ -165,7 +164,7 @@ async def front_door(tmp_path: Path, **limits: Any) -> AsyncIterator[Door]:
         async with asyncio.TaskGroup() as tg:
             serving = tg.create_task(door.serve(listener))
             try:
-                yield Door(door, listener.getsockname()[1], metrics)
+                yield Door(door, listener.getsockname()[1])
             finally:
                 serving.cancel()
     finally:
@@ -262,3 +261,37 @@ async def test_each_pre_auth_phase_has_its_deadline(tmp_path: Path) -> None:
 def test_outside_a_connection_authenticated_does_nothing() -> None:
     authenticated()
     current_admission().authenticated()
+
+
+async def test_out_of_descriptors_the_door_waits_and_accepts_again(tmp_path: Path) -> None:
+    async with front_door(tmp_path) as gw:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        waiting: list[socket.socket] = []
+        try:
+            # connected in the kernel's backlog while the loop is not running the door
+            waiting = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(3)]
+            in_use = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))  # accept: EMFILE
+            await until(
+                lambda: gw.metric('wardgate_frontdoor_accept_errors_total{error="EMFILE"}') > 0,
+                "an accept to fail for want of descriptors",
+            )
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await until(lambda: gw.door.admissions.open == 3, "the waiting three admitted")
+        for s in waiting:
+            s.close()
+
+
+async def test_the_counters_render_with_the_open_count_as_a_gauge(tmp_path: Path) -> None:
+    async with front_door(tmp_path) as gw:
+        _, w = await gw.connect()
+        await until(lambda: gw.door.admissions.open == 1, "one admitted")
+        text = render(gw.door.counters())
+        assert (
+            "# TYPE wardgate_frontdoor_unauthenticated_connections gauge\n"
+            "wardgate_frontdoor_unauthenticated_connections 1\n"
+        ) in text
+        assert "# TYPE wardgate_frontdoor_refused_total counter\n" in text
+        w.close()
+        await until(lambda: gw.door.admissions.open == 0, "its place given back at close")
