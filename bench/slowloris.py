@@ -2,8 +2,9 @@
 (`python -m bench.slowloris [--connections N] [--addresses A]`).
 
 `Slowloris` opens N connections spread over A loopback source addresses (127.0.0.2...), each
-sending the start of a protocol (an SSH banner, a TLS ClientHello, a PostgreSQL startup
-packet, in turn) and then one byte per interval, never finishing; a thread keeps them
+sending, in turn, three bytes that do not yet name a protocol, or the start of an SSH banner,
+a TLS ClientHello or a PostgreSQL startup packet followed by one byte per interval, never
+finishing; a thread keeps them
 trickling and notes which the gateway closed. tests/e2e/test_slowloris.py drives it too.
 
 The benchmark starts PostgreSQL, gateway and agent (bench/wardgate.py, the gateway's default
@@ -32,8 +33,10 @@ from pathlib import Path
 import httpx
 import psycopg
 
-# A first packet each of SSH, TLS and PostgreSQL, each far from complete; then a filler byte.
+# The start of a first packet, and what is trickled after it: too few bytes to name a protocol
+# (and nothing more), then SSH, TLS and PostgreSQL first packets far from complete.
 STARTS: dict[str, tuple[bytes, bytes]] = {
+    "partial": (b"\x00\x00\x00", b""),  # a PostgreSQL packet's length, half of it
     "ssh": (b"SSH-2.0-", b"x"),  # a banner line that never ends
     "tls": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\x00"),  # a 512-byte ClientHello
     "postgres": (struct.pack("!II", 4096, 196608) + b"user\x00", b"a"),  # a 4 KB startup packet
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2000, help="trickling connections")
     parser.add_argument("--addresses", type=int, default=32, help="source addresses they use")
     parser.add_argument("--samples", type=int, default=10, help="connects timed per case")
+    parser.add_argument(
+        "--kinds", default=",".join(STARTS), help=f"what they send, of {', '.join(STARTS)}"
+    )
     args = parser.parse_args(argv)
     sources = [f"127.0.0.{2 + n}" for n in range(args.addresses)]
     with tempfile.TemporaryDirectory(prefix="wardgate-slowloris-") as tmp:
@@ -195,14 +201,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 connect_time(conninfo)  # warm: the first session's agent path
                 quiet = [connect_time(conninfo) for _ in range(args.samples)]
-                with slowloris(stack.public_port, args.connections, sources=sources) as loris:
+                kinds = args.kinds.split(",")
+                with slowloris(
+                    stack.public_port, args.connections, sources=sources, kinds=kinds
+                ) as loris:
                     trickling = [connect_time(conninfo) for _ in range(args.samples)]
                     still_open = loris.open
                     counts = frontdoor_metrics(stack.public_port, stack.ca_path, stack.token)
                 print(f"connect + SELECT 1 through the gateway, median of {args.samples}:")
                 print(f"  no slowloris:               {statistics.median(quiet) * 1000:8.1f} ms")
                 print(
-                    f"  {args.connections} trickling connections: "
+                    f"  {args.connections} trickling connections ({args.kinds}): "
                     f"{statistics.median(trickling) * 1000:8.1f} ms "
                     f"(max {max(trickling) * 1000:.1f} ms; {still_open} still open, "
                     f"closed by the gateway meanwhile: {loris.closed})"

@@ -12,8 +12,9 @@ The bytes are only peeked (MSG_PEEK): the kernel keeps them, so the protocol han
 including the TLS stack, reads the stream from its first byte. `classify` is pure and is
 what the tests and fuzzers drive.
 
-Unauthenticated connections are bounded (gateway/admission.py has the rules): per client
-address and overall, an accept over a limit is closed before anything is read; each admitted
+Unauthenticated connections are bounded (gateway/admission.py has the rules): an accept over
+the limit per client address is closed before anything is read, one over the limit in all
+closes the oldest unauthenticated connection to make room; each admitted
 connection has deadlines for its first bytes (`sniff_timeout`), its TLS handshake and, from
 accept, for authenticating at all (`login_timeout`), after which it is closed whatever phase it
 is in. A protocol handler calls `authenticated()` once its client has authenticated: from then
@@ -28,6 +29,7 @@ import contextlib
 import contextvars
 import enum
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -267,8 +269,13 @@ class FrontDoor:
         )
         self.refused = Counter(
             "wardgate_frontdoor_refused_total",
-            "Connections closed at accept: too many unauthenticated ones (per address, total).",
+            "Connections closed at accept: too many unauthenticated ones from their address.",
             ("reason",),
+        )
+        self.evicted = Counter(
+            "wardgate_frontdoor_evicted_total",
+            "Oldest unauthenticated connections closed to admit a new one, by limit (total).",
+            ("limit",),
         )
         self.expired = Counter(
             "wardgate_frontdoor_deadline_closed_total",
@@ -281,12 +288,13 @@ class FrontDoor:
             ("error",),
         )
         self._refusal_log = LogCap(LOG_INTERVAL)
+        self._eviction_log = LogCap(LOG_INTERVAL)
         self._accept_log = LogCap(LOG_INTERVAL)
         self._expiry_log = LogCap(LOG_INTERVAL)
 
     def counters(self) -> list[Counter]:
         """What `/v1/metrics` shows of the front door."""
-        return [self.unauthenticated, self.refused, self.expired, self.accept_errors]
+        return [self.unauthenticated, self.refused, self.evicted, self.expired, self.accept_errors]
 
     async def serve(self, listener: socket.socket) -> None:
         """Accept until cancelled; each admitted connection runs in its own owned task."""
@@ -308,36 +316,42 @@ class FrontDoor:
                     continue
                 client = _format_addr(addr)
                 host = addr[0] if isinstance(addr, tuple) else str(addr)
-                ticket = self.admissions.admit(host)
-                if isinstance(ticket, Refusal):
+                admitted = self.admissions.admit(host)
+                if isinstance(admitted, Refusal):
                     sock.close()  # nothing read, nothing written: as cheap as a refusal gets
-                    self._note_refusal(ticket, client)
+                    self._note_refusal(client)
                     continue
+                ticket, evicted = admitted
+                if evicted is not None:  # its connection closes itself (see _handle)
+                    self._note_eviction(client)
                 self._tasks.spawn(self._handle(sock, client, ticket), name=f"conn {client}")
         finally:
             await self._tasks.aclose()
 
-    def _note_refusal(self, refusal: Refusal, client: str) -> None:
-        self.refused.inc(refusal.value)
+    def _note_refusal(self, client: str) -> None:
+        self.refused.inc(Refusal.PER_ADDRESS.value)
         held = self._refusal_log.due(asyncio.get_running_loop().time())
-        if held is None:
-            return
-        if refusal is Refusal.PER_ADDRESS:
-            why = (
-                f"{self.admissions.per_address} unauthenticated connections from its address "
-                "(frontdoor.max_unauthenticated_per_address)"
+        if held is not None:
+            log.warning(
+                "refused a connection from %s: %d unauthenticated connections from its address "
+                "(frontdoor.max_unauthenticated_per_address); %d more refused since the last "
+                "such line",
+                client,
+                self.admissions.per_address,
+                held,
             )
-        else:
-            why = (
-                f"{self.admissions.total} unauthenticated connections in all "
-                "(frontdoor.max_unauthenticated)"
+
+    def _note_eviction(self, client: str) -> None:
+        self.evicted.inc("total")
+        held = self._eviction_log.due(asyncio.get_running_loop().time())
+        if held is not None:
+            log.warning(
+                "%d unauthenticated connections (frontdoor.max_unauthenticated): closed the "
+                "oldest to admit one from %s; %d more closed so since the last such line",
+                self.admissions.total,
+                client,
+                held,
             )
-        log.warning(
-            "refused a connection from %s: %s; %d more refused since the last such line",
-            client,
-            why,
-            held,
-        )
 
     def _note_accept_error(self, exc: OSError) -> None:
         self.accept_errors.inc(errno.errorcode.get(exc.errno or 0, "other"))
@@ -367,6 +381,9 @@ class FrontDoor:
         deadline: asyncio.Timeout | None = None
         try:
             async with asyncio.timeout(limits.login_timeout) as deadline:
+                if ticket.evicted:  # before it ever ran
+                    return
+                ticket.on_evict.append(functools.partial(_expire_now, deadline))
                 _current.set(Admission(ticket, deadline))
                 handed_off = await self._dispatch(sock, client)
         except TimeoutError:
@@ -380,7 +397,7 @@ class FrontDoor:
             if not handed_off:
                 sock.close()
             # However the handler unwound from the cancellation (a cleanup may raise instead).
-            if deadline is not None and deadline.expired():
+            if deadline is not None and deadline.expired() and not ticket.evicted:
                 self._note_expiry("login", client)
 
     async def _dispatch(self, sock: socket.socket, client: str) -> bool:
@@ -445,6 +462,12 @@ class FrontDoor:
             with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
                 async with asyncio.timeout(5):
                     await writer.wait_closed()
+
+
+def _expire_now(deadline: asyncio.Timeout) -> None:
+    """Evicted: the connection unwinds as at its login deadline."""
+    if not deadline.expired():
+        deadline.reschedule(asyncio.get_running_loop().time())
 
 
 class _Gauge(Counter):

@@ -1,10 +1,12 @@
-"""A slowloris on the public port of a real gateway: 300 connections from one address trickle
-the start of SSH, TLS and PostgreSQL handshakes, a byte every half second, never finishing.
+"""A slowloris on the public port of a real gateway: 300 connections from one address send
+three bytes that name no protocol yet, or trickle the start of SSH, TLS and PostgreSQL
+handshakes, a byte every half second, never finishing.
 
 A new client from another address still connects and authenticates (psql and psycopg through
 gateway and agent to a real PostgreSQL), the 301st connection from the trickling address is
-refused at accept, and the gateway closes every trickling connection at its deadline: the TLS
-ones at `tls_handshake_timeout`, the SSH and PostgreSQL ones at `login_timeout`.
+refused at accept, and the gateway closes every trickling connection at its deadline: the
+partial ones at `sniff_timeout`, the TLS ones at `tls_handshake_timeout`, the SSH and
+PostgreSQL ones at `login_timeout`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ APP_PASSWORD = "app-secret-slow-7"
 PER_ADDRESS = 300
 # Far longer than a client needs to log in here (well under a second): the trickling
 # connections are still open while the new client works, and closed later by these.
+SNIFF_DEADLINE = 15.0
 TLS_DEADLINE = 20.0
 LOGIN_DEADLINE = 25.0  # before the PostgreSQL door's own 30 s startup timeout
 TRICKLER = "127.0.0.2"  # the slowloris's address; clients come from 127.0.0.1
@@ -50,6 +53,7 @@ def gw(
             secret_key=SecretBox.generate_key(),
             frontdoor={
                 "max_unauthenticated_per_address": PER_ADDRESS,
+                "sniff_timeout": SNIFF_DEADLINE,
                 "tls_handshake_timeout": TLS_DEADLINE,
                 "login_timeout": LOGIN_DEADLINE,
             },
@@ -129,7 +133,7 @@ def test_a_new_client_gets_in_through_a_slowloris_which_is_closed_at_its_deadlin
             "the gateway to close every trickling connection",
             timeout=LOGIN_DEADLINE + 60,
         )
-        assert loris.closed == {"ssh": 100, "tls": 100, "postgres": 100}
+        assert loris.closed == {"partial": 75, "ssh": 75, "tls": 75, "postgres": 75}
 
     # closed for the client at once; each handler then unwinds (SSH's paramiko threads too)
     wait_for(
@@ -137,8 +141,9 @@ def test_a_new_client_gets_in_through_a_slowloris_which_is_closed_at_its_deadlin
         "every closed connection's place given back",
     )
     counts = frontdoor_metrics(gw)
-    assert counts['deadline_closed_total{phase="tls"}'] == 100
-    assert counts['deadline_closed_total{phase="login"}'] == 200  # SSH and PostgreSQL
+    assert counts['deadline_closed_total{phase="sniff"}'] == 75
+    assert counts['deadline_closed_total{phase="tls"}'] == 75
+    assert counts['deadline_closed_total{phase="login"}'] == 150  # SSH and PostgreSQL
     log = gw.log(tail=100_000)
     assert log.count(f"refused a connection from {TRICKLER}") == 1, log[-5000:]
     assert "Error reading SSH protocol banner" not in log  # audited, not a traceback each

@@ -25,36 +25,51 @@ def test_addresses_count_as_ipv4_hosts_and_ipv6_64s(host: str, key: str) -> None
     assert address_key(host) == key
 
 
+def admitted(door: Admissions, host: str) -> Ticket:
+    result = door.admit(host)
+    assert not isinstance(result, Refusal), f"{host} refused"
+    ticket, evicted = result
+    assert evicted is None
+    return ticket
+
+
 def test_the_per_address_limit_refuses_the_next_from_that_address_only() -> None:
     door = Admissions(total=100, per_address=3)
-    held = [door.admit("192.0.2.1") for _ in range(3)]
-    assert all(isinstance(t, Ticket) for t in held)
+    for _ in range(3):
+        admitted(door, "192.0.2.1")
     assert door.admit("192.0.2.1") is Refusal.PER_ADDRESS
-    assert isinstance(door.admit("192.0.2.2"), Ticket)
+    admitted(door, "192.0.2.2")
     # an attacker cycling the low bits of an IPv6 /64 is one address
-    v6 = [door.admit(f"2001:db8::{n:x}") for n in range(4)]
-    assert v6[3] is Refusal.PER_ADDRESS
+    for n in range(3):
+        admitted(door, f"2001:db8::{n:x}")
+    assert door.admit("2001:db8::ffff") is Refusal.PER_ADDRESS
 
 
-def test_the_total_limit_refuses_every_address() -> None:
+def test_the_total_limit_evicts_the_oldest_to_admit_the_newest() -> None:
     door = Admissions(total=2, per_address=5)
-    assert isinstance(door.admit("192.0.2.1"), Ticket)
-    assert isinstance(door.admit("192.0.2.2"), Ticket)
-    assert door.admit("192.0.2.3") is Refusal.TOTAL
-    assert door.open == 2
+    first = admitted(door, "192.0.2.1")
+    closed: list[str] = []
+    first.on_evict.append(lambda: closed.append("first"))
+    second = admitted(door, "192.0.2.2")
+    result = door.admit("192.0.2.3")
+    assert not isinstance(result, Refusal)
+    third, evicted = result
+    assert evicted is first and first.evicted and first.released and closed == ["first"]
+    assert door.open == 2 and door.open_from("192.0.2.1") == 0
+    second.release()  # authenticated: no longer counted, never evicted
+    admitted(door, "192.0.2.4")
+    result = door.admit("192.0.2.5")
+    assert not isinstance(result, Refusal) and result[1] is third  # the oldest still waiting
+    assert not second.evicted
 
 
 def test_a_place_is_given_back_once_whoever_releases_it() -> None:
     door = Admissions(total=10, per_address=1)
-    ticket = door.admit("192.0.2.1")
-    assert isinstance(ticket, Ticket)
-    told: list[str] = []
-    ticket.on_release.append(lambda: told.append("released"))
+    ticket = admitted(door, "192.0.2.1")
     ticket.release()  # authenticated
     ticket.release()  # and later closed: not counted twice
-    assert told == ["released"]
     assert door.open == 0 and door.open_from("192.0.2.1") == 0
-    assert isinstance(door.admit("192.0.2.1"), Ticket)
+    admitted(door, "192.0.2.1")
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=60))
@@ -65,8 +80,11 @@ def test_counts_match_the_open_tickets_whatever_the_order(steps: list[tuple[str,
         if release and live:
             live.pop(0).release()
             continue
-        ticket = door.admit(host)
-        if isinstance(ticket, Ticket):
+        result = door.admit(host)
+        if not isinstance(result, Refusal):
+            ticket, evicted = result
+            if evicted is not None:
+                live.remove(evicted)
             live.append(ticket)
     assert door.open == len(live) <= 7
     for host in "abc":

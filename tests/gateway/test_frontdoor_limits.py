@@ -212,15 +212,24 @@ async def test_the_per_address_limit_refuses_at_accept_and_spares_other_addresse
         await until(lambda: gw.door.admissions.open == 0, "every place given back")
 
 
-async def test_the_total_limit_refuses_every_address(tmp_path: Path) -> None:
+async def test_the_total_limit_closes_the_oldest_unauthenticated_for_a_new_client(
+    tmp_path: Path,
+) -> None:
     async with front_door(tmp_path, max_unauthenticated=2) as gw:
-        held = [await gw.connect(f"127.0.0.{n}") for n in (2, 3)]
+        oldest_r, oldest_w = await gw.connect("127.0.0.2")
+        await until(lambda: gw.door.admissions.open == 1, "the oldest admitted")
+        held_r, held_w = await gw.connect("127.0.0.3")
         await until(lambda: gw.door.admissions.open == 2, "two admitted")
-        r, w = await gw.connect("127.0.0.4")
-        assert await closed(r)
-        assert gw.metric('wardgate_frontdoor_refused_total{reason="total"}') == 1
-        for _, hw in [*held, (r, w)]:
-            hw.close()
+        new_r, new_w = await gw.connect("127.0.0.4")
+        assert await closed(oldest_r)
+        new_w.write(b"SSH-2.0-ok\r\n")
+        assert await new_r.readline() == b"welcome\n"  # in, and authenticated
+        assert gw.metric('wardgate_frontdoor_evicted_total{limit="total"}') == 1
+        assert gw.metric('wardgate_frontdoor_deadline_closed_total{phase="login"}') == 0
+        assert gw.door.admissions.open == 1  # the held one, still waiting
+        assert not held_r.at_eof()
+        for w in (oldest_w, held_w, new_w):
+            w.close()
 
 
 async def test_each_pre_auth_phase_has_its_deadline(tmp_path: Path) -> None:
