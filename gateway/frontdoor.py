@@ -385,7 +385,10 @@ class FrontDoor:
                     return
                 ticket.on_evict.append(functools.partial(_expire_now, deadline))
                 _current.set(Admission(ticket, deadline))
-                handed_off = await self._dispatch(sock, client)
+                handler = await self._dispatch(sock, client)
+                if handler is not None:
+                    handed_off = True
+                    await handler
         except TimeoutError:
             pass  # the login deadline (counted below), or a handler's own, unwound
         except (OSError, ssl.SSLError) as exc:
@@ -400,8 +403,8 @@ class FrontDoor:
             if deadline is not None and deadline.expired() and not ticket.evicted:
                 self._note_expiry("login", client)
 
-    async def _dispatch(self, sock: socket.socket, client: str) -> bool:
-        """Sniff and hand the connection to its handler; True when a handler took the socket."""
+    async def _dispatch(self, sock: socket.socket, client: str) -> Awaitable[None] | None:
+        """Sniff; the handler's run, which owns the socket, or None once answered here."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
@@ -412,14 +415,12 @@ class FrontDoor:
             # event each (a slowloris would write one per connection), counted instead.
             if prefix:
                 self._note_expiry("sniff", client)
-            return False
+            return None
         if kind is Kind.TLS:
-            await self._handle_tls(sock, client)
-            return True
+            return self._handle_tls(sock, client)
         handler = self.plain_handlers.get(kind)
         if handler is not None:
-            await handler(sock, client)
-            return True
+            return handler(sock, client)
         if kind is Kind.HTTP_PLAIN:
             await loop.sock_sendall(sock, _PLAIN_HTTP_ANSWER)
         await self._audit.record(
@@ -430,7 +431,7 @@ class FrontDoor:
             first_bytes=prefix[:8].hex(),
         )
         await _discard_input(sock)
-        return False
+        return None
 
     async def _handle_tls(self, sock: socket.socket, client: str) -> None:
         timeout = self.limits.tls_handshake_timeout
