@@ -20,6 +20,7 @@ from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
+from gateway.api.metrics import metrics_router
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
@@ -33,6 +34,7 @@ from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.protocols.ssh import SshFrontDoor, load_host_key
+from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
@@ -268,7 +270,10 @@ class Gateway:
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
         )
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
-        self.frontdoor = FrontDoor(ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy))
+        self.frontdoor = FrontDoor(
+            ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy), limits=cfg.frontdoor
+        )
+        app.include_router(metrics_router([self.frontdoor.counters]))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
@@ -297,6 +302,7 @@ class Gateway:
             user_ca=user_ca.public_key(),
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
+        quiet_banner_errors()  # each refused banner is audited; no traceback per peer
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(

@@ -236,6 +236,22 @@ class ReviewsConfig(BaseModel):
     poll_interval: float = Field(default=1.0, gt=0)  # seconds between a waiter's store reads
 
 
+class FrontDoorConfig(BaseModel):
+    """Limits on the public port for connections whose client has not authenticated yet
+    (gateway/frontdoor.py): what a slowloris of trickling connections can hold."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Unauthenticated connections at once, in all and per client address (IPv4 address or
+    # IPv6 /64); one over either limit is closed at accept.
+    max_unauthenticated: int = Field(default=1024, ge=1)
+    max_unauthenticated_per_address: int = Field(default=64, ge=1)
+    sniff_timeout: float = Field(default=5.0, gt=0)  # seconds for the bytes naming a protocol
+    tls_handshake_timeout: float = Field(default=10.0, gt=0)  # seconds for the TLS handshake
+    # Seconds from accept until the client has authenticated (PostgreSQL: its password
+    # checked; SSH: userauth done; HTTPS: its first request arrived), whatever phase it is in.
+    login_timeout: float = Field(default=60.0, gt=0)
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,6 +291,9 @@ class GatewayConfig(BaseModel):
 
     # Kubernetes API rules and masking (gateway/policy/kube.py).
     kubernetes: KubePolicyConfig = Field(default_factory=KubePolicyConfig)
+
+    # Unauthenticated connections on the public port: how many, and for how long.
+    frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)

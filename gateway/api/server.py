@@ -3,6 +3,10 @@
 hypercorn normally owns its listening sockets; the front door owns ours, so each
 decrypted connection is handed to hypercorn's per-connection server.
 
+A connection counts as authenticated at the front door (gateway/frontdoor.py) once its first
+request has arrived: the API authenticates each request itself, so what the front door bounds
+is a client that never gets a request through (a slowloris on TLS or on the request head).
+
 Cancelled (the gateway stopping), hypercorn's server closes its stream and waits for the
 close to complete; over TLS that waits for the peer, which an idle keep-alive client never
 answers. The connection is therefore aborted first, so shutdown does not wait on clients.
@@ -19,7 +23,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 from hypercorn.utils import wrap_app
 
-from gateway.frontdoor import StreamHandler
+from gateway.frontdoor import StreamHandler, authenticated
 from shared.kubeapi import UpgradeRequest, parse_upgrade
 
 SNIFF_TIMEOUT = 10.0
@@ -59,12 +63,24 @@ class _Replay:
         return not self._head and self._reader.at_eof()
 
 
+def _first_request_authenticates(app: Any) -> Any:
+    """The ASGI app, telling the front door at each request that one has arrived (hypercorn
+    runs it in tasks of the connection's task, which carry the connection's admission)."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            authenticated()
+        await app(scope, receive, send)
+
+    return asgi
+
+
 def http_handler(app: Any, upgrade: UpgradeHandler | None = None) -> StreamHandler:
     config = Config()
     config.accesslog = None
     config.errorlog = None
     config.keep_alive_timeout = 75
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(_first_request_authenticates(app), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     state: dict[str, Any] = {}
 
@@ -80,6 +96,7 @@ def http_handler(app: Any, upgrade: UpgradeHandler | None = None) -> StreamHandl
             if head is not None:
                 request = parse_upgrade(head)
                 if request is not None:
+                    authenticated()
                     await upgrade(request, reader, writer, client)
                     return
                 stream = _Replay(head, reader)

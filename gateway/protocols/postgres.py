@@ -82,7 +82,7 @@ from dataclasses import dataclass
 
 from gateway.audit import Auditor, AuditUnavailable, durable
 from gateway.auth import Authenticator, AuthError
-from gateway.frontdoor import accept_stream
+from gateway.frontdoor import accept_stream, authenticated
 from gateway.policy.approval import ReviewTerms
 from gateway.policy.budgets import BUDGET_SQLSTATE, ResultStopper
 from gateway.policy.grants import AccessPolicy
@@ -512,6 +512,7 @@ class PostgresFrontDoor:
                 reason_detail="credential belongs to another user",
             )
             return
+        authenticated()  # the front door's limits and login deadline end here
 
         forwarded = {
             f"startup.{k}": v

@@ -79,6 +79,7 @@ from paramiko.server import InteractiveQuery
 from gateway import sshca
 from gateway.audit import Auditor
 from gateway.auth import Authenticator, AuthError, Identity
+from gateway.frontdoor import current_admission
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
 from gateway.reviews import ReviewService
@@ -507,6 +508,7 @@ class _Connection:
         self._tasks = TaskOwner(f"ssh/{client}")  # held execs waiting for their review
         self.error: str | None = None
         self._hinted = False  # the client was told how to name the target
+        self.admission = current_admission()  # told at authentication (on the loop)
 
     # -- bridging: a paramiko thread waits for a coroutine on the loop -----------------
 
@@ -596,6 +598,7 @@ class _Connection:
             )
             return False
         self.identity, self.user, self.connection = identity, user, connection
+        self.admission.authenticated()
         self.roles = tuple(r.name for r in door.access.roles_of(identity.user, identity.groups))
         return True
 
