@@ -20,6 +20,7 @@ from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
+from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
@@ -241,6 +242,8 @@ class Gateway:
             broker.watch_revocations(cfg.identity.revocation_check_interval), name="revocations"
         )
         self.reviews = self._reviews(store, auditor, policy)
+        limiter = AuthLimiter(store, auditor, cfg.identity.rate_limit)
+        self._tasks.spawn(limiter.run(), name="rate-limit pruning")
         app = build_app(
             ApiDeps(
                 store=store,
@@ -260,6 +263,7 @@ class Gateway:
                 policy_source=guardrails,
                 kube_policy=cfg.kube_policy(),
                 reviews=self.reviews,
+                limiter=limiter,
             )
         )
         app.state.reviews = self.reviews

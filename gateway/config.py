@@ -144,6 +144,27 @@ class CredentialsConfig(BaseModel):
     api_key_max_ttl: int = Field(default=90 * 86400, gt=0)  # longest API key lifetime
 
 
+class RateRule(BaseModel):
+    """At most `attempts` failed attempts per `window` seconds (a sliding window)."""
+
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = Field(ge=1, le=1_000_000)  # failed attempts let through per window
+    window: float = Field(ge=1, le=86400)  # seconds
+
+
+class RateLimitConfig(BaseModel):
+    """Failed sign-in attempts (OIDC, device flow, refresh, workload exchange, local users)
+    counted in the store, so the limits hold across every gateway member; over one: 429."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True  # off only for load tests: nothing else bounds guessing
+    # Per client address (an IPv6 client by its /64): the peer of the TCP connection.
+    per_address: RateRule = Field(default_factory=lambda: RateRule(attempts=20, window=60))
+    # Per claimed identity (local user name; workload token issuer and subject), from any
+    # address; a success clears it.
+    per_identity: RateRule = Field(default_factory=lambda: RateRule(attempts=10, window=300))
+
+
 class IdentityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     oidc: OIDCConfig | None = None  # people sign in with this provider
@@ -155,6 +176,8 @@ class IdentityConfig(BaseModel):
     default_access: str = "none"
     # How often live sessions are checked against revocations made by any gateway replica.
     revocation_check_interval: float = Field(default=2.0, gt=0)
+    # Failed sign-in attempts allowed per client address and per claimed identity.
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> IdentityConfig:

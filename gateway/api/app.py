@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable
@@ -13,17 +14,20 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, W
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
+from gateway import metrics
 from gateway.agents.registry import AgentRegistry
 from gateway.api import docs, limits, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
 from gateway.api.paging import MAX_PAGE
+from gateway.api.ratelimit import AuthLimiter
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
 from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
+from gateway.identity.oidc import TokenRejected, unverified_header_and_claims
 from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
@@ -75,6 +79,7 @@ class ApiDeps:
     policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
     kube_policy: KubePolicy | None = None
     reviews: ReviewService | None = None  # approvals (Kubernetes `effect: review`)
+    limiter: AuthLimiter | None = None  # sign-in rate limits (api/ratelimit.py)
 
 
 class AgentCreate(BaseModel):
@@ -184,6 +189,19 @@ async def _identity(request: Request) -> Identity:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
+def _claimed_workload(token: str) -> str | None:
+    """The identity a workload token claims (issuer and subject, unverified): what its
+    failures are counted against. None when the token does not even decode."""
+    try:
+        _, claims = unverified_header_and_claims(token)
+    except (TokenRejected, RecursionError):  # RecursionError: JSON nested past the stack
+        return None
+    issuer, subject = claims.get("iss"), claims.get("sub")
+    if not isinstance(issuer, str) or not isinstance(subject, str):
+        return None
+    return f"workload:{issuer.rstrip('/')} {subject}"
+
+
 async def _admin(who: Annotated[Identity, Depends(_identity)]) -> Identity:
     if not who.is_admin:
         raise HTTPException(403, f"user {who.user!r} is not an administrator")
@@ -222,6 +240,12 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "agents": len(deps.registry.connected())}
+
+    @app.get("/v1/metrics", response_class=PlainTextResponse)
+    async def metrics_text(who: Admin) -> PlainTextResponse:
+        """Counters in the Prometheus text format (this member's own)."""
+        counters = [deps.limiter.refused] if deps.limiter else []
+        return PlainTextResponse(metrics.render(counters), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v1/ca.pem", response_class=PlainTextResponse)
     async def ca_pem() -> str:
@@ -267,43 +291,55 @@ def build_app(deps: ApiDeps) -> FastAPI:
     async def auth_methods() -> dict[str, Any]:
         return ident().methods()
 
+    def attempt(
+        request: Request, endpoint: str, *, identity: str | None = None, refund: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if deps.limiter is None:
+            return contextlib.nullcontext()
+        return deps.limiter.attempt(request, endpoint, identity=identity, refund_success=refund)
+
     @app.post("/v1/auth/oidc/authorize")
-    async def oidc_authorize(body: AuthorizeRequest) -> dict[str, Any]:
-        url = await guarded(
-            ident().oidc_authorization_url(
-                redirect_uri=body.redirect_uri,
-                state=body.state,
-                nonce=body.nonce,
-                code_challenge=body.code_challenge,
+    async def oidc_authorize(body: AuthorizeRequest, request: Request) -> dict[str, Any]:
+        async with attempt(request, "oidc_authorize"):
+            url = await guarded(
+                ident().oidc_authorization_url(
+                    redirect_uri=body.redirect_uri,
+                    state=body.state,
+                    nonce=body.nonce,
+                    code_challenge=body.code_challenge,
+                )
             )
-        )
         return {"url": url}
 
     @app.post("/v1/auth/oidc/callback")
     async def oidc_callback(body: CallbackRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(
-            ident().oidc_code_login(
-                code=body.code,
-                redirect_uri=body.redirect_uri,
-                code_verifier=body.code_verifier,
-                nonce=body.nonce,
-                client=_client(request),
+        async with attempt(request, "oidc_callback"):
+            issued = await guarded(
+                ident().oidc_code_login(
+                    code=body.code,
+                    redirect_uri=body.redirect_uri,
+                    code_verifier=body.code_verifier,
+                    nonce=body.nonce,
+                    client=_client(request),
+                )
             )
-        )
         return issued.as_json()
 
     @app.post("/v1/auth/oidc/device")
-    async def oidc_device() -> dict[str, Any]:
-        return await guarded(ident().oidc_device_start())
+    async def oidc_device(request: Request) -> dict[str, Any]:
+        # Every start asks the IdP for a code: counted even when it succeeds.
+        async with attempt(request, "device", refund=False):
+            return await guarded(ident().oidc_device_start())
 
     @app.post("/v1/auth/oidc/device/token", response_model=None)
     async def oidc_device_token(
         body: DeviceTokenRequest, request: Request
     ) -> dict[str, Any] | JSONResponse:
         try:
-            issued = await guarded(
-                ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
-            )
+            async with attempt(request, "device_poll"):
+                issued = await guarded(
+                    ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
+                )
         except FlowPending as pending:
             error = "slow_down" if pending.slow_down else "authorization_pending"
             return JSONResponse({"error": error}, status_code=428)
@@ -311,21 +347,24 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.post("/v1/auth/refresh")
     async def refresh(body: RefreshRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
+        async with attempt(request, "refresh"):
+            issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
         return issued.as_json()
 
     @app.post("/v1/auth/workload")
     async def workload(body: WorkloadRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
+        async with attempt(request, "workload", identity=_claimed_workload(body.token)):
+            issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
         return issued.as_json()
 
     @app.post("/v1/auth/password")
     async def password_login(body: PasswordRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(
-            ident().local_login(
-                user=body.user, password=body.password, code=body.code, client=_client(request)
+        async with attempt(request, "local", identity=f"local:{body.user}"):
+            issued = await guarded(
+                ident().local_login(
+                    user=body.user, password=body.password, code=body.code, client=_client(request)
+                )
             )
-        )
         return issued.as_json()
 
     @app.post("/v1/auth/logout")

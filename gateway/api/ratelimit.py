@@ -1,0 +1,147 @@
+"""Rate limits of the API's sign-in endpoints: 429 with Retry-After, a bounded audit trail.
+
+Every endpoint anyone may call to get a credential (OIDC sign-in start and callback, device
+flow start and poll, refresh, workload exchange, local-user login) runs inside
+`AuthLimiter.attempt`, which charges the attempt to the client's address and, when the
+request claims one, to an identity (`gateway.ratelimit` has the rules). The client address
+is the TCP peer: the gateway terminates TLS itself and trusts no forwarded header.
+
+The audit log keeps counting refusals without growing with them: the first refusal of a key
+in a window is one `auth.rate_limited` event as it happens; when the window's counter is
+pruned, one more event gives the window's total, if it refused more than once. Failed
+attempts themselves (`auth.failed`) are bounded by the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from gateway.audit import Auditor
+from gateway.config import RateLimitConfig
+from gateway.identity.credentials import FlowPending
+from gateway.metrics import Counter
+from gateway.ratelimit import Charge, Key, Refusal, Rule, address_key
+from gateway.store import Store
+from gateway.store.loop import call
+from gateway.store.ratelimits import Charged
+
+log = logging.getLogger(__name__)
+
+
+class AuthLimiter:
+    def __init__(self, store: Store, auditor: Auditor, config: RateLimitConfig) -> None:
+        self._store = store
+        self._audit = auditor
+        self.config = config
+        self._address = Rule(config.per_address.attempts, config.per_address.window)
+        self._identity = Rule(config.per_identity.attempts, config.per_identity.window)
+        self.refused = Counter(
+            "wardgate_auth_rate_limited_total",
+            "Sign-in requests refused with 429 by a rate limit, by limit and endpoint.",
+            ("limit", "endpoint"),
+        )
+
+    def _charges(self, request: Request, identity: str | None) -> list[Charge]:
+        host = request.client.host if request.client else "-"
+        charges = [Charge(Key.of("address", address_key(host)), self._address)]
+        if identity is not None:
+            charges.append(Charge(Key.of("identity", identity), self._identity))
+        return charges
+
+    @contextlib.asynccontextmanager
+    async def attempt(
+        self,
+        request: Request,
+        endpoint: str,
+        *,
+        identity: str | None = None,
+        refund_success: bool = True,
+    ) -> AsyncIterator[None]:
+        """Run one sign-in attempt: 429 when a key is over its limit; a success (unless
+        `refund_success` is off: every call costs the IdP a request) and whatever is not the
+        client's fault (5xx, a device flow still pending) are given back."""
+        if not self.config.enabled:
+            yield
+            return
+        charges = self._charges(request, identity)
+        result = await call(self._store, self._store.charge_attempt, charges)
+        if isinstance(result, Refusal):
+            await self._refuse(request, endpoint, result)
+        assert isinstance(result, Charged)
+        clear: list[Key] = []
+        refund = False
+        try:
+            yield
+        except FlowPending:
+            refund = True
+            raise
+        except HTTPException as exc:
+            refund = exc.status_code >= 500
+            raise
+        else:
+            refund = refund_success
+            clear = [c.key for c in charges if c.key.kind == "identity"]
+        finally:
+            # Not when cancelled (the client hung up): the attempt stays charged.
+            if refund and not _cancelling():
+                await call(self._store, self._store.refund_attempt, result, clear=clear)
+
+    async def _refuse(self, request: Request, endpoint: str, refusal: Refusal) -> None:
+        self.refused.inc(refusal.key.kind, endpoint)
+        if refusal.first:  # one event per key and window; the rest are summed when pruned
+            await self._audit.record(
+                "auth.rate_limited",
+                **_subject(refusal.key),
+                endpoint=endpoint,
+                client=request.client.host if request.client else "-",
+                limit=refusal.rule.attempts,
+                window=refusal.rule.window,
+                retry_after=refusal.retry_after,
+            )
+        who = "this address" if refusal.key.kind == "address" else "this identity"
+        raise HTTPException(
+            429,
+            f"too many failed sign-in attempts from {who}: retry in {refusal.retry_after} s",
+            headers={"Retry-After": str(refusal.retry_after)},
+        )
+
+    async def prune(self) -> int:
+        """Delete counters past their windows; audit what each refused beyond its first."""
+        expired = await call(self._store, self._store.prune_rate_limits)
+        for row in expired:
+            if row.refused > 1:
+                await self._audit.record(
+                    "auth.rate_limited",
+                    **{"address" if row.kind == "address" else "identity": row.label},
+                    limit_kind=row.kind,
+                    window_start=row.window_start.isoformat(),
+                    refused=row.refused,
+                    summary=True,
+                )
+        return len(expired)
+
+    async def run(self) -> None:
+        """Prune every shortest window, for the gateway's lifetime."""
+        interval = min(self._address.window, self._identity.window)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.prune()
+            except Exception as exc:  # a store outage: the next round prunes
+                log.warning("pruning rate-limit counters failed: %s", exc)
+
+
+def _subject(key: Key) -> dict[str, Any]:
+    # Not "key": the auditor masks fields of that name as secrets.
+    return {"limit_kind": key.kind, key.kind: key.label}
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
