@@ -160,8 +160,9 @@ class RateLimitConfig(BaseModel):
     enabled: bool = True  # off only for load tests: nothing else bounds guessing
     # Per client address (an IPv6 client by its /64): the peer of the TCP connection.
     per_address: RateRule = Field(default_factory=lambda: RateRule(attempts=20, window=60))
-    # Per claimed identity (local user name; workload token issuer and subject), from any
-    # address; a success clears it.
+    # Per claimed identity (a local user's name), from any address; a success clears it.
+    # Workload tokens are counted per address only: their unverified subject is anyone's
+    # to claim, and a signature cannot be guessed.
     per_identity: RateRule = Field(default_factory=lambda: RateRule(attempts=10, window=300))
 
 

@@ -4,8 +4,8 @@ Rules this module keeps (the store applies them in one transaction per attempt, 
 across every gateway member sharing the store):
 
 1. An attempt is charged before it is tried, to every key it names: its client address and,
-   when it claims one, the identity (a local user name, a workload token's issuer and
-   subject). Charging first means a burst of concurrent attempts cannot all pass a check
+   when it claims one, the identity (a local user's name: a password can be guessed from
+   many addresses). Charging first means a burst of concurrent attempts cannot all pass a check
    made before any of them failed.
 2. A key's count is a sliding-window estimate from two fixed windows: the current window's
    attempts plus the previous window's, weighted by the share of the previous window still

@@ -62,7 +62,7 @@ def local_user(gw: GatewayProc, name: str) -> str:
     with gw.api() as api:
         made = api.post("/v1/users", json={"name": name, "password": LOCAL_PASSWORD, "groups": []})
         assert made.status_code == 201, made.text
-    query = urllib.parse.urlsplit(made.json()["totp_uri"]).query
+    query = urllib.parse.urlsplit(str(made.json()["totp_uri"])).query
     return urllib.parse.parse_qs(query)["secret"][0]
 
 
@@ -233,17 +233,16 @@ def test_two_members_over_one_store_share_the_limit(
     assert metric(first, "address", "workload") == metric(second, "address", "workload") == 1
 
 
-def test_a_workload_token_is_limited_by_the_identity_it_claims(wardgate: Wardgate) -> None:
+def test_forged_workload_tokens_cannot_lock_out_the_subject_they_claim(
+    wardgate: Wardgate,
+) -> None:
+    """A workload token's subject is unverified until its signature is: anyone may claim it,
+    so its failures count against the address that sent them, not the subject."""
     gw = wardgate.gateway(
         identity={"rate_limit": {"per_identity": {"attempts": 2, "window": 60}}},
     )
-    with client(gw, "127.0.0.31") as a, client(gw, "127.0.0.32") as b:
-        assert a.post("/v1/auth/workload", json={"token": BAD_TOKEN}).status_code == 401
-        assert b.post("/v1/auth/workload", json={"token": BAD_TOKEN}).status_code == 401
-        refused = a.post("/v1/auth/workload", json={"token": BAD_TOKEN})
-        assert refused.status_code == 429 and "identity" in refused.json()["detail"]
-        other = bad_token(sub="y")
-        assert b.post("/v1/auth/workload", json={"token": other}).status_code == 401
-    (event,) = rate_limited(gw)
-    assert event["identity"] == "workload:https://evil x"
-    assert BAD_TOKEN not in json.dumps(event)
+    for n in range(5):
+        with client(gw, f"127.0.0.{31 + n}") as forger:
+            r = forger.post("/v1/auth/workload", json={"token": BAD_TOKEN})
+            assert r.status_code == 401, r.text
+    assert rate_limited(gw) == []
