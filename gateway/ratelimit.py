@@ -13,9 +13,9 @@ across every gateway member sharing the store):
    and its storage is two counters per key.
 3. An attempt that would take any of its keys over the limit is refused (429) and charged to
    none; its keys count it as refused, for the audit log.
-4. What the client did not get wrong is given back: a success refunds its address and clears
-   its identity's counts; an IdP outage (5xx) or a device flow still pending refunds both.
-   Failures stay charged, so the limits count failures.
+4. What is not a failure is given back: a success refunds its address and clears its
+   identity's counts; a device flow still pending refunds both. Failures stay charged (an
+   IdP outage's too: each wrote an audit event), so the limits count failures.
 5. Retry-After is the time until an attempt would pass again, if nothing else is charged.
 """
 

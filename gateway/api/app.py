@@ -182,6 +182,10 @@ async def _identity(request: Request) -> Identity:
             raise AuthError("a per-connection credential only opens sessions on its connection")
         return who
     except AuthError as exc:
+        # Counted per address like failed sign-ins, so bad credentials cannot grow the log
+        # without bound either.
+        if deps.limiter is not None and (over := await deps.limiter.rejected(request, "api")):
+            raise over from None
         await deps.auditor.record(
             "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
         )
@@ -756,6 +760,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
         try:
             who = await deps.auth.authenticate_header(ws.headers.get("authorization"))
         except AuthError as exc:
+            if deps.limiter is not None and (over := await deps.limiter.rejected(ws, "tcp")):
+                await ws.close(tcp.CLOSE_CODES["rate_limited"], reason=str(over.detail))
+                return
             await deps.auditor.record(
                 "auth.rejected", client=client, connection=name, reason=str(exc)
             )

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from gateway.audit import Auditor
 from gateway.config import RateLimitConfig
@@ -47,8 +48,8 @@ class AuthLimiter:
             ("limit", "endpoint"),
         )
 
-    def _charges(self, request: Request, identity: str | None) -> list[Charge]:
-        host = request.client.host if request.client else "-"
+    def _charges(self, conn: HTTPConnection, identity: str | None) -> list[Charge]:
+        host = conn.client.host if conn.client else "-"
         charges = [Charge(Key.of("address", address_key(host)), self._address)]
         if identity is not None:
             charges.append(Charge(Key.of("identity", identity), self._identity))
@@ -63,9 +64,10 @@ class AuthLimiter:
         identity: str | None = None,
         refund_success: bool = True,
     ) -> AsyncIterator[None]:
-        """Run one sign-in attempt: 429 when a key is over its limit; a success (unless
-        `refund_success` is off: every call costs the IdP a request) and whatever is not the
-        client's fault (5xx, a device flow still pending) are given back."""
+        """Run one sign-in attempt: 429 when a key is over its limit. A success (unless
+        `refund_success` is off: every call costs the IdP a request) and a device flow still
+        pending are given back; every failure stays charged, an IdP outage's (502) too,
+        since each wrote an `auth.failed` event."""
         if not self.config.enabled:
             yield
             return
@@ -81,9 +83,6 @@ class AuthLimiter:
         except FlowPending:
             refund = True
             raise
-        except HTTPException as exc:
-            refund = exc.status_code >= 500
-            raise
         else:
             refund = refund_success
             clear = [c.key for c in charges if c.key.kind == "identity"]
@@ -92,14 +91,30 @@ class AuthLimiter:
             if refund and not _cancelling():
                 await call(self._store, self._store.refund_attempt, result, clear=clear)
 
-    async def _refuse(self, request: Request, endpoint: str, refusal: Refusal) -> None:
+    async def rejected(self, conn: HTTPConnection, endpoint: str) -> HTTPException | None:
+        """Charge a credential the API refused (a bad bearer) to its client address, after the
+        fact: a request with a good one costs nothing. Over the limit: the 429 to answer
+        instead of recording one more `auth.rejected`."""
+        if not self.config.enabled:
+            return None
+        charges = self._charges(conn, None)
+        result = await call(self._store, self._store.charge_attempt, charges)
+        if isinstance(result, Charged):
+            return None
+        try:
+            await self._refuse(conn, endpoint, result)
+        except HTTPException as exc:
+            return exc
+        raise AssertionError("_refuse always raises")
+
+    async def _refuse(self, conn: HTTPConnection, endpoint: str, refusal: Refusal) -> None:
         self.refused.inc(refusal.key.kind, endpoint)
         if refusal.first:  # one event per key and window; the rest are summed when pruned
             await self._audit.record(
                 "auth.rate_limited",
                 **_subject(refusal.key),
                 endpoint=endpoint,
-                client=request.client.host if request.client else "-",
+                client=conn.client.host if conn.client else "-",
                 limit=refusal.rule.attempts,
                 window=refusal.rule.window,
                 retry_after=refusal.retry_after,

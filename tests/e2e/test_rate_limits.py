@@ -246,3 +246,17 @@ def test_forged_workload_tokens_cannot_lock_out_the_subject_they_claim(
             r = forger.post("/v1/auth/workload", json={"token": BAD_TOKEN})
             assert r.status_code == 401, r.text
     assert rate_limited(gw) == []
+
+
+def test_bad_credentials_on_the_api_are_limited_but_good_ones_never(wardgate: Wardgate) -> None:
+    gw = wardgate.gateway(identity={"rate_limit": {"per_address": {"attempts": 5, "window": 60}}})
+    with client(gw) as http:
+        bad = {"Authorization": "Bearer wgt_not-a-credential-at-all-0123456789abcdef"}
+        codes = [http.get("/v1/whoami", headers=bad).status_code for _ in range(8)]
+        assert codes == [401] * 5 + [429] * 3
+    with gw.api() as admin:  # the same address, a good credential: not counted, not refused
+        assert admin.get("/v1/whoami").status_code == 200
+    assert len(gw.audit("auth.rejected")) == 5
+    (event,) = rate_limited(gw)
+    assert (event["endpoint"], event["address"]) == ("api", "127.0.0.1")
+    assert metric(gw, "address", "api") == 3
