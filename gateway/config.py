@@ -154,13 +154,15 @@ class RateRule(BaseModel):
 
 class RateLimitConfig(BaseModel):
     """Failed sign-in attempts (OIDC, device flow, refresh, workload exchange, local users)
-    counted in the store, so the limits hold across every gateway member; over one: 429."""
+    and credentials the API refused, counted in the store so the limits hold across every
+    gateway member; over a limit: 429 with Retry-After (docs/identity.md#rate-limits)."""
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True  # off only for load tests: nothing else bounds guessing
-    # Per client address (an IPv6 client by its /64): the peer of the TCP connection.
+    # Per client address (an IPv6 client by its /64), the TCP peer: default 20 per 60 s.
     per_address: RateRule = Field(default_factory=lambda: RateRule(attempts=20, window=60))
-    # Per claimed identity (a local user's name), from any address; a success clears it.
+    # Per claimed identity (a local user's name), from any address: default 10 per 300 s;
+    # a success clears it.
     # Workload tokens are counted per address only: their unverified subject is anyone's
     # to claim, and a signature cannot be guessed.
     per_identity: RateRule = Field(default_factory=lambda: RateRule(attempts=10, window=300))

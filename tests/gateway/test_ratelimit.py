@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from gateway.config import GatewayConfig, RateRule
 from gateway.ratelimit import (
     Charge,
     Key,
@@ -215,3 +217,14 @@ def test_concurrent_attempts_through_two_stores_never_pass_more_than_the_limit(
     assert len(passed) == IDENTITY.attempts
     assert len(refused) == 40 - IDENTITY.attempts
     assert sum(r.first for r in refused) == 1  # one audit event for the identity's window
+
+
+def test_the_default_limits_and_their_bounds() -> None:
+    limits = GatewayConfig().identity.rate_limit
+    assert limits.enabled
+    assert (limits.per_address.attempts, limits.per_address.window) == (20, 60)
+    assert (limits.per_identity.attempts, limits.per_identity.window) == (10, 300)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        RateRule(attempts=0, window=60)
+    with pytest.raises(ValidationError, match="less than or equal to 86400"):
+        RateRule(attempts=5, window=86401)
