@@ -184,8 +184,9 @@ async def _identity(request: Request) -> Identity:
     except AuthError as exc:
         # Counted per address like failed sign-ins, so bad credentials cannot grow the log
         # without bound either.
-        if deps.limiter is not None and (over := await deps.limiter.rejected(request, "api")):
-            raise over from None
+        host = request.client.host if request.client else "-"
+        if deps.limiter is not None and (over := await deps.limiter.rejected(host, "api")):
+            raise over.http() from None
         await deps.auditor.record(
             "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
         )
@@ -760,8 +761,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
         try:
             who = await deps.auth.authenticate_header(ws.headers.get("authorization"))
         except AuthError as exc:
-            if deps.limiter is not None and (over := await deps.limiter.rejected(ws, "tcp")):
-                await ws.close(tcp.CLOSE_CODES["rate_limited"], reason=str(over.detail))
+            host = ws.client.host if ws.client else "-"
+            if deps.limiter is not None and (over := await deps.limiter.rejected(host, "tcp")):
+                await ws.close(tcp.CLOSE_CODES["rate_limited"], reason=over.message)
                 return
             await deps.auditor.record(
                 "auth.rejected", client=client, connection=name, reason=str(exc)

@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, Request
-from starlette.requests import HTTPConnection
 
 from gateway.audit import Auditor
 from gateway.config import RateLimitConfig
@@ -30,9 +30,24 @@ from gateway.metrics import Counter
 from gateway.ratelimit import Charge, Key, Refusal, Rule, address_key
 from gateway.store import Store
 from gateway.store.loop import call
-from gateway.store.ratelimits import Charged
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A refusal to answer in the client's protocol: 429 (or its equivalent), this message,
+    and `Retry-After: retry_after`."""
+
+    message: str
+    retry_after: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+    def http(self) -> HTTPException:
+        return HTTPException(429, self.message, headers=self.headers)
 
 
 class AuthLimiter:
@@ -48,8 +63,7 @@ class AuthLimiter:
             ("limit", "endpoint"),
         )
 
-    def _charges(self, conn: HTTPConnection, identity: str | None) -> list[Charge]:
-        host = conn.client.host if conn.client else "-"
+    def _charges(self, host: str, identity: str | None) -> list[Charge]:
         charges = [Charge(Key.of("address", address_key(host)), self._address)]
         if identity is not None:
             charges.append(Charge(Key.of("identity", identity), self._identity))
@@ -71,11 +85,11 @@ class AuthLimiter:
         if not self.config.enabled:
             yield
             return
-        charges = self._charges(request, identity)
+        host = request.client.host if request.client else "-"
+        charges = self._charges(host, identity)
         result = await call(self._store, self._store.charge_attempt, charges)
         if isinstance(result, Refusal):
-            await self._refuse(request, endpoint, result)
-        assert isinstance(result, Charged)
+            raise (await self._refuse(host, endpoint, result)).http()
         clear: list[Key] = []
         refund = False
         try:
@@ -91,39 +105,33 @@ class AuthLimiter:
             if refund and not _cancelling():
                 await call(self._store, self._store.refund_attempt, result, clear=clear)
 
-    async def rejected(self, conn: HTTPConnection, endpoint: str) -> HTTPException | None:
-        """Charge a credential the API refused (a bad bearer) to its client address, after the
-        fact: a request with a good one costs nothing. Over the limit: the 429 to answer
-        instead of recording one more `auth.rejected`."""
+    async def rejected(self, host: str, endpoint: str) -> Limited | None:
+        """Charge a credential a door refused (a bad bearer) to its client address `host`,
+        after the fact: a request with a good one costs nothing. Over the limit: the refusal
+        to answer instead of recording one more `auth.rejected`."""
         if not self.config.enabled:
             return None
-        charges = self._charges(conn, None)
-        result = await call(self._store, self._store.charge_attempt, charges)
-        if isinstance(result, Charged):
-            return None
-        try:
-            await self._refuse(conn, endpoint, result)
-        except HTTPException as exc:
-            return exc
-        raise AssertionError("_refuse always raises")
+        result = await call(self._store, self._store.charge_attempt, self._charges(host, None))
+        if isinstance(result, Refusal):
+            return await self._refuse(host, endpoint, result)
+        return None
 
-    async def _refuse(self, conn: HTTPConnection, endpoint: str, refusal: Refusal) -> None:
+    async def _refuse(self, host: str, endpoint: str, refusal: Refusal) -> Limited:
         self.refused.inc(refusal.key.kind, endpoint)
         if refusal.first:  # one event per key and window; the rest are summed when pruned
             await self._audit.record(
                 "auth.rate_limited",
                 **_subject(refusal.key),
                 endpoint=endpoint,
-                client=conn.client.host if conn.client else "-",
+                client=host,
                 limit=refusal.rule.attempts,
                 window=refusal.rule.window,
                 retry_after=refusal.retry_after,
             )
         who = "this address" if refusal.key.kind == "address" else "this identity"
-        raise HTTPException(
-            429,
+        return Limited(
             f"too many failed sign-in attempts from {who}: retry in {refusal.retry_after} s",
-            headers={"Retry-After": str(refusal.retry_after)},
+            refusal.retry_after,
         )
 
     async def prune(self) -> int:

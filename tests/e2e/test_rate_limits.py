@@ -260,3 +260,18 @@ def test_bad_credentials_on_the_api_are_limited_but_good_ones_never(wardgate: Wa
     (event,) = rate_limited(gw)
     assert (event["endpoint"], event["address"]) == ("api", "127.0.0.1")
     assert metric(gw, "address", "api") == 3
+
+
+def test_bad_credentials_at_the_kubernetes_door_get_a_429_status(wardgate: Wardgate) -> None:
+    gw = wardgate.gateway(identity={"rate_limit": {"per_address": {"attempts": 3, "window": 60}}})
+    bad = {"Authorization": "Bearer wgt_not-a-credential-at-all-0123456789abcdef"}
+    with client(gw) as kubectl_like:
+        answers = [kubectl_like.get("/k8s/k8s/api/v1/pods", headers=bad) for _ in range(4)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429]
+    status = answers[-1].json()
+    assert (status["kind"], status["reason"], status["code"]) == ("Status", "TooManyRequests", 429)
+    assert "too many failed sign-in attempts" in status["message"]
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+    assert len(gw.audit("auth.rejected")) == 3
+    (event,) = rate_limited(gw)
+    assert event["endpoint"] == "kubernetes"
