@@ -285,6 +285,7 @@ class Gateway:
             access=policy,
             reviews=self.reviews,
             budgets=self.budgets,
+            limiter=limiter,
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
@@ -299,6 +300,7 @@ class Gateway:
             reviews=self.reviews,
             recordings=cfg.data_dir / "recordings",
             user_ca=user_ca.public_key(),
+            limiter=limiter,
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")

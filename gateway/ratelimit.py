@@ -26,7 +26,7 @@ import hashlib
 import ipaddress
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 Kind = Literal["address", "identity"]
 
@@ -73,6 +73,30 @@ class Refusal:
     rule: Rule
     retry_after: int
     first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A refusal for the client, in its protocol: HTTP 429 with `Retry-After`, a Kubernetes
+    Status, a PostgreSQL error, a WebSocket close."""
+
+    message: str
+    retry_after: int
+
+
+class Rejections(Protocol):
+    """What a front door calls when it refused a credential: None to record the refusal as
+    usual, or the answer to give instead once the address is over its limit."""
+
+    async def rejected(self, host: str, endpoint: str) -> Limited | None: ...
+
+
+def peer_host(client: str) -> str:
+    """The host of a `HOST:PORT` or `[V6HOST]:PORT` client string."""
+    host, sep, port = client.rpartition(":")
+    if not sep or not port.isdigit():
+        return client
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def window_start(now: dt.datetime, window: float) -> dt.datetime:

@@ -20,7 +20,7 @@ from gateway.api import docs, limits, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
 from gateway.api.paging import MAX_PAGE
-from gateway.api.ratelimit import AuthLimiter
+from gateway.api.ratelimit import AuthLimiter, as_http
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
@@ -186,7 +186,7 @@ async def _identity(request: Request) -> Identity:
         # without bound either.
         host = request.client.host if request.client else "-"
         if deps.limiter is not None and (over := await deps.limiter.rejected(host, "api")):
-            raise over.http() from None
+            raise as_http(over) from None
         await deps.auditor.record(
             "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
         )

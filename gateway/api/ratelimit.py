@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -27,27 +26,15 @@ from gateway.audit import Auditor
 from gateway.config import RateLimitConfig
 from gateway.identity.credentials import FlowPending
 from gateway.metrics import Counter
-from gateway.ratelimit import Charge, Key, Refusal, Rule, address_key
+from gateway.ratelimit import Charge, Key, Limited, Refusal, Rule, address_key
 from gateway.store import Store
 from gateway.store.loop import call
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Limited:
-    """A refusal to answer in the client's protocol: 429 (or its equivalent), this message,
-    and `Retry-After: retry_after`."""
-
-    message: str
-    retry_after: int
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-    def http(self) -> HTTPException:
-        return HTTPException(429, self.message, headers=self.headers)
+def as_http(limited: Limited) -> HTTPException:
+    return HTTPException(429, limited.message, headers={"Retry-After": str(limited.retry_after)})
 
 
 class AuthLimiter:
@@ -89,7 +76,7 @@ class AuthLimiter:
         charges = self._charges(host, identity)
         result = await call(self._store, self._store.charge_attempt, charges)
         if isinstance(result, Refusal):
-            raise (await self._refuse(host, endpoint, result)).http()
+            raise as_http(await self._refuse(host, endpoint, result))
         clear: list[Key] = []
         refund = False
         try:

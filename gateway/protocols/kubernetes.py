@@ -45,6 +45,7 @@ from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
+from gateway.ratelimit import peer_host
 from gateway.sessions import Session, SessionError
 from gateway.store import ReviewRecord
 from shared.kubeapi import (
@@ -228,7 +229,7 @@ class KubeFrontDoor:
             # Counted per address like failed sign-ins (gateway/api/ratelimit.py): over the
             # limit, 429 instead of one more event.
             limiter = self.deps.limiter
-            host = client.rsplit(":", 1)[0].strip("[]")
+            host = peer_host(client)
             if limiter is not None and (over := await limiter.rejected(host, "kubernetes")):
                 raise _Limited(over.message, over.retry_after) from None
             await self.deps.auditor.record(

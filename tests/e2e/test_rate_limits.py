@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import ssl
 import subprocess
 import urllib.parse
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import paramiko
+import psycopg
 import pytest
 
 from gateway.crypto import SecretBox
@@ -275,3 +278,34 @@ def test_bad_credentials_at_the_kubernetes_door_get_a_429_status(wardgate: Wardg
     assert len(gw.audit("auth.rejected")) == 3
     (event,) = rate_limited(gw)
     assert event["endpoint"] == "kubernetes"
+
+
+def test_bad_passwords_at_the_postgres_and_ssh_doors_are_limited(wardgate: Wardgate) -> None:
+    gw = wardgate.gateway(identity={"rate_limit": {"per_address": {"attempts": 3, "window": 60}}})
+    errors = []
+    for _ in range(4):
+        with pytest.raises(psycopg.OperationalError) as caught:
+            psycopg.connect(gw.pg_conninfo("pg-any", password="wgt_wrong-0123456789abcdef"))
+        errors.append(caught.value)
+    assert all("password authentication failed" in str(e) for e in errors[:3]), errors
+    assert "too many failed sign-in attempts from this address: retry in" in str(errors[3])
+    assert len(gw.audit("pg.refused")) == 3
+
+    def ssh_login(password: str) -> bool:
+        with socket.create_connection(("127.0.0.1", gw.public_port), timeout=10) as sock:
+            transport = paramiko.Transport(sock)
+            try:
+                transport.start_client(timeout=10)
+                transport.auth_password("admin:x", password)
+                return True
+            except paramiko.AuthenticationException:
+                return False
+            finally:
+                transport.close()
+
+    # The same address is over its limit already: refused, and no more events.
+    assert not ssh_login("wgt_wrong-0123456789abcdef")
+    assert gw.audit("ssh.refused") == []
+    events = rate_limited(gw)
+    assert [e["endpoint"] for e in events] == ["postgres"]  # one per key and window
+    assert metric(gw, "address", "postgres") == 1 and metric(gw, "address", "ssh") == 1
