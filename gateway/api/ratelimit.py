@@ -1,15 +1,18 @@
-"""Rate limits of the API's sign-in endpoints: 429 with Retry-After, a bounded audit trail.
+"""Rate limits of sign-in and of refused credentials: 429 with Retry-After, a bounded audit trail.
 
 Every endpoint anyone may call to get a credential (OIDC sign-in start and callback, device
 flow start and poll, refresh, workload exchange, local-user login) runs inside
 `AuthLimiter.attempt`, which charges the attempt to the client's address and, when the
-request claims one, to an identity (`gateway.ratelimit` has the rules). The client address
-is the TCP peer: the gateway terminates TLS itself and trusts no forwarded header.
+request claims one, to an identity (`gateway.ratelimit` has the rules). Every door that
+refuses a presented credential (the API's bearer check, the TCP WebSocket, the Kubernetes,
+PostgreSQL and SSH doors) calls `AuthLimiter.rejected` after the fact, against the same
+address limit, and answers in its own protocol once over it. The client address is the TCP
+peer: the gateway terminates TLS itself and trusts no forwarded header.
 
 The audit log keeps counting refusals without growing with them: the first refusal of a key
 in a window is one `auth.rate_limited` event as it happens; when the window's counter is
 pruned, one more event gives the window's total, if it refused more than once. Failed
-attempts themselves (`auth.failed`) are bounded by the limit.
+attempts themselves (`auth.failed`, `auth.rejected`, ...) are bounded by the limit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from gateway.audit import Auditor
+from gateway.audit import Auditor, durable
 from gateway.config import RateLimitConfig
 from gateway.identity.credentials import FlowPending
 from gateway.metrics import Counter
@@ -124,16 +127,18 @@ class AuthLimiter:
     async def prune(self) -> int:
         """Delete counters past their windows; audit what each refused beyond its first."""
         expired = await call(self._store, self._store.prune_rate_limits)
-        for row in expired:
-            if row.refused > 1:
-                await self._audit.record(
-                    "auth.rate_limited",
-                    **{"address" if row.kind == "address" else "identity": row.label},
-                    limit_kind=row.kind,
-                    window_start=row.window_start.isoformat(),
-                    refused=row.refused,
-                    summary=True,
-                )
+        summaries = [
+            self._audit.queue(
+                "auth.rate_limited",
+                **{"limit_kind": row.kind, row.kind: row.label},
+                window_start=row.window_start.isoformat(),
+                refused=row.refused,
+                summary=True,
+            )
+            for row in expired
+            if row.refused > 1
+        ]
+        await durable(summaries)  # one commit for all of them
         return len(expired)
 
     async def run(self) -> None:
