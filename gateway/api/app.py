@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# In the OpenAPI document of every sign-in endpoint (api/ratelimit.py).
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"description": "Too many failed sign-in attempts; `Retry-After` says when to retry."}
+}
+
 
 @dataclass
 class ApiDeps:
@@ -289,7 +294,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             return contextlib.nullcontext()
         return deps.limiter.attempt(request, endpoint, identity=identity, refund_success=refund)
 
-    @app.post("/v1/auth/oidc/authorize")
+    @app.post("/v1/auth/oidc/authorize", responses=RATE_LIMITED)
     async def oidc_authorize(body: AuthorizeRequest, request: Request) -> dict[str, Any]:
         async with attempt(request, "oidc_authorize"):
             url = await guarded(
@@ -302,7 +307,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             )
         return {"url": url}
 
-    @app.post("/v1/auth/oidc/callback")
+    @app.post("/v1/auth/oidc/callback", responses=RATE_LIMITED)
     async def oidc_callback(body: CallbackRequest, request: Request) -> dict[str, Any]:
         async with attempt(request, "oidc_callback"):
             issued = await guarded(
@@ -316,13 +321,13 @@ def build_app(deps: ApiDeps) -> FastAPI:
             )
         return issued.as_json()
 
-    @app.post("/v1/auth/oidc/device")
+    @app.post("/v1/auth/oidc/device", responses=RATE_LIMITED)
     async def oidc_device(request: Request) -> dict[str, Any]:
         # Every start asks the IdP for a code: counted even when it succeeds.
         async with attempt(request, "device", refund=False):
             return await guarded(ident().oidc_device_start())
 
-    @app.post("/v1/auth/oidc/device/token", response_model=None)
+    @app.post("/v1/auth/oidc/device/token", response_model=None, responses=RATE_LIMITED)
     async def oidc_device_token(
         body: DeviceTokenRequest, request: Request
     ) -> dict[str, Any] | JSONResponse:
@@ -336,13 +341,13 @@ def build_app(deps: ApiDeps) -> FastAPI:
             return JSONResponse({"error": error}, status_code=428)
         return issued.as_json()
 
-    @app.post("/v1/auth/refresh")
+    @app.post("/v1/auth/refresh", responses=RATE_LIMITED)
     async def refresh(body: RefreshRequest, request: Request) -> dict[str, Any]:
         async with attempt(request, "refresh"):
             issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
         return issued.as_json()
 
-    @app.post("/v1/auth/workload")
+    @app.post("/v1/auth/workload", responses=RATE_LIMITED)
     async def workload(body: WorkloadRequest, request: Request) -> dict[str, Any]:
         # Address only: a signature cannot be guessed, and the subject a token claims before
         # it is verified is anyone's to claim, so an identity limit would let anyone lock a
@@ -351,7 +356,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
         return issued.as_json()
 
-    @app.post("/v1/auth/password")
+    @app.post("/v1/auth/password", responses=RATE_LIMITED)
     async def password_login(body: PasswordRequest, request: Request) -> dict[str, Any]:
         async with attempt(request, "local", identity=f"local:{body.user}"):
             issued = await guarded(

@@ -23,6 +23,7 @@ from gateway.ratelimit import (
     address_key,
     estimate,
     over,
+    peer_host,
     retry_after,
     window_start,
 )
@@ -128,6 +129,14 @@ def test_windows_are_aligned_so_every_member_computes_the_same_one() -> None:
 )
 def test_an_ipv6_client_is_counted_by_its_64(host: str, counted: str) -> None:
     assert address_key(host) == counted
+
+
+@pytest.mark.parametrize(
+    ("client", "host"),
+    [("192.0.2.7:5432", "192.0.2.7"), ("[2001:db8::1]:22", "2001:db8::1"), ("-", "-")],
+)
+def test_the_host_of_a_client_string(client: str, host: str) -> None:
+    assert peer_host(client) == host
 
 
 def test_a_key_is_a_digest_and_its_label_is_bounded_and_printable() -> None:
