@@ -20,26 +20,14 @@ Rules this module keeps (sans-I/O: no sockets, no clock of its own):
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from gateway.ratelimit import address_key
 
 
 class Refusal(enum.Enum):
     PER_ADDRESS = "per_address"
-
-
-def address_key(host: str) -> str:
-    """The unit the per-address limit counts: the IPv4 address, or the IPv6 /64."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host  # not an IP (a Unix socket path, say): counted as itself
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 @dataclass(eq=False)

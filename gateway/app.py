@@ -21,6 +21,7 @@ from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
 from gateway.api.metrics import metrics_router
+from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
@@ -243,6 +244,8 @@ class Gateway:
             broker.watch_revocations(cfg.identity.revocation_check_interval), name="revocations"
         )
         self.reviews = self._reviews(store, auditor, policy)
+        limiter = AuthLimiter(store, auditor, cfg.identity.rate_limit)
+        self._tasks.spawn(limiter.run(), name="rate-limit pruning")
         app = build_app(
             ApiDeps(
                 store=store,
@@ -262,6 +265,7 @@ class Gateway:
                 policy_source=guardrails,
                 kube_policy=cfg.kube_policy(),
                 reviews=self.reviews,
+                limiter=limiter,
             )
         )
         app.state.reviews = self.reviews
@@ -273,7 +277,7 @@ class Gateway:
         self.frontdoor = FrontDoor(
             ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy), limits=cfg.frontdoor
         )
-        app.include_router(metrics_router([self.frontdoor.counters]))
+        app.include_router(metrics_router([self.frontdoor.counters, lambda: [limiter.refused]]))
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
@@ -286,6 +290,7 @@ class Gateway:
             access=policy,
             reviews=self.reviews,
             budgets=self.budgets,
+            limiter=limiter,
         )
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
@@ -300,6 +305,7 @@ class Gateway:
             reviews=self.reviews,
             recordings=cfg.data_dir / "recordings",
             user_ca=user_ca.public_key(),
+            limiter=limiter,
         )
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         quiet_banner_errors()  # each refused banner is audited; no traceback per peer

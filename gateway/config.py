@@ -169,6 +169,30 @@ class CredentialsConfig(BaseModel):
     api_key_max_ttl: int = Field(default=90 * 86400, gt=0)  # longest API key lifetime
 
 
+class RateRule(BaseModel):
+    """At most `attempts` failed attempts per `window` seconds (a sliding window)."""
+
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = Field(ge=1, le=1_000_000)  # failed attempts let through per window
+    window: float = Field(ge=1, le=86400)  # seconds
+
+
+class RateLimitConfig(BaseModel):
+    """Failed sign-in attempts (OIDC, device flow, refresh, workload exchange, local users)
+    and credentials the API refused, counted in the store so the limits hold across every
+    gateway member; over a limit: 429 with Retry-After (docs/identity.md#rate-limits)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True  # off only for load tests: nothing else bounds guessing
+    # Per client address (an IPv6 client by its /64), the TCP peer: default 20 per 60 s.
+    per_address: RateRule = Field(default_factory=lambda: RateRule(attempts=20, window=60))
+    # Per claimed identity (a local user's name), from any address: default 10 per 300 s;
+    # a success clears it.
+    # Workload tokens are counted per address only: their unverified subject is anyone's
+    # to claim, and a signature cannot be guessed.
+    per_identity: RateRule = Field(default_factory=lambda: RateRule(attempts=10, window=300))
+
+
 class IdentityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     oidc: OIDCConfig | None = None  # people sign in with this provider
@@ -180,6 +204,8 @@ class IdentityConfig(BaseModel):
     default_access: str = "none"
     # How often live sessions are checked against revocations made by any gateway replica.
     revocation_check_interval: float = Field(default=2.0, gt=0)
+    # Failed sign-in attempts allowed per client address and per claimed identity.
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> IdentityConfig:

@@ -308,6 +308,7 @@ _REASONS = {
     403: "Forbidden",
     404: "NotFound",
     413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
     500: "InternalError",
     502: "BadGateway",
     503: "ServiceUnavailable",

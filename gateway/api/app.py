@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ from gateway.api import docs, limits, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
 from gateway.api.paging import MAX_PAGE
+from gateway.api.ratelimit import AuthLimiter, as_http
 from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
@@ -55,6 +57,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# In the OpenAPI document of every sign-in endpoint (api/ratelimit.py).
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"description": "Too many failed sign-in attempts; `Retry-After` says when to retry."}
+}
+
 
 @dataclass
 class ApiDeps:
@@ -75,6 +82,7 @@ class ApiDeps:
     policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
     kube_policy: KubePolicy | None = None
     reviews: ReviewService | None = None  # approvals (Kubernetes `effect: review`)
+    limiter: AuthLimiter | None = None  # sign-in rate limits (api/ratelimit.py)
 
 
 class AgentCreate(BaseModel):
@@ -178,6 +186,11 @@ async def _identity(request: Request) -> Identity:
             raise AuthError("a per-connection credential only opens sessions on its connection")
         return who
     except AuthError as exc:
+        # Counted per address like failed sign-ins, so bad credentials cannot grow the log
+        # without bound either.
+        host = request.client.host if request.client else "-"
+        if deps.limiter is not None and (over := await deps.limiter.rejected(host, "api")):
+            raise as_http(over) from None
         await deps.auditor.record(
             "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
         )
@@ -267,65 +280,83 @@ def build_app(deps: ApiDeps) -> FastAPI:
     async def auth_methods() -> dict[str, Any]:
         return ident().methods()
 
-    @app.post("/v1/auth/oidc/authorize")
-    async def oidc_authorize(body: AuthorizeRequest) -> dict[str, Any]:
-        url = await guarded(
-            ident().oidc_authorization_url(
-                redirect_uri=body.redirect_uri,
-                state=body.state,
-                nonce=body.nonce,
-                code_challenge=body.code_challenge,
+    def attempt(
+        request: Request, endpoint: str, *, identity: str | None = None, refund: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if deps.limiter is None:
+            return contextlib.nullcontext()
+        return deps.limiter.attempt(request, endpoint, identity=identity, refund_success=refund)
+
+    @app.post("/v1/auth/oidc/authorize", responses=RATE_LIMITED)
+    async def oidc_authorize(body: AuthorizeRequest, request: Request) -> dict[str, Any]:
+        async with attempt(request, "oidc_authorize"):
+            url = await guarded(
+                ident().oidc_authorization_url(
+                    redirect_uri=body.redirect_uri,
+                    state=body.state,
+                    nonce=body.nonce,
+                    code_challenge=body.code_challenge,
+                )
             )
-        )
         return {"url": url}
 
-    @app.post("/v1/auth/oidc/callback")
+    @app.post("/v1/auth/oidc/callback", responses=RATE_LIMITED)
     async def oidc_callback(body: CallbackRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(
-            ident().oidc_code_login(
-                code=body.code,
-                redirect_uri=body.redirect_uri,
-                code_verifier=body.code_verifier,
-                nonce=body.nonce,
-                client=_client(request),
+        async with attempt(request, "oidc_callback"):
+            issued = await guarded(
+                ident().oidc_code_login(
+                    code=body.code,
+                    redirect_uri=body.redirect_uri,
+                    code_verifier=body.code_verifier,
+                    nonce=body.nonce,
+                    client=_client(request),
+                )
             )
-        )
         return issued.as_json()
 
-    @app.post("/v1/auth/oidc/device")
-    async def oidc_device() -> dict[str, Any]:
-        return await guarded(ident().oidc_device_start())
+    @app.post("/v1/auth/oidc/device", responses=RATE_LIMITED)
+    async def oidc_device(request: Request) -> dict[str, Any]:
+        # Every start asks the IdP for a code: counted even when it succeeds.
+        async with attempt(request, "device", refund=False):
+            return await guarded(ident().oidc_device_start())
 
-    @app.post("/v1/auth/oidc/device/token", response_model=None)
+    @app.post("/v1/auth/oidc/device/token", response_model=None, responses=RATE_LIMITED)
     async def oidc_device_token(
         body: DeviceTokenRequest, request: Request
     ) -> dict[str, Any] | JSONResponse:
         try:
-            issued = await guarded(
-                ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
-            )
+            async with attempt(request, "device_poll"):
+                issued = await guarded(
+                    ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
+                )
         except FlowPending as pending:
             error = "slow_down" if pending.slow_down else "authorization_pending"
             return JSONResponse({"error": error}, status_code=428)
         return issued.as_json()
 
-    @app.post("/v1/auth/refresh")
+    @app.post("/v1/auth/refresh", responses=RATE_LIMITED)
     async def refresh(body: RefreshRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
+        async with attempt(request, "refresh"):
+            issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
         return issued.as_json()
 
-    @app.post("/v1/auth/workload")
+    @app.post("/v1/auth/workload", responses=RATE_LIMITED)
     async def workload(body: WorkloadRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
+        # Address only: a signature cannot be guessed, and the subject a token claims before
+        # it is verified is anyone's to claim, so an identity limit would let anyone lock a
+        # CI job out with forged tokens.
+        async with attempt(request, "workload"):
+            issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
         return issued.as_json()
 
-    @app.post("/v1/auth/password")
+    @app.post("/v1/auth/password", responses=RATE_LIMITED)
     async def password_login(body: PasswordRequest, request: Request) -> dict[str, Any]:
-        issued = await guarded(
-            ident().local_login(
-                user=body.user, password=body.password, code=body.code, client=_client(request)
+        async with attempt(request, "local", identity=f"local:{body.user}"):
+            issued = await guarded(
+                ident().local_login(
+                    user=body.user, password=body.password, code=body.code, client=_client(request)
+                )
             )
-        )
         return issued.as_json()
 
     @app.post("/v1/auth/logout")
@@ -728,6 +759,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         try:
             who = await deps.auth.authenticate_header(ws.headers.get("authorization"))
         except AuthError as exc:
+            host = ws.client.host if ws.client else "-"
+            if deps.limiter is not None and (over := await deps.limiter.rejected(host, "tcp")):
+                await ws.close(tcp.CLOSE_CODES["rate_limited"], reason=over.message)
+                return
             await deps.auditor.record(
                 "auth.rejected", client=client, connection=name, reason=str(exc)
             )

@@ -20,8 +20,9 @@ The rules this module keeps:
    counts as a writer when *any* candidate is one. Candidates of `name(...)` are the
    functions of that name in every schema of every search_path the session may have had:
    the server's own (`current_schemas(true)` on the lookup connection, which logs in as the
-   session does; every one a lookup of the session reported), plus each schema a SET search_path or set_config('search_path', ...) of
-   the session named ("$user" is the session's user). A search_path the gateway cannot
+   session does; every one a lookup of the session reported), plus each schema a
+   SET search_path or set_config('search_path', ...) of the session named ("$user" is the
+   session's user). A search_path the gateway cannot
    read (set_config with a value that is not a constant, SET ROLE, which changes "$user")
    makes every schema a candidate. `schema.name(...)` has the candidates of that schema;
    `pg_temp.name` those of every temporary schema.

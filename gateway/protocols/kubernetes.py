@@ -45,6 +45,7 @@ from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
+from gateway.ratelimit import peer_host
 from gateway.sessions import Session, SessionError
 from gateway.store import ReviewRecord
 from shared.kubeapi import (
@@ -101,6 +102,28 @@ def _reads(info: RequestInfo) -> bool:
 
 def _status(code: int, message: str) -> Response:
     return Response(status_body(code, message), status_code=code, media_type="application/json")
+
+
+class _Limited(AuthError):
+    """A refused credential from an address over its limit: 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _unauthenticated(exc: AuthError) -> tuple[int, str, dict[str, str]]:
+    """The status, message and extra headers a refused credential gets."""
+    if isinstance(exc, _Limited):
+        return 429, f"Wardgate: {exc}", {"Retry-After": str(exc.retry_after)}
+    return 401, f"Wardgate: {exc}", {}
+
+
+def _refused(exc: AuthError) -> Response:
+    code, message, headers = _unauthenticated(exc)
+    response = _status(code, message)
+    response.headers.update(headers)
+    return response
 
 
 def _split(raw_path: bytes) -> tuple[str, str]:
@@ -203,6 +226,12 @@ class KubeFrontDoor:
         try:
             return await self.deps.auth.authenticate_header(header)
         except AuthError as exc:
+            # Counted per address like failed sign-ins (gateway/api/ratelimit.py): over the
+            # limit, 429 instead of one more event.
+            limiter = self.deps.limiter
+            host = peer_host(client)
+            if limiter is not None and (over := await limiter.rejected(host, "kubernetes")):
+                raise _Limited(over.message, over.retry_after) from None
             await self.deps.auditor.record(
                 "auth.rejected", client=client, connection=connection, reason=str(exc)
             )
@@ -408,7 +437,7 @@ class KubeFrontDoor:
         try:
             who = await self._identity(request.headers.get("authorization"), client, connection)
         except AuthError as exc:
-            return _status(401, f"Wardgate: {exc}")
+            return _refused(exc)
         info = request_info(request.method, path, query)
         try:
             opened = await self._open(who, connection, client, info, query)
@@ -472,7 +501,7 @@ class KubeFrontDoor:
         try:
             who = await self._identity(ws.headers.get("authorization"), client, connection)
         except AuthError as exc:
-            await ws.send_denial_response(_status(401, f"Wardgate: {exc}"))
+            await ws.send_denial_response(_refused(exc))
             return
         info = request_info("GET", path, query)
         try:
@@ -657,7 +686,8 @@ class KubeFrontDoor:
         try:
             who = await self._identity(request.header("authorization"), client, connection)
         except AuthError as exc:
-            await _answer(writer, 401, f"Wardgate: {exc}")
+            code, message, headers = _unauthenticated(exc)
+            await _answer(writer, code, message, headers)
             return
         info = request_info(request.method, path, query)
         try:
@@ -722,10 +752,12 @@ class KubeFrontDoor:
             await asyncio.shield(self._end(session, status, nbytes, error=error))
 
 
-async def _answer(writer: asyncio.StreamWriter, code: int, message: str) -> None:
+async def _answer(
+    writer: asyncio.StreamWriter, code: int, message: str, headers: dict[str, str] | None = None
+) -> None:
     body = status_body(code, message)
     head = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Connection", "close")]  # fmt: skip
+            ("Connection", "close"), *(headers or {}).items()]  # fmt: skip
     with contextlib.suppress(OSError, ssl.SSLError):
         writer.write(encode_response_head(code, "Wardgate", head) + body)
         await writer.drain()

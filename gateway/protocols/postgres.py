@@ -92,6 +92,7 @@ from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgcancel import CancelKeys, secret_length
 from gateway.protocols.pgfunctions import function_check
 from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
+from gateway.ratelimit import Rejections, peer_host
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import StoreUnavailable
@@ -147,6 +148,8 @@ CANCEL_TIMEOUT = 10.0
 # so that the client reads the error that ends it (see `_linger`).
 LINGER = 2.0
 # Startup parameters passed through to the server; user and database are the connection's.
+# Class 53, insufficient resources: the address spent its failed attempts (no standard code).
+TOO_MANY_FAILURES = "53300"
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 _FRONTEND_TRACKED = frozenset(b"QPBECSX")
 
@@ -309,6 +312,7 @@ class PostgresFrontDoor:
         access: AccessPolicy | None = None,
         reviews: ReviewService | None = None,
         budgets: BudgetLedger | None = None,
+        limiter: Rejections | None = None,  # refused credentials per address
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
@@ -318,6 +322,7 @@ class PostgresFrontDoor:
         self._budgets = budgets
         self._access = access or AccessPolicy()
         self._reviews = reviews
+        self._limiter = limiter
         self._holding: dict[str, asyncio.Event] = {}  # session id -> set to withdraw its hold
         self.cancel_keys: CancelKeys[Session] = CancelKeys()
 
@@ -493,6 +498,14 @@ class PostgresFrontDoor:
         try:
             identity = await self._auth.authenticate(password)
         except AuthError as exc:
+            if self._limiter and (
+                over := await self._limiter.rejected(peer_host(client), "postgres")
+            ):
+                # Over the address's limit: refused without one more event (api/ratelimit.py).
+                writer.write(error_response(TOO_MANY_FAILURES, over.message))
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                return
             await self._fail(
                 writer,
                 "28P01",

@@ -82,6 +82,7 @@ from gateway.auth import Authenticator, AuthError, Identity
 from gateway.frontdoor import current_admission
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
+from gateway.ratelimit import Rejections, peer_host
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import ReviewRecord, Store, UserRecord
@@ -584,6 +585,9 @@ class _Connection:
             else:
                 identity = await door.auth.authenticate(password)
         except AuthError as exc:
+            limiter = door.limiter
+            if not key and limiter and await limiter.rejected(peer_host(self.client), "ssh"):
+                return False  # over the address's limit: no event (api/ratelimit.py)
             if not key:  # a key the client merely offers is not an attack worth a line
                 await door.audit.record(
                     "ssh.refused", client=self.client, user=user, reason=f"auth: {exc}"
@@ -1376,6 +1380,7 @@ class SshFrontDoor:
         reviews: ReviewService | None = None,
         recordings: Path,
         user_ca: ed25519.Ed25519PublicKey | None = None,
+        limiter: Rejections | None = None,
     ) -> None:
         self.host_key = host_key
         self.user_ca = user_ca
@@ -1386,6 +1391,7 @@ class SshFrontDoor:
         self.access = access or AccessPolicy()
         self.recordings = recordings
         self.reviews = reviews  # None: a command needing approval is refused
+        self.limiter = limiter  # refused credentials per address
         self.fingerprint = fingerprint(host_key)
 
     async def key_identity(self, user: str, key_fingerprint: str) -> Identity:

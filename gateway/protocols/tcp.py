@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_CODES = {
     "unauthenticated": 4401,
+    "rate_limited": 4429,  # too many refused credentials from the address
     "forbidden": 4403,
     "unknown_connection": 4404,
     "wrong_type": 4409,

@@ -40,7 +40,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store import chain
+from gateway.ratelimit import Charge, Key, Refusal
+from gateway.store import chain, ratelimits
 from gateway.store import tables as t
 from gateway.store.audit_writer import AuditWriter
 from gateway.store.models import (
@@ -1422,6 +1423,26 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(stmt.order_by(table.c.user, table.c.connection, table.c.budget))
             return [(r.user, r.connection, r.budget, int(r.rows), int(r.bytes)) for r in rows]
+
+    # ---- rate limits of sign-in attempts (migration 0007; gateway.ratelimit) -------------
+
+    def charge_attempt(self, charges: Sequence[Charge]) -> ratelimits.Charged | Refusal:
+        """Charge one attempt to each key, or to none when one is over its limit (the
+        refusal names the key that waits longest)."""
+        with self._write(fsync=False) as conn:
+            return ratelimits.charge(conn, self._dialect, charges, self._clock())
+
+    def refund_attempt(self, charged: ratelimits.Charged, *, clear: Iterable[Key] = ()) -> None:
+        """Give a charged attempt back; `clear` forgets those keys' attempts altogether."""
+        with self._write(fsync=False) as conn:
+            ratelimits.refund(conn, charged.windows)
+            for key in clear:
+                ratelimits.clear(conn, key)
+
+    def prune_rate_limits(self) -> list[ratelimits.Expired]:
+        """Delete the counters no window reads any more; returns them (one member gets each)."""
+        with self._write(fsync=False) as conn:
+            return ratelimits.prune(conn, self._clock())
 
     # ---- SSH public keys (migration 0005; `wardgate ssh-keys`) ---------------------------
 

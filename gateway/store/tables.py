@@ -327,3 +327,22 @@ token_replay = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index(None, "expires_at"),
 )
+
+
+# ---- rate limits (migration 0007) ----------------------------------------------------
+# Sign-in attempts per key and fixed window (gateway.ratelimit); every member adds to the
+# same rows. `key` is a digest (a claimed identity is untrusted input of any length);
+# `label` is its readable form for the audit log. Rows are pruned once `expires_at` (two
+# windows after the start: the sliding estimate reads the previous window) has passed.
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("kind", sa.String(20), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("window_start", UTCDateTime(), primary_key=True),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("refused", sa.Integer(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)

@@ -130,6 +130,9 @@ def stack(
                     },
                 ],
                 "revocation_check_interval": 0.5,
+                # The attack tests fail many sign-ins from one address within a minute;
+                # tests/e2e/test_rate_limits.py tests the limits themselves.
+                "rate_limit": {"per_address": {"attempts": 1000, "window": 60}},
             },
             roles=[
                 {

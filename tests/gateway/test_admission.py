@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.admission import Admissions, LogCap, Refusal, Ticket, address_key
+from gateway.admission import Admissions, LogCap, Refusal, Ticket
+from gateway.ratelimit import address_key
 
 
 @pytest.mark.parametrize(
