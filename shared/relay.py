@@ -23,7 +23,9 @@ Rules (each one a test in tests/shared/test_relay.py):
    go on, a broken framing) is REFUSED. The first ending wins.
 5. Whatever ends the relay, the tunnel stream is finished when `relay` returns (reset with
    `failure_code` or the refusal's code when nobody closed it cleanly), also when the
-   caller cancels it; cancellation is re-raised.
+   caller cancels it; cancellation is re-raised. A task inside a tunnel call is never
+   cancelled while the session is open: cancelling a gRPC read cancels the whole call,
+   and the far end would see a lost agent instead of our close.
 6. Signals (the agent side of a PostgreSQL cancel) run in a task of the relay's, in order
    with the data, and are answered (Signal DONE) once carried out.
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -124,7 +126,6 @@ class _Relay:
         self.stream = stream
         self.peer = peer
         self.half_close = half_close
-        self.failure_code = failure_code
         self.describe = describe
         self.on_signal = on_signal
         self.sent = 0
@@ -133,25 +134,43 @@ class _Relay:
         self.tunnel_eof = False
         self.end: tuple[Ended, str, str | None] | None = None
         self.code = failure_code  # of the reset when the ending leaves the stream open
+        self.decided = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        # Tasks inside a tunnel call. Cancelling a gRPC read or write cancels the whole
+        # call, so they are cancelled only once the session is over (see `finish`).
+        self.in_tunnel: set[asyncio.Task[Any]] = set()
+        self.down: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def tunnel_call(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_tunnel.add(task)
+        try:
+            yield
+        finally:
+            self.in_tunnel.discard(task)
 
     def decide(self, ended: Ended, reason: str, error: str | None = None) -> None:
-        """The first ending wins; every other task of the relay stops at once (the one
-        deciding finishes what it is doing, e.g. sending our close)."""
+        """The first ending wins. Tasks waiting on the peer stop at once; a task inside a
+        tunnel call stops after it, or in `finish`."""
         if self.end is not None:
             return
         self.end = (ended, reason, error)
+        self.decided.set()
         me = asyncio.current_task()
-        for task in self.tasks:
-            if task is not me:
-                task.cancel()
+        # After the peer's EOF `down` goes on to see the far end's close (`finish`).
+        keep = {me, self.down} if ended is Ended.PEER_CLOSED else {me}
+        for task in self.tasks - keep - self.in_tunnel:
+            task.cancel()
 
     def failed(self, exc: OSError) -> None:
         text = f"{self.who} connection failed: {str(exc) or type(exc).__name__}"
         self.decide(Ended.PEER_FAILED, text, text)
 
     def refused(self, exc: Refused) -> None:
-        self.code = exc.code
+        if self.end is None:
+            self.code = exc.code
         self.decide(Ended.REFUSED, exc.message, exc.message)
 
     async def up(self) -> None:
@@ -159,9 +178,13 @@ class _Relay:
         try:
             while (data := await self.peer.read()) is not None:
                 if data:
-                    await self.stream.send_data(data)
+                    with self.tunnel_call():
+                        await self.stream.send_data(data)
                     self.sent += len(data)
-            await self.stream.send_close()
+                if self.end is not None:
+                    return
+            with self.tunnel_call():
+                await self.stream.send_close()
             self.peer_eof = True  # only now: `down` may decide BOTH_CLOSED at once
             if not self.half_close:
                 self.decide(Ended.PEER_CLOSED, f"the {self.who} closed the connection")
@@ -178,21 +201,29 @@ class _Relay:
         except SessionClosedError:
             pass  # the tunnel ended: `down` receives its reset and says why
 
-    async def down(self, tg: asyncio.TaskGroup) -> None:
-        """Tunnel -> peer."""
+    async def down_loop(self, tg: asyncio.TaskGroup) -> None:
+        """Tunnel -> peer; once the relay is decided (the peer's EOF without half-close),
+        it only waits for the far end's close, dropping what still comes."""
         try:
             while True:
-                event = await self.stream.receive()
+                with self.tunnel_call():
+                    event = await self.stream.receive()
+                draining = self.end is not None
                 if isinstance(event, DataReceived):
+                    if draining:
+                        continue  # the peer has gone: nobody to take it
                     try:
                         await self.peer.write(event.payload)
                     except SessionClosedError:
                         continue  # an adapter answering on the tunnel: the next event says why
                     self.received += len(event.payload)
                 elif isinstance(event, RemoteClosed):
+                    if draining:
+                        return
                     if not self.half_close:
                         self.decide(Ended.TUNNEL_CLOSED, "the far end closed the session")
-                        await self.stream.send_close()
+                        with self.tunnel_call():
+                            await self.stream.send_close()
                         return
                     await self.peer.write_eof()
                     self.tunnel_eof = True
@@ -203,7 +234,7 @@ class _Relay:
                     text = self.describe(event)
                     self.decide(Ended.TUNNEL_RESET, text, text)
                     return
-                elif isinstance(event, SignalReceived):
+                elif isinstance(event, SignalReceived) and not draining:
                     self.spawn(tg, self.carry_out(event), f"signal {event.kind.name}")
         except OSError as exc:
             self.failed(exc)
@@ -222,16 +253,22 @@ class _Relay:
         if self.on_signal is not None:
             await self.on_signal(signal.kind)
         # The gateway holds the client's cancel connection open until this answer.
-        await self.stream.send_signal_done(signal.id)
+        with self.tunnel_call():
+            await self.stream.send_signal_done(signal.id)
 
-    async def drain(self, grace: float) -> None:
-        """After the peer's EOF (no half-close): the far end's close, or give up."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while not self.stream.finished:
-                    event = await self.stream.receive()
-                    if isinstance(event, RemoteClosed | SessionReset):
-                        return
+    async def finish(self, grace: float) -> None:
+        """After the decision: give the far end `grace` to close (PEER_CLOSED), reset the
+        session if it is still open, then stop what is left: a finished stream is safe to
+        abandon, and a write on it returns at once."""
+        assert self.end is not None and self.down is not None
+        ended, reason, error = self.end
+        if ended is Ended.PEER_CLOSED and not self.stream.finished and not self.down.done():
+            await asyncio.wait({self.down}, timeout=grace)
+        if not self.stream.finished:
+            await self.stream.reset(self.code, error or reason)
+        for task in self.tasks:
+            if not task.done():
+                task.cancel()
 
 
 async def relay(
@@ -254,17 +291,15 @@ async def relay(
     try:
         async with asyncio.TaskGroup() as tg:
             r.spawn(tg, r.up(), f"{name}/up")
-            r.spawn(tg, r.down(tg), f"{name}/down")
-        assert r.end is not None
-        ended, reason, error = r.end
-        if ended is Ended.PEER_CLOSED and not stream.finished:
-            await r.drain(close_grace)
-        if not stream.finished:
-            await stream.reset(r.code, error or reason)
+            r.down = r.spawn(tg, r.down_loop(tg), f"{name}/down")
+            await r.decided.wait()
+            await r.finish(close_grace)
     finally:
         if not stream.finished:  # cancelled, or a bug: the far end is told all the same
-            reason = r.end[1] if r.end is not None else "relay ended"
-            await asyncio.shield(stream.reset(r.code, reason))
+            why = r.end[1] if r.end is not None else "relay ended"
+            await asyncio.shield(stream.reset(r.code, why))
+    assert r.end is not None
+    ended, reason, error = r.end
     return RelayEnd(ended, reason, error, r.sent, r.received)
 
 

@@ -15,7 +15,7 @@ from shared.tunnel.stream import (
     SessionReset,
     TunnelStream,
 )
-from tests.fixtures.tunnel import opened_pair
+from tests.fixtures.tunnel import opened_pair, wire_of
 
 
 class ScriptedPeer:
@@ -25,6 +25,7 @@ class ScriptedPeer:
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self.written = bytearray()
+        self.wrote = asyncio.Event()
         self.eof = False
         self.gone = asyncio.Event()
         self.refuse: bytes | None = None  # a write of these bytes raises Refused
@@ -40,6 +41,7 @@ class ScriptedPeer:
             raise Refused("frame too large", ResetCode.TARGET_REFUSED)
         await asyncio.sleep(0)  # a flush that takes a turn of the loop
         self.written += data
+        self.wrote.set()
 
     async def write_eof(self) -> None:
         self.eof = True
@@ -82,6 +84,7 @@ async def test_half_close_carries_each_eof_and_ends_when_both_directions_closed(
     assert (end.ended, end.error, end.sent, end.received) == (Ended.BOTH_CLOSED, None, 4, 4)
     assert (bytes(peer.written), peer.eof) == (b"pong", True)
     assert near.finished and near.end_reason is None
+    assert wire_of(near).cancelled_reads == 0  # a gRPC call would have been cancelled
 
 
 async def test_half_close_peer_that_vanishes_after_its_eof_ends_the_relay() -> None:
@@ -110,11 +113,15 @@ async def test_without_half_close_the_far_ends_close_ends_it_after_all_was_flush
     # Our close answers theirs: the far end sees a clean end, not a reset.
     assert await far.receive() == RemoteClosed()
     assert near.end_reason is None
+    assert wire_of(near).cancelled_reads == 0
 
 
 async def test_without_half_close_the_peers_eof_waits_for_the_far_end_to_close() -> None:
     peer = ScriptedPeer()
     task, near, far = await start(peer, half_close=False)
+    await far.send_data(b"hello")
+    async with asyncio.timeout(5):
+        await peer.wrote.wait()  # delivered: the relay reads the tunnel again
     peer.inbox.put_nowait(b"bye")
     peer.inbox.put_nowait(None)
     assert await far_events(far, 2) == [DataReceived(b"bye"), RemoteClosed()]
@@ -122,8 +129,9 @@ async def test_without_half_close_the_peers_eof_waits_for_the_far_end_to_close()
     await far.send_close()
     end = await task
     assert (end.ended, end.error) == (Ended.PEER_CLOSED, None)
-    assert bytes(peer.written) == b""
+    assert bytes(peer.written) == b"hello"
     assert near.finished and near.end_reason is None
+    assert wire_of(near).cancelled_reads == 0
 
 
 async def test_a_far_end_that_never_closes_is_reset_after_the_grace() -> None:
