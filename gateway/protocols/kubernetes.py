@@ -45,6 +45,7 @@ from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
+from gateway.reviews import outcome
 from gateway.sessions import Session, SessionError
 from gateway.store import ReviewRecord
 from shared.kubeapi import (
@@ -109,15 +110,6 @@ def _split(raw_path: bytes) -> tuple[str, str]:
     rest = raw_path.decode("latin-1")[len(PREFIX) :]
     connection, _, path = rest.partition("/")
     return connection, "/" + path
-
-
-def _outcome(review: ReviewRecord) -> str:
-    return {
-        "pending": "is still waiting for approval",
-        "approved": "was approved, but its approval has expired",
-        "denied": "was denied",
-        "expired": "timed out",
-    }.get(review.status, f"was {review.status}")
 
 
 def _spdy(headers: list[tuple[str, str]]) -> bool:
@@ -322,21 +314,24 @@ class KubeFrontDoor:
             ours = True
         approve = f"another person approves with: wardgate reviews approve {review.id}"
         if review.status != "pending":
-            return f"Wardgate: review {review.id} of {what} {_outcome(review)} ({review.decision})"
+            return f"Wardgate: review {review.id} of {what} {outcome(review)} ({review.decision})"
         if not decision.wait:
             return (
                 f"Wardgate: {what} is held for review {review.id} ({decision.reason}); {approve}; "
                 f"once approved, run the same request again within {terms.approval_ttl}s"
             )
-        decided = await reviews.wait_for_client(review.id, left=client_gone())
+        decided = await reviews.wait_for_client(
+            review.id,
+            left=client_gone(),
+            # A review this request asked for goes with it; one it shares stays.
+            withdraw="the client went away" if ours else None,
+        )
         if decided is None:
-            if ours:
-                await reviews.cancel(review.id, "the client went away")
             return f"Wardgate: the client went away while review {review.id} was pending"
         if reviews.still_approved(decided):
             return None
-        outcome = _outcome(decided)
-        return f"Wardgate: review {review.id} of {what} {outcome} ({decided.decision}); not run"
+        ended = outcome(decided)
+        return f"Wardgate: review {review.id} of {what} {ended} ({decided.decision}); not run"
 
     async def _end(
         self,

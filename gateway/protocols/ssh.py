@@ -17,7 +17,10 @@ to the tunnel within the channel's credit (`shared.sshwire.window`, refilled by 
 WindowAdjust), and a writer thread writes the agent's frames to the client in order and
 acknowledges what it wrote. The loop only decodes and queues, so a client that stops
 reading one channel stalls that channel, never the loop, the answers the transport thread
-waits for, or the other channels.
+waits for, or the other channels. The session's end (client gone, agent or target lost) is
+decided by the relay driver (shared/relay.py), without half-close. A channel's recording
+(`cast`) is set and cleared on the loop only, and threads read it once per use; coroutines
+a thread starts without waiting (`_later`) are owned and awaited before the session ends.
 
 Approvals: an exec matching the connection's `ssh_review_exec` patterns (deny patterns
 first: deny wins) is held. The transport thread creates the review (`ReviewService.hold`),
@@ -81,7 +84,7 @@ from gateway.audit import Auditor
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
-from gateway.reviews import ReviewService
+from gateway.reviews import ReviewService, outcome
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import ReviewRecord, Store, UserRecord
 from shared.recording.asciicast import CastEncoder, Header
@@ -903,27 +906,20 @@ class _Connection:
         reviews = self.door.reviews
         assert reviews is not None
         try:
-            try:
-                decided = await reviews.wait_for_client(
-                    review.id,
-                    left=self._done.wait(),
-                    gone=lambda: self._channel_gone(ch),
-                    check=CLIENT_CHECK,
-                )
-            except asyncio.CancelledError:
-                # The connection is ending: nobody is left to run the command.
-                await asyncio.shield(reviews.cancel(review.id, "the session ended"))
-                raise
+            decided = await reviews.wait_for_client(
+                review.id,
+                left=self._done.wait(),
+                gone=lambda: self._channel_gone(ch),
+                check=CLIENT_CHECK,
+                withdraw="the client went away",
+            )
             if decided is None:
-                await reviews.cancel(review.id, "the client went away")
                 return
             if self._channel_gone(ch):
                 return  # approved, but the client hung up while it waited: run nothing
             if decided.status != "approved":
-                outcome = {"denied": "was denied", "expired": "timed out"}.get(
-                    decided.status, f"was {decided.status}"
-                )
-                reason = f"review {review.id} {outcome} ({decided.decision}); command not run"
+                ended = outcome(decided)
+                reason = f"review {review.id} {ended} ({decided.decision}); command not run"
                 await self.door.audit.record(
                     "ssh.refused",
                     actor=self.user,
@@ -1191,6 +1187,8 @@ class _Connection:
         await self._session_ready.wait()  # set also when the client left before it opened
         session = self.session
         if session is None:
+            # Not opened: the client is told why on its channel; it hangs up when it has read.
+            await self._done.wait()
             return
         end = await relay(
             session.stream,

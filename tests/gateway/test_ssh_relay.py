@@ -40,11 +40,11 @@ class Rig:
     registry: LocalRegistry
     broker: SessionBroker
 
-    def client(self) -> paramiko.SSHClient:
+    def client(self, connection: str = "web-1") -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         client.get_host_keys().add(f"[127.0.0.1]:{self.port}", "ssh-ed25519", self.host_key)
         client.connect(
-            "127.0.0.1", self.port, username="alice:web-1", pkey=self.key,
+            "127.0.0.1", self.port, username=f"alice:{connection}", pkey=self.key,
             allow_agent=False, look_for_keys=False, timeout=30,
         )  # fmt: skip
         return client
@@ -160,3 +160,13 @@ async def test_an_agent_that_fails_ends_the_session_and_tells_the_client_why(rig
     await until(lambda: len(rig.closed_sessions()) == 1, "the session to end")
     (session,) = rig.closed_sessions()
     assert (session.status, session.error) == ("failed", "the SSH server went away")
+
+
+async def test_a_session_that_cannot_open_is_explained_on_the_channel(rig: Rig) -> None:
+    client = await asyncio.to_thread(rig.client, "nope")
+    try:
+        out, err, status = await asyncio.to_thread(run, client, "echo never")
+    finally:
+        await asyncio.to_thread(client.close)
+    assert (out, status) == (b"", 1)
+    assert err.startswith(b"wardgate: connection 'nope' does not exist"), err
