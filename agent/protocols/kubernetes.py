@@ -55,6 +55,7 @@ from shared.kubeapi import (
     encode_ws_close,
     status_body,
 )
+from shared.relay import Refused, StreamPeer, relay
 from shared.tunnel.frames import MAX_PAYLOAD, OpenResult, ResetCode, Target
 from shared.tunnel.stream import (
     DataReceived,
@@ -479,49 +480,54 @@ async def _websocket(
         await ws.close()
 
 
-async def _relay_ws(stream: TunnelStream, ws: ClientConnection) -> None:
-    async def upstream_to_tunnel() -> None:
+class _UpstreamWebSocket:
+    """The API server's WebSocket as a relay peer: each message one tunnel frame; its
+    close (code and reason) is a frame too, before the tunnel's close."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.closed = False
+
+    async def read(self) -> bytes | None:
+        if self.closed:
+            return None
         try:
-            async for message in ws:
-                if isinstance(message, str):
-                    await stream.send_data(encode_ws(WS_TEXT, message.encode()))
-                else:
-                    await stream.send_data(encode_ws(WS_BINARY, message))
+            message = await self.ws.recv()
         except ConnectionClosed:
-            pass
-        except SessionClosedError:
-            return
-        with contextlib.suppress(SessionClosedError):
-            await stream.send_data(encode_ws_close(ws.close_code or 1000, ws.close_reason or ""))
-            await stream.send_close()
+            self.closed = True
+            return encode_ws_close(self.ws.close_code or 1000, self.ws.close_reason or "")
+        if isinstance(message, str):
+            return encode_ws(WS_TEXT, message.encode())
+        return encode_ws(WS_BINARY, message)
 
-    async def tunnel_to_upstream() -> None:
-        while True:
-            event = await stream.receive()
-            if isinstance(event, DataReceived):
-                try:
-                    kind, payload = decode_ws(event.payload)
-                except HeadError as exc:
-                    await stream.reset(ResetCode.PROTOCOL_ERROR, str(exc))
-                    down.cancel()
-                    return
-                try:
-                    if kind == WS_CLOSE:
-                        await ws.close()
-                        return
-                    await ws.send(payload.decode() if kind == WS_TEXT else payload)
-                except ConnectionClosed:
-                    return
-            elif isinstance(event, RemoteClosed):
-                await ws.close()
-                return
-            elif isinstance(event, SessionReset):
-                down.cancel()
-                return
+    async def write(self, data: bytes) -> None:
+        try:
+            kind, payload = decode_ws(data)
+        except HeadError as exc:
+            raise Refused(str(exc)) from exc
+        # A closed upstream shows in `read`, which tells the gateway how it closed.
+        with contextlib.suppress(ConnectionClosed):
+            if kind == WS_CLOSE:
+                await self.ws.close()
+            else:
+                await self.ws.send(payload.decode() if kind == WS_TEXT else payload)
 
-    async with asyncio.TaskGroup() as tg:
-        down = tg.create_task(upstream_to_tunnel(), name=f"k8s/{stream.session_id}/down")
-        tg.create_task(tunnel_to_upstream(), name=f"k8s/{stream.session_id}/up")
+    async def write_eof(self) -> None:
+        raise AssertionError("WebSocket has no half-close")
+
+    async def wait_gone(self) -> None:
+        raise AssertionError("WebSocket has no half-close")
+
+
+async def _relay_ws(stream: TunnelStream, ws: ClientConnection) -> None:
+    await relay(
+        stream,
+        _UpstreamWebSocket(ws),
+        half_close=False,
+        name=f"k8s/{stream.session_id}",
+        who="API server",
+        failure_code=ResetCode.TARGET_UNREACHABLE,
+    )
 
 
 # ---- plain upgrades (SPDY/3.1) ---------------------------------------------------------
@@ -604,27 +610,12 @@ async def _raw_upgrade(
 async def _relay_raw(
     stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    async def upstream_to_tunnel() -> None:
-        with contextlib.suppress(OSError, ssl.SSLError, SessionClosedError):
-            while data := await reader.read(RAW_CHUNK):
-                await stream.send_data(data)
-            await stream.send_close()
-
-    async def tunnel_to_upstream() -> None:
-        while True:
-            event = await stream.receive()
-            if isinstance(event, DataReceived):
-                writer.write(event.payload)
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.drain()
-            elif isinstance(event, RemoteClosed):
-                # TLS cannot half-close: the client's end is the connection's end.
-                writer.close()
-                return
-            else:
-                down.cancel()
-                return
-
-    async with asyncio.TaskGroup() as tg:
-        down = tg.create_task(upstream_to_tunnel(), name=f"k8s/{stream.session_id}/down")
-        tg.create_task(tunnel_to_upstream(), name=f"k8s/{stream.session_id}/up")
+    # TLS cannot half-close: either end closing ends the session (the caller closes).
+    await relay(
+        stream,
+        StreamPeer(reader, writer, RAW_CHUNK),
+        half_close=False,
+        name=f"k8s/{stream.session_id}",
+        who="API server",
+        failure_code=ResetCode.TARGET_UNREACHABLE,
+    )

@@ -37,18 +37,13 @@ from typing import Any, TypeVar
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST
 
+from shared.relay import Refused, relay
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
 from shared.sshwire.window import ReceiveWindow, WindowError
 from shared.tunnel.frames import OpenResult, ResetCode, Target
-from shared.tunnel.stream import (
-    DataReceived,
-    RemoteClosed,
-    SessionClosedError,
-    SessionReset,
-    TunnelStream,
-)
+from shared.tunnel.stream import SessionClosedError, TunnelStream
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +229,19 @@ class _Relay:
         self.channels: dict[int, _Channel] = {}
 
     def _wait(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """From a channel thread: run `coro` on the loop and wait for it. The thread owns
+        it: given up on (a time limit), it is cancelled; with the loop gone, it is closed
+        rather than left never awaited."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closing
+            coro.close()
+            raise
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
 
     async def _send(self, frame: f.Frame) -> None:
         await self.stream.send_data(encode(frame))
@@ -244,27 +251,16 @@ class _Relay:
         self._wait(self._send(frame), WRITE_TIMEOUT)
 
     async def run(self) -> None:
-        decoder = FrameDecoder()
-        while True:
-            event = await self.stream.receive()
-            if isinstance(event, DataReceived):
-                decoder.receive_data(event.payload)
-                try:
-                    for frame in decoder.frames():
-                        await self._dispatch(frame)
-                except (SshWireError, WindowError) as exc:
-                    await self.stream.reset(
-                        ResetCode.PROTOCOL_ERROR, f"gateway broke the SSH relay protocol: {exc}"
-                    )
-                    return
-                except SessionClosedError:
-                    return
-            elif isinstance(event, RemoteClosed):
-                # The client's connection ended: close ours too, cleanly.
-                await self.stream.send_close()
-                return
-            elif isinstance(event, SessionReset):
-                return
+        """The relay driver (shared/relay.py), without half-close: the gateway's close (the
+        client's connection ended) is answered with ours, and the session is over."""
+        await relay(
+            self.stream,
+            _GatewayFrames(self),
+            half_close=False,
+            name=f"ssh/{self.stream.session_id}",
+            who="target",
+            failure_code=ResetCode.TARGET_UNREACHABLE,
+        )
 
     async def _dispatch(self, frame: f.Frame) -> None:
         """Queue the frame to its channel's thread; this loop never waits on the target."""
@@ -418,6 +414,35 @@ class _Relay:
             if ch.worker is not None:
                 ch.worker.stop()
         await asyncio.to_thread(self.transport.close)
+
+
+class _GatewayFrames:
+    """The target's side as a relay peer: the gateway's frames are queued to the channels'
+    threads, and the target's data reaches the tunnel from the readers' threads, so
+    `read` has nothing to do (channels end one by one; the session ends at the gateway's
+    word)."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        self.decoder = FrameDecoder()
+
+    async def read(self) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def write(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        try:
+            for frame in self.decoder.frames():
+                await self.relay._dispatch(frame)
+        except (SshWireError, WindowError) as exc:
+            raise Refused(f"gateway broke the SSH relay protocol: {exc}") from exc
+
+    async def write_eof(self) -> None:
+        raise AssertionError("an SSH session has no half-close")
+
+    async def wait_gone(self) -> None:
+        raise AssertionError("an SSH session has no half-close")
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,22 +1,18 @@
-"""Generic TCP: dial the target, then copy bytes both ways with half-close."""
+"""Generic TCP: dial the target, then copy bytes both ways with half-close (shared/relay.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Protocol
 
-from shared.tunnel.frames import OpenResult, ResetCode, SignalKind, Target
-from shared.tunnel.stream import (
-    DataReceived,
-    RemoteClosed,
-    SessionClosedError,
-    SessionReset,
-    SignalReceived,
-    TunnelStream,
-)
+from shared.relay import Ended, OnSignal, Refused, RelayEnd, StreamPeer, relay
+from shared.tunnel.frames import OpenResult, ResetCode, Target
+from shared.tunnel.stream import TunnelStream
+
+log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
 READ_SIZE = 256 * 1024  # one full tunnel frame per read: fewer gRPC messages per MB
@@ -56,9 +52,6 @@ async def serve(stream: TunnelStream, target: Target) -> None:
             await writer.wait_closed()
 
 
-OnSignal = Callable[[SignalKind], Coroutine[Any, Any, None]]
-
-
 class Rewriter(Protocol):
     """Rewrites target -> client bytes as they stream (result masking) and reports counts."""
 
@@ -69,90 +62,73 @@ class Rewriter(Protocol):
     def take_report(self) -> tuple[tuple[str, str, int], ...]: ...
 
 
+class _TargetPeer(StreamPeer):
+    """The target connection; with a `Rewriter`, its bytes pass through it on their way
+    to the tunnel, and its reports follow the data they count."""
+
+    def __init__(
+        self,
+        stream: TunnelStream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rewriter: Rewriter,
+    ) -> None:
+        super().__init__(reader, writer, READ_SIZE)
+        self.stream = stream
+        self.rewriter = rewriter
+
+    async def read(self) -> bytes | None:
+        rw = self.rewriter
+        # What the last chunk counted goes out after that chunk (the relay sent it).
+        if rw.report_due or rw.failed is not None:
+            await self._report()
+        if rw.failed is not None:
+            # The client has its error; nothing of the target may follow it.
+            raise Refused(rw.failed, ResetCode.TARGET_REFUSED)
+        data = await self.reader.read(READ_SIZE)
+        if not data:
+            await self._report()
+            return None
+        return rw.feed(data)
+
+    async def _report(self) -> None:
+        report = self.rewriter.take_report()
+        if report:
+            await self.stream.send_mask_report(report)
+
+
 async def pump(
     stream: TunnelStream,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     on_signal: OnSignal | None = None,
     rewriter: Rewriter | None = None,
-) -> None:
-    """Copy target<->tunnel until both directions closed or the session is reset.
+    *,
+    half_close: bool = True,
+) -> RelayEnd:
+    """Copy target<->tunnel with the relay driver (shared/relay.py) until the session ends.
 
     Signals (e.g. a PostgreSQL cancel) go to `on_signal` in order with the data; the
     handler runs in its own task so a slow target cannot hold the byte stream, and its end
     is reported to the gateway (Signal DONE, on sessions with signal acks). With a
     `rewriter`, target bytes pass through it (and its reports follow the data they count);
-    without one they are copied untouched (the measured fast path).
+    without one they are copied untouched (the measured fast path). `half_close=False`
+    for a protocol without half-open sessions: the target's EOF ends the session.
     """
-
-    async def target_to_tunnel() -> None:
-        try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    await stream.send_close()
-                    return
-                await stream.send_data(data)
-        except SessionClosedError:
-            return
-        except OSError as exc:
-            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
-
-    async def target_to_tunnel_rewritten(rw: Rewriter) -> None:
-        try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    report = rw.take_report()
-                    if report:
-                        await stream.send_mask_report(report)
-                    await stream.send_close()
-                    return
-                out = rw.feed(data)
-                if out:
-                    await stream.send_data(out)
-                if rw.report_due or rw.failed is not None:
-                    report = rw.take_report()
-                    if report:
-                        await stream.send_mask_report(report)
-                if rw.failed is not None:
-                    # The client has its error; nothing of the target may follow it.
-                    await stream.reset(ResetCode.TARGET_REFUSED, rw.failed)
-                    return
-        except SessionClosedError:
-            return
-        except OSError as exc:
-            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
-
-    async def tunnel_to_target() -> None:
-        try:
-            while True:
-                event = await stream.receive()
-                if isinstance(event, DataReceived):
-                    writer.write(event.payload)
-                    await writer.drain()
-                elif isinstance(event, RemoteClosed):
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    return
-                elif isinstance(event, SignalReceived):
-                    tg.create_task(carry_out(event), name=f"signal {event.kind.name}")
-                elif isinstance(event, SessionReset):
-                    up.cancel()
-                    return
-        except OSError as exc:
-            await stream.reset(ResetCode.TARGET_UNREACHABLE, f"target connection failed: {exc}")
-            up.cancel()
-
-    async def carry_out(signal: SignalReceived) -> None:
-        if on_signal is not None:
-            await on_signal(signal.kind)
-        # The gateway holds the client's cancel connection open until this answer.
-        await stream.send_signal_done(signal.id)
-
-    async with asyncio.TaskGroup() as tg:
-        up = tg.create_task(
-            target_to_tunnel() if rewriter is None else target_to_tunnel_rewritten(rewriter),
-            name=f"tcp/{stream.session_id}/up",
-        )
-        tg.create_task(tunnel_to_target(), name=f"tcp/{stream.session_id}/down")
+    peer = (
+        StreamPeer(reader, writer, READ_SIZE)
+        if rewriter is None
+        else _TargetPeer(stream, reader, writer, rewriter)
+    )
+    end = await relay(
+        stream,
+        peer,
+        half_close=half_close,
+        name=f"tcp/{stream.session_id}",
+        who="target",
+        failure_code=ResetCode.TARGET_UNREACHABLE,
+        on_signal=on_signal,
+    )
+    if end.ended is Ended.PEER_FAILED:
+        log.info("session %s: %s", stream.session_id, end.reason)
+    return end

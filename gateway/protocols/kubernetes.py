@@ -40,12 +40,13 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from gateway.audit import AuditUnavailable
+from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
 from gateway.ratelimit import peer_host
+from gateway.reviews import outcome
 from gateway.sessions import Session, SessionError
 from gateway.store import ReviewRecord
 from shared.kubeapi import (
@@ -69,6 +70,7 @@ from shared.kubeapi import (
     request_info,
     status_body,
 )
+from shared.relay import Ended, Refused, StreamPeer, relay
 from shared.tunnel.frames import MAX_PAYLOAD, ResetCode
 from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
 
@@ -131,15 +133,6 @@ def _split(raw_path: bytes) -> tuple[str, str]:
     rest = raw_path.decode("latin-1")[len(PREFIX) :]
     connection, _, path = rest.partition("/")
     return connection, "/" + path
-
-
-def _outcome(review: ReviewRecord) -> str:
-    return {
-        "pending": "is still waiting for approval",
-        "approved": "was approved, but its approval has expired",
-        "denied": "was denied",
-        "expired": "timed out",
-    }.get(review.status, f"was {review.status}")
 
 
 def _spdy(headers: list[tuple[str, str]]) -> bool:
@@ -350,21 +343,24 @@ class KubeFrontDoor:
             ours = True
         approve = f"another person approves with: wardgate reviews approve {review.id}"
         if review.status != "pending":
-            return f"Wardgate: review {review.id} of {what} {_outcome(review)} ({review.decision})"
+            return f"Wardgate: review {review.id} of {what} {outcome(review)} ({review.decision})"
         if not decision.wait:
             return (
                 f"Wardgate: {what} is held for review {review.id} ({decision.reason}); {approve}; "
                 f"once approved, run the same request again within {terms.approval_ttl}s"
             )
-        decided = await reviews.wait_for_client(review.id, left=client_gone())
+        decided = await reviews.wait_for_client(
+            review.id,
+            left=client_gone(),
+            # A review this request asked for goes with it; one it shares stays.
+            withdraw="the client went away" if ours else None,
+        )
         if decided is None:
-            if ours:
-                await reviews.cancel(review.id, "the client went away")
             return f"Wardgate: the client went away while review {review.id} was pending"
         if reviews.still_approved(decided):
             return None
-        outcome = _outcome(decided)
-        return f"Wardgate: review {review.id} of {what} {outcome} ({decided.decision}); not run"
+        ended = outcome(decided)
+        return f"Wardgate: review {review.id} of {what} {ended} ({decided.decision}); not run"
 
     async def _end(
         self,
@@ -569,101 +565,28 @@ class KubeFrontDoor:
     async def _relay_ws(
         self, ws: WebSocket, session: Session, protocol: str | None
     ) -> tuple[int, str | None]:
-        stream = session.stream
-        counted = [0]
-        error: list[str] = []
         loop = asyncio.get_running_loop()
         # Terminal output of exec/attach goes to the session log as asciicast v2, in
         # batches (`k8s.exec.output`); the first batch carries the header.
         recorder = ExecRecorder(loop.time()) if protocol in CHANNEL_PROTOCOLS else None
-        flushed = [0, 0.0]  # batches written, time of the last one
-
-        def flush(final: bool = False) -> None:
-            if recorder is None:
-                return
-            now = loop.time()
-            if not final and now - flushed[1] < RECORD_INTERVAL and recorder.backlog < 256:
-                return
-            text = recorder.take()
-            if not text and not (final and flushed[0] == 0):
-                return
-            if flushed[0] == 0:
-                text = recorder.header(timestamp=int(time.time())) + "\n" + text
-            flushed[0] += 1
-            flushed[1] = now
-            self.deps.auditor.submit(
-                "k8s.exec.output",
-                actor=session.identity.user,
-                session_id=session.id,
-                batch=flushed[0],
-                asciicast=text,
-                truncated=recorder.truncated,
-            )
-
-        async def client_to_agent() -> None:
-            try:
-                while True:
-                    message = await ws.receive()
-                    if message["type"] == "websocket.disconnect":
-                        await stream.send_data(encode_ws_close(1000, ""))
-                        await stream.send_close()
-                        return
-                    if (data := message.get("bytes")) is not None:
-                        frame = encode_ws(WS_BINARY, data)
-                        if recorder is not None:
-                            recorder.client_message(loop.time(), data)
-                    else:
-                        frame = encode_ws(WS_TEXT, (message.get("text") or "").encode())
-                    if len(frame) > MAX_PAYLOAD:
-                        error.append("WebSocket message too large")
-                        await ws.close(1009)
-                        down.cancel()
-                        return
-                    counted[0] += len(frame) - 1
-                    await stream.send_data(frame)
-            except (SessionClosedError, WebSocketDisconnect):
-                return
-
-        async def agent_to_client() -> None:
-            while True:
-                event = await stream.receive()
-                if isinstance(event, DataReceived):
-                    try:
-                        kind, payload = decode_ws(event.payload)
-                    except HeadError as exc:
-                        error.append(f"agent {session.agent.name!r}: {exc}")
-                        await ws.close(1011)
-                        break
-                    counted[0] += len(payload)
-                    if kind == WS_BINARY:
-                        if recorder is not None:
-                            recorder.server_message(loop.time(), payload)
-                            flush()
-                        await ws.send_bytes(payload)
-                    elif kind == WS_TEXT:
-                        await ws.send_text(payload.decode(errors="replace"))
-                    else:
-                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
-                        await ws.close(code, reason=payload[2:].decode(errors="replace"))
-                        break
-                elif isinstance(event, RemoteClosed):
-                    await ws.close(1000)
-                    break
-                elif isinstance(event, SessionReset):
-                    error.append(session.describe_end(event))
-                    await ws.close(1011, reason=error[-1][:120])
-                    break
-            up.cancel()
-
+        peer = _ExecPeer(ws, session, recorder, self.deps.auditor)
         try:
-            async with asyncio.TaskGroup() as tg:
-                down = tg.create_task(agent_to_client(), name=f"k8s/{session.id}/down")
-                up = tg.create_task(client_to_agent(), name=f"k8s/{session.id}/up")
-        except* (WebSocketDisconnect, OSError, RuntimeError) as group:
-            error.append(f"client connection failed: {group.exceptions[0]}")
+            end = await relay(
+                session.stream,
+                peer,
+                half_close=False,  # WebSocket has no half-close
+                name=f"k8s/{session.id}",
+                who="client",
+                describe=session.describe_end,
+            )
         finally:
-            flush(final=True)
-        return counted[0], (error[0] if error else None)
+            peer.flush(final=True)
+        with contextlib.suppress(Exception):
+            if end.ended is Ended.TUNNEL_CLOSED:
+                await ws.close(1000)
+            elif end.ended in (Ended.TUNNEL_RESET, Ended.REFUSED):
+                await ws.close(1011, reason=(end.error or "")[:120])
+        return peer.counted, end.error
 
     # ---- plain upgrades (SPDY/3.1: kubectl's exec, attach, port-forward fallback) -------
 
@@ -766,44 +689,107 @@ async def _answer(
 async def _relay_raw(
     session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> tuple[int, str | None]:
-    """Bytes both ways until either side ends: (bytes relayed, why it failed)."""
-    stream = session.stream
-    counted = [0]
-    error: list[str] = []
+    """Bytes both ways until either side ends: (bytes relayed, why it failed). The client's
+    connection is TLS, which has no half-close: either end closing ends the session."""
+    end = await relay(
+        session.stream,
+        StreamPeer(reader, writer, MAX_PAYLOAD),
+        half_close=False,
+        name=f"k8s/{session.id}",
+        who="client",
+        describe=session.describe_end,
+    )
+    return end.sent + end.received, end.error
 
-    async def client_to_agent() -> None:
+
+class _ExecPeer:
+    """An exec/attach WebSocket as a relay peer: each message one tunnel frame
+    (shared/kubeapi.py `encode_ws`), the terminal recorded on the way."""
+
+    def __init__(
+        self, ws: WebSocket, session: Session, recorder: ExecRecorder | None, auditor: Auditor
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self.recorder = recorder
+        self.auditor = auditor
+        self.loop = asyncio.get_running_loop()
+        self.counted = 0
+        self.batches = 0
+        self.last_batch = 0.0
+        self.closing = False  # the client left: its close frame went, EOF comes next
+
+    async def read(self) -> bytes | None:
+        if self.closing:
+            return None
         try:
-            while data := await reader.read(MAX_PAYLOAD):
-                counted[0] += len(data)
-                await stream.send_data(data)
-            await stream.send_close()
-        except (OSError, ssl.SSLError) as exc:
-            error.append(f"client connection failed: {exc}")
-            down.cancel()
-        except SessionClosedError:
+            message = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionResetError(f"the client went away ({exc})") from exc
+        if message["type"] == "websocket.disconnect":
+            self.closing = True
+            return encode_ws_close(1000, "")
+        if (data := message.get("bytes")) is not None:
+            frame = encode_ws(WS_BINARY, data)
+            if self.recorder is not None:
+                self.recorder.client_message(self.loop.time(), data)
+        else:
+            frame = encode_ws(WS_TEXT, (message.get("text") or "").encode())
+        if len(frame) > MAX_PAYLOAD:
+            with contextlib.suppress(Exception):
+                await self.ws.close(1009)
+            raise Refused("WebSocket message too large", ResetCode.FRAME_TOO_LARGE)
+        self.counted += len(frame) - 1
+        return frame
+
+    async def write(self, data: bytes) -> None:
+        try:
+            kind, payload = decode_ws(data)
+        except HeadError as exc:
+            raise Refused(f"agent {self.session.agent.name!r}: {exc}") from exc
+        self.counted += len(payload)
+        try:
+            if kind == WS_BINARY:
+                if self.recorder is not None:
+                    self.recorder.server_message(self.loop.time(), payload)
+                    self.flush()
+                await self.ws.send_bytes(payload)
+            elif kind == WS_TEXT:
+                await self.ws.send_text(payload.decode(errors="replace"))
+            else:  # the API server closed: its code and reason, then the tunnel's close
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+                await self.ws.close(code, reason=payload[2:].decode(errors="replace"))
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionResetError(f"the client went away ({exc})") from exc
+
+    async def write_eof(self) -> None:
+        raise AssertionError("WebSocket has no half-close")
+
+    async def wait_gone(self) -> None:
+        raise AssertionError("WebSocket has no half-close")
+
+    def flush(self, final: bool = False) -> None:
+        recorder = self.recorder
+        if recorder is None:
             return
-
-    async def agent_to_client() -> None:
-        while True:
-            event = await stream.receive()
-            if isinstance(event, DataReceived):
-                counted[0] += len(event.payload)
-                writer.write(event.payload)
-                try:
-                    await writer.drain()
-                except (OSError, ssl.SSLError) as exc:
-                    error.append(f"client connection failed: {exc}")
-                    break
-            else:
-                if isinstance(event, SessionReset):
-                    error.append(session.describe_end(event))
-                break
-        up.cancel()
-
-    async with asyncio.TaskGroup() as tg:
-        down = tg.create_task(agent_to_client(), name=f"k8s/{session.id}/down")
-        up = tg.create_task(client_to_agent(), name=f"k8s/{session.id}/up")
-    return counted[0], (error[0] if error else None)
+        now = self.loop.time()
+        if not final and now - self.last_batch < RECORD_INTERVAL and recorder.backlog < 256:
+            return
+        text = recorder.take()
+        if not text and not (final and self.batches == 0):
+            return
+        if self.batches == 0:
+            text = recorder.header(timestamp=int(time.time())) + "\n" + text
+        self.batches += 1
+        self.last_batch = now
+        self.auditor.submit(
+            "k8s.exec.output",
+            actor=self.session.identity.user,
+            session_id=self.session.id,
+            batch=self.batches,
+            asciicast=text,
+            truncated=recorder.truncated,
+        )
 
 
 def mount(app: FastAPI, deps: ApiDeps) -> None:

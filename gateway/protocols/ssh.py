@@ -17,7 +17,10 @@ to the tunnel within the channel's credit (`shared.sshwire.window`, refilled by 
 WindowAdjust), and a writer thread writes the agent's frames to the client in order and
 acknowledges what it wrote. The loop only decodes and queues, so a client that stops
 reading one channel stalls that channel, never the loop, the answers the transport thread
-waits for, or the other channels.
+waits for, or the other channels. The session's end (client gone, agent or target lost) is
+decided by the relay driver (shared/relay.py), without half-close. A channel's recording
+(`cast`) is set and cleared on the loop only, and threads read it once per use; coroutines
+a thread starts without waiting (`_later`) are owned and awaited before the session ends.
 
 Approvals: an exec matching the connection's `ssh_review_exec` patterns (deny patterns
 first: deny wins) is held. The transport thread creates the review (`ReviewService.hold`),
@@ -83,10 +86,11 @@ from gateway.frontdoor import current_admission
 from gateway.policy import ssh as ssh_policy
 from gateway.policy.grants import AccessPolicy
 from gateway.ratelimit import Rejections, peer_host
-from gateway.reviews import ReviewService
+from gateway.reviews import ReviewService, outcome
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import ReviewRecord, Store, UserRecord
 from shared.recording.asciicast import CastEncoder, Header
+from shared.relay import Ended, Refused, relay
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
 from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
@@ -98,10 +102,10 @@ from shared.sshwire.sftp import (
     SftpEvent,
     SftpObserver,
 )
-from shared.sshwire.window import ReceiveWindow
+from shared.sshwire.window import ReceiveWindow, WindowError
 from shared.tasks import TaskOwner
 from shared.tunnel.frames import ResetCode
-from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
+from shared.tunnel.stream import SessionClosedError
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +455,10 @@ class _Server(paramiko.ServerInterface):
         ch = self.c.attach(channel)
         if ch is None or self.c.session is None:
             return False
-        if ch.cast is not None:
+        cast = ch.cast  # read once: the loop may close it meanwhile
+        if cast is not None:
             try:
-                ch.cast.resize(width, height)
+                cast.resize(width, height)
             except RecordingFailed as exc:
                 self.c.recording_failed(ch, exc)
                 return False
@@ -507,6 +512,9 @@ class _Connection:
         self._session_ready = asyncio.Event()
         self._done = asyncio.Event()
         self._tasks = TaskOwner(f"ssh/{client}")  # held execs waiting for their review
+        # Started from paramiko threads (`_later`); awaited, not cancelled, at the end.
+        self._later_tasks = TaskOwner(f"ssh/{client}/later")
+        self._later_pending: set[asyncio.Task[None]] = set()
         self.error: str | None = None
         self._hinted = False  # the client was told how to name the target
         self.admission = current_admission()  # told at authentication (on the loop)
@@ -514,7 +522,34 @@ class _Connection:
     # -- bridging: a paramiko thread waits for a coroutine on the loop -----------------
 
     def _wait(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """From a paramiko thread: run `coro` on the loop and wait for it. The thread owns
+        it: given up on (a time limit), it is cancelled, not left running."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closing
+            coro.close()
+            raise
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def _later(self, make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """From a paramiko thread: run a coroutine on the loop without waiting for it. It is
+        a task of the connection's (`_later_tasks`), awaited before the session ends
+        (`_finish`); the coroutine is made on the loop, so none is left unawaited."""
+
+        def spawn() -> None:
+            try:
+                task = self._later_tasks.spawn(make(), name=name)
+            except RuntimeError:  # finished: the connection is over
+                return
+            self._later_pending.add(task)
+            task.add_done_callback(self._later_pending.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self.loop.call_soon_threadsafe(spawn)
 
     def audit_wait(self, kind: str, **data: Any) -> None:
         """Record an event durably before the action it describes goes on."""
@@ -790,7 +825,7 @@ class _Connection:
             ch.transfers = _TransferWatch(lambda ev: self._sftp_events(ch.id, ev), sftp=True)
         if ch.pty is not None and what != "subsystem":
             try:
-                self._start_cast(ch, what, text)
+                self._start_cast(ch, text)
             except RecordingFailed as exc:
                 self.recording_failed(ch, exc)
                 return True
@@ -878,27 +913,20 @@ class _Connection:
         reviews = self.door.reviews
         assert reviews is not None
         try:
-            try:
-                decided = await reviews.wait_for_client(
-                    review.id,
-                    left=self._done.wait(),
-                    gone=lambda: self._channel_gone(ch),
-                    check=CLIENT_CHECK,
-                )
-            except asyncio.CancelledError:
-                # The connection is ending: nobody is left to run the command.
-                await asyncio.shield(reviews.cancel(review.id, "the session ended"))
-                raise
+            decided = await reviews.wait_for_client(
+                review.id,
+                left=self._done.wait(),
+                gone=lambda: self._channel_gone(ch),
+                check=CLIENT_CHECK,
+                withdraw="the client went away",
+            )
             if decided is None:
-                await reviews.cancel(review.id, "the client went away")
                 return
             if self._channel_gone(ch):
                 return  # approved, but the client hung up while it waited: run nothing
             if decided.status != "approved":
-                outcome = {"denied": "was denied", "expired": "timed out"}.get(
-                    decided.status, f"was {decided.status}"
-                )
-                reason = f"review {review.id} {outcome} ({decided.decision}); command not run"
+                ended = outcome(decided)
+                reason = f"review {review.id} {ended} ({decided.decision}); command not run"
                 await self.door.audit.record(
                     "ssh.refused",
                     actor=self.user,
@@ -942,7 +970,7 @@ class _Connection:
             )
         if ch.pty is not None:
             try:
-                await asyncio.to_thread(self._start_cast, ch, "exec", text)
+                ch.cast = await asyncio.to_thread(self._open_cast, ch, text)
             except RecordingFailed as exc:
                 await asyncio.to_thread(self.recording_failed, ch, exc)
                 return
@@ -991,12 +1019,26 @@ class _Connection:
             elif isinstance(event, ObserverStopped):
                 self.audit_later("ssh.transfer_unobserved", channel=channel, reason=event.reason)
 
-    def _start_cast(self, ch: _Channel, what: str, text: str) -> None:
+    def _open_cast(self, ch: _Channel, text: str) -> _CastFile:
+        """In a thread (it creates a file): the channel's recording, not yet in use."""
         assert self.session is not None and ch.pty is not None
         term, cols, rows = ch.pty
         path = self.door.recordings / self.session.id / f"{ch.id}.cast"
         title = f"{self.user}@{self.connection}" + (f": {text}" if text else "")
-        ch.cast = _CastFile(path, Header(cols, rows, int(time.time()), term, title))
+        return _CastFile(path, Header(cols, rows, int(time.time()), term, title))
+
+    async def _adopt_cast(self, ch: _Channel, cast: _CastFile) -> None:
+        # `ch.cast` is written on the loop only; the threads read it once per use.
+        ch.cast = cast
+
+    def _start_cast(self, ch: _Channel, text: str) -> None:
+        """In the transport thread: record the channel before its request goes on."""
+        cast = self._open_cast(ch, text)
+        try:
+            self._wait(self._adopt_cast(ch, cast), REQUEST_TIMEOUT)
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            cast.close()
+            raise RecordingFailed("the session cannot be recorded: the gateway is ending") from exc
 
     def recording_failed(self, ch: _Channel, exc: RecordingFailed) -> None:
         """Fail closed: a terminal that cannot be recorded stops, and the target's side of
@@ -1009,10 +1051,7 @@ class _Connection:
         self.audit_later("ssh.recording_failed", channel=ch.id, reason=str(exc))
         self._refuse(ch, f"\r\nwardgate: {exc}; the channel is closed", EXIT_SESSION_FAILED)
         if self.session is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                asyncio.run_coroutine_threadsafe(
-                    self._send_quietly(f.ChannelClose(ch.id)), self.loop
-                )
+            self._later(lambda: self._send_quietly(f.ChannelClose(ch.id)), f"close/{ch.id}")
 
     async def _send_quietly(self, frame: f.Frame) -> None:
         with contextlib.suppress(SessionClosedError):
@@ -1046,9 +1085,10 @@ class _Connection:
                     return
                 if not data:
                     break
-                if ch.cast is not None:
+                cast = ch.cast  # read once: the loop may close it meanwhile
+                if cast is not None:
                     try:
-                        ch.cast.input(data)
+                        cast.input(data)
                     except RecordingFailed as exc:  # not recorded: not sent
                         self.recording_failed(ch, exc)
                         return
@@ -1122,9 +1162,7 @@ class _Connection:
         )
         thread.start()
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch_transport(), name=f"ssh/{self.client}/transport")
-                tg.create_task(self._from_agent(), name=f"ssh/{self.client}/down")
+            await self._relay()
         finally:
             await self._tasks.aclose()  # a held exec's review is withdrawn
             await self._finish()
@@ -1149,41 +1187,29 @@ class _Connection:
         self._done.set()
         self._session_ready.set()
 
-    async def _watch_transport(self) -> None:
-        """When the client's connection is gone, end the session cleanly."""
-        await self._done.wait()
-        if self.session is not None and not self.session.stream.finished:
-            await self.session.stream.send_close()
-
-    async def _from_agent(self) -> None:
-        """Agent frames to the client's channels, in order."""
-        # Until the session exists (after authentication) or the client left.
-        await self._session_ready.wait()
+    async def _relay(self) -> None:
+        """Once the session is open: the relay driver (shared/relay.py) between the tunnel
+        and the client's connection, without half-close: the client hanging up, or the
+        agent ending the session, ends it."""
+        await self._session_ready.wait()  # set also when the client left before it opened
         session = self.session
         if session is None:
+            # Not opened: the client is told why on its channel; it hangs up when it has read.
+            await self._done.wait()
             return
-        decoder = FrameDecoder()
-        while True:
-            event = await session.stream.receive()
-            if isinstance(event, DataReceived):
-                decoder.receive_data(event.payload)
-                try:
-                    frames = decoder.frames()
-                except SshWireError as exc:
-                    self.error = f"agent broke the SSH relay protocol: {exc}"
-                    await session.stream.reset(ResetCode.PROTOCOL_ERROR, self.error)
-                    await self._end_transport(self.error)
-                    return
-                for frame in frames:
-                    await self._deliver(frame)
-            elif isinstance(event, RemoteClosed):
-                await session.stream.send_close()
-                await self._end_transport(None)
-                return
-            elif isinstance(event, SessionReset):
-                self.error = session.describe_end(event)
-                await self._end_transport(self.error)
-                return
+        end = await relay(
+            session.stream,
+            _AgentFrames(self),
+            half_close=False,
+            name=f"ssh/{self.client}",
+            who="client",
+            describe=session.describe_end,
+        )
+        self.error = end.error
+        if end.ended is not Ended.PEER_CLOSED:
+            # The agent side ended: tell open session channels why, then hang up.
+            channels = list(self.channels.values())
+            await asyncio.to_thread(_hang_up, self.transport, channels, end.error)
 
     async def _deliver(self, frame: f.Frame) -> None:
         """Answers wake the paramiko thread waiting for them; the rest is queued to the
@@ -1253,8 +1279,7 @@ class _Connection:
             ch.credit.close()
             with self._lock:
                 self.channels.pop(ch.id, None)
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                asyncio.run_coroutine_threadsafe(self._close_cast(ch), self.loop)
+            self._later(lambda: self._close_cast(ch), f"recording/{ch.id}")
             return True
         return False
 
@@ -1276,12 +1301,12 @@ class _Connection:
             **({"incomplete": cast.failure} if cast.failure else {}),
         )
 
-    async def _end_transport(self, error: str | None) -> None:
-        """The agent side ended: tell open session channels why, then hang up."""
-        channels = list(self.channels.values())
-        await asyncio.to_thread(_hang_up, self.transport, channels, error)
-
     async def _finish(self) -> None:
+        # What paramiko threads started (a channel's recording being closed and audited)
+        # is part of the session: it ends before the session's end is recorded.
+        while self._later_pending:
+            await asyncio.gather(*self._later_pending, return_exceptions=True)
+        await self._later_tasks.aclose()
         for ch in list(self.channels.values()):
             with contextlib.suppress(Exception):
                 await self._close_cast(ch)
@@ -1299,6 +1324,34 @@ class _Connection:
             await self.door.broker.finish(session, error=self.error)
 
 
+class _AgentFrames:
+    """The client's side of the SSH relay as a relay peer. Client bytes go to the tunnel
+    from the channels' reader threads, so `read` only waits for the client to leave; what
+    the agent sends is decoded into frames and delivered (`_Connection._deliver`)."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.decoder = FrameDecoder()
+
+    async def read(self) -> bytes | None:
+        await self.conn._done.wait()
+        return None
+
+    async def write(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        try:
+            for frame in self.decoder.frames():
+                await self.conn._deliver(frame)
+        except (SshWireError, WindowError) as exc:
+            raise Refused(f"agent broke the SSH relay protocol: {exc}") from exc
+
+    async def write_eof(self) -> None:
+        raise AssertionError("an SSH session has no half-close")
+
+    async def wait_gone(self) -> None:
+        raise AssertionError("an SSH session has no half-close")
+
+
 def _with_request(order: f.Frame, number: int) -> f.Frame:
     changed: f.Frame = dataclasses.replace(order, request=number)  # type: ignore[arg-type]
     return changed
@@ -1313,16 +1366,17 @@ def _write_client(ch: _Channel, frame: f.Frame) -> None:
     assert chan is not None
     if ch.refused and not isinstance(frame, f.ChannelClose):
         return
+    cast = ch.cast  # read once: the loop may close it between a test and a use
     try:
         if isinstance(frame, f.ChannelData):
-            if ch.cast is not None:
-                ch.cast.output(frame.data)
+            if cast is not None:
+                cast.output(frame.data)
             if ch.transfers is not None:
                 ch.transfers.server(frame.data)
             chan.sendall(frame.data)
         elif isinstance(frame, f.ExtendedData):
-            if ch.cast is not None:
-                ch.cast.output(frame.data)
+            if cast is not None:
+                cast.output(frame.data)
             chan.sendall_stderr(frame.data)
         elif isinstance(frame, f.Eof):
             chan.shutdown_write()

@@ -19,13 +19,7 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.sessions import Session, SessionBroker
-from shared.tunnel.frames import ResetCode
-from shared.tunnel.stream import (
-    DataReceived,
-    RemoteClosed,
-    SessionClosedError,
-    SessionReset,
-)
+from shared.relay import relay as relay_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,60 +37,53 @@ CLOSE_CODES = {
 }
 
 
-async def relay(ws: WebSocket, broker: SessionBroker, session: Session) -> None:
-    """Pump bytes both ways until both directions closed or either side failed."""
-    stream = session.stream
-    error: str | None = None
+class _WebSocketPeer:
+    """The CLI's WebSocket as a relay peer: binary messages are bytes, an empty one is EOF."""
 
-    async def client_to_agent() -> None:
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    if not stream.state.local_closed:
-                        await stream.reset(ResetCode.CANCELLED, "client went away")
-                        down.cancel()
-                    return
-                data = message.get("bytes")
-                if data is None:
-                    continue  # text frames carry nothing in this protocol
-                if not data:
-                    await stream.send_close()
-                    return
-                await stream.send_data(data)
-        except SessionClosedError:
-            return
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
 
-    async def agent_to_client() -> str | None:
+    async def read(self) -> bytes | None:
         while True:
-            event = await stream.receive()
-            if isinstance(event, DataReceived):
-                await ws.send_bytes(event.payload)
-            elif isinstance(event, RemoteClosed):
-                await ws.send_bytes(b"")
-                return None
-            elif isinstance(event, SessionReset):
-                return session.describe_end(event)
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise ConnectionResetError("the client went away")
+            data = message.get("bytes")
+            if data is None:
+                continue  # text frames carry nothing in this protocol
+            return data or None
 
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.ws.send_bytes(data)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionResetError(f"the client went away ({exc})") from exc
+
+    async def write_eof(self) -> None:
+        await self.write(b"")
+
+    async def wait_gone(self) -> None:
+        # After its EOF the CLI sends nothing more; what still comes is its leaving.
+        while (await self.ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def relay(ws: WebSocket, broker: SessionBroker, session: Session) -> None:
+    """Bytes both ways with half-close (shared/relay.py) until the session ends."""
+    error: str | None = "relay ended"
     try:
-        async with asyncio.TaskGroup() as tg:
-            down = tg.create_task(agent_to_client(), name=f"tcp/{session.id}/down")
-            up = tg.create_task(client_to_agent(), name=f"tcp/{session.id}/up")
-            try:
-                error = await down
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-                error = "client went away"
-            if error is not None:
-                up.cancel()
-    except* (WebSocketDisconnect, OSError) as group:
-        error = f"client connection failed: {group.exceptions[0]}"
+        end = await relay_bytes(
+            session.stream,
+            _WebSocketPeer(ws),
+            half_close=True,
+            name=f"tcp/{session.id}",
+            who="client",
+            describe=session.describe_end,
+        )
+        error = end.error
     finally:
-        if not stream.finished:
-            await stream.reset(ResetCode.CANCELLED, error or "relay ended")
-        await broker.finish(session, error=error)
+        # Shielded: a cancelled handler still records the session's end.
+        await asyncio.shield(broker.finish(session, error=error))
     with contextlib.suppress(Exception):
         if error is None:
             await ws.close(1000)

@@ -20,7 +20,7 @@
 The decision logic (who may vote, what votes decide) is pure, in ``gateway.policy.approval``.
 """
 
-from gateway.reviews.service import ReviewError, ReviewService, review_json
+from gateway.reviews.service import ReviewError, ReviewService, outcome, review_json
 from gateway.reviews.webhook import Webhook, sign, verify
 
-__all__ = ["ReviewError", "ReviewService", "Webhook", "review_json", "sign", "verify"]
+__all__ = ["ReviewError", "ReviewService", "Webhook", "outcome", "review_json", "sign", "verify"]

@@ -39,6 +39,16 @@ PENDING = "pending"
 MAX_TEXT = 64 * 1024  # a review shows at most this much of the statement
 
 
+def outcome(review: ReviewRecord) -> str:
+    """How a review ended, as the front doors tell a held client ("review X was denied")."""
+    return {
+        "pending": "is still waiting for approval",
+        "approved": "was approved, but its approval has expired",
+        "denied": "was denied",
+        "expired": "timed out",
+    }.get(review.status, f"was {review.status}")
+
+
 class ReviewError(Exception):
     """A review action refused; `status` is the HTTP status the API answers with."""
 
@@ -447,11 +457,33 @@ class ReviewService:
         left: Coroutine[Any, Any, object],
         gone: Callable[[], bool] = lambda: False,
         check: float = 1.0,
+        withdraw: str | None = None,
     ) -> ReviewRecord | None:
         """The decided review, or None when the client stopped waiting first: `left`
         returned (it withdrew, or its connection ended), or `gone()` became true, looked at
         every `check` seconds (a hang-up that only polling sees: nobody reads a held
-        client). The one wait every front door holds its client in."""
+        client). The one wait every front door holds its client in.
+
+        With `withdraw`, nobody is left waiting for a pending review: it is cancelled with
+        that reason when the client stopped waiting, and as "the session ended" when this
+        wait is cancelled (then the cancellation goes on)."""
+        try:
+            decided = await self._wait_for_client(review_id, left, gone, check)
+        except asyncio.CancelledError:
+            if withdraw is not None:
+                await asyncio.shield(self.cancel(review_id, "the session ended"))
+            raise
+        if decided is None and withdraw is not None:
+            await self.cancel(review_id, withdraw)
+        return decided
+
+    async def _wait_for_client(
+        self,
+        review_id: str,
+        left: Coroutine[Any, Any, object],
+        gone: Callable[[], bool],
+        check: float,
+    ) -> ReviewRecord | None:
         async with asyncio.TaskGroup() as tg:
             waiting = tg.create_task(self.wait(review_id), name=f"review/{review_id}")
             leaving = tg.create_task(left, name=f"review/{review_id}/client")

@@ -278,7 +278,7 @@ class TunnelStream:
         size = len(payload)
         if isinstance(payload, bytes) and size <= MAX_PAYLOAD and size <= state.send_credit:
             # The common case: one frame, no copy.
-            if state.finished:
+            if state.finished or state.local_closed:  # a close raced the data
                 raise self._closed_error()
             await self._write(state.send_data(payload))
             self.bytes_out += size
@@ -288,7 +288,7 @@ class TunnelStream:
         while start < size:
             if state.send_credit <= 0:
                 await self._await(lambda: state.send_credit > 0)
-            if state.finished:
+            if state.finished or state.local_closed:
                 raise self._closed_error()
             chunk = bytes(view[start : start + min(MAX_PAYLOAD, state.send_credit)])
             await self._write(state.send_data(chunk))

@@ -137,6 +137,46 @@ async def test_the_client_wait_ends_with_the_decision_or_the_client(
     assert (await reviews.get(polled_id)).status == "pending"
 
 
+async def test_a_withdrawing_wait_cancels_the_review_nobody_waits_for(
+    store: Store, auditor: Auditor, clock: Clock
+) -> None:
+    reviews = service(store, auditor, clock)
+    # the client left: cancelled with the reason given
+    left_id = await held(reviews)
+    left = asyncio.Event()
+    left.set()
+    got = await reviews.wait_for_client(left_id, left=left.wait(), withdraw="the client went away")
+    assert got is None
+    cancelled = await reviews.get(left_id)
+    assert (cancelled.status, cancelled.decision) == ("cancelled", "the client went away")
+    # the wait itself cancelled (the session ended): cancelled too, and the cancel goes on
+    ended_id = await held(reviews)
+    started = asyncio.Event()
+
+    async def client_stays() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(
+            reviews.wait_for_client(ended_id, left=client_stays(), withdraw="gone")
+        )
+        await started.wait()
+        waiting.cancel()
+    assert waiting.cancelled()
+    ended = await reviews.get(ended_id)
+    assert (ended.status, ended.decision) == ("cancelled", "the session ended")
+    # decided first: nothing withdrawn
+    decided_id = await held(reviews)
+    async with asyncio.TaskGroup() as tg:
+        waiting2 = tg.create_task(
+            reviews.wait_for_client(decided_id, left=asyncio.Event().wait(), withdraw="gone")
+        )
+        await reviews.vote(BOB, decided_id, "deny")
+    denied = await waiting2
+    assert denied is not None and denied.status == "denied"
+
+
 async def test_self_approval_and_outsiders_are_refused_and_audited(
     store: Store, auditor: Auditor, clock: Clock
 ) -> None:
