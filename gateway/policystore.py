@@ -295,15 +295,18 @@ class BudgetLedger:
             raise
         except Exception as exc:
             log.warning("budget usage of ended sessions not stored yet: %s", exc)
-            for (user, connection), pending in self._writing.items():
+            for (user, connection), pending in self._writing.items():  # what is left
                 self.defer(user, connection, pending)
         self._writing = {}
 
     def _write(self, batch: dict[tuple[str, str], _Pending]) -> None:
-        for (user, connection), pending in batch.items():
+        # One transaction per (user, connection): each one committed leaves the batch at
+        # once, so a failure further on owes only what is still in it, not the part written.
+        for owner, pending in list(batch.items()):
             self._store.add_budget_usage(
-                user, connection, {key: (u.rows, u.bytes) for key, u in pending.items()}
+                *owner, {key: (u.rows, u.bytes) for key, u in pending.items()}
             )
+            del batch[owner]
 
     async def run(self) -> None:
         """Write deferred usage every BUDGET_FLUSH_INTERVAL, until cancelled."""
