@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,7 @@ from typing import Any, Literal, Self
 
 import alembic.command
 import alembic.config
+import alembic.script
 import alembic.util
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -143,6 +145,7 @@ class Store:
         clock: Callable[[], dt.datetime] = utcnow,
         serialize: bool = False,
         sqlite_sync: Literal["full", "normal"] = "full",
+        read_only: bool = False,
     ) -> None:
         """Wrap ``engine`` without migrating it; ``open`` is the usual way in.
 
@@ -165,7 +168,13 @@ class Store:
             if engine.dialect.driver != "pysqlite":
                 raise ValueError("SQLite is supported through the standard sqlite3 driver only")
             self._dialect = "sqlite"
-            event.listen(engine, "connect", functools.partial(_sqlite_on_connect, sqlite_sync))
+            event.listen(
+                engine,
+                "connect",
+                _sqlite_on_connect_read_only
+                if read_only  # a read-only file cannot be switched to WAL or synced
+                else functools.partial(_sqlite_on_connect, sqlite_sync),
+            )
             event.listen(engine, "begin", _sqlite_on_begin)
             self._write_engine = engine.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             self._snapshot_engine = engine  # a SQLite transaction reads one snapshot anyway
@@ -205,6 +214,53 @@ class Store:
             engine.dispose()
             raise
         return store
+
+    @classmethod
+    def open_read_only(cls, url: str) -> Store:
+        """Connect to an existing store to read it, changing nothing: no migration, no file
+        created, read-only connections (SQLite ``mode=ro``; PostgreSQL read-only
+        transactions). Raises ``StoreError`` when there is no store at ``url`` or its schema
+        is not the one this version of Wardgate reads (`wardgate audit verify --store`)."""
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database
+            if path in (None, "", ":memory:") or parsed.query.get("uri") is not None:
+                raise StoreError(f"a store to read is a sqlite:///PATH file, not {url!r}")
+            assert path is not None
+            if not Path(path).is_file():
+                raise StoreError(f"no store at {path}: the file does not exist")
+            parsed = parsed.set(
+                database=f"file:{urllib.parse.quote(str(Path(path).resolve()))}",
+                query={"mode": "ro", "uri": "true"},
+            )
+            engine = sa.create_engine(parsed)
+        else:
+            engine, _ = _create_engine(
+                parsed, {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+            )
+        try:
+            store = cls(engine, read_only=True)
+            store._check_schema()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def _check_schema(self) -> None:
+        """Refuse a database whose schema is not this version's (read, never migrated)."""
+        expected = alembic.script.ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                raise StoreError(
+                    "not a Wardgate store (it has no schema version); check the store URL"
+                )
+            found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        if found != expected:
+            raise StoreError(
+                f"the store's schema is at version {found or 'none'}, this wardgate reads "
+                f"{expected}: verify with the wardgate version of the gateway that wrote it "
+                "(a gateway of this version migrates the store when it starts)"
+            )
 
     def close(self) -> None:
         """Close every pooled connection. The store cannot be used afterwards."""
@@ -1494,6 +1550,11 @@ def _sqlite_on_connect(
         cursor.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
     finally:
         cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection: Any, connection_record: Any) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN comes from _sqlite_on_begin
+    dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _set_synchronous(conn: sa.Connection, level: Literal["FULL", "NORMAL"]) -> None:
