@@ -492,17 +492,29 @@ class SessionBroker:
             or (token_ids is not None and s.identity.token_id in token_ids)
             or (session_ids is not None and s.id in session_ids)
         ]
+        # Fail closed: the sessions end first, whatever the audit log says. Their events
+        # record actions already taken: an audit log that is down (a full disk) keeps them
+        # for when it takes writes again, instead of leaving a session running unseen.
         for session in doomed:
             self._live.pop(session.id, None)
-            await self._audit.record(
-                "session.terminated",
-                actor=session.identity.user,
-                session_id=session.id,
-                connection=session.connection.name,
-                reason=reason,
-            )
             if not session.stream.finished:
                 await session.stream.reset(ResetCode.CANCELLED, reason)
+        down = False
+        for session in doomed:
+            event = {
+                "actor": session.identity.user,
+                "session_id": session.id,
+                "connection": session.connection.name,
+                "reason": reason,
+            }
+            if not down:
+                try:
+                    await self._audit.record("session.terminated", **event)
+                    continue
+                except AuditUnavailable as exc:
+                    log.error("sessions ended (%s); recording it later: %s", reason, exc)
+                    down = True
+            self._audit.submit("session.terminated", **event)
         return len(doomed)
 
     async def check_revocations(self) -> int:
