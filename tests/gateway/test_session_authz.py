@@ -205,3 +205,20 @@ async def test_revocation_ends_sessions_while_the_audit_log_is_down(rig: Rig) ->
     ended = {e.session_id: e.data["reason"] for e in events}
     assert ended == {s1.id: "credential revoked", s2.id: "user disabled"}
     assert rig.store.verify_audit() is None
+
+
+async def test_a_session_whose_open_event_cannot_be_written_is_refused_and_ended(
+    rig: Rig,
+) -> None:
+    reader = person(rig, "rita", ("readers",))
+    rename(rig.path, "audit_events", "audit_events_away")
+    with pytest.raises(SessionError) as refused:
+        await rig.broker.open(reader, "pg", protocol="postgres", client_addr="c")
+    assert refused.value.kind == "unavailable"
+    assert refused.value.message.startswith("session not opened: audit log unavailable")
+    assert rig.registry.targets == []  # nothing reached an agent
+    assert rig.broker.live == []
+    (row,) = rig.store.list_sessions()
+    assert row.ended_at is not None, "the refused session's row is left open"
+    assert row.status == "failed"
+    assert row.error is not None and row.error.startswith("session not opened: audit log")
