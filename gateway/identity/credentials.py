@@ -472,10 +472,12 @@ class IdentityService:
         if why is not None:
             await self._failed("refresh", why, client, user=user.name, login=login.id)
             raise IdentityError(401, f"refresh refused: {why}")
+        if login.method in ("oidc", "device"):
+            # The provider first: a refresh it cannot answer (an outage) leaves the refresh
+            # token unspent, so the client's retry is a refresh, not a replay.
+            user = await self._refresh_at_idp(user, login, client)
         if not await self._run(self._store.revoke_token_if_live, token.id):
             await self._replayed(login, client)  # a concurrent use won the rotation
-        if login.method in ("oidc", "device"):
-            user = await self._refresh_at_idp(user, login, client)
         await self._run(self._store.touch_login, login.id)
         issued = await self._tokens(user, login, ttl=None, refreshable=True)
         await self._audit.record(
@@ -528,7 +530,11 @@ class IdentityService:
             raise IdentityError(401, f"refresh refused: {reason}; sign in again") from None
         except ProviderError as exc:
             await self._failed("refresh", str(exc), client, user=user.name, login=login.id)
-            raise IdentityError(502, str(exc)) from None
+            raise IdentityError(
+                502,
+                f"refresh not done: the identity provider is unavailable ({exc}); "
+                "your sign-in is kept, try again later",
+            ) from None
         if tokens.refresh_token is not None:
             sealed = self._seal(tokens.refresh_token, context)
             await self._run(self._store.set_login_idp_refresh, login.id, sealed)
