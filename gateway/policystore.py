@@ -198,15 +198,31 @@ class PolicySource:
 
     # ---- changing ------------------------------------------------------------------------
 
-    async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
-        """Validate `document` and make it the newest version (unless it is already)."""
+    def add_version(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
+        """Blocking: validate `document` and make it the newest version (unless it is
+        already), with its `policy.applied` event in the same store transaction (the
+        caller's, when it holds one): a version is never applied unrecorded."""
         config = parse_document(document)
         text, sha = canonical(config)
-        record, created = await asyncio.to_thread(
-            self._store.add_policy_version, text, sha, applied_by=applied_by, comment=comment
+        with self._store.transaction():
+            record, created = self._store.add_policy_version(
+                text, sha, applied_by=applied_by, comment=comment
+            )
+            if created:
+                self._store.append_audit(
+                    "policy.applied",
+                    actor=applied_by,
+                    data={"version": record.version, "sha256": sha, "comment": comment},
+                )
+        return Applied(record, created)
+
+    async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
+        """`add_version`, then this gateway uses the version at once."""
+        applied = await asyncio.to_thread(
+            self.add_version, document, applied_by=applied_by, comment=comment
         )
         await self.refresh()
-        return Applied(record, created)
+        return applied
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
         """Apply version `version`'s document again, as a new version; None if unknown."""

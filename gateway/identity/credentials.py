@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from gateway.audit import Auditor
+from gateway.audit import Auditor, Event
 from gateway.auth import API_KEY_PREFIX, REFRESH_PREFIX, TOKEN_PREFIX, Identity
 from gateway.config import IdentityConfig, OIDCConfig, WorkloadTrust, resolve_secret
 from gateway.crypto import SecretBox, SecretBoxError, hash_token, new_token
@@ -648,17 +648,15 @@ class IdentityService:
         secret = local.new_totp_secret()
         sealed = self._box.seal(secret.encode(), context=f"user/{name}/totp")
         hashed = await self._run(local.hash_password, password)
-        try:
-            user: UserRecord = await self._run(
-                self._store.set_local_credentials,
-                name,
-                password_hash=hashed,
-                totp_secret=sealed,
-                groups=tuple(groups),
+        try:  # the change and its event: one store transaction
+            user: UserRecord = await self._audit.change(
+                lambda: self._store.set_local_credentials(
+                    name, password_hash=hashed, totp_secret=sealed, groups=tuple(groups)
+                ),
+                lambda _: [Event("user.local_created", actor.user, {"user": name})],
             )
         except Conflict as exc:
             raise IdentityError(409, str(exc)) from None
-        await self._audit.record("user.local_created", actor=actor.user, user=name)
         return user, local.provisioning_uri(secret, name)
 
     # ---- machines: service accounts and API keys -------------------------------------
@@ -668,15 +666,17 @@ class IdentityService:
     ) -> UserRecord:
         if not cl.USER_NAME_RE.match(name):
             raise IdentityError(422, f"{name!r} is not a valid user name")
-        try:
-            user: UserRecord = await self._run(
-                self._store.ensure_machine, name, kind="service", groups=tuple(groups)
+        try:  # the change and its event: one store transaction
+            user: UserRecord = await self._audit.change(
+                lambda: self._store.ensure_machine(name, kind="service", groups=tuple(groups)),
+                lambda _: [
+                    Event(
+                        "service_account.saved", actor.user, {"user": name, "groups": list(groups)}
+                    )
+                ],
             )
         except Conflict as exc:
             raise IdentityError(409, str(exc)) from None
-        await self._audit.record(
-            "service_account.saved", actor=actor.user, user=name, groups=list(groups)
-        )
         return user
 
     async def create_api_key(
@@ -690,22 +690,22 @@ class IdentityService:
         max_ttl = self.config.credentials.api_key_max_ttl
         seconds = min(ttl or max_ttl, max_ttl)
         key = new_token(API_KEY_PREFIX)
-        record: TokenRecord = await self._run(
-            self._store.add_token,
-            name,
-            hash_token(key),
-            expires_at=self._clock() + dt.timedelta(seconds=seconds),
-            kind="api_key",
-            scopes=tuple(scopes),
-            label=label,
-        )
-        await self._audit.record(
-            "api_key.created",
-            actor=actor.user,
-            user=name,
-            credential=record.id,
-            scopes=list(scopes),
-            expires_at=record.expires_at.isoformat() if record.expires_at else None,
+
+        def created(record: TokenRecord) -> list[Event]:
+            expires = record.expires_at.isoformat() if record.expires_at else None
+            data = {"user": name, "credential": record.id, "scopes": list(scopes)}
+            return [Event("api_key.created", actor.user, {**data, "expires_at": expires})]
+
+        record: TokenRecord = await self._audit.change(  # with its event, in one transaction
+            lambda: self._store.add_token(
+                name,
+                hash_token(key),
+                expires_at=self._clock() + dt.timedelta(seconds=seconds),
+                kind="api_key",
+                scopes=tuple(scopes),
+                label=label,
+            ),
+            created,
         )
         return key, record
 
@@ -807,7 +807,7 @@ class IdentityService:
                 raise IdentityError(404, f"credential {credential_id!r} does not exist")
             await self._run(self._store.revoke_login, login.id)
             ended = await self._end_sessions("credential revoked", login_id=login.id)
-            await self._audit.record(
+            await self._audit.record_taken(
                 "credential.revoked", actor=actor.user, user=login.user, login=login.id,
                 sessions_ended=ended,
             )  # fmt: skip
@@ -819,7 +819,7 @@ class IdentityService:
         family: list[TokenRecord] = await self._run(self._store.list_tokens, token.user)
         ids = frozenset({token.id} | {t.id for t in family if t.parent_id == token.id})
         ended = await self._end_sessions("credential revoked", token_ids=ids)
-        await self._audit.record(
+        await self._audit.record_taken(
             "credential.revoked", actor=actor.user, user=token.user, credential=token.id,
             sessions_ended=ended,
         )  # fmt: skip
@@ -831,7 +831,7 @@ class IdentityService:
             return {"revoked": False}
         await self._run(self._store.revoke_login, identity.login_id)
         ended = await self._end_sessions("signed out", login_id=identity.login_id)
-        await self._audit.record(
+        await self._audit.record_taken(
             "auth.logout", actor=identity.user, login=identity.login_id, sessions_ended=ended
         )
         return {"revoked": True, "login_id": identity.login_id, "sessions_ended": ended}
@@ -840,17 +840,22 @@ class IdentityService:
         if disabled and name == actor.user:
             raise IdentityError(409, "you cannot disable yourself")
         try:
-            user: UserRecord = await self._run(self._store.set_user_disabled, name, disabled)
+            if not disabled:  # access given back: with its event, in one transaction
+                enabled: UserRecord = await self._audit.change(
+                    lambda: self._store.set_user_disabled(name, False),
+                    lambda _: [
+                        Event("user.enabled", actor.user, {"user": name, "sessions_ended": 0})
+                    ],
+                )
+                return enabled
+            user: UserRecord = await self._run(self._store.set_user_disabled, name, True)
         except NotFound:
             raise IdentityError(404, f"user {name!r} does not exist") from None
-        ended = 0
-        if disabled:
-            ended = await self._end_sessions("user disabled", user=name)
-        await self._audit.record(
-            "user.disabled" if disabled else "user.enabled",
-            actor=actor.user,
-            user=name,
-            sessions_ended=ended,
+        # Access taken away stands whatever the audit log says (fail closed); its event is
+        # kept for later when the log cannot take it now.
+        ended = await self._end_sessions("user disabled", user=name)
+        await self._audit.record_taken(
+            "user.disabled", actor=actor.user, user=name, sessions_ended=ended
         )
         return user
 

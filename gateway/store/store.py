@@ -131,6 +131,10 @@ def alembic_config(connection: sa.Connection | None = None) -> alembic.config.Co
     return config
 
 
+class _Transaction(threading.local):
+    conn: sa.Connection | None = None
+
+
 class Store:
     """The gateway's agents, users, tokens, connections, sessions and audit log.
 
@@ -159,6 +163,7 @@ class Store:
             threading.RLock() if serialize else contextlib.nullcontext()
         )
         self._closed = False
+        self._tx = _Transaction()  # the connection of this thread's `transaction`, if any
         # Writes made with fsync=False skip their own fsync when this is "full" (see _write).
         self._relaxable = engine.dialect.name == "sqlite" and sqlite_sync == "full"
         self._dialect: Literal["sqlite", "postgresql"]
@@ -299,8 +304,37 @@ class Store:
                 raise StoreError(f"cannot migrate the store schema: {exc}") from exc
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every call of this thread inside the block one write transaction: all of it
+        commits, or none of it. An administrator's change and its audit event (``append_audit``)
+        go together this way, so a store that refuses the event refuses the change. A call that
+        fails inside rolls back its own part only (a savepoint), as when it runs alone."""
+        if self._tx.conn is not None:  # already inside one: the outer block commits
+            yield
+            return
+        with self._write() as conn:  # a commit the database refuses: StoreUnavailable
+            self._tx.conn = conn
+            try:
+                yield
+            finally:
+                self._tx.conn = None
+
+    @contextlib.contextmanager
+    def _joined(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """A call inside `transaction`: on its connection, in a savepoint of its own."""
+        try:
+            with conn.begin_nested():
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    @contextlib.contextmanager
     def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
         self._check_open()
+        if self._tx.conn is not None:
+            with self._joined(self._tx.conn) as conn:
+                yield conn
+            return
         engine = self._snapshot_engine if snapshot else self._engine
         try:
             with self._serial, engine.begin() as conn:
@@ -315,6 +349,10 @@ class Store:
         it survives a gateway crash at once, and a host power cut from the next synced commit
         on (any audit event), which syncs the one WAL file everything before it is in."""
         self._check_open()
+        if self._tx.conn is not None:
+            with self._joined(self._tx.conn) as conn:
+                yield conn
+            return
         try:
             with self._serial, self._write_engine.connect() as conn:
                 relaxed = self._relaxable and not fsync
