@@ -455,3 +455,42 @@ def test_admin_changes_whose_audit_event_cannot_be_written_are_not_made(
     wardgate.agent(gw, agent_key, wait="ag")  # its key works: the rotation was not made
     verify_chain(f"sqlite:///{db}")
     assert_not_crashed(gw)
+
+
+def test_a_revoked_session_ends_while_the_audit_log_is_down(
+    wardgate: Wardgate, postgres_server: PostgresServer
+) -> None:
+    """Revocation fails closed: revoking a credential ends its live session even when the
+    `session.terminated` event cannot be written yet; the event follows once it can."""
+    roles = [{"name": "ops", "groups": ["ops"], "grants": [{"connection": "*", "access": "admin"}]}]
+    gw = wardgate.gateway(
+        secret_key=SecretBox.generate_key(), identity={"local_users": True}, roles=roles
+    )
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    target_database(postgres_server, "revokedown", gw)
+    token = gw.local_login("opal", ["ops"])
+    with gw.api(token) as api:
+        login = api.get("/v1/whoami").json()["login"]
+        minted = api.post("/v1/credentials/connection", json={"connection": "pg-disk"}).json()
+    info = conninfo(gw).replace(f"password={ADMIN_TOKEN}", f"password={minted['token']}")
+    db = gw.data_dir / "wardgate.db"
+    with psycopg.connect(info.replace("user=admin", "user=opal"), autocommit=True) as conn:
+        assert conn.execute("select 'open'").fetchone() == ("open",)
+        rename_table(db, "audit_events", "audit_events_away")
+        try:
+            with gw.api() as api:
+                api.delete(f"/v1/credentials/{login}")  # revoked in the store whatever it says
+        finally:
+            rename_table(db, "audit_events_away", "audit_events")
+        # The log takes writes again: the session must not carry on, unseen by later checks.
+        with pytest.raises(psycopg.OperationalError) as cut:
+            conn.execute("select 'still here?'")
+        assert "credential revoked" in str(cut.value) or "closed" in str(cut.value), cut.value
+    ended = wait_for(
+        lambda: [e for e in gw.audit("session.terminated") if e["actor"] == "opal"],
+        "session.terminated in the audit log once it takes writes",
+        60,
+    )
+    assert [e["data"]["reason"] for e in ended] == ["credential revoked"]
+    verify_chain(f"sqlite:///{db}")
+    assert_not_crashed(gw)
