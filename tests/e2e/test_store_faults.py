@@ -479,7 +479,10 @@ def test_a_revoked_session_ends_while_the_audit_log_is_down(
         rename_table(db, "audit_events", "audit_events_away")
         try:
             with gw.api() as api:
-                api.delete(f"/v1/credentials/{login}")  # revoked in the store whatever it says
+                revoked = api.delete(f"/v1/credentials/{login}")
+            # Taking access away does not wait on the log: done, and said so.
+            assert revoked.status_code == 200, revoked.text
+            assert revoked.json()["sessions_ended"] == 1
         finally:
             rename_table(db, "audit_events_away", "audit_events")
         # The log takes writes again: the session must not carry on, unseen by later checks.
@@ -492,5 +495,11 @@ def test_a_revoked_session_ends_while_the_audit_log_is_down(
         60,
     )
     assert [e["data"]["reason"] for e in ended] == ["credential revoked"]
+    (kept,) = wait_for(
+        lambda: [e for e in gw.audit("credential.revoked") if e["data"].get("login") == login],
+        "credential.revoked in the audit log once it takes writes",
+        60,
+    )
+    assert kept["actor"] == "admin" and kept["data"]["sessions_ended"] == 1
     verify_chain(f"sqlite:///{db}")
     assert_not_crashed(gw)
