@@ -27,7 +27,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 from gateway.audit import Auditor, Event
@@ -262,13 +262,19 @@ class IdentityService:
     async def _tokens(
         self, user: UserRecord, login: LoginRecord, *, ttl: int | None, refreshable: bool
     ) -> Issued:
+        issued: Issued = await self._run(self._mint, user, login, ttl=ttl, refreshable=refreshable)
+        return issued
+
+    def _mint(
+        self, user: UserRecord, login: LoginRecord, *, ttl: int | None, refreshable: bool
+    ) -> Issued:
+        """Blocking: new credentials under `login` (in the caller's store transaction, if any)."""
         now = self._clock()
         access_expires = min(
             now + dt.timedelta(seconds=ttl or self.config.credentials.ttl), login.expires_at
         )
         access = new_token(TOKEN_PREFIX)
-        await self._run(
-            self._store.add_token,
+        self._store.add_token(
             user.name,
             hash_token(access),
             expires_at=access_expires,
@@ -279,8 +285,7 @@ class IdentityService:
         refresh: str | None = None
         if refreshable:
             refresh = new_token(REFRESH_PREFIX)
-            await self._run(
-                self._store.add_token,
+            self._store.add_token(
                 user.name,
                 hash_token(refresh),
                 expires_at=login.expires_at,
@@ -476,20 +481,29 @@ class IdentityService:
             # The provider first: a refresh it cannot answer (an outage) leaves the refresh
             # token unspent, so the client's retry is a refresh, not a replay.
             user = await self._refresh_at_idp(user, login, client)
-        if not await self._run(self._store.revoke_token_if_live, token.id):
-            await self._replayed(login, client)  # a concurrent use won the rotation
-        await self._run(self._store.touch_login, login.id)
-        issued = await self._tokens(user, login, ttl=None, refreshable=True)
-        await self._audit.record(
-            "auth.refresh",
-            actor=user.name,
-            login=login.id,
-            groups=list(user.groups),
-            client=client,
-        )
+        refreshed = user
+
+        def rotate() -> Issued | None:
+            # The old token is spent only with the new ones issued and the event written:
+            # one store transaction, so a failure anywhere leaves the old token valid and
+            # the client's retry is a refresh, not a replay.
+            if not self._store.revoke_token_if_live(token.id):
+                return None  # a concurrent use won the rotation
+            self._store.touch_login(login.id)
+            return self._mint(refreshed, login, ttl=None, refreshable=True)
+
+        def recorded(issued: Issued | None) -> list[Event]:
+            if issued is None:
+                return []
+            data = {"login": login.id, "groups": list(refreshed.groups), "client": client}
+            return [Event("auth.refresh", refreshed.name, data)]
+
+        issued = await self._audit.change(rotate, recorded)
+        if issued is None:
+            await self._replayed(login, client)
         return issued
 
-    async def _replayed(self, login: LoginRecord, client: str) -> None:
+    async def _replayed(self, login: LoginRecord, client: str) -> NoReturn:
         await self._run(self._store.revoke_login, login.id)
         await self._audit.record(
             "auth.replay",
