@@ -12,6 +12,7 @@ import click
 from cli import client as cl
 from cli import output as out
 from cli import ssh as ssh_cli
+from cli.errors import Problem
 
 PAGE = 1000  # the most rows the gateway returns at once
 
@@ -238,6 +239,16 @@ def audit_list(
         out.table(data, AUDIT_COLUMNS)
 
 
+def _shown(store_url: str) -> str:
+    """The store URL without its password, for messages."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(store_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "the store"
+
+
 @audit.command("verify")
 @click.option(
     "--store",
@@ -251,10 +262,13 @@ def audit_verify(
 ) -> None:
     """Check the audit hash chain; exits 1 saying which event was edited or is missing."""
     if store_url:
-        from gateway.store import Store
+        from gateway.store import Store, StoreError
 
-        with Store.open(store_url) as store:
-            data = store.check_audit().as_dict()
+        try:  # read-only: verifying never migrates or writes the store it checks
+            with Store.open_read_only(store_url) as store:
+                data = store.check_audit().as_dict()
+        except StoreError as exc:
+            raise Problem(f"cannot verify {_shown(store_url)}: {exc}") from None
     else:
         with cl.resolve(gateway, token, ca).http() as http:
             data = cl.check(http.get("/v1/audit/verify"))

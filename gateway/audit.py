@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from gateway.store import AuditEvent, Store
 from shared.backoff import Backoff
@@ -40,6 +40,16 @@ LAZY_FLUSH_DELAY = 0.02
 _SECRET_KEYS = frozenset({"secret", "password", "token", "key", "authorization"})
 
 _Item = tuple[str, str, str | None, Mapping[str, Any], "asyncio.Future[AuditEvent] | None"]
+T = TypeVar("T")
+
+
+class Event(NamedTuple):
+    """An event of `Auditor.change`, written in the change's transaction."""
+
+    kind: str
+    actor: str
+    data: Mapping[str, Any]
+    session_id: str | None = None
 
 
 class AuditUnavailable(Exception):
@@ -112,6 +122,33 @@ class Auditor:
         self, kind: str, *, actor: str = "-", session_id: str | None = None, **data: Any
     ) -> None:
         self._enqueue((kind, actor, session_id, _scrub(data), None), urgent=False)
+
+    async def change(self, apply: Callable[[], T], events: Callable[[T], Iterable[Event]]) -> T:
+        """Make a change in the store and write its events in one transaction (an
+        administrator's: a connection, an agent, a policy version): both or neither, so a
+        change is never made unrecorded. `apply` runs in a worker thread and makes its store
+        calls there; `events` says what its result was."""
+
+        def run() -> T:
+            with self._store.transaction():
+                result = apply()
+                for e in events(result):
+                    self._store.append_audit(
+                        e.kind, actor=e.actor, session_id=e.session_id, data=_scrub(e.data)
+                    )
+            return result
+
+        return await asyncio.to_thread(run)
+
+    async def record_taken(self, kind: str, *, actor: str = "-", **data: Any) -> None:
+        """Record an action already taken that must stand whatever the audit log says (a
+        revocation): durable on return when the log takes writes; when it does not, kept
+        and written once it does, like `submit`."""
+        try:
+            await self.record(kind, actor=actor, **data)
+        except AuditUnavailable as exc:
+            log.error("%s by %s done; recording it later: %s", kind, actor, exc)
+            self.submit(kind, actor=actor, **data)
 
     async def _write_loop(self) -> None:
         while True:

@@ -198,15 +198,31 @@ class PolicySource:
 
     # ---- changing ------------------------------------------------------------------------
 
-    async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
-        """Validate `document` and make it the newest version (unless it is already)."""
+    def add_version(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
+        """Blocking: validate `document` and make it the newest version (unless it is
+        already), with its `policy.applied` event in the same store transaction (the
+        caller's, when it holds one): a version is never applied unrecorded."""
         config = parse_document(document)
         text, sha = canonical(config)
-        record, created = await asyncio.to_thread(
-            self._store.add_policy_version, text, sha, applied_by=applied_by, comment=comment
+        with self._store.transaction():
+            record, created = self._store.add_policy_version(
+                text, sha, applied_by=applied_by, comment=comment
+            )
+            if created:
+                self._store.append_audit(
+                    "policy.applied",
+                    actor=applied_by,
+                    data={"version": record.version, "sha256": sha, "comment": comment},
+                )
+        return Applied(record, created)
+
+    async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
+        """`add_version`, then this gateway uses the version at once."""
+        applied = await asyncio.to_thread(
+            self.add_version, document, applied_by=applied_by, comment=comment
         )
         await self.refresh()
-        return Applied(record, created)
+        return applied
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
         """Apply version `version`'s document again, as a new version; None if unknown."""
@@ -295,15 +311,18 @@ class BudgetLedger:
             raise
         except Exception as exc:
             log.warning("budget usage of ended sessions not stored yet: %s", exc)
-            for (user, connection), pending in self._writing.items():
+            for (user, connection), pending in self._writing.items():  # what is left
                 self.defer(user, connection, pending)
         self._writing = {}
 
     def _write(self, batch: dict[tuple[str, str], _Pending]) -> None:
-        for (user, connection), pending in batch.items():
+        # One transaction per (user, connection): each one committed leaves the batch at
+        # once, so a failure further on owes only what is still in it, not the part written.
+        for owner, pending in list(batch.items()):
             self._store.add_budget_usage(
-                user, connection, {key: (u.rows, u.bytes) for key, u in pending.items()}
+                *owner, {key: (u.rows, u.bytes) for key, u in pending.items()}
             )
+            del batch[owner]
 
     async def run(self) -> None:
         """Write deferred usage every BUDGET_FLUSH_INTERVAL, until cancelled."""

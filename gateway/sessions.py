@@ -384,9 +384,18 @@ class SessionBroker:
             ),
             return_exceptions=True,  # the other write is awaited (and retrieved) too
         )
-        for outcome in written:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failure = next((o for o in written if isinstance(o, BaseException)), None)
+        if failure is not None:
+            # Fail closed, and leave no trace of a session as if it were running: a row that
+            # was written is ended, an event that was written is followed by its failure.
+            error = f"session not opened: {failure}"
+            if not isinstance(written[0], BaseException):
+                await self._end_refused(session_id, error)
+            if not isinstance(written[1], BaseException):
+                self._audit.submit(
+                    "session.failed", actor=identity.user, session_id=session_id, error=error
+                )
+            raise failure
         try:
             stream, agent = await self._registry.open(session_id, target, conn.pool)
         except NoAgentError as exc:
@@ -444,6 +453,40 @@ class SessionBroker:
             await stream.aclose()
         finally:
             self._registry.release(agent)
+
+    async def _end_refused(self, session_id: str, error: str) -> None:
+        """End the row of a session refused after it was written; retried while the store
+        refuses writes, so that no row stays open for a session that never ran."""
+        try:
+            await self._end_row(session_id, error, None)
+        except StoreUnavailable as exc:
+            log.error("session %s refused; ending its row later: %s", session_id, exc)
+            ended_at = dt.datetime.now(dt.UTC)
+            self._tasks.spawn(
+                self._end_refused_later(session_id, error, ended_at), name=f"end/{session_id}"
+            )
+
+    async def _end_refused_later(self, session_id: str, error: str, ended_at: dt.datetime) -> None:
+        backoff = Backoff(base=RETRY_BASE, cap=RETRY_CAP)
+        while True:
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self._end_row(session_id, error, ended_at)
+            except StoreUnavailable:
+                continue
+            return
+
+    async def _end_row(self, session_id: str, error: str, ended_at: dt.datetime | None) -> None:
+        await store_call(
+            self._store,
+            self._store.end_session,
+            session_id,
+            status="failed",
+            error=error,
+            bytes_up=0,
+            bytes_down=0,
+            ended_at=ended_at,
+        )
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
         self._live.pop(session.id, None)
@@ -517,17 +560,29 @@ class SessionBroker:
             or (token_ids is not None and s.identity.token_id in token_ids)
             or (session_ids is not None and s.id in session_ids)
         ]
+        # Fail closed: the sessions end first, whatever the audit log says. Their events
+        # record actions already taken: an audit log that is down (a full disk) keeps them
+        # for when it takes writes again, instead of leaving a session running unseen.
         for session in doomed:
             self._live.pop(session.id, None)
-            await self._audit.record(
-                "session.terminated",
-                actor=session.identity.user,
-                session_id=session.id,
-                connection=session.connection.name,
-                reason=reason,
-            )
             if not session.stream.finished:
                 await session.stream.reset(ResetCode.CANCELLED, reason)
+        down = False
+        for session in doomed:
+            event = {
+                "actor": session.identity.user,
+                "session_id": session.id,
+                "connection": session.connection.name,
+                "reason": reason,
+            }
+            if not down:
+                try:
+                    await self._audit.record("session.terminated", **event)
+                    continue
+                except AuditUnavailable as exc:
+                    log.error("sessions ended (%s); recording it later: %s", reason, exc)
+                    down = True
+            self._audit.submit("session.terminated", **event)
         return len(doomed)
 
     async def check_revocations(self) -> int:

@@ -20,7 +20,7 @@ from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
 from gateway.api.paging import MAX_PAGE
 from gateway.api.ratelimit import AuthLimiter, as_http
-from gateway.audit import Auditor, AuditUnavailable
+from gateway.audit import Auditor, AuditUnavailable, Event
 from gateway.auth import Authenticator, AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
@@ -32,6 +32,7 @@ from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubePolicy
 from gateway.policy.rules import Policy
 from gateway.policystore import (
+    Applied,
     PolicyDocumentError,
     PolicySource,
     PolicyView,
@@ -227,7 +228,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    from gateway.api.policy import policy_router, record_applied  # it needs this module
+    from gateway.api.policy import policy_router  # it needs this module
 
     def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return asyncio.to_thread(fn, *args, **kwargs)
@@ -459,23 +460,27 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 raise HTTPException(422, f"{value!r} is not a valid agent or pool name")
         secret = new_secret()
         try:
-            await run(deps.store.create_agent, body.name, pool, hash_secret(secret))
+            await deps.auditor.change(
+                lambda: deps.store.create_agent(body.name, pool, hash_secret(secret)),
+                lambda _: [Event("agent.created", who.user, {"agent": body.name, "pool": pool})],
+            )
         except AlreadyExists:
             raise HTTPException(409, f"agent {body.name!r} already exists") from None
-        await deps.auditor.record("agent.created", actor=who.user, agent=body.name, pool=pool)
         return {"name": body.name, "pool": pool, "key": agent_key(body.name, secret)}
 
     @app.post("/v1/agents/{name}/rotate")
     async def rotate_agent(name: str, who: Admin) -> dict[str, Any]:
         secret = new_secret()
         try:
-            record = await run(deps.store.rotate_agent_secret, name, hash_secret(secret))
+            record = await deps.auditor.change(
+                lambda: deps.store.rotate_agent_secret(name, hash_secret(secret)),
+                lambda _: [Event("agent.rotated", who.user, {"agent": name})],
+            )
         except NotFound:
             raise HTTPException(404, f"agent {name!r} does not exist") from None
         live = deps.registry.get(name)
         if live is not None:
             live.close("key rotated")
-        await deps.auditor.record("agent.rotated", actor=who.user, agent=name)
         return {"name": name, "pool": record.pool, "key": agent_key(name, secret)}
 
     @app.get("/v1/agents")
@@ -501,13 +506,15 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.delete("/v1/agents/{name}")
     async def revoke_agent(name: str, who: Admin) -> dict[str, Any]:
         try:
-            await run(deps.store.revoke_agent, name)
+            await deps.auditor.change(
+                lambda: deps.store.revoke_agent(name),
+                lambda _: [Event("agent.revoked", who.user, {"agent": name})],
+            )
         except NotFound:
             raise HTTPException(404, f"agent {name!r} does not exist") from None
         live = deps.registry.get(name)
         if live is not None:
             live.close("revoked")
-        await deps.auditor.record("agent.revoked", actor=who.user, agent=name)
         return {"name": name, "revoked": True}
 
     # ---- connections ---------------------------------------------------------------
@@ -558,47 +565,73 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.post("/v1/connections", status_code=201)
     async def create_connection(spec: ConnectionSpec, who: Admin) -> dict[str, Any]:
-        if await run(deps.store.get_connection, spec.name) is not None:
-            raise HTTPException(409, f"connection {spec.name!r} already exists")
         try:
             record = to_record(spec, deps.secret_box)
         except ConnectionError_ as exc:
             raise HTTPException(422, str(exc)) from None
-        stored, _ = await run(deps.store.upsert_connection, record)
-        await deps.auditor.record("connection.created", actor=who.user, connection=spec.name)
+
+        def create() -> ConnectionRecord:
+            if deps.store.get_connection(spec.name) is not None:
+                raise AlreadyExists(f"connection {spec.name!r} already exists")
+            return deps.store.upsert_connection(record)[0]
+
+        try:
+            stored = await deps.auditor.change(
+                create, lambda _: [Event("connection.created", who.user, {"connection": spec.name})]
+            )
+        except AlreadyExists as exc:
+            raise HTTPException(409, str(exc)) from None
         return describe(stored)
 
     @app.delete("/v1/connections/{name}")
     async def delete_connection(name: str, who: Admin) -> dict[str, Any]:
-        if not await run(deps.store.delete_connection, name):
+        deleted = await deps.auditor.change(
+            lambda: deps.store.delete_connection(name),
+            lambda done: (
+                [Event("connection.deleted", who.user, {"connection": name})] if done else []
+            ),
+        )
+        if not deleted:
             raise HTTPException(404, f"connection {name!r} does not exist")
-        await deps.auditor.record("connection.deleted", actor=who.user, connection=name)
         return {"name": name, "deleted": True}
 
     @app.post("/v1/apply")
     async def apply_file(body: ApplyRequest, who: Admin) -> dict[str, Any]:
+        source = deps.policy_source
         if body.policy is not None:
-            if deps.policy_source is None:
+            if source is None:
                 raise HTTPException(404, "this gateway keeps no policy versions")
             try:  # validated before anything is written
                 parse_document(body.policy)
             except PolicyDocumentError as exc:
                 raise HTTPException(422, str(exc)) from None
+
+        def change() -> tuple[list[dict[str, str]], Applied | None]:
+            # The connections, the policy version and their events: one store transaction,
+            # all of it or nothing (see Auditor.change).
+            with deps.store.transaction():
+                results = apply(deps.store, deps.secret_box, body.connections)
+                for r in results:
+                    if r["status"] != "unchanged":
+                        deps.store.append_audit(
+                            f"connection.{r['status']}",
+                            actor=who.user,
+                            data={"connection": r["name"]},
+                        )
+                applied = None
+                if body.policy is not None and source is not None:
+                    applied = source.add_version(
+                        body.policy, applied_by=who.user, comment=body.comment
+                    )
+            return results, applied
+
         try:
-            results = await run(apply, deps.store, deps.secret_box, body.connections)
+            results, applied = await run(change)
         except ConnectionError_ as exc:
             raise HTTPException(422, str(exc)) from None
-        for r in results:
-            if r["status"] != "unchanged":
-                await deps.auditor.record(
-                    f"connection.{r['status']}", actor=who.user, connection=r["name"]
-                )
         out: dict[str, Any] = {"connections": results}
-        if body.policy is not None and deps.policy_source is not None:
-            applied = await deps.policy_source.apply(
-                body.policy, applied_by=who.user, comment=body.comment
-            )
-            await record_applied(deps, who.user, applied)
+        if applied is not None and source is not None:
+            await source.refresh()
             out["policy"] = applied.as_json()
         return out
 

@@ -9,7 +9,8 @@
     GET  /v1/budgets/usage?day=&user=&connection=   the day's budget usage (UTC)
 
 All need an administrator. An invalid document is answered 422 with what is wrong, and
-changes nothing. Every change is audited as `policy.applied`.
+changes nothing. Every change is audited as `policy.applied`, in the transaction that makes
+it (`PolicySource.add_version`).
 """
 
 from __future__ import annotations
@@ -23,23 +24,12 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from gateway.api.app import Admin, ApiDeps
-from gateway.policystore import Applied, PolicyDocumentError, PolicySource, canonical, version_json
+from gateway.policystore import PolicyDocumentError, PolicySource, canonical, version_json
 
 
 class PolicyPut(BaseModel):
     policy: dict[str, Any] = Field(default_factory=dict)
     comment: str | None = Field(default=None, max_length=1000)
-
-
-async def record_applied(deps: ApiDeps, who: str, applied: Applied) -> None:
-    if applied.created:
-        await deps.auditor.record(
-            "policy.applied",
-            actor=who,
-            version=applied.record.version,
-            sha256=applied.record.sha256,
-            comment=applied.record.comment,
-        )
 
 
 def policy_router(deps: ApiDeps) -> APIRouter:
@@ -66,7 +56,6 @@ def policy_router(deps: ApiDeps) -> APIRouter:
             applied = await source().apply(body.policy, applied_by=who.user, comment=body.comment)
         except PolicyDocumentError as exc:
             raise HTTPException(422, str(exc)) from None
-        await record_applied(deps, who.user, applied)
         return applied.as_json()
 
     @router.get("/v1/policy/versions")
@@ -90,7 +79,6 @@ def policy_router(deps: ApiDeps) -> APIRouter:
             raise HTTPException(422, str(exc)) from None
         if applied is None:
             raise HTTPException(404, f"policy version {version} does not exist")
-        await record_applied(deps, who.user, applied)
         return applied.as_json()
 
     @router.get("/v1/budgets/usage")

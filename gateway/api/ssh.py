@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from gateway import sshca
 from gateway.api.app import User
-from gateway.audit import Auditor
+from gateway.audit import Auditor, Event
 from gateway.store import AlreadyExists, AuditEvent, NotFound, SshKeyRecord, Store
 
 CAST_MEDIA_TYPE = "application/x-asciicast"
@@ -155,13 +155,15 @@ def ssh_router(
             key, comment, fp = parse_public_key(body.public_key)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        try:
-            record = await asyncio.to_thread(store.add_ssh_key, user, fp, key, comment)
+        try:  # the key and its event: one store transaction
+            record = await auditor.change(
+                lambda: store.add_ssh_key(user, fp, key, comment),
+                lambda _: [Event("ssh_key.added", who.user, {"user": user, "fingerprint": fp})],
+            )
         except AlreadyExists:
             raise HTTPException(409, f"key {fp} is registered already") from None
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
-        await auditor.record("ssh_key.added", actor=who.user, user=user, fingerprint=fp)
         return _key_json(record)
 
     @router.get("/v1/ssh-keys")
@@ -177,7 +179,8 @@ def ssh_router(
         name = owner(who, user)
         if not await asyncio.to_thread(store.remove_ssh_key, name, key):
             raise HTTPException(404, f"user {name!r} has no key {key!r}")
-        await auditor.record("ssh_key.removed", actor=who.user, user=name, key_id=key)
+        # Access taken away stands whatever the audit log says; its event is kept for later.
+        await auditor.record_taken("ssh_key.removed", actor=who.user, user=name, key_id=key)
         return {"removed": key}
 
     async def events(session_id: str, who: Any) -> list[AuditEvent]:

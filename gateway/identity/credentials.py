@@ -28,12 +28,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.audit import Auditor
+from gateway.audit import Auditor, Event
 from gateway.auth import API_KEY_PREFIX, REFRESH_PREFIX, TOKEN_PREFIX, Identity
 from gateway.config import IdentityConfig, OIDCConfig, WorkloadTrust, resolve_secret
 from gateway.crypto import SecretBox, SecretBoxError, hash_token, new_token
@@ -261,13 +261,19 @@ class IdentityService:
     async def _tokens(
         self, user: UserRecord, login: LoginRecord, *, ttl: int | None, refreshable: bool
     ) -> Issued:
+        issued: Issued = await self._run(self._mint, user, login, ttl=ttl, refreshable=refreshable)
+        return issued
+
+    def _mint(
+        self, user: UserRecord, login: LoginRecord, *, ttl: int | None, refreshable: bool
+    ) -> Issued:
+        """Blocking: new credentials under `login` (in the caller's store transaction, if any)."""
         now = self._clock()
         access_expires = min(
             now + dt.timedelta(seconds=ttl or self.config.credentials.ttl), login.expires_at
         )
         access = new_token(TOKEN_PREFIX)
-        await self._run(
-            self._store.add_token,
+        self._store.add_token(
             user.name,
             hash_token(access),
             expires_at=access_expires,
@@ -278,8 +284,7 @@ class IdentityService:
         refresh: str | None = None
         if refreshable:
             refresh = new_token(REFRESH_PREFIX)
-            await self._run(
-                self._store.add_token,
+            self._store.add_token(
                 user.name,
                 hash_token(refresh),
                 expires_at=login.expires_at,
@@ -471,22 +476,33 @@ class IdentityService:
         if why is not None:
             await self._failed("refresh", why, client, user=user.name, login=login.id)
             raise IdentityError(401, f"refresh refused: {why}")
-        if not await self._run(self._store.revoke_token_if_live, token.id):
-            await self._replayed(login, client)  # a concurrent use won the rotation
         if login.method in ("oidc", "device"):
+            # The provider first: a refresh it cannot answer (an outage) leaves the refresh
+            # token unspent, so the client's retry is a refresh, not a replay.
             user = await self._refresh_at_idp(user, login, client)
-        await self._run(self._store.touch_login, login.id)
-        issued = await self._tokens(user, login, ttl=None, refreshable=True)
-        await self._audit.record(
-            "auth.refresh",
-            actor=user.name,
-            login=login.id,
-            groups=list(user.groups),
-            client=client,
-        )
+        refreshed = user
+
+        def rotate() -> Issued | None:
+            # The old token is spent only with the new ones issued and the event written:
+            # one store transaction, so a failure anywhere leaves the old token valid and
+            # the client's retry is a refresh, not a replay.
+            if not self._store.revoke_token_if_live(token.id):
+                return None  # a concurrent use won the rotation
+            self._store.touch_login(login.id)
+            return self._mint(refreshed, login, ttl=None, refreshable=True)
+
+        def recorded(issued: Issued | None) -> list[Event]:
+            if issued is None:
+                return []
+            data = {"login": login.id, "groups": list(refreshed.groups), "client": client}
+            return [Event("auth.refresh", refreshed.name, data)]
+
+        issued = await self._audit.change(rotate, recorded)
+        if issued is None:
+            await self._replayed(login, client)
         return issued
 
-    async def _replayed(self, login: LoginRecord, client: str) -> None:
+    async def _replayed(self, login: LoginRecord, client: str) -> NoReturn:
         await self._run(self._store.revoke_login, login.id)
         await self._audit.record(
             "auth.replay",
@@ -527,7 +543,11 @@ class IdentityService:
             raise IdentityError(401, f"refresh refused: {reason}; sign in again") from None
         except ProviderError as exc:
             await self._failed("refresh", str(exc), client, user=user.name, login=login.id)
-            raise IdentityError(502, str(exc)) from None
+            raise IdentityError(
+                502,
+                f"refresh not done: the identity provider is unavailable ({exc}); "
+                "your sign-in is kept, try again later",
+            ) from None
         if tokens.refresh_token is not None:
             sealed = self._seal(tokens.refresh_token, context)
             await self._run(self._store.set_login_idp_refresh, login.id, sealed)
@@ -641,17 +661,15 @@ class IdentityService:
         secret = local.new_totp_secret()
         sealed = self._box.seal(secret.encode(), context=f"user/{name}/totp")
         hashed = await self._run(local.hash_password, password)
-        try:
-            user: UserRecord = await self._run(
-                self._store.set_local_credentials,
-                name,
-                password_hash=hashed,
-                totp_secret=sealed,
-                groups=tuple(groups),
+        try:  # the change and its event: one store transaction
+            user: UserRecord = await self._audit.change(
+                lambda: self._store.set_local_credentials(
+                    name, password_hash=hashed, totp_secret=sealed, groups=tuple(groups)
+                ),
+                lambda _: [Event("user.local_created", actor.user, {"user": name})],
             )
         except Conflict as exc:
             raise IdentityError(409, str(exc)) from None
-        await self._audit.record("user.local_created", actor=actor.user, user=name)
         return user, local.provisioning_uri(secret, name)
 
     # ---- machines: service accounts and API keys -------------------------------------
@@ -661,15 +679,17 @@ class IdentityService:
     ) -> UserRecord:
         if not cl.USER_NAME_RE.match(name):
             raise IdentityError(422, f"{name!r} is not a valid user name")
-        try:
-            user: UserRecord = await self._run(
-                self._store.ensure_machine, name, kind="service", groups=tuple(groups)
+        try:  # the change and its event: one store transaction
+            user: UserRecord = await self._audit.change(
+                lambda: self._store.ensure_machine(name, kind="service", groups=tuple(groups)),
+                lambda _: [
+                    Event(
+                        "service_account.saved", actor.user, {"user": name, "groups": list(groups)}
+                    )
+                ],
             )
         except Conflict as exc:
             raise IdentityError(409, str(exc)) from None
-        await self._audit.record(
-            "service_account.saved", actor=actor.user, user=name, groups=list(groups)
-        )
         return user
 
     async def create_api_key(
@@ -683,22 +703,22 @@ class IdentityService:
         max_ttl = self.config.credentials.api_key_max_ttl
         seconds = min(ttl or max_ttl, max_ttl)
         key = new_token(API_KEY_PREFIX)
-        record: TokenRecord = await self._run(
-            self._store.add_token,
-            name,
-            hash_token(key),
-            expires_at=self._clock() + dt.timedelta(seconds=seconds),
-            kind="api_key",
-            scopes=tuple(scopes),
-            label=label,
-        )
-        await self._audit.record(
-            "api_key.created",
-            actor=actor.user,
-            user=name,
-            credential=record.id,
-            scopes=list(scopes),
-            expires_at=record.expires_at.isoformat() if record.expires_at else None,
+
+        def created(record: TokenRecord) -> list[Event]:
+            expires = record.expires_at.isoformat() if record.expires_at else None
+            data = {"user": name, "credential": record.id, "scopes": list(scopes)}
+            return [Event("api_key.created", actor.user, {**data, "expires_at": expires})]
+
+        record: TokenRecord = await self._audit.change(  # with its event, in one transaction
+            lambda: self._store.add_token(
+                name,
+                hash_token(key),
+                expires_at=self._clock() + dt.timedelta(seconds=seconds),
+                kind="api_key",
+                scopes=tuple(scopes),
+                label=label,
+            ),
+            created,
         )
         return key, record
 
@@ -800,7 +820,7 @@ class IdentityService:
                 raise IdentityError(404, f"credential {credential_id!r} does not exist")
             await self._run(self._store.revoke_login, login.id)
             ended = await self._end_sessions("credential revoked", login_id=login.id)
-            await self._audit.record(
+            await self._audit.record_taken(
                 "credential.revoked", actor=actor.user, user=login.user, login=login.id,
                 sessions_ended=ended,
             )  # fmt: skip
@@ -812,7 +832,7 @@ class IdentityService:
         family: list[TokenRecord] = await self._run(self._store.list_tokens, token.user)
         ids = frozenset({token.id} | {t.id for t in family if t.parent_id == token.id})
         ended = await self._end_sessions("credential revoked", token_ids=ids)
-        await self._audit.record(
+        await self._audit.record_taken(
             "credential.revoked", actor=actor.user, user=token.user, credential=token.id,
             sessions_ended=ended,
         )  # fmt: skip
@@ -824,7 +844,7 @@ class IdentityService:
             return {"revoked": False}
         await self._run(self._store.revoke_login, identity.login_id)
         ended = await self._end_sessions("signed out", login_id=identity.login_id)
-        await self._audit.record(
+        await self._audit.record_taken(
             "auth.logout", actor=identity.user, login=identity.login_id, sessions_ended=ended
         )
         return {"revoked": True, "login_id": identity.login_id, "sessions_ended": ended}
@@ -833,17 +853,22 @@ class IdentityService:
         if disabled and name == actor.user:
             raise IdentityError(409, "you cannot disable yourself")
         try:
-            user: UserRecord = await self._run(self._store.set_user_disabled, name, disabled)
+            if not disabled:  # access given back: with its event, in one transaction
+                enabled: UserRecord = await self._audit.change(
+                    lambda: self._store.set_user_disabled(name, False),
+                    lambda _: [
+                        Event("user.enabled", actor.user, {"user": name, "sessions_ended": 0})
+                    ],
+                )
+                return enabled
+            user: UserRecord = await self._run(self._store.set_user_disabled, name, True)
         except NotFound:
             raise IdentityError(404, f"user {name!r} does not exist") from None
-        ended = 0
-        if disabled:
-            ended = await self._end_sessions("user disabled", user=name)
-        await self._audit.record(
-            "user.disabled" if disabled else "user.enabled",
-            actor=actor.user,
-            user=name,
-            sessions_ended=ended,
+        # Access taken away stands whatever the audit log says (fail closed); its event is
+        # kept for later when the log cannot take it now.
+        ended = await self._end_sessions("user disabled", user=name)
+        await self._audit.record_taken(
+            "user.disabled", actor=actor.user, user=name, sessions_ended=ended
         )
         return user
 

@@ -508,6 +508,9 @@ class OidcClient:
             raise ProviderError(f"token endpoint: {exc}") from exc
         if not isinstance(data, dict):
             raise ProviderError("token endpoint: not a JSON object")
+        if response.status_code >= 500:  # the provider's own failure, not a refusal
+            error = str(data.get("error", "server error"))[:100]
+            raise ProviderError(f"token endpoint answered {response.status_code}: {error}")
         if response.status_code != 200 or "error" in data:
             error = str(data.get("error", response.status_code))
             if error == "authorization_pending":

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.audit import Auditor
+from gateway.audit import Auditor, Event
 from gateway.auth import Identity
 from gateway.policy.approval import (
     ReviewTerms,
@@ -369,8 +369,14 @@ class ReviewService:
             )
             return record, decided
 
-        try:
-            updated = await asyncio.to_thread(self._store.vote_review, review_id, judge)
+        def voted(updated: ReviewRecord) -> list[Event]:
+            data = {"review": review_id, "vote": vote, "reason": reason, "status": updated.status}
+            return [Event("review.vote", identity.user, data, updated.session_id)]
+
+        try:  # the vote and its event: one store transaction
+            updated = await self._audit.change(
+                lambda: self._store.vote_review(review_id, judge), voted
+            )
         except _Refused as exc:
             await self._audit.record(
                 "review.vote_refused",
@@ -384,15 +390,6 @@ class ReviewService:
             raise ReviewError(exc.status, exc.message) from None
         except NotFound:
             raise ReviewError(404, f"no review {review_id!r}") from None
-        await self._audit.record(
-            "review.vote",
-            actor=identity.user,
-            session_id=updated.session_id,
-            review=review_id,
-            vote=vote,
-            reason=reason,
-            status=updated.status,
-        )
         if updated.status != PENDING:
             await self._decided(updated)
         return updated
@@ -500,13 +497,15 @@ class ReviewService:
     # ---- owners ----------------------------------------------------------------------
 
     async def add_owner(self, actor: Identity, identity: str, owner: str) -> None:
-        try:
-            await asyncio.to_thread(self._store.add_owner, identity, owner)
+        try:  # the change and its event: one store transaction
+            await self._audit.change(
+                lambda: self._store.add_owner(identity, owner),
+                lambda _: [
+                    Event("identity.owner_added", actor.user, {"user": identity, "owner": owner})
+                ],
+            )
         except NotFound as exc:
             raise ReviewError(404, str(exc)) from None
-        await self._audit.record(
-            "identity.owner_added", actor=actor.user, user=identity, owner=owner
-        )
 
     async def owners(self, identity: str) -> list[str]:
         found = await asyncio.to_thread(self._store.owners_of, [identity])

@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,7 @@ from typing import Any, Literal, Self
 
 import alembic.command
 import alembic.config
+import alembic.script
 import alembic.util
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -130,6 +132,10 @@ def alembic_config(connection: sa.Connection | None = None) -> alembic.config.Co
     return config
 
 
+class _Transaction(threading.local):
+    conn: sa.Connection | None = None
+
+
 class Store:
     """The gateway's agents, users, tokens, connections, sessions and audit log.
 
@@ -144,6 +150,7 @@ class Store:
         clock: Callable[[], dt.datetime] = utcnow,
         serialize: bool = False,
         sqlite_sync: Literal["full", "normal"] = "full",
+        read_only: bool = False,
     ) -> None:
         """Wrap ``engine`` without migrating it; ``open`` is the usual way in.
 
@@ -157,6 +164,7 @@ class Store:
             threading.RLock() if serialize else contextlib.nullcontext()
         )
         self._closed = False
+        self._tx = _Transaction()  # the connection of this thread's `transaction`, if any
         # Writes made with fsync=False skip their own fsync when this is "full" (see _write).
         self._relaxable = engine.dialect.name == "sqlite" and sqlite_sync == "full"
         self._dialect: Literal["sqlite", "postgresql"]
@@ -166,7 +174,13 @@ class Store:
             if engine.dialect.driver != "pysqlite":
                 raise ValueError("SQLite is supported through the standard sqlite3 driver only")
             self._dialect = "sqlite"
-            event.listen(engine, "connect", functools.partial(_sqlite_on_connect, sqlite_sync))
+            event.listen(
+                engine,
+                "connect",
+                _sqlite_on_connect_read_only
+                if read_only  # a read-only file cannot be switched to WAL or synced
+                else functools.partial(_sqlite_on_connect, sqlite_sync),
+            )
             event.listen(engine, "begin", _sqlite_on_begin)
             self._write_engine = engine.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             self._snapshot_engine = engine  # a SQLite transaction reads one snapshot anyway
@@ -207,6 +221,53 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def open_read_only(cls, url: str) -> Store:
+        """Connect to an existing store to read it, changing nothing: no migration, no file
+        created, read-only connections (SQLite ``mode=ro``; PostgreSQL read-only
+        transactions). Raises ``StoreError`` when there is no store at ``url`` or its schema
+        is not the one this version of Wardgate reads (`wardgate audit verify --store`)."""
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database
+            if path in (None, "", ":memory:") or parsed.query.get("uri") is not None:
+                raise StoreError(f"a store to read is a sqlite:///PATH file, not {url!r}")
+            assert path is not None
+            if not Path(path).is_file():
+                raise StoreError(f"no store at {path}: the file does not exist")
+            parsed = parsed.set(
+                database=f"file:{urllib.parse.quote(str(Path(path).resolve()))}",
+                query={"mode": "ro", "uri": "true"},
+            )
+            engine = sa.create_engine(parsed)
+        else:
+            engine, _ = _create_engine(
+                parsed, {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+            )
+        try:
+            store = cls(engine, read_only=True)
+            store._check_schema()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def _check_schema(self) -> None:
+        """Refuse a database whose schema is not this version's (read, never migrated)."""
+        expected = alembic.script.ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                raise StoreError(
+                    "not a Wardgate store (it has no schema version); check the store URL"
+                )
+            found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        if found != expected:
+            raise StoreError(
+                f"the store's schema is at version {found or 'none'}, this wardgate reads "
+                f"{expected}: verify with the wardgate version of the gateway that wrote it "
+                "(a gateway of this version migrates the store when it starts)"
+            )
+
     def close(self) -> None:
         """Close every pooled connection. The store cannot be used afterwards."""
         self._closed = True
@@ -244,8 +305,37 @@ class Store:
                 raise StoreError(f"cannot migrate the store schema: {exc}") from exc
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every call of this thread inside the block one write transaction: all of it
+        commits, or none of it. An administrator's change and its audit event (``append_audit``)
+        go together this way, so a store that refuses the event refuses the change. A call that
+        fails inside rolls back its own part only (a savepoint), as when it runs alone."""
+        if self._tx.conn is not None:  # already inside one: the outer block commits
+            yield
+            return
+        with self._write() as conn:  # a commit the database refuses: StoreUnavailable
+            self._tx.conn = conn
+            try:
+                yield
+            finally:
+                self._tx.conn = None
+
+    @contextlib.contextmanager
+    def _joined(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """A call inside `transaction`: on its connection, in a savepoint of its own."""
+        try:
+            with conn.begin_nested():
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    @contextlib.contextmanager
     def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
         self._check_open()
+        if self._tx.conn is not None:
+            with self._joined(self._tx.conn) as conn:
+                yield conn
+            return
         engine = self._snapshot_engine if snapshot else self._engine
         try:
             with self._serial, engine.begin() as conn:
@@ -260,6 +350,10 @@ class Store:
         it survives a gateway crash at once, and a host power cut from the next synced commit
         on (any audit event), which syncs the one WAL file everything before it is in."""
         self._check_open()
+        if self._tx.conn is not None:
+            with self._joined(self._tx.conn) as conn:
+                yield conn
+            return
         try:
             with self._serial, self._write_engine.connect() as conn:
                 relaxed = self._relaxable and not fsync
@@ -1543,6 +1637,11 @@ def _sqlite_on_connect(
         cursor.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
     finally:
         cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection: Any, connection_record: Any) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN comes from _sqlite_on_begin
+    dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _set_synchronous(conn: sa.Connection, level: Literal["FULL", "NORMAL"]) -> None:

@@ -10,11 +10,13 @@ follows the redirects to the CLI's loopback callback. Each test uses its own peo
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -355,6 +357,71 @@ def test_a_replayed_refresh_token_revokes_the_whole_sign_in(stack: Stack, tmp_pa
     with stack.gw.api(second["token"]) as api:
         assert api.get("/v1/whoami").status_code == 401  # the whole sign-in is gone
     assert any(e["actor"] == "frank" for e in stack.audit("auth.replay"))
+
+
+def test_a_refresh_during_an_identity_provider_outage_keeps_the_sign_in(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The IdP is asked before the refresh token is spent: a refresh it cannot answer
+    changes nothing, and the client's retry once it is back is a refresh, not a replay."""
+    stack.idp.set_user("sub-hana", preferred_username="hana", groups=["analysts"])
+    first = stack.login(tmp_path, "sub-hana")
+    stack.idp.set_outage(True)
+    try:
+        failed = stack.cli(tmp_path, "credentials", "refresh")
+        again = stack.cli(tmp_path, "credentials", "refresh")  # a second try, still down
+    finally:
+        stack.idp.set_outage(False)
+    for out in (failed, again):
+        assert out.returncode == 1
+        assert out.stderr == (
+            "Error: gateway answered 502: refresh not done: the identity provider is "
+            "unavailable (token endpoint answered 503: temporarily_unavailable); "
+            "your sign-in is kept, try again later\n"
+        )
+    assert json.loads((tmp_path / "credentials.json").read_text()) == first  # nothing spent
+    with stack.gw.api(first["token"]) as api:
+        assert api.get("/v1/whoami").status_code == 200  # the sign-in is intact
+
+    retried = stack.cli(tmp_path, "credentials", "refresh")
+    assert retried.returncode == 0, retried.stderr
+    second = json.loads((tmp_path / "credentials.json").read_text())
+    assert second["refresh_token"] != first["refresh_token"]
+    with stack.gw.api(second["token"]) as api:
+        assert api.get("/v1/whoami").json()["user"] == "hana"
+    assert not [e for e in stack.audit("auth.replay") if e["actor"] == "hana"]
+    failures = [e for e in stack.audit("auth.failed") if e["actor"] == "hana"]
+    assert [e["data"]["method"] for e in failures] == ["refresh", "refresh"]
+    # The spent token is spent: presenting it now is a replay, as before.
+    with stack.gw.api() as api:
+        replay = api.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert replay.status_code == 401 and "already used" in replay.json()["detail"]
+
+
+def test_a_refresh_the_gateway_cannot_record_spends_nothing(stack: Stack, tmp_path: Path) -> None:
+    """The old refresh token stays valid until the new ones are issued and recorded: a
+    refresh whose `auth.refresh` event cannot be written (the audit log down) changes
+    nothing, and the retry once the log is back is a refresh, not a replay."""
+    stack.idp.set_user("sub-ines", preferred_username="ines", groups=["analysts"])
+    first = stack.login(tmp_path, "sub-ines")
+    db = stack.gw.data_dir / "wardgate.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("ALTER TABLE audit_events RENAME TO audit_events_away")
+    try:
+        failed = stack.cli(tmp_path, "credentials", "refresh")
+    finally:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("ALTER TABLE audit_events_away RENAME TO audit_events")
+    assert failed.returncode == 1
+    assert "503" in failed.stderr and "no such table: audit_events" in failed.stderr
+    assert json.loads((tmp_path / "credentials.json").read_text()) == first
+    retried = stack.cli(tmp_path, "credentials", "refresh")
+    assert retried.returncode == 0, retried.stderr
+    second = json.loads((tmp_path / "credentials.json").read_text())
+    with stack.gw.api(second["token"]) as api:
+        assert api.get("/v1/whoami").json()["user"] == "ines"
+    assert not [e for e in stack.audit("auth.replay") if e["actor"] == "ines"]
+    assert len([e for e in stack.audit("auth.refresh") if e["actor"] == "ines"]) == 1
 
 
 def test_logout_ends_the_sign_in(stack: Stack, tmp_path: Path) -> None:

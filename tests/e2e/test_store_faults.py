@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,4 +394,112 @@ def test_a_kubernetes_request_is_not_forwarded_while_the_audit_disk_is_full(
     out = kubectl("delete", "pod", "web-2")
     assert out.returncode == 0, out.stderr
     assert ("default", "web-2") not in kube_apiserver.pods
+    assert_not_crashed(gw)
+
+
+def rename_table(db: Path, old: str, new: str) -> None:
+    """Rename a table of a running gateway's SQLite store: with audit_events away, every
+    audit append fails in the database while the rest of the store takes writes."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+def test_admin_changes_whose_audit_event_cannot_be_written_are_not_made(
+    wardgate: Wardgate,
+) -> None:
+    """Each administrator's change and its audit event are one store transaction: when the
+    event cannot be written, the API answers 503 and nothing changed."""
+    gw = wardgate.gateway(secret_key=SecretBox.generate_key(), identity={"local_users": True})
+    deny = {"rules": [{"name": "no-writes", "effect": "deny", "match": {"kinds": ["write"]}}]}
+    budget = {"budgets": [{"name": "daily", "rows_per_day": 5}]}
+    with gw.api() as api:
+        assert api.post("/v1/connections", json={"name": "kept", "host": "h", "port": 1}).is_success
+        made = api.post("/v1/agents", json={"name": "ag"})
+        assert made.is_success
+        agent_key = made.json()["key"]
+        assert api.put("/v1/policy", json={"policy": deny}).is_success  # version 1
+        assert api.put("/v1/policy", json={"policy": budget}).is_success  # version 2
+        assert api.post("/v1/service-accounts", json={"name": "bot"}).is_success
+    before = gw.audit()
+    db = gw.data_dir / "wardgate.db"
+    rename_table(db, "audit_events", "audit_events_away")
+    changes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("post", "/v1/connections", {"name": "new", "host": "h", "port": 1}),
+        ("delete", "/v1/connections/kept", None),
+        ("post", "/v1/apply", {"connections": [{"name": "applied", "host": "h", "port": 2}]}),
+        ("post", "/v1/apply", {"policy": {}}),
+        ("put", "/v1/policy", {"policy": {}}),
+        ("post", "/v1/policy/versions/1/rollback", None),
+        ("post", "/v1/agents", {"name": "ag2"}),
+        ("post", "/v1/agents/ag/rotate", None),
+        ("post", "/v1/service-accounts", {"name": "bot2"}),
+        ("post", "/v1/service-accounts/bot/keys", {"scopes": ["kept"]}),
+        ("post", "/v1/users", {"name": "lu", "password": "a-long-passphrase"}),
+    ]
+    try:
+        with gw.api() as api:
+            for method, path, body in changes:
+                answer = api.request(method.upper(), path, json=body)
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert "no such table: audit_events" in answer.json()["detail"], answer.text
+    finally:
+        rename_table(db, "audit_events_away", "audit_events")
+    with gw.api() as api:
+        assert {c["name"] for c in api.get("/v1/connections").json()} == {"kept"}
+        assert [v["version"] for v in api.get("/v1/policy/versions").json()] == [1, 2]
+        agents = api.get("/v1/agents").json()
+        assert [a["name"] for a in agents] == ["ag"]
+        assert {u["name"] for u in api.get("/v1/users").json()} == {"admin", "bot"}
+        assert api.get("/v1/credentials", params={"user": "bot"}).json() == []
+    assert gw.audit() == before
+    wardgate.agent(gw, agent_key, wait="ag")  # its key works: the rotation was not made
+    verify_chain(f"sqlite:///{db}")
+    assert_not_crashed(gw)
+
+
+def test_a_revoked_session_ends_while_the_audit_log_is_down(
+    wardgate: Wardgate, postgres_server: PostgresServer
+) -> None:
+    """Revocation fails closed: revoking a credential ends its live session even when the
+    `session.terminated` event cannot be written yet; the event follows once it can."""
+    roles = [{"name": "ops", "groups": ["ops"], "grants": [{"connection": "*", "access": "admin"}]}]
+    gw = wardgate.gateway(
+        secret_key=SecretBox.generate_key(), identity={"local_users": True}, roles=roles
+    )
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    target_database(postgres_server, "revokedown", gw)
+    token = gw.local_login("opal", ["ops"])
+    with gw.api(token) as api:
+        login = api.get("/v1/whoami").json()["login"]
+        minted = api.post("/v1/credentials/connection", json={"connection": "pg-disk"}).json()
+    info = conninfo(gw).replace(f"password={ADMIN_TOKEN}", f"password={minted['token']}")
+    db = gw.data_dir / "wardgate.db"
+    with psycopg.connect(info.replace("user=admin", "user=opal"), autocommit=True) as conn:
+        assert conn.execute("select 'open'").fetchone() == ("open",)
+        rename_table(db, "audit_events", "audit_events_away")
+        try:
+            with gw.api() as api:
+                revoked = api.delete(f"/v1/credentials/{login}")
+            # Taking access away does not wait on the log: done, and said so.
+            assert revoked.status_code == 200, revoked.text
+            assert revoked.json()["sessions_ended"] == 1
+        finally:
+            rename_table(db, "audit_events_away", "audit_events")
+        # The log takes writes again: the session must not carry on, unseen by later checks.
+        with pytest.raises(psycopg.OperationalError) as cut:
+            conn.execute("select 'still here?'")
+        assert "credential revoked" in str(cut.value) or "closed" in str(cut.value), cut.value
+    ended = wait_for(
+        lambda: [e for e in gw.audit("session.terminated") if e["actor"] == "opal"],
+        "session.terminated in the audit log once it takes writes",
+        60,
+    )
+    assert [e["data"]["reason"] for e in ended] == ["credential revoked"]
+    (kept,) = wait_for(
+        lambda: [e for e in gw.audit("credential.revoked") if e["data"].get("login") == login],
+        "credential.revoked in the audit log once it takes writes",
+        60,
+    )
+    assert kept["actor"] == "admin" and kept["data"]["sessions_ended"] == 1
+    verify_chain(f"sqlite:///{db}")
     assert_not_crashed(gw)

@@ -255,3 +255,53 @@ async def test_usage_counted_after_an_idle_spell_is_written_within_the_interval(
         flusher.cancel()
     today = dt.datetime.now(dt.UTC).date()
     assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 30)]
+
+
+def _refuse_budget_writes(store: Store, user: str) -> None:
+    """Make the store refuse budget usage of `user` (only), as a failing disk would."""
+    with store.engine.begin() as db:
+        if store.dialect == "sqlite":
+            db.exec_driver_sql(
+                "CREATE TRIGGER refuse_usage BEFORE INSERT ON budget_usage "
+                f"WHEN NEW.\"user\" = '{user}' BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
+            )
+        else:
+            db.exec_driver_sql(
+                "CREATE FUNCTION refuse_usage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.\"user\" = '{user}' THEN RAISE EXCEPTION 'disk is full' "
+                "USING ERRCODE = 'disk_full'; END IF; RETURN NEW; END $$"
+            )
+            db.exec_driver_sql(
+                "CREATE TRIGGER refuse_usage BEFORE INSERT ON budget_usage "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_usage()"
+            )
+
+
+def _accept_budget_writes(store: Store) -> None:
+    with store.engine.begin() as db:
+        if store.dialect == "sqlite":
+            db.exec_driver_sql("DROP TRIGGER refuse_usage")
+        else:
+            db.exec_driver_sql("DROP TRIGGER refuse_usage ON budget_usage")
+            db.exec_driver_sql("DROP FUNCTION refuse_usage()")
+
+
+async def test_usage_written_before_a_failed_write_is_not_counted_again(store: Store) -> None:
+    """A flush that stores one identity's usage and fails on the next owes only the part
+    that failed: what was committed is not written a second time at the next flush."""
+    ledger = BudgetLedger(store)
+    today = dt.datetime.now(dt.UTC).date()
+    ledger.defer("alice", "pg", {(today, "daily"): Usage(2, 20)})
+    ledger.defer("bob", "pg", {(today, "daily"): Usage(3, 30)})
+    _refuse_budget_writes(store, "bob")
+    await ledger.flush()
+    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
+    assert store.budget_usage(today, user="bob") == []
+    assert await ledger.totals("alice", "pg", today) == {"daily": Usage(2, 20)}
+    assert await ledger.totals("bob", "pg", today) == {"daily": Usage(3, 30)}
+    _accept_budget_writes(store)
+    await ledger.flush()
+    assert store.budget_usage(today) == [
+        ("alice", "pg", "daily", 2, 20),
+        ("bob", "pg", "daily", 3, 30),
+    ]

@@ -6,8 +6,11 @@ test is what the broker decides, audits and asks the agent to open.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,6 +68,7 @@ POLICY = AccessPolicy(
 
 @dataclasses.dataclass
 class Rig:
+    path: Path  # of the store's SQLite file
     store: Store
     broker: SessionBroker
     registry: FakeRegistry
@@ -82,7 +86,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     registry = FakeRegistry()
     broker = SessionBroker(store, cast(AgentRegistry, registry), auditor, None, POLICY)
     try:
-        yield Rig(store, broker, registry, auditor)
+        yield Rig(tmp_path / "wg.db", store, broker, registry, auditor)
     finally:
         await auditor.aclose()
         store.close()
@@ -163,3 +167,58 @@ async def test_revocations_in_the_store_end_live_sessions(rig: Rig) -> None:
     assert [s.id for s in rig.broker.live] == [s2.id]
     assert await rig.broker.terminate(reason="user disabled", user="duo") == 1
     assert rig.store.list_audit(kind="session.terminated")[-1].data["reason"] == "user disabled"
+
+
+def rename(db: Path, old: str, new: str) -> None:
+    """Rename a table under the running gateway: with audit_events away, every append fails
+    in the database, as on a full disk."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+async def eventually(check: Callable[[], object], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_revocation_ends_sessions_while_the_audit_log_is_down(rig: Rig) -> None:
+    """Revocation fails closed: a session whose credential was revoked ends even when its
+    `session.terminated` event cannot be written yet; the event follows once it can."""
+    one, two = person(rig, "uno", ("readers",)), person(rig, "duo", ("readers",))
+    s1 = await rig.broker.open(one, "pg", protocol="postgres", client_addr="c")
+    s2 = await rig.broker.open(two, "pg", protocol="postgres", client_addr="c")
+    rename(rig.path, "audit_events", "audit_events_away")
+    rig.store.revoke_token(one.token_id)
+    assert await rig.broker.check_revocations() == 1
+    assert cast(FakeStream, s1.stream).resets == [(ResetCode.CANCELLED, "credential revoked")]
+    assert await rig.broker.terminate(reason="user disabled", user="duo") == 1
+    assert cast(FakeStream, s2.stream).resets == [(ResetCode.CANCELLED, "user disabled")]
+    assert rig.broker.live == []
+    rename(rig.path, "audit_events_away", "audit_events")
+    await eventually(
+        lambda: len(rig.store.list_audit(kind="session.terminated")) == 2,
+        "the terminations in the audit log",
+    )
+    events = rig.store.list_audit(kind="session.terminated")
+    ended = {e.session_id: e.data["reason"] for e in events}
+    assert ended == {s1.id: "credential revoked", s2.id: "user disabled"}
+    assert rig.store.verify_audit() is None
+
+
+async def test_a_session_whose_open_event_cannot_be_written_is_refused_and_ended(
+    rig: Rig,
+) -> None:
+    reader = person(rig, "rita", ("readers",))
+    rename(rig.path, "audit_events", "audit_events_away")
+    with pytest.raises(SessionError) as refused:
+        await rig.broker.open(reader, "pg", protocol="postgres", client_addr="c")
+    assert refused.value.kind == "unavailable"
+    assert refused.value.message.startswith("session not opened: audit log unavailable")
+    assert rig.registry.targets == []  # nothing reached an agent
+    assert rig.broker.live == []
+    (row,) = rig.store.list_sessions()
+    assert row.ended_at is not None, "the refused session's row is left open"
+    assert row.status == "failed"
+    assert row.error is not None and row.error.startswith("session not opened: audit log")

@@ -30,6 +30,7 @@ from gateway.store import (
     SessionRecord,
     Store,
     StoreError,
+    StoreUnavailable,
     chain,
     new_id,
 )
@@ -977,3 +978,54 @@ def test_ids_never_start_with_a_dash_the_cli_would_read_as_an_option() -> None:
     assert not [i for i in ids if i.startswith("-")]
     assert {len(i) for i in ids} == {12}
     assert len(set(ids)) == len(ids)
+
+
+# ---- one transaction for a change and its audit event -----------------------------------
+
+
+def _refuse_audit_appends(store: Store) -> None:
+    """Every audit append now fails in the database, as on a full disk."""
+    with store.engine.begin() as db:
+        if store.dialect == "sqlite":
+            db.exec_driver_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
+            )
+        else:
+            db.exec_driver_sql(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'disk is full' USING ERRCODE = 'disk_full'; END $$"
+            )
+            db.exec_driver_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+            )
+
+
+def test_a_change_whose_audit_event_fails_is_not_made(store: Store) -> None:
+    store.append_audit("before", actor="ann")
+    _refuse_audit_appends(store)
+    conn = ConnectionRecord(name="db9", type="postgres", pool="p", host="h", port=5432)
+    # SQLite's trigger fails as a constraint, PostgreSQL's as its disk_full error.
+    refused = (sa.exc.IntegrityError, StoreUnavailable)
+    with pytest.raises(refused, match="disk is full"), store.transaction():
+        store.upsert_connection(conn)
+        store.create_agent("a9", "p", bytes(32))
+        store.append_audit("connection.created", actor="ann", data={"connection": "db9"})
+    assert store.get_connection("db9") is None
+    assert store.get_agent("a9") is None
+    assert [e.kind for e in store.list_audit()] == ["before"]
+
+
+def test_a_change_and_its_event_commit_together(store: Store) -> None:
+    conn = ConnectionRecord(name="db9", type="postgres", pool="p", host="h", port=5432)
+    with store.transaction():
+        store.upsert_connection(conn)
+        store.create_agent("a9", "p", bytes(32))
+        with pytest.raises(AlreadyExists):  # a failed call undoes only its own part
+            store.create_agent("a9", "p", bytes(32))
+        store.append_audit("connection.created", actor="ann", data={"connection": "db9"})
+    assert store.get_connection("db9") is not None
+    assert store.get_agent("a9") is not None
+    assert [e.kind for e in store.list_audit()] == ["connection.created"]
+    assert store.verify_audit() is None
