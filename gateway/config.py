@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from gateway.connspec import ConnectionSpec
+from gateway.identity.claims import pattern_problem
 from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import ACCESS_LEVELS, AccessPolicy, Grant, Role
 from gateway.policy.kube import KubePolicy, KubePolicyConfig
@@ -70,13 +71,25 @@ def _check_algorithms(value: list[str]) -> list[str]:
     return value
 
 
+def _check_pattern(claim: str, pattern: str) -> None:
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        raise ValueError(f"claim {claim!r}, pattern {pattern!r}: {problem}")
+
+
 class ClaimGroup(BaseModel):
-    """Adds `group` at sign-in when claim `claim` matches `value` (a shell glob)."""
+    """Adds `group` at sign-in when claim `claim` matches `value` (a claim glob)."""
 
     model_config = ConfigDict(extra="forbid")
     claim: str  # a claim of the sign-in's ID token
-    value: str  # a shell glob its value must match
+    # A glob its value must match: `*` within one /-segment, `**` whole segments (docs/identity.md).
+    value: str
     group: str  # the group added
+
+    @model_validator(mode="after")
+    def _pattern(self) -> ClaimGroup:
+        _check_pattern(self.claim, self.value)
+        return self
 
 
 class OIDCConfig(BaseModel):
@@ -111,7 +124,8 @@ class WorkloadTrust(BaseModel):
     name: str  # the machine user the token becomes
     issuer: str  # the token's `iss`; its signing keys come from the issuer's OIDC discovery
     audience: str  # the `aud` the token must carry
-    # Every listed claim must match: a string is a shell glob, a list any of its globs.
+    # Every listed claim must match: a string is a glob (`*` within one /-segment, `**` whole
+    # segments, see docs/identity.md), a list any of its globs.
     claims: dict[str, str | list[str]] = Field(default_factory=dict)
     groups: list[str] = Field(default_factory=list)  # the machine user's groups
     ttl: int = Field(default=900, gt=0, le=86400)  # seconds the issued credential lives
@@ -119,6 +133,11 @@ class WorkloadTrust(BaseModel):
     algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
     leeway: int = Field(default=30, ge=0, le=300)  # seconds of clock skew tolerated
     ca_file: Path | None = None  # to trust a private CA for the issuer's HTTPS
+    # Each token is exchanged once: it must carry a `jti`, remembered (in the store, so by
+    # every gateway) until it expires. Off by default: some issuers hand a workload one token
+    # to present many times (a Kubernetes projected token); turn it on for CI issuers that
+    # mint a token per request (GitHub Actions, GitLab). See docs/identity.md.
+    single_use: bool = False
 
     @field_validator("algorithms")
     @classmethod
@@ -130,6 +149,12 @@ class WorkloadTrust(BaseModel):
     def _claims_required(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         if not value:
             raise ValueError("a workload trust needs at least one claim to match (e.g. sub)")
+        for claim, wanted in value.items():
+            patterns = wanted if isinstance(wanted, list) else [wanted]
+            if not patterns:
+                raise ValueError(f"claim {claim!r}: an empty list matches nothing")
+            for pattern in patterns:
+                _check_pattern(claim, pattern)
         return value
 
 

@@ -29,6 +29,7 @@ them (`terminate`) within seconds: at once on this gateway, and on every replica
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
 from gateway.store.loop import call as store_call
 from shared.backoff import Backoff
+from shared.masking.spec import MaskSpec
 from shared.tasks import TaskOwner
 from shared.tunnel.frames import ResetCode, Target
 from shared.tunnel.stream import SessionReset, TunnelStream
@@ -85,6 +87,7 @@ class Session:
     agent: AgentConn
     access: str = "admin"  # read-only | read-write | admin: what the grant allows
     grant_expires_at: dt.datetime | None = None  # access through an approved request ends then
+    target: Target | None = None  # what the agent was told to open (`open_side` reuses it)
 
     def describe_end(self, end: SessionReset) -> str:
         """Why the session ended, for the client: a fault detected here names the agent."""
@@ -151,6 +154,7 @@ class SessionBroker:
         self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
         self._tasks = TaskOwner("sessions")
+        self._sides = 0  # side streams opened (their ids stay unique)
 
     async def aclose(self) -> None:
         """Stop retrying ends the store would not take (they stay open in it)."""
@@ -392,7 +396,9 @@ class SessionBroker:
             message = f"connection {conn.name!r}: {exc.message}"
             await self._fail(session_id, identity, message)
             raise SessionError(_target_error_kind(exc.code), message) from None
-        session = Session(session_id, identity, conn, stream, agent, access=decision.access)
+        session = Session(
+            session_id, identity, conn, stream, agent, access=decision.access, target=target
+        )
         if decision.reason.endswith("(approved access request)"):
             session.grant_expires_at = verdict.request_expires_at  # ended then, see below
         self._live[session_id] = session
@@ -419,6 +425,25 @@ class SessionBroker:
         await self._audit.record(
             "session.failed", actor=identity.user, session_id=session_id, error=message
         )
+
+    async def open_side(self, session: Session, purpose: str) -> tuple[TunnelStream, AgentConn]:
+        """A second stream to `session`'s target for the gateway's own questions (the
+        catalog lookups of `gateway.protocols.pgfunctions`): the same connection, credential
+        and startup settings, without masking; not a session of its own, so not recorded.
+        End it with `close_side`. Raises RoutingError."""
+        assert session.target is not None
+        self._sides += 1
+        target = dataclasses.replace(session.target, masking=MaskSpec())
+        side_id = f"{session.id}.{purpose}{self._sides}"
+        return await self._registry.open(side_id, target, session.connection.pool)
+
+    async def close_side(self, stream: TunnelStream, agent: AgentConn) -> None:
+        try:
+            if not stream.finished:
+                await stream.reset(ResetCode.CANCELLED, "done")
+            await stream.aclose()
+        finally:
+            self._registry.release(agent)
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
         self._live.pop(session.id, None)

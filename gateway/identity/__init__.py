@@ -10,7 +10,10 @@
 
 * ``oidc``: the relying party (discovery, JWKS cache with rotation, JWT validation rules,
   token/userinfo/device endpoints), on authlib (OAuth messages) and joserfc (JOSE).
-* ``claims``: verified claims -> user name, groups; workload trust matching. Pure.
+* ``claims``: verified claims -> user name, groups; claim globs, workload trust matching. Pure.
+* ``keys``: which keys of an issuer's JWKS may verify, with which algorithms. Pure.
+* ``workload``: which ``identity.workload`` entry a machine's JWT passes (each entry with its
+  own validator), and the digest a ``single_use`` entry remembers it by.
 * ``local``: scrypt password hashes and RFC 6238 TOTP for local users.
 * ``credentials``: ``IdentityService``, which signs people and machines in, refreshes,
   mints per-connection credentials and API keys, revokes (ending live sessions through the

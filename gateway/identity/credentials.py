@@ -27,8 +27,11 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+import httpx
 
 from gateway.audit import Auditor
 from gateway.auth import API_KEY_PREFIX, REFRESH_PREFIX, TOKEN_PREFIX, Identity
@@ -38,17 +41,23 @@ from gateway.identity import claims as cl
 from gateway.identity import local
 from gateway.identity.oidc import (
     FlowPending,
-    JwtValidator,
     OidcClient,
     ProviderError,
     TokenRejected,
     TokenResponse,
     http_client,
-    issuer_validator,
-    unverified_header_and_claims,
 )
+from gateway.identity.workload import WorkloadRefused, WorkloadTrusts, single_use_key
 from gateway.policy.grants import ADMIN_SCOPE, AccessPolicy
-from gateway.store import Conflict, LoginRecord, NotFound, Store, TokenRecord, UserRecord
+from gateway.store import (
+    Conflict,
+    LoginRecord,
+    NotFound,
+    Store,
+    StoreError,
+    TokenRecord,
+    UserRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +156,7 @@ class IdentityService:
             self._oidc = self._oidc_client(config.oidc)
         if config.local_users and box is None:
             raise ValueError("identity.local_users needs secret_key: TOTP secrets are sealed")
-        self._workload: dict[tuple[str, str], JwtValidator] = {}
-        for trust in config.workload:
-            key = (trust.issuer.rstrip("/"), trust.audience)
-            if key not in self._workload:
-                self._workload[key] = self._workload_validator(trust)
+        self._workload = WorkloadTrusts(config.workload, self._http_client)
 
     def _oidc_client(self, cfg: OIDCConfig) -> OidcClient:
         http = http_client(cfg.ca_file)
@@ -168,16 +173,10 @@ class IdentityService:
             jwks_max_age=cfg.jwks_max_age,
         )
 
-    def _workload_validator(self, trust: WorkloadTrust) -> JwtValidator:
-        http = http_client(trust.ca_file)
+    def _http_client(self, ca_file: Path | None) -> httpx.AsyncClient:
+        http = http_client(ca_file)
         self._http_clients.append(http)
-        return issuer_validator(
-            trust.issuer,
-            http,
-            audience=trust.audience,
-            algorithms=trust.algorithms,
-            leeway=trust.leeway,
-        )
+        return http
 
     async def aclose(self) -> None:
         for http in self._http_clients:
@@ -544,41 +543,41 @@ class IdentityService:
     # ---- machines: workload identity -------------------------------------------------
 
     async def workload_exchange(self, token: str, *, client: str) -> Issued:
+        """A workload token for a machine credential (gateway/identity/workload.py)."""
         try:
-            _, unverified = unverified_header_and_claims(token)
-        except TokenRejected as exc:
-            await self._failed("workload", exc.reason, client)
-            raise IdentityError(401, f"token refused: {exc.reason}") from None
-        issuer = str(unverified.get("iss", "")).rstrip("/")
-        trusts = [t for t in self.config.workload if t.issuer.rstrip("/") == issuer]
-        if not trusts:
-            await self._failed("workload", "issuer not trusted", client, issuer=issuer[:200])
-            raise IdentityError(401, "token refused: its issuer is not trusted")
-        claims: dict[str, Any] | None = None
-        chosen: WorkloadTrust | None = None
-        invalid: str | None = None  # why the token itself failed validation
-        mismatches: list[str] = []  # valid token: which claim each trust entry refused
-        for trust in trusts:
-            validator = self._workload[(issuer, trust.audience)]
-            try:
-                claims = await validator.validate(token)
-            except TokenRejected as exc:
-                invalid = exc.reason
-                continue
-            except ProviderError as exc:
-                invalid = str(exc)
-                continue
-            mismatch = cl.trust_matches(claims, trust)
-            if mismatch is None:
-                chosen = trust
-                break
-            mismatches.append(f"{trust.name}: claim {mismatch!r} does not match")
-        if chosen is None or claims is None:
-            # The audit names each trust entry; the client only learns that none matched.
-            detail = "; ".join(mismatches) if mismatches else invalid or "no trust entry"
-            shown = "its claims match no workload trust" if mismatches else detail
-            await self._failed("workload", detail, client, issuer=issuer)
-            raise IdentityError(401, f"token refused: {shown}")
+            chosen, claims, issuer = await self._workload.verify(token)
+            once = single_use_key(chosen, claims, issuer)
+        except WorkloadRefused as refused:
+            await self._failed("workload", refused.detail, client, issuer=refused.issuer)
+            raise IdentityError(401, f"token refused: {refused.shown}") from None
+        if once is not None:
+            digest, until = once
+            if not await self._run(
+                self._store.use_token_once, digest, trust=chosen.name, expires_at=until
+            ):
+                await self._failed(
+                    "workload", f"{chosen.name}: token replayed (jti already used)", client,
+                    issuer=issuer, user=chosen.name,
+                )  # fmt: skip
+                raise IdentityError(401, "token refused: this single-use token was already used")
+        try:
+            return await self._machine_login(chosen, claims, issuer, client)
+        except BaseException:
+            if once is not None:
+                await self._forget_use(once[0])
+            raise
+
+    async def _forget_use(self, key: bytes) -> None:
+        """The exchange was refused or failed after the token was remembered: it is not used
+        up, so the job may retry it (a store outage must not burn a CI job's only token)."""
+        try:
+            await self._run(self._store.forget_token_use, key)
+        except StoreError as exc:
+            log.warning("could not forget a failed single-use token exchange: %s", exc)
+
+    async def _machine_login(
+        self, chosen: WorkloadTrust, claims: dict[str, Any], issuer: str, client: str
+    ) -> Issued:
         try:
             user: UserRecord = await self._run(
                 self._store.ensure_machine,

@@ -8,18 +8,24 @@ must pass (`JwtValidator.validate`), all of them, in this order:
 2. `alg` in the configured allow-list, which only holds asymmetric algorithms: `none` and
    the HMAC family are refused before any key is looked at, so an HS256 token "signed" with
    the provider's public key never reaches a verifier.
-3. The signing key is the issuer's JWKS key with the token's `kid`. An unknown `kid` makes
-   the cache re-read the JWKS once (the provider may have rotated its keys), at most every
-   `jwks_min_refresh` seconds, so a stream of bogus `kid`s cannot hammer the provider.
-4. The signature verifies with that key and that algorithm (joserfc also checks that the key
-   type fits the algorithm).
+3. The signing key is the issuer's JWKS key with the token's `kid` that fits `alg`
+   (`gateway.identity.keys`: weak, misused or private keys in the JWKS are refused when it
+   is read, and logged once each). An unknown `kid` makes the cache re-read the JWKS once
+   (the provider may have rotated its keys), at most every `jwks_min_refresh` seconds, so a
+   stream of bogus `kid`s cannot hammer the provider.
+4. The signature verifies with that key and that algorithm.
 5. `iss` equals the configured issuer exactly; `aud` contains the expected audience (and
    when there are several, `azp` names it); `exp` is required and in the future, `nbf` and
-   `iat` not in the future, each with `leeway` seconds of clock skew; `nonce` matches when
-   the flow sent one.
+   `iat` not in the future, each with `leeway` seconds of clock skew; the three are numbers
+   between 1970 and 9999 (not `NaN`, `Infinity`, a string or a boolean); `sub` is a string
+   of 1 to 255 characters; `nonce` matches when the flow sent one.
 
 Everything raises `TokenRejected` with a reason that names the failed rule and never
 contains the token.
+
+Discovery needs `issuer` and `jwks_uri` to verify tokens (what CI providers publish, e.g.
+GitHub Actions); a people's sign-in provider also needs its authorization and token
+endpoints (`Discovery(..., sign_in=True)`).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +50,18 @@ from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from authlib.oidc.discovery import OpenIDProviderMetadata
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import Key, KeySet
+from joserfc.jwk import JWKRegistry, Key
+
+from gateway.identity import keys as jwk_rules
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_SIZE = 16 * 1024
 HTTP_TIMEOUT = 10.0
+MAX_JWKS_KEYS = 100  # keys of one JWKS considered; a real provider publishes a handful
+# NumericDate claims (exp, nbf, iat) lie between 1970 and the last second datetime knows.
+MAX_NUMERIC_DATE = 253402300799
+MAX_SUBJECT = 255  # characters of `sub`, as the store keeps it
 
 
 class TokenRejected(Exception):
@@ -73,9 +87,9 @@ class FlowPending(Exception):
 @dataclass(frozen=True, slots=True)
 class ProviderMetadata:
     issuer: str
-    authorization_endpoint: str
-    token_endpoint: str
     jwks_uri: str
+    authorization_endpoint: str | None = None  # None: a token issuer only (CI providers)
+    token_endpoint: str | None = None
     userinfo_endpoint: str | None = None
     device_authorization_endpoint: str | None = None
     signing_algorithms: tuple[str, ...] = ()
@@ -101,7 +115,8 @@ def _b64json(part: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested a few thousand levels deep, which fits in 16 KiB.
         raise TokenRejected("malformed token") from exc
     if not isinstance(value, dict):
         raise TokenRejected("malformed token")
@@ -119,11 +134,16 @@ def unverified_header_and_claims(token: str) -> tuple[dict[str, Any], dict[str, 
 
 
 class Discovery:
-    """The provider's metadata from `/.well-known/openid-configuration`, fetched once."""
+    """The provider's metadata from `/.well-known/openid-configuration`, fetched once.
 
-    def __init__(self, issuer: str, http: httpx.AsyncClient) -> None:
+    `sign_in`: people sign in there, so the authorization and token endpoints are required;
+    otherwise (workload issuers) `issuer` and `jwks_uri` are all that verifying needs.
+    """
+
+    def __init__(self, issuer: str, http: httpx.AsyncClient, *, sign_in: bool = False) -> None:
         self.issuer = issuer.rstrip("/")
         self._http = http
+        self._sign_in = sign_in
         self._metadata: ProviderMetadata | None = None
         self._lock = asyncio.Lock()
 
@@ -141,7 +161,7 @@ class Discovery:
             response = await self._http.get(url)
             response.raise_for_status()
             doc = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             raise ProviderError(f"discovery at {url} failed: {exc}") from exc
         if not isinstance(doc, dict):
             raise ProviderError(f"discovery at {url}: not a JSON object")
@@ -151,27 +171,47 @@ class Discovery:
                 f"discovery at {url} names issuer {doc.get('issuer')!r}, not {self.issuer!r}"
             )
         metadata = OpenIDProviderMetadata(doc)
-        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+        required = ["jwks_uri"]
+        if self._sign_in:
+            required += ["authorization_endpoint", "token_endpoint"]
+        for key in required:
             if not isinstance(metadata.get(key), str):
                 raise ProviderError(f"discovery at {url}: {key} missing")
         try:
             metadata.validate_jwks_uri()
-            metadata.validate_token_endpoint()
+            if self._sign_in:
+                metadata.validate_token_endpoint()
         except ValueError as exc:
             raise ProviderError(f"discovery at {url}: {exc}") from exc
+        optional = {
+            k: metadata.get(k) if isinstance(metadata.get(k), str) else None
+            for k in ("authorization_endpoint", "token_endpoint")
+        }
         return ProviderMetadata(
             issuer=self.issuer,
-            authorization_endpoint=metadata["authorization_endpoint"],
-            token_endpoint=metadata["token_endpoint"],
             jwks_uri=metadata["jwks_uri"],
+            **optional,
             userinfo_endpoint=metadata.get("userinfo_endpoint"),
             device_authorization_endpoint=metadata.get("device_authorization_endpoint"),
             signing_algorithms=tuple(metadata.get("id_token_signing_alg_values_supported") or ()),
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedKey:
+    """A usable key of an issuer's JWKS: its public members as published, and the key."""
+
+    kid: str | None
+    jwk: dict[str, Any]
+    key: Key
+
+
 class JwksCache:
-    """The issuer's signing keys, re-read on an unknown `kid` (rate-limited) and when old."""
+    """The issuer's signing keys, re-read on an unknown `kid` (rate-limited) and when old.
+
+    Keys unfit to verify (`gateway.identity.keys.unfit`) are left out, each logged once with
+    the reason; a token naming one is refused with that reason.
+    """
 
     def __init__(
         self,
@@ -187,33 +227,39 @@ class JwksCache:
         self._min_refresh = min_refresh
         self._max_age = max_age
         self._clock = clock
-        self._keys: KeySet | None = None
+        self._keys: list[PublishedKey] | None = None
+        self._refused: dict[str, str] = {}  # kid -> why, for the token's refusal
+        self._reported: set[str] = set()  # digests of refused keys already logged
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self.fetches = 0  # for tests and metrics
 
-    async def key(self, kid: str | None) -> Key:
+    async def key(self, kid: str | None, alg: str) -> Key:
         now = self._clock()
         if self._keys is None or now - self._fetched_at > self._max_age:
             await self._refresh(force=True)
-        found = self._find(kid)
+        found = self._find(kid, alg)
         if found is None and self._clock() - self._fetched_at >= self._min_refresh:
             await self._refresh(force=False)
-            found = self._find(kid)
-        if found is None:
-            raise TokenRejected(f"unknown signing key (kid {kid!r}) for this issuer")
-        return found
+            found = self._find(kid, alg)
+        if found is not None:
+            return found
+        if kid is not None and kid in self._refused:
+            raise TokenRejected(f"signing key {kid!r} is refused: {self._refused[kid]}")
+        if kid is not None and any(k.kid == kid for k in self._keys or ()):
+            raise TokenRejected(f"signing key {kid!r} does not fit algorithm {alg}")
+        raise TokenRejected(f"unknown signing key (kid {kid!r}) for this issuer")
 
-    def _find(self, kid: str | None) -> Key | None:
+    def _find(self, kid: str | None, alg: str) -> Key | None:
         if self._keys is None:
             return None
-        candidates = [k for k in self._keys.keys if k.get("use", "sig") == "sig"]
         if kid is None:
             # A token without kid is accepted only when the issuer has a single key.
-            return candidates[0] if len(candidates) == 1 else None
-        for key in candidates:
-            if key.kid == kid:
-                return key
+            only = self._keys[0] if len(self._keys) == 1 else None
+            return only.key if only is not None and jwk_rules.fits(only.jwk, alg) else None
+        for published in self._keys:
+            if published.kid == kid and jwk_rules.fits(published.jwk, alg):
+                return published.key
         return None
 
     async def _refresh(self, *, force: bool) -> None:
@@ -226,13 +272,56 @@ class JwksCache:
                 response = await self._http.get(metadata.jwks_uri)
                 response.raise_for_status()
                 doc = response.json()
-                keys = KeySet.import_key_set(doc)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, JoseError) as exc:
+            except (httpx.HTTPError, ValueError, RecursionError) as exc:
                 raise ProviderError(f"cannot read the JWKS at {metadata.jwks_uri}: {exc}") from exc
-            self._keys = keys
+            listed = doc.get("keys") if isinstance(doc, dict) else None
+            if not isinstance(listed, list):
+                raise ProviderError(f"cannot read the JWKS at {metadata.jwks_uri}: no keys list")
+            usable, refused = self._sort(listed[:MAX_JWKS_KEYS])
+            self._keys = usable
+            self._refused = refused
             self._fetched_at = self._clock()
             self.fetches += 1
-            log.info("JWKS of %s: %d keys", self._discovery.issuer, len(keys.keys))
+            log.info(
+                "JWKS of %s: %d usable keys, %d refused",
+                self._discovery.issuer, len(usable), len(listed) - len(usable),
+            )  # fmt: skip
+
+    def _sort(self, listed: list[Any]) -> tuple[list[PublishedKey], dict[str, str]]:
+        usable: list[PublishedKey] = []
+        refused: dict[str, str] = {}
+        for jwk in listed:
+            if not isinstance(jwk, dict):
+                continue
+            why = jwk_rules.unfit(jwk)
+            if why is None:
+                try:
+                    key = JWKRegistry.import_key(jwk)
+                except Exception as exc:  # whatever joserfc makes of it, the key is out
+                    why = f"it cannot be read ({type(exc).__name__})"
+                else:
+                    kid = jwk.get("kid")
+                    usable.append(PublishedKey(kid if isinstance(kid, str) else None, jwk, key))
+                    continue
+            kid = jwk.get("kid")
+            if isinstance(kid, str):
+                refused.setdefault(kid, why)
+            self._report(jwk, why)
+        return usable, refused
+
+    def _report(self, jwk: dict[str, Any], why: str) -> None:
+        """Log a refused key once (per key, not per fetch), without its private members."""
+        digest = hashlib.sha256(json.dumps(jwk, sort_keys=True, default=str).encode()).hexdigest()
+        if digest in self._reported:
+            return
+        if len(self._reported) >= 4 * MAX_JWKS_KEYS:
+            self._reported.clear()  # bounded, whatever a provider keeps publishing
+        self._reported.add(digest)
+        kid = jwk.get("kid")
+        log.warning(
+            "JWKS of %s: key %s refused: %s",
+            self._discovery.issuer, repr(kid)[:80] if kid is not None else "without kid", why,
+        )  # fmt: skip
 
 
 class JwtValidator:
@@ -269,7 +358,7 @@ class JwtValidator:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise TokenRejected("malformed kid")
-        key = await self._keys.key(kid)
+        key = await self._keys.key(kid, alg)
         try:
             decoded = jwt.decode(token, key, algorithms=[alg])
         except JoseError as exc:
@@ -283,49 +372,60 @@ class JwtValidator:
     def _check_claims(self, claims: dict[str, Any], nonce: str | None) -> None:
         now = self._clock()
         if claims.get("iss") != self.issuer:
-            raise TokenRejected(f"wrong issuer {claims.get('iss')!r}")
+            raise TokenRejected(f"wrong issuer {str(claims.get('iss'))[:200]!r}")
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if self.audience not in audiences:
-            raise TokenRejected(f"wrong audience {aud!r}")
-        if len(audiences) > 1 and claims.get("azp") not in (None, self.audience):
-            raise TokenRejected("authorized party (azp) is another client")
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise TokenRejected(f"wrong audience {str(aud)[:200]!r}")
+        if len(audiences) > 1 and claims.get("azp") != self.audience:
+            # OIDC Core 3.1.3.7: with several audiences, azp must name this one; else the
+            # token was issued to another of them, which could replay it here.
+            raise TokenRejected("several audiences and the authorized party (azp) is not this one")
+        exp = numeric_date(claims, "exp")
+        if exp is None:
             raise TokenRejected("no expiry (exp) in token")
         if now > exp + self.leeway:
             raise TokenRejected("token expired")
-        nbf = claims.get("nbf")
-        if nbf is not None:
-            if not isinstance(nbf, int | float) or isinstance(nbf, bool):
-                raise TokenRejected("malformed nbf")
-            if now + self.leeway < nbf:
-                raise TokenRejected("token not yet valid (nbf)")
-        iat = claims.get("iat")
-        if iat is not None:
-            if not isinstance(iat, int | float) or isinstance(iat, bool):
-                raise TokenRejected("malformed iat")
-            if now + self.leeway < iat:
-                raise TokenRejected("token issued in the future (iat)")
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        nbf = numeric_date(claims, "nbf")
+        if nbf is not None and now + self.leeway < nbf:
+            raise TokenRejected("token not yet valid (nbf)")
+        iat = numeric_date(claims, "iat")
+        if iat is not None and now + self.leeway < iat:
+            raise TokenRejected("token issued in the future (iat)")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
             raise TokenRejected("no subject (sub) in token")
+        if len(sub) > MAX_SUBJECT:
+            raise TokenRejected(f"subject (sub) longer than {MAX_SUBJECT} characters")
         if nonce is not None and claims.get("nonce") != nonce:
             raise TokenRejected("nonce does not match this sign-in")
 
 
-def issuer_validator(
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The NumericDate claim `name` (RFC 7519 2), None when absent; anything but a number
+    between 1970 and 9999 is refused: `NaN` and `Infinity` (which Python's JSON reader
+    accepts) compare false with every time, so an `exp` of `NaN` would never expire."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected(f"malformed {name} (not a number)")
+    if not 0 <= value <= MAX_NUMERIC_DATE or not math.isfinite(value):
+        raise TokenRejected(f"malformed {name} (not a date between 1970 and 9999)")
+    return float(value)
+
+
+def issuer_keys(
     issuer: str,
     http: httpx.AsyncClient,
     *,
-    audience: str,
-    algorithms: Sequence[str],
-    leeway: int = 30,
     jwks_min_refresh: float = 30.0,
     jwks_max_age: float = 3600.0,
-) -> JwtValidator:
+) -> tuple[Discovery, JwksCache]:
+    """Discovery and JWKS of a token issuer, to share between the validators of its audiences
+    and settings (one JWKS fetch serves them all)."""
     discovery = Discovery(issuer, http)
-    keys = JwksCache(discovery, http, min_refresh=jwks_min_refresh, max_age=jwks_max_age)
-    return JwtValidator(discovery, keys, audience=audience, algorithms=algorithms, leeway=leeway)
+    return discovery, JwksCache(discovery, http, min_refresh=jwks_min_refresh, max_age=jwks_max_age)
 
 
 class OidcClient:
@@ -348,7 +448,7 @@ class OidcClient:
         self._secret = client_secret
         self.scopes = list(scopes)
         self._http = http
-        self.discovery = Discovery(issuer, http)
+        self.discovery = Discovery(issuer, http, sign_in=True)
         self.keys = JwksCache(
             self.discovery, http, min_refresh=jwks_min_refresh, max_age=jwks_max_age
         )
@@ -375,6 +475,8 @@ class OidcClient:
         self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
     ) -> str:
         metadata = await self.discovery.metadata()
+        if metadata.authorization_endpoint is None:  # Discovery(sign_in=True) requires it
+            raise ProviderError("the provider has no authorization endpoint")
         url: str = prepare_grant_uri(
             metadata.authorization_endpoint,
             self.client_id,
@@ -390,6 +492,8 @@ class OidcClient:
 
     async def _token_request(self, body: str) -> TokenResponse:
         metadata = await self.discovery.metadata()
+        if metadata.token_endpoint is None:  # Discovery(sign_in=True) requires it
+            raise ProviderError("the provider has no token endpoint")
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",

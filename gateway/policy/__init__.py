@@ -11,6 +11,10 @@
 * ``rules``: guardrails, allow/deny rules from the config's ``policy:`` key matched on the
   identity, the connection and the facts; deny wins; the front door runs them after the
   read-only check, on every Query and Parse of sessions where a rule can deny.
+* ``writes``: the one table of built-in functions that write, read by ``readonly`` and
+  ``facts`` alike.
+* ``functions``: what user-defined functions do, from the server's catalog (asked by
+  ``gateway.protocols.pgfunctions``): a call of a VOLATILE one is a write for ``rules``.
 * ``explain``: the whole decision (access, read-only, guardrails) for ``policy explain``.
 * ``budgets``: exfiltration budgets (rows/bytes per user, connection and UTC day), the
   per-session meter and the sans-I/O cutter that stops a result keeping the wire valid.

@@ -11,7 +11,10 @@ The facts, per statement:
   cursors, COPY TO STDOUT), `write` (INSERT/UPDATE/DELETE/MERGE, also inside a CTE or a
   PREPARE, TRUNCATE, COPY FROM, SELECT INTO), `ddl`, `dcl` (privileges and roles),
   `transaction`, `utility` (SET, VACUUM, LOCK, DO, CALL, EXECUTE, ...). A statement may be
-  several: `WITH d AS (DELETE ...) SELECT ...` is read and write.
+  several: `WITH d AS (DELETE ...) SELECT ...` is read and write. A call of a built-in
+  function the read-only check refuses adds the kind the shared table gives it
+  (`gateway.policy.writes`): `SELECT nextval('s')` is read and write, `SELECT
+  pg_advisory_lock(1)` read and utility.
 * `tables`: every relation named anywhere in the tree, `schema.name` when qualified, as the
   server reads the identifier (unquoted names folded to lower case). DROP's object lists
   count too.
@@ -29,26 +32,23 @@ The facts, per statement:
 * `opaque`: the statement runs code whose effects cannot be read here (DO, dynamic SQL):
   guardrails treat every table and kind condition of a deny rule as met for it.
 
-What parsing cannot see: what a user-defined function, trigger, view or rule does. Name
-those in rules by function, or give the connection's database role matching privileges.
+What parsing cannot see: what a user-defined function, trigger, view or rule does. The
+functions a statement calls are kept (`calls`) for the catalog lookup that tells whether
+they write (`gateway.policy.functions`, which fills `writers`); for the rest, give the
+connection's database role matching privileges.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ObjectType, VariableSetKind
 from pglast.parser import normalize, split
 
-from gateway.policy.readonly import (
-    SERVER_ADMIN_FUNCTIONS,
-    SERVER_CONFIG_FUNCTIONS,
-    SERVER_FILE_FUNCTIONS,
-    function_name,
-    walk,
-)
+from gateway.policy.readonly import function_name, walk
+from gateway.policy.writes import FUNCTIONS
 
 KINDS = ("write", "ddl", "dcl", "utility", "transaction", "read")  # strongest first
 
@@ -66,38 +66,10 @@ OUTSIDE_DATA_FLAGS = frozenset(
 FLAGS = OUTSIDE_DATA_FLAGS | {"outside_data", "privilege_change", "where_less_write", "row_lock"}
 
 
-def _named(flag: str, *names: str) -> dict[str, str]:
-    return dict.fromkeys(names, flag)
-
-
-# Functions whose call alone says the statement leaves the data. Matched on the unqualified
-# name in any schema, like the read-only classifier, so `pg_catalog.pg_read_file` counts.
-FUNCTION_FLAGS: dict[str, str] = {
-    **_named("server_files", *SERVER_FILE_FUNCTIONS),
-    **_named(
-        "remote",
-        "dblink",
-        "dblink_exec",
-        "dblink_connect",
-        "dblink_connect_u",
-        "dblink_send_query",
-        "dblink_open",
-        "dblink_fetch",
-    ),
-    **_named(
-        "dynamic_sql",
-        "query_to_xml",
-        "query_to_xmlschema",
-        "query_to_xml_and_xmlschema",
-        "cursor_to_xml",
-        "cursor_to_xmlschema",
-    ),
-    # set_config('role', ...) is SET ROLE by another name; flagged unless its first argument
-    # is a constant naming another setting (pg_dump's set_config('search_path', ...)).
-    **_named("identity_change", "set_config"),
-    **_named("server_config", *SERVER_CONFIG_FUNCTIONS),
-    **_named("server_admin", *SERVER_ADMIN_FUNCTIONS),
-}
+# Functions whose call alone says the statement leaves the data, and the kind a call of a
+# writing built-in adds: one table with the read-only check (`gateway.policy.writes`).
+FUNCTION_FLAGS: dict[str, str] = {n: e.flag for n, e in FUNCTIONS.items() if e.flag}
+FUNCTION_KINDS: dict[str, str] = {n: e.kind for n, e in FUNCTIONS.items() if e.kind}
 
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
 _WRITE_NODES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
@@ -177,6 +149,22 @@ class Facts:
     flags: frozenset[str] = frozenset()
     opaque: bool = False
     text: str = ""  # the statement's own text, for explanations
+    # Every function called, as written: its name parts (schema-qualified or not) exactly as
+    # the server reads them, for the catalog lookup of what user functions do
+    # (`gateway.policy.functions`).
+    calls: frozenset[tuple[str, ...]] = frozenset()
+    # Schemas a SET search_path / set_config('search_path', ...) names; None for a value
+    # that cannot be read here. Volatile user functions the catalog found the statement may
+    # call (`gateway.policy.functions`): they make it a write unless a rule trusts them.
+    search_path: tuple[str | None, ...] = ()
+    writers: frozenset[str] = frozenset()
+
+    @property
+    def effective_kinds(self) -> tuple[str, ...]:
+        """The kinds, with `write` first when a user function the statement calls writes."""
+        if self.writers and "write" not in self.kinds:
+            return ("write", *self.kinds)
+        return self.kinds
 
     @property
     def kind(self) -> str:
@@ -184,13 +172,15 @@ class Facts:
         return self.kinds[0]
 
     def describe(self) -> str:
-        parts = [f"kind={'+'.join(self.kinds)}"]
+        parts = [f"kind={'+'.join(self.effective_kinds)}"]
         if self.tables:
             parts.append(f"tables={','.join(sorted(self.tables))}")
         if self.functions:
             parts.append(f"functions={','.join(sorted(self.functions))}")
         if self.flags:
             parts.append(f"flags={','.join(sorted(self.flags))}")
+        if self.writers:
+            parts.append(f"volatile_functions={','.join(sorted(self.writers))}")
         if self.opaque:
             parts.append("opaque")
         return " ".join(parts)
@@ -223,7 +213,16 @@ def _parsed_facts(sql: str) -> tuple[list[Facts], bool]:
 
 
 def _shape(facts: Facts) -> tuple[object, ...]:
-    return (facts.index, facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque)
+    return (
+        facts.index,
+        facts.kinds,
+        facts.tables,
+        facts.functions,
+        facts.flags,
+        facts.opaque,
+        facts.calls,
+        facts.search_path,
+    )
 
 
 class _FactsCache:
@@ -261,10 +260,7 @@ class _FactsCache:
         texts = self._texts(sql, len(cached))
         if texts is None:
             return _parsed_facts(sql)[0]
-        return [
-            Facts(f.index, f.kinds, f.tables, f.functions, f.flags, f.opaque, text)
-            for f, text in zip(cached, texts, strict=True)
-        ]
+        return [replace(f, text=text) for f, text in zip(cached, texts, strict=True)]
 
     def _shape_of(self, sql: str) -> str | None:
         if len(sql) > self.MAX_TEXT:
@@ -312,6 +308,8 @@ class _Collector:
         self.tables: set[str] = set()
         self.functions: set[str] = set()
         self.flags: set[str] = set()
+        self.calls: set[tuple[str, ...]] = set()
+        self.search_path: list[str | None] = []
 
     def facts(self, index: int, text: str) -> Facts:
         flags = set(self.flags)
@@ -326,6 +324,8 @@ class _Collector:
             flags=frozenset(flags),
             opaque="dynamic_sql" in flags,
             text=text,
+            calls=frozenset(self.calls),
+            search_path=tuple(self.search_path),
         )
 
 
@@ -345,9 +345,14 @@ def _facts(index: int, stmt: Any, text: str) -> tuple[Facts, bool]:
         elif isinstance(node, ast.FuncCall):
             name = function_name(node)
             out.functions.add(name)
+            out.calls.add(tuple(str(getattr(p, "sval", "")) for p in node.funcname or ()))
             uses_constant = uses_constant or name == "set_config"  # its setting's name
+            if name in FUNCTION_KINDS:
+                out.kinds.add(FUNCTION_KINDS[name])
             if name in FUNCTION_FLAGS and not _harmless_set_config(name, node):
                 out.flags.add(FUNCTION_FLAGS[name])
+            if name == "set_config":
+                _set_config_path(node, out)
         elif isinstance(node, ast.SelectStmt):
             if node.lockingClause:
                 out.flags.add("row_lock")
@@ -432,7 +437,39 @@ def _object_table(stmt: Any, out: _Collector) -> None:
         out.tables.add(".".join(names))
 
 
+def _path_entries(value: str) -> list[str | None]:
+    """Schemas a search_path value may name: the value itself (SET quotes each list item)
+    and its comma-separated parts (set_config splits them), unquoted; too many to
+    follow: None."""
+    parts = [value, *(p.strip() for p in value.split(","))]
+    out: list[str | None] = [
+        p[1:-1].replace('""', '"') if len(p) >= 2 and p[0] == p[-1] == '"' else p
+        for p in parts
+        if p
+    ]
+    return out if len(out) <= 64 else [None]
+
+
+def _set_config_path(call: Any, out: _Collector) -> None:
+    args = list(call.args or ())
+    setting = _string(args[0]) if args else None
+    if setting is None:
+        out.search_path.append(None)  # which setting it changes cannot be read here
+    elif setting.lower() == "search_path":
+        value = _string(args[1]) if len(args) > 1 else None
+        out.search_path.extend(_path_entries(value) if value is not None else [None])
+
+
+def _string(node: Any) -> str | None:
+    value = getattr(getattr(node, "val", None), "sval", None)
+    return value if isinstance(node, ast.A_Const) and isinstance(value, str) else None
+
+
 def _set_flags(stmt: Any, out: _Collector) -> None:
+    if (stmt.name or "").lower() == "search_path" and stmt.kind == VariableSetKind.VAR_SET_VALUE:
+        for arg in stmt.args or ():
+            value = _string(arg)
+            out.search_path.extend(_path_entries(value) if value is not None else [None])
     if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_RESET_ALL):
         return  # back to the session's own values
     if (stmt.name or "").lower() in _IDENTITY_SETTINGS:

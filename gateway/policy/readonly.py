@@ -14,7 +14,8 @@ builds (pglast wraps libpg_query), never on regular expressions. The rules, fail
 4. Anywhere in an allowed statement's tree, refused: a data-modifying statement (INSERT,
    UPDATE, DELETE, MERGE inside a CTE), row locks (FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE),
    SELECT INTO, and calls of functions known to write, to reach files or the network, or to
-   run SQL text of their own (`DENIED_FUNCTIONS`).
+   run SQL text of their own (`DENIED_FUNCTIONS`, from the table in `gateway.policy.writes`
+   that the guardrails read too).
 5. SET ROLE / SET SESSION AUTHORIZATION / session_replication_role are refused, and so is
    any SET that would make transactions read-write (`SET default_transaction_read_only =
    off`, `SET TRANSACTION READ WRITE`, `BEGIN READ WRITE`): the gateway opens read-only
@@ -41,111 +42,13 @@ from pglast import ast, parse_sql
 from pglast.enums import TransactionStmtKind, VariableSetKind
 from pglast.parser import ParseError
 
+from gateway.policy.writes import FUNCTIONS
+
 READ_ONLY_SQLSTATE = "42501"  # insufficient_privilege
 
-# Reload or rotate the server's configuration and logs.
-SERVER_CONFIG_FUNCTIONS = ("pg_reload_conf", "pg_rotate_logfile")
-# Stop backends, drive WAL, replication slots and backups.
-SERVER_ADMIN_FUNCTIONS = (
-    "pg_terminate_backend",
-    "pg_cancel_backend",
-    "pg_switch_wal",
-    "pg_create_restore_point",
-    "pg_create_physical_replication_slot",
-    "pg_create_logical_replication_slot",
-    "pg_drop_replication_slot",
-    "pg_copy_physical_replication_slot",
-    "pg_copy_logical_replication_slot",
-    "pg_replication_slot_advance",
-    "pg_logical_emit_message",
-    "pg_logical_slot_get_changes",
-    "pg_logical_slot_get_binary_changes",
-    "pg_promote",
-    "pg_backup_start",
-    "pg_backup_stop",
-)
-
-SERVER_FILE_FUNCTIONS = (
-    "pg_read_file",
-    "pg_read_binary_file",
-    "pg_ls_dir",
-    "pg_stat_file",
-    "pg_ls_logdir",
-    "pg_ls_waldir",
-    "pg_ls_tmpdir",
-    "pg_ls_archive_statusdir",
-    "pg_ls_logicalsnapdir",
-    "pg_ls_logicalmapdir",
-    "pg_ls_replslotdir",
-    "pg_current_logfile",
-    "pg_file_write",
-    "pg_file_rename",
-    "pg_file_unlink",
-    "pg_file_sync",
-    "pg_logdir_ls",
-    "lo_import",
-    "lo_export",
-)
-
-# Functions that change state, touch server files or other servers, or run SQL text of their
-# own, which the classifier cannot see into. Matched on the unqualified name, any schema.
-DENIED_FUNCTIONS: dict[str, str] = {
-    **dict.fromkeys(
-        ("nextval", "setval", "set_config", "pg_notify", "txid_current", "pg_current_xact_id"),
-        "changes session or database state",
-    ),
-    **dict.fromkeys(SERVER_FILE_FUNCTIONS, "reads or writes files on the database server"),
-    **dict.fromkeys(
-        (
-            "lo_create",
-            "lo_creat",
-            "lo_unlink",
-            "lo_put",
-            "lo_from_bytea",
-            "lo_open",
-            "lowrite",
-            "lo_truncate",
-            "lo_truncate64",
-        ),
-        "writes large objects",
-    ),
-    **dict.fromkeys(
-        (
-            "dblink",
-            "dblink_exec",
-            "dblink_connect",
-            "dblink_connect_u",
-            "dblink_send_query",
-            "dblink_open",
-            "dblink_fetch",
-            "query_to_xml",
-            "query_to_xmlschema",
-            "query_to_xml_and_xmlschema",
-            "cursor_to_xml",
-            "cursor_to_xmlschema",
-        ),
-        "runs SQL text or connects to another server",
-    ),
-    **dict.fromkeys(
-        (
-            *SERVER_CONFIG_FUNCTIONS,
-            *SERVER_ADMIN_FUNCTIONS,
-            "pg_import_system_collations",
-            "pg_stat_reset",
-            "pg_stat_reset_shared",
-            "pg_stat_reset_single_table_counters",
-            "pg_stat_reset_single_function_counters",
-            "pg_stat_reset_slru",
-            "pg_stat_reset_replication_slot",
-            "pg_stat_reset_subscription_stats",
-            "pg_advisory_lock",
-            "pg_advisory_xact_lock",
-            "pg_try_advisory_lock",
-            "pg_try_advisory_xact_lock",
-        ),
-        "administers the server or takes locks",
-    ),
-}
+# One table with the guardrails (`gateway.policy.writes`): every function it names is refused
+# here, and gives a statement a write/utility kind or a flag there.
+DENIED_FUNCTIONS: dict[str, str] = {name: e.reason for name, e in FUNCTIONS.items()}
 
 # SET of these is refused outright (changing who we are, or skipping triggers).
 _DENIED_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})

@@ -15,7 +15,9 @@ identity (`Subject`), a connection name and the `Facts` of each statement in, on
    rule without flags never lets a flagged statement through: outside-data access, where-
    less writes and row locks must be allowed by name). A statement whose effects cannot be
    read (`opaque`: DO blocks, dynamic SQL) meets every kind and table condition of a deny
-   rule and none of an allow rule.
+   rule and none of an allow rule. A call of a VOLATILE user function (`Facts.writers`, from
+   the catalog: `gateway.policy.functions`) makes the statement a `write`, except for an
+   allow rule whose `volatile_functions` globs name every such function it calls.
 3. Table globs are matched without regard to case. A pattern without a dot matches the
    table in any schema; `schema.table` matches that schema, and also an unqualified name
    (its schema depends on the search_path, which the gateway does not know).
@@ -44,7 +46,7 @@ identity (`Subject`), a connection name and the `Facts` of each statement in, on
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,6 +72,9 @@ class Match(WhoMatch):
     tables: list[str] = Field(default_factory=list)  # globs, any case, [schema.]table
     functions: list[str] = Field(default_factory=list)  # globs
     flags: list[str] = Field(default_factory=list)  # outside_data, where_less_write, ...
+    # Allow rules only: VOLATILE user functions (globs: `schema.name`, or `name` in any
+    # schema) whose calls this rule takes as reads (gateway/policy/functions.py).
+    volatile_functions: list[str] = Field(default_factory=list)
 
     @field_validator("kinds")
     @classmethod
@@ -87,7 +92,7 @@ class Match(WhoMatch):
             raise ValueError(f"unknown flags {bad}: use {', '.join(sorted(FLAGS))}")
         return value
 
-    @field_validator("tables", "functions")
+    @field_validator("tables", "functions", "volatile_functions")
     @classmethod
     def _lower(cls, value: list[str]) -> list[str]:
         return [v.lower() for v in value]
@@ -110,12 +115,17 @@ class Rule(BaseModel):
             raise ValueError(
                 f"rule {self.name!r}: a `review:` block goes with `effect: review`, and only there"
             )
+        if self.match.volatile_functions and self.effect != "allow":
+            raise ValueError(
+                f"rule {self.name!r}: `volatile_functions` goes with `effect: allow` "
+                "(to deny calls of a function, list it in `functions`)"
+            )
         return self
 
     @property
     def statement_conditions(self) -> bool:
         m = self.match
-        return bool(m.kinds or m.tables or m.functions or m.flags)
+        return bool(m.kinds or m.tables or m.functions or m.flags or m.volatile_functions)
 
     def explanation(self) -> str:
         if self.message:
@@ -191,10 +201,17 @@ def _table_matches(table: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(".".join(table.split(".")[-2:]), pattern)
 
 
+def _function_matches(qualified: str, pattern: str) -> bool:
+    """`schema.name` against a glob; a pattern without a dot matches the name in any schema."""
+    if "." not in pattern:
+        return fnmatch.fnmatchcase(qualified.rsplit(".", 1)[-1].lower(), pattern)
+    return fnmatch.fnmatchcase(qualified.lower(), pattern)
+
+
 def _denies(rule: Rule, facts: Facts) -> bool:
     m = rule.match
     unseen = facts.opaque  # a deny rule assumes the worst of what it cannot read
-    if m.kinds and not (unseen or any(k in m.kinds for k in facts.kinds)):
+    if m.kinds and not (unseen or any(k in m.kinds for k in facts.effective_kinds)):
         return False
     if m.tables and not (
         unseen or any(_table_matches(t, p) for t in facts.tables for p in m.tables)
@@ -209,7 +226,13 @@ def _allows(rule: Rule, facts: Facts) -> bool:
     m = rule.match
     if facts.opaque:
         return False
-    if m.kinds and not all(k in m.kinds for k in facts.kinds):
+    kinds = facts.kinds
+    untrusted = [
+        w for w in facts.writers if not any(_function_matches(w, p) for p in m.volatile_functions)
+    ]
+    if untrusted and "write" not in kinds:
+        kinds = ("write", *kinds)  # a call of a VOLATILE user function this rule does not trust
+    if m.kinds and not all(k in m.kinds for k in kinds):
         return False
     if m.tables and not all(any(_table_matches(t, p) for p in m.tables) for t in facts.tables):
         return False
@@ -284,9 +307,15 @@ class SessionGuard:
         self._allow = tuple(r for r in self.rules if r.effect == "allow")
         self._verdicts: dict[tuple[object, ...], _Verdict] = {}
 
-    def check(self, sql: str) -> Decision:
+    def check(
+        self, sql: str, writers: Callable[[Sequence[Facts]], Sequence[Facts]] | None = None
+    ) -> Decision:
+        """The decision on `sql`; `writers` adds to each statement's facts the volatile user
+        functions it calls (`gateway.policy.functions`), when the catalog was asked."""
         try:
             facts = _statement_facts(sql)
+            if writers is not None:
+                facts = list(writers(facts))
         except UnparsableSQL as exc:
             if self.guarded or self._deny or self._review:
                 reason = f"policy: {exc}"
@@ -317,7 +346,7 @@ class SessionGuard:
     MAX_VERDICTS = 1024
 
     def judge(self, facts: Facts) -> StatementDecision:
-        key = (facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque)
+        key = (facts.kinds, facts.tables, facts.functions, facts.flags, facts.opaque, facts.writers)
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._verdict(facts)

@@ -16,7 +16,8 @@ denied, 08006 no agent / agent lost, 08001 target unreachable or refusing the cr
 08P01 protocol violation.
 
 Per statement, read-only access (`gateway.policy.readonly`) and then the guardrails
-(`gateway.policy.rules`) judge each simple Query and each extended-protocol Parse (a
+(`gateway.policy.rules`, with the catalog asked what called user functions are:
+`gateway.protocols.pgfunctions`) judge each simple Query and each extended-protocol Parse (a
 statement prepared with Parse is judged at Parse, whatever Bind/Execute follow) and refuse
 the fastpath FunctionCall. A refusal is answered in the server's place and in order
 (ErrorResponse 42501 after the answers to what the client sent before, then ReadyForQuery,
@@ -86,9 +87,10 @@ from gateway.audit import Auditor, AuditUnavailable, durable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream
 from gateway.policy.budgets import BUDGET_SQLSTATE
+from gateway.policy.functions import FunctionCheck
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.readonly import check_read_only
-from gateway.policy.rules import Policy, SessionGuard, subject_for
+from gateway.policy.rules import Decision, Policy, SessionGuard, subject_for
 from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
 from gateway.protocols.pgactions import (
     Action,
@@ -114,6 +116,7 @@ from gateway.protocols.pgactions import (
     WakeBudgetFlusher,
 )
 from gateway.protocols.pgcancel import CancelKeys, SessionKeys, secret_length
+from gateway.protocols.pgfunctions import function_check
 from gateway.protocols.pgsession import CHECKED, LINGER, PgSession
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
@@ -124,7 +127,7 @@ from shared.pgwire.backend import (
     negotiate_protocol_version,
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
-from shared.pgwire.frontend import FrontendMessage, Query
+from shared.pgwire.frontend import FrontendMessage, Parse, Query
 from shared.pgwire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -163,7 +166,11 @@ class ClientGone(Exception):
 
 
 def _refusal(
-    kind: bytes, decoded: FrontendMessage | None, read_only: bool, guard: SessionGuard | None
+    kind: bytes,
+    decoded: FrontendMessage | None,
+    read_only: bool,
+    guard: SessionGuard | None,
+    decision: Decision | None = None,
 ) -> Refusal | Hold | None:
     """Why this session must not send this message, or None.
 
@@ -181,12 +188,16 @@ def _refusal(
         if not verdict.allowed:
             return Refusal(verdict.reason, text)
     if guard is not None:
-        decision = guard.check(text)
+        decision = decision or guard.check(text)
         if decision.effect == "review" and decision.review is not None:
             return Hold(decision.reason, text, decision.rules, decision.review)
         if not decision.allowed:
             return Refusal(f"policy: {decision.reason}", text, decision.rules)
     return None
+
+
+def _sql_text(decoded: Query | Parse) -> str:
+    return decoded.text if isinstance(decoded, Query) else decoded.query
 
 
 async def _end_output(writer: asyncio.StreamWriter) -> None:
@@ -516,14 +527,21 @@ class PostgresFrontDoor:
         return SessionPolicy(self._guardrails, self._budgets, subject, session.connection.name)
 
 
-async def judge(policy: SessionPolicy, read_only: bool, asked: Judge) -> Verdict:
-    """Read-only access and guardrails (of the version in force), then budgets; a statement
-    held for review is held only when its budget allows it to run."""
+async def judge(
+    policy: SessionPolicy, functions: FunctionCheck | None, read_only: bool, asked: Judge
+) -> Verdict:
+    """Read-only access and guardrails (of the version in force, with the catalog behind
+    them: `functions`), then budgets; a statement held for review is held only when its
+    budget allows it to run."""
     guard = policy.current()  # a new policy version applies from here on
     kind, decoded = asked.kind, asked.decoded
     hold: Hold | None = None
     if (read_only or guard is not None) and kind in CHECKED:
-        verdict = _refusal(kind, decoded, read_only, guard)
+        # The guardrails with the catalog behind them (volatile user functions).
+        decision: Decision | None = None
+        if guard is not None and functions is not None and isinstance(decoded, Query | Parse):
+            decision = await functions.check(guard, _sql_text(decoded))
+        verdict = _refusal(kind, decoded, read_only, guard, decision)
         if isinstance(verdict, Refusal):
             return verdict
         hold = verdict
@@ -569,6 +587,7 @@ class _Relay:
         self._stream = session.stream
         self._policy = door._session_policy(session)
         self._read_only = session.access == "read-only"
+        self._functions = function_check(door._broker, session)
         identity = session.identity
         self.pg = PgSession(
             SessionInfo(
@@ -713,7 +732,8 @@ class _Relay:
                 return pg.timer_expired()
             return pg.client_data(data)
         if isinstance(request, Judge):
-            return pg.judged(await judge(self._policy, self._read_only, request))
+            verdict = await judge(self._policy, self._functions, self._read_only, request)
+            return pg.judged(verdict)
         if isinstance(request, RecordDurably):
             audit = self._door._audit
             queued = [audit.queue(r.kind, **r.fields) for r in request.records]

@@ -810,6 +810,34 @@ class Store:
         }
         return wanted - alive
 
+    # -- workload token replay (migration 0006) --------------------------------------------
+
+    def use_token_once(self, digest: bytes, *, trust: str, expires_at: dt.datetime) -> bool:
+        """Remember a single-use token until ``expires_at``; False if it was used already.
+
+        ``INSERT ... ON CONFLICT DO NOTHING`` on the digest: of two replicas exchanging the
+        same token at once, exactly one inserts. Expired entries are deleted first, so the
+        table holds only tokens that could still be presented.
+        """
+        _check_hash(digest, "digest")
+        _check_aware(expires_at, "expires_at")
+        now = self._clock()
+        table = t.token_replay
+        with self._write() as conn:
+            conn.execute(sa.delete(table).where(table.c.expires_at < now))
+            values = {"digest": digest, "trust": trust, "used_at": now, "expires_at": expires_at}
+            # RETURNING, not rowcount: psycopg reports -1 for an INSERT that did nothing.
+            stmt = self._insert_ignore(table, values).returning(table.c.digest)
+            inserted = conn.execute(stmt).first()
+        return inserted is not None
+
+    def forget_token_use(self, digest: bytes) -> None:
+        """Undo ``use_token_once`` when the exchange failed after it (the token was not
+        used up: the job may retry it)."""
+        _check_hash(digest, "digest")
+        with self._write() as conn:
+            conn.execute(sa.delete(t.token_replay).where(t.token_replay.c.digest == digest))
+
     # -- connections -----------------------------------------------------------------------
 
     def upsert_connection(self, conn: ConnectionRecord) -> tuple[ConnectionRecord, bool]:

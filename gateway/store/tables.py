@@ -311,3 +311,19 @@ ssh_keys = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index(None, "user"),
 )
+
+
+# ---- workload token replay (migration 0006) ------------------------------------------
+# Workload tokens already exchanged under a `single_use` trust entry, by the SHA-256 of
+# issuer and `jti` (never the token), until the token expires; rows past `expires_at` are
+# deleted by the next exchange. The primary key makes the check-and-remember atomic across
+# gateway replicas: the second INSERT of a digest does nothing.
+token_replay = sa.Table(
+    "token_replay",
+    metadata,
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    sa.Column("trust", sa.String(255), nullable=False),  # the trust entry that took it
+    sa.Column("used_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)

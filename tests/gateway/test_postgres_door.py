@@ -39,29 +39,33 @@ def session_policy(*rules: dict[str, Any]) -> SessionPolicy:
 
 async def test_guardrails_refuse_hold_or_pass_a_query() -> None:
     policy = session_policy(*RULES)
-    denied = await judge(policy, False, Judge(b"Q", Query("delete from secrets"), True))
+    denied = await judge(policy, None, False, Judge(b"Q", Query("delete from secrets"), True))
     assert isinstance(denied, Refusal) and denied.rules == ("no-secret-writes",)
     assert denied.reason.startswith("policy: writes to secrets need a ticket")
-    held = await judge(policy, False, Judge(b"P", Parse("", "update accounts set a = 1"), True))
+    held = await judge(
+        policy, None, False, Judge(b"P", Parse("", "update accounts set a = 1"), True)
+    )
     assert isinstance(held, Hold) and held.rules == ("accounts-review",)
     assert held.terms.timeout == 60 and held.budgets == ()
-    assert await judge(policy, False, Judge(b"Q", Query("select 1"), True)) is None
+    assert await judge(policy, None, False, Judge(b"Q", Query("select 1"), True)) is None
 
 
 async def test_read_only_access_comes_before_the_guardrails() -> None:
     policy = session_policy()
-    refused = await judge(policy, True, Judge(b"Q", Query("insert into t values (1)"), True))
+    refused = await judge(policy, None, True, Judge(b"Q", Query("insert into t values (1)"), True))
     assert isinstance(refused, Refusal) and refused.rules == () and refused.sqlstate == "42501"
     assert refused.reason.startswith("read-only access")
-    assert await judge(policy, True, Judge(b"Q", Query("select 1"), True)) is None
+    assert await judge(policy, None, True, Judge(b"Q", Query("select 1"), True)) is None
 
 
 async def test_the_fastpath_is_refused_where_sql_is_checked() -> None:
     call = Judge(b"F", None, True)  # not decoded: refused whatever it calls
-    refused = await judge(session_policy(*RULES), False, call)
+    refused = await judge(session_policy(*RULES), None, False, call)
     assert isinstance(refused, Refusal) and "fastpath" in refused.reason
-    assert await judge(session_policy(), False, call) is None  # nothing to bypass
+    assert await judge(session_policy(), None, False, call) is None  # nothing to bypass
 
 
 async def test_a_bind_without_budgets_needs_no_verdict() -> None:
-    assert await judge(session_policy(*RULES), False, Judge(b"B", Bind("", ""), False)) is None
+    assert (
+        await judge(session_policy(*RULES), None, False, Judge(b"B", Bind("", ""), False)) is None
+    )

@@ -1,0 +1,90 @@
+"""Catalog lookups for the guardrails: ask the server what the functions a statement calls do.
+
+The I/O half of `gateway.policy.functions`. A lookup is one simple Query on a second stream
+to the session's own target (`SessionBroker.open_side`): the agent logs in with the same
+credential and startup settings as the session (so the same role, database and default
+search_path), the gateway sends the catalog query, reads its rows and ReadyForQuery, then
+Terminate. The agent needs nothing new: to it this is one more PostgreSQL session. Nothing
+runs inside the client's session, so its transaction, its pipeline and its answers are not
+touched. Any failure (no agent, login refused, an ErrorResponse, LOOKUP_TIMEOUT) raises
+`LookupFailed`, and the statement is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from gateway.agents.registry import RoutingError
+from gateway.policy.functions import FunctionCheck, LookupFailed
+from gateway.sessions import Session, SessionBroker
+from shared.pgwire.backend import DataRow, ErrorResponse, ReadyForQuery, decode_backend
+from shared.pgwire.errors import PgProtocolError
+from shared.pgwire.framing import MessageReader
+from shared.pgwire.frontend import Query, Terminate
+from shared.tunnel.stream import (
+    DataReceived,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+    TunnelStream,
+)
+
+LOOKUP_TIMEOUT = 10.0  # seconds for login and query together
+
+Rows = list[tuple[str | None, ...]]
+
+
+def function_check(broker: SessionBroker, session: Session) -> FunctionCheck:
+    """The session's catalog-backed guardrail check (one per session: it holds the cache)."""
+
+    async def ask(sql: str) -> Sequence[Sequence[str | None]]:
+        return await query(broker, session, sql)
+
+    return FunctionCheck(ask, time.monotonic)
+
+
+async def query(broker: SessionBroker, session: Session, sql: str) -> Rows:
+    """The rows (text format) of `sql` run on a second connection like `session`'s."""
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT):
+            stream, agent = await broker.open_side(session, "catalog")
+            try:
+                await stream.send_data(Query(sql).encode())
+                rows = await _read_rows(stream)
+                await stream.send_data(Terminate().encode())
+                return rows
+            finally:
+                await broker.close_side(stream, agent)
+    except TimeoutError:
+        raise LookupFailed(f"no answer within {LOOKUP_TIMEOUT:g}s") from None
+    except RoutingError as exc:
+        raise LookupFailed(exc.message) from None
+    except SessionClosedError as exc:
+        raise LookupFailed(f"the lookup session ended: {exc.message}") from None
+    except PgProtocolError as exc:
+        raise LookupFailed(f"server protocol error: {exc}") from None
+
+
+async def _read_rows(stream: TunnelStream) -> Rows:
+    frames = MessageReader()
+    rows: Rows = []
+    ready = 0  # the login's ReadyForQuery comes first, then the query's
+    while True:
+        event = await stream.receive()
+        if isinstance(event, RemoteClosed | SessionReset):
+            raise LookupFailed("the server closed the lookup connection")
+        if not isinstance(event, DataReceived):
+            continue
+        frames.feed(event.payload)
+        while (message := frames.next_message()) is not None:
+            decoded = decode_backend(message)
+            if isinstance(decoded, DataRow):
+                rows.append(tuple(None if v is None else v.decode("utf-8") for v in decoded.values))
+            elif isinstance(decoded, ErrorResponse):
+                raise LookupFailed(f"the server answered {decoded.sqlstate} {decoded.message}")
+            elif isinstance(decoded, ReadyForQuery):
+                ready += 1
+                if ready == 2:
+                    return rows
