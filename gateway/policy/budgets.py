@@ -304,6 +304,7 @@ class ResultStopper:
         self._drop = 0
         self.done = False
         self.dropped_rows = 0
+        self.injected = 0  # bytes of `error` put in the stream: the gateway's, not the server's
 
     def feed(self, data: bytes) -> bytes:
         if self.done:
@@ -352,6 +353,7 @@ class ResultStopper:
                 self.dropped_rows += 1
             elif code in self._COMPLETION and not self._replaced:
                 out.append(self._error)
+                self.injected += len(self._error)
                 self._replaced = True
             self._drop = size
         return b"".join(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 SessionT = TypeVar("SessionT")
@@ -58,3 +59,18 @@ class CancelKeys(Generic[SessionT]):
             if hmac.compare_digest(candidate, secret):
                 found = session
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys(Generic[SessionT]):
+    """The keys one session hands out: secrets of `length` bytes, all for `session`."""
+
+    keys: CancelKeys[SessionT]
+    session: SessionT
+    length: int
+
+    def issue(self, pid: int) -> bytes:
+        return self.keys.issue(self.session, pid, self.length)
+
+    def revoke(self, pid: int, secret: bytes) -> None:
+        self.keys.revoke(pid, secret)

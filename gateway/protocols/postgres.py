@@ -26,7 +26,7 @@ a batch whose start the server already holds cannot be answered in order: the se
 (fail closed). The server's part of the batch is dropped with its session; the gateway reads
 the client's batch to its Sync (at most LINGER seconds), answers it with ERROR 42501 and
 ReadyForQuery, so that a pipelining client reports the refusal rather than a lost connection,
-then sends FATAL 42501 and closes lingering (`_linger`: FIN, then reads until the client hangs
+then sends FATAL 42501 and closes lingering (`_end_output`: FIN, then reads until the client hangs
 up), so that no TCP reset destroys the error before the client reads it.
 
 The server may end the session itself (pg_terminate_backend, idle_in_transaction_session_timeout,
@@ -67,6 +67,11 @@ and a result is cut before the first row the budget has no room for (`stop_offse
 statement instead, as a review rule would (the budget's `review:` terms); approved, it runs and
 its result is not cut by that budget until the server is idle again; denied or timed out, it is
 refused with 53400.
+
+The session itself, from AuthenticationOk to its end, is `gateway.protocols.pgsession.PgSession`
+(sans-I/O: every rule above about order, refusals, holds, budgets and endings lives there);
+`_Relay` below is its asyncio driver (two tasks, one per direction, plus the budget flusher),
+and `judge` is the one call into policy.
 """
 
 from __future__ import annotations
@@ -77,49 +82,53 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from gateway.audit import Auditor, AuditUnavailable, durable
 from gateway.auth import Authenticator, AuthError
 from gateway.frontdoor import accept_stream, authenticated
-from gateway.policy.approval import ReviewTerms
-from gateway.policy.budgets import BUDGET_SQLSTATE, ResultStopper
+from gateway.policy.budgets import BUDGET_SQLSTATE
+from gateway.policy.functions import FunctionCheck
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.readonly import READ_ONLY_SQLSTATE, check_read_only
+from gateway.policy.readonly import check_read_only
 from gateway.policy.rules import Decision, Policy, SessionGuard, subject_for
 from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
-from gateway.protocols.pgcancel import CancelKeys, secret_length
+from gateway.protocols.pgactions import (
+    Action,
+    AwaitReview,
+    CancelReview,
+    CancelServer,
+    Close,
+    CloseToAgent,
+    Hold,
+    Judge,
+    NeedClientData,
+    NeedServerIdle,
+    OpenReview,
+    Record,
+    RecordDurably,
+    Refusal,
+    Request,
+    ReviewDecided,
+    SendToAgent,
+    SendToClient,
+    SessionInfo,
+    Verdict,
+    WakeBudgetFlusher,
+)
+from gateway.protocols.pgcancel import CancelKeys, SessionKeys, secret_length
 from gateway.protocols.pgfunctions import function_check
-from gateway.protocols.pgtrack import PgTracker, StatementFinished, StatementStarted
+from gateway.protocols.pgsession import CHECKED, LINGER, PgSession
 from gateway.ratelimit import Rejections, peer_host
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import StoreUnavailable
 from shared.pgwire.backend import (
-    BackendKeyData,
-    ReadyForQuery,
     authentication_cleartext_password,
-    authentication_ok,
-    backend_key_data,
-    decode_backend,
     error_response,
     negotiate_protocol_version,
-    notice_response,
-    ready_for_query,
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
-from shared.pgwire.framing import Message, MessageReader
-from shared.pgwire.frontend import (
-    Bind,
-    Close,
-    Execute,
-    FrontendMessage,
-    Parse,
-    Query,
-    Sync,
-    decode_frontend,
-)
+from shared.pgwire.frontend import FrontendMessage, Parse, Query
 from shared.pgwire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -129,13 +138,7 @@ from shared.pgwire.startup import (
     startup_packet_length,
 )
 from shared.tunnel.frames import ResetCode, SignalKind
-from shared.tunnel.stream import (
-    DataReceived,
-    MaskReported,
-    RemoteClosed,
-    SessionClosedError,
-    SessionReset,
-)
+from shared.tunnel.stream import SessionClosedError
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +147,10 @@ CLIENT_CHECK = 1.0  # seconds between looks for a client that hung up while held
 READ_SIZE = 64 * 1024
 # Seconds a client's cancel connection waits for the agent to report the server's answer.
 CANCEL_TIMEOUT = 10.0
-# Seconds a session the gateway ends keeps reading (and dropping) what the client still sends,
-# so that the client reads the error that ends it (see `_linger`).
-LINGER = 2.0
 # Startup parameters passed through to the server; user and database are the connection's.
 # Class 53, insufficient resources: the address spent its failed attempts (no standard code).
 TOO_MANY_FAILURES = "53300"
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
-_FRONTEND_TRACKED = frozenset(b"QPBECSX")
 
 SQLSTATE_BY_KIND = {
     "unknown_connection": "3D000",
@@ -167,41 +166,6 @@ SQLSTATE_BY_KIND = {
 
 class ClientGone(Exception):
     pass
-
-
-class StatementRefused(Exception):
-    """A refused statement in the middle of a batch the server has partly received."""
-
-    def __init__(self, reason: str, *, synced: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.synced = synced  # the client ended its batch with Sync: it awaits ReadyForQuery
-
-
-# Messages that carry SQL (simple Query, extended Parse) or bypass it (fastpath call).
-_CHECKED = frozenset((b"Q", b"P", b"F"))
-# ... and Bind, which runs a statement prepared earlier (budgets judge it).
-_JUDGED = _CHECKED | {b"B"}
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    reason: str
-    text: str
-    rules: tuple[str, ...] = ()  # the guardrail rules that denied it; () for read-only
-    sqlstate: str = READ_ONLY_SQLSTATE  # 42501; 57014 for a held statement the client cancelled
-    budget: str | None = None  # the exfiltration budget that is exhausted
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A statement the guardrails send to review: held until others approve it."""
-
-    reason: str
-    text: str
-    rules: tuple[str, ...]
-    terms: ReviewTerms
-    budgets: tuple[str, ...] = ()  # exhausted budgets (on_exceed review) this asks past
 
 
 def _refusal(
@@ -239,22 +203,16 @@ def _sql_text(decoded: Query | Parse) -> str:
     return decoded.text if isinstance(decoded, Query) else decoded.query
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A lingering close: the client must read the FATAL error just written before it is cut.
+async def _end_output(writer: asyncio.StreamWriter) -> None:
+    """Flush what was written, then TCP FIN: the client reads it, then end-of-file.
 
     A socket closed while client bytes wait unread in its receive queue, or that receives
     bytes after it is closed, answers with a TCP RST, and an RST makes the client's kernel
-    drop what the client has not read yet: the error. A client in a pipeline keeps sending
-    after the message the gateway refused, so: flush the error, end our direction (TCP FIN:
-    the client reads the error, then end-of-file), and read and drop whatever the client
-    still sends until it hangs up or LINGER seconds pass. The caller then closes.
+    drop what the client has not read yet: the error that ends its session. A client in a
+    pipeline keeps sending after the message the gateway refused, so a session the gateway
+    ends flushes its error, ends our direction (FIN) and then reads and drops what the
+    client still sends (`_drain_client`) before it closes: a lingering close.
     """
-    await _end_output(writer)
-    await _drain_client(reader)
-
-
-async def _end_output(writer: asyncio.StreamWriter) -> None:
-    """Flush what was written, then TCP FIN: the client reads it, then end-of-file."""
     with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
         await writer.drain()
         # uvloop queues small writes until the end of the loop iteration: one turn of the
@@ -572,534 +530,7 @@ class PostgresFrontDoor:
         session: Session,
         key_length: int,
     ) -> None:
-        stream = session.stream
-        tracker = PgTracker(
-            time.monotonic,
-            record_params=session.connection.options.get("record_params") == "true",
-        )
-        seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement event
-        cancel_key: tuple[int, bytes] | None = None  # handed to the client, from the server's pid
-        read_only = session.access == "read-only"
-        policy = self._session_policy(session)
-        functions = function_check(self._broker, session)
-        flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
-        stopper: ResultStopper | None = None  # a result being stopped by a budget
-        progress = asyncio.Event()  # set whenever server data reached the client
-        error: str | None = None
-        server_closed = False  # the server ended the session (its FATAL, or it went away)
-        said_goodbye = False  # the client sent Terminate: the server's close answers it
-        audit = self._audit
-        user = session.identity.user
-
-        async def record_started(started: list[StatementStarted]) -> None:
-            # All statements of one message go into the same commit, in order.
-            queued = [
-                audit.queue(
-                    "pg.statement",
-                    actor=user,
-                    session_id=session.id,
-                    connection=session.connection.name,
-                    groups=list(session.identity.groups),
-                    text=st.text,
-                    protocol=st.protocol,
-                    params=st.params,
-                    statement=st.statement,
-                    policy_version=policy.version,
-                    **({"values": list(st.values)} if st.values is not None else {}),
-                )
-                for st in started
-            ]
-            for st, event in zip(started, await durable(queued), strict=True):
-                seqs[st.index] = event.seq
-
-        def record_finished(finished: list[StatementFinished]) -> None:
-            for f in finished:
-                audit.submit(
-                    "pg.result",
-                    actor=user,
-                    session_id=session.id,
-                    statement_seq=seqs.pop(f.index, None),
-                    tags=list(f.tags),
-                    rows=f.rows,
-                    duration_ms=f.duration_ms,
-                    sqlstate=f.sqlstate,
-                    error=f.error,
-                    skipped=f.skipped,
-                )
-
-        async def server_idle() -> None:
-            while not tracker.idle:
-                progress.clear()
-                await progress.wait()
-
-        async def refuse(message: Message, refusal: Refusal) -> None:
-            """Answer a refused statement in place of the server, in order."""
-            await server_idle()  # earlier answers reach the client before our error
-            await audit.record(
-                "pg.refused",
-                actor=user,
-                session_id=session.id,
-                connection=session.connection.name,
-                text=refusal.text,
-                reason=refusal.reason,
-                rules=list(refusal.rules),
-                policy_version=policy.version,
-                **({"budget": refusal.budget} if refusal.budget else {}),
-            )
-            writer.write(error_response(refusal.sqlstate, refusal.reason, severity="ERROR"))
-            if message.type not in (b"P", b"B"):  # ReadyForQuery comes at the client's Sync
-                writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
-            await writer.drain()
-
-        approved_parses: dict[str, float] = {}  # Parse text -> when its approval expires
-
-        async def held(hold: Hold) -> Refusal | None:
-            """Hold a statement for review: None once approved, else why it is refused."""
-            if self._reviews is None:
-                return Refusal(
-                    f"policy: {hold.reason}; approvals are not enabled on this gateway",
-                    hold.text,
-                    hold.rules,
-                )
-            await server_idle()  # our notice must not land inside a server message
-            try:
-                review = await self._reviews.hold(
-                    session.identity,
-                    connection=session.connection.name,
-                    session_id=session.id,
-                    protocol="postgres",
-                    text=hold.text,
-                    reason=hold.reason,
-                    rules=hold.rules,
-                    terms=hold.terms,
-                )
-            except AuditUnavailable:
-                raise
-            except Exception:
-                # Fail closed: without a stored review nobody could approve it.
-                log.exception("session %s: cannot create a review", session.id)
-                return Refusal(
-                    f"policy: {hold.reason}; the review could not be created", hold.text, hold.rules
-                )
-            writer.write(
-                notice_response(
-                    "00000",
-                    f"statement held for review {review.id}: {hold.reason}",
-                    detail=f"waiting up to {hold.terms.timeout}s for "
-                    f"{hold.terms.required} approval(s)",
-                    hint=f"another person approves with: wardgate reviews approve {review.id}",
-                )
-            )
-            await writer.drain()
-            withdrawn = self._holding[session.id] = asyncio.Event()
-            try:
-                decided = await self._reviews.wait_for_client(
-                    review.id, left=withdrawn.wait(), gone=reader.at_eof, check=CLIENT_CHECK
-                )
-            except asyncio.CancelledError:
-                # The session is ending: nobody is left to run the statement.
-                await asyncio.shield(self._reviews.cancel(review.id, "the session ended"))
-                raise
-            finally:
-                self._holding.pop(session.id, None)
-            budget = hold.budgets[0] if hold.budgets else None
-            refused = BUDGET_SQLSTATE if budget else READ_ONLY_SQLSTATE
-            if decided is None and reader.at_eof():
-                await self._reviews.cancel(review.id, "the client went away")
-                raise ConnectionResetError("the client went away while its statement was held")
-            if decided is None:
-                await self._reviews.cancel(review.id, "cancelled by the client")
-                return Refusal(
-                    f"canceling statement due to user request: review {review.id} withdrawn",
-                    hold.text,
-                    hold.rules,
-                    sqlstate="57014",
-                    budget=budget,
-                )
-            if decided.status == "approved" and reader.at_eof():
-                # The client hung up while it waited: run nothing on its behalf.
-                raise ConnectionResetError("the client went away while its statement was held")
-            if decided.status == "approved":
-                return None
-            outcome = {"denied": "was denied", "expired": "timed out"}.get(
-                decided.status, f"was {decided.status}"
-            )
-            return Refusal(
-                f"policy: review {review.id} {outcome} ({decided.decision}); statement not run",
-                hold.text,
-                hold.rules,
-                sqlstate=refused,
-                budget=budget,
-            )
-
-        async def judge(
-            message: Message, decoded: FrontendMessage | None, batch_start: bool
-        ) -> Refusal | Hold | None:
-            """Read-only access and guardrails (of the version in force), then budgets;
-            a statement held for review is held only when its budget allows it to run."""
-            guard = policy.current()  # a new policy version applies from here on
-            if (read_only or guard is not None) and message.type in _CHECKED:
-                # The guardrails with the catalog behind them (volatile user functions).
-                decision = None
-                if guard is not None and isinstance(decoded, Query | Parse):
-                    decision = await functions.check(guard, _sql_text(decoded))
-                verdict = _refusal(message.type, decoded, read_only, guard, decision)
-                if isinstance(verdict, Refusal):
-                    return verdict
-                hold = verdict
-            else:
-                hold = None
-            # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse
-            # judged already.
-            if not policy.metered or message.type == b"F":
-                return hold
-            if message.type == b"B" and not batch_start:
-                return hold
-            exceeded = await policy.exhausted()
-            if exceeded is None:
-                return hold
-            text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
-            terms = exceeded.budget.review
-            if terms is not None:  # only budgets that ask are exhausted (stopping ones win)
-                if hold is not None:
-                    # Held once, on the rule's terms; its result is then still cut by the
-                    # budget (an approval of the rule does not stand for the budget's).
-                    return hold
-                reason = f"{exceeded.message}; running it needs approval"
-                return Hold(reason, str(text), (), terms, budgets=policy.asking())
-            return Refusal(
-                exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
-            )
-
-        async def until_sync(frames: MessageReader) -> bool:
-            """Drop what the client sends up to the end of its batch; True at its Sync,
-            False when it hangs up, sends Terminate or LINGER seconds pass first. A
-            pipelining client (psycopg) takes an error as the answer to its batch only once
-            it has sent the whole batch and reads up to the ReadyForQuery that ends it; told
-            earlier, or cut off before that, it reports the lost connection instead."""
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LINGER):
-                    while True:
-                        while (message := frames.next_message()) is not None:
-                            if message.type in b"SX":
-                                return message.type == b"S"
-                        data = await reader.read(READ_SIZE)
-                        if not data:
-                            return False
-                        frames.feed(data)
-            return False
-
-        async def client_to_agent() -> None:
-            nonlocal said_goodbye
-            frames = MessageReader()
-            discarding = False  # after a refused Parse: skip to Sync, as the server would
-            batch_start = True  # nothing of the current extended-protocol batch forwarded
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    await stream.send_close()
-                    return
-                frames.feed(data)
-                out: list[bytes] = []
-                while (message := frames.next_message()) is not None:
-                    if discarding:
-                        if message.type == b"S":
-                            discarding, batch_start = False, True
-                            writer.write(ready_for_query(tracker.tx_status))  # type: ignore[arg-type]
-                            await writer.drain()
-                        continue
-                    # Decoded once, for the checks and the recording alike.
-                    tracked = message.type[0] in _FRONTEND_TRACKED
-                    decoded = decode_frontend(message) if tracked else None
-                    if message.type in _JUDGED:
-                        refusal = await judge(message, decoded, batch_start)
-                        if isinstance(refusal, Hold):
-                            if out:  # what came before goes first, held or not
-                                await stream.send_data(b"".join(out))
-                                out.clear()
-                            hold = refusal
-                            refusal = await self._review_statement(
-                                message.type, hold, batch_start, approved_parses, held
-                            )
-                            if refusal is None and hold.budgets:
-                                # Its result runs past those budgets until the server is
-                                # idle again (forward); it is still counted.
-                                policy.waive(hold.budgets)
-                        if refusal is not None:
-                            if out:
-                                await stream.send_data(b"".join(out))
-                                out.clear()
-                            if message.type == b"P" and not batch_start:
-                                # Part of this batch is already at the server: no answer of
-                                # ours can keep the order, so the session ends, closed.
-                                await audit.record(
-                                    "pg.refused",
-                                    actor=user,
-                                    session_id=session.id,
-                                    connection=session.connection.name,
-                                    text=refusal.text,
-                                    reason=refusal.reason,
-                                    rules=list(refusal.rules),
-                                    policy_version=policy.version,
-                                    ended_session=True,
-                                )
-                                synced = await until_sync(frames)
-                                raise StatementRefused(refusal.reason, synced=synced)
-                            await refuse(message, refusal)
-                            discarding = message.type in (b"P", b"B")
-                            continue
-                    if message.type in b"SQ":
-                        batch_start = True
-                    elif message.type in b"PBDEHC":
-                        batch_start = False
-                    if decoded is not None:
-                        started = self._track(tracker, decoded)
-                        if started:
-                            # Durably recorded before the statement leaves the gateway.
-                            if out:
-                                await stream.send_data(b"".join(out))
-                                out.clear()
-                            await record_started(started)
-                    out.append(message.raw)
-                    if message.type == b"X":
-                        said_goodbye = True
-                        await stream.send_data(b"".join(out))
-                        await stream.send_close()
-                        return
-                if out:
-                    await stream.send_data(b"".join(out))
-
-        def counted(rows: int, nbytes: int) -> None:
-            """Count what the client got against its budgets."""
-            crossed = policy.count(rows, nbytes)
-            # Usage reaches the store every BUDGET_FLUSH_INTERVAL and at once when a budget is
-            # crossed; a store write per statement cost more CPU than relaying it.
-            if crossed is not None:
-                flush_wake.set()
-            if crossed is not None:
-                audit.submit(
-                    "budget.exceeded",
-                    actor=user,
-                    session_id=session.id,
-                    connection=session.connection.name,
-                    budget=crossed.budget.name,
-                    limit=crossed.limit,
-                    rows=crossed.usage.rows,
-                    bytes=crossed.usage.bytes,
-                    policy_version=policy.version,
-                )
-
-        async def stop_result() -> ResultStopper:
-            """The running result must not reach the client beyond here: cut it off, and ask
-            the server to stop producing it (a late cancel meets an idle server or a statement
-            this session refuses anyway)."""
-            exceeded = policy.meter.exhausted() if policy.meter is not None else None
-            reason = exceeded.message if exceeded else "exfiltration budget exhausted"
-            audit.submit(
-                "budget.stopped",
-                actor=user,
-                session_id=session.id,
-                connection=session.connection.name,
-                budget=exceeded.budget.name if exceeded else None,
-                rows=exceeded.usage.rows if exceeded else None,
-                bytes=exceeded.usage.bytes if exceeded else None,
-                policy_version=policy.version,
-            )
-            with contextlib.suppress(SessionClosedError):
-                await stream.send_signal(SignalKind.CANCEL)
-            return ResultStopper(
-                error_response(BUDGET_SQLSTATE, reason, severity="ERROR"),
-                partial=tracker.partial,
-            )
-
-        def forward(piece: bytes, finished: list[StatementFinished]) -> bytes:
-            nonlocal stopper
-            if stopper is not None:
-                piece = stopper.feed(piece)
-                if stopper.done:
-                    stopper = None
-            rows_before = tracker.rows_total
-            finished.extend(tracker.server_data(piece))
-            if policy.metered:
-                counted(tracker.rows_total - rows_before, len(piece))
-                if policy.waiving and tracker.idle:
-                    policy.unwaive()  # the approved statement's answer is complete
-            return piece
-
-        def issue_key(pid: int) -> bytes:
-            nonlocal cancel_key
-            if cancel_key is not None:  # a second BackendKeyData: the old key goes
-                self.cancel_keys.revoke(*cancel_key)
-            cancel_key = (pid, self.cancel_keys.issue(session, pid, key_length))
-            return cancel_key[1]
-
-        async def agent_to_client() -> str | None:
-            nonlocal stopper
-            startup = MessageReader()
-            in_startup = True
-            writer.write(authentication_ok())
-            while True:
-                event = await stream.receive()
-                if isinstance(event, DataReceived):
-                    data = event.payload
-                    if in_startup:
-                        data, in_startup = self._rewrite_startup(startup, data, issue_key)
-                        if not in_startup:
-                            data += startup.take_buffered()
-                    finished: list[StatementFinished] = []
-                    if not in_startup:
-                        cut = None
-                        if policy.metered and stopper is None:
-                            cut = policy.stop_offset(data, tracker.partial)
-                        if cut is None:
-                            data = forward(data, finished)
-                        else:  # the budget ends inside this chunk: the rest is stopped
-                            head = forward(data[:cut], finished)
-                            stopper = await stop_result()
-                            data = head + forward(data[cut:], finished)
-                    writer.write(data)
-                    await writer.drain()
-                    progress.set()
-                    if finished:
-                        record_finished(finished)
-                elif isinstance(event, MaskReported):
-                    # Counts from the agent, which masked before the data left it.
-                    audit.submit(
-                        "pg.masked",
-                        actor=user,
-                        session_id=session.id,
-                        connection=session.connection.name,
-                        counts=[
-                            {"column": c, "detector": d, "count": n} for c, d, n in event.counts
-                        ],
-                    )
-                elif isinstance(event, RemoteClosed):
-                    return None
-                elif isinstance(event, SessionReset):
-                    return event.message
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                down = tg.create_task(agent_to_client(), name=f"pg/{session.id}/down")
-                up = tg.create_task(client_to_agent(), name=f"pg/{session.id}/up")
-                flusher = tg.create_task(
-                    policy.run_flusher(flush_wake), name=f"pg/{session.id}/budgets"
-                )
-                error = await down
-                if error is not None:
-                    up.cancel()
-                    writer.write(
-                        error_response(
-                            "08006",
-                            f"connection {session.connection.name!r}: session ended: {error}",
-                        )
-                    )
-                    with contextlib.suppress(ConnectionError):
-                        await writer.drain()
-                elif not (up.done() or said_goodbye):
-                    # The server closed first (pg_terminate_backend, a session timeout, a
-                    # restart). PostgreSQL has no half-open session: after its FATAL a
-                    # client waits for end-of-file, and would wait forever for a client
-                    # direction nobody will read. So the session ends here, unlike raw TCP,
-                    # whose half-close the shared pumps keep (agent/protocols/tcp.py,
-                    # gateway/protocols/tcp.py).
-                    up.cancel()
-                    # The client reads the server's last bytes, then end-of-file, as from a
-                    # server that exits; what it still sends is read and dropped (_linger).
-                    await _end_output(writer)
-                    server_closed = True
-                else:
-                    await up
-                if error is None and (server_closed or tracker.ended_by is not None):
-                    # Also when the client was leaving anyway: the FATAL says why it ended.
-                    error = (
-                        f"the server ended the session: {tracker.ended_by}"
-                        if tracker.ended_by is not None
-                        else "the server closed the connection"
-                    )
-                flusher.cancel()
-        except* StatementRefused as group:
-            refused = group.exceptions[0]
-            assert isinstance(refused, StatementRefused)
-            error = refused.reason
-            # The server drops the part of the batch it holds (nothing of it is committed
-            # unless it committed itself); the client is told why, and the session ends.
-            await stream.reset(ResetCode.CANCELLED, error)
-            # Never inside a server message the client has the start of.
-            with contextlib.suppress(ConnectionError):
-                if tracker.partial == (b"", 0):
-                    if refused.synced:
-                        # Its batch answered as a server would (error, ReadyForQuery), so
-                        # that the client reports this error; then the session ends.
-                        status = "E" if tracker.tx_status in ("T", "E") else "I"
-                        writer.write(error_response(READ_ONLY_SQLSTATE, error, severity="ERROR"))
-                        writer.write(ready_for_query(status))  # type: ignore[arg-type]
-                    writer.write(error_response(READ_ONLY_SQLSTATE, f"session ended: {error}"))
-            await _linger(reader, writer)
-        except* AuditUnavailable as group:
-            # Fail closed: a statement that cannot be recorded is not run.
-            error = f"statement not run: {group.exceptions[0]}"
-            with contextlib.suppress(ConnectionError):
-                writer.write(error_response("58030", error))
-            await _linger(reader, writer)
-        except* PgProtocolError as group:
-            error = f"client protocol violation: {group.exceptions[0]}"
-            with contextlib.suppress(ConnectionError):
-                writer.write(error_response("08P01", error))
-            await _linger(reader, writer)
-        except* (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as group:
-            error = error or f"connection failed: {group.exceptions[0]}"
-            if stream.end_reason is not None:
-                # e.g. the credential was revoked while the client was sending: say so.
-                with contextlib.suppress(ConnectionError, OSError):
-                    writer.write(
-                        error_response(
-                            "08006",
-                            f"connection {session.connection.name!r}: session ended: "
-                            f"{stream.end_reason.message}",
-                        )
-                    )
-                    await writer.drain()
-        finally:
-            if cancel_key is not None:
-                self.cancel_keys.revoke(*cancel_key)
-            if server_closed:
-                await stream.send_close()  # both directions closed: the agent's pump ends
-            if not stream.finished:
-                await stream.reset(ResetCode.CANCELLED, error or "client went away")
-            policy.release()  # the usage outlives the session (and the gateway)
-            await self._broker.finish(session, error=error)
-        if server_closed:
-            # After the session's end is recorded, so that the record says when the server
-            # ended it, not when a client that reads nothing was let go.
-            await _drain_client(reader)
-
-    async def _review_statement(
-        self,
-        kind: bytes,
-        hold: Hold,
-        batch_start: bool,
-        approved_parses: dict[str, float],
-        held: Callable[[Hold], Awaitable[Refusal | None]],
-    ) -> Refusal | None:
-        """Hold `hold` for review; None when it may go on to the server."""
-        now = time.monotonic()
-        if kind == b"P":
-            if not hold.budgets and approved_parses.get(hold.text, 0.0) > now:
-                return None  # approved earlier in this session, and still valid
-            if not batch_start:
-                # Refused with the session's end by the caller's mid-batch rule.
-                return Refusal(
-                    f"policy: {hold.reason}; a statement that needs review cannot be held "
-                    "in the middle of a pipeline",
-                    hold.text,
-                    hold.rules,
-                )
-        refusal = await held(hold)
-        if refusal is None and kind == b"P" and not hold.budgets:
-            # A budget's approval is for one statement: the next one asks again.
-            approved_parses[hold.text] = time.monotonic() + hold.terms.approval_ttl
-        return refusal
+        await _Relay(self, reader, writer, session, key_length).run()
 
     def _session_policy(self, session: Session) -> SessionPolicy:
         """This identity's guardrails and budgets on this connection, following new versions."""
@@ -1109,36 +540,269 @@ class PostgresFrontDoor:
         )
         return SessionPolicy(self._guardrails, self._budgets, subject, session.connection.name)
 
-    @staticmethod
-    def _track(tracker: PgTracker, decoded: FrontendMessage) -> list[StatementStarted]:
-        if isinstance(decoded, Query):
-            return tracker.query(decoded.text)
-        if isinstance(decoded, Parse):
-            tracker.parse(decoded.name, decoded.query)
-        elif isinstance(decoded, Bind):
-            tracker.bind(decoded.portal, decoded.statement, decoded.params, decoded.param_formats)
-        elif isinstance(decoded, Execute):
-            return [tracker.execute(decoded.portal)]
-        elif isinstance(decoded, Close):
-            tracker.close(decoded.kind, decoded.name)
-        elif isinstance(decoded, Sync):
-            tracker.sync()
-        return []
 
-    @staticmethod
-    def _rewrite_startup(
-        frames: MessageReader, data: bytes, issue_key: Callable[[int], bytes]
-    ) -> tuple[bytes, bool]:
-        """Until the first ReadyForQuery, pass server messages, the BackendKeyData with the
-        server's pid and a secret of ours (`gateway.protocols.pgcancel`)."""
-        frames.feed(data)
-        out: list[bytes] = []
-        while (message := frames.next_message()) is not None:
-            decoded = decode_backend(message)
-            if isinstance(decoded, BackendKeyData):
-                out.append(backend_key_data(decoded.pid, issue_key(decoded.pid)))
-                continue
-            out.append(message.raw)
-            if isinstance(decoded, ReadyForQuery):
-                return b"".join(out), False
-        return b"".join(out), True
+async def judge(
+    policy: SessionPolicy, functions: FunctionCheck | None, read_only: bool, asked: Judge
+) -> Verdict:
+    """Read-only access and guardrails (of the version in force, with the catalog behind
+    them: `functions`), then budgets; a statement held for review is held only when its
+    budget allows it to run."""
+    guard = policy.current()  # a new policy version applies from here on
+    kind, decoded = asked.kind, asked.decoded
+    hold: Hold | None = None
+    if (read_only or guard is not None) and kind in CHECKED:
+        # The guardrails with the catalog behind them (volatile user functions).
+        decision: Decision | None = None
+        if guard is not None and functions is not None and isinstance(decoded, Query | Parse):
+            decision = await functions.check(guard, _sql_text(decoded))
+        verdict = _refusal(kind, decoded, read_only, guard, decision)
+        if isinstance(verdict, Refusal):
+            return verdict
+        hold = verdict
+    # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse judged
+    # already.
+    if not policy.metered or kind == b"F" or (kind == b"B" and not asked.batch_start):
+        return hold
+    exceeded = await policy.exhausted()
+    if exceeded is None:
+        return hold
+    text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
+    terms = exceeded.budget.review
+    if terms is not None:  # only budgets that ask are exhausted (stopping ones win)
+        if hold is not None:
+            # Held once, on the rule's terms; its result is then still cut by the budget
+            # (an approval of the rule does not stand for the budget's).
+            return hold
+        reason = f"{exceeded.message}; running it needs approval"
+        return Hold(reason, str(text), (), terms, budgets=policy.asking())
+    return Refusal(
+        exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
+    )
+
+
+class _Relay:
+    """The asyncio driver of one `PgSession`: the client's socket, the agent's stream, the
+    audit log and reviews. Two tasks, one per direction, carry out what the session orders;
+    the session alone decides when and why it ends (`Close`), and `run` then carries out
+    its last orders and records the end."""
+
+    def __init__(
+        self,
+        door: PostgresFrontDoor,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: Session,
+        key_length: int,
+    ) -> None:
+        self._door = door
+        self._reader = reader
+        self._writer = writer
+        self._session = session
+        self._stream = session.stream
+        self._policy = door._session_policy(session)
+        self._read_only = session.access == "read-only"
+        self._functions = function_check(door._broker, session)
+        identity = session.identity
+        self.pg = PgSession(
+            SessionInfo(
+                session.id,
+                identity.user,
+                tuple(identity.groups),
+                session.connection.name,
+                record_params=session.connection.options.get("record_params") == "true",
+                reviews=door._reviews is not None,
+            ),
+            self._policy,
+            SessionKeys(door.cancel_keys, session, key_length),
+            time.monotonic,
+        )
+        self._progress = asyncio.Event()  # set whenever server data reached the client
+        self._flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
+        self._ended = asyncio.Event()  # the session ordered its Close
+
+    async def run(self) -> None:
+        pg, sid = self.pg, self._session.id
+        close: Close | None = None
+        try:
+            await self._do(pg.start())
+            async with asyncio.TaskGroup() as tg:
+                up = tg.create_task(self._client_side(), name=f"pg/{sid}/up")
+                down = tg.create_task(self._server_side(), name=f"pg/{sid}/down")
+                flusher = tg.create_task(
+                    self._policy.run_flusher(self._flush_wake), name=f"pg/{sid}/budgets"
+                )
+                await self._ended.wait()
+                close = pg.ending
+                assert close is not None
+                if close.wait_client_side:
+                    await up  # its last sends (Terminate, the half-close) are under way
+                up.cancel()
+                down.cancel()
+                flusher.cancel()
+            await self._last_orders(close)
+        finally:
+            await self._finish(close)
+        if close.drain_after:
+            await _drain_client(self._reader)
+
+    async def _last_orders(self, close: Close) -> None:
+        writer = self._writer
+        if close.reset_agent_first is not None:
+            await self._stream.reset(ResetCode.CANCELLED, close.reset_agent_first)
+        if close.to_client:
+            with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+                writer.write(close.to_client)
+                if not close.end_output:
+                    await writer.drain()
+        if close.end_output:
+            await _end_output(writer)
+        if close.linger:
+            await _drain_client(self._reader)
+
+    async def _finish(self, close: Close | None) -> None:
+        stream, pg = self._stream, self.pg
+        error = close.error if close is not None else None
+        if pg.cancel_key is not None:
+            self._door.cancel_keys.revoke(*pg.cancel_key)
+        if close is not None and close.close_agent:
+            await stream.send_close()  # both directions closed: the agent's pump ends
+        if not stream.finished:
+            await stream.reset(ResetCode.CANCELLED, error or "client went away")
+        self._policy.release()  # the usage outlives the session (and the gateway)
+        await self._door._broker.finish(self._session, error=error)
+
+    # ---- the two directions ------------------------------------------------------------
+
+    async def _client_side(self) -> None:
+        pg = self.pg
+        try:
+            while pg.ending is None and (request := pg.client_request) is not None:
+                await self._do(await self._answer(request))
+        except AuditUnavailable as exc:
+            # Fail closed: a statement that cannot be recorded is not run.
+            await self._do(pg.audit_failed(str(exc)))
+        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
+            await self._do(self._failed(exc))
+        finally:
+            self._ending_seen()
+
+    async def _server_side(self) -> None:
+        pg, stream = self.pg, self._stream
+        try:
+            while pg.reading_agent:
+                await self._do(pg.agent_event(await stream.receive()))
+                self._progress.set()
+        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
+            await self._do(self._failed(exc))
+        finally:
+            self._ending_seen()
+
+    def _ending_seen(self) -> None:
+        """A direction stopped: if the session has ended (even where a send that came before
+        its Close failed), `run` carries out the end."""
+        if self.pg.ending is not None:
+            self._ended.set()
+
+    def _failed(self, exc: BaseException) -> list[Action]:
+        end = self._stream.end_reason  # e.g. the credential was revoked: say so
+        return self.pg.connection_failed(str(exc), end.message if end is not None else None)
+
+    async def _do(self, actions: list[Action]) -> None:
+        writer, stream = self._writer, self._stream
+        for action in actions:
+            kind = type(action)
+            if kind is SendToClient:
+                assert isinstance(action, SendToClient)
+                writer.write(action.data)
+                await writer.drain()
+                if action.from_server:
+                    self.pg.client_flushed()  # the tunnel's credit goes back at the next read
+            elif kind is SendToAgent:
+                assert isinstance(action, SendToAgent)
+                await stream.send_data(action.data)
+            elif kind is Record:
+                assert isinstance(action, Record)
+                self._door._audit.submit(action.kind, **action.fields)
+            elif kind is CloseToAgent:
+                await stream.send_close()
+            elif kind is CancelServer:
+                with contextlib.suppress(SessionClosedError):
+                    await stream.send_signal(SignalKind.CANCEL)
+            elif kind is WakeBudgetFlusher:
+                self._flush_wake.set()
+            elif kind is Close:
+                self._ended.set()
+
+    async def _answer(self, request: Request) -> list[Action]:
+        """Do what the client side asked for; the session's answer to the result."""
+        pg = self.pg
+        if isinstance(request, NeedClientData):
+            if request.until is None:
+                return pg.client_data(await self._reader.read(READ_SIZE))
+            try:
+                async with asyncio.timeout(max(0.0, request.until - time.monotonic())):
+                    data = await self._reader.read(READ_SIZE)
+            except TimeoutError:
+                return pg.timer_expired()
+            return pg.client_data(data)
+        if isinstance(request, Judge):
+            verdict = await judge(self._policy, self._functions, self._read_only, request)
+            return pg.judged(verdict)
+        if isinstance(request, RecordDurably):
+            audit = self._door._audit
+            queued = [audit.queue(r.kind, **r.fields) for r in request.records]
+            return pg.recorded(tuple(event.seq for event in await durable(queued)))
+        if isinstance(request, NeedServerIdle):
+            while not pg.server_idle:
+                self._progress.clear()
+                await self._progress.wait()
+            return pg.resume()
+        if isinstance(request, OpenReview):
+            return pg.review_opened(await self._open_review(request.hold))
+        if isinstance(request, AwaitReview):
+            return pg.review_decided(await self._await_review(request.review_id))
+        assert isinstance(request, CancelReview)
+        reviews = self._door._reviews
+        assert reviews is not None
+        await reviews.cancel(request.review_id, request.reason)
+        return pg.resume()
+
+    async def _open_review(self, hold: Hold) -> str | None:
+        reviews, session = self._door._reviews, self._session
+        assert reviews is not None
+        try:
+            review = await reviews.hold(
+                session.identity,
+                connection=session.connection.name,
+                session_id=session.id,
+                protocol="postgres",
+                text=hold.text,
+                reason=hold.reason,
+                rules=hold.rules,
+                terms=hold.terms,
+            )
+        except AuditUnavailable:
+            raise
+        except Exception:
+            log.exception("session %s: cannot create a review", session.id)
+            return None
+        return review.id
+
+    async def _await_review(self, review_id: str) -> ReviewDecided:
+        reviews, holding, sid = self._door._reviews, self._door._holding, self._session.id
+        assert reviews is not None
+        withdrawn = holding[sid] = asyncio.Event()
+        try:
+            decided = await reviews.wait_for_client(
+                review_id, left=withdrawn.wait(), gone=self._reader.at_eof, check=CLIENT_CHECK
+            )
+        except asyncio.CancelledError:
+            # The session is ending: nobody is left to run the statement.
+            await asyncio.shield(reviews.cancel(review_id, "the session ended"))
+            raise
+        finally:
+            holding.pop(sid, None)
+        gone = self._reader.at_eof()
+        if decided is None:
+            return ReviewDecided(None, client_gone=gone)
+        return ReviewDecided(decided.status, decided.decision or "", client_gone=gone)

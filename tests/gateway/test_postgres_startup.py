@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.protocols.postgres import PostgresFrontDoor
+from gateway.protocols.pgactions import SendToClient, SessionInfo
+from gateway.protocols.pgsession import PgSession
 from shared.pgwire.backend import (
     BackendKeyData,
     ParameterStatus,
@@ -15,6 +16,8 @@ from shared.pgwire.backend import (
     ready_for_query,
 )
 from shared.pgwire.framing import MessageReader
+from shared.tunnel.session import DataReceived
+from tests.gateway.test_pgsession import NoBudgets, keys
 
 SERVER = (
     parameter_status("server_version", "15.18")
@@ -26,31 +29,27 @@ AFTER = b"T\x00\x00\x00\x06\x00\x00"  # the first answer after ReadyForQuery: no
 
 @pytest.mark.parametrize("chunk", [1, 7, len(SERVER) + len(AFTER)])
 def test_the_key_keeps_the_servers_pid_and_gets_our_secret(chunk: int) -> None:
-    frames = MessageReader()
-    issued: list[int] = []
-
-    def issue(pid: int) -> bytes:
-        issued.append(pid)
-        return b"gateway-secret-0123456789abcdef!"
-
+    issuer = keys()
+    pg = PgSession(SessionInfo("s-1", "alice", (), "pg-main"), NoBudgets(), issuer, lambda: 0.0)
     wire = SERVER + AFTER
-    out, in_startup, fed = b"", True, 0
-    while in_startup:
-        piece, in_startup = PostgresFrontDoor._rewrite_startup(
-            frames, wire[fed : fed + chunk], issue
-        )
-        out += piece
-        fed += chunk
-    assert not in_startup and issued == [4242]
+    out = b""
+    for fed in range(0, len(wire), chunk):
+        for action in pg.agent_event(DataReceived(wire[fed : fed + chunk])):
+            if isinstance(action, SendToClient):
+                out += action.data
+        pg.client_flushed()
+    key = pg.cancel_key
+    assert key is not None and key[0] == 4242 and len(key[1]) == 32
+    assert issuer.keys.find(*key) == "s-1"
     reader = MessageReader()
     reader.feed(out)
     messages = []
     while (m := reader.next_message()) is not None:
         messages.append(decode_backend(m))
-    assert messages == [
+    assert messages[:3] == [
         ParameterStatus("server_version", "15.18"),
-        BackendKeyData(4242, b"gateway-secret-0123456789abcdef!"),
+        BackendKeyData(4242, key[1]),
         ReadyForQuery("I"),
     ]
-    # What came after ReadyForQuery is left for the relay, untouched.
-    assert frames.take_buffered() + wire[fed:] == AFTER
+    # What came after ReadyForQuery is the relay's, untouched.
+    assert out.endswith(AFTER) and len(messages) == 4

@@ -1,0 +1,71 @@
+"""The PostgreSQL front door's judge: read-only access, guardrails, then budgets, in one call.
+
+The session (`gateway.protocols.pgsession`) asks for a verdict per Query, Parse, Bind and
+fastpath call; these are the verdicts it gets from the real policy objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.policy.rules import Policy, PolicyConfig, Subject
+from gateway.policystore import FixedPolicy, SessionPolicy
+from gateway.protocols.pgactions import Hold, Judge, Refusal
+from gateway.protocols.postgres import judge
+from shared.pgwire.frontend import Bind, Parse, Query
+
+ALICE = Subject("alice", groups=("data",))
+RULES: list[dict[str, Any]] = [
+    {
+        "name": "no-secret-writes",
+        "effect": "deny",
+        "message": "writes to secrets need a ticket",
+        "match": {"kinds": ["write"], "tables": ["secrets"]},
+    },
+    {
+        "name": "accounts-review",
+        "effect": "review",
+        "message": "writes need a second person",
+        "match": {"kinds": ["write"], "tables": ["accounts"]},
+        "review": {"approvers": {"groups": ["dba"]}, "timeout": 60},
+    },
+]
+
+
+def session_policy(*rules: dict[str, Any]) -> SessionPolicy:
+    config = PolicyConfig.model_validate({"rules": list(rules)})
+    return SessionPolicy(FixedPolicy(Policy(config)), None, ALICE, "pg-main")
+
+
+async def test_guardrails_refuse_hold_or_pass_a_query() -> None:
+    policy = session_policy(*RULES)
+    denied = await judge(policy, None, False, Judge(b"Q", Query("delete from secrets"), True))
+    assert isinstance(denied, Refusal) and denied.rules == ("no-secret-writes",)
+    assert denied.reason.startswith("policy: writes to secrets need a ticket")
+    held = await judge(
+        policy, None, False, Judge(b"P", Parse("", "update accounts set a = 1"), True)
+    )
+    assert isinstance(held, Hold) and held.rules == ("accounts-review",)
+    assert held.terms.timeout == 60 and held.budgets == ()
+    assert await judge(policy, None, False, Judge(b"Q", Query("select 1"), True)) is None
+
+
+async def test_read_only_access_comes_before_the_guardrails() -> None:
+    policy = session_policy()
+    refused = await judge(policy, None, True, Judge(b"Q", Query("insert into t values (1)"), True))
+    assert isinstance(refused, Refusal) and refused.rules == () and refused.sqlstate == "42501"
+    assert refused.reason.startswith("read-only access")
+    assert await judge(policy, None, True, Judge(b"Q", Query("select 1"), True)) is None
+
+
+async def test_the_fastpath_is_refused_where_sql_is_checked() -> None:
+    call = Judge(b"F", None, True)  # not decoded: refused whatever it calls
+    refused = await judge(session_policy(*RULES), None, False, call)
+    assert isinstance(refused, Refusal) and "fastpath" in refused.reason
+    assert await judge(session_policy(), None, False, call) is None  # nothing to bypass
+
+
+async def test_a_bind_without_budgets_needs_no_verdict() -> None:
+    assert (
+        await judge(session_policy(*RULES), None, False, Judge(b"B", Bind("", ""), False)) is None
+    )
