@@ -114,7 +114,9 @@ def estimate(previous: int, current: int, elapsed: float, window: float) -> floa
 
 def over(previous: int, current: int, elapsed: float, rule: Rule) -> bool:
     """Whether an attempt, counted in `current` already, goes over the rule."""
-    return estimate(previous, current, elapsed, rule.window) > rule.attempts
+    # The tolerance absorbs float rounding: at the instant `retry_after` names, 120/60ths of
+    # a window come out as 2.0000000000000036 and would refuse the attempt it promised.
+    return estimate(previous, current, elapsed, rule.window) > rule.attempts + 1e-9
 
 
 def retry_after(previous: int, current: int, elapsed: float, rule: Rule) -> int:

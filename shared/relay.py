@@ -218,7 +218,10 @@ class _Relay:
                         continue  # an adapter answering on the tunnel: the next event says why
                     self.received += len(event.payload)
                 elif isinstance(event, RemoteClosed):
-                    if draining:
+                    if draining or self.tunnel_eof:
+                        # Once the stream is over every receive answers RemoteClosed at
+                        # once, without a turn of the loop: looping on it starved `up`,
+                        # which decides BOTH_CLOSED after its own close is sent.
                         return
                     if not self.half_close:
                         self.decide(Ended.TUNNEL_CLOSED, "the far end closed the session")

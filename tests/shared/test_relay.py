@@ -87,6 +87,47 @@ async def test_half_close_carries_each_eof_and_ends_when_both_directions_closed(
     assert wire_of(near).cancelled_reads == 0  # a gRPC call would have been cancelled
 
 
+async def test_closes_that_cross_end_the_relay_once() -> None:
+    """The far end's Close crosses ours while ours is being written: the stream is then
+    over and every receive answers RemoteClosed at once, as a gRPC read after the call's
+    end does. The relay spun on that without yielding, and the agent's loop stalled (no
+    pings: "every agent of pool 'default' was lost")."""
+    peer = ScriptedPeer()
+    eofs = 0
+
+    async def write_eof() -> None:
+        nonlocal eofs
+        eofs += 1
+        assert eofs == 1, "the far end's EOF was carried twice: the relay is spinning"
+        peer.eof = True
+
+    peer.write_eof = write_eof  # type: ignore[method-assign]
+    near, far = await opened_pair()
+    wire = wire_of(near)
+    write, read = wire.write, wire.read
+    ended = False
+
+    async def slow_write(message: bytes) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)  # a write that takes turns of the loop, as gRPC's do
+        await write(message)
+
+    async def sticky_read() -> object:
+        nonlocal ended
+        if ended:
+            return None  # gRPC: a read after the end of the call returns at once
+        message = await read()
+        ended = message is None
+        return message
+
+    wire.write, wire.read = slow_write, sticky_read  # type: ignore[method-assign]
+    await far.send_close()
+    await wire_of(far).finish()
+    peer.inbox.put_nowait(None)
+    end = await relay(near, peer, half_close=True, name="test", describe=lambda e: e.message)
+    assert (end.ended, end.error, eofs) == (Ended.BOTH_CLOSED, None, 1)
+
+
 async def test_half_close_peer_that_vanishes_after_its_eof_ends_the_relay() -> None:
     peer = ScriptedPeer()
     task, _, far = await start(peer, half_close=True)
