@@ -471,7 +471,9 @@ class ReviewService:
                 await asyncio.shield(self.cancel(review_id, "the session ended"))
             raise
         if decided is None and withdraw is not None:
-            await self.cancel(review_id, withdraw)
+            # Shielded: the session's teardown cancels this task right after the client left,
+            # and a withdrawal cut short left the review pending for its approvers.
+            await asyncio.shield(self.cancel(review_id, withdraw))
         return decided
 
     async def _wait_for_client(

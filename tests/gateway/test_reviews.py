@@ -18,7 +18,7 @@ from gateway.auth import Identity
 from gateway.policy.approval import ReviewTerms
 from gateway.policy.grants import AccessPolicy, Grant, Role
 from gateway.reviews import ReviewError, ReviewService
-from gateway.store import Store
+from gateway.store import ReviewRecord, Store
 from tests.fixtures.postgres import PostgresServer
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
@@ -135,6 +135,36 @@ async def test_the_client_wait_ends_with_the_decision_or_the_client(
             assert await waiting is None
     assert (await reviews.get(withdrawn_id)).status == "pending"
     assert (await reviews.get(polled_id)).status == "pending"
+
+
+async def test_a_wait_cancelled_while_it_withdraws_still_withdraws(
+    store: Store, auditor: Auditor, clock: Clock
+) -> None:
+    """The client left and the session's teardown cancels the wait while it withdraws (an
+    SSH hang-up does both at once): the review still ends, with the client's reason."""
+    reviews = service(store, auditor, clock)
+    review_id = await held(reviews)
+    finishing = asyncio.Event()
+    finish = reviews._finish
+
+    async def slow_finish(review_id: str, status: str, decision: str) -> ReviewRecord:
+        finishing.set()
+        await asyncio.sleep(0)  # a store write takes turns of the loop
+        return await finish(review_id, status, decision)
+
+    reviews._finish = slow_finish  # type: ignore[method-assign]
+    left = asyncio.Event()
+    left.set()
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(
+            reviews.wait_for_client(review_id, left=left.wait(), withdraw="the client went away")
+        )
+        await finishing.wait()
+        waiting.cancel()
+    assert waiting.cancelled()
+    async with asyncio.timeout(30):
+        ended = await reviews.wait(review_id)
+    assert (ended.status, ended.decision) == ("cancelled", "the client went away")
 
 
 async def test_a_withdrawing_wait_cancels_the_review_nobody_waits_for(
