@@ -269,6 +269,13 @@ class _Relay:
             await asyncio.wait({self.down}, timeout=grace)
         if not self.stream.finished:
             await self.stream.reset(self.code, error or reason)
+        elif self.stream.end_reason is None and not self.down.done():
+            # A clean end, and `down` is inside a read. Cancelling it cancels the gRPC call,
+            # and writes not yet on the wire (our last data, our Close) were lost with it:
+            # 1 in 4 echoed 300 kB lost its tail. Say we are done writing instead; the far
+            # end then ends the call, and the read returns.
+            await self.stream.aclose()
+            await asyncio.wait({self.down}, timeout=grace)
         for task in self.tasks:
             if not task.done():
                 task.cancel()

@@ -155,8 +155,10 @@ class TunnelStream:
         while True:
             if self._pending:
                 return self._hand_out(self._pending.popleft())
-            if self.state.finished and self._end is not None:
-                return self._end
+            if self._finished.is_set():
+                # Sticky, and without reading: a dead gRPC call raises at once, and taking
+                # that for news spun this loop without a turn of the event loop.
+                return self._end if self._end is not None else RemoteClosed()
             async with self._reading:
                 event = None if self._pending else await self._read_event()
             self._changed.set()  # a waiter may read now

@@ -106,6 +106,35 @@ async def test_a_broken_wire_ends_the_session_with_a_reason() -> None:
     assert gateway.finished
 
 
+class ReadAfterTheEnd(BaseException):
+    """Not an Exception: the stream's own handler must not swallow it."""
+
+
+async def test_a_cleanly_finished_stream_answers_remote_closed_without_reading() -> None:
+    """After both Close frames every receive says RemoteClosed at once. It read the wire
+    again, and a dead gRPC call raises at once: the stream took that for a loss it had
+    nothing to record, and looped without a turn of the loop (a gateway stalled)."""
+    gateway, agent, gw_wire = pair()
+    await agent.send_open_result(OpenResult(True))
+    assert await gateway.receive() == Opened()
+    await agent.send_close()
+    await gateway.send_close()
+    assert await gateway.receive() == RemoteClosed()
+    assert gateway.finished and gateway.end_reason is None
+    reads = 0
+
+    async def dead_call() -> Any:
+        nonlocal reads
+        reads += 1
+        if reads > 3:
+            raise ReadAfterTheEnd("receive keeps reading a finished stream")
+        raise RuntimeError("the call is over")
+
+    gw_wire.read = dead_call  # type: ignore[method-assign]
+    assert [await gateway.receive() for _ in range(3)] == [RemoteClosed()] * 3
+    assert reads == 0 and gateway.end_reason is None
+
+
 async def test_end_of_stream_without_close_is_reported_as_lost() -> None:
     gateway, agent, _ = pair()
     await agent.send_open_result(OpenResult(True))
