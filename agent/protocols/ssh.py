@@ -37,11 +37,12 @@ from typing import Any, TypeVar
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST
 
-from shared.relay import Refused, relay
+from shared.relay import relay
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
-from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
-from shared.sshwire.window import ReceiveWindow, WindowError
+from shared.sshwire.codec import MAX_DATA, SshWireError, encode
+from shared.sshwire.peer import FramePeer
+from shared.sshwire.window import ReceiveWindow
 from shared.tunnel.frames import OpenResult, ResetCode, Target
 from shared.tunnel.stream import SessionClosedError, TunnelStream
 
@@ -255,7 +256,7 @@ class _Relay:
         client's connection ended) is answered with ours, and the session is over."""
         await relay(
             self.stream,
-            _GatewayFrames(self),
+            FramePeer(self._dispatch, asyncio.Event().wait, "gateway"),
             half_close=False,
             name=f"ssh/{self.stream.session_id}",
             who="target",
@@ -414,35 +415,6 @@ class _Relay:
             if ch.worker is not None:
                 ch.worker.stop()
         await asyncio.to_thread(self.transport.close)
-
-
-class _GatewayFrames:
-    """The target's side as a relay peer: the gateway's frames are queued to the channels'
-    threads, and the target's data reaches the tunnel from the readers' threads, so
-    `read` has nothing to do (channels end one by one; the session ends at the gateway's
-    word)."""
-
-    def __init__(self, relay: _Relay) -> None:
-        self.relay = relay
-        self.decoder = FrameDecoder()
-
-    async def read(self) -> bytes | None:
-        await asyncio.Event().wait()
-        return None
-
-    async def write(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        try:
-            for frame in self.decoder.frames():
-                await self.relay._dispatch(frame)
-        except (SshWireError, WindowError) as exc:
-            raise Refused(f"gateway broke the SSH relay protocol: {exc}") from exc
-
-    async def write_eof(self) -> None:
-        raise AssertionError("an SSH session has no half-close")
-
-    async def wait_gone(self) -> None:
-        raise AssertionError("an SSH session has no half-close")
 
 
 def _describe(exc: BaseException) -> str:

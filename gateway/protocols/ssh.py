@@ -90,10 +90,11 @@ from gateway.reviews import ReviewService, outcome
 from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import ReviewRecord, Store, UserRecord
 from shared.recording.asciicast import CastEncoder, Header
-from shared.relay import Ended, Refused, relay
+from shared.relay import Ended, relay
 from shared.sshbridge import Credit, Worker
 from shared.sshwire import frames as f
-from shared.sshwire.codec import MAX_DATA, FrameDecoder, SshWireError, encode
+from shared.sshwire.codec import MAX_DATA, encode
+from shared.sshwire.peer import FramePeer
 from shared.sshwire.scp import ScpObserver
 from shared.sshwire.sftp import (
     FileOperation,
@@ -102,7 +103,7 @@ from shared.sshwire.sftp import (
     SftpEvent,
     SftpObserver,
 )
-from shared.sshwire.window import ReceiveWindow, WindowError
+from shared.sshwire.window import ReceiveWindow
 from shared.tasks import TaskOwner
 from shared.tunnel.frames import ResetCode
 from shared.tunnel.stream import SessionClosedError
@@ -1199,7 +1200,7 @@ class _Connection:
             return
         end = await relay(
             session.stream,
-            _AgentFrames(self),
+            FramePeer(self._deliver, self._done.wait, "agent"),
             half_close=False,
             name=f"ssh/{self.client}",
             who="client",
@@ -1322,34 +1323,6 @@ class _Connection:
             if not session.stream.finished:
                 await session.stream.reset(ResetCode.CANCELLED, self.error or "client went away")
             await self.door.broker.finish(session, error=self.error)
-
-
-class _AgentFrames:
-    """The client's side of the SSH relay as a relay peer. Client bytes go to the tunnel
-    from the channels' reader threads, so `read` only waits for the client to leave; what
-    the agent sends is decoded into frames and delivered (`_Connection._deliver`)."""
-
-    def __init__(self, conn: _Connection) -> None:
-        self.conn = conn
-        self.decoder = FrameDecoder()
-
-    async def read(self) -> bytes | None:
-        await self.conn._done.wait()
-        return None
-
-    async def write(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        try:
-            for frame in self.decoder.frames():
-                await self.conn._deliver(frame)
-        except (SshWireError, WindowError) as exc:
-            raise Refused(f"agent broke the SSH relay protocol: {exc}") from exc
-
-    async def write_eof(self) -> None:
-        raise AssertionError("an SSH session has no half-close")
-
-    async def wait_gone(self) -> None:
-        raise AssertionError("an SSH session has no half-close")
 
 
 def _with_request(order: f.Frame, number: int) -> f.Frame:
