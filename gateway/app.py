@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import grpc
+import sqlalchemy as sa
 
 from gateway import sshca
 from gateway.agents.registry import AgentRegistry
@@ -29,6 +30,7 @@ from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, check_admin_token, parse_address, resolve_secret
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
+from gateway.fleet.bus import Bus, conninfo
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
@@ -112,6 +114,7 @@ class Gateway:
         self.reviews: ReviewService | None = None
         self.budgets: BudgetLedger | None = None
         self.broker: SessionBroker | None = None
+        self._bus: Bus | None = None
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -281,6 +284,9 @@ class Gateway:
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
+        bus = None
+        if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
+            bus = Bus(conninfo(sa.make_url(cfg.store_url())))
         postgres = PostgresFrontDoor(
             server_context(tls, alpn=["postgresql"]),
             authenticator,
@@ -291,7 +297,11 @@ class Gateway:
             reviews=self.reviews,
             budgets=self.budgets,
             limiter=limiter,
+            bus=bus,
         )
+        if bus is not None:  # after the door subscribed
+            self._tasks.spawn(bus.run(), name="fleet bus")
+            self._bus = bus
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
         # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
@@ -397,6 +407,8 @@ class Gateway:
             await self.reviews.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
+        if self._bus is not None:
+            await self._bus.aclose()
         if self.auditor is not None:
             with contextlib.suppress(Exception):
                 await self.auditor.record("gateway.stopped")

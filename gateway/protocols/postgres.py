@@ -85,6 +85,7 @@ import time
 
 from gateway.audit import Auditor, AuditUnavailable, durable
 from gateway.auth import Authenticator, AuthError
+from gateway.fleet.bus import Bus
 from gateway.frontdoor import accept_stream, authenticated
 from gateway.policy.budgets import BUDGET_SQLSTATE
 from gateway.policy.functions import FunctionCheck
@@ -116,6 +117,7 @@ from gateway.protocols.pgactions import (
     WakeBudgetFlusher,
 )
 from gateway.protocols.pgcancel import CancelKeys, SessionKeys, secret_length
+from gateway.protocols.pgfleet import FleetCancels
 from gateway.protocols.pgfunctions import function_check
 from gateway.protocols.pgsession import CHECKED, LINGER, PgSession
 from gateway.ratelimit import Rejections, peer_host
@@ -271,6 +273,7 @@ class PostgresFrontDoor:
         reviews: ReviewService | None = None,
         budgets: BudgetLedger | None = None,
         limiter: Rejections | None = None,  # refused credentials per address
+        bus: Bus | None = None,  # the fleet's: cancels for keys other members issued
     ) -> None:
         self._ssl = ssl_context
         self._auth = auth
@@ -283,6 +286,9 @@ class PostgresFrontDoor:
         self._limiter = limiter
         self._holding: dict[str, asyncio.Event] = {}  # session id -> set to withdraw its hold
         self.cancel_keys: CancelKeys[Session] = CancelKeys()
+        self._fleet = (
+            None if bus is None else FleetCancels(bus, self.cancel_keys, self._cancel_session)
+        )
 
     # ---- entry points (registered on the front door) ---------------------------------
 
@@ -340,9 +346,16 @@ class PostgresFrontDoor:
 
     async def _cancel(self, request: CancelRequest, client: str) -> None:
         session = self.cancel_keys.find(request.pid, request.secret)
-        if session is None:
-            await self._audit.record("pg.cancel_refused", client=client, reason="unknown key")
+        if session is not None:
+            await self._cancel_session(session, client)
             return
+        if self._fleet is not None and await self._fleet.cancel(
+            request.pid, request.secret, client, CANCEL_TIMEOUT
+        ):
+            return  # another member held the key and has acted
+        await self._audit.record("pg.cancel_refused", client=client, reason="unknown key")
+
+    async def _cancel_session(self, session: Session, client: str) -> None:
         await self._audit.record(
             "pg.cancel", actor=session.identity.user, session_id=session.id, client=client
         )

@@ -6,7 +6,16 @@ import secrets
 
 import pytest
 
-from gateway.protocols.pgcancel import SECRET_3_0, SECRET_3_2, CancelKeys, secret_length
+from gateway.protocols.pgcancel import (
+    SECRET_3_0,
+    SECRET_3_2,
+    BadMessage,
+    CancelAnswer,
+    CancelKeys,
+    FleetCancel,
+    secret_digest,
+    secret_length,
+)
 
 
 @pytest.mark.parametrize(("minor", "length"), [(0, 4), (1, 4), (2, 32), (7, 32)])
@@ -58,3 +67,48 @@ def test_revoking_an_unknown_key_is_harmless() -> None:
     secret = keys.issue("s", 1, SECRET_3_0)
     keys.revoke(1, b"zzzz")
     assert keys.find(1, secret) == "s"
+
+
+# ---- across members: the key travels as a digest ------------------------------------
+
+
+def test_a_digest_finds_the_session_its_secret_does() -> None:
+    keys = CancelKeys[str]()
+    secret = keys.issue("alice's", 4242, SECRET_3_2)
+    assert keys.find_digest(4242, secret_digest(secret)) == "alice's"
+    assert keys.find_digest(4243, secret_digest(secret)) is None
+    assert keys.find_digest(4242, secret_digest(secret[:-1])) is None
+    assert keys.find_digest(4242, secret) is None  # the secret itself is no digest
+
+
+def test_a_fleet_cancel_carries_a_digest_never_the_secret() -> None:
+    secret = secrets.token_bytes(SECRET_3_0)
+    message = FleetCancel("r1", 4242, secret_digest(secret), "10.0.0.7:5000")
+    payload = message.encode()
+    assert secret.hex() not in payload
+    assert FleetCancel.decode(payload) == message
+    answer = CancelAnswer("r1", "done")
+    assert CancelAnswer.decode(answer.encode()) == answer
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "",
+        "null",
+        "[]",
+        '{"id": "r", "pid": 1, "key": "zz", "client": "c"}',
+        '{"id": "r", "pid": 1, "key": "00", "client": "c"}',  # not a SHA-256
+        '{"id": "r", "pid": "x", "key": "' + "00" * 32 + '", "client": "c"}',
+        '{"id": "r", "key": "' + "00" * 32 + '", "client": "c"}',
+    ],
+)
+def test_a_message_that_is_not_a_fleet_cancel_is_refused(payload: str) -> None:
+    with pytest.raises(BadMessage):
+        FleetCancel.decode(payload)
+
+
+@pytest.mark.parametrize("payload", ["{}", '{"id": "r", "state": "maybe"}', "1", "{"])
+def test_an_answer_that_is_not_claimed_or_done_is_refused(payload: str) -> None:
+    with pytest.raises(BadMessage):
+        CancelAnswer.decode(payload)

@@ -1,0 +1,1 @@
+"""What gateway members say to each other: `bus` carries short messages over the store."""
