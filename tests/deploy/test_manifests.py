@@ -152,6 +152,14 @@ def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any], kub
         kubernetes_validate.validate(doc, kube, strict=True)  # raises ValidationError
 
 
+@pytest.mark.parametrize("values", VALUES.values(), ids=VALUES.keys())
+def test_helm_lint_finds_nothing_to_warn_about(values: dict[str, Any]) -> None:
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"] == []
+    # Severity 2 is a warning, 3 an error; 1 (info) is only "icon is recommended".
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
 def test_the_kubernetes_validator_refuses_a_misspelt_field() -> None:
     """Strict validation is not vacuous: an unknown field in a rendered manifest is an error."""
     statefulset = by_kind({})[("StatefulSet", "wardgate")]
