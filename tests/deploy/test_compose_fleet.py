@@ -6,10 +6,8 @@ runs the tests has no Docker daemon; this runs the same config, secrets and comm
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ import pytest
 import yaml
 
 from gateway.config import AgentDecl
+from tests.deploy.members import Member, served_certificate, start_member_proc
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import (
     WARDGATE,
-    GatewayProc,
     Proc,
     ProcessDied,
     Wardgate,
@@ -34,17 +32,6 @@ pytestmark = pytest.mark.e2e
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RUN_SECRETS = "/run/secrets/"
 DATA_DIR = "/var/lib/wardgate"
-
-
-@dataclass
-class Member(GatewayProc):
-    """A gateway whose CA is the fleet's, not one generated in its data directory."""
-
-    fleet_ca: Path = Path()
-
-    @property
-    def ca_path(self) -> Path:
-        return self.fleet_ca
 
 
 def compose_mounts() -> dict[str, Path]:
@@ -88,13 +75,7 @@ def start_member(
         token=(secrets / "admin_token").read_text().strip(),
         fleet_ca=secrets / "ca.crt",
     )
-    wardgate.procs.append(member)
-    member.start()
-    # A member that refuses its config exits at once: say so then, not at the deadline.
-    wait_for(lambda: not member.alive() or member.healthy(), f"member {n} to answer")
-    if not member.alive():
-        raise ProcessDied(f"member {n} exited:\n{member.log()}")
-    return member, config
+    return start_member_proc(wardgate, member, f"member {n}"), config
 
 
 @pytest.fixture
@@ -106,17 +87,6 @@ def fleet_secrets(tmp_path: Path, postgres_db: PostgresServer) -> Path:
     # The store URL points at compose's `db`; here it is the test's PostgreSQL.
     (secrets / "store_url").write_text(postgres_db.url() + "\n")
     return secrets
-
-
-def served_certificate(port: int, ca: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(ca))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
 
 
 def test_two_members_share_the_store_and_one_identity(
