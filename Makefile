@@ -45,7 +45,7 @@ test-latest:  ## the unit tests against the newest versions pyproject.toml allow
 dev: install  ## run a gateway with an embedded agent and SQLite store in ./.wardgate
 	.venv/bin/wardgate dev
 
-deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, OpenSSH, kubectl, chromium, ss); needs root
+deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, OpenSSH, kubectl, openssl, chromium, ss); needs root
 	@if command -v psql >/dev/null && command -v pgbench >/dev/null && \
 	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "test dependencies present"; \
@@ -64,6 +64,12 @@ deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, O
 	else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends kubectl; \
+	fi
+	@if command -v openssl >/dev/null; then \
+	  echo "certificate tool present (openssl, for deploy/fleet-secrets.sh)"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends openssl; \
 	fi
 	@if command -v ss >/dev/null; then \
 	  echo "socket statistics present (ss)"; \
