@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import errno
 import functools
+import hmac
 import logging
 import os
 import socket
@@ -27,7 +28,13 @@ from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
 from gateway.audit import Auditor
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig, check_admin_token, parse_address, resolve_secret
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    check_admin_token,
+    parse_address,
+    resolve_secret,
+)
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
 from gateway.fleet.bus import Bus, conninfo
@@ -357,22 +364,41 @@ class Gateway:
     def _declare_agents(
         self, store: Store, host: str, port: int, fingerprint: str
     ) -> dict[str, str]:
+        """Create the agents the config declares; the keys of those created with a drawn
+        secret (a configured secret's key is its operator's already)."""
         keys: dict[str, str] = {}
-        for decl in self.config.agents:
-            secret = new_secret()
+        insecure = self.config.allow_insecure_agents
+        for i, decl in enumerate(self.config.agents):
+            configured = decl.secret is not None
+            try:
+                secret = resolve_secret(decl.secret) if decl.secret is not None else new_secret()
+                key = AgentKey(
+                    decl.name, secret, host, port, None if insecure else fingerprint, insecure
+                )
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"agents[{i}] ({decl.name}): {exc}") from None
             try:
                 store.create_agent(decl.name, decl.pool or decl.name, hash_secret(secret))
             except AlreadyExists:
+                if configured:
+                    self._keep_configured_secret(store, decl.name, hash_secret(secret))
                 continue
-            keys[decl.name] = AgentKey(
-                decl.name,
-                secret,
-                host,
-                port,
-                None if self.config.allow_insecure_agents else fingerprint,
-                self.config.allow_insecure_agents,
-            ).format()
+            if not configured:
+                keys[decl.name] = key.format()
         return keys
+
+    @staticmethod
+    def _keep_configured_secret(store: Store, name: str, secret_hash: bytes) -> None:
+        """The config is the truth for a configured secret (rotated in a Secret: restart),
+        except that it never brings back an agent an administrator revoked."""
+        agent = store.get_agent(name)
+        if agent is None or hmac.compare_digest(agent.secret_hash, secret_hash):
+            return
+        if agent.revoked:
+            log.warning("agent %s is revoked; its configured secret is not taken back", name)
+            return
+        store.rotate_agent_secret(name, secret_hash)
+        log.info("agent %s: secret replaced by the configured one", name)
 
     def agent_key(self, name: str, pool: str, *, host: str = "127.0.0.1") -> str:
         """Create or re-key an agent (the embedded dev agent gets a new key every start)."""

@@ -51,6 +51,10 @@ class AgentDecl(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str  # the agent's name, unique
     pool: str | None = None  # the pool it serves; default: its name
+    # The agent's secret as env:NAME, file:PATH or the value: the key is then known before the
+    # gateway starts (compose, Helm), and the store keeps it in step. Omitted: one is drawn at
+    # the first start and the key printed once.
+    secret: str | None = None
 
 
 # Asymmetric algorithms only: "none" and HMAC (whose key would be the provider's public key)

@@ -14,13 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import AgentDecl
 from tests.deploy.members import Member, served_certificate, start_member_proc
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import (
     WARDGATE,
     Proc,
-    ProcessDied,
     Wardgate,
     _env,
     free_port,
@@ -109,15 +107,6 @@ def test_two_members_share_the_store_and_one_identity(
     assert "probe" in members[1].agents()
 
 
-needs_agent_secret = pytest.mark.xfail(
-    "secret" not in AgentDecl.model_fields,
-    reason="the gateway config has no agents[].secret yet (issue 16 item 8)",
-    raises=ProcessDied,
-    strict=True,
-)
-
-
-@needs_agent_secret
 def test_the_declared_agent_starts_with_its_secret_file(
     wardgate: Wardgate, fleet_secrets: Path
 ) -> None:

@@ -15,9 +15,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import ValidationError
 
-from gateway.config import AgentDecl, GatewayConfig
+from gateway.config import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -30,14 +29,6 @@ KUBE_VERSIONS = ["1.31.0", kubernetes_validate.latest_version()]
 CUSTOM_KINDS = {"ServiceMonitor"}
 FLEET_VALUES = yaml.safe_load((CHART / "values-fleet.yaml").read_text())
 VALUES = {"defaults": {}, "values-fleet.yaml": FLEET_VALUES}
-# A configured agent secret (agents[].secret) is what lets the agent start with the gateway;
-# until the gateway's AgentDecl has that field, a config that uses it does not load.
-needs_agent_secret = pytest.mark.xfail(
-    "secret" not in AgentDecl.model_fields,
-    reason="the gateway config has no agents[].secret yet (issue 16 item 8)",
-    raises=ValidationError,
-    strict=True,
-)
 
 
 def render(values: dict[str, Any], namespace: str = "access") -> dict[str, str]:
@@ -108,7 +99,6 @@ def test_compose_runs_two_gateways_over_a_healthy_postgresql_with_restart_polici
     assert "/run/secrets/agent_dc1" in agent["command"][0]
 
 
-@needs_agent_secret
 def test_the_compose_gateway_config_loads() -> None:
     raw = yaml.safe_load((DEPLOY / "gateway.example.yaml").read_text())
     cfg = GatewayConfig.model_validate(raw)
@@ -262,7 +252,6 @@ def test_agents_run_from_their_declared_secret() -> None:
     assert key == "wardgate://dc1-a:$(WARDGATE_AGENT_SECRET)@wardgate:8444"
 
 
-@needs_agent_secret
 def test_the_fleet_gateway_config_loads() -> None:
     config_map = by_kind(FLEET_VALUES)[("ConfigMap", "wardgate-config")]
     cfg = GatewayConfig.model_validate(yaml.safe_load(config_map["data"]["gateway.yaml"]))
