@@ -45,6 +45,7 @@ from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
 from gateway.store.loop import call as store_call
+from gateway.telemetry import Telemetry
 from shared.backoff import Backoff
 from shared.masking.spec import MaskSpec
 from shared.tasks import TaskOwner
@@ -145,8 +146,11 @@ class SessionBroker:
         secret_box: SecretBox | None,
         policy: AccessPolicy | None = None,
         guardrails: Policy | PolicyView | None = None,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry  # sessions opened, refused and ended; their bytes
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
@@ -205,7 +209,7 @@ class SessionBroker:
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
         try:
-            return await self._open(
+            session = await self._open(
                 identity,
                 connection,
                 protocol=protocol,
@@ -216,7 +220,16 @@ class SessionBroker:
         except (StoreUnavailable, AuditUnavailable) as exc:
             # Fail closed: a session that cannot be recorded is not opened.
             log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
+            if self._telemetry is not None:
+                self._telemetry.session_refused(protocol, "unavailable")
             raise SessionError("unavailable", f"session not opened: {exc}") from None
+        except SessionError as exc:
+            if self._telemetry is not None:
+                self._telemetry.session_refused(protocol, exc.kind)
+            raise
+        if self._telemetry is not None:
+            self._telemetry.session_opened(protocol, session)
+        return session
 
     async def access(self, identity: Identity, conn: ConnectionRecord) -> Decision:
         """The access `identity` gets on `conn`, decided as `open` decides it, without
@@ -489,7 +502,10 @@ class SessionBroker:
         )
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
-        self._live.pop(session.id, None)
+        live = self._live.pop(session.id, None) is not None  # not: `terminate` ended it
+        if self._telemetry is not None:
+            outcome = "terminated" if not live else "failed" if error else "closed"
+            self._telemetry.session_ended(session, outcome)
         self._registry.release(session.agent)
         await session.stream.aclose()
         try:
