@@ -15,6 +15,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Counter:
+    kind = "counter"  # the exposition format's type
+
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
         self.name = name
         self.help = help_text
@@ -31,6 +33,11 @@ class Counter:
     def value(self, *values: str) -> float:
         with self._lock:
             return self._values.get(values, 0.0)
+
+    def samples(self) -> list[tuple[tuple[str, ...], float]]:
+        """(label values, value) pairs, sorted."""
+        with self._lock:
+            return sorted(self._values.items())
 
     def lines(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as legacy
 
@@ -210,5 +209,12 @@ class _ReadAtScrape:
                 "Reviews waiting for a decision (the whole fleet's, read from the store).",
                 value=t.reviews_pending,
             )
-        text = legacy.render(c for source in t._sources for c in source())
-        yield from text_string_to_metric_families(text)
+        for counter in (c for source in t._sources for c in source()):
+            family = (
+                GaugeMetricFamily(counter.name, counter.help, labels=counter.labels)
+                if counter.kind == "gauge"
+                else CounterMetricFamily(counter.name, counter.help, labels=counter.labels)
+            )
+            for values, value in counter.samples():
+                family.add_metric(values, value)
+            yield family
