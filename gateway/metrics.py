@@ -1,4 +1,6 @@
-"""Counters in the Prometheus text format (exposition format 0.0.4), served at `/v1/metrics`.
+"""Counters of the front door and the rate limiter, in the Prometheus text format (exposition
+format 0.0.4). `gateway.telemetry` serves them at `/metrics` (and `/v1/metrics`) with the
+rest of the member's metrics, as families of the Prometheus client library (`samples`).
 
 Each gateway member counts what it saw itself; Prometheus scrapes every member and sums.
 Counters belong to the component that counts (two gateways in one process count apart).
