@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -208,6 +209,7 @@ class SessionBroker:
         types: tuple[str, ...] | None = None,
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
+        started = time.time_ns()  # of the session.open trace span (gateway/telemetry.py)
         try:
             session = await self._open(
                 identity,
@@ -221,14 +223,14 @@ class SessionBroker:
             # Fail closed: a session that cannot be recorded is not opened.
             log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
             if self._telemetry is not None:
-                self._telemetry.session_refused(protocol, "unavailable")
+                self._telemetry.session_refused(protocol, connection, "unavailable", started)
             raise SessionError("unavailable", f"session not opened: {exc}") from None
         except SessionError as exc:
             if self._telemetry is not None:
-                self._telemetry.session_refused(protocol, exc.kind)
+                self._telemetry.session_refused(protocol, connection, exc.kind, started)
             raise
         if self._telemetry is not None:
-            self._telemetry.session_opened(protocol, session)
+            self._telemetry.session_opened(protocol, session, started)
         return session
 
     async def access(self, identity: Identity, conn: ConnectionRecord) -> Decision:

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -48,6 +49,8 @@ _STATEMENTS = {
     "k8s.request": "kubernetes",
 }
 _REFUSALS = {"pg.refused": "postgres", "ssh.refused": "ssh"}
+
+_tracer = trace.get_tracer("wardgate.gateway")
 
 # Audit commits take ~0.2 ms (SQLite fsync) to tens of ms (a remote PostgreSQL).
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -120,13 +123,20 @@ class Telemetry:
 
     # ---- hooks -----------------------------------------------------------------------
 
-    def session_opened(self, protocol: str, session: Session) -> None:
+    def session_opened(self, protocol: str, session: Session, started_ns: int) -> None:
         self.sessions_opened.labels(protocol).inc()
         with self._lock:
             self._live[session.id] = (protocol, session)
+        _trace_open(
+            protocol,
+            session.connection.name,
+            started_ns,
+            {"wardgate.session_id": session.id, "wardgate.agent": session.agent.name},
+        )
 
-    def session_refused(self, protocol: str, reason: str) -> None:
+    def session_refused(self, protocol: str, connection: str, reason: str, started_ns: int) -> None:
         self.sessions_refused.labels(protocol, reason).inc()
+        _trace_open(protocol, connection, started_ns, {"wardgate.refused": reason})
 
     def session_ended(self, session: Session, outcome: str) -> None:
         with self._lock:
@@ -172,6 +182,23 @@ class Telemetry:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _trace_open(
+    protocol: str, connection: str, started_ns: int, attributes: Mapping[str, str]
+) -> None:
+    """A `session.open` span from `started_ns` to now: from the client's request to the
+    session routed to an agent (authorization, the durable audit event, the agent's open).
+    Without an OpenTelemetry SDK configured the span is a no-op; see docs/monitoring.md."""
+    span = _tracer.start_span(
+        "session.open",
+        kind=trace.SpanKind.SERVER,
+        start_time=started_ns,
+        attributes={"wardgate.protocol": protocol, "wardgate.connection": connection, **attributes},
+    )
+    if "wardgate.refused" in attributes:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, attributes["wardgate.refused"]))
+    span.end()
 
 
 def _directions(session: Session) -> tuple[tuple[str, int], tuple[str, int]]:
