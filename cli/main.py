@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
@@ -22,7 +23,7 @@ from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
 from cli.errors import WardgateGroup
 from cli.kube import kube as kube_commands
-from cli.runtime import BULK, MANY_CONNECTIONS, run, setup_logging
+from cli.runtime import BULK, LOG_FORMATS, MANY_CONNECTIONS, run, set_log_format, setup_logging
 from gateway.conntypes import SUPPORTED_TYPES
 from gateway.identity.local import MIN_PASSWORD_LENGTH
 
@@ -69,19 +70,45 @@ async def _start(gw: Any) -> Any:
         raise
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _log_format_option(default: str | None) -> Callable[[F], F]:
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default=default,
+        envvar="WARDGATE_LOG_FORMAT",
+        show_default=default is not None,
+        help="Log lines as text, or as one JSON object per line (or WARDGATE_LOG_FORMAT).",
+    )
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path))
 @click.option("--listen", help="Public endpoint HOST:PORT (default 0.0.0.0:8443).")
 @click.option("--agent-listen", help="Agent endpoint HOST:PORT (default 0.0.0.0:8444).")
 @click.option("--data-dir", type=click.Path(path_type=Path))
+@_log_format_option(None)  # default: the config's `log_format` (text)
 def gateway(
-    config_path: Path | None, listen: str | None, agent_listen: str | None, data_dir: Path | None
+    config_path: Path | None,
+    listen: str | None,
+    agent_listen: str | None,
+    data_dir: Path | None,
+    log_format: str | None,
 ) -> None:
     """Run the gateway."""
     from gateway.app import Gateway
     from gateway.config import load_config
 
-    cfg = load_config(config_path, listen=listen, agent_listen=agent_listen, data_dir=data_dir)
+    cfg = load_config(
+        config_path,
+        listen=listen,
+        agent_listen=agent_listen,
+        data_dir=data_dir,
+        log_format=log_format,
+    )
+    set_log_format(cfg.log_format)
 
     async def serve() -> None:
         gw = Gateway(cfg)
@@ -198,11 +225,15 @@ def _write_env(env_file: Path, url: str, token: str, ca_path: Path) -> None:
     help="Trust this CA for the gateway instead of the key's fingerprint pin.",
 )
 @click.option("--insecure", is_flag=True, help="Allow a plaintext connection to the gateway.")
+@_log_format_option("text")
 @click.pass_context
-def agent(ctx: click.Context, key: str | None, ca_file: Path | None, insecure: bool) -> None:
+def agent(
+    ctx: click.Context, key: str | None, ca_file: Path | None, insecure: bool, log_format: str
+) -> None:
     """Run an agent (no subcommand), or manage agents."""
     if ctx.invoked_subcommand is not None:
         return
+    set_log_format(log_format)
     from agent.app import Agent, AgentFatal
     from shared.agentkey import parse as parse_key
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -83,10 +85,44 @@ class CappedMessages(logging.Filter):
         return True
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line (`--log-format json`): time (UTC, ISO 8601), level, logger,
+    message, and the exception's traceback when there is one, for log shippers that index
+    fields. The message is the one the text format shows (capped the same way)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def set_log_format(name: str) -> None:
+    """Switch every root handler to `name` ("text" or "json")."""
+    formatter = JsonLines() if name == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
     )
     for handler in logging.getLogger().handlers:

@@ -22,7 +22,6 @@ from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
-from gateway.api.metrics import metrics_router
 from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
@@ -48,6 +47,7 @@ from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
 from gateway.store import AlreadyExists, Store
+from gateway.telemetry import Telemetry
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.listen import ListenError, host_port
@@ -122,6 +122,7 @@ class Gateway:
         self.budgets: BudgetLedger | None = None
         self.broker: SessionBroker | None = None
         self._bus: Bus | None = None
+        self.telemetry = Telemetry()  # this member's metrics (`/metrics`)
         self._closed = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------
@@ -191,7 +192,7 @@ class Gateway:
         for db_file in cfg.data_dir.glob("*.db*"):  # SQLite and its -wal/-shm files
             db_file.chmod(0o600)
         self.store = store
-        auditor = Auditor(store)
+        auditor = Auditor(store, telemetry=self.telemetry)
         self.auditor = auditor
         box = self._secret_box()
         tls = await asyncio.to_thread(self._tls)
@@ -246,7 +247,9 @@ class Gateway:
         await asyncio.to_thread(guardrails.seed)
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
-        broker = self.broker = SessionBroker(store, self.registry, auditor, box, policy, guardrails)
+        broker = self.broker = SessionBroker(
+            store, self.registry, auditor, box, policy, guardrails, telemetry=self.telemetry
+        )
         self.identity = IdentityService(
             store, auditor, cfg.identity, policy=policy, box=box, terminate=broker.terminate
         )
@@ -276,6 +279,7 @@ class Gateway:
                 kube_policy=cfg.kube_policy(),
                 reviews=self.reviews,
                 limiter=limiter,
+                telemetry=self.telemetry,
             )
         )
         app.state.reviews = self.reviews
@@ -287,7 +291,8 @@ class Gateway:
         self.frontdoor = FrontDoor(
             ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy), limits=cfg.frontdoor
         )
-        app.include_router(metrics_router([self.frontdoor.counters, lambda: [limiter.refused]]))
+        self.telemetry.add_counters(self.frontdoor.counters)
+        self.telemetry.add_counters(lambda: [limiter.refused])
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")

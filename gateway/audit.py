@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
 from gateway.store import AuditEvent, Store
+from gateway.telemetry import Telemetry
 from shared.backoff import Backoff
 from shared.tasks import TaskOwner
 
@@ -73,8 +75,9 @@ async def durable(queued: Sequence[asyncio.Future[AuditEvent]]) -> list[AuditEve
 
 
 class Auditor:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, telemetry: Telemetry | None = None) -> None:
         self._store = store
+        self._telemetry = telemetry  # counts statements, refusals and commit latency
         # SQLite commits run inline on the event loop: measured p50 0.88 ms per proxied
         # statement inline vs 1.4 ms through a thread, whose hand-offs cost more than the
         # ~0.2 ms fsync they hide. A PostgreSQL store's commit is a network round trip, so
@@ -92,6 +95,8 @@ class Auditor:
         self._retry = Backoff(base=RETRY_BASE, cap=RETRY_CAP)
 
     def _enqueue(self, item: _Item, *, urgent: bool = True) -> None:
+        if self._telemetry is not None:
+            self._telemetry.audit_event(item[0], item[3])
         self._pending.append(item)
         self._idle.clear()
         if self._writer is None or self._writer.done():
@@ -161,6 +166,7 @@ class Auditor:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
                 items = [(k, a, s, d) for k, a, s, d, _ in batch]
+                started = time.perf_counter()
                 try:
                     if self._executor is None:
                         events = self._writer_db.append(items)
@@ -171,6 +177,8 @@ class Auditor:
                 except Exception as exc:
                     self._failed(batch, exc)
                     break
+                if self._telemetry is not None:
+                    self._telemetry.audit_committed(time.perf_counter() - started)
                 self._retry.reset()
                 for (kind, actor, session_id, _, fut), event in zip(batch, events, strict=True):
                     log.debug("audit %s actor=%s session=%s", kind, actor, session_id or "-")

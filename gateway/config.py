@@ -325,6 +325,9 @@ class GatewayConfig(BaseModel):
     # Unauthenticated connections on the public port: how many, and for how long.
     frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
 
+    # Log lines as text, or one JSON object per line (`--log-format` overrides it).
+    log_format: Literal["text", "json"] = "text"
+
     def guardrails(self) -> Policy:
         return Policy(self.policy)
 

@@ -474,9 +474,14 @@ def _expire_now(deadline: asyncio.Timeout) -> None:
 class _Gauge(Counter):
     """A value read when rendered (no bookkeeping that could drift), in the format's gauge type."""
 
+    kind = "gauge"
+
     def __init__(self, name: str, help_text: str, read: Callable[[], int]) -> None:
         super().__init__(name, help_text, ())
         self._read = read
+
+    def samples(self) -> list[tuple[tuple[str, ...], float]]:
+        return [((), float(self._read()))]
 
     def lines(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

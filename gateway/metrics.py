@@ -1,4 +1,6 @@
-"""Counters in the Prometheus text format (exposition format 0.0.4), served at `/v1/metrics`.
+"""Counters of the front door and the rate limiter, in the Prometheus text format (exposition
+format 0.0.4). `gateway.telemetry` serves them at `/metrics` (and `/v1/metrics`) with the
+rest of the member's metrics, as families of the Prometheus client library (`samples`).
 
 Each gateway member counts what it saw itself; Prometheus scrapes every member and sums.
 Counters belong to the component that counts (two gateways in one process count apart).
@@ -15,6 +17,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Counter:
+    kind = "counter"  # the exposition format's type
+
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
         self.name = name
         self.help = help_text
@@ -31,6 +35,11 @@ class Counter:
     def value(self, *values: str) -> float:
         with self._lock:
             return self._values.get(values, 0.0)
+
+    def samples(self) -> list[tuple[tuple[str, ...], float]]:
+        """(label values, value) pairs, sorted."""
+        with self._lock:
+            return sorted(self._values.items())
 
     def lines(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

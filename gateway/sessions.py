@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
 from gateway.store.loop import call as store_call
+from gateway.telemetry import Telemetry
 from shared.backoff import Backoff
 from shared.masking.spec import MaskSpec
 from shared.tasks import TaskOwner
@@ -145,8 +147,11 @@ class SessionBroker:
         secret_box: SecretBox | None,
         policy: AccessPolicy | None = None,
         guardrails: Policy | PolicyView | None = None,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry  # sessions opened, refused and ended; their bytes
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
@@ -204,8 +209,9 @@ class SessionBroker:
         types: tuple[str, ...] | None = None,
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
+        started = time.time_ns()  # of the session.open trace span (gateway/telemetry.py)
         try:
-            return await self._open(
+            session = await self._open(
                 identity,
                 connection,
                 protocol=protocol,
@@ -216,7 +222,16 @@ class SessionBroker:
         except (StoreUnavailable, AuditUnavailable) as exc:
             # Fail closed: a session that cannot be recorded is not opened.
             log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
+            if self._telemetry is not None:
+                self._telemetry.session_refused(protocol, connection, "unavailable", started)
             raise SessionError("unavailable", f"session not opened: {exc}") from None
+        except SessionError as exc:
+            if self._telemetry is not None:
+                self._telemetry.session_refused(protocol, connection, exc.kind, started)
+            raise
+        if self._telemetry is not None:
+            self._telemetry.session_opened(protocol, session, started)
+        return session
 
     async def access(self, identity: Identity, conn: ConnectionRecord) -> Decision:
         """The access `identity` gets on `conn`, decided as `open` decides it, without
@@ -489,7 +504,10 @@ class SessionBroker:
         )
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
-        self._live.pop(session.id, None)
+        live = self._live.pop(session.id, None) is not None  # not: `terminate` ended it
+        if self._telemetry is not None:
+            outcome = "terminated" if not live else "failed" if error else "closed"
+            self._telemetry.session_ended(session, outcome)
         self._registry.release(session.agent)
         await session.stream.aclose()
         try:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -51,6 +51,7 @@ from gateway.store import (
     StoreUnavailable,
 )
 from gateway.store.chain import ChainCheck
+from gateway.telemetry import Telemetry
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.version import __version__
 
@@ -62,6 +63,10 @@ T = TypeVar("T")
 RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {"description": "Too many failed sign-in attempts; `Retry-After` says when to retry."}
 }
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -84,6 +89,8 @@ class ApiDeps:
     kube_policy: KubePolicy | None = None
     reviews: ReviewService | None = None  # approvals (Kubernetes `effect: review`)
     limiter: AuthLimiter | None = None  # sign-in rate limits (api/ratelimit.py)
+    telemetry: Telemetry | None = None  # metrics (gateway/telemetry.py); None: a private one
+    draining: Callable[[], bool] = _never  # True once the member stops taking sessions
 
 
 class AgentCreate(BaseModel):
@@ -228,14 +235,14 @@ def build_app(deps: ApiDeps) -> FastAPI:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    from gateway.api.policy import policy_router  # it needs this module
+    from gateway.api.health import health_router  # they need this module
+    from gateway.api.policy import policy_router
+
+    health, app.state.store_probe = health_router(deps, deps.telemetry or Telemetry())
+    app.include_router(health)
 
     def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return asyncio.to_thread(fn, *args, **kwargs)
-
-    @app.get("/v1/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "agents": len(deps.registry.connected())}
 
     @app.get("/v1/ca.pem", response_class=PlainTextResponse)
     async def ca_pem() -> str:

@@ -372,6 +372,17 @@ class Store:
         except sa.exc.OperationalError as exc:
             raise _unavailable(exc) from exc
 
+    def check_writable(self) -> None:
+        """A write transaction that changes nothing (readiness probes): raises
+        StoreUnavailable when the store would refuse writes. SQLite's BEGIN IMMEDIATE takes the
+        write lock; on PostgreSQL a transaction id is assigned and committed, which a
+        read-only server (a standby, a full disk's emergency mode) refuses."""
+        with self._write() as conn:
+            if self._dialect == "postgresql":
+                conn.execute(sa.text("SELECT txid_current()"))
+            else:
+                conn.execute(sa.text("SELECT 1"))
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the store is closed")

@@ -1,10 +1,14 @@
-"""Log messages are capped: what a peer sends cannot make the gateway write megabytes."""
+"""Log messages are capped: what a peer sends cannot make the gateway write megabytes; the
+JSON format writes one object per line."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import sys
 
-from cli.runtime import MAX_LOG_MESSAGE, CappedMessages
+from cli.runtime import MAX_LOG_MESSAGE, CappedMessages, JsonLines
 
 
 def _record(msg: str, *args: object) -> logging.LogRecord:
@@ -25,3 +29,25 @@ def test_a_short_message_is_left_alone() -> None:
     record = _record("peer %s said %d", "x", 3)
     assert CappedMessages().filter(record)
     assert record.getMessage() == "peer x said 3" and record.args == ("x", 3)
+
+
+def test_json_lines_carry_time_level_logger_message_and_the_exception() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "gateway.audit", logging.ERROR, __file__, 1, "write %s", ("failed",), sys.exc_info()
+        )
+    line = JsonLines().format(record)
+    assert "\n" not in line  # one object per line, whatever the traceback
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and entry["logger"] == "gateway.audit"
+    assert entry["message"] == "write failed"
+    assert dt.datetime.fromisoformat(entry["time"]).tzinfo == dt.UTC
+    assert entry["exception"].startswith("Traceback") and "ValueError: boom" in entry["exception"]
+
+
+def test_a_plain_json_line_has_no_exception_key() -> None:
+    entry = json.loads(JsonLines().format(_record("agent %s connected", "a1")))
+    assert entry.keys() == {"time", "level", "logger", "message"}
+    assert entry["message"] == "agent a1 connected"

@@ -21,6 +21,7 @@ import httpx
 import paramiko
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.crypto import SecretBox
 from gateway.identity.local import totp
@@ -79,9 +80,17 @@ def metric(gw: GatewayProc, limit: str, endpoint: str) -> float:
     with gw.api() as api:
         r = api.get("/v1/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    pattern = rf'^wardgate_auth_rate_limited_total{{limit="{limit}",endpoint="{endpoint}"}} (\S+)$'
-    found = re.search(pattern, r.text, re.M)
-    return float(found.group(1)) if found else 0.0
+    # Parsed: the Prometheus client library writes label pairs in its own order.
+    return next(
+        (
+            s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+            if s.name == "wardgate_auth_rate_limited_total"
+            and s.labels == {"limit": limit, "endpoint": endpoint}
+        ),
+        0.0,
+    )
 
 
 def rate_limited(gw: GatewayProc) -> list[dict[str, Any]]:
