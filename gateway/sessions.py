@@ -145,8 +145,12 @@ class SessionBroker:
         secret_box: SecretBox | None,
         policy: AccessPolicy | None = None,
         guardrails: Policy | PolicyView | None = None,
+        *,
+        member: str | None = None,
     ) -> None:
+        """`member`: this gateway's member id, recorded on its sessions (gateway/fleet.py)."""
         self._store = store
+        self._member = member
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
@@ -364,6 +368,7 @@ class SessionBroker:
                     protocol=protocol,
                     client_addr=client_addr,
                     started_at=now,
+                    member=self._member,
                 ),
             ),
             self._audit.queue(
