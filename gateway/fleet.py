@@ -6,10 +6,12 @@ on each beat reaps the members whose last heartbeat is older than ``fleet.member
 (default 10 s): it marks them gone and ends the sessions they served ("gateway lost"), with
 the audit events, in one transaction (``gateway/store/members.py``). A member killed
 outright therefore has its sessions closed in the store at most timeout + one interval
-after its last heartbeat: 12 s with the defaults. A member that stops cleanly leaves at
-once. A member that finds it was reaped while it still ran (paused, or cut off from the
-store for longer than the timeout) ends its own live sessions, which the store already
-calls lost, and registers again.
+after its last heartbeat: 12 s with the defaults. A member reaps only once its own
+heartbeats have succeeded for a whole timeout, so members that lost the store together get
+as long to come back as a silent member gets. A member that stops cleanly leaves at once.
+A member that finds it was reaped while it still ran (paused, or cut off from the store for
+longer than the timeout) ends its own live sessions, which the store already calls lost,
+and registers again.
 
 Identity (``share_identity``). With a PostgreSQL store, members share it and must look
 like one server to clients and agents: one TLS CA (each member's leaf certificate is signed
@@ -29,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ from pathlib import Path
 from gateway import sshca
 from gateway.config import ConfigError, FleetConfig
 from gateway.crypto import SecretBox, SecretBoxError
-from gateway.store import Store, StoreError
+from gateway.store import Store
 from gateway.store.loop import call
 from gateway.store.members import MemberRecord
 from gateway.tls import ensure_self_signed
@@ -152,17 +155,25 @@ class Membership:
         config: FleetConfig,
         *,
         on_reaped: Callable[[], Awaitable[object]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`on_reaped` ends this member's live sessions: the store called them lost."""
         self._store = store
         self.id = member_id
         self._config = config
         self._on_reaped = on_reaped
+        self._clock = clock
         self._addresses: tuple[str, str] = ("", "")
+        # Since when every heartbeat of this member succeeded (None: the last one failed).
+        # It reaps others only after a whole timeout of them: members that lost the store
+        # together with it get as long to come back as a silent member gets.
+        self._steady_since: float | None = None
 
     async def join(self, *, agent_address: str, public_address: str) -> MemberRecord:
         self._addresses = (agent_address, public_address)
-        return await self._register()
+        joined = await self._register()
+        self._steady_since = self._clock()
+        return joined
 
     async def _register(self) -> MemberRecord:
         agent_address, public_address = self._addresses
@@ -182,11 +193,14 @@ class Membership:
             await asyncio.sleep(self._config.heartbeat_interval)
             try:
                 await self.beat()
-            except StoreError as exc:
+            except Exception as exc:  # never let the heartbeat stop: the fleet would reap us
+                self._steady_since = None
                 log.warning("member %s: heartbeat failed: %s", self.id, exc)
 
     async def beat(self) -> None:
+        """One heartbeat, then reap the lost members if this one has been steady."""
         store = self._store
+        now = self._clock()
         if not await call(store, store.members.heartbeat, self.id):
             log.error(
                 "member %s was reaped by another member (no heartbeat for %g s): ending its "
@@ -196,6 +210,10 @@ class Membership:
             )
             await self._on_reaped()
             await self._register()
+        if self._steady_since is None:
+            self._steady_since = now
+        if now - self._steady_since < self._config.member_timeout:
+            return
         for lost in await call(store, store.members.reap, self._config.member_timeout, by=self.id):
             log.warning(
                 "member %s lost (last heartbeat %s): %d of its sessions ended",

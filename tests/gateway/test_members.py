@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import FleetConfig
+from gateway.fleet import Membership
 from gateway.store import SessionRecord, Store
 from gateway.store.members import GATEWAY_LOST, HEARTBEAT_LOST, STOPPED
 from tests.gateway.test_store import T0, Clock
@@ -161,3 +163,55 @@ def test_sessions_of_stores_before_members_have_none(store: Store) -> None:
     session(store, "s1", None)
     found = store.get_session("s1")
     assert found is not None and dataclasses.replace(found, member=None) == found
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_member_reaps_only_after_a_whole_timeout_of_its_own_heartbeats(
+    store: Store, clock: Clock
+) -> None:
+    ticks = Ticks()
+    reaped_self: list[bool] = []
+
+    async def on_reaped() -> None:
+        reaped_self.append(True)
+
+    config = FleetConfig(heartbeat_interval=2.0, member_timeout=TIMEOUT)
+    me = Membership(store, "gw-a", config, on_reaped=on_reaped, clock=ticks)
+    join(store, "gw-dead")
+    await me.join(agent_address="a:8444", public_address="a:8443")
+    clock.advance(TIMEOUT + 1)  # gw-dead is late, but gw-a only just joined
+    ticks.now = TIMEOUT - 1
+    await me.beat()
+    assert {m.id: m.live for m in store.members.list_all()} == {"gw-a": True, "gw-dead": True}
+    ticks.now = TIMEOUT
+    await me.beat()
+    assert {m.id: m.live for m in store.members.list_all()} == {"gw-a": True, "gw-dead": False}
+    assert reaped_self == []
+
+
+async def test_a_member_reaped_while_it_runs_ends_its_sessions_and_joins_again(
+    store: Store, clock: Clock
+) -> None:
+    ended: list[str] = []
+
+    async def on_reaped() -> None:
+        ended.append("all")
+
+    config = FleetConfig(heartbeat_interval=2.0, member_timeout=TIMEOUT)
+    me = Membership(store, "gw-a", config, on_reaped=on_reaped, clock=Ticks())
+    await me.join(agent_address="a:8444", public_address="a:8443")
+    clock.advance(TIMEOUT + 1)  # paused: another member reaps it
+    store.members.reap(TIMEOUT, by="gw-b")
+    await me.beat()
+    assert ended == ["all"]
+    [member] = store.members.list_all()
+    assert member.live and member.heartbeat_at == clock.now
