@@ -223,4 +223,7 @@ class Membership:
             )
 
     async def leave(self) -> None:
-        await call(self._store, self._store.members.leave, self.id)
+        """Leave the fleet; sessions still open in the store end as "gateway stopped"."""
+        left_open = await call(self._store, self._store.members.leave, self.id)
+        if left_open:
+            log.warning("member %s left %d sessions open: ended", self.id, len(left_open))

@@ -31,6 +31,7 @@ from gateway.store import chain
 from gateway.store import tables as t
 
 GATEWAY_LOST = "gateway lost"  # the error of a session whose member was reaped
+GATEWAY_STOPPED = "gateway stopped"  # of one its member left open when it stopped
 HEARTBEAT_LOST = "heartbeat lost"  # why a reaped member is gone
 STOPPED = "stopped"  # why a member that left cleanly is gone
 
@@ -129,14 +130,20 @@ class Members:
             )
         return done.rowcount == 1
 
-    def leave(self, member_id: str) -> None:
-        """A member's clean stop: gone at once, nobody waits for its heartbeat to age."""
+    def leave(self, member_id: str) -> tuple[str, ...]:
+        """A member's clean stop: gone at once, nobody waits for its heartbeat to age. Its
+        sessions should have ended by now; any still open end here ("gateway stopped"),
+        since no member reaps a member that left. Returns those."""
         with self._write() as conn:
-            conn.execute(
+            now = self._now(conn)
+            left = conn.execute(
                 sa.update(t.members)
                 .where(t.members.c.id == member_id, t.members.c.gone_at.is_(None))
-                .values(gone_at=self._now(conn), gone_reason=STOPPED)
+                .values(gone_at=now, gone_reason=STOPPED)
             )
+            if left.rowcount == 0:  # reaped already, with its sessions
+                return ()
+            return self._end_sessions(conn, member_id, now, GATEWAY_STOPPED, by=member_id)
 
     def reap(self, timeout: float, *, by: str, forget_after: float = 86_400.0) -> list[Reaped]:
         """Mark gone the members silent for more than `timeout` seconds, end the sessions
@@ -155,12 +162,7 @@ class Members:
                 .returning(t.members.c.id, t.members.c.heartbeat_at)
             ).all()
             for member_id, heartbeat_at in sorted(lost):
-                ended = conn.execute(
-                    sa.update(t.sessions)
-                    .where(t.sessions.c.member == member_id, t.sessions.c.ended_at.is_(None))
-                    .values(ended_at=now, status="failed", error=GATEWAY_LOST)
-                    .returning(t.sessions.c.id, t.sessions.c.user)
-                ).all()
+                ended = self._end_sessions(conn, member_id, now, GATEWAY_LOST, by=by)
                 self._audit(
                     conn,
                     "member.lost",
@@ -172,21 +174,33 @@ class Members:
                         "by": by,
                     },
                 )
-                for session_id, user in sorted(ended):
-                    self._audit(
-                        conn,
-                        "session.close",
-                        session_id,
-                        {"error": GATEWAY_LOST, "member": member_id, "by": by},
-                        actor=user,
-                    )
-                reaped.append(Reaped(member_id, heartbeat_at, tuple(s for s, _ in ended)))
+                reaped.append(Reaped(member_id, heartbeat_at, ended))
             conn.execute(
                 sa.delete(t.members).where(
                     t.members.c.gone_at < now - dt.timedelta(seconds=forget_after)
                 )
             )
         return reaped
+
+    def _end_sessions(
+        self, conn: sa.Connection, member_id: str, now: dt.datetime, error: str, *, by: str
+    ) -> tuple[str, ...]:
+        """End the member's open sessions as failed with `error`, each audited."""
+        ended = conn.execute(
+            sa.update(t.sessions)
+            .where(t.sessions.c.member == member_id, t.sessions.c.ended_at.is_(None))
+            .values(ended_at=now, status="failed", error=error)
+            .returning(t.sessions.c.id, t.sessions.c.user)
+        ).all()
+        for session_id, user in sorted(ended):
+            self._audit(
+                conn,
+                "session.close",
+                session_id,
+                {"error": error, "member": member_id, "by": by},
+                actor=user,
+            )
+        return tuple(sorted(s for s, _ in ended))
 
     def _audit(
         self,

@@ -11,7 +11,7 @@ import pytest
 from gateway.config import FleetConfig
 from gateway.fleet import Membership
 from gateway.store import SessionRecord, Store
-from gateway.store.members import GATEWAY_LOST, HEARTBEAT_LOST, STOPPED
+from gateway.store.members import GATEWAY_LOST, GATEWAY_STOPPED, HEARTBEAT_LOST, STOPPED
 from tests.gateway.test_store import T0, Clock
 
 TIMEOUT = 10.0
@@ -131,7 +131,13 @@ def test_a_reaped_member_learns_it_at_its_next_heartbeat_and_can_join_again(
 
 def test_a_member_that_leaves_is_gone_at_once_and_reaps_nothing(store: Store, clock: Clock) -> None:
     join(store, "gw-a")
-    store.members.leave("gw-a")
+    session(store, "left-open", "gw-a")
+    assert store.members.leave("gw-a") == ("left-open",)
+    left = store.get_session("left-open")
+    assert left is not None and (left.status, left.error) == ("failed", GATEWAY_STOPPED)
+    [closed] = store.list_audit(kind="session.close")
+    assert closed.data == {"error": GATEWAY_STOPPED, "member": "gw-a", "by": "gw-a"}
+    assert store.members.leave("gw-a") == ()
     [member] = store.members.list_all()
     assert (member.live, member.gone_reason) == (False, STOPPED)
     clock.advance(TIMEOUT + 1)
