@@ -17,6 +17,7 @@ import yaml
 import cli.runtime  # noqa: F401 - sets grpc tuning before anything imports grpc
 from cli import activity
 from cli import client as cl
+from cli import members as members_cli
 from cli import output as out
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
@@ -1018,6 +1019,7 @@ main.add_command(ssh_cli.ssh)  # wardgate ssh CONNECTION
 main.add_command(ssh_cli.ssh_keys)  # wardgate ssh-keys add|list|remove
 main.add_command(ssh_cli.ssh_cert)  # wardgate ssh-cert [--key FILE]
 main.add_command(kube_commands)
+main.add_command(members_cli.members)  # wardgate members list
 
 
 if __name__ == "__main__":  # pragma: no cover

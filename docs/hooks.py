@@ -200,6 +200,7 @@ def openapi() -> dict[str, Any]:
 
     Route declarations only close over the dependencies, so placeholders do for them."""
     from gateway.api.app import ApiDeps, build_app
+    from gateway.api.members import members_router
     from gateway.api.ssh import ssh_router
 
     placeholder: Any = None
@@ -218,6 +219,7 @@ def openapi() -> dict[str, Any]:
     )
     app = build_app(deps)
     app.include_router(ssh_router(placeholder, placeholder, Path(), Path(), user_ca=None))
+    app.include_router(members_router(placeholder, ""))
     return app.openapi()
 
 

@@ -22,6 +22,7 @@ from gateway import sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import ApiDeps, build_app
+from gateway.api.members import members_router
 from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
@@ -36,13 +37,14 @@ from gateway.config import (
 )
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
+from gateway.fleet import membership as fleet
 from gateway.fleet.bus import Bus, conninfo
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
 from gateway.protocols.postgres import PostgresFrontDoor
-from gateway.protocols.ssh import SshFrontDoor, load_host_key
+from gateway.protocols.ssh import HOST_KEY_FILE, SshFrontDoor, load_host_key
 from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SessionBroker
@@ -117,6 +119,8 @@ class Gateway:
             session_window=config.session_window,
         )
         self.started: Started | None = None
+        self.member_id = fleet.new_member_id()
+        self.membership: fleet.Membership | None = None
         self.identity: IdentityService | None = None
         self.reviews: ReviewService | None = None
         self.budgets: BudgetLedger | None = None
@@ -195,6 +199,18 @@ class Gateway:
         auditor = Auditor(store, telemetry=self.telemetry)
         self.auditor = auditor
         box = self._secret_box()
+        await asyncio.to_thread(
+            functools.partial(
+                fleet.share_identity,
+                store,
+                box,
+                cfg.data_dir,
+                member=self.member_id,
+                tls_hostnames=cfg.tls.hostnames,
+                tls_configured=bool(cfg.tls.cert and cfg.tls.key),
+                host_key_file=HOST_KEY_FILE,
+            )
+        )
         tls = await asyncio.to_thread(self._tls)
         admin_token, origin = await asyncio.to_thread(self._bootstrap_admin, store)
         if cfg.connections:
@@ -248,7 +264,14 @@ class Gateway:
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
         broker = self.broker = SessionBroker(
-            store, self.registry, auditor, box, policy, guardrails, telemetry=self.telemetry
+            store,
+            self.registry,
+            auditor,
+            box,
+            policy,
+            guardrails,
+            telemetry=self.telemetry,
+            member=self.member_id,
         )
         self.identity = IdentityService(
             store, auditor, cfg.identity, policy=policy, box=box, terminate=broker.terminate
@@ -283,6 +306,7 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
+        app.include_router(members_router(store, self.member_id))
         user_ca = await asyncio.to_thread(sshca.load_user_ca, cfg.data_dir)
         app.include_router(
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
@@ -332,6 +356,7 @@ class Gateway:
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         quiet_banner_errors()  # each refused banner is audited; no traceback per peer
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
+        await self._join(broker, advertise_host, public, agent_addr)
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(
             public_address=public,
@@ -345,6 +370,30 @@ class Gateway:
             ssh_user_ca=sshca.ca_fingerprint(user_ca),
         )
         return self.started
+
+    async def _join(
+        self,
+        broker: SessionBroker,
+        host: str,
+        public: tuple[str, int],
+        agent_addr: tuple[str, int],
+    ) -> None:
+        """Join the fleet and keep the heartbeat going (gateway.fleet.membership)."""
+        assert self.store is not None
+
+        async def reaped() -> None:
+            lost = frozenset(s.id for s in broker.live)
+            await broker.terminate(reason="gateway lost", session_ids=lost)
+
+        membership = fleet.Membership(
+            self.store, self.member_id, self.config.fleet, on_reaped=reaped
+        )
+        public_host = public[0] if public[0] not in ("0.0.0.0", "::") else host
+        await membership.join(
+            agent_address=f"{host}:{agent_addr[1]}", public_address=f"{public_host}:{public[1]}"
+        )
+        self.membership = membership
+        self._tasks.spawn(membership.run(), name="membership")
 
     def _reviews(self, store: Store, auditor: Auditor, policy: AccessPolicy) -> ReviewService:
         """Approvals: the review service, with the webhook when one is configured."""
@@ -440,6 +489,11 @@ class Gateway:
             await self._grpc.stop(grace=2)
         if self._bus is not None:
             await self._bus.aclose()
+        if self.membership is not None:
+            try:  # a store that is down: the other members reap this one instead
+                await self.membership.leave()
+            except Exception as exc:
+                log.warning("member %s could not leave the fleet: %s", self.member_id, exc)
         if self.auditor is not None:
             with contextlib.suppress(Exception):
                 await self.auditor.record("gateway.stopped")

@@ -282,6 +282,24 @@ class FrontDoorConfig(BaseModel):
     login_timeout: float = Field(default=60.0, gt=0)
 
 
+class FleetConfig(BaseModel):
+    """Members in a shared store (gateway.fleet.membership): how often each says it lives, and how
+    long a silent one has before another member reaps it and closes its sessions."""
+
+    model_config = ConfigDict(extra="forbid")
+    heartbeat_interval: float = Field(default=2.0, gt=0)  # seconds between heartbeats
+    member_timeout: float = Field(default=10.0, gt=0)  # seconds of silence before reaping
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FleetConfig:
+        if self.member_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                "fleet.member_timeout must be at least twice fleet.heartbeat_interval "
+                "(one late heartbeat must not get a live member reaped)"
+            )
+        return self
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -327,6 +345,8 @@ class GatewayConfig(BaseModel):
 
     # Log lines as text, or one JSON object per line (`--log-format` overrides it).
     log_format: Literal["text", "json"] = "text"
+    # Members of a fleet sharing one store: heartbeats and reaping (docs/fleet.md).
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)

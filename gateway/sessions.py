@@ -149,9 +149,12 @@ class SessionBroker:
         guardrails: Policy | PolicyView | None = None,
         *,
         telemetry: Telemetry | None = None,
+        member: str | None = None,
     ) -> None:
+        """`member`: this member's id, recorded on its sessions (gateway.fleet.membership)."""
         self._store = store
         self._telemetry = telemetry  # sessions opened, refused and ended; their bytes
+        self._member = member
         self._registry = registry
         self._audit = auditor
         self._box = secret_box
@@ -379,6 +382,7 @@ class SessionBroker:
                     protocol=protocol,
                     client_addr=client_addr,
                     started_at=now,
+                    member=self._member,
                 ),
             ),
             self._audit.queue(

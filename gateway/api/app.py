@@ -179,6 +179,7 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
         "error": s.error,
         "bytes_up": s.bytes_up,
         "bytes_down": s.bytes_down,
+        "member": s.member,  # the gateway member that serves it (docs/fleet.md)
     }
 
 

@@ -126,6 +126,7 @@ class SessionRecord:
     error: str | None = None
     bytes_up: int = 0  # client -> target
     bytes_down: int = 0  # target -> client
+    member: str | None = None  # the gateway member serving it (store/members.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ratelimit import Charge, Key, Refusal
-from gateway.store import chain, ratelimits
+from gateway.store import chain, members, ratelimits
 from gateway.store import tables as t
 from gateway.store.audit_writer import AuditWriter
 from gateway.store.models import (
@@ -192,6 +192,10 @@ class Store:
             self._snapshot_engine = engine.execution_options(isolation_level="REPEATABLE READ")
         else:
             raise ValueError(f"unsupported database {engine.dialect.name!r}")
+        # The fleet's members and identity (migration 0008), a repository of its own.
+        self.members = members.Members(
+            self._read, self._write, self._append_audit, self._dialect, clock
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1026,6 +1030,7 @@ class Store:
                         error=rec.error,
                         bytes_up=rec.bytes_up,
                         bytes_down=rec.bytes_down,
+                        member=rec.member,
                     )
                 )
         except sa.exc.IntegrityError as exc:
@@ -1863,6 +1868,7 @@ def _session(row: sa.Row[Any]) -> SessionRecord:
         error=row.error,
         bytes_up=row.bytes_up,
         bytes_down=row.bytes_down,
+        member=row.member,
     )
 
 

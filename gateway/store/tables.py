@@ -167,9 +167,13 @@ sessions = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("bytes_up", sa.BigInteger(), nullable=False),
     sa.Column("bytes_down", sa.BigInteger(), nullable=False),
+    # The gateway member that serves the session (migration 0008): its sessions are closed
+    # when it is reaped. None for sessions of stores from before members.
+    sa.Column("member", sa.String(64), nullable=True),
     sa.Index(None, "started_at"),
     sa.Index(None, "user", "started_at"),
     sa.Index(None, "connection", "started_at"),
+    sa.Index(None, "member"),
 )
 
 # ``data`` is kept as the canonical JSON text that was hashed, not as JSON/JSONB: JSONB would
@@ -345,4 +349,35 @@ rate_limits = sa.Table(
     sa.Column("refused", sa.Integer(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index(None, "expires_at"),
+)
+
+
+# ---- the fleet (migration 0008; gateway/store/members.py) ------------------------------
+# One row per gateway process that ever started on this store. A live member moves
+# `heartbeat_at` forward every few seconds; one whose heartbeat is older than the bound is
+# marked `gone_at` by a live member, which closes its sessions in the same transaction.
+members = sa.Table(
+    "members",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("agent_address", sa.String(255), nullable=False),  # where agents reach it
+    sa.Column("public_address", sa.String(255), nullable=False),  # clients' HOST:PORT
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("gone_at", UTCDateTime(), nullable=True),
+    sa.Column("gone_reason", sa.String(255), nullable=True),  # "stopped" or "heartbeat lost"
+    sa.Index(None, "heartbeat_at"),
+)
+
+# The fleet's identity (TLS CA, SSH host key, SSH user CA) when no file configures it:
+# created by the first member (insert-if-absent), loaded by every other one. `sealed` is a
+# SecretBox blob (gateway/crypto.py) bound to the item's name.
+fleet_identity = sa.Table(
+    "fleet_identity",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.Text(), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),  # the member that created it
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )

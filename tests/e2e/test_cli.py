@@ -185,7 +185,10 @@ def test_unknown_token_is_refused_and_audited_nowhere_in_clear(wardgate: Wardgat
 def test_gateway_on_a_postgresql_store(
     wardgate: Wardgate, postgres_db: PostgresServer, echo_server: EchoServer
 ) -> None:
-    gw = wardgate.gateway(store=postgres_db.url())
+    from gateway.crypto import SecretBox
+
+    # A shared store keeps the fleet's identity sealed: it needs the secret key.
+    gw = wardgate.gateway(store=postgres_db.url(), secret_key=SecretBox.generate_key())
     wardgate.agent(gw, gw.create_agent("default"), wait="default")
     gw.create_connection(name="echo", host="127.0.0.1", port=echo_server.port)
     _, port = wardgate.tcp(gw, "echo")

@@ -229,6 +229,7 @@ def test_two_members_over_one_store_share_the_limit(
 ) -> None:
     shared = {
         "store": postgres_db.url(),
+        "secret_key": SecretBox.generate_key(),  # a shared store's identity is sealed with it
         "identity": {"rate_limit": {"per_address": {"attempts": 5, "window": 60}}},
     }
     first = wardgate.gateway(**shared)

@@ -30,6 +30,7 @@ import pytest
 from joserfc.jwk import RSAKey
 
 from gateway.config import IdentityConfig
+from gateway.crypto import SecretBox
 from tests.fixtures.forge import Signer, b64, encode
 from tests.fixtures.oidc import OidcProvider, start_provider
 from tests.fixtures.postgres import PostgresServer
@@ -408,7 +409,11 @@ def test_replay_is_refused_across_gateway_members(
 ) -> None:
     ci = oidc_providers(bare=True)
     entries = [e for e in workload_entries(ci.issuer) if e["name"] == "ci-once"]
-    shared = {"store": postgres_db.url(), "identity": {"workload": entries}}
+    shared = {
+        "store": postgres_db.url(),
+        "secret_key": SecretBox.generate_key(),  # a shared store's identity is sealed with it
+        "identity": {"workload": entries},
+    }
     first, second = wardgate.gateway(**shared), wardgate.gateway(**shared)
     stack = Stack(wardgate, first, ci, Signer.ec(), {})
     token = ci.sign(stack.claims(aud=ONCE_AUD))
