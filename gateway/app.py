@@ -195,7 +195,12 @@ class Gateway:
         listener = _bind(public)
         public = (public[0], listener.getsockname()[1])
 
-        service = AgentService(store, self.registry, auditor)
+        peers = tuple(cfg.fleet.peers)
+
+        async def members() -> tuple[str, ...]:
+            return peers
+
+        service = AgentService(store, self.registry, auditor, members=members)
         server = make_server()
         add_tunnel_service(server, service.control, service.session)
         bind = (
@@ -228,6 +233,8 @@ class Gateway:
         advertise_host = (
             agent_addr[0] if agent_addr[0] not in ("0.0.0.0", "::") else (socket.gethostname())
         )
+        service.member = host_port(advertise_host, agent_addr[1])
+        self._tasks.spawn(service.watch_members(), name="members")
         agent_keys = await asyncio.to_thread(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )

@@ -278,6 +278,24 @@ class FrontDoorConfig(BaseModel):
     login_timeout: float = Field(default=60.0, gt=0)
 
 
+class FleetConfig(BaseModel):
+    """Several gateway members over one store, as agents see them (docs/agents-fleet.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # The other members' agent-facing addresses (HOST:PORT): a static member list, told to
+    # agents beside this member's own address, for fleets without the store's registry.
+    peers: list[str] = Field(default_factory=list)
+
+    @field_validator("peers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, port = parse_address(address)
+            if not host or host in ("0.0.0.0", "::") or port == 0:
+                raise ValueError(f"peer {address!r} is not an address agents can dial")
+        return value
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -320,6 +338,9 @@ class GatewayConfig(BaseModel):
 
     # Unauthenticated connections on the public port: how many, and for how long.
     frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
+
+    # Fleet members agents should connect to besides this one.
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)
