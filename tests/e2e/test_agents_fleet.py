@@ -47,11 +47,11 @@ def fleet(
         fleet={"peers": [f"127.0.0.1:{port_two}"]},
     )
     # Until the fleet's identity lives in the store, member 2 serves member 1's CA and cert.
-    two = wardgate.gateway(
+    two = wardgate.member(
+        one,
+        port_two,
         store=postgres_db.url(),
         secret_key=secret_key,
-        agent_port=port_two,
-        tls_from=one,
         fleet={"peers": [f"127.0.0.1:{one.agent_port}"]},
     )
     postgres_server.drop_database("fleet_target")
