@@ -5,6 +5,9 @@ The agent learns member 2 from member 1's Welcome (each member lists the other a
 configured peer, `fleet.peers`) and keeps a connection to each, so sessions that land on
 member 2 find it; member 2 killed and started again on the same ports gets the agent back
 within RECONNECT_CAP seconds of answering again, without the agent restarting.
+
+Member 2 listens for agents on 127.0.0.2, a name its certificate (member 1's, for
+127.0.0.1 and localhost) does not hold: the agent verifies it for the key's host instead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.e2e
 # Slack over RECONNECT_CAP for one connection attempt (TLS, Hello, Welcome) on a loaded
 # two-core CI machine.
 ATTEMPT_SLACK = 3.0
+MEMBER_TWO_HOST = "127.0.0.2"
 
 
 @dataclass
@@ -44,7 +48,7 @@ def fleet(
     one = wardgate.gateway(
         store=postgres_db.url(),
         secret_key=secret_key,
-        fleet={"peers": [f"127.0.0.1:{port_two}"]},
+        fleet={"peers": [f"{MEMBER_TWO_HOST}:{port_two}"]},
     )
     # Until the fleet's identity lives in the store, member 2 serves member 1's CA and cert.
     two = wardgate.member(
@@ -52,6 +56,7 @@ def fleet(
         port_two,
         store=postgres_db.url(),
         secret_key=secret_key,
+        agent_listen=f"{MEMBER_TWO_HOST}:{port_two}",
         fleet={"peers": [f"127.0.0.1:{one.agent_port}"]},
     )
     postgres_server.drop_database("fleet_target")
@@ -75,7 +80,7 @@ def test_sessions_on_the_member_the_key_does_not_name_reach_the_agent(fleet: Fle
     fleet.two.wait_agent("default")
     assert [select_one(gw) for gw in (fleet.one, fleet.two) for _ in range(3)] == [1] * 6
     agent_log = fleet.agent.log()
-    assert f"connected to 127.0.0.1:{fleet.two.agent_port}" in agent_log
+    assert f"connected to {MEMBER_TWO_HOST}:{fleet.two.agent_port}" in agent_log
 
 
 def test_a_restarted_member_gets_the_agent_back_within_seconds(fleet: Fleet) -> None:
