@@ -101,3 +101,27 @@ def test_a_restarted_member_gets_the_agent_back_within_seconds(fleet: Fleet) -> 
     assert back_after <= RECONNECT_CAP + ATTEMPT_SLACK, f"agent back after {back_after:.1f}s"
     assert fleet.agent.alive() and fleet.agent.pid == agent_pid  # not restarted
     wait_for(lambda: select_one(fleet.two) == 1, "a session on the restarted member")
+
+
+def test_an_agent_that_came_in_by_another_name_keeps_one_connection_per_member(
+    wardgate: Wardgate, fleet: Fleet
+) -> None:
+    """A key naming a balanced name (here `localhost`, which reaches member 1): the
+    connection through it stands in for member 1's own loop, so neither member sees the
+    agent twice, and the same process never replaces its own connections back and forth."""
+    key = fleet.one.create_agent("balanced").replace("@127.0.0.1:", "@localhost:")
+    agent = wardgate.agent(fleet.one, key, wait="balanced")
+    fleet.two.wait_agent("balanced")
+
+    def connects() -> int:
+        return sum(e["actor"] == "balanced" for e in fleet.one.audit("agent.connected"))
+
+    assert connects() == 2
+    deadline = time.monotonic() + 3.0  # three ping intervals
+    while time.monotonic() < deadline:
+        assert connects() == 2, agent.log()
+        time.sleep(0.2)
+    log = agent.log()
+    assert f"connected to localhost:{fleet.one.agent_port} (member 127.0.0.1:" in log
+    assert f"connected to 127.0.0.1:{fleet.one.agent_port}" not in log
+    assert f"connected to {MEMBER_TWO_HOST}:{fleet.two.agent_port}" in log
