@@ -36,7 +36,7 @@ from agent.secrets import SecretUnavailable, resolve
 from shared.agentkey import AgentKey, split_address
 from shared.backoff import Backoff
 from shared.tasks import TaskOwner
-from shared.tlsutil import fetch_pinned_ca
+from shared.tlsutil import PinMismatch, fetch_pinned_ca
 from shared.tunnel.frames import (
     MEMBERS_CAPABILITY,
     SIGNAL_DONE_CAPABILITY,
@@ -193,7 +193,7 @@ class Agent:
                 await self._connect_once(address, backoff)
             except AgentFatal:
                 raise
-            except (_ConnectionLost, grpc.RpcError, OSError, ProtocolViolation) as exc:
+            except (_ConnectionLost, grpc.RpcError, OSError, ProtocolViolation, PinMismatch) as exc:
                 error = str(exc) or type(exc).__name__
                 log.warning("agent %s: connection to %s lost: %s", self.key.name, address, error)
             except Exception as exc:  # an unexpected failure must not end the agent
