@@ -8,11 +8,18 @@ Lifecycle of one connection attempt:
     -> on loss: close the channel (its sessions end with it), back off with jitter, retry
 A rejected key or a Goodbye(SUPERSEDED) ends the agent with an error instead: retrying
 would not help, and two processes sharing one key must not flap.
+
+Fleet: the key's address is the seed. Each Welcome (and each later Members frame) names the
+live gateway members; the agent runs one such connection loop per member, each with its
+own backoff (capped at RECONNECT_CAP seconds, so a restarted member has its agents back
+within that), adding loops for new members and stopping those of members gone once their
+connection ends. agent/fleet.py holds the rules; this module only does the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -23,17 +30,20 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from agent.fleet import Fleet, MemberState
 from agent.protocols import kubernetes, postgres, ssh, tcp
 from agent.secrets import SecretUnavailable, resolve
-from shared.agentkey import AgentKey
+from shared.agentkey import AgentKey, split_address
 from shared.backoff import Backoff
 from shared.tasks import TaskOwner
-from shared.tlsutil import fetch_pinned_ca
+from shared.tlsutil import PinMismatch, fetch_pinned_ca
 from shared.tunnel.frames import (
+    MEMBERS_CAPABILITY,
     SIGNAL_DONE_CAPABILITY,
     WINDOW_CAPABILITY,
     Goodbye,
     Hello,
+    Members,
     OpenResult,
     OpenSession,
     Ping,
@@ -64,6 +74,9 @@ PROTOCOLS: dict[str, Serve] = {
     "kubernetes": kubernetes.serve,
 }
 WELCOME_TIMEOUT = 15.0
+# The longest wait between two attempts to reach one member (full jitter below it): a
+# member restarted or added gets its agents back within this once it accepts connections.
+RECONNECT_CAP = 5.0
 
 
 class AgentFatal(Exception):
@@ -76,10 +89,12 @@ class _ConnectionLost(Exception):
 
 @dataclass
 class AgentStatus:
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)  # to any member
     connects: int = 0
     pool: str | None = None
     sessions: int = 0
+    # Per dialled address: connected or not, the member reached, connects, last error.
+    members: dict[str, MemberState] = field(default_factory=dict)
 
 
 class Agent:
@@ -98,43 +113,118 @@ class Agent:
         self._ca_pem = ca_pem
         self.protocols = dict(protocols or PROTOCOLS)
         self.instance_id = secrets.token_hex(6)
-        self.status = AgentStatus()
-        self._backoff = Backoff()
+        self.fleet = Fleet(key.address)
+        self.status = AgentStatus(members=self.fleet.states)
         self._nonce = itertools.count(1)
+        self._changed = asyncio.Event()  # replaced at each change: see _notify
+        self._loops: asyncio.TaskGroup | None = None
 
     @property
     def target(self) -> str:
-        host = f"[{self.key.host}]" if ":" in self.key.host else self.key.host
-        return f"{host}:{self.key.port}"
+        return self.key.address
 
-    async def _root_certificates(self) -> bytes | None:
+    async def _root_certificates(self, address: str) -> bytes | None:
         if self._ca_pem is None and self.key.ca_fingerprint:
+            # Any member shows the fleet's chain: fetch it from the one being dialled.
+            host, port = split_address(address)
             self._ca_pem = await asyncio.to_thread(
-                fetch_pinned_ca, self.key.host, self.key.port, self.key.ca_fingerprint
+                fetch_pinned_ca, host, port, self.key.ca_fingerprint
             )
         return self._ca_pem
 
+    def _notify(self) -> None:
+        """Wake every loop waiting on the fleet's state."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self.fleet.any_connected:
+            self.status.connected.set()
+        else:
+            self.status.connected.clear()
+
+    async def _wait_change(self, longest: float | None = None) -> None:
+        """Until the fleet's state changes, or `longest` seconds."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(longest):
+                await changed.wait()
+
+    def _learn(self, members: tuple[str, ...]) -> None:
+        usable = []
+        for address in members:
+            try:
+                split_address(address)
+            except ValueError as exc:
+                log.warning("agent %s: ignoring member %r: %s", self.key.name, address[:80], exc)
+            else:
+                usable.append(address)
+        changes = self.fleet.learn(usable)
+        for address in sorted(changes.start):
+            self._start_loop(address)
+        if changes.retire:
+            log.info("agent %s: members gone: %s", self.key.name, ", ".join(changes.retire))
+        self._notify()
+
+    def _start_loop(self, address: str) -> None:
+        assert self._loops is not None
+        self.fleet.started(address)
+        self._loops.create_task(self._loop(address), name=f"agent/{self.key.name}/{address}")
+
     async def run(self) -> None:
         """Serve until cancelled or a fatal error; reconnects on every other failure."""
-        while True:
+        try:
+            async with asyncio.TaskGroup() as loops:
+                self._loops = loops
+                self._start_loop(self.fleet.seed)
+        except* AgentFatal as group:
+            raise group.exceptions[0] from None
+        finally:
+            self._loops = None
+
+    async def _loop(self, address: str) -> None:
+        """One member's connection loop, with its own backoff; ends when the member leaves
+        the list (after its connection ends)."""
+        backoff = Backoff(cap=RECONNECT_CAP)
+        while self.fleet.finish(address):
+            if not self.fleet.may_dial(address):
+                await self._wait_change()
+                continue
+            error = ""
             try:
-                await self._connect_once()
+                await self._connect_once(address, backoff)
             except AgentFatal:
                 raise
-            except (_ConnectionLost, grpc.RpcError, OSError, ProtocolViolation) as exc:
-                log.warning("agent %s: connection to %s lost: %s", self.key.name, self.target, exc)
+            except (_ConnectionLost, grpc.RpcError, OSError, ProtocolViolation, PinMismatch) as exc:
+                error = str(exc) or type(exc).__name__
+                log.warning("agent %s: connection to %s lost: %s", self.key.name, address, error)
             except Exception as exc:  # an unexpected failure must not end the agent
+                error = str(exc) or type(exc).__name__
                 log.exception("agent %s: unexpected failure: %s", self.key.name, exc)
-            self.status.connected.clear()
-            delay = self._backoff.next_delay()
-            log.info("agent %s: reconnecting in %.2fs", self.key.name, delay)
-            await asyncio.sleep(delay)
+            finally:
+                self.fleet.disconnected(address, error)
+                self._notify()
+            delay = backoff.next_delay()
+            log.info("agent %s: reconnecting to %s in %.2fs", self.key.name, address, delay)
+            deadline = asyncio.get_running_loop().time() + delay
+            # Sleep out the backoff, but stop at once when the member leaves the list.
+            while self.fleet.wants(address):
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                await self._wait_change(left)
+        log.info("agent %s: stopped dialling %s (no longer a member)", self.key.name, address)
 
-    async def _connect_once(self) -> None:
+    def _channel(self, address: str, roots: bytes | None) -> grpc.aio.Channel:
+        host, _ = split_address(address)
+        # A member dialled by its own address presents the fleet's certificate, issued for
+        # the key's host name: verify it for that name (the CA stays pinned).
+        name = self.key.host if host != self.key.host else None
+        return secure_channel(address, roots, server_name=name)
+
+    async def _connect_once(self, address: str, backoff: Backoff) -> None:
         if self.insecure and (self.key.insecure or not self.key.ca_fingerprint):
-            channel = insecure_channel(self.target)
+            channel = insecure_channel(address)
         else:
-            channel = secure_channel(self.target, await self._root_certificates())
+            channel = self._channel(address, await self._root_certificates(address))
         sessions = TaskOwner(f"agent/{self.key.name}/sessions")
         control: ClientControl | None = None
         try:
@@ -156,6 +246,7 @@ class Agent:
                             "masking",
                             WINDOW_CAPABILITY,
                             SIGNAL_DONE_CAPABILITY,
+                            MEMBERS_CAPABILITY,
                         ),
                         instance_id=self.instance_id,
                     )
@@ -169,19 +260,20 @@ class Agent:
                 raise _ConnectionLost(f"expected Welcome, got {welcome!r}")
             self.status.pool = welcome.pool
             self.status.connects += 1
-            self.status.connected.set()
-            self._backoff.reset()
+            self.fleet.connected(address, welcome.member)
+            backoff.reset()
             log.info(
-                "agent %s: connected to %s (pool %s, gateway %s)",
+                "agent %s: connected to %s (member %s, pool %s, gateway %s)",
                 self.key.name,
-                self.target,
+                address,
+                welcome.member or "-",
                 welcome.pool,
                 welcome.gateway_version,
             )
+            self._learn(welcome.members)
             interval = max(welcome.ping_interval_ms / 1000, 0.05)
             await self._serve(control, client, sessions, interval)
         finally:
-            self.status.connected.clear()
             if control is not None:
                 control.cancel()
             await sessions.aclose()
@@ -222,6 +314,8 @@ class Agent:
                     sessions.spawn(self._session(client, frame), name=frame.session_id)
                 elif isinstance(frame, Ping):
                     await control.write(Pong(frame.nonce))
+                elif isinstance(frame, Members):
+                    self._learn(frame.addresses)
                 elif isinstance(frame, Goodbye):
                     if frame.code is ResetCode.SUPERSEDED:
                         raise AgentFatal(

@@ -222,7 +222,16 @@ class Gateway:
         listener = _bind(public)
         public = (public[0], listener.getsockname()[1])
 
-        service = AgentService(store, self.registry, auditor)
+        peers = tuple(cfg.fleet.peers)
+
+        async def members() -> tuple[str, ...]:
+            """What agents are told to connect to: the live members in the store, and the
+            configured peers (SQLite: none but this member)."""
+            live = await asyncio.to_thread(store.members.list_all)
+            listed = [m.agent_address for m in live if m.live]
+            return tuple(dict.fromkeys([*listed, *peers]))
+
+        service = AgentService(store, self.registry, auditor, members=members)
         server = make_server()
         add_tunnel_service(server, service.control, service.session)
         bind = (
@@ -255,6 +264,8 @@ class Gateway:
         advertise_host = (
             agent_addr[0] if agent_addr[0] not in ("0.0.0.0", "::") else (socket.gethostname())
         )
+        service.member = host_port(advertise_host, agent_addr[1])
+        self._tasks.spawn(service.watch_members(), name="members")
         agent_keys = await asyncio.to_thread(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
@@ -390,7 +401,9 @@ class Gateway:
         )
         public_host = public[0] if public[0] not in ("0.0.0.0", "::") else host
         await membership.join(
-            agent_address=f"{host}:{agent_addr[1]}", public_address=f"{public_host}:{public[1]}"
+            # As `AgentService.member` says it: agents match the two to dial each member once.
+            agent_address=host_port(host, agent_addr[1]),
+            public_address=host_port(public_host, public[1]),
         )
         self.membership = membership
         self._tasks.spawn(membership.run(), name="membership")

@@ -283,12 +283,16 @@ class FrontDoorConfig(BaseModel):
 
 
 class FleetConfig(BaseModel):
-    """Members in a shared store (gateway.fleet.membership): how often each says it lives, and how
-    long a silent one has before another member reaps it and closes its sessions."""
+    """Members sharing one store (gateway.fleet.membership): how often each says it lives, how
+    long a silent one has before another member reaps it and closes its sessions, and the
+    members agents should connect to besides those in the store (docs/agents-fleet.md)."""
 
     model_config = ConfigDict(extra="forbid")
     heartbeat_interval: float = Field(default=2.0, gt=0)  # seconds between heartbeats
     member_timeout: float = Field(default=10.0, gt=0)  # seconds of silence before reaping
+    # Other members' agent-facing addresses (HOST:PORT): a static member list, told to agents
+    # beside the store's live members, for members the store does not list.
+    peers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetConfig:
@@ -298,6 +302,15 @@ class FleetConfig(BaseModel):
                 "(one late heartbeat must not get a live member reaped)"
             )
         return self
+
+    @field_validator("peers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, port = parse_address(address)
+            if not host or host in ("0.0.0.0", "::") or port == 0:
+                raise ValueError(f"peer {address!r} is not an address agents can dial")
+        return value
 
 
 class GatewayConfig(BaseModel):
@@ -345,7 +358,7 @@ class GatewayConfig(BaseModel):
 
     # Log lines as text, or one JSON object per line (`--log-format` overrides it).
     log_format: Literal["text", "json"] = "text"
-    # Members of a fleet sharing one store: heartbeats and reaping (docs/fleet.md).
+    # Members of a fleet sharing one store: heartbeats, reaping, static peers (docs/fleet.md).
     fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def guardrails(self) -> Policy:

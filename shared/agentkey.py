@@ -155,6 +155,11 @@ def _parse_query(query: str) -> tuple[str | None, bool]:
     return ca, insecure
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` as keys and fleet members write it (IPv6 in brackets)."""
+    return _parse_address(address)
+
+
 def _parse_address(address: str) -> tuple[str, int]:
     if address.startswith("["):
         host, bracket, rest = address[1:].partition("]")

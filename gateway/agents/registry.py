@@ -99,8 +99,15 @@ class AgentRegistry:
         old = self._agents.get(conn.name)
         self._agents[conn.name] = conn
         if old is not None and old is not conn:
-            old.send(Goodbye(ResetCode.SUPERSEDED, "another connection with this agent key"))
-            old.close("superseded")
+            if old.instance_id and old.instance_id == conn.instance_id:
+                # The same agent process again (a fleet agent that reached this member
+                # twice, through a load-balanced name and by its address): not a rival,
+                # so not SUPERSEDED, which would stop it; it keeps the newer connection.
+                old.send(Goodbye(ResetCode.UNSPECIFIED, "replaced by a newer connection"))
+                old.close("replaced by a newer connection of the same agent")
+            else:
+                old.send(Goodbye(ResetCode.SUPERSEDED, "another connection with this agent key"))
+                old.close("superseded")
         return old
 
     def unregister(self, conn: AgentConn) -> None:

@@ -4,6 +4,11 @@ Each call carries the agent's name and secret in metadata. A control call is che
 against the store (hash of the secret, constant-time compare, not revoked); a session call
 against the live control connection of the same agent, so a session stream can only join
 a session that the gateway ordered from that very agent.
+
+Fleet: the Welcome names the live members (agent-facing HOST:PORT, from the injected
+`members` provider) and this member's own address; `watch_members` polls the provider every
+MEMBERS_POLL seconds and tells agents that understand it (MEMBERS_CAPABILITY) when the list
+changes, so each agent keeps a connection to every member (agent/fleet.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -22,10 +28,12 @@ from gateway.audit import Auditor
 from gateway.store import Store
 from shared.agentkey import hash_secret
 from shared.tunnel.frames import (
+    MEMBERS_CAPABILITY,
     PROTOCOL_VERSION,
     GatewayControl,
     Goodbye,
     Hello,
+    Members,
     Ping,
     Pong,
     ResetCode,
@@ -45,14 +53,66 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 # How long a refused control stream may take to deliver the Hello the agent sent with it.
 REFUSAL_GRACE = 2.0
+# Seconds between two asks of the members provider: a member that joins the fleet is told
+# to the agents within this (then they dial it at once).
+MEMBERS_POLL = 2.0
+
+# The agent-facing addresses (HOST:PORT) of the fleet's live members.
+MembersProvider = Callable[[], Awaitable[Sequence[str]]]
 
 
 class AgentService:
-    def __init__(self, store: Store, registry: AgentRegistry, auditor: Auditor) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: AgentRegistry,
+        auditor: Auditor,
+        *,
+        member: str = "",
+        members: MembersProvider | None = None,
+    ) -> None:
+        """`member`: this gateway's own agent-facing address, always one of the members;
+        `members`: the others too (the store's members table, configured peers); by
+        default this member alone."""
         self._store = store
         self._registry = registry
         self._audit = auditor
         self._nonce = itertools.count(1)
+        self.member = member
+        self._members_provider = members
+        self._members: tuple[str, ...] | None = None  # the last list told to agents
+
+    async def _fetch_members(self) -> tuple[str, ...]:
+        listed = await self._members_provider() if self._members_provider is not None else ()
+        return tuple(sorted({a for a in (self.member, *listed) if a}))
+
+    async def members(self) -> tuple[str, ...]:
+        """The live members as last seen; this member alone while the provider fails."""
+        if self._members is None:
+            try:
+                self._members = await self._fetch_members()
+            except Exception as exc:  # a store hiccup must not refuse agents
+                log.warning("members: the provider failed: %s", exc)
+                return (self.member,) if self.member else ()
+        return self._members
+
+    async def watch_members(self, interval: float = MEMBERS_POLL) -> None:
+        """Poll the provider; tell every agent that understands it when the list changes.
+        A failed poll keeps the last list: agents keep dialling members they know."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                current = await self._fetch_members()
+            except Exception as exc:
+                log.warning("members: the provider failed, keeping the last list: %s", exc)
+                continue
+            if current == self._members:
+                continue
+            log.info("members: %s", ", ".join(current) or "-")
+            self._members = current
+            for conn in self._registry.connected():
+                if MEMBERS_CAPABILITY in conn.capabilities:
+                    conn.send(Members(current))
 
     async def _authenticate(self, ctl: ServerControl) -> tuple[str, str, bytes] | None:
         """(name, pool, secret hash) of a valid agent, or None after auditing the refusal."""
@@ -123,14 +183,23 @@ class AgentService:
             capabilities=frozenset(hello.capabilities),
             peer=ctl.peer,
         )
+        told = await self.members()
         await ctl.write(
             Welcome(
                 gateway_version=__version__,
                 pool=pool,
                 ping_interval_ms=int(self._registry.ping_interval * 1000),
+                members=told,
+                member=self.member,
             )
         )
         superseded = self._registry.register(conn)
+        if (
+            self._members is not None
+            and self._members != told
+            and (MEMBERS_CAPABILITY in conn.capabilities)
+        ):  # the list changed while this agent was not registered yet
+            conn.send(Members(self._members))
         await self._audit.record(
             "agent.connected",
             actor=name,

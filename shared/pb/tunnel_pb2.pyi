@@ -174,6 +174,7 @@ class GatewayControl(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -184,6 +185,10 @@ class GatewayControl(_message.Message):
     def pong(self) -> Global___Pong: ...
     @_builtins.property
     def goodbye(self) -> Global___Goodbye: ...
+    @_builtins.property
+    def members(self) -> Global___Members:
+        """only to agents with the "members" capability"""
+
     def __init__(
         self,
         *,
@@ -192,12 +197,13 @@ class GatewayControl(_message.Message):
         ping: Global___Ping | None = ...,
         pong: Global___Pong | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        members: Global___Members | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "goodbye", b"goodbye", "open_session", b"open_session", "ping", b"ping", "pong", b"pong", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "goodbye", b"goodbye", "members", b"members", "open_session", b"open_session", "ping", b"ping", "pong", b"pong", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "goodbye", b"goodbye", "open_session", b"open_session", "ping", b"ping", "pong", b"pong", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "goodbye", b"goodbye", "members", b"members", "open_session", b"open_session", "ping", b"ping", "pong", b"pong", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "open_session", "ping", "pong", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "open_session", "ping", "pong", "goodbye", "members"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -248,10 +254,22 @@ class Welcome(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     PING_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
     gateway_version: _builtins.str
     protocol_version: _builtins.int
     pool: _builtins.str
     ping_interval_ms: _builtins.int
+    member: _builtins.str
+    """This member's own agent-facing address, so an agent that came in through a
+    load-balanced name knows which member it reached.
+    """
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agent-facing addresses (HOST:PORT) of the fleet's live members, this one
+        included; the agent keeps a connection to each. Empty: a gateway that does not say.
+        """
+
     def __init__(
         self,
         *,
@@ -259,14 +277,38 @@ class Welcome(_message.Message):
         protocol_version: _builtins.int = ...,
         pool: _builtins.str = ...,
         ping_interval_ms: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        member: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_version", b"gateway_version", "ping_interval_ms", b"ping_interval_ms", "pool", b"pool", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_version", b"gateway_version", "member", b"member", "members", b"members", "ping_interval_ms", b"ping_interval_ms", "pool", b"pool", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
+class Members(_message.Message):
+    """The fleet's live members changed (agents with the "members" capability)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Members: _TypeAlias = Members  # noqa: Y015
 
 @_typing.final
 class Ping(_message.Message):

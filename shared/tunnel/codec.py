@@ -28,6 +28,7 @@ from shared.tunnel.frames import (
     Goodbye,
     Hello,
     MaskReport,
+    Members,
     OpenResult,
     OpenSession,
     Ping,
@@ -315,8 +316,12 @@ def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:
                 protocol_version=frame.protocol_version,
                 pool=frame.pool,
                 ping_interval_ms=frame.ping_interval_ms,
+                members=list(frame.members),
+                member=frame.member,
             )
         )
+    if isinstance(frame, Members):
+        return pb.GatewayControl(members=pb.Members(addresses=list(frame.addresses)))
     return pb.GatewayControl(goodbye=pb.Goodbye(code=_wire_code(frame.code), message=frame.message))
 
 
@@ -331,7 +336,16 @@ def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
         return Pong(message.pong.nonce)
     if kind == "welcome":
         w = message.welcome
-        return Welcome(w.gateway_version, w.pool, w.ping_interval_ms, w.protocol_version)
+        return Welcome(
+            w.gateway_version,
+            w.pool,
+            w.ping_interval_ms,
+            w.protocol_version,
+            tuple(w.members),
+            w.member,
+        )
+    if kind == "members":
+        return Members(tuple(message.members.addresses))
     if kind == "goodbye":
         return Goodbye(_code(message.goodbye.code), message.goodbye.message)
     raise FrameError(f"gateway control frame without a known kind ({kind!r})")

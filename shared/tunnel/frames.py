@@ -26,6 +26,10 @@ SESSION_WINDOW = 1024 * 1024
 # Agent capabilities (Hello.capabilities) for the session features the gateway then orders.
 WINDOW_CAPABILITY = "window"  # keeps OpenSession.window
 SIGNAL_DONE_CAPABILITY = "signal-done"  # answers signals when OpenSession.signal_acks
+# Understands the Members frame: only such agents are sent it (an older agent would read an
+# unknown control frame as a protocol error). Welcome.members needs no capability: an
+# older agent leaves the unknown field alone.
+MEMBERS_CAPABILITY = "members"
 # The most credit a session's sender may hold (a WindowUpdate beyond it is a protocol error).
 MAX_WINDOW = 2**31 - 1
 
@@ -64,6 +68,16 @@ class Welcome:
     pool: str
     ping_interval_ms: int
     protocol_version: int = PROTOCOL_VERSION
+    # The fleet's live members (agent-facing HOST:PORT), this one included; empty: unknown.
+    members: tuple[str, ...] = ()
+    member: str = ""  # this member's own agent-facing address
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The fleet's live members changed: the whole new list (agent-facing HOST:PORT)."""
+
+    addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +127,7 @@ class OpenSession:
 
 
 AgentControl = Hello | Ping | Pong
-GatewayControl = Welcome | OpenSession | Ping | Pong | Goodbye
+GatewayControl = Welcome | OpenSession | Ping | Pong | Goodbye | Members
 
 
 # ---- session streams -----------------------------------------------------------------

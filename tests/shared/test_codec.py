@@ -31,6 +31,7 @@ from shared.tunnel.frames import (
     Goodbye,
     Hello,
     MaskReport,
+    Members,
     OpenResult,
     OpenSession,
     Ping,
@@ -150,6 +151,16 @@ def test_agent_control_round_trips(frame: object) -> None:
 @given(
     st.one_of(
         st.builds(Welcome, text, text, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+        st.builds(
+            Welcome,
+            text,
+            text,
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+            st.lists(text, max_size=3).map(tuple),
+            text,
+        ),
+        st.builds(Members, st.lists(text, max_size=3).map(tuple)),
         st.builds(OpenSession, text, targets),
         st.builds(OpenSession, text, targets, st.integers(0, 2**32 - 1), st.booleans()),
         st.builds(Ping, u64),
