@@ -187,7 +187,9 @@ def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "-"
 
 
-async def _identity(request: Request) -> Identity:
+async def identity_of(request: Request) -> Identity:
+    """The caller named by the request's credential; 401 (audited, rate limited) without a
+    valid one."""
     deps: ApiDeps = request.app.state.deps
     try:
         who = await deps.auth.authenticate_header(request.headers.get("authorization"))
@@ -206,13 +208,13 @@ async def _identity(request: Request) -> Identity:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
-async def _admin(who: Annotated[Identity, Depends(_identity)]) -> Identity:
+async def _admin(who: Annotated[Identity, Depends(identity_of)]) -> Identity:
     if not who.is_admin:
         raise HTTPException(403, f"user {who.user!r} is not an administrator")
     return who
 
 
-User = Annotated[Identity, Depends(_identity)]
+User = Annotated[Identity, Depends(identity_of)]
 Admin = Annotated[Identity, Depends(_admin)]
 
 
@@ -789,7 +791,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         checked: ChainCheck = await run(deps.store.check_audit)
         return checked.as_dict()
 
-    app.include_router(reviews_api.router(_identity))  # approvals: /v1/reviews, /v1/requests
+    app.include_router(reviews_api.router(identity_of))  # approvals: /v1/reviews, /v1/requests
 
     # ---- generic TCP ---------------------------------------------------------------
 

@@ -6,12 +6,15 @@
   transaction that changes nothing, bounded by a timeout), the identity (TLS material) is
   loaded, and the member is not draining; otherwise 503 naming the checks that failed.
 - `GET /v1/health`: what is true now: agents connected to this member by pool (pools the store
-  knows with none are listed too), the store's state with its error, draining.
+  knows with none are listed too), the store's state with its error, draining. Without an
+  administrator's credential, only the status and counts: no pool or agent name, no error.
 - `GET /metrics` (and its alias `/v1/metrics`): the member's metrics in the Prometheus text
   format (gateway/telemetry.py), for administrators like the rest of the admin API.
 
-The probes and `/v1/health` need no credential (kubelets and balancers have none); they say
-nothing a client could not learn by trying to connect, apart from pool and agent names.
+The probes and `/v1/health` need no credential (kubelets and balancers have none), so what
+they show anyone is what a client could learn by trying to connect: ready or not and why in
+one word, never a name or a store's error (which can name its host); an administrator's
+credential on `/v1/health` gets the detail.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import concurrent.futures
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.app import Admin, ApiDeps
+from gateway.api.app import Admin, ApiDeps, identity_of
 from gateway.store import Store, StoreUnavailable
 from gateway.telemetry import CONTENT_TYPE, Telemetry
 from shared.version import __version__
@@ -110,7 +113,7 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
     async def readyz() -> JSONResponse:
         store_error = await probe.error()
         checks = {
-            "store": "ok" if store_error is None else store_error,
+            "store": "ok" if store_error is None else "unavailable",
             "identity": "ok" if identity_loaded() else "TLS material not loaded",
             "draining": "draining: not taking new sessions" if deps.draining() else "ok",
         }
@@ -121,8 +124,12 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @router.get("/v1/health")
-    async def health() -> dict[str, Any]:
-        """What is true now on this member: agents by pool, the store, draining."""
+    async def health(request: Request) -> dict[str, Any]:
+        """What is true now on this member: agents by pool, the store, draining (the names
+        and the store's error for administrators)."""
+        who = None
+        if request.headers.get("authorization"):
+            who = await identity_of(request)  # a bad credential is refused, as anywhere
         store_error = await probe.error()
         if store_error is None:
             await refresh_from_store()
@@ -138,18 +145,21 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
             if empty
             else "ok"
         )
-        return {
+        summary: dict[str, Any] = {
             "status": status,
             "version": __version__,
             "agents": sum(len(names) for names in pools.values()),
-            "pools": pools,
-            "pools_without_agents": empty,
-            "store": {"status": "ok"}
-            if store_error is None
-            else {"status": "unavailable", "error": store_error},
+            "pools_without_agents": len(empty),
+            "store": {"status": "ok" if store_error is None else "unavailable"},
             "identity": "loaded" if identity_loaded() else "missing",
             "draining": draining,
         }
+        if who is None or not who.is_admin:
+            return summary
+        store = (
+            summary["store"] if store_error is None else {**summary["store"], "error": store_error}
+        )
+        return {**summary, "pools": pools, "pools_without_agents": empty, "store": store}
 
     async def scrape() -> Response:
         await refresh_from_store()
