@@ -75,6 +75,9 @@ def ensure_ed25519_key(path: Path, comment: str) -> ed25519.Ed25519PrivateKey:
     loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 key")
+    public = path.with_suffix(".pub")
+    if not public.exists():  # a key given alone (a Secret holding only the private half)
+        public.write_text(f"{public_line(loaded)} {comment}\n")
     return loaded
 
 
