@@ -74,14 +74,32 @@ async def _start(gw: Any) -> Any:
 @click.option("--listen", help="Public endpoint HOST:PORT (default 0.0.0.0:8443).")
 @click.option("--agent-listen", help="Agent endpoint HOST:PORT (default 0.0.0.0:8444).")
 @click.option("--data-dir", type=click.Path(path_type=Path))
+@click.option(
+    "--drain-grace",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Seconds live sessions get to finish after SIGTERM before they are ended "
+    "(config drain_grace, default 30); a second SIGTERM stops at once.",
+)
 def gateway(
-    config_path: Path | None, listen: str | None, agent_listen: str | None, data_dir: Path | None
+    config_path: Path | None,
+    listen: str | None,
+    agent_listen: str | None,
+    data_dir: Path | None,
+    drain_grace: float | None,
 ) -> None:
     """Run the gateway."""
     from gateway.app import Gateway
     from gateway.config import load_config
 
-    cfg = load_config(config_path, listen=listen, agent_listen=agent_listen, data_dir=data_dir)
+    cfg = load_config(
+        config_path,
+        listen=listen,
+        agent_listen=agent_listen,
+        data_dir=data_dir,
+        drain_grace=drain_grace,
+    )
+    stop = asyncio.Event()  # the first SIGTERM/SIGINT: drain, then stop
 
     async def serve() -> None:
         gw = Gateway(cfg)
@@ -91,11 +109,17 @@ def gateway(
         if started.admin_origin == "minted":  # a configured one is never shown
             click.echo(f"  admin token (shown once): {started.admin_token}", err=True)
         try:
-            await gw.wait_closed()
+            await stop.wait()
+            click.echo(
+                f"draining: no new sessions; live ones get {cfg.drain_grace:g}s to finish "
+                "(signal again to stop at once)",
+                err=True,
+            )
+            await gw.drain(cfg.drain_grace)
         finally:
             await gw.aclose()
 
-    sys.exit(run(serve(), malloc=MANY_CONNECTIONS))
+    sys.exit(run(serve(), malloc=MANY_CONNECTIONS, on_first_signal=stop.set))
 
 
 @main.command()

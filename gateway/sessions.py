@@ -21,6 +21,11 @@ identity and connection travel in the Target to an agent with the `masking` capa
 rules a connection type cannot honour, or a token rule without `secret_key`, refuse the
 session.
 
+Draining (`gateway.app.Gateway.drain`): once `draining` is set, `open` refuses every new
+session with kind "draining" (each front door says it in its protocol: PostgreSQL 57P01,
+HTTP 503) while live ones go on; `wait_idle` returns once all of them have finished, and
+`terminate(..., code=GATEWAY_SHUTDOWN)` ends the rest with SHUTDOWN_REASON.
+
 Live sessions are kept per credential, so revoking a credential or disabling a user ends
 them (`terminate`) within seconds: at once on this gateway, and on every replica through
 `watch_revocations`, which re-checks the credentials of live sessions against the store.
@@ -53,6 +58,14 @@ from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
 
+# Why sessions ended by a gateway that drains are over, recorded as their error and shown to
+# their clients (PostgreSQL words it as a 57P01 error: gateway.protocols.pgsession).
+SHUTDOWN_REASON = "gateway shutting down"
+DRAINING_MESSAGE = (
+    "the Wardgate gateway is shutting down and takes no new sessions; connect again to "
+    "reach another gateway"
+)
+
 
 @dataclass(frozen=True)
 class _Verdict:
@@ -74,6 +87,7 @@ class SessionError(Exception):
         super().__init__(message)
         # unknown_connection | wrong_type | forbidden | no_agent | unreachable | unsupported
         # | agent_lost | unavailable (the store or the audit log cannot be written)
+        # | draining (this gateway is shutting down)
         self.kind = kind
         self.message = message
 
@@ -96,6 +110,8 @@ class Session:
         if end.code is ResetCode.PROTOCOL_ERROR:
             return f"agent {self.agent.name!r} broke the tunnel protocol: {end.message}"
         if end.code is ResetCode.INTERNAL:  # the stream is gone: the agent died or was cut off
+            if end.message.startswith(f"agent {self.agent.name!r}"):
+                return end.message  # it names the agent already (AgentConn.lost)
             return f"session lost on agent {self.agent.name!r}: {end.message}"
         return end.message
 
@@ -153,6 +169,9 @@ class SessionBroker:
         self._policy = policy or AccessPolicy()
         self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
+        self._ending: dict[str, Session] = {}  # terminated, their relays not finished yet
+        self._finished = asyncio.Event()  # a session finished (for wait_idle)
+        self.draining = False  # set by Gateway.drain: new sessions are refused
         self._tasks = TaskOwner("sessions")
         self._sides = 0  # side streams opened (their ids stay unique)
 
@@ -163,6 +182,12 @@ class SessionBroker:
     @property
     def live(self) -> list[Session]:
         return list(self._live.values())
+
+    async def wait_idle(self) -> None:
+        """Return once every session opened here has finished (its end recorded or queued)."""
+        while self._live or self._ending:
+            self._finished.clear()
+            await self._finished.wait()
 
     async def connection(self, name: str) -> ConnectionRecord | None:
         return await store_call(self._store, self._store.get_connection, name)
@@ -204,6 +229,15 @@ class SessionBroker:
         types: tuple[str, ...] | None = None,
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
+        if self.draining:
+            self._audit.submit(
+                "session.refused",
+                actor=identity.user,
+                connection=connection,
+                reason=SHUTDOWN_REASON,
+                client=client_addr,
+            )
+            raise SessionError("draining", DRAINING_MESSAGE)
         try:
             return await self._open(
                 identity,
@@ -490,6 +524,7 @@ class SessionBroker:
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
         self._live.pop(session.id, None)
+        self._ending.pop(session.id, None)
         self._registry.release(session.agent)
         await session.stream.aclose()
         try:
@@ -502,6 +537,8 @@ class SessionBroker:
             self._tasks.spawn(
                 self._record_end_later(session, error, ended_at), name=f"end/{session.id}"
             )
+        finally:
+            self._finished.set()
 
     async def _record_end_later(
         self, session: Session, error: str | None, ended_at: dt.datetime
@@ -549,9 +586,11 @@ class SessionBroker:
         login_id: str | None = None,
         token_ids: frozenset[str] | None = None,
         session_ids: frozenset[str] | None = None,
+        code: ResetCode = ResetCode.CANCELLED,
     ) -> int:
         """End the live sessions of `user`, of sign-in `login_id`, or opened with one of
-        `token_ids`; returns how many. The relay sees the reset and tells its client."""
+        `token_ids`; returns how many. The relay sees the reset (`code`, `reason`) and tells
+        its client."""
         doomed = [
             s
             for s in self._live.values()
@@ -565,8 +604,9 @@ class SessionBroker:
         # for when it takes writes again, instead of leaving a session running unseen.
         for session in doomed:
             self._live.pop(session.id, None)
+            self._ending[session.id] = session
             if not session.stream.finished:
-                await session.stream.reset(ResetCode.CANCELLED, reason)
+                await session.stream.reset(code, reason)
         down = False
         for session in doomed:
             event = {

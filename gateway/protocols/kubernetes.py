@@ -94,6 +94,7 @@ HTTP_STATUS = {
     "agent_lost": 502,
     "unsupported": 502,
     "unavailable": 503,
+    "draining": 503,  # this gateway is shutting down: another one answers
 }
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
