@@ -20,7 +20,9 @@ import psycopg
 import pytest
 
 from gateway.crypto import SecretBox
+from tests.e2e.test_kubernetes import KUBE_POLICY, VIEWERS, KubeSetup
 from tests.e2e.test_ssh import Route, ssh_connection
+from tests.fixtures.kube_apiserver import KubeApiServerDouble, connect_and_log_in
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.wardgate import GatewayProc, Proc, Wardgate, wait_for
@@ -28,6 +30,7 @@ from tests.fixtures.wardgate import GatewayProc, Proc, Wardgate, wait_for
 pytestmark = pytest.mark.e2e
 
 GRACE = 4.0  # the drain grace of these tests' gateways, seconds
+SSH_GRACE = 6.0  # time for a second ssh handshake during the drain
 DETECTION = 5.0  # the named figure: a hung agent is dropped within this (docs/draining.md)
 MARGIN = 3.0  # for a loaded CI machine
 SHUTDOWN_TEXT = "the Wardgate gateway is shutting down"
@@ -184,7 +187,7 @@ def test_a_second_sigterm_stops_at_once(
 
 @pytest.fixture
 def ssh_route(wardgate: Wardgate, sshd: Sshd, tmp_path: Path) -> Iterator[Route]:
-    gw = wardgate.gateway(drain_grace=1.0)
+    gw = wardgate.gateway(drain_grace=SSH_GRACE)
     agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
     gw.create_connection(**ssh_connection(sshd))
     yield Route(gw, sshd, tmp_path, agent=agent)
@@ -205,7 +208,12 @@ def test_sigterm_tells_an_ssh_client_why_with_an_exit_status(ssh_route: Route) -
         ssh.stdin.flush()
         assert ssh.stdout.readline() == b"ready-42\n"  # a live shell
         os.kill(gw.pid, signal.SIGTERM)
-        ssh.wait(timeout=1 + 20)  # stdin stays open: the shell would end at its EOF
+        wait_for(lambda: gw.audit("gateway.draining"), "the gateway to start draining")
+        refused = ssh_route.ssh("true", timeout=SSH_GRACE)
+        assert refused.returncode != 0
+        assert SHUTDOWN_TEXT.encode() in refused.stderr, refused.stderr
+        assert ssh.poll() is None  # the live shell is still there
+        ssh.wait(timeout=SSH_GRACE + 20)  # stdin stays open: the shell would end at its EOF
         assert ssh.stderr is not None
         err = ssh.stderr.read()
     finally:
@@ -275,3 +283,30 @@ def test_a_hung_agent_is_dropped_within_the_figure_and_its_session_fails_clearly
         conn.close()
         if stopped:
             os.kill(hung.pid, signal.SIGCONT)
+
+
+def test_kubernetes_requests_during_a_drain_get_503(
+    kube_apiserver: KubeApiServerDouble, wardgate: Wardgate, tmp_path: Path
+) -> None:
+    gw = wardgate.gateway(kubernetes=KUBE_POLICY, roles=VIEWERS, drain_grace=GRACE)
+    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    kubeconfig = connect_and_log_in(wardgate, gw, kube_apiserver, tmp_path, impersonate="true")
+    env = gw.client_env()
+    env.update(KUBECONFIG=str(kubeconfig), HOME=str(tmp_path))
+    kube = KubeSetup(gw, kubeconfig, env, kube_apiserver)
+    with kube.popen("get", "pods", "-w", "-o", "name") as watch:  # a live session
+        try:
+            assert watch.stdout is not None
+            assert watch.stdout.readline().strip() == "pod/web-1"
+            wait_for(lambda: kube_apiserver._watchers, "kubectl to start watching")
+            os.kill(gw.pid, signal.SIGTERM)
+            wait_for(lambda: gw.audit("gateway.draining"), "the gateway to start draining")
+            out = kube.kubectl("get", "pods", "-o", "name")
+            assert out.returncode != 0
+            assert "ServiceUnavailable" in out.stderr, out.stderr
+            assert SHUTDOWN_TEXT in out.stderr, out.stderr
+            watch.wait(timeout=GRACE + 20)  # cut when the grace period is over
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+    wait_for(lambda: _exited(gw) is not None, "the gateway to exit")
