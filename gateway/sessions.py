@@ -170,6 +170,7 @@ class SessionBroker:
         self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
         self._ending: dict[str, Session] = {}  # terminated, their relays not finished yet
+        self._opening = 0  # opens under way (a drain waits for them too)
         self._finished = asyncio.Event()  # a session finished (for wait_idle)
         self.draining = False  # set by Gateway.drain: new sessions are refused
         self._tasks = TaskOwner("sessions")
@@ -185,7 +186,7 @@ class SessionBroker:
 
     async def wait_idle(self) -> None:
         """Return once every session opened here has finished (its end recorded or queued)."""
-        while self._live or self._ending:
+        while self._live or self._ending or self._opening:
             self._finished.clear()
             await self._finished.wait()
 
@@ -238,6 +239,7 @@ class SessionBroker:
                 client=client_addr,
             )
             raise SessionError("draining", DRAINING_MESSAGE)
+        self._opening += 1
         try:
             return await self._open(
                 identity,
@@ -251,6 +253,9 @@ class SessionBroker:
             # Fail closed: a session that cannot be recorded is not opened.
             log.error("session to %r for %s not opened: %s", connection, identity.user, exc)
             raise SessionError("unavailable", f"session not opened: {exc}") from None
+        finally:
+            self._opening -= 1
+            self._finished.set()  # an open that failed leaves nothing to wait for
 
     async def access(self, identity: Identity, conn: ConnectionRecord) -> Decision:
         """The access `identity` gets on `conn`, decided as `open` decides it, without
