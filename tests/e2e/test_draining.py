@@ -86,7 +86,7 @@ def test_sigterm_lets_sessions_finish_then_ends_the_rest_with_57p01(
     wardgate: Wardgate, postgres_server: PostgresServer
 ) -> None:
     gw = _gateway(wardgate, postgres_server, drain_grace=GRACE)
-    wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
     finishing = psycopg.connect(gw.pg_conninfo("pg"), autocommit=True)
     idle = psycopg.connect(gw.pg_conninfo("pg"), autocommit=True)
     try:
@@ -130,6 +130,9 @@ def test_sigterm_lets_sessions_finish_then_ends_the_rest_with_57p01(
     assert wait_for(lambda: _exited(gw) is not None, "the gateway to exit") is not None
     assert gw.proc is not None and gw.proc.returncode == 0, gw.log()
     assert "Traceback" not in gw.log(400)
+    # Told to move: the agent reconnects (to another member behind its address).
+    assert "gateway said goodbye: gateway shutting down" in agent.log()
+    assert agent.alive()
 
     gw.start().wait_ready()  # the same store: what did it record?
     closed, cut = _record(gw, finishing_id), _record(gw, idle_id)
@@ -310,3 +313,29 @@ def test_kubernetes_requests_during_a_drain_get_503(
             if watch.poll() is None:
                 watch.kill()
     wait_for(lambda: _exited(gw) is not None, "the gateway to exit")
+
+
+def test_an_agent_notices_a_hung_gateway_within_the_figure_and_comes_back(
+    wardgate: Wardgate,
+) -> None:
+    gw = wardgate.gateway()
+    agent = wardgate.agent(gw, gw.create_agent("default"), wait="default")
+    os.kill(gw.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        wait_for(
+            lambda: "gateway silent for 3s" in agent.log(),
+            "the agent to give up on the hung gateway",
+            timeout=DETECTION + MARGIN,
+            interval=0.02,
+        )
+        noticed_after = time.monotonic() - started
+    finally:
+        os.kill(gw.pid, signal.SIGCONT)
+    print(f"\nhung gateway: the agent noticed after {noticed_after:.2f}s (figure {DETECTION:g}s)")
+    assert noticed_after <= DETECTION + MARGIN
+    wait_for(
+        lambda: len([e for e in gw.audit("agent.connected") if e["actor"] == "default"]) == 2,
+        "the agent to reconnect",
+    )
+    gw.wait_agent("default")
