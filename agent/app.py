@@ -40,6 +40,7 @@ from shared.tlsutil import PinMismatch, fetch_pinned_ca
 from shared.tunnel.frames import (
     MEMBERS_CAPABILITY,
     SIGNAL_DONE_CAPABILITY,
+    SILENT_PINGS,
     WINDOW_CAPABILITY,
     Goodbye,
     Hello,
@@ -296,12 +297,19 @@ class Agent:
     ) -> None:
         last_heard = time.monotonic()
 
+        limit = SILENT_PINGS * interval
+
         async def pinger() -> None:
+            # Woken at the ping or at the moment the gateway has been silent too long.
+            next_ping = time.monotonic() + interval
             while True:
-                await asyncio.sleep(interval)
-                if time.monotonic() - last_heard > 3 * interval:
-                    raise _ConnectionLost(f"gateway silent for {3 * interval:g}s")
-                await control.write(Ping(next(self._nonce)))
+                now = time.monotonic()
+                if now - last_heard >= limit:
+                    raise _ConnectionLost(f"gateway silent for {limit:g}s")
+                if now >= next_ping:
+                    await control.write(Ping(next(self._nonce)))
+                    next_ping = now + interval
+                await asyncio.sleep(min(next_ping, last_heard + limit) - time.monotonic())
 
         async def reader() -> None:
             nonlocal last_heard

@@ -91,12 +91,20 @@ def _log_format_option(default: str | None) -> Callable[[F], F]:
 @click.option("--agent-listen", help="Agent endpoint HOST:PORT (default 0.0.0.0:8444).")
 @click.option("--data-dir", type=click.Path(path_type=Path))
 @_log_format_option(None)  # default: the config's `log_format` (text)
+@click.option(
+    "--drain-grace",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Seconds live sessions get to finish after SIGTERM before they are ended "
+    "(config drain_grace, default 30); a second SIGTERM stops at once.",
+)
 def gateway(
     config_path: Path | None,
     listen: str | None,
     agent_listen: str | None,
     data_dir: Path | None,
     log_format: str | None,
+    drain_grace: float | None,
 ) -> None:
     """Run the gateway."""
     from gateway.app import Gateway
@@ -108,8 +116,10 @@ def gateway(
         agent_listen=agent_listen,
         data_dir=data_dir,
         log_format=log_format,
+        drain_grace=drain_grace,
     )
     set_log_format(cfg.log_format)
+    stop = asyncio.Event()  # the first SIGTERM/SIGINT: drain, then stop
 
     async def serve() -> None:
         gw = Gateway(cfg)
@@ -119,11 +129,17 @@ def gateway(
         if started.admin_origin == "minted":  # a configured one is never shown
             click.echo(f"  admin token (shown once): {started.admin_token}", err=True)
         try:
-            await gw.wait_closed()
+            await stop.wait()
+            click.echo(
+                f"draining: no new sessions; live ones get {cfg.drain_grace:g}s to finish "
+                "(signal again to stop at once)",
+                err=True,
+            )
+            await gw.drain(cfg.drain_grace)
         finally:
             await gw.aclose()
 
-    sys.exit(run(serve(), malloc=MANY_CONNECTIONS))
+    sys.exit(run(serve(), malloc=MANY_CONNECTIONS, on_first_signal=stop.set))
 
 
 @main.command()

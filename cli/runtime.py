@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,9 +133,16 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(main: Coroutine[Any, Any, int | None], *, malloc: MallocTuning | None = None) -> int:
+def run(
+    main: Coroutine[Any, Any, int | None],
+    *,
+    malloc: MallocTuning | None = None,
+    on_first_signal: Callable[[], None] | None = None,
+) -> int:
     """Run `main` on uvloop; SIGINT/SIGTERM cancel it (clean shutdown), a second one exits.
-    `malloc`: the allocator tuning for what this process mostly does."""
+    `malloc`: the allocator tuning for what this process mostly does. `on_first_signal`
+    (the gateway's drain): called at the first signal instead; the second then cancels
+    `main` at once, and a third exits."""
     if malloc is not None:
         tune_malloc(malloc)
 
@@ -148,7 +155,10 @@ def run(main: Coroutine[Any, Any, int | None], *, malloc: MallocTuning | None = 
         def on_signal() -> None:
             nonlocal hits
             hits += 1
-            if hits > 1:
+            if on_first_signal is not None and hits == 1:
+                on_first_signal()
+                return
+            if hits > (2 if on_first_signal is not None else 1):
                 os._exit(130)
             task.cancel()
 

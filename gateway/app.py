@@ -47,16 +47,21 @@ from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.protocols.ssh import HOST_KEY_FILE, SshFrontDoor, load_host_key
 from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
-from gateway.sessions import SessionBroker
+from gateway.sessions import SHUTDOWN_REASON, SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.telemetry import Telemetry
 from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.listen import ListenError, host_port
 from shared.tasks import TaskOwner
+from shared.tunnel.frames import ResetCode
 from shared.tunnel.rpc import add_tunnel_service, make_server
 
 log = logging.getLogger(__name__)
+
+# Seconds the sessions ended at the end of a drain get to tell their clients and record
+# their end (a PostgreSQL session lingers up to 2 s for its client to read the 57P01).
+DRAIN_END_TIMEOUT = 10.0
 
 ADMIN_USER = "admin"
 BOOTSTRAP_LABEL = "bootstrap"
@@ -128,6 +133,12 @@ class Gateway:
         self._bus: Bus | None = None
         self.telemetry = Telemetry()  # this member's metrics (`/metrics`)
         self._closed = asyncio.Event()
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of `drain`: not ready for new sessions (for /readyz)."""
+        return self._draining
 
     # ---- start -----------------------------------------------------------------------
 
@@ -314,6 +325,7 @@ class Gateway:
                 reviews=self.reviews,
                 limiter=limiter,
                 telemetry=self.telemetry,
+                draining=lambda: self.draining,
             )
         )
         app.state.reviews = self.reviews
@@ -485,6 +497,39 @@ class Gateway:
         ).format()
 
     # ---- stop ------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """The first stage of a stop (SIGTERM): refuse new sessions and agents, give live
+        sessions `grace` seconds to finish, then end the rest in their protocol's words
+        (reason SHUTDOWN_REASON). `aclose` follows, which says goodbye to the agents."""
+        if self._draining:
+            return
+        self._draining = True
+        self.registry.accepting = False
+        broker = self.broker
+        if broker is None:
+            return
+        broker.draining = True
+        live = len(broker.live)
+        log.info("draining: %d live sessions get %gs to finish", live, grace)
+        if self.auditor is not None:
+            self.auditor.submit("gateway.draining", sessions=live, grace=grace)
+        try:
+            async with asyncio.timeout(grace):
+                await broker.wait_idle()
+            return
+        except TimeoutError:
+            pass
+        doomed = frozenset(s.id for s in broker.live)
+        ended = await broker.terminate(
+            reason=SHUTDOWN_REASON, session_ids=doomed, code=ResetCode.GATEWAY_SHUTDOWN
+        )
+        log.info("drain grace over: ended %d sessions (%s)", ended, SHUTDOWN_REASON)
+        try:
+            async with asyncio.timeout(DRAIN_END_TIMEOUT):
+                await broker.wait_idle()
+        except TimeoutError:
+            log.warning("sessions still ending after %gs: cut", DRAIN_END_TIMEOUT)
 
     async def aclose(self) -> None:
         """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""

@@ -330,8 +330,14 @@ class GatewayConfig(BaseModel):
     # SQLite store only: "full" fsyncs each audit commit (survives a power cut); "normal"
     # survives a gateway crash but may lose the last events if the host loses power.
     audit_sync: Literal["full", "normal"] = "full"
-    ping_interval: float = Field(default=10.0, gt=0)  # seconds; 3 missed pings drop an agent
+    # Seconds between pings on each agent's control stream, both ways; a peer silent for 3
+    # intervals is dropped (shared.tunnel.frames.SILENT_PINGS): with 1 s, a hung agent is
+    # dropped within 5 s, and its sessions end with an error naming it.
+    ping_interval: float = Field(default=1.0, gt=0)
     open_timeout: float = Field(default=15.0, gt=0)  # seconds an agent has to open a session
+    # Seconds live sessions get to finish after SIGTERM (or `--drain-grace`); then they end
+    # in their protocol's words (PostgreSQL 57P01, SSH a message and exit status 255).
+    drain_grace: float = Field(default=30.0, ge=0)
     # Bytes a PostgreSQL or TCP session's data may run ahead of the side reading it, each way
     # (so a client that stops reading stops the server); 0: gRPC's flow control alone, whose
     # windows grow to megabytes. A session moves at most this much per gateway-agent round

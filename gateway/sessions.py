@@ -21,6 +21,11 @@ identity and connection travel in the Target to an agent with the `masking` capa
 rules a connection type cannot honour, or a token rule without `secret_key`, refuse the
 session.
 
+Draining (`gateway.app.Gateway.drain`): once `draining` is set, `open` refuses every new
+session with kind "draining" (each front door says it in its protocol: PostgreSQL 57P01,
+HTTP 503) while live ones go on; `wait_idle` returns once all of them have finished, and
+`terminate(..., code=GATEWAY_SHUTDOWN)` ends the rest with SHUTDOWN_REASON.
+
 Live sessions are kept per credential, so revoking a credential or disabling a user ends
 them (`terminate`) within seconds: at once on this gateway, and on every replica through
 `watch_revocations`, which re-checks the credentials of live sessions against the store.
@@ -55,6 +60,14 @@ from shared.tunnel.stream import SessionReset, TunnelStream
 
 log = logging.getLogger(__name__)
 
+# Why sessions ended by a gateway that drains are over, recorded as their error and shown to
+# their clients (PostgreSQL words it as a 57P01 error: gateway.protocols.pgsession).
+SHUTDOWN_REASON = "gateway shutting down"
+DRAINING_MESSAGE = (
+    "the Wardgate gateway is shutting down and takes no new sessions; connect again to "
+    "reach another gateway"
+)
+
 
 @dataclass(frozen=True)
 class _Verdict:
@@ -76,6 +89,7 @@ class SessionError(Exception):
         super().__init__(message)
         # unknown_connection | wrong_type | forbidden | no_agent | unreachable | unsupported
         # | agent_lost | unavailable (the store or the audit log cannot be written)
+        # | draining (this gateway is shutting down)
         self.kind = kind
         self.message = message
 
@@ -98,6 +112,8 @@ class Session:
         if end.code is ResetCode.PROTOCOL_ERROR:
             return f"agent {self.agent.name!r} broke the tunnel protocol: {end.message}"
         if end.code is ResetCode.INTERNAL:  # the stream is gone: the agent died or was cut off
+            if end.message.startswith(f"agent {self.agent.name!r}"):
+                return end.message  # it names the agent already (AgentConn.lost)
             return f"session lost on agent {self.agent.name!r}: {end.message}"
         return end.message
 
@@ -161,6 +177,10 @@ class SessionBroker:
         self._policy = policy or AccessPolicy()
         self._guardrails = as_view(guardrails)
         self._live: dict[str, Session] = {}
+        self._ending: dict[str, Session] = {}  # terminated, their relays not finished yet
+        self._opening = 0  # opens under way (a drain waits for them too)
+        self._finished = asyncio.Event()  # a session finished (for wait_idle)
+        self.draining = False  # set by Gateway.drain: new sessions are refused
         self._tasks = TaskOwner("sessions")
         self._sides = 0  # side streams opened (their ids stay unique)
 
@@ -171,6 +191,12 @@ class SessionBroker:
     @property
     def live(self) -> list[Session]:
         return list(self._live.values())
+
+    async def wait_idle(self) -> None:
+        """Return once every session opened here has finished (its end recorded or queued)."""
+        while self._live or self._ending or self._opening:
+            self._finished.clear()
+            await self._finished.wait()
 
     async def connection(self, name: str) -> ConnectionRecord | None:
         return await store_call(self._store, self._store.get_connection, name)
@@ -213,6 +239,18 @@ class SessionBroker:
         extra_options: Mapping[str, str] | None = None,
     ) -> Session:
         started = time.time_ns()  # of the session.open trace span (gateway/telemetry.py)
+        if self.draining:
+            self._audit.submit(
+                "session.refused",
+                actor=identity.user,
+                connection=connection,
+                reason=SHUTDOWN_REASON,
+                client=client_addr,
+            )
+            if self._telemetry is not None:
+                self._telemetry.session_refused(protocol, connection, "draining", started)
+            raise SessionError("draining", DRAINING_MESSAGE)
+        self._opening += 1
         try:
             session = await self._open(
                 identity,
@@ -232,6 +270,9 @@ class SessionBroker:
             if self._telemetry is not None:
                 self._telemetry.session_refused(protocol, connection, exc.kind, started)
             raise
+        finally:
+            self._opening -= 1
+            self._finished.set()  # an open that failed leaves nothing to wait for
         if self._telemetry is not None:
             self._telemetry.session_opened(protocol, session, started)
         return session
@@ -509,6 +550,7 @@ class SessionBroker:
 
     async def finish(self, session: Session, *, error: str | None = None) -> None:
         live = self._live.pop(session.id, None) is not None  # not: `terminate` ended it
+        self._ending.pop(session.id, None)
         if self._telemetry is not None:
             outcome = "terminated" if not live else "failed" if error else "closed"
             self._telemetry.session_ended(session, outcome)
@@ -524,6 +566,8 @@ class SessionBroker:
             self._tasks.spawn(
                 self._record_end_later(session, error, ended_at), name=f"end/{session.id}"
             )
+        finally:
+            self._finished.set()
 
     async def _record_end_later(
         self, session: Session, error: str | None, ended_at: dt.datetime
@@ -571,9 +615,11 @@ class SessionBroker:
         login_id: str | None = None,
         token_ids: frozenset[str] | None = None,
         session_ids: frozenset[str] | None = None,
+        code: ResetCode = ResetCode.CANCELLED,
     ) -> int:
         """End the live sessions of `user`, of sign-in `login_id`, or opened with one of
-        `token_ids`; returns how many. The relay sees the reset and tells its client."""
+        `token_ids`; returns how many. The relay sees the reset (`code`, `reason`) and tells
+        its client."""
         doomed = [
             s
             for s in self._live.values()
@@ -587,8 +633,9 @@ class SessionBroker:
         # for when it takes writes again, instead of leaving a session running unseen.
         for session in doomed:
             self._live.pop(session.id, None)
+            self._ending[session.id] = session
             if not session.stream.finished:
-                await session.stream.reset(ResetCode.CANCELLED, reason)
+                await session.stream.reset(code, reason)
         down = False
         for session in doomed:
             event = {

@@ -7,11 +7,13 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from shared.tunnel.frames import (
     SESSION_WINDOW,
     SIGNAL_DONE_CAPABILITY,
+    SILENT_PINGS,
     WINDOW_CAPABILITY,
     GatewayControl,
     Goodbye,
@@ -63,6 +65,10 @@ class AgentConn:
     active_sessions: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     pending: dict[str, asyncio.Future[TunnelStream]] = field(default_factory=dict)
+    # The session streams it serves (the entries go with their sessions): ended when the
+    # agent is found hung, since its gRPC calls would wait for keepalive (tens of seconds).
+    streams: weakref.WeakSet[TunnelStream] = field(default_factory=weakref.WeakSet)
+    close_reason: str = ""
 
     def send(self, frame: GatewayControl) -> None:
         try:
@@ -74,6 +80,7 @@ class AgentConn:
     def close(self, reason: str) -> None:
         if self.closed.is_set():
             return
+        self.close_reason = reason
         self.closed.set()
         for session_id, fut in self.pending.items():
             if not fut.done():
@@ -81,12 +88,22 @@ class AgentConn:
             log.debug("pending session %s failed: agent %s lost", session_id, self.name)
         self.pending.clear()
 
+    def lost(self, reason: str) -> None:
+        """The agent stopped answering: close it and end every session it serves, each with
+        a reason naming the agent (its relay tells the client in its own protocol)."""
+        self.close(reason)
+        for stream in list(self.streams):
+            stream.lost(f"agent {self.name!r} lost: {reason}")
+        self.streams.clear()
+
 
 class AgentRegistry:
     def __init__(
         self, *, ping_interval: float, open_timeout: float, session_window: int = SESSION_WINDOW
     ) -> None:
         self.ping_interval = ping_interval
+        self.silence_limit = SILENT_PINGS * ping_interval  # an agent this silent is dead
+        self.accepting = True  # False while the gateway drains: new agent streams refused
         self.open_timeout = open_timeout
         self.session_window = session_window
         self._agents: dict[str, AgentConn] = {}
@@ -122,7 +139,7 @@ class AgentRegistry:
         return list(self._agents.values())
 
     def healthy(self, pool: str, capability: str | None = None) -> list[AgentConn]:
-        horizon = time.monotonic() - 3 * self.ping_interval
+        horizon = time.monotonic() - self.silence_limit
         return [
             a
             for a in self._agents.values()
@@ -190,6 +207,7 @@ class AgentRegistry:
             try:
                 async with asyncio.timeout(self.open_timeout):
                     stream = await fut
+                    agent.streams.add(stream)
                     stream.negotiate(window, acks)
                     event = await stream.receive()
             except TimeoutError:

@@ -138,6 +138,9 @@ class AgentService:
         return record.name, record.pool, record.secret_hash
 
     async def control(self, ctl: ServerControl) -> None:
+        if not self._registry.accepting:  # draining: the agent retries, elsewhere with luck
+            await ctl.abort(grpc.StatusCode.UNAVAILABLE, "gateway shutting down")
+            return
         identity = await self._authenticate(ctl)
         if identity is None:
             # Take the agent's Hello before refusing: an abort that overtakes the agent's
@@ -225,6 +228,8 @@ class AgentService:
                     task.cancel()
         except* (ProtocolViolation, grpc.RpcError, asyncio.InvalidStateError) as group:
             reason = f"control stream failed: {group.exceptions[0]}"
+        else:
+            reason = conn.close_reason or reason
         finally:
             self._registry.unregister(conn)
             with contextlib.suppress(Exception):
@@ -253,13 +258,21 @@ class AgentService:
                 conn.close(frame.message)
 
     async def _watchdog(self, conn: AgentConn) -> None:
-        interval = self._registry.ping_interval
+        """Ping every interval; drop the agent once it has been silent for the registry's
+        `silence_limit` (woken at that very moment, not at the next ping)."""
+        interval, limit = self._registry.ping_interval, self._registry.silence_limit
+        next_ping = time.monotonic() + interval
         while not conn.closed.is_set():
-            await asyncio.sleep(interval)
-            if time.monotonic() - conn.last_seen > 3 * interval:
-                conn.close(f"silent for {3 * interval:g}s")
+            now = time.monotonic()
+            silent = now - conn.last_seen
+            if silent >= limit:
+                log.warning("agent %s silent for %.1fs: dropped", conn.name, silent)
+                conn.lost(f"silent for {limit:g}s")
                 return
-            conn.send(Ping(next(self._nonce)))
+            if now >= next_ping:
+                conn.send(Ping(next(self._nonce)))
+                next_ping = now + interval
+            await asyncio.sleep(min(next_ping, conn.last_seen + limit) - now)
 
     async def session(self, stream: TunnelStream, metadata: dict[str, str], peer: str) -> None:
         name = metadata.get(METADATA_AGENT, "")

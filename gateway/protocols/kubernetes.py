@@ -94,12 +94,21 @@ HTTP_STATUS = {
     "agent_lost": 502,
     "unsupported": 502,
     "unavailable": 503,
+    "draining": 503,  # this gateway is shutting down: another one answers
 }
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _reads(info: RequestInfo) -> bool:
     return info.verb in ("get", "list", "watch") and info.subresource not in CONNECT_SUBRESOURCES
+
+
+def _no_answer_status(session: Session) -> int:
+    """The status of a request the agent did not answer: 503 when this gateway ended it
+    because it is shutting down (another member answers), 502 otherwise."""
+    end = session.stream.end_reason
+    shutdown = end is not None and end.code is ResetCode.GATEWAY_SHUTDOWN and not end.by_peer
+    return 503 if shutdown else 502
 
 
 def _status(code: int, message: str) -> Response:
@@ -484,8 +493,9 @@ class KubeFrontDoor:
             await self._end(session, None, 0, error="client went away")
             raise
         if isinstance(answer, str):
-            await self._end(session, 502, 0, error=answer)
-            return _status(502, f"Wardgate: {answer}")
+            code = _no_answer_status(session)
+            await self._end(session, code, 0, error=answer)
+            return _status(code, f"Wardgate: {answer}")
         return _RelayResponse(self, session, answer)
 
     # ---- WebSocket upgrades (exec, attach) -------------------------------------------
@@ -539,8 +549,9 @@ class KubeFrontDoor:
         head = self._head("GET", path, query, ws.headers.items(), who, decision, protocols)
         answer = await self._upgrade(session, head)
         if isinstance(answer, str):
-            await self._end(session, 502, 0, error=answer)
-            await ws.send_denial_response(_status(502, f"Wardgate: {answer}"))
+            code = _no_answer_status(session)
+            await self._end(session, code, 0, error=answer)
+            await ws.send_denial_response(_status(code, f"Wardgate: {answer}"))
             return
         if answer.status != 101:
             body = await self._collect(session)
@@ -651,8 +662,8 @@ class KubeFrontDoor:
             )
             answer = await self._upgrade(session, head)
             if isinstance(answer, str):
-                status, error = 502, answer
-                await _answer(writer, 502, f"Wardgate: {answer}")
+                status, error = _no_answer_status(session), answer
+                await _answer(writer, status, f"Wardgate: {answer}")
                 return
             status = answer.status
             if answer.status != 101:

@@ -90,7 +90,9 @@ class WakeBudgetFlusher:
     """A budget was crossed: move the usage to the store now, not at the next interval."""
 
 
-Cause = Literal["client", "server", "agent", "refused", "audit", "protocol", "connection"]
+Cause = Literal[
+    "client", "server", "agent", "refused", "audit", "protocol", "connection", "shutdown"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,10 @@ Rules:
    (PostgreSQL has no half-open session: the client gets what the server sent, then
    end-of-file), the agent's reset, a refusal that ends it (rule 2), a statement that could
    not be recorded, a client protocol violation, or a lost connection.
+6. A gateway that drains ends what is left after its grace period by resetting the stream
+   with GATEWAY_SHUTDOWN: the client gets FATAL 57P01 (as from a server's
+   `pg_terminate_backend` or shutdown) saying so, then end-of-file (lingering), never a bare
+   end-of-file; the reason recorded is the reset's ("gateway shutting down").
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ from shared.pgwire.frontend import (
     Sync,
     decode_frontend,
 )
+from shared.tunnel.frames import ResetCode
 from shared.tunnel.session import DataReceived, MaskReported, RemoteClosed, SessionReset
 
 # Seconds a session the gateway ends keeps reading what the client still sends (rule 2).
@@ -465,6 +470,8 @@ class PgSession:
             )
         elif isinstance(event, RemoteClosed):
             self._agent_closed()
+        elif isinstance(event, SessionReset) and _gateway_shutdown(event):
+            self._shut_down(event.message)
         elif isinstance(event, SessionReset):
             self._end(
                 Close(
@@ -624,10 +631,16 @@ class PgSession:
 
     # ---- endings from outside ----------------------------------------------------------
 
-    def connection_failed(self, reason: str, agent_end: str | None = None) -> list[Action]:
+    def connection_failed(
+        self, reason: str, agent_end: str | None = None, shutdown: bool = False
+    ) -> list[Action]:
         """The client's connection or the agent's stream failed under the driver;
-        `agent_end`: why the agent's stream ended, when it did (e.g. a revoked credential)."""
-        self._failed(reason, agent_end)
+        `agent_end`: why the agent's stream ended, when it did (e.g. a revoked credential);
+        `shutdown`: it ended because this gateway is shutting down (rule 6)."""
+        if shutdown and agent_end is not None:
+            self._shut_down(agent_end)
+        else:
+            self._failed(reason, agent_end)
         return self._take()
 
     def _failed(self, reason: str, agent_end: str | None = None) -> None:
@@ -637,6 +650,22 @@ class PgSession:
                 "08006", f"connection {self.info.connection!r}: session ended: {agent_end}"
             )
         self._end(Close("connection", f"connection failed: {reason}", to_client=to_client))
+
+    def _shut_down(self, reason: str) -> None:
+        """Rule 6: this gateway is shutting down."""
+        message = (
+            "terminating connection because the Wardgate gateway is shutting down; "
+            "connect again to reach another gateway"
+        )
+        self._end(
+            Close(
+                "shutdown",
+                reason,
+                to_client=error_response("57P01", message),
+                end_output=True,
+                linger=True,
+            )
+        )
 
     def audit_failed(self, reason: str) -> list[Action]:
         """A statement could not be recorded: fail closed, it is not run."""
@@ -699,3 +728,8 @@ class PgSession:
             **({"budget": refusal.budget} if refusal.budget and not ended_session else {}),
             **({"ended_session": True} if ended_session else {}),
         )
+
+
+def _gateway_shutdown(end: SessionReset) -> bool:
+    """This gateway ended the stream because it is shutting down (not the agent's word)."""
+    return end.code is ResetCode.GATEWAY_SHUTDOWN and not end.by_peer

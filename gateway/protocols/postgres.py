@@ -163,6 +163,7 @@ SQLSTATE_BY_KIND = {
     "unreachable": "08001",
     "unsupported": "08001",
     "unavailable": "58030",  # the session could not be recorded: not opened
+    "draining": "57P01",  # this gateway is shutting down (admin_shutdown)
 }
 
 
@@ -718,7 +719,10 @@ class _Relay:
 
     def _failed(self, exc: BaseException) -> list[Action]:
         end = self._stream.end_reason  # e.g. the credential was revoked: say so
-        return self.pg.connection_failed(str(exc), end.message if end is not None else None)
+        if end is None:
+            return self.pg.connection_failed(str(exc))
+        shutdown = end.code is ResetCode.GATEWAY_SHUTDOWN and not end.by_peer
+        return self.pg.connection_failed(str(exc), end.message, shutdown=shutdown)
 
     async def _do(self, actions: list[Action]) -> None:
         writer, stream = self._writer, self._stream

@@ -34,6 +34,7 @@ CLOSE_CODES = {
     "unsupported": 4502,
     "no_agent": 4503,
     "unavailable": 4503,
+    "draining": 4503,
 }
 
 

@@ -30,6 +30,11 @@ SIGNAL_DONE_CAPABILITY = "signal-done"  # answers signals when OpenSession.signa
 # unknown control frame as a protocol error). Welcome.members needs no capability: an
 # older agent leaves the unknown field alone.
 MEMBERS_CAPABILITY = "members"
+# Liveness (both ends of the control stream): each side pings every ping interval (the
+# gateway's `ping_interval`, sent in Welcome) and takes a peer silent for SILENT_PINGS
+# intervals for dead. With the default interval of 1 s a hung peer is dropped 3 s after it
+# was last heard, so within 5 s of hanging (docs/draining.md, "Failure detection").
+SILENT_PINGS = 3
 # The most credit a session's sender may hold (a WindowUpdate beyond it is a protocol error).
 MAX_WINDOW = 2**31 - 1
 

@@ -313,6 +313,34 @@ def test_agent_gone_mid_statement_tells_the_client_and_ends() -> None:
     assert pg.client_request is None
 
 
+def test_a_gateway_shutting_down_ends_with_57P01_and_a_lingering_close() -> None:
+    pg = opened()
+    reset = SessionReset(ResetCode.GATEWAY_SHUTDOWN, "gateway shutting down", by_peer=False)
+    end = closed(pg.agent_event(reset))
+    assert (end.cause, end.error) == ("shutdown", "gateway shutting down")
+    assert end.end_output and end.linger  # the client reads the error, then end-of-file
+    (error,) = to_client([SendToClient(end.to_client)])
+    assert isinstance(error, ErrorResponse) and error.fields["C"] == "57P01"
+    assert error.fields["S"] == "FATAL"
+    assert "the Wardgate gateway is shutting down" in error.fields["M"]
+
+
+def test_an_agent_saying_its_gateway_shuts_down_is_not_taken_for_ours() -> None:
+    pg = opened()
+    reset = SessionReset(ResetCode.GATEWAY_SHUTDOWN, "not yours to say")  # by the peer
+    end = closed(pg.agent_event(reset))
+    (error,) = to_client([SendToClient(end.to_client)])
+    assert isinstance(error, ErrorResponse) and error.fields["C"] == "08006"
+
+
+def test_a_send_failing_under_a_shutdown_still_says_57P01() -> None:
+    pg = opened()
+    end = closed(pg.connection_failed("session closed", "gateway shutting down", shutdown=True))
+    assert end.error == "gateway shutting down"
+    (error,) = to_client([SendToClient(end.to_client)])
+    assert isinstance(error, ErrorResponse) and error.fields["C"] == "57P01"
+
+
 def test_a_client_protocol_violation_ends_with_08P01_and_a_lingering_close() -> None:
     pg = opened()
     end = closed(pg.client_data(b"Q\x00\x00\x00\x02"))  # a length shorter than itself
