@@ -105,6 +105,9 @@ def test_sigterm_lets_sessions_finish_then_ends_the_rest_with_57p01(
             psycopg.connect(gw.pg_conninfo("pg"), connect_timeout=10).close()
         assert SHUTDOWN_TEXT in str(refused.value)
         assert "FATAL" in str(refused.value)
+        with gw.api() as api:  # balancers stop sending clients here
+            ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["failed"] == ["draining"], ready.text
 
         # A live session goes on during the grace period and ends as usual.
         assert finishing.execute("select 'still served'").fetchone() == ("still served",)
