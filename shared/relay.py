@@ -18,9 +18,14 @@ Rules (each one a test in tests/shared/test_relay.py):
    close, and the far end is given `close_grace` seconds to close its side; what it still
    sends has nobody to go to and is dropped (PEER_CLOSED).
 4. A failing peer connection (OSError) is PEER_FAILED; a reset tunnel (the far end failed,
-   the agent went away, the session was terminated) is TUNNEL_RESET with its reason; an
-   adapter that refuses what passes (`Refused`: a frame too large, masking that cannot
-   go on, a broken framing) is REFUSED. The first ending wins.
+   the agent went away, the session was terminated) is TUNNEL_RESET with its reason, the
+   reset itself given to `describe`; an adapter that refuses what passes (`Refused`: a
+   frame too large, masking that cannot go on, a broken framing), or whose protocol ends
+   the session itself, from either direction (PostgreSQL: a statement that could not be
+   recorded, a client protocol violation, a refusal in the middle of a pipeline), is
+   REFUSED. The first ending wins. What the protocol still has to say to the peer (its
+   error, then end-of-file) the caller says after `relay` returns: the tunnel is over by
+   then, so nothing from the far end can come after it.
 5. Whatever ends the relay, the tunnel stream is finished when `relay` returns (reset with
    `failure_code` or the refusal's code when nobody closed it cleanly), also when the
    caller cancels it; cancellation is re-raised. A task inside a tunnel call is never
@@ -28,6 +33,14 @@ Rules (each one a test in tests/shared/test_relay.py):
    and the far end would see a lost agent instead of our close.
 6. Signals (the agent side of a PostgreSQL cancel) run in a task of the relay's, in order
    with the data, and are answered (Signal DONE) once carried out.
+7. Reports the far end sends beside the data (the agent's masking counts) go to
+   `on_report`, in order with the data; once the relay is decided they are dropped with it.
+8. Each direction waits only for itself. `Peer.read` may take as long as its protocol needs
+   before it has bytes for the tunnel (PostgreSQL: the judge, a durable audit record
+   before a statement runs, a review while the client waits) and `Peer.write` as long as
+   the peer takes to flush; the other direction keeps flowing meanwhile. An ending cancels
+   such a wait (rule 5): the adapter cleans up its side (withdraws the review) and
+   re-raises.
 
 `relay` returns a `RelayEnd`: who ended it, a sentence for the session record, and `error`
 (None for the clean endings, BOTH_CLOSED, PEER_CLOSED and TUNNEL_CLOSED).
@@ -45,6 +58,7 @@ from typing import Any, Protocol
 from shared.tunnel.frames import ResetCode, SignalKind
 from shared.tunnel.stream import (
     DataReceived,
+    MaskReported,
     RemoteClosed,
     SessionClosedError,
     SessionReset,
@@ -104,6 +118,7 @@ class Peer(Protocol):
 
 
 OnSignal = Callable[[SignalKind], Coroutine[Any, Any, None]]
+OnReport = Callable[[MaskReported], Coroutine[Any, Any, None]]
 Describe = Callable[[SessionReset], str]
 
 
@@ -120,9 +135,11 @@ class _Relay:
         failure_code: ResetCode,
         describe: Describe,
         on_signal: OnSignal | None,
+        on_report: OnReport | None,
         who: str,
     ) -> None:
         self.who = who
+        self.on_report = on_report
         self.stream = stream
         self.peer = peer
         self.half_close = half_close
@@ -239,6 +256,8 @@ class _Relay:
                     return
                 elif isinstance(event, SignalReceived) and not draining:
                     self.spawn(tg, self.carry_out(event), f"signal {event.kind.name}")
+                elif isinstance(event, MaskReported) and self.on_report and not draining:
+                    await self.on_report(event)
         except OSError as exc:
             self.failed(exc)
         except Refused as exc:
@@ -291,13 +310,14 @@ async def relay(
     failure_code: ResetCode = ResetCode.CANCELLED,
     describe: Describe = _message,
     on_signal: OnSignal | None = None,
+    on_report: OnReport | None = None,
     close_grace: float = CLOSE_GRACE,
 ) -> RelayEnd:
     """Relay until the session ends (rules in the module docstring); why it ended.
 
     `who` names the peer in the reasons ("client", "target"); `describe` words a reset
     of the tunnel for the peer's side (the gateway names the agent at fault)."""
-    r = _Relay(stream, peer, half_close, failure_code, describe, on_signal, who)
+    r = _Relay(stream, peer, half_close, failure_code, describe, on_signal, on_report, who)
     try:
         async with asyncio.TaskGroup() as tg:
             r.spawn(tg, r.up(), f"{name}/up")

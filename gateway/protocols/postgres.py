@@ -69,9 +69,12 @@ its result is not cut by that budget until the server is idle again; denied or t
 refused with 53400.
 
 The session itself, from AuthenticationOk to its end, is `gateway.protocols.pgsession.PgSession`
-(sans-I/O: every rule above about order, refusals, holds, budgets and endings lives there);
-`_Relay` below is its asyncio driver (two tasks, one per direction, plus the budget flusher),
-and `judge` is the one call into policy.
+(sans-I/O: every rule above about order, refusals, holds, budgets and endings lives there).
+It runs on the one relay driver of every front door (`shared.relay`, without half-close):
+`_SessionPeer` below is the client's connection as the relay sees it, through the session
+(client bytes in, the bytes the session forwards out; agent bytes in, what it orders for the
+client out), `_Relay` adds the budget flusher and carries out the session's last orders, and
+`judge` is the one call into policy.
 """
 
 from __future__ import annotations
@@ -137,8 +140,15 @@ from shared.pgwire.startup import (
     parse_startup_packet,
     startup_packet_length,
 )
+from shared.relay import Ended, Refused, RelayEnd, relay
 from shared.tunnel.frames import ResetCode, SignalKind
-from shared.tunnel.stream import SessionClosedError
+from shared.tunnel.stream import (
+    DataReceived,
+    MaskReported,
+    RemoteClosed,
+    SessionClosedError,
+    SessionReset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -581,10 +591,10 @@ async def judge(
 
 
 class _Relay:
-    """The asyncio driver of one `PgSession`: the client's socket, the agent's stream, the
-    audit log and reviews. Two tasks, one per direction, carry out what the session orders;
-    the session alone decides when and why it ends (`Close`), and `run` then carries out
-    its last orders and records the end."""
+    """One `PgSession` on the relay driver (`shared.relay`), with the client's socket as
+    the peer (`_SessionPeer`) and the audit log, the judge and reviews behind it. The session
+    alone decides how it ends (its `Close`); `run` carries out the last orders and records
+    the end."""
 
     def __init__(
         self,
@@ -600,8 +610,6 @@ class _Relay:
         self._session = session
         self._stream = session.stream
         self._policy = door._session_policy(session)
-        self._read_only = session.access == "read-only"
-        self._functions = function_check(door._broker, session)
         identity = session.identity
         self.pg = PgSession(
             SessionInfo(
@@ -616,29 +624,29 @@ class _Relay:
             SessionKeys(door.cancel_keys, session, key_length),
             time.monotonic,
         )
-        self._progress = asyncio.Event()  # set whenever server data reached the client
         self._flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
-        self._ended = asyncio.Event()  # the session ordered its Close
+        self._peer = _SessionPeer(self)
 
     async def run(self) -> None:
         pg, sid = self.pg, self._session.id
         close: Close | None = None
         try:
-            await self._do(pg.start())
+            await self._peer.do(pg.start())
             async with asyncio.TaskGroup() as tg:
-                up = tg.create_task(self._client_side(), name=f"pg/{sid}/up")
-                down = tg.create_task(self._server_side(), name=f"pg/{sid}/down")
                 flusher = tg.create_task(
                     self._policy.run_flusher(self._flush_wake), name=f"pg/{sid}/budgets"
                 )
-                await self._ended.wait()
-                close = pg.ending
-                assert close is not None
-                if close.wait_client_side:
-                    await up  # its last sends (Terminate, the half-close) are under way
-                up.cancel()
-                down.cancel()
+                end = await relay(
+                    self._stream,
+                    self._peer,
+                    half_close=False,  # PostgreSQL has no half-open session
+                    name=f"pg/{sid}",
+                    who="client",
+                    describe=self._peer.reset_seen,
+                    on_report=self._peer.report,
+                )
                 flusher.cancel()
+            close = self._peer.ending(end)
             await self._last_orders(close)
         finally:
             await self._finish(close)
@@ -647,7 +655,7 @@ class _Relay:
 
     async def _last_orders(self, close: Close) -> None:
         writer = self._writer
-        if close.reset_agent_first is not None:
+        if close.reset_agent_first is not None and not self._stream.finished:
             await self._stream.reset(ResetCode.CANCELLED, close.reset_agent_first)
         if close.to_client:
             with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
@@ -664,51 +672,87 @@ class _Relay:
         error = close.error if close is not None else None
         if pg.cancel_key is not None:
             self._door.cancel_keys.revoke(*pg.cancel_key)
-        if close is not None and close.close_agent:
-            await stream.send_close()  # both directions closed: the agent's pump ends
-        if not stream.finished:
+        if not stream.finished:  # the relay ends the stream; a cancelled run may not have
             await stream.reset(ResetCode.CANCELLED, error or "client went away")
         self._policy.release()  # the usage outlives the session (and the gateway)
         await self._door._broker.finish(self._session, error=error)
 
-    # ---- the two directions ------------------------------------------------------------
 
-    async def _client_side(self) -> None:
+class _SessionPeer:
+    """The client's connection as the relay's peer, through the session: `read` answers the
+    session's requests (client bytes, the judge, durable records, reviews) until it has
+    bytes for the agent; `write` gives the agent's bytes to the session and writes on what
+    it orders for the client. Where the session ends itself, the relay is told `Refused`;
+    the session's `Close` then says what the client still gets (`ending`)."""
+
+    def __init__(self, driver: _Relay) -> None:
+        door, session = driver._door, driver._session
+        self._door = door
+        self._session = session
+        self._reader = driver._reader
+        self._writer = driver._writer
+        self._stream = session.stream
+        self._policy = driver._policy
+        self._flush_wake = driver._flush_wake
+        self._read_only = session.access == "read-only"
+        self._functions = function_check(door._broker, session)
+        self.pg = driver.pg
+        self._to_agent: list[bytes] = []
+        self._client_done = False  # the session ordered CloseToAgent
+        self._progress = asyncio.Event()  # set whenever server data reached the client
+        self._failure: str | None = None  # why the client's connection failed
+        self._reset: SessionReset | None = None
+
+    # ---- the relay's Peer --------------------------------------------------------------
+
+    async def read(self) -> bytes | None:
         pg = self.pg
         try:
-            while pg.ending is None and (request := pg.client_request) is not None:
-                await self._do(await self._answer(request))
-        except AuditUnavailable as exc:
-            # Fail closed: a statement that cannot be recorded is not run.
-            await self._do(pg.audit_failed(str(exc)))
-        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
-            await self._do(self._failed(exc))
-        finally:
-            self._ending_seen()
+            while True:
+                if self._to_agent:
+                    # Before the next request: it may wait for the server to answer these.
+                    data = b"".join(self._to_agent)
+                    self._to_agent.clear()
+                    return data
+                if self._client_done:
+                    return None
+                request = pg.client_request
+                assert request is not None and pg.ending is None
+                try:
+                    actions = await self._answer(request)
+                except AuditUnavailable as exc:
+                    # Fail closed: a statement that cannot be recorded is not run.
+                    actions = pg.audit_failed(str(exc))
+                await self.do(actions)
+        except OSError as exc:
+            self._failure = str(exc) or type(exc).__name__
+            raise
 
-    async def _server_side(self) -> None:
-        pg, stream = self.pg, self._stream
+    async def write(self, data: bytes) -> None:
         try:
-            while pg.reading_agent:
-                await self._do(pg.agent_event(await stream.receive()))
-                self._progress.set()
-        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
-            await self._do(self._failed(exc))
-        finally:
-            self._ending_seen()
+            await self.do(self.pg.agent_event(DataReceived(data)))
+        except OSError as exc:
+            self._failure = str(exc) or type(exc).__name__
+            raise
+        self._progress.set()
 
-    def _ending_seen(self) -> None:
-        """A direction stopped: if the session has ended (even where a send that came before
-        its Close failed), `run` carries out the end."""
-        if self.pg.ending is not None:
-            self._ended.set()
+    async def write_eof(self) -> None:
+        raise AssertionError("a PostgreSQL session has no half-close")
 
-    def _failed(self, exc: BaseException) -> list[Action]:
-        end = self._stream.end_reason  # e.g. the credential was revoked: say so
-        return self.pg.connection_failed(str(exc), end.message if end is not None else None)
+    async def wait_gone(self) -> None:
+        raise AssertionError("a PostgreSQL session has no half-close")
 
-    async def _do(self, actions: list[Action]) -> None:
-        writer, stream = self._writer, self._stream
+    async def report(self, event: MaskReported) -> None:
+        await self.do(self.pg.agent_event(event))
+
+    def reset_seen(self, event: SessionReset) -> str:
+        self._reset = event
+        return event.message
+
+    # ---- the session's orders ----------------------------------------------------------
+
+    async def do(self, actions: list[Action]) -> None:
+        writer = self._writer
         for action in actions:
             kind = type(action)
             if kind is SendToClient:
@@ -719,19 +763,42 @@ class _Relay:
                     self.pg.client_flushed()  # the tunnel's credit goes back at the next read
             elif kind is SendToAgent:
                 assert isinstance(action, SendToAgent)
-                await stream.send_data(action.data)
+                self._to_agent.append(action.data)  # `read` hands them to the relay
             elif kind is Record:
                 assert isinstance(action, Record)
                 self._door._audit.submit(action.kind, **action.fields)
             elif kind is CloseToAgent:
-                await stream.send_close()
+                self._client_done = True  # `read` answers end-of-file after the last bytes
             elif kind is CancelServer:
-                with contextlib.suppress(SessionClosedError):
-                    await stream.send_signal(SignalKind.CANCEL)
+                # A tunnel call from inside the relay's direction: not cancelled halfway
+                # (that would cancel the agent's whole call, rule 5 of shared.relay).
+                await asyncio.shield(self._cancel_server())
             elif kind is WakeBudgetFlusher:
                 self._flush_wake.set()
             elif kind is Close:
-                self._ended.set()
+                assert isinstance(action, Close)
+                # The session ended itself: its last words go after the relay (`ending`).
+                raise Refused(action.error or "the session ended", ResetCode.CANCELLED)
+
+    async def _cancel_server(self) -> None:
+        with contextlib.suppress(SessionClosedError):
+            await self._stream.send_signal(SignalKind.CANCEL)
+
+    def ending(self, end: RelayEnd) -> Close:
+        """The session's end, once the relay is over: its own, or the relay's told to it."""
+        pg = self.pg
+        if pg.ending is None:
+            if end.ended in (Ended.TUNNEL_CLOSED, Ended.PEER_CLOSED, Ended.BOTH_CLOSED):
+                pg.agent_event(RemoteClosed())  # it says whether the client or server ended
+            elif end.ended is Ended.TUNNEL_RESET and self._reset is not None:
+                pg.agent_event(self._reset)
+            else:
+                agent_end = self._stream.end_reason if end.ended is Ended.TUNNEL_RESET else None
+                pg.connection_failed(
+                    self._failure or end.reason, agent_end.message if agent_end else None
+                )
+        assert pg.ending is not None
+        return pg.ending
 
     async def _answer(self, request: Request) -> list[Action]:
         """Do what the client side asked for; the session's answer to the result."""
