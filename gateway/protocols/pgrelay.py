@@ -387,11 +387,8 @@ class SessionPeer:
                 pg.agent_event(RemoteClosed())  # it says whether the client or server ended
             elif end.ended is Ended.TUNNEL_RESET and self._reset is not None:
                 pg.agent_event(self._reset)
-            else:
-                agent_end = self._stream.end_reason if end.ended is Ended.TUNNEL_RESET else None
-                pg.connection_failed(
-                    self._failure or end.reason, agent_end.message if agent_end else None
-                )
+            else:  # the client's connection failed
+                pg.connection_failed(self._failure or end.reason)
         assert pg.ending is not None
         return pg.ending
 
