@@ -1,8 +1,9 @@
-"""One relay driver for every byte-stream front door: a peer connection <-> a TunnelStream.
+"""One relay driver for every front door: a peer connection <-> a TunnelStream.
 
-Gateway side the peer is the client (a WebSocket, an upgraded HTTP connection, an SSH
-transport); agent side it is the target. The protocol's own framing lives in a `Peer`
-adapter; this module only moves bytes and decides, in one place, how a relay ends.
+Gateway side the peer is the client (a PostgreSQL connection through its session, a
+WebSocket, an upgraded HTTP connection, an SSH transport); agent side it is the target. The
+protocol's own framing lives in a `Peer` adapter; this module only moves bytes and decides,
+in one place, how a relay ends.
 
 Rules (each one a test in tests/shared/test_relay.py):
 
@@ -38,9 +39,9 @@ Rules (each one a test in tests/shared/test_relay.py):
 8. Each direction waits only for itself. `Peer.read` may take as long as its protocol needs
    before it has bytes for the tunnel (PostgreSQL: the judge, a durable audit record
    before a statement runs, a review while the client waits) and `Peer.write` as long as
-   the peer takes to flush; the other direction keeps flowing meanwhile. An ending cancels
-   such a wait (rule 5): the adapter cleans up its side (withdraws the review) and
-   re-raises.
+   the peer takes to flush; the other direction keeps flowing meanwhile. An ending stops
+   such a wait at once (it is not a tunnel call, rule 5): the adapter cleans up its side
+   (withdraws the review) and re-raises.
 
 `relay` returns a `RelayEnd`: who ended it, a sentence for the session record, and `error`
 (None for the clean endings, BOTH_CLOSED, PEER_CLOSED and TUNNEL_CLOSED).
