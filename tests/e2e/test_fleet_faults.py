@@ -393,3 +393,151 @@ def test_a_member_killed_under_load_costs_only_its_own_sessions(fleet: Fleet) ->
     )
     assert first_new <= NEW_SESSIONS_WITHIN
     assert closed_after <= LOST_BOUND + MARGIN
+
+
+# ---- draining a member ---------------------------------------------------------------------
+
+
+def test_a_draining_member_lets_sessions_finish_and_ends_the_rest_with_57p01(
+    fleet: Fleet,
+) -> None:
+    victim = fleet.members[2]
+    victim_id = fleet.member_id(victim)
+    held = [fleet.connect() for _ in range(6)]  # two psycopg sessions on each member
+    bench = fleet.pgbench("drained", seconds=GRACE + 8)
+    try:
+        finishing, idle = [conn for conn, port in held if port == victim.public_port]
+        notices = _notices(idle)
+        finishing.execute("select 'drain-finishing'")
+        idle.execute("select 'drain-idle'")
+        wait_for(lambda: len(bench.sessions(fleet)) == bench.clients, "every pgbench client to run")
+        rows = {s["id"]: s for s in fleet.sessions()}
+        on_victim = {c for c, s in bench.sessions(fleet).items() if rows[s]["member"] == victim_id}
+        assert len(on_victim) == 2, (on_victim, rows)
+
+        os.kill(victim.pid, signal.SIGTERM)
+        started = time.monotonic()
+        wait_for(
+            lambda: victim.public_port in fleet.balancer.out,
+            "the balancer's health check to take the draining member out",
+        )
+        out_after = time.monotonic() - started
+        for n in range(6):  # new sessions land on the others
+            assert _new_session(fleet, n)
+
+        # A live session goes on during the grace period and ends as usual.
+        assert finishing.execute("select 'still served'").fetchone() == ("still served",)
+        finishing.close()
+        wait_for(lambda: _closed_by_gateway(idle), "the idle session to be ended", GRACE + 10)
+        ended_after = time.monotonic() - started
+        assert [code for code, _ in notices] == ["57P01"], notices
+        assert SHUTDOWN_TEXT in str(notices[0][1])
+
+        for conn, port in held:
+            if port != victim.public_port:
+                assert conn.execute("select 'untouched'").fetchone() == ("untouched",)
+        assert bench.wait() == 2, bench.stderr  # 2: some clients were ended
+        assert victim.proc is not None and victim.proc.wait(30) == 0, victim.log()
+    finally:
+        for conn, _ in held:
+            conn.close()
+        if bench.proc.poll() is None:
+            bench.proc.kill()
+            bench.proc.wait()
+
+    # pgbench's clients on the draining member were ended in PostgreSQL's words, after the
+    # grace period (they ran during it); the others ran to the end.
+    aborted = bench.aborted()
+    assert set(aborted) == on_victim, bench.stderr
+    assert all(SHUTDOWN_TEXT in line for line in aborted.values()), bench.stderr
+    done = bench.transactions()
+    drained_at = time.time() - (time.monotonic() - started)
+    assert all(max(done[c]) > drained_at + GRACE - 1 for c in on_victim), done
+    recorded = bench.statements(fleet)
+    for client in range(bench.clients):
+        assert len(done[client]) <= recorded[client] <= len(done[client]) + 1, client
+
+    rows = {s["id"]: s for s in fleet.sessions()}
+    drained = [s for s in rows.values() if s["member"] == victim_id and s["status"] != "closed"]
+    assert {(s["status"], s["error"]) for s in drained} == {("failed", "gateway shutting down")}
+    assert len(drained) == 3  # the idle psycopg session and two pgbench clients
+
+    fleet.figures["SIGTERM: balancer took the member out"] = (
+        f"{out_after:.2f} s after SIGTERM (/readyz checked every 1 s)"
+    )
+    fleet.figures["SIGTERM: idle session ended with 57P01"] = (
+        f"{ended_after:.2f} s after SIGTERM (grace {GRACE:g} s)"
+    )
+    fleet.figures["SIGTERM: sessions cut"] = (
+        f"{len(drained)} still open after the grace, each with 57P01; 0 on the others"
+    )
+    print(f"\nSIGTERM: out of the balancer after {out_after:.2f}s, 57P01 after {ended_after:.2f}s")
+    assert ended_after >= GRACE - 0.5
+
+
+# ---- a hung agent --------------------------------------------------------------------------
+
+
+def test_a_hung_agent_is_dropped_by_every_member_within_the_figure(fleet: Fleet) -> None:
+    held = [fleet.connect()[0] for _ in range(6)]
+    stopped = False
+    try:
+        for conn in held:
+            conn.execute("select 'held'")
+        # Each member gave its two sessions one to each agent (the less busy one).
+        serving = {
+            (gw.public_port, name): agent["active_sessions"]
+            for gw in fleet.members
+            for name, agent in gw.agents().items()
+        }
+        assert set(serving.values()) == {1}, serving
+        before = {s["id"] for s in fleet.sessions()}
+
+        hung = fleet.agents["one"]
+        os.kill(hung.pid, signal.SIGSTOP)
+        stopped = True
+        started = time.monotonic()
+        detected: dict[int, float] = {}
+
+        def dropped_everywhere() -> bool:
+            for gw in fleet.members:
+                if gw.public_port not in detected and not gw.agents()["one"]["connected"]:
+                    detected[gw.public_port] = time.monotonic() - started
+            return len(detected) == len(fleet.members)
+
+        wait_for(dropped_everywhere, "every member to drop the hung agent", DETECTION + MARGIN)
+
+        # Its sessions fail with a clear error; the other agent's go on.
+        errors = []
+        for conn in held:
+            try:
+                assert conn.execute("select 'after'").fetchone() == ("after",)
+            except psycopg.OperationalError as exc:
+                errors.append(str(exc))
+        assert len(errors) == 3, errors
+        assert all("agent 'one' lost: silent for 3s" in e for e in errors), errors
+        # New sessions go to the agent that answers, on every member.
+        for n in range(6):
+            assert _new_session(fleet, n)
+        new = wait_for(
+            lambda: (
+                (n := [s for s in fleet.sessions() if s["id"] not in before])
+                and all(s["ended_at"] for s in n)
+                and n
+            ),
+            "the new sessions' ends to be recorded",
+        )
+        assert len(new) == 6 and {s["agent"] for s in new} == {"two"}, new
+        assert len({s["member"] for s in new}) == 3
+    finally:
+        for conn in held:
+            conn.close()
+        if stopped:
+            os.kill(fleet.agents["one"].pid, signal.SIGCONT)
+
+    slowest = max(detected.values())
+    fleet.figures["SIGSTOP agent: dropped by every member"] = (
+        f"{min(detected.values()):.2f} to {slowest:.2f} s (figure {DETECTION:g} s, 1 s pings)"
+    )
+    print(f"\nSIGSTOP agent: dropped after {sorted(round(t, 2) for t in detected.values())}s")
+    assert slowest <= DETECTION
