@@ -19,6 +19,7 @@ on every member, the balancer with every member in).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -51,6 +52,7 @@ GRACE = 3.0
 DETECTION = 5.0  # the named figure: a hung agent is dropped within this (docs/fleet.md)
 NEW_SESSIONS_WITHIN = 5.0  # after a member is lost, new sessions succeed within this
 MARGIN = 3.0  # for a loaded two-core CI machine
+BENCH_KILLED, BENCH_DRAINED = 10.0, GRACE + 8  # seconds pgbench runs
 SHUTDOWN_TEXT = "the Wardgate gateway is shutting down"
 SLEEP = "select pg_sleep(60)"
 # pgbench's script: the client's id is in each statement's text, so its audit events name it.
@@ -192,8 +194,16 @@ class Bench:
                 counted[int(match[1])] += 1
         return counted
 
-    def wait(self) -> int:
-        self.stdout, self.stderr = self.proc.communicate(timeout=120)
+    def wait(self, seconds: float) -> int:
+        """Its exit status, once it has run its `seconds` (and a margin to end)."""
+        try:
+            self.stdout, self.stderr = self.proc.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.stdout, self.stderr = self.proc.communicate()
+            raise AssertionError(
+                f"pgbench still ran {seconds + 30:g} s later: {self.stderr}"
+            ) from None
         return self.proc.returncode
 
     def aborted(self) -> dict[int, str]:
@@ -206,8 +216,8 @@ class Bench:
         done: dict[int, list[float]] = collections.defaultdict(list)
         for path in self.logs.iterdir():
             for line in path.read_text().splitlines():
-                client, _, latency, _, sec, usec, *_ = line.split()
-                if latency.isdigit():
+                client, _, latency, _, sec, usec, *_ = line.split() + [""] * 6
+                if latency.isdigit() and usec.isdigit():  # not a line cut short
                     done[int(client)].append(int(sec) + int(usec) / 1e6)
         return done
 
@@ -290,6 +300,13 @@ def _new_session(fleet: Fleet, n: int) -> bool:
         return conn.execute(f"select {n}").fetchone() == (n,)
 
 
+def _timed_session(fleet: Fleet, n: int) -> float:
+    """How long a new session took to answer its first statement."""
+    started = time.monotonic()
+    assert _new_session(fleet, n)
+    return time.monotonic() - started
+
+
 # ---- every member serves -------------------------------------------------------------------
 
 
@@ -325,7 +342,7 @@ def test_a_member_killed_under_load_costs_only_its_own_sessions(fleet: Fleet) ->
     victim = fleet.members[1]
     victim_id = fleet.member_id(victim)
     held = [fleet.connect() for _ in fleet.members]  # a psycopg session on each member
-    bench = fleet.pgbench("killed", seconds=10)
+    bench = fleet.pgbench("killed", seconds=BENCH_KILLED)
     try:
         wait_for(lambda: len(bench.sessions(fleet)) == bench.clients, "every pgbench client to run")
         rows = {s["id"]: s for s in fleet.sessions()}
@@ -356,7 +373,7 @@ def test_a_member_killed_under_load_costs_only_its_own_sessions(fleet: Fleet) ->
 
         ended = wait_for(all_closed, "the dead member's sessions to be closed", LOST_BOUND + MARGIN)
         closed_after = time.monotonic() - killed
-        assert bench.wait() == 2, bench.stderr  # 2: some clients were aborted
+        assert bench.wait(BENCH_KILLED) == 2, bench.stderr  # 2: some clients were aborted
     finally:
         for conn, _ in held:
             conn.close()
@@ -404,7 +421,7 @@ def test_a_draining_member_lets_sessions_finish_and_ends_the_rest_with_57p01(
     victim = fleet.members[2]
     victim_id = fleet.member_id(victim)
     held = [fleet.connect() for _ in range(6)]  # two psycopg sessions on each member
-    bench = fleet.pgbench("drained", seconds=GRACE + 8)
+    bench = fleet.pgbench("drained", seconds=BENCH_DRAINED)
     try:
         finishing, idle = [conn for conn, port in held if port == victim.public_port]
         notices = _notices(idle)
@@ -436,7 +453,7 @@ def test_a_draining_member_lets_sessions_finish_and_ends_the_rest_with_57p01(
         for conn, port in held:
             if port != victim.public_port:
                 assert conn.execute("select 'untouched'").fetchone() == ("untouched",)
-        assert bench.wait() == 2, bench.stderr  # 2: some clients were ended
+        assert bench.wait(BENCH_DRAINED) == 2, bench.stderr  # 2: some clients were ended
         assert victim.proc is not None and victim.proc.wait(30) == 0, victim.log()
     finally:
         for conn, _ in held:
@@ -498,14 +515,19 @@ def test_a_hung_agent_is_dropped_by_every_member_within_the_figure(fleet: Fleet)
         stopped = True
         started = time.monotonic()
         detected: dict[int, float] = {}
+        # Sessions opened before the members notice: one on each member, where the two
+        # agents are equally busy, so some are ordered on the hung one.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            early = [pool.submit(_timed_session, fleet, n) for n in range(3)]
 
-        def dropped_everywhere() -> bool:
-            for gw in fleet.members:
-                if gw.public_port not in detected and not gw.agents()["one"]["connected"]:
-                    detected[gw.public_port] = time.monotonic() - started
-            return len(detected) == len(fleet.members)
+            def dropped_everywhere() -> bool:
+                for gw in fleet.members:
+                    if gw.public_port not in detected and not gw.agents()["one"]["connected"]:
+                        detected[gw.public_port] = time.monotonic() - started
+                return len(detected) == len(fleet.members)
 
-        wait_for(dropped_everywhere, "every member to drop the hung agent", DETECTION + MARGIN)
+            wait_for(dropped_everywhere, "every member to drop the hung agent", DETECTION + MARGIN)
+            waited = [f.result(timeout=60) for f in early]
 
         # Its sessions fail with a clear error; the other agent's go on.
         errors = []
@@ -527,7 +549,8 @@ def test_a_hung_agent_is_dropped_by_every_member_within_the_figure(fleet: Fleet)
             ),
             "the new sessions' ends to be recorded",
         )
-        assert len(new) == 6 and {s["agent"] for s in new} == {"two"}, new
+        assert len(new) == 9 and {s["agent"] for s in new} == {"two"}, new
+        assert {s["status"] for s in new} == {"closed"}, new
         assert len({s["member"] for s in new}) == 3
     finally:
         for conn in held:
@@ -539,5 +562,10 @@ def test_a_hung_agent_is_dropped_by_every_member_within_the_figure(fleet: Fleet)
     fleet.figures["SIGSTOP agent: dropped by every member"] = (
         f"{min(detected.values()):.2f} to {slowest:.2f} s (figure {DETECTION:g} s, 1 s pings)"
     )
+    fleet.figures["SIGSTOP agent: a session opened before the drop"] = (
+        f"succeeded on the other agent after at most {max(waited):.2f} s"
+    )
     print(f"\nSIGSTOP agent: dropped after {sorted(round(t, 2) for t in detected.values())}s")
+    print(f"sessions opened meanwhile took {sorted(round(t, 2) for t in waited)}s")
     assert slowest <= DETECTION
+    assert max(waited) <= DETECTION + MARGIN
