@@ -342,6 +342,7 @@ def test_a_member_killed_under_load_costs_only_its_own_sessions(fleet: Fleet) ->
     victim = fleet.members[1]
     victim_id = fleet.member_id(victim)
     held = [fleet.connect() for _ in fleet.members]  # a psycopg session on each member
+    assert {port for _, port in held} == {gw.public_port for gw in fleet.members}
     bench = fleet.pgbench("killed", seconds=BENCH_KILLED)
     try:
         wait_for(lambda: len(bench.sessions(fleet)) == bench.clients, "every pgbench client to run")
@@ -365,6 +366,9 @@ def test_a_member_killed_under_load_costs_only_its_own_sessions(fleet: Fleet) ->
                     conn.execute("select 'on the dead member'")
             else:
                 assert conn.execute("select 'untouched'").fetchone() == ("untouched",)
+                # Cancels still reach it, from whichever member their connection lands on.
+                raised = fleet.target.interrupt(conn, SLEEP, conn.cancel_safe)
+                assert isinstance(raised, psycopg.errors.QueryCanceled), raised
 
         def all_closed() -> list[dict[str, Any]]:
             rows = {s["id"]: s for s in fleet.sessions()}
