@@ -5,7 +5,7 @@ connection to every member), clients through a round-robin TCP balancer
 (tests/fixtures/balancer.py: it passes over a member that refuses connections and takes out
 one whose /readyz fails, as an L4 balancer with health checks does). pgbench, psql and
 psycopg sessions land on every member, then: SIGKILL a member under load, SIGTERM a member,
-SIGSTOP an agent.
+SIGSTOP an agent, and restart every member in turn under load.
 
 The figures docs/fleet.md names are measured here and printed (run with `-s`). Settings:
 `ping_interval` 1 s (the default, which the 5 s detection figure is for); `fleet.heartbeat_interval`
@@ -21,11 +21,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import os
 import re
 import signal
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -573,3 +575,84 @@ def test_a_hung_agent_is_dropped_by_every_member_within_the_figure(fleet: Fleet)
     print(f"sessions opened meanwhile took {sorted(round(t, 2) for t in waited)}s")
     assert slowest <= DETECTION
     assert max(waited) <= DETECTION + MARGIN
+
+
+# ---- a rolling restart ---------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Clients opening short sessions through the balancer, one after another, until told
+    to stop; what became of each."""
+
+    fleet: Fleet
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # three clients count
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = psycopg.connect(self.fleet.conninfo(), autocommit=True)
+            except psycopg.OperationalError as exc:
+                self._refused(str(exc))
+                continue
+            try:
+                with conn:
+                    conn.execute("select pg_sleep(0.2)")
+                    assert conn.execute("select 'done'").fetchone() == ("done",)
+            except psycopg.Error as exc:
+                self._count("broken", str(exc))
+            else:
+                self._count("finished")
+
+    def _count(self, outcome: str, error: str | None = None) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+            if error is not None:
+                self.errors.append(error)
+
+    def _refused(self, error: str) -> None:
+        if SHUTDOWN_TEXT in error:
+            kind = "refused: draining"
+        elif "no agent of pool 'default' is connected" in error:
+            kind = "refused: no agent yet"  # a restarted member before the agents are back
+        elif any(eof in error for eof in BARE_EOF):
+            kind = "cut at connect"  # a member closing its port (docs/fleet.md: two gaps)
+        else:
+            kind = "refused: other"
+        self._count(kind, error)
+
+
+BARE_EOF = (
+    "server closed the connection unexpectedly",
+    "SSL connection has been closed unexpectedly",
+    "SSL error: unexpected eof",
+)
+
+
+def test_a_rolling_restart_under_load_breaks_no_session(fleet: Fleet) -> None:
+    load = Load(fleet)
+    workers = [threading.Thread(target=load.run, name=f"load-{n}") for n in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: load.outcomes["finished"] >= 6, "the load to run")
+        for gw in fleet.members:  # as an orchestrator does: one at a time, on readiness
+            os.kill(gw.pid, signal.SIGTERM)
+            assert gw.proc is not None and gw.proc.wait(GRACE + 20) == 0, gw.log()
+            gw.start().wait_ready()
+            wait_for(functools.partial(_ready, gw), "the restarted member to be ready")
+    finally:
+        load.stop.set()
+        for worker in workers:
+            worker.join(30)
+    outcomes = dict(load.outcomes)
+    fleet.figures["rolling restart: short sessions"] = str(outcomes)
+    print(f"\nrolling restart under load: {outcomes}")
+    # Every session that started finished: each member drained them within its grace.
+    errors = collections.Counter(load.errors)
+    assert load.outcomes["broken"] == 0, errors
+    assert load.outcomes["refused: other"] == 0, errors
+    assert load.outcomes["finished"] > 0
