@@ -326,6 +326,7 @@ class Gateway:
                 limiter=limiter,
                 telemetry=self.telemetry,
                 draining=lambda: self.draining,
+                agent_warmup=cfg.fleet.agent_warmup,
             )
         )
         app.state.reviews = self.reviews

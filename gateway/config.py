@@ -290,6 +290,10 @@ class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     heartbeat_interval: float = Field(default=2.0, gt=0)  # seconds between heartbeats
     member_timeout: float = Field(default=10.0, gt=0)  # seconds of silence before reaping
+    # Seconds after start /readyz waits for every known pool to have an agent here: agents
+    # learn a new member within 2 s and dial it within 5 s (docs/agents-fleet.md); a pool
+    # whose agents are all down must not keep a member out for good.
+    agent_warmup: float = Field(default=10.0, ge=0)
     # Other members' agent-facing addresses (HOST:PORT): a static member list, told to agents
     # beside the store's live members, for members the store does not list.
     peers: list[str] = Field(default_factory=list)

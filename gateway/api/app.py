@@ -91,6 +91,7 @@ class ApiDeps:
     limiter: AuthLimiter | None = None  # sign-in rate limits (api/ratelimit.py)
     telemetry: Telemetry | None = None  # metrics (gateway/telemetry.py); None: a private one
     draining: Callable[[], bool] = _never  # True once the member stops taking sessions
+    agent_warmup: float = 10.0  # fleet.agent_warmup: /readyz waits this long for agents
 
 
 class AgentCreate(BaseModel):

@@ -4,7 +4,10 @@
   a lost store would restart every member at once, and a restart does not bring a store back.
 - `GET /readyz`: 200 only when this member can serve sessions: the store takes writes (a write
   transaction that changes nothing, bounded by a timeout), the identity (TLS material) is
-  loaded, and the member is not draining; otherwise 503 naming the checks that failed.
+  loaded, the member is not draining, and, for its first `fleet.agent_warmup` seconds, every pool
+  the store knows has an agent connected here; otherwise 503 naming the checks that failed.
+  A restarted member that a balancer sent clients before its agents were back refused
+  them with "no agent of pool ... is connected".
 - `GET /v1/health`: what is true now: agents connected to this member by pool (pools the store
   knows with none are listed too), the store's state with its error, draining. Without an
   administrator's credential, only the status and counts: no pool or agent name, no error.
@@ -85,8 +88,17 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
     probe = StoreProbe(deps.store)
     telemetry.watch_agents(deps.registry)
 
+    started = time.monotonic()
+
     def identity_loaded() -> bool:
         return bool(deps.ca_pem) and bool(deps.ca_fingerprint)
+
+    async def agents_back() -> str:
+        if time.monotonic() - started >= deps.agent_warmup:
+            return "ok"
+        await refresh_from_store()
+        waiting = sum(1 for names in telemetry.pools().values() if not names)
+        return "ok" if not waiting else f"waiting for the agents of {waiting} pool(s)"
 
     async def refresh_from_store() -> None:
         """The pools the store knows, and the pending reviews: read with a deadline; a store
@@ -116,6 +128,7 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
             "store": "ok" if store_error is None else "unavailable",
             "identity": "ok" if identity_loaded() else "TLS material not loaded",
             "draining": "draining: not taking new sessions" if deps.draining() else "ok",
+            "agents": await agents_back(),
         }
         failed = [name for name, state in checks.items() if state != "ok"]
         body: dict[str, Any] = {"status": "not ready" if failed else "ready", "checks": checks}

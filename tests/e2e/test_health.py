@@ -86,7 +86,7 @@ def test_health_follows_agents_and_metrics_count_sessions(
         assert ready.status_code == 200, ready.text
         assert ready.json() == {
             "status": "ready",
-            "checks": {"store": "ok", "identity": "ok", "draining": "ok"},
+            "checks": {"store": "ok", "identity": "ok", "draining": "ok", "agents": "ok"},
         }
         assert http.get("/metrics").status_code == 401  # administrators only
 
@@ -176,3 +176,21 @@ def test_readyz_is_503_while_the_store_is_down(
     wait_for(lambda: ready_status() == 200, "/readyz to be 200 again")
     assert health(gw)["store"] == {"status": "ok"}
     assert health(gw, admin=False)["store"] == {"status": "ok"}
+
+
+def test_a_restarted_member_is_ready_once_its_agents_are_back(wardgate: Wardgate) -> None:
+    # A balancer that sent clients to a member before its agents had dialled it got them
+    # "no agent of pool ... is connected" (tests/e2e/test_fleet_faults.py, rolling restart).
+    gw = wardgate.gateway(fleet={"agent_warmup": 120})
+    key = gw.create_agent("east-1", pool="east")
+
+    def ready() -> httpx.Response:
+        with anonymous(gw) as http:
+            return http.get("/readyz")
+
+    gw.restart()  # the store now knows pool east, and its agent is not here
+    waiting = ready()
+    assert waiting.status_code == 503 and waiting.json()["failed"] == ["agents"], waiting.text
+    assert "east" not in waiting.text  # no names to strangers
+    wardgate.agent(gw, key, wait="east-1")
+    wait_for(lambda: ready().status_code == 200, "/readyz once the agent is back")
