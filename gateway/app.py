@@ -85,11 +85,15 @@ class Started:
     ssh_user_ca: str = ""  # fingerprint of the CA that signs users' SSH certificates
 
 
-def _bind(address: tuple[str, int]) -> socket.socket:
+def _bind(address: tuple[str, int], *, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: share the port with this host's other workers (`--workers`, the kernel
+    spreads connections over them); only then, so a lone gateway owns its port."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -230,7 +234,7 @@ class Gateway:
 
         public = parse_address(cfg.listen)
         agent_addr = parse_address(cfg.agent_listen)
-        listener = _bind(public)
+        listener = _bind(public, reuse_port=cfg.workers > 1)
         public = (public[0], listener.getsockname()[1])
 
         peers = tuple(cfg.fleet.peers)
