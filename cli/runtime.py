@@ -181,8 +181,8 @@ def run(
 
     try:
         import uvloop
-
-        result = uvloop.run(wrapper())
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         result = asyncio.run(wrapper())
+    else:  # not in the try: an ImportError of `main`'s must not run it a second time
+        result = uvloop.run(wrapper())
     return int(result or 0)

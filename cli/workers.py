@@ -148,6 +148,7 @@ class Supervisor:
         plan = self.plan
         argv = [
             sys.executable,
+            "-P",  # not the working directory on sys.path: a data dir named `gateway` is one
             "-m",
             "cli.main",
             "gateway",
