@@ -17,6 +17,8 @@ import dataclasses
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -27,7 +29,7 @@ from bench.postgres import Postgres, postgres
 from bench.procs import BenchError
 from bench.routes import WARDGATE, Route
 from bench.wardgate import CONNECTION, USER, wardgate
-from bench.workloads import connection_rate, select_tps, warm_up
+from bench.workloads import _cpu_seconds, connection_rate, select_tps, warm_up
 
 ROWS = (
     ("select_8", "pgbench -S, 8 clients (tps)"),
@@ -65,18 +67,30 @@ def measure(work_dir: Path, pg: Postgres, workers: int, seconds: int) -> dict[st
             {"gateway": wg.gateway, "agent": wg.agent},
         )
         warm_up(route, 2)
-        return {
-            "select_8": select_tps(route, 8, seconds),
-            "select_32": select_tps(route, 32, seconds),
-            "connect_8": connection_rate(route, 8, seconds, work_dir),
+        runs: dict[str, Callable[[], float]] = {
+            "select_8": lambda: select_tps(route, 8, seconds),
+            "select_32": lambda: select_tps(route, 32, seconds),
+            "connect_8": lambda: connection_rate(route, 8, seconds, work_dir),
         }
+        results = {}
+        for key, workload in runs.items():
+            gateway = route.relay_processes()["gateway"]  # the supervisor and its workers
+            cpu, started = _cpu_seconds(gateway), time.monotonic()
+            results[key] = workload()
+            busy = (_cpu_seconds(gateway) - cpu) / (time.monotonic() - started)
+            results[f"{key}_cores"] = busy
+        return results
 
 
 def table(results: dict[int, dict[str, float]]) -> str:
-    lines = [f"{'':34}{'1 worker':>10}{'2 workers':>11}{'2/1':>7}"]
+    """Each workload's rate with 1 and 2 workers and the ratio, and the cores the gateway's
+    processes kept busy meanwhile (1.0: one core's worth)."""
+    head = f"{'':34}{'1 worker':>10}{'2 workers':>11}{'2/1':>7}{'gateway cores, 1w / 2w':>25}"
+    lines = [head]
     for key, label in ROWS:
         one, two = results[1][key], results[2][key]
-        lines.append(f"{label:34}{one:>10.0f}{two:>11.0f}{two / one:>7.2f}")
+        cores = f"{results[1][key + '_cores']:.2f} / {results[2][key + '_cores']:.2f}"
+        lines.append(f"{label:34}{one:>10.0f}{two:>11.0f}{two / one:>7.2f}{cores:>25}")
     return "\n".join(lines)
 
 

@@ -118,8 +118,10 @@ class _Worker:
     def send(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.signals += 1
+            # os.kill, not send_signal: that polls first, and so reaps an exited worker
+            # before asyncio's child watcher can, which then reports status 255.
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
+                os.kill(self.proc.pid, sig)
 
 
 class Supervisor:

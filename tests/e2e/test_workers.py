@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+import yaml
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
@@ -194,3 +195,34 @@ def test_several_workers_on_sqlite_are_refused_in_one_line(wardgate: Wardgate) -
     assert len(lines) == 1, done.stderr
     assert "2 workers need a PostgreSQL store" in lines[0]
     assert "set store (a postgresql:// URL) and secret_key" in lines[0]
+
+
+def test_a_worker_that_fails_to_start_stops_the_supervisor_with_its_error(
+    wardgate: Wardgate, postgres_db: PostgresServer
+) -> None:
+    """Worker 0 refuses a PostgreSQL store without secret_key: the supervisor starts no
+    other worker and exits with worker 0's status and its one line."""
+    config = wardgate.tmp / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{free_port()}",
+                "agent_listen": f"127.0.0.1:{free_port_pair()}",
+                "data_dir": str(wardgate.tmp / "data"),
+                "store": postgres_db.url(),
+                "workers": 2,
+            }
+        )
+    )
+    done = subprocess.run(
+        [*WARDGATE, "gateway", "--config", str(config)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "set secret_key (or WARDGATE_SECRET_KEY)" in errors[0]
+    assert "worker 1" not in done.stderr
