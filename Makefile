@@ -116,8 +116,9 @@ proto-check:  ## fail when the committed generated code is stale
 docs: install  ## build the documentation site into build/site (mkdocs --strict: warnings are errors)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir build/site
 
-bench: install  ## direct vs ssh -L bastion vs Wardgate (~5 min): table, bench/results.json
+bench: install  ## direct vs ssh -L bastion vs Wardgate, then 1 vs 2 workers (~8 min): tables, bench/results.json
 	.venv/bin/python -m bench
+	.venv/bin/python -m bench.workers
 
 bench-workers: install  ## pgbench through `gateway --workers` 1 and 2 on a PostgreSQL store, with ratios (~3 min)
 	.venv/bin/python -m bench.workers

@@ -36,6 +36,7 @@ ROWS = (
     ("select_32", "pgbench -S, 32 clients (tps)"),
     ("connect_8", "connections/s, 8 clients (-C)"),
 )
+PARTS = ("gateway", "agent")
 
 
 def _store(pg: Postgres, name: str) -> str:
@@ -74,23 +75,29 @@ def measure(work_dir: Path, pg: Postgres, workers: int, seconds: int) -> dict[st
         }
         results = {}
         for key, workload in runs.items():
-            gateway = route.relay_processes()["gateway"]  # the supervisor and its workers
-            cpu, started = _cpu_seconds(gateway), time.monotonic()
+            parts = route.relay_processes()  # gateway: the supervisor and its workers
+            cpu = {part: _cpu_seconds(procs) for part, procs in parts.items()}
+            started = time.monotonic()
             results[key] = workload()
-            busy = (_cpu_seconds(gateway) - cpu) / (time.monotonic() - started)
-            results[f"{key}_cores"] = busy
+            elapsed = time.monotonic() - started
+            for part, procs in parts.items():
+                results[f"{key}_{part}"] = (_cpu_seconds(procs) - cpu[part]) / elapsed
         return results
 
 
 def table(results: dict[int, dict[str, float]]) -> str:
     """Each workload's rate with 1 and 2 workers and the ratio, and the cores the gateway's
-    processes kept busy meanwhile (1.0: one core's worth)."""
-    head = f"{'':34}{'1 worker':>10}{'2 workers':>11}{'2/1':>7}{'gateway cores, 1w / 2w':>25}"
+    processes and the agent kept busy meanwhile (1.00: one core's worth), 1 / 2 workers."""
+    head = (
+        f"{'':32}{'1 worker':>9}{'2 workers':>10}{'2/1':>6}{'gateway cores':>15}{'agent cores':>13}"
+    )
     lines = [head]
     for key, label in ROWS:
         one, two = results[1][key], results[2][key]
-        cores = f"{results[1][key + '_cores']:.2f} / {results[2][key + '_cores']:.2f}"
-        lines.append(f"{label:34}{one:>10.0f}{two:>11.0f}{two / one:>7.2f}{cores:>25}")
+        cores = [f"{results[1][f'{key}_{p}']:.2f}/{results[2][f'{key}_{p}']:.2f}" for p in PARTS]
+        lines.append(
+            f"{label:32}{one:>9.0f}{two:>10.0f}{two / one:>6.2f}{cores[0]:>15}{cores[1]:>13}"
+        )
     return "\n".join(lines)
 
 

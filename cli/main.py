@@ -102,6 +102,7 @@ def _log_format_option(default: str | None) -> Callable[[F], F]:
 @click.option(
     "--workers",
     type=click.IntRange(min=1, max=256),
+    metavar="N",
     help="Gateway processes sharing the public port, one supervisor (config workers, "
     "default 1); worker i takes agents on the agent port + i. More than one needs a "
     "PostgreSQL store.",
