@@ -10,9 +10,11 @@ of each); 20 sessions all on one of two workers would be a 1 in 2^19 chance.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,14 +84,19 @@ def connected_to(w: Workers, port: int) -> Callable[[], bool]:
 
 @pytest.fixture
 def workers(
-    wardgate: Wardgate, postgres_db: PostgresServer, postgres_server: PostgresServer
+    wardgate: Wardgate,
+    postgres_db: PostgresServer,
+    postgres_server: PostgresServer,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Workers]:
+    """Two workers and an agent connected to each; `indirect` parameters add config."""
     agent_port = free_port_pair()
     gw = wardgate.gateway(
         workers=2,
         store=postgres_db.url(),
         secret_key=SecretBox.generate_key(),
         agent_listen=f"127.0.0.1:{agent_port}",
+        **getattr(request, "param", {}),
     )
     postgres_server.drop_database(TARGET)
     target = postgres_server.create_database(TARGET)
@@ -170,6 +177,45 @@ def test_sigterm_to_the_supervisor_drains_every_worker_and_exits_0(workers: Work
     log = workers.gw.log(tail=100_000)
     assert log.count("draining: no new sessions") == 2  # each worker drained
     assert "SIGTERM: draining 2 workers" in log
+
+
+@pytest.mark.parametrize("workers", [{"drain_grace": 120}], indirect=True)
+def test_a_second_signal_stops_every_worker_at_once(workers: Workers) -> None:
+    """The first SIGTERM drains: an idle worker ends, a session goes on; the second ends the
+    draining worker at once, long before its grace (120 s) is over."""
+    held = psycopg.connect(workers.gw.pg_conninfo("pg-workers"), autocommit=True)
+    try:
+        held.execute("select 1")
+        os.kill(workers.gw.pid, signal.SIGTERM)
+        wait_for(lambda: len(workers.worker_pids()) == 1, "the idle worker to end its drain")
+        assert workers.gw.alive()
+        assert held.execute("select 2").fetchone() == (2,)  # the drain lets it finish
+
+        stopped = time.monotonic()
+        assert workers.gw.stop(signal.SIGTERM, timeout=60) == 0
+        assert time.monotonic() - stopped < 30
+        log = workers.gw.log(tail=100_000)
+        assert "SIGTERM: draining 2 workers" in log
+        assert "SIGTERM: stopping at once 1 workers" in log
+        with pytest.raises(psycopg.OperationalError):
+            held.execute("select 3")
+    finally:
+        held.close()
+
+
+def test_workers_drain_when_their_supervisor_is_killed(workers: Workers) -> None:
+    pids = list(workers.worker_pids().values())
+    assert len(pids) == 2
+
+    workers.gw.kill()
+
+    def ended(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: all(ended(p) for p in pids), "both workers to end after their supervisor")
 
 
 def test_several_workers_on_sqlite_are_refused_in_one_line(wardgate: Wardgate) -> None:
