@@ -153,7 +153,7 @@ def gateway(
     async def serve() -> None:
         from gateway.app import Gateway
 
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, worker=worker_index)
         started = await _start(gw)
         host, port = started.public_address
         if not quiet:

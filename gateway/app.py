@@ -111,10 +111,12 @@ class Gateway:
         *,
         rotate_admin_token: bool = False,
         admin_token_file: Path | None = None,
+        worker: int | None = None,
     ) -> None:
         """`admin_token_file` (`wardgate dev`): keep the bootstrap admin token in this file
         (0600) and reuse it at every start while the store holds it valid, so shells and
-        ~/.pgpass entries made with it survive restarts."""
+        ~/.pgpass entries made with it survive restarts. `worker`: this process is that
+        worker of `gateway --workers` (its member id says so)."""
         self.config = config
         self._rotate_admin = rotate_admin_token
         self._admin_token_file = admin_token_file
@@ -128,7 +130,7 @@ class Gateway:
             session_window=config.session_window,
         )
         self.started: Started | None = None
-        self.member_id = fleet.new_member_id()
+        self.member_id = fleet.new_member_id(worker)
         self.membership: fleet.Membership | None = None
         self.identity: IdentityService | None = None
         self.reviews: ReviewService | None = None

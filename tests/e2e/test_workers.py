@@ -123,8 +123,12 @@ def test_two_workers_are_two_members_each_with_the_agent_and_sessions_land_on_bo
     members = wait_for(
         lambda: len(m := workers.live_members(wardgate)) == 2 and m, "two live members"
     )
-    ports = sorted(int(m["agent_address"].rpartition(":")[2]) for m in members)
-    assert ports == [workers.agent_port, workers.agent_port + 1]
+    ports = {m["id"]: int(m["agent_address"].rpartition(":")[2]) for m in members}
+    # Each member's id names its worker, whose agent port is the configured one + its index.
+    assert sorted((mid.rsplit("-", 2)[1], port) for mid, port in ports.items()) == [
+        ("w0", workers.agent_port),
+        ("w1", workers.agent_port + 1),
+    ]
     assert sorted(workers.worker_pids()) == [0, 1]
 
     sessions_through_the_public_port(workers.gw, 20)
