@@ -4,11 +4,13 @@ themselves are tested in tests/e2e/test_workers.py."""
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 
 import pytest
 
-from cli.workers import Plan, Supervisor, _describe, _Worker, check_plan
+from cli.workers import Plan, Supervisor, _describe, _Worker, check_plan, reserve
+from shared.listen import ListenError
 
 
 def plan(agent: tuple[str, int] = ("127.0.0.1", 8444)) -> Plan:
@@ -50,3 +52,26 @@ def test_only_worker_0_at_its_first_start_prints_the_banner() -> None:
 def test_how_a_worker_ended_is_said_in_words() -> None:
     assert _describe(-signal.SIGKILL) == "was killed by SIGKILL"
     assert _describe(3) == "exited with status 3"
+
+
+def test_the_supervisor_holds_the_public_port_for_its_workers_only() -> None:
+    """Port 0 resolves once; a worker (SO_REUSEPORT) may listen on it, anyone else may not."""
+    reserved = reserve(("127.0.0.1", 0))
+    port = reserved.getsockname()[1]
+    with socket.socket() as worker, socket.socket() as stranger:
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", port))
+        worker.listen()
+        with pytest.raises(OSError):
+            stranger.bind(("127.0.0.1", port))
+    reserved.close()
+
+
+def test_a_public_port_another_program_holds_is_refused_naming_it() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ListenError) as refused:
+            reserve(("127.0.0.1", port))
+    assert refused.value.address == f"127.0.0.1:{port}"
