@@ -1,8 +1,9 @@
-"""One relay driver for every byte-stream front door: a peer connection <-> a TunnelStream.
+"""One relay driver for every front door: a peer connection <-> a TunnelStream.
 
-Gateway side the peer is the client (a WebSocket, an upgraded HTTP connection, an SSH
-transport); agent side it is the target. The protocol's own framing lives in a `Peer`
-adapter; this module only moves bytes and decides, in one place, how a relay ends.
+Gateway side the peer is the client (a PostgreSQL connection through its session, a
+WebSocket, an upgraded HTTP connection, an SSH transport); agent side it is the target. The
+protocol's own framing lives in a `Peer` adapter; this module only moves bytes and decides,
+in one place, how a relay ends.
 
 Rules (each one a test in tests/shared/test_relay.py):
 
@@ -18,9 +19,14 @@ Rules (each one a test in tests/shared/test_relay.py):
    close, and the far end is given `close_grace` seconds to close its side; what it still
    sends has nobody to go to and is dropped (PEER_CLOSED).
 4. A failing peer connection (OSError) is PEER_FAILED; a reset tunnel (the far end failed,
-   the agent went away, the session was terminated) is TUNNEL_RESET with its reason; an
-   adapter that refuses what passes (`Refused`: a frame too large, masking that cannot
-   go on, a broken framing) is REFUSED. The first ending wins.
+   the agent went away, the session was terminated) is TUNNEL_RESET with its reason, the
+   reset itself given to `describe`; an adapter that refuses what passes (`Refused`: a
+   frame too large, masking that cannot go on, a broken framing), or whose protocol ends
+   the session itself, from either direction (PostgreSQL: a statement that could not be
+   recorded, a client protocol violation, a refusal in the middle of a pipeline), is
+   REFUSED. The first ending wins. What the protocol still has to say to the peer (its
+   error, then end-of-file) the caller says after `relay` returns: the tunnel is over by
+   then, so nothing from the far end can come after it.
 5. Whatever ends the relay, the tunnel stream is finished when `relay` returns (reset with
    `failure_code` or the refusal's code when nobody closed it cleanly), also when the
    caller cancels it; cancellation is re-raised. A task inside a tunnel call is never
@@ -28,6 +34,14 @@ Rules (each one a test in tests/shared/test_relay.py):
    and the far end would see a lost agent instead of our close.
 6. Signals (the agent side of a PostgreSQL cancel) run in a task of the relay's, in order
    with the data, and are answered (Signal DONE) once carried out.
+7. Reports the far end sends beside the data (the agent's masking counts) go to
+   `on_report`, in order with the data; once the relay is decided they are dropped with it.
+8. Each direction waits only for itself. `Peer.read` may take as long as its protocol needs
+   before it has bytes for the tunnel (PostgreSQL: the judge, a durable audit record
+   before a statement runs, a review while the client waits) and `Peer.write` as long as
+   the peer takes to flush; the other direction keeps flowing meanwhile. An ending stops
+   such a wait at once (it is not a tunnel call, rule 5): the adapter cleans up its side
+   (withdraws the review) and re-raises.
 
 `relay` returns a `RelayEnd`: who ended it, a sentence for the session record, and `error`
 (None for the clean endings, BOTH_CLOSED, PEER_CLOSED and TUNNEL_CLOSED).
@@ -45,6 +59,7 @@ from typing import Any, Protocol
 from shared.tunnel.frames import ResetCode, SignalKind
 from shared.tunnel.stream import (
     DataReceived,
+    MaskReported,
     RemoteClosed,
     SessionClosedError,
     SessionReset,
@@ -104,6 +119,7 @@ class Peer(Protocol):
 
 
 OnSignal = Callable[[SignalKind], Coroutine[Any, Any, None]]
+OnReport = Callable[[MaskReported], Coroutine[Any, Any, None]]
 Describe = Callable[[SessionReset], str]
 
 
@@ -120,9 +136,11 @@ class _Relay:
         failure_code: ResetCode,
         describe: Describe,
         on_signal: OnSignal | None,
+        on_report: OnReport | None,
         who: str,
     ) -> None:
         self.who = who
+        self.on_report = on_report
         self.stream = stream
         self.peer = peer
         self.half_close = half_close
@@ -175,11 +193,18 @@ class _Relay:
 
     async def up(self) -> None:
         """Peer -> tunnel."""
+        # `tunnel_call` inlined on the two per-message calls: a context manager there cost
+        # more CPU per round trip than the rest of the relay's own work.
+        me, in_tunnel, send = asyncio.current_task(), self.in_tunnel, self.stream.send_data
+        assert me is not None
         try:
             while (data := await self.peer.read()) is not None:
                 if data:
-                    with self.tunnel_call():
-                        await self.stream.send_data(data)
+                    in_tunnel.add(me)
+                    try:
+                        await send(data)
+                    finally:
+                        in_tunnel.discard(me)
                     self.sent += len(data)
                 if self.end is not None:
                     return
@@ -204,10 +229,15 @@ class _Relay:
     async def down_loop(self, tg: asyncio.TaskGroup) -> None:
         """Tunnel -> peer; once the relay is decided (the peer's EOF without half-close),
         it only waits for the far end's close, dropping what still comes."""
+        me, in_tunnel, receive = asyncio.current_task(), self.in_tunnel, self.stream.receive
+        assert me is not None
         try:
             while True:
-                with self.tunnel_call():
-                    event = await self.stream.receive()
+                in_tunnel.add(me)
+                try:
+                    event = await receive()
+                finally:
+                    in_tunnel.discard(me)
                 draining = self.end is not None
                 if isinstance(event, DataReceived):
                     if draining:
@@ -239,6 +269,8 @@ class _Relay:
                     return
                 elif isinstance(event, SignalReceived) and not draining:
                     self.spawn(tg, self.carry_out(event), f"signal {event.kind.name}")
+                elif isinstance(event, MaskReported) and self.on_report and not draining:
+                    await self.on_report(event)
         except OSError as exc:
             self.failed(exc)
         except Refused as exc:
@@ -291,13 +323,14 @@ async def relay(
     failure_code: ResetCode = ResetCode.CANCELLED,
     describe: Describe = _message,
     on_signal: OnSignal | None = None,
+    on_report: OnReport | None = None,
     close_grace: float = CLOSE_GRACE,
 ) -> RelayEnd:
     """Relay until the session ends (rules in the module docstring); why it ended.
 
     `who` names the peer in the reasons ("client", "target"); `describe` words a reset
     of the tunnel for the peer's side (the gateway names the agent at fault)."""
-    r = _Relay(stream, peer, half_close, failure_code, describe, on_signal, who)
+    r = _Relay(stream, peer, half_close, failure_code, describe, on_signal, on_report, who)
     try:
         async with asyncio.TaskGroup() as tg:
             r.spawn(tg, r.up(), f"{name}/up")

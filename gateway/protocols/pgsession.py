@@ -6,10 +6,10 @@ judge's verdict, the audit seqs of recorded statements, a review's decision, a t
 client's end). Actions out: bytes for the client (`SendToClient`) or the agent
 (`SendToAgent`), events to record (`Record`, submitted; `RecordDurably`, awaited), a cancel
 for the server, and once, `Close` (all of them in `gateway.protocols.pgactions`). The
-driver (`gateway.protocols.postgres`) does the I/O.
+driver (`gateway.protocols.pgrelay`, on the shared relay) does the I/O.
 
-Two directions run side by side, as two tasks in the driver, each asking the session for
-its next step:
+Two directions run side by side, as the relay's two tasks, each asking the session for its
+next step:
 - the client's side is a generator that yields one `Request` at a time (`client_request`:
   more client bytes, a verdict, a durable record, the server to go idle, a review) and is
   resumed with the answer; while it waits for anything but client bytes, the client is not

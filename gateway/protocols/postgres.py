@@ -26,8 +26,8 @@ a batch whose start the server already holds cannot be answered in order: the se
 (fail closed). The server's part of the batch is dropped with its session; the gateway reads
 the client's batch to its Sync (at most LINGER seconds), answers it with ERROR 42501 and
 ReadyForQuery, so that a pipelining client reports the refusal rather than a lost connection,
-then sends FATAL 42501 and closes lingering (`_end_output`: FIN, then reads until the client hangs
-up), so that no TCP reset destroys the error before the client reads it.
+then sends FATAL 42501 and closes lingering (`pgrelay.end_output`: FIN, then reads until the
+client hangs up), so that no TCP reset destroys the error before the client reads it.
 
 The server may end the session itself (pg_terminate_backend, idle_in_transaction_session_timeout,
 a shutdown or restart): the client gets what it sent, its FATAL error, then end-of-file, as
@@ -69,9 +69,9 @@ its result is not cut by that budget until the server is idle again; denied or t
 refused with 53400.
 
 The session itself, from AuthenticationOk to its end, is `gateway.protocols.pgsession.PgSession`
-(sans-I/O: every rule above about order, refusals, holds, budgets and endings lives there);
-`_Relay` below is its asyncio driver (two tasks, one per direction, plus the budget flusher),
-and `judge` is the one call into policy.
+(sans-I/O: every rule above about order, refusals, holds, budgets and endings lives there),
+run on the one relay driver of every front door (`shared.relay`) by
+`gateway.protocols.pgrelay`, which also holds `judge`, the one call into policy.
 """
 
 from __future__ import annotations
@@ -81,45 +81,17 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 
-from gateway.audit import Auditor, AuditUnavailable, durable
+from gateway.audit import Auditor, AuditUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.fleet.bus import Bus
 from gateway.frontdoor import accept_stream, authenticated
-from gateway.policy.budgets import BUDGET_SQLSTATE
-from gateway.policy.functions import FunctionCheck
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.readonly import check_read_only
-from gateway.policy.rules import Decision, Policy, SessionGuard, subject_for
+from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import BudgetLedger, PolicyView, SessionPolicy, as_view
-from gateway.protocols.pgactions import (
-    Action,
-    AwaitReview,
-    CancelReview,
-    CancelServer,
-    Close,
-    CloseToAgent,
-    Hold,
-    Judge,
-    NeedClientData,
-    NeedServerIdle,
-    OpenReview,
-    Record,
-    RecordDurably,
-    Refusal,
-    Request,
-    ReviewDecided,
-    SendToAgent,
-    SendToClient,
-    SessionInfo,
-    Verdict,
-    WakeBudgetFlusher,
-)
-from gateway.protocols.pgcancel import CancelKeys, SessionKeys, secret_length
+from gateway.protocols.pgcancel import CancelKeys, secret_length
 from gateway.protocols.pgfleet import FleetCancels
-from gateway.protocols.pgfunctions import function_check
-from gateway.protocols.pgsession import CHECKED, LINGER, PgSession
+from gateway.protocols.pgrelay import PgRelay
 from gateway.ratelimit import Rejections, peer_host
 from gateway.reviews import ReviewService
 from gateway.sessions import Session, SessionBroker, SessionError
@@ -130,7 +102,6 @@ from shared.pgwire.backend import (
     negotiate_protocol_version,
 )
 from shared.pgwire.errors import PgProtocolError, RemoteProtocolError
-from shared.pgwire.frontend import FrontendMessage, Parse, Query
 from shared.pgwire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -139,14 +110,12 @@ from shared.pgwire.startup import (
     parse_startup_packet,
     startup_packet_length,
 )
-from shared.tunnel.frames import ResetCode, SignalKind
+from shared.tunnel.frames import SignalKind
 from shared.tunnel.stream import SessionClosedError
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 30.0
-CLIENT_CHECK = 1.0  # seconds between looks for a client that hung up while held
-READ_SIZE = 64 * 1024
 # Seconds a client's cancel connection waits for the agent to report the server's answer.
 CANCEL_TIMEOUT = 10.0
 # Startup parameters passed through to the server; user and database are the connection's.
@@ -169,74 +138,6 @@ SQLSTATE_BY_KIND = {
 
 class ClientGone(Exception):
     pass
-
-
-def _refusal(
-    kind: bytes,
-    decoded: FrontendMessage | None,
-    read_only: bool,
-    guard: SessionGuard | None,
-    decision: Decision | None = None,
-) -> Refusal | Hold | None:
-    """Why this session must not send this message, or None.
-
-    Read-only access is checked first, then the guardrails: both answer a refusal the same
-    way (42501, in order), so the client cannot tell which check it met except by the reason.
-    """
-    if kind == b"F":
-        # A function called by OID would bypass the SQL checks entirely.
-        if read_only:
-            return Refusal("read-only access: the fastpath function-call protocol is refused", "")
-        return Refusal("policy: the fastpath function-call protocol is refused", "")
-    text = decoded.text if isinstance(decoded, Query) else getattr(decoded, "query", "")
-    if read_only:
-        verdict = check_read_only(text)
-        if not verdict.allowed:
-            return Refusal(verdict.reason, text)
-    if guard is not None:
-        decision = decision or guard.check(text)
-        if decision.effect == "review" and decision.review is not None:
-            return Hold(decision.reason, text, decision.rules, decision.review)
-        if not decision.allowed:
-            return Refusal(f"policy: {decision.reason}", text, decision.rules)
-    return None
-
-
-def _sql_text(decoded: Query | Parse) -> str:
-    return decoded.text if isinstance(decoded, Query) else decoded.query
-
-
-async def _end_output(writer: asyncio.StreamWriter) -> None:
-    """Flush what was written, then TCP FIN: the client reads it, then end-of-file.
-
-    A socket closed while client bytes wait unread in its receive queue, or that receives
-    bytes after it is closed, answers with a TCP RST, and an RST makes the client's kernel
-    drop what the client has not read yet: the error that ends its session. A client in a
-    pipeline keeps sending after the message the gateway refused, so a session the gateway
-    ends flushes its error, ends our direction (FIN) and then reads and drops what the
-    client still sends (`_drain_client`) before it closes: a lingering close.
-    """
-    with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
-        await writer.drain()
-        # uvloop queues small writes until the end of the loop iteration: one turn of the
-        # loop puts the error on the wire before the FIN that must follow it.
-        await asyncio.sleep(0)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            # The transport's socket refuses shutdown(); a duplicate descriptor does not,
-            # and shutdown acts on the connection, not on one descriptor. (No TLS
-            # close_notify: asyncio has no TLS half-close; after a FATAL error libpq and
-            # psycopg report the error, not the missing close_notify.)
-            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
-                dup.shutdown(socket.SHUT_WR)
-
-
-async def _drain_client(reader: asyncio.StreamReader) -> None:
-    """Read and drop what the client still sends, until it hangs up or LINGER seconds pass."""
-    with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
-        async with asyncio.timeout(LINGER):
-            while await reader.read(READ_SIZE):
-                pass
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:
@@ -544,7 +445,7 @@ class PostgresFrontDoor:
         session: Session,
         key_length: int,
     ) -> None:
-        await _Relay(self, reader, writer, session, key_length).run()
+        await PgRelay(self, reader, writer, session, key_length).run()
 
     def _session_policy(self, session: Session) -> SessionPolicy:
         """This identity's guardrails and budgets on this connection, following new versions."""
@@ -553,273 +454,3 @@ class PostgresFrontDoor:
             self._access, identity.user, identity.groups, machine=identity.is_machine
         )
         return SessionPolicy(self._guardrails, self._budgets, subject, session.connection.name)
-
-
-async def judge(
-    policy: SessionPolicy, functions: FunctionCheck | None, read_only: bool, asked: Judge
-) -> Verdict:
-    """Read-only access and guardrails (of the version in force, with the catalog behind
-    them: `functions`), then budgets; a statement held for review is held only when its
-    budget allows it to run."""
-    guard = policy.current()  # a new policy version applies from here on
-    kind, decoded = asked.kind, asked.decoded
-    hold: Hold | None = None
-    if (read_only or guard is not None) and kind in CHECKED:
-        # The guardrails with the catalog behind them (volatile user functions).
-        decision: Decision | None = None
-        if guard is not None and functions is not None and isinstance(decoded, Query | Parse):
-            decision = await functions.check(guard, _sql_text(decoded))
-        verdict = _refusal(kind, decoded, read_only, guard, decision)
-        if isinstance(verdict, Refusal):
-            return verdict
-        hold = verdict
-    # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse judged
-    # already.
-    if not policy.metered or kind == b"F" or (kind == b"B" and not asked.batch_start):
-        return hold
-    exceeded = await policy.exhausted()
-    if exceeded is None:
-        return hold
-    text = getattr(decoded, "text", None) or getattr(decoded, "query", "")
-    terms = exceeded.budget.review
-    if terms is not None:  # only budgets that ask are exhausted (stopping ones win)
-        if hold is not None:
-            # Held once, on the rule's terms; its result is then still cut by the budget
-            # (an approval of the rule does not stand for the budget's).
-            return hold
-        reason = f"{exceeded.message}; running it needs approval"
-        return Hold(reason, str(text), (), terms, budgets=policy.asking())
-    return Refusal(
-        exceeded.message, str(text), sqlstate=BUDGET_SQLSTATE, budget=exceeded.budget.name
-    )
-
-
-class _Relay:
-    """The asyncio driver of one `PgSession`: the client's socket, the agent's stream, the
-    audit log and reviews. Two tasks, one per direction, carry out what the session orders;
-    the session alone decides when and why it ends (`Close`), and `run` then carries out
-    its last orders and records the end."""
-
-    def __init__(
-        self,
-        door: PostgresFrontDoor,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        session: Session,
-        key_length: int,
-    ) -> None:
-        self._door = door
-        self._reader = reader
-        self._writer = writer
-        self._session = session
-        self._stream = session.stream
-        self._policy = door._session_policy(session)
-        self._read_only = session.access == "read-only"
-        self._functions = function_check(door._broker, session)
-        identity = session.identity
-        self.pg = PgSession(
-            SessionInfo(
-                session.id,
-                identity.user,
-                tuple(identity.groups),
-                session.connection.name,
-                record_params=session.connection.options.get("record_params") == "true",
-                reviews=door._reviews is not None,
-            ),
-            self._policy,
-            SessionKeys(door.cancel_keys, session, key_length),
-            time.monotonic,
-        )
-        self._progress = asyncio.Event()  # set whenever server data reached the client
-        self._flush_wake = asyncio.Event()  # a budget was crossed: move usage to the store now
-        self._ended = asyncio.Event()  # the session ordered its Close
-
-    async def run(self) -> None:
-        pg, sid = self.pg, self._session.id
-        close: Close | None = None
-        try:
-            await self._do(pg.start())
-            async with asyncio.TaskGroup() as tg:
-                up = tg.create_task(self._client_side(), name=f"pg/{sid}/up")
-                down = tg.create_task(self._server_side(), name=f"pg/{sid}/down")
-                flusher = tg.create_task(
-                    self._policy.run_flusher(self._flush_wake), name=f"pg/{sid}/budgets"
-                )
-                await self._ended.wait()
-                close = pg.ending
-                assert close is not None
-                if close.wait_client_side:
-                    await up  # its last sends (Terminate, the half-close) are under way
-                up.cancel()
-                down.cancel()
-                flusher.cancel()
-            await self._last_orders(close)
-        finally:
-            await self._finish(close)
-        if close.drain_after:
-            await _drain_client(self._reader)
-
-    async def _last_orders(self, close: Close) -> None:
-        writer = self._writer
-        if close.reset_agent_first is not None:
-            await self._stream.reset(ResetCode.CANCELLED, close.reset_agent_first)
-        if close.to_client:
-            with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
-                writer.write(close.to_client)
-                if not close.end_output:
-                    await writer.drain()
-        if close.end_output:
-            await _end_output(writer)
-        if close.linger:
-            await _drain_client(self._reader)
-
-    async def _finish(self, close: Close | None) -> None:
-        stream, pg = self._stream, self.pg
-        error = close.error if close is not None else None
-        if pg.cancel_key is not None:
-            self._door.cancel_keys.revoke(*pg.cancel_key)
-        if close is not None and close.close_agent:
-            await stream.send_close()  # both directions closed: the agent's pump ends
-        if not stream.finished:
-            await stream.reset(ResetCode.CANCELLED, error or "client went away")
-        self._policy.release()  # the usage outlives the session (and the gateway)
-        await self._door._broker.finish(self._session, error=error)
-
-    # ---- the two directions ------------------------------------------------------------
-
-    async def _client_side(self) -> None:
-        pg = self.pg
-        try:
-            while pg.ending is None and (request := pg.client_request) is not None:
-                await self._do(await self._answer(request))
-        except AuditUnavailable as exc:
-            # Fail closed: a statement that cannot be recorded is not run.
-            await self._do(pg.audit_failed(str(exc)))
-        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
-            await self._do(self._failed(exc))
-        finally:
-            self._ending_seen()
-
-    async def _server_side(self) -> None:
-        pg, stream = self.pg, self._stream
-        try:
-            while pg.reading_agent:
-                await self._do(pg.agent_event(await stream.receive()))
-                self._progress.set()
-        except (ConnectionError, SessionClosedError, ssl.SSLError, OSError) as exc:
-            await self._do(self._failed(exc))
-        finally:
-            self._ending_seen()
-
-    def _ending_seen(self) -> None:
-        """A direction stopped: if the session has ended (even where a send that came before
-        its Close failed), `run` carries out the end."""
-        if self.pg.ending is not None:
-            self._ended.set()
-
-    def _failed(self, exc: BaseException) -> list[Action]:
-        end = self._stream.end_reason  # e.g. the credential was revoked: say so
-        if end is None:
-            return self.pg.connection_failed(str(exc))
-        shutdown = end.code is ResetCode.GATEWAY_SHUTDOWN and not end.by_peer
-        return self.pg.connection_failed(str(exc), end.message, shutdown=shutdown)
-
-    async def _do(self, actions: list[Action]) -> None:
-        writer, stream = self._writer, self._stream
-        for action in actions:
-            kind = type(action)
-            if kind is SendToClient:
-                assert isinstance(action, SendToClient)
-                writer.write(action.data)
-                await writer.drain()
-                if action.from_server:
-                    self.pg.client_flushed()  # the tunnel's credit goes back at the next read
-            elif kind is SendToAgent:
-                assert isinstance(action, SendToAgent)
-                await stream.send_data(action.data)
-            elif kind is Record:
-                assert isinstance(action, Record)
-                self._door._audit.submit(action.kind, **action.fields)
-            elif kind is CloseToAgent:
-                await stream.send_close()
-            elif kind is CancelServer:
-                with contextlib.suppress(SessionClosedError):
-                    await stream.send_signal(SignalKind.CANCEL)
-            elif kind is WakeBudgetFlusher:
-                self._flush_wake.set()
-            elif kind is Close:
-                self._ended.set()
-
-    async def _answer(self, request: Request) -> list[Action]:
-        """Do what the client side asked for; the session's answer to the result."""
-        pg = self.pg
-        if isinstance(request, NeedClientData):
-            if request.until is None:
-                return pg.client_data(await self._reader.read(READ_SIZE))
-            try:
-                async with asyncio.timeout(max(0.0, request.until - time.monotonic())):
-                    data = await self._reader.read(READ_SIZE)
-            except TimeoutError:
-                return pg.timer_expired()
-            return pg.client_data(data)
-        if isinstance(request, Judge):
-            verdict = await judge(self._policy, self._functions, self._read_only, request)
-            return pg.judged(verdict)
-        if isinstance(request, RecordDurably):
-            audit = self._door._audit
-            queued = [audit.queue(r.kind, **r.fields) for r in request.records]
-            return pg.recorded(tuple(event.seq for event in await durable(queued)))
-        if isinstance(request, NeedServerIdle):
-            while not pg.server_idle:
-                self._progress.clear()
-                await self._progress.wait()
-            return pg.resume()
-        if isinstance(request, OpenReview):
-            return pg.review_opened(await self._open_review(request.hold))
-        if isinstance(request, AwaitReview):
-            return pg.review_decided(await self._await_review(request.review_id))
-        assert isinstance(request, CancelReview)
-        reviews = self._door._reviews
-        assert reviews is not None
-        await reviews.cancel(request.review_id, request.reason)
-        return pg.resume()
-
-    async def _open_review(self, hold: Hold) -> str | None:
-        reviews, session = self._door._reviews, self._session
-        assert reviews is not None
-        try:
-            review = await reviews.hold(
-                session.identity,
-                connection=session.connection.name,
-                session_id=session.id,
-                protocol="postgres",
-                text=hold.text,
-                reason=hold.reason,
-                rules=hold.rules,
-                terms=hold.terms,
-            )
-        except AuditUnavailable:
-            raise
-        except Exception:
-            log.exception("session %s: cannot create a review", session.id)
-            return None
-        return review.id
-
-    async def _await_review(self, review_id: str) -> ReviewDecided:
-        reviews, holding, sid = self._door._reviews, self._door._holding, self._session.id
-        assert reviews is not None
-        withdrawn = holding[sid] = asyncio.Event()
-        try:
-            decided = await reviews.wait_for_client(
-                review_id, left=withdrawn.wait(), gone=self._reader.at_eof, check=CLIENT_CHECK
-            )
-        except asyncio.CancelledError:
-            # The session is ending: nobody is left to run the statement.
-            await asyncio.shield(reviews.cancel(review_id, "the session ended"))
-            raise
-        finally:
-            holding.pop(sid, None)
-        gone = self._reader.at_eof()
-        if decided is None:
-            return ReviewDecided(None, client_gone=gone)
-        return ReviewDecided(decided.status, decided.decision or "", client_gone=gone)

@@ -11,7 +11,7 @@ from typing import Any
 from gateway.policy.rules import Policy, PolicyConfig, Subject
 from gateway.policystore import FixedPolicy, SessionPolicy
 from gateway.protocols.pgactions import Hold, Judge, Refusal
-from gateway.protocols.postgres import judge
+from gateway.protocols.pgrelay import judge
 from shared.pgwire.frontend import Bind, Parse, Query
 
 ALICE = Subject("alice", groups=("data",))

@@ -75,6 +75,7 @@ class Relay:
     agent: TunnelStream
     broker: Broker
     door: PostgresFrontDoor
+    store: Store
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
     port = server.sockets[0].getsockname()[1]
     client = await asyncio.open_connection("127.0.0.1", port)
     try:
-        yield Relay(client, agent, broker, door)
+        yield Relay(client, agent, broker, door, store)
     finally:
         client[1].close()
         server.close()
@@ -204,3 +205,19 @@ async def test_an_agent_gone_mid_statement_is_named_to_the_client_then_eof(relay
     assert got[0].fields["C"] == "08006"
     assert got[0].fields["M"] == "connection 'pg-main': session ended: target connection lost"
     assert await within(relay.broker.ended) == "target connection lost"
+
+
+async def test_masking_counts_beside_the_data_are_audited_for_the_session(relay: Relay) -> None:
+    """The agent's MaskReport reaches the session through the relay (`on_report`)."""
+    await started(relay)
+    reader, writer = relay.client
+    writer.write(Query("select email from users").encode())
+    await agent_gets(relay.agent, Query("select email from users").encode())
+    await relay.agent.send_mask_report((("email", "email", 2),))
+    await relay.agent.send_data(ready_for_query("I"))
+    await read_until(reader, lambda m: bool(m) and isinstance(m[-1], ReadyForQuery))
+    # Submitted in order with the data, before the client read it; the queue writes in order.
+    await within(relay.door._audit.record("test.barrier"))
+    masked = relay.store.list_audit(kind="pg.masked")
+    assert masked[0].session_id == "s-1"
+    assert masked[0].data["counts"] == [{"column": "email", "detector": "email", "count": 2}]

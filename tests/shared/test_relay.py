@@ -11,6 +11,7 @@ from shared.relay import Ended, Refused, RelayEnd, relay
 from shared.tunnel.frames import ResetCode
 from shared.tunnel.stream import (
     DataReceived,
+    MaskReported,
     RemoteClosed,
     SessionReset,
     TunnelStream,
@@ -239,3 +240,77 @@ async def test_a_cancelled_relay_resets_the_session_and_reraises() -> None:
         await task
     assert near.finished
     assert isinstance(await far.receive(), SessionReset)
+
+
+async def test_reports_reach_on_report_in_order_with_the_data() -> None:
+    """Rule 7: the agent's masking counts come beside the data, and are seen in its order."""
+    peer = ScriptedPeer()
+    seen: list[object] = []
+
+    async def on_report(event: MaskReported) -> None:
+        seen.append((event.counts, bytes(peer.written)))
+
+    near, far = await opened_pair()
+    task = asyncio.create_task(  # noqa: TID251 (awaited below)
+        relay(near, peer, half_close=False, name="test", on_report=on_report)
+    )
+    await far.send_data(b"row 1 ")
+    await far.send_mask_report((("email", "email", 1),))
+    await far.send_data(b"row 2")
+    await far.send_close()
+    end = await task
+    assert end.ended is Ended.TUNNEL_CLOSED
+    assert seen == [((("email", "email", 1),), b"row 1 ")]
+    assert bytes(peer.written) == b"row 1 row 2"
+
+
+async def test_the_peers_protocol_ending_the_session_is_a_refusal_from_either_side() -> None:
+    """Rule 4: PostgreSQL's session ends itself on the client's side (a statement that could
+    not be recorded): the relay ends at once, the tunnel is reset with the refusal's code and
+    message, and the caller says the protocol's last words afterwards."""
+    peer = ScriptedPeer()
+    task, near, far = await start(peer, half_close=False)
+    peer.inbox.put_nowait(b"earlier")
+    assert await far.receive() == DataReceived(b"earlier")
+    peer.inbox.put_nowait(Refused("statement not run: audit log unavailable", ResetCode.CANCELLED))
+    end = await task
+    assert (end.ended, end.error) == (Ended.REFUSED, "statement not run: audit log unavailable")
+    reset = await far.receive()
+    assert isinstance(reset, SessionReset)
+    assert (reset.code, reset.message) == (
+        ResetCode.CANCELLED,
+        "statement not run: audit log unavailable",
+    )
+    assert near.finished and near.end_reason is not None
+
+
+async def test_a_read_that_waits_keeps_the_other_direction_flowing_and_an_ending_cancels_it() -> (
+    None
+):
+    """Rule 8: the peer's side waits (a statement held for review) while the server's answers
+    still reach the peer; the far end's close ends the relay, and the wait is cancelled so
+    that the adapter withdraws what it waits for."""
+    peer = ScriptedPeer()
+    waiting = asyncio.Event()
+    withdrawn = asyncio.Event()
+
+    async def held_read() -> bytes | None:
+        waiting.set()
+        try:
+            await asyncio.Event().wait()  # the review nobody decides
+        except asyncio.CancelledError:
+            withdrawn.set()
+            raise
+        return None
+
+    peer.read = held_read  # type: ignore[method-assign]
+    task, _, far = await start(peer, half_close=False)
+    async with asyncio.timeout(5):
+        await waiting.wait()
+    await far.send_data(b"NOTICE: held")
+    async with asyncio.timeout(5):
+        await peer.wrote.wait()
+    await far.send_close()
+    end = await task
+    assert (end.ended, bytes(peer.written)) == (Ended.TUNNEL_CLOSED, b"NOTICE: held")
+    assert withdrawn.is_set()
