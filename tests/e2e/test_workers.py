@@ -39,6 +39,9 @@ from tests.fixtures.wardgate import (
 pytestmark = pytest.mark.e2e
 
 TARGET = "workers_target"
+# A worker starting (or an agent's backoff after one) on a loaded 2-core CI machine: a
+# restart takes 1 s of backoff and a whole gateway start.
+SLOW = 60.0
 
 
 def free_port_pair() -> int:
@@ -105,7 +108,7 @@ def workers(
     agent = wardgate.agent(gw, key, wait="default")
     w = Workers(gw, agent, agent_port)
     for port in (agent_port, agent_port + 1):
-        wait_for(connected_to(w, port), f"the agent on agent port {port}")
+        wait_for(connected_to(w, port), f"the agent on agent port {port}", timeout=SLOW)
     yield w
     gw.stop()
     postgres_server.drop_database(TARGET)
@@ -155,6 +158,7 @@ def test_a_killed_worker_is_started_again_and_rejoins(wardgate: Wardgate, worker
     new_pid = wait_for(
         lambda: (pid := workers.worker_pids().get(1)) not in (None, old_pid) and pid,
         "worker 1 started again",
+        timeout=SLOW,
     )
     assert f"worker 1 (pid {old_pid}) was killed by SIGKILL" in workers.gw.log(tail=100_000)
     old_ids = {m["id"] for m in before}
@@ -165,8 +169,10 @@ def test_a_killed_worker_is_started_again_and_rejoins(wardgate: Wardgate, worker
             for m in workers.live_members(wardgate)
         )
 
-    wait_for(rejoined, "the new worker 1 live in members list")
-    wait_for(lambda: workers.agent_connections(second) > connected, "the agent on worker 1")
+    wait_for(rejoined, "the new worker 1 live in members list", timeout=SLOW)
+    wait_for(
+        lambda: workers.agent_connections(second) > connected, "the agent on worker 1", timeout=SLOW
+    )
     assert psutil.Process(new_pid).is_running()
     sessions_through_the_public_port(workers.gw, 6)
 
