@@ -198,7 +198,7 @@ def postgres(
         password = secrets.token_urlsafe(24)
         with psycopg.connect(superuser, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                     sql.Identifier(ROLE), sql.Literal(password)
                 )
             )

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,26 +159,50 @@ class _Api:
         return response.json()
 
 
+def _free_ports(count: int) -> int:
+    """A port P with P .. P + count - 1 free (`--workers`: worker i takes agents on P + i)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            for taken in range(1, count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + taken))
+        except OSError:
+            continue
+        return port
+    raise BenchError(f"found no {count} consecutive free ports")
+
+
+def _agent_on(agent: Proc, port: int) -> Callable[[], bool]:
+    line = f"connected to 127.0.0.1:{port} "
+    return lambda: line in agent.log_path.read_text(errors="replace")
+
+
 @contextlib.contextmanager
-def wardgate(root: Path, pg: Postgres) -> Iterator[WardgateStack]:
-    """Start gateway and agent in ``root`` (created), with a connection to ``pg``; stop both."""
+def wardgate(
+    root: Path, pg: Postgres, *, store: str | None = None, workers: int = 1
+) -> Iterator[WardgateStack]:
+    """Start gateway and agent in ``root`` (created), with a connection to ``pg``; stop both.
+    ``store``: a PostgreSQL store's URL instead of SQLite in the data directory; ``workers``:
+    `wardgate gateway --workers` (needs ``store``); the agent is connected to each."""
     root.mkdir()
     data_dir = root / "gateway"
     data_dir.mkdir()
     token = new_token()
-    public, agent_port = free_port(), free_port()
+    public, agent_port = free_port(), _free_ports(workers)
+    settings: dict[str, Any] = {
+        "listen": f"127.0.0.1:{public}",
+        "agent_listen": f"127.0.0.1:{agent_port}",
+        "data_dir": str(data_dir),
+        "secret_key": SecretBox.generate_key(),
+        "policy": POLICY,
+    }
+    if store is not None:
+        settings["store"] = store
+    if workers > 1:
+        settings["workers"] = workers
     config = root / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": f"127.0.0.1:{public}",
-                "agent_listen": f"127.0.0.1:{agent_port}",
-                "data_dir": str(data_dir),
-                "secret_key": SecretBox.generate_key(),
-                "policy": POLICY,
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump(settings))
     ca_path = data_dir / "tls" / "ca.pem"
     api = _Api(public, ca_path, token)
     with contextlib.ExitStack() as stack:
@@ -212,6 +237,13 @@ def wardgate(root: Path, pg: Postgres) -> Iterator[WardgateStack]:
             return bool(agents.get(AGENT, {}).get("connected"))
 
         wait_for(connected, "the agent to connect", timeout=60)
+        for port in range(agent_port, agent_port + workers):
+            # Each worker answers /v1/agents for itself: the agent's log names each port.
+            wait_for(
+                _agent_on(agent, port),
+                f"the agent to connect to the worker on agent port {port}",
+                timeout=60,
+            )
         api.call(
             "POST",
             "/v1/connections",

@@ -22,7 +22,8 @@ from cli import output as out
 from cli import policy as policy_commands
 from cli import reviews as reviews_cli
 from cli import ssh as ssh_cli
-from cli.errors import WardgateGroup
+from cli import workers as workers_cli
+from cli.errors import UsageProblem, WardgateGroup
 from cli.kube import kube as kube_commands
 from cli.runtime import BULK, LOG_FORMATS, MANY_CONNECTIONS, run, set_log_format, setup_logging
 from gateway.conntypes import SUPPORTED_TYPES
@@ -98,6 +99,19 @@ def _log_format_option(default: str | None) -> Callable[[F], F]:
     help="Seconds live sessions get to finish after SIGTERM before they are ended "
     "(config drain_grace, default 30); a second SIGTERM stops at once.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    metavar="N",
+    help="Gateway processes sharing the public port, one supervisor (config workers, "
+    "default 1); worker i takes agents on the agent port + i. More than one needs a "
+    "PostgreSQL store.",
+)
+# A worker of `--workers` (cli/workers.py): set by the supervisor, not by people.
+@click.option("--worker", "worker_index", type=int, hidden=True)
+@click.option("--ready-fd", type=int, hidden=True)
+@click.option("--supervisor-pid", type=int, hidden=True)
+@click.option("--quiet", is_flag=True, hidden=True)
 def gateway(
     config_path: Path | None,
     listen: str | None,
@@ -105,9 +119,13 @@ def gateway(
     data_dir: Path | None,
     log_format: str | None,
     drain_grace: float | None,
+    workers: int | None,
+    worker_index: int | None,
+    ready_fd: int | None,
+    supervisor_pid: int | None,
+    quiet: bool,
 ) -> None:
     """Run the gateway."""
-    from gateway.app import Gateway
     from gateway.config import load_config
 
     cfg = load_config(
@@ -117,17 +135,39 @@ def gateway(
         data_dir=data_dir,
         log_format=log_format,
         drain_grace=drain_grace,
+        workers=workers,
     )
-    set_log_format(cfg.log_format)
+    if cfg.workers > 1 and worker_index is None:
+        given: list[tuple[str, object | None]] = [
+            ("--config", config_path),
+            ("--data-dir", data_dir),
+            ("--log-format", log_format),
+            ("--drain-grace", drain_grace),
+        ]
+        sys.exit(_supervise(cfg, workers_cli.worker_options(given)))
+    if supervisor_pid is not None:
+        workers_cli.follow_supervisor(supervisor_pid)
+    set_log_format(cfg.log_format, worker=worker_index)
     stop = asyncio.Event()  # the first SIGTERM/SIGINT: drain, then stop
 
     async def serve() -> None:
-        gw = Gateway(cfg)
+        from gateway.app import Gateway
+
+        gw = Gateway(cfg, worker=worker_index)
         started = await _start(gw)
         host, port = started.public_address
-        _announce(started, f"{host}:{port}")
+        if not quiet:
+            _announce(started, f"{host}:{port}")
+            if cfg.workers > 1:
+                click.echo(
+                    f"  {cfg.workers} workers share the public port; worker i takes agents "
+                    "on the agent port + i",
+                    err=True,
+                )
         if started.admin_origin == "minted":  # a configured one is never shown
             click.echo(f"  admin token (shown once): {started.admin_token}", err=True)
+        if ready_fd is not None:
+            workers_cli.notify_ready(ready_fd)
         try:
             await stop.wait()
             click.echo(
@@ -140,6 +180,38 @@ def gateway(
             await gw.aclose()
 
     sys.exit(run(serve(), malloc=MANY_CONNECTIONS, on_first_signal=stop.set))
+
+
+def _supervise(cfg: Any, options: tuple[str, ...]) -> int:
+    """`--workers N` with N > 1: check the plan, then run the workers (cli/workers.py)."""
+    import sqlalchemy as sa
+
+    from gateway.config import parse_address
+
+    if sa.make_url(cfg.store_url()).get_backend_name() != "postgresql":
+        raise UsageProblem(
+            f"{cfg.workers} workers need a PostgreSQL store, which they share as members of "
+            "one fleet: set store (a postgresql:// URL) and secret_key in the config, or run "
+            "one worker"
+        )
+    public, agent = parse_address(cfg.listen), parse_address(cfg.agent_listen)
+    try:
+        workers_cli.check_plan(cfg.workers, agent[1])
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    set_log_format(cfg.log_format)
+    root = click.get_current_context().find_root().params
+    env = dict(os.environ, WARDGATE_LOG_LEVEL=str(root["log_level"]))
+    if root.get("debug"):
+        env["WARDGATE_DEBUG"] = "1"
+    reserved = workers_cli.reserve(public)
+    plan = workers_cli.Plan(
+        count=cfg.workers,
+        options=options,
+        public=(public[0], reserved.getsockname()[1]),
+        agent=agent,
+    )
+    return workers_cli.supervise(plan, reserved, env)
 
 
 @main.command()

@@ -93,6 +93,10 @@ class JsonLines(logging.Formatter):
     message, and the exception's traceback when there is one, for log shippers that index
     fields. The message is the one the text format shows (capped the same way)."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
@@ -102,6 +106,8 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -112,9 +118,13 @@ class JsonLines(logging.Formatter):
 LOG_FORMATS = ("text", "json")
 
 
-def set_log_format(name: str) -> None:
-    """Switch every root handler to `name` ("text" or "json")."""
-    formatter = JsonLines() if name == "json" else logging.Formatter(TEXT_FORMAT)
+def set_log_format(name: str, *, worker: int | None = None) -> None:
+    """Switch every root handler to `name` ("text" or "json"); `worker` (`--workers`): tag
+    each line with the worker that wrote it."""
+    text = TEXT_FORMAT
+    if worker is not None:
+        text = TEXT_FORMAT.replace(" %(name)s", f" worker-{worker} %(name)s")
+    formatter = JsonLines(worker) if name == "json" else logging.Formatter(text)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)
 
@@ -171,8 +181,8 @@ def run(
 
     try:
         import uvloop
-
-        result = uvloop.run(wrapper())
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         result = asyncio.run(wrapper())
+    else:  # not in the try: an ImportError of `main`'s must not run it a second time
+        result = uvloop.run(wrapper())
     return int(result or 0)

@@ -85,11 +85,15 @@ class Started:
     ssh_user_ca: str = ""  # fingerprint of the CA that signs users' SSH certificates
 
 
-def _bind(address: tuple[str, int]) -> socket.socket:
+def _bind(address: tuple[str, int], *, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: share the port with this host's other workers (`--workers`, the kernel
+    spreads connections over them); only then, so a lone gateway owns its port."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -107,10 +111,12 @@ class Gateway:
         *,
         rotate_admin_token: bool = False,
         admin_token_file: Path | None = None,
+        worker: int | None = None,
     ) -> None:
         """`admin_token_file` (`wardgate dev`): keep the bootstrap admin token in this file
         (0600) and reuse it at every start while the store holds it valid, so shells and
-        ~/.pgpass entries made with it survive restarts."""
+        ~/.pgpass entries made with it survive restarts. `worker`: this process is that
+        worker of `gateway --workers` (its member id says so)."""
         self.config = config
         self._rotate_admin = rotate_admin_token
         self._admin_token_file = admin_token_file
@@ -124,7 +130,7 @@ class Gateway:
             session_window=config.session_window,
         )
         self.started: Started | None = None
-        self.member_id = fleet.new_member_id()
+        self.member_id = fleet.new_member_id(worker)
         self.membership: fleet.Membership | None = None
         self.identity: IdentityService | None = None
         self.reviews: ReviewService | None = None
@@ -230,7 +236,7 @@ class Gateway:
 
         public = parse_address(cfg.listen)
         agent_addr = parse_address(cfg.agent_listen)
-        listener = _bind(public)
+        listener = _bind(public, reuse_port=cfg.workers > 1)
         public = (public[0], listener.getsockname()[1])
 
         peers = tuple(cfg.fleet.peers)

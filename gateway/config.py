@@ -342,6 +342,10 @@ class GatewayConfig(BaseModel):
     # Seconds live sessions get to finish after SIGTERM (or `--drain-grace`); then they end
     # in their protocol's words (PostgreSQL 57P01, SSH a message and exit status 255).
     drain_grace: float = Field(default=30.0, ge=0)
+    # Gateway processes on this host under one supervisor (`--workers`), sharing the public
+    # port; worker i takes agents on agent_listen's port + i. More than one needs a
+    # PostgreSQL store (each worker is a fleet member; cli/workers.py, docs/fleet.md).
+    workers: int = Field(default=1, ge=1, le=256)
     # Bytes a PostgreSQL or TCP session's data may run ahead of the side reading it, each way
     # (so a client that stops reading stops the server); 0: gRPC's flow control alone, whose
     # windows grow to megabytes. A session moves at most this much per gateway-agent round

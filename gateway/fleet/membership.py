@@ -57,10 +57,12 @@ OTHER_KEY = (
 )
 
 
-def new_member_id() -> str:
-    """This process's member id: the host's name (a pod's name in Kubernetes) and a random
-    suffix, so a restarted process is a new member and the old one is reaped."""
-    return f"{socket.gethostname()[:48]}-{secrets.token_hex(4)}"
+def new_member_id(worker: int | None = None) -> str:
+    """This process's member id: the host's name (a pod's name in Kubernetes), `wN` for
+    worker N of `gateway --workers`, and a random suffix, so a restarted process is a new
+    member and the old one is reaped."""
+    tag = "" if worker is None else f"-w{worker}"
+    return f"{socket.gethostname()[:48]}{tag}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,3 +51,20 @@ def test_a_plain_json_line_has_no_exception_key() -> None:
     entry = json.loads(JsonLines().format(_record("agent %s connected", "a1")))
     assert entry.keys() == {"time", "level", "logger", "message"}
     assert entry["message"] == "agent a1 connected"
+
+
+def test_a_workers_lines_name_it() -> None:
+    from cli.runtime import set_log_format
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = logging.StreamHandler(sys.stderr)
+    root.handlers = [handler]  # set_log_format changes every root handler: only this one
+    try:
+        set_log_format("text", worker=1)
+        assert handler.formatter is not None
+        assert " INFO worker-1 t: hello" in handler.formatter.format(_record("hello"))
+        set_log_format("json", worker=1)
+        assert json.loads(handler.formatter.format(_record("hello")))["worker"] == 1
+    finally:
+        root.handlers = saved
