@@ -175,7 +175,7 @@ def gateway(
                 "(signal again to stop at once)",
                 err=True,
             )
-            await gw.drain(cfg.drain_grace)
+            await gw.drain(cfg.drain_grace, cfg.drain_notice)
         finally:
             await gw.aclose()
 

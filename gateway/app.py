@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -505,12 +506,24 @@ class Gateway:
 
     # ---- stop ------------------------------------------------------------------------
 
-    async def drain(self, grace: float) -> None:
+    async def drain(self, grace: float, notice: float = 0.0) -> None:
         """The first stage of a stop (SIGTERM): refuse new sessions and agents, give live
         sessions `grace` seconds to finish, then end the rest in their protocol's words
-        (reason SHUTDOWN_REASON). `aclose` follows, which says goodbye to the agents."""
+        (reason SHUTDOWN_REASON); return no sooner than `notice` seconds (at most `grace`)
+        after it began, so balancers see /readyz say 503 while the port still answers.
+        `aclose` follows, which says goodbye to the agents."""
         if self._draining:
             return
+        began = time.monotonic()
+        try:
+            await self._drain(grace)
+        finally:
+            # Not a synchronisation: the time balancers are given to notice (drain_notice).
+            left = min(notice, grace) - (time.monotonic() - began)
+            if left > 0:
+                await asyncio.sleep(left)
+
+    async def _drain(self, grace: float) -> None:
         self._draining = True
         self.registry.accepting = False
         broker = self.broker

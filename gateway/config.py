@@ -342,6 +342,11 @@ class GatewayConfig(BaseModel):
     # Seconds live sessions get to finish after SIGTERM (or `--drain-grace`); then they end
     # in their protocol's words (PostgreSQL 57P01, SSH a message and exit status 255).
     drain_grace: float = Field(default=30.0, ge=0)
+    # Seconds a draining gateway keeps its port open, refusing in words and saying 503 on
+    # /readyz, even with no session left (at most drain_grace): a balancer checking
+    # readiness takes it out before the port closes, instead of clients' connects being cut
+    # (a Kubernetes preStop sleep, built in).
+    drain_notice: float = Field(default=5.0, ge=0)
     # Gateway processes on this host under one supervisor (`--workers`), sharing the public
     # port; worker i takes agents on agent_listen's port + i. More than one needs a
     # PostgreSQL store (each worker is a fleet member; cli/workers.py, docs/fleet.md).

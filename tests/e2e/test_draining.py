@@ -342,3 +342,23 @@ def test_an_agent_notices_a_hung_gateway_within_the_figure_and_comes_back(
         "the agent to reconnect",
     )
     gw.wait_agent("default")
+
+
+def test_an_idle_gateway_keeps_answering_503_for_the_notice_before_its_port_closes(
+    wardgate: Wardgate, postgres_server: PostgresServer
+) -> None:
+    # A balancer that checks /readyz takes the member out before its port closes; without
+    # the notice an idle member closed at once and cut connects in flight (test_fleet_faults).
+    gw = _gateway(wardgate, postgres_server, drain_notice=10.0, drain_grace=30.0)
+
+    def readyz() -> int:
+        with gw.api() as api:
+            return api.get("/readyz").status_code
+
+    assert readyz() == 200
+    os.kill(gw.pid, signal.SIGTERM)
+    wait_for(lambda: readyz() == 503, "/readyz to say 503 while the port still answers")
+    with pytest.raises(psycopg.OperationalError, match="shutting down"):
+        psycopg.connect(gw.pg_conninfo("pg"), connect_timeout=10).close()
+    assert wait_for(lambda: _exited(gw) is not None, "the gateway to exit") is not None
+    assert _exited(gw) == 0

@@ -246,6 +246,9 @@ def fleet_once(
             "secret_key": SecretBox.generate_key(),
             "fleet": {"heartbeat_interval": HEARTBEAT, "member_timeout": MEMBER_TIMEOUT},
             "drain_grace": GRACE,
+            # Longer than the balancer's readiness check (1 s): it sees 503 before the port
+            # closes (the default is 5 s).
+            "drain_notice": 2.0,
         }
         members = [wardgate.gateway(**shared) for _ in range(3)]
         seed = members[0]  # the agents' keys name it; they learn the others from it
