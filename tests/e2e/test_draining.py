@@ -7,7 +7,6 @@ names (docs/draining.md) are measured here and printed: run with `-s` to see the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from gateway.crypto import SecretBox
 from tests.e2e.test_kubernetes import KUBE_POLICY, VIEWERS, KubeSetup
 from tests.e2e.test_ssh import Route, ssh_connection
 from tests.fixtures.kube_apiserver import KubeApiServerDouble, connect_and_log_in
-from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.postgres import PostgresServer, closed_by_gateway, notices_of
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.wardgate import GatewayProc, Proc, Wardgate, wait_for
 
@@ -59,21 +58,6 @@ def _record(gw: GatewayProc, session_id: str) -> dict[str, Any]:
     return found
 
 
-def _closed_by_gateway(conn: psycopg.Connection[Any]) -> bool:
-    """Read what arrived on the idle connection; True once it has reached end-of-file (libpq
-    hands an error nobody asked for to the notice handlers)."""
-    with contextlib.suppress(psycopg.OperationalError):
-        conn.pgconn.consume_input()
-    conn.pgconn.is_busy()
-    return conn.closed
-
-
-def _notices(conn: psycopg.Connection[Any]) -> list[tuple[str | None, str | None]]:
-    seen: list[tuple[str | None, str | None]] = []
-    conn.add_notice_handler(lambda d: seen.append((d.sqlstate, d.message_primary)))
-    return seen
-
-
 def _exited(proc: Proc) -> int | None:
     assert proc.proc is not None
     return proc.proc.poll()
@@ -90,7 +74,7 @@ def test_sigterm_lets_sessions_finish_then_ends_the_rest_with_57p01(
     finishing = psycopg.connect(gw.pg_conninfo("pg"), autocommit=True)
     idle = psycopg.connect(gw.pg_conninfo("pg"), autocommit=True)
     try:
-        notices = _notices(idle)
+        notices = notices_of(idle)
         finishing.execute("select 'drain-finishing'")
         idle.execute("select 'drain-idle'")
         finishing_id, idle_id = _session_of(gw, "drain-finishing"), _session_of(gw, "drain-idle")
@@ -114,7 +98,7 @@ def test_sigterm_lets_sessions_finish_then_ends_the_rest_with_57p01(
         finishing.close()
 
         wait_for(
-            lambda: _closed_by_gateway(idle),
+            lambda: closed_by_gateway(idle),
             "the idle session to be ended",
             timeout=GRACE + 10,
         )
@@ -164,11 +148,11 @@ def test_a_drain_with_no_sessions_left_stops_at_once_and_the_flag_sets_the_grace
     gw.wait_agent("default")
     conn = psycopg.connect(gw.pg_conninfo("pg"), autocommit=True)
     try:
-        notices = _notices(conn)
+        notices = notices_of(conn)
         conn.execute("select 2")
         started = time.monotonic()
         os.kill(gw.pid, signal.SIGTERM)
-        wait_for(lambda: _closed_by_gateway(conn), "the session to end", timeout=15)
+        wait_for(lambda: closed_by_gateway(conn), "the session to end", timeout=15)
         assert time.monotonic() - started < 1 + MARGIN + 2
         assert [code for code, _ in notices] == ["57P01"]
     finally:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import functools
 import os
 import re
@@ -41,7 +40,7 @@ from psycopg.rows import TupleRow
 
 from gateway.crypto import SecretBox
 from tests.fixtures.balancer import RoundRobin
-from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.postgres import PostgresServer, closed_by_gateway, notices_of
 from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Proc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -286,20 +285,6 @@ def fleet(fleet_once: Fleet) -> Fleet:
     return fleet_once
 
 
-def _closed_by_gateway(conn: psycopg.Connection[Any]) -> bool:
-    """Read what arrived on the idle connection; True once it has reached end-of-file."""
-    with contextlib.suppress(psycopg.OperationalError):
-        conn.pgconn.consume_input()
-    conn.pgconn.is_busy()
-    return conn.closed
-
-
-def _notices(conn: psycopg.Connection[Any]) -> list[tuple[str | None, str | None]]:
-    seen: list[tuple[str | None, str | None]] = []
-    conn.add_notice_handler(lambda d: seen.append((d.sqlstate, d.message_primary)))
-    return seen
-
-
 def _new_session(fleet: Fleet, n: int) -> bool:
     with psycopg.connect(fleet.conninfo(), autocommit=True) as conn:
         return conn.execute(f"select {n}").fetchone() == (n,)
@@ -433,7 +418,7 @@ def test_a_draining_member_lets_sessions_finish_and_ends_the_rest_with_57p01(
     bench = fleet.pgbench("drained", seconds=BENCH_DRAINED)
     try:
         finishing, idle = [conn for conn, port in held if port == victim.public_port]
-        notices = _notices(idle)
+        notices = notices_of(idle)
         finishing.execute("select 'drain-finishing'")
         idle.execute("select 'drain-idle'")
         wait_for(lambda: len(bench.sessions(fleet)) == bench.clients, "every pgbench client to run")
@@ -454,7 +439,7 @@ def test_a_draining_member_lets_sessions_finish_and_ends_the_rest_with_57p01(
         # A live session goes on during the grace period and ends as usual.
         assert finishing.execute("select 'still served'").fetchone() == ("still served",)
         finishing.close()
-        wait_for(lambda: _closed_by_gateway(idle), "the idle session to be ended", GRACE + 10)
+        wait_for(lambda: closed_by_gateway(idle), "the idle session to be ended", GRACE + 10)
         ended_after = time.monotonic() - started
         assert [code for code, _ in notices] == ["57P01"], notices
         assert SHUTDOWN_TEXT in str(notices[0][1])
