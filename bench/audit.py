@@ -24,24 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from bench.postgres import Postgres, postgres
+from bench.postgres import postgres
 from bench.procs import BenchError
 from gateway.audit import Auditor
 from gateway.store import Store
-
-
-def _store_url(pg: Postgres) -> str:
-    return sa.URL.create(
-        "postgresql+psycopg",
-        username=pg.role,
-        password=pg.password,
-        host=pg.host,
-        port=pg.port,
-        database=pg.database,
-    ).render_as_string(hide_password=False)
-
 
 # ---- one member (a child process) ---------------------------------------------------------
 
@@ -128,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wardgate-bench-audit-") as tmp:
         Path(tmp).chmod(0o711)  # the postgres system user must reach its data directory
         with postgres(Path(tmp) / "pg", max_connections=100, scale=1) as pg:
-            url = _store_url(pg)
+            url = pg.store_url()
             rows = [_run_fleet(url, n, args.seconds, args.writers) for n in counts]
             verified = _verify(url)
     print(f"{'members':>7}  {'events/s':>9}  {'record p50':>10}  {'record p99':>10}")

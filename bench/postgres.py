@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import sql
 
 from bench.procs import BenchError, free_port, run_checked, wait_for
@@ -41,6 +42,17 @@ class Postgres:
     database: str
     bin_dir: Path
     version: str
+
+    def store_url(self) -> str:
+        """This database as a Wardgate store (a SQLAlchemy URL, password included)."""
+        return sa.URL.create(
+            "postgresql+psycopg",
+            username=self.role,
+            password=self.password,
+            host=self.host,
+            port=self.port,
+            database=self.database,
+        ).render_as_string(hide_password=False)
 
 
 def find_bin_dir() -> Path:

@@ -27,8 +27,8 @@ from bench.bastion import ssh_tunnel
 from bench.postgres import Postgres, postgres
 from bench.procs import run_checked
 from bench.report import Samples
-from bench.routes import DIRECT, LABELS, SSH_TUNNEL, WARDGATE, Route
-from bench.wardgate import CONNECTION, USER, wardgate
+from bench.routes import DIRECT, LABELS, SSH_TUNNEL, Route
+from bench.wardgate import wardgate
 
 MB = 1_000_000
 WARM_SESSIONS = 16  # opened and closed on fresh relays before their memory is measured
@@ -144,16 +144,7 @@ def _relays(work_dir: Path, pg: Postgres, direct: Route) -> Iterator[list[Route]
             relays={"ssh": tunnel.ssh, "sshd": tunnel.sshd},
         )
         wg = stack.enter_context(wardgate(work_dir / "wardgate", pg))
-        gated = Route(
-            WARDGATE,
-            "127.0.0.1",
-            wg.public_port,
-            USER,
-            wg.token,
-            CONNECTION,
-            {"sslmode": "verify-full", "sslrootcert": str(wg.ca_path)},
-            {"gateway": wg.gateway, "agent": wg.agent},
-        )
+        gated = wg.route()
         _login(gated.conninfo())
         yield [ssh, gated]
 

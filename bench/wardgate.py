@@ -33,6 +33,8 @@ import yaml
 
 from bench.postgres import Postgres
 from bench.procs import BenchError, Proc, free_port, running, wait_for
+from bench.routes import WARDGATE as WARDGATE_ROUTE
+from bench.routes import Route
 from gateway.crypto import SecretBox, new_token
 
 CONNECTION = "bench"
@@ -128,6 +130,19 @@ class WardgateStack:
     token: str
     gateway: Proc
     agent: Proc
+
+    def route(self) -> Route:
+        """The benchmark's PostgreSQL route through this gateway (TLS, verified)."""
+        return Route(
+            WARDGATE_ROUTE,
+            "127.0.0.1",
+            self.public_port,
+            USER,
+            self.token,
+            CONNECTION,
+            {"sslmode": "verify-full", "sslrootcert": str(self.ca_path)},
+            {"gateway": self.gateway, "agent": self.agent},
+        )
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -24,11 +24,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench.audit import _store_url
 from bench.postgres import Postgres, postgres
 from bench.procs import BenchError
-from bench.routes import WARDGATE, Route
-from bench.wardgate import CONNECTION, USER, wardgate
+from bench.wardgate import wardgate
 from bench.workloads import _cpu_seconds, connection_rate, select_tps, warm_up
 
 ROWS = (
@@ -51,22 +49,13 @@ def _store(pg: Postgres, name: str) -> str:
         autocommit=True,
     ) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return _store_url(dataclasses.replace(pg, database=name))
+    return dataclasses.replace(pg, database=name).store_url()
 
 
 def measure(work_dir: Path, pg: Postgres, workers: int, seconds: int) -> dict[str, float]:
     store = _store(pg, f"wardgate_{workers}w")
     with wardgate(work_dir / f"wardgate-{workers}w", pg, store=store, workers=workers) as wg:
-        route = Route(
-            WARDGATE,
-            "127.0.0.1",
-            wg.public_port,
-            USER,
-            wg.token,
-            CONNECTION,
-            {"sslmode": "verify-full", "sslrootcert": str(wg.ca_path)},
-            {"gateway": wg.gateway, "agent": wg.agent},
-        )
+        route = wg.route()
         warm_up(route, 2)
         runs: dict[str, Callable[[], float]] = {
             "select_8": lambda: select_tps(route, 8, seconds),
