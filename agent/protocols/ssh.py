@@ -243,6 +243,9 @@ class _Relay:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise
+        except concurrent.futures.CancelledError:
+            # The session's tasks were cancelled as it ended: to the thread, it is closed.
+            raise SessionClosedError(ResetCode.CANCELLED, "the session ended") from None
 
     async def _send(self, frame: f.Frame) -> None:
         await self.stream.send_data(encode(frame))
