@@ -38,8 +38,11 @@ from gateway.config import (
 )
 from gateway.connections import apply
 from gateway.crypto import SecretBox, hash_token, new_token
+from gateway.fleet import linkauth
 from gateway.fleet import membership as fleet
 from gateway.fleet.bus import Bus, conninfo
+from gateway.fleet.forward import Forwarder, ForwardService, Peer, add_member_link
+from gateway.fleet.linkauth import LinkKey
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
@@ -50,8 +53,15 @@ from gateway.protocols.sshlog import quiet_banner_errors
 from gateway.reviews import ReviewService, Webhook
 from gateway.sessions import SHUTDOWN_REASON, SessionBroker
 from gateway.store import AlreadyExists, Store
+from gateway.store.members import MemberRecord
 from gateway.telemetry import Telemetry
-from gateway.tls import TLSMaterial, ensure_self_signed, load_configured, server_context
+from gateway.tls import (
+    TLSMaterial,
+    dns_name,
+    ensure_self_signed,
+    load_configured,
+    server_context,
+)
 from shared.agentkey import AgentKey, hash_secret, new_secret
 from shared.listen import ListenError, host_port
 from shared.tasks import TaskOwner
@@ -138,6 +148,8 @@ class Gateway:
         self.budgets: BudgetLedger | None = None
         self.broker: SessionBroker | None = None
         self._bus: Bus | None = None
+        self._forwarding: ForwardService | None = None  # sessions served for other members
+        self._forwarder: Forwarder | None = None  # and those sent to them
         self.telemetry = Telemetry()  # this member's metrics (`/metrics`)
         self._closed = asyncio.Event()
         self._draining = False
@@ -252,6 +264,9 @@ class Gateway:
         service = AgentService(store, self.registry, auditor, members=members)
         server = make_server()
         add_tunnel_service(server, service.control, service.session)
+        link = box.derive(linkauth.PURPOSE) if box is not None else None
+        if store.dialect == "postgresql" and link is not None:
+            self._forwarding = self._member_link(store, server, LinkKey(link), tls)
         bind = (
             f"[{agent_addr[0]}]:{agent_addr[1]}"
             if ":" in agent_addr[0]
@@ -282,7 +297,7 @@ class Gateway:
         advertise_host = (
             agent_addr[0] if agent_addr[0] not in ("0.0.0.0", "::") else (socket.gethostname())
         )
-        service.member = host_port(advertise_host, agent_addr[1])
+        service.member = cfg.fleet.advertise or host_port(advertise_host, agent_addr[1])
         self._tasks.spawn(service.watch_members(), name="members")
         agent_keys = await asyncio.to_thread(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
@@ -387,7 +402,7 @@ class Gateway:
         self.frontdoor.plain_handlers[Kind.SSH] = ssh_door.plain
         quiet_banner_errors()  # each refused banner is audited; no traceback per peer
         self._tasks.spawn(self.frontdoor.serve(listener), name="frontdoor")
-        await self._join(broker, advertise_host, public, agent_addr)
+        await self._join(broker, service.member, advertise_host, public)
         await auditor.record("gateway.started", public=f"{public[0]}:{public[1]}", agents=f"{bind}")
         self.started = Started(
             public_address=public,
@@ -403,11 +418,7 @@ class Gateway:
         return self.started
 
     async def _join(
-        self,
-        broker: SessionBroker,
-        host: str,
-        public: tuple[str, int],
-        agent_addr: tuple[str, int],
+        self, broker: SessionBroker, agent_address: str, host: str, public: tuple[str, int]
     ) -> None:
         """Join the fleet and keep the heartbeat going (gateway.fleet.membership)."""
         assert self.store is not None
@@ -422,11 +433,49 @@ class Gateway:
         public_host = public[0] if public[0] not in ("0.0.0.0", "::") else host
         await membership.join(
             # As `AgentService.member` says it: agents match the two to dial each member once.
-            agent_address=host_port(host, agent_addr[1]),
+            agent_address=agent_address,
             public_address=host_port(public_host, public[1]),
         )
         self.membership = membership
         self._tasks.spawn(membership.run(), name="membership")
+
+    def _member_link(
+        self, store: Store, server: grpc.aio.Server, key: LinkKey, tls: TLSMaterial
+    ) -> ForwardService:
+        """Members of a fleet carry sessions for each other (gateway.fleet.forward): serve
+        the member link on the agent-facing port, and route there what no agent here takes."""
+        assert self.auditor is not None
+
+        async def live() -> list[MemberRecord]:
+            return [m for m in await asyncio.to_thread(store.members.list_all) if m.live]
+
+        async def peers() -> list[Peer]:
+            return [Peer(m.id, m.agent_address) for m in await live()]
+
+        async def is_member(member_id: str) -> bool:
+            return any(m.id == member_id for m in await live())
+
+        forwarding = ForwardService(
+            self.registry,
+            self.auditor,
+            member_id=self.member_id,
+            key=key,
+            is_member=is_member,
+            telemetry=self.telemetry,
+        )
+        add_member_link(server, forwarding)
+        insecure = self.config.allow_insecure_agents
+        self._forwarder = Forwarder(
+            member_id=self.member_id,
+            key=key,
+            peers=peers,
+            roots=None if insecure else tls.ca_path.read_bytes(),
+            server_name=None if insecure else dns_name(tls.cert_path),
+            open_timeout=self.config.open_timeout,
+            telemetry=self.telemetry,
+        )
+        self.registry.elsewhere = self._forwarder.open
+        return forwarding
 
     def _reviews(self, store: Store, auditor: Auditor, policy: AccessPolicy) -> ReviewService:
         """Approvals: the review service, with the webhook when one is configured."""
@@ -536,7 +585,7 @@ class Gateway:
             self.auditor.submit("gateway.draining", sessions=live, grace=grace)
         try:
             async with asyncio.timeout(grace):
-                await broker.wait_idle()
+                await self._idle(broker)
             return
         except TimeoutError:
             pass
@@ -544,12 +593,21 @@ class Gateway:
         ended = await broker.terminate(
             reason=SHUTDOWN_REASON, session_ids=doomed, code=ResetCode.GATEWAY_SHUTDOWN
         )
+        if self._forwarding is not None:  # their clients' members say it in their words
+            ended += self._forwarding.relaying
+            self._forwarding.end_all(ResetCode.GATEWAY_SHUTDOWN, SHUTDOWN_REASON)
         log.info("drain grace over: ended %d sessions (%s)", ended, SHUTDOWN_REASON)
         try:
             async with asyncio.timeout(DRAIN_END_TIMEOUT):
-                await broker.wait_idle()
+                await self._idle(broker)
         except TimeoutError:
             log.warning("sessions still ending after %gs: cut", DRAIN_END_TIMEOUT)
+
+    async def _idle(self, broker: SessionBroker) -> None:
+        """Until no session runs here: this member's own, and those it serves for others."""
+        await broker.wait_idle()
+        if self._forwarding is not None:
+            await self._forwarding.wait_idle()
 
     async def aclose(self) -> None:
         """Two-stage stop: tell agents goodbye and stop accepting, then drop the rest."""
@@ -565,6 +623,8 @@ class Gateway:
             await self.reviews.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
+        if self._forwarder is not None:
+            await self._forwarder.aclose()
         if self._bus is not None:
             await self._bus.aclose()
         if self.membership is not None:

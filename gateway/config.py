@@ -297,6 +297,10 @@ class FleetConfig(BaseModel):
     # Other members' agent-facing addresses (HOST:PORT): a static member list, told to agents
     # beside the store's live members, for members the store does not list.
     peers: list[str] = Field(default_factory=list)
+    # This member's agent-facing address as agents and the other members dial it (HOST:PORT),
+    # when that is not agent_listen's: behind NAT, or a pod's DNS name. Default: agent_listen's
+    # host and port, or this host's name when it listens on every address.
+    advertise: str | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> FleetConfig:
@@ -311,10 +315,21 @@ class FleetConfig(BaseModel):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for address in value:
-            host, port = parse_address(address)
-            if not host or host in ("0.0.0.0", "::") or port == 0:
-                raise ValueError(f"peer {address!r} is not an address agents can dial")
+            _dialable(address, "peer")
         return value
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertised(cls, value: str | None) -> str | None:
+        if value is not None:
+            _dialable(value, "advertise")
+        return value
+
+
+def _dialable(address: str, what: str) -> None:
+    host, port = parse_address(address)
+    if not host or host in ("0.0.0.0", "::") or port == 0:
+        raise ValueError(f"{what} {address!r} is not an address agents can dial")
 
 
 class GatewayConfig(BaseModel):

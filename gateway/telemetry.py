@@ -100,9 +100,13 @@ class Telemetry:
         )
         self.forwarded = Counter(
             "wardgate_forwarded_sessions",
-            "Sessions forwarded to another member over the member-to-member link.",
+            "Sessions carried over the member-to-member link: out, sent to the member with "
+            "the agent; in, served here for the member with the client.",
+            ["direction"],
             registry=r,
         )
+        for direction in ("out", "in"):
+            self.forwarded.labels(direction)  # shown at 0 before the first
         self._lock = threading.Lock()  # the audit writer may report from its thread
         self._live: dict[str, tuple[str, Session]] = {}
         self._bytes: dict[tuple[str, str], int] = {}

@@ -116,6 +116,18 @@ def _san_names(cert: x509.Certificate) -> set[_SanName]:
     return names
 
 
+def dns_name(cert_path: Path) -> str | None:
+    """The first DNS name the leaf certificate at `cert_path` is issued for: the name the
+    fleet's members verify each other's certificates for (gateway/fleet/forward.py)."""
+    leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    names = san.get_values_for_type(x509.DNSName)
+    return names[0] if names else None
+
+
 def _same_public_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)

@@ -8,6 +8,7 @@ import logging
 import random
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shared.tunnel.frames import (
@@ -97,6 +98,11 @@ class AgentConn:
         self.streams.clear()
 
 
+# Where a session goes when no agent of its pool is usable on this member: another member
+# (gateway/fleet/forward.py). Given the local failure, which it raises when nobody has one.
+Elsewhere = Callable[[str, Target, str, RoutingError], Awaitable[tuple[TunnelStream, "AgentConn"]]]
+
+
 class AgentRegistry:
     def __init__(
         self, *, ping_interval: float, open_timeout: float, session_window: int = SESSION_WINDOW
@@ -107,6 +113,7 @@ class AgentRegistry:
         self.open_timeout = open_timeout
         self.session_window = session_window
         self._agents: dict[str, AgentConn] = {}
+        self.elsewhere: Elsewhere | None = None  # set by a member of a fleet
         self._rng = random.Random()  # noqa: S311 - load spreading, not secrecy
 
     # ---- membership ------------------------------------------------------------------
@@ -156,13 +163,25 @@ class AgentRegistry:
         return self._rng.choice([a for a in candidates if a.active_sessions == least])
 
     async def open(
-        self, session_id: str, target: Target, pool: str
+        self, session_id: str, target: Target, pool: str, *, here_only: bool = False
     ) -> tuple[TunnelStream, AgentConn]:
         """Open a session on a healthy agent of `pool`; (stream, the agent serving it).
 
         An agent that vanishes between the order and its answer is skipped once; a
         target-side failure is not retried, since another agent would meet the same target.
+        Without a usable agent here, the session goes `elsewhere` (unless `here_only`: a
+        session another member forwarded is never forwarded again).
         """
+        try:
+            return await self._open_here(session_id, target, pool)
+        except (NoAgentError, AgentLostError) as exc:
+            if here_only or self.elsewhere is None:
+                raise
+            return await self.elsewhere(session_id, target, pool, exc)
+
+    async def _open_here(
+        self, session_id: str, target: Target, pool: str
+    ) -> tuple[TunnelStream, AgentConn]:
         tried: set[str] = set()
         while True:
             candidates = [

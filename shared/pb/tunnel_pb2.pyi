@@ -848,3 +848,72 @@ class Reset(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reset: _TypeAlias = Reset  # noqa: Y015
+
+@_typing.final
+class ForwardOpen(_message.Message):
+    """---- member links -----------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    pool: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___Target:
+        """secrets included: the link is TLS between members of one fleet"""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        pool: _builtins.str = ...,
+        target: Global___Target | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardOpen: _TypeAlias = ForwardOpen  # noqa: Y015
+
+@_typing.final
+class ForwardAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ELSEWHERE_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    SIGNAL_ACKS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    code: Global___ResetCode.ValueType
+    message: _builtins.str
+    elsewhere: _builtins.bool
+    """Not ok because this member has no usable agent of the pool: another member may have one."""
+    agent: _builtins.str
+    """ok: the agent serving the session, and the session's flow control as negotiated with it."""
+    window: _builtins.int
+    signal_acks: _builtins.bool
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        code: Global___ResetCode.ValueType = ...,
+        message: _builtins.str = ...,
+        elsewhere: _builtins.bool = ...,
+        agent: _builtins.str = ...,
+        window: _builtins.int = ...,
+        signal_acks: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "code", b"code", "elsewhere", b"elsewhere", "message", b"message", "ok", b"ok", "signal_acks", b"signal_acks", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardAnswer: _TypeAlias = ForwardAnswer  # noqa: Y015

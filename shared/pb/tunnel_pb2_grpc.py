@@ -138,3 +138,90 @@ class AgentTunnel:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class MemberLinkStub:
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Forward = channel.stream_stream(
+                '/wardgate.tunnel.v1.MemberLink/Forward',
+                request_serializer=shared_dot_pb_dot_tunnel__pb2.SessionFrame.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_tunnel__pb2.SessionFrame.FromString,
+                _registered_method=True)
+
+
+class MemberLinkServicer:
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    def Forward(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MemberLinkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Forward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=shared_dot_pb_dot_tunnel__pb2.SessionFrame.FromString,
+                    response_serializer=shared_dot_pb_dot_tunnel__pb2.SessionFrame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'wardgate.tunnel.v1.MemberLink', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('wardgate.tunnel.v1.MemberLink', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MemberLink:
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    @staticmethod
+    def Forward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/wardgate.tunnel.v1.MemberLink/Forward',
+            shared_dot_pb_dot_tunnel__pb2.SessionFrame.SerializeToString,
+            shared_dot_pb_dot_tunnel__pb2.SessionFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

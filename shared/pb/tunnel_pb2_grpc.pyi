@@ -69,3 +69,46 @@ class AgentTunnelServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_tunnel_pb2.SessionFrame], _abc.AsyncIterator[_tunnel_pb2.SessionFrame]]: ...
 
 def add_AgentTunnelServicer_to_server(servicer: AgentTunnelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class MemberLinkStub:
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MemberLinkAsyncStub: ...
+    Forward: _grpc.StreamStreamMultiCallable[_tunnel_pb2.SessionFrame, _tunnel_pb2.SessionFrame]
+
+@_typing.type_check_only
+class MemberLinkAsyncStub(MemberLinkStub):
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Forward: _aio.StreamStreamMultiCallable[_tunnel_pb2.SessionFrame, _tunnel_pb2.SessionFrame]  # type: ignore[assignment]
+
+class MemberLinkServicer(metaclass=_abc_1.ABCMeta):
+    """Between gateway members of one fleet, on the agent-facing port: a session that landed on
+    a member without an agent of its pool is carried to a member that has one (the caller
+    proves it is a member: gateway/fleet/linkauth.py). The first request is a ForwardOpen and
+    the first response a ForwardAnswer; after an answer that is ok, SessionFrames flow both
+    ways exactly as on AgentTunnel.Session, from its OpenResult on, relayed unread.
+    """
+
+    @_abc_1.abstractmethod
+    def Forward(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tunnel_pb2.SessionFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tunnel_pb2.SessionFrame], _abc.AsyncIterator[_tunnel_pb2.SessionFrame]]: ...
+
+def add_MemberLinkServicer_to_server(servicer: MemberLinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

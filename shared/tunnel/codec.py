@@ -24,6 +24,8 @@ from shared.tunnel.frames import (
     AgentControl,
     Close,
     Data,
+    ForwardAnswer,
+    ForwardOpen,
     GatewayControl,
     Goodbye,
     Hello,
@@ -349,3 +351,44 @@ def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
     if kind == "goodbye":
         return Goodbye(_code(message.goodbye.code), message.goodbye.message)
     raise FrameError(f"gateway control frame without a known kind ({kind!r})")
+
+
+# ---- member links ----------------------------------------------------------------------
+
+
+def encode_forward_open(frame: ForwardOpen) -> bytes:
+    message = pb.ForwardOpen(
+        session_id=frame.session_id, pool=frame.pool, target=_encode_target(frame.target)
+    )
+    return message.SerializeToString()
+
+
+def decode_forward_open(raw: bytes) -> ForwardOpen:
+    try:
+        message = pb.ForwardOpen.FromString(raw)
+    except DecodeError as exc:
+        raise FrameError(f"undecodable ForwardOpen: {exc}") from None
+    return ForwardOpen(message.session_id, message.pool, _decode_target(message.target))
+
+
+def encode_forward_answer(frame: ForwardAnswer) -> bytes:
+    message = pb.ForwardAnswer(
+        ok=frame.ok,
+        code=_wire_code(frame.code),
+        message=frame.message,
+        elsewhere=frame.elsewhere,
+        agent=frame.agent,
+        window=frame.window,
+        signal_acks=frame.signal_acks,
+    )
+    return message.SerializeToString()
+
+
+def decode_forward_answer(raw: bytes) -> ForwardAnswer:
+    try:
+        m = pb.ForwardAnswer.FromString(raw)
+    except DecodeError as exc:
+        raise FrameError(f"undecodable ForwardAnswer: {exc}") from None
+    return ForwardAnswer(
+        m.ok, _code(m.code), m.message, m.elsewhere, m.agent, m.window, m.signal_acks
+    )

@@ -131,6 +131,31 @@ class OpenSession:
     signal_acks: bool = False
 
 
+# ---- member links (gateway/fleet/forward.py) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardOpen:
+    """A member asks another to open a session on one of its agents of `pool`."""
+
+    session_id: str
+    pool: str
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAnswer:
+    ok: bool
+    code: ResetCode = ResetCode.UNSPECIFIED
+    message: str = ""
+    # Not ok because this member has no usable agent of the pool: another may have one.
+    elsewhere: bool = False
+    # ok: the agent serving the session, and the flow control negotiated with it.
+    agent: str = ""
+    window: int = 0
+    signal_acks: bool = False
+
+
 AgentControl = Hello | Ping | Pong
 GatewayControl = Welcome | OpenSession | Ping | Pong | Goodbye | Members
 

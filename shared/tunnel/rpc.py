@@ -90,7 +90,9 @@ class ServerControl:
         await self._ctx.abort(code, message)
 
 
-class _ServerWire:
+class ServerWire:
+    """A streaming call's server end as a `Wire`."""
+
     def __init__(self, context: aio.ServicerContext[Any, Any]) -> None:
         self._ctx = context
 
@@ -130,7 +132,7 @@ class _Servicer(pb_grpc.AgentTunnelServicer):
                 encode_session_bytes(Reset(ResetCode.PROTOCOL_ERROR, "expected SessionHello"))
             )
             return
-        stream = TunnelStream(hello.session_id, Role.GATEWAY, _ServerWire(context))
+        stream = TunnelStream(hello.session_id, Role.GATEWAY, ServerWire(context))
         try:
             await self._on_session(stream, metadata, context.peer())
         except asyncio.CancelledError:
@@ -200,7 +202,10 @@ class ClientControl:
         self._call.cancel()
 
 
-class _ClientWire:
+class ClientWire:
+    """A streaming call's client end as a `Wire`; `finish` half-closes, then waits briefly
+    for the status."""
+
     def __init__(self, call: Any) -> None:
         self._call = call
         self._done_writing = False
@@ -245,7 +250,7 @@ class TunnelClient:
     async def open_session(self, session_id: str) -> TunnelStream:
         call = self._session(metadata=self._metadata)
         await call.write(encode_session_bytes(SessionHello(session_id)))
-        return TunnelStream(session_id, Role.AGENT, _ClientWire(call))
+        return TunnelStream(session_id, Role.AGENT, ClientWire(call))
 
 
 def make_server() -> aio.Server:
@@ -270,11 +275,14 @@ def insecure_channel(target: str) -> aio.Channel:
 
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "METADATA_AGENT",
     "METADATA_SECRET",
     "ClientControl",
+    "ClientWire",
     "ProtocolViolation",
     "ServerControl",
+    "ServerWire",
     "TunnelClient",
     "add_tunnel_service",
     "insecure_channel",

@@ -66,6 +66,7 @@ __all__ = [
     "SignalReceived",
     "TunnelStream",
     "Wire",
+    "WireBroken",
 ]
 
 
@@ -76,6 +77,10 @@ class SessionClosedError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class WireBroken(Exception):
+    """A Wire's own words for why it broke (the session's end reason reads them as they are)."""
 
 
 class Wire(Protocol):
@@ -339,6 +344,15 @@ class TunnelStream:
         self._finished.set()
         self._changed.set()
 
+    def take_wire(self) -> Wire:
+        """Hand this open stream's wire to a relay that carries its frames unread from now
+        on (a member forwarding the session for another, gateway/fleet/forward.py): the
+        peer at the far end of that relay keeps the session's state instead. This stream
+        reads and writes nothing more; `lost` still ends it (its agent was found hung)."""
+        if self._pending or self._unconsumed or self.state.finished:
+            raise RuntimeError("take_wire: the stream has been read past its opening")
+        return self._wire
+
     async def aclose(self) -> None:
         """Release the gRPC call; safe to call more than once."""
         await self._helpers.aclose()
@@ -346,6 +360,8 @@ class TunnelStream:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WireBroken):
+        return str(exc)
     details = getattr(exc, "details", None)
     if callable(details):
         text = details()

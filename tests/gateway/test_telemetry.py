@@ -53,7 +53,8 @@ def test_commit_latency_is_a_histogram_and_forwarded_sessions_start_at_zero() ->
     assert found[("wardgate_audit_commit_seconds_count", ())] == 2
     assert found[("wardgate_audit_commit_seconds_bucket", (("le", "0.005"),))] == 1
     assert found[("wardgate_audit_commit_seconds_bucket", (("le", "+Inf"),))] == 2
-    assert found[("wardgate_forwarded_sessions_total", ())] == 0
+    for direction in ("out", "in"):
+        assert found[("wardgate_forwarded_sessions_total", (("direction", direction),))] == 0
 
 
 def test_known_pools_without_agents_show_zero() -> None:
