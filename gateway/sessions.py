@@ -196,6 +196,10 @@ class SessionBroker:
         """The session runs on this member and has not been ended."""
         return session_id in self._live
 
+    def is_ending(self, session_id: str) -> bool:
+        """The session was terminated on this member; its relay has not finished yet."""
+        return session_id in self._ending
+
     async def wait_idle(self) -> None:
         """Return once every session opened here has finished (its end recorded or queued)."""
         while self._live or self._ending or self._opening:

@@ -14,12 +14,12 @@ records `session.terminated` with `by`, the administrator who asked.
 
 Refusals (`TerminateRefused.kind`, mapped to HTTP statuses by gateway/api/terminate.py):
 - unknown: no such session;
-- ended: it had already ended (the message says when and why);
+- ended: it had already ended (the message says when and why), or it is ending (terminated
+  before, its relay not finished);
 - lost: the member holding it is silent, its heartbeat stale: the fleet's lost-member sweep
   ends the session in the store (gateway/fleet/membership.py says how soon);
 - unanswered: the member holding it, whose heartbeat is fresh, did not answer in time;
-- unavailable: the bus could not be reached, or the session is between opening and running
-  (or ending) on this member.
+- unavailable: the bus could not be reached, or the session is still opening on this member.
 A SQLite store has one member and no bus: a session open in the store that is not live here
 was left by a gateway process that has stopped, and the sweep ends it.
 """
@@ -84,20 +84,25 @@ class TerminateRequest:
 
 @dataclass(frozen=True, slots=True)
 class TerminateAnswer:
-    """The member that held the session says it ended it."""
+    """The member that holds the session says it ended it, or that it was already ending
+    (terminated before, its relay not finished yet)."""
 
     request_id: str
     member: str
+    ending: bool = False
 
     def encode(self) -> str:
-        return json.dumps({"id": self.request_id, "member": self.member})
+        return json.dumps({"id": self.request_id, "member": self.member, "ending": self.ending})
 
     @classmethod
     def decode(cls, payload: str) -> TerminateAnswer:
         try:
             f = json.loads(payload)
-            return cls(str(f["id"]), str(f["member"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            ending = f.get("ending", False)
+            if not isinstance(ending, bool):
+                raise TypeError(f"ending is {ending!r}")
+            return cls(str(f["id"]), str(f["member"]), ending)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadMessage(f"not a termination answer: {exc}") from None
 
 
@@ -147,7 +152,7 @@ class Terminator:
         self._bus = bus
         self._fleet = fleet
         self._answer_timeout = answer_timeout
-        self._asked: dict[str, asyncio.Future[str]] = {}
+        self._asked: dict[str, asyncio.Future[TerminateAnswer]] = {}
         if bus is not None:
             bus.subscribe(REQUESTS, self._on_request)
             bus.subscribe(ANSWERS, self._on_answer)
@@ -160,12 +165,15 @@ class Terminator:
             raise TerminateRefused("unknown", f"session {session_id!r} does not exist")
         if record.ended_at is not None:
             raise _ended(record)
-        if await self._end_here(session_id, said, by):
-            return Terminated(session_id, self._member, said)
-        if self._bus is not None:
-            member = await self._ask_fleet(session_id, said, by)
-            if member is not None:
-                return Terminated(session_id, member, said)
+        here = await self._end_here(session_id, said, by)
+        if here is None and self._bus is not None:
+            here = await self._ask_fleet(session_id, said, by)
+        if here is not None:
+            if here.ending:
+                raise TerminateRefused(
+                    "ended", f"session {session_id!r} is already ending (on member {here.member})"
+                )
+            return Terminated(session_id, here.member, said)
         # No member ended it: it may have ended meanwhile, or its member is silent.
         record = await store_call(self._store, self._store.get_session, session_id)
         if record is None:
@@ -174,19 +182,22 @@ class Terminator:
             raise _ended(record)
         raise await self._unheld(record)
 
-    async def _end_here(self, session_id: str, reason: str, by: str) -> bool:
-        if not self._broker.is_live(session_id):
-            return False
-        ended = await self._broker.terminate(
-            reason=reason, session_ids=frozenset({session_id}), by=by
-        )
-        return ended > 0
+    async def _end_here(
+        self, session_id: str, reason: str, by: str, request_id: str = ""
+    ) -> TerminateAnswer | None:
+        """End the session if it runs here; None when it is not this member's."""
+        if self._broker.is_live(session_id):
+            await self._broker.terminate(reason=reason, session_ids=frozenset({session_id}), by=by)
+            return TerminateAnswer(request_id, self._member)
+        if self._broker.is_ending(session_id):
+            return TerminateAnswer(request_id, self._member, ending=True)
+        return None
 
-    async def _ask_fleet(self, session_id: str, reason: str, by: str) -> str | None:
-        """The member that ended the session, or None when none answered in time."""
+    async def _ask_fleet(self, session_id: str, reason: str, by: str) -> TerminateAnswer | None:
+        """The answer of the member that holds the session, or None when none did in time."""
         assert self._bus is not None
         request = TerminateRequest(secrets.token_hex(16), session_id, reason, by)
-        answered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[TerminateAnswer] = asyncio.get_running_loop().create_future()
         self._asked[request.request_id] = answered
         try:
             try:
@@ -210,7 +221,7 @@ class Terminator:
         if record.member == self._member:
             return TerminateRefused(
                 "unavailable",
-                f"session {sid!r} is opening or ending on this member, not running: try again",
+                f"session {sid!r} is not running on this member yet, or has just ended: try again",
             )
         members = await store_call(self._store, self._store.members.list_all)
         member = next((m for m in members if m.id == record.member), None)
@@ -247,12 +258,17 @@ class Terminator:
             return
         if request.request_id in self._asked:
             return  # our own question: the session is not live here
-        if not await self._end_here(request.session_id, request.reason, request.by):
+        answer = await self._end_here(
+            request.session_id, request.reason, request.by, request.request_id
+        )
+        if answer is None:
             return  # not ours (every member hears every request)
-        log.info("session %s terminated for %s, asked on the bus", request.session_id, request.by)
+        if not answer.ending:
+            log.info(
+                "session %s terminated for %s, asked on the bus", request.session_id, request.by
+            )
         assert self._bus is not None
         try:
-            answer = TerminateAnswer(request.request_id, self._member)
             await self._bus.publish(ANSWERS, answer.encode())
         except (psycopg.Error, OSError) as exc:
             log.warning("cannot answer a session termination: %s", exc)
@@ -265,4 +281,4 @@ class Terminator:
             return
         asked = self._asked.get(answer.request_id)
         if asked is not None and not asked.done():
-            asked.set_result(answer.member)
+            asked.set_result(answer)

@@ -51,6 +51,12 @@ def test_a_request_round_trips(request_id: str, session: str, reason: str, by: s
     assert TerminateRequest.decode(request.encode()) == request
 
 
+@given(st.text(), st.text(), st.booleans())
+def test_an_answer_round_trips(request_id: str, member: str, ending: bool) -> None:
+    answer = TerminateAnswer(request_id, member, ending)
+    assert TerminateAnswer.decode(answer.encode()) == answer
+
+
 @given(st.text())
 def test_a_bus_message_that_is_not_ours_is_refused_as_such(payload: str) -> None:
     for decode in (TerminateRequest.decode, TerminateAnswer.decode):
@@ -120,6 +126,11 @@ async def test_a_live_session_is_ended_here_and_its_event_names_who_asked(
     [event] = store.list_audit(kind="session.terminated")
     assert event.session_id == session.id
     assert event.data["by"] == "ops-lead" and event.data["reason"] == done.reason
+    again = await _refused(member, session.id)  # its relay has not finished yet
+    assert (again.kind, again.message) == (
+        "ended",
+        f"session {session.id!r} is already ending (on member here)",
+    )
 
 
 async def test_unknown_and_ended_sessions_are_refused_saying_which(
@@ -209,6 +220,11 @@ async def test_a_session_on_another_member_is_ended_there(
     ]
     [event] = store.list_audit(kind="session.terminated")
     assert event.data["by"] == "admin"
+    again = await _refused(two, session.id)  # asked twice: answered, not a timeout
+    assert (again.kind, again.message) == (
+        "ended",
+        f"session {session.id!r} is already ending (on member one)",
+    )
 
 
 async def test_a_live_member_that_does_not_answer_is_a_timeout(
