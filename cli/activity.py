@@ -168,6 +168,27 @@ def sessions_show(
     out.section("port forwards", data.get("forwards") or [], FORWARD_COLUMNS)
 
 
+@sessions.command("kill")
+@click.argument("session_id")
+@click.option("--reason", help='Why; its client is told ("terminated by an administrator: ...").')
+@out.output_options
+@cl.gateway_options
+def sessions_kill(
+    session_id: str,
+    reason: str | None,
+    output: str | None,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
+) -> None:
+    """End a live session now, on whichever gateway member runs it (administrators)."""
+    with cl.resolve(gateway, token, ca).http() as http:
+        body = {"reason": reason} if reason else {}
+        data = cl.check(http.post(f"/v1/sessions/{session_id}/terminate", json=body))
+    if not out.structured(data, output):
+        click.echo(f"session {data['session']} terminated (on member {data['member']})")
+
+
 @sessions.command("replay")
 @click.argument("session_id")
 @click.option("--channel", type=int, help="Which terminal channel (default: the first).")

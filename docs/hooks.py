@@ -202,6 +202,7 @@ def openapi() -> dict[str, Any]:
     from gateway.api.app import ApiDeps, build_app
     from gateway.api.members import members_router
     from gateway.api.ssh import ssh_router
+    from gateway.api.terminate import terminate_router
 
     placeholder: Any = None
     deps = ApiDeps(
@@ -220,6 +221,7 @@ def openapi() -> dict[str, Any]:
     app = build_app(deps)
     app.include_router(ssh_router(placeholder, placeholder, Path(), Path(), user_ca=None))
     app.include_router(members_router(placeholder, ""))
+    app.include_router(terminate_router(placeholder))
     return app.openapi()
 
 

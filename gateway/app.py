@@ -27,6 +27,7 @@ from gateway.api.members import members_router
 from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
 from gateway.api.ssh import ssh_router
+from gateway.api.terminate import terminate_router
 from gateway.audit import Auditor
 from gateway.auth import Authenticator
 from gateway.config import (
@@ -43,6 +44,7 @@ from gateway.fleet import membership as fleet
 from gateway.fleet.bus import Bus, conninfo
 from gateway.fleet.forward import Forwarder, ForwardService, Peer, add_member_link
 from gateway.fleet.linkauth import LinkKey
+from gateway.fleet.terminate import Terminator
 from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
@@ -353,6 +355,12 @@ class Gateway:
         )
         app.state.reviews = self.reviews
         app.include_router(members_router(store, self.member_id))
+        bus = None
+        if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
+            bus = Bus(conninfo(sa.make_url(cfg.store_url())))
+        # `wardgate sessions kill`: the session may run on another member (asked on the bus).
+        terminator = Terminator(store, broker, self.member_id, bus, cfg.fleet)
+        app.include_router(terminate_router(terminator))
         user_ca = await asyncio.to_thread(sshca.load_user_ca, cfg.data_dir)
         app.include_router(
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
@@ -366,9 +374,6 @@ class Gateway:
         # After SSLRequest only "postgresql" may be selected (libpq 17 offers it there too).
         self.budgets = BudgetLedger(store)
         self._tasks.spawn(self.budgets.run(), name="budget ledger")
-        bus = None
-        if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
-            bus = Bus(conninfo(sa.make_url(cfg.store_url())))
         postgres = PostgresFrontDoor(
             server_context(tls, alpn=["postgresql"]),
             authenticator,
@@ -381,7 +386,7 @@ class Gateway:
             limiter=limiter,
             bus=bus,
         )
-        if bus is not None:  # after the door subscribed
+        if bus is not None:  # after the door and the terminator subscribed
             self._tasks.spawn(bus.run(), name="fleet bus")
             self._bus = bus
         self.frontdoor.plain_handlers[Kind.POSTGRES] = postgres.plain

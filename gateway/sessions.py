@@ -192,6 +192,14 @@ class SessionBroker:
     def live(self) -> list[Session]:
         return list(self._live.values())
 
+    def is_live(self, session_id: str) -> bool:
+        """The session runs on this member and has not been ended."""
+        return session_id in self._live
+
+    def is_ending(self, session_id: str) -> bool:
+        """The session was terminated on this member; its relay has not finished yet."""
+        return session_id in self._ending
+
     async def wait_idle(self) -> None:
         """Return once every session opened here has finished (its end recorded or queued)."""
         while self._live or self._ending or self._opening:
@@ -616,10 +624,12 @@ class SessionBroker:
         token_ids: frozenset[str] | None = None,
         session_ids: frozenset[str] | None = None,
         code: ResetCode = ResetCode.CANCELLED,
+        by: str | None = None,
     ) -> int:
         """End the live sessions of `user`, of sign-in `login_id`, or opened with one of
-        `token_ids`; returns how many. The relay sees the reset (`code`, `reason`) and tells
-        its client."""
+        `token_ids` or `session_ids`; returns how many. The relay sees the reset (`code`,
+        `reason`) and tells its client. `by`: the administrator who asked, recorded in the
+        events (`wardgate sessions kill`, gateway.fleet.terminate)."""
         doomed = [
             s
             for s in self._live.values()
@@ -643,6 +653,7 @@ class SessionBroker:
                 "session_id": session.id,
                 "connection": session.connection.name,
                 "reason": reason,
+                **({"by": by} if by is not None else {}),
             }
             if not down:
                 try:

@@ -606,6 +606,32 @@ def test_losing_the_agent_ends_the_session_with_a_message(route: Route) -> None:
     assert b"wardgate: session ended: session lost on agent 'default'" in err
 
 
+def test_an_administrator_ending_the_session_is_told_to_the_ssh_client(
+    route: Route, wardgate: Wardgate
+) -> None:
+    args = ["ssh", "-p", str(route.gw.public_port), *route.options(), route.destination]
+    client = subprocess.Popen(
+        [*args, "echo started; exec sleep 120"],
+        env=route.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        [running] = route.gw.audit("ssh.exec")
+        killed = wardgate.cli(route.gw, "sessions", "kill", running["session"], "--reason", "audit")
+        assert killed.returncode == 0, killed.stderr
+        _, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 255
+    assert b"wardgate: session ended: terminated by an administrator: audit" in err
+
+
 def test_a_stalled_channel_does_not_hold_the_others(route: Route) -> None:
     """One SSH connection: a command floods a reader that never reads, then -L opens more."""
     options = {"ssh_forwarding": "all"}
