@@ -10,6 +10,7 @@ cluster belongs to the ``postgres`` system user.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import secrets
@@ -53,6 +54,20 @@ class Postgres:
             port=self.port,
             database=self.database,
         ).render_as_string(hide_password=False)
+
+    def new_store(self, name: str) -> str:
+        """A fresh database `name` in this cluster, for one run's Wardgate store; its URL."""
+        with psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.role,
+            password=self.password,
+            dbname=self.database,
+            sslmode="disable",
+            autocommit=True,
+        ) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return dataclasses.replace(self, database=name).store_url()
 
 
 def find_bin_dir() -> Path:

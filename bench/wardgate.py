@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import ssl
 import sys
@@ -130,6 +131,7 @@ class WardgateStack:
     token: str
     gateway: Proc
     agent: Proc
+    config: Path  # the gateway's configuration, which another member of its fleet starts from
 
     def route(self) -> Route:
         """The benchmark's PostgreSQL route through this gateway (TLS, verified)."""
@@ -273,4 +275,41 @@ def wardgate(
                 "password": pg.password,
             },
         )
-        yield WardgateStack(public, ca_path, token, gateway, agent)
+        yield WardgateStack(public, ca_path, token, gateway, agent, config)
+
+
+@contextlib.contextmanager
+def member(stack: WardgateStack, root: Path, **fleet: Any) -> Iterator[WardgateStack]:
+    """Another member of `stack`'s fleet (its PostgreSQL store, secret key, policy and TLS
+    identity) in ``root``, started with `fleet` settings (e.g. ``advertise``); stopped after."""
+    root.mkdir()
+    data_dir = root / "gateway"
+    shutil.copytree(stack.config.parent / "gateway" / "tls", data_dir / "tls")
+    settings = yaml.safe_load(stack.config.read_text())
+    if not str(settings.get("store", "")).startswith("postgresql"):
+        raise BenchError("another member needs the first one's PostgreSQL store")
+    public = free_port()
+    settings.update(
+        listen=f"127.0.0.1:{public}",
+        agent_listen=f"127.0.0.1:{free_port()}",
+        data_dir=str(data_dir),
+        fleet=fleet,
+    )
+    config = root / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    api = _Api(public, stack.ca_path, stack.token)
+    proc = Proc(
+        "gateway",
+        [*WARDGATE, "gateway", "--config", str(config)],
+        root / "gateway.log",
+        _env(WARDGATE_ADMIN_TOKEN=stack.token),
+    )
+    with running(proc) as gateway:
+
+        def answers() -> bool:
+            gateway.check_alive()
+            with api.client() as client:
+                return client.get("/v1/health").status_code == 200
+
+        wait_for(answers, "the second member to answer /v1/health", timeout=60)
+        yield WardgateStack(public, stack.ca_path, stack.token, gateway, stack.agent, config)

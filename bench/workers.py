@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
 
 from bench.postgres import Postgres, postgres
 from bench.procs import BenchError
@@ -37,23 +33,8 @@ ROWS = (
 PARTS = ("gateway", "agent")
 
 
-def _store(pg: Postgres, name: str) -> str:
-    """A fresh database `name` for one run's store; its SQLAlchemy URL."""
-    with psycopg.connect(
-        host=pg.host,
-        port=pg.port,
-        user=pg.role,
-        password=pg.password,
-        dbname=pg.database,
-        sslmode="disable",
-        autocommit=True,
-    ) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return dataclasses.replace(pg, database=name).store_url()
-
-
 def measure(work_dir: Path, pg: Postgres, workers: int, seconds: int) -> dict[str, float]:
-    store = _store(pg, f"wardgate_{workers}w")
+    store = pg.new_store(f"wardgate_{workers}w")
     with wardgate(work_dir / f"wardgate-{workers}w", pg, store=store, workers=workers) as wg:
         route = wg.route()
         warm_up(route, 2)
