@@ -25,6 +25,7 @@ from gateway.crypto import SecretBox
 from gateway.fleet import linkauth
 from gateway.fleet.forward import FORWARD_METHOD
 from gateway.fleet.linkauth import LinkKey
+from gateway.sessions import SHUTDOWN_REASON
 from shared.tunnel.codec import encode_forward_open
 from shared.tunnel.frames import ForwardOpen, Target
 from shared.tunnel.rpc import METADATA_AGENT, METADATA_SECRET
@@ -108,6 +109,18 @@ def test_a_session_where_no_agent_reaches_runs_through_the_member_that_has_one(
     assert sample(sent, "wardgate_forwarded_sessions_total", direction="out") == 2
     assert sample(served, "wardgate_forwarded_sessions_total", direction="in") == 2
 
+    # An administrator ends a forwarded session from either member: the one with the client
+    # ends it as its own, and the reset reaches the agent through the link.
+    with psycopg.connect(split.conninfo(split.cut_off), autocommit=True) as conn:
+        (pid,) = conn.execute("select pg_backend_pid()").fetchone() or (0,)
+        with split.near.api() as api:
+            (live,) = [s for s in api.get("/v1/sessions").json() if s["status"] == "open"]
+            ended = api.post(f"/v1/sessions/{live['id']}/terminate", json={"reason": "drill"})
+        assert ended.status_code == 200, ended.text
+        with pytest.raises(psycopg.OperationalError, match="administrator: drill"):
+            conn.execute("select 1")
+    wait_for(lambda: split.target.activity(pid) is None, "the server's session to end")
+
 
 def test_an_agent_that_hangs_ends_the_forwarded_session_with_its_name(split: Split) -> None:
     conn = psycopg.connect(split.conninfo(split.cut_off), autocommit=True)
@@ -146,6 +159,22 @@ def test_losing_the_member_with_the_agent_ends_the_session_and_says_why(split: S
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect(split.conninfo(split.cut_off))
     assert "no agent of pool 'default' is connected" in str(refused.value)
+
+
+def test_draining_the_member_with_the_agent_gives_forwarded_sessions_the_grace(
+    split: Split,
+) -> None:
+    conn = psycopg.connect(split.conninfo(split.cut_off), autocommit=True)
+    try:
+        assert conn.execute("select 1").fetchone() == (1,)
+        os.kill(split.near.pid, signal.SIGTERM)  # drain_grace is 2 s in these tests
+        wait_for(lambda: split.near.audit("gateway.draining"), "the member to drain")
+        assert conn.execute("select 'within the grace'").fetchone() == ("within the grace",)
+        with pytest.raises(psycopg.OperationalError) as ended:
+            conn.execute(SLEEP)
+    finally:
+        conn.close()
+    assert SHUTDOWN_REASON in str(ended.value)  # in words, not a bare end of stream
 
 
 def test_the_member_link_takes_only_members_of_the_fleet(split: Split) -> None:
