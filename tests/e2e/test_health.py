@@ -134,7 +134,8 @@ def test_health_follows_agents_and_metrics_count_sessions(
     assert down is not None and down > 10000
     assert sample(samples, "wardgate_agent_connections", pool="east") == 1
     assert sample(samples, "wardgate_agent_connections", pool="west") == 0
-    assert sample(samples, "wardgate_forwarded_sessions_total") == 0
+    for direction in ("out", "in"):  # one member: nothing to forward
+        assert sample(samples, "wardgate_forwarded_sessions_total", direction=direction) == 0
     assert sample(samples, "wardgate_reviews_pending") == 0
     assert (sample(samples, "wardgate_audit_commit_seconds_count") or 0) > 0
     assert sample(samples, "wardgate_frontdoor_unauthenticated_connections") is not None
