@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 SERVICE = "wardgate.tunnel.v1.MemberLink"
 FORWARD_METHOD = f"/{SERVICE}/Forward"
 LINK_KEEPALIVE, LINK_KEEPALIVE_TIMEOUT = 1.0, 2.0  # seconds
+OPEN_TIMEOUT = 10.0  # seconds a member link call may take to send its ForwardOpen
 _LINK_OPTIONS = [
     *((k, v) for k, v in CHANNEL_OPTIONS if not k.startswith("grpc.keepalive_")),
     ("grpc.keepalive_time_ms", int(LINK_KEEPALIVE * 1000)),
@@ -284,7 +285,13 @@ class ForwardService:
 
     async def forward(self, context: aio.ServicerContext[Any, Any]) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        first = await context.read()
+        try:
+            # Nobody is authenticated yet: a call that says nothing holds nothing for long.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                first = await context.read()
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no ForwardOpen in time")
+            return
         try:
             if first is aio.EOF:
                 raise FrameError("the call ended before its ForwardOpen")

@@ -185,12 +185,7 @@ def test_the_member_link_takes_only_members_of_the_fleet(split: Split) -> None:
     request = encode_forward_open(ForwardOpen("s1", "default", Target("pg-split", "tcp", "", 0)))
 
     def forward(metadata: tuple[tuple[str, str], ...]) -> grpc.RpcError:
-        creds = grpc.ssl_channel_credentials(split.near.ca_path.read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{split.near.agent_port}", creds) as channel:
-            call = channel.stream_stream(FORWARD_METHOD)
-            with pytest.raises(grpc.RpcError) as refused:
-                list(call(iter([request]), metadata=metadata, timeout=10))
-        return refused.value
+        return forward_raw(split, request, metadata)
 
     name, secret = agent_key.split(":")[0], "not-the-secret"
     cases = {
@@ -200,6 +195,10 @@ def test_the_member_link_takes_only_members_of_the_fleet(split: Split) -> None:
         "meant for another member": real.metadata(near_id, cut_off_id, "s1"),
         "stale": real.metadata(cut_off_id, near_id, "s1", now=time.time() - 600),
     }
+    garbage = forward_raw(
+        split, b"\xff\x00 not a ForwardOpen", real.metadata(cut_off_id, near_id, "s0")
+    )
+    assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT, garbage
     for case, metadata in cases.items():
         error = forward(metadata)
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (case, error)
@@ -220,3 +219,15 @@ def test_the_member_link_takes_only_members_of_the_fleet(split: Split) -> None:
         with pytest.raises(grpc.RpcError) as replayed:
             list(call(iter([once]), metadata=proof, timeout=10))
     assert replayed.value.details() == "member link refused: member proof used before"
+
+
+def forward_raw(
+    split: Split, message: bytes, metadata: tuple[tuple[str, str], ...]
+) -> grpc.RpcError:
+    """Call the member link of `split.near` with one message; the error it ends with."""
+    creds = grpc.ssl_channel_credentials(split.near.ca_path.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{split.near.agent_port}", creds) as channel:
+        call = channel.stream_stream(FORWARD_METHOD)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call(iter([message]), metadata=metadata, timeout=10))
+    return refused.value
