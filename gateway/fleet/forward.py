@@ -138,8 +138,6 @@ class Forwarder:
                 self._telemetry.forwarded.labels("out").inc()
             log.info("session %s: forwarded to member %s", session_id, peer.id)
             return opened
-        if isinstance(here, NoAgentError):
-            raise NoAgentError(pool) from None
         raise here
 
     def _channel(self, address: str) -> aio.Channel:
