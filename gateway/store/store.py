@@ -15,7 +15,8 @@ Transactions come in two kinds:
 
 Audit appends additionally lock the one-row ``audit_head`` table (``SELECT ... FOR UPDATE`` on
 PostgreSQL; the SQLite write lock already covers it), so appenders in any number of threads or
-gateway processes extend the chain one at a time and seqs stay gapless.
+gateway processes extend the chain one at a time and seqs stay gapless. The chain has one
+implementation, ``audit_writer``: ``append_audit`` runs it inside the call's transaction.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.ratelimit import Charge, Key, Refusal
 from gateway.store import chain, members, ratelimits
 from gateway.store import tables as t
-from gateway.store.audit_writer import AuditWriter
+from gateway.store.audit_writer import AuditWriter, extend_chain
 from gateway.store.models import (
     AgentRecord,
     AuditEvent,
@@ -1313,45 +1314,10 @@ class Store:
     def _append_audit(
         self, conn: sa.Connection, kind: str, actor: str, session_id: str | None, payload: bytes
     ) -> AuditEvent:
-        head = conn.execute(
-            sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
-            .where(t.audit_head.c.id == 1)
-            .with_for_update()
-        ).one()
-        seq: int = head.seq + 1
-        prev_hash: bytes = head.hash
-        # Read the clock under the lock, so timestamps never run backwards along the chain
-        # (unless the clock itself does).
-        ts = self._clock().astimezone(dt.UTC)
-        data = json.loads(payload)
-        digest = chain.event_hash(
-            prev_hash, seq=seq, ts=ts, kind=kind, actor=actor, session_id=session_id, data=data
-        )
-        conn.execute(
-            sa.insert(t.audit_events).values(
-                seq=seq,
-                ts=ts,
-                kind=kind,
-                actor=actor,
-                session_id=session_id,
-                data=payload.decode(),
-                prev_hash=prev_hash,
-                hash=digest,
-            )
-        )
-        conn.execute(
-            sa.update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=digest)
-        )
-        return AuditEvent(
-            seq=seq,
-            ts=ts,
-            kind=kind,
-            actor=actor,
-            session_id=session_id,
-            data=data,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+        """One event in ``conn``'s write transaction, through the one chain implementation."""
+        data = json.loads(payload)  # returned as it reads back: tuples become lists
+        (event,) = extend_chain(conn, self._clock, [(kind, actor, session_id, data)])
+        return event
 
     def list_audit(
         self,
