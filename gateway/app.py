@@ -217,7 +217,7 @@ class Gateway:
         auditor = Auditor(store, telemetry=self.telemetry)
         self.auditor = auditor
         box = self._secret_box()
-        await asyncio.to_thread(
+        await store.io.write(
             functools.partial(
                 fleet.share_identity,
                 store,
@@ -230,9 +230,9 @@ class Gateway:
             )
         )
         tls = await asyncio.to_thread(self._tls)
-        admin_token, origin = await asyncio.to_thread(self._bootstrap_admin, store)
+        admin_token, origin = await store.io.write(self._bootstrap_admin, store)
         if cfg.connections:
-            results = await asyncio.to_thread(apply, store, box, cfg.connections)
+            results = await store.io.write(apply, store, box, cfg.connections)
             log.info("config connections: %s", results)
 
         public = parse_address(cfg.listen)
@@ -245,7 +245,7 @@ class Gateway:
         async def members() -> tuple[str, ...]:
             """What agents are told to connect to: the live members in the store, and the
             configured peers (SQLite: none but this member)."""
-            live = await asyncio.to_thread(store.members.list_all)
+            live = await store.io.scan(store.members.list_all)
             listed = [m.agent_address for m in live if m.live]
             return tuple(dict.fromkeys([*listed, *peers]))
 
@@ -284,12 +284,12 @@ class Gateway:
         )
         service.member = host_port(advertise_host, agent_addr[1])
         self._tasks.spawn(service.watch_members(), name="members")
-        agent_keys = await asyncio.to_thread(
+        agent_keys = await store.io.write(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
         policy = cfg.access_policy()
         guardrails = PolicySource(store, cfg.policy)  # the store's newest version, seeded
-        await asyncio.to_thread(guardrails.seed)
+        await store.io.write(guardrails.seed)
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
         broker = self.broker = SessionBroker(

@@ -39,7 +39,6 @@ from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, sto
 from gateway.policy.errors import problems
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
-from gateway.store.loop import call as store_call
 from gateway.store.models import PolicyVersionRecord
 
 log = logging.getLogger(__name__)
@@ -177,11 +176,11 @@ class PolicySource:
 
     async def refresh(self) -> int:
         """Read the newest version number and load it if it is new; returns the version."""
-        latest = await store_call(self._store, self._store.latest_policy_version)
+        latest = await self._store.io.read(self._store.latest_policy_version)
         if latest != self.version:
             async with self._lock:
                 if latest != self.version:
-                    record = await store_call(self._store, self._store.get_policy_version)
+                    record = await self._store.io.read(self._store.get_policy_version)
                     if record is not None and record.version != self.version:
                         self._use(record)
                         log.info("policy version %d in force", self.version)
@@ -218,7 +217,7 @@ class PolicySource:
 
     async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
         """`add_version`, then this gateway uses the version at once."""
-        applied = await asyncio.to_thread(
+        applied = await self._store.io.write(
             self.add_version, document, applied_by=applied_by, comment=comment
         )
         await self.refresh()
@@ -226,7 +225,7 @@ class PolicySource:
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
         """Apply version `version`'s document again, as a new version; None if unknown."""
-        record = await asyncio.to_thread(self._store.get_policy_version, version)
+        record = await self._store.io.read(self._store.get_policy_version, version)
         if record is None:
             return None
         return await self.apply(
@@ -277,8 +276,8 @@ class BudgetLedger:
         return owed
 
     async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
-        rows = await store_call(
-            self._store, self._store.budget_usage, day, user=user, connection=connection
+        rows = await self._store.io.read(
+            self._store.budget_usage, day, user=user, connection=connection
         )
         totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
         for (d, budget), usage in self._unwritten(user, connection).items():
@@ -287,8 +286,7 @@ class BudgetLedger:
         return totals
 
     async def add(self, user: str, connection: str, pending: _Pending) -> _Pending:
-        totals = await store_call(
-            self._store,
+        totals = await self._store.io.write(
             self._store.add_budget_usage,
             user,
             connection,
@@ -304,7 +302,7 @@ class BudgetLedger:
             return
         self._writing, self._deferred = self._deferred, {}
         try:
-            await store_call(self._store, self._write, self._writing)
+            await self._store.io.write(self._write, self._writing)
         except asyncio.CancelledError:
             self._writing = {}  # the write goes on in its thread (PostgreSQL): owing it again
             # would count it twice

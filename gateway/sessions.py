@@ -50,7 +50,6 @@ from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
-from gateway.store.loop import call as store_call
 from gateway.telemetry import Telemetry
 from shared.backoff import Backoff
 from shared.masking.spec import MaskSpec
@@ -199,7 +198,7 @@ class SessionBroker:
             await self._finished.wait()
 
     async def connection(self, name: str) -> ConnectionRecord | None:
-        return await store_call(self._store, self._store.get_connection, name)
+        return await self._store.io.read(self._store.get_connection, name)
 
     def _target(
         self,
@@ -291,8 +290,8 @@ class SessionBroker:
         if self._policy.on_request:
             # Approvals: grants with `request:` terms hold only through an approved access
             # request (gateway/reviews), looked up at every open so expiry takes effect.
-            requested = await store_call(
-                self._store, self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+            requested = await self._store.io.read(
+                self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
             )
         decision = self._policy.decide(
             user=identity.user,
@@ -332,7 +331,7 @@ class SessionBroker:
         # Two store reads at once: the connection, and whether another replica applied a
         # new policy version (in force from the next session on).
         conn, _ = await asyncio.gather(
-            store_call(self._store, self._store.get_connection, connection),
+            self._store.io.read(self._store.get_connection, connection),
             self._refresh_policy(),
         )
         if conn is None:
@@ -413,8 +412,7 @@ class SessionBroker:
         # The session row and its audit event are both durable before the agent is asked to
         # open anything; neither waits for the other's commit.
         written = await asyncio.gather(
-            store_call(
-                self._store,
+            self._store.io.write(
                 self._store.create_session,
                 SessionRecord(
                     id=session_id,
@@ -482,8 +480,7 @@ class SessionBroker:
             )
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
-        await store_call(
-            self._store,
+        await self._store.io.write(
             self._store.end_session,
             session_id,
             status="failed",
@@ -537,8 +534,7 @@ class SessionBroker:
             return
 
     async def _end_row(self, session_id: str, error: str, ended_at: dt.datetime | None) -> None:
-        await store_call(
-            self._store,
+        await self._store.io.write(
             self._store.end_session,
             session_id,
             status="failed",
@@ -585,8 +581,7 @@ class SessionBroker:
     async def _record_end(
         self, session: Session, error: str | None, ended_at: dt.datetime | None = None
     ) -> None:
-        await store_call(
-            self._store,
+        await self._store.io.write(
             self._store.end_session,
             session.id,
             status="failed" if error else "closed",
@@ -670,7 +665,7 @@ class SessionBroker:
         token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
         if not token_ids:
             return 0
-        bad = await store_call(self._store, self._store.invalid_credentials, token_ids)
+        bad = await self._store.io.read(self._store.invalid_credentials, token_ids)
         if not bad:
             return 0
         return await self.terminate(reason="credential revoked", token_ids=frozenset(bad))

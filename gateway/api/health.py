@@ -111,7 +111,7 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
 
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
-                pools, pending = await asyncio.to_thread(read)
+                pools, pending = await deps.store.io.scan(read)
         except Exception:  # the probe says what is wrong with the store
             return
         telemetry.known_pools = pools

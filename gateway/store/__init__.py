@@ -7,9 +7,14 @@ Layout:
 * ``migrations``: Alembic revisions, applied by ``Store.open`` on every start, so a gateway always
   runs against the schema it was built for (concurrent starts on PostgreSQL take an advisory lock).
 * ``store``: ``Store``, synchronous Core queries, one short transaction per call on a pooled
-  connection. The event loop calls it through ``loop.call``: inline on SQLite, through
-  ``asyncio.to_thread`` on PostgreSQL (admin API handlers use threads on both).
+  connection.
+* ``writer``: the store's async face, ``store.io``, which the event loop uses for every call:
+  ``write`` on the store's one writer thread (FIFO; the audit log's group commits too),
+  ``read`` inline on SQLite (WAL readers never wait for the write lock) and in a thread on
+  PostgreSQL, ``scan`` (unbounded reads) in a thread. Nothing on the loop waits for a lock.
 * ``chain``: the audit log's hash chain as pure functions, shared with offline verifiers.
+* ``audit_writer``: the one implementation that extends the chain, on raw DB-API connections:
+  inside a store transaction (``Store.append_audit``) or in batches (``AuditWriter``).
 
 SQLite (the default, ``sqlite:///path/wardgate.db``) runs in WAL mode with foreign keys on; its
 writers take the write lock up front (``BEGIN IMMEDIATE``). PostgreSQL

@@ -1,8 +1,9 @@
 """``Store``: the gateway's persistent state over SQLAlchemy Core, on SQLite or PostgreSQL.
 
 Every method is synchronous and runs in its own short transaction on a connection from the
-engine's pool, so they can run from ``asyncio.to_thread`` workers concurrently (the event loop
-calls them through ``loop.call``, inline on SQLite).
+engine's pool, so they can run from threads concurrently. The event loop calls them through
+``store.io`` (``gateway/store/writer.py``): writes on the store's one writer thread, short
+reads inline on SQLite and in a thread on PostgreSQL.
 
 Transactions come in two kinds:
 
@@ -60,6 +61,7 @@ from gateway.store.models import (
     UserRecord,
     VoteRecord,
 )
+from gateway.store.writer import AsyncFace, Writer
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -193,6 +195,10 @@ class Store:
             self._snapshot_engine = engine.execution_options(isolation_level="REPEATABLE READ")
         else:
             raise ValueError(f"unsupported database {engine.dialect.name!r}")
+        self._writer = Writer()
+        # How the event loop calls this store: writes on the one writer thread, reads where
+        # they do not block the loop (see gateway/store/writer.py).
+        self.io = AsyncFace(self._dialect, self._writer)
         # The fleet's members and identity (migration 0008), a repository of its own.
         self.members = members.Members(
             self._read, self._write, self._append_audit, self._dialect, clock
@@ -275,6 +281,7 @@ class Store:
 
     def close(self) -> None:
         """Close every pooled connection. The store cannot be used afterwards."""
+        self._writer.close()  # what is queued is written first
         self._closed = True
         self._engine.dispose()
 
