@@ -81,7 +81,7 @@ class Auditor:
         # owns this connection: never on the loop, where a SQLite write lock held by another
         # process would stall every session for the busy timeout. Group commit makes that
         # one hand-off per batch, not per event.
-        self._writer_db = store.audit_writer()
+        self._writer_db = store.audit.writer()
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -134,7 +134,7 @@ class Auditor:
             with self._store.transaction():
                 result = apply()
                 for e in events(result):
-                    self._store.append_audit(
+                    self._store.audit.append(
                         e.kind, actor=e.actor, session_id=e.session_id, data=_scrub(e.data)
                     )
             return result

@@ -136,7 +136,7 @@ class PolicySource:
         """Blocking, at start: the config's policy becomes version 1 of an empty store."""
         text, sha = canonical(self._fallback)
         if text != "{}":
-            record, created = self._store.add_policy_version(
+            record, created = self._store.policy.add_version(
                 text,
                 sha,
                 applied_by=CONFIG_AUTHOR,
@@ -154,7 +154,7 @@ class PolicySource:
         self._load_newest()
 
     def _load_newest(self) -> None:
-        record = self._store.get_policy_version()
+        record = self._store.policy.get_version()
         if record is not None:
             self._use(record)
 
@@ -176,11 +176,11 @@ class PolicySource:
 
     async def refresh(self) -> int:
         """Read the newest version number and load it if it is new; returns the version."""
-        latest = await self._store.io.read(self._store.latest_policy_version)
+        latest = await self._store.io.read(self._store.policy.latest_version)
         if latest != self.version:
             async with self._lock:
                 if latest != self.version:
-                    record = await self._store.io.read(self._store.get_policy_version)
+                    record = await self._store.io.read(self._store.policy.get_version)
                     if record is not None and record.version != self.version:
                         self._use(record)
                         log.info("policy version %d in force", self.version)
@@ -204,11 +204,11 @@ class PolicySource:
         config = parse_document(document)
         text, sha = canonical(config)
         with self._store.transaction():
-            record, created = self._store.add_policy_version(
+            record, created = self._store.policy.add_version(
                 text, sha, applied_by=applied_by, comment=comment
             )
             if created:
-                self._store.append_audit(
+                self._store.audit.append(
                     "policy.applied",
                     actor=applied_by,
                     data={"version": record.version, "sha256": sha, "comment": comment},
@@ -225,7 +225,7 @@ class PolicySource:
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
         """Apply version `version`'s document again, as a new version; None if unknown."""
-        record = await self._store.io.read(self._store.get_policy_version, version)
+        record = await self._store.io.read(self._store.policy.get_version, version)
         if record is None:
             return None
         return await self.apply(
@@ -277,7 +277,7 @@ class BudgetLedger:
 
     async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
         rows = await self._store.io.read(
-            self._store.budget_usage, day, user=user, connection=connection
+            self._store.policy.budget_usage, day, user=user, connection=connection
         )
         totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
         for (d, budget), usage in self._unwritten(user, connection).items():
@@ -287,7 +287,7 @@ class BudgetLedger:
 
     async def add(self, user: str, connection: str, pending: _Pending) -> _Pending:
         totals = await self._store.io.write(
-            self._store.add_budget_usage,
+            self._store.policy.add_budget_usage,
             user,
             connection,
             {key: (u.rows, u.bytes) for key, u in pending.items()},
@@ -317,7 +317,7 @@ class BudgetLedger:
         # One transaction per (user, connection): each one committed leaves the batch at
         # once, so a failure further on owes only what is still in it, not the part written.
         for owner, pending in list(batch.items()):
-            self._store.add_budget_usage(
+            self._store.policy.add_budget_usage(
                 *owner, {key: (u.rows, u.bytes) for key, u in pending.items()}
             )
             del batch[owner]

@@ -198,7 +198,7 @@ class SessionBroker:
             await self._finished.wait()
 
     async def connection(self, name: str) -> ConnectionRecord | None:
-        return await self._store.io.read(self._store.get_connection, name)
+        return await self._store.io.read(self._store.connections.get, name)
 
     def _target(
         self,
@@ -291,7 +291,7 @@ class SessionBroker:
             # Approvals: grants with `request:` terms hold only through an approved access
             # request (gateway/reviews), looked up at every open so expiry takes effect.
             requested = await self._store.io.read(
-                self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+                self._store.reviews.granted_connections, identity.user, dt.datetime.now(dt.UTC)
             )
         decision = self._policy.decide(
             user=identity.user,
@@ -331,7 +331,7 @@ class SessionBroker:
         # Two store reads at once: the connection, and whether another replica applied a
         # new policy version (in force from the next session on).
         conn, _ = await asyncio.gather(
-            self._store.io.read(self._store.get_connection, connection),
+            self._store.io.read(self._store.connections.get, connection),
             self._refresh_policy(),
         )
         if conn is None:
@@ -413,7 +413,7 @@ class SessionBroker:
         # open anything; neither waits for the other's commit.
         written = await asyncio.gather(
             self._store.io.write(
-                self._store.create_session,
+                self._store.sessions.create,
                 SessionRecord(
                     id=session_id,
                     user=identity.user,
@@ -481,7 +481,7 @@ class SessionBroker:
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
         await self._store.io.write(
-            self._store.end_session,
+            self._store.sessions.end,
             session_id,
             status="failed",
             error=message,
@@ -535,7 +535,7 @@ class SessionBroker:
 
     async def _end_row(self, session_id: str, error: str, ended_at: dt.datetime | None) -> None:
         await self._store.io.write(
-            self._store.end_session,
+            self._store.sessions.end,
             session_id,
             status="failed",
             error=error,
@@ -582,7 +582,7 @@ class SessionBroker:
         self, session: Session, error: str | None, ended_at: dt.datetime | None = None
     ) -> None:
         await self._store.io.write(
-            self._store.end_session,
+            self._store.sessions.end,
             session.id,
             status="failed" if error else "closed",
             error=error,
@@ -665,7 +665,7 @@ class SessionBroker:
         token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
         if not token_ids:
             return 0
-        bad = await self._store.io.read(self._store.invalid_credentials, token_ids)
+        bad = await self._store.io.read(self._store.identity.invalid_credentials, token_ids)
         if not bad:
             return 0
         return await self.terminate(reason="credential revoked", token_ids=frozenset(bad))

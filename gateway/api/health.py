@@ -105,8 +105,8 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
         that does not answer leaves the last values."""
 
         def read() -> tuple[frozenset[str], int]:
-            pools = frozenset(a.pool for a in deps.store.list_agents() if not a.revoked)
-            pending = len(deps.store.list_reviews(status="pending", limit=MAX_PENDING_COUNT))
+            pools = frozenset(a.pool for a in deps.store.agents.list_all() if not a.revoked)
+            pending = len(deps.store.reviews.list_all(status="pending", limit=MAX_PENDING_COUNT))
             return pools, pending
 
         try:

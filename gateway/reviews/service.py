@@ -203,7 +203,7 @@ class ReviewService:
         return await self._create(record)
 
     async def _create(self, record: ReviewRecord) -> ReviewRecord:
-        await self._store.io.write(self._store.create_review, record)
+        await self._store.io.write(self._store.reviews.create, record)
         await self._audit.record(
             "review.created",
             actor=record.requester,
@@ -228,7 +228,7 @@ class ReviewService:
     # ---- reading ---------------------------------------------------------------------
 
     async def get(self, review_id: str) -> ReviewRecord:
-        record = await self._store.io.read(self._store.get_review, review_id)
+        record = await self._store.io.read(self._store.reviews.get, review_id)
         if record is None:
             raise ReviewError(404, f"no review {review_id!r}")
         return await self._expire_if_due(record)
@@ -250,7 +250,7 @@ class ReviewService:
         limit: int = 100,
     ) -> list[ReviewRecord]:
         records = await self._store.io.scan(
-            self._store.list_reviews,
+            self._store.reviews.list_all,
             status=status,
             kind=kind,
             requester=identity.user if mine else None,
@@ -270,7 +270,7 @@ class ReviewService:
         """The newest review of exactly this request by this user (Kubernetes: the client
         runs its request again once it is approved), or None."""
         found = await self._store.io.read(
-            self._store.matching_reviews,
+            self._store.reviews.matching,
             requester=identity.user,
             connection=connection,
             protocol=protocol,
@@ -305,7 +305,9 @@ class ReviewService:
 
     async def granted_connections(self, user: str) -> dict[str, dt.datetime]:
         """Connections `user` may reach through approved access requests, until when."""
-        return await self._store.io.read(self._store.granted_connections, user, self._clock())
+        return await self._store.io.read(
+            self._store.reviews.granted_connections, user, self._clock()
+        )
 
     # ---- voting ----------------------------------------------------------------------
 
@@ -318,7 +320,7 @@ class ReviewService:
             raise ReviewError(403, "a per-connection credential cannot vote")
         current = await self.get(review_id)
         owners = await self._store.io.read(
-            self._store.owners_of, {identity.user, current.requester}
+            self._store.reviews.owners_of, {identity.user, current.requester}
         )
         voter = Voter(
             identity.user, identity.groups, controllers(identity.user, owners[identity.user])
@@ -377,7 +379,7 @@ class ReviewService:
 
         try:  # the vote and its event: one store transaction
             updated = await self._audit.change(
-                lambda: self._store.vote_review(review_id, judge), voted
+                lambda: self._store.reviews.vote(review_id, judge), voted
             )
         except _Refused as exc:
             await self._audit.record(
@@ -416,7 +418,11 @@ class ReviewService:
 
     async def _finish(self, review_id: str, status: str, decision: str) -> ReviewRecord:
         record, changed = await self._store.io.write(
-            self._store.finish_review, review_id, status=status, decision=decision, at=self._clock()
+            self._store.reviews.finish,
+            review_id,
+            status=status,
+            decision=decision,
+            at=self._clock(),
         )
         if changed:
             await self._decided(record)
@@ -503,7 +509,7 @@ class ReviewService:
     async def add_owner(self, actor: Identity, identity: str, owner: str) -> None:
         try:  # the change and its event: one store transaction
             await self._audit.change(
-                lambda: self._store.add_owner(identity, owner),
+                lambda: self._store.reviews.add_owner(identity, owner),
                 lambda _: [
                     Event("identity.owner_added", actor.user, {"user": identity, "owner": owner})
                 ],
@@ -512,5 +518,5 @@ class ReviewService:
             raise ReviewError(404, str(exc)) from None
 
     async def owners(self, identity: str) -> list[str]:
-        found = await self._store.io.read(self._store.owners_of, [identity])
+        found = await self._store.io.read(self._store.reviews.owners_of, [identity])
         return sorted(found[identity])

@@ -9,7 +9,7 @@ caller:
 
 * `AuditWriter` commits batches on a connection of its own (the Auditor's hot path);
 * `extend_chain` runs on the DB-API connection under an open SQLAlchemy transaction
-  (`Store.append_audit`, the events `Store.transaction` commits together with a change), so
+  (`AuditLog.append`, the events `Store.transaction` commits together with a change), so
   an event and its change stay one atomic commit.
 
 Appends are serialised against other writers (other threads, other gateway replicas) by the
