@@ -8,15 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    AlreadyExists,
-    Database,
-    NotFound,
-    check_hash,
-)
-from gateway.store.models import (
-    AgentRecord,
-)
+from gateway.store.db import AlreadyExists, Database, NotFound, check_hash
+from gateway.store.models import AgentRecord
 
 
 class Agents:

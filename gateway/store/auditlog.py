@@ -12,13 +12,8 @@ import sqlalchemy as sa
 from gateway.store import chain
 from gateway.store import tables as t
 from gateway.store.audit_writer import AuditWriter, extend_chain
-from gateway.store.db import (
-    Database,
-    StoreError,
-)
-from gateway.store.models import (
-    AuditEvent,
-)
+from gateway.store.db import Database, StoreError
+from gateway.store.models import AuditEvent
 
 
 class AuditLog:

@@ -8,12 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    Database,
-)
-from gateway.store.models import (
-    ConnectionRecord,
-)
+from gateway.store.db import Database
+from gateway.store.models import ConnectionRecord
 
 SECRET_REFERENCE_PREFIXES = ("env:", "file:", "enc:")
 """What a connection secret may look like in the store: a reference or a sealed blob."""

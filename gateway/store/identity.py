@@ -20,11 +20,7 @@ from gateway.store.db import (
     check_hash,
     new_id,
 )
-from gateway.store.models import (
-    LoginRecord,
-    TokenRecord,
-    UserRecord,
-)
+from gateway.store.models import LoginRecord, TokenRecord, UserRecord
 
 TOKEN_KINDS = frozenset({"bearer", "access", "refresh", "connection", "api_key"})
 

@@ -11,12 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    Database,
-)
-from gateway.store.models import (
-    PolicyVersionRecord,
-)
+from gateway.store.db import Database
+from gateway.store.models import PolicyVersionRecord
 
 _POLICY_LOCK_KEY = 0x57617265  # serialises policy version numbering across gateways
 

@@ -10,15 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    Database,
-    NotFound,
-    check_aware,
-)
-from gateway.store.models import (
-    ReviewRecord,
-    VoteRecord,
-)
+from gateway.store.db import Database, NotFound, check_aware
+from gateway.store.models import ReviewRecord, VoteRecord
 
 
 class Reviews:

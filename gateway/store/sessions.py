@@ -9,15 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    AlreadyExists,
-    Database,
-    NotFound,
-    check_aware,
-)
-from gateway.store.models import (
-    SessionRecord,
-)
+from gateway.store.db import AlreadyExists, Database, NotFound, check_aware
+from gateway.store.models import SessionRecord
 
 ENDED_SESSION_STATUSES = frozenset({"closed", "failed"})
 

@@ -8,15 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.store import tables as t
-from gateway.store.db import (
-    AlreadyExists,
-    Database,
-    NotFound,
-    new_id,
-)
-from gateway.store.models import (
-    SshKeyRecord,
-)
+from gateway.store.db import AlreadyExists, Database, NotFound, new_id
+from gateway.store.models import SshKeyRecord
 
 
 class SshKeys:
