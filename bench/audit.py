@@ -93,7 +93,7 @@ def _run_fleet(url: str, members: int, seconds: float, writers: int) -> dict[str
 def _verify(url: str) -> str:
     store = Store.open_read_only(url)
     try:
-        bad = store.verify_audit()
+        bad = store.audit.verify()
         return "intact" if bad is None else f"BROKEN at seq {bad}"
     finally:
         store.close()

@@ -287,7 +287,7 @@ def audit_verify(
 
         try:  # read-only: verifying never migrates or writes the store it checks
             with Store.open_read_only(store_url) as store:
-                data = store.check_audit().as_dict()
+                data = store.audit.check().as_dict()
         except StoreError as exc:
             raise Problem(f"cannot verify {_shown(store_url)}: {exc}") from None
     else:

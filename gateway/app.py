@@ -180,21 +180,21 @@ class Gateway:
         token = resolve_secret(configured) if configured else None
         if token is not None:
             check_admin_token(token)
-        existing = store.get_user(ADMIN_USER)
-        store.ensure_user(ADMIN_USER, is_admin=True)
+        existing = store.identity.get_user(ADMIN_USER)
+        store.identity.ensure_user(ADMIN_USER, is_admin=True)
         if token is not None:
-            if store.find_token(hash_token(token)) is None:
-                store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
-                store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
+            if store.identity.find_token(hash_token(token)) is None:
+                store.identity.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
+                store.identity.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
             return token, "configured"
         kept = self._kept_admin_token(store)
         if kept is not None:
             return kept, "kept"
         if existing is not None and not self._rotate_admin and self._admin_token_file is None:
             return None, None  # production restarts keep the token printed at first start
-        store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
+        store.identity.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
         token = new_token()
-        store.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
+        store.identity.add_token(ADMIN_USER, hash_token(token), label=BOOTSTRAP_LABEL)
         if self._admin_token_file is not None:
             path = self._admin_token_file
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -209,7 +209,7 @@ class Gateway:
         if path is None or not path.exists():
             return None
         token = path.read_text().strip()
-        found = store.find_token(hash_token(token)) if token else None
+        found = store.identity.find_token(hash_token(token)) if token else None
         if found is None:
             return None
         record, user = found
@@ -231,7 +231,7 @@ class Gateway:
         auditor = Auditor(store, telemetry=self.telemetry)
         self.auditor = auditor
         box = self._secret_box()
-        await asyncio.to_thread(
+        await store.io.write(
             functools.partial(
                 fleet.share_identity,
                 store,
@@ -244,9 +244,9 @@ class Gateway:
             )
         )
         tls = await asyncio.to_thread(self._tls)
-        admin_token, origin = await asyncio.to_thread(self._bootstrap_admin, store)
+        admin_token, origin = await store.io.write(self._bootstrap_admin, store)
         if cfg.connections:
-            results = await asyncio.to_thread(apply, store, box, cfg.connections)
+            results = await store.io.write(apply, store, box, cfg.connections)
             log.info("config connections: %s", results)
 
         public = parse_address(cfg.listen)
@@ -259,7 +259,7 @@ class Gateway:
         async def members() -> tuple[str, ...]:
             """What agents are told to connect to: the live members in the store, and the
             configured peers (SQLite: none but this member)."""
-            live = await asyncio.to_thread(store.members.list_all)
+            live = await store.io.scan(store.members.list_all)
             listed = [m.agent_address for m in live if m.live]
             return tuple(dict.fromkeys([*listed, *peers]))
 
@@ -301,12 +301,12 @@ class Gateway:
         )
         service.member = cfg.fleet.advertise or host_port(advertise_host, agent_addr[1])
         self._tasks.spawn(service.watch_members(), name="members")
-        agent_keys = await asyncio.to_thread(
+        agent_keys = await store.io.write(
             self._declare_agents, store, advertise_host, agent_addr[1], tls.ca_fingerprint
         )
         policy = cfg.access_policy()
         guardrails = PolicySource(store, cfg.policy)  # the store's newest version, seeded
-        await asyncio.to_thread(guardrails.seed)
+        await store.io.write(guardrails.seed)
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
         authenticator = Authenticator(store, policy)
         broker = self.broker = SessionBroker(
@@ -519,7 +519,7 @@ class Gateway:
             except (ValueError, OSError) as exc:
                 raise ConfigError(f"agents[{i}] ({decl.name}): {exc}") from None
             try:
-                store.create_agent(decl.name, decl.pool or decl.name, hash_secret(secret))
+                store.agents.create(decl.name, decl.pool or decl.name, hash_secret(secret))
             except AlreadyExists:
                 if configured:
                     self._keep_configured_secret(store, decl.name, hash_secret(secret))
@@ -532,13 +532,13 @@ class Gateway:
     def _keep_configured_secret(store: Store, name: str, secret_hash: bytes) -> None:
         """The config is the truth for a configured secret (rotated in a Secret: restart),
         except that it never brings back an agent an administrator revoked."""
-        agent = store.get_agent(name)
+        agent = store.agents.get(name)
         if agent is None or hmac.compare_digest(agent.secret_hash, secret_hash):
             return
         if agent.revoked:
             log.warning("agent %s is revoked; its configured secret is not taken back", name)
             return
-        store.rotate_agent_secret(name, secret_hash)
+        store.agents.rotate_secret(name, secret_hash)
         log.info("agent %s: secret replaced by the configured one", name)
 
     def agent_key(self, name: str, pool: str, *, host: str = "127.0.0.1") -> str:
@@ -546,9 +546,9 @@ class Gateway:
         assert self.store is not None and self.started is not None
         secret = new_secret()
         try:
-            self.store.create_agent(name, pool, hash_secret(secret))
+            self.store.agents.create(name, pool, hash_secret(secret))
         except AlreadyExists:
-            self.store.rotate_agent_secret(name, hash_secret(secret))
+            self.store.agents.rotate_secret(name, hash_secret(secret))
         return AgentKey(
             name,
             secret,

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
 from gateway.store import AuditEvent, Store
@@ -78,14 +77,11 @@ class Auditor:
     def __init__(self, store: Store, *, telemetry: Telemetry | None = None) -> None:
         self._store = store
         self._telemetry = telemetry  # counts statements, refusals and commit latency
-        # SQLite commits run inline on the event loop: measured p50 0.88 ms per proxied
-        # statement inline vs 1.4 ms through a thread, whose hand-offs cost more than the
-        # ~0.2 ms fsync they hide. A PostgreSQL store's commit is a network round trip, so
-        # there one thread owns the writer's connection and the loop never waits on it.
-        self._executor = (
-            None if store.dialect == "sqlite" else ThreadPoolExecutor(1, thread_name_prefix="audit")
-        )
-        self._writer_db = store.audit_writer()
+        # Batches commit on the store's one writer thread (gateway/store/writer.py), which
+        # owns this connection: never on the loop, where a SQLite write lock held by another
+        # process would stall every session for the busy timeout. Group commit makes that
+        # one hand-off per batch, not per event.
+        self._writer_db = store.audit.writer()
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -131,19 +127,19 @@ class Auditor:
     async def change(self, apply: Callable[[], T], events: Callable[[T], Iterable[Event]]) -> T:
         """Make a change in the store and write its events in one transaction (an
         administrator's: a connection, an agent, a policy version): both or neither, so a
-        change is never made unrecorded. `apply` runs in a worker thread and makes its store
-        calls there; `events` says what its result was."""
+        change is never made unrecorded. `apply` runs on the store's writer thread and makes
+        its store calls there; `events` says what its result was."""
 
         def run() -> T:
             with self._store.transaction():
                 result = apply()
                 for e in events(result):
-                    self._store.append_audit(
+                    self._store.audit.append(
                         e.kind, actor=e.actor, session_id=e.session_id, data=_scrub(e.data)
                     )
             return result
 
-        return await asyncio.to_thread(run)
+        return await self._store.io.write(run)
 
     async def record_taken(self, kind: str, *, actor: str = "-", **data: Any) -> None:
         """Record an action already taken that must stand whatever the audit log says (a
@@ -168,12 +164,7 @@ class Auditor:
                 items = [(k, a, s, d) for k, a, s, d, _ in batch]
                 started = time.perf_counter()
                 try:
-                    if self._executor is None:
-                        events = self._writer_db.append(items)
-                    else:
-                        events = await asyncio.get_running_loop().run_in_executor(
-                            self._executor, self._writer_db.append, items
-                        )
+                    events = await self._store.io.write(self._writer_db.append, items)
                 except Exception as exc:
                     self._failed(batch, exc)
                     break
@@ -220,8 +211,4 @@ class Auditor:
         if self._pending:
             log.error("audit log: %d events not written at shutdown", len(self._pending))
         await self._tasks.aclose()
-        if self._executor is None:
-            self._writer_db.close()
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer_db.close)
-            self._executor.shutdown(wait=True)
+        await self._store.io.write(self._writer_db.close)

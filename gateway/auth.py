@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from gateway.crypto import hash_token
 from gateway.policy.grants import ADMIN_SCOPE, AccessPolicy
 from gateway.store import Store
-from gateway.store.loop import call as store_call
 
 TOKEN_PREFIX = "wgt_"  # noqa: S105 - a prefix, not a secret
 API_KEY_PREFIX = "wgk_"
@@ -70,7 +69,7 @@ class Authenticator:
     async def authenticate(self, token: str | None) -> Identity:
         if not token or not token.startswith(CREDENTIAL_PREFIXES) or len(token) > 256:
             raise AuthError("missing or malformed credential")
-        found = await store_call(self._store, self._store.find_credential, hash_token(token))
+        found = await self._store.io.read(self._store.identity.find_credential, hash_token(token))
         if found is None:
             raise AuthError("credential not recognised")
         record, user, login = found
@@ -84,8 +83,8 @@ class Authenticator:
         if user.disabled:
             raise AuthError("credential expired or revoked (user disabled)")
         if login is not None:
-            await store_call(
-                self._store, self._store.touch_login, login.id, min_interval=self._touch_interval
+            await self._store.io.write(
+                self._store.identity.touch_login, login.id, min_interval=self._touch_interval
             )
         is_admin = user.is_admin or self._policy.is_admin(user.name, user.groups)
         if record.scopes is not None and ADMIN_SCOPE not in record.scopes:

@@ -64,11 +64,11 @@ def apply(store: Store, box: SecretBox | None, specs: list[ConnectionSpec]) -> l
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConnectionError_(f"duplicate connection names: {', '.join(duplicates)}")
-    records = [to_record(s, box, store.get_connection(s.name)) for s in specs]
+    records = [to_record(s, box, store.connections.get(s.name)) for s in specs]
     results = []
     for record in records:
-        existed = store.get_connection(record.name) is not None
-        _, changed = store.upsert_connection(record)
+        existed = store.connections.get(record.name) is not None
+        _, changed = store.connections.upsert(record)
         status = "unchanged" if not changed else "updated" if existed else "created"
         results.append({"name": record.name, "status": status})
     return results

@@ -39,7 +39,6 @@ from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, sto
 from gateway.policy.errors import problems
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
-from gateway.store.loop import call as store_call
 from gateway.store.models import PolicyVersionRecord
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class PolicySource:
         """Blocking, at start: the config's policy becomes version 1 of an empty store."""
         text, sha = canonical(self._fallback)
         if text != "{}":
-            record, created = self._store.add_policy_version(
+            record, created = self._store.policy.add_version(
                 text,
                 sha,
                 applied_by=CONFIG_AUTHOR,
@@ -155,7 +154,7 @@ class PolicySource:
         self._load_newest()
 
     def _load_newest(self) -> None:
-        record = self._store.get_policy_version()
+        record = self._store.policy.get_version()
         if record is not None:
             self._use(record)
 
@@ -177,11 +176,11 @@ class PolicySource:
 
     async def refresh(self) -> int:
         """Read the newest version number and load it if it is new; returns the version."""
-        latest = await store_call(self._store, self._store.latest_policy_version)
+        latest = await self._store.io.read(self._store.policy.latest_version)
         if latest != self.version:
             async with self._lock:
                 if latest != self.version:
-                    record = await store_call(self._store, self._store.get_policy_version)
+                    record = await self._store.io.read(self._store.policy.get_version)
                     if record is not None and record.version != self.version:
                         self._use(record)
                         log.info("policy version %d in force", self.version)
@@ -205,11 +204,11 @@ class PolicySource:
         config = parse_document(document)
         text, sha = canonical(config)
         with self._store.transaction():
-            record, created = self._store.add_policy_version(
+            record, created = self._store.policy.add_version(
                 text, sha, applied_by=applied_by, comment=comment
             )
             if created:
-                self._store.append_audit(
+                self._store.audit.append(
                     "policy.applied",
                     actor=applied_by,
                     data={"version": record.version, "sha256": sha, "comment": comment},
@@ -218,7 +217,7 @@ class PolicySource:
 
     async def apply(self, document: Any, *, applied_by: str, comment: str | None = None) -> Applied:
         """`add_version`, then this gateway uses the version at once."""
-        applied = await asyncio.to_thread(
+        applied = await self._store.io.write(
             self.add_version, document, applied_by=applied_by, comment=comment
         )
         await self.refresh()
@@ -226,7 +225,7 @@ class PolicySource:
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied | None:
         """Apply version `version`'s document again, as a new version; None if unknown."""
-        record = await asyncio.to_thread(self._store.get_policy_version, version)
+        record = await self._store.io.read(self._store.policy.get_version, version)
         if record is None:
             return None
         return await self.apply(
@@ -277,8 +276,8 @@ class BudgetLedger:
         return owed
 
     async def totals(self, user: str, connection: str, day: dt.date) -> dict[str, Usage]:
-        rows = await store_call(
-            self._store, self._store.budget_usage, day, user=user, connection=connection
+        rows = await self._store.io.read(
+            self._store.policy.budget_usage, day, user=user, connection=connection
         )
         totals = {budget: Usage(r, b) for _, _, budget, r, b in rows}
         for (d, budget), usage in self._unwritten(user, connection).items():
@@ -287,9 +286,8 @@ class BudgetLedger:
         return totals
 
     async def add(self, user: str, connection: str, pending: _Pending) -> _Pending:
-        totals = await store_call(
-            self._store,
-            self._store.add_budget_usage,
+        totals = await self._store.io.write(
+            self._store.policy.add_budget_usage,
             user,
             connection,
             {key: (u.rows, u.bytes) for key, u in pending.items()},
@@ -304,7 +302,7 @@ class BudgetLedger:
             return
         self._writing, self._deferred = self._deferred, {}
         try:
-            await store_call(self._store, self._write, self._writing)
+            await self._store.io.write(self._write, self._writing)
         except asyncio.CancelledError:
             self._writing = {}  # the write goes on in its thread (PostgreSQL): owing it again
             # would count it twice
@@ -319,7 +317,7 @@ class BudgetLedger:
         # One transaction per (user, connection): each one committed leaves the batch at
         # once, so a failure further on owes only what is still in it, not the part written.
         for owner, pending in list(batch.items()):
-            self._store.add_budget_usage(
+            self._store.policy.add_budget_usage(
                 *owner, {key: (u.rows, u.bytes) for key, u in pending.items()}
             )
             del batch[owner]

@@ -50,7 +50,6 @@ from gateway.policy.masking import MaskingUnavailable, resolve_masking
 from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import PolicyView, as_view
 from gateway.store import ConnectionRecord, SessionRecord, Store, StoreUnavailable, new_id
-from gateway.store.loop import call as store_call
 from gateway.telemetry import Telemetry
 from shared.backoff import Backoff
 from shared.masking.spec import MaskSpec
@@ -207,7 +206,7 @@ class SessionBroker:
             await self._finished.wait()
 
     async def connection(self, name: str) -> ConnectionRecord | None:
-        return await store_call(self._store, self._store.get_connection, name)
+        return await self._store.io.read(self._store.connections.get, name)
 
     def _target(
         self,
@@ -299,8 +298,8 @@ class SessionBroker:
         if self._policy.on_request:
             # Approvals: grants with `request:` terms hold only through an approved access
             # request (gateway/reviews), looked up at every open so expiry takes effect.
-            requested = await store_call(
-                self._store, self._store.granted_connections, identity.user, dt.datetime.now(dt.UTC)
+            requested = await self._store.io.read(
+                self._store.reviews.granted_connections, identity.user, dt.datetime.now(dt.UTC)
             )
         decision = self._policy.decide(
             user=identity.user,
@@ -340,7 +339,7 @@ class SessionBroker:
         # Two store reads at once: the connection, and whether another replica applied a
         # new policy version (in force from the next session on).
         conn, _ = await asyncio.gather(
-            store_call(self._store, self._store.get_connection, connection),
+            self._store.io.read(self._store.connections.get, connection),
             self._refresh_policy(),
         )
         if conn is None:
@@ -421,9 +420,8 @@ class SessionBroker:
         # The session row and its audit event are both durable before the agent is asked to
         # open anything; neither waits for the other's commit.
         written = await asyncio.gather(
-            store_call(
-                self._store,
-                self._store.create_session,
+            self._store.io.write(
+                self._store.sessions.create,
                 SessionRecord(
                     id=session_id,
                     user=identity.user,
@@ -490,9 +488,8 @@ class SessionBroker:
             )
 
     async def _fail(self, session_id: str, identity: Identity, message: str) -> None:
-        await store_call(
-            self._store,
-            self._store.end_session,
+        await self._store.io.write(
+            self._store.sessions.end,
             session_id,
             status="failed",
             error=message,
@@ -545,9 +542,8 @@ class SessionBroker:
             return
 
     async def _end_row(self, session_id: str, error: str, ended_at: dt.datetime | None) -> None:
-        await store_call(
-            self._store,
-            self._store.end_session,
+        await self._store.io.write(
+            self._store.sessions.end,
             session_id,
             status="failed",
             error=error,
@@ -593,9 +589,8 @@ class SessionBroker:
     async def _record_end(
         self, session: Session, error: str | None, ended_at: dt.datetime | None = None
     ) -> None:
-        await store_call(
-            self._store,
-            self._store.end_session,
+        await self._store.io.write(
+            self._store.sessions.end,
             session.id,
             status="failed" if error else "closed",
             error=error,
@@ -681,7 +676,7 @@ class SessionBroker:
         token_ids = {s.identity.token_id for s in self._live.values() if s.identity.token_id}
         if not token_ids:
             return 0
-        bad = await store_call(self._store, self._store.invalid_credentials, token_ids)
+        bad = await self._store.io.read(self._store.identity.invalid_credentials, token_ids)
         if not bad:
             return 0
         return await self.terminate(reason="credential revoked", token_ids=frozenset(bad))

@@ -118,7 +118,7 @@ class AgentService:
         """(name, pool, secret hash) of a valid agent, or None after auditing the refusal."""
         name = ctl.metadata.get(METADATA_AGENT, "")
         secret = ctl.metadata.get(METADATA_SECRET, "")
-        record = await asyncio.to_thread(self._store.get_agent, name) if name else None
+        record = await self._store.io.read(self._store.agents.get, name) if name else None
         offered = hash_secret(secret)
         # Compare against a dummy when the agent is unknown so timing does not tell.
         stored = record.secret_hash if record is not None else bytes(32)

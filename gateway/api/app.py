@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -245,19 +244,18 @@ def build_app(deps: ApiDeps) -> FastAPI:
     health, app.state.store_probe = health_router(deps, deps.telemetry or Telemetry())
     app.include_router(health)
 
-    def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return asyncio.to_thread(fn, *args, **kwargs)
-
     @app.get("/v1/ca.pem", response_class=PlainTextResponse)
     async def ca_pem() -> str:
         return deps.ca_pem.decode()
 
     @app.get("/v1/whoami")
     async def whoami(who: User) -> dict[str, Any]:
-        record = await run(deps.store.get_token, who.token_id)
+        record = await deps.store.io.read(deps.store.identity.get_token, who.token_id)
         requested: dict[str, dt.datetime] = {}
         if deps.identity and not who.is_admin:  # grants held through approved requests
-            requested = await run(deps.store.granted_connections, who.user, dt.datetime.now(dt.UTC))
+            requested = await deps.store.io.read(
+                deps.store.reviews.granted_connections, who.user, dt.datetime.now(dt.UTC)
+            )
         return {
             "user": who.user,
             "admin": who.is_admin,
@@ -377,7 +375,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.post("/v1/credentials/connection")
     async def connection_credential(body: ConnectionCredentialRequest, who: User) -> dict[str, Any]:
-        if await run(deps.store.get_connection, body.connection) is None:
+        if await deps.store.io.read(deps.store.connections.get, body.connection) is None:
             raise HTTPException(404, f"connection {body.connection!r} does not exist")
         token, expires = await guarded(ident().connection_credential(who, body.connection))
         return {
@@ -407,7 +405,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 "issuer": u.issuer,
                 "local": u.has_password,
             }
-            for u in await run(deps.store.list_users)
+            for u in await deps.store.io.scan(deps.store.identity.list_users)
         ]
 
     @app.post("/v1/users", status_code=201)
@@ -472,7 +470,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         secret = new_secret()
         try:
             await deps.auditor.change(
-                lambda: deps.store.create_agent(body.name, pool, hash_secret(secret)),
+                lambda: deps.store.agents.create(body.name, pool, hash_secret(secret)),
                 lambda _: [Event("agent.created", who.user, {"agent": body.name, "pool": pool})],
             )
         except AlreadyExists:
@@ -484,7 +482,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         secret = new_secret()
         try:
             record = await deps.auditor.change(
-                lambda: deps.store.rotate_agent_secret(name, hash_secret(secret)),
+                lambda: deps.store.agents.rotate_secret(name, hash_secret(secret)),
                 lambda _: [Event("agent.rotated", who.user, {"agent": name})],
             )
         except NotFound:
@@ -496,7 +494,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/agents")
     async def list_agents(who: Admin) -> list[dict[str, Any]]:
-        records = await run(deps.store.list_agents)
+        records = await deps.store.io.scan(deps.store.agents.list_all)
         out = []
         for r in records:
             live = deps.registry.get(r.name)
@@ -518,7 +516,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
     async def revoke_agent(name: str, who: Admin) -> dict[str, Any]:
         try:
             await deps.auditor.change(
-                lambda: deps.store.revoke_agent(name),
+                lambda: deps.store.agents.revoke(name),
                 lambda _: [Event("agent.revoked", who.user, {"agent": name})],
             )
         except NotFound:
@@ -548,12 +546,14 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/connections")
     async def list_connections(who: User) -> list[dict[str, Any]]:
-        shown = [await visible(who, c) for c in await run(deps.store.list_connections)]
+        shown = [
+            await visible(who, c) for c in await deps.store.io.scan(deps.store.connections.list_all)
+        ]
         return [c for c in shown if c is not None]
 
     @app.get("/v1/connections/{name}")
     async def show_connection(name: str, who: User) -> dict[str, Any]:
-        record = await run(deps.store.get_connection, name)
+        record = await deps.store.io.read(deps.store.connections.get, name)
         shown = await visible(who, record) if record is not None else None
         if shown is None:
             raise HTTPException(404, f"connection {name!r} does not exist")
@@ -563,7 +563,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
     async def connection_access(name: str, who: User) -> dict[str, Any]:
         """Whether the caller may open a session on NAME, decided as opening one would (no
         session, no audit event): `wardgate tcp` asks before it listens."""
-        record = await run(deps.store.get_connection, name)
+        record = await deps.store.io.read(deps.store.connections.get, name)
         if record is None:
             raise HTTPException(404, f"connection {name!r} does not exist")
         decision = await deps.broker.access(who, record)
@@ -582,9 +582,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
 
         def create() -> ConnectionRecord:
-            if deps.store.get_connection(spec.name) is not None:
+            if deps.store.connections.get(spec.name) is not None:
                 raise AlreadyExists(f"connection {spec.name!r} already exists")
-            return deps.store.upsert_connection(record)[0]
+            return deps.store.connections.upsert(record)[0]
 
         try:
             stored = await deps.auditor.change(
@@ -597,7 +597,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.delete("/v1/connections/{name}")
     async def delete_connection(name: str, who: Admin) -> dict[str, Any]:
         deleted = await deps.auditor.change(
-            lambda: deps.store.delete_connection(name),
+            lambda: deps.store.connections.delete(name),
             lambda done: (
                 [Event("connection.deleted", who.user, {"connection": name})] if done else []
             ),
@@ -624,7 +624,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
                 results = apply(deps.store, deps.secret_box, body.connections)
                 for r in results:
                     if r["status"] != "unchanged":
-                        deps.store.append_audit(
+                        deps.store.audit.append(
                             f"connection.{r['status']}",
                             actor=who.user,
                             data={"connection": r["name"]},
@@ -637,7 +637,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
             return results, applied
 
         try:
-            results, applied = await run(change)
+            results, applied = await deps.store.io.write(change)
         except ConnectionError_ as exc:
             raise HTTPException(422, str(exc)) from None
         out: dict[str, Any] = {"connections": results}
@@ -651,13 +651,15 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.post("/v1/policy/explain")
     async def policy_explain(body: ExplainRequest, who: Admin) -> dict[str, Any]:
         """The decision on `sql` for `user` on `connection`, and the rules behind it."""
-        known = await run(deps.store.get_user, body.user)
-        record = await run(deps.store.get_connection, body.connection)
+        known = await deps.store.io.read(deps.store.identity.get_user, body.user)
+        record = await deps.store.io.read(deps.store.connections.get, body.connection)
         groups = tuple(body.groups) if body.groups is not None else known.groups if known else ()
         view = as_view(deps.guardrails)
         await view.refresh()  # the version in force now, also one applied on another replica
         today = dt.datetime.now(dt.UTC).date()
-        used = await run(deps.store.budget_usage, today, user=body.user, connection=body.connection)
+        used = await deps.store.io.read(
+            deps.store.policy.budget_usage, today, user=body.user, connection=body.connection
+        )
         return explain(
             view.policy,
             deps.access or AccessPolicy(),
@@ -693,8 +695,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
             user = who.user  # people see their own sessions
         page = min(limit, MAX_PAGE)
         before = paging.decode_cursor(cursor) if cursor else None
-        rows = await run(
-            deps.store.list_sessions,
+        rows = await deps.store.io.scan(
+            deps.store.sessions.list_all,
             user=user,
             connection=connection,
             since=since,
@@ -702,8 +704,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
             limit=page + 1 if not text else 10_000,
         )
         if text:
-            hits = await run(
-                deps.store.list_audit, kind="pg.statement", contains=text, limit=100_000
+            hits = await deps.store.io.scan(
+                deps.store.audit.list_all, kind="pg.statement", contains=text, limit=100_000
             )
             wanted = {e.session_id for e in hits}
             rows = [s for s in rows if s.id in wanted]
@@ -718,10 +720,12 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/sessions/{session_id}")
     async def show_session(session_id: str, who: User) -> dict[str, Any]:
-        record = await run(deps.store.get_session, session_id)
+        record = await deps.store.io.read(deps.store.sessions.get, session_id)
         if record is None or (not who.is_admin and record.user != who.user):
             raise HTTPException(404, f"session {session_id!r} does not exist")
-        events = await run(deps.store.list_audit, session_id=session_id, limit=100_000)
+        events = await deps.store.io.scan(
+            deps.store.audit.list_all, session_id=session_id, limit=100_000
+        )
         results = {e.data.get("statement_seq"): e.data for e in events if e.kind == "pg.result"}
         statements = []
         for e in events:
@@ -766,8 +770,8 @@ def build_app(deps: ApiDeps) -> FastAPI:
         after: int = 0,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        events = await run(
-            deps.store.list_audit,
+        events = await deps.store.io.scan(
+            deps.store.audit.list_all,
             kind=kind,
             session_id=session,
             after_seq=after,
@@ -789,7 +793,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/audit/verify")
     async def verify_audit(who: Admin) -> dict[str, Any]:
-        checked: ChainCheck = await run(deps.store.check_audit)
+        checked: ChainCheck = await deps.store.io.scan(deps.store.audit.check)
         return checked.as_dict()
 
     app.include_router(reviews_api.router(identity_of))  # approvals: /v1/reviews, /v1/requests

@@ -105,13 +105,13 @@ def health_router(deps: ApiDeps, telemetry: Telemetry) -> tuple[APIRouter, Store
         that does not answer leaves the last values."""
 
         def read() -> tuple[frozenset[str], int]:
-            pools = frozenset(a.pool for a in deps.store.list_agents() if not a.revoked)
-            pending = len(deps.store.list_reviews(status="pending", limit=MAX_PENDING_COUNT))
+            pools = frozenset(a.pool for a in deps.store.agents.list_all() if not a.revoked)
+            pending = len(deps.store.reviews.list_all(status="pending", limit=MAX_PENDING_COUNT))
             return pools, pending
 
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
-                pools, pending = await asyncio.to_thread(read)
+                pools, pending = await deps.store.io.scan(read)
         except Exception:  # the probe says what is wrong with the store
             return
         telemetry.known_pools = pools

@@ -5,7 +5,6 @@ GET /v1/members  admin: every member the store remembers, live ones first
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,7 +19,7 @@ def members_router(store: Store, member_id: str) -> APIRouter:
 
     @router.get("/v1/members")
     async def list_members(who: Admin) -> list[dict[str, Any]]:
-        records = await asyncio.to_thread(store.members.list_all)
+        records = await store.io.scan(store.members.list_all)
         return [
             {
                 "id": m.id,

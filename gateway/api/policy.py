@@ -15,7 +15,6 @@ it (`PolicySource.add_version`).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -44,7 +43,7 @@ def policy_router(deps: ApiDeps) -> APIRouter:
     async def show(who: Admin) -> dict[str, Any]:
         src = source()
         version = await src.refresh()
-        record = await asyncio.to_thread(deps.store.get_policy_version, version or None)
+        record = await deps.store.io.read(deps.store.policy.get_version, version or None)
         if record is None:  # nothing in the store: the config's (empty) policy
             text, sha = canonical(src.policy.config)
             return {"version": 0, "sha256": sha, "policy": json.loads(text)}
@@ -61,12 +60,12 @@ def policy_router(deps: ApiDeps) -> APIRouter:
     @router.get("/v1/policy/versions")
     async def versions(who: Admin) -> list[dict[str, Any]]:
         source()
-        return [version_json(r) for r in await asyncio.to_thread(deps.store.list_policy_versions)]
+        return [version_json(r) for r in await deps.store.io.scan(deps.store.policy.list_versions)]
 
     @router.get("/v1/policy/versions/{version}")
     async def version(version: int, who: Admin) -> dict[str, Any]:
         source()
-        record = await asyncio.to_thread(deps.store.get_policy_version, version)
+        record = await deps.store.io.read(deps.store.policy.get_version, version)
         if record is None:
             raise HTTPException(404, f"policy version {version} does not exist")
         return version_json(record, document=True)
@@ -89,8 +88,8 @@ def policy_router(deps: ApiDeps) -> APIRouter:
         connection: str | None = None,
     ) -> list[dict[str, Any]]:
         day = day or dt.datetime.now(dt.UTC).date()
-        rows = await asyncio.to_thread(
-            deps.store.budget_usage, day, user=user, connection=connection
+        rows = await deps.store.io.read(
+            deps.store.policy.budget_usage, day, user=user, connection=connection
         )
         return [
             {"day": day.isoformat(), "user": u, "connection": c, "budget": b, "rows": r, "bytes": n}

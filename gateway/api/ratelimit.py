@@ -31,7 +31,6 @@ from gateway.identity.credentials import FlowPending
 from gateway.metrics import Counter
 from gateway.ratelimit import Charge, Key, Limited, Refusal, Rule, address_key
 from gateway.store import Store
-from gateway.store.loop import call
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class AuthLimiter:
             return
         host = request.client.host if request.client else "-"
         charges = self._charges(host, identity)
-        result = await call(self._store, self._store.charge_attempt, charges)
+        result = await self._store.io.write(self._store.rate_limits.charge, charges)
         if isinstance(result, Refusal):
             raise as_http(await self._refuse(host, endpoint, result))
         clear: list[Key] = []
@@ -93,7 +92,7 @@ class AuthLimiter:
         finally:
             # Not when cancelled (the client hung up): the attempt stays charged.
             if refund and not _cancelling():
-                await call(self._store, self._store.refund_attempt, result, clear=clear)
+                await self._store.io.write(self._store.rate_limits.refund, result, clear=clear)
 
     async def rejected(self, host: str, endpoint: str) -> Limited | None:
         """Charge a credential a door refused (a bad bearer) to its client address `host`,
@@ -101,7 +100,9 @@ class AuthLimiter:
         to answer instead of recording one more `auth.rejected`."""
         if not self.config.enabled:
             return None
-        result = await call(self._store, self._store.charge_attempt, self._charges(host, None))
+        result = await self._store.io.write(
+            self._store.rate_limits.charge, self._charges(host, None)
+        )
         if isinstance(result, Refusal):
             return await self._refuse(host, endpoint, result)
         return None
@@ -126,7 +127,7 @@ class AuthLimiter:
 
     async def prune(self) -> int:
         """Delete counters past their windows; audit what each refused beyond its first."""
-        expired = await call(self._store, self._store.prune_rate_limits)
+        expired = await self._store.io.write(self._store.rate_limits.prune)
         summaries = [
             self._audit.queue(
                 "auth.rate_limited",

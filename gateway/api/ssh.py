@@ -110,7 +110,9 @@ def ssh_router(
             raise HTTPException(422, "send the public key, not a certificate")
         now = dt.datetime.now(dt.UTC)
         until = now + dt.timedelta(seconds=body.validity_seconds)
-        token = await asyncio.to_thread(store.get_token, who.token_id) if who.token_id else None
+        token = (
+            await store.io.read(store.identity.get_token, who.token_id) if who.token_id else None
+        )
         if token is None:
             raise HTTPException(403, "an SSH certificate is issued under a stored credential")
         if token.expires_at is not None:
@@ -157,7 +159,7 @@ def ssh_router(
             raise HTTPException(422, str(exc)) from None
         try:  # the key and its event: one store transaction
             record = await auditor.change(
-                lambda: store.add_ssh_key(user, fp, key, comment),
+                lambda: store.ssh_keys.add(user, fp, key, comment),
                 lambda _: [Event("ssh_key.added", who.user, {"user": user, "fingerprint": fp})],
             )
         except AlreadyExists:
@@ -169,26 +171,26 @@ def ssh_router(
     @router.get("/v1/ssh-keys")
     async def list_keys(who: User, user: str | None = None) -> list[dict[str, Any]]:
         if who.is_admin and user is None:
-            rows = await asyncio.to_thread(store.list_ssh_keys)
+            rows = await store.io.scan(store.ssh_keys.list_all)
         else:
-            rows = await asyncio.to_thread(store.list_ssh_keys, owner(who, user))
+            rows = await store.io.scan(store.ssh_keys.list_all, owner(who, user))
         return [_key_json(k) for k in rows]
 
     @router.delete("/v1/ssh-keys/{key:path}")  # fingerprints hold "/"
     async def remove_key(key: str, who: User, user: str | None = None) -> dict[str, Any]:
         name = owner(who, user)
-        if not await asyncio.to_thread(store.remove_ssh_key, name, key):
+        if not await store.io.write(store.ssh_keys.remove, name, key):
             raise HTTPException(404, f"user {name!r} has no key {key!r}")
         # Access taken away stands whatever the audit log says; its event is kept for later.
         await auditor.record_taken("ssh_key.removed", actor=who.user, user=name, key_id=key)
         return {"removed": key}
 
     async def events(session_id: str, who: Any) -> list[AuditEvent]:
-        record = await asyncio.to_thread(store.get_session, session_id)
+        record = await store.io.read(store.sessions.get, session_id)
         if record is None or (not who.is_admin and record.user != who.user):
             raise HTTPException(404, f"session {session_id!r} does not exist")
-        return await asyncio.to_thread(
-            store.list_audit, session_id=session_id, kind="ssh.recording", limit=10_000
+        return await store.io.scan(
+            store.audit.list_all, session_id=session_id, kind="ssh.recording", limit=10_000
         )
 
     @router.get("/v1/sessions/{session_id}/recordings")

@@ -40,7 +40,6 @@ from gateway import sshca
 from gateway.config import ConfigError, FleetConfig
 from gateway.crypto import SecretBox, SecretBoxError
 from gateway.store import Store
-from gateway.store.loop import call
 from gateway.store.members import MemberRecord
 from gateway.tls import ensure_self_signed
 from shared.version import __version__
@@ -179,8 +178,7 @@ class Membership:
 
     async def _register(self) -> MemberRecord:
         agent_address, public_address = self._addresses
-        return await call(
-            self._store,
+        return await self._store.io.write(
             self._store.members.register,
             self.id,
             agent_address=agent_address,
@@ -203,7 +201,7 @@ class Membership:
         """One heartbeat, then reap the lost members if this one has been steady."""
         store = self._store
         now = self._clock()
-        if not await call(store, store.members.heartbeat, self.id):
+        if not await store.io.write(store.members.heartbeat, self.id):
             log.error(
                 "member %s was reaped by another member (no heartbeat for %g s): ending its "
                 "sessions and joining again",
@@ -216,7 +214,9 @@ class Membership:
             self._steady_since = now
         if now - self._steady_since < self._config.member_timeout:
             return
-        for lost in await call(store, store.members.reap, self._config.member_timeout, by=self.id):
+        for lost in await store.io.write(
+            store.members.reap, self._config.member_timeout, by=self.id
+        ):
             log.warning(
                 "member %s lost (last heartbeat %s): %d of its sessions ended",
                 lost.member,
@@ -226,6 +226,6 @@ class Membership:
 
     async def leave(self) -> None:
         """Leave the fleet; sessions still open in the store end as "gateway stopped"."""
-        left_open = await call(self._store, self._store.members.leave, self.id)
+        left_open = await self._store.io.write(self._store.members.leave, self.id)
         if left_open:
             log.warning("member %s left %d sessions open: ended", self.id, len(left_open))

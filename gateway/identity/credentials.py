@@ -196,9 +196,6 @@ class IdentityService:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        return asyncio.to_thread(fn, *args, **kwargs)
-
     async def _failed(self, method: str, reason: str, client: str, **extra: Any) -> None:
         await self._audit.record(
             "auth.failed", actor=str(extra.pop("user", "-")), method=method, reason=reason,
@@ -234,8 +231,8 @@ class IdentityService:
         cfg = self.config.credentials
         now = self._clock()
         expires = now + dt.timedelta(seconds=session_ttl or cfg.session_ttl)
-        login: LoginRecord = await self._run(
-            self._store.create_login,
+        login: LoginRecord = await self._store.io.write(
+            self._store.identity.create_login,
             user.name,
             method=method,
             expires_at=expires,
@@ -245,7 +242,7 @@ class IdentityService:
         )
         if idp_refresh_token is not None:
             sealed = self._seal(idp_refresh_token, f"login/{login.id}/idp_refresh")
-            await self._run(self._store.set_login_idp_refresh, login.id, sealed)
+            await self._store.io.write(self._store.identity.set_login_idp_refresh, login.id, sealed)
         issued = await self._tokens(user, login, ttl=ttl, refreshable=refreshable)
         await self._audit.record(
             "auth.login",
@@ -261,7 +258,9 @@ class IdentityService:
     async def _tokens(
         self, user: UserRecord, login: LoginRecord, *, ttl: int | None, refreshable: bool
     ) -> Issued:
-        issued: Issued = await self._run(self._mint, user, login, ttl=ttl, refreshable=refreshable)
+        issued: Issued = await self._store.io.write(
+            self._mint, user, login, ttl=ttl, refreshable=refreshable
+        )
         return issued
 
     def _mint(
@@ -273,7 +272,7 @@ class IdentityService:
             now + dt.timedelta(seconds=ttl or self.config.credentials.ttl), login.expires_at
         )
         access = new_token(TOKEN_PREFIX)
-        self._store.add_token(
+        self._store.identity.add_token(
             user.name,
             hash_token(access),
             expires_at=access_expires,
@@ -284,7 +283,7 @@ class IdentityService:
         refresh: str | None = None
         if refreshable:
             refresh = new_token(REFRESH_PREFIX)
-            self._store.add_token(
+            self._store.identity.add_token(
                 user.name,
                 hash_token(refresh),
                 expires_at=login.expires_at,
@@ -437,8 +436,8 @@ class IdentityService:
         name = cl.user_name(claims, cfg.username_claim)
         groups = cl.groups_from(claims, cfg.groups_claim, cfg.claim_groups)
         try:
-            user: UserRecord = await self._run(
-                self._store.bind_person,
+            user: UserRecord = await self._store.io.write(
+                self._store.identity.bind_person,
                 name,
                 issuer=oidc.issuer,
                 subject=str(claims["sub"]),
@@ -456,11 +455,14 @@ class IdentityService:
         if not refresh_token.startswith(REFRESH_PREFIX) or len(refresh_token) > 256:
             await self._failed("refresh", "malformed refresh token", client)
             raise IdentityError(401, "refresh refused: malformed refresh token")
-        found = await self._run(self._store.find_credential, hash_token(refresh_token))
+        found = await self._store.io.read(
+            self._store.identity.find_credential, hash_token(refresh_token)
+        )
         if found is None or found[0].kind != "refresh" or found[2] is None:
             await self._failed("refresh", "unknown refresh token", client)
             raise IdentityError(401, "refresh refused: unknown refresh token")
         token, user, login = found
+        assert login is not None  # found[2] checked above
         now = self._clock()
         why: str | None = None
         if token.revoked_at is not None:
@@ -486,9 +488,9 @@ class IdentityService:
             # The old token is spent only with the new ones issued and the event written:
             # one store transaction, so a failure anywhere leaves the old token valid and
             # the client's retry is a refresh, not a replay.
-            if not self._store.revoke_token_if_live(token.id):
+            if not self._store.identity.revoke_token_if_live(token.id):
                 return None  # a concurrent use won the rotation
-            self._store.touch_login(login.id)
+            self._store.identity.touch_login(login.id)
             return self._mint(refreshed, login, ttl=None, refreshable=True)
 
         def recorded(issued: Issued | None) -> list[Event]:
@@ -503,7 +505,7 @@ class IdentityService:
         return issued
 
     async def _replayed(self, login: LoginRecord, client: str) -> NoReturn:
-        await self._run(self._store.revoke_login, login.id)
+        await self._store.io.write(self._store.identity.revoke_login, login.id)
         await self._audit.record(
             "auth.replay",
             actor=login.user,
@@ -528,8 +530,8 @@ class IdentityService:
             tokens = await oidc.refresh(idp_refresh)
             claims = await self._claims(oidc, tokens, nonce=None, sub=login.subject)
             groups = cl.groups_from(claims, cfg.groups_claim, cfg.claim_groups)
-            refreshed: UserRecord = await self._run(
-                self._store.bind_person,
+            refreshed: UserRecord = await self._store.io.write(
+                self._store.identity.bind_person,
                 user.name,
                 issuer=oidc.issuer,
                 subject=str(login.subject),
@@ -537,7 +539,7 @@ class IdentityService:
             )
         except (TokenRejected, Conflict, cl.ClaimsError) as exc:
             reason = exc.reason if isinstance(exc, TokenRejected) else str(exc)
-            await self._run(self._store.revoke_login, login.id)
+            await self._store.io.write(self._store.identity.revoke_login, login.id)
             await self._failed("refresh", reason, client, user=user.name, login=login.id)
             await self._end_sessions("the identity provider refused the sign-in", login_id=login.id)
             raise IdentityError(401, f"refresh refused: {reason}; sign in again") from None
@@ -550,7 +552,7 @@ class IdentityService:
             ) from None
         if tokens.refresh_token is not None:
             sealed = self._seal(tokens.refresh_token, context)
-            await self._run(self._store.set_login_idp_refresh, login.id, sealed)
+            await self._store.io.write(self._store.identity.set_login_idp_refresh, login.id, sealed)
         if refreshed.groups != user.groups:
             await self._audit.record(
                 "user.groups_changed",
@@ -572,8 +574,8 @@ class IdentityService:
             raise IdentityError(401, f"token refused: {refused.shown}") from None
         if once is not None:
             digest, until = once
-            if not await self._run(
-                self._store.use_token_once, digest, trust=chosen.name, expires_at=until
+            if not await self._store.io.write(
+                self._store.identity.use_token_once, digest, trust=chosen.name, expires_at=until
             ):
                 await self._failed(
                     "workload", f"{chosen.name}: token replayed (jti already used)", client,
@@ -591,7 +593,7 @@ class IdentityService:
         """The exchange was refused or failed after the token was remembered: it is not used
         up, so the job may retry it (a store outage must not burn a CI job's only token)."""
         try:
-            await self._run(self._store.forget_token_use, key)
+            await self._store.io.write(self._store.identity.forget_token_use, key)
         except StoreError as exc:
             log.warning("could not forget a failed single-use token exchange: %s", exc)
 
@@ -599,8 +601,8 @@ class IdentityService:
         self, chosen: WorkloadTrust, claims: dict[str, Any], issuer: str, client: str
     ) -> Issued:
         try:
-            user: UserRecord = await self._run(
-                self._store.ensure_machine,
+            user: UserRecord = await self._store.io.write(
+                self._store.identity.ensure_machine,
                 chosen.name,
                 kind="workload",
                 groups=tuple(chosen.groups),
@@ -627,11 +629,11 @@ class IdentityService:
     async def local_login(self, *, user: str, password: str, code: str, client: str) -> Issued:
         if not self.config.local_users:
             raise IdentityError(404, "local users are not enabled on this gateway")
-        found = await self._run(self._store.get_local_credentials, user)
-        record: UserRecord | None = await self._run(self._store.get_user, user)
+        found = await self._store.io.read(self._store.identity.get_local_credentials, user)
+        record: UserRecord | None = await self._store.io.read(self._store.identity.get_user, user)
         # Hash even for unknown users, so timing does not tell which names exist.
         stored = found[0] if found else local.hash_password("not-a-user")
-        ok = await self._run(local.verify_password, password, stored) and found is not None
+        ok = await asyncio.to_thread(local.verify_password, password, stored) and found is not None
         totp_secret = self._open(found[1], f"user/{user}/totp") if found else None
         if ok and totp_secret is not None:
             ok = local.verify_totp(totp_secret, code)
@@ -660,10 +662,10 @@ class IdentityService:
         assert self._box is not None
         secret = local.new_totp_secret()
         sealed = self._box.seal(secret.encode(), context=f"user/{name}/totp")
-        hashed = await self._run(local.hash_password, password)
+        hashed = await asyncio.to_thread(local.hash_password, password)
         try:  # the change and its event: one store transaction
             user: UserRecord = await self._audit.change(
-                lambda: self._store.set_local_credentials(
+                lambda: self._store.identity.set_local_credentials(
                     name, password_hash=hashed, totp_secret=sealed, groups=tuple(groups)
                 ),
                 lambda _: [Event("user.local_created", actor.user, {"user": name})],
@@ -681,7 +683,9 @@ class IdentityService:
             raise IdentityError(422, f"{name!r} is not a valid user name")
         try:  # the change and its event: one store transaction
             user: UserRecord = await self._audit.change(
-                lambda: self._store.ensure_machine(name, kind="service", groups=tuple(groups)),
+                lambda: self._store.identity.ensure_machine(
+                    name, kind="service", groups=tuple(groups)
+                ),
                 lambda _: [
                     Event(
                         "service_account.saved", actor.user, {"user": name, "groups": list(groups)}
@@ -695,7 +699,7 @@ class IdentityService:
     async def create_api_key(
         self, actor: Identity, *, name: str, scopes: Sequence[str], ttl: int | None, label: str
     ) -> tuple[str, TokenRecord]:
-        user: UserRecord | None = await self._run(self._store.get_user, name)
+        user: UserRecord | None = await self._store.io.read(self._store.identity.get_user, name)
         if user is None or user.kind != "service":
             raise IdentityError(404, f"service account {name!r} does not exist")
         if not scopes:
@@ -710,7 +714,7 @@ class IdentityService:
             return [Event("api_key.created", actor.user, {**data, "expires_at": expires})]
 
         record: TokenRecord = await self._audit.change(  # with its event, in one transaction
-            lambda: self._store.add_token(
+            lambda: self._store.identity.add_token(
                 name,
                 hash_token(key),
                 expires_at=self._clock() + dt.timedelta(seconds=seconds),
@@ -731,8 +735,8 @@ class IdentityService:
             raise IdentityError(403, "a per-connection credential cannot mint credentials")
         requested: dict[str, dt.datetime] = {}
         if self._policy.on_request:  # approvals: grants held through an access request
-            requested = await self._run(
-                self._store.granted_connections, identity.user, self._clock()
+            requested = await self._store.io.read(
+                self._store.reviews.granted_connections, identity.user, self._clock()
             )
         decision = self._policy.decide(
             user=identity.user,
@@ -746,12 +750,14 @@ class IdentityService:
             raise IdentityError(403, decision.refusal(identity.user, connection))
         expires = self._clock() + dt.timedelta(seconds=self.config.credentials.connection_ttl)
         if identity.login_id is not None:
-            login: LoginRecord | None = await self._run(self._store.get_login, identity.login_id)
+            login: LoginRecord | None = await self._store.io.read(
+                self._store.identity.get_login, identity.login_id
+            )
             if login is not None:
                 expires = min(expires, login.expires_at)
         token = new_token(TOKEN_PREFIX)
-        record: TokenRecord = await self._run(
-            self._store.add_token,
+        record: TokenRecord = await self._store.io.write(
+            self._store.identity.add_token,
             identity.user,
             hash_token(token),
             expires_at=expires,
@@ -776,8 +782,8 @@ class IdentityService:
 
     async def list_credentials(self, identity: Identity, user: str | None) -> list[dict[str, Any]]:
         who = user if (user and identity.is_admin) else identity.user
-        logins: list[LoginRecord] = await self._run(self._store.list_logins, who)
-        tokens: list[TokenRecord] = await self._run(self._store.list_tokens, who)
+        logins: list[LoginRecord] = await self._store.io.scan(self._store.identity.list_logins, who)
+        tokens: list[TokenRecord] = await self._store.io.scan(self._store.identity.list_tokens, who)
         now = self._clock()
         out: list[dict[str, Any]] = [
             {
@@ -814,22 +820,28 @@ class IdentityService:
         """Revoke a sign-in (and all its tokens) or a single token; ends its sessions."""
         if actor.connection is not None:
             raise IdentityError(403, "a per-connection credential cannot revoke credentials")
-        login: LoginRecord | None = await self._run(self._store.get_login, credential_id)
+        login: LoginRecord | None = await self._store.io.read(
+            self._store.identity.get_login, credential_id
+        )
         if login is not None:
             if login.user != actor.user and not actor.is_admin:
                 raise IdentityError(404, f"credential {credential_id!r} does not exist")
-            await self._run(self._store.revoke_login, login.id)
+            await self._store.io.write(self._store.identity.revoke_login, login.id)
             ended = await self._end_sessions("credential revoked", login_id=login.id)
             await self._audit.record_taken(
                 "credential.revoked", actor=actor.user, user=login.user, login=login.id,
                 sessions_ended=ended,
             )  # fmt: skip
             return {"id": login.id, "type": "login", "revoked": True, "sessions_ended": ended}
-        token: TokenRecord | None = await self._run(self._store.get_token, credential_id)
+        token: TokenRecord | None = await self._store.io.read(
+            self._store.identity.get_token, credential_id
+        )
         if token is None or (token.user != actor.user and not actor.is_admin):
             raise IdentityError(404, f"credential {credential_id!r} does not exist")
-        await self._run(self._store.revoke_token, token.id)
-        family: list[TokenRecord] = await self._run(self._store.list_tokens, token.user)
+        await self._store.io.write(self._store.identity.revoke_token, token.id)
+        family: list[TokenRecord] = await self._store.io.scan(
+            self._store.identity.list_tokens, token.user
+        )
         ids = frozenset({token.id} | {t.id for t in family if t.parent_id == token.id})
         ended = await self._end_sessions("credential revoked", token_ids=ids)
         await self._audit.record_taken(
@@ -842,7 +854,7 @@ class IdentityService:
         """End the caller's sign-in; a plain bearer token or API key is left alone."""
         if identity.login_id is None:
             return {"revoked": False}
-        await self._run(self._store.revoke_login, identity.login_id)
+        await self._store.io.write(self._store.identity.revoke_login, identity.login_id)
         ended = await self._end_sessions("signed out", login_id=identity.login_id)
         await self._audit.record_taken(
             "auth.logout", actor=identity.user, login=identity.login_id, sessions_ended=ended
@@ -855,13 +867,15 @@ class IdentityService:
         try:
             if not disabled:  # access given back: with its event, in one transaction
                 enabled: UserRecord = await self._audit.change(
-                    lambda: self._store.set_user_disabled(name, False),
+                    lambda: self._store.identity.set_user_disabled(name, False),
                     lambda _: [
                         Event("user.enabled", actor.user, {"user": name, "sessions_ended": 0})
                     ],
                 )
                 return enabled
-            user: UserRecord = await self._run(self._store.set_user_disabled, name, True)
+            user: UserRecord = await self._store.io.write(
+                self._store.identity.set_user_disabled, name, True
+            )
         except NotFound:
             raise IdentityError(404, f"user {name!r} does not exist") from None
         # Access taken away stands whatever the audit log says (fail closed); its event is

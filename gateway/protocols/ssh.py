@@ -1423,10 +1423,10 @@ class SshFrontDoor:
 
     async def key_identity(self, user: str, key_fingerprint: str) -> Identity:
         """Who a registered public key belongs to (as the credential check would say)."""
-        record = await asyncio.to_thread(self.store.find_ssh_key, key_fingerprint)
+        record = await self.store.io.read(self.store.ssh_keys.find, key_fingerprint)
         if record is None or record.user != user:
             raise AuthError("public key not registered for this user")
-        found = await asyncio.to_thread(self.store.get_user, user)
+        found = await self.store.io.read(self.store.identity.get_user, user)
         if found is None or found.disabled:
             raise AuthError("user unknown or disabled")
         return self._identity(found, "ssh_key")
@@ -1450,12 +1450,14 @@ class SshFrontDoor:
             info = sshca.check_user_cert(cert, self.user_ca, user, dt.datetime.now(dt.UTC))
         except sshca.CertError as exc:
             raise AuthError(f"certificate: {exc}") from None
-        found = await asyncio.to_thread(self.store.get_user, user)
+        found = await self.store.io.read(self.store.identity.get_user, user)
         if found is None or found.disabled:
             raise AuthError("certificate: user unknown or disabled")
         # The key id names the credential it was issued under: signing out ends it too.
         token_id = info.key_id.rpartition("/")[2]
-        token = await asyncio.to_thread(self.store.get_token, token_id) if token_id else None
+        token = (
+            await self.store.io.read(self.store.identity.get_token, token_id) if token_id else None
+        )
         if token is None or token.user != user or token.revoked_at is not None:
             raise AuthError("certificate: the credential it was issued under is revoked")
         return self._identity(found, "ssh_cert")

@@ -203,7 +203,7 @@ class ReviewService:
         return await self._create(record)
 
     async def _create(self, record: ReviewRecord) -> ReviewRecord:
-        await asyncio.to_thread(self._store.create_review, record)
+        await self._store.io.write(self._store.reviews.create, record)
         await self._audit.record(
             "review.created",
             actor=record.requester,
@@ -228,7 +228,7 @@ class ReviewService:
     # ---- reading ---------------------------------------------------------------------
 
     async def get(self, review_id: str) -> ReviewRecord:
-        record = await asyncio.to_thread(self._store.get_review, review_id)
+        record = await self._store.io.read(self._store.reviews.get, review_id)
         if record is None:
             raise ReviewError(404, f"no review {review_id!r}")
         return await self._expire_if_due(record)
@@ -249,8 +249,8 @@ class ReviewService:
         mine: bool = False,
         limit: int = 100,
     ) -> list[ReviewRecord]:
-        records = await asyncio.to_thread(
-            self._store.list_reviews,
+        records = await self._store.io.scan(
+            self._store.reviews.list_all,
             status=status,
             kind=kind,
             requester=identity.user if mine else None,
@@ -269,8 +269,8 @@ class ReviewService:
     ) -> ReviewRecord | None:
         """The newest review of exactly this request by this user (Kubernetes: the client
         runs its request again once it is approved), or None."""
-        found = await asyncio.to_thread(
-            self._store.matching_reviews,
+        found = await self._store.io.read(
+            self._store.reviews.matching,
             requester=identity.user,
             connection=connection,
             protocol=protocol,
@@ -305,7 +305,9 @@ class ReviewService:
 
     async def granted_connections(self, user: str) -> dict[str, dt.datetime]:
         """Connections `user` may reach through approved access requests, until when."""
-        return await asyncio.to_thread(self._store.granted_connections, user, self._clock())
+        return await self._store.io.read(
+            self._store.reviews.granted_connections, user, self._clock()
+        )
 
     # ---- voting ----------------------------------------------------------------------
 
@@ -317,7 +319,9 @@ class ReviewService:
         if identity.credential == "connection":
             raise ReviewError(403, "a per-connection credential cannot vote")
         current = await self.get(review_id)
-        owners = await asyncio.to_thread(self._store.owners_of, {identity.user, current.requester})
+        owners = await self._store.io.read(
+            self._store.reviews.owners_of, {identity.user, current.requester}
+        )
         voter = Voter(
             identity.user, identity.groups, controllers(identity.user, owners[identity.user])
         )
@@ -375,7 +379,7 @@ class ReviewService:
 
         try:  # the vote and its event: one store transaction
             updated = await self._audit.change(
-                lambda: self._store.vote_review(review_id, judge), voted
+                lambda: self._store.reviews.vote(review_id, judge), voted
             )
         except _Refused as exc:
             await self._audit.record(
@@ -413,8 +417,12 @@ class ReviewService:
             event.set()
 
     async def _finish(self, review_id: str, status: str, decision: str) -> ReviewRecord:
-        record, changed = await asyncio.to_thread(
-            self._store.finish_review, review_id, status=status, decision=decision, at=self._clock()
+        record, changed = await self._store.io.write(
+            self._store.reviews.finish,
+            review_id,
+            status=status,
+            decision=decision,
+            at=self._clock(),
         )
         if changed:
             await self._decided(record)
@@ -501,7 +509,7 @@ class ReviewService:
     async def add_owner(self, actor: Identity, identity: str, owner: str) -> None:
         try:  # the change and its event: one store transaction
             await self._audit.change(
-                lambda: self._store.add_owner(identity, owner),
+                lambda: self._store.reviews.add_owner(identity, owner),
                 lambda _: [
                     Event("identity.owner_added", actor.user, {"user": identity, "owner": owner})
                 ],
@@ -510,5 +518,5 @@ class ReviewService:
             raise ReviewError(404, str(exc)) from None
 
     async def owners(self, identity: str) -> list[str]:
-        found = await asyncio.to_thread(self._store.owners_of, [identity])
+        found = await self._store.io.read(self._store.reviews.owners_of, [identity])
         return sorted(found[identity])

@@ -9,7 +9,7 @@ each other in a cycle. The arithmetic is ``gateway.ratelimit``'s.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ratelimit import Charge, Key, Refusal, over, retry_after, window_start
 from gateway.store import tables as t
+from gateway.store.db import Database
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -104,7 +105,7 @@ def refund(conn: sa.Connection, keys: Sequence[tuple[Key, dt.datetime]]) -> None
         )
 
 
-def clear(conn: sa.Connection, key: Key) -> None:
+def clear_key(conn: sa.Connection, key: Key) -> None:
     """Forget `key`'s attempts (a success of its identity); what it refused stays counted."""
     table = t.rate_limits
     conn.execute(
@@ -134,3 +135,28 @@ def _row(key: Key, start: dt.datetime) -> sa.ColumnElement[bool]:
     return sa.and_(
         table.c.kind == key.kind, table.c.key == key.digest, table.c.window_start == start
     )
+
+
+class RateLimits:
+    """The rate limits repository, reached as ``Store.rate_limits``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def charge(self, charges: Sequence[Charge]) -> Charged | Refusal:
+        """Charge one attempt to each key, or to none when one is over its limit (the
+        refusal names the key that waits longest)."""
+        with self._db.write(fsync=False) as conn:
+            return charge(conn, self._db.dialect, charges, self._db.clock())
+
+    def refund(self, charged: Charged, *, clear: Iterable[Key] = ()) -> None:
+        """Give a charged attempt back; `clear` forgets those keys' attempts altogether."""
+        with self._db.write(fsync=False) as conn:
+            refund(conn, charged.windows)
+            for key in clear:
+                clear_key(conn, key)
+
+    def prune(self) -> list[Expired]:
+        """Delete the counters no window reads any more; returns them (one member gets each)."""
+        with self._db.write(fsync=False) as conn:
+            return prune(conn, self._db.clock())

@@ -78,7 +78,7 @@ async def until(condition: Callable[[], object], what: str) -> None:
 
 async def test_the_agent_follows_the_member_list(store: Store) -> None:
     secret = new_secret()
-    store.create_agent("a", "default", hash_secret(secret))
+    store.agents.create("a", "default", hash_secret(secret))
     listing = Listing()
     async with member(store, listing) as one, member(store, None) as two:
         host, port = one.address.rsplit(":", 1)

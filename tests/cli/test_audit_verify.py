@@ -1,6 +1,6 @@
 """`wardgate audit verify`: what it says about an intact, an edited and a cut log.
 
-Offline (`--store`, a real SQLite store written by `Store.append_audit`) and through a running
+Offline (`--store`, a real SQLite store written by `store.audit.append`) and through a running
 gateway's API; the log is tampered with in SQL, as someone with the database file would.
 """
 
@@ -38,7 +38,7 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "wardgate.db"
     with Store.open(f"sqlite:///{path}") as store:
         for i in range(42):
-            store.append_audit("test.event", actor="alice", data={"i": i})
+            store.audit.append("test.event", actor="alice", data={"i": i})
     return path
 
 
@@ -188,7 +188,7 @@ def test_an_empty_postgresql_database_is_refused_not_migrated(postgres_db: Postg
 def test_a_postgresql_store_verifies_read_only(postgres_db: PostgresServer) -> None:
     with Store.open(postgres_db.url()) as store:
         for i in range(3):
-            store.append_audit("test.event", actor="alice", data={"i": i})
+            store.audit.append("test.event", actor="alice", data={"i": i})
     out = _verify("--store", postgres_db.url())
     assert out.returncode == 0, out.stderr
     assert out.stdout == "audit log intact: 3 events checked\n"

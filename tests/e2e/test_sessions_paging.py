@@ -30,7 +30,7 @@ def paged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wardgate, 
             for n in range(COUNT):
                 # Every fifth shares its predecessor's start: the id breaks those ties.
                 at = T0 + dt.timedelta(seconds=n - n % 5 // 4)
-                store.create_session(
+                store.sessions.create(
                     SessionRecord(f"s{n:05d}", "alice", "db1", "postgres", "192.0.2.1:1", at)
                 )
         yield wg, gw

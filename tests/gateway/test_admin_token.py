@@ -28,10 +28,10 @@ def test_dev_token_is_kept_while_valid_and_replaced_once_revoked(tmp_path: Path)
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
         assert Gateway(cfg, admin_token_file=kept)._bootstrap_admin(store) == (first, "kept")
-        found = store.find_token(hash_token(first))
+        found = store.identity.find_token(hash_token(first))
         assert found is not None and found[0].revoked_at is None
 
-        store.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
+        store.identity.revoke_tokens_labelled(ADMIN_USER, BOOTSTRAP_LABEL)
         fresh, origin = Gateway(cfg, admin_token_file=kept)._bootstrap_admin(store)
         assert fresh not in (None, first) and kept.read_text().strip() == fresh
         assert origin == "minted"
@@ -53,7 +53,7 @@ def test_a_configured_token_is_used_and_never_called_minted(
     cfg = GatewayConfig(data_dir=tmp_path)
     with Store.open(f"sqlite:///{tmp_path / 'wardgate.db'}") as store:
         assert Gateway(cfg)._bootstrap_admin(store) == (token, "configured")
-        assert store.find_token(hash_token(token)) is not None
+        assert store.identity.find_token(hash_token(token)) is not None
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ async def test_queued_events_are_durable_in_call_order(store: Store) -> None:
         await auditor.aclose()
     assert [e.seq for e in events] == [1, 2, 3]
     assert [e.data["text"] for e in events] == ["select 0", "select 1", "select 2"]
-    assert [e.seq for e in store.list_audit()] == [1, 2, 3]
-    assert store.verify_audit() is None
+    assert [e.seq for e in store.audit.list_all()] == [1, 2, 3]
+    assert store.audit.verify() is None
 
 
 async def test_a_failed_write_fails_every_queued_event(store: Store, tmp_path: Path) -> None:
@@ -71,13 +71,13 @@ async def test_a_failed_write_keeps_the_events_of_actions_taken(
         await auditor.record("pg.statement", actor="ann", text="select 3")
     finally:
         await auditor.aclose()
-    kinds = [(e.kind, e.data.get("text")) for e in store.list_audit()]
+    kinds = [(e.kind, e.data.get("text")) for e in store.audit.list_all()]
     assert kinds == [
         ("pg.statement", "select 1"),
         ("pg.result", None),
         ("pg.statement", "select 3"),
     ]
-    assert store.verify_audit() is None
+    assert store.audit.verify() is None
 
 
 async def test_kept_events_are_retried_without_new_ones(store: Store, tmp_path: Path) -> None:
@@ -90,9 +90,9 @@ async def test_kept_events_are_retried_without_new_ones(store: Store, tmp_path: 
             await auditor.record("pg.statement", actor="ann", text="select 1")
         _rename(db, "audit_events_away", "audit_events")
         deadline = asyncio.get_running_loop().time() + 30
-        while not store.list_audit():
+        while not store.audit.list_all():
             assert asyncio.get_running_loop().time() < deadline, "kept event never written"
             await asyncio.sleep(0.05)
     finally:
         await auditor.aclose()
-    assert [e.kind for e in store.list_audit()] == ["pg.result"]
+    assert [e.kind for e in store.audit.list_all()] == ["pg.result"]

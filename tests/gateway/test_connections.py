@@ -41,7 +41,7 @@ def test_apply_creates_then_reports_unchanged_then_updated(store: Store) -> None
     assert apply(store, None, [spec()]) == [{"name": "pg-main", "status": "created"}]
     assert apply(store, None, [spec()]) == [{"name": "pg-main", "status": "unchanged"}]
     assert apply(store, None, [spec(port=6432)]) == [{"name": "pg-main", "status": "updated"}]
-    record = store.get_connection("pg-main")
+    record = store.connections.get("pg-main")
     assert record is not None
     assert record.options == {"database": "app", "username": "app_rw"}
     assert record.secrets == {"password": "env:APP_DB_PASSWORD"}
@@ -51,7 +51,7 @@ def test_apply_creates_then_reports_unchanged_then_updated(store: Store) -> None
 def test_literal_secret_is_sealed_and_reapplying_it_changes_nothing(store: Store) -> None:
     box = SecretBox.from_config(SecretBox.generate_key())
     apply(store, box, [spec(password="hunter2")])
-    record = store.get_connection("pg-main")
+    record = store.connections.get("pg-main")
     assert record is not None
     sealed = record.secrets["password"]
     assert SecretBox.is_sealed(sealed) and "hunter2" not in sealed
@@ -63,7 +63,7 @@ def test_literal_secret_is_sealed_and_reapplying_it_changes_nothing(store: Store
 def test_literal_secret_without_a_key_is_refused_before_anything_is_written(store: Store) -> None:
     with pytest.raises(ConnectionError_, match="secret_key"):
         apply(store, None, [spec(name="a", password="env:X"), spec(name="b", password="plain")])
-    assert store.list_connections() == []
+    assert store.connections.list_all() == []
 
 
 def test_duplicate_names_are_refused(store: Store) -> None:

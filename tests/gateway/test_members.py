@@ -38,7 +38,7 @@ def join(store: Store, member_id: str) -> None:
 
 
 def session(store: Store, session_id: str, member: str | None) -> None:
-    store.create_session(
+    store.sessions.create(
         SessionRecord(
             id=session_id,
             user="alice",
@@ -64,7 +64,7 @@ def test_a_registered_member_is_listed_live_with_its_addresses(store: Store) -> 
 
 def test_a_session_records_its_member(store: Store) -> None:
     session(store, "s1", "gw-a")
-    found = store.get_session("s1")
+    found = store.sessions.get("s1")
     assert found is not None and found.member == "gw-a"
 
 
@@ -75,7 +75,7 @@ def test_a_silent_member_is_reaped_and_its_open_sessions_end_as_gateway_lost(
     join(store, "gw-b")
     session(store, "open-on-a", "gw-a")
     session(store, "ended-on-a", "gw-a")
-    store.end_session("ended-on-a", status="closed", error=None, bytes_up=1, bytes_down=2)
+    store.sessions.end("ended-on-a", status="closed", error=None, bytes_up=1, bytes_down=2)
     session(store, "open-on-b", "gw-b")
     clock.advance(TIMEOUT)
     assert store.members.heartbeat("gw-b")
@@ -85,12 +85,12 @@ def test_a_silent_member_is_reaped_and_its_open_sessions_end_as_gateway_lost(
     [reaped] = store.members.reap(TIMEOUT, by="gw-b")
 
     assert (reaped.member, reaped.heartbeat_at, reaped.sessions) == ("gw-a", T0, ("open-on-a",))
-    lost = store.get_session("open-on-a")
+    lost = store.sessions.get("open-on-a")
     assert lost is not None
     assert (lost.status, lost.error, lost.ended_at) == ("failed", GATEWAY_LOST, clock.now)
-    kept = store.get_session("ended-on-a")
+    kept = store.sessions.get("ended-on-a")
     assert kept is not None and (kept.status, kept.error) == ("closed", None)
-    other = store.get_session("open-on-b")
+    other = store.sessions.get("open-on-b")
     assert other is not None and other.ended_at is None
     states = {m.id: (m.live, m.gone_reason) for m in store.members.list_all()}
     assert states == {"gw-a": (False, HEARTBEAT_LOST), "gw-b": (True, None)}
@@ -103,17 +103,17 @@ def test_reaping_is_audited_in_the_chain(store: Store, clock: Clock) -> None:
     session(store, "s1", "gw-a")
     clock.advance(TIMEOUT + 1)
     store.members.reap(TIMEOUT, by="gw-b")
-    lost = store.list_audit(kind="member.lost")
+    lost = store.audit.list_all(kind="member.lost")
     assert [e.data for e in lost] == [
         {"member": "gw-a", "heartbeat_at": T0.isoformat(), "sessions": 1, "by": "gw-b"}
     ]
-    [closed] = store.list_audit(kind="session.close")
+    [closed] = store.audit.list_all(kind="session.close")
     assert (closed.session_id, closed.actor, closed.data) == (
         "s1",
         "alice",
         {"error": GATEWAY_LOST, "member": "gw-a", "by": "gw-b"},
     )
-    assert store.verify_audit() is None
+    assert store.audit.verify() is None
 
 
 def test_a_reaped_member_learns_it_at_its_next_heartbeat_and_can_join_again(
@@ -133,9 +133,9 @@ def test_a_member_that_leaves_is_gone_at_once_and_reaps_nothing(store: Store, cl
     join(store, "gw-a")
     session(store, "left-open", "gw-a")
     assert store.members.leave("gw-a") == ("left-open",)
-    left = store.get_session("left-open")
+    left = store.sessions.get("left-open")
     assert left is not None and (left.status, left.error) == ("failed", GATEWAY_STOPPED)
-    [closed] = store.list_audit(kind="session.close")
+    [closed] = store.audit.list_all(kind="session.close")
     assert closed.data == {"error": GATEWAY_STOPPED, "member": "gw-a", "by": "gw-a"}
     assert store.members.leave("gw-a") == ()
     [member] = store.members.list_all()
@@ -167,7 +167,7 @@ def test_the_first_offer_of_an_identity_item_is_kept(store: Store) -> None:
 
 def test_sessions_of_stores_before_members_have_none(store: Store) -> None:
     session(store, "s1", None)
-    found = store.get_session("s1")
+    found = store.sessions.get("s1")
     assert found is not None and dataclasses.replace(found, member=None) == found
 
 

@@ -42,20 +42,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def test_a_version_is_created_only_when_the_document_changes(store: Store) -> None:
-    assert store.latest_policy_version() == 0 and store.get_policy_version() is None
+    assert store.policy.latest_version() == 0 and store.policy.get_version() is None
     text, sha = canonical(PolicyConfig.model_validate(DENY_DELETE))
-    first, created = store.add_policy_version(text, sha, applied_by="alice", comment="one")
+    first, created = store.policy.add_version(text, sha, applied_by="alice", comment="one")
     assert created and first.version == 1 and first.applied_by == "alice"
-    again, created = store.add_policy_version(text, sha, applied_by="bob")
+    again, created = store.policy.add_version(text, sha, applied_by="bob")
     assert not created and again.version == 1
     text2, sha2 = canonical(PolicyConfig.model_validate(BUDGET))
-    second, created = store.add_policy_version(text2, sha2, applied_by="bob")
+    second, created = store.policy.add_version(text2, sha2, applied_by="bob")
     assert created and second.version == 2
-    seeded, created = store.add_policy_version(text, sha, applied_by="config", only_if_empty=True)
+    seeded, created = store.policy.add_version(text, sha, applied_by="config", only_if_empty=True)
     assert not created and seeded.version == 2
-    assert store.latest_policy_version() == 2
-    assert [v.version for v in store.list_policy_versions()] == [1, 2]
-    one = store.get_policy_version(1)
+    assert store.policy.latest_version() == 2
+    assert [v.version for v in store.policy.list_versions()] == [1, 2]
+    one = store.policy.get_version(1)
     assert one is not None and json.loads(one.document) == json.loads(text)
     assert one.comment == "one" and one.applied_at.tzinfo is not None
 
@@ -69,22 +69,24 @@ def test_canonical_ignores_formatting_and_defaults() -> None:
 
 def test_budget_usage_increments_are_atomic_across_threads(store: Store) -> None:
     def add(_: int) -> None:
-        store.add_budget_usage("alice", "pg", {(DAY, "daily"): (3, 100)})
+        store.policy.add_budget_usage("alice", "pg", {(DAY, "daily"): (3, 100)})
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(add, range(40)))
-    assert store.budget_usage(DAY, user="alice") == [("alice", "pg", "daily", 120, 4000)]
-    totals = store.add_budget_usage("alice", "pg", {(DAY, "daily"): (1, 1), (DAY, "b2"): (2, 2)})
+    assert store.policy.budget_usage(DAY, user="alice") == [("alice", "pg", "daily", 120, 4000)]
+    totals = store.policy.add_budget_usage(
+        "alice", "pg", {(DAY, "daily"): (1, 1), (DAY, "b2"): (2, 2)}
+    )
     assert totals == {(DAY, "daily"): (121, 4001), (DAY, "b2"): (2, 2)}
-    assert store.budget_usage(DAY + dt.timedelta(days=1)) == []
-    assert store.budget_usage(DAY, user="bob") == []
+    assert store.policy.budget_usage(DAY + dt.timedelta(days=1)) == []
+    assert store.policy.budget_usage(DAY, user="bob") == []
 
 
 async def test_the_config_seeds_version_one_and_then_the_store_wins(store: Store) -> None:
     source = PolicySource(store, PolicyConfig.model_validate(DENY_DELETE))
     source.seed()
     assert source.version == 1 and source.policy.config.rules[0].name == "no-delete"
-    record = store.get_policy_version(1)
+    record = store.policy.get_version(1)
     assert record is not None and record.applied_by == "config"
     applied = await source.apply(BUDGET, applied_by="alice", comment="budgets")
     assert applied.created and applied.record.version == 2 and source.version == 2
@@ -98,7 +100,7 @@ async def test_the_config_seeds_version_one_and_then_the_store_wins(store: Store
 async def test_an_empty_config_seeds_nothing(store: Store) -> None:
     source = PolicySource(store, PolicyConfig())
     source.seed()
-    assert source.version == 0 and store.latest_policy_version() == 0
+    assert source.version == 0 and store.policy.latest_version() == 0
 
 
 async def test_a_replica_picks_up_a_version_it_did_not_write(store: Store) -> None:
@@ -123,7 +125,7 @@ async def test_invalid_documents_change_nothing(store: Store) -> None:
     for document in bad:
         with pytest.raises(PolicyDocumentError, match="policy"):
             await source.apply(document, applied_by="alice")
-    assert store.latest_policy_version() == 1 and source.version == 1
+    assert store.policy.latest_version() == 1 and source.version == 1
 
 
 async def test_rollback_applies_an_old_document_as_a_new_version(store: Store) -> None:
@@ -150,8 +152,8 @@ async def test_an_open_session_switches_at_its_next_statement(store: Store) -> N
     assert session.count(3, 10) is None
     assert await session.exhausted() is None  # flushes the 3 rows, reads the totals
     today = dt.datetime.now(dt.UTC).date()
-    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 10)]
-    store.add_budget_usage("alice", "pg", {(today, "daily"): (2, 0)})  # another replica
+    assert store.policy.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 10)]
+    store.policy.add_budget_usage("alice", "pg", {(today, "daily"): (2, 0)})  # another replica
     await session.flush()
     exceeded = await session.exhausted()
     assert exceeded is not None and exceeded.usage == Usage(5, 10)
@@ -167,7 +169,7 @@ async def test_usage_of_a_budget_a_new_version_drops_is_still_stored(store: Stor
     assert not session.metered and session.pending
     await session.flush()
     today = dt.datetime.now(dt.UTC).date()
-    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
+    assert store.policy.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
 
 
 async def test_an_ended_session_owes_its_usage_to_the_ledger_until_it_writes(
@@ -181,12 +183,12 @@ async def test_an_ended_session_owes_its_usage_to_the_ledger_until_it_writes(
     ended.count(3, 30)
     ended.release()
     # Not in the store yet, but this gateway's next session of alice sees it at once.
-    assert store.budget_usage(today, user="alice") == []
+    assert store.policy.budget_usage(today, user="alice") == []
     assert await ledger.totals("alice", "pg", today) == {"daily": Usage(3, 30)}
     added = await ledger.add("alice", "pg", {(today, "daily"): Usage(1, 10)})
     assert added == {(today, "daily"): Usage(4, 40)}
     await ledger.aclose()
-    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 4, 40)]
+    assert store.policy.budget_usage(today, user="alice") == [("alice", "pg", "daily", 4, 40)]
     assert await ledger.totals("alice", "pg", today) == {"daily": Usage(4, 40)}
 
 
@@ -225,7 +227,7 @@ async def test_a_metered_session_loads_its_usage_before_its_first_statement(stor
     source = PolicySource(store)
     await source.apply(BUDGET, applied_by="admin")
     today = dt.datetime.now(dt.UTC).date()
-    store.add_budget_usage("alice", "pg", {(today, "daily"): (5, 0)})
+    store.policy.add_budget_usage("alice", "pg", {(today, "daily"): (5, 0)})
     ledger = _ReadsTold(store)
     session = SessionPolicy(source, ledger, Subject("alice"), "pg")
     assert session.meter is not None and session.meter.exhausted() is None  # not read yet
@@ -254,7 +256,7 @@ async def test_usage_counted_after_an_idle_spell_is_written_within_the_interval(
             await ledger.added.wait()  # the flusher woke for it: no statement came
         flusher.cancel()
     today = dt.datetime.now(dt.UTC).date()
-    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 30)]
+    assert store.policy.budget_usage(today, user="alice") == [("alice", "pg", "daily", 3, 30)]
 
 
 def _refuse_budget_writes(store: Store, user: str) -> None:
@@ -295,13 +297,13 @@ async def test_usage_written_before_a_failed_write_is_not_counted_again(store: S
     ledger.defer("bob", "pg", {(today, "daily"): Usage(3, 30)})
     _refuse_budget_writes(store, "bob")
     await ledger.flush()
-    assert store.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
-    assert store.budget_usage(today, user="bob") == []
+    assert store.policy.budget_usage(today, user="alice") == [("alice", "pg", "daily", 2, 20)]
+    assert store.policy.budget_usage(today, user="bob") == []
     assert await ledger.totals("alice", "pg", today) == {"daily": Usage(2, 20)}
     assert await ledger.totals("bob", "pg", today) == {"daily": Usage(3, 30)}
     _accept_budget_writes(store)
     await ledger.flush()
-    assert store.budget_usage(today) == [
+    assert store.policy.budget_usage(today) == [
         ("alice", "pg", "daily", 2, 20),
         ("bob", "pg", "daily", 3, 30),
     ]

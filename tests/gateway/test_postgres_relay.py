@@ -218,6 +218,6 @@ async def test_masking_counts_beside_the_data_are_audited_for_the_session(relay:
     await read_until(reader, lambda m: bool(m) and isinstance(m[-1], ReadyForQuery))
     # Submitted in order with the data, before the client read it; the queue writes in order.
     await within(relay.door._audit.record("test.barrier"))
-    masked = relay.store.list_audit(kind="pg.masked")
+    masked = relay.store.audit.list_all(kind="pg.masked")
     assert masked[0].session_id == "s-1"
     assert masked[0].data["counts"] == [{"column": "email", "detector": "email", "count": 2}]

@@ -151,61 +151,61 @@ def test_a_key_is_a_digest_and_its_label_is_bounded_and_printable() -> None:
 
 def test_the_attempt_over_the_limit_is_refused_with_the_wait(store: Store, clock: Clock) -> None:
     for _ in range(ADDRESS.attempts):
-        assert isinstance(store.charge_attempt([addr()]), Charged)
+        assert isinstance(store.rate_limits.charge([addr()]), Charged)
     clock.advance(15)
-    refused = store.charge_attempt([addr()])
+    refused = store.rate_limits.charge([addr()])
     assert isinstance(refused, Refusal)
     assert refused.key == addr().key and refused.first
     # 5 attempts in the window: the next passes once the window has passed and the five,
     # now the previous window's, weigh at most 4: 45 s + 12 s.
     assert refused.retry_after == 57
-    again = store.charge_attempt([addr()])
+    again = store.rate_limits.charge([addr()])
     assert isinstance(again, Refusal) and not again.first  # only the first is audited
-    assert isinstance(store.charge_attempt([addr("192.0.2.8")]), Charged)  # other address
+    assert isinstance(store.rate_limits.charge([addr("192.0.2.8")]), Charged)  # other address
     clock.advance(refused.retry_after)
-    assert isinstance(store.charge_attempt([addr()]), Charged)
+    assert isinstance(store.rate_limits.charge([addr()]), Charged)
 
 
 def test_a_refused_attempt_is_charged_to_none_of_its_keys(store: Store, clock: Clock) -> None:
     for i in range(IDENTITY.attempts):
-        assert isinstance(store.charge_attempt([addr(f"192.0.2.{i}"), ident()]), Charged)
-    refused = store.charge_attempt([addr("192.0.2.99"), ident()])
+        assert isinstance(store.rate_limits.charge([addr(f"192.0.2.{i}"), ident()]), Charged)
+    refused = store.rate_limits.charge([addr("192.0.2.99"), ident()])
     assert isinstance(refused, Refusal) and refused.key.kind == "identity"
     # The address that tried was not charged: it still has its whole allowance.
     for _ in range(ADDRESS.attempts):
-        assert isinstance(store.charge_attempt([addr("192.0.2.99")]), Charged)
-    assert isinstance(store.charge_attempt([addr("192.0.2.99")]), Refusal)
+        assert isinstance(store.rate_limits.charge([addr("192.0.2.99")]), Charged)
+    assert isinstance(store.rate_limits.charge([addr("192.0.2.99")]), Refusal)
 
 
 def test_a_success_refunds_its_address_and_clears_its_identity(store: Store, clock: Clock) -> None:
     for _ in range(IDENTITY.attempts - 1):
-        assert isinstance(store.charge_attempt([addr(), ident()]), Charged)  # failures
-    ok = store.charge_attempt([addr(), ident()])
+        assert isinstance(store.rate_limits.charge([addr(), ident()]), Charged)  # failures
+    ok = store.rate_limits.charge([addr(), ident()])
     assert isinstance(ok, Charged)
-    store.refund_attempt(ok, clear=[ident().key])
+    store.rate_limits.refund(ok, clear=[ident().key])
     for _ in range(IDENTITY.attempts):  # the identity starts over
-        assert isinstance(store.charge_attempt([ident()]), Charged)
-    assert isinstance(store.charge_attempt([ident()]), Refusal)
+        assert isinstance(store.rate_limits.charge([ident()]), Charged)
+    assert isinstance(store.rate_limits.charge([ident()]), Refusal)
     # The address kept its two failures and got the success back: three more pass.
     for _ in range(ADDRESS.attempts - 2):
-        assert isinstance(store.charge_attempt([addr()]), Charged)
-    assert isinstance(store.charge_attempt([addr()]), Refusal)
+        assert isinstance(store.rate_limits.charge([addr()]), Charged)
+    assert isinstance(store.rate_limits.charge([addr()]), Refusal)
 
 
 def test_pruning_returns_each_expired_window_with_what_it_refused(
     store: Store, clock: Clock
 ) -> None:
     for _ in range(ADDRESS.attempts):
-        store.charge_attempt([addr()])
+        store.rate_limits.charge([addr()])
     for _ in range(7):
-        assert isinstance(store.charge_attempt([addr()]), Refusal)
+        assert isinstance(store.rate_limits.charge([addr()]), Refusal)
     clock.advance(2 * ADDRESS.window - 1)
-    assert store.prune_rate_limits() == []  # the sliding window still reads it
+    assert store.rate_limits.prune() == []  # the sliding window still reads it
     clock.advance(2)
-    (expired,) = store.prune_rate_limits()
+    (expired,) = store.rate_limits.prune()
     assert (expired.kind, expired.label, expired.refused) == ("address", "192.0.2.7", 7)
     assert expired.window_start == T0
-    assert store.prune_rate_limits() == []
+    assert store.rate_limits.prune() == []
 
 
 def test_concurrent_attempts_through_two_stores_never_pass_more_than_the_limit(
@@ -217,7 +217,7 @@ def test_concurrent_attempts_through_two_stores_never_pass_more_than_the_limit(
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(
                 pool.map(
-                    lambda i: stores[i % 2].charge_attempt([addr(), ident()]),
+                    lambda i: stores[i % 2].rate_limits.charge([addr(), ident()]),
                     range(40),
                 )
             )

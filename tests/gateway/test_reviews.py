@@ -97,7 +97,7 @@ async def test_a_vote_on_another_replica_ends_the_wait(
         async with asyncio.timeout(30):
             result = await waiting
     assert result.status == "approved" and result.decision == "approved by 'bob': fine"
-    kinds = [e.kind for e in store.list_audit() if e.data.get("review") == review_id]
+    kinds = [e.kind for e in store.audit.list_all() if e.data.get("review") == review_id]
     assert kinds == ["review.created", "review.vote", "review.approved"]
 
 
@@ -215,14 +215,14 @@ async def test_self_approval_and_outsiders_are_refused_and_audited(
     with pytest.raises(ReviewError, match="nobody reviews their own request") as own:
         await reviews.vote(Identity(user="alice", groups=("dba",)), review_id, "approve")
     assert own.value.status == 403
-    store.ensure_machine("alice-bot", kind="service", groups=("dba",))
+    store.identity.ensure_machine("alice-bot", kind="service", groups=("dba",))
     await reviews.add_owner(BOB, "alice-bot", "alice")
     with pytest.raises(ReviewError, match="same person"):
         await reviews.vote(Identity(user="alice-bot", groups=("dba",)), review_id, "approve")
     with pytest.raises(ReviewError, match="may not review"):
         await reviews.vote(Identity(user="dave", groups=("dev",)), review_id, "deny")
     assert (await reviews.get(review_id)).status == "pending"
-    refused = [e for e in store.list_audit() if e.kind == "review.vote_refused"]
+    refused = [e for e in store.audit.list_all() if e.kind == "review.vote_refused"]
     assert [e.actor for e in refused] == ["alice", "alice-bot", "dave"]
     with pytest.raises(ReviewError) as unknown:
         await reviews.add_owner(BOB, "nobody", "alice")

@@ -79,7 +79,7 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store = Store.open(f"sqlite:///{tmp_path / 'wg.db'}")
     for name, type_ in (("pg", "postgres"), ("cache", "tcp")):
-        store.upsert_connection(
+        store.connections.upsert(
             ConnectionRecord(name=name, type=type_, pool="default", host="10.0.0.1", port=1)
         )
     auditor = Auditor(store)
@@ -93,8 +93,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 def person(rig: Rig, name: str, groups: tuple[str, ...]) -> Identity:
-    rig.store.ensure_user(name, groups=groups)
-    token = rig.store.add_token(name, hash_token(f"wgt_{name}"), kind="access")
+    rig.store.identity.ensure_user(name, groups=groups)
+    token = rig.store.identity.add_token(name, hash_token(f"wgt_{name}"), kind="access")
     return Identity(name, groups=groups, token_id=token.id)
 
 
@@ -104,7 +104,7 @@ async def test_no_grant_is_forbidden_and_audited(rig: Rig) -> None:
         await rig.broker.open(nobody, "pg", protocol="postgres", client_addr="c")
     assert refused.value.kind == "forbidden"
     assert refused.value.message == "user 'nobody' has no access to connection 'pg'"
-    events = rig.store.list_audit(kind="session.refused")
+    events = rig.store.audit.list_all(kind="session.refused")
     assert events[-1].actor == "nobody" and events[-1].data["reason"] == (
         "no role grants this connection"
     )
@@ -160,13 +160,13 @@ async def test_revocations_in_the_store_end_live_sessions(rig: Rig) -> None:
     s1 = await rig.broker.open(one, "pg", protocol="postgres", client_addr="c")
     s2 = await rig.broker.open(two, "pg", protocol="postgres", client_addr="c")
     assert await rig.broker.check_revocations() == 0
-    rig.store.revoke_token(one.token_id)  # as another gateway replica would
+    rig.store.identity.revoke_token(one.token_id)  # as another gateway replica would
     assert await rig.broker.check_revocations() == 1
     assert cast(FakeStream, s1.stream).resets == [(ResetCode.CANCELLED, "credential revoked")]
     assert cast(FakeStream, s2.stream).resets == []
     assert [s.id for s in rig.broker.live] == [s2.id]
     assert await rig.broker.terminate(reason="user disabled", user="duo") == 1
-    assert rig.store.list_audit(kind="session.terminated")[-1].data["reason"] == "user disabled"
+    assert rig.store.audit.list_all(kind="session.terminated")[-1].data["reason"] == "user disabled"
 
 
 def rename(db: Path, old: str, new: str) -> None:
@@ -190,7 +190,7 @@ async def test_revocation_ends_sessions_while_the_audit_log_is_down(rig: Rig) ->
     s1 = await rig.broker.open(one, "pg", protocol="postgres", client_addr="c")
     s2 = await rig.broker.open(two, "pg", protocol="postgres", client_addr="c")
     rename(rig.path, "audit_events", "audit_events_away")
-    rig.store.revoke_token(one.token_id)
+    rig.store.identity.revoke_token(one.token_id)
     assert await rig.broker.check_revocations() == 1
     assert cast(FakeStream, s1.stream).resets == [(ResetCode.CANCELLED, "credential revoked")]
     assert await rig.broker.terminate(reason="user disabled", user="duo") == 1
@@ -198,13 +198,13 @@ async def test_revocation_ends_sessions_while_the_audit_log_is_down(rig: Rig) ->
     assert rig.broker.live == []
     rename(rig.path, "audit_events_away", "audit_events")
     await eventually(
-        lambda: len(rig.store.list_audit(kind="session.terminated")) == 2,
+        lambda: len(rig.store.audit.list_all(kind="session.terminated")) == 2,
         "the terminations in the audit log",
     )
-    events = rig.store.list_audit(kind="session.terminated")
+    events = rig.store.audit.list_all(kind="session.terminated")
     ended = {e.session_id: e.data["reason"] for e in events}
     assert ended == {s1.id: "credential revoked", s2.id: "user disabled"}
-    assert rig.store.verify_audit() is None
+    assert rig.store.audit.verify() is None
 
 
 async def test_a_session_whose_open_event_cannot_be_written_is_refused_and_ended(
@@ -218,7 +218,7 @@ async def test_a_session_whose_open_event_cannot_be_written_is_refused_and_ended
     assert refused.value.message.startswith("session not opened: audit log unavailable")
     assert rig.registry.targets == []  # nothing reached an agent
     assert rig.broker.live == []
-    (row,) = rig.store.list_sessions()
+    (row,) = rig.store.sessions.list_all()
     assert row.ended_at is not None, "the refused session's row is left open"
     assert row.status == "failed"
     assert row.error is not None and row.error.startswith("session not opened: audit log")

@@ -50,17 +50,17 @@ class Rig:
         return client
 
     def closed_sessions(self) -> list[Any]:
-        return [s for s in self.store.list_sessions() if s.status != "open"]
+        return [s for s in self.store.sessions.list_all() if s.status != "open"]
 
 
 @pytest.fixture
 async def rig(tmp_path: Path, sshd: Sshd) -> AsyncIterator[Rig]:
     store = Store.open(f"sqlite:///{tmp_path / 'wg.db'}")
-    store.ensure_user("alice", groups=("ops",))
+    store.identity.ensure_user("alice", groups=("ops",))
     keygen(tmp_path / "alice")
     key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "alice"))
-    store.add_ssh_key("alice", fingerprint(key), f"{key.get_name()} {key.get_base64()}")
-    store.upsert_connection(
+    store.ssh_keys.add("alice", fingerprint(key), f"{key.get_name()} {key.get_base64()}")
+    store.connections.upsert(
         ConnectionRecord(
             name="web-1", type="ssh", pool="default", host="127.0.0.1", port=sshd.port,
             options={"username": sshd.user, "host_key": sshd.host_fingerprint},

@@ -114,9 +114,9 @@ def test_dialect_follows_the_url(store: Store, store_url: str) -> None:
 
 def test_reopening_keeps_data_and_migrates_nothing(store_url: str) -> None:
     with Store.open(store_url) as first:
-        first.create_agent("a1", "dc1", digest("s"))
+        first.agents.create("a1", "dc1", digest("s"))
     with Store.open(store_url) as second:
-        agent = second.get_agent("a1")
+        agent = second.agents.get("a1")
         assert agent is not None
         assert agent.pool == "dc1"
         with second.engine.connect() as conn:
@@ -150,9 +150,9 @@ def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path
 def test_in_memory_sqlite_is_shared_between_threads() -> None:
     with Store.open("sqlite://") as store:
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: store.append_audit("x", data={"i": i}), range(40)))
-        assert [e.seq for e in store.list_audit()] == list(range(1, 41))
-        assert store.verify_audit() is None
+            list(pool.map(lambda i: store.audit.append("x", data={"i": i}), range(40)))
+        assert [e.seq for e in store.audit.list_all()] == list(range(1, 41))
+        assert store.audit.verify() is None
 
 
 def test_unsupported_database_is_refused() -> None:
@@ -164,97 +164,97 @@ def test_closed_store_refuses_calls(store_url: str) -> None:
     store = Store.open(store_url)
     store.close()
     with pytest.raises(StoreError, match="closed"):
-        store.list_agents()
+        store.agents.list_all()
 
 
 # -- agents --------------------------------------------------------------------------------
 
 
 def test_create_and_get_agent(store: Store) -> None:
-    created = store.create_agent("edge-1", "dc1", digest("secret"))
+    created = store.agents.create("edge-1", "dc1", digest("secret"))
     assert created.name == "edge-1"
     assert created.pool == "dc1"
     assert created.secret_hash == digest("secret")
     assert created.created_at == T0
     assert created.created_at.tzinfo is dt.UTC
     assert not created.revoked
-    assert store.get_agent("edge-1") == created
-    assert store.get_agent("nobody") is None
+    assert store.agents.get("edge-1") == created
+    assert store.agents.get("nobody") is None
 
 
 def test_agent_names_are_unique_even_after_revocation(store: Store) -> None:
-    store.create_agent("edge-1", "dc1", digest("a"))
+    store.agents.create("edge-1", "dc1", digest("a"))
     with pytest.raises(AlreadyExists):
-        store.create_agent("edge-1", "dc2", digest("b"))
-    store.revoke_agent("edge-1")
+        store.agents.create("edge-1", "dc2", digest("b"))
+    store.agents.revoke("edge-1")
     with pytest.raises(AlreadyExists):
-        store.create_agent("edge-1", "dc2", digest("b"))
+        store.agents.create("edge-1", "dc2", digest("b"))
 
 
 def test_agent_secret_must_be_a_digest(store: Store) -> None:
     with pytest.raises(ValueError, match="sha256"):
-        store.create_agent("edge-1", "dc1", b"the secret itself")
-    store.create_agent("edge-1", "dc1", digest("a"))
+        store.agents.create("edge-1", "dc1", b"the secret itself")
+    store.agents.create("edge-1", "dc1", digest("a"))
     with pytest.raises(ValueError, match="sha256"):
-        store.rotate_agent_secret("edge-1", b"short")
+        store.agents.rotate_secret("edge-1", b"short")
 
 
 def test_list_agents_is_sorted_by_name(store: Store) -> None:
     for name in ("b", "c", "a"):
-        store.create_agent(name, "dc1", digest(name))
-    assert [a.name for a in store.list_agents()] == ["a", "b", "c"]
+        store.agents.create(name, "dc1", digest(name))
+    assert [a.name for a in store.agents.list_all()] == ["a", "b", "c"]
 
 
 def test_revoke_agent_keeps_the_first_revocation_time(store: Store, clock: Clock) -> None:
-    store.create_agent("edge-1", "dc1", digest("a"))
+    store.agents.create("edge-1", "dc1", digest("a"))
     revoked_at = clock.advance()
-    assert store.revoke_agent("edge-1").revoked_at == revoked_at
+    assert store.agents.revoke("edge-1").revoked_at == revoked_at
     clock.advance()
-    again = store.revoke_agent("edge-1")
+    again = store.agents.revoke("edge-1")
     assert again.revoked_at == revoked_at
-    assert store.get_agent("edge-1") == again
+    assert store.agents.get("edge-1") == again
     with pytest.raises(NotFound):
-        store.revoke_agent("nobody")
+        store.agents.revoke("nobody")
 
 
 def test_rotate_agent_secret_replaces_the_hash_and_unrevokes(store: Store) -> None:
-    store.create_agent("edge-1", "dc1", digest("old"))
-    store.revoke_agent("edge-1")
-    rotated = store.rotate_agent_secret("edge-1", digest("new"))
+    store.agents.create("edge-1", "dc1", digest("old"))
+    store.agents.revoke("edge-1")
+    rotated = store.agents.rotate_secret("edge-1", digest("new"))
     assert rotated.secret_hash == digest("new")
     assert not rotated.revoked
-    assert store.get_agent("edge-1") == rotated
+    assert store.agents.get("edge-1") == rotated
     with pytest.raises(NotFound):
-        store.rotate_agent_secret("nobody", digest("x"))
+        store.agents.rotate_secret("nobody", digest("x"))
 
 
 # -- users and tokens ----------------------------------------------------------------------
 
 
 def test_ensure_user_creates_then_updates(store: Store, clock: Clock) -> None:
-    created = store.ensure_user("alice", groups=("dba", "ops"))
+    created = store.identity.ensure_user("alice", groups=("dba", "ops"))
     assert (created.name, created.is_admin, created.groups) == ("alice", False, ("dba", "ops"))
     assert created.created_at == T0
     clock.advance()
-    updated = store.ensure_user("alice", is_admin=True)
+    updated = store.identity.ensure_user("alice", is_admin=True)
     assert (updated.is_admin, updated.groups, updated.created_at) == (True, (), T0)
-    assert store.get_user("alice") == updated
-    assert store.get_user("bob") is None
+    assert store.identity.get_user("alice") == updated
+    assert store.identity.get_user("bob") is None
 
 
 def test_list_users_is_sorted_by_name(store: Store) -> None:
-    store.ensure_user("carol")
-    store.ensure_user("alice", is_admin=True)
-    assert [(u.name, u.is_admin) for u in store.list_users()] == [
+    store.identity.ensure_user("carol")
+    store.identity.ensure_user("alice", is_admin=True)
+    assert [(u.name, u.is_admin) for u in store.identity.list_users()] == [
         ("alice", True),
         ("carol", False),
     ]
 
 
 def test_add_token_and_find_it(store: Store) -> None:
-    user = store.ensure_user("alice", groups=("dba",))
+    user = store.identity.ensure_user("alice", groups=("dba",))
     expires = dt.datetime(2030, 1, 1, 2, 0, tzinfo=PLUS_TWO)
-    token = store.add_token("alice", digest("tok"), expires_at=expires, label="cli")
+    token = store.identity.add_token("alice", digest("tok"), expires_at=expires, label="cli")
     assert len(token.id) == 12
     assert set(token.id) <= set(string.ascii_letters + string.digits + "-_")
     assert (token.user, token.token_hash, token.label) == ("alice", digest("tok"), "cli")
@@ -262,61 +262,61 @@ def test_add_token_and_find_it(store: Store) -> None:
     # Same instant, normalised to UTC.
     assert token.expires_at == expires
     assert token.expires_at is not None and token.expires_at.tzinfo is dt.UTC
-    assert store.find_token(digest("tok")) == (token, user)
-    assert store.find_token(digest("other")) is None
-    assert store.get_token(token.id) == token
-    assert store.list_tokens("alice") == [token]
+    assert store.identity.find_token(digest("tok")) == (token, user)
+    assert store.identity.find_token(digest("other")) is None
+    assert store.identity.get_token(token.id) == token
+    assert store.identity.list_tokens("alice") == [token]
 
 
 def test_token_ids_are_distinct(store: Store) -> None:
-    store.ensure_user("alice")
-    ids = {store.add_token("alice", digest(f"t{i}")).id for i in range(20)}
+    store.identity.ensure_user("alice")
+    ids = {store.identity.add_token("alice", digest(f"t{i}")).id for i in range(20)}
     assert len(ids) == 20
 
 
 def test_add_token_needs_a_user_and_a_fresh_hash(store: Store) -> None:
     with pytest.raises(NotFound):
-        store.add_token("nobody", digest("tok"))
-    store.ensure_user("alice")
-    store.add_token("alice", digest("tok"))
+        store.identity.add_token("nobody", digest("tok"))
+    store.identity.ensure_user("alice")
+    store.identity.add_token("alice", digest("tok"))
     with pytest.raises(AlreadyExists):
-        store.add_token("alice", digest("tok"))
+        store.identity.add_token("alice", digest("tok"))
     with pytest.raises(ValueError, match="sha256"):
-        store.add_token("alice", b"plaintext-token")
+        store.identity.add_token("alice", b"plaintext-token")
     with pytest.raises(ValueError, match="aware"):
-        store.add_token("alice", digest("t2"), expires_at=dt.datetime(2030, 1, 1))
+        store.identity.add_token("alice", digest("t2"), expires_at=dt.datetime(2030, 1, 1))
 
 
 def test_revoke_token(store: Store, clock: Clock) -> None:
-    store.ensure_user("alice")
-    token = store.add_token("alice", digest("tok"), expires_at=T0 + dt.timedelta(hours=1))
+    store.identity.ensure_user("alice")
+    token = store.identity.add_token("alice", digest("tok"), expires_at=T0 + dt.timedelta(hours=1))
     assert token.valid_at(clock())
     revoked_at = clock.advance()
-    store.revoke_token(token.id)
-    found = store.find_token(digest("tok"))
+    store.identity.revoke_token(token.id)
+    found = store.identity.find_token(digest("tok"))
     assert found is not None
     assert found[0].revoked_at == revoked_at
     assert not found[0].valid_at(clock())
     clock.advance()
-    store.revoke_token(token.id)  # again: no change
-    assert store.get_token(token.id) == found[0]
+    store.identity.revoke_token(token.id)  # again: no change
+    assert store.identity.get_token(token.id) == found[0]
     with pytest.raises(NotFound):
-        store.revoke_token("nosuchtoken0")
+        store.identity.revoke_token("nosuchtoken0")
 
 
 def test_revoke_tokens_labelled_counts_only_live_matching_tokens(store: Store) -> None:
-    store.ensure_user("alice")
-    store.ensure_user("bob")
-    first = store.add_token("alice", digest("a1"), label="cli")
-    store.add_token("alice", digest("a2"), label="cli")
-    store.add_token("alice", digest("a3"), label="web")
-    store.add_token("bob", digest("b1"), label="cli")
-    store.revoke_token(first.id)
-    assert store.revoke_tokens_labelled("alice", "cli") == 1
-    assert store.revoke_tokens_labelled("alice", "cli") == 0
-    live = {tok.label for tok in store.list_tokens("alice") if tok.revoked_at is None}
+    store.identity.ensure_user("alice")
+    store.identity.ensure_user("bob")
+    first = store.identity.add_token("alice", digest("a1"), label="cli")
+    store.identity.add_token("alice", digest("a2"), label="cli")
+    store.identity.add_token("alice", digest("a3"), label="web")
+    store.identity.add_token("bob", digest("b1"), label="cli")
+    store.identity.revoke_token(first.id)
+    assert store.identity.revoke_tokens_labelled("alice", "cli") == 1
+    assert store.identity.revoke_tokens_labelled("alice", "cli") == 0
+    live = {tok.label for tok in store.identity.list_tokens("alice") if tok.revoked_at is None}
     assert live == {"web"}
-    bob = store.find_token(digest("b1"))
+    bob = store.identity.find_token(digest("b1"))
     assert bob is not None and bob[0].revoked_at is None
 
 
@@ -326,39 +326,39 @@ def test_revoke_tokens_labelled_counts_only_live_matching_tokens(store: Store) -
 def test_upsert_connection_reports_creation_change_and_no_change(
     store: Store, clock: Clock
 ) -> None:
-    created, changed = store.upsert_connection(make_connection())
+    created, changed = store.connections.upsert(make_connection())
     assert changed
     assert created == dataclasses.replace(make_connection(), created_at=T0, updated_at=T0)
 
     clock.advance()
-    same, changed = store.upsert_connection(make_connection())
+    same, changed = store.connections.upsert(make_connection())
     assert not changed
     assert same == created
 
     later = clock.advance()
-    updated, changed = store.upsert_connection(make_connection(port=6432, options={}))
+    updated, changed = store.connections.upsert(make_connection(port=6432, options={}))
     assert changed
     assert (updated.port, updated.options) == (6432, {})
     assert (updated.created_at, updated.updated_at) == (T0, later)
-    assert store.get_connection("db1") == updated
+    assert store.connections.get("db1") == updated
 
 
 def test_upsert_connection_refuses_plaintext_secrets(store: Store) -> None:
     with pytest.raises(ValueError, match="never plaintext"):
-        store.upsert_connection(make_connection(secrets={"password": "hunter2"}))
-    assert store.get_connection("db1") is None
+        store.connections.upsert(make_connection(secrets={"password": "hunter2"}))
+    assert store.connections.get("db1") is None
     for ref in ("env:X", "file:/run/secrets/x", "enc:QUJD"):
-        store.upsert_connection(make_connection(secrets={"password": ref}))
+        store.connections.upsert(make_connection(secrets={"password": ref}))
 
 
 def test_list_and_delete_connections(store: Store) -> None:
-    store.upsert_connection(make_connection("zeta"))
-    store.upsert_connection(make_connection("alpha", type="tcp", secrets={}))
-    assert [c.name for c in store.list_connections()] == ["alpha", "zeta"]
-    assert store.delete_connection("zeta")
-    assert not store.delete_connection("zeta")
-    assert store.get_connection("zeta") is None
-    assert [c.name for c in store.list_connections()] == ["alpha"]
+    store.connections.upsert(make_connection("zeta"))
+    store.connections.upsert(make_connection("alpha", type="tcp", secrets={}))
+    assert [c.name for c in store.connections.list_all()] == ["alpha", "zeta"]
+    assert store.connections.delete("zeta")
+    assert not store.connections.delete("zeta")
+    assert store.connections.get("zeta") is None
+    assert [c.name for c in store.connections.list_all()] == ["alpha"]
 
 
 def test_concurrent_upserts_of_one_connection_create_it_once(store: Store) -> None:
@@ -366,7 +366,7 @@ def test_concurrent_upserts_of_one_connection_create_it_once(store: Store) -> No
 
     def upsert(_: int) -> bool:
         barrier.wait()
-        return store.upsert_connection(make_connection())[1]
+        return store.connections.upsert(make_connection())[1]
 
     with ThreadPoolExecutor(8) as pool:
         changes = list(pool.map(upsert, range(8)))
@@ -377,17 +377,17 @@ def test_concurrent_upserts_of_one_connection_create_it_once(store: Store) -> No
 
 
 def test_create_get_and_end_session(store: Store, clock: Clock) -> None:
-    store.create_session(make_session("s1"))
-    assert store.get_session("s1") == make_session("s1")
-    assert store.get_session("s2") is None
+    store.sessions.create(make_session("s1"))
+    assert store.sessions.get("s1") == make_session("s1")
+    assert store.sessions.get("s2") is None
     with pytest.raises(AlreadyExists):
-        store.create_session(make_session("s1"))
+        store.sessions.create(make_session("s1"))
 
     ended_at = clock.advance(30)
-    store.end_session(
+    store.sessions.end(
         "s1", status="failed", error="upstream reset", bytes_up=10, bytes_down=2**40, agent="a1"
     )
-    ended = store.get_session("s1")
+    ended = store.sessions.get("s1")
     assert ended == make_session(
         "s1",
         ended_at=ended_at,
@@ -399,40 +399,42 @@ def test_create_get_and_end_session(store: Store, clock: Clock) -> None:
     )
 
     clock.advance()
-    store.end_session("s1", status="closed", error=None, bytes_up=0, bytes_down=0)
-    assert store.get_session("s1") == ended  # the first end wins
+    store.sessions.end("s1", status="closed", error=None, bytes_up=0, bytes_down=0)
+    assert store.sessions.get("s1") == ended  # the first end wins
 
 
 def test_end_session_keeps_the_agent_when_none_is_given(store: Store) -> None:
-    store.create_session(make_session("s1", agent="a7"))
-    store.end_session("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
-    ended = store.get_session("s1")
+    store.sessions.create(make_session("s1", agent="a7"))
+    store.sessions.end("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
+    ended = store.sessions.get("s1")
     assert ended is not None
     assert (ended.agent, ended.status) == ("a7", "closed")
 
 
 def test_an_end_recorded_late_keeps_when_it_happened(store: Store, clock: Clock) -> None:
-    store.create_session(make_session("s1"))
+    store.sessions.create(make_session("s1"))
     happened = clock.advance(5)
     clock.advance(60)  # the store took writes again only now
-    store.end_session("s1", status="failed", error="x", bytes_up=0, bytes_down=0, ended_at=happened)
-    ended = store.get_session("s1")
+    store.sessions.end(
+        "s1", status="failed", error="x", bytes_up=0, bytes_down=0, ended_at=happened
+    )
+    ended = store.sessions.get("s1")
     assert ended is not None and ended.ended_at == happened
 
 
 def test_end_session_errors(store: Store) -> None:
     with pytest.raises(NotFound):
-        store.end_session("nope", status="closed", error=None, bytes_up=0, bytes_down=0)
-    store.create_session(make_session("s1"))
+        store.sessions.end("nope", status="closed", error=None, bytes_up=0, bytes_down=0)
+    store.sessions.create(make_session("s1"))
     with pytest.raises(ValueError, match="closed or failed"):
-        store.end_session("s1", status="open", error=None, bytes_up=0, bytes_down=0)
+        store.sessions.end("s1", status="open", error=None, bytes_up=0, bytes_down=0)
 
 
 def test_session_times_must_be_aware(store: Store) -> None:
     with pytest.raises(ValueError, match="aware"):
-        store.create_session(make_session("s1", started_at=T0.replace(tzinfo=None)))
+        store.sessions.create(make_session("s1", started_at=T0.replace(tzinfo=None)))
     with pytest.raises(ValueError, match="aware"):
-        store.list_sessions(since=T0.replace(tzinfo=None))
+        store.sessions.list_all(since=T0.replace(tzinfo=None))
 
 
 def test_list_sessions_filters_newest_first(store: Store) -> None:
@@ -444,50 +446,52 @@ def test_list_sessions_filters_newest_first(store: Store) -> None:
     ]
     for session_id, user, connection, offset in specs:
         started = (T0 + dt.timedelta(seconds=offset)).astimezone(PLUS_TWO)
-        store.create_session(
+        store.sessions.create(
             make_session(session_id, user=user, connection=connection, started_at=started)
         )
 
     def ids(sessions: list[SessionRecord]) -> list[str]:
         return [s.id for s in sessions]
 
-    assert ids(store.list_sessions()) == ["s4", "s3", "s2", "s1"]
-    assert ids(store.list_sessions(user="alice")) == ["s4", "s3", "s1"]
-    assert ids(store.list_sessions(connection="db1")) == ["s4", "s2", "s1"]
-    assert ids(store.list_sessions(user="alice", connection="db1")) == ["s4", "s1"]
-    assert ids(store.list_sessions(since=T0 + dt.timedelta(seconds=10))) == ["s4", "s3", "s2"]
-    assert ids(store.list_sessions(limit=2)) == ["s4", "s3"]
-    assert all(s.started_at.tzinfo is dt.UTC for s in store.list_sessions())
+    assert ids(store.sessions.list_all()) == ["s4", "s3", "s2", "s1"]
+    assert ids(store.sessions.list_all(user="alice")) == ["s4", "s3", "s1"]
+    assert ids(store.sessions.list_all(connection="db1")) == ["s4", "s2", "s1"]
+    assert ids(store.sessions.list_all(user="alice", connection="db1")) == ["s4", "s1"]
+    assert ids(store.sessions.list_all(since=T0 + dt.timedelta(seconds=10))) == ["s4", "s3", "s2"]
+    assert ids(store.sessions.list_all(limit=2)) == ["s4", "s3"]
+    assert all(s.started_at.tzinfo is dt.UTC for s in store.sessions.list_all())
 
 
 def test_list_sessions_pages_by_start_then_id(store: Store) -> None:
     # Three sessions share a start time: the id breaks the tie, so no page repeats or skips.
     for session_id, offset in [("a", 0), ("b", 10), ("c", 10), ("d", 10), ("e", 20)]:
-        store.create_session(make_session(session_id, started_at=T0 + dt.timedelta(seconds=offset)))
+        store.sessions.create(
+            make_session(session_id, started_at=T0 + dt.timedelta(seconds=offset))
+        )
     pages: list[list[str]] = []
     before = None
-    while page := store.list_sessions(before=before, limit=2):
+    while page := store.sessions.list_all(before=before, limit=2):
         pages.append([s.id for s in page])
         before = (page[-1].started_at, page[-1].id)
     assert pages == [["e", "d"], ["c", "b"], ["a"]]
     # A session started after the first page was read shifts nothing.
-    store.create_session(make_session("z", started_at=T0 + dt.timedelta(seconds=30)))
-    assert [s.id for s in store.list_sessions(before=(T0 + dt.timedelta(seconds=10), "d"))] == [
+    store.sessions.create(make_session("z", started_at=T0 + dt.timedelta(seconds=30)))
+    assert [s.id for s in store.sessions.list_all(before=(T0 + dt.timedelta(seconds=10), "d"))] == [
         "c",
         "b",
         "a",
     ]
     with pytest.raises(ValueError, match="before"):
-        store.list_sessions(before=(T0.replace(tzinfo=None), "x"))
+        store.sessions.list_all(before=(T0.replace(tzinfo=None), "x"))
 
 
 # -- audit log -----------------------------------------------------------------------------
 
 
 def test_append_audit_chains_events(store: Store, clock: Clock) -> None:
-    first = store.append_audit("agent.rejected", data={"reason": "bad secret", "n": 1.5})
+    first = store.audit.append("agent.rejected", data={"reason": "bad secret", "n": 1.5})
     clock.advance()
-    second = store.append_audit(
+    second = store.audit.append(
         "session.open", actor="alice", session_id="s1", data={"ünï": ["ç", 2]}
     )
     assert (first.seq, first.actor, first.session_id, first.ts) == (1, "-", None, T0)
@@ -495,31 +499,31 @@ def test_append_audit_chains_events(store: Store, clock: Clock) -> None:
     assert first.hash == chain.hash_of(first, chain.GENESIS_HASH)
     assert second.seq == 2
     assert second.prev_hash == first.hash
-    assert store.list_audit() == [first, second]
-    assert store.verify_audit() is None
+    assert store.audit.list_all() == [first, second]
+    assert store.audit.verify() is None
 
 
 def test_audit_data_is_returned_as_it_reads_back(store: Store) -> None:
-    event = store.append_audit("x", data={"tuple": (1, 2), "nested": {"b": None, "a": True}})
+    event = store.audit.append("x", data={"tuple": (1, 2), "nested": {"b": None, "a": True}})
     assert event.data == {"tuple": [1, 2], "nested": {"a": True, "b": None}}
-    assert store.list_audit() == [event]
+    assert store.audit.list_all() == [event]
     with pytest.raises(ValueError):
-        store.append_audit("x", data={"bad": float("nan")})
+        store.audit.append("x", data={"bad": float("nan")})
     with pytest.raises(ValueError):
-        store.append_audit("x", data={"bad": float("inf")})
+        store.audit.append("x", data={"bad": float("inf")})
     with pytest.raises(TypeError):
-        store.append_audit("x", data={"bad": object()})
-    assert store.verify_audit() is None
+        store.audit.append("x", data={"bad": object()})
+    assert store.audit.verify() is None
 
 
 def test_list_audit_filters_and_pages(store: Store) -> None:
     for i in range(10):
-        store.append_audit("even" if i % 2 == 0 else "odd", session_id=f"s{i % 3}")
-    assert [e.seq for e in store.list_audit(kind="odd")] == [2, 4, 6, 8, 10]
-    assert [e.seq for e in store.list_audit(session_id="s0")] == [1, 4, 7, 10]
-    assert [e.seq for e in store.list_audit(kind="even", session_id="s0")] == [1, 7]
-    assert [e.seq for e in store.list_audit(after_seq=7)] == [8, 9, 10]
-    assert [e.seq for e in store.list_audit(after_seq=2, limit=3)] == [3, 4, 5]
+        store.audit.append("even" if i % 2 == 0 else "odd", session_id=f"s{i % 3}")
+    assert [e.seq for e in store.audit.list_all(kind="odd")] == [2, 4, 6, 8, 10]
+    assert [e.seq for e in store.audit.list_all(session_id="s0")] == [1, 4, 7, 10]
+    assert [e.seq for e in store.audit.list_all(kind="even", session_id="s0")] == [1, 7]
+    assert [e.seq for e in store.audit.list_all(after_seq=7)] == [8, 9, 10]
+    assert [e.seq for e in store.audit.list_all(after_seq=2, limit=3)] == [3, 4, 5]
 
 
 def test_concurrent_appends_stay_gapless_and_chained(store: Store) -> None:
@@ -529,7 +533,7 @@ def test_concurrent_appends_stay_gapless_and_chained(store: Store) -> None:
     def append_many(worker: int) -> list[int]:
         barrier.wait()  # start together, to contend for the head
         return [
-            store.append_audit("load", actor=f"w{worker}", data={"i": i}).seq
+            store.audit.append("load", actor=f"w{worker}", data={"i": i}).seq
             for i in range(per_thread)
         ]
 
@@ -537,8 +541,8 @@ def test_concurrent_appends_stay_gapless_and_chained(store: Store) -> None:
         returned = [seq for seqs in pool.map(append_many, range(threads)) for seq in seqs]
     total = threads * per_thread
     assert sorted(returned) == list(range(1, total + 1))
-    assert [e.seq for e in store.list_audit(limit=total + 1)] == list(range(1, total + 1))
-    assert store.verify_audit() is None
+    assert [e.seq for e in store.audit.list_all(limit=total + 1)] == list(range(1, total + 1))
+    assert store.audit.verify() is None
 
 
 def test_appends_from_separate_stores_share_one_chain(store: Store, store_url: str) -> None:
@@ -550,16 +554,16 @@ def test_appends_from_separate_stores_share_one_chain(store: Store, store_url: s
         def append_many(index: int) -> None:
             barrier.wait()
             for i in range(10):
-                stores[index].append_audit("load", data={"store": index % 2, "i": i})
+                stores[index].audit.append("load", data={"store": index % 2, "i": i})
 
         with ThreadPoolExecutor(len(stores)) as pool:
             list(pool.map(append_many, range(len(stores))))
-        assert [e.seq for e in other.list_audit()] == list(range(1, 81))
-        assert other.verify_audit() is None
+        assert [e.seq for e in other.audit.list_all()] == list(range(1, 81))
+        assert other.audit.verify() is None
 
 
 def test_verify_audit_on_an_empty_log(store: Store) -> None:
-    assert store.verify_audit() is None
+    assert store.audit.verify() is None
 
 
 Tamper = Callable[[sa.Connection], None]
@@ -619,12 +623,12 @@ def test_verify_audit_finds_the_first_tampered_event(
     store: Store, clock: Clock, tamper: Tamper, broken: int
 ) -> None:
     for i in range(6):
-        store.append_audit("e", actor="alice", data={"i": i})
+        store.audit.append("e", actor="alice", data={"i": i})
         clock.advance()
-    assert store.verify_audit() is None
+    assert store.audit.verify() is None
     with store.engine.begin() as conn:
         tamper(conn)
-    assert store.verify_audit() == broken
+    assert store.audit.verify() == broken
 
 
 def _reseal(seq: int, data: str) -> Tamper:
@@ -728,9 +732,9 @@ def test_check_audit_says_how_the_chain_broke_and_how_much_it_read(
     store: Store, clock: Clock, tamper: Tamper, expected: dict[str, Any], detail: str
 ) -> None:
     for i in range(6):
-        store.append_audit("e", actor="alice", data={"i": i})
+        store.audit.append("e", actor="alice", data={"i": i})
         clock.advance()
-    intact = store.check_audit()
+    intact = store.audit.check()
     assert intact.as_dict() == {
         "intact": True,
         "first_bad_seq": None,
@@ -741,26 +745,26 @@ def test_check_audit_says_how_the_chain_broke_and_how_much_it_read(
     }
     with store.engine.begin() as conn:
         tamper(conn)
-    report = store.check_audit().as_dict()
+    report = store.audit.check().as_dict()
     assert report["intact"] is False
     assert {k: report[k] for k in expected} == expected
     assert report["detail"].startswith(detail), report["detail"]
-    assert store.verify_audit() == expected["first_bad_seq"]
+    assert store.audit.verify() == expected["first_bad_seq"]
 
 
 def test_check_audit_of_an_empty_log_checked_nothing(store: Store) -> None:
-    assert store.check_audit() == chain.ChainCheck(checked=0)
+    assert store.audit.check() == chain.ChainCheck(checked=0)
 
 
 def test_tampering_with_the_timestamp_is_found(store: Store, clock: Clock) -> None:
     for _ in range(3):
-        store.append_audit("e")
+        store.audit.append("e")
         clock.advance()
     with store.engine.begin() as conn:
         conn.execute(
             sa.update(t.audit_events).where(t.audit_events.c.seq == 2).values(ts=clock.advance())
         )
-    assert store.verify_audit() == 2
+    assert store.audit.verify() == 2
 
 
 # -- the hash chain, without a database ----------------------------------------------------
@@ -849,8 +853,8 @@ def test_postgres_fixture_demands_the_password(postgres_db: PostgresServer) -> N
 
 
 def test_audit_writer_batch_appends_in_order_in_one_chain(store: Store) -> None:
-    store.append_audit("before", actor="a")
-    writer = store.audit_writer()
+    store.audit.append("before", actor="a")
+    writer = store.audit.writer()
     try:
         events = writer.append(
             [
@@ -861,24 +865,29 @@ def test_audit_writer_batch_appends_in_order_in_one_chain(store: Store) -> None:
         assert writer.append([]) == []
     finally:
         writer.close()
-    store.append_audit("after")
+    store.audit.append("after")
     assert [e.seq for e in events] == [2, 3]
     assert events[1].prev_hash == events[0].hash
-    assert [e.kind for e in store.list_audit()] == ["before", "pg.statement", "pg.result", "after"]
-    assert store.verify_audit() is None
+    assert [e.kind for e in store.audit.list_all()] == [
+        "before",
+        "pg.statement",
+        "pg.result",
+        "after",
+    ]
+    assert store.audit.verify() is None
 
 
 def test_list_audit_contains_matches_text_inside_the_data(store: Store) -> None:
-    store.append_audit("pg.statement", data={"text": 'select "needle" from t'})
-    store.append_audit("pg.statement", data={"text": "select 1"})
-    hits = store.list_audit(kind="pg.statement", contains='"needle"')
+    store.audit.append("pg.statement", data={"text": 'select "needle" from t'})
+    store.audit.append("pg.statement", data={"text": "select 1"})
+    hits = store.audit.list_all(kind="pg.statement", contains='"needle"')
     assert [e.data["text"] for e in hits] == ['select "needle" from t']
-    assert store.list_audit(contains="100%_") == []
+    assert store.audit.list_all(contains="100%_") == []
 
 
 def test_audit_writer_hot_path_extends_the_same_chain(store: Store) -> None:
-    store.append_audit("core.before", actor="a", data={"n": 1})
-    writer = store.audit_writer()
+    store.audit.append("core.before", actor="a", data={"n": 1})
+    writer = store.audit.writer()
     try:
         first = writer.append([("pg.statement", "alice", "s1", {"text": "select 1"})])
         second = writer.append(
@@ -886,9 +895,9 @@ def test_audit_writer_hot_path_extends_the_same_chain(store: Store) -> None:
         )
     finally:
         writer.close()
-    store.append_audit("core.after")
+    store.audit.append("core.after")
     assert [e.seq for e in first + second] == [2, 3, 4]
-    listed = store.list_audit()
+    listed = store.audit.list_all()
     assert [e.kind for e in listed] == [
         "core.before",
         "pg.statement",
@@ -898,7 +907,7 @@ def test_audit_writer_hot_path_extends_the_same_chain(store: Store) -> None:
     ]
     assert listed[1] == first[0]
     assert listed[1].ts == first[0].ts
-    assert store.verify_audit() is None
+    assert store.audit.verify() is None
 
 
 @settings(deadline=None)
@@ -963,13 +972,13 @@ def test_bookkeeping_writes_leave_every_connection_at_the_configured_fsync(
     # Session rows skip their own fsync (the next audit commit syncs the WAL they are in);
     # the pooled connection must go back to the configured level for everything else.
     with Store.open(f"sqlite:///{tmp_path / 'w.db'}", sqlite_sync=sync) as store:
-        store.create_session(make_session("s1"))
-        store.end_session("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
+        store.sessions.create(make_session("s1"))
+        store.sessions.end("s1", status="closed", error=None, bytes_up=1, bytes_down=2)
         with store.engine.connect() as conn:
             driver = conn.connection.driver_connection
             assert driver is not None
             assert driver.execute("PRAGMA synchronous").fetchone()[0] == level
-        ended = store.get_session("s1")
+        ended = store.sessions.get("s1")
         assert ended is not None and ended.status == "closed"
 
 
@@ -1003,29 +1012,29 @@ def _refuse_audit_appends(store: Store) -> None:
 
 
 def test_a_change_whose_audit_event_fails_is_not_made(store: Store) -> None:
-    store.append_audit("before", actor="ann")
+    store.audit.append("before", actor="ann")
     _refuse_audit_appends(store)
     conn = ConnectionRecord(name="db9", type="postgres", pool="p", host="h", port=5432)
     # SQLite's trigger fails as a constraint, PostgreSQL's as its disk_full error.
     refused = (sa.exc.IntegrityError, StoreUnavailable)
     with pytest.raises(refused, match="disk is full"), store.transaction():
-        store.upsert_connection(conn)
-        store.create_agent("a9", "p", bytes(32))
-        store.append_audit("connection.created", actor="ann", data={"connection": "db9"})
-    assert store.get_connection("db9") is None
-    assert store.get_agent("a9") is None
-    assert [e.kind for e in store.list_audit()] == ["before"]
+        store.connections.upsert(conn)
+        store.agents.create("a9", "p", bytes(32))
+        store.audit.append("connection.created", actor="ann", data={"connection": "db9"})
+    assert store.connections.get("db9") is None
+    assert store.agents.get("a9") is None
+    assert [e.kind for e in store.audit.list_all()] == ["before"]
 
 
 def test_a_change_and_its_event_commit_together(store: Store) -> None:
     conn = ConnectionRecord(name="db9", type="postgres", pool="p", host="h", port=5432)
     with store.transaction():
-        store.upsert_connection(conn)
-        store.create_agent("a9", "p", bytes(32))
+        store.connections.upsert(conn)
+        store.agents.create("a9", "p", bytes(32))
         with pytest.raises(AlreadyExists):  # a failed call undoes only its own part
-            store.create_agent("a9", "p", bytes(32))
-        store.append_audit("connection.created", actor="ann", data={"connection": "db9"})
-    assert store.get_connection("db9") is not None
-    assert store.get_agent("a9") is not None
-    assert [e.kind for e in store.list_audit()] == ["connection.created"]
-    assert store.verify_audit() is None
+            store.agents.create("a9", "p", bytes(32))
+        store.audit.append("connection.created", actor="ann", data={"connection": "db9"})
+    assert store.connections.get("db9") is not None
+    assert store.agents.get("a9") is not None
+    assert [e.kind for e in store.audit.list_all()] == ["connection.created"]
+    assert store.audit.verify() is None

@@ -29,32 +29,34 @@ def rows(store: Store) -> int:
 
 def test_a_token_is_used_once_until_it_expires(store: Store, clock: Clock) -> None:
     key = digest("issuer\njti-1")
-    assert store.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
-    assert not store.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
-    assert not store.use_token_once(key, trust="other", expires_at=T0 + 9 * MINUTE)
+    assert store.identity.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
+    assert not store.identity.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
+    assert not store.identity.use_token_once(key, trust="other", expires_at=T0 + 9 * MINUTE)
     clock.advance(5 * 60 - 1)
-    assert not store.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
+    assert not store.identity.use_token_once(key, trust="ci", expires_at=T0 + 5 * MINUTE)
     other = digest("issuer\njti-2")
-    assert store.use_token_once(other, trust="ci", expires_at=T0 + 10 * MINUTE)
+    assert store.identity.use_token_once(other, trust="ci", expires_at=T0 + 10 * MINUTE)
     clock.advance(2)  # past the first token's expiry: its row goes at the next use
-    assert store.use_token_once(digest("issuer\njti-3"), trust="ci", expires_at=T0 + MINUTE * 9)
+    assert store.identity.use_token_once(
+        digest("issuer\njti-3"), trust="ci", expires_at=T0 + MINUTE * 9
+    )
     assert rows(store) == 2
-    assert not store.use_token_once(other, trust="ci", expires_at=T0 + 10 * MINUTE)
+    assert not store.identity.use_token_once(other, trust="ci", expires_at=T0 + 10 * MINUTE)
 
 
 def test_a_failed_exchange_forgets_the_use(store: Store) -> None:
     key = digest("issuer\njti-f")
-    assert store.use_token_once(key, trust="ci", expires_at=T0 + MINUTE)
-    store.forget_token_use(key)
-    assert store.use_token_once(key, trust="ci", expires_at=T0 + MINUTE)
-    store.forget_token_use(digest("never used"))  # nothing to forget: no error
+    assert store.identity.use_token_once(key, trust="ci", expires_at=T0 + MINUTE)
+    store.identity.forget_token_use(key)
+    assert store.identity.use_token_once(key, trust="ci", expires_at=T0 + MINUTE)
+    store.identity.forget_token_use(digest("never used"))  # nothing to forget: no error
 
 
 def test_the_store_refuses_raw_tokens_and_naive_times(store: Store) -> None:
     with pytest.raises(ValueError, match="digest"):
-        store.use_token_once(b"jti-raw", trust="ci", expires_at=T0)
+        store.identity.use_token_once(b"jti-raw", trust="ci", expires_at=T0)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.use_token_once(digest("x"), trust="ci", expires_at=dt.datetime(2030, 1, 1))
+        store.identity.use_token_once(digest("x"), trust="ci", expires_at=dt.datetime(2030, 1, 1))
 
 
 def test_concurrent_uses_of_one_token_let_exactly_one_through(store_url: str) -> None:
@@ -67,7 +69,9 @@ def test_concurrent_uses_of_one_token_let_exactly_one_through(store_url: str) ->
 
     def use(s: Store) -> None:
         start.wait()
-        ok = s.use_token_once(key, trust="ci", expires_at=dt.datetime.now(dt.UTC) + 10 * MINUTE)
+        ok = s.identity.use_token_once(
+            key, trust="ci", expires_at=dt.datetime.now(dt.UTC) + 10 * MINUTE
+        )
         with lock:
             results.append(ok)
 
@@ -86,5 +90,5 @@ def test_concurrent_uses_of_one_token_let_exactly_one_through(store_url: str) ->
 def test_a_token_valid_until_year_9999_is_remembered(store: Store) -> None:
     last = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
     key = digest("issuer\nforever")
-    assert store.use_token_once(key, trust="ci", expires_at=last)
-    assert not store.use_token_once(key, trust="ci", expires_at=last)
+    assert store.identity.use_token_once(key, trust="ci", expires_at=last)
+    assert not store.identity.use_token_once(key, trust="ci", expires_at=last)

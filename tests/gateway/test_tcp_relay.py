@@ -44,7 +44,7 @@ class Rig:
     target: dict[str, Handler]  # what the target does with the next connection
 
     def ended(self) -> list[Any]:
-        return [s for s in self.store.list_sessions() if s.status != "open"]
+        return [s for s in self.store.sessions.list_all() if s.status != "open"]
 
 
 @pytest.fixture
@@ -56,9 +56,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
     server = await asyncio.start_server(on_target, "127.0.0.1", 0)
     store = Store.open(f"sqlite:///{tmp_path / 'wg.db'}")
-    store.ensure_user("alice", groups=("ops",))
+    store.identity.ensure_user("alice", groups=("ops",))
     port = server.sockets[0].getsockname()[1]
-    store.upsert_connection(ConnectionRecord("echo", "tcp", "default", "127.0.0.1", port))
+    store.connections.upsert(ConnectionRecord("echo", "tcp", "default", "127.0.0.1", port))
     auditor = Auditor(store)
     registry = LocalRegistry(agent_tcp.serve)
     broker = SessionBroker(store, cast(AgentRegistry, registry), auditor, None, ACCESS)

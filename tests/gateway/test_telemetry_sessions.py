@@ -43,7 +43,7 @@ def spans(installed_provider: None) -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 async def counted(tmp_path: Path) -> AsyncIterator[tuple[Rig, Telemetry]]:
     store = Store.open(f"sqlite:///{tmp_path / 'wg.db'}")
-    store.upsert_connection(
+    store.connections.upsert(
         ConnectionRecord(name="pg", type="postgres", pool="default", host="10.0.0.1", port=1)
     )
     telemetry = Telemetry()
