@@ -452,7 +452,7 @@ class Gateway:
         assert self.auditor is not None
 
         async def live() -> list[MemberRecord]:
-            return [m for m in await asyncio.to_thread(store.members.list_all) if m.live]
+            return [m for m in await store.io.read(store.members.list_all) if m.live]
 
         async def peers() -> list[Peer]:
             return [Peer(m.id, m.agent_address) for m in await live()]

@@ -41,7 +41,6 @@ from gateway.config import FleetConfig
 from gateway.fleet.bus import Bus
 from gateway.sessions import SessionBroker
 from gateway.store import SessionRecord, Store
-from gateway.store.loop import call as store_call
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class Terminator:
     async def terminate(self, session_id: str, *, reason: str | None, by: str) -> Terminated:
         """End session `session_id` wherever it runs. Raises TerminateRefused."""
         said = reason_text(reason)
-        record = await store_call(self._store, self._store.get_session, session_id)
+        record = await self._store.io.read(self._store.sessions.get, session_id)
         if record is None:
             raise TerminateRefused("unknown", f"session {session_id!r} does not exist")
         if record.ended_at is not None:
@@ -175,7 +174,7 @@ class Terminator:
                 )
             return Terminated(session_id, here.member, said)
         # No member ended it: it may have ended meanwhile, or its member is silent.
-        record = await store_call(self._store, self._store.get_session, session_id)
+        record = await self._store.io.read(self._store.sessions.get, session_id)
         if record is None:
             raise TerminateRefused("unknown", f"session {session_id!r} does not exist")
         if record.ended_at is not None:
@@ -223,7 +222,7 @@ class Terminator:
                 "unavailable",
                 f"session {sid!r} is not running on this member yet, or has just ended: try again",
             )
-        members = await store_call(self._store, self._store.members.list_all)
+        members = await self._store.io.read(self._store.members.list_all)
         member = next((m for m in members if m.id == record.member), None)
         if member is None:
             return TerminateRefused(

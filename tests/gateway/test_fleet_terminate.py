@@ -96,7 +96,7 @@ def _join(store: Store, member_id: str) -> None:
 @pytest.fixture
 async def single(tmp_path: Path) -> AsyncIterator[tuple[Store, Member]]:
     store = Store.open(f"sqlite:///{tmp_path}/wg.db")
-    store.upsert_connection(
+    store.connections.upsert(
         ConnectionRecord(name="pg", type="postgres", pool="default", host="10.0.0.1", port=1)
     )
     _join(store, "here")
@@ -123,7 +123,7 @@ async def test_a_live_session_is_ended_here_and_its_event_names_who_asked(
     assert (done.member, done.reason) == ("here", "terminated by an administrator: incident")
     assert cast(FakeStream, session.stream).resets == [(ResetCode.CANCELLED, done.reason)]
     assert not member.broker.is_live(session.id)
-    [event] = store.list_audit(kind="session.terminated")
+    [event] = store.audit.list_all(kind="session.terminated")
     assert event.session_id == session.id
     assert event.data["by"] == "ops-lead" and event.data["reason"] == done.reason
     again = await _refused(member, session.id)  # its relay has not finished yet
@@ -142,7 +142,7 @@ async def test_unknown_and_ended_sessions_are_refused_saying_which(
     session = await member.broker.open(ADMIN, "pg", protocol="postgres", client_addr="c")
     await member.broker.finish(session, error="server closed the connection")
     ended = await _refused(member, session.id)
-    record = store.get_session(session.id)
+    record = store.sessions.get(session.id)
     assert record is not None and record.ended_at is not None
     assert (ended.kind, ended.message) == (
         "ended",
@@ -157,7 +157,7 @@ async def test_a_session_left_by_a_stopped_gateway_is_for_the_sweep(
 ) -> None:
     store, member = single
     _join(store, "before")  # a previous process on this SQLite store, killed
-    store.create_session(
+    store.sessions.create(
         SessionRecord(
             id="left0",
             user="admin",
@@ -182,7 +182,7 @@ async def test_a_session_left_by_a_stopped_gateway_is_for_the_sweep(
 @pytest.fixture
 async def pair(postgres_db: PostgresServer) -> AsyncIterator[tuple[Store, Member, Member]]:
     store = Store.open(postgres_db.url())
-    store.upsert_connection(
+    store.connections.upsert(
         ConnectionRecord(name="pg", type="postgres", pool="default", host="10.0.0.1", port=1)
     )
     tasks = TaskOwner("test")
@@ -218,7 +218,7 @@ async def test_a_session_on_another_member_is_ended_there(
     assert cast(FakeStream, session.stream).resets == [
         (ResetCode.CANCELLED, "terminated by an administrator")
     ]
-    [event] = store.list_audit(kind="session.terminated")
+    [event] = store.audit.list_all(kind="session.terminated")
     assert event.data["by"] == "admin"
     again = await _refused(two, session.id)  # asked twice: answered, not a timeout
     assert (again.kind, again.message) == (
@@ -232,7 +232,7 @@ async def test_a_live_member_that_does_not_answer_is_a_timeout(
 ) -> None:
     store, _, two = pair
     # Open in the store on member one (its heartbeat fresh) but live in no broker.
-    store.create_session(
+    store.sessions.create(
         SessionRecord(
             id="stray",
             user="admin",
