@@ -1,0 +1,791 @@
+"""The walk over a pglast tree that computes a statement's `Lineage` (see the package doc).
+
+One `_Analyzer` per statement; views and SQL function bodies are analysed by a child that
+shares its findings (their clauses filter the statement's rows too). Expressions return a
+`Flow`; anything not handled by name unions the flows of its children (fail closed), and
+FROM items or names it cannot resolve carry `ANY` sources with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums import A_Expr_Kind, SetOperation, SubLinkType
+
+from shared.lineage.model import (
+    ANY,
+    UNKNOWN,
+    Catalog,
+    ClauseUse,
+    Flow,
+    Lineage,
+    ResultColumn,
+    Source,
+    Step,
+    UseKind,
+    Write,
+    direct,
+)
+
+MAX_DEPTH = 8  # views and functions nested deeper than this are not followed (fail closed)
+_EQUALITY = frozenset({"=", "<>", "!="})
+_EMPTY: Flow = {}
+# Expression nodes shown as a step of a path (the others are parts of one of these).
+_SHOWN = (
+    ast.A_Expr,
+    ast.FuncCall,
+    ast.TypeCast,
+    ast.CaseExpr,
+    ast.CoalesceExpr,
+    ast.MinMaxExpr,
+    ast.SubLink,
+    ast.BoolExpr,
+    ast.NullTest,
+    ast.BooleanTest,
+    ast.A_Indirection,
+    ast.RowExpr,
+    ast.A_ArrayExpr,
+    ast.CollateClause,
+)
+
+
+def union(flows: Iterable[Flow]) -> Flow:
+    out: dict[Source, Any] = {}
+    for flow in flows:
+        for source, trail in flow.items():
+            out.setdefault(source, trail)
+    return out
+
+
+def through(flow: Flow, step: Step) -> Flow:
+    return {source: (step, *trail) for source, trail in flow.items()} if flow else flow
+
+
+def unknown_flow(reason: str, source: Source = UNKNOWN) -> Flow:
+    return {source: (Step(label=reason),)}
+
+
+@dataclass
+class _Item:
+    """One FROM item as names see it: its columns, or `unknown`, the flow of any column
+    name (a relation the catalog lacks, a built-in function's output)."""
+
+    name: str | None
+    schema: str | None
+    columns: list[tuple[str, Flow]]
+    unknown: Flow | None = None
+
+    def whole(self) -> Flow:
+        return union([*(f for _, f in self.columns), self.unknown or _EMPTY])
+
+    def column(self, name: str) -> Flow | None:
+        found = [f for n, f in self.columns if n == name]
+        if found:
+            return union(found)
+        return self.unknown
+
+
+@dataclass
+class _Scope:
+    items: list[_Item] = field(default_factory=list)
+    ctes: dict[str, list[tuple[str, Flow]]] = field(default_factory=dict)
+    parent: _Scope | None = None
+
+    def cte(self, name: str) -> list[tuple[str, Flow]] | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.ctes:
+                return scope.ctes[name]
+            scope = scope.parent
+        return None
+
+    def resolve(self, names: Sequence[str]) -> Flow | None:
+        """A column reference in this scope alone; None when it names nothing here."""
+        if len(names) == 1:
+            (name,) = names
+            if name == ANY:
+                return union(i.whole() for i in self.items)
+            found = [f for i in self.items for n, f in i.columns if n == name]
+            if found:
+                return union(found)
+            rows = [i.whole() for i in self.items if i.name == name]
+            if rows:
+                return union(rows)  # a whole-row reference: `t`
+            vague = [i.unknown for i in self.items if i.unknown is not None]
+            return union(vague) if vague else None
+        *qualifier, name = names[-3:]
+        table = qualifier[-1]
+        schema = qualifier[0] if len(qualifier) == 2 else None
+        items = [
+            i
+            for i in self.items
+            if i.name == table and (schema is None or i.schema in (schema, None))
+        ]
+        if not items:
+            return None
+        if name == ANY:
+            return union(i.whole() for i in items)
+        found = [f for i in items if (f := i.column(name)) is not None]
+        return union(found) if found else None
+
+
+def _names(fields: Iterable[Any] | None) -> list[str]:
+    """Name parts as the server reads them; `*` for A_Star."""
+    return [str(f.sval) if isinstance(f, ast.String) else ANY for f in fields or ()] or [ANY]
+
+
+def _string_list(nodes: Iterable[Any] | None) -> list[str]:
+    return [str(n.sval) for n in nodes or () if isinstance(n, ast.String)]
+
+
+def _is_constant(node: Any) -> bool:
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    return isinstance(node, ast.A_Const | ast.ParamRef)
+
+
+def _name_of(node: Any) -> str:
+    """The name PostgreSQL gives a result column with no alias."""
+    if isinstance(node, ast.ColumnRef):
+        return _names(node.fields)[-1]
+    if isinstance(node, ast.FuncCall):
+        return _names(node.funcname)[-1]
+    if isinstance(node, ast.TypeCast):
+        inner = _name_of(node.arg)
+        if inner != "?column?":
+            return inner
+        return _names(node.typeName.names)[-1] if node.typeName is not None else inner
+    if isinstance(node, ast.A_Indirection) and node.indirection:
+        last = node.indirection[-1]
+        return str(last.sval) if isinstance(last, ast.String) else _name_of(node.arg)
+    if isinstance(node, ast.CaseExpr):
+        return "case"
+    if isinstance(node, ast.CoalesceExpr):
+        return "coalesce"
+    if isinstance(node, ast.SubLink):
+        if node.subLinkType == SubLinkType.EXISTS_SUBLINK:
+            return "exists"
+        if node.subLinkType == SubLinkType.ARRAY_SUBLINK:
+            return "array"
+        targets = getattr(node.subselect, "targetList", None)
+        if node.subLinkType == SubLinkType.EXPR_SUBLINK and targets:
+            first = targets[0]
+            return first.name or _name_of(first.val)
+    return "?column?"
+
+
+def _children(node: Any) -> Iterator[Any]:
+    for attr in getattr(type(node), "__slots__", ()):
+        if attr == "location":
+            continue
+        value = getattr(node, attr, None)
+        if isinstance(value, ast.Node):
+            yield value
+        elif isinstance(value, list | tuple):
+            yield from _flatten(value)
+
+
+def _flatten(values: Iterable[Any]) -> Iterator[Any]:
+    for v in values:
+        if isinstance(v, ast.Node):
+            yield v
+        elif isinstance(v, list | tuple):
+            yield from _flatten(v)
+
+
+def _returning(stmt: Any) -> Sequence[Any]:
+    clause = getattr(stmt, "returningClause", None)
+    if clause is not None:
+        return clause.exprs or ()
+    return getattr(stmt, "returningList", None) or ()
+
+
+@dataclass
+class _Findings:
+    uses: dict[ClauseUse, None] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
+    unresolved: dict[str, None] = field(default_factory=dict)
+
+
+class _Analyzer:
+    def __init__(
+        self,
+        catalog: Catalog,
+        findings: _Findings | None = None,
+        depth: int = 0,
+        params: bool = False,
+        active: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
+        self.catalog = catalog
+        self.found = findings or _Findings()
+        self.depth = depth
+        self.params = params  # inside a SQL function: an unknown single name is a parameter
+        self.active = active  # views and functions being expanded (a cycle is not followed)
+
+    def note(self, reason: str, source: Source = UNKNOWN) -> Flow:
+        self.found.unresolved.setdefault(reason)
+        return unknown_flow(reason, source)
+
+    def use(self, clause: str, flow: Flow, kind: UseKind, node: Any) -> None:
+        step = Step(node=node)
+        for source, trail in flow.items():
+            plain = kind if direct(trail) and source.known else "other"
+            self.found.uses.setdefault(ClauseUse(clause, source, plain, step))
+
+    # ---- statements ----------------------------------------------------------------
+
+    def statement(self, stmt: Any, scope: _Scope | None = None) -> list[ResultColumn]:
+        """The result columns of `stmt` (uses and writes go to the findings)."""
+        scope = scope or _Scope()
+        if isinstance(stmt, ast.SelectStmt):
+            return self.select(stmt, scope)
+        if isinstance(stmt, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
+            return self.dml(stmt, scope)
+        if isinstance(stmt, ast.MergeStmt):
+            return self.merge(stmt, scope)
+        if isinstance(stmt, ast.CopyStmt):
+            return self.copy(stmt, scope)
+        if isinstance(stmt, ast.DeclareCursorStmt | ast.PrepareStmt):
+            return self.statement(stmt.query, scope)
+        if isinstance(stmt, ast.ExplainStmt):
+            self.statement(stmt.query, scope)  # EXPLAIN ANALYZE runs it: its clauses count
+            return [ResultColumn("QUERY PLAN", _EMPTY)]
+        if isinstance(stmt, ast.CreateTableAsStmt):
+            columns = self.statement(stmt.query, scope)
+            into: Any = stmt.into
+            self.write(_relation_name(into.rel), columns)
+            return []
+        if isinstance(stmt, ast.ExecuteStmt):
+            reason = f"EXECUTE {stmt.name}: a statement prepared with PREPARE is not followed"
+            return [ResultColumn(ANY, self.note(reason))]
+        if isinstance(stmt, ast.CallStmt):
+            return [ResultColumn(_name_of(stmt.funccall), self.expr(stmt.funccall, scope))]
+        return []
+
+    def write(self, target: str, columns: Sequence[ResultColumn]) -> None:
+        if any(c.flow for c in columns):
+            self.found.writes.append(Write(target, tuple(columns)))
+
+    def select(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+        scope = self.with_clause(stmt.withClause, outer)
+        if stmt.op != SetOperation.SETOP_NONE:
+            left = self.select(stmt.larg, scope)
+            right = self.select(stmt.rarg, scope)
+            columns = [
+                ResultColumn(lc.name, union([lc.flow, rc.flow]))
+                for lc, rc in zip(left, right, strict=False)
+            ]
+            self.sort(stmt.sortClause, columns, _Scope(parent=scope))
+            self.limits(stmt, scope)
+            return columns
+        if stmt.valuesLists:
+            width = max(len(row) for row in stmt.valuesLists)
+            flows: list[list[Flow]] = [[] for _ in range(width)]
+            for row in stmt.valuesLists:
+                for i, value in enumerate(row):
+                    flows[i].append(self.expr(value, scope))
+            return [ResultColumn(f"column{i + 1}", union(f)) for i, f in enumerate(flows)]
+        inner = _Scope(parent=scope)
+        for item in stmt.fromClause or ():
+            inner.items.extend(self.from_item(item, inner, scope))
+        windows = {w.name: w for w in stmt.windowClause or () if w.name}
+        columns = self.targets(stmt.targetList or (), inner)
+        if stmt.whereClause is not None:
+            self.condition(stmt.whereClause, inner, "WHERE")
+        self.group(stmt.groupClause or (), columns, inner)
+        if stmt.havingClause is not None:
+            self.condition(stmt.havingClause, inner, "HAVING")
+        for window in windows.values():
+            self.window(window, inner)
+        for expr in stmt.distinctClause or ():
+            if expr is not None:
+                flow = self.output_or_input(expr, columns, inner, output_first=True)
+                self.use("DISTINCT ON", flow, "group", expr)
+        self.sort(stmt.sortClause, columns, inner)
+        self.limits(stmt, inner)
+        if stmt.intoClause is not None:
+            self.write(_relation_name(stmt.intoClause.rel), columns)
+            return []
+        return columns
+
+    def limits(self, stmt: Any, scope: _Scope) -> None:
+        for expr in (stmt.limitCount, stmt.limitOffset):
+            if expr is not None:
+                self.use("LIMIT", self.expr(expr, scope), "other", expr)
+
+    def with_clause(self, clause: Any, outer: _Scope) -> _Scope:
+        if clause is None:
+            return outer
+        scope = _Scope(parent=outer)
+        for cte in clause.ctes or ():
+            names = _string_list(cte.aliascolnames)
+            query = cte.ctequery
+            if clause.recursive and isinstance(query, ast.SelectStmt) and query.larg is not None:
+                # Seed with the non-recursive term, then run to a fixed point: the recursive
+                # term may carry more sources into each column on each pass.
+                scope.ctes[cte.ctename] = _columns(names, self.select(query.larg, scope))
+                for _ in range(4):
+                    before = {n: frozenset(f) for n, f in scope.ctes[cte.ctename]}
+                    scope.ctes[cte.ctename] = _columns(names, self.statement(query, scope))
+                    if {n: frozenset(f) for n, f in scope.ctes[cte.ctename]} == before:
+                        break
+                else:
+                    reason = f"recursive CTE {cte.ctename} did not settle"
+                    scope.ctes[cte.ctename] = [(ANY, self.note(reason))]
+            else:
+                scope.ctes[cte.ctename] = _columns(names, self.statement(query, scope))
+        return scope
+
+    def targets(self, targets: Iterable[Any], scope: _Scope) -> list[ResultColumn]:
+        columns: list[ResultColumn] = []
+        for target in targets:
+            val: Any = target.val
+            if isinstance(val, ast.ColumnRef) and _names(val.fields)[-1] == ANY:
+                columns.extend(self.star(_names(val.fields), scope))
+                continue
+            last = (getattr(val, "indirection", None) or (None,))[-1]
+            if isinstance(val, ast.A_Indirection) and isinstance(last, ast.A_Star):
+                flow = self.expr(val.arg, scope)  # (f(x)).*: every field of the row
+                columns.append(ResultColumn(_name_of(val.arg), through(flow, Step(node=val))))
+                continue
+            name = target.name or _name_of(val)
+            columns.append(ResultColumn(name, self.expr(val, scope)))
+        return columns
+
+    def star(self, names: list[str], scope: _Scope) -> list[ResultColumn]:
+        qualifier = names[:-1]
+        items = scope.items
+        if qualifier:
+            items = [i for i in scope.items if i.name == qualifier[-1]]
+            if not items:
+                flow = self.resolve(names, scope)
+                return [ResultColumn(qualifier[-1], flow)]
+        out = [ResultColumn(n, f) for i in items for n, f in i.columns]
+        out += [ResultColumn(ANY, i.unknown) for i in items if i.unknown]
+        return out
+
+    def group(self, groups: Iterable[Any], columns: list[ResultColumn], scope: _Scope) -> None:
+        for expr in groups:
+            if isinstance(expr, ast.GroupingSet):
+                self.group(expr.content or (), columns, scope)
+                continue
+            flow = self.output_or_input(expr, columns, scope, output_first=False)
+            self.use("GROUP BY", flow, "group", expr)
+
+    def sort(self, sorts: Any, columns: list[ResultColumn], scope: _Scope) -> None:
+        for sort in sorts or ():
+            flow = self.output_or_input(sort.node, columns, scope, output_first=True)
+            self.use("ORDER BY", flow, "other", sort.node)
+
+    def window(self, window: Any, scope: _Scope) -> None:
+        for expr in window.partitionClause or ():
+            self.use("window PARTITION BY", self.expr(expr, scope), "group", expr)
+        for sort in window.orderClause or ():
+            self.use("window ORDER BY", self.expr(sort.node, scope), "other", sort.node)
+
+    def output_or_input(
+        self, expr: Any, columns: list[ResultColumn], scope: _Scope, *, output_first: bool
+    ) -> Flow:
+        """An ORDER BY / GROUP BY / DISTINCT ON item: an ordinal or an output name names a
+        result column (ORDER BY prefers output names, GROUP BY input columns)."""
+        if isinstance(expr, ast.A_Const) and isinstance(expr.val, ast.Integer):
+            index = int(expr.val.ival or 0) - 1
+            if 0 <= index < len(columns):
+                return columns[index].flow
+            return _EMPTY
+        if isinstance(expr, ast.ColumnRef) and len(expr.fields or ()) == 1:
+            name = _names(expr.fields)[0]
+            named = [c.flow for c in columns if c.name == name]
+            if named and (output_first or _resolve_in(name, scope) is None):
+                return union(named)
+        return self.expr(expr, scope)
+
+    # ---- FROM ----------------------------------------------------------------------
+
+    def from_item(self, item: Any, scope: _Scope, outer: _Scope) -> list[_Item]:
+        """The items `item` adds to `scope` (LATERAL ones see the items before them)."""
+        if isinstance(item, ast.RangeVar):
+            return [self.range_var(item, outer)]
+        if isinstance(item, ast.RangeSubselect):
+            parent = scope if item.lateral else outer
+            columns = self.statement(item.subquery, parent)
+            return [self.aliased(item.alias, None, columns)]
+        if isinstance(item, ast.RangeFunction):
+            return [self.range_function(item, scope if item.lateral else outer)]
+        if isinstance(item, ast.JoinExpr):
+            return self.join(item, scope, outer)
+        if isinstance(item, ast.RangeTableSample):
+            return self.from_item(item.relation, scope, outer)
+        # XMLTABLE, JSON_TABLE, ...: any column may come from anything the item reads.
+        flow = union(self.expr(c, scope) for c in _children(item))
+        alias = getattr(item, "alias", None)
+        return [_Item(alias.aliasname if alias else None, None, [], flow)]
+
+    def join(self, join: Any, scope: _Scope, outer: _Scope) -> list[_Item]:
+        left = self.from_item(join.larg, scope, outer)
+        scope.items.extend(left)  # LATERAL on the right sees the left
+        right = self.from_item(join.rarg, scope, outer)
+        del scope.items[len(scope.items) - len(left) :]
+        both = _Scope(items=[*left, *right], parent=scope)
+        using = _string_list(join.usingClause)
+        if join.isNatural:
+            right_names = {n for i in right for n, _ in i.columns}
+            using = [n for i in left for n, _ in i.columns if n in right_names]
+        merged: list[tuple[str, Flow]] = []
+        for name in using:
+            flows = [f for side in (left, right) if (f := _Scope(side).resolve([name]))]
+            for flow in flows:
+                self.use("JOIN", flow, "equality", ast.String(sval=name))
+            merged.append((name, union(flows)))
+        if join.quals is not None:
+            self.condition(join.quals, both, "JOIN")
+        if join.alias is None and not using:
+            return [*left, *right]
+        rest = [(n, f) for i in (*left, *right) for n, f in i.columns if n not in using]
+        vague = [i.unknown for i in (*left, *right) if i.unknown]
+        name = str(join.alias.aliasname) if join.alias is not None else ""
+        joined = _Item(name, None, merged + rest, union(vague) if vague else None)
+        if join.alias is not None:
+            columns = [ResultColumn(n, f) for n, f in joined.columns]
+            return [self.aliased(join.alias, None, columns, vague=joined.unknown)]
+        # USING without an alias: the merged names, and each side still by its own name.
+        return [_Item(None, None, merged), *left, *right]
+
+    def aliased(
+        self,
+        alias: Any,
+        default: str | None,
+        columns: Sequence[ResultColumn],
+        vague: Flow | None = None,
+    ) -> _Item:
+        name = alias.aliasname if alias is not None else default
+        renamed = _string_list(alias.colnames) if alias is not None else []
+        out: list[tuple[str, Flow]] = []
+        for i, column in enumerate(columns):
+            label = renamed[i] if i < len(renamed) else column.name
+            step = Step(label=f"{name}.{label}" if name else label, transform=False)
+            out.append((label, through(column.flow, step)))
+        return _Item(name, None, out, vague)
+
+    def range_var(self, rv: Any, scope: _Scope) -> _Item:
+        name, schema = rv.relname, rv.schemaname
+        if schema is None and (cte := scope.cte(name)) is not None:
+            columns = [ResultColumn(n, f) for n, f in cte]
+            return self.aliased(rv.alias, name, columns)
+        relation = self.catalog.relation(schema, name)
+        shown = f"{schema}.{name}" if schema else name
+        if relation is None:
+            reason = f"relation {shown} is not in the catalog"
+            flow = self.note(reason, Source(schema or ANY, name, ANY))
+            return _Item(rv.alias.aliasname if rv.alias else name, schema, [], flow)
+        if relation.definition is not None:
+            viewed = self.view(relation.schema, relation.name, relation.definition)
+            if viewed is None:
+                vague = unknown_flow(f"view {relation.schema}.{relation.name} is not followed")
+                item = _Item(rv.alias.aliasname if rv.alias else name, schema, [], vague)
+                return item
+            named = [
+                ResultColumn(n, viewed[i].flow if i < len(viewed) else _EMPTY)
+                for i, n in enumerate(relation.columns)
+            ]
+            item = self.aliased(rv.alias, relation.name, named)
+        else:
+            flows: list[tuple[str, Flow]] = [
+                (c, {Source(relation.schema, relation.name, c): ()}) for c in relation.columns
+            ]
+            item = self.aliased(rv.alias, relation.name, [ResultColumn(n, f) for n, f in flows])
+            if rv.alias is None:
+                item.columns = flows  # the table's own columns: no step to show
+        if rv.alias is None:
+            item.schema = relation.schema
+        return item
+
+    def view(self, schema: str, name: str, definition: str) -> list[ResultColumn] | None:
+        """The result columns of a view's definition; None when it cannot be followed."""
+        key = (schema, name)
+        if key in self.active or self.depth >= MAX_DEPTH:
+            self.note(f"view {schema}.{name} is nested too deep to follow")
+            return None
+        try:
+            (raw,) = parse_sql(definition)
+        except Exception:
+            self.note(f"the definition of view {schema}.{name} cannot be read")
+            return None
+        child = _Analyzer(self.catalog, self.found, self.depth + 1, False, self.active | {key})
+        return child.statement(raw.stmt)
+
+    def range_function(self, item: Any, scope: _Scope) -> _Item:
+        columns: list[ResultColumn] = []
+        vague: list[Flow] = []
+        for entry in item.functions or ():
+            call = entry[0] if isinstance(entry, list | tuple) else entry
+            if not isinstance(call, ast.FuncCall):
+                vague.append(self.expr(call, scope))
+                continue
+            args = self.arguments(call, scope)
+            body = self.function_body(call, args)
+            if body is None:
+                vague.append(through(args, Step(node=call)))
+            else:
+                flows = [through(union([args, c.flow]), Step(node=call)) for c in body]
+                columns += [ResultColumn(c.name, f) for c, f in zip(body, flows, strict=True)]
+        if item.ordinality:
+            columns.append(ResultColumn("ordinality", _EMPTY))
+        default = None
+        if len(item.functions or ()) == 1 and not columns:
+            call = item.functions[0][0]
+            default = _name_of(call)
+        alias = item.alias
+        name = alias.aliasname if alias is not None else default
+        if vague and not columns and alias is not None and alias.colnames:
+            # A built-in's output columns, named by the alias: each from its arguments.
+            flow = union(vague)
+            columns = [ResultColumn(n, flow) for n in _string_list(alias.colnames)]
+            return _Item(name, None, [(c.name, c.flow) for c in columns], flow)
+        built = self.aliased(alias, name, columns, union(vague) if vague else None)
+        if vague and not columns and name is not None:
+            # `SELECT x FROM generate_series(1, 3) x`: the function's one column has its name.
+            built.columns = [(name, union(vague))]
+        return built
+
+    # ---- expressions ---------------------------------------------------------------
+
+    def resolve(self, names: list[str], scope: _Scope) -> Flow:
+        flow = _resolve_in(names, scope)
+        if flow is not None:
+            return flow
+        if self.params and len(names) == 1:
+            return _EMPTY  # a SQL function's parameter: the call's arguments carry it
+        shown = ".".join(names)
+        return self.note(f"column {shown} cannot be resolved")
+
+    def expr(self, node: Any, scope: _Scope) -> Flow:
+        if node is None or isinstance(node, ast.A_Const | ast.ParamRef | ast.String):
+            return _EMPTY
+        if isinstance(node, ast.ColumnRef):
+            return self.resolve(_names(node.fields), scope)
+        if isinstance(node, ast.SelectStmt):
+            return union(c.flow for c in self.statement(node, scope))
+        if isinstance(node, ast.SubLink):
+            flow = self.expr(node.testexpr, scope)
+            columns = self.statement(node.subselect, scope)
+            if node.subLinkType != SubLinkType.EXISTS_SUBLINK:
+                flow = union([flow, *(c.flow for c in columns)])
+            return through(flow, Step(node=node))
+        if isinstance(node, ast.FuncCall):
+            return self.call(node, scope)
+        flow = union(self.expr(child, scope) for child in _children(node))
+        return through(flow, Step(node=node)) if isinstance(node, _SHOWN) else flow
+
+    def arguments(self, call: Any, scope: _Scope) -> Flow:
+        parts = [self.expr(a, scope) for a in call.args or ()]
+        for sort in call.agg_order or ():
+            parts.append(self.expr(sort.node, scope))
+        parts.append(self.expr(call.agg_filter, scope))
+        if call.agg_star and call.over is None:
+            pass  # count(*): no column's value
+        return union(parts)
+
+    def call(self, call: Any, scope: _Scope) -> Flow:
+        flow = self.arguments(call, scope)
+        if call.over is not None:
+            self.window(call.over, scope)
+            window = call.over
+            keys = [*(window.partitionClause or ()), *(s.node for s in window.orderClause or ())]
+            flow = union([flow, *(self.expr(e, scope) for e in keys)])
+        body = self.function_body(call, flow)
+        if body:
+            flow = union([flow, *(c.flow for c in body)])
+        return through(flow, Step(node=call))
+
+    def function_body(self, call: Any, args: Flow) -> list[ResultColumn] | None:
+        """The result columns of the SQL function `call` reaches, merged over candidates;
+        None for a built-in (its output comes from its arguments)."""
+        names = _names(call.funcname)
+        schema = names[-2] if len(names) > 1 else None
+        found = self.catalog.functions(schema, names[-1])
+        shown = ".".join(names)
+        if found is None:
+            self.note(
+                f"function {shown} is not in the catalog; its result is taken as its arguments"
+            )
+            return None
+        users = [f for f in found if not f.builtin]
+        if not users:
+            return None
+        merged: list[ResultColumn] = []
+        for function in users:
+            key = (function.schema, function.name)
+            if function.language != "sql" or not function.body:
+                if args:
+                    self.note(
+                        f"function {function.schema}.{function.name} ({function.language}) "
+                        "cannot be seen into; its result is taken as its arguments"
+                    )
+                continue
+            if key in self.active or self.depth >= MAX_DEPTH:
+                reason = f"function {function.schema}.{function.name} nests too deep to follow"
+                merged.append(ResultColumn(function.name, self.note(reason)))
+                continue
+            columns = self.sql_body(function.schema, function.name, function.body, key)
+            merged = _merge(merged, columns)
+        return merged or None
+
+    def sql_body(
+        self, schema: str, name: str, body: str, key: tuple[str, str]
+    ) -> list[ResultColumn]:
+        try:
+            statements = parse_sql(body)
+        except Exception:
+            reason = f"the body of function {schema}.{name} cannot be read"
+            return [ResultColumn(name, self.note(reason))]
+        child = _Analyzer(self.catalog, self.found, self.depth + 1, True, self.active | {key})
+        last: list[ResultColumn] = []
+        for raw in statements:
+            last = child.statement(raw.stmt)
+        return last
+
+    # ---- clauses -------------------------------------------------------------------
+
+    def condition(self, node: Any, scope: _Scope, clause: str) -> None:
+        """A filter or join condition: AND/OR/NOT looked through; comparisons of a column
+        with a constant or parameter, and IS NULL, are told apart."""
+        if isinstance(node, ast.BoolExpr):
+            for arg in node.args or ():
+                self.condition(arg, scope, clause)
+            return
+        if isinstance(node, ast.NullTest):
+            self.use(clause, self.expr(node.arg, scope), "null", node)
+            return
+        if isinstance(node, ast.A_Expr):
+            name = _names(node.name or ())[-1:] or [""]
+            if node.kind == A_Expr_Kind.AEXPR_OP and name[0] in _EQUALITY:
+                left, right = node.lexpr, node.rexpr
+                if _is_constant(right) or _is_constant(left):
+                    column = left if _is_constant(right) else right
+                    self.use(clause, self.expr(column, scope), "lookup", node)
+                    return
+                if isinstance(left, ast.ColumnRef) and isinstance(right, ast.ColumnRef):
+                    self.use(clause, self.expr(left, scope), "equality", node)
+                    self.use(clause, self.expr(right, scope), "equality", node)
+                    return
+            values: Any = node.rexpr
+            in_list = node.kind == A_Expr_Kind.AEXPR_IN and isinstance(values, list | tuple)
+            if in_list and all(_is_constant(v) for v in values):
+                self.use(clause, self.expr(node.lexpr, scope), "lookup", node)
+                return
+        self.use(clause, self.expr(node, scope), "other", node)
+
+    # ---- writes --------------------------------------------------------------------
+
+    def dml(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+        scope = self.with_clause(stmt.withClause, outer)
+        target = self.range_var(stmt.relation, scope)
+        written: dict[str, Flow] = {}
+        inner = _Scope(parent=scope)
+        if isinstance(stmt, ast.InsertStmt):
+            names = [t.name for t in stmt.cols or ()] or [n for n, _ in target.columns]
+            if stmt.selectStmt is not None:
+                values = self.statement(stmt.selectStmt, scope)
+                for name, column in zip(names, values, strict=False):
+                    written[name] = column.flow
+        else:
+            extra = stmt.fromClause if isinstance(stmt, ast.UpdateStmt) else stmt.usingClause
+            inner.items.append(target)
+            for item in extra or ():
+                inner.items.extend(self.from_item(item, inner, scope))
+            if isinstance(stmt, ast.UpdateStmt):
+                for t in stmt.targetList or ():
+                    written[t.name] = union([written.get(t.name, _EMPTY), self.expr(t.val, inner)])
+            if stmt.whereClause is not None:
+                self.condition(stmt.whereClause, inner, "WHERE")
+        self.write(
+            _relation_name(stmt.relation),
+            [ResultColumn(n, f) for n, f in written.items()],
+        )
+        # RETURNING sees the row as written: a column holds what was put into it too.
+        target.columns = [(n, union([f, written.get(n, _EMPTY)])) for n, f in target.columns]
+        if target not in inner.items:
+            inner.items.append(target)
+        return self.targets(_returning(stmt), inner)
+
+    def merge(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+        scope = self.with_clause(stmt.withClause, outer)
+        inner = _Scope(parent=scope)
+        inner.items.append(self.range_var(stmt.relation, scope))
+        inner.items.extend(self.from_item(stmt.sourceRelation, inner, scope))
+        self.condition(stmt.joinCondition, inner, "JOIN")
+        touched = union(i.whole() for i in inner.items)
+        for clause in stmt.mergeWhenClauses or ():
+            if clause.condition is not None:
+                self.condition(clause.condition, inner, "WHERE")
+            for t in clause.targetList or ():
+                touched = union([touched, self.expr(t.val, inner)])
+        self.write(_relation_name(stmt.relation), [ResultColumn(ANY, touched)])
+        return [
+            ResultColumn(c.name, union([c.flow, touched]))
+            for c in self.targets(_returning(stmt), inner)
+        ]
+
+    def copy(self, stmt: Any, scope: _Scope) -> list[ResultColumn]:
+        if stmt.query is not None:
+            return self.statement(stmt.query, scope)
+        if stmt.is_from:
+            return []
+        item = self.range_var(stmt.relation, scope)
+        wanted = _string_list(stmt.attlist)
+        if not wanted:
+            return [ResultColumn(n, f) for n, f in item.columns] + (
+                [ResultColumn(ANY, item.unknown)] if item.unknown else []
+            )
+        return [
+            ResultColumn(n, item.column(n) or self.resolve([n], _Scope([item]))) for n in wanted
+        ]
+
+
+def _resolve_in(names: str | list[str], scope: _Scope) -> Flow | None:
+    names = [names] if isinstance(names, str) else names
+    current: _Scope | None = scope
+    while current is not None:
+        found = current.resolve(names)
+        if found is not None:
+            return found
+        current = current.parent
+    return None
+
+
+def _columns(names: list[str], columns: Sequence[ResultColumn]) -> list[tuple[str, Flow]]:
+    return [(names[i] if i < len(names) else c.name, c.flow) for i, c in enumerate(columns)]
+
+
+def _merge(a: list[ResultColumn], b: list[ResultColumn]) -> list[ResultColumn]:
+    if not a:
+        return b
+    if len(a) != len(b):
+        flow = union([*(c.flow for c in a), *(c.flow for c in b)])
+        return [ResultColumn(c.name, flow) for c in (a if len(a) > len(b) else b)]
+    return [ResultColumn(x.name, union([x.flow, y.flow])) for x, y in zip(a, b, strict=True)]
+
+
+def _relation_name(rv: Any) -> str:
+    return ".".join(p for p in (rv.schemaname, rv.relname) if p)
+
+
+def analyze_statement(stmt: Any, catalog: Catalog) -> Lineage:
+    """The lineage of one parsed statement (`pglast.parse_sql(...)[i].stmt`)."""
+    analyzer = _Analyzer(catalog)
+    try:
+        columns = analyzer.statement(stmt)
+    except RecursionError:
+        reason = "the statement nests too deep to follow"
+        return Lineage((ResultColumn(ANY, unknown_flow(reason)),), (), (), (reason,))
+    found = analyzer.found
+    return Lineage(tuple(columns), tuple(found.uses), tuple(found.writes), tuple(found.unresolved))
+
+
+def analyze(sql: str, catalog: Catalog) -> list[Lineage]:
+    """The lineage of each statement of `sql` (raises pglast's ParseError for non-SQL)."""
+    return [analyze_statement(raw.stmt, catalog) for raw in parse_sql(sql)]
