@@ -1,4 +1,5 @@
-"""Catalog lookups for the guardrails: ask the server what the functions a statement calls do.
+"""Catalog lookups for the guardrails: ask the server what the functions a statement calls do
+(and, for the masked columns' inference check, what relations and functions it reads).
 
 The I/O half of `gateway.policy.functions`. A lookup is one simple Query on a second stream
 to the session's own target (`SessionBroker.open_side`): the agent logs in with the same
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from gateway.agents.registry import RoutingError
 from gateway.policy.functions import FunctionCheck, LookupFailed
+from gateway.policy.lineage_check import LineageCheck
 from gateway.sessions import Session, SessionBroker
 from shared.pgwire.backend import DataRow, ErrorResponse, ReadyForQuery, decode_backend
 from shared.pgwire.errors import PgProtocolError
@@ -43,6 +45,15 @@ def function_check(broker: SessionBroker, session: Session) -> FunctionCheck:
         return await query(broker, session, sql)
 
     return FunctionCheck(ask, time.monotonic)
+
+
+def lineage_check(broker: SessionBroker, session: Session) -> LineageCheck:
+    """The session's inference check over the same catalog path (one per session: its cache)."""
+
+    async def ask(sql: str) -> Sequence[Sequence[str | None]]:
+        return await query(broker, session, sql)
+
+    return LineageCheck(ask, time.monotonic)
 
 
 async def query(broker: SessionBroker, session: Session, sql: str) -> Rows:

@@ -229,11 +229,12 @@ class _Analyzer:
         self.found.unresolved.setdefault(reason)
         return unknown_flow(reason, source)
 
-    def use(self, clause: str, flow: Flow, kind: UseKind, node: Any) -> None:
-        step = Step(node=node)
+    def use(self, clause: str, flow: Flow, kind: UseKind, node: Any, other: Flow = _EMPTY) -> None:
+        step = Step(label=node) if isinstance(node, str) else Step(node=node)
+        partner = frozenset(other)
         for source, trail in flow.items():
             plain = kind if direct(trail) and source.known else "other"
-            self.found.uses.setdefault(ClauseUse(clause, source, plain, step))
+            self.found.uses.setdefault(ClauseUse(clause, source, plain, step, partner))
 
     # ---- statements ----------------------------------------------------------------
 
@@ -436,9 +437,10 @@ class _Analyzer:
             using = [n for i in left for n, _ in i.columns if n in right_names]
         merged: list[tuple[str, Flow]] = []
         for name in using:
-            flows = [f for side in (left, right) if (f := _Scope(side).resolve([name]))]
-            for flow in flows:
-                self.use("JOIN", flow, "equality", ast.String(sval=name))
+            flows = [_Scope(side).resolve([name]) or _EMPTY for side in (left, right)]
+            shown = f"USING ({name})"
+            self.use("JOIN", flows[0], "equality", shown, flows[1])
+            self.use("JOIN", flows[1], "equality", shown, flows[0])
             merged.append((name, union(flows)))
         if join.quals is not None:
             self.condition(join.quals, both, "JOIN")
@@ -669,8 +671,9 @@ class _Analyzer:
                     self.use(clause, self.expr(column, scope), "lookup", node)
                     return
                 if isinstance(left, ast.ColumnRef) and isinstance(right, ast.ColumnRef):
-                    self.use(clause, self.expr(left, scope), "equality", node)
-                    self.use(clause, self.expr(right, scope), "equality", node)
+                    lflow, rflow = self.expr(left, scope), self.expr(right, scope)
+                    self.use(clause, lflow, "equality", node, rflow)
+                    self.use(clause, rflow, "equality", node, lflow)
                     return
             values: Any = node.rexpr
             in_list = node.kind == A_Expr_Kind.AEXPR_IN and isinstance(values, list | tuple)

@@ -106,7 +106,8 @@ class ClauseUse:
     clause: str  # WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, window PARTITION BY, ...
     source: Source
     kind: UseKind
-    step: Step = field(compare=False)
+    step: Step = field(compare=False)  # the clause's expression, for messages
+    other: frozenset[Source] = field(default=frozenset(), compare=False)  # equality's other side
 
 
 @dataclass(frozen=True, slots=True)

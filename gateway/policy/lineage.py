@@ -1,0 +1,125 @@
+"""Inference refusals: a masked column must not select, join, group or order rows.
+
+Pure and sans-I/O. A column rule masks a value where a result returns it; a statement that
+uses the column to choose rows (`WHERE card LIKE '4111%'`), to order them (`ORDER BY card`),
+to group them (`GROUP BY left(card, 1)` with counts) or to pick one row per value (`DISTINCT
+ON`, a window's PARTITION BY/ORDER BY) lets a reader learn it bit by bit without ever seeing
+it. Given a statement's lineage (`shared.lineage`) and the column rules of the session, this
+module decides whether it must be refused, and says why.
+
+Rules:
+1. Only masking rules with `columns` count (detectors alone mask what they find in output,
+   not columns). A source matches a rule as the agent matches a result column: `col`,
+   `table.col` or `schema.table.col` globs. A source the lineage could not name (`ANY`
+   parts: a relation or column the catalog lacks) matches every rule (fail closed).
+2. Every use of a masked source in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, a
+   window's PARTITION BY/ORDER BY or LIMIT/OFFSET refuses the statement, also inside
+   subqueries, views and SQL functions the statement reaches. Except:
+   - `allow_lookup: true` on the rule: the column itself compared with `=`, `<>` or IN to
+     parameters or constants (a lookup by a value the reader already knows), and
+     `IS [NOT] NULL`;
+   - `strategy: token` with whole-column masking: the column itself as a join key equal to
+     another column masked by such a rule, or as a plain GROUP BY / PARTITION BY /
+     DISTINCT ON key. Equal values give equal tokens, so these reveal nothing the tokens
+     in a result do not already show.
+3. A write that copies a masked column elsewhere (CREATE TABLE AS, SELECT INTO,
+   INSERT ... SELECT, UPDATE ... SET) is not refused here (write guardrails and privileges
+   govern writes), only reported by `policy explain`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.policy.masking import MaskingRuleConfig
+from shared.lineage import ANY, ClauseUse, Lineage, Source
+
+MAX_SHOWN = 80  # characters of a clause quoted in a refusal
+
+
+def _part_matches(pattern: str, value: str) -> bool:
+    return value == ANY or fnmatch.fnmatchcase(value.lower(), pattern)
+
+
+def source_matches(pattern: str, source: Source) -> bool:
+    """Rule 1: `column`, `table.column` or `schema.table.column` (globs, lower case)."""
+    parts = pattern.split(".")
+    values = (source.schema, source.table, source.column)[-len(parts) :]
+    return all(_part_matches(p, v) for p, v in zip(parts, values, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseRefusal:
+    use: ClauseUse
+    rule: str
+
+    @property
+    def reason(self) -> str:
+        clause = self.use.step.render()
+        if len(clause) > MAX_SHOWN:
+            clause = clause[: MAX_SHOWN - 3] + "..."
+        source = self.use.source
+        if not source.known:
+            return (
+                f"policy: {self.use.clause} ({clause}) reads {source}, which lineage cannot "
+                f"resolve, and masking rule {self.rule!r} may cover it; statement refused"
+            )
+        return (
+            f"policy: masked column {source} (rule {self.rule!r}) is used in "
+            f"{self.use.clause} ({clause}), which would reveal its values; "
+            "select it (masked) instead of filtering, joining, grouping or ordering on it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRules:
+    """The column masking rules of one session (rule 1)."""
+
+    rules: tuple[MaskingRuleConfig, ...] = ()
+
+    @classmethod
+    def of(cls, rules: Iterable[MaskingRuleConfig]) -> ColumnRules:
+        return cls(tuple(r for r in rules if r.columns))
+
+    @property
+    def empty(self) -> bool:
+        return not self.rules
+
+    def rule_for(self, source: Source) -> MaskingRuleConfig | None:
+        for rule in self.rules:
+            if any(source_matches(p, source) for p in rule.columns):
+                return rule
+        return None
+
+    def _token(self, source: Source) -> bool:
+        rule = self.rule_for(source)
+        return rule is not None and _whole_token(rule)
+
+    def allowed(self, use: ClauseUse, rule: MaskingRuleConfig) -> bool:
+        """Rule 2's exceptions."""
+        if use.kind in ("lookup", "null"):
+            return rule.allow_lookup
+        if use.kind == "group":
+            return _whole_token(rule)
+        if use.kind == "equality":
+            return (
+                _whole_token(rule)
+                and bool(use.other)
+                and all(s.known and self._token(s) for s in use.other)
+            )
+        return False
+
+    def refusals(self, lineages: Sequence[Lineage]) -> list[ClauseRefusal]:
+        out: list[ClauseRefusal] = []
+        for lineage in lineages:
+            for use in lineage.uses:
+                rule = self.rule_for(use.source)
+                if rule is not None and not self.allowed(use, rule):
+                    out.append(ClauseRefusal(use, rule.name))
+        return out
+
+
+def _whole_token(rule: MaskingRuleConfig) -> bool:
+    return rule.strategy == "token" and not (rule.detectors or rule.regex)

@@ -1,0 +1,261 @@
+"""A session's inference check: lineage of each statement, with the server's catalog behind it.
+
+Sans-I/O apart from one awaited callable (`ask`: run a catalog query on a side connection
+of the session, `gateway.protocols.pgfunctions.query`). The rules:
+
+1. Only sessions with column masking rules are checked (`ColumnRules`); others cost nothing.
+2. The catalog (relations with their columns and view definitions, functions with their
+   language and SQL bodies) is asked for the names a statement needs and the session does
+   not hold yet, in one query per round; what it answered is cached per session for
+   CACHE_TTL seconds, and dropped at once after a statement that may change it (DDL, DO,
+   dynamic SQL). Views and function bodies name more relations: up to MAX_ROUNDS rounds.
+3. A statement's lineage is cached per statement shape (its text with constants replaced by
+   parameters, as the facts cache does), for the catalog's current generation: a shape is
+   analysed once until the catalog changes.
+4. Fail closed: when the catalog cannot be asked, the statement is refused, saying why; a
+   statement after DDL in the same query string that reads a relation the catalog does not
+   know yet is refused (send them separately).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import parse_sql
+from pglast.parser import normalize
+
+from gateway.policy.facts import UnparsableSQL, statement_facts
+from gateway.policy.functions import LookupFailed
+from gateway.policy.lineage import ClauseRefusal, ColumnRules
+from shared.lineage import Function, Lineage, Relation, analyze_statement
+
+CACHE_TTL = 10.0  # seconds a catalog answer is trusted (changes by other sessions)
+MAX_ROUNDS = 4  # catalog lookups per statement (views and functions name more relations)
+MAX_SHAPES = 512  # lineages kept per session
+MAX_TEXT = 4096  # longer statements are analysed each time, not cached
+
+Key = tuple[str | None, str]
+
+
+def _hex(text: str | None) -> str:
+    if text is None:
+        return "NULL::text"
+    return f"convert_from(decode('{text.encode('utf-8').hex()}', 'hex'), 'UTF8')"
+
+
+def lookup_sql(relations: Sequence[Key], functions: Sequence[Key]) -> str:
+    """One catalog query for these names (hex-encoded: no quoting to get wrong)."""
+    parts: list[str] = []
+    if relations:
+        values = ", ".join(f"({_hex(s)}, {_hex(n)})" for s, n in relations)
+        parts.append(_RELATIONS.replace("VALUES_LIST", values))
+    if functions:
+        values = ", ".join(f"({_hex(s)}, {_hex(n)})" for s, n in functions)
+        parts.append(_FUNCTIONS.replace("VALUES_LIST", values))
+    return " UNION ALL ".join(parts)
+
+
+_RELATIONS = (
+    "SELECT 'r', q.s, q.n, ns.nspname::text, c.relname::text,"
+    " (SELECT json_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a"
+    " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,"
+    " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END"
+    " FROM (VALUES VALUES_LIST) q(s, n)"
+    " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(CASE WHEN q.s IS NULL"
+    " THEN pg_catalog.quote_ident(q.n)"
+    " ELSE pg_catalog.quote_ident(q.s) || '.' || pg_catalog.quote_ident(q.n) END)"
+    " LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace"
+)
+_FUNCTIONS = (
+    "SELECT 'f', q.s, q.n, ns.nspname::text, l.lanname::text, (p.oid < 16384)::text,"
+    " CASE WHEN l.lanname = 'sql' THEN p.prosrc END"
+    " FROM (VALUES VALUES_LIST) q(s, n)"
+    " LEFT JOIN (pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace"
+    " JOIN pg_catalog.pg_language l ON l.oid = p.prolang)"
+    " ON p.proname::text = q.n AND CASE WHEN q.s IS NULL"
+    " THEN ns.nspname = ANY (pg_catalog.current_schemas(true)) ELSE ns.nspname::text = q.s END"
+)
+_TRUE = frozenset({"t", "true"})
+
+
+@dataclass
+class SessionCatalog:
+    """The session's `Catalog` (rule 2): answers what it holds, notes what it lacks."""
+
+    clock: Callable[[], float]
+    relations: dict[Key, tuple[float, Relation | None]] = field(default_factory=dict)
+    functions_by_name: dict[Key, tuple[float, tuple[Function, ...]]] = field(default_factory=dict)
+    wanted_relations: set[Key] = field(default_factory=set)
+    wanted_functions: set[Key] = field(default_factory=set)
+    generation: int = 0  # changes whenever what it holds changes
+
+    def _fresh(self, at: float) -> bool:
+        return self.clock() - at <= CACHE_TTL
+
+    def relation(self, schema: str | None, name: str) -> Relation | None:
+        entry = self.relations.get((schema, name))
+        if entry is None or not self._fresh(entry[0]):
+            self.wanted_relations.add((schema, name))
+            return None
+        return entry[1]
+
+    def functions(self, schema: str | None, name: str) -> tuple[Function, ...] | None:
+        entry = self.functions_by_name.get((schema, name))
+        if entry is None or not self._fresh(entry[0]):
+            self.wanted_functions.add((schema, name))
+            return None
+        return entry[1]
+
+    @property
+    def wanting(self) -> bool:
+        return bool(self.wanted_relations or self.wanted_functions)
+
+    def take_wanted(self) -> tuple[list[Key], list[Key]]:
+        out = sorted(self.wanted_relations, key=str), sorted(self.wanted_functions, key=str)
+        self.wanted_relations, self.wanted_functions = set(), set()
+        return out
+
+    def learn(
+        self, rows: Sequence[Sequence[str | None]], relations: list[Key], functions: list[Key]
+    ) -> None:
+        now = self.clock()
+        found: dict[Key, list[Function]] = {k: [] for k in functions}
+        for key in relations:
+            self.relations[key] = (now, None)
+        for row in rows:
+            tag, key = row[0], (row[1], row[2] or "")
+            if tag == "r" and row[3] is not None:
+                columns: Any = json.loads(row[5] or "[]")
+                self.relations[key] = (
+                    now,
+                    Relation(row[3], row[4] or "", tuple(str(c) for c in columns), row[6]),
+                )
+            elif tag == "f" and row[3] is not None:
+                function = Function(row[3], key[1], row[4] or "", row[5] in _TRUE, row[6])
+                found.setdefault(key, []).append(function)
+        for key, functions_found in found.items():
+            self.functions_by_name[key] = (now, tuple(functions_found))
+        self.generation += 1
+
+    def clear(self) -> None:
+        self.relations.clear()
+        self.functions_by_name.clear()
+        self.generation += 1
+
+
+def _summary(lineages: Sequence[Lineage]) -> object:
+    return [
+        (
+            frozenset(lineage.uses),
+            tuple(c.sources for c in lineage.columns),
+            lineage.unresolved,
+        )
+        for lineage in lineages
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """None refusal: allowed. `lineages` for callers that show them."""
+
+    refusal: str | None
+    rules: tuple[str, ...] = ()
+    lineages: tuple[Lineage, ...] = ()
+
+
+class LineageCheck:
+    """One session's inference check (rules 1 to 4). `ask` runs a catalog query and returns
+    its rows in text format, raising `LookupFailed` when it cannot."""
+
+    def __init__(
+        self,
+        ask: Callable[[str], Awaitable[Sequence[Sequence[str | None]]]],
+        clock: Callable[[], float],
+    ) -> None:
+        self._ask = ask
+        self.catalog = SessionCatalog(clock)
+        self._clock = clock
+        # shape -> (catalog generation, when, lineages)
+        self._shapes: dict[str, tuple[int, float, tuple[Lineage, ...]]] = {}
+
+    async def check(self, rules: ColumnRules, sql: str) -> Verdict:
+        if rules.empty:
+            return Verdict(None)
+        try:
+            facts = statement_facts(sql)
+        except UnparsableSQL:
+            return Verdict(None)  # the server refuses it; nothing runs
+        changes = [("ddl" in f.kinds or f.opaque) for f in facts]
+        try:
+            lineages = await self.lineages(sql)
+        except LookupFailed as exc:
+            return Verdict(
+                "policy: the catalog cannot be read to check this statement against the "
+                f"masking rules ({exc}); it is refused"
+            )
+        except Exception:  # libpg_query disagreeing with itself: judge it as not SQL
+            return Verdict(None)
+        refused = rules.refusals(lineages)
+        if refused:
+            return _refused(refused, lineages)
+        for i, lineage in enumerate(lineages):
+            if any(changes[:i]) and lineage.unresolved:
+                return Verdict(
+                    "policy: this statement follows DDL in the same query string and reads "
+                    "what the catalog does not know yet; send the DDL first, on its own",
+                    lineages=tuple(lineages),
+                )
+        if any(changes):
+            self.catalog.clear()  # what it creates or drops: asked again next time
+        return Verdict(None, lineages=tuple(lineages))
+
+    async def lineages(self, sql: str) -> tuple[Lineage, ...]:
+        """Each statement's lineage, the catalog asked for what it lacks (rules 2 and 3)."""
+        shape = self._shape(sql)
+        if shape is not None:
+            cached = self._shapes.get(shape)
+            fresh = cached is not None and self._clock() - cached[1] <= CACHE_TTL
+            if cached is not None and fresh and cached[0] == self.catalog.generation:
+                return cached[2]
+        statements = [raw.stmt for raw in parse_sql(sql)]
+        lineages = await self._analyse(statements)
+        if shape is not None:
+            if shape != sql:
+                generic = await self._analyse([raw.stmt for raw in parse_sql(shape)])
+                if _summary(generic) != _summary(lineages):
+                    return lineages  # the constants matter: never reuse for this shape
+            if len(self._shapes) >= MAX_SHAPES:
+                del self._shapes[next(iter(self._shapes))]
+            self._shapes[shape] = (self.catalog.generation, self._clock(), lineages)
+        return lineages
+
+    async def _analyse(self, statements: list[Any]) -> tuple[Lineage, ...]:
+        catalog = self.catalog
+        for _ in range(MAX_ROUNDS):
+            lineages = tuple(analyze_statement(s, catalog) for s in statements)
+            if not catalog.wanting:
+                return lineages
+            relations, functions = catalog.take_wanted()
+            rows = await self._ask(lookup_sql(relations, functions))
+            catalog.learn(rows, relations, functions)
+        lineages = tuple(analyze_statement(s, catalog) for s in statements)
+        catalog.take_wanted()  # still wanting: the unresolved parts fail closed
+        return lineages
+
+    @staticmethod
+    def _shape(sql: str) -> str | None:
+        if len(sql) > MAX_TEXT:
+            return None
+        try:
+            return str(normalize(sql))
+        except Exception:
+            return None
+
+
+def _refused(refused: list[ClauseRefusal], lineages: Sequence[Lineage]) -> Verdict:
+    first = refused[0]
+    rules = tuple(dict.fromkeys(r.rule for r in refused))
+    return Verdict(first.reason, rules, tuple(lineages))
