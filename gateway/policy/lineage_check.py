@@ -158,6 +158,14 @@ def _summary(lineages: Sequence[Lineage]) -> object:
 
 
 @dataclass(frozen=True, slots=True)
+class _Shape:
+    generation: int  # the catalog's, when analysed
+    at: float
+    lineages: tuple[Lineage, ...]
+    changes: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """None refusal: allowed. `lineages` for callers that show them."""
 
@@ -178,19 +186,15 @@ class LineageCheck:
         self._ask = ask
         self.catalog = SessionCatalog(clock)
         self._clock = clock
-        # shape -> (catalog generation, when, lineages)
-        self._shapes: dict[str, tuple[int, float, tuple[Lineage, ...]]] = {}
+        self._shapes: dict[str, _Shape] = {}
 
     async def check(self, rules: ColumnRules, sql: str) -> Verdict:
         if rules.empty:
             return Verdict(None)
         try:
-            facts = statement_facts(sql)
+            lineages, changes = await self.lineages(sql)
         except UnparsableSQL:
             return Verdict(None)  # the server refuses it; nothing runs
-        changes = [("ddl" in f.kinds or f.opaque) for f in facts]
-        try:
-            lineages = await self.lineages(sql)
         except LookupFailed as exc:
             return Verdict(
                 "policy: the catalog cannot be read to check this statement against the "
@@ -212,25 +216,30 @@ class LineageCheck:
             self.catalog.clear()  # what it creates or drops: asked again next time
         return Verdict(None, lineages=tuple(lineages))
 
-    async def lineages(self, sql: str) -> tuple[Lineage, ...]:
-        """Each statement's lineage, the catalog asked for what it lacks (rules 2 and 3)."""
+    async def lineages(self, sql: str) -> tuple[tuple[Lineage, ...], tuple[bool, ...]]:
+        """Each statement's lineage, the catalog asked for what it lacks (rules 2 and 3), and
+        whether each statement may change the catalog (DDL, DO, dynamic SQL)."""
         shape = self._shape(sql)
         if shape is not None:
             cached = self._shapes.get(shape)
-            fresh = cached is not None and self._clock() - cached[1] <= CACHE_TTL
-            if cached is not None and fresh and cached[0] == self.catalog.generation:
-                return cached[2]
+            if (
+                cached is not None
+                and cached.generation == self.catalog.generation
+                and self._clock() - cached.at <= CACHE_TTL
+            ):
+                return cached.lineages, cached.changes
+        changes = tuple("ddl" in f.kinds or f.opaque for f in statement_facts(sql))
         statements = [raw.stmt for raw in parse_sql(sql)]
         lineages = await self._analyse(statements)
         if shape is not None:
             if shape != sql:
                 generic = await self._analyse([raw.stmt for raw in parse_sql(shape)])
                 if _summary(generic) != _summary(lineages):
-                    return lineages  # the constants matter: never reuse for this shape
+                    return lineages, changes  # the constants matter: never reuse this shape
             if len(self._shapes) >= MAX_SHAPES:
                 del self._shapes[next(iter(self._shapes))]
-            self._shapes[shape] = (self.catalog.generation, self._clock(), lineages)
-        return lineages
+            self._shapes[shape] = _Shape(self.catalog.generation, self._clock(), lineages, changes)
+        return lineages, changes
 
     async def _analyse(self, statements: list[Any]) -> tuple[Lineage, ...]:
         catalog = self.catalog
