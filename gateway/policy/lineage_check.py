@@ -20,6 +20,7 @@ of the session, `gateway.protocols.pgfunctions.query`). The rules:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from gateway.policy.facts import UnparsableSQL, statement_facts
 from gateway.policy.functions import LookupFailed
 from gateway.policy.lineage import ClauseRefusal, ColumnRules
 from shared.lineage import Function, Lineage, Relation, analyze_statement
+
+log = logging.getLogger(__name__)
 
 CACHE_TTL = 10.0  # seconds a catalog answer is trusted (changes by other sessions)
 MAX_ROUNDS = 4  # catalog lookups per statement (views and functions name more relations)
@@ -193,15 +196,19 @@ class LineageCheck:
             return Verdict(None)
         try:
             lineages, changes = await self.lineages(sql)
-        except UnparsableSQL:
-            return Verdict(None)  # the server refuses it; nothing runs
+        except UnparsableSQL as exc:
+            return Verdict(f"policy: {exc}; with column masking rules it is refused")
         except LookupFailed as exc:
             return Verdict(
                 "policy: the catalog cannot be read to check this statement against the "
                 f"masking rules ({exc}); it is refused"
             )
-        except Exception:  # libpg_query disagreeing with itself: judge it as not SQL
-            return Verdict(None)
+        except Exception as exc:  # a bug here must not let the statement through
+            log.exception("lineage of a statement failed")
+            return Verdict(
+                f"policy: the lineage of this statement could not be followed ({exc!r}); "
+                "with column masking rules it is refused"
+            )
         refused = rules.refusals(lineages)
         if refused:
             return _refused(refused, lineages)
@@ -233,7 +240,11 @@ class LineageCheck:
         lineages = await self._analyse(statements)
         if shape is not None:
             if shape != sql:
-                generic = await self._analyse([raw.stmt for raw in parse_sql(shape)])
+                try:
+                    parsed = parse_sql(shape)
+                except Exception:  # a constant where the grammar takes no parameter
+                    return lineages, changes
+                generic = await self._analyse([raw.stmt for raw in parsed])
                 if _summary(generic) != _summary(lineages):
                     return lineages, changes  # the constants matter: never reuse this shape
             if len(self._shapes) >= MAX_SHAPES:

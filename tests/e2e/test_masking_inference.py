@@ -21,7 +21,7 @@ from psycopg import errors, sql
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import ADMIN_TOKEN, GatewayProc, Wardgate
+from tests.fixtures.wardgate import ADMIN_TOKEN, WARDGATE, GatewayProc, Wardgate
 
 pytestmark = pytest.mark.e2e
 
@@ -230,3 +230,43 @@ def test_statements_that_do_not_use_masked_columns_are_unaffected(stack: Stack) 
         assert joined.fetchall() == [("Alice",), ("Bob",)]
         card = conn.execute("select card_of(1), card from accounts where id = 1").fetchone()
         assert card is not None and "4111" not in str(card[1])
+
+
+def test_policy_explain_shows_lineage_paths_and_clause_refusals(stack: Stack) -> None:
+    def explain(query: str) -> str:
+        out = stack.wg.cli(
+            stack.gw,
+            *("policy", "explain", "--user", "admin", "--connection", "pg-main", "--sql", query),
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    shown = explain("select encode(card::bytea, 'hex') as hex_out, id from accounts")
+    assert "decision: allow" in shown, shown
+    assert (
+        "lineage: column hex_out masked by cards (derived): hex_out <- "
+        "encode(CAST(card AS bytea), 'hex') <- CAST(card AS bytea) <- accounts.card"
+    ) in shown, shown
+    assert "lineage: column id" not in shown
+    shown = explain("select * from visa order by id")  # the view's WHERE reads the card
+    assert "decision: deny" in shown, shown
+    assert (
+        "lineage: refused: policy: masked column accounts.card (rule 'cards') is used in "
+        "WHERE (accounts.card ~~ CAST('4%' AS text))"
+    ) in shown, shown
+    shown = explain("create table copy as select reverse(card) from accounts")
+    assert "lineage: write into copy copies accounts.card" in shown, shown
+    shown = explain("select name from accounts")
+    assert "lineage: no result column or clause uses a masked column" in shown, shown
+
+
+def test_policy_explain_takes_the_statement_once() -> None:
+    out = subprocess.run(
+        [*WARDGATE, "policy", "explain", "--user", "u", "--connection", "c"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "give the statement once: as the SQL argument or with --sql" in out.stderr
