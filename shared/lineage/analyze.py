@@ -415,7 +415,8 @@ class _Analyzer:
             columns = self.statement(item.subquery, parent)
             return [self.aliased(item.alias, None, columns)]
         if isinstance(item, ast.RangeFunction):
-            return [self.range_function(item, scope if item.lateral else outer)]
+            # A function in FROM sees the items before it, LATERAL written or not.
+            return [self.range_function(item, scope)]
         if isinstance(item, ast.JoinExpr):
             return self.join(item, scope, outer)
         if isinstance(item, ast.RangeTableSample):
@@ -783,8 +784,10 @@ def analyze_statement(stmt: Any, catalog: Catalog) -> Lineage:
     try:
         columns = analyzer.statement(stmt)
     except RecursionError:
+        # Nothing of it is known: every column and every clause may read anything.
         reason = "the statement nests too deep to follow"
-        return Lineage((ResultColumn(ANY, unknown_flow(reason)),), (), (), (reason,))
+        use = ClauseUse("the statement", UNKNOWN, "other", Step(label=reason))
+        return Lineage((ResultColumn(ANY, unknown_flow(reason)),), (use,), (), (reason,))
     found = analyzer.found
     return Lineage(tuple(columns), tuple(found.uses), tuple(found.writes), tuple(found.unresolved))
 

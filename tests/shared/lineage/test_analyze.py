@@ -6,15 +6,21 @@ part the analysis could not name), and the clause uses it finds (clause, source,
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import pytest
+from pglast import parse_sql
 
 from shared.lineage import (
     ANY,
+    UNKNOWN,
     Function,
     Lineage,
     MemoryCatalog,
     Relation,
     analyze,
+    analyze_statement,
 )
 
 
@@ -137,6 +143,10 @@ COLUMNS: list[tuple[str, list[tuple[str, set[str]]]]] = [
     (
         "SELECT t.v FROM accounts a CROSS JOIN LATERAL unnest(ARRAY[a.email]) AS t(v)",
         [("v", {"accounts.email"})],
+    ),
+    (  # a function in FROM sees the items before it without LATERAL
+        "SELECT x FROM accounts a, regexp_split_to_table(a.card, '') x",
+        [("x", CARD)],
     ),
     # whole-row references
     ("SELECT a FROM accounts a", [("a", ALL_ACCOUNTS)]),
@@ -369,3 +379,17 @@ def test_several_statements_each_get_their_lineage() -> None:
     first, second = analyze("SELECT card FROM accounts; SELECT id FROM accounts", CATALOG)
     assert [c.name for c in first.columns] == ["card"]
     assert [c.name for c in second.columns] == ["id"]
+
+
+def test_a_statement_too_deep_to_follow_is_a_use_of_anything() -> None:
+    nested = "SELECT id FROM accounts WHERE " + "upper(" * 60 + "card" + ")" * 60 + " = 'x'"
+    (stmt,) = [raw.stmt for raw in parse_sql(nested)]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 120)  # the analysis runs out, not the test
+    try:
+        found = analyze_statement(stmt, CATALOG)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert found.unresolved == ("the statement nests too deep to follow",)
+    (use,) = found.uses
+    assert (use.clause, use.source, use.kind) == ("the statement", UNKNOWN, "other")
