@@ -15,8 +15,9 @@ Rules:
 2. Every use of a masked source in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, a
    window's PARTITION BY/ORDER BY or LIMIT/OFFSET refuses the statement, also inside
    subqueries, views and SQL functions the statement reaches. Except:
-   - `allow_lookup: true` on the rule: the column itself compared with `=`, `<>` or IN to
-     parameters or constants (a lookup by a value the reader already knows), and
+   - `allow_lookup: true` on the rule: the column itself compared for equality (`=`, `<>`,
+     IN, `= ANY`, IS [NOT] DISTINCT FROM) to values that read no column: parameters,
+     constants and expressions of them (a lookup by a value the reader already knows), and
      `IS [NOT] NULL`;
    - `strategy: token` with whole-column masking: the column itself as a join key equal to
      another column masked by such a rule, or as a plain GROUP BY / PARTITION BY /

@@ -141,10 +141,20 @@ def _string_list(nodes: Iterable[Any] | None) -> list[str]:
     return [str(n.sval) for n in nodes or () if isinstance(n, ast.String)]
 
 
-def _is_constant(node: Any) -> bool:
-    while isinstance(node, ast.TypeCast):
-        node = node.arg
-    return isinstance(node, ast.A_Const | ast.ParamRef)
+_EQUALITY_KINDS = frozenset(
+    {A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL}
+)
+_SAME_KINDS = frozenset(
+    {A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT, A_Expr_Kind.AEXPR_IN}
+)
+
+
+def _equality(node: Any) -> bool:
+    """`=`, `<>`, `!=` (also with ANY/ALL), IS [NOT] DISTINCT FROM, IN (list): they tell
+    equal from different and nothing more."""
+    if node.kind in _SAME_KINDS:
+        return True
+    return node.kind in _EQUALITY_KINDS and _names(node.name)[-1] in _EQUALITY
 
 
 def _name_of(node: Any) -> str:
@@ -663,23 +673,21 @@ class _Analyzer:
         if isinstance(node, ast.NullTest):
             self.use(clause, self.expr(node.arg, scope), "null", node)
             return
-        if isinstance(node, ast.A_Expr):
-            name = _names(node.name or ())[-1:] or [""]
-            if node.kind == A_Expr_Kind.AEXPR_OP and name[0] in _EQUALITY:
-                left, right = node.lexpr, node.rexpr
-                if _is_constant(right) or _is_constant(left):
-                    column = left if _is_constant(right) else right
-                    self.use(clause, self.expr(column, scope), "lookup", node)
-                    return
-                if isinstance(left, ast.ColumnRef) and isinstance(right, ast.ColumnRef):
-                    lflow, rflow = self.expr(left, scope), self.expr(right, scope)
-                    self.use(clause, lflow, "equality", node, rflow)
-                    self.use(clause, rflow, "equality", node, lflow)
-                    return
-            values: Any = node.rexpr
-            in_list = node.kind == A_Expr_Kind.AEXPR_IN and isinstance(values, list | tuple)
-            if in_list and all(_is_constant(v) for v in values):
-                self.use(clause, self.expr(node.lexpr, scope), "lookup", node)
+        if isinstance(node, ast.A_Expr) and _equality(node):
+            lflow = self.expr(node.lexpr, scope)
+            right: Any = node.rexpr
+            if isinstance(right, list | tuple):  # IN (a, b, ...)
+                rflow = union(self.expr(v, scope) for v in right)
+            else:
+                rflow = self.expr(right, scope)
+            if not rflow or not lflow:
+                # Compared with values the reader supplies (constants, parameters, any
+                # expression of them): a lookup of the other side.
+                self.use(clause, lflow or rflow, "lookup", node)
+                return
+            if node.kind != A_Expr_Kind.AEXPR_IN and not isinstance(right, list | tuple):
+                self.use(clause, lflow, "equality", node, rflow)
+                self.use(clause, rflow, "equality", node, lflow)
                 return
         self.use(clause, self.expr(node, scope), "other", node)
 

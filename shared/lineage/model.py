@@ -98,10 +98,11 @@ class ClauseUse:
     """A source read by a clause that filters, joins, groups or orders rows.
 
     `kind` says how, for the rules that allow some uses: `lookup` (the column itself
-    compared with `=`, `<>` or IN to parameters or constants), `null` (`IS [NOT] NULL` of the
-    column itself), `equality` (the column itself equal to another column itself: a join key),
-    `group` (the column itself as a GROUP BY / PARTITION BY / DISTINCT ON key), `other`
-    (anything else: LIKE, ranges, functions of it, ORDER BY)."""
+    compared for equality, with `=`, `<>`, IN, `= ANY`, IS [NOT] DISTINCT FROM, to values
+    that read no column: constants, parameters, expressions of them), `null` (`IS [NOT]
+    NULL` of the column itself), `equality` (the column itself equal to another column
+    itself: a join key), `group` (the column itself as a GROUP BY / PARTITION BY / DISTINCT
+    ON key), `other` (anything else: LIKE, ranges, functions of it, ORDER BY)."""
 
     clause: str  # WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, window PARTITION BY, ...
     source: Source

@@ -209,6 +209,23 @@ USES: list[tuple[str, set[tuple[str, str, str]]]] = [
     ("SELECT id FROM accounts WHERE '4111' = card", {("WHERE", "accounts.card", "lookup")}),
     ("SELECT id FROM accounts WHERE card IN ('a', $1)", {("WHERE", "accounts.card", "lookup")}),
     ("SELECT id FROM accounts WHERE card IS NOT NULL", {("WHERE", "accounts.card", "null")}),
+    ("SELECT id FROM accounts WHERE card = ANY($1)", {("WHERE", "accounts.card", "lookup")}),
+    ("SELECT id FROM accounts WHERE card <> ALL ('{a}')", {("WHERE", "accounts.card", "lookup")}),
+    ("SELECT id FROM accounts WHERE card = lower($1)", {("WHERE", "accounts.card", "lookup")}),
+    (
+        "SELECT id FROM accounts WHERE card IS NOT DISTINCT FROM $1",
+        {("WHERE", "accounts.card", "lookup")},
+    ),
+    ("SELECT id FROM accounts WHERE $1 IN (card)", {("WHERE", "accounts.card", "lookup")}),
+    (
+        "SELECT id FROM accounts WHERE card IN (name, 'x')",
+        {("WHERE", "accounts.card", "other"), ("WHERE", "accounts.name", "other")},
+    ),
+    (
+        "SELECT id FROM accounts WHERE card = ANY (ARRAY[name])",
+        {("WHERE", "accounts.card", "equality"), ("WHERE", "accounts.name", "other")},
+    ),
+    ("SELECT id FROM accounts WHERE card = (SELECT 'x')", {("WHERE", "accounts.card", "lookup")}),
     ("SELECT id FROM accounts WHERE lower(card) = 'x'", {("WHERE", "accounts.card", "other")}),
     (
         "SELECT id FROM accounts WHERE id = 1 AND NOT (card = $1 OR card > '5')",
