@@ -62,7 +62,7 @@ class ClauseRefusal:
         if len(clause) > MAX_SHOWN:
             clause = clause[: MAX_SHOWN - 3] + "..."
         source = self.use.source
-        if not source.known:
+        if ANY in (source.table, source.column):
             return (
                 f"policy: {self.use.clause} ({clause}) reads {source}, which lineage cannot "
                 f"resolve, and masking rule {self.rule!r} may cover it; statement refused"

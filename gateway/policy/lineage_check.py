@@ -15,6 +15,12 @@ of the session, `gateway.protocols.pgfunctions.query`). The rules:
 4. Fail closed: when the catalog cannot be asked, the statement is refused, saying why; a
    statement after DDL in the same query string that reads a relation the catalog does not
    know yet is refused (send them separately).
+5. Unqualified names resolve through the session's default search_path (the side
+   connection logs in as the session does) until the session changes what names may mean
+   (SET search_path, set_config, SET ROLE, DDL such as a temporary table, DO): from then on
+   an unqualified relation is every relation of that name in any schema (their columns
+   together, its schema unknown, so schema-qualified rules match it; one of them a view:
+   not followed), and an unqualified function every function of that name.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ from typing import Any
 from pglast import parse_sql
 from pglast.parser import normalize
 
-from gateway.policy.facts import UnparsableSQL, statement_facts
+from gateway.policy.facts import Facts, UnparsableSQL, statement_facts
 from gateway.policy.functions import LookupFailed
 from gateway.policy.lineage import ClauseRefusal, ColumnRules
-from shared.lineage import Function, Lineage, Relation, analyze_statement
+from shared.lineage import ANY, Function, Lineage, Relation, analyze_statement
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +55,20 @@ def _hex(text: str | None) -> str:
     return f"convert_from(decode('{text.encode('utf-8').hex()}', 'hex'), 'UTF8')"
 
 
-def lookup_sql(relations: Sequence[Key], functions: Sequence[Key]) -> str:
-    """One catalog query for these names (hex-encoded: no quoting to get wrong)."""
+def lookup_sql(
+    relations: Sequence[Key], functions: Sequence[Key], *, any_path: bool = False
+) -> str:
+    """One catalog query for these names (hex-encoded: no quoting to get wrong).
+    `any_path`: an unqualified name may be in any schema (rule 5)."""
     parts: list[str] = []
     if relations:
         values = ", ".join(f"({_hex(s)}, {_hex(n)})" for s, n in relations)
-        parts.append(_RELATIONS.replace("VALUES_LIST", values))
+        found = _ANY_RELATION if any_path else _PATH_RELATION
+        parts.append(_RELATIONS.replace("VALUES_LIST", values).replace("FOUND", found))
     if functions:
         values = ", ".join(f"({_hex(s)}, {_hex(n)})" for s, n in functions)
-        parts.append(_FUNCTIONS.replace("VALUES_LIST", values))
+        found = "true" if any_path else _PATH_FUNCTION
+        parts.append(_FUNCTIONS.replace("VALUES_LIST", values).replace("FOUND", found))
     return " UNION ALL ".join(parts)
 
 
@@ -67,11 +78,13 @@ _RELATIONS = (
     " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,"
     " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END"
     " FROM (VALUES VALUES_LIST) q(s, n)"
-    " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(CASE WHEN q.s IS NULL"
-    " THEN pg_catalog.quote_ident(q.n)"
-    " ELSE pg_catalog.quote_ident(q.s) || '.' || pg_catalog.quote_ident(q.n) END)"
+    " LEFT JOIN pg_catalog.pg_class c ON CASE WHEN q.s IS NULL THEN FOUND"
+    " ELSE c.oid = pg_catalog.to_regclass("
+    "pg_catalog.quote_ident(q.s) || '.' || pg_catalog.quote_ident(q.n)) END"
     " LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace"
 )
+_PATH_RELATION = "c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(q.n))"
+_ANY_RELATION = "c.relname::text = q.n AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
 _FUNCTIONS = (
     "SELECT 'f', q.s, q.n, ns.nspname::text, l.lanname::text, (p.oid < 16384)::text,"
     " CASE WHEN l.lanname = 'sql' THEN p.prosrc END"
@@ -79,8 +92,9 @@ _FUNCTIONS = (
     " LEFT JOIN (pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace"
     " JOIN pg_catalog.pg_language l ON l.oid = p.prolang)"
     " ON p.proname::text = q.n AND CASE WHEN q.s IS NULL"
-    " THEN ns.nspname = ANY (pg_catalog.current_schemas(true)) ELSE ns.nspname::text = q.s END"
+    " THEN FOUND ELSE ns.nspname::text = q.s END"
 )
+_PATH_FUNCTION = "ns.nspname = ANY (pg_catalog.current_schemas(true))"
 _TRUE = frozenset({"t", "true"})
 
 
@@ -94,6 +108,7 @@ class SessionCatalog:
     wanted_relations: set[Key] = field(default_factory=set)
     wanted_functions: set[Key] = field(default_factory=set)
     generation: int = 0  # changes whenever what it holds changes
+    any_path: bool = False  # unqualified names may be in any schema (rule 5)
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at <= CACHE_TTL
@@ -126,27 +141,48 @@ class SessionCatalog:
     ) -> None:
         now = self.clock()
         found: dict[Key, list[Function]] = {k: [] for k in functions}
-        for key in relations:
-            self.relations[key] = (now, None)
+        candidates: dict[Key, list[Relation]] = {k: [] for k in relations}
         for row in rows:
             tag, key = row[0], (row[1], row[2] or "")
             if tag == "r" and row[3] is not None:
                 columns: Any = json.loads(row[5] or "[]")
-                self.relations[key] = (
-                    now,
-                    Relation(row[3], row[4] or "", tuple(str(c) for c in columns), row[6]),
-                )
+                relation = Relation(row[3], row[4] or "", tuple(str(c) for c in columns), row[6])
+                candidates.setdefault(key, []).append(relation)
             elif tag == "f" and row[3] is not None:
                 function = Function(row[3], key[1], row[4] or "", row[5] in _TRUE, row[6])
                 found.setdefault(key, []).append(function)
         for key, functions_found in found.items():
             self.functions_by_name[key] = (now, tuple(functions_found))
+        for key, relations_found in candidates.items():
+            self.relations[key] = (now, _merged(relations_found))
         self.generation += 1
 
     def clear(self) -> None:
         self.relations.clear()
         self.functions_by_name.clear()
         self.generation += 1
+
+
+def _changes(facts: Facts) -> bool:
+    """The statement may change what names resolve to: DDL, DO or dynamic SQL, a search_path
+    or role change."""
+    return (
+        "ddl" in facts.kinds
+        or facts.opaque
+        or bool(facts.search_path)
+        or "identity_change" in facts.flags
+    )
+
+
+def _merged(candidates: list[Relation]) -> Relation | None:
+    """The relation an unqualified name reaches; several candidates (rule 5): one whose
+    schema is unknown, with all their columns; None when one is a view (not followed)."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    if any(r.definition is not None for r in candidates):
+        return None
+    columns = dict.fromkeys(c for r in candidates for c in r.columns)
+    return Relation(ANY, candidates[0].name, tuple(columns))
 
 
 def _summary(lineages: Sequence[Lineage]) -> object:
@@ -235,7 +271,12 @@ class LineageCheck:
                 and self._clock() - cached.at <= CACHE_TTL
             ):
                 return cached.lineages, cached.changes
-        changes = tuple("ddl" in f.kinds or f.opaque for f in statement_facts(sql))
+        changes = tuple(_changes(f) for f in statement_facts(sql))
+        if any(changes) and not self.catalog.any_path:
+            # From now on an unqualified name may be anywhere (rule 5): what the catalog
+            # said under the default search path no longer stands.
+            self.catalog.any_path = True
+            self.catalog.clear()
         statements = [raw.stmt for raw in parse_sql(sql)]
         lineages = await self._analyse(statements)
         if shape is not None:
@@ -259,7 +300,7 @@ class LineageCheck:
             if not catalog.wanting:
                 return lineages
             relations, functions = catalog.take_wanted()
-            rows = await self._ask(lookup_sql(relations, functions))
+            rows = await self._ask(lookup_sql(relations, functions, any_path=catalog.any_path))
             catalog.learn(rows, relations, functions)
         lineages = tuple(analyze_statement(s, catalog) for s in statements)
         catalog.take_wanted()  # still wanting: the unresolved parts fail closed

@@ -243,7 +243,7 @@ class _Analyzer:
         step = Step(label=node) if isinstance(node, str) else Step(node=node)
         partner = frozenset(other)
         for source, trail in flow.items():
-            plain = kind if direct(trail) and source.known else "other"
+            plain = kind if direct(trail) and ANY not in (source.table, source.column) else "other"
             self.found.uses.setdefault(ClauseUse(clause, source, plain, step, partner))
 
     # ---- statements ----------------------------------------------------------------

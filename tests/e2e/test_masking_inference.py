@@ -270,3 +270,16 @@ def test_policy_explain_takes_the_statement_once() -> None:
     )
     assert out.returncode == 2
     assert "give the statement once: as the SQL argument or with --sql" in out.stderr
+
+
+def test_a_changed_search_path_does_not_hide_a_masked_column(stack: Stack) -> None:
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        conn.execute("set search_path to pg_temp, public")
+        with pytest.raises(errors.InsufficientPrivilege) as refused:
+            conn.execute("select id from accounts where card like '4%'")
+        assert "masked column accounts.card (rule 'cards') is used in WHERE" in str(refused.value)
+        rows = conn.execute("select name from accounts where id = 1").fetchall()
+        assert rows == [("Alice",)]
+        conn.execute("create temporary table accounts (id int, card text)")  # shadows it
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("select id from accounts where card like '4%'")

@@ -135,14 +135,21 @@ class FakeServer:
         self.asked.append(sql)
         rows: list[tuple[str | None, ...]] = []
         for part in sql.split(" UNION ALL "):
+            anywhere = "c.relname::text = q.n" in part  # any_path: every schema
             for schema, name in _keys(part):
                 if part.startswith("SELECT 'r'"):
-                    r = self.catalog.relation(schema, name)
-                    rows.append(
+                    found = [
+                        r
+                        for (s, n), r in self.catalog.relations.items()
+                        if n == name and (s == schema if schema else anywhere)
+                    ]
+                    if not (anywhere and not schema):
+                        r = self.catalog.relation(schema, name)
+                        found = [r] if r else []
+                    rows += [
                         ("r", schema, name, r.schema, r.name, json.dumps(r.columns), r.definition)
-                        if r
-                        else ("r", schema, name, None, None, None, None)
-                    )
+                        for r in found
+                    ] or [("r", schema, name, None, None, None, None)]
                 else:
                     for f in self.catalog.functions(schema, name) or ():
                         rows.append(
@@ -213,3 +220,21 @@ async def test_ddl_drops_the_cache_and_cannot_hide_a_view_in_the_same_string() -
     verdict = await check.check(rules(CARDS), "SELECT * FROM v")
     assert verdict.refusal is not None and "used in WHERE" in verdict.refusal
     assert len(server.asked) > asked  # the DDL dropped what the session held
+
+
+async def test_after_a_search_path_change_unqualified_names_may_be_in_any_schema() -> None:
+    catalog = (
+        MemoryCatalog()
+        .add(Relation("public", "accounts", ("id", "card")))
+        .add(Relation("archive", "accounts", ("id", "card", "pan")))
+    )
+    server = FakeServer(catalog)
+    check = LineageCheck(server.ask, Clock())
+    archived = rules({"name": "archive", "columns": ["archive.accounts.card"]})
+    probe = "SELECT id FROM accounts WHERE card LIKE '4%'"
+    assert (await check.check(archived, probe)).refusal is None  # public.accounts
+    assert (await check.check(archived, "SET search_path TO archive, public")).refusal is None
+    verdict = await check.check(archived, probe)  # either accounts, now
+    assert verdict.refusal is not None
+    assert "masked column accounts.card (rule 'archive') is used in WHERE" in verdict.refusal
+    assert "c.relname::text = q.n" in server.asked[-1]
