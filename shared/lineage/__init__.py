@@ -13,8 +13,10 @@ What it follows, per statement:
   `row_to_json(t)`), `SELECT *`, views (their definition, from the catalog) and LANGUAGE sql
   functions (their body, from the catalog; in expressions and in FROM);
 * row-selecting clauses (`Lineage.uses`): WHERE, JOIN ON/USING/NATURAL, GROUP BY (grouping
-  sets too), HAVING, ORDER BY, DISTINCT ON, window PARTITION BY/ORDER BY, LIMIT/OFFSET, in
-  the statement, its subqueries, and the views and SQL functions it reaches; each use says
+  sets too), HAVING, ORDER BY, DISTINCT ON, window PARTITION BY/ORDER BY, an aggregate's
+  FILTER and ORDER BY, ON CONFLICT ... WHERE, LIMIT/OFFSET, in the statement, its
+  subqueries, and the views and SQL functions it reaches (DO blocks and built-ins that read
+  data named by text, `query_to_xml`, `dblink`..., are a use of `UNKNOWN`); each use says
   whether it is a plain lookup (`col = $1`, `col IN ('a', 'b')`), a NULL test, a join key
   (`a.col = b.col`), a plain grouping key, or anything else;
 * statements: SELECT, VALUES, INSERT/UPDATE/DELETE/MERGE ... RETURNING, COPY (query) TO,

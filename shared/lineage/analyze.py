@@ -31,6 +31,21 @@ from shared.lineage.model import (
 )
 
 MAX_DEPTH = 8  # views and functions nested deeper than this are not followed (fail closed)
+# Built-in functions that read data named by a text argument (SQL text, a relation, a
+# cursor, a whole schema or database, another server): lineage cannot follow them.
+SQL_TEXT_FUNCTIONS = frozenset(
+    {
+        *(
+            f"{what}_to_xml{suffix}"
+            for what in ("query", "table", "schema", "database")
+            for suffix in ("", "schema", "_and_xmlschema")
+        ),
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        *("dblink", "dblink_exec", "dblink_open", "dblink_fetch", "dblink_send_query"),
+        "dblink_get_result",
+    }
+)
 _EQUALITY = frozenset({"=", "<>", "!="})
 _EMPTY: Flow = {}
 # Expression nodes shown as a step of a path (the others are parts of one of these).
@@ -272,9 +287,17 @@ class _Analyzer:
         if isinstance(stmt, ast.ExecuteStmt):
             reason = f"EXECUTE {stmt.name}: a statement prepared with PREPARE is not followed"
             return [ResultColumn(ANY, self.note(reason))]
+        if isinstance(stmt, ast.DoStmt):
+            self.opaque("DO block", "a DO block runs code lineage cannot follow")
+            return []
         if isinstance(stmt, ast.CallStmt):
             return [ResultColumn(_name_of(stmt.funccall), self.expr(stmt.funccall, scope))]
         return []
+
+    def opaque(self, clause: str, reason: str) -> Flow:
+        """Code or SQL text this analysis cannot read: it may select rows by anything."""
+        self.found.uses.setdefault(ClauseUse(clause, UNKNOWN, "other", Step(label=reason)))
+        return self.note(reason)
 
     def write(self, target: str, columns: Sequence[ResultColumn]) -> None:
         if any(c.flow for c in columns):
@@ -594,16 +617,24 @@ class _Analyzer:
         return through(flow, Step(node=node)) if isinstance(node, _SHOWN) else flow
 
     def arguments(self, call: Any, scope: _Scope) -> Flow:
+        """The arguments, an aggregate's ORDER BY and FILTER too (both also choose or order
+        the rows it reads: clause uses)."""
         parts = [self.expr(a, scope) for a in call.args or ()]
         for sort in call.agg_order or ():
-            parts.append(self.expr(sort.node, scope))
-        parts.append(self.expr(call.agg_filter, scope))
-        if call.agg_star and call.over is None:
-            pass  # count(*): no column's value
+            flow = self.expr(sort.node, scope)
+            self.use("aggregate ORDER BY", flow, "other", sort.node)
+            parts.append(flow)
+        if call.agg_filter is not None:
+            self.condition(call.agg_filter, scope, "aggregate FILTER")
+            parts.append(self.expr(call.agg_filter, scope))
         return union(parts)
 
     def call(self, call: Any, scope: _Scope) -> Flow:
         flow = self.arguments(call, scope)
+        name = _names(call.funcname)[-1]
+        if name in SQL_TEXT_FUNCTIONS:
+            reason = f"{name}() reads data given as SQL text or by name"
+            flow = union([flow, self.opaque(f"{name}()", reason)])
         if call.over is not None:
             self.window(call.over, scope)
             window = call.over
@@ -704,6 +735,9 @@ class _Analyzer:
                 values = self.statement(stmt.selectStmt, scope)
                 for name, column in zip(names, values, strict=False):
                     written[name] = column.flow
+            conflict = stmt.onConflictClause
+            if conflict is not None:
+                self.on_conflict(conflict, target, written, inner)
         else:
             extra = stmt.fromClause if isinstance(stmt, ast.UpdateStmt) else stmt.usingClause
             inner.items.append(target)
@@ -723,6 +757,19 @@ class _Analyzer:
         if target not in inner.items:
             inner.items.append(target)
         return self.targets(_returning(stmt), inner)
+
+    def on_conflict(
+        self, conflict: Any, target: _Item, written: dict[str, Flow], inner: _Scope
+    ) -> None:
+        """DO UPDATE sees the existing row and `excluded`, the row proposed for insertion;
+        its WHERE decides which rows change (and come back in RETURNING)."""
+        proposed = [(n, union([f, written.get(n, _EMPTY)])) for n, f in target.columns]
+        scope = _Scope([target, _Item("excluded", None, proposed, target.unknown)], parent=inner)
+        for t in conflict.targetList or ():
+            flow = self.expr(t.val, scope)
+            written[t.name] = union([written.get(t.name, _EMPTY), flow])
+        if conflict.whereClause is not None:
+            self.condition(conflict.whereClause, scope, "WHERE")
 
     def merge(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
         scope = self.with_clause(stmt.withClause, outer)

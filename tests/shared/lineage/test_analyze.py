@@ -316,6 +316,22 @@ USES: list[tuple[str, set[tuple[str, str, str]]]] = [
         {("WHERE", "accounts.card", "other")},
     ),
     ("SELECT id FROM accounts WHERE id = 1", {("WHERE", "accounts.id", "lookup")}),
+    (
+        "SELECT count(*) FILTER (WHERE card LIKE '4%') FROM accounts",
+        {("aggregate FILTER", "accounts.card", "other")},
+    ),
+    (
+        "SELECT string_agg(name, ',' ORDER BY card) FROM accounts",
+        {("aggregate ORDER BY", "accounts.card", "other")},
+    ),
+    (
+        "INSERT INTO accounts (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET name = "
+        "excluded.name WHERE accounts.card LIKE '4%' RETURNING id",
+        {("WHERE", "accounts.card", "other")},
+    ),
+    ("SELECT query_to_xml('select 1', true, false, '')", {("query_to_xml()", "*.*", "other")}),
+    ("SELECT table_to_xml('accounts', true, false, '')", {("table_to_xml()", "*.*", "other")}),
+    ("DO $$ BEGIN PERFORM 1; END $$", {("DO block", "*.*", "other")}),
 ]
 
 
