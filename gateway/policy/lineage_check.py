@@ -76,7 +76,7 @@ _RELATIONS = (
     "SELECT 'r', q.s, q.n, ns.nspname::text, c.relname::text,"
     " (SELECT json_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a"
     " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,"
-    " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END"
+    " CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, NULL"
     " FROM (VALUES VALUES_LIST) q(s, n)"
     " LEFT JOIN pg_catalog.pg_class c ON CASE WHEN q.s IS NULL THEN FOUND"
     " ELSE c.oid = pg_catalog.to_regclass("
@@ -87,7 +87,7 @@ _PATH_RELATION = "c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(q.n))"
 _ANY_RELATION = "c.relname::text = q.n AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
 _FUNCTIONS = (
     "SELECT 'f', q.s, q.n, ns.nspname::text, l.lanname::text, (p.oid < 16384)::text,"
-    " CASE WHEN l.lanname = 'sql' THEN p.prosrc END"
+    " CASE WHEN l.lanname = 'sql' THEN p.prosrc END, p.proretset::text"
     " FROM (VALUES VALUES_LIST) q(s, n)"
     " LEFT JOIN (pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace"
     " JOIN pg_catalog.pg_language l ON l.oid = p.prolang)"
@@ -149,7 +149,10 @@ class SessionCatalog:
                 relation = Relation(row[3], row[4] or "", tuple(str(c) for c in columns), row[6])
                 candidates.setdefault(key, []).append(relation)
             elif tag == "f" and row[3] is not None:
-                function = Function(row[3], key[1], row[4] or "", row[5] in _TRUE, row[6])
+                returns_set = len(row) > 7 and row[7] in _TRUE
+                function = Function(
+                    row[3], key[1], row[4] or "", row[5] in _TRUE, row[6], returns_set
+                )
                 found.setdefault(key, []).append(function)
         for key, functions_found in found.items():
             self.functions_by_name[key] = (now, tuple(functions_found))

@@ -14,7 +14,8 @@ What it follows, per statement:
   functions (their body, from the catalog; in expressions and in FROM);
 * row-selecting clauses (`Lineage.uses`): WHERE, JOIN ON/USING/NATURAL, GROUP BY (grouping
   sets too), HAVING, ORDER BY, DISTINCT ON, window PARTITION BY/ORDER BY, an aggregate's
-  FILTER and ORDER BY, ON CONFLICT ... WHERE, LIMIT/OFFSET, in the statement, its
+  FILTER and ORDER BY, ON CONFLICT ... WHERE, LIMIT/OFFSET, TABLESAMPLE, the arguments of
+  set-returning functions (in FROM or the select list), in the statement, its
   subqueries, and the views and SQL functions it reaches (DO blocks and built-ins that read
   data named by text, `query_to_xml`, `dblink`..., are a use of `UNKNOWN`); each use says
   whether it is a plain lookup (`col = $1`, `col IN ('a', 'b')`), a NULL test, a join key

@@ -31,6 +31,17 @@ from shared.lineage.model import (
 )
 
 MAX_DEPTH = 8  # views and functions nested deeper than this are not followed (fail closed)
+# Built-in set-returning functions (for a catalog that does not say `returns_set`).
+SET_RETURNING = frozenset(
+    {
+        *("generate_series", "generate_subscripts", "unnest", "regexp_matches"),
+        *("regexp_split_to_table", "string_to_table", "json_array_elements"),
+        *("json_array_elements_text", "jsonb_array_elements", "jsonb_array_elements_text"),
+        *("json_each", "json_each_text", "jsonb_each", "jsonb_each_text", "json_object_keys"),
+        *("jsonb_object_keys", "json_to_recordset", "jsonb_to_recordset"),
+        *("json_populate_recordset", "jsonb_populate_recordset", "jsonb_path_query"),
+    }
+)
 # Built-in functions that read data named by a text argument (SQL text, a relation, a
 # cursor, a whole schema or database, another server): lineage cannot follow them.
 SQL_TEXT_FUNCTIONS = frozenset(
@@ -453,6 +464,9 @@ class _Analyzer:
         if isinstance(item, ast.JoinExpr):
             return self.join(item, scope, outer)
         if isinstance(item, ast.RangeTableSample):
+            for expr in (*(item.args or ()), item.repeatable):
+                if expr is not None:
+                    self.use("TABLESAMPLE", self.expr(expr, scope), "other", expr)
             return self.from_item(item.relation, scope, outer)
         # XMLTABLE, JSON_TABLE, ...: any column may come from anything the item reads.
         flow = union(self.expr(c, scope) for c in _children(item))
@@ -562,6 +576,8 @@ class _Analyzer:
                 vague.append(self.expr(call, scope))
                 continue
             args = self.arguments(call, scope)
+            # Its arguments decide which and how many rows it yields: a clause use.
+            self.use("FROM function", args, "other", call)
             body = self.function_body(call, args)
             if body is None:
                 vague.append(through(args, Step(node=call)))
@@ -640,14 +656,21 @@ class _Analyzer:
             window = call.over
             keys = [*(window.partitionClause or ()), *(s.node for s in window.orderClause or ())]
             flow = union([flow, *(self.expr(e, scope) for e in keys)])
-        body = self.function_body(call, flow)
+        set_returning: list[bool] = []
+        body = self.function_body(call, flow, set_returning)
+        if name in SET_RETURNING or set_returning:
+            # How many rows come back depends on its arguments: a clause use.
+            self.use("set-returning function", flow, "other", call)
         if body:
             flow = union([flow, *(c.flow for c in body)])
         return through(flow, Step(node=call))
 
-    def function_body(self, call: Any, args: Flow) -> list[ResultColumn] | None:
+    def function_body(
+        self, call: Any, args: Flow, set_returning: list[bool] | None = None
+    ) -> list[ResultColumn] | None:
         """The result columns of the SQL function `call` reaches, merged over candidates;
-        None for a built-in (its output comes from its arguments)."""
+        None for a built-in (its output comes from its arguments). `set_returning` gets
+        True when a candidate returns SETOF."""
         names = _names(call.funcname)
         schema = names[-2] if len(names) > 1 else None
         found = self.catalog.functions(schema, names[-1])
@@ -657,6 +680,8 @@ class _Analyzer:
                 f"function {shown} is not in the catalog; its result is taken as its arguments"
             )
             return None
+        if set_returning is not None and any(f.returns_set for f in found):
+            set_returning.append(True)
         users = [f for f in found if not f.builtin]
         if not users:
             return None

@@ -159,6 +159,7 @@ class Function:
     language: str
     builtin: bool
     body: str | None = None
+    returns_set: bool = False  # SETOF: its arguments decide how many rows come back
 
 
 class Catalog(Protocol):

@@ -104,6 +104,10 @@ def stack(
             "create function ids_by_card(text) returns setof int language sql stable"
             " as 'select id from accounts where card like $1'"
         )
+        conn.execute(
+            "create function chars(text) returns setof text language sql immutable"
+            " as $$select regexp_split_to_table($1, '')$$"
+        )
     wg = Wardgate(tmp_path_factory.mktemp("inference"))
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key(), policy={"masking": MASKING})
@@ -163,6 +167,31 @@ REFUSED: list[tuple[str, tuple[Any, ...], str, str]] = [
         ("4",),
         "accounts.card",
         "WHERE",
+    ),
+    (
+        "select generate_series(1, ascii(card)) from accounts",
+        (),
+        "accounts.card",
+        "set-returning function",
+    ),
+    ("select chars(card) from accounts", (), "accounts.card", "set-returning function"),
+    (
+        "select x from accounts a, regexp_split_to_table(a.card, '') x",
+        (),
+        "accounts.card",
+        "FROM function",
+    ),
+    (
+        "select count(*) filter (where card like '4%') from accounts",
+        (),
+        "accounts.card",
+        "aggregate FILTER",
+    ),
+    (
+        "select string_agg(name, ',' order by card) from accounts",
+        (),
+        "accounts.card",
+        "aggregate ORDER BY",
     ),
     (
         "with c as (select id, card from accounts) select id from c where card like '5%'",

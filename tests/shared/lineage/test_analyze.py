@@ -332,6 +332,14 @@ USES: list[tuple[str, set[tuple[str, str, str]]]] = [
     ("SELECT query_to_xml('select 1', true, false, '')", {("query_to_xml()", "*.*", "other")}),
     ("SELECT table_to_xml('accounts', true, false, '')", {("table_to_xml()", "*.*", "other")}),
     ("DO $$ BEGIN PERFORM 1; END $$", {("DO block", "*.*", "other")}),
+    (
+        "SELECT generate_series(1, ascii(card)) FROM accounts",
+        {("set-returning function", "accounts.card", "other")},
+    ),
+    (
+        "SELECT g FROM accounts a, generate_series(1, length(a.card)) g",
+        {("FROM function", "accounts.card", "other")},
+    ),
 ]
 
 
