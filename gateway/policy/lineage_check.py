@@ -254,8 +254,9 @@ class LineageCheck:
         for i, lineage in enumerate(lineages):
             if any(changes[:i]) and lineage.unresolved:
                 return Verdict(
-                    "policy: this statement follows DDL in the same query string and reads "
-                    "what the catalog does not know yet; send the DDL first, on its own",
+                    "policy: a statement reads what the catalog does not know yet, after DDL "
+                    "or a search_path change in the same query string; send that first, "
+                    "on its own",
                     lineages=tuple(lineages),
                 )
         if any(changes):

@@ -8,7 +8,7 @@ FROM items or names it cannot resolve carry `ANY` sources with a reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,24 @@ from shared.lineage.model import (
     UseKind,
     Write,
     direct,
+)
+from shared.lineage.tree import (
+    EMPTY,
+    Item,
+    Scope,
+    children,
+    column_name,
+    is_equality,
+    merge_columns,
+    named_columns,
+    names_of,
+    relation_name,
+    resolve_in,
+    returning,
+    string_list,
+    through,
+    union,
+    unknown_flow,
 )
 
 MAX_DEPTH = 8  # views and functions nested deeper than this are not followed (fail closed)
@@ -57,8 +75,6 @@ SQL_TEXT_FUNCTIONS = frozenset(
         "dblink_get_result",
     }
 )
-_EQUALITY = frozenset({"=", "<>", "!="})
-_EMPTY: Flow = {}
 # Expression nodes shown as a step of a path (the others are parts of one of these).
 _SHOWN = (
     ast.A_Expr,
@@ -76,167 +92,6 @@ _SHOWN = (
     ast.A_ArrayExpr,
     ast.CollateClause,
 )
-
-
-def union(flows: Iterable[Flow]) -> Flow:
-    out: dict[Source, Any] = {}
-    for flow in flows:
-        for source, trail in flow.items():
-            out.setdefault(source, trail)
-    return out
-
-
-def through(flow: Flow, step: Step) -> Flow:
-    return {source: (step, *trail) for source, trail in flow.items()} if flow else flow
-
-
-def unknown_flow(reason: str, source: Source = UNKNOWN) -> Flow:
-    return {source: (Step(label=reason),)}
-
-
-@dataclass
-class _Item:
-    """One FROM item as names see it: its columns, or `unknown`, the flow of any column
-    name (a relation the catalog lacks, a built-in function's output)."""
-
-    name: str | None
-    schema: str | None
-    columns: list[tuple[str, Flow]]
-    unknown: Flow | None = None
-
-    def whole(self) -> Flow:
-        return union([*(f for _, f in self.columns), self.unknown or _EMPTY])
-
-    def column(self, name: str) -> Flow | None:
-        found = [f for n, f in self.columns if n == name]
-        if found:
-            return union(found)
-        return self.unknown
-
-
-@dataclass
-class _Scope:
-    items: list[_Item] = field(default_factory=list)
-    ctes: dict[str, list[tuple[str, Flow]]] = field(default_factory=dict)
-    parent: _Scope | None = None
-
-    def cte(self, name: str) -> list[tuple[str, Flow]] | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            if name in scope.ctes:
-                return scope.ctes[name]
-            scope = scope.parent
-        return None
-
-    def resolve(self, names: Sequence[str]) -> Flow | None:
-        """A column reference in this scope alone; None when it names nothing here."""
-        if len(names) == 1:
-            (name,) = names
-            if name == ANY:
-                return union(i.whole() for i in self.items)
-            found = [f for i in self.items for n, f in i.columns if n == name]
-            if found:
-                return union(found)
-            rows = [i.whole() for i in self.items if i.name == name]
-            if rows:
-                return union(rows)  # a whole-row reference: `t`
-            vague = [i.unknown for i in self.items if i.unknown is not None]
-            return union(vague) if vague else None
-        *qualifier, name = names[-3:]
-        table = qualifier[-1]
-        schema = qualifier[0] if len(qualifier) == 2 else None
-        items = [
-            i
-            for i in self.items
-            if i.name == table and (schema is None or i.schema in (schema, None))
-        ]
-        if not items:
-            return None
-        if name == ANY:
-            return union(i.whole() for i in items)
-        found = [f for i in items if (f := i.column(name)) is not None]
-        return union(found) if found else None
-
-
-def _names(fields: Iterable[Any] | None) -> list[str]:
-    """Name parts as the server reads them; `*` for A_Star."""
-    return [str(f.sval) if isinstance(f, ast.String) else ANY for f in fields or ()] or [ANY]
-
-
-def _string_list(nodes: Iterable[Any] | None) -> list[str]:
-    return [str(n.sval) for n in nodes or () if isinstance(n, ast.String)]
-
-
-_EQUALITY_KINDS = frozenset(
-    {A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL}
-)
-_SAME_KINDS = frozenset(
-    {A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT, A_Expr_Kind.AEXPR_IN}
-)
-
-
-def _equality(node: Any) -> bool:
-    """`=`, `<>`, `!=` (also with ANY/ALL), IS [NOT] DISTINCT FROM, IN (list): they tell
-    equal from different and nothing more."""
-    if node.kind in _SAME_KINDS:
-        return True
-    return node.kind in _EQUALITY_KINDS and _names(node.name)[-1] in _EQUALITY
-
-
-def _name_of(node: Any) -> str:
-    """The name PostgreSQL gives a result column with no alias."""
-    if isinstance(node, ast.ColumnRef):
-        return _names(node.fields)[-1]
-    if isinstance(node, ast.FuncCall):
-        return _names(node.funcname)[-1]
-    if isinstance(node, ast.TypeCast):
-        inner = _name_of(node.arg)
-        if inner != "?column?":
-            return inner
-        return _names(node.typeName.names)[-1] if node.typeName is not None else inner
-    if isinstance(node, ast.A_Indirection) and node.indirection:
-        last = node.indirection[-1]
-        return str(last.sval) if isinstance(last, ast.String) else _name_of(node.arg)
-    if isinstance(node, ast.CaseExpr):
-        return "case"
-    if isinstance(node, ast.CoalesceExpr):
-        return "coalesce"
-    if isinstance(node, ast.SubLink):
-        if node.subLinkType == SubLinkType.EXISTS_SUBLINK:
-            return "exists"
-        if node.subLinkType == SubLinkType.ARRAY_SUBLINK:
-            return "array"
-        targets = getattr(node.subselect, "targetList", None)
-        if node.subLinkType == SubLinkType.EXPR_SUBLINK and targets:
-            first = targets[0]
-            return first.name or _name_of(first.val)
-    return "?column?"
-
-
-def _children(node: Any) -> Iterator[Any]:
-    for attr in getattr(type(node), "__slots__", ()):
-        if attr == "location":
-            continue
-        value = getattr(node, attr, None)
-        if isinstance(value, ast.Node):
-            yield value
-        elif isinstance(value, list | tuple):
-            yield from _flatten(value)
-
-
-def _flatten(values: Iterable[Any]) -> Iterator[Any]:
-    for v in values:
-        if isinstance(v, ast.Node):
-            yield v
-        elif isinstance(v, list | tuple):
-            yield from _flatten(v)
-
-
-def _returning(stmt: Any) -> Sequence[Any]:
-    clause = getattr(stmt, "returningClause", None)
-    if clause is not None:
-        return clause.exprs or ()
-    return getattr(stmt, "returningList", None) or ()
 
 
 @dataclass
@@ -265,7 +120,7 @@ class _Analyzer:
         self.found.unresolved.setdefault(reason)
         return unknown_flow(reason, source)
 
-    def use(self, clause: str, flow: Flow, kind: UseKind, node: Any, other: Flow = _EMPTY) -> None:
+    def use(self, clause: str, flow: Flow, kind: UseKind, node: Any, other: Flow = EMPTY) -> None:
         step = Step(label=node) if isinstance(node, str) else Step(node=node)
         partner = frozenset(other)
         for source, trail in flow.items():
@@ -274,9 +129,9 @@ class _Analyzer:
 
     # ---- statements ----------------------------------------------------------------
 
-    def statement(self, stmt: Any, scope: _Scope | None = None) -> list[ResultColumn]:
+    def statement(self, stmt: Any, scope: Scope | None = None) -> list[ResultColumn]:
         """The result columns of `stmt` (uses and writes go to the findings)."""
-        scope = scope or _Scope()
+        scope = scope or Scope()
         if isinstance(stmt, ast.SelectStmt):
             return self.select(stmt, scope)
         if isinstance(stmt, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
@@ -289,11 +144,11 @@ class _Analyzer:
             return self.statement(stmt.query, scope)
         if isinstance(stmt, ast.ExplainStmt):
             self.statement(stmt.query, scope)  # EXPLAIN ANALYZE runs it: its clauses count
-            return [ResultColumn("QUERY PLAN", _EMPTY)]
+            return [ResultColumn("QUERY PLAN", EMPTY)]
         if isinstance(stmt, ast.CreateTableAsStmt):
             columns = self.statement(stmt.query, scope)
             into: Any = stmt.into
-            self.write(_relation_name(into.rel), columns)
+            self.write(relation_name(into.rel), columns)
             return []
         if isinstance(stmt, ast.ExecuteStmt):
             reason = f"EXECUTE {stmt.name}: a statement prepared with PREPARE is not followed"
@@ -302,7 +157,7 @@ class _Analyzer:
             self.opaque("DO block", "a DO block runs code lineage cannot follow")
             return []
         if isinstance(stmt, ast.CallStmt):
-            return [ResultColumn(_name_of(stmt.funccall), self.expr(stmt.funccall, scope))]
+            return [ResultColumn(column_name(stmt.funccall), self.expr(stmt.funccall, scope))]
         return []
 
     def opaque(self, clause: str, reason: str) -> Flow:
@@ -314,7 +169,7 @@ class _Analyzer:
         if any(c.flow for c in columns):
             self.found.writes.append(Write(target, tuple(columns)))
 
-    def select(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+    def select(self, stmt: Any, outer: Scope) -> list[ResultColumn]:
         scope = self.with_clause(stmt.withClause, outer)
         if stmt.op != SetOperation.SETOP_NONE:
             left = self.select(stmt.larg, scope)
@@ -323,7 +178,7 @@ class _Analyzer:
                 ResultColumn(lc.name, union([lc.flow, rc.flow]))
                 for lc, rc in zip(left, right, strict=False)
             ]
-            self.sort(stmt.sortClause, columns, _Scope(parent=scope))
+            self.sort(stmt.sortClause, columns, Scope(parent=scope))
             self.limits(stmt, scope)
             return columns
         if stmt.valuesLists:
@@ -333,7 +188,7 @@ class _Analyzer:
                 for i, value in enumerate(row):
                     flows[i].append(self.expr(value, scope))
             return [ResultColumn(f"column{i + 1}", union(f)) for i, f in enumerate(flows)]
-        inner = _Scope(parent=scope)
+        inner = Scope(parent=scope)
         for item in stmt.fromClause or ():
             inner.items.extend(self.from_item(item, inner, scope))
         windows = {w.name: w for w in stmt.windowClause or () if w.name}
@@ -352,55 +207,55 @@ class _Analyzer:
         self.sort(stmt.sortClause, columns, inner)
         self.limits(stmt, inner)
         if stmt.intoClause is not None:
-            self.write(_relation_name(stmt.intoClause.rel), columns)
+            self.write(relation_name(stmt.intoClause.rel), columns)
             return []
         return columns
 
-    def limits(self, stmt: Any, scope: _Scope) -> None:
+    def limits(self, stmt: Any, scope: Scope) -> None:
         for expr in (stmt.limitCount, stmt.limitOffset):
             if expr is not None:
                 self.use("LIMIT", self.expr(expr, scope), "other", expr)
 
-    def with_clause(self, clause: Any, outer: _Scope) -> _Scope:
+    def with_clause(self, clause: Any, outer: Scope) -> Scope:
         if clause is None:
             return outer
-        scope = _Scope(parent=outer)
+        scope = Scope(parent=outer)
         for cte in clause.ctes or ():
-            names = _string_list(cte.aliascolnames)
+            names = string_list(cte.aliascolnames)
             query = cte.ctequery
             if clause.recursive and isinstance(query, ast.SelectStmt) and query.larg is not None:
                 # Seed with the non-recursive term, then run to a fixed point: the recursive
                 # term may carry more sources into each column on each pass.
-                scope.ctes[cte.ctename] = _columns(names, self.select(query.larg, scope))
+                scope.ctes[cte.ctename] = named_columns(names, self.select(query.larg, scope))
                 for _ in range(4):
                     before = {n: frozenset(f) for n, f in scope.ctes[cte.ctename]}
-                    scope.ctes[cte.ctename] = _columns(names, self.statement(query, scope))
+                    scope.ctes[cte.ctename] = named_columns(names, self.statement(query, scope))
                     if {n: frozenset(f) for n, f in scope.ctes[cte.ctename]} == before:
                         break
                 else:
                     reason = f"recursive CTE {cte.ctename} did not settle"
                     scope.ctes[cte.ctename] = [(ANY, self.note(reason))]
             else:
-                scope.ctes[cte.ctename] = _columns(names, self.statement(query, scope))
+                scope.ctes[cte.ctename] = named_columns(names, self.statement(query, scope))
         return scope
 
-    def targets(self, targets: Iterable[Any], scope: _Scope) -> list[ResultColumn]:
+    def targets(self, targets: Iterable[Any], scope: Scope) -> list[ResultColumn]:
         columns: list[ResultColumn] = []
         for target in targets:
             val: Any = target.val
-            if isinstance(val, ast.ColumnRef) and _names(val.fields)[-1] == ANY:
-                columns.extend(self.star(_names(val.fields), scope))
+            if isinstance(val, ast.ColumnRef) and names_of(val.fields)[-1] == ANY:
+                columns.extend(self.star(names_of(val.fields), scope))
                 continue
             last = (getattr(val, "indirection", None) or (None,))[-1]
             if isinstance(val, ast.A_Indirection) and isinstance(last, ast.A_Star):
                 flow = self.expr(val.arg, scope)  # (f(x)).*: every field of the row
-                columns.append(ResultColumn(_name_of(val.arg), through(flow, Step(node=val))))
+                columns.append(ResultColumn(column_name(val.arg), through(flow, Step(node=val))))
                 continue
-            name = target.name or _name_of(val)
+            name = target.name or column_name(val)
             columns.append(ResultColumn(name, self.expr(val, scope)))
         return columns
 
-    def star(self, names: list[str], scope: _Scope) -> list[ResultColumn]:
+    def star(self, names: list[str], scope: Scope) -> list[ResultColumn]:
         qualifier = names[:-1]
         items = scope.items
         if qualifier:
@@ -412,7 +267,7 @@ class _Analyzer:
         out += [ResultColumn(ANY, i.unknown) for i in items if i.unknown]
         return out
 
-    def group(self, groups: Iterable[Any], columns: list[ResultColumn], scope: _Scope) -> None:
+    def group(self, groups: Iterable[Any], columns: list[ResultColumn], scope: Scope) -> None:
         for expr in groups:
             if isinstance(expr, ast.GroupingSet):
                 self.group(expr.content or (), columns, scope)
@@ -420,19 +275,19 @@ class _Analyzer:
             flow = self.output_or_input(expr, columns, scope, output_first=False)
             self.use("GROUP BY", flow, "group", expr)
 
-    def sort(self, sorts: Any, columns: list[ResultColumn], scope: _Scope) -> None:
+    def sort(self, sorts: Any, columns: list[ResultColumn], scope: Scope) -> None:
         for sort in sorts or ():
             flow = self.output_or_input(sort.node, columns, scope, output_first=True)
             self.use("ORDER BY", flow, "other", sort.node)
 
-    def window(self, window: Any, scope: _Scope) -> None:
+    def window(self, window: Any, scope: Scope) -> None:
         for expr in window.partitionClause or ():
             self.use("window PARTITION BY", self.expr(expr, scope), "group", expr)
         for sort in window.orderClause or ():
             self.use("window ORDER BY", self.expr(sort.node, scope), "other", sort.node)
 
     def output_or_input(
-        self, expr: Any, columns: list[ResultColumn], scope: _Scope, *, output_first: bool
+        self, expr: Any, columns: list[ResultColumn], scope: Scope, *, output_first: bool
     ) -> Flow:
         """An ORDER BY / GROUP BY / DISTINCT ON item: an ordinal or an output name names a
         result column (ORDER BY prefers output names, GROUP BY input columns)."""
@@ -440,17 +295,17 @@ class _Analyzer:
             index = int(expr.val.ival or 0) - 1
             if 0 <= index < len(columns):
                 return columns[index].flow
-            return _EMPTY
+            return EMPTY
         if isinstance(expr, ast.ColumnRef) and len(expr.fields or ()) == 1:
-            name = _names(expr.fields)[0]
+            name = names_of(expr.fields)[0]
             named = [c.flow for c in columns if c.name == name]
-            if named and (output_first or _resolve_in(name, scope) is None):
+            if named and (output_first or resolve_in(name, scope) is None):
                 return union(named)
         return self.expr(expr, scope)
 
     # ---- FROM ----------------------------------------------------------------------
 
-    def from_item(self, item: Any, scope: _Scope, outer: _Scope) -> list[_Item]:
+    def from_item(self, item: Any, scope: Scope, outer: Scope) -> list[Item]:
         """The items `item` adds to `scope` (LATERAL ones see the items before them)."""
         if isinstance(item, ast.RangeVar):
             return [self.range_var(item, outer)]
@@ -469,23 +324,23 @@ class _Analyzer:
                     self.use("TABLESAMPLE", self.expr(expr, scope), "other", expr)
             return self.from_item(item.relation, scope, outer)
         # XMLTABLE, JSON_TABLE, ...: any column may come from anything the item reads.
-        flow = union(self.expr(c, scope) for c in _children(item))
+        flow = union(self.expr(c, scope) for c in children(item))
         alias = getattr(item, "alias", None)
-        return [_Item(alias.aliasname if alias else None, None, [], flow)]
+        return [Item(alias.aliasname if alias else None, None, [], flow)]
 
-    def join(self, join: Any, scope: _Scope, outer: _Scope) -> list[_Item]:
+    def join(self, join: Any, scope: Scope, outer: Scope) -> list[Item]:
         left = self.from_item(join.larg, scope, outer)
         scope.items.extend(left)  # LATERAL on the right sees the left
         right = self.from_item(join.rarg, scope, outer)
         del scope.items[len(scope.items) - len(left) :]
-        both = _Scope(items=[*left, *right], parent=scope)
-        using = _string_list(join.usingClause)
+        both = Scope(items=[*left, *right], parent=scope)
+        using = string_list(join.usingClause)
         if join.isNatural:
             right_names = {n for i in right for n, _ in i.columns}
             using = [n for i in left for n, _ in i.columns if n in right_names]
         merged: list[tuple[str, Flow]] = []
         for name in using:
-            flows = [_Scope(side).resolve([name]) or _EMPTY for side in (left, right)]
+            flows = [Scope(side).resolve([name]) or EMPTY for side in (left, right)]
             shown = f"USING ({name})"
             self.use("JOIN", flows[0], "equality", shown, flows[1])
             self.use("JOIN", flows[1], "equality", shown, flows[0])
@@ -497,12 +352,12 @@ class _Analyzer:
         rest = [(n, f) for i in (*left, *right) for n, f in i.columns if n not in using]
         vague = [i.unknown for i in (*left, *right) if i.unknown]
         name = str(join.alias.aliasname) if join.alias is not None else ""
-        joined = _Item(name, None, merged + rest, union(vague) if vague else None)
+        joined = Item(name, None, merged + rest, union(vague) if vague else None)
         if join.alias is not None:
             columns = [ResultColumn(n, f) for n, f in joined.columns]
             return [self.aliased(join.alias, None, columns, vague=joined.unknown)]
         # USING without an alias: the merged names, and each side still by its own name.
-        return [_Item(None, None, merged), *left, *right]
+        return [Item(None, None, merged), *left, *right]
 
     def aliased(
         self,
@@ -510,17 +365,17 @@ class _Analyzer:
         default: str | None,
         columns: Sequence[ResultColumn],
         vague: Flow | None = None,
-    ) -> _Item:
+    ) -> Item:
         name = alias.aliasname if alias is not None else default
-        renamed = _string_list(alias.colnames) if alias is not None else []
+        renamed = string_list(alias.colnames) if alias is not None else []
         out: list[tuple[str, Flow]] = []
         for i, column in enumerate(columns):
             label = renamed[i] if i < len(renamed) else column.name
             step = Step(label=f"{name}.{label}" if name else label, transform=False)
             out.append((label, through(column.flow, step)))
-        return _Item(name, None, out, vague)
+        return Item(name, None, out, vague)
 
-    def range_var(self, rv: Any, scope: _Scope) -> _Item:
+    def range_var(self, rv: Any, scope: Scope) -> Item:
         name, schema = rv.relname, rv.schemaname
         if schema is None and (cte := scope.cte(name)) is not None:
             columns = [ResultColumn(n, f) for n, f in cte]
@@ -530,15 +385,15 @@ class _Analyzer:
         if relation is None:
             reason = f"relation {shown} is not in the catalog"
             flow = self.note(reason, Source(schema or ANY, name, ANY))
-            return _Item(rv.alias.aliasname if rv.alias else name, schema, [], flow)
+            return Item(rv.alias.aliasname if rv.alias else name, schema, [], flow)
         if relation.definition is not None:
             viewed = self.view(relation.schema, relation.name, relation.definition)
             if viewed is None:
                 vague = unknown_flow(f"view {relation.schema}.{relation.name} is not followed")
-                item = _Item(rv.alias.aliasname if rv.alias else name, schema, [], vague)
+                item = Item(rv.alias.aliasname if rv.alias else name, schema, [], vague)
                 return item
             named = [
-                ResultColumn(n, viewed[i].flow if i < len(viewed) else _EMPTY)
+                ResultColumn(n, viewed[i].flow if i < len(viewed) else EMPTY)
                 for i, n in enumerate(relation.columns)
             ]
             item = self.aliased(rv.alias, relation.name, named)
@@ -567,7 +422,7 @@ class _Analyzer:
         child = _Analyzer(self.catalog, self.found, self.depth + 1, False, self.active | {key})
         return child.statement(raw.stmt)
 
-    def range_function(self, item: Any, scope: _Scope) -> _Item:
+    def range_function(self, item: Any, scope: Scope) -> Item:
         columns: list[ResultColumn] = []
         vague: list[Flow] = []
         for entry in item.functions or ():
@@ -585,18 +440,18 @@ class _Analyzer:
                 flows = [through(union([args, c.flow]), Step(node=call)) for c in body]
                 columns += [ResultColumn(c.name, f) for c, f in zip(body, flows, strict=True)]
         if item.ordinality:
-            columns.append(ResultColumn("ordinality", _EMPTY))
+            columns.append(ResultColumn("ordinality", EMPTY))
         default = None
         if len(item.functions or ()) == 1 and not columns:
             call = item.functions[0][0]
-            default = _name_of(call)
+            default = column_name(call)
         alias = item.alias
         name = alias.aliasname if alias is not None else default
         if vague and not columns and alias is not None and alias.colnames:
             # A built-in's output columns, named by the alias: each from its arguments.
             flow = union(vague)
-            columns = [ResultColumn(n, flow) for n in _string_list(alias.colnames)]
-            return _Item(name, None, [(c.name, c.flow) for c in columns], flow)
+            columns = [ResultColumn(n, flow) for n in string_list(alias.colnames)]
+            return Item(name, None, [(c.name, c.flow) for c in columns], flow)
         built = self.aliased(alias, name, columns, union(vague) if vague else None)
         if vague and not columns and name is not None:
             # `SELECT x FROM generate_series(1, 3) x`: the function's one column has its name.
@@ -605,20 +460,20 @@ class _Analyzer:
 
     # ---- expressions ---------------------------------------------------------------
 
-    def resolve(self, names: list[str], scope: _Scope) -> Flow:
-        flow = _resolve_in(names, scope)
+    def resolve(self, names: list[str], scope: Scope) -> Flow:
+        flow = resolve_in(names, scope)
         if flow is not None:
             return flow
         if self.params and len(names) == 1:
-            return _EMPTY  # a SQL function's parameter: the call's arguments carry it
+            return EMPTY  # a SQL function's parameter: the call's arguments carry it
         shown = ".".join(names)
         return self.note(f"column {shown} cannot be resolved")
 
-    def expr(self, node: Any, scope: _Scope) -> Flow:
+    def expr(self, node: Any, scope: Scope) -> Flow:
         if node is None or isinstance(node, ast.A_Const | ast.ParamRef | ast.String):
-            return _EMPTY
+            return EMPTY
         if isinstance(node, ast.ColumnRef):
-            return self.resolve(_names(node.fields), scope)
+            return self.resolve(names_of(node.fields), scope)
         if isinstance(node, ast.SelectStmt):
             return union(c.flow for c in self.statement(node, scope))
         if isinstance(node, ast.SubLink):
@@ -629,10 +484,10 @@ class _Analyzer:
             return through(flow, Step(node=node))
         if isinstance(node, ast.FuncCall):
             return self.call(node, scope)
-        flow = union(self.expr(child, scope) for child in _children(node))
+        flow = union(self.expr(child, scope) for child in children(node))
         return through(flow, Step(node=node)) if isinstance(node, _SHOWN) else flow
 
-    def arguments(self, call: Any, scope: _Scope) -> Flow:
+    def arguments(self, call: Any, scope: Scope) -> Flow:
         """The arguments, an aggregate's ORDER BY and FILTER too (both also choose or order
         the rows it reads: clause uses)."""
         parts = [self.expr(a, scope) for a in call.args or ()]
@@ -645,9 +500,9 @@ class _Analyzer:
             parts.append(self.expr(call.agg_filter, scope))
         return union(parts)
 
-    def call(self, call: Any, scope: _Scope) -> Flow:
+    def call(self, call: Any, scope: Scope) -> Flow:
         flow = self.arguments(call, scope)
-        name = _names(call.funcname)[-1]
+        name = names_of(call.funcname)[-1]
         if name in SQL_TEXT_FUNCTIONS:
             reason = f"{name}() reads data given as SQL text or by name"
             flow = union([flow, self.opaque(f"{name}()", reason)])
@@ -671,7 +526,7 @@ class _Analyzer:
         """The result columns of the SQL function `call` reaches, merged over candidates;
         None for a built-in (its output comes from its arguments). `set_returning` gets
         True when a candidate returns SETOF."""
-        names = _names(call.funcname)
+        names = names_of(call.funcname)
         schema = names[-2] if len(names) > 1 else None
         found = self.catalog.functions(schema, names[-1])
         shown = ".".join(names)
@@ -700,7 +555,7 @@ class _Analyzer:
                 merged.append(ResultColumn(function.name, self.note(reason)))
                 continue
             columns = self.sql_body(function.schema, function.name, function.body, key)
-            merged = _merge(merged, columns)
+            merged = merge_columns(merged, columns)
         return merged or None
 
     def sql_body(
@@ -719,7 +574,7 @@ class _Analyzer:
 
     # ---- clauses -------------------------------------------------------------------
 
-    def condition(self, node: Any, scope: _Scope, clause: str) -> None:
+    def condition(self, node: Any, scope: Scope, clause: str) -> None:
         """A filter or join condition: AND/OR/NOT looked through; comparisons of a column
         with a constant or parameter, and IS NULL, are told apart."""
         if isinstance(node, ast.BoolExpr):
@@ -729,7 +584,7 @@ class _Analyzer:
         if isinstance(node, ast.NullTest):
             self.use(clause, self.expr(node.arg, scope), "null", node)
             return
-        if isinstance(node, ast.A_Expr) and _equality(node):
+        if isinstance(node, ast.A_Expr) and is_equality(node):
             lflow = self.expr(node.lexpr, scope)
             right: Any = node.rexpr
             if isinstance(right, list | tuple):  # IN (a, b, ...)
@@ -749,11 +604,11 @@ class _Analyzer:
 
     # ---- writes --------------------------------------------------------------------
 
-    def dml(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+    def dml(self, stmt: Any, outer: Scope) -> list[ResultColumn]:
         scope = self.with_clause(stmt.withClause, outer)
         target = self.range_var(stmt.relation, scope)
         written: dict[str, Flow] = {}
-        inner = _Scope(parent=scope)
+        inner = Scope(parent=scope)
         if isinstance(stmt, ast.InsertStmt):
             names = [t.name for t in stmt.cols or ()] or [n for n, _ in target.columns]
             if stmt.selectStmt is not None:
@@ -770,35 +625,35 @@ class _Analyzer:
                 inner.items.extend(self.from_item(item, inner, scope))
             if isinstance(stmt, ast.UpdateStmt):
                 for t in stmt.targetList or ():
-                    written[t.name] = union([written.get(t.name, _EMPTY), self.expr(t.val, inner)])
+                    written[t.name] = union([written.get(t.name, EMPTY), self.expr(t.val, inner)])
             if stmt.whereClause is not None:
                 self.condition(stmt.whereClause, inner, "WHERE")
         self.write(
-            _relation_name(stmt.relation),
+            relation_name(stmt.relation),
             [ResultColumn(n, f) for n, f in written.items()],
         )
         # RETURNING sees the row as written: a column holds what was put into it too.
-        target.columns = [(n, union([f, written.get(n, _EMPTY)])) for n, f in target.columns]
+        target.columns = [(n, union([f, written.get(n, EMPTY)])) for n, f in target.columns]
         if target not in inner.items:
             inner.items.append(target)
-        return self.targets(_returning(stmt), inner)
+        return self.targets(returning(stmt), inner)
 
     def on_conflict(
-        self, conflict: Any, target: _Item, written: dict[str, Flow], inner: _Scope
+        self, conflict: Any, target: Item, written: dict[str, Flow], inner: Scope
     ) -> None:
         """DO UPDATE sees the existing row and `excluded`, the row proposed for insertion;
         its WHERE decides which rows change (and come back in RETURNING)."""
-        proposed = [(n, union([f, written.get(n, _EMPTY)])) for n, f in target.columns]
-        scope = _Scope([target, _Item("excluded", None, proposed, target.unknown)], parent=inner)
+        proposed = [(n, union([f, written.get(n, EMPTY)])) for n, f in target.columns]
+        scope = Scope([target, Item("excluded", None, proposed, target.unknown)], parent=inner)
         for t in conflict.targetList or ():
             flow = self.expr(t.val, scope)
-            written[t.name] = union([written.get(t.name, _EMPTY), flow])
+            written[t.name] = union([written.get(t.name, EMPTY), flow])
         if conflict.whereClause is not None:
             self.condition(conflict.whereClause, scope, "WHERE")
 
-    def merge(self, stmt: Any, outer: _Scope) -> list[ResultColumn]:
+    def merge(self, stmt: Any, outer: Scope) -> list[ResultColumn]:
         scope = self.with_clause(stmt.withClause, outer)
-        inner = _Scope(parent=scope)
+        inner = Scope(parent=scope)
         inner.items.append(self.range_var(stmt.relation, scope))
         inner.items.extend(self.from_item(stmt.sourceRelation, inner, scope))
         self.condition(stmt.joinCondition, inner, "JOIN")
@@ -808,54 +663,24 @@ class _Analyzer:
                 self.condition(clause.condition, inner, "WHERE")
             for t in clause.targetList or ():
                 touched = union([touched, self.expr(t.val, inner)])
-        self.write(_relation_name(stmt.relation), [ResultColumn(ANY, touched)])
+        self.write(relation_name(stmt.relation), [ResultColumn(ANY, touched)])
         return [
             ResultColumn(c.name, union([c.flow, touched]))
-            for c in self.targets(_returning(stmt), inner)
+            for c in self.targets(returning(stmt), inner)
         ]
 
-    def copy(self, stmt: Any, scope: _Scope) -> list[ResultColumn]:
+    def copy(self, stmt: Any, scope: Scope) -> list[ResultColumn]:
         if stmt.query is not None:
             return self.statement(stmt.query, scope)
         if stmt.is_from:
             return []
         item = self.range_var(stmt.relation, scope)
-        wanted = _string_list(stmt.attlist)
+        wanted = string_list(stmt.attlist)
         if not wanted:
             return [ResultColumn(n, f) for n, f in item.columns] + (
                 [ResultColumn(ANY, item.unknown)] if item.unknown else []
             )
-        return [
-            ResultColumn(n, item.column(n) or self.resolve([n], _Scope([item]))) for n in wanted
-        ]
-
-
-def _resolve_in(names: str | list[str], scope: _Scope) -> Flow | None:
-    names = [names] if isinstance(names, str) else names
-    current: _Scope | None = scope
-    while current is not None:
-        found = current.resolve(names)
-        if found is not None:
-            return found
-        current = current.parent
-    return None
-
-
-def _columns(names: list[str], columns: Sequence[ResultColumn]) -> list[tuple[str, Flow]]:
-    return [(names[i] if i < len(names) else c.name, c.flow) for i, c in enumerate(columns)]
-
-
-def _merge(a: list[ResultColumn], b: list[ResultColumn]) -> list[ResultColumn]:
-    if not a:
-        return b
-    if len(a) != len(b):
-        flow = union([*(c.flow for c in a), *(c.flow for c in b)])
-        return [ResultColumn(c.name, flow) for c in (a if len(a) > len(b) else b)]
-    return [ResultColumn(x.name, union([x.flow, y.flow])) for x, y in zip(a, b, strict=True)]
-
-
-def _relation_name(rv: Any) -> str:
-    return ".".join(p for p in (rv.schemaname, rv.relname) if p)
+        return [ResultColumn(n, item.column(n) or self.resolve([n], Scope([item]))) for n in wanted]
 
 
 def analyze_statement(stmt: Any, catalog: Catalog) -> Lineage:

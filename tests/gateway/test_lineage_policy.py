@@ -213,7 +213,7 @@ async def test_ddl_drops_the_cache_and_cannot_hide_a_view_in_the_same_string() -
     check = LineageCheck(server.ask, Clock())
     sneaky = "CREATE VIEW v AS SELECT id FROM accounts WHERE card LIKE '4%'; SELECT * FROM v"
     verdict = await check.check(rules(CARDS), sneaky)
-    assert verdict.refusal is not None and "follows DDL in the same query string" in verdict.refusal
+    assert verdict.refusal is not None and "after DDL or a search_path change" in verdict.refusal
     assert (await check.check(rules(CARDS), "CREATE TABLE t (x int)")).refusal is None
     asked = len(server.asked)
     catalog.add(Relation("public", "v", ("id",), "SELECT id FROM accounts WHERE card LIKE '4%'"))
