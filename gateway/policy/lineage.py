@@ -14,7 +14,8 @@ Rules:
    parts: a relation or column the catalog lacks) matches every rule (fail closed).
 2. Every use of a masked source in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, a
    window's PARTITION BY/ORDER BY or LIMIT/OFFSET refuses the statement, also inside
-   subqueries, views and SQL functions the statement reaches. Except:
+   subqueries, views and SQL functions the statement reaches. Except (when every rule that
+   masks the column allows it):
    - `allow_lookup: true` on the rule: the column itself compared for equality (`=`, `<>`,
      IN, `= ANY`, IS [NOT] DISTINCT FROM) to values that read no column: parameters,
      constants and expressions of them (a lookup by a value the reader already knows), and
@@ -88,15 +89,18 @@ class ColumnRules:
     def empty(self) -> bool:
         return not self.rules
 
+    def rules_for(self, source: Source) -> list[MaskingRuleConfig]:
+        return [r for r in self.rules if any(source_matches(p, source) for p in r.columns)]
+
     def rule_for(self, source: Source) -> MaskingRuleConfig | None:
-        for rule in self.rules:
-            if any(source_matches(p, source) for p in rule.columns):
-                return rule
-        return None
+        """The first rule that masks `source`, or None."""
+        found = self.rules_for(source)
+        return found[0] if found else None
 
     def _token(self, source: Source) -> bool:
-        rule = self.rule_for(source)
-        return rule is not None and _whole_token(rule)
+        """Every rule on `source` masks it whole with tokens."""
+        found = self.rules_for(source)
+        return bool(found) and all(_whole_token(r) for r in found)
 
     def allowed(self, use: ClauseUse, rule: MaskingRuleConfig) -> bool:
         """Rule 2's exceptions."""
@@ -113,12 +117,14 @@ class ColumnRules:
         return False
 
     def refusals(self, lineages: Sequence[Lineage]) -> list[ClauseRefusal]:
+        """Every use some rule on its source does not allow (each rule must allow it)."""
         out: list[ClauseRefusal] = []
         for lineage in lineages:
             for use in lineage.uses:
-                rule = self.rule_for(use.source)
-                if rule is not None and not self.allowed(use, rule):
-                    out.append(ClauseRefusal(use, rule.name))
+                for rule in self.rules_for(use.source):
+                    if not self.allowed(use, rule):
+                        out.append(ClauseRefusal(use, rule.name))
+                        break
         return out
 
 

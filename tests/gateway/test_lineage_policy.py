@@ -81,6 +81,12 @@ def test_lookups_pass_only_where_the_rule_allows_them() -> None:
     assert len(reasons(allowing, "SELECT id FROM accounts WHERE left(card, 1) = $1")) == 1
 
 
+def test_a_use_must_be_allowed_by_every_rule_on_its_column() -> None:
+    both = rules({**CARDS, "allow_lookup": True}, {"name": "strict", "columns": ["card"]})
+    (reason,) = reasons(both, "SELECT id FROM accounts WHERE card = $1")
+    assert "(rule 'strict')" in reason
+
+
 def test_token_rules_keep_join_keys_between_masked_columns_and_plain_grouping() -> None:
     tokens = rules(EMAILS)
     join = "SELECT 1 FROM accounts a JOIN orders o ON o.email_used = a.email"
