@@ -24,9 +24,10 @@ Rules:
      another column masked by such a rule, or as a plain GROUP BY / PARTITION BY /
      DISTINCT ON key. Equal values give equal tokens, so these reveal nothing the tokens
      in a result do not already show.
-3. A write that copies a masked column elsewhere (CREATE TABLE AS, SELECT INTO,
-   INSERT ... SELECT, UPDATE ... SET) is not refused here (write guardrails and privileges
-   govern writes), only reported by `policy explain`.
+3. A write that copies a masked column (CREATE TABLE AS, SELECT INTO, INSERT ... SELECT,
+   UPDATE ... SET, MERGE) is refused unless every rule that masks the source also masks
+   the column written (`INSERT INTO orders (card_used) SELECT card ...` under a rule on
+   both): otherwise the copy would be read back unmasked.
 """
 
 from __future__ import annotations
@@ -72,6 +73,22 @@ class ClauseRefusal:
             f"policy: masked column {source} (rule {self.rule!r}) is used in "
             f"{self.use.clause} ({clause}), which would reveal its values; "
             "select it (masked) instead of filtering, joining, grouping or ordering on it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRefusal:
+    target: str
+    column: str
+    source: Source
+    rule: str
+
+    @property
+    def reason(self) -> str:
+        into = f"{self.target}.{self.column}" if self.column != ANY else self.target
+        return (
+            f"policy: this statement copies masked column {self.source} (rule {self.rule!r}) "
+            f"into {into}, which the rule does not mask; masked data may not be copied"
         )
 
 
@@ -125,6 +142,24 @@ class ColumnRules:
                     if not self.allowed(use, rule):
                         out.append(ClauseRefusal(use, rule.name))
                         break
+        return out
+
+    def write_refusals(self, lineages: Sequence[Lineage]) -> list[WriteRefusal]:
+        """Rule 3: copies of masked sources into columns their rules do not mask."""
+        out: list[WriteRefusal] = []
+        for lineage in lineages:
+            for write in lineage.writes:
+                schema, _, table = write.target.rpartition(".")
+                for column in write.columns:
+                    target = Source(schema or ANY, table, column.name)
+                    covering = {r.name for r in self.rules_for(target)}
+                    for source in sorted(column.sources):
+                        for rule in self.rules_for(source):
+                            if column.name == ANY or rule.name not in covering:
+                                out.append(
+                                    WriteRefusal(write.target, column.name, source, rule.name)
+                                )
+                                break
         return out
 
 

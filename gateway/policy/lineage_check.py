@@ -251,6 +251,10 @@ class LineageCheck:
         refused = rules.refusals(lineages)
         if refused:
             return _refused(refused, lineages)
+        copies = rules.write_refusals(lineages)
+        if copies:
+            names = tuple(dict.fromkeys(c.rule for c in copies))
+            return Verdict(copies[0].reason, names, tuple(lineages))
         for i, lineage in enumerate(lineages):
             if any(changes[:i]) and lineage.unresolved:
                 return Verdict(

@@ -285,6 +285,7 @@ def test_policy_explain_shows_lineage_paths_and_clause_refusals(stack: Stack) ->
     ) in shown, shown
     shown = explain("create table copy as select reverse(card) from accounts")
     assert "lineage: write into copy copies accounts.card" in shown, shown
+    assert "reason: policy: this statement copies masked column accounts.card" in shown
     shown = explain("select name from accounts")
     assert "lineage: no result column or clause uses a masked column" in shown, shown
 
@@ -312,3 +313,19 @@ def test_a_changed_search_path_does_not_hide_a_masked_column(stack: Stack) -> No
         conn.execute("create temporary table accounts (id int, card text)")  # shadows it
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("select id from accounts where card like '4%'")
+
+
+def test_copying_a_masked_column_where_no_rule_masks_it_is_refused(stack: Stack) -> None:
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as refused:
+            conn.execute("create table leak as select id, reverse(card) as r from accounts")
+        assert str(refused.value) == (
+            "policy: this statement copies masked column accounts.card (rule 'cards') into "
+            "leak.r, which the rule does not mask; masked data may not be copied"
+        )
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("update accounts set name = card where id = 2")
+        # into a column the same rule masks: allowed (and read back masked)
+        conn.execute("begin")
+        conn.execute("insert into orders (id, card_used) select 10 + id, card from accounts")
+        conn.execute("rollback")

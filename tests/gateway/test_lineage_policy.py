@@ -244,3 +244,19 @@ async def test_after_a_search_path_change_unqualified_names_may_be_in_any_schema
     assert verdict.refusal is not None
     assert "masked column accounts.card (rule 'archive') is used in WHERE" in verdict.refusal
     assert "c.relname::text = q.n" in server.asked[-1]
+
+
+def test_copies_of_masked_columns_go_only_into_columns_the_same_rules_mask() -> None:
+    def copies(sql: str) -> list[str]:
+        return [r.reason for r in rules(CARDS).write_refusals(analyze(sql, CATALOG))]
+
+    (reason,) = copies("CREATE TABLE leak AS SELECT reverse(card) AS r FROM accounts")
+    assert reason == (
+        "policy: this statement copies masked column accounts.card (rule 'cards') into "
+        "leak.r, which the rule does not mask; masked data may not be copied"
+    )
+    assert len(copies("SELECT card INTO leak FROM accounts")) == 1
+    assert len(copies("UPDATE orders SET note = card_used")) == 1
+    assert copies("INSERT INTO orders (card_used) SELECT card FROM accounts") == []
+    assert copies("UPDATE accounts SET card = upper(card)") == []
+    assert copies("INSERT INTO orders (note) SELECT email FROM accounts") == []
