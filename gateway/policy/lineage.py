@@ -85,10 +85,13 @@ class WriteRefusal:
 
     @property
     def reason(self) -> str:
-        into = f"{self.target}.{self.column}" if self.column != ANY else self.target
+        if self.column == ANY:  # a file, a program, a row of unknown columns
+            into = f"{self.target}, where no rule masks it"
+        else:
+            into = f"{self.target}.{self.column}, which the rule does not mask"
         return (
             f"policy: this statement copies masked column {self.source} (rule {self.rule!r}) "
-            f"into {into}, which the rule does not mask; masked data may not be copied"
+            f"into {into}; masked data may not be copied"
         )
 
 

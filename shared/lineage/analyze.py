@@ -670,10 +670,19 @@ class _Analyzer:
         ]
 
     def copy(self, stmt: Any, scope: Scope) -> list[ResultColumn]:
-        if stmt.query is not None:
-            return self.statement(stmt.query, scope)
         if stmt.is_from:
             return []
+        columns = self.copy_out(stmt, scope)
+        if stmt.filename is not None or stmt.is_program:
+            # Into a server file or a program: stored where no rule applies (a write).
+            into = "a program" if stmt.is_program else f"server file {stmt.filename}"
+            self.write(into, [ResultColumn(ANY, union(c.flow for c in columns))])
+            return []
+        return columns
+
+    def copy_out(self, stmt: Any, scope: Scope) -> list[ResultColumn]:
+        if stmt.query is not None:
+            return self.statement(stmt.query, scope)
         item = self.range_var(stmt.relation, scope)
         wanted = string_list(stmt.attlist)
         if not wanted:

@@ -260,3 +260,7 @@ def test_copies_of_masked_columns_go_only_into_columns_the_same_rules_mask() -> 
     assert copies("INSERT INTO orders (card_used) SELECT card FROM accounts") == []
     assert copies("UPDATE accounts SET card = upper(card)") == []
     assert copies("INSERT INTO orders (note) SELECT email FROM accounts") == []
+    (reason,) = copies("COPY (SELECT left(card, 6) FROM accounts) TO '/tmp/x'")
+    assert "into server file /tmp/x, where no rule masks it" in reason
+    assert len(copies("COPY accounts TO PROGRAM 'cat'")) == 1
+    assert copies("COPY accounts (id) TO '/tmp/x'") == []
