@@ -22,7 +22,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway.policy.facts import statement_facts
-from gateway.policy.lineage import ColumnRules
 from gateway.policy.lineage_check import LineageCheck
 from gateway.policy.masking import MaskingRuleConfig
 from shared.lineage import MemoryCatalog, Relation, analyze
@@ -44,7 +43,7 @@ CATALOG = (
     .add(Relation("public", "pgbench_accounts", ("aid", "bid", "abalance", "filler")))
     .add(Relation("public", "pgbench_branches", ("bid", "bbalance", "filler")))
 )
-RULES = ColumnRules.of([MaskingRuleConfig(name="filler", columns=["*.filler"])])
+MASKING = (MaskingRuleConfig(name="filler", columns=["*.filler"]),)
 
 
 async def _ask(sql: str) -> Sequence[Sequence[str | None]]:
@@ -79,13 +78,14 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     print(f"{'statement':<18} {'facts':>8} {'check (cached)':>15} {'lineage (no cache)':>19}")
     for label, template in SHAPES.items():
-        loop.run_until_complete(check.check(RULES, template.format(n=0)))  # warm the catalog
+        rules = check.rules(MASKING)
+        loop.run_until_complete(check.check(rules, template.format(n=0)))  # warm the catalog
 
         def facts(n: int, template: str = template) -> object:
             return statement_facts(template.format(n=n))
 
         def checked(n: int, template: str = template) -> object:
-            return _run(check.check(RULES, template.format(n=n)))
+            return _run(check.check(check.rules(MASKING), template.format(n=n)))
 
         def fresh(n: int, template: str = template) -> object:
             return analyze(template.format(n=n), CATALOG)

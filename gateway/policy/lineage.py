@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.policy.masking import MaskingRuleConfig
 from shared.lineage import ANY, ClauseUse, Lineage, Source
 
 MAX_SHOWN = 80  # characters of a clause quoted in a refusal
+MAX_MATCHED = 4096  # sources whose matching rules one ColumnRules remembers
 
 
 def _part_matches(pattern: str, value: str) -> bool:
@@ -100,6 +101,10 @@ class ColumnRules:
     """The column masking rules of one session (rule 1)."""
 
     rules: tuple[MaskingRuleConfig, ...] = ()
+    # source -> the rules that mask it: statements of a session read the same columns
+    _matched: dict[Source, list[MaskingRuleConfig]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, rules: Iterable[MaskingRuleConfig]) -> ColumnRules:
@@ -110,7 +115,12 @@ class ColumnRules:
         return not self.rules
 
     def rules_for(self, source: Source) -> list[MaskingRuleConfig]:
-        return [r for r in self.rules if any(source_matches(p, source) for p in r.columns)]
+        found = self._matched.get(source)
+        if found is None:
+            found = [r for r in self.rules if any(source_matches(p, source) for p in r.columns)]
+            if len(self._matched) < MAX_MATCHED:
+                self._matched[source] = found
+        return found
 
     def rule_for(self, source: Source) -> MaskingRuleConfig | None:
         """The first rule that masks `source`, or None."""

@@ -37,6 +37,7 @@ from pglast.parser import normalize
 from gateway.policy.facts import Facts, UnparsableSQL, statement_facts
 from gateway.policy.functions import LookupFailed
 from gateway.policy.lineage import ClauseRefusal, ColumnRules
+from gateway.policy.masking import MaskingRuleConfig
 from shared.lineage import ANY, Function, Lineage, Relation, analyze_statement
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,15 @@ class LineageCheck:
         self.catalog = SessionCatalog(clock)
         self._clock = clock
         self._shapes: dict[str, _Shape] = {}
+        self._masking: tuple[MaskingRuleConfig, ...] = ()
+        self._rules = ColumnRules()
+
+    def rules(self, masking: tuple[MaskingRuleConfig, ...]) -> ColumnRules:
+        """The session's `ColumnRules` for these masking rules, kept while they stay the
+        same (the rules of one policy version), with what they matched."""
+        if self._masking is not masking:
+            self._masking, self._rules = masking, ColumnRules.of(masking)
+        return self._rules
 
     async def check(self, rules: ColumnRules, sql: str) -> Verdict:
         if rules.empty:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from gateway.audit import AuditUnavailable, durable
 from gateway.policy.budgets import BUDGET_SQLSTATE
 from gateway.policy.functions import FunctionCheck
-from gateway.policy.lineage import ColumnRules
 from gateway.policy.lineage_check import LineageCheck
 from gateway.policy.readonly import check_read_only
 from gateway.policy.rules import Decision, SessionGuard
@@ -172,7 +171,7 @@ async def judge(
         hold = verdict
     if lineage is not None and policy.masking and isinstance(decoded, Query | Parse):
         sql = _sql_text(decoded)
-        checked = await lineage.check(ColumnRules.of(policy.masking), sql)
+        checked = await lineage.check(lineage.rules(policy.masking), sql)
         if checked.refusal is not None:
             return Refusal(checked.refusal, sql, checked.rules)
     # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse judged
