@@ -192,6 +192,7 @@ class _Analyzer:
         for item in stmt.fromClause or ():
             inner.items.extend(self.from_item(item, inner, scope))
         windows = {w.name: w for w in stmt.windowClause or () if w.name}
+        inner.windows = windows
         columns = self.targets(stmt.targetList or (), inner)
         if stmt.whereClause is not None:
             self.condition(stmt.whereClause, inner, "WHERE")
@@ -510,6 +511,9 @@ class _Analyzer:
             self.window(call.over, scope)
             window = call.over
             keys = [*(window.partitionClause or ()), *(s.node for s in window.orderClause or ())]
+            named = window.name or window.refname
+            if named and (base := scope.window(named)) is not None:  # OVER w, OVER (w ...)
+                keys += [*(base.partitionClause or ()), *(s.node for s in base.orderClause or ())]
             flow = union([flow, *(self.expr(e, scope) for e in keys)])
         set_returning: list[bool] = []
         body = self.function_body(call, flow, set_returning)

@@ -56,6 +56,15 @@ class Scope:
     items: list[Item] = field(default_factory=list)
     ctes: dict[str, list[tuple[str, Flow]]] = field(default_factory=dict)
     parent: Scope | None = None
+    windows: dict[str, Any] = field(default_factory=dict)  # WINDOW w AS (...), by name
+
+    def window(self, name: str) -> Any:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.windows:
+                return scope.windows[name]
+            scope = scope.parent
+        return None
 
     def cte(self, name: str) -> list[tuple[str, Flow]] | None:
         scope: Scope | None = self

@@ -115,6 +115,10 @@ COLUMNS: list[tuple[str, list[tuple[str, set[str]]]]] = [
         "SELECT lag(card) OVER (ORDER BY id) FROM accounts",
         [("lag", {"accounts.card", "accounts.id"})],
     ),
+    (
+        "SELECT rank() OVER w FROM accounts WINDOW w AS (ORDER BY card)",
+        [("rank", CARD)],
+    ),
     # subqueries
     ("SELECT (SELECT card FROM accounts LIMIT 1) AS c", [("c", CARD)]),
     ("SELECT x.c FROM (SELECT reverse(card) c FROM accounts) x", [("c", CARD)]),
