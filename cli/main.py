@@ -588,20 +588,29 @@ def policy() -> None:
     "--group", "groups", multiple=True, help="A group (repeatable; default: the user's own)."
 )
 @click.option("--connection", required=True, help="The connection the SQL would run on.")
-@click.argument("sql")
+@click.option("--sql", "sql_option", help="The statement (instead of the SQL argument).")
+@click.argument("sql", required=False)
 @out.output_options
 @cl.gateway_options
 def policy_explain(
     user: str,
     groups: tuple[str, ...],
     connection: str,
-    sql: str,
+    sql_option: str | None,
+    sql: str | None,
     output: str | None,
     gateway: str | None,
     token: str | None,
     ca: str | None,
 ) -> None:
-    """Print the decision on SQL for a user on a connection, and the rules behind it."""
+    """Print the decision on SQL for a user on a connection, and the rules behind it.
+
+    With column masking rules on a PostgreSQL connection, also the statement's lineage:
+    which result columns derive from masked columns (and how), which clauses the gateway
+    refuses because they would reveal masked values."""
+    if (sql is None) == (sql_option is None):
+        raise click.UsageError("give the statement once: as the SQL argument or with --sql")
+    sql = sql if sql is not None else sql_option
     body: dict[str, Any] = {"user": user, "connection": connection, "sql": sql}
     if groups:
         body["groups"] = list(groups)
@@ -647,6 +656,25 @@ def policy_explain(
             else ""
         )
         click.echo(f"budget: {b['name']} {', '.join(limits)} on_exceed={b['on_exceed']}{today}")
+    _echo_lineage(data.get("lineage"))
+
+
+def _echo_lineage(lineage: dict[str, Any] | None) -> None:
+    if lineage is None:
+        return
+    for c in lineage["columns"]:
+        how = "derived" if c["derived"] else "direct"
+        click.echo(f"lineage: column {c['name']} masked by {c['rule']} ({how}): {c['path']}")
+    for r in lineage["refusals"]:
+        click.echo(f"lineage: refused: {r['reason']}")
+    if lineage["refusal"] and not lineage["refusals"]:
+        click.echo(f"lineage: refused: {lineage['refusal']}")
+    for w in lineage["writes"]:
+        click.echo(f"lineage: write into {w['target']} copies {', '.join(w['sources'])}")
+    for reason in lineage["unresolved"]:
+        click.echo(f"lineage: not followed: {reason}")
+    if not (lineage["columns"] or lineage["refusals"] or lineage["writes"]):
+        click.echo("lineage: no result column or clause uses a masked column")
 
 
 # ---- login, tcp ----------------------------------------------------------------------

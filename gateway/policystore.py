@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from gateway.policy.budgets import BudgetMeter, Exceeded, Usage, applicable, stop_offset
 from gateway.policy.errors import problems
+from gateway.policy.masking import MaskingRuleConfig
 from gateway.policy.rules import Policy, PolicyConfig, SessionGuard, Subject
 from gateway.store import Store
 from gateway.store.models import PolicyVersionRecord
@@ -358,6 +359,8 @@ class SessionPolicy:
         self._monotonic = monotonic
         self.version = -1
         self.guard: SessionGuard | None = None
+        # The masking rules of the version in force that apply to this session.
+        self.masking: tuple[MaskingRuleConfig, ...] = ()
         self.meter: BudgetMeter | None = None
         self._loaded_at: float | None = None
         self._flush_lock = asyncio.Lock()
@@ -371,6 +374,9 @@ class SessionPolicy:
         if self._view.version != self.version:
             self.version = self._view.version
             policy = self._view.policy
+            self.masking = tuple(
+                r for r in policy.config.masking if r.match.applies(self.subject, self.connection)
+            )
             self.guard = None if policy.empty else policy.for_session(self.subject, self.connection)
             budgets = applicable(policy.config.budgets, self.subject, self.connection)
             if self._ledger is None or not budgets:

@@ -511,6 +511,16 @@ class SessionBroker:
         side_id = f"{session.id}.{purpose}{self._sides}"
         return await self._registry.open(side_id, target, session.connection.pool)
 
+    async def open_catalog(
+        self, conn: ConnectionRecord, purpose: str
+    ) -> tuple[TunnelStream, AgentConn]:
+        """Like `open_side`, for a connection with no session (`policy explain` reading the
+        catalog): its own credential and settings, without masking. Raises RoutingError, or
+        SessionError when its secrets cannot be opened."""
+        self._sides += 1
+        target = self._target(conn, {})
+        return await self._registry.open(f"{purpose}-{new_id()}", target, conn.pool)
+
     async def close_side(self, stream: TunnelStream, agent: AgentConn) -> None:
         try:
             if not stream.finished:

@@ -29,7 +29,8 @@ from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubePolicy
-from gateway.policy.rules import Policy
+from gateway.policy.lineage import ColumnRules
+from gateway.policy.rules import Policy, subject_for
 from gateway.policystore import (
     Applied,
     PolicyDocumentError,
@@ -39,6 +40,7 @@ from gateway.policystore import (
     parse_document,
 )
 from gateway.protocols import kubernetes, tcp
+from gateway.protocols.pgfunctions import explain_lineage
 from gateway.reviews import ReviewService
 from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
 from gateway.store import (
@@ -660,17 +662,27 @@ def build_app(deps: ApiDeps) -> FastAPI:
         used = await deps.store.io.read(
             deps.store.policy.budget_usage, today, user=body.user, connection=body.connection
         )
+        access = deps.access or AccessPolicy()
+        machine = bool(known and known.kind != "person")
+        subject = subject_for(access, body.user, groups, machine=machine)
+        column_rules = ColumnRules.of(
+            r for r in view.policy.config.masking if r.match.applies(subject, body.connection)
+        )
+        lineage = None
+        if record is not None and record.type == "postgres" and not column_rules.empty:
+            lineage = await explain_lineage(deps.broker, record, column_rules, body.sql)
         return explain(
             view.policy,
-            deps.access or AccessPolicy(),
+            access,
             user=body.user,
             groups=groups,
             connection=body.connection,
             sql=body.sql,
             is_admin=bool(known and known.is_admin),
-            machine=bool(known and known.kind != "person"),
+            machine=machine,
             statements_checked=record is None or record.type in READ_ONLY_ENFORCED,
             usage={budget: Usage(rows, nbytes) for _, _, budget, rows, nbytes in used},
+            lineage=lineage,
         )
 
     # ---- sessions and audit --------------------------------------------------------

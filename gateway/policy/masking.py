@@ -16,6 +16,7 @@ between connections, and the gateway secret itself never leaves the gateway.
         - name: customer-ids
           columns: ["customers.tax_id", "*ssn*"]
           strategy: token
+          allow_lookup: true   # WHERE tax_id = $1 is allowed (gateway/policy/lineage.py)
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class MaskingRuleConfig(BaseModel):
     detectors: list[str] = Field(default_factory=list)  # email card iban phone ...
     regex: list[str] = Field(default_factory=list)  # your own patterns (Python re)
     strategy: Literal["redact", "partial", "token"] = "redact"  # what replaces a value
+    # Equality lookups (`col = $1`, IN, IS NULL) may use the masked columns in WHERE/JOIN
+    # (gateway/policy/lineage.py); off: a masked column never selects rows.
+    allow_lookup: bool = False
 
     @field_validator("columns")
     @classmethod

@@ -1,4 +1,5 @@
-"""Catalog lookups for the guardrails: ask the server what the functions a statement calls do.
+"""Catalog lookups for the guardrails: ask the server what the functions a statement calls do
+(and, for the masked columns' inference check, what relations and functions it reads).
 
 The I/O half of `gateway.policy.functions`. A lookup is one simple Query on a second stream
 to the session's own target (`SessionBroker.open_side`): the agent logs in with the same
@@ -14,11 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from gateway.agents.registry import RoutingError
+from gateway.agents.registry import AgentConn, RoutingError
+from gateway.policy.explain import lineage_report
 from gateway.policy.functions import FunctionCheck, LookupFailed
-from gateway.sessions import Session, SessionBroker
+from gateway.policy.lineage import ColumnRules
+from gateway.policy.lineage_check import LineageCheck
+from gateway.sessions import Session, SessionBroker, SessionError
+from gateway.store import ConnectionRecord
 from shared.pgwire.backend import DataRow, ErrorResponse, ReadyForQuery, decode_backend
 from shared.pgwire.errors import PgProtocolError
 from shared.pgwire.framing import MessageReader
@@ -45,11 +51,29 @@ def function_check(broker: SessionBroker, session: Session) -> FunctionCheck:
     return FunctionCheck(ask, time.monotonic)
 
 
+def lineage_check(broker: SessionBroker, session: Session) -> LineageCheck:
+    """The session's inference check over the same catalog path (one per session: its cache)."""
+
+    async def ask(sql: str) -> Sequence[Sequence[str | None]]:
+        return await query(broker, session, sql)
+
+    return LineageCheck(ask, time.monotonic)
+
+
 async def query(broker: SessionBroker, session: Session, sql: str) -> Rows:
     """The rows (text format) of `sql` run on a second connection like `session`'s."""
+    return await query_on(broker, lambda: broker.open_side(session, "catalog"), sql)
+
+
+async def query_on(
+    broker: SessionBroker,
+    open_side: Callable[[], Awaitable[tuple[TunnelStream, AgentConn]]],
+    sql: str,
+) -> Rows:
+    """The rows (text format) of `sql` on a side connection `open_side` opens."""
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT):
-            stream, agent = await broker.open_side(session, "catalog")
+            stream, agent = await open_side()
             try:
                 await stream.send_data(Query(sql).encode())
                 rows = await _read_rows(stream)
@@ -88,3 +112,20 @@ async def _read_rows(stream: TunnelStream) -> Rows:
                 ready += 1
                 if ready == 2:
                     return rows
+
+
+async def explain_lineage(
+    broker: SessionBroker, conn: ConnectionRecord, rules: ColumnRules, sql: str
+) -> dict[str, Any]:
+    """The lineage report of `sql` on `conn` (`policy explain`), its catalog read over a side
+    connection with the connection's own credential; a catalog that cannot be read says so
+    in the report's refusal, as the front door would refuse the statement."""
+
+    async def ask(text: str) -> Sequence[Sequence[str | None]]:
+        try:
+            return await query_on(broker, lambda: broker.open_catalog(conn, "explain"), text)
+        except SessionError as exc:
+            raise LookupFailed(exc.message) from None
+
+    verdict = await LineageCheck(ask, time.monotonic).check(rules, sql)
+    return lineage_report(rules, verdict.lineages, verdict.refusal)

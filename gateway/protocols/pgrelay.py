@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from gateway.audit import AuditUnavailable, durable
 from gateway.policy.budgets import BUDGET_SQLSTATE
 from gateway.policy.functions import FunctionCheck
+from gateway.policy.lineage_check import LineageCheck
 from gateway.policy.readonly import check_read_only
 from gateway.policy.rules import Decision, SessionGuard
 from gateway.policystore import SessionPolicy
@@ -55,7 +56,7 @@ from gateway.protocols.pgactions import (
     WakeBudgetFlusher,
 )
 from gateway.protocols.pgcancel import SessionKeys
-from gateway.protocols.pgfunctions import function_check
+from gateway.protocols.pgfunctions import function_check, lineage_check
 from gateway.protocols.pgsession import CHECKED, LINGER, PgSession
 from gateway.sessions import Session
 from shared.pgwire.frontend import FrontendMessage, Parse, Query
@@ -147,11 +148,15 @@ async def drain_client(reader: asyncio.StreamReader) -> None:
 
 
 async def judge(
-    policy: SessionPolicy, functions: FunctionCheck | None, read_only: bool, asked: Judge
+    policy: SessionPolicy,
+    functions: FunctionCheck | None,
+    read_only: bool,
+    asked: Judge,
+    lineage: LineageCheck | None = None,
 ) -> Verdict:
     """Read-only access and guardrails (of the version in force, with the catalog behind
-    them: `functions`), then budgets; a statement held for review is held only when its
-    budget allows it to run."""
+    them: `functions`), then the masked columns' inference check (`lineage`), then budgets;
+    a statement held for review is held only when its budget allows it to run."""
     guard = policy.current()  # a new policy version applies from here on
     kind, decoded = asked.kind, asked.decoded
     hold: Hold | None = None
@@ -164,6 +169,11 @@ async def judge(
         if isinstance(verdict, Refusal):
             return verdict
         hold = verdict
+    if lineage is not None and policy.masking and isinstance(decoded, Query | Parse):
+        sql = _sql_text(decoded)
+        checked = await lineage.check(lineage.rules(policy.masking), sql)
+        if checked.refusal is not None:
+            return Refusal(checked.refusal, sql, checked.rules)
     # Budgets: a statement to be parsed or run; a Bind mid-batch follows a Parse judged
     # already.
     if not policy.metered or kind == b"F" or (kind == b"B" and not asked.batch_start):
@@ -291,6 +301,7 @@ class SessionPeer:
         self._flush_wake = driver._flush_wake
         self._read_only = session.access == "read-only"
         self._functions = function_check(door._broker, session)
+        self._lineage = lineage_check(door._broker, session)
         self.pg = driver.pg
         self._to_agent: list[bytes] = []
         self._client_done = False  # the session ordered CloseToAgent
@@ -405,7 +416,9 @@ class SessionPeer:
                 return pg.timer_expired()
             return pg.client_data(data)
         if isinstance(request, Judge):
-            verdict = await judge(self._policy, self._functions, self._read_only, request)
+            verdict = await judge(
+                self._policy, self._functions, self._read_only, request, self._lineage
+            )
             return pg.judged(verdict)
         if isinstance(request, RecordDurably):
             audit = self._door._audit

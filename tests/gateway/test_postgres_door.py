@@ -6,8 +6,10 @@ fastpath call; these are the verdicts it gets from the real policy objects.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from gateway.policy.lineage_check import LineageCheck
 from gateway.policy.rules import Policy, PolicyConfig, Subject
 from gateway.policystore import FixedPolicy, SessionPolicy
 from gateway.protocols.pgactions import Hold, Judge, Refusal
@@ -69,3 +71,31 @@ async def test_a_bind_without_budgets_needs_no_verdict() -> None:
     assert (
         await judge(session_policy(*RULES), None, False, Judge(b"B", Bind("", ""), False)) is None
     )
+
+
+async def test_masked_columns_that_select_rows_are_refused_after_the_guardrails() -> None:
+    config = PolicyConfig.model_validate(
+        {
+            "rules": RULES,
+            "masking": [{"name": "cards", "match": {"users": ["alice"]}, "columns": ["card"]}],
+        }
+    )
+    policy = SessionPolicy(FixedPolicy(Policy(config)), None, ALICE, "pg-main")
+    asked: list[str] = []
+
+    async def ask(sql: str) -> list[tuple[str | None, ...]]:
+        asked.append(sql)
+        return [("r", None, "accounts", "public", "accounts", '["id", "card"]', None)]
+
+    lineage = LineageCheck(ask, time.monotonic)
+    probe = Parse("", "select id from accounts where card like $1")
+    refused = await judge(policy, None, False, Judge(b"P", probe, True), lineage)
+    assert isinstance(refused, Refusal)
+    assert (refused.sqlstate, refused.rules) == ("42501", ("cards",))
+    assert refused.reason.startswith("policy: masked column accounts.card (rule 'cards')")
+    plain = Query("select card from accounts where id = 1")
+    assert await judge(policy, None, False, Judge(b"Q", plain, True), lineage) is None
+    # the guardrails answer first: their refusal, not the masking one
+    write = Query("delete from secrets where card like '4%'")
+    denied = await judge(policy, None, False, Judge(b"Q", write, True), lineage)
+    assert isinstance(denied, Refusal) and denied.rules == ("no-secret-writes",)
