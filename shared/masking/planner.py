@@ -1,0 +1,226 @@
+"""The agent's lineage step: a `StatementMask` for each statement the client sends.
+
+Sans-I/O apart from one awaited callable (`ask`: run a catalog query on the agent's side
+connection, rows in text format). The relay calls `client_data` with the client's bytes
+before it forwards them, so each result's mask is queued (`ResultUnits`) before the server
+can answer. Rules:
+
+1. Simple Query: each statement of the string gets its mask, in order. Parse: the
+   prepared statement's mask; Bind: the portal takes its statement's; Describe and Execute
+   queue the statement's or portal's mask; Close forgets it.
+2. Lineage (`shared.lineage`) runs with `SessionCatalog` behind it: names it lacks are
+   asked in one query per round (views and function bodies name more: up to MAX_ROUNDS).
+   Masks are cached per statement text for the catalog's generation; a statement that may
+   change the catalog (anything but queries, DML, COPY, cursors, transaction control and
+   settings) drops the catalog after it. `SET search_path` / `RESET` are replayed on the
+   side connection, so unqualified names resolve as in the session.
+3. Cursors: DECLARE c CURSOR FOR q remembers q's mask under c; FETCH from c returns it;
+   CLOSE forgets it. FETCH from a cursor this session did not declare here (one declared
+   through a PL/pgSQL function, say) is masked fail closed.
+4. Fail closed: text that does not parse, an unknown statement or portal, and a catalog
+   that cannot be asked (`ask` raising) all give `UNRESOLVED`.
+5. A notice for an unresolved part goes out once per statement text (`noticed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast, parse_sql
+
+from shared.lineage import analyze_statement
+from shared.masking.catalog import SessionCatalog, lookup_sql
+from shared.masking.lineage import NOTHING, UNRESOLVED, StatementMask, statement_mask
+from shared.masking.spec import MaskSpec
+from shared.pgwire.follow import ClientFrames, ResultUnits
+
+MAX_ROUNDS = 4
+MAX_TEXTS = 512  # statement texts whose masks are kept
+MAX_TEXT = 16384  # longer texts are analysed each time, not kept
+
+Ask = Callable[[str], Awaitable[Sequence[Sequence[str | None]]]]
+
+_KEEPS_CATALOG = (
+    ast.SelectStmt,
+    ast.InsertStmt,
+    ast.UpdateStmt,
+    ast.DeleteStmt,
+    ast.MergeStmt,
+    ast.CopyStmt,
+    ast.DeclareCursorStmt,
+    ast.FetchStmt,
+    ast.ClosePortalStmt,
+    ast.ExplainStmt,
+    ast.TransactionStmt,
+    ast.VariableSetStmt,
+    ast.VariableShowStmt,
+    ast.PrepareStmt,
+    ast.ExecuteStmt,
+    ast.DeallocateStmt,
+    ast.ListenStmt,
+    ast.UnlistenStmt,
+    ast.NotifyStmt,
+    ast.LockStmt,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One statement: its mask, and what it does to the session's cursors."""
+
+    mask: StatementMask
+    cursor: str | None = None  # "declare" | "fetch" | "close"
+    name: str = ""  # the cursor ("" with close: all)
+
+
+def copy_format(stmt: Any) -> tuple[str, str, bool] | None:
+    """(format, delimiter, header) of COPY ... TO STDOUT when its rows can be read per
+    column here (text or CSV with the default quote, escape and NULL); None otherwise."""
+    fmt, delimiter, header = "text", "", False
+    for option in stmt.options or ():
+        name = option.defname
+        value = getattr(option.arg, "sval", None)
+        if name == "format" and value in ("text", "csv"):
+            fmt = value
+        elif name == "delimiter" and isinstance(value, str) and len(value) == 1:
+            delimiter = value
+        elif name == "header":
+            flag = getattr(option.arg, "boolval", None)
+            header = bool(flag) if flag is not None else value in ("true", "on", "1", None)
+        else:
+            return None
+    if fmt == "binary":
+        return None
+    return fmt, delimiter or ("," if fmt == "csv" else "\t"), header and fmt == "csv"
+
+
+_LOST = Planned(UNRESOLVED)  # a statement or portal this session did not see prepared
+
+
+class LineagePlanner:
+    def __init__(
+        self, spec: MaskSpec, ask: Ask, clock: Callable[[], float], units: ResultUnits
+    ) -> None:
+        self.spec = spec
+        self.units = units
+        self.catalog = SessionCatalog(clock)
+        self._ask = ask
+        self._frames = ClientFrames()
+        self._texts: dict[str, tuple[int, tuple[Planned, ...]]] = {}
+        self._statements: dict[str, Planned] = {}  # prepared statement -> its plan
+        self._portals: dict[str, Planned] = {}
+        self._cursors: dict[str, StatementMask] = {}
+        self.noticed: set[str] = set()
+
+    async def client_data(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            kind = message.kind
+            if kind == "Q":
+                planned = await self.plan(message.text)
+                self.units.query(tuple(self._apply(p) for p in planned) or (NOTHING,))
+            elif kind == "P":
+                planned = await self.plan(message.text)
+                # One statement per Parse (the server refuses more).
+                self._statements[message.name] = planned[0] if len(planned) == 1 else _LOST
+            elif kind == "B":
+                self._portals[message.name] = self._statements.get(message.target, _LOST)
+            elif kind == "D":
+                names = self._statements if message.name[0] == "S" else self._portals
+                self.units.describe(self._peek(names.get(message.name[1:], _LOST)))
+            elif kind == "E":
+                # A prepared DECLARE/FETCH/CLOSE acts at each Execute of its portal.
+                self.units.execute(self._apply(self._portals.get(message.name, _LOST)))
+            elif kind == "C":
+                names = self._statements if message.name[0] == "S" else self._portals
+                names.pop(message.name[1:], None)
+            elif kind == "S":
+                self.units.sync()
+
+    def _peek(self, planned: Planned) -> StatementMask:
+        if planned.cursor == "fetch":
+            return self._cursors.get(planned.name, UNRESOLVED)
+        return planned.mask
+
+    def _apply(self, planned: Planned) -> StatementMask:
+        """The statement runs: its cursor effects, and the mask of its result."""
+        if planned.cursor == "declare":
+            self._cursors[planned.name] = planned.mask
+            return NOTHING
+        if planned.cursor == "fetch":
+            return self._cursors.get(planned.name, UNRESOLVED)
+        if planned.cursor == "close":
+            if planned.name:
+                self._cursors.pop(planned.name, None)
+            else:
+                self._cursors.clear()
+            return NOTHING
+        return planned.mask
+
+    async def plan(self, text: str) -> tuple[Planned, ...]:
+        cached = self._texts.get(text)
+        if cached is not None and cached[0] == self.catalog.generation:
+            return cached[1]
+        try:
+            statements = [raw.stmt for raw in parse_sql(text)]
+        except Exception:  # the server refuses it too; nothing it returns is followed
+            return (Planned(UNRESOLVED),)
+        try:
+            planned = await self._analyse(statements)
+        except Exception:  # a catalog that cannot be asked, lineage that fails: mask
+            return tuple(Planned(UNRESOLVED) for _ in statements)
+        changes = False
+        for stmt in statements:
+            if isinstance(stmt, ast.VariableSetStmt) and (
+                stmt.name in (None, "search_path") or stmt.name.lower() == "search_path"
+            ):
+                await self._replay(stmt)
+            elif not isinstance(stmt, _KEEPS_CATALOG):
+                changes = True
+        if changes:
+            self.catalog.clear()
+            self._texts.clear()
+        elif len(text) <= MAX_TEXT:
+            if len(self._texts) >= MAX_TEXTS:
+                del self._texts[next(iter(self._texts))]
+            self._texts[text] = (self.catalog.generation, planned)
+        return planned
+
+    async def _replay(self, stmt: Any) -> None:
+        from pglast.stream import RawStream
+
+        try:
+            await self._ask(str(RawStream()(stmt)))
+        finally:
+            self.catalog.clear()
+            self._texts.clear()
+
+    async def _analyse(self, statements: list[Any]) -> tuple[Planned, ...]:
+        catalog = self.catalog
+        for _ in range(MAX_ROUNDS):
+            planned = tuple(self._one(s) for s in statements)
+            if not catalog.wanting:
+                return planned
+            relations, functions = catalog.take_wanted()
+            rows = await self._ask(lookup_sql(relations, functions))
+            catalog.learn(rows, relations, functions)
+        planned = tuple(self._one(s) for s in statements)
+        catalog.take_wanted()  # still wanting: the unresolved parts fail closed
+        return planned
+
+    def _one(self, stmt: Any) -> Planned:
+        if isinstance(stmt, ast.FetchStmt):
+            if stmt.ismove:
+                return Planned(NOTHING)
+            return Planned(NOTHING, "fetch", stmt.portalname or "")
+        if isinstance(stmt, ast.ClosePortalStmt):
+            return Planned(NOTHING, "close", stmt.portalname or "")
+        lineage = analyze_statement(stmt, self.catalog)
+        copy = None
+        if isinstance(stmt, ast.CopyStmt) and not stmt.is_from:
+            copy = copy_format(stmt)
+        mask = statement_mask(lineage, self.spec, copy)
+        if isinstance(stmt, ast.DeclareCursorStmt):
+            return Planned(mask, "declare", stmt.portalname or "")
+        return Planned(mask)
