@@ -3,9 +3,9 @@
 `statement_mask(lineage, spec)` turns `shared.lineage.Lineage` into a `StatementMask`: for
 each result column, the masked table columns whose value it carries as it is (`direct`:
 masked by the rule's own strategy, as if the result column were that table column) and
-whether it derives from a masked column in any other way (`derived`: masked whole, by
-redaction, whatever the rule's strategy: a partial mask of `reverse(card)` shows the card's
-first digits). Rules:
+whether it derives from a masked column in any other way, or from it and other columns
+(`derived`: `reverse(card)`, a whole row; masked whole, by redaction, whatever the rule's
+strategy: a partial mask of `reverse(card)` would show the card's first digits). Rules:
 
 1. A source matches a rule when one of the rule's column globs (`col`, `table.col`,
    `schema.table.col`, lower case) matches it; a source part the lineage could not name
@@ -99,10 +99,12 @@ def _column(column: ResultColumn, rules: tuple[MaskRule, ...]) -> tuple[ColumnMa
         if not source.known:
             unresolved = True
             derived = True
-        elif column.direct(source):
+        elif column.direct(source) and len(column.flow) == 1:
             direct += (f"{source.table}.{source.column}", source.qualified)
         else:
             derived = True
+    # A value of several sources (a whole row, a set operation's column) is none of them as
+    # it is: no one rule's strategy fits it.
     if derived:
         return _DERIVED, unresolved
     return (ColumnMask(tuple(direct)) if direct else _PLAIN), unresolved
