@@ -17,6 +17,8 @@ strategy: a partial mask of `reverse(card)` would show the card's first digits).
    declared on this session): every column is derived from every masked column.
 4. `notice`: one line naming what could not be resolved, when that matters (an unresolved
    source matched a rule), for the client's NoticeResponse.
+5. `reads`: the statement reads a masked column anywhere; the texts of its errors and
+   notices are withheld (a failed cast quotes the value).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class StatementMask:
     fallback: ColumnMask = _PLAIN
     notice: str | None = None
     copy: tuple[str, str, bool] | None = None
+    # The statement reads a masked column anywhere (results, clauses, writes): its errors
+    # and notices may quote a masked value (`select card::int`).
+    reads: bool = False
 
     def for_width(self, width: int) -> tuple[ColumnMask, ...]:
         if width == len(self.columns):
@@ -64,8 +69,9 @@ class StatementMask:
         return self.fallback.masked or any(c.masked for c in self.columns)
 
 
-UNRESOLVED = StatementMask((), _DERIVED)
+UNRESOLVED = StatementMask((), _DERIVED, reads=True)
 NOTHING = StatementMask()
+UNPARSED = StatementMask((), _DERIVED)  # text the server cannot parse either: reads nothing
 
 
 def _part(pattern: str, value: str) -> bool:
@@ -132,8 +138,12 @@ def statement_mask(
         mask, unknown = _column(column, rules)
         masks.append(mask)
         unresolved = unresolved or unknown
+    sources = [s for u in lineage.uses for s in (u.source, *u.other)]
+    sources += [s for w in lineage.writes for c in w.columns for s in c.sources]
+    sources += [s for c in lineage.columns for s in c.sources]
+    reads = any(source_matches(g.lower(), s) for s in sources for r in rules for g in r.columns)
     notice = None
     if unresolved:
         reasons = "; ".join(dict.fromkeys(lineage.unresolved)) or "part of the statement"
         notice = f"wardgate masking: {reasons[:300]}: the columns it may feed are masked whole"
-    return StatementMask(tuple(masks), _union(masks), notice, copy)
+    return StatementMask(tuple(masks), _union(masks), notice, copy, reads)

@@ -17,13 +17,17 @@ can answer. Rules:
 3. Cursors: DECLARE c CURSOR FOR q remembers q's mask under c; FETCH from c returns it;
    CLOSE forgets it. FETCH from a cursor this session did not declare here (one declared
    through a PL/pgSQL function, say) is masked fail closed.
-4. Fail closed: text that does not parse, an unknown statement or portal, and a catalog
+4. Fail closed: what reads data lineage cannot follow (`FailClosedCatalog`: functions in
+   other languages, built-ins that run SQL text, the statistics relations) is masked whole;
+   text that does not parse, an unknown statement or portal, and a catalog
    that cannot be asked (`ask` raising) all give `UNRESOLVED`.
 5. A notice for an unresolved part goes out once per statement text (`noticed`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +35,14 @@ from typing import Any
 from pglast import ast, parse_sql
 
 from shared.lineage import analyze_statement
-from shared.masking.catalog import SessionCatalog, lookup_sql
-from shared.masking.lineage import NOTHING, UNRESOLVED, StatementMask, statement_mask
+from shared.masking.catalog import FailClosedCatalog, SessionCatalog, lookup_sql
+from shared.masking.lineage import (
+    NOTHING,
+    UNPARSED,
+    UNRESOLVED,
+    StatementMask,
+    statement_mask,
+)
 from shared.masking.spec import MaskSpec
 from shared.pgwire.follow import ClientFrames, ResultUnits
 
@@ -96,6 +106,7 @@ def copy_format(stmt: Any) -> tuple[str, str, bool] | None:
     return fmt, delimiter or ("," if fmt == "csv" else "\t"), header and fmt == "csv"
 
 
+_STAND_IN = re.compile(r"EXECUTE (wardgate_opaque_\d+):")
 _LOST = Planned(UNRESOLVED)  # a statement or portal this session did not see prepared
 
 
@@ -106,6 +117,7 @@ class LineagePlanner:
         self.spec = spec
         self.units = units
         self.catalog = SessionCatalog(clock)
+        self._lineage_catalog = FailClosedCatalog(self.catalog)
         self._ask = ask
         self._frames = ClientFrames()
         self._texts: dict[str, tuple[int, tuple[Planned, ...]]] = {}
@@ -164,8 +176,8 @@ class LineagePlanner:
             return cached[1]
         try:
             statements = [raw.stmt for raw in parse_sql(text)]
-        except Exception:  # the server refuses it too; nothing it returns is followed
-            return (Planned(UNRESOLVED),)
+        except Exception:  # the server refuses it too, reading nothing: its error is its own
+            return (Planned(UNPARSED),)
         try:
             planned = await self._analyse(statements)
         except Exception:  # a catalog that cannot be asked, lineage that fails: mask
@@ -209,6 +221,13 @@ class LineagePlanner:
         catalog.take_wanted()  # still wanting: the unresolved parts fail closed
         return planned
 
+    def _reason(self, text: str) -> str:
+        """An opaque part's own words instead of lineage's for the EXECUTE standing in."""
+        match = _STAND_IN.match(text)
+        if match is None:
+            return text
+        return self._lineage_catalog.reason(match.group(1)) or text
+
     def _one(self, stmt: Any) -> Planned:
         if isinstance(stmt, ast.FetchStmt):
             if stmt.ismove:
@@ -216,7 +235,11 @@ class LineagePlanner:
             return Planned(NOTHING, "fetch", stmt.portalname or "")
         if isinstance(stmt, ast.ClosePortalStmt):
             return Planned(NOTHING, "close", stmt.portalname or "")
-        lineage = analyze_statement(stmt, self.catalog)
+        lineage = analyze_statement(stmt, self._lineage_catalog)
+        if lineage.unresolved:
+            lineage = dataclasses.replace(
+                lineage, unresolved=tuple(self._reason(r) for r in lineage.unresolved)
+            )
         copy = None
         if isinstance(stmt, ast.CopyStmt) and not stmt.is_from:
             copy = copy_format(stmt)

@@ -395,6 +395,8 @@ class ResultMasker:
             self._copy_mask = mask
         out = self._result_message(type_, body)
         units.server(type_)
+        if type_ in (b"E", b"N") and mask.reads:
+            return self._withheld(type_, body)
         if type_ in (b"T", b"H") and mask.notice and mask not in self._noticed:
             if len(self._noticed) < _MAX_DESCRIBED:
                 self._noticed.add(mask)
@@ -731,6 +733,26 @@ class ResultMasker:
         return _encode(b"d", b"".join(parts)) if changed else None
 
     # ---- texts the server writes -----------------------------------------------------
+
+    def _withheld(self, type_: bytes, body: bytes) -> bytes:
+        """An error or notice of a statement that reads a masked column, its texts withheld:
+        severity, SQLSTATE, position and the names of schema, table, column, type and
+        constraint stay; message, detail, hint and context (which quote values) do not."""
+        parts: list[bytes] = []
+        pos = 0
+        while body[pos] != 0:
+            code = body[pos : pos + 1]
+            end = body.index(b"\0", pos + 1)
+            if code in (b"S", b"V", b"C", b"P", b"s", b"t", b"c", b"d", b"n"):
+                parts.append(body[pos : end + 1])
+            pos = end + 1
+        self.masker.counts[("error" if type_ == b"E" else "notice", "column")] += 1
+        message = (
+            "wardgate masking: the server's text is withheld: the statement reads a masked "
+            "column and the text may quote its values"
+        )
+        parts.append(b"M" + message.encode() + b"\0\0")
+        return _encode(type_, b"".join(parts))
 
     def _report_fields(self, type_: bytes, body: bytes) -> bytes | None:
         if not self._blind.scan:

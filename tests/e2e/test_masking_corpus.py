@@ -5,8 +5,8 @@ one gateway whose column rules mask accounts.card (partial) and accounts.email (
 the admin user, one agent, and one connection per protocol family on each side. Each
 attempt runs first as the superuser, directly, where the protected value must be
 recoverable from its output (else the attempt proves nothing), then through Wardgate,
-where it must not be. A refusal (an inference refusal of the gateway, a binary COPY) counts
-as no leak.
+where it must not be. An error's texts count as output. A refusal (an inference refusal of
+the gateway, a binary COPY) counts as no leak.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ SCHEMA = [
     " as 'select * from accounts'",
     "create function pieces(int) returns table(a text, b text) language sql stable"
     " as 'select left(card, 8), right(card, 8) from accounts where id = $1'",
+    "create function plp_card(int) returns text language plpgsql stable"
+    " as 'begin return (select card from accounts where id = $1); end'",
+    "create function plp_cards() returns setof text language plpgsql stable"
+    " as 'begin return query select card from accounts; end'",
+    "create view v_plp as select plp_card(id) as c from accounts",
 ]
 
 # ---- recovering a disguised value ----------------------------------------------------
@@ -137,6 +142,17 @@ def _copy_rows(data: bytes, binary: bool) -> list[tuple[Any, ...]]:
     return [tuple(re.split(r"[\t,]", line)) for line in text.splitlines()]
 
 
+def outcome(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows an attempt returns, or the texts of the error it ends with."""
+    try:
+        return run(conn, attempt)
+    except psycopg.errors.InsufficientPrivilege:
+        raise
+    except psycopg.Error as exc:
+        diag = exc.diag
+        return [(diag.message_primary, diag.message_detail, diag.message_hint, diag.context)]
+
+
 def run(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
     query = attempt["sql"]
     protocol = attempt.get("protocol", "simple")
@@ -198,6 +214,7 @@ def stack(
             conn.execute(statement)
         for row in ACCOUNTS:
             conn.execute("insert into accounts values (%s, %s, %s, %s)", row)
+        conn.execute("analyze accounts")  # pg_stats holds sample values
     wg = Wardgate(tmp_path_factory.mktemp("corpus"))
     try:
         gw = wg.gateway(secret_key=SecretBox.generate_key(), policy={"masking": MASKING})
@@ -246,15 +263,17 @@ def test_the_corpus_covers_every_family() -> None:
         "extended",
         "cursors",
         "copy",
+        "errors",
+        "opaque",
     }
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS, ids=[a["id"] for a in ATTEMPTS])
 def test_a_leak_directly_is_none_through_wardgate(stack: Stack, attempt: dict[str, Any]) -> None:
-    direct = run(stack.direct, attempt)
+    direct = outcome(stack.direct, attempt)
     assert recovered(direct, attempt), f"not a leak even directly: {direct!r}"
     try:
-        through = run(stack.through, attempt)
+        through = outcome(stack.through, attempt)
     except psycopg.errors.InsufficientPrivilege:
         return  # refused (an inference refusal, a binary COPY): nothing returned
     assert recovered(through, attempt) == set(), f"leaked through Wardgate: {through!r}"
