@@ -10,10 +10,12 @@ can answer. Rules:
    queue the statement's or portal's mask; Close forgets it.
 2. Lineage (`shared.lineage`) runs with `SessionCatalog` behind it: names it lacks are
    asked in one query per round (views and function bodies name more: up to MAX_ROUNDS).
-   Masks are cached per statement text for the catalog's generation; a statement that may
+   Masks are cached per statement shape (the text with constants replaced by parameters:
+   pgbench's `WHERE aid = 42` and `= 43` are one shape; not COPY, whose options are
+   constants, nor SET search_path) for the catalog's generation; a statement that may
    change the catalog (anything but queries, DML, COPY, cursors, transaction control and
-   settings) drops the catalog after it. `SET search_path` / `RESET` are replayed on the
-   side connection, so unqualified names resolve as in the session.
+   settings) drops the catalog after it. The session's last `SET search_path` / `RESET`
+   is sent with each catalog lookup, so unqualified names resolve as in the session.
 3. Cursors: DECLARE c CURSOR FOR q remembers q's mask under c; FETCH from c returns it;
    CLOSE forgets it. FETCH from a cursor this session did not declare here (one declared
    through a PL/pgSQL function, say) is masked fail closed.
@@ -21,7 +23,8 @@ can answer. Rules:
    other languages, built-ins that run SQL text, the statistics relations) is masked whole;
    text that does not parse, an unknown statement or portal, and a catalog
    that cannot be asked (`ask` raising) all give `UNRESOLVED`.
-5. A notice for an unresolved part goes out once per statement text (`noticed`).
+5. A notice for an unresolved part goes out once per statement shape (the masker keeps the
+   masks it told about).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast, parse_sql
+from pglast.parser import normalize
+from pglast.stream import RawStream
 
 from shared.lineage import analyze_statement
 from shared.masking.catalog import FailClosedCatalog, SessionCatalog, lookup_sql
@@ -110,6 +115,17 @@ _STAND_IN = re.compile(r"EXECUTE (wardgate_opaque_\d+):")
 _LOST = Planned(UNRESOLVED)  # a statement or portal this session did not see prepared
 
 
+def _shape(text: str) -> str | None:
+    """The text with its constants replaced by parameters: statements of one shape have
+    one lineage (constants carry no column). None: not kept."""
+    if len(text) > MAX_TEXT:
+        return None
+    try:
+        return str(normalize(text))
+    except Exception:  # text the server rejects too
+        return None
+
+
 class LineagePlanner:
     def __init__(
         self, spec: MaskSpec, ask: Ask, clock: Callable[[], float], units: ResultUnits
@@ -119,12 +135,12 @@ class LineagePlanner:
         self.catalog = SessionCatalog(clock)
         self._lineage_catalog = FailClosedCatalog(self.catalog)
         self._ask = ask
+        self._path = ""  # the session's last SET/RESET of search_path
         self._frames = ClientFrames()
         self._texts: dict[str, tuple[int, tuple[Planned, ...]]] = {}
         self._statements: dict[str, Planned] = {}  # prepared statement -> its plan
         self._portals: dict[str, Planned] = {}
         self._cursors: dict[str, StatementMask] = {}
-        self.noticed: set[str] = set()
 
     async def client_data(self, data: bytes) -> None:
         for message in self._frames.feed(data):
@@ -171,7 +187,8 @@ class LineagePlanner:
         return planned.mask
 
     async def plan(self, text: str) -> tuple[Planned, ...]:
-        cached = self._texts.get(text)
+        shape = _shape(text)
+        cached = self._texts.get(shape) if shape is not None else None
         if cached is not None and cached[0] == self.catalog.generation:
             return cached[1]
         try:
@@ -183,30 +200,27 @@ class LineagePlanner:
         except Exception:  # a catalog that cannot be asked, lineage that fails: mask
             return tuple(Planned(UNRESOLVED) for _ in statements)
         changes = False
+        keep = shape is not None
         for stmt in statements:
             if isinstance(stmt, ast.VariableSetStmt) and (
                 stmt.name in (None, "search_path") or stmt.name.lower() == "search_path"
             ):
-                await self._replay(stmt)
+                self._path = str(RawStream()(stmt))
+                self.catalog.clear()
+                self._texts.clear()
+                keep = False  # it takes effect each time it runs
             elif not isinstance(stmt, _KEEPS_CATALOG):
                 changes = True
+            elif isinstance(stmt, ast.CopyStmt):
+                keep = False  # its options (a delimiter) are constants the shape drops
         if changes:
             self.catalog.clear()
             self._texts.clear()
-        elif len(text) <= MAX_TEXT:
+        elif keep and shape is not None:
             if len(self._texts) >= MAX_TEXTS:
                 del self._texts[next(iter(self._texts))]
-            self._texts[text] = (self.catalog.generation, planned)
+            self._texts[shape] = (self.catalog.generation, planned)
         return planned
-
-    async def _replay(self, stmt: Any) -> None:
-        from pglast.stream import RawStream
-
-        try:
-            await self._ask(str(RawStream()(stmt)))
-        finally:
-            self.catalog.clear()
-            self._texts.clear()
 
     async def _analyse(self, statements: list[Any]) -> tuple[Planned, ...]:
         catalog = self.catalog
@@ -215,7 +229,10 @@ class LineagePlanner:
             if not catalog.wanting:
                 return planned
             relations, functions = catalog.take_wanted()
-            rows = await self._ask(lookup_sql(relations, functions))
+            lookup = lookup_sql(relations, functions)
+            # The session's search_path, sent with each lookup: a side connection opened
+            # again after a failure has it too.
+            rows = await self._ask(f"{self._path}; {lookup}" if self._path else lookup)
             catalog.learn(rows, relations, functions)
         planned = tuple(self._one(s) for s in statements)
         catalog.take_wanted()  # still wanting: the unresolved parts fail closed

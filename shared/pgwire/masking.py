@@ -27,8 +27,9 @@ returns what may go to the client. Rules it keeps:
    its column name alone: over-masking rather than leaking.
 4. COPY TO STDOUT carries no column names. Rules without columns (pure detectors) scan each
    text/CSV row as one line (replacements contain no delimiter, quote or newline) and null
-   binary-format fields with a hit. When a rule with columns applies, the rows are dropped
-   and the copy ends with ErrorResponse 42501 instead of CopyDone (fail closed).
+   binary-format fields with a hit. When a rule with columns applies and lineage (rule 8)
+   cannot mask the rows per column (binary format, options it does not read, no lineage),
+   the rows are dropped and the copy ends with ErrorResponse 42501 instead of CopyDone.
 5. ErrorResponse/NoticeResponse texts and notification payloads go through the detectors:
    a constraint error's DETAIL quotes the offending value.
 6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
@@ -39,6 +40,14 @@ returns what may go to the client. Rules it keeps:
    copied). The rest, and whatever cannot be screened (binary COPY, whole-value rules,
    binary integers, custom patterns with assertions), take the per-value path above, so
    output and counts are the same either way.
+8. Lineage (`units`, on sessions with column rules): the client side queues each result's
+   `StatementMask` (`shared.masking.planner`), and this masker moves the queue along with
+   the server's messages (`shared.pgwire.follow.ResultUnits`). Each RowDescription is
+   planned with its statement's mask: a column derived from a masked column is masked
+   whole (redacted), one that is a masked column by its rule; DataRows of an Execute whose
+   mask differs from the last RowDescription's are planned again; COPY text/CSV rows are
+   masked per field (`shared.pgwire.copyrows`); errors and notices of a statement reading
+   a masked column lose their texts; an unresolved part's notice is sent once per mask.
 """
 
 from __future__ import annotations

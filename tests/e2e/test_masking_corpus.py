@@ -73,6 +73,8 @@ SCHEMA = [
     "create function plp_cards() returns setof text language plpgsql stable"
     " as 'begin return query select card from accounts; end'",
     "create view v_plp as select plp_card(id) as c from accounts",
+    "create schema hidden",
+    "create view hidden.cards as select id, reverse(card) as r from public.accounts",
 ]
 
 # ---- recovering a disguised value ----------------------------------------------------
@@ -298,3 +300,10 @@ def test_what_lineage_cannot_follow_is_masked_with_a_notice(stack: Stack) -> Non
         "wardgate masking: EXECUTE leak_n: a statement prepared with PREPARE is not followed: "
         "the columns it may feed are masked whole"
     ]  # once per statement shape
+
+
+def test_the_session_search_path_is_followed(stack: Stack) -> None:
+    with psycopg.connect(stack.through.info.dsn + f" password={ADMIN_TOKEN}") as conn:
+        conn.execute("set search_path to hidden, public")
+        rows = conn.execute("select r from cards order by id").fetchall()
+        assert rows == [("[redacted]",), ("[redacted]",)]
