@@ -141,8 +141,15 @@ OPAQUE_BUILTINS = frozenset(
         "database_to_xml_and_xmlschema",
         "ts_stat",
         "ts_rewrite",
+        "lo_get",
+        "loread",
+        "pg_read_file",
+        "pg_read_binary_file",
     }
 )
+# Settings a session may have stored a masked value in (set_config), once it has.
+SETTING_READERS = frozenset({"current_setting"})
+SETTING_RELATIONS = frozenset({"pg_settings"})
 # Catalog relations holding samples of column values (ANALYZE's statistics).
 STATISTICS = frozenset(
     {"pg_statistic", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data"}
@@ -160,6 +167,7 @@ class FailClosedCatalog:
     def __init__(self, inner: SessionCatalog) -> None:
         self.inner = inner
         self._reasons: dict[str, str] = {}
+        self.settings_tainted = False  # set_config stored a masked value
 
     def reason(self, key: str) -> str | None:
         return self._reasons.get(key)
@@ -174,9 +182,14 @@ class FailClosedCatalog:
 
     def relation(self, schema: str | None, name: str) -> Relation | None:
         found = self.inner.relation(schema, name)
-        if found is None or found.schema != "pg_catalog" or found.name not in STATISTICS:
+        if found is None or found.schema != "pg_catalog":
             return found
-        key = self._opaque(f"pg_catalog.{found.name} holds samples of column values")
+        if found.name in STATISTICS:
+            key = self._opaque(f"pg_catalog.{found.name} holds samples of column values")
+        elif found.name in SETTING_RELATIONS and self.settings_tainted:
+            key = self._opaque("a setting may hold a masked value (set_config)")
+        else:
+            return found
         columns = ", ".join(f'{key}() as "{c}"' for c in found.columns)
         return Relation(found.schema, found.name, found.columns, f"select {columns}")
 
@@ -188,7 +201,10 @@ class FailClosedCatalog:
             return None
         out: list[Function] = []
         for f in found:
-            if f.builtin and f.name not in OPAQUE_BUILTINS:
+            opaque = f.name in OPAQUE_BUILTINS or (
+                self.settings_tainted and f.name in SETTING_READERS
+            )
+            if f.builtin and not opaque:
                 out.append(f)
             elif f.builtin or f.language != "sql" or not f.body:
                 what = "SQL-standard body" if f.language == "sql" else f.language

@@ -19,6 +19,9 @@ strategy: a partial mask of `reverse(card)` would show the card's first digits).
    source matched a rule), for the client's NoticeResponse.
 5. `reads`: the statement reads a masked column anywhere; the texts of its errors and
    notices are withheld (a failed cast quotes the value).
+6. `tainted`: tables this session filled with data from a masked column (CREATE TABLE AS,
+   SELECT INTO, INSERT ... SELECT: `tainted_writes`); every column read from them is
+   derived from a masked column.
 """
 
 from __future__ import annotations
@@ -94,12 +97,17 @@ def derived_rule(rule: MaskRule) -> MaskRule:
     return MaskRule(rule.name, Strategy.REDACT, rule.columns)
 
 
-def _column(column: ResultColumn, rules: tuple[MaskRule, ...]) -> tuple[ColumnMask, bool]:
+def _column(
+    column: ResultColumn, rules: tuple[MaskRule, ...], tainted: frozenset[str]
+) -> tuple[ColumnMask, bool]:
     """The column's mask and whether an unresolved source matched."""
     direct: list[str] = []
     derived = False
     unresolved = False
     for source in column.sources:
+        if source.table.lower() in tainted:
+            derived = True  # a copy of masked data made in this session
+            continue
         if not any(source_matches(g.lower(), source) for r in rules for g in r.columns):
             continue
         if not source.known:
@@ -116,6 +124,23 @@ def _column(column: ResultColumn, rules: tuple[MaskRule, ...]) -> tuple[ColumnMa
     return (ColumnMask(tuple(direct)) if direct else _PLAIN), unresolved
 
 
+def tainted_writes(lineage: Lineage, spec: MaskSpec) -> set[str]:
+    """The tables (names as written, lower case, unqualified) a statement fills with data
+    derived from a masked column: reading them later in the session is reading it."""
+    rules = column_rules(spec)
+    return {
+        w.target.rsplit(".", 1)[-1].lower()
+        for w in lineage.writes
+        if any(
+            source_matches(g.lower(), s)
+            for c in w.columns
+            for s in c.sources
+            for r in rules
+            for g in r.columns
+        )
+    }
+
+
 def _union(columns: Iterable[ColumnMask]) -> ColumnMask:
     direct: list[str] = []
     for c in columns:
@@ -127,7 +152,10 @@ def _union(columns: Iterable[ColumnMask]) -> ColumnMask:
 
 
 def statement_mask(
-    lineage: Lineage, spec: MaskSpec, copy: tuple[str, str, bool] | None = None
+    lineage: Lineage,
+    spec: MaskSpec,
+    copy: tuple[str, str, bool] | None = None,
+    tainted: frozenset[str] = frozenset(),
 ) -> StatementMask:
     rules = column_rules(spec)
     if not rules:
@@ -135,13 +163,18 @@ def statement_mask(
     masks: list[ColumnMask] = []
     unresolved = False
     for column in lineage.columns:
-        mask, unknown = _column(column, rules)
+        mask, unknown = _column(column, rules, tainted)
         masks.append(mask)
         unresolved = unresolved or unknown
     sources = [s for u in lineage.uses for s in (u.source, *u.other)]
     sources += [s for w in lineage.writes for c in w.columns for s in c.sources]
     sources += [s for c in lineage.columns for s in c.sources]
-    reads = any(source_matches(g.lower(), s) for s in sources for r in rules for g in r.columns)
+    reads = any(
+        s.table.lower() in tainted or source_matches(g.lower(), s)
+        for s in sources
+        for r in rules
+        for g in r.columns
+    )
     notice = None
     if unresolved:
         reasons = "; ".join(dict.fromkeys(lineage.unresolved)) or "part of the statement"

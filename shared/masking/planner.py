@@ -39,7 +39,7 @@ from pglast import ast, parse_sql
 from pglast.parser import normalize
 from pglast.stream import RawStream
 
-from shared.lineage import analyze_statement
+from shared.lineage import Lineage, analyze_statement
 from shared.masking.catalog import FailClosedCatalog, SessionCatalog, lookup_sql
 from shared.masking.lineage import (
     NOTHING,
@@ -47,6 +47,7 @@ from shared.masking.lineage import (
     UNRESOLVED,
     StatementMask,
     statement_mask,
+    tainted_writes,
 )
 from shared.masking.spec import MaskSpec
 from shared.pgwire.follow import ClientFrames, ResultUnits
@@ -115,6 +116,13 @@ _STAND_IN = re.compile(r"EXECUTE (wardgate_opaque_\d+):")
 _LOST = Planned(UNRESOLVED)  # a statement or portal this session did not see prepared
 
 
+def _text(stmt: Any) -> str:
+    try:
+        return str(RawStream()(stmt)).lower()
+    except Exception:  # a node the deparser does not take: assume the worst
+        return "set_config"
+
+
 def _shape(text: str) -> str | None:
     """The text with its constants replaced by parameters: statements of one shape have
     one lineage (constants carry no column). None: not kept."""
@@ -136,6 +144,7 @@ class LineagePlanner:
         self._lineage_catalog = FailClosedCatalog(self.catalog)
         self._ask = ask
         self._path = ""  # the session's last SET/RESET of search_path
+        self._tainted: set[str] = set()  # tables filled with masked data (lineage rule 6)
         self._frames = ClientFrames()
         self._texts: dict[str, tuple[int, tuple[Planned, ...]]] = {}
         self._statements: dict[str, Planned] = {}  # prepared statement -> its plan
@@ -238,6 +247,28 @@ class LineagePlanner:
         catalog.take_wanted()  # still wanting: the unresolved parts fail closed
         return planned
 
+    def _taint(self, stmt: Any, lineage: Lineage, mask: StatementMask) -> None:
+        """Copies of masked data this statement makes, for the statements after it."""
+        tables = tainted_writes(lineage, self.spec) - self._tainted
+        if isinstance(stmt, ast.InsertStmt) and stmt.selectStmt is not None:
+            # INSERT into a table the catalog does not show (a temporary one): lineage
+            # records no write; what its query reads decides.
+            query = statement_mask(
+                analyze_statement(stmt.selectStmt, self._lineage_catalog), self.spec
+            )
+            target: Any = stmt.relation
+            if query.masked and target is not None and target.relname:
+                tables.add(str(target.relname).lower())
+            tables -= self._tainted
+        if tables:
+            self._tainted |= tables
+            self._texts.clear()
+        # set_config with a masked value: settings read back are masked from now on.
+        catalog = self._lineage_catalog
+        if mask.reads and not catalog.settings_tainted and "set_config" in _text(stmt):
+            catalog.settings_tainted = True
+            self._texts.clear()
+
     def _reason(self, text: str) -> str:
         """An opaque part's own words instead of lineage's for the EXECUTE standing in."""
         match = _STAND_IN.match(text)
@@ -246,6 +277,8 @@ class LineagePlanner:
         return self._lineage_catalog.reason(match.group(1)) or text
 
     def _one(self, stmt: Any) -> Planned:
+        if isinstance(stmt, ast.VariableShowStmt) and self._lineage_catalog.settings_tainted:
+            return Planned(UNRESOLVED)
         if isinstance(stmt, ast.FetchStmt):
             if stmt.ismove:
                 return Planned(NOTHING)
@@ -260,7 +293,8 @@ class LineagePlanner:
         copy = None
         if isinstance(stmt, ast.CopyStmt) and not stmt.is_from:
             copy = copy_format(stmt)
-        mask = statement_mask(lineage, self.spec, copy)
+        mask = statement_mask(lineage, self.spec, copy, frozenset(self._tainted))
+        self._taint(stmt, lineage, mask)
         if isinstance(stmt, ast.DeclareCursorStmt):
             return Planned(mask, "declare", stmt.portalname or "")
         return Planned(mask)

@@ -156,6 +156,8 @@ def outcome(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tupl
 
 
 def run(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
+    if isinstance(attempt["sql"], list):  # statements sent one by one
+        return [r for one in attempt["sql"] for r in run(conn, {**attempt, "sql": one})]
     query = attempt["sql"]
     protocol = attempt.get("protocol", "simple")
     params = tuple(attempt.get("params", ()))

@@ -10,6 +10,7 @@ import pytest
 from pglast import parse_sql
 
 from shared.lineage import MemoryCatalog, Relation, analyze
+from shared.masking.catalog import FailClosedCatalog, SessionCatalog
 from shared.masking.lineage import NOTHING, UNRESOLVED, ColumnMask, StatementMask, statement_mask
 from shared.masking.planner import LineagePlanner, copy_format
 from shared.masking.spec import MaskRule, MaskSpec, Strategy
@@ -267,7 +268,6 @@ def test_binary_copy_of_a_masked_column_is_still_refused() -> None:
     out = messages(rw.feed(data))
     assert any(getattr(m, "sqlstate", None) == "42501" for m in out)
     assert not [m for m in out if type(m).__name__ == "CopyData"]
-    _ = error_response  # the refusal is an ErrorResponse in place of CopyDone
 
 
 def test_copy_field_spans_text_and_csv() -> None:
@@ -361,3 +361,64 @@ async def test_search_path_changes_go_with_each_catalog_lookup() -> None:
     await plan.client_data(Query("set search_path to other, public").encode())
     await plan.client_data(Query("select card from accounts").encode())
     assert ask.asked[-1].startswith("SET search_path TO 'other', 'public'; SELECT"), ask.asked
+
+
+def test_what_reads_data_by_itself_is_masked_whole_and_named() -> None:
+    catalog = SessionCatalog(lambda: 0.0)
+    catalog.learn(
+        [
+            ["r", None, "accounts", "public", "accounts", '["id","name","card"]', None],
+            [
+                "r",
+                None,
+                "pg_stats",
+                "pg_catalog",
+                "pg_stats",
+                '["attname","most_common_vals"]',
+                "x",
+            ],
+            ["f", None, "plp", "public", "plpgsql", "false", None],
+            ["f", None, "query_to_xml", "pg_catalog", "internal", "true", None],
+            ["f", None, "upper", "pg_catalog", "internal", "true", None],
+        ],
+        [(None, "accounts"), (None, "pg_stats")],
+        [(None, "plp"), (None, "query_to_xml"), (None, "upper")],
+    )
+    opaque = FailClosedCatalog(catalog)
+    for sql in (
+        "select plp(1)",
+        "select query_to_xml('select card from accounts', true, false, '')",
+        "select vals from pg_stats",
+    ):
+        mask = statement_mask(analyze(sql, opaque)[0], SPEC)
+        assert mask.columns == (ColumnMask(derived=True),), sql
+    assert (
+        statement_mask(analyze("select upper(name) from accounts", opaque)[0], SPEC).masked is False
+    )
+    assert [opaque.reason(f"wardgate_opaque_{i}") for i in range(3)] == [
+        "function public.plp (plpgsql) is not followed",
+        "function pg_catalog.query_to_xml (internal) is not followed",
+        "pg_catalog.pg_stats holds samples of column values",
+    ]
+
+
+async def test_a_table_filled_with_masked_data_is_masked_after() -> None:
+    plan, units, _ = planner()
+    await plan.client_data(
+        Query("create temp table t1 as select card as c from accounts").encode()
+        + Query("select c from t1").encode()
+    )
+    units.server(b"Z")
+    assert units.current().columns == (ColumnMask(derived=True),)
+
+
+def test_errors_of_a_statement_reading_a_masked_column_lose_their_text() -> None:
+    units = ResultUnits()
+    rw = masker(units)
+    units.query((mask_of("select card::int from accounts"), NOTHING))
+    units.query((NOTHING,))
+    error = error_response("22003", 'value "4111111111111111" is out of range', severity="ERROR")
+    out = rw.feed(error + ready_for_query("I") + error + ready_for_query("I"))
+    first, _, second, _ = messages(out)
+    assert "4111" not in str(first) and getattr(first, "sqlstate", None) == "22003"
+    assert "4111" in str(second)  # a statement reading nothing masked keeps its text
