@@ -279,6 +279,8 @@ class LineagePlanner:
     def _one(self, stmt: Any) -> Planned:
         if isinstance(stmt, ast.VariableShowStmt) and self._lineage_catalog.settings_tainted:
             return Planned(UNRESOLVED)
+        if isinstance(stmt, ast.DoStmt):
+            return Planned(UNRESOLVED)  # its notices and errors may quote what it reads
         if isinstance(stmt, ast.FetchStmt):
             if stmt.ismove:
                 return Planned(NOTHING)

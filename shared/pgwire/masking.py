@@ -47,7 +47,8 @@ returns what may go to the client. Rules it keeps:
    whole (redacted), one that is a masked column by its rule; DataRows of an Execute whose
    mask differs from the last RowDescription's are planned again; COPY text/CSV rows are
    masked per field (`shared.pgwire.copyrows`); errors and notices of a statement reading
-   a masked column lose their texts; an unresolved part's notice is sent once per mask.
+   a masked column lose their texts; an unresolved part's notice is sent once per mask;
+   notification payloads are withheld (any session may have sent a masked value).
 """
 
 from __future__ import annotations
@@ -786,10 +787,15 @@ class ResultMasker:
         return _encode(type_, b"".join(parts)) if changed else None
 
     def _notification(self, body: bytes) -> bytes | None:
-        if not self._blind.scan:
-            return None
         channel_end = body.index(b"\0", 4)
         payload_end = body.index(b"\0", channel_end + 1)
+        if self.units is not None and payload_end > channel_end + 1:
+            # Under column rules a payload is withheld: any session may have sent a masked
+            # value in it (`pg_notify('c', card)`), and nothing here tells which did.
+            self.masker.counts[("notification", "column")] += 1
+            return _encode(b"A", body[: channel_end + 1] + b"\0")
+        if not self._blind.scan:
+            return None
         payload = body[channel_end + 1 : payload_end].decode("utf-8", "surrogateescape")
         new, hit = self.masker.scan_text(
             payload, ColumnPlan("notification", None, self._blind.scan)

@@ -73,6 +73,8 @@ SCHEMA = [
     "create function plp_cards() returns setof text language plpgsql stable"
     " as 'begin return query select card from accounts; end'",
     "create view v_plp as select plp_card(id) as c from accounts",
+    "create function plp_notice(int) returns int language plpgsql volatile as 'begin"
+    " raise notice ''%'', (select email from accounts where id = $1); return 1; end'",
     "create schema hidden",
     "create view hidden.cards as select id, reverse(card) as r from public.accounts",
 ]
@@ -145,14 +147,29 @@ def _copy_rows(data: bytes, binary: bool) -> list[tuple[Any, ...]]:
 
 
 def outcome(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The rows an attempt returns, or the texts of the error it ends with."""
+    """The rows an attempt returns, or the texts of the error it ends with, and the texts
+    of the notices and notification payloads it got."""
+    heard: list[tuple[Any, ...]] = []
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        heard.append((diag.message_primary, diag.message_detail, diag.context))
+
+    def notify(n: psycopg.Notify) -> None:
+        heard.append((n.payload,))
+
+    conn.add_notice_handler(notice)
+    conn.add_notify_handler(notify)
     try:
-        return run(conn, attempt)
+        return run(conn, attempt) + heard
     except psycopg.errors.InsufficientPrivilege:
         raise
     except psycopg.Error as exc:
         diag = exc.diag
-        return [(diag.message_primary, diag.message_detail, diag.message_hint, diag.context)]
+        texts = (diag.message_primary, diag.message_detail, diag.message_hint, diag.context)
+        return [texts, *heard]
+    finally:
+        conn.remove_notice_handler(notice)
+        conn.remove_notify_handler(notify)
 
 
 def run(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
