@@ -173,11 +173,18 @@ def outcome(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tupl
 
 
 def run(conn: psycopg.Connection[Any], attempt: dict[str, Any]) -> list[tuple[Any, ...]]:
+    protocol = attempt.get("protocol", "simple")
+    params = tuple(attempt.get("params", ()))
+    if protocol == "pipeline":  # every statement sent before the first answer is read
+        with conn.pipeline():
+            cursors = [conn.execute(one, params) for one in attempt["sql"]]
+        return [r for cur in cursors for r in cur.fetchall()]
+    if protocol == "binary":
+        with conn.cursor(binary=True) as cur:
+            return cur.execute(attempt["sql"], params or None).fetchall()
     if isinstance(attempt["sql"], list):  # statements sent one by one
         return [r for one in attempt["sql"] for r in run(conn, {**attempt, "sql": one})]
     query = attempt["sql"]
-    protocol = attempt.get("protocol", "simple")
-    params = tuple(attempt.get("params", ()))
     if protocol == "simple":
         with psycopg.ClientCursor(conn) as cur:
             cur.execute(query)
@@ -326,3 +333,25 @@ def test_the_session_search_path_is_followed(stack: Stack) -> None:
         conn.execute("set search_path to hidden, public")
         rows = conn.execute("select r from cards order by id").fetchall()
         assert rows == [("[redacted]",), ("[redacted]",)]
+
+
+def test_plain_columns_beside_masked_ones_are_untouched(stack: Stack) -> None:
+    conn = stack.through
+    with conn.pipeline():
+        cursors = [
+            conn.execute(q, (1,))
+            for q in (
+                "select name, card from accounts where id = %s",
+                "select reverse(card), id from accounts where id = %s",
+                "select upper(name) from accounts where id = %s",
+            )
+        ]
+    assert [c.fetchall() for c in cursors] == [
+        [("Alice", "****1111")],
+        [("[redacted]", 1)],
+        [("ALICE",)],
+    ]
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute("select name from accounts order by id; select left(card, 4) from accounts")
+        assert cur.fetchall() == [("Alice",), ("Bob",)]
+        assert cur.nextset() and cur.fetchall() == [("[redacted]",), ("[redacted]",)]
