@@ -12,7 +12,7 @@ can answer. Rules:
    asked in one query per round (views and function bodies name more: up to MAX_ROUNDS).
    Masks are cached per statement shape (the text with constants replaced by parameters:
    pgbench's `WHERE aid = 42` and `= 43` are one shape; not COPY, whose options are
-   constants, nor SET search_path) for the catalog's generation; a statement that may
+   constants, nor SET search_path) for the catalog's generation and its TTL; a statement that may
    change the catalog (anything but queries, DML, COPY, cursors, transaction control and
    settings) drops the catalog after it. The session's last `SET search_path` / `RESET`
    is sent with each catalog lookup, so unqualified names resolve as in the session.
@@ -40,7 +40,7 @@ from pglast.parser import normalize
 from pglast.stream import RawStream
 
 from shared.lineage import Lineage, analyze_statement
-from shared.masking.catalog import FailClosedCatalog, SessionCatalog, lookup_sql
+from shared.masking.catalog import CACHE_TTL, FailClosedCatalog, SessionCatalog, lookup_sql
 from shared.masking.lineage import (
     NOTHING,
     UNPARSED,
@@ -146,7 +146,9 @@ class LineagePlanner:
         self._path = ""  # the session's last SET/RESET of search_path
         self._tainted: set[str] = set()  # tables filled with masked data (lineage rule 6)
         self._frames = ClientFrames()
-        self._texts: dict[str, tuple[int, tuple[Planned, ...]]] = {}
+        # shape -> (catalog generation, when, plans)
+        self._texts: dict[str, tuple[int, float, tuple[Planned, ...]]] = {}
+        self._clock = clock
         self._statements: dict[str, Planned] = {}  # prepared statement -> its plan
         self._portals: dict[str, Planned] = {}
         self._cursors: dict[str, StatementMask] = {}
@@ -198,8 +200,13 @@ class LineagePlanner:
     async def plan(self, text: str) -> tuple[Planned, ...]:
         shape = _shape(text)
         cached = self._texts.get(shape) if shape is not None else None
-        if cached is not None and cached[0] == self.catalog.generation:
-            return cached[1]
+        # Kept for the catalog's TTL too: another session may replace a view meanwhile.
+        if (
+            cached is not None
+            and cached[0] == self.catalog.generation
+            and self._clock() - cached[1] <= CACHE_TTL
+        ):
+            return cached[2]
         try:
             statements = [raw.stmt for raw in parse_sql(text)]
         except Exception:  # the server refuses it too, reading nothing: its error is its own
@@ -228,7 +235,7 @@ class LineagePlanner:
         elif keep and shape is not None:
             if len(self._texts) >= MAX_TEXTS:
                 del self._texts[next(iter(self._texts))]
-            self._texts[shape] = (self.catalog.generation, planned)
+            self._texts[shape] = (self.catalog.generation, self._clock(), planned)
         return planned
 
     async def _analyse(self, statements: list[Any]) -> tuple[Planned, ...]:

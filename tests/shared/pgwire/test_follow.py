@@ -422,3 +422,16 @@ def test_errors_of_a_statement_reading_a_masked_column_lose_their_text() -> None
     first, _, second, _ = messages(out)
     assert "4111" not in str(first) and getattr(first, "sqlstate", None) == "22003"
     assert "4111" in str(second)  # a statement reading nothing masked keeps its text
+
+
+async def test_a_shape_is_planned_once_until_the_catalog_ttl_passes() -> None:
+    now = [0.0]
+    units = ResultUnits()
+    ask = Catalogue()
+    plan = LineagePlanner(SPEC, ask, lambda: now[0], units)
+    for aid in (1, 2, 3):  # one shape: constants are parameters
+        await plan.client_data(Query(f"select card from accounts where id = {aid}").encode())
+    assert len(ask.asked) == 1
+    now[0] = 11.0  # another session may have replaced a view meanwhile
+    await plan.client_data(Query("select card from accounts where id = 4").encode())
+    assert len(ask.asked) == 2
