@@ -6,7 +6,9 @@ before it forwards them, so each result's mask is queued (`ResultUnits`) before 
 can answer. Rules:
 
 1. Simple Query: each statement of the string gets its mask, in order. Parse: the
-   prepared statement's mask; Bind: the portal takes its statement's; Describe and Execute
+   prepared statement's mask; Bind: the portal takes its statement's (planned again when
+   the catalog changed or its TTL passed since, as the server plans it again); Describe
+   and Execute
    queue the statement's or portal's mask; Close forgets it.
 2. Lineage (`shared.lineage`) runs with `SessionCatalog` behind it: names it lacks are
    asked in one query per round (views and function bodies name more: up to MAX_ROUNDS).
@@ -151,6 +153,8 @@ class LineagePlanner:
         self._clock = clock
         self._statements: dict[str, Planned] = {}  # prepared statement -> its plan
         self._portals: dict[str, Planned] = {}
+        # prepared statement -> (its text, catalog generation and time its plan was made)
+        self._sources: dict[str, tuple[str, int, float]] = {}
         self._cursors: dict[str, StatementMask] = {}
 
     async def client_data(self, data: bytes) -> None:
@@ -160,10 +164,15 @@ class LineagePlanner:
                 planned = await self.plan(message.text)
                 self.units.query(tuple(self._apply(p) for p in planned) or (NOTHING,))
             elif kind == "P":
-                planned = await self.plan(message.text)
-                # One statement per Parse (the server refuses more).
-                self._statements[message.name] = planned[0] if len(planned) == 1 else _LOST
+                await self._prepare(message.name, message.text)
             elif kind == "B":
+                source = self._sources.get(message.target)
+                # The server plans a prepared statement again after the catalog changed (a
+                # view replaced): so is its mask, at Bind.
+                if source is not None and (
+                    source[1] != self.catalog.generation or self._clock() - source[2] > CACHE_TTL
+                ):
+                    await self._prepare(message.target, source[0])
                 self._portals[message.name] = self._statements.get(message.target, _LOST)
             elif kind == "D":
                 names = self._statements if message.name[0] == "S" else self._portals
@@ -174,8 +183,18 @@ class LineagePlanner:
             elif kind == "C":
                 names = self._statements if message.name[0] == "S" else self._portals
                 names.pop(message.name[1:], None)
+                if message.name[0] == "S":
+                    self._sources.pop(message.name[1:], None)
             elif kind == "S":
                 self.units.sync()
+
+    async def _prepare(self, name: str, text: str) -> None:
+        planned = await self.plan(text)
+        # One statement per Parse (the server refuses more).
+        self._statements[name] = planned[0] if len(planned) == 1 else _LOST
+        self._sources[name] = (text, self.catalog.generation, self._clock())
+        if len(self._sources) > MAX_TEXTS * 4:  # a client that never closes statements
+            del self._sources[next(iter(self._sources))]
 
     def _peek(self, planned: Planned) -> StatementMask:
         if planned.cursor == "fetch":

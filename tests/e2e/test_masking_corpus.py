@@ -75,6 +75,7 @@ SCHEMA = [
     "create view v_plp as select plp_card(id) as c from accounts",
     "create function plp_notice(int) returns int language plpgsql volatile as 'begin"
     " raise notice ''%'', (select email from accounts where id = $1); return 1; end'",
+    "create view v_swap as select id, name as r from accounts",
     "create schema hidden",
     "create view hidden.cards as select id, reverse(card) as r from public.accounts",
 ]
@@ -355,3 +356,15 @@ def test_plain_columns_beside_masked_ones_are_untouched(stack: Stack) -> None:
         cur.execute("select name from accounts order by id; select left(card, 4) from accounts")
         assert cur.fetchall() == [("Alice",), ("Bob",)]
         assert cur.nextset() and cur.fetchall() == [("[redacted]",), ("[redacted]",)]
+
+
+def test_a_prepared_statement_is_masked_again_after_its_view_changes(stack: Stack) -> None:
+    conn = stack.through
+    query = "select r from v_swap where id = %s"
+    assert conn.execute(query, (1,), prepare=True).fetchall() == [("Alice",)]
+    conn.execute("create or replace view v_swap as select id, reverse(card) as r from accounts")
+    try:
+        assert conn.execute(query, (1,), prepare=True).fetchall() == [("[redacted]",)]
+    finally:
+        conn.execute("create or replace view v_swap as select id, name as r from accounts")
+        conn.execute("deallocate all")
