@@ -134,6 +134,7 @@ class ResultMasker:
         self.units = units
         self._mask: StatementMask = NOTHING  # the one `_columns` were planned with
         self._last_description: tuple[bytes, bool] | None = None
+        self._rows_followed = units is None  # DataRows checked against their mask
         self._noticed: set[StatementMask] = set()
         self._copy_mask: StatementMask = NOTHING
         self._copy_columns: list[MaskRule | None] = []
@@ -207,7 +208,7 @@ class ResultMasker:
                     raise MaskingFailed(f"server message of impossible length {length}")
                 total = length + 1
                 starts: list[int] = []
-                if type_byte == 0x44 and self.units is not None:
+                if type_byte == 0x44 and not self._rows_followed:
                     self._follow_rows()
                 if type_byte == self._run_type:
                     end, starts = self._gather(data, pos, type_byte)
@@ -398,6 +399,8 @@ class ResultMasker:
         units = self.units
         if units is None:
             return self._result_message(type_, body)
+        # The mask of the rows to come can change only here, with a server message.
+        self._rows_followed = False
         mask = units.current()
         if type_ == b"T":
             self._mask = mask
@@ -487,6 +490,7 @@ class ResultMasker:
         """DataRows of an Execute after a Describe of another statement, or after a
         RowDescription of the previous one: planned again with this result's mask."""
         assert self.units is not None
+        self._rows_followed = True
         mask = self.units.current()
         if mask is self._mask or mask == self._mask:
             return
