@@ -368,3 +368,13 @@ def test_a_prepared_statement_is_masked_again_after_its_view_changes(stack: Stac
     finally:
         conn.execute("create or replace view v_swap as select id, name as r from accounts")
         conn.execute("deallocate all")
+
+
+def test_a_column_updated_from_a_masked_one_is_masked_after(stack: Stack) -> None:
+    conninfo = stack.through.info.dsn + f" password={ADMIN_TOKEN}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("create temp table leak_u (id int, note text)")
+        conn.execute("insert into leak_u values (1, 'plain')")
+        assert conn.execute("select note from leak_u").fetchall() == [("plain",)]
+        conn.execute("update leak_u set note = (select card from accounts where id = 1)")
+        assert conn.execute("select note from leak_u").fetchall() == [("[redacted]",)]
