@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 
 from agent.protocols import tcp
+from agent.protocols.pglineage import SideConnection
+from shared.masking.planner import LineagePlanner
 from shared.masking.spec import MaskSpec
 from shared.masking.values import Masker
 from shared.pgwire.auth import ScramSha256Client, md5_password, tls_server_end_point
@@ -47,6 +49,7 @@ from shared.pgwire.backend import (
     decode_backend,
 )
 from shared.pgwire.errors import PgProtocolError
+from shared.pgwire.follow import ResultUnits
 from shared.pgwire.framing import Message, MessageReader
 from shared.pgwire.frontend import Query, SASLInitialResponse, SASLResponse, password_message
 from shared.pgwire.masking import ResultMasker
@@ -319,7 +322,20 @@ async def rewriter_for(target: Target) -> ResultMasker | None:
         return None
     globs = spec.column_globs
     catalog = await lookup_catalog(target, globs) if globs else {}
-    return ResultMasker(Masker(spec), catalog=catalog)
+    # Column rules: each result is tied to its statement, whose lineage masks what derives
+    # from a masked column (shared.masking.planner).
+    units = ResultUnits() if globs else None
+    return ResultMasker(Masker(spec), catalog=catalog, units=units)
+
+
+def planner_for(
+    target: Target, rewriter: ResultMasker | None
+) -> tuple[LineagePlanner, SideConnection] | None:
+    if rewriter is None or rewriter.units is None:
+        return None
+    side = SideConnection(target, connect, login)
+    planner = LineagePlanner(target.masking, side.ask, time.monotonic, rewriter.units)
+    return planner, side
 
 
 async def serve(stream: TunnelStream, target: Target) -> None:
@@ -355,11 +371,21 @@ async def serve(stream: TunnelStream, target: Target) -> None:
         if kind is SignalKind.CANCEL and key is not None and server is not None:
             await cancel(target, key, server.tls)
 
+    planned = planner_for(target, rewriter)
     await stream.send_open_result(OpenResult(True))
     try:
         await stream.send_data(startup)
-        await tcp.pump(stream, server.reader, server.writer, on_signal, rewriter)
+        await tcp.pump(
+            stream,
+            server.reader,
+            server.writer,
+            on_signal,
+            rewriter,
+            before_write=planned[0].client_data if planned else None,
+        )
     finally:
+        if planned:
+            planned[1].close()
         server.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await server.writer.wait_closed()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from shared.relay import Ended, OnSignal, Refused, RelayEnd, StreamPeer, relay
@@ -72,10 +73,18 @@ class _TargetPeer(StreamPeer):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         rewriter: Rewriter,
+        before_write: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(reader, writer, READ_SIZE)
         self.stream = stream
         self.rewriter = rewriter
+        self.before_write = before_write
+
+    async def write(self, data: bytes) -> None:
+        if self.before_write is not None:
+            # The client's statements are planned before the target can answer them.
+            await self.before_write(data)
+        await super().write(data)
 
     async def read(self) -> bytes | None:
         rw = self.rewriter
@@ -105,6 +114,7 @@ async def pump(
     rewriter: Rewriter | None = None,
     *,
     half_close: bool = True,
+    before_write: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> RelayEnd:
     """Copy target<->tunnel with the relay driver (shared/relay.py) until the session ends.
 
@@ -114,11 +124,12 @@ async def pump(
     `rewriter`, target bytes pass through it (and its reports follow the data they count);
     without one they are copied untouched (the measured fast path). `half_close=False`
     for a protocol without half-open sessions: the target's EOF ends the session.
+    `before_write` sees the client's bytes before the target does (with a `rewriter`).
     """
     peer = (
         StreamPeer(reader, writer, READ_SIZE)
         if rewriter is None
-        else _TargetPeer(stream, reader, writer, rewriter)
+        else _TargetPeer(stream, reader, writer, rewriter, before_write)
     )
     end = await relay(
         stream,

@@ -27,8 +27,9 @@ returns what may go to the client. Rules it keeps:
    its column name alone: over-masking rather than leaking.
 4. COPY TO STDOUT carries no column names. Rules without columns (pure detectors) scan each
    text/CSV row as one line (replacements contain no delimiter, quote or newline) and null
-   binary-format fields with a hit. When a rule with columns applies, the rows are dropped
-   and the copy ends with ErrorResponse 42501 instead of CopyDone (fail closed).
+   binary-format fields with a hit. When a rule with columns applies and lineage (rule 8)
+   cannot mask the rows per column (binary format, options it does not read, no lineage),
+   the rows are dropped and the copy ends with ErrorResponse 42501 instead of CopyDone.
 5. ErrorResponse/NoticeResponse texts and notification payloads go through the detectors:
    a constraint error's DETAIL quotes the offending value.
 6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
@@ -39,6 +40,15 @@ returns what may go to the client. Rules it keeps:
    copied). The rest, and whatever cannot be screened (binary COPY, whole-value rules,
    binary integers, custom patterns with assertions), take the per-value path above, so
    output and counts are the same either way.
+8. Lineage (`units`, on sessions with column rules): the client side queues each result's
+   `StatementMask` (`shared.masking.planner`), and this masker moves the queue along with
+   the server's messages (`shared.pgwire.follow.ResultUnits`). Each RowDescription is
+   planned with its statement's mask: a column derived from a masked column is masked
+   whole (redacted), one that is a masked column by its rule; DataRows of an Execute whose
+   mask differs from the last RowDescription's are planned again; COPY text/CSV rows are
+   masked per field (`shared.pgwire.copyrows`); errors and notices of a statement reading
+   a masked column lose their texts; an unresolved part's notice is sent once per mask;
+   notification payloads are withheld (any session may have sent a masked value).
 """
 
 from __future__ import annotations
@@ -48,8 +58,15 @@ import struct
 from collections import Counter
 from collections.abc import Mapping
 
+from shared.masking.lineage import (
+    NOTHING,
+    ColumnMask,
+    StatementMask,
+    column_rules,
+    derived_rule,
+)
 from shared.masking.screen import build_screen
-from shared.masking.spec import Strategy
+from shared.masking.spec import MaskRule, Strategy
 from shared.masking.values import (
     INT_WIDTH,
     JSON_OID,
@@ -61,7 +78,9 @@ from shared.masking.values import (
     Counts,
     Masker,
 )
-from shared.pgwire.backend import error_response
+from shared.pgwire import copyrows
+from shared.pgwire.backend import error_response, notice_response
+from shared.pgwire.follow import ResultUnits
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 _HEAD = struct.Struct("!cI")
@@ -71,7 +90,7 @@ _I16 = struct.Struct("!h")
 _FIELD_TAIL = struct.Struct("!IhIhih")
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 # Messages rewritten whole; d (CopyData) only while a copy-out runs.
-_INSPECTED = frozenset(b"TDHdcCEIZNAVs")
+_INSPECTED = frozenset(b"TDHdcCEIZNAVsn")
 _USER_OID_MIN = 16384
 SQLSTATE_TOO_BIG = "54000"
 SQLSTATE_COPY_REFUSED = "42501"
@@ -108,8 +127,19 @@ class ResultMasker:
         catalog: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         prefilter: bool = True,
+        units: ResultUnits | None = None,
     ) -> None:
         self.masker = masker
+        # Lineage (rule 8): the mask of each result's statement, queued by the client side.
+        self.units = units
+        self._mask: StatementMask = NOTHING  # the one `_columns` were planned with
+        self._last_description: tuple[bytes, bool] | None = None
+        self._rows_followed = units is None  # DataRows checked against their mask
+        self._noticed: set[StatementMask] = set()
+        self._copy_mask: StatementMask = NOTHING
+        self._copy_columns: list[MaskRule | None] = []
+        rules = column_rules(masker.spec)
+        self._derived = derived_rule(rules[0]) if rules else None
         self.max_message = max_message
         self._catalog = catalog or {}
         self._buf = bytearray()
@@ -123,7 +153,9 @@ class ResultMasker:
         self.failed: str | None = None
         self._blind = masker.everywhere
         self._prev_type = 0  # type byte of the last message passed
-        self._described: dict[tuple[bytes, bool], tuple[list[_Column], bool, bool]] = {}
+        self._described: dict[
+            tuple[bytes, bool, StatementMask | None], tuple[list[_Column], bool, bool]
+        ] = {}
         self._need = 5  # bytes `_buf` must hold before the next message can be read
         # The prefilter: runs of CopyData (text copy-out) and DataRow (when every scanned
         # column can be screened) are screened whole and pass untouched unless a screen
@@ -176,6 +208,8 @@ class ResultMasker:
                     raise MaskingFailed(f"server message of impossible length {length}")
                 total = length + 1
                 starts: list[int] = []
+                if type_byte == 0x44 and not self._rows_followed:
+                    self._follow_rows()
                 if type_byte == self._run_type:
                     end, starts = self._gather(data, pos, type_byte)
                 # Without a complete first message, the single-message path below refuses
@@ -360,16 +394,38 @@ class ResultMasker:
         """The rewritten message, or None to pass the original."""
         if type_ == b"D":
             return self._data_row(body)
+        if type_ == b"d":
+            return self._copy_data(body)
+        units = self.units
+        if units is None:
+            return self._result_message(type_, body)
+        # The mask of the rows to come can change only here, with a server message.
+        self._rows_followed = False
+        mask = units.current()
+        if type_ == b"T":
+            self._mask = mask
+        elif type_ == b"H":
+            self._copy_mask = mask
+        out = self._result_message(type_, body)
+        units.server(type_)
+        if type_ in (b"E", b"N") and mask.reads:
+            return self._withheld(type_, body)
+        if type_ in (b"T", b"H") and mask.notice and mask not in self._noticed:
+            if len(self._noticed) < _MAX_DESCRIBED:
+                self._noticed.add(mask)
+            note = notice_response("01000", mask.notice, severity="NOTICE")
+            return note + (out if out is not None else _encode(type_, body))
+        return out
+
+    def _result_message(self, type_: bytes, body: bytes) -> bytes | None:
         if type_ == b"T":
             self._describe(body)
             return None
-        if type_ == b"d":
-            return self._copy_data(body)
         if type_ == b"H":
             self._copy = "binary" if body[:1] == b"\x01" else "text"
             self._copy_header = False
             if self._column_rules:
-                self._copy = "refused"
+                self._copy = self._copy_mode(body)
             return None
         if type_ == b"c":
             if self._copy == "refused":
@@ -408,27 +464,66 @@ class ResultMasker:
             return self._function_result(body)
         return None  # s: PortalSuspended keeps the description for the next Execute
 
+    def _copy_mode(self, body: bytes) -> str:
+        """Under column rules: `text` when lineage says no column derives from a masked
+        one, `columns` when each row can be masked per column, else `refused`."""
+        mask = self._copy_mask
+        if self.units is None:
+            return "refused"
+        if not mask.masked:
+            return "text" if body[:1] == b"\x00" else "binary"
+        if body[:1] == b"\x00" and mask.copy is not None:
+            width = _U16.unpack_from(body, 1)[0]
+            self._copy_columns = [self._copy_column(m) for m in mask.for_width(width)]
+            return "columns"
+        return "refused"
+
+    def _copy_column(self, mask: ColumnMask) -> MaskRule | None:
+        """The whole-value rule a COPY field is masked by (detectors scan the row after)."""
+        if mask.derived:
+            return self._derived
+        if mask.direct:
+            return self.masker.plan("", mask.direct).whole
+        return None
+
+    def _follow_rows(self) -> None:
+        """DataRows of an Execute after a Describe of another statement, or after a
+        RowDescription of the previous one: planned again with this result's mask."""
+        assert self.units is not None
+        self._rows_followed = True
+        mask = self.units.current()
+        if mask is self._mask or mask == self._mask:
+            return
+        self._mask = mask
+        if self._columns is not None and self._last_description is not None:
+            self._describe(*self._last_description, keep=True)
+
     def _end_result(self) -> None:
         self._columns = None
         self._rows_active = bool(self.masker.spec.rules)  # blind until described
         self._rows_screened = not self._column_rules  # blind values: scanned as they are
 
-    def _describe(self, body: bytes) -> None:
+    def _describe(self, body: bytes, formats_known: bool | None = None, keep: bool = False) -> None:
         # A session's results repeat a few row shapes; each RowDescription is planned once
-        # (plans depend only on its bytes, the catalog and the rules, all fixed per masker).
-        formats_known = self._prev_type != 0x74  # not after ParameterDescription
-        known = self._described.get((body, formats_known))
+        # per mask (plans depend only on its bytes, the catalog, the rules and the mask).
+        if formats_known is None:
+            formats_known = self._prev_type != 0x74  # not after ParameterDescription
+        self._last_description = (body, formats_known)
+        key = (body, formats_known, self._mask if self.units is not None else None)
+        known = self._described.get(key)
         if known is None:
             known = self._plan_rows(body, formats_known)
             if len(self._described) < _MAX_DESCRIBED:
-                self._described[(body, formats_known)] = known
+                self._described[key] = known
         self._columns, self._rows_active, self._rows_screened = known
+        self._run_type = self._screened_type()
 
     def _plan_rows(self, body: bytes, formats_known: bool) -> tuple[list[_Column], bool, bool]:
         count = _U16.unpack_from(body, 0)[0]
         pos = 2
         columns: list[_Column] = []
-        for _ in range(count):
+        masks = self._mask.for_width(count) if self.units is not None else None
+        for index in range(count):
             end = body.index(b"\0", pos)
             name = body[pos:end].decode("utf-8", "replace").lower()
             table, attnum, oid, _size, _mod, fmt = _FIELD_TAIL.unpack_from(body, end + 1)
@@ -438,6 +533,8 @@ class ResultMasker:
             # newer than the lookup, so `table.column` rules match on the column alone.
             loose = table != 0 and not qualified
             plan = self.masker.plan(name, qualified, loose=loose)
+            if masks is not None:
+                plan = self._lineage_plan(plan, name, qualified, loose, masks[index])
             columns.append(_Column(plan, oid, fmt == 1 if formats_known else None))
         if pos != len(body):
             raise MaskingFailed("RowDescription with trailing bytes")
@@ -449,6 +546,22 @@ class ResultMasker:
             if c.plan.active
         )
         return columns, any(c.plan.active for c in columns), screened
+
+    def _lineage_plan(
+        self,
+        plan: ColumnPlan,
+        name: str,
+        qualified: tuple[str, ...],
+        loose: bool,
+        mask: ColumnMask,
+    ) -> ColumnPlan:
+        """A derived value is masked whole by redaction; a direct one as the table column
+        it is (its rules by the column's catalog names)."""
+        if mask.derived and self._derived is not None:
+            return ColumnPlan(plan.label, self._derived, ())
+        if mask.direct:
+            return self.masker.plan(name, (*qualified, *mask.direct), loose=loose)
+        return plan
 
     # ---- rows ------------------------------------------------------------------------
 
@@ -488,7 +601,9 @@ class ResultMasker:
         return _encode(b"D", b"".join(parts)) if changed else None
 
     def _blind_value(self, raw: bytes) -> bytes | None:
-        if self._column_rules:
+        # Lineage saying no column of this result derives from a masked one: detectors only.
+        lineage_clear = self.units is not None and not self.units.current().masked
+        if self._column_rules and not lineage_clear:
             self.masker.counts[("?", "column")] += 1
             return None
         return self._unknown_format(raw, self._blind)
@@ -555,11 +670,42 @@ class ResultMasker:
     def _copy_data(self, body: bytes) -> bytes | None:
         if self._copy == "refused":
             return b""
+        if self._copy == "columns":
+            return self._copy_row(body)
         if self._copy == "text":
             text = body.decode("utf-8", "surrogateescape")
             new, hit = self.masker.scan_text(text, self._copy_plan())
             return None if hit is None else _encode(b"d", new.encode("utf-8", "surrogateescape"))
         return self._binary_copy(body)
+
+    def _copy_row(self, body: bytes) -> bytes | None:
+        """One text/CSV row: masked fields replaced (NULL for a derived value), then the
+        row scanned by the detectors as in the text path."""
+        fmt, delimiter, header = self._copy_mask.copy or ("text", "\t", False)
+        text = body.decode("utf-8", "surrogateescape")
+        if header and not self._copy_header:
+            self._copy_header = True  # the column names
+            return None
+        spans = copyrows.field_spans(text, fmt, delimiter)
+        rules = self._copy_columns
+        if len(spans) != len(rules):
+            raise MaskingFailed(f"COPY row of {len(spans)} fields for {len(rules)} columns")
+        fields: dict[int, str] = {}
+        for index, rule in enumerate(rules):
+            if rule is None:
+                continue
+            self.masker.counts[(rule.name, "column")] += 1
+            if rule is self._derived:
+                fields[index] = copyrows.null(fmt)
+                continue
+            start, end = spans[index]
+            value = self.masker.replacement(text[start:end], rule.strategy, "column")
+            fields[index] = copyrows.literal(value, fmt, delimiter)
+        new = copyrows.rewrite(text, spans, fields) if fields else text
+        scanned, hit = self.masker.scan_text(new, self._copy_plan())
+        if hit is None and not fields:
+            return None
+        return _encode(b"d", scanned.encode("utf-8", "surrogateescape"))
 
     def _copy_plan(self) -> ColumnPlan:
         return ColumnPlan("copy", None, self._blind.scan)
@@ -602,6 +748,26 @@ class ResultMasker:
 
     # ---- texts the server writes -----------------------------------------------------
 
+    def _withheld(self, type_: bytes, body: bytes) -> bytes:
+        """An error or notice of a statement that reads a masked column, its texts withheld:
+        severity, SQLSTATE, position and the names of schema, table, column, type and
+        constraint stay; message, detail, hint and context (which quote values) do not."""
+        parts: list[bytes] = []
+        pos = 0
+        while body[pos] != 0:
+            code = body[pos : pos + 1]
+            end = body.index(b"\0", pos + 1)
+            if code in (b"S", b"V", b"C", b"P", b"s", b"t", b"c", b"d", b"n"):
+                parts.append(body[pos : end + 1])
+            pos = end + 1
+        self.masker.counts[("error" if type_ == b"E" else "notice", "column")] += 1
+        message = (
+            "wardgate masking: the server's text is withheld: the statement reads a masked "
+            "column and the text may quote its values"
+        )
+        parts.append(b"M" + message.encode() + b"\0\0")
+        return _encode(type_, b"".join(parts))
+
     def _report_fields(self, type_: bytes, body: bytes) -> bytes | None:
         if not self._blind.scan:
             return None
@@ -625,10 +791,15 @@ class ResultMasker:
         return _encode(type_, b"".join(parts)) if changed else None
 
     def _notification(self, body: bytes) -> bytes | None:
-        if not self._blind.scan:
-            return None
         channel_end = body.index(b"\0", 4)
         payload_end = body.index(b"\0", channel_end + 1)
+        if self.units is not None and payload_end > channel_end + 1:
+            # Under column rules a payload is withheld: any session may have sent a masked
+            # value in it (`pg_notify('c', card)`), and nothing here tells which did.
+            self.masker.counts[("notification", "column")] += 1
+            return _encode(b"A", body[: channel_end + 1] + b"\0")
+        if not self._blind.scan:
+            return None
         payload = body[channel_end + 1 : payload_end].decode("utf-8", "surrogateescape")
         new, hit = self.masker.scan_text(
             payload, ColumnPlan("notification", None, self._blind.scan)

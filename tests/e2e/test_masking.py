@@ -199,17 +199,23 @@ def test_psql_text_results_values_in_json_and_casts(stack: Stack) -> None:
         "-c",
         "select upper(email), email::varchar(40), email as e, "
         "json_build_object('e', email, 'n', 4111111111111111)::text, "
-        "array_agg(email) over ()::text, jsonb_build_object('e', email, 'n', 4111111111111111) "
+        "array_agg(email) over ()::text, jsonb_build_object('e', email, 'n', 4111111111111111), "
+        "json_build_object('e', note, 'n', 4111111111111111)::text, array_agg(note) over ()::text, "
+        "jsonb_build_object('e', note) "
         "from customers where id = 1",
     )
     assert out.returncode == 0, out.stderr
-    upper, cast, alias, built, arr, jsonb = out.stdout.strip().split("|")
-    assert upper == "[email]"  # expressions carry no column: the detector sees the value
-    assert cast == "[email]"
+    upper, cast, alias, built, arr, jsonb, note_built, note_arr, note_jsonb = (
+        out.stdout.strip().split("|")
+    )
+    # Derived from a masked column (lineage): masked whole, whatever the rule's strategy.
+    assert upper == cast == built == arr == "[redacted]"
+    assert json.loads(jsonb) == "[redacted]"  # still valid JSON
     assert alias.startswith("tok_")  # a table column under an alias: the catalog knows it
-    assert json.loads(built) == {"e": "[email]", "n": "[card]"}  # stays valid JSON
-    assert arr == '{"[email]"}'  # quoted: still a valid array literal
-    assert json.loads(jsonb) == {"e": "[email]", "n": "[card]"}
+    # Not derived from a masked column: the detectors see the value, syntax kept.
+    assert json.loads(note_built) == {"e": "paid with [card]", "n": "[card]"}
+    assert note_arr == '{"paid with [card]"}'  # quoted: still a valid array literal
+    assert json.loads(note_jsonb) == {"e": "paid with [card]"}
     assert "alice" not in out.stdout.lower()
 
 
@@ -256,10 +262,24 @@ def test_copy_to_stdout_is_scanned_by_detectors(stack: Stack) -> None:
     assert rows == [(1, None), (2, None), (3, None)]  # a binary field with a hit is nulled
 
 
-def test_copy_under_column_rules_is_refused_and_the_session_goes_on(stack: Stack) -> None:
-    out = stack.psql("-c", "copy customers to stdout", "-c", "select 42")
-    assert "COPY TO cannot apply column masking rules" in out.stderr, out
+def test_copy_under_column_rules_is_masked_by_column_and_binary_refused(stack: Stack) -> None:
+    # Lineage names COPY's columns: masked per column (was refused before lineage).
+    out = stack.psql("-c", "copy customers (id, email, ssn) to stdout", "-c", "select 42")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines[:3]] == ["1", "2", "3"]
+    assert lines[0].split("\t")[1].startswith("tok_") and lines[0].split("\t")[2] == "****6789"
     assert "alice" not in out.stdout
+    assert lines[-1] == "42"
+    # Binary COPY cannot be masked per column: still refused, and the session goes on.
+    out = stack.psql(
+        "-c",
+        "copy (select upper(email) from customers) to stdout (format binary)",
+        "-c",
+        "select 42",
+    )
+    assert "COPY TO cannot apply column masking rules" in out.stderr, out
+    assert "alice" not in out.stdout.lower()
     assert out.stdout.strip().splitlines()[-1] == "42"
 
 
