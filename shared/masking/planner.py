@@ -42,7 +42,8 @@ from pglast.parser import normalize
 from pglast.stream import RawStream
 
 from shared.lineage import Lineage, analyze_statement
-from shared.masking.catalog import CACHE_TTL, FailClosedCatalog, SessionCatalog, lookup_sql
+from shared.lineage.catalog import CACHE_TTL, SessionCatalog, lookup_sql
+from shared.masking.catalog import FailClosedCatalog
 from shared.masking.lineage import (
     NOTHING,
     UNPARSED,

@@ -370,11 +370,14 @@ def test_a_prepared_statement_is_masked_again_after_its_view_changes(stack: Stac
         conn.execute("deallocate all")
 
 
-def test_a_column_updated_from_a_masked_one_is_masked_after(stack: Stack) -> None:
+def test_a_masked_value_is_not_copied_into_a_column_no_rule_masks(stack: Stack) -> None:
+    # The gateway refuses the copy before it runs (its inference check); the agent would
+    # also mask the column when read back in the session, a second line behind it.
     conninfo = stack.through.info.dsn + f" password={ADMIN_TOKEN}"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("create temp table leak_u (id int, note text)")
         conn.execute("insert into leak_u values (1, 'plain')")
         assert conn.execute("select note from leak_u").fetchall() == [("plain",)]
-        conn.execute("update leak_u set note = (select card from accounts where id = 1)")
-        assert conn.execute("select note from leak_u").fetchall() == [("[redacted]",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="copies masked column"):
+            conn.execute("update leak_u set note = (select card from accounts where id = 1)")
+        assert conn.execute("select note from leak_u").fetchall() == [("plain",)]

@@ -12,9 +12,10 @@ import pytest
 
 from gateway.policy.functions import LookupFailed
 from gateway.policy.lineage import ColumnRules, source_matches
-from gateway.policy.lineage_check import CACHE_TTL, LineageCheck
+from gateway.policy.lineage_check import LineageCheck
 from gateway.policy.masking import MaskingRuleConfig
 from shared.lineage import ANY, Function, MemoryCatalog, Relation, Source, analyze
+from shared.lineage.catalog import CACHE_TTL
 
 CATALOG = (
     MemoryCatalog()

@@ -10,7 +10,8 @@ import pytest
 from pglast import parse_sql
 
 from shared.lineage import MemoryCatalog, Relation, analyze
-from shared.masking.catalog import FailClosedCatalog, SessionCatalog
+from shared.lineage.catalog import SessionCatalog
+from shared.masking.catalog import FailClosedCatalog
 from shared.masking.lineage import NOTHING, UNRESOLVED, ColumnMask, StatementMask, statement_mask
 from shared.masking.planner import LineagePlanner, copy_format
 from shared.masking.spec import MaskRule, MaskSpec, Strategy
