@@ -5,7 +5,7 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 export PATH := $(abspath $(dir $(PY))):$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: help dev deps install lock test test-latest test-fast suite-psycopg lint proto proto-check bench bench-audit bench-workers bench-forward docs clean
+.PHONY: help dev deps install lock test test-latest test-fast suite-psycopg lint proto proto-check bench bench-audit bench-workers bench-forward bench-column-masking docs clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -116,16 +116,20 @@ proto-check:  ## fail when the committed generated code is stale
 docs: install  ## build the documentation site into build/site (mkdocs --strict: warnings are errors)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir build/site
 
-bench: install  ## direct vs ssh -L bastion vs Wardgate, 1 vs 2 workers, forwarded sessions (~10 min): tables, bench/results.json
+bench: install  ## direct vs ssh -L bastion vs Wardgate, 1 vs 2 workers, forwarded sessions, a column rule (~12 min)
 	.venv/bin/python -m bench
 	.venv/bin/python -m bench.workers
 	.venv/bin/python -m bench.forward
+	.venv/bin/python -m bench.column_masking
 
 bench-workers: install  ## pgbench through `gateway --workers` 1 and 2 on a PostgreSQL store, with ratios (~3 min)
 	.venv/bin/python -m bench.workers
 
 bench-forward: install  ## pgbench through a member its agent cannot reach (forwarded) vs the member with the agent (~2 min)
 	.venv/bin/python -m bench.forward
+
+bench-column-masking: install  ## pgbench -S through Wardgate without and with a column masking rule (~2 min)
+	.venv/bin/python -m bench.column_masking
 
 bench-audit: install  ## audit appends per second with 1, 2 and 3 gateway members on one PostgreSQL (~1 min)
 	.venv/bin/python -m bench.audit

@@ -197,10 +197,16 @@ def _agent_on(agent: Proc, port: int) -> Callable[[], bool]:
 
 @contextlib.contextmanager
 def wardgate(
-    root: Path, pg: Postgres, *, store: str | None = None, workers: int = 1
+    root: Path,
+    pg: Postgres,
+    *,
+    store: str | None = None,
+    workers: int = 1,
+    policy: dict[str, Any] | None = None,
 ) -> Iterator[WardgateStack]:
     """Start gateway and agent in ``root`` (created), with a connection to ``pg``; stop both.
-    ``store``: a PostgreSQL store's URL instead of SQLite in the data directory; ``workers``:
+    ``policy``: instead of POLICY; ``store``: a PostgreSQL store's URL instead of SQLite in the
+    data directory; ``workers``:
     `wardgate gateway --workers` (needs ``store``); the agent is connected to each."""
     root.mkdir()
     data_dir = root / "gateway"
@@ -212,7 +218,7 @@ def wardgate(
         "agent_listen": f"127.0.0.1:{agent_port}",
         "data_dir": str(data_dir),
         "secret_key": SecretBox.generate_key(),
-        "policy": POLICY,
+        "policy": POLICY if policy is None else policy,
     }
     if store is not None:
         settings["store"] = store

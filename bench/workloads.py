@@ -103,11 +103,15 @@ def warm_up(route: Route, duration: float) -> None:
     _pgbench(route, ["-S", "-c", "2", "-j", "2", "-T", str(max(1, round(duration)))], duration)
 
 
-def select_latency(route: Route, duration: int, log_dir: Path) -> Latency:
+def select_latency(
+    route: Route, duration: int, log_dir: Path, *, prepared: bool = False
+) -> Latency:
+    """pgbench -S latency with one client; `prepared`: the extended protocol, prepared once."""
     prefix = log_dir / f"latency-{route.name}-{time.monotonic_ns()}"
+    mode = ["-M", "prepared"] if prepared else []
     _pgbench(
         route,
-        ["-S", "-c", "1", "-j", "1", "-T", str(duration), "--log", f"--log-prefix={prefix}"],
+        ["-S", *mode, "-c", "1", "-j", "1", "-T", str(duration), "--log", f"--log-prefix={prefix}"],
         duration,
     )
     latencies_us: list[float] = []
