@@ -20,11 +20,9 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench.postgres import postgres
+from bench.postgres import postgres, scratch
 from bench.procs import BenchError
 from gateway.audit import Auditor
 from gateway.store import Store
@@ -111,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(_member(url, float(seconds), int(writers)))))
         return 0
     counts = [int(n) for n in args.members.split(",")]
-    with tempfile.TemporaryDirectory(prefix="wardgate-bench-audit-") as tmp:
-        Path(tmp).chmod(0o711)  # the postgres system user must reach its data directory
-        with postgres(Path(tmp) / "pg", max_connections=100, scale=1) as pg:
-            url = pg.store_url()
-            rows = [_run_fleet(url, n, args.seconds, args.writers) for n in counts]
-            verified = _verify(url)
+    with (
+        scratch("wardgate-bench-audit-") as tmp,
+        postgres(tmp / "pg", max_connections=100, scale=1) as pg,
+    ):
+        url = pg.store_url()
+        rows = [_run_fleet(url, n, args.seconds, args.writers) for n in counts]
+        verified = _verify(url)
     print(f"{'members':>7}  {'events/s':>9}  {'record p50':>10}  {'record p99':>10}")
     for row in rows:
         print(

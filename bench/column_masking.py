@@ -17,11 +17,10 @@ import contextlib
 import copy
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.postgres import postgres
+from bench.postgres import postgres, scratch
 from bench.procs import BenchError
 from bench.routes import Route
 from bench.wardgate import POLICY, wardgate
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     policies = {COLUMNS[0]: POLICY, COLUMNS[1]: with_column_rule()}
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="wardgate-bench-columns-") as tmp:
-        work_dir = Path(tmp)
-        work_dir.chmod(0o711)  # the postgres system user must reach its data directory
+    with scratch("wardgate-bench-columns-") as work_dir:
         try:
             with contextlib.ExitStack() as stack:
                 pg = stack.enter_context(

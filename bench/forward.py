@@ -17,10 +17,9 @@ import contextlib
 import dataclasses
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.postgres import postgres
+from bench.postgres import postgres, scratch
 from bench.procs import BenchError, free_port
 from bench.routes import DIRECT, Route
 from bench.wardgate import member, wardgate
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="seconds per measurement")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="wardgate-bench-forward-") as tmp:
-        work_dir = Path(tmp)
-        work_dir.chmod(0o711)  # the postgres system user must reach its data directory
+    with scratch("wardgate-bench-forward-") as work_dir:
         try:
             with contextlib.ExitStack() as stack:
                 pg = stack.enter_context(

@@ -16,6 +16,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,16 @@ class Postgres:
         ) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return dataclasses.replace(self, database=name).store_url()
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary directory for one run, removed after; the postgres system user may enter
+    it, since the run's cluster lives inside."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp)
+        path.chmod(0o711)
+        yield path
 
 
 def find_bin_dir() -> Path:

@@ -24,7 +24,6 @@ import ssl
 import statistics
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -169,7 +168,7 @@ def frontdoor_metrics(port: int, ca_path: Path, token: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from psycopg.conninfo import make_conninfo
 
-    from bench.postgres import postgres
+    from bench.postgres import postgres, scratch
     from bench.procs import BenchError
     from bench.wardgate import CONNECTION, USER, wardgate
 
@@ -182,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sources = [f"127.0.0.{2 + n}" for n in range(args.addresses)]
-    with tempfile.TemporaryDirectory(prefix="wardgate-slowloris-") as tmp:
-        root = Path(tmp)
-        root.chmod(0o711)  # the postgres system user must reach its data directory inside
+    with scratch("wardgate-slowloris-") as root:
         try:
             with (
                 postgres(root / "pg", max_connections=50, scale=1) as pg,

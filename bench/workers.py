@@ -15,12 +15,11 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.postgres import Postgres, postgres
+from bench.postgres import Postgres, postgres, scratch
 from bench.procs import BenchError
 from bench.wardgate import wardgate
 from bench.workloads import _cpu_seconds, connection_rate, select_tps, warm_up
@@ -76,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="seconds per measurement")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="wardgate-bench-workers-") as tmp:
-        work_dir = Path(tmp)
-        work_dir.chmod(0o711)  # the postgres system user must reach its data directory
+    with scratch("wardgate-bench-workers-") as work_dir:
         try:
             with contextlib.ExitStack() as stack:
                 pg = stack.enter_context(
