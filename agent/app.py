@@ -348,7 +348,7 @@ class Agent:
 
     async def _session(self, client: TunnelClient, order: OpenSession) -> None:
         stream = await client.open_session(order.session_id)
-        stream.negotiate(order.window, order.signal_acks)
+        stream.negotiate(order.window, order.signal_acks, order.data_reports)
         self.status.sessions += 1
         try:
             serve = self.protocols.get(order.target.type)

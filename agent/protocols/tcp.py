@@ -87,7 +87,7 @@ class _TargetPeer(StreamPeer):
         await super().write(data)
 
     async def read(self) -> bytes | None:
-        rw = self.rewriter
+        rw, stream = self.rewriter, self.stream
         # What the last chunk counted goes out after that chunk (the relay sent it).
         if rw.report_due or rw.failed is not None:
             await self._report()
@@ -98,9 +98,15 @@ class _TargetPeer(StreamPeer):
         if not data:
             await self._report()
             return None
-        return rw.feed(data)
+        out = rw.feed(data)
+        if out and rw.report_due and stream.reports_in_data:
+            # Inside the frame that carries this chunk: a masked statement then costs no
+            # gRPC message of its own (measured: ~90 us of the agent's CPU each).
+            stream.report_with_next_data(rw.take_report())
+        return out
 
     async def _report(self) -> None:
+        await self.stream.flush_report()  # counts kept for a chunk the relay did not send
         report = self.rewriter.take_report()
         if report:
             await self.stream.send_mask_report(report)

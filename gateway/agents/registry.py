@@ -163,24 +163,31 @@ class AgentRegistry:
         return self._rng.choice([a for a in candidates if a.active_sessions == least])
 
     async def open(
-        self, session_id: str, target: Target, pool: str, *, here_only: bool = False
+        self,
+        session_id: str,
+        target: Target,
+        pool: str,
+        *,
+        here_only: bool = False,
+        data_reports: bool = True,
     ) -> tuple[TunnelStream, AgentConn]:
         """Open a session on a healthy agent of `pool`; (stream, the agent serving it).
 
         An agent that vanishes between the order and its answer is skipped once; a
         target-side failure is not retried, since another agent would meet the same target.
         Without a usable agent here, the session goes `elsewhere` (unless `here_only`: a
-        session another member forwarded is never forwarded again).
+        session another member forwarded is never forwarded again). `data_reports`: whoever
+        reads the session's frames reads Data.report (False for a member that does not).
         """
         try:
-            return await self._open_here(session_id, target, pool)
+            return await self._open_here(session_id, target, pool, data_reports)
         except (NoAgentError, AgentLostError) as exc:
             if here_only or self.elsewhere is None:
                 raise
             return await self.elsewhere(session_id, target, pool, exc)
 
     async def _open_here(
-        self, session_id: str, target: Target, pool: str
+        self, session_id: str, target: Target, pool: str, data_reports: bool
     ) -> tuple[TunnelStream, AgentConn]:
         tried: set[str] = set()
         while True:
@@ -205,12 +212,14 @@ class AgentRegistry:
             agent = self._pick(candidates)
             tried.add(agent.name)
             try:
-                stream = await self._open_on(agent, session_id, target)
+                stream = await self._open_on(agent, session_id, target, data_reports)
             except AgentLostError:
                 continue
             return stream, agent
 
-    async def _open_on(self, agent: AgentConn, session_id: str, target: Target) -> TunnelStream:
+    async def _open_on(
+        self, agent: AgentConn, session_id: str, target: Target, data_reports: bool
+    ) -> TunnelStream:
         fut: asyncio.Future[TunnelStream] = asyncio.get_running_loop().create_future()
         agent.pending[session_id] = fut
         agent.active_sessions += 1
@@ -222,7 +231,7 @@ class AgentRegistry:
                 else 0
             )
             acks = SIGNAL_DONE_CAPABILITY in agent.capabilities
-            agent.send(OpenSession(session_id, target, window, acks))
+            agent.send(OpenSession(session_id, target, window, acks, data_reports))
             try:
                 async with asyncio.timeout(self.open_timeout):
                     stream = await fut

@@ -159,7 +159,7 @@ class Forwarder:
     ) -> tuple[TunnelStream, AgentConn]:
         metadata = self._key.metadata(self._member, peer.id, session_id)
         call: Any = self._channel(peer.address).stream_stream(FORWARD_METHOD)(metadata=metadata)
-        request = encode_forward_open(ForwardOpen(session_id, pool, target))
+        request = encode_forward_open(ForwardOpen(session_id, pool, target, data_reports=True))
         try:
             # The other member waits up to open_timeout for its agent; then it answers.
             async with asyncio.timeout(self._open_timeout + LINK_KEEPALIVE_TIMEOUT):
@@ -317,7 +317,11 @@ class ForwardService:
             return
         try:
             stream, agent = await self._registry.open(
-                request.session_id, request.target, request.pool, here_only=True
+                request.session_id,
+                request.target,
+                request.pool,
+                here_only=True,
+                data_reports=request.data_reports,
             )
         except (NoAgentError, AgentLostError) as exc:
             await _answer(context, ForwardAnswer(False, elsewhere=True, message=exc.message))

@@ -384,6 +384,7 @@ class OpenSession(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     SIGNAL_ACKS_FIELD_NUMBER: _builtins.int
+    DATA_REPORTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     window: _builtins.int
     """Flow control for this session (agents with the "window" capability): each direction's
@@ -394,6 +395,11 @@ class OpenSession(_message.Message):
     """The agent answers each Signal with a Signal DONE of the same id once carried out
     (agents with the "signal-done" capability).
     """
+    data_reports: _builtins.bool
+    """The gateway reads Data.report: the agent may send its MaskReport counts inside the Data
+    frame whose bytes they count instead of as a frame of their own (one gRPC message less
+    per masked statement). An older gateway leaves it unset and gets MaskReport frames.
+    """
     @_builtins.property
     def target(self) -> Global___Target: ...
     def __init__(
@@ -403,10 +409,11 @@ class OpenSession(_message.Message):
         target: Global___Target | None = ...,
         window: _builtins.int = ...,
         signal_acks: _builtins.bool = ...,
+        data_reports: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "signal_acks", b"signal_acks", "target", b"target", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_reports", b"data_reports", "session_id", b"session_id", "signal_acks", b"signal_acks", "target", b"target", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,15 +773,23 @@ class Data(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
+    @_builtins.property
+    def report(self) -> Global___MaskReport:
+        """Agent -> gateway, on a session opened with data_reports: what the agent masked in this
+        and earlier Data since its last report (as a MaskReport frame would say, after payload).
+        """
+
     def __init__(
         self,
         *,
         payload: _builtins.bytes = ...,
+        report: Global___MaskReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "report", b"report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -858,8 +873,13 @@ class ForwardOpen(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    DATA_REPORTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     pool: _builtins.str
+    data_reports: _builtins.bool
+    """The asking member reads Data.report (OpenSession.data_reports), which the relaying
+    member passes on unread.
+    """
     @_builtins.property
     def target(self) -> Global___Target:
         """secrets included: the link is TLS between members of one fleet"""
@@ -870,10 +890,11 @@ class ForwardOpen(_message.Message):
         session_id: _builtins.str = ...,
         pool: _builtins.str = ...,
         target: Global___Target | None = ...,
+        data_reports: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_reports", b"data_reports", "pool", b"pool", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

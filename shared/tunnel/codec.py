@@ -69,6 +69,9 @@ _CLOSE = pb.SessionFrame(close=pb.Close())
 
 def encode_session(frame: SessionFrame) -> pb.SessionFrame:
     if isinstance(frame, Data):
+        if frame.report:
+            report = pb.MaskReport(counts=_mask_counts(frame.report))
+            return pb.SessionFrame(data=pb.Data(payload=frame.payload, report=report))
         return pb.SessionFrame(data=pb.Data(payload=frame.payload))
     if isinstance(frame, Close):
         return _CLOSE
@@ -86,13 +89,21 @@ def encode_session(frame: SessionFrame) -> pb.SessionFrame:
         kind = cast("pb.SignalKind.ValueType", int(frame.kind))
         return pb.SessionFrame(signal=pb.Signal(kind=kind, id=frame.id))
     if isinstance(frame, MaskReport):
-        counts = [pb.MaskCount(column=c, detector=d, count=n) for c, d, n in frame.counts]
-        return pb.SessionFrame(mask_report=pb.MaskReport(counts=counts))
+        return pb.SessionFrame(mask_report=pb.MaskReport(counts=_mask_counts(frame.counts)))
     return pb.SessionFrame(hello=pb.SessionHello(session_id=frame.session_id))
 
 
+def _mask_counts(counts: tuple[tuple[str, str, int], ...]) -> list[pb.MaskCount]:
+    return [pb.MaskCount(column=c, detector=d, count=n) for c, d, n in counts]
+
+
+def _counts(report: pb.MaskReport) -> tuple[tuple[str, str, int], ...]:
+    return tuple((c.column, c.detector, c.count) for c in report.counts)
+
+
 _SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
-    "data": lambda m: Data(m.data.payload),
+    # Only frames with more than a payload get here (`decode_session_bytes`).
+    "data": lambda m: Data(m.data.payload, _counts(m.data.report)),
     "close": lambda m: Close(),
     "reset": lambda m: Reset(_code(m.reset.code), m.reset.message),
     "open_result": lambda m: OpenResult(
@@ -101,9 +112,7 @@ _SESSION_DECODERS: dict[str, Callable[[Any], SessionFrame]] = {
     "hello": lambda m: SessionHello(m.hello.session_id),
     "signal": lambda m: Signal(_signal_kind(m.signal.kind), m.signal.id),
     "window_update": lambda m: WindowUpdate(m.window_update.increment),
-    "mask_report": lambda m: MaskReport(
-        tuple((c.column, c.detector, c.count) for c in m.mask_report.counts)
-    ),
+    "mask_report": lambda m: MaskReport(_counts(m.mask_report)),
 }
 
 
@@ -152,7 +161,7 @@ def encode_data_bytes(payload: bytes | bytearray | memoryview) -> bytes:
 
 
 def encode_session_bytes(frame: SessionFrame) -> bytes:
-    if type(frame) is Data:
+    if type(frame) is Data and not frame.report:
         return encode_data_bytes(frame.payload)
     return bytes(encode_session(frame).SerializeToString())
 
@@ -305,6 +314,7 @@ def encode_gateway_control(frame: GatewayControl) -> pb.GatewayControl:
                 target=_encode_target(frame.target),
                 window=frame.window,
                 signal_acks=frame.signal_acks,
+                data_reports=frame.data_reports,
             )
         )
     if isinstance(frame, Ping):
@@ -331,7 +341,9 @@ def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
     kind = message.WhichOneof("frame")
     if kind == "open_session":
         o = message.open_session
-        return OpenSession(o.session_id, _decode_target(o.target), o.window, o.signal_acks)
+        return OpenSession(
+            o.session_id, _decode_target(o.target), o.window, o.signal_acks, o.data_reports
+        )
     if kind == "ping":
         return Ping(message.ping.nonce)
     if kind == "pong":
@@ -358,7 +370,10 @@ def decode_gateway_control(message: pb.GatewayControl) -> GatewayControl:
 
 def encode_forward_open(frame: ForwardOpen) -> bytes:
     message = pb.ForwardOpen(
-        session_id=frame.session_id, pool=frame.pool, target=_encode_target(frame.target)
+        session_id=frame.session_id,
+        pool=frame.pool,
+        target=_encode_target(frame.target),
+        data_reports=frame.data_reports,
     )
     return message.SerializeToString()
 
@@ -368,7 +383,9 @@ def decode_forward_open(raw: bytes) -> ForwardOpen:
         message = pb.ForwardOpen.FromString(raw)
     except DecodeError as exc:
         raise FrameError(f"undecodable ForwardOpen: {exc}") from None
-    return ForwardOpen(message.session_id, message.pool, _decode_target(message.target))
+    return ForwardOpen(
+        message.session_id, message.pool, _decode_target(message.target), message.data_reports
+    )
 
 
 def encode_forward_answer(frame: ForwardAnswer) -> bytes:

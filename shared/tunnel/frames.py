@@ -129,6 +129,8 @@ class OpenSession:
     window: int = 0
     # The agent answers each Signal with Signal(DONE, id) once carried out (rule 6).
     signal_acks: bool = False
+    # The gateway reads Data.report: the agent may report masking inside its Data (rule 7).
+    data_reports: bool = False
 
 
 # ---- member links (gateway/fleet/forward.py) -------------------------------------------
@@ -141,6 +143,7 @@ class ForwardOpen:
     session_id: str
     pool: str
     target: Target
+    data_reports: bool = False  # the asking member reads Data.report
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,8 @@ class OpenResult:
 @dataclass(frozen=True, slots=True)
 class Data:
     payload: bytes
+    # Agent -> gateway, on a session with data reports: a MaskReport's counts, after payload.
+    report: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,10 @@ Rules this machine keeps:
    server closed its cancel connection), in either half-closed state. DONE goes agent ->
    gateway only, once per id the gateway sent; anything else is the peer's protocol error.
 7. MaskReport goes agent -> gateway only, in the agent's data direction (open, before its
-   Close), so counts arrive in order with the data they describe.
+   Close), so counts arrive in order with the data they describe. On a session with data
+   reports (`negotiate`) the agent may instead put the counts in the Data frame that carries
+   the last bytes they count (Data.report): the gateway sees DataReceived, then MaskReported,
+   as if two frames had come.
 8. Flow control, on a session with a window W (`negotiate`, before it opens): in each
    direction the sender may have at most W bytes of Data payload the receiver has not given
    back. The receiver gives bytes back with WindowUpdate once its application has consumed
@@ -159,6 +162,7 @@ class SessionState:
         self.reset_code: ResetCode | None = None
         self.window = 0
         self.signal_acks = False
+        self.data_reports = False
         self.send_credit = _UNLIMITED  # bytes of Data we may still send
         self.recv_credit = _UNLIMITED  # bytes of Data the peer may still send us
         self._consumed = 0  # consumed by our application, not yet given back
@@ -166,14 +170,16 @@ class SessionState:
         self._signals_out: set[int] = set()  # gateway: sent, not yet DONE
         self._signals_in: set[int] = set()  # agent: received, not yet answered
 
-    def negotiate(self, window: int, signal_acks: bool) -> None:
-        """Flow control and signal acks as the session was ordered (OpenSession)."""
+    def negotiate(self, window: int, signal_acks: bool, data_reports: bool = False) -> None:
+        """Flow control, signal acks and data reports as the session was ordered
+        (OpenSession)."""
         if self.phase is not Phase.OPENING:
             raise LocalProtocolError("a session's window is set before it opens")
         if not 0 <= window <= MAX_WINDOW:
             raise LocalProtocolError(f"window {window} out of range")
         self.window = window
         self.signal_acks = signal_acks
+        self.data_reports = data_reports
         self.send_credit = self.recv_credit = window or _UNLIMITED
 
     @property
@@ -207,7 +213,11 @@ class SessionState:
             and len(frame.payload) <= self.recv_credit
         ):
             self.recv_credit -= len(frame.payload)
-            return Outcome((DataReceived(frame.payload),))  # nearly every frame: checked first
+            if not frame.report:
+                return Outcome((DataReceived(frame.payload),))  # nearly every frame: first
+            if self.role is not Role.GATEWAY:
+                return self.violation("MaskReport sent to the agent")
+            return Outcome((DataReceived(frame.payload), MaskReported(frame.report)))
         if self.phase is Phase.FINISHED:
             return Outcome()  # frames racing a reset are dropped, not errors
         if isinstance(frame, Reset):
@@ -292,15 +302,18 @@ class SessionState:
             self.reset_code = result.code
         return result
 
-    def send_data(self, payload: bytes) -> Data:
+    def send_data(self, payload: bytes, report: tuple[tuple[str, str, int], ...] = ()) -> Data:
+        """A Data frame; with `report`, counts that ride in it (a session with data reports)."""
         if not self.can_send_data:
             raise LocalProtocolError(f"cannot send data in phase {self.phase.value}")
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError("payload larger than MAX_PAYLOAD; split it")
         if len(payload) > self.send_credit:
             raise LocalProtocolError("payload beyond the window; wait for credit")
+        if report and (self.role is not Role.AGENT or not self.data_reports):
+            raise LocalProtocolError("only the agent reports in Data, on a session with reports")
         self.send_credit -= len(payload)
-        return Data(payload)
+        return Data(payload, report)
 
     def consumed(self, nbytes: int) -> WindowUpdate | None:
         """Our application has written `nbytes` of received Data on: the WindowUpdate to

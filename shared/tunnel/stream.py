@@ -40,6 +40,7 @@ from shared.tunnel.session import (
     CreditReceived,
     DataReceived,
     Event,
+    LocalProtocolError,
     MaskReported,
     Opened,
     OpenFailed,
@@ -110,15 +111,18 @@ class TunnelStream:
         self.bytes_out = 0
         self._reading = asyncio.Lock()  # one wire read at a time
         self._pending: deque[Event] = deque()  # read by a waiter, for `receive`
+        self._follow: list[Event] = []  # a frame's events after its first (a report in Data)
         self._changed = asyncio.Event()  # credit or a DONE arrived, or a read ended
         self._unconsumed = 0  # bytes of the last DataReceived handed out
         self._done_signals: set[int] = set()
         self._helpers = TaskOwner(f"tunnel/{session_id}")
         self._reader: asyncio.Task[None] | None = None
+        self._report: tuple[tuple[str, str, int], ...] = ()  # for the next send_data
 
-    def negotiate(self, window: int, signal_acks: bool) -> None:
-        """Flow control and signal acks as ordered in OpenSession; before the session opens."""
-        self.state.negotiate(window, signal_acks)
+    def negotiate(self, window: int, signal_acks: bool, data_reports: bool = False) -> None:
+        """Flow control, signal acks and data reports as ordered in OpenSession; before the
+        session opens."""
+        self.state.negotiate(window, signal_acks, data_reports)
 
     # ---- status --------------------------------------------------------------------
 
@@ -166,6 +170,9 @@ class TunnelStream:
                 return self._end if self._end is not None else RemoteClosed()
             async with self._reading:
                 event = None if self._pending else await self._read_event()
+                if self._follow:
+                    self._pending.extend(self._follow)
+                    self._follow.clear()
             self._changed.set()  # a waiter may read now
             if event is not None:
                 return self._hand_out(event)
@@ -221,8 +228,10 @@ class TunnelStream:
         self._check_finished()
         if not events:
             return None
-        # One frame yields at most one event today; keep the contract explicit.
+        # A frame yields one event, or two for Data with a report inside (the callers hand
+        # `_follow` out after the first).
         event = events[0]
+        self._follow.extend(events[1:])
         if isinstance(event, CreditReceived | SignalDone):
             if isinstance(event, SignalDone):
                 self._done_signals.add(event.id)
@@ -246,8 +255,10 @@ class TunnelStream:
         """One read on behalf of a waiter with a time limit (see `_await`)."""
         async with self._reading:
             event = await self._read_event()
-        if event is not None:
-            self._pending.append(event)
+            if event is not None:
+                self._pending.append(event)
+            self._pending.extend(self._follow)
+            self._follow.clear()
         self._changed.set()
 
     # ---- sending -------------------------------------------------------------------
@@ -287,7 +298,8 @@ class TunnelStream:
             # The common case: one frame, no copy.
             if state.finished or state.local_closed:  # a close raced the data
                 raise self._closed_error()
-            await self._write(state.send_data(payload))
+            report, self._report = self._report, ()
+            await self._write(state.send_data(payload, report))
             self.bytes_out += size
             return
         view = memoryview(payload)
@@ -298,7 +310,9 @@ class TunnelStream:
             if state.finished or state.local_closed:
                 raise self._closed_error()
             chunk = bytes(view[start : start + min(MAX_PAYLOAD, state.send_credit)])
-            await self._write(state.send_data(chunk))
+            last = start + len(chunk) >= size
+            report, self._report = (self._report, ()) if last else ((), self._report)
+            await self._write(state.send_data(chunk, report))
             self.bytes_out += len(chunk)
             start += len(chunk)
 
@@ -306,6 +320,24 @@ class TunnelStream:
         if self.state.finished:
             raise self._closed_error()
         await self._write(self.state.send_mask_report(counts))
+
+    @property
+    def reports_in_data(self) -> bool:
+        """The gateway reads reports inside Data (`report_with_next_data`)."""
+        return self.state.data_reports
+
+    def report_with_next_data(self, counts: tuple[tuple[str, str, int], ...]) -> None:
+        """Agent, on a session with data reports: `counts` go inside the next `send_data`'s
+        (last) frame, after the bytes they count; `flush_report` sends them if none follows."""
+        if not self.state.data_reports:
+            raise LocalProtocolError("this session takes no reports in Data")
+        self._report = _merged(self._report, counts)
+
+    async def flush_report(self) -> None:
+        """The counts `report_with_next_data` kept, as a MaskReport frame of their own."""
+        report, self._report = self._report, ()
+        if report:
+            await self.send_mask_report(report)
 
     async def send_signal(self, kind: SignalKind) -> int:
         """Send a signal; its id, for `wait_signal_done` (0 without signal acks)."""
@@ -368,3 +400,14 @@ def _describe(exc: BaseException) -> str:
         if text:
             return str(text)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _merged(
+    kept: tuple[tuple[str, str, int], ...], counts: tuple[tuple[str, str, int], ...]
+) -> tuple[tuple[str, str, int], ...]:
+    if not kept:
+        return counts
+    total: dict[tuple[str, str], int] = {}
+    for column, detector, n in (*kept, *counts):
+        total[column, detector] = total.get((column, detector), 0) + n
+    return tuple((c, d, n) for (c, d), n in total.items())

@@ -12,7 +12,7 @@ import pytest
 from agent.protocols import tcp
 from shared.tunnel.frames import OpenResult, SignalKind, Target
 from shared.tunnel.session import Role
-from shared.tunnel.stream import DataReceived, Opened, TunnelStream
+from shared.tunnel.stream import DataReceived, MaskReported, Opened, TunnelStream
 
 WINDOW = 64 * 1024
 
@@ -20,11 +20,13 @@ WINDOW = 64 * 1024
 class MemoryWire:
     def __init__(self, inbox: asyncio.Queue[Any], outbox: asyncio.Queue[Any]) -> None:
         self.inbox, self.outbox = inbox, outbox
+        self.writes = 0
 
     async def read(self) -> Any:
         return await self.inbox.get()
 
     async def write(self, message: bytes) -> None:
+        self.writes += 1
         await self.outbox.put(message)
 
     async def finish(self) -> None:
@@ -99,5 +101,58 @@ async def test_a_signal_is_answered_once_its_handler_has_finished(
             assert isinstance(event, DataReceived)
             got += event.payload
         assert got == blob
+        await gateway.send_close()
+        pump.cancel()
+
+
+class _CountingRewriter:
+    """A `tcp.Rewriter` that passes bytes unchanged and counts each chunk as one masked
+    value: what the pump does with reports, without a protocol to mask."""
+
+    failed: str | None = None
+
+    def __init__(self) -> None:
+        self.report_due = False
+        self.seen = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.seen += 1
+        self.report_due = True
+        return data
+
+    def take_report(self) -> tuple[tuple[str, str, int], ...]:
+        seen, self.seen, self.report_due = self.seen, 0, False
+        return (("t.c", "column", seen),) if seen else ()
+
+
+@pytest.mark.parametrize("in_data", [True, False])
+async def test_each_report_follows_its_chunk_and_rides_in_its_frame_when_ordered(
+    target: tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes], in_data: bool
+) -> None:
+    reader, writer, blob = target
+    up: asyncio.Queue[Any] = asyncio.Queue()
+    down: asyncio.Queue[Any] = asyncio.Queue()
+    gateway = TunnelStream("s", Role.GATEWAY, MemoryWire(up, down))
+    agent_wire = MemoryWire(down, up)
+    agent = TunnelStream("s", Role.AGENT, agent_wire)
+    gateway.negotiate(0, False)
+    agent.negotiate(0, False, data_reports=in_data)
+    await agent.send_open_result(OpenResult(True))
+    assert await gateway.receive() == Opened()
+    async with asyncio.TaskGroup() as tg:
+        pump = tg.create_task(tcp.pump(agent, reader, writer, rewriter=_CountingRewriter()))
+        got, chunks = b"", 0
+        while len(got) < len(blob):
+            event = await gateway.receive()
+            assert isinstance(event, DataReceived)
+            got += event.payload
+            chunks += 1
+            # Each chunk's count comes next, before any later bytes.
+            report = await gateway.receive()
+            assert isinstance(report, MaskReported)
+            assert report.counts == (("t.c", "column", 1),)
+        assert got == blob
+        # OpenResult, then per chunk one message (report inside) or two.
+        assert agent_wire.writes == 1 + chunks * (1 if in_data else 2)
         await gateway.send_close()
         pump.cancel()
