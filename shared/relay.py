@@ -35,7 +35,9 @@ Rules (each one a test in tests/shared/test_relay.py):
 6. Signals (the agent side of a PostgreSQL cancel) run in a task of the relay's, in order
    with the data, and are answered (Signal DONE) once carried out.
 7. Reports the far end sends beside the data (the agent's masking counts) go to
-   `on_report`, in order with the data; once the relay is decided they are dropped with it.
+   `on_report`, in order with the data: after the bytes they count, or, when they ride in
+   the Data (`MaskReported.with_data`), just before its bytes; once the relay is decided
+   they are dropped with it.
 8. Each direction waits only for itself. `Peer.read` may take as long as its protocol needs
    before it has bytes for the tunnel (PostgreSQL: the judge, a durable audit record
    before a statement runs, a review while the client waits) and `Peer.write` as long as
@@ -242,6 +244,8 @@ class _Relay:
                 if isinstance(event, DataReceived):
                     if draining:
                         continue  # the peer has gone: nobody to take it
+                    if event.report and self.on_report is not None:
+                        await self.on_report(MaskReported(event.report, with_data=True))
                     try:
                         await self.peer.write(event.payload)
                     except SessionClosedError:

@@ -756,12 +756,15 @@ def build_app(deps: ApiDeps) -> FastAPI:
                     "sqlstate": result.get("sqlstate"),
                     "error": result.get("error"),
                     "duration_ms": result.get("duration_ms"),
+                    "masked": result.get("masked", []),
                 }
             )
         masked: dict[tuple[str, str], int] = {}  # values masked at the agent
         for e in events:
-            if e.kind == "pg.masked":
-                for c in e.data.get("counts", []):
+            # Counts ride in the result of the statement whose bytes they end (pg.result),
+            # or come on their own (pg.masked: from an older agent, or between statements).
+            if e.kind in ("pg.masked", "pg.result"):
+                for c in e.data.get("counts", e.data.get("masked", [])):
                     key = (c["column"], c["detector"])
                     masked[key] = masked.get(key, 0) + int(c["count"])
         return {

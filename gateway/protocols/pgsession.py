@@ -148,6 +148,7 @@ class PgSession:
         self.ending: Close | None = None
         self._out: list[Action] = []
         self._seqs: dict[int, int] = {}  # statement index -> audit seq of its pg.statement
+        self._masked: tuple[tuple[str, str, int], ...] = ()  # counts of the next server bytes
         self._approved_parses: dict[str, float] = {}  # Parse text -> when its approval expires
         self._frames = MessageReader()
         self._down = _Down()
@@ -459,15 +460,13 @@ class PgSession:
             except PgProtocolError as exc:  # the server (or the agent) broke the protocol
                 error = f"server protocol violation: {exc}"
                 self._end(Close("agent", error, to_client=error_response("08P01", error)))
+        elif isinstance(event, MaskReported) and event.with_data:
+            # Counts of the bytes that come next: they go into the record of the last
+            # statement those bytes finish (one audit event per statement, not two).
+            self._masked = event.counts
         elif isinstance(event, MaskReported):
             # Counts from the agent, which masked before the data left it.
-            self._emit(
-                self._record(
-                    "pg.masked",
-                    connection=self.info.connection,
-                    counts=[{"column": c, "detector": d, "count": n} for c, d, n in event.counts],
-                )
-            )
+            self._emit(self._masked_record(event.counts))
         elif isinstance(event, RemoteClosed):
             self._agent_closed()
         elif isinstance(event, SessionReset) and _gateway_shutdown(event):
@@ -512,7 +511,8 @@ class PgSession:
         if startup or data:
             down.unflushed = True
             self._emit(SendToClient(startup + data, from_server=True))
-        for f in finished:
+        masked, self._masked = self._masked, ()
+        for n, f in enumerate(finished, 1):
             self._emit(
                 self._record(
                     "pg.result",
@@ -523,8 +523,11 @@ class PgSession:
                     sqlstate=f.sqlstate,
                     error=f.error,
                     skipped=f.skipped,
+                    **({"masked": _counts(masked)} if masked and n == len(finished) else {}),
                 )
             )
+        if masked and not finished:  # the bytes finished no statement: counts of their own
+            self._emit(self._masked_record(masked))
 
     def _rewrite_startup(self, data: bytes) -> bytes:
         """Until the first ReadyForQuery, pass server messages, the BackendKeyData with the
@@ -700,6 +703,9 @@ class PgSession:
         out, self._out = self._out, []
         return out
 
+    def _masked_record(self, counts: tuple[tuple[str, str, int], ...]) -> Record:
+        return self._record("pg.masked", connection=self.info.connection, counts=_counts(counts))
+
     def _record(self, kind: str, **fields: Any) -> Record:
         return Record(kind, {"actor": self.info.user, "session_id": self.info.session_id, **fields})
 
@@ -733,3 +739,7 @@ class PgSession:
 def _gateway_shutdown(end: SessionReset) -> bool:
     """This gateway ended the stream because it is shutting down (not the agent's word)."""
     return end.code is ResetCode.GATEWAY_SHUTDOWN and not end.by_peer
+
+
+def _counts(counts: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:
+    return [{"column": c, "detector": d, "count": n} for c, d, n in counts]

@@ -42,8 +42,8 @@ closed only once the server has closed the agent's (Signal DONE; CANCEL_TIMEOUT 
 that a cancel cannot land on the statement the client sends next. A client asking for
 protocol 3.2 gets it (a 32-byte secret) whatever its server speaks; a later minor version or
 `_pq_` options get a NegotiateProtocolVersion, as from PostgreSQL 18. Masking happens at the
-agent; the counts it reports beside the data are
-audited as `pg.masked`.
+agent; the counts it reports with the data are audited
+in the `pg.result` of the statement they end (`pg.masked` from an older agent).
 
 Approvals: a statement the guardrails send to review (`effect: review`) is held, not
 refused. The client stays connected and at once receives a NoticeResponse naming the review

@@ -20,8 +20,8 @@ Rules this machine keeps:
 7. MaskReport goes agent -> gateway only, in the agent's data direction (open, before its
    Close), so counts arrive in order with the data they describe. On a session with data
    reports (`negotiate`) the agent may instead put the counts in the Data frame that carries
-   the last bytes they count (Data.report): the gateway sees DataReceived, then MaskReported,
-   as if two frames had come.
+   the last bytes they count (Data.report): the gateway sees one DataReceived with its
+   `report`.
 8. Flow control, on a session with a window W (`negotiate`, before it opens): in each
    direction the sender may have at most W bytes of Data payload the receiver has not given
    back. The receiver gives bytes back with WindowUpdate once its application has consumed
@@ -91,6 +91,8 @@ class OpenFailed:
 @dataclass(frozen=True, slots=True)
 class DataReceived:
     payload: bytes
+    # Gateway, on a session with data reports: what the agent masked, up to these bytes.
+    report: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,10 @@ class CreditReceived:
 @dataclass(frozen=True, slots=True)
 class MaskReported:
     counts: tuple[tuple[str, str, int], ...]
+    # The counts rode in Data (`DataReceived.report`) and are heard just before its bytes,
+    # which they count up to: a PostgreSQL session puts them in the record of the statement
+    # those bytes finish. False: a MaskReport of its own, after the bytes.
+    with_data: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +223,7 @@ class SessionState:
                 return Outcome((DataReceived(frame.payload),))  # nearly every frame: first
             if self.role is not Role.GATEWAY:
                 return self.violation("MaskReport sent to the agent")
-            return Outcome((DataReceived(frame.payload), MaskReported(frame.report)))
+            return Outcome((DataReceived(frame.payload, frame.report),))
         if self.phase is Phase.FINISHED:
             return Outcome()  # frames racing a reset are dropped, not errors
         if isinstance(frame, Reset):

@@ -111,7 +111,6 @@ class TunnelStream:
         self.bytes_out = 0
         self._reading = asyncio.Lock()  # one wire read at a time
         self._pending: deque[Event] = deque()  # read by a waiter, for `receive`
-        self._follow: list[Event] = []  # a frame's events after its first (a report in Data)
         self._changed = asyncio.Event()  # credit or a DONE arrived, or a read ended
         self._unconsumed = 0  # bytes of the last DataReceived handed out
         self._done_signals: set[int] = set()
@@ -170,9 +169,6 @@ class TunnelStream:
                 return self._end if self._end is not None else RemoteClosed()
             async with self._reading:
                 event = None if self._pending else await self._read_event()
-                if self._follow:
-                    self._pending.extend(self._follow)
-                    self._follow.clear()
             self._changed.set()  # a waiter may read now
             if event is not None:
                 return self._hand_out(event)
@@ -228,10 +224,8 @@ class TunnelStream:
         self._check_finished()
         if not events:
             return None
-        # A frame yields one event, or two for Data with a report inside (the callers hand
-        # `_follow` out after the first).
+        # One frame yields at most one event; keep the contract explicit.
         event = events[0]
-        self._follow.extend(events[1:])
         if isinstance(event, CreditReceived | SignalDone):
             if isinstance(event, SignalDone):
                 self._done_signals.add(event.id)
@@ -255,10 +249,8 @@ class TunnelStream:
         """One read on behalf of a waiter with a time limit (see `_await`)."""
         async with self._reading:
             event = await self._read_event()
-            if event is not None:
-                self._pending.append(event)
-            self._pending.extend(self._follow)
-            self._follow.clear()
+        if event is not None:
+            self._pending.append(event)
         self._changed.set()
 
     # ---- sending -------------------------------------------------------------------

@@ -99,8 +99,8 @@ class Stack:
 
     def masked_counts(self) -> Counter[tuple[str, str]]:
         counts: Counter[tuple[str, str]] = Counter()
-        for event in self.gw.audit("pg.masked"):
-            for c in event["data"]["counts"]:
+        for event in self.gw.audit("pg.masked") + self.gw.audit("pg.result"):
+            for c in event["data"].get("counts", event["data"].get("masked", [])):
                 counts[(c["column"], c["detector"])] += c["count"]
         return counts
 
@@ -294,12 +294,15 @@ def test_server_data_is_unchanged_and_counts_are_audited(stack: Stack) -> None:
         counts = stack.masked_counts()
         return counts[("customers.email", "column")] > 0 and counts[("customers.ssn", "column")] > 0
 
-    wait_for(recorded, "pg.masked events in the audit", timeout=10)
+    wait_for(recorded, "masking counts in the audit", timeout=10)
     opened = [e for e in stack.gw.audit("session.open") if e["data"].get("masking")]
     assert opened[-1]["data"]["masking"] == ["ssn-partial", "email-token", "pii-scan"]
-    events = stack.gw.audit("pg.masked")
+    # The agent's counts ride in the Data that ends the statement: they are in its pg.result.
+    events = [e for e in stack.gw.audit("pg.result") if e["data"].get("masked")]
+    assert events
     assert all("alice" not in json.dumps(e) for e in events)
     session_id = events[-1]["session"]
+    assert not [e for e in stack.gw.audit("pg.masked") if e["session"] == session_id]
     with stack.gw.api() as api:
         shown = api.get(f"/v1/sessions/{session_id}").json()
     assert {"column": "customers.email", "detector": "column", "count": 3} in shown["masked"]

@@ -259,6 +259,23 @@ def test_masking_counts_from_the_agent_are_recorded() -> None:
     assert masked.fields["counts"] == [{"column": "email", "detector": "email", "count": 3}]
 
 
+def test_counts_that_ride_in_data_go_into_the_last_statement_those_bytes_finish() -> None:
+    counts = (("t.email", "column", 2),)
+    expected = [{"column": "t.email", "detector": "column", "count": 2}]
+    pg = opened()
+    client(pg, Query("select 1; select 1").encode())
+    assert pg.agent_event(MaskReported(counts, with_data=True)) == []
+    first, second = records(agent(pg, ANSWER_1 + ANSWER_1 + IDLE), "pg.result")
+    assert "masked" not in first.fields and second.fields["masked"] == expected
+    # Bytes that finish no statement (a result ends at ReadyForQuery): counts of their own.
+    client(pg, SELECT_1)
+    pg.agent_event(MaskReported(counts, with_data=True))
+    done = agent(pg, ANSWER_1)
+    assert not records(done, "pg.result")
+    (masked,) = records(done, "pg.masked")
+    assert masked.fields["counts"] == expected
+
+
 # ---- every ending ---------------------------------------------------------------------------
 
 
