@@ -12,7 +12,7 @@ Rules:
    not columns). A source matches a rule as the agent matches a result column: `col`,
    `table.col` or `schema.table.col` globs. A source the lineage could not name (`ANY`
    parts: a relation or column the catalog lacks) matches every rule (fail closed).
-2. Every use of a masked source in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, a
+2. Every use of a masked source in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT (ON), a
    window's PARTITION BY/ORDER BY or LIMIT/OFFSET refuses the statement, also inside
    subqueries, views and SQL functions the statement reaches. Except (when every rule that
    masks the column allows it):
@@ -22,7 +22,7 @@ Rules:
      `IS [NOT] NULL`;
    - `strategy: token` with whole-column masking: the column itself as a join key equal to
      another column masked by such a rule, or as a plain GROUP BY / PARTITION BY /
-     DISTINCT ON key. Equal values give equal tokens, so these reveal nothing the tokens
+     DISTINCT (ON) key. Equal values give equal tokens, so these reveal nothing the tokens
      in a result do not already show.
 3. A write that copies a masked column (CREATE TABLE AS, SELECT INTO, INSERT ... SELECT,
    UPDATE ... SET, MERGE) is refused unless every rule that masks the source also masks

@@ -13,7 +13,7 @@ What it follows, per statement:
   `row_to_json(t)`), `SELECT *`, views (their definition, from the catalog) and LANGUAGE sql
   functions (their body, from the catalog; in expressions and in FROM);
 * row-selecting clauses (`Lineage.uses`): WHERE, JOIN ON/USING/NATURAL, GROUP BY (grouping
-  sets too), HAVING, ORDER BY, DISTINCT ON, window PARTITION BY/ORDER BY, an aggregate's
+  sets too), HAVING, ORDER BY, DISTINCT (ON), window PARTITION BY/ORDER BY, an aggregate's
   FILTER and ORDER BY, ON CONFLICT ... WHERE, LIMIT/OFFSET, TABLESAMPLE, the arguments of
   set-returning functions (in FROM or the select list), in the statement, its
   subqueries, and the views and SQL functions it reaches (DO blocks and built-ins that read

@@ -205,6 +205,11 @@ class _Analyzer:
             if expr is not None:
                 flow = self.output_or_input(expr, columns, inner, output_first=True)
                 self.use("DISTINCT ON", flow, "group", expr)
+            else:
+                # Plain DISTINCT ([None]) groups by every output column: the rows left
+                # count the distinct values, as GROUP BY's groups do.
+                for column in columns:
+                    self.use("DISTINCT", column.flow, "group", column.name)
         self.sort(stmt.sortClause, columns, inner)
         self.limits(stmt, inner)
         if stmt.intoClause is not None:

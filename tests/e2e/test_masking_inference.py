@@ -140,6 +140,7 @@ REFUSED: list[tuple[str, tuple[Any, ...], str, str]] = [
         "HAVING",
     ),
     ("select distinct on (card) id from accounts", (), "accounts.card", "DISTINCT ON"),
+    ("select distinct left(card, 4) from accounts", (), "accounts.card", "DISTINCT"),
     (
         "select row_number() over (order by card) from accounts",
         (),

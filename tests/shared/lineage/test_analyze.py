@@ -271,6 +271,10 @@ USES: list[tuple[str, set[tuple[str, str, str]]]] = [
         {("DISTINCT ON", "accounts.card", "group")},
     ),
     (
+        "SELECT DISTINCT name, left(card, 1) FROM accounts",
+        {("DISTINCT", "accounts.name", "group"), ("DISTINCT", "accounts.card", "other")},
+    ),
+    (
         "SELECT row_number() OVER (PARTITION BY name ORDER BY card) FROM accounts",
         {
             ("window PARTITION BY", "accounts.name", "group"),
