@@ -96,12 +96,13 @@ class Planned:
 
 def copy_format(stmt: Any) -> tuple[str, str, bool] | None:
     """(format, delimiter, header) of COPY ... TO STDOUT when its rows can be read per
-    column here (text or CSV with the default quote, escape and NULL); None otherwise."""
+    column here (text or CSV with the default quote, escape and NULL, or binary); None
+    otherwise."""
     fmt, delimiter, header = "text", "", False
     for option in stmt.options or ():
         name = option.defname
         value = getattr(option.arg, "sval", None)
-        if name == "format" and value in ("text", "csv"):
+        if name == "format" and value in ("text", "csv", "binary"):
             fmt = value
         elif name == "delimiter" and isinstance(value, str) and len(value) == 1:
             delimiter = value
@@ -111,7 +112,7 @@ def copy_format(stmt: Any) -> tuple[str, str, bool] | None:
         else:
             return None
     if fmt == "binary":
-        return None
+        return (fmt, "", False) if not (delimiter or header) else None
     return fmt, delimiter or ("," if fmt == "csv" else "\t"), header and fmt == "csv"
 
 

@@ -27,9 +27,11 @@ returns what may go to the client. Rules it keeps:
    its column name alone: over-masking rather than leaking.
 4. COPY TO STDOUT carries no column names. Rules without columns (pure detectors) scan each
    text/CSV row as one line (replacements contain no delimiter, quote or newline) and null
-   binary-format fields with a hit. When a rule with columns applies and lineage (rule 8)
-   cannot mask the rows per column (binary format, options it does not read, no lineage),
-   the rows are dropped and the copy ends with ErrorResponse 42501 instead of CopyDone.
+   binary-format fields with a hit. Under rules with columns, lineage (rule 8) names the
+   columns: a masked one's text/CSV fields are replaced (NULL when derived), its binary
+   fields become NULL (binary COPY names no types to write a masked value in). Where it
+   cannot (options it does not read, no lineage), the rows are dropped and the copy ends
+   with ErrorResponse 42501 instead of CopyDone.
 5. ErrorResponse/NoticeResponse texts and notification payloads go through the detectors:
    a constraint error's DETAIL quotes the offending value.
 6. Counts of masked values per (column, detector) accumulate in `masker.counts`; after each
@@ -56,7 +58,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from shared.masking.lineage import (
     NOTHING,
@@ -472,10 +474,11 @@ class ResultMasker:
             return "refused"
         if not mask.masked:
             return "text" if body[:1] == b"\x00" else "binary"
-        if body[:1] == b"\x00" and mask.copy is not None:
+        binary = body[:1] == b"\x01"
+        if mask.copy is not None and binary == (mask.copy[0] == "binary"):
             width = _U16.unpack_from(body, 1)[0]
             self._copy_columns = [self._copy_column(m) for m in mask.for_width(width)]
-            return "columns"
+            return "binary columns" if binary else "columns"
         return "refused"
 
     def _copy_column(self, mask: ColumnMask) -> MaskRule | None:
@@ -672,6 +675,8 @@ class ResultMasker:
             return b""
         if self._copy == "columns":
             return self._copy_row(body)
+        if self._copy == "binary columns":
+            return self._binary_copy(body, self._copy_columns)
         if self._copy == "text":
             text = body.decode("utf-8", "surrogateescape")
             new, hit = self.masker.scan_text(text, self._copy_plan())
@@ -710,7 +715,12 @@ class ResultMasker:
     def _copy_plan(self) -> ColumnPlan:
         return ColumnPlan("copy", None, self._blind.scan)
 
-    def _binary_copy(self, body: bytes) -> bytes | None:
+    def _binary_copy(
+        self, body: bytes, rules: Sequence[MaskRule | None] | None = None
+    ) -> bytes | None:
+        """One binary COPY row: a field with a detector's hit, and with `rules` (under
+        column rules) every field of a masked column, becomes NULL. Binary COPY names no
+        types, so no masked value can be written in a column's own binary form."""
         pos = 0
         parts: list[bytes] = []
         if not self._copy_header:
@@ -728,9 +738,14 @@ class ResultMasker:
             pos += 2
             if count == -1:
                 continue  # trailer
-            for _ in range(count):
+            if rules is not None and count != len(rules):
+                raise MaskingFailed(f"COPY row of {count} fields for {len(rules)} columns")
+            for index in range(count):
                 size = _I32.unpack_from(body, pos)[0]
                 pos += 4
+                rule = rules[index] if rules is not None else None
+                if rule is not None:
+                    self.masker.counts[(rule.name, "column")] += 1
                 if size == -1:
                     parts.append(b"\xff\xff\xff\xff")
                     continue
@@ -738,6 +753,10 @@ class ResultMasker:
                     raise MaskingFailed("binary COPY row split across messages")
                 raw = body[pos : pos + size]
                 pos += size
+                if rule is not None:
+                    parts.append(b"\xff\xff\xff\xff")
+                    changed = True
+                    continue
                 _text, hit = self.masker.scan_text(raw.decode("utf-8", "surrogateescape"), plan)
                 if hit is None:
                     parts.append(body[pos - size - 4 : pos])

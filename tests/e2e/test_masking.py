@@ -262,7 +262,9 @@ def test_copy_to_stdout_is_scanned_by_detectors(stack: Stack) -> None:
     assert rows == [(1, None), (2, None), (3, None)]  # a binary field with a hit is nulled
 
 
-def test_copy_under_column_rules_is_masked_by_column_and_binary_refused(stack: Stack) -> None:
+def test_copy_under_column_rules_is_masked_by_column_and_unread_options_refused(
+    stack: Stack,
+) -> None:
     # Lineage names COPY's columns: masked per column (was refused before lineage).
     out = stack.psql("-c", "copy customers (id, email, ssn) to stdout", "-c", "select 42")
     assert out.returncode == 0, out.stderr
@@ -271,10 +273,23 @@ def test_copy_under_column_rules_is_masked_by_column_and_binary_refused(stack: S
     assert lines[0].split("\t")[1].startswith("tok_") and lines[0].split("\t")[2] == "****6789"
     assert "alice" not in out.stdout
     assert lines[-1] == "42"
-    # Binary COPY cannot be masked per column: still refused, and the session goes on.
+    # Binary COPY names no types: a masked column's fields (derived or not) come as NULL.
+    with (
+        psycopg.connect(stack.conninfo(), autocommit=True) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            "copy (select id, upper(email), ssn, name from customers order by id) "
+            "to stdout (format binary)"
+        ) as copy,
+    ):
+        copy.set_types(["int4", "text", "text", "text"])
+        rows = list(copy.rows())
+    assert [r[:3] for r in rows] == [(1, None, None), (2, None, None), (3, None, None)]
+    assert [r[3] for r in rows] == [c[1] for c in CUSTOMERS]  # an unmasked column passes
+    # Options lineage does not read (a custom quote): refused, and the session goes on.
     out = stack.psql(
         "-c",
-        "copy (select upper(email) from customers) to stdout (format binary)",
+        "copy (select upper(email) from customers) to stdout (format csv, quote '|')",
         "-c",
         "select 42",
     )
