@@ -69,14 +69,15 @@ def test_an_unknown_relation_is_derived_from_everything_with_a_notice() -> None:
     assert mask_of("select 1, 'a'").masked is False
 
 
-def test_copy_format_reads_text_and_csv_options() -> None:
+def test_copy_format_reads_text_csv_and_binary_options() -> None:
     def fmt(sql: str) -> tuple[str, str, bool] | None:
         return copy_format(parse_sql(sql)[0].stmt)
 
     assert fmt("copy t to stdout") == ("text", "\t", False)
     assert fmt("copy t to stdout csv header") == ("csv", ",", True)
     assert fmt("copy t to stdout (format csv, delimiter ';')") == ("csv", ";", False)
-    assert fmt("copy t to stdout (format binary)") is None
+    assert fmt("copy t to stdout (format binary)") == ("binary", "", False)
+    assert fmt("copy t to stdout (format binary, delimiter ';')") is None
     assert fmt("copy t to stdout (format csv, quote '''')") is None
 
 
