@@ -119,6 +119,8 @@ class Agent:
         self._nonce = itertools.count(1)
         self._changed = asyncio.Event()  # replaced at each change: see _notify
         self._loops: asyncio.TaskGroup | None = None
+        self._loop_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # run() was cancelled: a loop's failure now is the stop's
 
     @property
     def target(self) -> str:
@@ -168,7 +170,9 @@ class Agent:
     def _start_loop(self, address: str) -> None:
         assert self._loops is not None
         self.fleet.started(address)
-        self._loops.create_task(self._loop(address), name=f"agent/{self.key.name}/{address}")
+        task = self._loops.create_task(self._loop(address), name=f"agent/{self.key.name}/{address}")
+        self._loop_tasks.add(task)
+        task.add_done_callback(self._loop_tasks.discard)
 
     async def run(self) -> None:
         """Serve until cancelled or a fatal error; reconnects on every other failure."""
@@ -176,6 +180,14 @@ class Agent:
             async with asyncio.TaskGroup() as loops:
                 self._loops = loops
                 self._start_loop(self.fleet.seed)
+                try:
+                    # Here, not in the group's exit, so that a cancel is seen as a stop
+                    # (`task.cancelling()` cannot tell: 3.11's TaskGroup leaves it raised).
+                    while self._loop_tasks:
+                        await asyncio.wait(set(self._loop_tasks))
+                except asyncio.CancelledError:
+                    self._stopping = True
+                    raise
         except* AgentFatal as group:
             raise group.exceptions[0] from None
         finally:
@@ -203,6 +215,10 @@ class Agent:
             finally:
                 self.fleet.disconnected(address, error)
                 self._notify()
+            if self._stopping:
+                # gRPC may report our own cancel (a stop) as a failed call: not a lost
+                # gateway to dial again.
+                raise asyncio.CancelledError
             delay = backoff.next_delay()
             log.info("agent %s: reconnecting to %s in %.2fs", self.key.name, address, delay)
             deadline = asyncio.get_running_loop().time() + delay
