@@ -224,7 +224,7 @@ class TunnelStream:
         self._check_finished()
         if not events:
             return None
-        # One frame yields at most one event; keep the contract explicit.
+        # One frame yields at most one event today; keep the contract explicit.
         event = events[0]
         if isinstance(event, CreditReceived | SignalDone):
             if isinstance(event, SignalDone):
@@ -321,9 +321,9 @@ class TunnelStream:
     def report_with_next_data(self, counts: tuple[tuple[str, str, int], ...]) -> None:
         """Agent, on a session with data reports: `counts` go inside the next `send_data`'s
         (last) frame, after the bytes they count; `flush_report` sends them if none follows."""
-        if not self.state.data_reports:
-            raise LocalProtocolError("this session takes no reports in Data")
-        self._report = _merged(self._report, counts)
+        if not self.state.data_reports or self._report:
+            raise LocalProtocolError("no reports in Data here, or one waits already")
+        self._report = counts
 
     async def flush_report(self) -> None:
         """The counts `report_with_next_data` kept, as a MaskReport frame of their own."""
@@ -392,14 +392,3 @@ def _describe(exc: BaseException) -> str:
         if text:
             return str(text)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _merged(
-    kept: tuple[tuple[str, str, int], ...], counts: tuple[tuple[str, str, int], ...]
-) -> tuple[tuple[str, str, int], ...]:
-    if not kept:
-        return counts
-    total: dict[tuple[str, str], int] = {}
-    for column, detector, n in (*kept, *counts):
-        total[column, detector] = total.get((column, detector), 0) + n
-    return tuple((c, d, n) for (c, d), n in total.items())
