@@ -19,7 +19,7 @@ from typing import Literal
 import grpc
 import sqlalchemy as sa
 
-from gateway import sshca
+from gateway import console, sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import build_app
@@ -356,6 +356,7 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
+        console.mount(app, app.state.deps, cfg.console)  # /console/ (and / sends there)
         app.include_router(members_router(store, self.member_id))
         bus = None
         if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
