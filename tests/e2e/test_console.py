@@ -9,6 +9,7 @@ page. Each page is saved as a screenshot under build/screenshots/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -108,14 +109,19 @@ def stack(
         )
         secrets: dict[str, str] = {}
         with gw.api() as api:
-            for name, groups in (("bob", ["dba"]), ("dave", ["dev"])):
+            for name, groups in (("alice", ["dev"]), ("bob", ["dba"]), ("dave", ["dev"])):
                 made = api.post(
                     "/v1/users", json={"name": name, "password": LOCAL_PASSWORD, "groups": groups}
                 )
                 assert made.status_code == 201, made.text
                 query = urllib.parse.urlsplit(made.json()["totp_uri"]).query
                 secrets[name] = urllib.parse.parse_qs(query)["secret"][0]
-        yield Stack(gw, db, gw.local_login("alice", ["dev"]), secrets)
+            signed = api.post(
+                "/v1/auth/password",
+                json={"user": "alice", "password": LOCAL_PASSWORD, "code": totp(secrets["alice"])},
+            )
+            assert signed.status_code == 200, signed.text
+        yield Stack(gw, db, signed.json()["token"], secrets)
     finally:
         wg.close()
 
@@ -153,8 +159,11 @@ def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any
     return thread, result
 
 
-@pytest.fixture
-def held(stack: Stack) -> Iterator[tuple[str, threading.Thread, dict[str, Any]]]:
+Held = tuple[str, threading.Thread, dict[str, Any]]
+
+
+@contextlib.contextmanager
+def holding(stack: Stack) -> Iterator[Held]:
     """A write of alice's, held for review while her psycopg client waits."""
     notices: list[str] = []
     with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
@@ -174,10 +183,15 @@ def held(stack: Stack) -> Iterator[tuple[str, threading.Thread, dict[str, Any]]]
                 thread.join(30)
 
 
+@pytest.fixture
+def held(stack: Stack) -> Iterator[Held]:
+    with holding(stack) as found:
+        yield found
+
+
 def test_a_reviewer_approves_a_held_statement_and_the_waiting_client_gets_its_result(
-    stack: Stack, browser: Browser, held: tuple[str, threading.Thread, dict[str, Any]]
+    stack: Stack, browser: Browser
 ) -> None:
-    review_id, thread, result = held
     page = browser.new_page()
     sign_in(page, stack, "bob", shot="console-sign-in")
     cookie = next(c for c in page.cookies() if c["name"] == "__Secure-wardgate-console")
@@ -187,14 +201,24 @@ def test_a_reviewer_approves_a_held_statement_and_the_waiting_client_gets_its_re
         "Strict",
         "/console",
     )
-    article = page.wait_text(f"#review-{review_id}", "update accounts set balance = 7")
-    assert "alice" in article and "pg-main" in article and "account-writes" in article
-    page.screenshot("console-reviews")
-    assert thread.is_alive()  # still held while the reviewer reads it
+    assert page.evaluate("typeof htmx") == "object"  # loaded from the package, under the CSP
+    page.wait_text("#reviews", "Nothing is waiting for your review.")
+    with holding(stack) as (review_id, thread, result):
+        # It appears without a reload (htmx polls the list).
+        article = page.wait_text(f"#review-{review_id}", "update accounts set balance = 7")
+        assert "alice" in article and "pg-main" in article and "account-writes" in article
+        page.screenshot("console-reviews")
+        assert thread.is_alive()  # still held while the reviewer reads it
+        _approve(page, stack, review_id, thread, result)
 
+
+def _approve(
+    page: Page, stack: Stack, review_id: str, thread: threading.Thread, result: dict[str, Any]
+) -> None:
     page.fill(f"#reason-{review_id}", "ticket 42, checked")
     page.click(f"#approve-{review_id}")
     page.wait_text("#flash", f"You approved {review_id}")
+    assert page.url.endswith("/console/reviews")  # swapped in place by htmx, not a new page
     page.screenshot("console-approved")
     thread.join(30)
     assert result.get("value") == [(7,)], result
@@ -211,7 +235,7 @@ def test_a_reviewer_approves_a_held_statement_and_the_waiting_client_gets_its_re
 
 
 def test_a_post_without_the_csrf_token_is_refused(
-    stack: Stack, browser: Browser, held: tuple[str, threading.Thread, dict[str, Any]]
+    stack: Stack, browser: Browser, held: Held
 ) -> None:
     review_id, thread, _ = held
     page = browser.new_page()
@@ -231,7 +255,7 @@ def test_a_post_without_the_csrf_token_is_refused(
 
 
 def test_a_form_posted_from_another_origin_is_refused(
-    stack: Stack, browser: Browser, held: tuple[str, threading.Thread, dict[str, Any]]
+    stack: Stack, browser: Browser, held: Held
 ) -> None:
     review_id, thread, _ = held
     page = browser.new_page()
@@ -253,6 +277,28 @@ def test_a_form_posted_from_another_origin_is_refused(
     assert stack.review(review_id)["status"] == "pending"
     assert thread.is_alive()
     page.goto(stack.gw.url + "/console/reviews")  # still signed in: a refusal ends nothing
+    sign_out(page)
+
+
+def test_a_requester_cannot_approve_their_own_statement(
+    stack: Stack, browser: Browser, held: Held
+) -> None:
+    review_id, thread, _ = held
+    page = browser.new_page()
+    sign_in(page, stack, "alice")
+    mine = page.wait_text(".mine", review_id)  # listed as hers, with nothing to click
+    assert "update accounts set balance = 7" in mine
+    assert page.evaluate(f"document.querySelector('#approve-{review_id}')") is None
+    # Posted anyway, the way htmx posts (token in the header): the API's rule refuses it.
+    status, body = page.evaluate(
+        f"fetch('/console/reviews/{review_id}/vote', {{method: 'POST', "
+        "headers: {'X-CSRF-Token': document.querySelector('input[name=csrf]').value}, "
+        "body: new URLSearchParams({vote: 'approve'})}).then(async r => [r.status, await r.text()])"
+    )
+    assert status == 403
+    assert f"{review_id}: nobody reviews their own request" in body
+    assert stack.review(review_id)["status"] == "pending"
+    assert thread.is_alive()
     sign_out(page)
 
 
