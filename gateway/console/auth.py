@@ -51,11 +51,12 @@ def csrf_token(cookie: str) -> str:
     return hmac.new(cookie.encode(), b"wardgate console csrf", hashlib.sha256).hexdigest()
 
 
-def set_cookie(response: Response, cookie: str, idle_timeout: int) -> None:
+def set_cookie(response: Response, cookie: str) -> None:
+    # A browser-session cookie (no Max-Age): the idle timeout is the server's to enforce,
+    # on every request, since a cookie's lifetime does not move with use.
     response.set_cookie(
         COOKIE,
         cookie,
-        max_age=idle_timeout,
         path=PATH,
         secure=True,
         httponly=True,

@@ -203,7 +203,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
             client=client_of(request),
         )
         response = redirect("/console/reviews")
-        set_cookie(response, cookie, sessions.idle_timeout)
+        set_cookie(response, cookie)
         return response
 
     @api.post("/console/logout")
