@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -68,11 +69,20 @@ def clear_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE, path=PATH, secure=True, httponly=True, samesite="strict")
 
 
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def request_host(request: Request) -> str | None:
+    """The host (and port) the browser asked for, when it is one."""
+    host = request.headers.get("host", "")
+    return host if len(host) < 256 and _HOST.fullmatch(host) else None
+
+
 def same_origin(request: Request) -> bool:
     """The request comes from a page of this gateway. Browsers send `Origin` on every POST;
     without it, `Sec-Fetch-Site` must say so. Neither: refused (fail closed)."""
     origin = request.headers.get("origin")
-    host = request.headers.get("host")
+    host = request_host(request)
     if origin is not None:
         return host is not None and hmac.compare_digest(origin, f"https://{host}")
     return request.headers.get("sec-fetch-site") == "same-origin"

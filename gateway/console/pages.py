@@ -18,18 +18,15 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import jinja2
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import ApiDeps, client_of, require_admin
 from gateway.config import ConsoleConfig
+from gateway.console import oidc
 from gateway.console.auth import (
     ConsoleSessions,
     Signed,
@@ -37,42 +34,14 @@ from gateway.console.auth import (
     same_origin,
     set_cookie,
 )
+from gateway.console.render import HEADERS, HERE, Static, page, redirect
 from gateway.identity.credentials import IdentityError
 from gateway.policy.grants import AccessPolicy
 from gateway.reviews import ReviewError
 from gateway.store import ReviewRecord
-from shared.version import __version__
 
-HERE = Path(__file__).parent
 MAX_FORM = 16 * 1024  # bytes: a sign-in or a vote with its reason
 POLL_SECONDS = 2
-
-# No inline script or style anywhere: every script and stylesheet is a file under /console/.
-HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
-        "object-src 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    # Not no-referrer: with it, browsers send `Origin: null` on a same-origin POST.
-    "Referrer-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
-
-
-class _Static(StaticFiles):
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        response.headers.update(HEADERS)
-        return response
 
 
 class _Form:
@@ -93,21 +62,6 @@ class _Form:
     def get(self, name: str) -> str:
         values = self._fields.get(name)
         return values[0] if values else ""
-
-
-def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(version=__version__, **context)
-    response = HTMLResponse(html, status_code=status)
-    response.headers.update(HEADERS)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def redirect(url: str, **headers: str) -> RedirectResponse:
-    response = RedirectResponse(url, status_code=303)
-    response.headers.update(HEADERS)
-    response.headers.update(headers)
-    return response
 
 
 def _digest(records: list[ReviewRecord]) -> str:
@@ -165,7 +119,14 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
     async def login_page(request: Request) -> Response:
         if await signed_or_none(request) is not None:
             return redirect("/console/reviews")
-        return page("login.html", local=_local_enabled(deps), error=None, user="", signed=None)
+        return page(
+            "login.html",
+            local=_local_enabled(deps),
+            oidc=_oidc_enabled(deps),
+            error=None,
+            user="",
+            signed=None,
+        )
 
     @api.post("/console/login")
     async def login(request: Request) -> Response:
@@ -309,6 +270,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
         )
 
     api.add_api_route("/console/admin", signed_in(admin_page), methods=["GET"])
+    oidc.add_routes(api, deps, sessions)
     return api
 
 
@@ -316,9 +278,19 @@ def _local_enabled(deps: ApiDeps) -> bool:
     return deps.identity is not None and bool(deps.identity.methods().get("local"))
 
 
+def _oidc_enabled(deps: ApiDeps) -> bool:
+    return deps.identity is not None and deps.identity.oidc is not None
+
+
 def _login_failed(deps: ApiDeps, status: int, message: str, user: str) -> HTMLResponse:
     return page(
-        "login.html", status, local=_local_enabled(deps), error=message, user=user, signed=None
+        "login.html",
+        status,
+        local=_local_enabled(deps),
+        oidc=_oidc_enabled(deps),
+        error=message,
+        user=user,
+        signed=None,
     )
 
 
@@ -328,7 +300,7 @@ def mount(app: FastAPI, deps: ApiDeps, config: ConsoleConfig) -> None:
         return
     sessions = ConsoleSessions(deps.store, deps.access or AccessPolicy(), config.idle_timeout)
     app.include_router(router(deps, sessions))
-    app.mount("/console/static", _Static(directory=HERE / "static"), name="console-static")
+    app.mount("/console/static", Static(directory=HERE / "static"), name="console-static")
 
     @app.get("/", include_in_schema=False)
     async def root() -> Response:

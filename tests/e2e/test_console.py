@@ -26,6 +26,7 @@ from psycopg import sql
 from gateway.crypto import SecretBox
 from gateway.identity.local import totp
 from tests.fixtures.browser import Browser, Page
+from tests.fixtures.oidc import OidcProvider
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.wardgate import LOCAL_PASSWORD, GatewayProc, Wardgate, free_port, wait_for
 
@@ -333,3 +334,40 @@ def _evil_site(body: str) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def test_a_person_signs_in_through_the_identity_provider(
+    wardgate: Wardgate, oidc_provider: OidcProvider, browser: Browser
+) -> None:
+    oidc_provider.set_user("sub-erin", preferred_username="erin", groups=["dba"])
+    gw = wardgate.gateway(
+        secret_key=SecretBox.generate_key(),
+        identity={
+            "oidc": {
+                "issuer": oidc_provider.issuer,
+                "client_id": "wardgate",
+                "client_secret": "client-secret-1",
+                "jwks_min_refresh": 0,
+            }
+        },
+    )
+    page = browser.new_page()
+    page.goto(gw.url + "/")
+    assert page.url == gw.url + "/console/login"
+    assert page.evaluate("document.querySelector('#password')") is None  # no local users
+    page.screenshot("console-sign-in-oidc")
+    page.click("#oidc")
+    # The provider's own page, reached with a PKCE challenge and our callback.
+    wait_for(lambda: page.url.startswith(oidc_provider.issuer), "the provider's sign-in page")
+    asked = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    assert asked["code_challenge_method"] == ["S256"]
+    assert asked["redirect_uri"] == [gw.url + "/console/login/oidc/callback"]
+    page.wait_loaded()
+    page.fill("input[name=sub]", "sub-erin")
+    page.click("button[type=submit]")
+    wait_for(lambda: page.url == gw.url + "/console/reviews", "the console after the provider")
+    page.wait_loaded()
+    assert page.text("#who") == "erin"
+    kinds = [(e["kind"], e["data"].get("method")) for e in gw.audit() if e["actor"] == "erin"]
+    assert ("auth.login", "oidc") in kinds and ("console.login", "oidc") in kinds
+    sign_out(page)
