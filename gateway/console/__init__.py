@@ -2,6 +2,8 @@
 
     auth.py       console sign-ins (a cookie naming a server-side session in the store),
                   CSRF tokens, the same-origin check
+    oidc.py       sign-in through the OpenID provider (authorization code + PKCE)
+    render.py     templates, the security headers, static files
     pages.py      the routes: sign-in and sign-out, the Reviewer page, the admin page;
                   every action goes through the API's own services (`IdentityService`,
                   `ReviewService`) with the signed-in `Identity`, so it is authorised and

@@ -56,6 +56,7 @@ ROLES = [
 @dataclass
 class Stack:
     gw: GatewayProc
+    gw2: GatewayProc  # a second member of the fleet (same PostgreSQL store), without agents
     db: PostgresServer
     alice: str  # alice's credential (she uses psycopg, not the console)
     totp_secrets: dict[str, str]  # console users' authenticator secrets
@@ -78,12 +79,14 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
 ) -> Iterator[Stack]:
     with postgres_server.connect() as admin:
-        admin.execute(sql.SQL("drop database if exists consoleapp"))
+        for name in ("consoleapp", "consolestore"):
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
         admin.execute(sql.SQL("drop role if exists console_app"))
         admin.execute(
             sql.SQL("create role console_app login password {}").format(sql.Literal(APP_PASSWORD))
         )
         admin.execute(sql.SQL("create database consoleapp owner console_app"))
+    store = postgres_server.create_database("consolestore")
     db = dataclasses.replace(postgres_server, dbname="consoleapp")
     with psycopg.connect(db.dsn(), autocommit=True) as conn:
         conn.execute("set role console_app")
@@ -91,13 +94,16 @@ def stack(
         conn.execute("insert into accounts select g, 100 from generate_series(1, 10) g")
     wg = Wardgate(tmp_path_factory.mktemp("console"))
     try:
-        gw = wg.gateway(
-            secret_key=SecretBox.generate_key(),
-            identity={"local_users": True},
-            roles=ROLES,
-            policy=POLICY,
-            reviews={"poll_interval": 0.5},
-        )
+        shared = {
+            "store": store.url(),
+            "secret_key": SecretBox.generate_key(),
+            "identity": {"local_users": True},
+            "roles": ROLES,
+            "policy": POLICY,
+            "reviews": {"poll_interval": 0.5},
+        }
+        gw = wg.gateway(**shared)
+        gw2 = wg.gateway(**shared)
         wg.agent(gw, gw.create_agent("default"), wait="default")
         gw.create_connection(
             name="pg-main",
@@ -122,7 +128,7 @@ def stack(
                 json={"user": "alice", "password": LOCAL_PASSWORD, "code": totp(secrets["alice"])},
             )
             assert signed.status_code == 200, signed.text
-        yield Stack(gw, db, signed.json()["token"], secrets)
+        yield Stack(gw, gw2, db, signed.json()["token"], secrets)
     finally:
         wg.close()
 
@@ -334,6 +340,21 @@ def _evil_site(body: str) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def test_any_member_of_the_fleet_accepts_a_console_sign_in_and_its_sign_out(
+    stack: Stack, browser: Browser
+) -> None:
+    page = browser.new_page()
+    sign_in(page, stack, "bob")  # on the first member
+    # The same browser on the second member (cookies are per host, not per port): the
+    # session is in the shared store, found by its hash.
+    page.goto(stack.gw2.url + "/console/reviews")
+    assert page.url == stack.gw2.url + "/console/reviews"
+    assert page.text("#who") == "bob"
+    sign_out(page)  # on the second member: revoked in the store, for every member
+    page.goto(stack.gw.url + "/console/reviews")
+    assert page.url == stack.gw.url + "/console/login"
 
 
 def test_a_person_signs_in_through_the_identity_provider(
