@@ -40,6 +40,10 @@ from gateway.policy.grants import AccessPolicy
 from gateway.reviews import ReviewError
 from gateway.store import ReviewRecord
 
+CROSS_ORIGIN = (
+    "cross-origin request refused: the console takes forms only from its own pages; "
+    "open it and try again"
+)
 MAX_FORM = 16 * 1024  # bytes: a sign-in or a vote with its reason
 POLL_SECONDS = 2
 
@@ -86,7 +90,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
     async def checked_post(request: Request, form: _Form) -> Signed | Response:
         """The signed-in person behind a POST with its CSRF token, from this origin."""
         if not same_origin(request):
-            return refused(request, 403, "cross-origin request refused")
+            return refused(request, 403, CROSS_ORIGIN)
         signed = await sessions.signed(request)
         if signed is None:
             return redirect("/console/login", **{"HX-Redirect": "/console/login"})
@@ -131,7 +135,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
     @api.post("/console/login")
     async def login(request: Request) -> Response:
         if not same_origin(request):
-            return refused(request, 403, "cross-origin request refused")
+            return refused(request, 403, CROSS_ORIGIN)
         form = await _Form.read(request)
         user = form.get("user").strip()
         if deps.identity is None:
