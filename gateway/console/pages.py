@@ -73,6 +73,18 @@ def _digest(records: list[ReviewRecord]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def to_login(request: Request) -> Response:
+    """Back to the sign-in page. An htmx call (a poll, a vote) gets no redirect: the
+    browser's XMLHttpRequest would follow it and htmx would swap the sign-in page into the
+    list; `HX-Redirect` makes htmx move the whole page instead."""
+    if request.headers.get("hx-request"):
+        response = Response(status_code=200)
+        response.headers.update(HEADERS)
+        response.headers["HX-Redirect"] = "/console/login"
+        return response
+    return redirect("/console/login")
+
+
 def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
     api = APIRouter(include_in_schema=False)
 
@@ -93,7 +105,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
             return refused(request, 403, CROSS_ORIGIN)
         signed = await sessions.signed(request)
         if signed is None:
-            return redirect("/console/login", **{"HX-Redirect": "/console/login"})
+            return to_login(request)
         sent = request.headers.get("x-csrf-token") or form.get("csrf")
         if not sent or not hmac.compare_digest(sent, signed.csrf):
             return refused(
@@ -107,7 +119,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
         async def wrapped(request: Request) -> Response:
             signed = await signed_or_none(request)
             if signed is None:
-                return redirect("/console/login", **{"HX-Redirect": "/console/login"})
+                return to_login(request)
             return await handler(request, signed)
 
         return wrapped
@@ -183,7 +195,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
         await deps.auditor.record(
             "console.logout", actor=checked.identity.user, console_session=checked.session_id
         )
-        response = redirect("/console/login", **{"HX-Redirect": "/console/login"})
+        response = redirect("/console/login")
         clear_cookie(response)
         return response
 

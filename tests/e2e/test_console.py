@@ -345,16 +345,19 @@ def _evil_site(body: str) -> ThreadingHTTPServer:
 def test_any_member_of_the_fleet_accepts_a_console_sign_in_and_its_sign_out(
     stack: Stack, browser: Browser
 ) -> None:
-    page = browser.new_page()
-    sign_in(page, stack, "bob")  # on the first member
-    # The same browser on the second member (cookies are per host, not per port): the
-    # session is in the shared store, found by its hash.
-    page.goto(stack.gw2.url + "/console/reviews")
-    assert page.url == stack.gw2.url + "/console/reviews"
-    assert page.text("#who") == "bob"
-    sign_out(page)  # on the second member: revoked in the store, for every member
-    page.goto(stack.gw.url + "/console/reviews")
-    assert page.url == stack.gw.url + "/console/login"
+    first = browser.new_page()
+    sign_in(first, stack, "bob")  # on the first member, whose Reviewer page polls
+    # Another tab of the same browser on the second member (cookies are per host, not per
+    # port): the session is in the shared store, found by its hash.
+    second = browser.new_page()
+    second.goto(stack.gw2.url + "/console/reviews")
+    assert second.url == stack.gw2.url + "/console/reviews"
+    assert second.text("#who") == "bob"
+    sign_out(second)  # on the second member: revoked in the store, for every member
+    # The first tab's next poll finds the session gone and takes the page to sign-in.
+    wait_for(lambda: first.url == stack.gw.url + "/console/login", "the first tab to sign-in")
+    first.goto(stack.gw.url + "/console/reviews")
+    assert first.url == stack.gw.url + "/console/login"
 
 
 def test_a_person_signs_in_through_the_identity_provider(
