@@ -342,6 +342,26 @@ def _evil_site(body: str) -> ThreadingHTTPServer:
     return server
 
 
+def test_pages_run_under_a_csp_that_refuses_inline_scripts(stack: Stack, browser: Browser) -> None:
+    page = browser.new_page()
+    sign_in(page, stack, "dave")
+    page.wait_text("#reviews", "Nothing is waiting for your review.")
+    wait_for(lambda: page.evaluate("typeof htmx") == "object", "htmx to load")
+    assert [m for m in page.console_messages() if "Content Security Policy" in m] == []
+    # What an injected script would do is refused, and the browser says why.
+    ran = page.evaluate(
+        "(() => { const s = document.createElement('script');"
+        " s.textContent = 'window.injected = true'; document.body.append(s);"
+        " return window.injected === true })()"
+    )
+    assert ran is False
+    wait_for(
+        lambda: [m for m in page.console_messages() if "Content Security Policy" in m],
+        "the browser's report of the refused script",
+    )
+    sign_out(page)
+
+
 def test_any_member_of_the_fleet_accepts_a_console_sign_in_and_its_sign_out(
     stack: Stack, browser: Browser
 ) -> None:
