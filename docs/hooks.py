@@ -199,7 +199,8 @@ def openapi() -> dict[str, Any]:
     """The OpenAPI document of the app `wardgate gateway` serves, built without serving it.
 
     Route declarations only close over the dependencies, so placeholders do for them."""
-    from gateway.api.app import ApiDeps, build_app
+    from gateway.api.app import build_app
+    from gateway.api.deps import ApiDeps
     from gateway.api.members import members_router
     from gateway.api.ssh import ssh_router
     from gateway.api.terminate import terminate_router

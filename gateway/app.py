@@ -19,10 +19,11 @@ from typing import Literal
 import grpc
 import sqlalchemy as sa
 
-from gateway import sshca
+from gateway import console, sshca
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
-from gateway.api.app import ApiDeps, build_app
+from gateway.api.app import build_app
+from gateway.api.deps import ApiDeps
 from gateway.api.members import members_router
 from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
@@ -49,6 +50,8 @@ from gateway.frontdoor import FrontDoor, Kind
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
 from gateway.policystore import BudgetLedger, PolicySource
+from gateway.protocols import kubernetes
+from gateway.protocols.kubernetes import KubeFrontDoor
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.protocols.ssh import HOST_KEY_FILE, SshFrontDoor, load_host_key
 from gateway.protocols.sshlog import quiet_banner_errors
@@ -345,7 +348,6 @@ class Gateway:
                 guardrails=guardrails,
                 access=policy,
                 policy_source=guardrails,
-                kube_policy=cfg.kube_policy(),
                 reviews=self.reviews,
                 limiter=limiter,
                 telemetry=self.telemetry,
@@ -354,6 +356,7 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
+        console.mount(app, app.state.deps, cfg.console)  # /console/ (and / sends there)
         app.include_router(members_router(store, self.member_id))
         bus = None
         if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
@@ -365,9 +368,20 @@ class Gateway:
         app.include_router(
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)
         )
+        # Kubernetes: served by the API's hypercorn on the same port, built like the others.
+        kube_door = KubeFrontDoor(
+            authenticator,
+            broker,
+            auditor,
+            access=policy,
+            policy=cfg.kube_policy(),
+            reviews=self.reviews,
+            limiter=limiter,
+        )
+        kubernetes.mount(app, kube_door)
         ssl_ctx = server_context(tls, alpn=["h2", "http/1.1", "postgresql"])
         self.frontdoor = FrontDoor(
-            ssl_ctx, auditor, http_handler(app, app.state.kube_door.spdy), limits=cfg.frontdoor
+            ssl_ctx, auditor, http_handler(app, kube_door.spdy), limits=cfg.frontdoor
         )
         self.telemetry.add_counters(self.frontdoor.counters)
         self.telemetry.add_counters(lambda: [limiter.refused])

@@ -332,6 +332,16 @@ def _dialable(address: str, what: str) -> None:
         raise ValueError(f"{what} {address!r} is not an address agents can dial")
 
 
+class ConsoleConfig(BaseModel):
+    """The web console on the public port, under /console/ (docs/console.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    # A console sign-in unused this long ends (seconds): a browser left open on a reviewer's
+    # desk stops being a way in.
+    idle_timeout: int = Field(default=1800, ge=60, le=86400)  # le: console/auth.py MAX_IDLE
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -389,6 +399,8 @@ class GatewayConfig(BaseModel):
 
     # Unauthenticated connections on the public port: how many, and for how long.
     frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
+
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)  # the web console
 
     # Log lines as text, or one JSON object per line (`--log-format` overrides it).
     log_format: Literal["text", "json"] = "text"

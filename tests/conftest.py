@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.oidc",
     "tests.fixtures.sshd",
     "tests.fixtures.kube_apiserver",
+    "tests.fixtures.browser",
 ]

@@ -5,50 +5,44 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi import FastAPI, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
-from gateway.agents.registry import AgentRegistry
 from gateway.api import docs, limits, paging
 from gateway.api import reviews as reviews_api
 from gateway.api.activity import ssh_activity
+from gateway.api.deps import Admin, ApiDeps, User, client_of, identity_of
+from gateway.api.health import health_router
 from gateway.api.paging import MAX_PAGE
-from gateway.api.ratelimit import AuthLimiter, as_http
-from gateway.audit import Auditor, AuditUnavailable, Event
-from gateway.auth import Authenticator, AuthError, Identity
+from gateway.api.policy import policy_router
+from gateway.audit import AuditUnavailable, Event
+from gateway.auth import AuthError, Identity
 from gateway.connections import ConnectionError_, apply, describe, to_record
 from gateway.connspec import NAME_RE, ConnectionSpec
-from gateway.crypto import SecretBox
 from gateway.identity.credentials import FlowPending, IdentityError, IdentityService
 from gateway.policy.budgets import Usage
 from gateway.policy.explain import explain
 from gateway.policy.grants import AccessPolicy
-from gateway.policy.kube import KubePolicy
 from gateway.policy.lineage import ColumnRules
-from gateway.policy.rules import Policy, subject_for
+from gateway.policy.rules import subject_for
 from gateway.policystore import (
     Applied,
     PolicyDocumentError,
-    PolicySource,
-    PolicyView,
     as_view,
     parse_document,
 )
-from gateway.protocols import kubernetes, tcp
+from gateway.protocols import tcp
 from gateway.protocols.pgfunctions import explain_lineage
-from gateway.reviews import ReviewService
-from gateway.sessions import READ_ONLY_ENFORCED, SessionBroker, SessionError
+from gateway.sessions import READ_ONLY_ENFORCED, SessionError
 from gateway.store import (
     AlreadyExists,
     ConnectionRecord,
     NotFound,
     SessionRecord,
-    Store,
     StoreUnavailable,
 )
 from gateway.store.chain import ChainCheck
@@ -64,35 +58,6 @@ T = TypeVar("T")
 RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {"description": "Too many failed sign-in attempts; `Retry-After` says when to retry."}
 }
-
-
-def _never() -> bool:
-    return False
-
-
-@dataclass
-class ApiDeps:
-    store: Store
-    auth: Authenticator
-    broker: SessionBroker
-    registry: AgentRegistry
-    auditor: Auditor
-    secret_box: SecretBox | None
-    ca_pem: bytes
-    ca_fingerprint: str
-    agent_host: str
-    agent_port: int
-    insecure_agents: bool
-    identity: IdentityService | None = None
-    guardrails: Policy | PolicyView | None = None
-    access: AccessPolicy | None = None
-    policy_source: PolicySource | None = None  # policy versions in the store (api/policy.py)
-    kube_policy: KubePolicy | None = None
-    reviews: ReviewService | None = None  # approvals (Kubernetes `effect: review`)
-    limiter: AuthLimiter | None = None  # sign-in rate limits (api/ratelimit.py)
-    telemetry: Telemetry | None = None  # metrics (gateway/telemetry.py); None: a private one
-    draining: Callable[[], bool] = _never  # True once the member stops taking sessions
-    agent_warmup: float = 10.0  # fleet.agent_warmup: /readyz waits this long for agents
 
 
 class AgentCreate(BaseModel):
@@ -185,41 +150,6 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
     }
 
 
-def _client(request: Request) -> str:
-    return f"{request.client.host}:{request.client.port}" if request.client else "-"
-
-
-async def identity_of(request: Request) -> Identity:
-    """The caller named by the request's credential; 401 (audited, rate limited) without a
-    valid one."""
-    deps: ApiDeps = request.app.state.deps
-    try:
-        who = await deps.auth.authenticate_header(request.headers.get("authorization"))
-        if who.credential == "connection":
-            raise AuthError("a per-connection credential only opens sessions on its connection")
-        return who
-    except AuthError as exc:
-        # Counted per address like failed sign-ins, so bad credentials cannot grow the log
-        # without bound either.
-        host = request.client.host if request.client else "-"
-        if deps.limiter is not None and (over := await deps.limiter.rejected(host, "api")):
-            raise as_http(over) from None
-        await deps.auditor.record(
-            "auth.rejected", client=_client(request), path=request.url.path, reason=str(exc)
-        )
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-
-
-async def _admin(who: Annotated[Identity, Depends(identity_of)]) -> Identity:
-    if not who.is_admin:
-        raise HTTPException(403, f"user {who.user!r} is not an administrator")
-    return who
-
-
-User = Annotated[Identity, Depends(identity_of)]
-Admin = Annotated[Identity, Depends(_admin)]
-
-
 def build_app(deps: ApiDeps) -> FastAPI:
     app = FastAPI(
         title="Wardgate",
@@ -239,9 +169,6 @@ def build_app(deps: ApiDeps) -> FastAPI:
         # A full disk or a lost store database: the change is not made, and not recorded.
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
-
-    from gateway.api.health import health_router  # they need this module
-    from gateway.api.policy import policy_router
 
     health, app.state.store_probe = health_router(deps, deps.telemetry or Telemetry())
     app.include_router(health)
@@ -321,7 +248,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
                     redirect_uri=body.redirect_uri,
                     code_verifier=body.code_verifier,
                     nonce=body.nonce,
-                    client=_client(request),
+                    client=client_of(request),
                 )
             )
         return issued.as_json()
@@ -339,7 +266,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
         try:
             async with attempt(request, "device_poll"):
                 issued = await guarded(
-                    ident().oidc_device_poll(device_code=body.device_code, client=_client(request))
+                    ident().oidc_device_poll(
+                        device_code=body.device_code, client=client_of(request)
+                    )
                 )
         except FlowPending as pending:
             error = "slow_down" if pending.slow_down else "authorization_pending"
@@ -349,7 +278,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.post("/v1/auth/refresh", responses=RATE_LIMITED)
     async def refresh(body: RefreshRequest, request: Request) -> dict[str, Any]:
         async with attempt(request, "refresh"):
-            issued = await guarded(ident().refresh(body.refresh_token, client=_client(request)))
+            issued = await guarded(ident().refresh(body.refresh_token, client=client_of(request)))
         return issued.as_json()
 
     @app.post("/v1/auth/workload", responses=RATE_LIMITED)
@@ -358,7 +287,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
         # it is verified is anyone's to claim, so an identity limit would let anyone lock a
         # CI job out with forged tokens.
         async with attempt(request, "workload"):
-            issued = await guarded(ident().workload_exchange(body.token, client=_client(request)))
+            issued = await guarded(ident().workload_exchange(body.token, client=client_of(request)))
         return issued.as_json()
 
     @app.post("/v1/auth/password", responses=RATE_LIMITED)
@@ -366,7 +295,10 @@ def build_app(deps: ApiDeps) -> FastAPI:
         async with attempt(request, "local", identity=f"local:{body.user}"):
             issued = await guarded(
                 ident().local_login(
-                    user=body.user, password=body.password, code=body.code, client=_client(request)
+                    user=body.user,
+                    password=body.password,
+                    code=body.code,
+                    client=client_of(request),
                 )
             )
         return issued.as_json()
@@ -841,8 +773,4 @@ def build_app(deps: ApiDeps) -> FastAPI:
         await tcp.relay(ws, deps.broker, session)
 
     app.include_router(policy_router(deps))
-
-    # ---- Kubernetes API ------------------------------------------------------------
-
-    kubernetes.mount(app, deps)
     return app

@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.app import Admin, ApiDeps, identity_of
+from gateway.api.deps import Admin, ApiDeps, identity_of
 from gateway.store import Store, StoreUnavailable
 from gateway.telemetry import CONTENT_TYPE, Telemetry
 from shared.version import __version__

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api.app import Admin
+from gateway.api.deps import Admin
 from gateway.store import Store
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from gateway.api.app import Admin, ApiDeps
+from gateway.api.deps import Admin, ApiDeps
 from gateway.policystore import PolicyDocumentError, PolicySource, canonical, version_json
 
 

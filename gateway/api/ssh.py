@@ -28,7 +28,7 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
 from gateway import sshca
-from gateway.api.app import User
+from gateway.api.deps import User
 from gateway.audit import Auditor, Event
 from gateway.store import AlreadyExists, AuditEvent, NotFound, SshKeyRecord, Store
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from gateway.api.app import Admin
+from gateway.api.deps import Admin
 from gateway.fleet.terminate import MAX_REASON, Kind, TerminateRefused, Terminator
 
 STATUS: dict[Kind, int] = {

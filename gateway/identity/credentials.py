@@ -127,6 +127,30 @@ def is_loopback_redirect(uri: str) -> bool:
     )
 
 
+CONSOLE_CALLBACK = "/console/login/oidc/callback"
+
+
+def is_console_redirect(uri: str) -> bool:
+    """The web console's own callback (gateway/console): HTTPS, that path, nothing more.
+    Its host is the one the browser asked for; the provider only redirects to the URIs its
+    client registration lists, so a wrong host gets no code."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "https"
+        and bool(parts.hostname)
+        and parts.path == CONSOLE_CALLBACK
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _redirect_allowed(uri: str, console: bool) -> bool:
+    return is_console_redirect(uri) if console else is_loopback_redirect(uri)
+
+
 class IdentityService:
     def __init__(
         self,
@@ -324,10 +348,16 @@ class IdentityService:
         return self._oidc
 
     async def oidc_authorization_url(
-        self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
+        self,
+        *,
+        redirect_uri: str,
+        state: str,
+        nonce: str,
+        code_challenge: str,
+        console: bool = False,  # the web console's callback instead of the CLI's loopback
     ) -> str:
         oidc = self._require_oidc()
-        if not is_loopback_redirect(redirect_uri):
+        if not _redirect_allowed(redirect_uri, console):
             raise IdentityError(422, "redirect_uri must be http://127.0.0.1:PORT/... (loopback)")
         if len(code_challenge) < 43 or len(nonce) < 16 or len(state) < 16:
             raise IdentityError(422, "state, nonce and PKCE code challenge are required")
@@ -339,10 +369,17 @@ class IdentityService:
             raise IdentityError(502, str(exc)) from None
 
     async def oidc_code_login(
-        self, *, code: str, redirect_uri: str, code_verifier: str, nonce: str, client: str
+        self,
+        *,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str,
+        nonce: str,
+        client: str,
+        console: bool = False,
     ) -> Issued:
         oidc = self._require_oidc()
-        if not is_loopback_redirect(redirect_uri):
+        if not _redirect_allowed(redirect_uri, console):
             raise IdentityError(422, "redirect_uri must be a loopback address")
         try:
             tokens = await oidc.exchange_code(

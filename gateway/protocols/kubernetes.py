@@ -32,7 +32,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request, WebSocket
@@ -41,13 +41,13 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.audit import Auditor, AuditUnavailable
-from gateway.auth import AuthError, Identity
+from gateway.auth import Authenticator, AuthError, Identity
 from gateway.policy.grants import AccessPolicy
 from gateway.policy.kube import KubeDecision, KubePolicy, review_text
 from gateway.policy.rules import subject_for
-from gateway.ratelimit import peer_host
-from gateway.reviews import outcome
-from gateway.sessions import Session, SessionError
+from gateway.ratelimit import Rejections, peer_host
+from gateway.reviews import ReviewService, outcome
+from gateway.sessions import Session, SessionBroker, SessionError
 from gateway.store import ReviewRecord
 from shared.kubeapi import (
     CHANNEL_PROTOCOLS,
@@ -73,9 +73,6 @@ from shared.kubeapi import (
 from shared.relay import Ended, Refused, StreamPeer, relay
 from shared.tunnel.frames import MAX_PAYLOAD, ResetCode
 from shared.tunnel.stream import DataReceived, RemoteClosed, SessionClosedError, SessionReset
-
-if TYPE_CHECKING:
-    from gateway.api.app import ApiDeps
 
 log = logging.getLogger(__name__)
 
@@ -220,21 +217,39 @@ class _RelayResponse(Response):
 
 
 class KubeFrontDoor:
-    def __init__(self, deps: ApiDeps) -> None:
-        self.deps = deps
-        self.policy = deps.kube_policy or KubePolicy()
+    """Built beside the other doors by the composition root (gateway/app.py) and mounted on
+    the API's app (`mount`): it shares the public port and hypercorn, not the API's code."""
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        broker: SessionBroker,
+        auditor: Auditor,
+        *,
+        access: AccessPolicy | None = None,
+        policy: KubePolicy | None = None,
+        reviews: ReviewService | None = None,
+        limiter: Rejections | None = None,  # refused credentials per address
+    ) -> None:
+        self.auth = auth
+        self.broker = broker
+        self.auditor = auditor
+        self.access = access or AccessPolicy()
+        self.policy = policy or KubePolicy()
+        self.reviews = reviews
+        self.limiter = limiter
 
     async def _identity(self, header: str | None, client: str, connection: str) -> Identity:
         try:
-            return await self.deps.auth.authenticate_header(header)
+            return await self.auth.authenticate_header(header)
         except AuthError as exc:
             # Counted per address like failed sign-ins (gateway/api/ratelimit.py): over the
             # limit, 429 instead of one more event.
-            limiter = self.deps.limiter
+            limiter = self.limiter
             host = peer_host(client)
             if limiter is not None and (over := await limiter.rejected(host, "kubernetes")):
                 raise _Limited(over.message, over.retry_after) from None
-            await self.deps.auditor.record(
+            await self.auditor.record(
                 "auth.rejected", client=client, connection=connection, reason=str(exc)
             )
             raise
@@ -242,12 +257,10 @@ class KubeFrontDoor:
     async def _open(
         self, who: Identity, connection: str, client: str, info: RequestInfo, query: str
     ) -> _Opened:
-        session = await self.deps.broker.open(
+        session = await self.broker.open(
             who, connection, protocol="kubernetes", client_addr=client, types=("kubernetes",)
         )
-        subject = subject_for(
-            self.deps.access or AccessPolicy(), who.user, who.groups, machine=who.is_machine
-        )
+        subject = subject_for(self.access, who.user, who.groups, machine=who.is_machine)
         decision = self.policy.decide(subject, connection, info)
         if session.access == "read-only" and decision.effect != "deny" and not _reads(info):
             decision = KubeDecision("deny", "read-only access allows only get, list and watch")
@@ -257,7 +270,7 @@ class KubeFrontDoor:
             if decision.effect == "review":
                 text = review_text(info, query)
                 decision, latest = await self._approved(who, connection, text, decision)
-            await self.deps.auditor.record(
+            await self.auditor.record(
                 "k8s.request",
                 actor=who.user,
                 session_id=session.id,
@@ -288,7 +301,7 @@ class KubeFrontDoor:
     ) -> tuple[KubeDecision, ReviewRecord | None]:
         """A held request whose identical twin was approved (and the approval is still
         valid) is allowed; else it stays held. With the newest review of it, if any."""
-        reviews = self.deps.reviews
+        reviews = self.reviews
         if reviews is None:
             return KubeDecision(
                 "deny", f"{decision.reason}; approvals are not enabled on this gateway"
@@ -319,7 +332,7 @@ class KubeFrontDoor:
     ) -> str | None:
         """A request a review rule holds: None when it may go on (approved while it
         waited), else the message of its Status 403."""
-        reviews, decision, latest = self.deps.reviews, opened.decision, opened.latest
+        reviews, decision, latest = self.reviews, opened.decision, opened.latest
         terms = decision.review
         assert reviews is not None and terms is not None
         what = info.describe()
@@ -383,7 +396,7 @@ class KubeFrontDoor:
         if not session.stream.finished:
             await session.stream.reset(ResetCode.CANCELLED, error or "request done")
         with contextlib.suppress(Exception):
-            await self.deps.auditor.record(
+            await self.auditor.record(
                 "k8s.response",
                 actor=session.identity.user,
                 session_id=session.id,
@@ -392,7 +405,7 @@ class KubeFrontDoor:
                 masked=masked,
                 error=error,
             )
-        await self.deps.broker.finish(session, error=error)
+        await self.broker.finish(session, error=error)
 
     def _head(
         self, method: str, path: str, query: str, headers: list[tuple[str, str]],
@@ -580,7 +593,7 @@ class KubeFrontDoor:
         # Terminal output of exec/attach goes to the session log as asciicast v2, in
         # batches (`k8s.exec.output`); the first batch carries the header.
         recorder = ExecRecorder(loop.time()) if protocol in CHANNEL_PROTOCOLS else None
-        peer = _ExecPeer(ws, session, recorder, self.deps.auditor)
+        peer = _ExecPeer(ws, session, recorder, self.auditor)
         try:
             end = await relay(
                 session.stream,
@@ -803,9 +816,10 @@ class _ExecPeer:
         )
 
 
-def mount(app: FastAPI, deps: ApiDeps) -> None:
-    door = KubeFrontDoor(deps)
-    app.state.kube_door = door  # gateway/app.py hands it SPDY upgrades
+def mount(app: FastAPI, door: KubeFrontDoor) -> None:
+    """Serve `door` on `app` (the public port's): `/k8s/CONNECTION/...`, HTTP and WebSocket.
+    SPDY upgrades (exec from older kubectl) never reach the app: api/server.py hands them to
+    `door.spdy`."""
     app.add_api_route(
         "/k8s/{connection}/{path:path}", door.http, methods=_METHODS, include_in_schema=False
     )

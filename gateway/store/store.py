@@ -24,7 +24,7 @@ import alembic.script
 import alembic.util
 import sqlalchemy as sa
 
-from gateway.store import db, members, ratelimits
+from gateway.store import console, db, members, ratelimits
 from gateway.store.agents import Agents
 from gateway.store.auditlog import AuditLog
 from gateway.store.connections import Connections
@@ -91,6 +91,7 @@ class Store:
         self.policy = Policy(self._db)
         self.ssh_keys = SshKeys(self._db)
         self.rate_limits = ratelimits.RateLimits(self._db)
+        self.console = console.ConsoleSessions(self._db)  # web console sign-ins (0009)
         # The fleet's members and identity (migration 0008).
         self.members = members.Members(
             self._db.read, self._db.write, self.audit.append_in, self._db.dialect, clock

@@ -381,3 +381,25 @@ fleet_identity = sa.Table(
     sa.Column("created_by", sa.String(64), nullable=False),  # the member that created it
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+
+# Console sign-ins (migration 0009): the browser's cookie holds a random id, this table only
+# its SHA-256, so any member of a fleet accepts it and a leaked table opens nothing.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # public, safe to log
+    sa.Column("id_hash", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column(
+        "user",
+        sa.String(255),
+        sa.ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("login_id", sa.String(32), nullable=False),  # the sign-in it rides on
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("idle_timeout", sa.Integer(), nullable=False),  # seconds
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "last_seen_at"),
+)
