@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from psycopg import sql
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import GatewayProc, Wardgate
+from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,14 @@ POLICY = {
             "effect": "deny",
             "message": "nobody sleeps on the app database",
             "match": {"connections": ["pg-app"], "functions": ["pg_sleep"]},
-        }
+        },
+        {
+            "name": "reviewed-writes",
+            "effect": "review",
+            "message": "writes need a dba",
+            "match": {"connections": ["pg-rw"], "kinds": ["write"]},
+            "review": {"approvers": {"groups": ["dba"]}, "timeout": 120},
+        },
     ],
     "masking": [
         {
@@ -53,7 +61,10 @@ ROLES = [
     {
         "name": "analysts",
         "groups": ["analysts"],
-        "grants": [{"connection": "pg-app", "access": "read-only"}],
+        "grants": [
+            {"connection": "pg-app", "access": "read-only"},
+            {"connection": "pg-rw", "access": "read-write"},
+        ],
     }
 ]
 
@@ -64,6 +75,7 @@ class Stack:
     gw: GatewayProc
     bot_key: str
     agent_key: str
+    dba_token: str
 
     def call(self, tool: str, arguments: dict[str, Any], token: str | None = None) -> Any:
         return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments))
@@ -114,11 +126,13 @@ def stack(
             secret_key=SecretBox.generate_key(),
             policy=POLICY,
             roles=ROLES,
+            identity={"local_users": True},
+            reviews={"poll_interval": 0.5},
             mcp={"max_rows": 50},
         )
         agent_key = gw.create_agent("default")
         wg.agent(gw, agent_key, wait="default")
-        for name in ("pg-app", "pg-hidden"):
+        for name in ("pg-app", "pg-hidden", "pg-rw"):
             gw.create_connection(
                 name=name,
                 type="postgres",
@@ -133,7 +147,7 @@ def stack(
             assert made.status_code == 201, made.text
             issued = api.post("/v1/service-accounts/bot/keys", json={"scopes": ["pg-*"]})
             assert issued.status_code == 201, issued.text
-        yield Stack(wg, gw, issued.json()["key"], agent_key)
+        yield Stack(wg, gw, issued.json()["key"], agent_key, gw.local_login("dana", ["dba"]))
     finally:
         wg.close()
 
@@ -148,7 +162,8 @@ def test_list_connections_shows_only_what_the_identity_may_reach(stack: Stack) -
     assert result.structured_content == {
         "user": "bot",
         "connections": [
-            {"name": "pg-app", "type": "postgres", "access": "read-only", "on_request": False}
+            {"name": "pg-app", "type": "postgres", "access": "read-only", "on_request": False},
+            {"name": "pg-rw", "type": "postgres", "access": "read-write", "on_request": False},
         ],
     }
 
@@ -272,3 +287,30 @@ def test_tool_calls_are_counted_by_tool_and_outcome(stack: Stack) -> None:
     with stack.gw.api() as api:
         text = api.get("/metrics").text
     assert 'wardgate_mcp_tool_calls_total{outcome="ok",tool="query"}' in text
+
+
+def test_a_held_write_runs_once_another_person_approves_it(stack: Stack) -> None:
+    outcome: dict[str, Any] = {}
+    update = "update customers set name = 'renamed' where id = 7"
+
+    def call() -> None:
+        outcome["result"] = stack.call("query", {"connection": "pg-rw", "sql": update})
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+
+    def pending() -> list[dict[str, Any]]:
+        with stack.gw.api(stack.dba_token) as api:
+            listed = api.get("/v1/reviews", params={"status": "pending"}).json()
+        return [r for r in listed if r["requester"] == "bot"]
+
+    review = wait_for(pending, "the held update")[0]
+    assert review["text"] == update
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+    thread.join(60)
+    result = outcome["result"]
+    assert not result.is_error, result
+    assert result.structured_content["status"] == "done (the statement returns no rows)"
+    with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
+        assert conn.execute("select name from customers where id = 7").fetchone() == ("renamed",)
