@@ -364,7 +364,13 @@ class Gateway:
         app.include_router(terminate_router(terminator))
         # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback.
         mcp_door = McpDoor(
-            store, broker, Loopback.of(public, tls.ca_path), cfg.mcp, self.telemetry.mcp_calls
+            store,
+            broker,
+            Loopback.of(public, tls.ca_path),
+            cfg.mcp,
+            self.telemetry.mcp_calls,
+            guardrails,
+            policy,
         )
         mcp_door.mount(app)
         self._tasks.spawn(mcp_door.run(), name="mcp")

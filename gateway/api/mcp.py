@@ -43,8 +43,13 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Identity
 from gateway.config import McpConfig
+from gateway.policy.grants import AccessPolicy
+from gateway.policy.lineage import ColumnRules
+from gateway.policy.rules import subject_for
+from gateway.policystore import PolicyView
 from gateway.sessions import SessionBroker
 from gateway.store import Store
+from shared.lineage.model import Source
 from shared.version import __version__
 
 PATH = "/mcp"
@@ -86,9 +91,13 @@ class McpDoor:
         loopback: Loopback,
         config: McpConfig,
         calls: Counter,
+        guardrails: PolicyView,
+        access: AccessPolicy,
     ) -> None:
         self._store = store
         self._broker = broker
+        self._guardrails = guardrails  # the masking rules, to mark masked columns
+        self._access = access
         self._loopback = loopback
         self._config = config
         self._calls = calls
@@ -194,14 +203,17 @@ class McpDoor:
             connection: str, ctx: Context, schema: str | None = None
         ) -> dict[str, Any]:
             """The tables and columns of a PostgreSQL connection (information_schema, read
-            as you: what you may not see is not listed), optionally one schema only."""
+            as you: what you may not see is not listed), optionally one schema only. A
+            column the gateway masks for you says how (`masked`: redact, partial, token)."""
             async with self._counted("describe"):
                 result = await self._query(ctx, connection, DESCRIBE_SQL, {"schema": schema})
+                rules = self._column_rules(_caller(ctx)[0], connection)
                 tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
                 for s, t, column, kind, nullable in result["rows"]:
-                    tables.setdefault((s, t), []).append(
-                        {"name": column, "type": kind, "nullable": nullable}
-                    )
+                    entry = {"name": column, "type": kind, "nullable": nullable}
+                    if (rule := rules.rule_for(Source(s, t, column))) is not None:
+                        entry["masked"] = rule.strategy
+                    tables.setdefault((s, t), []).append(entry)
                 out: dict[str, Any] = {
                     "connection": connection,
                     "tables": [
@@ -212,6 +224,16 @@ class McpDoor:
                 if "note" in result:
                     out["note"] = result["note"]
                 return out
+
+    def _column_rules(self, who: Identity, connection: str) -> ColumnRules:
+        """The column masking rules the PostgreSQL door applies to `who` on `connection`,
+        of the policy version in force (as gateway/policystore.py picks them)."""
+        subject = subject_for(self._access, who.user, who.groups, machine=who.is_machine)
+        return ColumnRules.of(
+            r
+            for r in self._guardrails.policy.config.masking
+            if r.match.applies(subject, connection)
+        )
 
     @contextlib.asynccontextmanager
     async def _counted(self, tool: str) -> AsyncIterator[None]:

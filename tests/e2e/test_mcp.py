@@ -227,7 +227,7 @@ def test_a_statement_without_rows_says_it_ran(stack: Stack) -> None:
     }
 
 
-def test_describe_lists_the_tables_and_columns(stack: Stack) -> None:
+def test_describe_lists_the_tables_and_columns_with_masked_ones_marked(stack: Stack) -> None:
     result = stack.call("describe", {"connection": "pg-app", "schema": "public"})
     assert not result.is_error, result
     assert result.structured_content["tables"] == [
@@ -237,7 +237,7 @@ def test_describe_lists_the_tables_and_columns(stack: Stack) -> None:
             "columns": [
                 {"name": "id", "type": "integer", "nullable": False},
                 {"name": "name", "type": "text", "nullable": True},
-                {"name": "email", "type": "text", "nullable": True},
+                {"name": "email", "type": "text", "nullable": True, "masked": "redact"},
             ],
         }
     ]
