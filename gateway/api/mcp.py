@@ -108,7 +108,8 @@ class McpDoor:
             "masks and audits every statement as the calling identity.",
         )
         self._tools()
-        logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)  # per request
+        # The SDK logs each request and each failed call at INFO; the audit has them already.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
         # Stateless and JSON: every request stands alone. Bearer credentials, not cookies,
         # make a DNS-rebinding page useless, and the gateway answers to any of its names.
         self.server.streamable_http_app(

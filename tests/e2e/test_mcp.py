@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,12 @@ POLICY = {
             "effect": "deny",
             "message": "nobody sleeps on the app database",
             "match": {"connections": ["pg-app"], "functions": ["pg_sleep"]},
+        },
+        {
+            "name": "quick-reviews",
+            "effect": "review",
+            "match": {"connections": ["pg-rw"], "kinds": ["write"], "tables": ["slow_lane"]},
+            "review": {"approvers": {"groups": ["dba"]}, "timeout": 1},
         },
         {
             "name": "reviewed-writes",
@@ -116,6 +123,7 @@ def stack(
     with psycopg.connect(db.dsn(), autocommit=True) as conn:
         conn.execute("set role mcp_app")
         conn.execute("create table customers (id int primary key, name text, email text)")
+        conn.execute("create table slow_lane (id int)")
         conn.execute(
             "insert into customers select g, 'name ' || g, 'c' || g || '@example.com'"
             " from generate_series(1, 500) g"
@@ -314,3 +322,12 @@ def test_a_held_write_runs_once_another_person_approves_it(stack: Stack) -> None
     assert result.structured_content["status"] == "done (the statement returns no rows)"
     with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
         assert conn.execute("select name from customers where id = 7").fetchone() == ("renamed",)
+
+
+def test_a_held_write_nobody_approves_is_a_tool_error_naming_the_review(stack: Stack) -> None:
+    result = stack.call("query", {"connection": "pg-rw", "sql": "insert into slow_lane values (1)"})
+    text = _error_text(result)
+    assert re.search(r"rv_[0-9a-f]{12}", text), text
+    assert "timed out" in text or "expired" in text, text
+    with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
+        assert conn.execute("select count(*) from slow_lane").fetchone() == (0,)
