@@ -238,7 +238,9 @@ def test_a_statement_without_rows_says_it_ran(stack: Stack) -> None:
 def test_describe_lists_the_tables_and_columns_with_masked_ones_marked(stack: Stack) -> None:
     result = stack.call("describe", {"connection": "pg-app", "schema": "public"})
     assert not result.is_error, result
-    assert result.structured_content["tables"] == [
+    tables = result.structured_content["tables"]
+    assert [t["table"] for t in tables] == ["customers", "slow_lane"]
+    assert tables[:1] == [
         {
             "schema": "public",
             "table": "customers",
