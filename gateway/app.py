@@ -371,6 +371,7 @@ class Gateway:
             self.telemetry.mcp_calls,
             guardrails,
             policy,
+            auditor,
         )
         mcp_door.mount(app)
         self._tasks.spawn(mcp_door.run(), name="mcp")

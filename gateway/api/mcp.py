@@ -41,6 +41,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
+from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.config import McpConfig
 from gateway.policy.grants import AccessPolicy
@@ -93,8 +94,10 @@ class McpDoor:
         calls: Counter,
         guardrails: PolicyView,
         access: AccessPolicy,
+        auditor: Auditor,
     ) -> None:
         self._store = store
+        self._auditor = auditor
         self._broker = broker
         self._guardrails = guardrails  # the masking rules, to mark masked columns
         self._access = access
@@ -197,7 +200,7 @@ class McpDoor:
             guardrails, masking, budgets and reviews apply; a refusal says why. Results
             are cut at the gateway's row and byte limits, with a note when they are."""
             async with self._counted("query"):
-                return await self._query(ctx, connection, sql, None)
+                return await self._query(ctx, "query", connection, sql, None)
 
         @server.tool()
         async def describe(
@@ -207,7 +210,9 @@ class McpDoor:
             as you: what you may not see is not listed), optionally one schema only. A
             column the gateway masks for you says how (`masked`: redact, partial, token)."""
             async with self._counted("describe"):
-                result = await self._query(ctx, connection, DESCRIBE_SQL, {"schema": schema})
+                result = await self._query(
+                    ctx, "describe", connection, DESCRIBE_SQL, {"schema": schema}
+                )
                 rules = self._column_rules(_caller(ctx)[0], connection)
                 tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
                 for s, t, column, kind, nullable in result["rows"]:
@@ -249,9 +254,24 @@ class McpDoor:
         self._calls.labels(tool, "ok").inc()
 
     async def _query(
-        self, ctx: Context, connection: str, sql: str, params: dict[str, Any] | None
+        self,
+        ctx: Context,
+        tool: str,
+        connection: str,
+        sql: str,
+        params: dict[str, Any] | None,
     ) -> dict[str, Any]:
         who, token = _caller(ctx)
+        # The session this opens comes from the gateway itself (loopback): this event names
+        # the MCP client's own address, just before the session's events.
+        peer = ctx.request_context.request.client  # type: ignore[union-attr]
+        await self._auditor.record(
+            "mcp.call",
+            actor=who.user,
+            tool=tool,
+            connection=connection,
+            client=f"{peer.host}:{peer.port}" if peer else "-",
+        )
         held: list[str] = []  # the door's notice when the statement waits for a review
         try:
             async with asyncio.timeout(self._config.timeout):

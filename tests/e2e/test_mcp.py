@@ -263,6 +263,11 @@ def test_the_audit_shows_the_statement_under_the_callers_identity(stack: Stack) 
         session = api.get(f"/v1/sessions/{statements[0]['session']}").json()
     assert session["user"] == "bot"
     assert session["connection"] == "pg-app"
+    calls = [e for e in stack.gw.audit("mcp.call") if e["seq"] < statements[0]["seq"]]
+    assert calls[-1]["actor"] == "bot"
+    assert calls[-1]["data"]["tool"] == "query"
+    assert calls[-1]["data"]["connection"] == "pg-app"
+    assert calls[-1]["data"]["client"].startswith("127.0.0.1:")
 
 
 def test_no_token_is_401_naming_the_resource_metadata(stack: Stack) -> None:
