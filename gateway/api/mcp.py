@@ -264,7 +264,7 @@ class McpDoor:
         who, token = _caller(ctx)
         # The session this opens comes from the gateway itself (loopback): this event names
         # the MCP client's own address, just before the session's events.
-        peer = ctx.request_context.request.client  # type: ignore[union-attr]
+        peer = getattr(ctx.request_context.request, "client", None)
         await self._auditor.record(
             "mcp.call",
             actor=who.user,
@@ -342,7 +342,11 @@ class McpDoor:
 
 
 def _caller(ctx: Context) -> tuple[Identity, str]:
-    scope = ctx.request_context.request.scope  # type: ignore[union-attr]
+    """Who `McpDoor.__call__` found the request to come from; fail closed without one."""
+    request = ctx.request_context.request
+    scope: Scope = getattr(request, "scope", {})
+    if _IDENTITY not in scope or _TOKEN not in scope:
+        raise ToolError("this call carries no Wardgate credential")
     return scope[_IDENTITY], scope[_TOKEN]
 
 
