@@ -338,3 +338,13 @@ def test_a_held_write_nobody_approves_is_a_tool_error_naming_the_review(stack: S
     assert "timed out" in text or "expired" in text, text
     with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
         assert conn.execute("select count(*) from slow_lane").fetchone() == (0,)
+
+
+def test_a_wide_result_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
+    wide = "select repeat('x', 100000) from generate_series(1, 5)"
+    out = stack.call("query", {"connection": "pg-app", "sql": wide}).structured_content
+    assert len(out["rows"]) == 2
+    assert out["truncated"] is True
+    assert out["note"] == (
+        "result truncated after 2 rows: the limit is 262144 bytes (mcp.max_bytes)"
+    )
