@@ -24,6 +24,7 @@ from gateway.agents.registry import AgentRegistry
 from gateway.agents.service import AgentService
 from gateway.api.app import build_app
 from gateway.api.deps import ApiDeps
+from gateway.api.mcp import Loopback, McpDoor
 from gateway.api.members import members_router
 from gateway.api.ratelimit import AuthLimiter
 from gateway.api.server import http_handler
@@ -364,6 +365,19 @@ class Gateway:
         # `wardgate sessions kill`: the session may run on another member (asked on the bus).
         terminator = Terminator(store, broker, self.member_id, bus, cfg.fleet)
         app.include_router(terminate_router(terminator))
+        # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback.
+        mcp_door = McpDoor(
+            store,
+            broker,
+            Loopback.of(public, tls.ca_path),
+            cfg.mcp,
+            self.telemetry.mcp_calls,
+            guardrails,
+            policy,
+            auditor,
+        )
+        mcp_door.mount(app)
+        self._tasks.spawn(mcp_door.run(), name="mcp")
         user_ca = await asyncio.to_thread(sshca.load_user_ca, cfg.data_dir)
         app.include_router(
             ssh_router(store, auditor, cfg.data_dir, cfg.data_dir / "recordings", user_ca=user_ca)

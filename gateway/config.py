@@ -282,6 +282,19 @@ class FrontDoorConfig(BaseModel):
     login_timeout: float = Field(default=60.0, gt=0)
 
 
+class McpConfig(BaseModel):
+    """The MCP door (`/mcp`, gateway/api/mcp.py): how much of a result a tool hands back."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Rows and bytes (of the JSON-encoded rows) a `query` returns; the rest is cut off with
+    # a note saying so: a model's context is small, and every row read counts in budgets.
+    max_rows: int = Field(default=200, ge=1, le=100_000)
+    max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Seconds a tool call may take, connecting included; a statement held for review fails
+    # fast with its review id instead of waiting (waiting for the decision: a later step).
+    timeout: float = Field(default=60.0, gt=0)
+
+
 class FleetConfig(BaseModel):
     """Members sharing one store (gateway.fleet.membership): how often each says it lives, how
     long a silent one has before another member reaps it and closes its sessions, and the
@@ -406,6 +419,8 @@ class GatewayConfig(BaseModel):
     log_format: Literal["text", "json"] = "text"
     # Members of a fleet sharing one store: heartbeats, reaping, static peers (docs/fleet.md).
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    # MCP clients (AI agents) on the public port at /mcp: result limits (docs/mcp.md).
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
     def guardrails(self) -> Policy:
         return Policy(self.policy)

@@ -105,6 +105,13 @@ class Telemetry:
             ["direction"],
             registry=r,
         )
+        self.mcp_calls = Counter(
+            "wardgate_mcp_tool_calls",
+            "MCP tool calls (gateway/api/mcp.py), by tool and outcome (ok; refused: a tool "
+            "error such as a guardrail's refusal; error: anything else).",
+            ("tool", "outcome"),
+            registry=r,
+        )
         for direction in ("out", "in"):
             self.forwarded.labels(direction)  # shown at 0 before the first
         self._lock = threading.Lock()  # the audit writer may report from its thread

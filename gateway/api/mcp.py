@@ -1,0 +1,392 @@
+"""The MCP door: AI agents on the public port at `/mcp` (Model Context Protocol, Streamable HTTP).
+
+Built on the official `mcp` SDK (stateless, JSON responses: every POST carries its own
+credential and stands alone, so any member of a fleet can answer it). What is ours:
+
+- Who is calling: `Authorization: Bearer` with the credentials the API takes (a person's
+  access token, a service account's API key), checked by the API's own `identity_of` (so a
+  bad one is audited and rate limited like any other). Without one: 401 with
+  `WWW-Authenticate: Bearer resource_metadata=...` naming the RFC 9728 document served at
+  `/.well-known/oauth-protected-resource[/mcp]`, which names this gateway as the
+  authorization server. (The OAuth flow itself, PKCE and client registration, is a later step.)
+- `query` and `describe` do not judge SQL here. They open a real PostgreSQL connection to this
+  gateway's own PostgreSQL front door on loopback, as the caller, with the caller's own
+  credential as the password: authorization, guardrails, masking, budgets, reviews and the
+  audit apply exactly as to psql, because it is the same path. A refusal comes back as a tool
+  error with the door's SQLSTATE and message.
+- `list_connections`: what the caller may reach (or request), as the session broker decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import decimal
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import Counter
+from starlette.types import Receive, Scope, Send
+
+from gateway.api.deps import identity_of
+from gateway.audit import Auditor
+from gateway.auth import Identity
+from gateway.config import McpConfig
+from gateway.policy.grants import AccessPolicy
+from gateway.policy.lineage import ColumnRules
+from gateway.policy.rules import subject_for
+from gateway.policystore import PolicyView
+from gateway.sessions import SessionBroker
+from gateway.store import Store
+from shared.lineage.model import Source
+from shared.version import __version__
+
+PATH = "/mcp"
+METADATA = "/.well-known/oauth-protected-resource"
+_IDENTITY = "wardgate.identity"  # ASGI scope keys: the caller, checked before the SDK runs
+_TOKEN = "wardgate.token"  # noqa: S105 - a scope key, not a secret
+APPLICATION_NAME = "wardgate-mcp"  # in the session's startup options: the audit says "via MCP"
+
+DESCRIBE_SQL = """
+select c.table_schema, c.table_name, c.column_name, c.data_type, c.is_nullable = 'YES'
+from information_schema.columns c
+where c.table_schema not in ('pg_catalog', 'information_schema')
+  and (%(schema)s::text is null or c.table_schema = %(schema)s::text)
+order by c.table_schema, c.table_name, c.ordinal_position
+"""
+
+
+@dataclass(frozen=True)
+class Loopback:
+    """Where this gateway's PostgreSQL front door answers, as the MCP tools dial it."""
+
+    host: str
+    port: int
+    ca_path: Path  # the gateway's CA: the door's certificate is checked (verify-ca)
+
+    @classmethod
+    def of(cls, public: tuple[str, int], ca_path: Path) -> Loopback:
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(public[0], public[0])
+        return cls(host, public[1], ca_path)
+
+
+class McpDoor:
+    """The MCP server and its HTTP edges; `run()` is its lifetime (the SDK's task group)."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: SessionBroker,
+        loopback: Loopback,
+        config: McpConfig,
+        calls: Counter,
+        guardrails: PolicyView,
+        access: AccessPolicy,
+        auditor: Auditor,
+    ) -> None:
+        self._store = store
+        self._auditor = auditor
+        self._broker = broker
+        self._guardrails = guardrails  # the masking rules, to mark masked columns
+        self._access = access
+        self._loopback = loopback
+        self._config = config
+        self._calls = calls
+        self.server: MCPServer[Any] = MCPServer(
+            "wardgate",
+            version=__version__,
+            instructions="Wardgate: reach databases through an access gateway that checks, "
+            "masks and audits every statement as the calling identity.",
+        )
+        self._tools()
+        # The SDK logs each request and each failed call at INFO; the audit has them already.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        # Stateless and JSON: every request stands alone. Bearer credentials, not cookies,
+        # make a DNS-rebinding page useless, and the gateway answers to any of its names.
+        self.server.streamable_http_app(
+            stateless_http=True,
+            json_response=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+
+    async def run(self) -> None:
+        async with self.server.session_manager.run():
+            await asyncio.Event().wait()  # until the gateway stops (cancelled)
+
+    # ---- HTTP edges ------------------------------------------------------------------
+
+    def mount(self, app: Any) -> None:
+        """Serve `/mcp` and the protected-resource metadata on `app` (the API's FastAPI)."""
+        # The door itself, not a method: Starlette serves an object as a raw ASGI app (all
+        # methods), a function or method as a request handler (GET only).
+        app.add_route(PATH, self, include_in_schema=False)
+        router = APIRouter(tags=["mcp"])
+
+        @router.get(METADATA, include_in_schema=False)
+        @router.get(METADATA + PATH)
+        async def protected_resource(request: Request) -> dict[str, Any]:
+            """RFC 9728: this gateway is the protected resource at /mcp, and its own
+            authorization server."""
+            base = _base(request)
+            return {
+                "resource": base + PATH,
+                "authorization_servers": [base],
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Wardgate",
+                "resource_documentation": base + "/docs",
+            }
+
+        app.include_router(router)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            who = await identity_of(request)
+        except HTTPException as exc:
+            headers = dict(exc.headers or {})
+            if exc.status_code == 401:
+                meta = _base(request) + METADATA + PATH
+                headers["WWW-Authenticate"] = f'Bearer resource_metadata="{meta}"'
+            answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
+            await answer(scope, receive, send)
+            return
+        scope[_IDENTITY] = who
+        scope[_TOKEN] = request.headers["authorization"].partition(" ")[2].strip()
+        await self.server.session_manager.handle_request(scope, receive, send)
+
+    # ---- tools -----------------------------------------------------------------------
+
+    def _tools(self) -> None:
+        server = self.server
+
+        @server.tool()
+        async def list_connections(ctx: Context) -> dict[str, Any]:
+            """The connections you may reach through Wardgate: name, type (postgres, ssh,
+            kubernetes, tcp), your access level, and whether access can be requested."""
+            async with self._counted("list_connections"):
+                who, _ = _caller(ctx)
+                shown = []
+                for record in await self._store.io.scan(self._store.connections.list_all):
+                    decision = await self._broker.access(who, record)
+                    if decision.access is None and decision.on_request is None:
+                        continue
+                    shown.append(
+                        {
+                            "name": record.name,
+                            "type": record.type,
+                            "access": decision.access,
+                            "on_request": decision.on_request is not None,
+                        }
+                    )
+                return {"user": who.user, "connections": shown}
+
+        @server.tool()
+        async def query(connection: str, sql: str, ctx: Context) -> dict[str, Any]:
+            """Run one SQL statement on a PostgreSQL connection, as you. The gateway's
+            guardrails, masking, budgets and reviews apply; a refusal says why. Results
+            are cut at the gateway's row and byte limits, with a note when they are."""
+            async with self._counted("query"):
+                return await self._query(ctx, "query", connection, sql, None)
+
+        @server.tool()
+        async def describe(
+            connection: str, ctx: Context, schema: str | None = None
+        ) -> dict[str, Any]:
+            """The tables and columns of a PostgreSQL connection (information_schema, read
+            as you: what you may not see is not listed), optionally one schema only. A
+            column the gateway masks for you says how (`masked`: redact, partial, token)."""
+            async with self._counted("describe"):
+                result = await self._query(
+                    ctx, "describe", connection, DESCRIBE_SQL, {"schema": schema}
+                )
+                rules = self._column_rules(_caller(ctx)[0], connection)
+                tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
+                for s, t, column, kind, nullable in result["rows"]:
+                    entry = {"name": column, "type": kind, "nullable": nullable}
+                    if (rule := rules.rule_for(Source(s, t, column))) is not None:
+                        entry["masked"] = rule.strategy
+                    tables.setdefault((s, t), []).append(entry)
+                out: dict[str, Any] = {
+                    "connection": connection,
+                    "tables": [
+                        {"schema": s, "table": t, "columns": cols}
+                        for (s, t), cols in tables.items()
+                    ],
+                }
+                if "note" in result:
+                    out["note"] = result["note"]
+                return out
+
+    def _column_rules(self, who: Identity, connection: str) -> ColumnRules:
+        """The column masking rules the PostgreSQL door applies to `who` on `connection`,
+        of the policy version in force (as gateway/policystore.py picks them)."""
+        subject = subject_for(self._access, who.user, who.groups, machine=who.is_machine)
+        return ColumnRules.of(
+            r
+            for r in self._guardrails.policy.config.masking
+            if r.match.applies(subject, connection)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, tool: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except ToolError:
+            self._calls.labels(tool, "refused").inc()
+            raise
+        except BaseException:
+            self._calls.labels(tool, "error").inc()
+            raise
+        self._calls.labels(tool, "ok").inc()
+
+    async def _query(
+        self,
+        ctx: Context,
+        tool: str,
+        connection: str,
+        sql: str,
+        params: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        who, token = _caller(ctx)
+        # The session this opens comes from the gateway itself (loopback): this event names
+        # the MCP client's own address, just before the session's events.
+        peer = getattr(ctx.request_context.request, "client", None)
+        await self._auditor.record(
+            "mcp.call",
+            actor=who.user,
+            tool=tool,
+            connection=connection,
+            client=f"{peer.host}:{peer.port}" if peer else "-",
+        )
+        held: list[str] = []  # the door's notice when the statement waits for a review
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    host=self._loopback.host,
+                    port=self._loopback.port,
+                    dbname=connection,
+                    user=who.user,
+                    password=token,
+                    sslmode="verify-ca",
+                    sslrootcert=str(self._loopback.ca_path),
+                    application_name=APPLICATION_NAME,
+                    connect_timeout=max(1, int(self._config.timeout)),
+                    autocommit=True,
+                )
+                conn.add_notice_handler(
+                    lambda d: held.append(_text(d)) if "held for review" in _text(d) else None
+                )
+                async with conn:
+                    return await self._fetch(conn, connection, sql, params)
+        except psycopg.Error as exc:
+            raise ToolError(_refusal(exc)) from None
+        except TimeoutError:
+            waiting = f" ({held[-1]})" if held else ""
+            raise ToolError(
+                f"no answer within {self._config.timeout:g}s{waiting}; the statement did not run"
+            ) from None
+
+    async def _fetch(
+        self,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        connection: str,
+        sql: str,
+        params: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        limit_rows, limit_bytes = self._config.max_rows, self._config.max_bytes
+        rows: list[list[Any]] = []
+        size, cut = 0, ""
+        status = None
+        async with conn.cursor() as cur:
+            # Streamed (single-row mode): a huge result stops at the limit instead of being
+            # read whole (psycopg cancels the rest through the door, then drains it).
+            try:
+                async for row in cur.stream(sql, params):
+                    if len(rows) == limit_rows:
+                        cut = f"{limit_rows} rows (mcp.max_rows)"
+                        break
+                    values = [_jsonable(v) for v in row]
+                    size += len(json.dumps(values, default=str))
+                    if size > limit_bytes:
+                        cut = f"{limit_bytes} bytes (mcp.max_bytes)"
+                        break
+                    rows.append(values)
+            except psycopg.ProgrammingError as exc:
+                # psycopg's own words once a statement without rows (SET, an allowed
+                # INSERT) has completed: it ran, it just has no rows to stream.
+                if exc.sqlstate is not None or "didn't produce a result" not in str(exc):
+                    raise
+                status = "done (the statement returns no rows)"
+            columns = [c.name for c in cur.description or []]
+        out: dict[str, Any] = {"connection": connection, "columns": columns, "rows": rows}
+        if status is not None:
+            out["status"] = status
+        if cut:
+            out["truncated"] = True
+            out["note"] = f"result truncated after {len(rows)} rows: the limit is {cut}"
+        return out
+
+
+def _caller(ctx: Context) -> tuple[Identity, str]:
+    """Who `McpDoor.__call__` found the request to come from; fail closed without one."""
+    request = ctx.request_context.request
+    scope: Scope = getattr(request, "scope", {})
+    if _IDENTITY not in scope or _TOKEN not in scope:
+        raise ToolError("this call carries no Wardgate credential")
+    return scope[_IDENTITY], scope[_TOKEN]
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _text(diag: psycopg.errors.Diagnostic) -> str:
+    return diag.message_primary or ""
+
+
+def _refusal(exc: psycopg.Error) -> str:
+    """The server's words: SQLSTATE, message, and its detail and hint when it gave them."""
+    d = exc.diag
+    if d.sqlstate is None:  # refused at connect: libpq's text, the door's reason at its end
+        text = " ".join(str(exc).split())
+        _, fatal, reason = text.rpartition("FATAL: ")
+        return f"connection refused: {reason}" if fatal else text or type(exc).__name__
+    parts = [f"{d.sqlstate}: {d.message_primary}"]
+    parts += [f"DETAIL: {d.message_detail}"] if d.message_detail else []
+    parts += [f"HINT: {d.message_hint}"] if d.message_hint else []
+    return "\n".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact, as the server wrote it
+    if isinstance(value, (dt.date, dt.time, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
