@@ -34,6 +34,16 @@ from tests.fixtures.wardgate import LOCAL_PASSWORD, GatewayProc, Wardgate, wait_
 pytestmark = pytest.mark.e2e
 
 MARKER = "audit_marker_7731"  # a statement the auditor searches for
+POLICY = {
+    "rules": [
+        {
+            "name": "no-ddl",
+            "effect": "deny",
+            "message": "no schema changes through the gateway",
+            "match": {"kinds": ["ddl"]},
+        }
+    ]
+}
 ROLES = [
     {
         "name": "devs",
@@ -110,6 +120,7 @@ def stack(
             secret_key=SecretBox.generate_key(),
             identity={"local_users": True},
             roles=ROLES,
+            policy=POLICY,
         )
         wg.agent(gw, gw.create_agent("default"), wait="default")
         gw.create_connection(**db.connection_spec("pg-main"))
@@ -175,6 +186,9 @@ def alice_runs_statements(stack: Stack) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("select count(*) from accounts").fetchone()
         conn.execute(f"select balance /* {MARKER} */ from accounts where id < 4").fetchall()
+    refused = pytest.raises(psycopg.Error, match="no schema changes")
+    with psycopg.connect(conninfo, autocommit=True) as conn, refused:  # another session
+        conn.execute("drop table accounts")
 
 
 def alice_uses_a_terminal(stack: Stack) -> str:
@@ -231,9 +245,19 @@ def test_an_auditor_finds_a_statement_by_its_text_and_reads_the_timeline(
     assert page.text("#facts").count("alice") == 1
     page.screenshot("console-session-timeline")
     assert csp_reports(page) == []
-    # An outcome with no match in this store: the list says so.
+    # Text and outcome together: the statement's session had nothing refused.
     page.goto(stack.gw.url + f"/console/sessions?text={MARKER}&outcome=refused")
     assert page.text("#no-sessions") == "No session matches."
+    # The refused statement's session, by its outcome.
+    page.goto(stack.gw.url + "/console/sessions?protocol=postgres&outcome=refused")
+    links = "document.querySelectorAll('#sessions a.session-link').length"
+    assert page.evaluate(links) == 1, page.text("#sessions")
+    page.click("#sessions a.session-link")
+    wait_for(lambda: "/console/sessions/" in page.url, "the refused session's page")
+    page.wait_loaded()
+    refused = page.text("#statements tr.outcome-refused")
+    assert "drop table accounts" in refused and "no schema changes" in refused, refused
+    page.screenshot("console-session-refused")
 
 
 def test_an_ssh_recording_plays_in_the_session_page(stack: Stack, browser: Browser) -> None:
