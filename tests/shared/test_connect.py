@@ -17,21 +17,24 @@ def test_libpq_parameters_verify_the_gateway_and_quote_what_libpq_needs() -> Non
     assert conninfo({"password": ""}) == "password=''"
 
 
+def at(kind: str, connection: str) -> list[str]:
+    return commands(kind, host="gw.example", port=8443, connection=connection, user="alice")
+
+
 def test_commands_per_connection_type() -> None:
-    at = {"host": "gw.example", "port": 8443, "user": "alice"}
-    psql, cli = commands("postgres", connection="pg-main", **at)
+    psql, cli = at("postgres", "pg-main")
     assert psql == (
         'psql "host=gw.example port=8443 dbname=pg-main user=alice sslmode=verify-full '
         'sslrootcert=system"'
     )
     assert cli == "wardgate psql pg-main"
-    assert commands("ssh", connection="web-1", **at) == [
+    assert at("ssh", "web-1") == [
         "ssh -p 8443 alice:web-1@gw.example",
         "wardgate ssh web-1",
     ]
-    assert commands("kubernetes", connection="k8s", **at) == ["wardgate kube login k8s"]
-    assert commands("tcp", connection="redis", **at) == ["wardgate tcp redis --listen 127.0.0.1:0"]
-    assert commands("unknown", connection="x", **at) == []
+    assert at("kubernetes", "k8s") == ["wardgate kube login k8s"]
+    assert at("tcp", "redis") == ["wardgate tcp redis --listen 127.0.0.1:0"]
+    assert at("unknown", "x") == []
 
 
 def test_a_name_the_shell_would_split_is_quoted_for_it() -> None:
