@@ -41,12 +41,20 @@ def ssh_login(user: str, connection: str) -> str:
     return f"{user}:{connection}"
 
 
-def commands(kind: str, *, host: str, port: int, connection: str, user: str) -> list[str]:
+def commands(
+    kind: str,
+    *,
+    host: str,
+    port: int,
+    connection: str,
+    user: str,
+    sslrootcert: str = "system",
+) -> list[str]:
     """Shell command lines that reach `connection` (of type `kind`) as `user`: first the
     plain client's, then the CLI's, which mints the short-lived credential itself."""
     name = shlex.quote(connection)
     if kind == "postgres":
-        info = conninfo(libpq_params(host, port, connection, user))
+        info = conninfo(libpq_params(host, port, connection, user, sslrootcert))
         quoted = f'"{info}"' if not any(c in info for c in '"$`\\!') else shlex.quote(info)
         return [f"psql {quoted}", f"wardgate psql {name}"]
     if kind == "ssh":

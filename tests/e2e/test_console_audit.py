@@ -5,7 +5,7 @@ alice (dev) runs statements through psycopg and a terminal session through OpenS
 audrey (audit, a gateway administrator) finds alice's statement by its text, opens the
 session's timeline, and replays alice's terminal recording in the page (asciinema-player,
 served by the gateway). alice's connections page shows the commands for the connections she
-may reach, not for one she may not, and the ssh command copied from it works. Each page is
+may reach, not for one she may not, and the ssh and psql commands copied from it work. Each page is
 saved as a screenshot under build/screenshots/.
 """
 
@@ -298,12 +298,12 @@ def test_a_user_sees_the_commands_for_what_they_may_reach(stack: Stack, browser:
     sign_in(page, stack, "alice")
     page.goto(stack.gw.url + "/console/connections")
     port = stack.gw.public_port
-    pg = page.text("#conn-pg-main")
-    assert (
+    psql_line = page.evaluate("document.querySelector('#conn-pg-main pre.command').innerText")
+    assert psql_line == (
         f'psql "host=127.0.0.1 port={port} dbname=pg-main user=alice sslmode=verify-full '
-        'sslrootcert=system"'
-    ) in pg
-    assert "wardgate psql pg-main" in pg
+        'sslrootcert=wardgate-ca.pem"'
+    )
+    assert "wardgate psql pg-main" in page.text("#conn-pg-main")
     ssh_line = page.evaluate("document.querySelector('#conn-web-1 pre.command').innerText")
     assert ssh_line == f"ssh -p {port} alice:web-1@127.0.0.1"
     assert "vault-db" not in page.text("main")
@@ -321,3 +321,21 @@ def test_a_user_sees_the_commands_for_what_they_may_reach(stack: Stack, browser:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "copied-42"
+    # And the psql one, with the CA file the page links to, saved where psql runs.
+    ca_url = page.evaluate("document.querySelector('#ca-download').href")
+    workdir = stack.tmp / "alice-desk"
+    workdir.mkdir(exist_ok=True)
+    with stack.gw.api() as api:
+        (workdir / "wardgate-ca.pem").write_bytes(api.get(ca_url).raise_for_status().content)
+    ran = subprocess.run(
+        ["sh", "-c", psql_line + " -X -At -c 'select 40 + 2'"],
+        cwd=workdir,
+        env=dict(os.environ, PGPASSWORD=stack.alice),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "42"
