@@ -34,7 +34,11 @@ OUTCOMES: dict[str, tuple[EventMatch, ...]] = {
         EventMatch(("pg.result",), fragment='"masked":['),
         EventMatch(("k8s.response",), lacks=('"masked":0,', '"masked":0}')),
     ),
-    "held": (EventMatch(("review.created",)),),
+    "held": (
+        EventMatch(("review.created",)),
+        # A Kubernetes request names the review that held it (or the approval it reused).
+        EventMatch(("k8s.request",), fragment='"review":"'),
+    ),
     "failed": (
         EventMatch(("pg.result", "k8s.response"), lacks=('"error":null',), or_status="failed"),
         EventMatch(("ssh.exit",), lacks=('"status":0,', '"status":0}', '"status":null')),

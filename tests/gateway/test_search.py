@@ -55,6 +55,9 @@ def sessions(store: Store) -> Store:
     )
     session(store, "held", 3)
     event(store, "held", "review.created", review="rv_1", text="delete from t")
+    session(store, "kube", 3, protocol="kubernetes", connection="k8s")
+    event(store, "kube", "k8s.request", verb="delete", decision="review", review="rv_2")
+    event(store, "kube", "k8s.request", verb="get", decision="allow", review=None)
     session(store, "failed", 4, status="failed", error="agent gone")
     session(store, "exit", 5, protocol="ssh", connection="web-1")
     event(store, "exit", "ssh.exec", channel=0, command="false", pty=False)
@@ -84,7 +87,7 @@ async def test_people_see_their_own_sessions_and_administrators_everyone_s(
 async def test_each_outcome_and_text(sessions: Store) -> None:
     assert await ids(sessions, ADMIN, outcome="refused") == ["refused"]
     assert await ids(sessions, ADMIN, outcome="masked") == ["masked"]
-    assert await ids(sessions, ADMIN, outcome="held") == ["held"]
+    assert await ids(sessions, ADMIN, outcome="held") == ["kube", "held"]
     assert await ids(sessions, ADMIN, outcome="failed") == ["exit", "failed"]
     assert await ids(sessions, ADMIN, text="drop table") == ["refused"]
     assert await ids(sessions, ADMIN, text="select 1") == ["bob", "ok"]
@@ -103,7 +106,7 @@ async def test_pages_follow_by_keyset(sessions: Store) -> None:
         seen += [r.id for r in rows]
         if before is None:
             break
-    assert seen == ["bob", "exit", "failed", "held", "masked", "refused", "ok"]
+    assert seen == ["bob", "exit", "failed", "kube", "held", "masked", "refused", "ok"]
 
 
 async def test_a_session_s_activity_holds_refused_statements_and_masking(sessions: Store) -> None:
