@@ -28,6 +28,7 @@ from cli.kube import kube as kube_commands
 from cli.runtime import BULK, LOG_FORMATS, MANY_CONNECTIONS, run, set_log_format, setup_logging
 from gateway.conntypes import SUPPORTED_TYPES
 from gateway.identity.local import MIN_PASSWORD_LENGTH
+from shared.connect import conninfo, libpq_params
 
 
 def _ref(gateway: str | None, token: str | None, ca: str | None) -> cl.GatewayRef:
@@ -1029,25 +1030,17 @@ def _libpq(ref: cl.GatewayRef, connection: str) -> tuple[dict[str, str], str]:
     with ref.http() as http:
         minted = cl.check(http.post("/v1/credentials/connection", json={"connection": connection}))
     url = urlsplit(ref.url)
-    params = {
-        "host": url.hostname or "localhost",
-        "port": str(url.port or 443),
-        "dbname": connection,
-        "user": minted["user"],
-        "sslmode": "verify-full",
-        # libpq >= 16 understands "system"; older ones need the CA file.
-        "sslrootcert": str(cl.ca_file(ref.ca_pem)) if ref.ca_pem else "system",
-    }
+    params = libpq_params(
+        url.hostname or "localhost",
+        url.port or 443,
+        connection,
+        minted["user"],
+        str(cl.ca_file(ref.ca_pem)) if ref.ca_pem else "system",
+    )
     return params, str(minted["token"])
 
 
-def _conninfo(params: dict[str, str]) -> str:
-    def quote(value: str) -> str:
-        if value and not any(c in value for c in " '\\"):
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    return " ".join(f"{k}={quote(v)}" for k, v in params.items())
+_conninfo = conninfo  # shared with the console's connections page
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

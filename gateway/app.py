@@ -357,7 +357,8 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
-        console.mount(app, app.state.deps, cfg.console)  # /console/ (and / sends there)
+        # /console/ (and / sends there)
+        console.mount(app, app.state.deps, cfg.console, recordings=cfg.data_dir / "recordings")
         app.include_router(members_router(store, self.member_id))
         bus = None
         if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them

@@ -12,9 +12,8 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
-from gateway.api import docs, limits, paging
+from gateway.api import docs, limits, paging, search
 from gateway.api import reviews as reviews_api
-from gateway.api.activity import ssh_activity
 from gateway.api.deps import Admin, ApiDeps, User, client_of, identity_of
 from gateway.api.health import health_router
 from gateway.api.paging import MAX_PAGE
@@ -628,6 +627,9 @@ def build_app(deps: ApiDeps) -> FastAPI:
         connection: str | None = None,
         since: dt.datetime | None = None,
         text: str | None = None,
+        protocol: str | None = None,
+        until: dt.datetime | None = None,
+        outcome: Annotated[str | None, Query(description="refused, masked, held or failed")] = None,
         limit: Annotated[int, Query(ge=1)] = 100,
         cursor: Annotated[
             str | None, Query(description="From the previous page's Link: rel=next.")
@@ -635,78 +637,23 @@ def build_app(deps: ApiDeps) -> FastAPI:
     ) -> list[dict[str, Any]]:
         """Sessions newest first, at most `limit` (up to 1000) a page. When more remain, the
         `Link` header names the next page (rel="next"), as GitHub's API does."""
-        if not who.is_admin:
-            user = who.user  # people see their own sessions
-        page = min(limit, MAX_PAGE)
-        before = paging.decode_cursor(cursor) if cursor else None
-        rows = await deps.store.io.scan(
-            deps.store.sessions.list_all,
-            user=user,
-            connection=connection,
-            since=since,
-            before=before,
-            limit=page + 1 if not text else 10_000,
+        query = search.SessionQuery(user, connection, protocol, since, until, text, outcome)
+        rows, last = await search.find_sessions(
+            deps.store,
+            who,
+            query,
+            limit=min(limit, MAX_PAGE),
+            before=paging.decode_cursor(cursor) if cursor else None,
         )
-        if text:
-            hits = await deps.store.io.scan(
-                deps.store.audit.list_all, kind="pg.statement", contains=text, limit=100_000
-            )
-            wanted = {e.session_id for e in hits}
-            rows = [s for s in rows if s.id in wanted]
-        if len(rows) > page:
-            rows = rows[:page]
-            last = rows[-1]
-            following = request.url.include_query_params(
-                cursor=paging.encode_cursor(last.started_at, last.id)
-            )
+        if last is not None:
+            following = request.url.include_query_params(cursor=paging.encode_cursor(*last))
             response.headers["Link"] = f'<{following}>; rel="next"'
         return [_session_json(s) for s in rows]
 
     @app.get("/v1/sessions/{session_id}")
     async def show_session(session_id: str, who: User) -> dict[str, Any]:
-        record = await deps.store.io.read(deps.store.sessions.get, session_id)
-        if record is None or (not who.is_admin and record.user != who.user):
-            raise HTTPException(404, f"session {session_id!r} does not exist")
-        events = await deps.store.io.scan(
-            deps.store.audit.list_all, session_id=session_id, limit=100_000
-        )
-        results = {e.data.get("statement_seq"): e.data for e in events if e.kind == "pg.result"}
-        statements = []
-        for e in events:
-            if e.kind != "pg.statement":
-                continue
-            result = results.get(e.seq, {})
-            statements.append(
-                {
-                    "seq": e.seq,
-                    "ts": e.ts.isoformat(),
-                    "text": e.data.get("text"),
-                    "protocol": e.data.get("protocol"),
-                    "params": e.data.get("params"),
-                    "tags": result.get("tags"),
-                    "rows": result.get("rows"),
-                    "sqlstate": result.get("sqlstate"),
-                    "error": result.get("error"),
-                    "duration_ms": result.get("duration_ms"),
-                    "masked": result.get("masked", []),
-                }
-            )
-        masked: dict[tuple[str, str], int] = {}  # values masked at the agent
-        for e in events:
-            # Counts ride in the result of the statement whose bytes they end (pg.result),
-            # or come on their own (pg.masked: from an older agent, or between statements).
-            if e.kind in ("pg.masked", "pg.result"):
-                for c in e.data.get("counts", e.data.get("masked", [])):
-                    key = (c["column"], c["detector"])
-                    masked[key] = masked.get(key, 0) + int(c["count"])
-        return {
-            **_session_json(record),
-            "statements": statements,
-            "masked": [
-                {"column": c, "detector": d, "count": n} for (c, d), n in sorted(masked.items())
-            ],
-            **ssh_activity(events),
-        }
+        record = await search.visible_session(deps.store, who, session_id)
+        return {**_session_json(record), **await search.session_activity(deps.store, record.id)}
 
     @app.get("/v1/audit")
     async def list_audit(

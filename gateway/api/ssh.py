@@ -29,7 +29,9 @@ from pydantic import BaseModel, Field
 
 from gateway import sshca
 from gateway.api.deps import User
+from gateway.api.search import visible_session
 from gateway.audit import Auditor, Event
+from gateway.auth import Identity
 from gateway.store import AlreadyExists, AuditEvent, NotFound, SshKeyRecord, Store
 
 CAST_MEDIA_TYPE = "application/x-asciicast"
@@ -185,14 +187,6 @@ def ssh_router(
         await auditor.record_taken("ssh_key.removed", actor=who.user, user=name, key_id=key)
         return {"removed": key}
 
-    async def events(session_id: str, who: Any) -> list[AuditEvent]:
-        record = await store.io.read(store.sessions.get, session_id)
-        if record is None or (not who.is_admin and record.user != who.user):
-            raise HTTPException(404, f"session {session_id!r} does not exist")
-        return await store.io.scan(
-            store.audit.list_all, session_id=session_id, kind="ssh.recording", limit=10_000
-        )
-
     @router.get("/v1/sessions/{session_id}/recordings")
     async def list_recordings(session_id: str, who: User) -> list[dict[str, Any]]:
         return [
@@ -205,28 +199,46 @@ def ssh_router(
                 "bytes": e.data.get("bytes"),
                 "sha256": e.data.get("sha256"),
             }
-            for e in await events(session_id, who)
+            for e in await _recording_events(store, who, session_id)
         ]
 
     @router.get("/v1/sessions/{session_id}/recordings/{channel}")
     async def get_recording(session_id: str, channel: int, who: User) -> Response:
-        found = [e for e in await events(session_id, who) if e.data.get("channel") == channel]
-        if not found:
-            raise HTTPException(
-                404, f"session {session_id!r} has no recording of channel {channel}"
-            )
-        event = found[-1]
-        try:
-            data = await asyncio.to_thread(_read, recordings, str(event.data.get("path", "")))
-        except OSError:
-            raise HTTPException(410, "the recording file is missing") from None
-        if hashlib.sha256(data).hexdigest() != event.data.get("sha256"):
-            raise HTTPException(
-                409, f"recording does not match its audit event (seq {event.seq}): altered"
-            )
+        data = await read_recording(store, recordings, who, session_id, channel)
         return Response(data, media_type=CAST_MEDIA_TYPE)
 
     return router
+
+
+async def _recording_events(store: Store, who: Identity, session_id: str) -> list[AuditEvent]:
+    await visible_session(store, who, session_id)
+    return await store.io.scan(
+        store.audit.list_all, session_id=session_id, kind="ssh.recording", limit=10_000
+    )
+
+
+async def read_recording(
+    store: Store, recordings: Path, who: Identity, session_id: str, channel: int
+) -> bytes:
+    """A channel's recording, for whoever may see its session (the API's and the console's
+    rule), and only while it matches the SHA-256 its `ssh.recording` event holds."""
+    found = [
+        e
+        for e in await _recording_events(store, who, session_id)
+        if e.data.get("channel") == channel
+    ]
+    if not found:
+        raise HTTPException(404, f"session {session_id!r} has no recording of channel {channel}")
+    event = found[-1]
+    try:
+        data = await asyncio.to_thread(_read, recordings, str(event.data.get("path", "")))
+    except OSError:
+        raise HTTPException(410, "the recording file is missing") from None
+    if hashlib.sha256(data).hexdigest() != event.data.get("sha256"):
+        raise HTTPException(
+            409, f"recording does not match its audit event (seq {event.seq}): altered"
+        )
+    return data
 
 
 def _read(recordings: Path, relative: str) -> bytes:

@@ -9,6 +9,8 @@ GET  /console/reviews           the Reviewer page: reviews waiting for the signe
 GET  /console/reviews/list      its list (htmx polls it; 204 while nothing changed)
 POST /console/reviews/{id}/vote (CSRF) `vote`=approve|deny, `reason`: ReviewService.vote
 GET  /console/admin             administrators only (403 in words otherwise)
+GET  /console/sessions[/...]    the Auditor pages (audit.py)
+GET  /console/connections       the User page (connections.py)
 GET  /console/static/...        stylesheet and htmx
 """
 
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -26,7 +29,7 @@ from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import ApiDeps, client_of, require_admin
 from gateway.config import ConsoleConfig
-from gateway.console import oidc
+from gateway.console import audit, connections, oidc
 from gateway.console.auth import (
     ConsoleSessions,
     Signed,
@@ -85,7 +88,7 @@ def to_login(request: Request) -> Response:
     return redirect("/console/login")
 
 
-def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
+def router(deps: ApiDeps, sessions: ConsoleSessions, recordings: Path | None = None) -> APIRouter:
     api = APIRouter(include_in_schema=False)
 
     async def signed_or_none(request: Request) -> Signed | None:
@@ -287,6 +290,8 @@ def router(deps: ApiDeps, sessions: ConsoleSessions) -> APIRouter:
 
     api.add_api_route("/console/admin", signed_in(admin_page), methods=["GET"])
     oidc.add_routes(api, deps, sessions)
+    audit.add_routes(api, deps, signed_in, recordings)
+    connections.add_routes(api, deps, signed_in)
     return api
 
 
@@ -310,12 +315,15 @@ def _login_failed(deps: ApiDeps, status: int, message: str, user: str) -> HTMLRe
     )
 
 
-def mount(app: FastAPI, deps: ApiDeps, config: ConsoleConfig) -> None:
-    """Serve the console on `app` (the public port's), and send `/` to it."""
+def mount(
+    app: FastAPI, deps: ApiDeps, config: ConsoleConfig, recordings: Path | None = None
+) -> None:
+    """Serve the console on `app` (the public port's), and send `/` to it; `recordings` is
+    where SSH terminal recordings are kept (the session page replays them)."""
     if not config.enabled:
         return
     sessions = ConsoleSessions(deps.store, deps.access or AccessPolicy(), config.idle_timeout)
-    app.include_router(router(deps, sessions))
+    app.include_router(router(deps, sessions, recordings))
     app.mount("/console/static", Static(directory=HERE / "static"), name="console-static")
 
     @app.get("/", include_in_schema=False)

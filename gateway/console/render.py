@@ -29,6 +29,11 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# The session page with a recording: asciinema-player's terminal emulator is WebAssembly,
+# which a browser compiles only with 'wasm-unsafe-eval' (it allows no JavaScript eval).
+PLAYER_CSP = HEADERS["Content-Security-Policy"].replace(
+    "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
+)
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -61,6 +61,7 @@ from gateway.store.models import (
     UserRecord,
     VoteRecord,
 )
+from gateway.store.sessions import EventMatch
 from gateway.store.store import Store
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "AuditEvent",
     "Conflict",
     "ConnectionRecord",
+    "EventMatch",
     "LoginRecord",
     "NotFound",
     "ReviewRecord",

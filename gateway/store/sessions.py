@@ -4,6 +4,9 @@ through which agent and member, and how it ended (the first end wins)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +16,25 @@ from gateway.store.db import AlreadyExists, Database, NotFound, check_aware
 from gateway.store.models import SessionRecord
 
 ENDED_SESSION_STATUSES = frozenset({"closed", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class EventMatch:
+    """Sessions with at least one audit event of one of `kinds` whose data holds `text` (a
+    string value's text, e.g. part of a statement), holds the raw JSON `fragment` and none of
+    the raw JSON fragments `lacks` (the data is stored as canonical JSON: sorted keys, no
+    spaces, so `"masked":[` finds a result with masking counts). `or_status` also keeps the
+    sessions that ended with that status."""
+
+    kinds: tuple[str, ...]
+    text: str | None = None
+    fragment: str | None = None
+    lacks: tuple[str, ...] = ()
+    or_status: str | None = None
+
+
+def _like(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]  # as the stored JSON escapes it
 
 
 class Sessions:
@@ -97,11 +119,18 @@ class Sessions:
         since: dt.datetime | None = None,
         before: tuple[dt.datetime, str] | None = None,
         limit: int = 100,
+        protocol: str | None = None,
+        until: dt.datetime | None = None,
+        having: Sequence[Sequence[EventMatch]] = (),
     ) -> list[SessionRecord]:
-        """Sessions newest first; ``since`` keeps those started at or after it, ``before``
-        those after the (started_at, id) of the last row of a previous page (keyset paging:
-        sessions that start meanwhile shift no page)."""
+        """Sessions newest first; ``since`` keeps those started at or after it, ``until``
+        those started before it, ``before`` those after the (started_at, id) of the last row
+        of a previous page (keyset paging: sessions that start meanwhile shift no page);
+        ``having`` keeps those that pass every group of it: a group passes when one of its
+        matches does."""
         stmt = sa.select(t.sessions)
+        for alternatives in having:
+            stmt = stmt.where(sa.or_(*(_matching(m) for m in alternatives)))
         if before is not None:
             check_aware(before[0], "before")
             at, session_id = before
@@ -113,13 +142,33 @@ class Sessions:
             stmt = stmt.where(t.sessions.c.user == user)
         if connection is not None:
             stmt = stmt.where(t.sessions.c.connection == connection)
+        if protocol is not None:
+            stmt = stmt.where(t.sessions.c.protocol == protocol)
         if since is not None:
             check_aware(since, "since")
             stmt = stmt.where(t.sessions.c.started_at >= since)
+        if until is not None:
+            check_aware(until, "until")
+            stmt = stmt.where(t.sessions.c.started_at < until)
         stmt = stmt.order_by(t.sessions.c.started_at.desc(), t.sessions.c.id.desc()).limit(limit)
         with self._db.read() as conn:
             rows = conn.execute(stmt).all()
         return [_session(row) for row in rows]
+
+
+def _matching(match: EventMatch) -> sa.ColumnElement[bool]:
+    ev = t.audit_events.c
+    found = sa.select(ev.session_id).where(ev.kind.in_(match.kinds))
+    if match.text:
+        found = found.where(ev.data.contains(_like(match.text), autoescape=True))
+    if match.fragment:
+        found = found.where(ev.data.contains(match.fragment, autoescape=True))
+    for lack in match.lacks:
+        found = found.where(~ev.data.contains(lack, autoescape=True))
+    keep: sa.ColumnElement[bool] = t.sessions.c.id.in_(found)
+    if match.or_status is not None:
+        keep = keep | (t.sessions.c.status == match.or_status)
+    return keep
 
 
 def _session(row: sa.Row[Any]) -> SessionRecord:

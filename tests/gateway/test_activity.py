@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from gateway.api.activity import ssh_activity
+from gateway.api.activity import k8s_activity, ssh_activity
 from gateway.store import AuditEvent
 
 T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
@@ -90,3 +90,21 @@ def test_a_reused_channel_id_gets_each_commands_own_exit() -> None:
         ("false", 1),
         ("true", 0),
     ]
+
+
+def test_kubernetes_requests_carry_their_decision_and_response() -> None:
+    got = k8s_activity(
+        _events(
+            ("session.open", {"connection": "k8s"}),
+            (
+                "k8s.request",
+                {"verb": "get", "path": "/api/v1/pods", "decision": "allow", "reason": "grant"},
+            ),
+            ("k8s.response", {"status": 200, "bytes": 512, "masked": 3, "error": None}),
+            ("k8s.request", {"verb": "delete", "path": "/api/v1/pods/x", "decision": "deny"}),
+        )
+    )
+    assert [
+        (k["seq"], k["verb"], k["decision"], k["status"], k["bytes"], k["masked"])
+        for k in got["kubernetes"]
+    ] == [(2, "get", "allow", 200, 512, 3), (4, "delete", "deny", None, None, None)]

@@ -26,6 +26,7 @@ from gateway.store import (
     AlreadyExists,
     AuditEvent,
     ConnectionRecord,
+    EventMatch,
     NotFound,
     SessionRecord,
     Store,
@@ -483,6 +484,44 @@ def test_list_sessions_pages_by_start_then_id(store: Store) -> None:
     ]
     with pytest.raises(ValueError, match="before"):
         store.sessions.list_all(before=(T0.replace(tzinfo=None), "x"))
+
+
+def test_list_sessions_by_protocol_time_and_audit_events(store: Store) -> None:
+    # The console's search: filters on the session row and on its audit events, in one query
+    # (so keyset pages stay whole).
+    for session_id, protocol, offset in [
+        ("p1", "postgres", 0),
+        ("s1", "ssh", 10),
+        ("p2", "postgres", 20),
+    ]:
+        store.sessions.create(
+            make_session(
+                session_id, protocol=protocol, started_at=T0 + dt.timedelta(seconds=offset)
+            )
+        )
+    store.audit.append("pg.statement", session_id="p1", data={"text": 'select * from "Acc%"'})
+    store.audit.append("pg.result", session_id="p1", data={"error": None, "masked": [{"count": 1}]})
+    store.audit.append("pg.statement", session_id="p2", data={"text": "select 1"})
+    store.audit.append("pg.result", session_id="p2", data={"error": "boom"})
+    store.audit.append("ssh.exit", session_id="s1", data={"channel": 0, "status": 0})
+
+    def ids(**filters: Any) -> list[str]:
+        return [s.id for s in store.sessions.list_all(**filters)]
+
+    assert ids(protocol="postgres") == ["p2", "p1"]
+    assert ids(until=T0 + dt.timedelta(seconds=20)) == ["s1", "p1"]
+    text = EventMatch(("pg.statement",), text='"Acc%"')  # quotes and LIKE wildcards are text
+    assert ids(having=[(text,)]) == ["p1"]
+    assert ids(having=[(EventMatch(("pg.statement",), text="Acc_"),)]) == []
+    masked = EventMatch(("pg.result",), fragment='"masked":[')
+    failed = EventMatch(("pg.result",), lacks=('"error":null',))
+    assert ids(having=[(masked,)]) == ["p1"]
+    assert ids(having=[(failed,)]) == ["p2"]
+    assert ids(having=[(masked, failed)]) == ["p2", "p1"]  # one of a group
+    assert ids(having=[(masked,), (failed,)]) == []  # every group
+    store.sessions.end("s1", status="failed", error="x", bytes_up=0, bytes_down=0)
+    either = EventMatch(("pg.result",), lacks=('"error":null',), or_status="failed")
+    assert ids(having=[(either,)]) == ["p2", "s1"]
 
 
 # -- audit log -----------------------------------------------------------------------------
