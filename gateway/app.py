@@ -357,8 +357,6 @@ class Gateway:
             )
         )
         app.state.reviews = self.reviews
-        # /console/ (and / sends there)
-        console.mount(app, app.state.deps, cfg.console, recordings=cfg.data_dir / "recordings")
         app.include_router(members_router(store, self.member_id))
         bus = None
         if store.dialect == "postgresql":  # members: a CancelRequest may land on any of them
@@ -366,6 +364,14 @@ class Gateway:
         # `wardgate sessions kill`: the session may run on another member (asked on the bus).
         terminator = Terminator(store, broker, self.member_id, bus, cfg.fleet)
         app.include_router(terminate_router(terminator))
+        # /console/ (and / sends there); its Operator page ends sessions with the same terminator
+        console.mount(
+            app,
+            app.state.deps,
+            cfg.console,
+            recordings=cfg.data_dir / "recordings",
+            terminator=terminator,
+        )
         # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback.
         mcp_door = McpDoor(
             store,

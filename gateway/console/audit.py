@@ -24,6 +24,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from gateway.api import paging, search
 from gateway.api.deps import ApiDeps
 from gateway.api.ssh import CAST_MEDIA_TYPE, read_recording
+from gateway.console import operator
 from gateway.console.auth import Signed
 from gateway.console.render import HEADERS, PLAYER_CSP, page
 from gateway.store import SessionRecord
@@ -138,6 +139,7 @@ def add_routes(api: APIRouter, deps: ApiDeps, signed_in: SignedIn, recordings: P
                 "error.html", 404, title="No such session", message=exc.detail, signed=signed
             )
         activity = await search.session_activity(deps.store, record.id)
+        chain = operator.chain_state(await operator.session_events(deps, record.id))
         for group in ("commands", "transfers", "forwards", "kubernetes", "reviews", "recordings"):
             for item in activity[group]:
                 item["when"] = _time(item["ts"])
@@ -151,6 +153,7 @@ def add_routes(api: APIRouter, deps: ApiDeps, signed_in: SignedIn, recordings: P
             masked=activity["masked"],
             activity=activity,
             replay=recordings is not None,
+            chain=chain,
         )
         if activity["recordings"] and recordings is not None:
             # The player's terminal is WebAssembly: this page alone may compile it.

@@ -11,6 +11,7 @@ POST /console/reviews/{id}/vote (CSRF) `vote`=approve|deny, `reason`: ReviewServ
 GET  /console/admin             administrators only (403 in words otherwise)
 GET  /console/sessions[/...]    the Auditor pages (audit.py)
 GET  /console/connections       the User page (connections.py)
+GET  /console/operator, /console/policy   the Operator pages, session export (operator.py)
 GET  /console/static/...        stylesheet and htmx
 """
 
@@ -29,7 +30,7 @@ from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import ApiDeps, client_of, require_admin
 from gateway.config import ConsoleConfig
-from gateway.console import audit, connections, oidc
+from gateway.console import audit, connections, oidc, operator
 from gateway.console.auth import (
     ConsoleSessions,
     Signed,
@@ -38,6 +39,7 @@ from gateway.console.auth import (
     set_cookie,
 )
 from gateway.console.render import HEADERS, HERE, Static, page, redirect
+from gateway.fleet.terminate import Terminator
 from gateway.identity.credentials import IdentityError
 from gateway.policy.grants import AccessPolicy
 from gateway.reviews import ReviewError
@@ -88,7 +90,12 @@ def to_login(request: Request) -> Response:
     return redirect("/console/login")
 
 
-def router(deps: ApiDeps, sessions: ConsoleSessions, recordings: Path | None = None) -> APIRouter:
+def router(
+    deps: ApiDeps,
+    sessions: ConsoleSessions,
+    recordings: Path | None = None,
+    terminator: Terminator | None = None,
+) -> APIRouter:
     api = APIRouter(include_in_schema=False)
 
     async def signed_or_none(request: Request) -> Signed | None:
@@ -115,6 +122,10 @@ def router(deps: ApiDeps, sessions: ConsoleSessions, recordings: Path | None = N
                 request, 403, "missing or wrong CSRF token: reload the page and try again"
             )
         return signed
+
+    async def posted(request: Request) -> tuple[Signed | Response, _Form]:
+        form = await _Form.read(request)
+        return await checked_post(request, form), form
 
     def signed_in(
         handler: Callable[[Request, Signed], Awaitable[Response]],
@@ -292,6 +303,7 @@ def router(deps: ApiDeps, sessions: ConsoleSessions, recordings: Path | None = N
     oidc.add_routes(api, deps, sessions)
     audit.add_routes(api, deps, signed_in, recordings)
     connections.add_routes(api, deps, signed_in)
+    operator.add_routes(api, deps, signed_in, posted, terminator, recordings)
     return api
 
 
@@ -316,14 +328,19 @@ def _login_failed(deps: ApiDeps, status: int, message: str, user: str) -> HTMLRe
 
 
 def mount(
-    app: FastAPI, deps: ApiDeps, config: ConsoleConfig, recordings: Path | None = None
+    app: FastAPI,
+    deps: ApiDeps,
+    config: ConsoleConfig,
+    recordings: Path | None = None,
+    terminator: Terminator | None = None,
 ) -> None:
     """Serve the console on `app` (the public port's), and send `/` to it; `recordings` is
-    where SSH terminal recordings are kept (the session page replays them)."""
+    where SSH terminal recordings are kept (the session page replays them); `terminator`
+    ends live sessions (the Operator page)."""
     if not config.enabled:
         return
     sessions = ConsoleSessions(deps.store, deps.access or AccessPolicy(), config.idle_timeout)
-    app.include_router(router(deps, sessions, recordings))
+    app.include_router(router(deps, sessions, recordings, terminator))
     app.mount("/console/static", Static(directory=HERE / "static"), name="console-static")
 
     @app.get("/", include_in_schema=False)
