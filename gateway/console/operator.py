@@ -31,6 +31,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from gateway.api import search
 from gateway.api.deps import ApiDeps, require_admin
 from gateway.api.ssh import read_recording
+from gateway.api.terminate import STATUS
 from gateway.console.auth import Signed
 from gateway.console.render import HEADERS, page
 from gateway.fleet.terminate import MAX_REASON, TerminateRefused, Terminator
@@ -84,7 +85,7 @@ def add_routes(
             return page("error.html", 403, title="Not for you", message=exc.detail, signed=signed)
         return None
 
-    async def operator_context(signed: Signed) -> dict[str, Any]:
+    async def operator_context(signed: Signed, ended: str | None = None) -> dict[str, Any]:
         agents = await deps.store.io.scan(deps.store.agents.list_all)
         now = time.monotonic()
         rows = []
@@ -112,7 +113,12 @@ def add_routes(
             "pools": sorted(pools.items()),
             "users": await deps.store.io.scan(deps.store.identity.list_users),
             "connections": await deps.store.io.scan(deps.store.connections.list_all),
-            "live": [s for s in recent if s.ended_at is None],
+            # One just ended (its end is written to the store a moment later) is shown no more.
+            "live": [
+                s
+                for s in recent
+                if s.ended_at is None and s.id != ended and not deps.broker.is_ending(s.id)
+            ],
             "can_terminate": terminator is not None,
             "max_reason": MAX_REASON,
         }
@@ -132,6 +138,7 @@ def add_routes(
         notice = error = None
         status = 200
         reason = form.get("reason").strip()[:MAX_REASON] or None
+        ended = None
         if terminator is None:
             error, status = "this gateway cannot end sessions", 404
         else:
@@ -140,9 +147,10 @@ def add_routes(
                     session_id, reason=reason, by=checked.identity.user
                 )
                 notice = f"Session {done.session_id} ended: {done.reason}"
+                ended = done.session_id
             except TerminateRefused as exc:
-                error, status = exc.message, 409 if exc.kind == "ended" else 404
-        context = await operator_context(checked)
+                error, status = exc.message, STATUS[exc.kind]
+        context = await operator_context(checked, ended)
         return page("operator.html", status, **context, notice=notice, error=error)
 
     async def policy_context(signed: Signed, a: str, b: str) -> tuple[int, dict[str, Any]]:

@@ -57,6 +57,7 @@ def test_an_operator_terminates_a_live_session_and_the_client_is_told(
         page.click(f"#terminate-{session_id}")
         page.wait_text("#notice", f"Session {session_id} ended")
         page.screenshot("console-operator-terminated")
+        assert session_id not in page.text("#live")
         wait_for(lambda: closed_by_gateway(conn), "the client to see the termination")
     finally:
         conn.close()
