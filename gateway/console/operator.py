@@ -1,8 +1,9 @@
 """The Operator pages (administrators only) and a session's export.
 
-GET  /console/operator                          agents by pool (connected, last heard of,
-                                                version), connections, users and service
-                                                accounts, live sessions with Terminate
+GET  /console/operator                          live sessions with Terminate, gateway members
+                                                (live or gone, version, heartbeat), agents by
+                                                pool (connected, last heard of, version),
+                                                connections, users and service accounts
 POST /console/operator/sessions/{id}/terminate  (CSRF) `reason`: the API's Terminator
 GET  /console/policy[?a=N&b=M]                  policy versions; with a and b, their diff
 POST /console/policy/versions/{n}/rollback      (CSRF) PolicySource.rollback, as the API's
@@ -111,6 +112,7 @@ def add_routes(
             "signed": signed,
             "agents": rows,
             "pools": sorted(pools.items()),
+            "members": await deps.store.io.scan(deps.store.members.list_all),
             "users": await deps.store.io.scan(deps.store.identity.list_users),
             "connections": await deps.store.io.scan(deps.store.connections.list_all),
             # One just ended (its end is written to the store a moment later) is shown no more.

@@ -50,6 +50,7 @@ def test_an_operator_terminates_a_live_session_and_the_client_is_told(
         page.goto(stack.gw.url + "/console/operator")
         assert "connected" in page.text("#agents")
         assert "1 of 1" in page.text("#pools")
+        assert "live" in page.text("#members")
         assert "audrey" in page.text("#users")
         assert session_id in page.text("#live")
         page.fill(f"#live-{session_id} input[name=reason]", "console test")
@@ -75,6 +76,21 @@ def test_an_operator_terminates_a_live_session_and_the_client_is_told(
     # Without the CSRF token: refused, nothing ended.
     bare = f"fetch('/console/operator/sessions/{session_id}/terminate', {{method: 'POST'}})"
     assert page.evaluate(bare + ".then(r => r.status)") == 403
+
+
+def test_a_non_admin_gets_no_operator_pages(stack: Stack, browser: Browser) -> None:
+    page = browser.new_page()
+    sign_in(page, stack, "alice")
+    assert "Operator" not in page.text("header nav")
+    for path in ("/console/operator", "/console/policy"):
+        page.goto(stack.gw.url + path)
+        assert page.text("#error") == "user 'alice' is not an administrator"
+    token = "JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token']"
+    status = page.evaluate(
+        f"fetch('/console/policy/versions/1/rollback', {{method: 'POST',"
+        f" headers: {{'X-CSRF-Token': {token}}}}}).then(r => r.status)"
+    )
+    assert status == 403
 
 
 def test_a_policy_diff_shows_the_change_and_a_rollback_restores_the_old_version(
