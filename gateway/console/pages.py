@@ -8,7 +8,7 @@ POST /console/logout            (CSRF) the session revoked, its sign-in ended
 GET  /console/reviews           the Reviewer page: reviews waiting for the signed-in user
 GET  /console/reviews/list      its list (htmx polls it; 204 while nothing changed)
 POST /console/reviews/{id}/vote (CSRF) `vote`=approve|deny, `reason`: ReviewService.vote
-GET  /console/admin             administrators only (403 in words otherwise)
+GET  /console/admin             the Operator page's old address (a redirect)
 GET  /console/sessions[/...]    the Auditor pages (audit.py)
 GET  /console/connections       the User page (connections.py)
 GET  /console/operator, /console/policy   the Operator pages, session export (operator.py)
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.api.deps import ApiDeps, client_of, require_admin
+from gateway.api.deps import ApiDeps, client_of
 from gateway.config import ConsoleConfig
 from gateway.console import audit, connections, oidc, operator
 from gateway.console.auth import (
@@ -279,27 +279,8 @@ def router(
             return page("reviews.html", status, signed=checked, **context)
         return page("_reviews.html", **await review_list(checked, notice=notice, error=error))
 
-    # ---- administrators ---------------------------------------------------------------
-
-    async def admin_page(request: Request, signed: Signed) -> Response:
-        try:
-            require_admin(signed.identity)  # the API's rule, word for word
-        except HTTPException as exc:
-            return page("error.html", 403, title="Not for you", message=exc.detail, signed=signed)
-        agents = await deps.store.io.scan(deps.store.agents.list_all)
-        users = await deps.store.io.scan(deps.store.identity.list_users)
-        connections = await deps.store.io.scan(deps.store.connections.list_all)
-        live = {a.name: deps.registry.get(a.name) for a in agents}
-        return page(
-            "admin.html",
-            signed=signed,
-            agents=agents,
-            live=live,
-            users=users,
-            connections=connections,
-        )
-
-    api.add_api_route("/console/admin", signed_in(admin_page), methods=["GET"])
+    # The first admin page, now part of the Operator page: old links still land.
+    api.add_api_route("/console/admin", lambda: redirect("/console/operator"), methods=["GET"])
     oidc.add_routes(api, deps, sessions)
     audit.add_routes(api, deps, signed_in, recordings)
     connections.add_routes(api, deps, signed_in)
