@@ -366,7 +366,9 @@ class Gateway:
         # `wardgate sessions kill`: the session may run on another member (asked on the bus).
         terminator = Terminator(store, broker, self.member_id, bus, cfg.fleet)
         app.include_router(terminate_router(terminator))
-        # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback.
+        # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback,
+        # their commands through the SSH door (whose host key they pin).
+        host_key = await asyncio.to_thread(load_host_key, cfg.data_dir)
         mcp_door = McpDoor(
             store,
             broker,
@@ -376,6 +378,8 @@ class Gateway:
             guardrails,
             policy,
             auditor,
+            self.reviews,
+            ssh_host_key=f"{host_key.get_name()} {host_key.get_base64()}",
         )
         mcp_door.mount(app)
         self._tasks.spawn(mcp_door.run(), name="mcp")
@@ -422,7 +426,7 @@ class Gateway:
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
         # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
         ssh_door = SshFrontDoor(
-            await asyncio.to_thread(load_host_key, cfg.data_dir),
+            host_key,
             store,
             authenticator,
             broker,

@@ -27,7 +27,7 @@ import decimal
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,9 @@ from gateway.policy.grants import AccessPolicy
 from gateway.policy.lineage import ColumnRules
 from gateway.policy.rules import subject_for
 from gateway.policystore import PolicyView
+from gateway.reviews import ReviewError, ReviewService, review_json
 from gateway.sessions import SessionBroker
-from gateway.store import Store
+from gateway.store import ReviewRecord, Store
 from shared.lineage.model import Source
 from shared.version import __version__
 
@@ -96,8 +97,13 @@ class McpDoor:
         guardrails: PolicyView,
         access: AccessPolicy,
         auditor: Auditor,
+        reviews: ReviewService | None = None,
+        *,
+        ssh_host_key: str = "",
     ) -> None:
         self._store = store
+        self._ssh_host_key = ssh_host_key  # the SSH door's, pinned by `ssh_exec` ("": none)
+        self._reviews = reviews  # None: approvals are off on this gateway
         self._auditor = auditor
         self._broker = broker
         self._guardrails = guardrails  # the masking rules, to mark masked columns
@@ -230,6 +236,44 @@ class McpDoor:
                     out["note"] = result["note"]
                 return out
 
+        @server.tool()
+        async def request_access(
+            connection: str, duration: int, reason: str, ctx: Context
+        ) -> dict[str, Any]:
+            """Ask for time-boxed access to a connection your roles let you request
+            (`list_connections` says `on_request`): `duration` in seconds, `reason` for
+            the reviewers. Another person approves it; `review_status` follows it."""
+            async with self._counted("request_access"):
+                who, _ = _caller(ctx)
+                record = await self._review_call(
+                    self._approvals().request_access(
+                        who, connection=connection, duration=duration, reason=reason
+                    )
+                )
+                return _review_out(record)
+
+        @server.tool()
+        async def review_status(review_id: str, ctx: Context) -> dict[str, Any]:
+            """The status of one of your own reviews: an access request (`request_access`)
+            or a statement held for review (its id is in the `query` error, `rv_...`)."""
+            async with self._counted("review_status"):
+                who, _ = _caller(ctx)
+                record = await self._review_call(self._approvals().visible(who, review_id))
+                if record.requester != who.user:  # the caller's own, as `/v1/requests` lists
+                    raise ToolError(f"no review {review_id!r}")
+                return _review_out(record)
+
+    def _approvals(self) -> ReviewService:
+        if self._reviews is None:
+            raise ToolError("approvals are not enabled on this gateway")
+        return self._reviews
+
+    async def _review_call(self, work: Coroutine[Any, Any, ReviewRecord]) -> ReviewRecord:
+        try:
+            return await work
+        except ReviewError as exc:
+            raise ToolError(exc.message) from None
+
     def _column_rules(self, who: Identity, connection: str) -> ColumnRules:
         """The column masking rules the PostgreSQL door applies to `who` on `connection`,
         of the policy version in force (as gateway/policystore.py picks them)."""
@@ -347,6 +391,17 @@ def _caller(ctx: Context) -> tuple[Identity, str]:
     if _IDENTITY not in scope or _TOKEN not in scope:
         raise ToolError("this call carries no Wardgate credential")
     return scope[_IDENTITY], scope[_TOKEN]
+
+
+def _review_out(record: ReviewRecord) -> dict[str, Any]:
+    """The API's view of a review (`GET /v1/reviews/ID`), and what to do next."""
+    out = review_json(record)
+    if record.status == "pending":
+        out["next"] = (
+            f"another person approves it (wardgate reviews approve {record.id}); "
+            "ask review_status again later"
+        )
+    return out
 
 
 def _base(request: Request) -> str:

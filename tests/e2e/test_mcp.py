@@ -72,7 +72,18 @@ ROLES = [
             {"connection": "pg-app", "access": "read-only"},
             {"connection": "pg-rw", "access": "read-write"},
         ],
-    }
+    },
+    {
+        "name": "devs",
+        "groups": ["dev"],
+        "grants": [
+            {
+                "connection": "pg-hidden",
+                "access": "read-only",
+                "request": {"approvers": {"groups": ["dba"]}, "max_duration": 3600},
+            }
+        ],
+    },
 ]
 
 
@@ -83,6 +94,7 @@ class Stack:
     bot_key: str
     agent_key: str
     dba_token: str
+    dev_token: str  # erin, group dev: may request access to pg-hidden
 
     def call(self, tool: str, arguments: dict[str, Any], token: str | None = None) -> Any:
         return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments))
@@ -155,13 +167,26 @@ def stack(
             assert made.status_code == 201, made.text
             issued = api.post("/v1/service-accounts/bot/keys", json={"scopes": ["pg-*"]})
             assert issued.status_code == 201, issued.text
-        yield Stack(wg, gw, issued.json()["key"], agent_key, gw.local_login("dana", ["dba"]))
+        yield Stack(
+            wg,
+            gw,
+            issued.json()["key"],
+            agent_key,
+            gw.local_login("dana", ["dba"]),
+            gw.local_login("erin", ["dev"]),
+        )
     finally:
         wg.close()
 
 
 def test_the_tools_are_listed(stack: Stack) -> None:
-    assert set(stack.call("tools/list", {})) == {"list_connections", "query", "describe"}
+    assert set(stack.call("tools/list", {})) == {
+        "list_connections",
+        "query",
+        "describe",
+        "request_access",
+        "review_status",
+    }
 
 
 def test_list_connections_shows_only_what_the_identity_may_reach(stack: Stack) -> None:
@@ -347,4 +372,61 @@ def test_a_wide_result_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
     assert out["truncated"] is True
     assert out["note"] == (
         "result truncated after 2 rows: the limit is 262144 bytes (mcp.max_bytes)"
+    )
+
+
+def test_a_person_requests_access_and_follows_it_to_approval(stack: Stack) -> None:
+    asked = stack.call(
+        "request_access",
+        {"connection": "pg-hidden", "duration": 600, "reason": "incident 19"},
+        token=stack.dev_token,
+    )
+    assert not asked.is_error, asked
+    review = asked.structured_content
+    assert (review["kind"], review["status"], review["requester"]) == ("access", "pending", "erin")
+    assert review["next"] == (
+        f"another person approves it (wardgate reviews approve {review['id']}); "
+        "ask review_status again later"
+    )
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+    status = stack.call("review_status", {"review_id": review["id"]}, token=stack.dev_token)
+    assert not status.is_error, status
+    assert status.structured_content["status"] == "approved"
+    assert status.structured_content["grant_expires_at"] is not None
+    assert "next" not in status.structured_content
+    ran = stack.call(
+        "query", {"connection": "pg-hidden", "sql": "select 1 as one"}, token=stack.dev_token
+    )
+    assert ran.structured_content["rows"] == [[1]]
+
+
+def test_a_service_account_key_cannot_request_access(stack: Stack) -> None:
+    result = stack.call(
+        "request_access", {"connection": "pg-hidden", "duration": 600, "reason": "x"}
+    )
+    assert _error_text(result) == (
+        "Error executing tool request_access: access requests are made with a person's own sign-in"
+    )
+
+
+def test_review_status_follows_a_held_query_by_the_id_its_error_names(stack: Stack) -> None:
+    held = stack.call("query", {"connection": "pg-rw", "sql": "insert into slow_lane values (2)"})
+    found = re.search(r"rv_[0-9a-f]{12}", _error_text(held))
+    assert found is not None
+    status = stack.call("review_status", {"review_id": found.group()})
+    assert not status.is_error, status
+    out = status.structured_content
+    assert (out["kind"], out["requester"], out["connection"]) == ("statement", "bot", "pg-rw")
+    assert out["text"] == "insert into slow_lane values (2)"
+    assert out["status"] in {"expired", "cancelled"}, out
+
+
+def test_review_status_of_another_persons_review_is_refused(stack: Stack) -> None:
+    held = stack.call("query", {"connection": "pg-rw", "sql": "insert into slow_lane values (3)"})
+    found = re.search(r"rv_[0-9a-f]{12}", _error_text(held))
+    assert found is not None
+    result = stack.call("review_status", {"review_id": found.group()}, token=stack.dev_token)
+    assert _error_text(result) == (
+        f"Error executing tool review_status: no review '{found.group()}'"
     )
