@@ -42,6 +42,7 @@ from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import identity_of
+from gateway.api.mcpssh import SshExec, SshExecError
 from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.config import McpConfig
@@ -263,6 +264,72 @@ class McpDoor:
                     raise ToolError(f"no review {review_id!r}")
                 return _review_out(record)
 
+        @server.tool()
+        async def ssh_exec(connection: str, command: str, ctx: Context) -> dict[str, Any]:
+            """Run one command on an SSH connection, as you (no terminal, no input). The
+            gateway's command rules, reviews and recording apply; a refused command is an
+            error saying why. Returns stdout, stderr and the exit status, cut at the
+            gateway's byte limit with a note when they are."""
+            async with self._counted("ssh_exec"):
+                return await self._ssh_exec(ctx, connection, command)
+
+    async def _ssh_exec(self, ctx: Context, connection: str, command: str) -> dict[str, Any]:
+        who, token = _caller(ctx)
+        if not self._ssh_host_key:
+            raise ToolError("the SSH door is not served by this gateway")
+        await self._audit_call(ctx, who, "ssh_exec", connection)
+        limit = self._config.max_bytes
+        runner = SshExec(
+            self._loopback.host, self._loopback.port, self._ssh_host_key, self._config.timeout
+        )
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                got = await asyncio.to_thread(
+                    runner.run, who.user, connection, token, command, limit
+                )
+        except SshExecError as exc:
+            raise ToolError(str(exc)) from None
+        except TimeoutError:
+            said = bytes(runner.stderr_seen).decode(errors="replace").splitlines()
+            held = [line.strip() for line in said if "held for review" in line][:1]
+            waiting = f" ({held[0].removeprefix('wardgate: ')})" if held else ""
+            raise ToolError(
+                f"no answer within {self._config.timeout:g}s{waiting}; the command was stopped"
+            ) from None
+        except OSError as exc:  # TimeoutError is one: caught above
+            raise ToolError(f"the SSH door could not be reached: {exc}") from None
+        finally:
+            runner.stop()  # the worker thread gives up at its next look
+        stdout = got.stdout.decode(errors="replace")
+        stderr = got.stderr.decode(errors="replace")
+        if (refusal := _ssh_refusal(got.exit_status, stdout, stderr)) is not None:
+            raise ToolError(refusal)
+        out: dict[str, Any] = {
+            "connection": connection,
+            "exit_status": got.exit_status,
+            "stdout": stdout,
+            "stderr": stderr,
+        }
+        if got.cut:
+            out["truncated"] = True
+            out["note"] = (
+                f"output truncated: the limit is {limit} bytes (mcp.max_bytes); "
+                "the command was stopped"
+            )
+        return out
+
+    async def _audit_call(self, ctx: Context, who: Identity, tool: str, connection: str) -> None:
+        """`mcp.call`: the session a tool opens comes from the gateway itself (loopback);
+        this event names the MCP client's own address, just before the session's events."""
+        peer = getattr(ctx.request_context.request, "client", None)
+        await self._auditor.record(
+            "mcp.call",
+            actor=who.user,
+            tool=tool,
+            connection=connection,
+            client=f"{peer.host}:{peer.port}" if peer else "-",
+        )
+
     def _approvals(self) -> ReviewService:
         if self._reviews is None:
             raise ToolError("approvals are not enabled on this gateway")
@@ -305,16 +372,7 @@ class McpDoor:
         params: dict[str, Any] | None,
     ) -> dict[str, Any]:
         who, token = _caller(ctx)
-        # The session this opens comes from the gateway itself (loopback): this event names
-        # the MCP client's own address, just before the session's events.
-        peer = getattr(ctx.request_context.request, "client", None)
-        await self._auditor.record(
-            "mcp.call",
-            actor=who.user,
-            tool=tool,
-            connection=connection,
-            client=f"{peer.host}:{peer.port}" if peer else "-",
-        )
+        await self._audit_call(ctx, who, tool, connection)
         held: list[str] = []  # the door's notice when the statement waits for a review
         try:
             async with asyncio.timeout(self._config.timeout):
@@ -391,6 +449,17 @@ def _caller(ctx: Context) -> tuple[Identity, str]:
     if _IDENTITY not in scope or _TOKEN not in scope:
         raise ToolError("this call carries no Wardgate credential")
     return scope[_IDENTITY], scope[_TOKEN]
+
+
+def _ssh_refusal(status: int | None, stdout: str, stderr: str) -> str | None:
+    """The SSH door's own refusal (a session it would not open: exit 1; a refused or denied
+    command: 126), in its words without the `wardgate:` prefix; None for the command's own."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if status not in (1, 126) or stdout or not lines:
+        return None
+    if not all(line.startswith("wardgate:") for line in lines):
+        return None
+    return "\n".join(line.removeprefix("wardgate:").strip() for line in lines)
 
 
 def _review_out(record: ReviewRecord) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from gateway.crypto import SecretBox
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.sshd import start_sshd
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +82,8 @@ ROLES = [
                 "connection": "pg-hidden",
                 "access": "read-only",
                 "request": {"approvers": {"groups": ["dba"]}, "max_duration": 3600},
-            }
+            },
+            {"connection": "web-1", "access": "read-write"},
         ],
     },
 ]
@@ -140,6 +142,7 @@ def stack(
             "insert into customers select g, 'name ' || g, 'c' || g || '@example.com'"
             " from generate_series(1, 500) g"
         )
+    sshd = start_sshd(tmp_path_factory.mktemp("mcp-sshd"))
     wg = Wardgate(tmp_path_factory.mktemp("mcp"))
     try:
         gw = wg.gateway(
@@ -162,6 +165,16 @@ def stack(
                 username="mcp_app",
                 password=APP_PASSWORD,
             )
+        gw.create_connection(
+            name="web-1",
+            type="ssh",
+            host="127.0.0.1",
+            port=sshd.port,
+            username=sshd.user,
+            private_key=f"file:{sshd.client_key}",
+            host_key=sshd.host_fingerprint,
+            options={"ssh_deny_exec": "rm *"},
+        )
         with gw.api() as api:
             made = api.post("/v1/service-accounts", json={"name": "bot", "groups": ["analysts"]})
             assert made.status_code == 201, made.text
@@ -177,6 +190,7 @@ def stack(
         )
     finally:
         wg.close()
+        sshd.proc.stop()
 
 
 def test_the_tools_are_listed(stack: Stack) -> None:
@@ -186,6 +200,7 @@ def test_the_tools_are_listed(stack: Stack) -> None:
         "describe",
         "request_access",
         "review_status",
+        "ssh_exec",
     }
 
 
@@ -429,4 +444,54 @@ def test_review_status_of_another_persons_review_is_refused(stack: Stack) -> Non
     result = stack.call("review_status", {"review_id": found.group()}, token=stack.dev_token)
     assert _error_text(result) == (
         f"Error executing tool review_status: no review '{found.group()}'"
+    )
+
+
+def test_ssh_exec_returns_stdout_stderr_and_the_exit_status(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "echo out; echo err >&2; exit 3"},
+        token=stack.dev_token,
+    )
+    assert not result.is_error, result
+    assert result.structured_content == {
+        "connection": "web-1",
+        "exit_status": 3,
+        "stdout": "out\n",
+        "stderr": "err\n",
+    }
+    execs = [e for e in stack.gw.audit("ssh.exec") if e["actor"] == "erin"]
+    assert execs[-1]["data"]["command"] == "echo out; echo err >&2; exit 3"
+
+
+def test_ssh_exec_of_a_command_the_connection_refuses_is_a_tool_error(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "rm -rf /tmp/wardgate-nothing-here"},
+        token=stack.dev_token,
+    )
+    assert _error_text(result) == (
+        "Error executing tool ssh_exec: command refused by pattern 'rm *' "
+        "(connection 'web-1', user 'erin')"
+    )
+
+
+def test_ssh_exec_without_access_to_the_connection_is_refused(stack: Stack) -> None:
+    text = _error_text(stack.call("ssh_exec", {"connection": "web-1", "command": "id"}))
+    assert text.startswith("Error executing tool ssh_exec: "), text
+    assert "'bot'" in text and "web-1" in text, text
+
+
+def test_ssh_exec_output_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "head -c 400000 /dev/zero | tr '\\0' x"},
+        token=stack.dev_token,
+    )
+    out = result.structured_content
+    assert out["stdout"] == "x" * 262144
+    assert out["exit_status"] is None
+    assert out["truncated"] is True
+    assert out["note"] == (
+        "output truncated: the limit is 262144 bytes (mcp.max_bytes); the command was stopped"
     )
