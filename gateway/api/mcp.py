@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -41,6 +42,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
+from gateway.api import mcpkube
 from gateway.api.deps import identity_of
 from gateway.api.mcpssh import SshExec, SshExecError
 from gateway.audit import Auditor
@@ -272,6 +274,60 @@ class McpDoor:
             gateway's byte limit with a note when they are."""
             async with self._counted("ssh_exec"):
                 return await self._ssh_exec(ctx, connection, command)
+
+        @server.tool()
+        async def kube(
+            connection: str,
+            path: str,
+            ctx: Context,
+            method: str = "GET",
+            body: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            """One Kubernetes API request on a kubernetes connection, as you: `path` is the
+            API path (`/api/v1/namespaces/default/pods` lists pods, `.../pods/NAME` gets one,
+            `.../pods/NAME/log?tailLines=100` reads logs), `method` GET by default; writes
+            (POST, PUT, PATCH as a JSON merge patch, DELETE) where the gateway's policy
+            allows them. No watch or follow. A refusal says why; a body past the gateway's
+            byte limit is cut, with a note."""
+            async with self._counted("kube"):
+                return await self._kube(ctx, connection, path, method, body)
+
+    async def _kube(
+        self, ctx: Context, connection: str, path: str, method: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        who, token = _caller(ctx)
+        try:
+            mcpkube.check_request(connection, method, path)
+        except mcpkube.KubeCallError as exc:
+            raise ToolError(str(exc)) from None
+        await self._audit_call(ctx, who, "kube", connection)
+        host = f"[{self._loopback.host}]" if ":" in self._loopback.host else self._loopback.host
+        limit = self._config.max_bytes
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                got = await mcpkube.send(
+                    f"https://{host}:{self._loopback.port}",
+                    self._loopback.ca_path,
+                    token,
+                    connection,
+                    method,
+                    path,
+                    body,
+                    limit,
+                )
+        except mcpkube.KubeCallError as exc:
+            raise ToolError(str(exc)) from None
+        except TimeoutError:
+            raise ToolError(
+                f"no answer within {self._config.timeout:g}s; the request was abandoned"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ToolError(f"the Kubernetes door could not be reached: {exc}") from None
+        out: dict[str, Any] = {"connection": connection, "status": got.status, "body": got.body}
+        if got.cut:
+            out["truncated"] = True
+            out["note"] = f"body truncated: the limit is {limit} bytes (mcp.max_bytes)"
+        return out
 
     async def _ssh_exec(self, ctx: Context, connection: str, command: str) -> dict[str, Any]:
         who, token = _caller(ctx)

@@ -9,6 +9,7 @@ the account's API key as its bearer token, as Claude or the inspector would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import ssl
@@ -27,6 +28,7 @@ from mcp_types import CallToolResult, TextContent
 from psycopg import sql
 
 from gateway.crypto import SecretBox
+from tests.fixtures.kube_apiserver import KubeApiServerDouble, running_double
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.sshd import start_sshd
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
@@ -65,6 +67,16 @@ POLICY = {
         }
     ],
 }
+KUBE_POLICY = {
+    "rules": [
+        {
+            "name": "no-deleting",
+            "effect": "deny",
+            "message": "pods are not deleted by hand",
+            "match": {"verbs": ["delete"]},
+        }
+    ]
+}
 ROLES = [
     {
         "name": "analysts",
@@ -84,6 +96,7 @@ ROLES = [
                 "request": {"approvers": {"groups": ["dba"]}, "max_duration": 3600},
             },
             {"connection": "web-1", "access": "read-write"},
+            {"connection": "kube-dev", "access": "read-write"},
         ],
     },
 ]
@@ -96,7 +109,8 @@ class Stack:
     bot_key: str
     agent_key: str
     dba_token: str
-    dev_token: str  # erin, group dev: may request access to pg-hidden
+    dev_token: str  # erin, group dev: may request access to pg-hidden, use web-1, kube-dev
+    double: KubeApiServerDouble  # the kube-apiserver TEST DOUBLE behind kube-dev
 
     def call(self, tool: str, arguments: dict[str, Any], token: str | None = None) -> Any:
         return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments))
@@ -143,6 +157,8 @@ def stack(
             " from generate_series(1, 500) g"
         )
     sshd = start_sshd(tmp_path_factory.mktemp("mcp-sshd"))
+    later = contextlib.ExitStack()  # the double stops last: after the agent's connections
+    double = later.enter_context(running_double(tmp_path_factory.mktemp("mcp-kube")))
     wg = Wardgate(tmp_path_factory.mktemp("mcp"))
     try:
         gw = wg.gateway(
@@ -152,6 +168,7 @@ def stack(
             identity={"local_users": True},
             reviews={"poll_interval": 0.5},
             mcp={"max_rows": 50},
+            kubernetes=KUBE_POLICY,
         )
         agent_key = gw.create_agent("default")
         wg.agent(gw, agent_key, wait="default")
@@ -175,6 +192,16 @@ def stack(
             host_key=sshd.host_fingerprint,
             options={"ssh_deny_exec": "rm *"},
         )
+        token_file = tmp_path_factory.mktemp("mcp-kube-token") / "cluster-token"
+        token_file.write_text(double.token + "\n")
+        gw.create_connection(
+            name="kube-dev",
+            type="kubernetes",
+            host="127.0.0.1",
+            port=double.port,
+            options={"auth": "token", "certificate_authority": str(double.ca_path)},
+            secrets={"token": f"file:{token_file}"},
+        )
         with gw.api() as api:
             made = api.post("/v1/service-accounts", json={"name": "bot", "groups": ["analysts"]})
             assert made.status_code == 201, made.text
@@ -187,9 +214,11 @@ def stack(
             agent_key,
             gw.local_login("dana", ["dba"]),
             gw.local_login("erin", ["dev"]),
+            double,
         )
     finally:
         wg.close()
+        later.close()
         sshd.proc.stop()
 
 
@@ -201,6 +230,7 @@ def test_the_tools_are_listed(stack: Stack) -> None:
         "request_access",
         "review_status",
         "ssh_exec",
+        "kube",
     }
 
 
@@ -495,3 +525,58 @@ def test_ssh_exec_output_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
     assert out["note"] == (
         "output truncated: the limit is 262144 bytes (mcp.max_bytes); the command was stopped"
     )
+
+
+def test_kube_lists_pods_and_reads_a_log_as_the_caller(stack: Stack) -> None:
+    listed = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/namespaces/default/pods"},
+        token=stack.dev_token,
+    )
+    assert not listed.is_error, listed
+    out = listed.structured_content
+    assert out["status"] == 200
+    assert [p["metadata"]["name"] for p in out["body"]["items"]] == ["web-1", "web-2"]
+    logs = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/namespaces/default/pods/web-1/log"},
+        token=stack.dev_token,
+    )
+    assert logs.structured_content["body"] == "starting\nready\n"
+    seen = [e for e in stack.gw.audit("k8s.request") if e["actor"] == "erin"]
+    assert seen[-1]["data"]["verb"] == "get"
+
+
+def test_kube_a_delete_the_policy_denies_is_a_tool_error_and_never_sent(stack: Stack) -> None:
+    result = stack.call(
+        "kube",
+        {
+            "connection": "kube-dev",
+            "path": "/api/v1/namespaces/default/pods/web-2",
+            "method": "DELETE",
+        },
+        token=stack.dev_token,
+    )
+    text = _error_text(result)
+    assert text.startswith("Error executing tool kube: 403 Forbidden: "), text
+    assert "pods are not deleted by hand" in text
+    assert ("default", "web-2") in stack.double.pods
+    assert not [r for r in stack.double.requests if r["method"] == "DELETE"]
+
+
+def test_kube_a_watch_is_refused_before_anything_is_sent(stack: Stack) -> None:
+    result = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/pods?watch=true"},
+        token=stack.dev_token,
+    )
+    assert _error_text(result) == (
+        "Error executing tool kube: watch=true streams without end; ask without it"
+    )
+
+
+def test_kube_without_access_to_the_connection_is_refused(stack: Stack) -> None:
+    result = stack.call("kube", {"connection": "kube-dev", "path": "/api/v1/pods"})
+    text = _error_text(result)
+    assert text.startswith("Error executing tool kube: 403 Forbidden: "), text
+    assert "'bot'" in text, text
