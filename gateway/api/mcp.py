@@ -24,6 +24,7 @@ import base64
 import contextlib
 import datetime as dt
 import decimal
+import itertools
 import json
 import logging
 import uuid
@@ -40,7 +41,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import Counter
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.api import mcpkube
 from gateway.api.deps import identity_of
@@ -56,12 +57,15 @@ from gateway.reviews import ReviewError, ReviewService, review_json
 from gateway.sessions import SessionBroker
 from gateway.store import ReviewRecord, Store
 from shared.lineage.model import Source
+from shared.tasks import TaskOwner
 from shared.version import __version__
 
 PATH = "/mcp"
 METADATA = "/.well-known/oauth-protected-resource"
 _IDENTITY = "wardgate.identity"  # ASGI scope keys: the caller, checked before the SDK runs
 _TOKEN = "wardgate.token"  # noqa: S105 - a scope key, not a secret
+MAX_BODY = 4 * 1024 * 1024  # a JSON-RPC request: SQL, a command or a Kubernetes object
+PROGRESS_INTERVAL = 5.0  # seconds between progress notifications while a statement is held
 APPLICATION_NAME = "wardgate-mcp"  # in the session's startup options: the audit says "via MCP"
 
 DESCRIBE_SQL = """
@@ -114,25 +118,34 @@ class McpDoor:
         self._loopback = loopback
         self._config = config
         self._calls = calls
-        self.server: MCPServer[Any] = MCPServer(
+        # Two servers with the same tools: JSON answers (one body per POST), and server-sent
+        # events for a call that asks for progress (`_meta.progressToken`): JSON has no wire
+        # for the notifications a held statement sends while it waits for its review.
+        self.server = self._server()
+        self._streaming = self._server()
+        # The SDK logs each request and each failed call at INFO; the audit has them already.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        # Stateless: every request stands alone. Bearer credentials, not cookies, make a
+        # DNS-rebinding page useless, and the gateway answers to any of its names.
+        for server, json_response in ((self.server, True), (self._streaming, False)):
+            server.streamable_http_app(
+                stateless_http=True,
+                json_response=json_response,
+                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            )
+
+    def _server(self) -> MCPServer[Any]:
+        server: MCPServer[Any] = MCPServer(
             "wardgate",
             version=__version__,
             instructions="Wardgate: reach databases through an access gateway that checks, "
             "masks and audits every statement as the calling identity.",
         )
-        self._tools()
-        # The SDK logs each request and each failed call at INFO; the audit has them already.
-        logging.getLogger("mcp").setLevel(logging.WARNING)
-        # Stateless and JSON: every request stands alone. Bearer credentials, not cookies,
-        # make a DNS-rebinding page useless, and the gateway answers to any of its names.
-        self.server.streamable_http_app(
-            stateless_http=True,
-            json_response=True,
-            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        )
+        self._tools(server)
+        return server
 
     async def run(self) -> None:
-        async with self.server.session_manager.run():
+        async with self.server.session_manager.run(), self._streaming.session_manager.run():
             await asyncio.Event().wait()  # until the gateway stops (cancelled)
 
     # ---- HTTP edges ------------------------------------------------------------------
@@ -174,13 +187,23 @@ class McpDoor:
             return
         scope[_IDENTITY] = who
         scope[_TOKEN] = request.headers["authorization"].partition(" ")[2].strip()
-        await self.server.session_manager.handle_request(scope, receive, send)
+        server = self.server
+        if scope.get("method") == "POST":
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    answer = JSONResponse({"detail": "request body too large"}, 413)
+                    await answer(scope, receive, send)
+                    return
+            if _asks_progress(bytes(body)):
+                server = self._streaming
+            receive = _replay(bytes(body), receive)
+        await server.session_manager.handle_request(scope, receive, send)
 
     # ---- tools -----------------------------------------------------------------------
 
-    def _tools(self) -> None:
-        server = self.server
-
+    def _tools(self, server: MCPServer[Any]) -> None:
         @server.tool()
         async def list_connections(ctx: Context) -> dict[str, Any]:
             """The connections you may reach through Wardgate: name, type (postgres, ssh,
@@ -444,18 +467,37 @@ class McpDoor:
                     connect_timeout=max(1, int(self._config.timeout)),
                     autocommit=True,
                 )
-                conn.add_notice_handler(
-                    lambda d: held.append(_text(d)) if "held for review" in _text(d) else None
-                )
-                async with conn:
-                    return await self._fetch(conn, connection, sql, params)
+                waiting = asyncio.Event()
+
+                def notice(diag: psycopg.errors.Diagnostic) -> None:
+                    if "held for review" in _text(diag):
+                        held.append(_text(diag))
+                        waiting.set()
+
+                conn.add_notice_handler(notice)
+                owner = TaskOwner("mcp query")
+                try:
+                    async with conn:
+                        owner.spawn(self._progress(ctx, held, waiting), name="held progress")
+                        return await self._fetch(conn, connection, sql, params)
+                finally:
+                    await owner.aclose()
         except psycopg.Error as exc:
             raise ToolError(_refusal(exc)) from None
         except TimeoutError:
-            waiting = f" ({held[-1]})" if held else ""
+            why = f" ({held[-1]})" if held else ""
             raise ToolError(
-                f"no answer within {self._config.timeout:g}s{waiting}; the statement did not run"
+                f"no answer within {self._config.timeout:g}s{why}; the statement did not run"
             ) from None
+
+    async def _progress(self, ctx: Context, held: list[str], waiting: asyncio.Event) -> None:
+        """While the statement waits for its review: a progress notification now and every
+        PROGRESS_INTERVAL seconds, naming the review (sent only to a caller that asked for
+        progress; the JSON answers have no wire for them)."""
+        await waiting.wait()
+        for beat in itertools.count(1):
+            await ctx.report_progress(beat, None, f"{held[-1]}; waiting for the decision")
+            await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def _fetch(
         self,
@@ -527,6 +569,33 @@ def _review_out(record: ReviewRecord) -> dict[str, Any]:
             "ask review_status again later"
         )
     return out
+
+
+def _asks_progress(body: bytes) -> bool:
+    """Whether this JSON-RPC request carries a progress token (then it is answered as
+    server-sent events, which can carry the progress notifications)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and meta.get("progressToken") is not None
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """An ASGI `receive` that hands the SDK the body already read, then the server's own
+    (its next message is the client's disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 def _base(request: Request) -> str:

@@ -112,11 +112,29 @@ class Stack:
     dev_token: str  # erin, group dev: may request access to pg-hidden, use web-1, kube-dev
     double: KubeApiServerDouble  # the kube-apiserver TEST DOUBLE behind kube-dev
 
-    def call(self, tool: str, arguments: dict[str, Any], token: str | None = None) -> Any:
-        return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments))
+    def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        token: str | None = None,
+        progress: list[str | None] | None = None,
+    ) -> Any:
+        return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments, progress))
 
 
-async def _call(gw: GatewayProc, token: str, tool: str, arguments: dict[str, Any]) -> Any:
+async def _call(
+    gw: GatewayProc,
+    token: str,
+    tool: str,
+    arguments: dict[str, Any],
+    progress: list[str | None] | None = None,
+) -> Any:
+    """One call; with `progress`, the call asks for progress and keeps each message."""
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        assert progress is not None
+        progress.append(message)
+
     verify = ssl.create_default_context(cafile=str(gw.ca_path))
     async with (
         httpx2.AsyncClient(
@@ -128,6 +146,8 @@ async def _call(gw: GatewayProc, token: str, tool: str, arguments: dict[str, Any
         await session.initialize()
         if tool == "tools/list":
             return [t.name for t in (await session.list_tools()).tools]
+        if progress is not None:
+            return await session.call_tool(tool, arguments, progress_callback=on_progress)
         return await session.call_tool(tool, arguments)
 
 
@@ -580,3 +600,30 @@ def test_kube_without_access_to_the_connection_is_refused(stack: Stack) -> None:
     text = _error_text(result)
     assert text.startswith("Error executing tool kube: 403 Forbidden: "), text
     assert "'bot'" in text, text
+
+
+def test_a_held_query_sends_progress_naming_its_review_until_approved(stack: Stack) -> None:
+    outcome: dict[str, Any] = {}
+    progress: list[str | None] = []
+    update = "update customers set name = 'progressed' where id = 8"
+
+    def call() -> None:
+        outcome["result"] = stack.call(
+            "query", {"connection": "pg-rw", "sql": update}, progress=progress
+        )
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    message = wait_for(lambda: list(progress), "a progress notification")[0]
+    assert message is not None
+    found = re.search(r"statement held for review (rv_[0-9a-f]{12}): ", message)
+    assert found is not None, message
+    assert message.endswith("; waiting for the decision"), message
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{found.group(1)}/approve", json={}).status_code == 200
+    thread.join(60)
+    result = outcome["result"]
+    assert not result.is_error, result
+    assert result.structured_content["status"] == "done (the statement returns no rows)"
+    with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
+        assert conn.execute("select name from customers where id = 8").fetchone() == ("progressed",)
