@@ -127,13 +127,13 @@ async def _call(
     token: str,
     tool: str,
     arguments: dict[str, Any],
-    progress: list[str | None] | None = None,
+    messages: list[str | None] | None = None,
 ) -> Any:
-    """One call; with `progress`, the call asks for progress and keeps each message."""
+    """One call; with `messages`, the call asks for progress and keeps each message."""
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        assert progress is not None
-        progress.append(message)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        assert messages is not None
+        messages.append(message)
 
     verify = ssl.create_default_context(cafile=str(gw.ca_path))
     async with (
@@ -146,7 +146,7 @@ async def _call(
         await session.initialize()
         if tool == "tools/list":
             return [t.name for t in (await session.list_tools()).tools]
-        if progress is not None:
+        if messages is not None:
             return await session.call_tool(tool, arguments, progress_callback=on_progress)
         return await session.call_tool(tool, arguments)
 
