@@ -528,8 +528,12 @@ def test_ssh_exec_of_a_command_the_connection_refuses_is_a_tool_error(stack: Sta
 
 def test_ssh_exec_without_access_to_the_connection_is_refused(stack: Stack) -> None:
     text = _error_text(stack.call("ssh_exec", {"connection": "web-1", "command": "id"}))
-    assert text.startswith("Error executing tool ssh_exec: "), text
-    assert "'bot'" in text and "web-1" in text, text
+    assert text == (
+        "Error executing tool ssh_exec: user 'bot' has no access to connection 'web-1'\n"
+        "`wardgate whoami` lists the connections you may use."
+    )
+    calls = [e for e in stack.gw.audit("mcp.call") if e["data"]["tool"] == "ssh_exec"]
+    assert (calls[-1]["actor"], calls[-1]["data"]["connection"]) == ("bot", "web-1")
 
 
 def test_ssh_exec_output_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
@@ -597,9 +601,10 @@ def test_kube_a_watch_is_refused_before_anything_is_sent(stack: Stack) -> None:
 
 def test_kube_without_access_to_the_connection_is_refused(stack: Stack) -> None:
     result = stack.call("kube", {"connection": "kube-dev", "path": "/api/v1/pods"})
-    text = _error_text(result)
-    assert text.startswith("Error executing tool kube: 403 Forbidden: "), text
-    assert "'bot'" in text, text
+    assert _error_text(result) == (
+        "Error executing tool kube: 403 Forbidden: "
+        "Wardgate: user 'bot' has no access to connection 'kube-dev'"
+    )
 
 
 def test_a_held_query_sends_progress_naming_its_review_until_approved(stack: Stack) -> None:
