@@ -16,6 +16,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -210,7 +211,11 @@ def stack(
             username=sshd.user,
             private_key=f"file:{sshd.client_key}",
             host_key=sshd.host_fingerprint,
-            options={"ssh_deny_exec": "rm *"},
+            options={
+                "ssh_deny_exec": "rm *",
+                "ssh_review_exec": "touch *",
+                "ssh_review": "{approvers: {groups: [dba]}, timeout: 120}",
+            },
         )
         token_file = tmp_path_factory.mktemp("mcp-kube-token") / "cluster-token"
         token_file.write_text(double.token + "\n")
@@ -632,3 +637,34 @@ def test_a_held_query_sends_progress_naming_its_review_until_approved(stack: Sta
     assert result.structured_content["status"] == "done (the statement returns no rows)"
     with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
         assert conn.execute("select name from customers where id = 8").fetchone() == ("progressed",)
+
+
+def test_ssh_exec_of_a_held_command_runs_once_another_person_approves_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    marker = tmp_path / "approved-marker"
+    command = f"touch {marker} && echo touched"
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        outcome["result"] = stack.call(
+            "ssh_exec", {"connection": "web-1", "command": command}, token=stack.dev_token
+        )
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+
+    def pending() -> list[dict[str, Any]]:
+        with stack.gw.api(stack.dba_token) as api:
+            listed = api.get("/v1/reviews", params={"status": "pending"}).json()
+        return [r for r in listed if r["requester"] == "erin" and r["text"] == command]
+
+    review = wait_for(pending, "the held command")[0]
+    assert not marker.exists()
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+    thread.join(60)
+    out = outcome["result"].structured_content
+    assert (out["exit_status"], out["stdout"]) == (0, "touched\n")
+    assert f"command held for review {review['id']}" in out["stderr"]
+    assert marker.exists()
