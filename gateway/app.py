@@ -372,7 +372,9 @@ class Gateway:
             recordings=cfg.data_dir / "recordings",
             terminator=terminator,
         )
-        # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback.
+        # AI agents at /mcp: their SQL goes through the PostgreSQL door below, on loopback,
+        # their commands through the SSH door (whose host key they pin).
+        host_key = await asyncio.to_thread(load_host_key, cfg.data_dir)
         mcp_door = McpDoor(
             store,
             broker,
@@ -382,6 +384,8 @@ class Gateway:
             guardrails,
             policy,
             auditor,
+            self.reviews,
+            ssh_host_key=f"{host_key.get_name()} {host_key.get_base64()}",
         )
         mcp_door.mount(app)
         self._tasks.spawn(mcp_door.run(), name="mcp")
@@ -428,7 +432,7 @@ class Gateway:
         self.frontdoor.alpn_handlers["postgresql"] = postgres.direct_tls
         # SSH: the host key lives in the data directory, so clients' known_hosts stay valid.
         ssh_door = SshFrontDoor(
-            await asyncio.to_thread(load_host_key, cfg.data_dir),
+            host_key,
             store,
             authenticator,
             broker,

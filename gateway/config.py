@@ -290,8 +290,9 @@ class McpConfig(BaseModel):
     # a note saying so: a model's context is small, and every row read counts in budgets.
     max_rows: int = Field(default=200, ge=1, le=100_000)
     max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
-    # Seconds a tool call may take, connecting included; a statement held for review fails
-    # fast with its review id instead of waiting (waiting for the decision: a later step).
+    # Seconds a tool call may take, connecting included; a statement held for review waits
+    # for its decision within it (with progress notifications when asked), then fails
+    # naming its review id.
     timeout: float = Field(default=60.0, gt=0)
 
 

@@ -24,14 +24,16 @@ import base64
 import contextlib
 import datetime as dt
 import decimal
+import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -39,9 +41,11 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import Counter
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api import mcpkube
 from gateway.api.deps import identity_of
+from gateway.api.mcpssh import SshExec, SshExecError
 from gateway.audit import Auditor
 from gateway.auth import Identity
 from gateway.config import McpConfig
@@ -49,15 +53,19 @@ from gateway.policy.grants import AccessPolicy
 from gateway.policy.lineage import ColumnRules
 from gateway.policy.rules import subject_for
 from gateway.policystore import PolicyView
+from gateway.reviews import ReviewError, ReviewService, review_json
 from gateway.sessions import SessionBroker
-from gateway.store import Store
+from gateway.store import ReviewRecord, Store
 from shared.lineage.model import Source
+from shared.tasks import TaskOwner
 from shared.version import __version__
 
 PATH = "/mcp"
 METADATA = "/.well-known/oauth-protected-resource"
 _IDENTITY = "wardgate.identity"  # ASGI scope keys: the caller, checked before the SDK runs
 _TOKEN = "wardgate.token"  # noqa: S105 - a scope key, not a secret
+MAX_BODY = 4 * 1024 * 1024  # a JSON-RPC request: SQL, a command or a Kubernetes object
+PROGRESS_INTERVAL = 5.0  # seconds between progress notifications while a statement is held
 APPLICATION_NAME = "wardgate-mcp"  # in the session's startup options: the audit says "via MCP"
 
 DESCRIBE_SQL = """
@@ -96,8 +104,13 @@ class McpDoor:
         guardrails: PolicyView,
         access: AccessPolicy,
         auditor: Auditor,
+        reviews: ReviewService | None = None,
+        *,
+        ssh_host_key: str = "",
     ) -> None:
         self._store = store
+        self._ssh_host_key = ssh_host_key  # the SSH door's, pinned by `ssh_exec` ("": none)
+        self._reviews = reviews  # None: approvals are off on this gateway
         self._auditor = auditor
         self._broker = broker
         self._guardrails = guardrails  # the masking rules, to mark masked columns
@@ -105,25 +118,34 @@ class McpDoor:
         self._loopback = loopback
         self._config = config
         self._calls = calls
-        self.server: MCPServer[Any] = MCPServer(
+        # Two servers with the same tools: JSON answers (one body per POST), and server-sent
+        # events for a call that asks for progress (`_meta.progressToken`): JSON has no wire
+        # for the notifications a held statement sends while it waits for its review.
+        self.server = self._server()
+        self._streaming = self._server()
+        # The SDK logs each request and each failed call at INFO; the audit has them already.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        # Stateless: every request stands alone. Bearer credentials, not cookies, make a
+        # DNS-rebinding page useless, and the gateway answers to any of its names.
+        for server, json_response in ((self.server, True), (self._streaming, False)):
+            server.streamable_http_app(
+                stateless_http=True,
+                json_response=json_response,
+                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            )
+
+    def _server(self) -> MCPServer[Any]:
+        server: MCPServer[Any] = MCPServer(
             "wardgate",
             version=__version__,
             instructions="Wardgate: reach databases through an access gateway that checks, "
             "masks and audits every statement as the calling identity.",
         )
-        self._tools()
-        # The SDK logs each request and each failed call at INFO; the audit has them already.
-        logging.getLogger("mcp").setLevel(logging.WARNING)
-        # Stateless and JSON: every request stands alone. Bearer credentials, not cookies,
-        # make a DNS-rebinding page useless, and the gateway answers to any of its names.
-        self.server.streamable_http_app(
-            stateless_http=True,
-            json_response=True,
-            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        )
+        self._tools(server)
+        return server
 
     async def run(self) -> None:
-        async with self.server.session_manager.run():
+        async with self.server.session_manager.run(), self._streaming.session_manager.run():
             await asyncio.Event().wait()  # until the gateway stops (cancelled)
 
     # ---- HTTP edges ------------------------------------------------------------------
@@ -165,13 +187,23 @@ class McpDoor:
             return
         scope[_IDENTITY] = who
         scope[_TOKEN] = request.headers["authorization"].partition(" ")[2].strip()
-        await self.server.session_manager.handle_request(scope, receive, send)
+        server = self.server
+        if scope.get("method") == "POST":
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    answer = JSONResponse({"detail": "request body too large"}, 413)
+                    await answer(scope, receive, send)
+                    return
+            if _asks_progress(bytes(body)):
+                server = self._streaming
+            receive = _replay(bytes(body), receive)
+        await server.session_manager.handle_request(scope, receive, send)
 
     # ---- tools -----------------------------------------------------------------------
 
-    def _tools(self) -> None:
-        server = self.server
-
+    def _tools(self, server: MCPServer[Any]) -> None:
         @server.tool()
         async def list_connections(ctx: Context) -> dict[str, Any]:
             """The connections you may reach through Wardgate: name, type (postgres, ssh,
@@ -230,6 +262,164 @@ class McpDoor:
                     out["note"] = result["note"]
                 return out
 
+        @server.tool()
+        async def request_access(
+            connection: str, duration: int, reason: str, ctx: Context
+        ) -> dict[str, Any]:
+            """Ask for time-boxed access to a connection your roles let you request
+            (`list_connections` says `on_request`): `duration` in seconds, `reason` for
+            the reviewers. Another person approves it; `review_status` follows it."""
+            async with self._counted("request_access"):
+                who, _ = _caller(ctx)
+                record = await self._review_call(
+                    self._approvals().request_access(
+                        who, connection=connection, duration=duration, reason=reason
+                    )
+                )
+                return _review_out(record)
+
+        @server.tool()
+        async def review_status(review_id: str, ctx: Context) -> dict[str, Any]:
+            """The status of one of your own reviews: an access request (`request_access`)
+            or a statement held for review (its id is in the `query` error, `rv_...`)."""
+            async with self._counted("review_status"):
+                who, _ = _caller(ctx)
+                record = await self._review_call(self._approvals().visible(who, review_id))
+                if record.requester != who.user:  # the caller's own, as `/v1/requests` lists
+                    raise ToolError(f"no review {review_id!r}")
+                return _review_out(record)
+
+        @server.tool()
+        async def ssh_exec(connection: str, command: str, ctx: Context) -> dict[str, Any]:
+            """Run one command on an SSH connection, as you (no terminal, no input). The
+            gateway's command rules, reviews and recording apply; a refused command is an
+            error saying why. Returns stdout, stderr and the exit status, cut at the
+            gateway's byte limit with a note when they are."""
+            async with self._counted("ssh_exec"):
+                return await self._ssh_exec(ctx, connection, command)
+
+        @server.tool()
+        async def kube(
+            connection: str,
+            path: str,
+            ctx: Context,
+            method: str = "GET",
+            body: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            """One Kubernetes API request on a kubernetes connection, as you: `path` is the
+            API path (`/api/v1/namespaces/default/pods` lists pods, `.../pods/NAME` gets one,
+            `.../pods/NAME/log?tailLines=100` reads logs), `method` GET by default; writes
+            (POST, PUT, PATCH as a JSON merge patch, DELETE) where the gateway's policy
+            allows them. No watch or follow. A refusal says why; a body past the gateway's
+            byte limit is cut, with a note."""
+            async with self._counted("kube"):
+                return await self._kube(ctx, connection, path, method, body)
+
+    async def _kube(
+        self, ctx: Context, connection: str, path: str, method: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        who, token = _caller(ctx)
+        try:
+            mcpkube.check_request(connection, method, path)
+        except mcpkube.KubeCallError as exc:
+            raise ToolError(str(exc)) from None
+        await self._audit_call(ctx, who, "kube", connection)
+        host = f"[{self._loopback.host}]" if ":" in self._loopback.host else self._loopback.host
+        limit = self._config.max_bytes
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                got = await mcpkube.send(
+                    f"https://{host}:{self._loopback.port}",
+                    self._loopback.ca_path,
+                    token,
+                    connection,
+                    method,
+                    path,
+                    body,
+                    limit,
+                )
+        except mcpkube.KubeCallError as exc:
+            raise ToolError(str(exc)) from None
+        except TimeoutError:
+            raise ToolError(
+                f"no answer within {self._config.timeout:g}s; the request was abandoned"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ToolError(f"the Kubernetes door could not be reached: {exc}") from None
+        out: dict[str, Any] = {"connection": connection, "status": got.status, "body": got.body}
+        if got.cut:
+            out["truncated"] = True
+            out["note"] = f"body truncated: the limit is {limit} bytes (mcp.max_bytes)"
+        return out
+
+    async def _ssh_exec(self, ctx: Context, connection: str, command: str) -> dict[str, Any]:
+        who, token = _caller(ctx)
+        if not self._ssh_host_key:
+            raise ToolError("the SSH door is not served by this gateway")
+        await self._audit_call(ctx, who, "ssh_exec", connection)
+        limit = self._config.max_bytes
+        runner = SshExec(
+            self._loopback.host, self._loopback.port, self._ssh_host_key, self._config.timeout
+        )
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                got = await asyncio.to_thread(
+                    runner.run, who.user, connection, token, command, limit
+                )
+        except SshExecError as exc:
+            raise ToolError(str(exc)) from None
+        except TimeoutError:
+            said = bytes(runner.stderr_seen).decode(errors="replace").splitlines()
+            held = [line.strip() for line in said if "held for review" in line][:1]
+            waiting = f" ({held[0].removeprefix('wardgate: ')})" if held else ""
+            raise ToolError(
+                f"no answer within {self._config.timeout:g}s{waiting}; the command was stopped"
+            ) from None
+        except OSError as exc:  # TimeoutError is one: caught above
+            raise ToolError(f"the SSH door could not be reached: {exc}") from None
+        finally:
+            runner.stop()  # the worker thread gives up at its next look
+        stdout = got.stdout.decode(errors="replace")
+        stderr = got.stderr.decode(errors="replace")
+        if (refusal := _ssh_refusal(got.exit_status, stdout, stderr)) is not None:
+            raise ToolError(refusal)
+        out: dict[str, Any] = {
+            "connection": connection,
+            "exit_status": got.exit_status,
+            "stdout": stdout,
+            "stderr": stderr,
+        }
+        if got.cut:
+            out["truncated"] = True
+            out["note"] = (
+                f"output truncated: the limit is {limit} bytes (mcp.max_bytes); "
+                "the command was stopped"
+            )
+        return out
+
+    async def _audit_call(self, ctx: Context, who: Identity, tool: str, connection: str) -> None:
+        """`mcp.call`: the session a tool opens comes from the gateway itself (loopback);
+        this event names the MCP client's own address, just before the session's events."""
+        peer = getattr(ctx.request_context.request, "client", None)
+        await self._auditor.record(
+            "mcp.call",
+            actor=who.user,
+            tool=tool,
+            connection=connection,
+            client=f"{peer.host}:{peer.port}" if peer else "-",
+        )
+
+    def _approvals(self) -> ReviewService:
+        if self._reviews is None:
+            raise ToolError("approvals are not enabled on this gateway")
+        return self._reviews
+
+    async def _review_call(self, work: Coroutine[Any, Any, ReviewRecord]) -> ReviewRecord:
+        try:
+            return await work
+        except ReviewError as exc:
+            raise ToolError(exc.message) from None
+
     def _column_rules(self, who: Identity, connection: str) -> ColumnRules:
         """The column masking rules the PostgreSQL door applies to `who` on `connection`,
         of the policy version in force (as gateway/policystore.py picks them)."""
@@ -261,16 +451,7 @@ class McpDoor:
         params: dict[str, Any] | None,
     ) -> dict[str, Any]:
         who, token = _caller(ctx)
-        # The session this opens comes from the gateway itself (loopback): this event names
-        # the MCP client's own address, just before the session's events.
-        peer = getattr(ctx.request_context.request, "client", None)
-        await self._auditor.record(
-            "mcp.call",
-            actor=who.user,
-            tool=tool,
-            connection=connection,
-            client=f"{peer.host}:{peer.port}" if peer else "-",
-        )
+        await self._audit_call(ctx, who, tool, connection)
         held: list[str] = []  # the door's notice when the statement waits for a review
         try:
             async with asyncio.timeout(self._config.timeout):
@@ -286,18 +467,37 @@ class McpDoor:
                     connect_timeout=max(1, int(self._config.timeout)),
                     autocommit=True,
                 )
-                conn.add_notice_handler(
-                    lambda d: held.append(_text(d)) if "held for review" in _text(d) else None
-                )
-                async with conn:
-                    return await self._fetch(conn, connection, sql, params)
+                waiting = asyncio.Event()
+
+                def notice(diag: psycopg.errors.Diagnostic) -> None:
+                    if "held for review" in _text(diag):
+                        held.append(_text(diag))
+                        waiting.set()
+
+                conn.add_notice_handler(notice)
+                owner = TaskOwner("mcp query")
+                try:
+                    async with conn:
+                        owner.spawn(self._progress(ctx, held, waiting), name="held progress")
+                        return await self._fetch(conn, connection, sql, params)
+                finally:
+                    await owner.aclose()
         except psycopg.Error as exc:
             raise ToolError(_refusal(exc)) from None
         except TimeoutError:
-            waiting = f" ({held[-1]})" if held else ""
+            why = f" ({held[-1]})" if held else ""
             raise ToolError(
-                f"no answer within {self._config.timeout:g}s{waiting}; the statement did not run"
+                f"no answer within {self._config.timeout:g}s{why}; the statement did not run"
             ) from None
+
+    async def _progress(self, ctx: Context, held: list[str], waiting: asyncio.Event) -> None:
+        """While the statement waits for its review: a progress notification now and every
+        PROGRESS_INTERVAL seconds, naming the review (sent only to a caller that asked for
+        progress; the JSON answers have no wire for them)."""
+        await waiting.wait()
+        for beat in itertools.count(1):
+            await ctx.report_progress(beat, None, f"{held[-1]}; waiting for the decision")
+            await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def _fetch(
         self,
@@ -347,6 +547,55 @@ def _caller(ctx: Context) -> tuple[Identity, str]:
     if _IDENTITY not in scope or _TOKEN not in scope:
         raise ToolError("this call carries no Wardgate credential")
     return scope[_IDENTITY], scope[_TOKEN]
+
+
+def _ssh_refusal(status: int | None, stdout: str, stderr: str) -> str | None:
+    """The SSH door's own refusal (a session it would not open: exit 1; a refused or denied
+    command: 126), in its words without the `wardgate:` prefix; None for the command's own."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if status not in (1, 126) or stdout or not lines:
+        return None
+    if not all(line.startswith("wardgate:") for line in lines):
+        return None
+    return "\n".join(line.removeprefix("wardgate:").strip() for line in lines)
+
+
+def _review_out(record: ReviewRecord) -> dict[str, Any]:
+    """The API's view of a review (`GET /v1/reviews/ID`), and what to do next."""
+    out = review_json(record)
+    if record.status == "pending":
+        out["next"] = (
+            f"another person approves it (wardgate reviews approve {record.id}); "
+            "ask review_status again later"
+        )
+    return out
+
+
+def _asks_progress(body: bytes) -> bool:
+    """Whether this JSON-RPC request carries a progress token (then it is answered as
+    server-sent events, which can carry the progress notifications)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and meta.get("progressToken") is not None
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """An ASGI `receive` that hands the SDK the body already read, then the server's own
+    (its next message is the client's disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 def _base(request: Request) -> str:

@@ -9,12 +9,14 @@ the account's API key as its bearer token, as Claude or the inspector would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +29,9 @@ from mcp_types import CallToolResult, TextContent
 from psycopg import sql
 
 from gateway.crypto import SecretBox
+from tests.fixtures.kube_apiserver import KubeApiServerDouble, running_double
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.sshd import start_sshd
 from tests.fixtures.wardgate import GatewayProc, Wardgate, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -64,6 +68,16 @@ POLICY = {
         }
     ],
 }
+KUBE_POLICY = {
+    "rules": [
+        {
+            "name": "no-deleting",
+            "effect": "deny",
+            "message": "pods are not deleted by hand",
+            "match": {"verbs": ["delete"]},
+        }
+    ]
+}
 ROLES = [
     {
         "name": "analysts",
@@ -72,7 +86,20 @@ ROLES = [
             {"connection": "pg-app", "access": "read-only"},
             {"connection": "pg-rw", "access": "read-write"},
         ],
-    }
+    },
+    {
+        "name": "devs",
+        "groups": ["dev"],
+        "grants": [
+            {
+                "connection": "pg-hidden",
+                "access": "read-only",
+                "request": {"approvers": {"groups": ["dba"]}, "max_duration": 3600},
+            },
+            {"connection": "web-1", "access": "read-write"},
+            {"connection": "kube-dev", "access": "read-write"},
+        ],
+    },
 ]
 
 
@@ -83,12 +110,32 @@ class Stack:
     bot_key: str
     agent_key: str
     dba_token: str
+    dev_token: str  # erin, group dev: may request access to pg-hidden, use web-1, kube-dev
+    double: KubeApiServerDouble  # the kube-apiserver TEST DOUBLE behind kube-dev
 
-    def call(self, tool: str, arguments: dict[str, Any], token: str | None = None) -> Any:
-        return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments))
+    def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        token: str | None = None,
+        progress: list[str | None] | None = None,
+    ) -> Any:
+        return asyncio.run(_call(self.gw, token or self.bot_key, tool, arguments, progress))
 
 
-async def _call(gw: GatewayProc, token: str, tool: str, arguments: dict[str, Any]) -> Any:
+async def _call(
+    gw: GatewayProc,
+    token: str,
+    tool: str,
+    arguments: dict[str, Any],
+    messages: list[str | None] | None = None,
+) -> Any:
+    """One call; with `messages`, the call asks for progress and keeps each message."""
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        assert messages is not None
+        messages.append(message)
+
     verify = ssl.create_default_context(cafile=str(gw.ca_path))
     async with (
         httpx2.AsyncClient(
@@ -100,6 +147,8 @@ async def _call(gw: GatewayProc, token: str, tool: str, arguments: dict[str, Any
         await session.initialize()
         if tool == "tools/list":
             return [t.name for t in (await session.list_tools()).tools]
+        if messages is not None:
+            return await session.call_tool(tool, arguments, progress_callback=on_progress)
         return await session.call_tool(tool, arguments)
 
 
@@ -128,6 +177,9 @@ def stack(
             "insert into customers select g, 'name ' || g, 'c' || g || '@example.com'"
             " from generate_series(1, 500) g"
         )
+    sshd = start_sshd(tmp_path_factory.mktemp("mcp-sshd"))
+    later = contextlib.ExitStack()  # the double stops last: after the agent's connections
+    double = later.enter_context(running_double(tmp_path_factory.mktemp("mcp-kube")))
     wg = Wardgate(tmp_path_factory.mktemp("mcp"))
     try:
         gw = wg.gateway(
@@ -137,6 +189,7 @@ def stack(
             identity={"local_users": True},
             reviews={"poll_interval": 0.5},
             mcp={"max_rows": 50},
+            kubernetes=KUBE_POLICY,
         )
         agent_key = gw.create_agent("default")
         wg.agent(gw, agent_key, wait="default")
@@ -150,18 +203,60 @@ def stack(
                 username="mcp_app",
                 password=APP_PASSWORD,
             )
+        gw.create_connection(
+            name="web-1",
+            type="ssh",
+            host="127.0.0.1",
+            port=sshd.port,
+            username=sshd.user,
+            private_key=f"file:{sshd.client_key}",
+            host_key=sshd.host_fingerprint,
+            options={
+                "ssh_deny_exec": "rm *",
+                "ssh_review_exec": "touch *",
+                "ssh_review": "{approvers: {groups: [dba]}, timeout: 120}",
+            },
+        )
+        token_file = tmp_path_factory.mktemp("mcp-kube-token") / "cluster-token"
+        token_file.write_text(double.token + "\n")
+        gw.create_connection(
+            name="kube-dev",
+            type="kubernetes",
+            host="127.0.0.1",
+            port=double.port,
+            options={"auth": "token", "certificate_authority": str(double.ca_path)},
+            secrets={"token": f"file:{token_file}"},
+        )
         with gw.api() as api:
             made = api.post("/v1/service-accounts", json={"name": "bot", "groups": ["analysts"]})
             assert made.status_code == 201, made.text
             issued = api.post("/v1/service-accounts/bot/keys", json={"scopes": ["pg-*"]})
             assert issued.status_code == 201, issued.text
-        yield Stack(wg, gw, issued.json()["key"], agent_key, gw.local_login("dana", ["dba"]))
+        yield Stack(
+            wg,
+            gw,
+            issued.json()["key"],
+            agent_key,
+            gw.local_login("dana", ["dba"]),
+            gw.local_login("erin", ["dev"]),
+            double,
+        )
     finally:
         wg.close()
+        later.close()
+        sshd.proc.stop()
 
 
 def test_the_tools_are_listed(stack: Stack) -> None:
-    assert set(stack.call("tools/list", {})) == {"list_connections", "query", "describe"}
+    assert set(stack.call("tools/list", {})) == {
+        "list_connections",
+        "query",
+        "describe",
+        "request_access",
+        "review_status",
+        "ssh_exec",
+        "kube",
+    }
 
 
 def test_list_connections_shows_only_what_the_identity_may_reach(stack: Stack) -> None:
@@ -348,3 +443,228 @@ def test_a_wide_result_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
     assert out["note"] == (
         "result truncated after 2 rows: the limit is 262144 bytes (mcp.max_bytes)"
     )
+
+
+def test_a_person_requests_access_and_follows_it_to_approval(stack: Stack) -> None:
+    asked = stack.call(
+        "request_access",
+        {"connection": "pg-hidden", "duration": 600, "reason": "incident 19"},
+        token=stack.dev_token,
+    )
+    assert not asked.is_error, asked
+    review = asked.structured_content
+    assert (review["kind"], review["status"], review["requester"]) == ("access", "pending", "erin")
+    assert review["next"] == (
+        f"another person approves it (wardgate reviews approve {review['id']}); "
+        "ask review_status again later"
+    )
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+    status = stack.call("review_status", {"review_id": review["id"]}, token=stack.dev_token)
+    assert not status.is_error, status
+    assert status.structured_content["status"] == "approved"
+    assert status.structured_content["grant_expires_at"] is not None
+    assert "next" not in status.structured_content
+    ran = stack.call(
+        "query", {"connection": "pg-hidden", "sql": "select 1 as one"}, token=stack.dev_token
+    )
+    assert ran.structured_content["rows"] == [[1]]
+
+
+def test_a_service_account_key_cannot_request_access(stack: Stack) -> None:
+    result = stack.call(
+        "request_access", {"connection": "pg-hidden", "duration": 600, "reason": "x"}
+    )
+    assert _error_text(result) == (
+        "Error executing tool request_access: access requests are made with a person's own sign-in"
+    )
+
+
+def test_review_status_follows_a_held_query_by_the_id_its_error_names(stack: Stack) -> None:
+    held = stack.call("query", {"connection": "pg-rw", "sql": "insert into slow_lane values (2)"})
+    found = re.search(r"rv_[0-9a-f]{12}", _error_text(held))
+    assert found is not None
+    status = stack.call("review_status", {"review_id": found.group()})
+    assert not status.is_error, status
+    out = status.structured_content
+    assert (out["kind"], out["requester"], out["connection"]) == ("statement", "bot", "pg-rw")
+    assert out["text"] == "insert into slow_lane values (2)"
+    assert out["status"] in {"expired", "cancelled"}, out
+
+
+def test_review_status_of_another_persons_review_is_refused(stack: Stack) -> None:
+    held = stack.call("query", {"connection": "pg-rw", "sql": "insert into slow_lane values (3)"})
+    found = re.search(r"rv_[0-9a-f]{12}", _error_text(held))
+    assert found is not None
+    result = stack.call("review_status", {"review_id": found.group()}, token=stack.dev_token)
+    assert _error_text(result) == (
+        f"Error executing tool review_status: no review '{found.group()}'"
+    )
+
+
+def test_ssh_exec_returns_stdout_stderr_and_the_exit_status(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "echo out; echo err >&2; exit 3"},
+        token=stack.dev_token,
+    )
+    assert not result.is_error, result
+    assert result.structured_content == {
+        "connection": "web-1",
+        "exit_status": 3,
+        "stdout": "out\n",
+        "stderr": "err\n",
+    }
+    execs = [e for e in stack.gw.audit("ssh.exec") if e["actor"] == "erin"]
+    assert execs[-1]["data"]["command"] == "echo out; echo err >&2; exit 3"
+
+
+def test_ssh_exec_of_a_command_the_connection_refuses_is_a_tool_error(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "rm -rf /tmp/wardgate-nothing-here"},
+        token=stack.dev_token,
+    )
+    assert _error_text(result) == (
+        "Error executing tool ssh_exec: command refused by pattern 'rm *' "
+        "(connection 'web-1', user 'erin')"
+    )
+
+
+def test_ssh_exec_without_access_to_the_connection_is_refused(stack: Stack) -> None:
+    text = _error_text(stack.call("ssh_exec", {"connection": "web-1", "command": "id"}))
+    assert text == (
+        "Error executing tool ssh_exec: user 'bot' has no access to connection 'web-1'\n"
+        "`wardgate whoami` lists the connections you may use."
+    )
+    calls = [e for e in stack.gw.audit("mcp.call") if e["data"]["tool"] == "ssh_exec"]
+    assert (calls[-1]["actor"], calls[-1]["data"]["connection"]) == ("bot", "web-1")
+
+
+def test_ssh_exec_output_is_cut_at_max_bytes_with_a_note(stack: Stack) -> None:
+    result = stack.call(
+        "ssh_exec",
+        {"connection": "web-1", "command": "head -c 400000 /dev/zero | tr '\\0' x"},
+        token=stack.dev_token,
+    )
+    out = result.structured_content
+    assert out["stdout"] == "x" * 262144
+    assert out["exit_status"] is None
+    assert out["truncated"] is True
+    assert out["note"] == (
+        "output truncated: the limit is 262144 bytes (mcp.max_bytes); the command was stopped"
+    )
+
+
+def test_kube_lists_pods_and_reads_a_log_as_the_caller(stack: Stack) -> None:
+    listed = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/namespaces/default/pods"},
+        token=stack.dev_token,
+    )
+    assert not listed.is_error, listed
+    out = listed.structured_content
+    assert out["status"] == 200
+    assert [p["metadata"]["name"] for p in out["body"]["items"]] == ["web-1", "web-2"]
+    logs = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/namespaces/default/pods/web-1/log"},
+        token=stack.dev_token,
+    )
+    assert logs.structured_content["body"] == "starting\nready\n"
+    seen = [e for e in stack.gw.audit("k8s.request") if e["actor"] == "erin"]
+    assert seen[-1]["data"]["verb"] == "get"
+
+
+def test_kube_a_delete_the_policy_denies_is_a_tool_error_and_never_sent(stack: Stack) -> None:
+    result = stack.call(
+        "kube",
+        {
+            "connection": "kube-dev",
+            "path": "/api/v1/namespaces/default/pods/web-2",
+            "method": "DELETE",
+        },
+        token=stack.dev_token,
+    )
+    text = _error_text(result)
+    assert text.startswith("Error executing tool kube: 403 Forbidden: "), text
+    assert "pods are not deleted by hand" in text
+    assert ("default", "web-2") in stack.double.pods
+    assert not [r for r in stack.double.requests if r["method"] == "DELETE"]
+
+
+def test_kube_a_watch_is_refused_before_anything_is_sent(stack: Stack) -> None:
+    result = stack.call(
+        "kube",
+        {"connection": "kube-dev", "path": "/api/v1/pods?watch=true"},
+        token=stack.dev_token,
+    )
+    assert _error_text(result) == (
+        "Error executing tool kube: watch=true streams without end; ask without it"
+    )
+
+
+def test_kube_without_access_to_the_connection_is_refused(stack: Stack) -> None:
+    result = stack.call("kube", {"connection": "kube-dev", "path": "/api/v1/pods"})
+    assert _error_text(result) == (
+        "Error executing tool kube: 403 Forbidden: "
+        "Wardgate: user 'bot' has no access to connection 'kube-dev'"
+    )
+
+
+def test_a_held_query_sends_progress_naming_its_review_until_approved(stack: Stack) -> None:
+    outcome: dict[str, Any] = {}
+    progress: list[str | None] = []
+    update = "update customers set name = 'progressed' where id = 8"
+
+    def call() -> None:
+        outcome["result"] = stack.call(
+            "query", {"connection": "pg-rw", "sql": update}, progress=progress
+        )
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    message = wait_for(lambda: list(progress), "a progress notification")[0]
+    assert message is not None
+    found = re.search(r"statement held for review (rv_[0-9a-f]{12}): ", message)
+    assert found is not None, message
+    assert message.endswith("; waiting for the decision"), message
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{found.group(1)}/approve", json={}).status_code == 200
+    thread.join(60)
+    result = outcome["result"]
+    assert not result.is_error, result
+    assert result.structured_content["status"] == "done (the statement returns no rows)"
+    with psycopg.connect(stack.gw.pg_conninfo("pg-rw"), autocommit=True) as conn:
+        assert conn.execute("select name from customers where id = 8").fetchone() == ("progressed",)
+
+
+def test_ssh_exec_of_a_held_command_runs_once_another_person_approves_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    marker = tmp_path / "approved-marker"
+    command = f"touch {marker} && echo touched"
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        outcome["result"] = stack.call(
+            "ssh_exec", {"connection": "web-1", "command": command}, token=stack.dev_token
+        )
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+
+    def pending() -> list[dict[str, Any]]:
+        with stack.gw.api(stack.dba_token) as api:
+            listed = api.get("/v1/reviews", params={"status": "pending"}).json()
+        return [r for r in listed if r["requester"] == "erin" and r["text"] == command]
+
+    review = wait_for(pending, "the held command")[0]
+    assert not marker.exists()
+    with stack.gw.api(stack.dba_token) as api:
+        assert api.post(f"/v1/reviews/{review['id']}/approve", json={}).status_code == 200
+    thread.join(60)
+    out = outcome["result"].structured_content
+    assert (out["exit_status"], out["stdout"]) == (0, "touched\n")
+    assert f"command held for review {review['id']}" in out["stderr"]
+    assert marker.exists()
