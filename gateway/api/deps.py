@@ -16,7 +16,7 @@ from fastapi import Depends, HTTPException, Request
 from gateway.agents.registry import AgentRegistry
 from gateway.api.ratelimit import AuthLimiter, as_http
 from gateway.audit import Auditor
-from gateway.auth import Authenticator, AuthError, Identity
+from gateway.auth import Authenticator, AuthError, DpopRefused, DpopRequest, Identity
 from gateway.crypto import SecretBox
 from gateway.identity.credentials import IdentityService
 from gateway.policy.grants import AccessPolicy
@@ -66,7 +66,9 @@ async def identity_of(request: Request) -> Identity:
     valid one."""
     deps: ApiDeps = request.app.state.deps
     try:
-        who = await deps.auth.authenticate_header(request.headers.get("authorization"))
+        # Every request may carry a DPoP proof (RFC 9449); a DPoP-bound credential must.
+        dpop = DpopRequest(request.headers.get("dpop"), request.method, str(request.url))
+        who = await deps.auth.authenticate_header(request.headers.get("authorization"), dpop=dpop)
         if who.credential == "connection":
             raise AuthError("a per-connection credential only opens sessions on its connection")
         return who
@@ -79,7 +81,15 @@ async def identity_of(request: Request) -> Identity:
         await deps.auditor.record(
             "auth.rejected", client=client_of(request), path=request.url.path, reason=str(exc)
         )
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        challenge = "Bearer"
+        if isinstance(exc, DpopRefused):
+            # RFC 9449 §7.1: the error in words, without the credential.
+            reason = str(exc).replace('"', "'")
+            challenge = (
+                f'DPoP algs="ES256 Ed25519 EdDSA", error="invalid_dpop_proof", '
+                f'error_description="{reason}"'
+            )
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": challenge}) from None
 
 
 def require_admin(who: Identity) -> Identity:

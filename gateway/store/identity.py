@@ -246,11 +246,15 @@ class Identity:
             ).one()
         return _user(updated)
 
-    def ensure_machine(self, name: str, *, kind: str, groups: tuple[str, ...]) -> UserRecord:
+    def ensure_machine(
+        self, name: str, *, kind: str, groups: tuple[str, ...], dpop: bool = False
+    ) -> UserRecord:
         """Create or update the machine user ``name`` of ``kind`` (service or workload).
 
         A name that exists with another kind raises ``Conflict``: a machine never becomes a
-        person, nor a service account a workload identity.
+        person, nor a service account a workload identity. ``dpop`` turns DPoP on; saving
+        the account again without it leaves it on (fail closed: dropping a key binding is
+        not a side effect of editing groups).
         """
         if kind not in ("service", "workload"):
             raise ValueError(f"{kind!r} is not a machine kind")
@@ -268,6 +272,7 @@ class Identity:
                             "groups": list(groups),
                             "created_at": self._db.clock(),
                             "kind": kind,
+                            "dpop": dpop,
                         },
                     ).returning(*t.users.c)
                 ).first()
@@ -281,7 +286,7 @@ class Identity:
             updated = conn.execute(
                 sa.update(t.users)
                 .where(t.users.c.name == name)
-                .values(groups=list(groups))
+                .values(groups=list(groups), dpop=bool(row.dpop) or dpop)
                 .returning(*t.users.c)
             ).one()
         return _user(updated)
@@ -477,6 +482,21 @@ class Identity:
         }
         return wanted - alive
 
+    def bind_token_key(self, token_id: str, jkt: str) -> str | None:
+        """Bind the token to the DPoP key ``jkt`` unless it is bound already; the key it is
+        bound to afterwards (None: no such token). One UPDATE guarded by ``jkt IS NULL``:
+        of two members seeing a first use at once, one binds, the other reads its key."""
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(t.tokens)
+                .where(t.tokens.c.id == token_id, t.tokens.c.jkt.is_(None))
+                .values(jkt=jkt)
+            )
+            bound: str | None = conn.execute(
+                sa.select(t.tokens.c.jkt).where(t.tokens.c.id == token_id)
+            ).scalar()
+        return bound
+
     def use_token_once(self, digest: bytes, *, trust: str, expires_at: dt.datetime) -> bool:
         """Remember a single-use token until ``expires_at``; False if it was used already.
 
@@ -519,6 +539,7 @@ def _user_from(get: Callable[[str], Any]) -> UserRecord:
         issuer=get("issuer"),
         subject=get("subject"),
         has_password=get("password_hash") is not None,
+        dpop=bool(get("dpop")),
     )
 
 
@@ -541,6 +562,7 @@ def _token_from(get: Callable[[str], Any]) -> TokenRecord:
         connection=get("connection"),
         scopes=None if scopes is None else tuple(scopes),
         parent_id=get("parent_id"),
+        jkt=get("jkt"),
     )
 
 

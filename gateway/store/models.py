@@ -36,6 +36,7 @@ class UserRecord:
     issuer: str | None = None  # the IdP a person is bound to, with `subject`
     subject: str | None = None
     has_password: bool = False  # a local user (password + TOTP), for setups without an IdP
+    dpop: bool = False  # a service account whose API keys need DPoP proofs (RFC 9449)
 
     @property
     def disabled(self) -> bool:
@@ -60,6 +61,7 @@ class TokenRecord:
     connection: str | None = None  # a per-connection credential is valid for this one only
     scopes: tuple[str, ...] | None = None  # API keys: connection patterns, and "admin"
     parent_id: str | None = None  # the credential this one was minted from
+    jkt: str | None = None  # DPoP: the thumbprint of the key it is bound to
 
     def valid_at(self, now: dt.datetime) -> bool:
         if self.revoked_at is not None:

@@ -81,6 +81,8 @@ users = sa.Table(
     sa.Column("subject", sa.String(255), nullable=True),
     sa.Column("password_hash", sa.Text(), nullable=True),  # scrypt, local users only
     sa.Column("totp_secret", sa.Text(), nullable=True),  # sealed (enc:v1:...), local users only
+    # A service account whose API keys are DPoP-bound (RFC 9449; migration 0010).
+    sa.Column("dpop", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index(None, "issuer", "subject", unique=True),
 )
 
@@ -107,6 +109,9 @@ tokens = sa.Table(
     sa.Column("scopes", JSONType, nullable=True),  # API keys: connection patterns, "admin"
     # The credential a per-connection credential was minted from; revoked with it.
     sa.Column("parent_id", sa.String(32), nullable=True),
+    # The RFC 7638 thumbprint of the key a DPoP-bound API key is bound to, from its first
+    # use (migration 0010); NULL until then and for every other credential.
+    sa.Column("jkt", sa.String(64), nullable=True),
     sa.Index(None, "user", "label"),
     sa.Index(None, "login_id"),
     sa.Index(None, "parent_id"),
