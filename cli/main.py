@@ -981,13 +981,24 @@ def service_account() -> None:
 @service_account.command("create")
 @click.argument("name")
 @click.option("--group", "groups", multiple=True, help="Groups (roles map them), repeatable.")
+@click.option(
+    "--dpop",
+    is_flag=True,
+    help="Its API keys need DPoP proofs (RFC 9449): bound to the client's key at first use.",
+)
 @cl.gateway_options
 def service_account_create(
-    name: str, groups: tuple[str, ...], gateway: str | None, token: str | None, ca: str | None
+    name: str,
+    groups: tuple[str, ...],
+    dpop: bool,
+    gateway: str | None,
+    token: str | None,
+    ca: str | None,
 ) -> None:
     """Create (or update the groups of) a service account."""
+    body = {"name": name, "groups": list(groups), "dpop": dpop}
     with _ref(gateway, token, ca).http() as http:
-        cl.check(http.post("/v1/service-accounts", json={"name": name, "groups": list(groups)}))
+        cl.check(http.post("/v1/service-accounts", json=body))
     click.echo(f"service account {name} saved", err=True)
 
 

@@ -115,6 +115,7 @@ class LocalUserCreate(BaseModel):
 class ServiceAccountCreate(BaseModel):
     name: str
     groups: list[str] = Field(default_factory=list)
+    dpop: bool = False  # its API keys need DPoP proofs (RFC 9449); stays on once set
 
 
 class ExplainRequest(BaseModel):
@@ -363,9 +364,14 @@ def build_app(deps: ApiDeps) -> FastAPI:
     @app.post("/v1/service-accounts", status_code=201)
     async def create_service_account(body: ServiceAccountCreate, who: Admin) -> dict[str, Any]:
         user = await guarded(
-            ident().create_service_account(who, name=body.name, groups=body.groups)
+            ident().create_service_account(who, name=body.name, groups=body.groups, dpop=body.dpop)
         )
-        return {"name": user.name, "kind": user.kind, "groups": list(user.groups)}
+        return {
+            "name": user.name,
+            "kind": user.kind,
+            "groups": list(user.groups),
+            "dpop": user.dpop,
+        }
 
     @app.post("/v1/service-accounts/{name}/keys", status_code=201)
     async def create_api_key(name: str, body: ApiKeyCreate, who: Admin) -> dict[str, Any]:

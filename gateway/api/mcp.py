@@ -181,7 +181,11 @@ class McpDoor:
             headers = dict(exc.headers or {})
             if exc.status_code == 401:
                 meta = _base(request) + METADATA + PATH
-                headers["WWW-Authenticate"] = f'Bearer resource_metadata="{meta}"'
+                scheme, _, params = headers.get("WWW-Authenticate", "").partition(" ")
+                if scheme == "DPoP":  # a DPoP-bound credential: keep its error (RFC 9449)
+                    headers["WWW-Authenticate"] = f'DPoP resource_metadata="{meta}", {params}'
+                else:
+                    headers["WWW-Authenticate"] = f'Bearer resource_metadata="{meta}"'
             answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
             await answer(scope, receive, send)
             return

@@ -714,18 +714,20 @@ class IdentityService:
     # ---- machines: service accounts and API keys -------------------------------------
 
     async def create_service_account(
-        self, actor: Identity, *, name: str, groups: Sequence[str]
+        self, actor: Identity, *, name: str, groups: Sequence[str], dpop: bool = False
     ) -> UserRecord:
         if not cl.USER_NAME_RE.match(name):
             raise IdentityError(422, f"{name!r} is not a valid user name")
         try:  # the change and its event: one store transaction
             user: UserRecord = await self._audit.change(
                 lambda: self._store.identity.ensure_machine(
-                    name, kind="service", groups=tuple(groups)
+                    name, kind="service", groups=tuple(groups), dpop=dpop
                 ),
-                lambda _: [
+                lambda saved: [
                     Event(
-                        "service_account.saved", actor.user, {"user": name, "groups": list(groups)}
+                        "service_account.saved",
+                        actor.user,
+                        {"user": name, "groups": list(groups), "dpop": saved.dpop},
                     )
                 ],
             )
