@@ -25,9 +25,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import click
 import httpx
+from joserfc.jwk import ECKey
 
 from cli.errors import UsageProblem
+from shared.dpop import make_proof
 from shared.tlsutil import client_context
+
+API_KEY_PREFIX = "wgk_"  # service-account API keys: sent with DPoP proofs
 
 
 def config_dir() -> Path:
@@ -47,15 +51,57 @@ class GatewayRef:
     url: str
     token: str | None
     ca_pem: bytes | None
+    dpop: bool = False  # send the API key with DPoP proofs (a service account's `--dpop`)
 
     def ssl_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
         return client_context(self.ca_pem, alpn)
 
     def http(self) -> httpx.Client:
+        if self.token and self.dpop:
+            return self._dpop_http(self.token)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         return httpx.Client(
             base_url=self.url, headers=headers, verify=self.ssl_context(), timeout=30
         )
+
+    def _dpop_http(self, token: str) -> httpx.Client:
+        """An API key goes with a DPoP proof on every request (RFC 9449), by the key kept
+        beside the CLI's credentials: required by a service account created with `--dpop`,
+        harmless for any other (the gateway checks the proof and binds nothing)."""
+        key = dpop_key()
+
+        def prove(request: httpx.Request) -> None:
+            request.headers["DPoP"] = make_proof(
+                key, method=request.method, url=str(request.url), access_token=token
+            )
+
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"DPoP {token}"},
+            verify=self.ssl_context(),
+            timeout=30,
+            event_hooks={"request": [prove]},
+        )
+
+
+def dpop_key_path() -> Path:
+    return config_dir() / "dpop-key.json"
+
+
+def dpop_key() -> ECKey:
+    """The CLI's DPoP key (P-256): made at first use, kept 0600 beside the credentials."""
+    path = dpop_key_path()
+    if path.exists():
+        return ECKey.import_key(json.loads(path.read_text()))
+    key = ECKey.generate_key("P-256", private=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(key.as_dict(private=True), fh)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return key
 
 
 def stored() -> dict[str, Any]:
@@ -159,7 +205,11 @@ def resolve(gateway: str | None, token: str | None, ca: str | None) -> GatewayRe
         ca_pem = str(saved["ca_pem"]).encode()
     else:
         ca_pem = None
-    return GatewayRef(url.rstrip("/"), tok, ca_pem)
+    # DPoP: what `wardgate login --token` found out, or WARDGATE_DPOP=1 for a key in the env.
+    dpop = os.environ.get("WARDGATE_DPOP", "") in ("1", "true", "yes")
+    if tok and tok == saved.get("token") and saved.get("dpop"):
+        dpop = True
+    return GatewayRef(url.rstrip("/"), tok, ca_pem, dpop=bool(tok and dpop))
 
 
 _GATEWAY_OPTIONS = [

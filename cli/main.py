@@ -729,10 +729,14 @@ def login(
     if sum(bool(x) for x in (token, device, token_file, local_user)) > 1:
         raise click.UsageError("choose one of --token, --device, --token-file, --user")
     if token:
-        ref = cl.GatewayRef(url, token, ca_pem)
+        # An API key signs in with a DPoP proof: a service account that requires DPoP binds
+        # the key to this CLI's key now (the gateway checks, and binds nothing, for others).
+        dpop = token.startswith(cl.API_KEY_PREFIX)
+        ref = cl.GatewayRef(url, token, ca_pem, dpop=dpop)
         with ref.http() as http:
             who = cl.check(http.get("/v1/whoami"))
-        path = cl.save(ref.url, token, ref.ca_pem)
+        bound = bool(dpop and (who.get("credential") or {}).get("dpop_jkt"))
+        path = cl.save(ref.url, token, ref.ca_pem, dpop=True if bound else None)
         click.echo(f"logged in to {ref.url} as {who['user']} (saved in {path})", err=True)
         if ssh_key is not None:
             click.echo(ssh_cli.issue_cert(ref, ssh_key), err=True)

@@ -90,10 +90,11 @@ class Authenticator:
         self._dpop_window = dpop_window
 
     async def _check_dpop(
-        self, token: str, record_id: str, bound: str | None, dpop: DpopRequest | None
+        self, token: str, record_id: str, bound: str | None, dpop: DpopRequest | None, bind: bool
     ) -> None:
         """Refuse unless ``dpop`` carries a fresh, unused proof by the key the credential is
-        bound to (binding it to the proof's key at its first use)."""
+        bound to (with ``bind``, binding it to the proof's key at its first use). A credential
+        that need not be bound may still be sent with proofs; they are checked, not bound."""
         if dpop is None:
             raise DpopRefused("this credential is DPoP-bound: send it as 'Authorization: DPoP'")
         try:
@@ -106,11 +107,11 @@ class Authenticator:
             )
         except DpopError as exc:
             raise DpopRefused(str(exc)) from None
-        if bound is None:
+        if bound is None and bind:
             bound = await self._store.io.write(
                 self._store.identity.bind_token_key, record_id, proof.jkt
             )
-        if bound != proof.jkt:
+        if bound is not None and bound != proof.jkt:
             raise DpopRefused("the proof is signed by another key than the credential's")
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2 * self._dpop_window)
         fresh = await self._store.io.write(
@@ -138,8 +139,9 @@ class Authenticator:
             raise AuthError(f"credential expired or revoked ({login.why_invalid(now)})")
         if user.disabled:
             raise AuthError("credential expired or revoked (user disabled)")
-        if (user.dpop and record.kind == "api_key") or dpop is not None:
-            await self._check_dpop(token, record.id, record.jkt, dpop)
+        required = user.dpop and record.kind == "api_key"
+        if required or dpop is not None:
+            await self._check_dpop(token, record.id, record.jkt, dpop, bind=required)
         if login is not None:
             await self._store.io.write(
                 self._store.identity.touch_login, login.id, min_interval=self._touch_interval

@@ -198,6 +198,7 @@ def build_app(deps: ApiDeps) -> FastAPI:
                     record.expires_at.isoformat() if record and record.expires_at else None
                 ),
                 "scopes": list(who.scopes) if who.scopes is not None else None,
+                "dpop_jkt": record.jkt if record else None,  # the key it is bound to
             },
             "grants": ident().grants(who, requested) if deps.identity else [],
         }

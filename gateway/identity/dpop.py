@@ -21,16 +21,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import ECKey, JWKRegistry, OKPKey
+from joserfc.jwk import JWKRegistry
+
+from shared.dpop import BadUrl, access_token_hash, normalise_url
+
+__all__ = ["ALGORITHMS", "DpopError", "Proof", "access_token_hash", "check_proof"]
 
 # Ed25519 is RFC 9864's name for what clients still call EdDSA; both verify the same way.
 # No RSA: joserfc refuses a JWS header holding a 2048-bit modulus as too large.
@@ -50,34 +52,6 @@ class Proof:
     jkt: str  # RFC 7638 thumbprint of the proof's key: what a credential is bound to
     jti: str
     iat: float
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def access_token_hash(token: str) -> str:
-    """The ``ath`` claim for ``token``."""
-    return b64url(hashlib.sha256(token.encode("ascii")).digest())
-
-
-def normalise_url(url: str) -> str:
-    """``url`` as ``htu`` compares it: no query or fragment, scheme and host lower-case,
-    the scheme's default port dropped, an empty path as ``/``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise DpopError(f"htu is not a URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise DpopError("htu is not an http(s) URL")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None and port != {"http": 80, "https": 443}[scheme]:
-        host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path or "/", "", ""))
 
 
 def _segment(part: str) -> dict[str, Any]:
@@ -130,7 +104,11 @@ def check_proof(
     if claims.get("htm") != method.upper():
         raise DpopError(f"the proof's htm is not {method.upper()}")
     htu = claims.get("htu")
-    if not isinstance(htu, str) or normalise_url(htu) != normalise_url(url):
+    try:
+        same = isinstance(htu, str) and normalise_url(htu) == normalise_url(url)
+    except BadUrl as exc:
+        raise DpopError(str(exc)) from None
+    if not same:
         raise DpopError("the proof's htu is not this request's URL")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
@@ -150,30 +128,3 @@ def replay_digest(proof: Proof) -> bytes:
     """The replay cache's key for a proof: its key and ``jti`` (RFC 9449 §11.1 lets the
     cache be per key), hashed so that the store holds fixed-size values."""
     return hashlib.sha256(f"dpop\0{proof.jkt}\0{proof.jti}".encode()).digest()
-
-
-def make_proof(
-    key: ECKey | OKPKey,
-    *,
-    method: str,
-    url: str,
-    access_token: str | None = None,
-    jti: str | None = None,
-    iat: float | None = None,
-    nonce: str | None = None,
-) -> str:
-    """A proof signed by ``key`` (the CLI's and the tests' side of the exchange)."""
-    alg = {"EC": "ES256", "OKP": "Ed25519"}[key.key_type]
-    header = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
-    claims: dict[str, Any] = {
-        "jti": jti or secrets.token_urlsafe(16),
-        "htm": method.upper(),
-        "htu": normalise_url(url),
-        "iat": int(time.time() if iat is None else iat),
-    }
-    if access_token is not None:
-        claims["ath"] = access_token_hash(access_token)
-    if nonce is not None:
-        claims["nonce"] = nonce
-    payload = json.dumps(claims, separators=(",", ":")).encode()
-    return jws.serialize_compact(header, payload, key, algorithms=[alg])

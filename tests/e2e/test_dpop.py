@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import stat
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +21,9 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.crypto import SecretBox
-from gateway.identity.dpop import make_proof
+from shared.dpop import make_proof
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.wardgate import GatewayProc, Wardgate
+from tests.fixtures.wardgate import WARDGATE, GatewayProc, Wardgate
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +134,34 @@ def test_a_dpop_bound_key_works_with_its_key_only(
     refusals = [e for e in first.audit("auth.rejected") if "another key" in str(e)]
     assert refusals, first.audit("auth.rejected")
     assert token not in str(first.audit())
+
+
+def test_the_cli_keeps_a_key_for_a_dpop_bound_api_key(wardgate: Wardgate, tmp_path: Path) -> None:
+    gw = wardgate.gateway()
+    assert wardgate.cli(gw, "service-account", "create", "cli-bot", "--dpop").returncode == 0
+    issued = wardgate.cli(gw, "service-account", "key", "cli-bot", "--scope", "pg-*")
+    token = issued.stdout.strip()
+    config = tmp_path / "cli-config"
+    env = {**gw.client_env(), "WARDGATE_CONFIG_DIR": str(config)}
+    env.pop("WARDGATE_TOKEN")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WARDGATE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    login = cli("login", "--token", token)
+    assert login.returncode == 0, login.stderr
+    assert "as cli-bot" in login.stderr
+    key_file = config / "dpop-key.json"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    for _ in range(2):  # a fresh proof each time: no replay
+        who = cli("whoami")
+        assert who.returncode == 0, who.stderr
+        assert "cli-bot" in who.stdout
+    # The key is bound to this CLI's key: another CLI (another key) with the token is refused.
+    key_file.unlink()
+    refused = cli("whoami")
+    assert refused.returncode != 0
+    assert "another key" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr

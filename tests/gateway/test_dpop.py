@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 from joserfc import jws
 from joserfc.jwk import ECKey, OctKey, OKPKey
 
-from gateway.identity.dpop import (
-    DpopError,
-    access_token_hash,
-    check_proof,
-    make_proof,
-    normalise_url,
-    replay_digest,
-)
+from gateway.identity.dpop import DpopError, check_proof, replay_digest
+from shared.dpop import access_token_hash, make_proof, normalise_url
 
 URL = "https://gw.example:8443/api/connections"
 TOKEN = "wgk_example"
