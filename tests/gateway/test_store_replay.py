@@ -92,3 +92,19 @@ def test_a_token_valid_until_year_9999_is_remembered(store: Store) -> None:
     key = digest("issuer\nforever")
     assert store.identity.use_token_once(key, trust="ci", expires_at=last)
     assert not store.identity.use_token_once(key, trust="ci", expires_at=last)
+
+
+def test_a_dpop_key_binds_once_and_a_service_account_keeps_its_requirement(store: Store) -> None:
+    made = store.identity.ensure_machine("bot", kind="service", groups=(), dpop=True)
+    assert made.dpop
+    # Saving the account again without the flag leaves DPoP on.
+    assert store.identity.ensure_machine("bot", kind="service", groups=("g",), dpop=False).dpop
+    record = store.identity.add_token("bot", digest("k"), kind="api_key", scopes=("pg",))
+    assert record.jkt is None
+    assert store.identity.bind_token_key(record.id, "first-key") == "first-key"
+    # A second first use (another member, another key) finds the first binding.
+    assert store.identity.bind_token_key(record.id, "second-key") == "first-key"
+    found = store.identity.find_credential(digest("k"))
+    assert found is not None
+    assert (found[0].jkt, found[1].dpop) == ("first-key", True)
+    assert store.identity.bind_token_key("no-such-token", "k") is None
