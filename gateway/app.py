@@ -312,7 +312,9 @@ class Gateway:
         guardrails = PolicySource(store, cfg.policy)  # the store's newest version, seeded
         await store.io.write(guardrails.seed)
         self._tasks.spawn(guardrails.watch(cfg.policy_check_interval), name="policy")
-        authenticator = Authenticator(store, policy)
+        authenticator = Authenticator(
+            store, policy, dpop_window=cfg.identity.credentials.dpop_window
+        )
         broker = self.broker = SessionBroker(
             store,
             self.registry,

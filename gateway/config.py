@@ -171,6 +171,8 @@ class CredentialsConfig(BaseModel):
     session_ttl: int = Field(default=43200, gt=0)  # absolute lifetime of a sign-in
     connection_ttl: int = Field(default=300, gt=0)  # per-connection credentials
     api_key_max_ttl: int = Field(default=90 * 86400, gt=0)  # longest API key lifetime
+    # DPoP proofs (RFC 9449): how far a proof's `iat` may be from the gateway's clock.
+    dpop_window: float = Field(default=60.0, gt=0, le=600)
 
 
 class RateRule(BaseModel):

@@ -137,7 +137,7 @@ def test_a_dpop_bound_key_works_with_its_key_only(
 
 
 def test_the_cli_keeps_a_key_for_a_dpop_bound_api_key(wardgate: Wardgate, tmp_path: Path) -> None:
-    gw = wardgate.gateway()
+    gw = wardgate.gateway(identity={"credentials": {"dpop_window": 30}})
     assert wardgate.cli(gw, "service-account", "create", "cli-bot", "--dpop").returncode == 0
     issued = wardgate.cli(gw, "service-account", "key", "cli-bot", "--scope", "pg-*")
     token = issued.stdout.strip()
