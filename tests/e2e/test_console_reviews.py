@@ -4,7 +4,8 @@ alice (dev) reads the accounts table, then runs a write the policy holds; the we
 event carries the review's console address. bob (dba), signed out, opens it: the console
 sends him through sign-in and back to the review, which shows alice's recent activity on
 the connection and that the link is genuine; he approves from it. A `next` that points off
-the console is ignored after sign-in (no open redirect).
+the console is ignored after sign-in (no open redirect). olga (an administrator) sees on the
+Operator page how much of the day's exfiltration budget alice has used.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from tests.fixtures.wardgate import LOCAL_PASSWORD, Wardgate, free_port, wait_fo
 pytestmark = pytest.mark.e2e
 
 WEBHOOK_SECRET = "console-review-link-secret"
+ROWS_PER_DAY = 1000
+OPS = [*ROLES, {"name": "ops", "groups": ["ops"], "admin": True}]
 
 
 class Hooks:
@@ -105,8 +108,8 @@ def stack(
             store=store.url(),
             secret_key=SecretBox.generate_key(),
             identity={"local_users": True},
-            roles=ROLES,
-            policy=POLICY,
+            roles=OPS,
+            policy={**POLICY, "budgets": [{"name": "daily-reads", "rows_per_day": ROWS_PER_DAY}]},
             reviews={"poll_interval": 0.5, "webhook": {**hook, "secret": WEBHOOK_SECRET}},
         )
         wg.agent(gw, gw.create_agent("default"), wait="default")
@@ -121,7 +124,7 @@ def stack(
         )
         secrets: dict[str, str] = {}
         with gw.api() as api:
-            for name, groups in (("alice", ["dev"]), ("bob", ["dba"])):
+            for name, groups in (("alice", ["dev"]), ("bob", ["dba"]), ("olga", ["ops"])):
                 made = api.post(
                     "/v1/users", json={"name": name, "password": LOCAL_PASSWORD, "groups": groups}
                 )
@@ -197,4 +200,64 @@ def test_a_next_pointing_off_the_console_is_ignored(
     _sign_in_here(page, stack, "bob")
     wait_for(lambda: page.url == f"{stack.gw.url}/console/reviews", "the Reviewer page")
     page.wait_loaded()
+    sign_out(page)
+
+
+def _rows_used(stack: Stack) -> int:
+    with stack.gw.api() as api:
+        usage = api.get("/v1/budgets/usage", params={"user": "alice"}).json()
+    return sum(u["rows"] for u in usage if u["budget"] == "daily-reads")
+
+
+def test_the_operator_page_shows_a_budgets_usage_today(stack: Stack, browser: Browser) -> None:
+    before = _rows_used(stack)
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        assert len(conn.execute("select id from accounts where id <= 4").fetchall()) == 4
+    page = browser.new_page()
+    page.goto(f"{stack.gw.url}/console/login?next=/console/operator")
+    _sign_in_here(page, stack, "olga")
+    wait_for(lambda: page.url == f"{stack.gw.url}/console/operator", "the Operator page")
+    row = "#budget-daily-reads-alice-pg-main"
+
+    # An ended session's usage reaches the store within a few seconds.
+    used = wait_for(lambda: (n := _rows_used(stack)) >= before + 4 and n, "alice's usage")
+    page.goto(f"{stack.gw.url}/console/operator")
+    text = page.text(row)
+    assert f"{used} / {ROWS_PER_DAY}" in text, text
+    meter = f"document.querySelector('{row} meter')"
+    assert page.evaluate(f"[{meter}.value, {meter}.max]") == [used, ROWS_PER_DAY]
+    page.screenshot("console-operator-budgets")
+    sign_out(page)
+
+
+def test_revoking_an_api_key_from_the_operator_page_stops_it_working(
+    stack: Stack, browser: Browser
+) -> None:
+    with stack.gw.api() as api:
+        made = api.post("/v1/service-accounts", json={"name": "ci-bot", "groups": ["dev"]})
+        assert made.status_code == 201, made.text
+        minted = api.post("/v1/service-accounts/ci-bot/keys", json={"scopes": ["pg-*"]})
+        assert minted.status_code == 201, minted.text
+    key, key_id = minted.json()["key"], minted.json()["id"]
+    with stack.gw.api(key) as bot:
+        assert bot.get("/v1/whoami").json()["user"] == "ci-bot"
+    page = browser.new_page()
+    page.goto(f"{stack.gw.url}/console/login?next=/console/operator")
+    _sign_in_here(page, stack, "olga")
+    wait_for(lambda: page.url == f"{stack.gw.url}/console/operator", "the Operator page")
+    page.wait_loaded()
+    listed = page.text(f"#key-{key_id}")
+    assert "ci-bot" in listed and "pg-*" in listed and "active" in listed, listed
+    assert key not in page.text()  # the key itself is never shown
+    page.screenshot("console-operator-api-keys")
+    # The table is below the fold: page.click presses where the button is on screen.
+    page.evaluate(f"document.querySelector('#revoke-{key_id}').scrollIntoView()")
+    page.click(f"#revoke-{key_id}")
+    page.wait_text("#flash", f"API key {key_id} revoked")
+    assert "revoked" in page.text(f"#key-{key_id}")
+    with stack.gw.api(key) as bot:
+        refused = bot.get("/v1/whoami")
+    assert refused.status_code == 401, refused.text
+    [event] = [e for e in stack.gw.audit("credential.revoked") if e["data"].get("credential")]
+    assert (event["actor"], event["data"]["credential"]) == ("olga", key_id)
     sign_out(page)
