@@ -56,6 +56,7 @@ CROSS_ORIGIN = (
 )
 MAX_FORM = 16 * 1024  # bytes: a sign-in or a vote with its reason
 POLL_SECONDS = 2
+CARD_ITEMS = 3  # the requester's latest statements shown on a review's card
 
 
 class _Form:
@@ -238,13 +239,31 @@ def router(
         return [r for r in found if r.requester != me], [r for r in found if r.requester == me]
 
     async def review_list(
-        signed: Signed, *, notice: str | None = None, error: str | None = None
+        signed: Signed,
+        *,
+        notice: str | None = None,
+        error: str | None = None,
+        seen: str | None = None,
     ) -> dict[str, Any]:
+        """The list's context; with `seen`, only the digest when it still matches (a poll
+        with nothing new reads no activity)."""
         others, mine = await waiting(signed)
+        digest = _digest(others + mine)
+        if seen == digest:
+            return {"digest": digest}
+        activity = {  # each card's glance at what the requester ran there lately
+            r.id: [
+                item
+                for found in await review.recent_activity(deps, r, sessions=3, per=CARD_ITEMS)
+                for item in found["done"]
+            ][:CARD_ITEMS]
+            for r in others
+        }
         return {
             "others": others,
             "mine": mine,
-            "digest": _digest(others + mine),
+            "activity": activity,
+            "digest": digest,
             "notice": notice,
             "error": error,
             "enabled": deps.reviews is not None,
@@ -256,8 +275,9 @@ def router(
         return page("reviews.html", signed=signed, **await review_list(signed))
 
     async def reviews_fragment(request: Request, signed: Signed) -> Response:
-        context = await review_list(signed)
-        if request.query_params.get("seen") == context["digest"]:
+        seen = request.query_params.get("seen")
+        context = await review_list(signed, seen=seen)
+        if seen == context["digest"]:
             response = Response(status_code=204)  # nothing changed: htmx leaves the page
             response.headers.update(HEADERS)
             return response

@@ -30,16 +30,19 @@ RECENT_EVENTS = 500  # events read per session (keeps the page bounded)
 RECENT_ITEMS = 10  # statements / commands / requests shown per session
 
 
-async def recent_activity(deps: ApiDeps, record: ReviewRecord) -> list[dict[str, Any]]:
-    """The requester's last sessions on the review's connection, each with what it ran."""
-    sessions = await deps.store.io.scan(
+async def recent_activity(
+    deps: ApiDeps, record: ReviewRecord, sessions: int = RECENT_SESSIONS, per: int = RECENT_ITEMS
+) -> list[dict[str, Any]]:
+    """The requester's last `sessions` on the review's connection, each with up to `per` of
+    the things it ran, newest first."""
+    found = await deps.store.io.scan(
         deps.store.sessions.list_all,
         user=record.requester,
         connection=record.connection,
-        limit=RECENT_SESSIONS,
+        limit=sessions,
     )
     out = []
-    for s in sessions:
+    for s in found:
         events = await deps.store.io.scan(
             deps.store.audit.list_all, session_id=s.id, limit=RECENT_EVENTS
         )
@@ -58,7 +61,7 @@ async def recent_activity(deps: ApiDeps, record: ReviewRecord) -> list[dict[str,
                 if text:
                     items.append({"ts": x.get("ts", ""), "text": text, "rows": None, "what": key})
         items.sort(key=lambda i: str(i["ts"]), reverse=True)
-        out.append({"session": s, "done": items[:RECENT_ITEMS], "more": len(items) > RECENT_ITEMS})
+        out.append({"session": s, "done": items[:per], "more": len(items) > per})
     return out
 
 

@@ -174,6 +174,10 @@ def test_a_webhook_link_opened_signed_out_leads_through_sign_in_to_the_review(
         activity = page.text("#activity")
         assert "select count(*) from accounts where balance > 50" in activity, activity
         page.screenshot("console-review")
+        # The Reviewer page's card shows a glance of it too.
+        page.goto(f"{stack.gw.url}/console/reviews")
+        card = page.wait_text(f"#activity-{review_id}", "select count(*) from accounts")
+        assert "alice's latest on pg-main" in card, card
         # A tampered signature is called out (the link still opens nothing by itself).
         page.goto(f"{stack.gw.url}{path}?sig={'0' * 32}")
         assert "signature is wrong: it was not sent by this gateway" in page.text("#link")
