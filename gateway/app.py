@@ -56,7 +56,7 @@ from gateway.protocols.kubernetes import KubeFrontDoor
 from gateway.protocols.postgres import PostgresFrontDoor
 from gateway.protocols.ssh import HOST_KEY_FILE, SshFrontDoor, load_host_key
 from gateway.protocols.sshlog import quiet_banner_errors
-from gateway.reviews import ReviewService, Webhook
+from gateway.reviews import ReviewLinks, ReviewService, Webhook
 from gateway.sessions import SHUTDOWN_REASON, SessionBroker
 from gateway.store import AlreadyExists, Store
 from gateway.store.members import MemberRecord
@@ -331,7 +331,8 @@ class Gateway:
         self._tasks.spawn(
             broker.watch_revocations(cfg.identity.revocation_check_interval), name="revocations"
         )
-        self.reviews = self._reviews(store, auditor, policy)
+        public_host = public[0] if public[0] not in ("0.0.0.0", "::") else advertise_host
+        self.reviews = self._reviews(store, auditor, policy, host_port(public_host, public[1]))
         limiter = AuthLimiter(store, auditor, cfg.identity.rate_limit)
         self._tasks.spawn(limiter.run(), name="rate-limit pruning")
         app = build_app(
@@ -523,10 +524,13 @@ class Gateway:
         self.registry.elsewhere = self._forwarder.open
         return forwarding
 
-    def _reviews(self, store: Store, auditor: Auditor, policy: AccessPolicy) -> ReviewService:
-        """Approvals: the review service, with the webhook when one is configured."""
+    def _reviews(
+        self, store: Store, auditor: Auditor, policy: AccessPolicy, public: str
+    ) -> ReviewService:
+        """Approvals: the review service, with the webhook when one is configured (its
+        events link to the review's console page at `console.public_url`, or `public`)."""
         cfg = self.config.reviews
-        webhook = None
+        webhook = links = None
         if cfg.webhook is not None:
 
             async def undelivered(event: str, error: str) -> None:
@@ -539,8 +543,10 @@ class Gateway:
                 timeout=cfg.webhook.timeout,
                 on_failure=undelivered,
             )
+            base = self.config.console.public_url or f"https://{public}"
+            links = ReviewLinks(base, resolve_secret(cfg.webhook.secret))
         return ReviewService(
-            store, auditor, policy, webhook=webhook, poll_interval=cfg.poll_interval
+            store, auditor, policy, webhook=webhook, links=links, poll_interval=cfg.poll_interval
         )
 
     def _declare_agents(

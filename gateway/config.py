@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -356,6 +357,17 @@ class ConsoleConfig(BaseModel):
     # A console sign-in unused this long ends (seconds): a browser left open on a reviewer's
     # desk stops being a way in.
     idle_timeout: int = Field(default=1800, ge=60, le=86400)  # le: console/auth.py MAX_IDLE
+    # The address people's browsers reach the gateway at (https://HOST[:PORT]), for the
+    # review links the webhook sends to chat; default: https:// and the public listen address
+    # (the advertised host when it listens on all addresses).
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https://[^/?#\s]+/?", value):
+            raise ValueError(f"{value!r} is not an https://HOST[:PORT] address")
+        return value
 
 
 class GatewayConfig(BaseModel):

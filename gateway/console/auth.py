@@ -69,6 +69,21 @@ def clear_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE, path=PATH, secure=True, httponly=True, samesite="strict")
 
 
+_NEXT = re.compile(r"/console/[A-Za-z0-9._~/%-]*(\?[A-Za-z0-9._~=&%+-]*)?")
+HOME = "/console/reviews"  # where a sign-in lands without a `next`
+
+
+def safe_next(value: str | None) -> str | None:
+    """`value` when it is a path of this console (`/console/...`), else None: a `next` that
+    names another site, a scheme, `//host`, a backslash or `..` is ignored (no open redirect)."""
+    if not value or len(value) > 512 or not _NEXT.fullmatch(value):
+        return None
+    path = value.split("?", 1)[0]
+    if "//" in path or ".." in path or "%" in path:
+        return None
+    return value
+
+
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 

@@ -3,8 +3,11 @@
 GET  /console/operator                          live sessions with Terminate, gateway members
                                                 (live or gone, version, heartbeat), agents by
                                                 pool (connected, last heard of, version),
-                                                connections, users and service accounts
+                                                connections, users and service accounts,
+                                                exfiltration budgets' usage today
 POST /console/operator/sessions/{id}/terminate  (CSRF) `reason`: the API's Terminator
+POST /console/operator/keys/{id}/revoke         (CSRF) a service account's API key revoked:
+                                                IdentityService.revoke, as the API's
 GET  /console/policy[?a=N&b=M]                  policy versions; with a and b, their diff
 POST /console/policy/versions/{n}/rollback      (CSRF) PolicySource.rollback, as the API's
 GET  /console/sessions/{id}/export              the session's events and recordings as one
@@ -20,6 +23,7 @@ word for word.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import difflib
 import json
 import time
@@ -36,6 +40,7 @@ from gateway.api.terminate import STATUS
 from gateway.console.auth import Signed
 from gateway.console.render import HEADERS, page
 from gateway.fleet.terminate import MAX_REASON, TerminateRefused, Terminator
+from gateway.identity.credentials import IdentityError
 from gateway.policystore import PolicyDocumentError
 from gateway.store import chain, export
 from gateway.store.models import AuditEvent
@@ -86,6 +91,47 @@ def add_routes(
             return page("error.html", 403, title="Not for you", message=exc.detail, signed=signed)
         return None
 
+    async def budget_usage() -> list[dict[str, Any]]:
+        """Today's usage of each budget in force, per (user, connection), against its limits
+        (the store's totals, as `GET /v1/budgets/usage` reads them)."""
+        source = deps.policy_source
+        budgets = {b.name: b for b in source.policy.config.budgets} if source else {}
+        today = dt.datetime.now(dt.UTC).date()
+        rows = await deps.store.io.read(deps.store.policy.budget_usage, today)
+        out = []
+        for user, connection, name, used_rows, used_bytes in sorted(rows):
+            budget = budgets.get(name)
+            if budget is None:  # a budget no longer in the policy
+                continue
+            out.append(
+                {
+                    "budget": name,
+                    "user": user,
+                    "connection": connection,
+                    "rows": used_rows,
+                    "rows_limit": budget.rows_per_day,
+                    "bytes": used_bytes,
+                    "bytes_limit": budget.bytes_per_day,
+                }
+            )
+        return out
+
+    async def api_keys(users: list[Any]) -> list[dict[str, Any]]:
+        """Service accounts' API keys: id, label, scopes, dates and state; never the key (the
+        store holds only its hash anyway)."""
+        now = dt.datetime.now(dt.UTC)
+        out = []
+        for u in users:
+            if u.kind != "service":
+                continue
+            tokens = await deps.store.io.scan(deps.store.identity.list_tokens, u.name)
+            for tk in tokens:
+                if tk.kind != "api_key":
+                    continue
+                state = "revoked" if tk.revoked_at else "active" if tk.valid_at(now) else "expired"
+                out.append({"token": tk, "state": state})
+        return out
+
     async def operator_context(signed: Signed, ended: str | None = None) -> dict[str, Any]:
         agents = await deps.store.io.scan(deps.store.agents.list_all)
         now = time.monotonic()
@@ -108,12 +154,14 @@ def add_routes(
             counts[0] += r["state"] == "connected"
             counts[1] += 1
         recent = await deps.store.io.read(deps.store.sessions.list_all, limit=LIVE_SCAN)
+        users = await deps.store.io.scan(deps.store.identity.list_users)
         return {
             "signed": signed,
             "agents": rows,
             "pools": sorted(pools.items()),
             "members": await deps.store.io.scan(deps.store.members.list_all),
-            "users": await deps.store.io.scan(deps.store.identity.list_users),
+            "users": users,
+            "api_keys": await api_keys(users),
             "connections": await deps.store.io.scan(deps.store.connections.list_all),
             # One just ended (its end is written to the store a moment later) is shown no more.
             "live": [
@@ -122,6 +170,10 @@ def add_routes(
                 if s.ended_at is None and s.id != ended and not deps.broker.is_ending(s.id)
             ],
             "can_terminate": terminator is not None,
+            "budgets": await budget_usage(),
+            "budget_names": [b.name for b in deps.policy_source.policy.config.budgets]
+            if deps.policy_source
+            else [],
             "max_reason": MAX_REASON,
         }
 
@@ -153,6 +205,26 @@ def add_routes(
             except TerminateRefused as exc:
                 error, status = exc.message, STATUS[exc.kind]
         context = await operator_context(checked, ended)
+        return page("operator.html", status, **context, notice=notice, error=error)
+
+    async def revoke_key(request: Request) -> Response:
+        checked, _ = await posted(request)
+        if isinstance(checked, Response):
+            return checked
+        if (refused := not_admin(checked)) is not None:
+            return refused
+        key_id = request.path_params["key_id"]
+        notice = error = None
+        status = 200
+        if deps.identity is None:
+            error, status = "identity services are not configured", 404
+        else:
+            try:  # the API's call (`wardgate credentials revoke`): audited, sessions ended
+                done = await deps.identity.revoke(checked.identity, key_id)
+                notice = f"API key {key_id} revoked ({done['sessions_ended']} sessions ended)."
+            except IdentityError as exc:
+                error, status = exc.message, exc.status
+        context = await operator_context(checked)
         return page("operator.html", status, **context, notice=notice, error=error)
 
     async def policy_context(signed: Signed, a: str, b: str) -> tuple[int, dict[str, Any]]:
@@ -263,6 +335,7 @@ def add_routes(
     api.add_api_route(
         "/console/operator/sessions/{session_id}/terminate", terminate, methods=["POST"]
     )
+    api.add_api_route("/console/operator/keys/{key_id}/revoke", revoke_key, methods=["POST"])
     api.add_api_route("/console/policy", signed_in(policy_page), methods=["GET"])
     api.add_api_route("/console/policy/versions/{version}/rollback", rollback, methods=["POST"])
     api.add_api_route(

@@ -2,11 +2,14 @@
 
 GET  /                          303 to /console/
 GET  /console/                  the Reviewer page when signed in, else the sign-in page
-GET  /console/login             sign-in: local user, password, TOTP code
-POST /console/login             (same origin) a console session, cookie set
+GET  /console/login[?next=]     sign-in: local user, password, TOTP code
+POST /console/login             (same origin) a console session, cookie set; then to `next`
+                                when it is a /console/ path (auth.safe_next), else Reviewer
 POST /console/logout            (CSRF) the session revoked, its sign-in ended
 GET  /console/reviews           the Reviewer page: reviews waiting for the signed-in user
 GET  /console/reviews/list      its list (htmx polls it; 204 while nothing changed)
+GET  /console/reviews/{id}      one review in full, with the requester's recent activity
+                                (review.py); the webhook's link to it
 POST /console/reviews/{id}/vote (CSRF) `vote`=approve|deny, `reason`: ReviewService.vote
 GET  /console/admin             the Operator page's old address (a redirect)
 GET  /console/sessions[/...]    the Auditor pages (audit.py)
@@ -23,18 +26,20 @@ import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import ApiDeps, client_of
 from gateway.config import ConsoleConfig
-from gateway.console import audit, connections, oidc, operator
+from gateway.console import audit, connections, oidc, operator, review
 from gateway.console.auth import (
+    HOME,
     ConsoleSessions,
     Signed,
     clear_cookie,
+    safe_next,
     same_origin,
     set_cookie,
 )
@@ -51,6 +56,7 @@ CROSS_ORIGIN = (
 )
 MAX_FORM = 16 * 1024  # bytes: a sign-in or a vote with its reason
 POLL_SECONDS = 2
+CARD_ITEMS = 3  # the requester's latest statements shown on a review's card
 
 
 class _Form:
@@ -87,6 +93,11 @@ def to_login(request: Request) -> Response:
         response.headers.update(HEADERS)
         response.headers["HX-Redirect"] = "/console/login"
         return response
+    # A page opened signed out (a review link from chat) is where the sign-in returns to;
+    # the Reviewer page is where it lands anyway.
+    wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method == "GET" and wanted != HOME and safe_next(wanted):
+        return redirect("/console/login?" + urlencode({"next": wanted}))
     return redirect("/console/login")
 
 
@@ -147,8 +158,9 @@ def router(
 
     @api.get("/console/login")
     async def login_page(request: Request) -> Response:
+        wanted = safe_next(request.query_params.get("next"))
         if await signed_or_none(request) is not None:
-            return redirect("/console/reviews")
+            return redirect(wanted or HOME)
         return page(
             "login.html",
             local=_local_enabled(deps),
@@ -156,6 +168,7 @@ def router(
             error=None,
             user="",
             signed=None,
+            next=wanted,
         )
 
     @api.post("/console/login")
@@ -164,6 +177,7 @@ def router(
             return refused(request, 403, CROSS_ORIGIN)
         form = await _Form.read(request)
         user = form.get("user").strip()
+        wanted = safe_next(form.get("next"))  # anything else is ignored: no open redirect
         if deps.identity is None:
             raise HTTPException(404, "identity services are not configured")
         limiter = deps.limiter
@@ -181,9 +195,9 @@ def router(
                     client=client_of(request),
                 )
         except IdentityError as exc:
-            return _login_failed(deps, exc.status, exc.message, user)
+            return _login_failed(deps, exc.status, exc.message, user, wanted)
         except HTTPException as exc:  # 429 from the rate limits
-            return _login_failed(deps, exc.status_code, str(exc.detail), user)
+            return _login_failed(deps, exc.status_code, str(exc.detail), user, wanted)
         assert issued.login_id is not None  # a person's sign-in always has one
         cookie, session_id = await sessions.create(issued.user, issued.login_id)
         await deps.auditor.record(
@@ -193,7 +207,7 @@ def router(
             login=issued.login_id,
             client=client_of(request),
         )
-        response = redirect("/console/reviews")
+        response = redirect(wanted or HOME)
         set_cookie(response, cookie)
         return response
 
@@ -225,13 +239,31 @@ def router(
         return [r for r in found if r.requester != me], [r for r in found if r.requester == me]
 
     async def review_list(
-        signed: Signed, *, notice: str | None = None, error: str | None = None
+        signed: Signed,
+        *,
+        notice: str | None = None,
+        error: str | None = None,
+        seen: str | None = None,
     ) -> dict[str, Any]:
+        """The list's context; with `seen`, only the digest when it still matches (a poll
+        with nothing new reads no activity)."""
         others, mine = await waiting(signed)
+        digest = _digest(others + mine)
+        if seen == digest:
+            return {"digest": digest}
+        activity = {  # each card's glance at what the requester ran there lately
+            r.id: [
+                item
+                for found in await review.recent_activity(deps, r, sessions=3, per=CARD_ITEMS)
+                for item in found["done"]
+            ][:CARD_ITEMS]
+            for r in others
+        }
         return {
             "others": others,
             "mine": mine,
-            "digest": _digest(others + mine),
+            "activity": activity,
+            "digest": digest,
             "notice": notice,
             "error": error,
             "enabled": deps.reviews is not None,
@@ -243,8 +275,9 @@ def router(
         return page("reviews.html", signed=signed, **await review_list(signed))
 
     async def reviews_fragment(request: Request, signed: Signed) -> Response:
-        context = await review_list(signed)
-        if request.query_params.get("seen") == context["digest"]:
+        seen = request.query_params.get("seen")
+        context = await review_list(signed, seen=seen)
+        if seen == context["digest"]:
             response = Response(status_code=204)  # nothing changed: htmx leaves the page
             response.headers.update(HEADERS)
             return response
@@ -252,6 +285,7 @@ def router(
 
     api.add_api_route("/console/reviews", signed_in(reviews_page), methods=["GET"])
     api.add_api_route("/console/reviews/list", signed_in(reviews_fragment), methods=["GET"])
+    review.add_routes(api, deps, signed_in)  # after /list: `{review_id}` would take it
 
     @api.post("/console/reviews/{review_id}/vote")
     async def vote(review_id: str, request: Request) -> Response:
@@ -296,7 +330,9 @@ def _oidc_enabled(deps: ApiDeps) -> bool:
     return deps.identity is not None and deps.identity.oidc is not None
 
 
-def _login_failed(deps: ApiDeps, status: int, message: str, user: str) -> HTMLResponse:
+def _login_failed(
+    deps: ApiDeps, status: int, message: str, user: str, wanted: str | None
+) -> HTMLResponse:
     return page(
         "login.html",
         status,
@@ -305,6 +341,7 @@ def _login_failed(deps: ApiDeps, status: int, message: str, user: str) -> HTMLRe
         error=message,
         user=user,
         signed=None,
+        next=wanted,
     )
 
 

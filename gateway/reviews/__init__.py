@@ -16,11 +16,22 @@
 
 * ``service``: ``ReviewService`` (store, audit, waiting) and the JSON form of a review.
 * ``webhook``: signed POSTs of review events, retried in the background, never blocking.
+* ``links``: each event's `console_url`, the review's console page (with an HMAC `sig`).
 
 The decision logic (who may vote, what votes decide) is pure, in ``gateway.policy.approval``.
 """
 
+from gateway.reviews.links import ReviewLinks
 from gateway.reviews.service import ReviewError, ReviewService, outcome, review_json
 from gateway.reviews.webhook import Webhook, sign, verify
 
-__all__ = ["ReviewError", "ReviewService", "Webhook", "outcome", "review_json", "sign", "verify"]
+__all__ = [
+    "ReviewError",
+    "ReviewLinks",
+    "ReviewService",
+    "Webhook",
+    "outcome",
+    "review_json",
+    "sign",
+    "verify",
+]

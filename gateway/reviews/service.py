@@ -32,6 +32,7 @@ from gateway.policy.approval import (
     tally,
 )
 from gateway.policy.grants import AccessPolicy
+from gateway.reviews.links import ReviewLinks
 from gateway.reviews.webhook import Webhook
 from gateway.store import NotFound, ReviewRecord, Store, VoteRecord
 
@@ -119,6 +120,7 @@ class ReviewService:
         access: AccessPolicy | None = None,
         *,
         webhook: Webhook | None = None,
+        links: ReviewLinks | None = None,
         poll_interval: float = 1.0,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
@@ -126,6 +128,7 @@ class ReviewService:
         self._audit = auditor
         self._access = access or AccessPolicy()
         self._webhook = webhook
+        self.links = links  # the console page's address, sent with each webhook event
         self._poll = poll_interval
         self._clock = clock
         self._wake: dict[str, asyncio.Event] = {}
@@ -223,7 +226,10 @@ class ReviewService:
 
     def _announce(self, event: str, record: ReviewRecord) -> None:
         if self._webhook is not None:
-            self._webhook.send(event, {"review": review_json(record)})
+            payload: dict[str, Any] = {"review": review_json(record)}
+            if self.links is not None:
+                payload["console_url"] = self.links.url(record.id)
+            self._webhook.send(event, payload)
 
     # ---- reading ---------------------------------------------------------------------
 
