@@ -84,8 +84,12 @@ deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, O
 	    --no-install-recommends chromium; \
 	fi
 
-test: install  ## run the whole test suite (real PostgreSQL, real processes)
-	.venv/bin/python -m pytest -q
+# The e2e tests mostly wait on real processes, so they overlap well even on 2 cores. A module
+# whose tests share a module-scoped fixture stays on one worker (tests/conftest.py); TEST_WORKERS=0
+# runs the suite in this one process.
+TEST_WORKERS ?= 4
+test: install  ## run the whole test suite (real PostgreSQL, real processes), on TEST_WORKERS workers
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install  ## unit tests only (no end-to-end processes)
 	.venv/bin/python -m pytest -q -m 'not e2e'
