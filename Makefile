@@ -84,8 +84,13 @@ deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, O
 	    --no-install-recommends chromium; \
 	fi
 
-test: install  ## run the whole test suite (real PostgreSQL, real processes)
-	.venv/bin/python -m pytest -q
+# The e2e tests mostly wait on real processes, so they overlap well even on 2 cores. --dist
+# loadscope keeps a module on one worker: its module-scoped fixtures (a gateway, a cluster) start
+# once. (xdist_group does nothing under pytest 9: xdist 3.8 renames item._nodeid, which pytest 9
+# no longer reads.) TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 3
+test: install  ## run the whole test suite (real PostgreSQL, real processes), on TEST_WORKERS workers
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: install  ## unit tests only (no end-to-end processes)
 	.venv/bin/python -m pytest -q -m 'not e2e'

@@ -76,7 +76,10 @@ def test_two_hundred_concurrent_sessions_over_one_agent(
             c.sendall(payload[:10])
             got = b""
             while len(got) < 10:
-                got += c.recv(65536)
+                chunk = c.recv(65536)
+                # A closed session must fail here, not spin on b"" (200 threads at 100% CPU).
+                assert chunk, f"session {i} closed after {len(got)} of 10 echoed bytes"
+                got += chunk
             # Every session is open at the same time before any of them finishes.
             barrier.wait()
             c.sendall(payload[10:])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from tests.fixtures.wardgate import (
     Wardgate,
     _env,
     free_port,
+    free_ports,
     wait_for,
 )
 
@@ -46,15 +46,7 @@ SLOW = 60.0
 
 def free_port_pair() -> int:
     """A port P with P and P + 1 free (worker 1 takes agents on P + 1)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
+    return free_ports(2)
 
 
 @dataclass
