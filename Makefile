@@ -90,7 +90,8 @@ deps:  ## Debian packages the tests and benchmarks drive (PostgreSQL, pgbench, O
 # no longer reads.) TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 3
 test: install  ## run the whole test suite (real PostgreSQL, real processes), on TEST_WORKERS workers
-	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m 'not serial'
+	.venv/bin/python -m pytest -q -m serial
 
 test-fast: install  ## unit tests only (no end-to-end processes)
 	.venv/bin/python -m pytest -q -m 'not e2e'

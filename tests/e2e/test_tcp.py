@@ -59,6 +59,9 @@ def test_psql_in_plain_tcp_mode_through_the_tunnel(
     assert '"connection": "pg-tcp"' in sessions.stdout
 
 
+# Serial: 200 sessions opening at once on a machine the other workers keep busy saw 2-10
+# of them end before their echo (not seen alone); the capacity it shows is this machine's.
+@pytest.mark.serial
 def test_two_hundred_concurrent_sessions_over_one_agent(
     wardgate: Wardgate, echo_server: EchoServer
 ) -> None:
