@@ -317,7 +317,7 @@ def router(
     api.add_api_route("/console/admin", lambda: redirect("/console/operator"), methods=["GET"])
     oidc.add_routes(api, deps, sessions)
     audit.add_routes(api, deps, signed_in, recordings)
-    connections.add_routes(api, deps, signed_in)
+    connections.add_routes(api, deps, signed_in, posted)
     operator.add_routes(api, deps, signed_in, posted, terminator, recordings)
     return api
 
