@@ -168,6 +168,21 @@ def test_a_user_mints_a_credential_and_psql_connects_with_it(
         e for e in events.json() if e["kind"] == "credential.issued" and e["actor"] == "alice"
     ]
     assert any(e["data"].get("connection") == "pg-main" for e in issued), issued
+    assert token not in stack.gw.log(tail=100_000)  # never logged
+
+
+def test_a_credential_is_not_minted_without_the_csrf_token(stack: Stack, browser: Browser) -> None:
+    page = browser.new_page()
+    sign_in(page, stack, "alice")
+    page.goto(stack.gw.url + "/console/connections")
+    # The page's own origin and cookie, but no token: what a forged same-site request has.
+    status, body = page.evaluate(
+        "fetch('/console/connections/pg-main/credential', {method: 'POST', "
+        "body: new URLSearchParams({})}).then(async r => [r.status, await r.text()])"
+    )
+    assert status == 403
+    assert "missing or wrong CSRF token: reload the page and try again" in body
+    assert "wgt_" not in body
 
 
 def test_a_user_requests_access_and_sees_it_approved_live(stack: Stack, browser: Browser) -> None:
