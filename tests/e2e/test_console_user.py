@@ -123,6 +123,12 @@ def sign_in(page: Page, stack: Stack, user: str) -> None:
     page.wait_loaded()
 
 
+def click(page: Page, selector: str) -> None:
+    """A real click, on a button that may be below the fold (the page grows as it is used)."""
+    page.evaluate(f"document.querySelector({selector!r}).scrollIntoView({{block: 'center'}})")
+    page.click(selector)
+
+
 def psql(stack: Stack, line: str) -> subprocess.CompletedProcess[str]:
     """Run a psql command line copied from the page, with the gateway's CA saved beside it."""
     workdir = stack.tmp / "alice-desk"
@@ -147,7 +153,7 @@ def test_a_user_mints_a_credential_and_psql_connects_with_it(
     page = browser.new_page()
     sign_in(page, stack, "alice")
     page.goto(stack.gw.url + "/console/connections")
-    page.click("#mint-pg-main")
+    click(page, "#mint-pg-main")
     line = page.wait_text("#conninfo-pg-main", "password=")
     page.screenshot("console-user-credential")
     assert line.startswith('psql "host=127.0.0.1 ')
@@ -190,9 +196,15 @@ def test_a_user_requests_access_and_sees_it_approved_live(stack: Stack, browser:
     sign_in(page, stack, "alice")
     page.goto(stack.gw.url + "/console/connections")
     assert "#mint-pg-ops" not in page.evaluate("document.documentElement.outerHTML")
+    # Longer than the grant's terms allow: refused, and said in the page.
+    page.fill("#reason-pg-ops", "a long look")
+    page.fill("#minutes-pg-ops", "600")
+    click(page, "#request-pg-ops")
+    page.wait_text("#flash", "pg-ops: duration must be between 1 and 3600 seconds")
+    assert page.text("#my-requests").strip() == "You have no reviews or access requests."
     page.fill("#reason-pg-ops", "incident 42: read the job queue")
     page.fill("#minutes-pg-ops", "30")
-    page.click("#request-pg-ops")
+    click(page, "#request-pg-ops")
     page.wait_text("#flash", "waits for approval")
     mine = page.wait_text("#my-requests", "pending")
     found = REVIEW_ID.search(mine)
@@ -209,7 +221,7 @@ def test_a_user_requests_access_and_sees_it_approved_live(stack: Stack, browser:
     page.screenshot("console-user-request-approved")
     # The connection is now reachable: the page lists it with its commands and mints for it.
     page.goto(stack.gw.url + "/console/connections")
-    page.click("#mint-pg-ops")
+    click(page, "#mint-pg-ops")
     line = page.wait_text("#conninfo-pg-ops", "password=")
     ran = psql(stack, line)
     assert ran.returncode == 0, ran.stderr
