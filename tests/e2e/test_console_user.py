@@ -163,7 +163,10 @@ def test_a_user_mints_a_credential_and_psql_connects_with_it(
     ran = psql(stack, line)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "42"
-    # Shown once: the page, loaded again, does not hold it.
+    # Shown once: nothing keeps it in the browser, and the page, loaded again, does not hold it.
+    assert token not in page.evaluate(
+        "JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+    )
     page.goto(stack.gw.url + "/console/connections")
     assert token not in page.evaluate("document.documentElement.outerHTML")
     # Audited as the API audits it, without the secret.
