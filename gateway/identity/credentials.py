@@ -35,7 +35,7 @@ import httpx
 
 from gateway.audit import Auditor, Event
 from gateway.auth import API_KEY_PREFIX, REFRESH_PREFIX, TOKEN_PREFIX, Identity
-from gateway.config import IdentityConfig, OIDCConfig, WorkloadTrust, resolve_secret
+from gateway.config import ConfigError, IdentityConfig, OIDCConfig, WorkloadTrust, resolve_secret
 from gateway.crypto import SecretBox, SecretBoxError, hash_token, new_token
 from gateway.identity import claims as cl
 from gateway.identity import local
@@ -174,12 +174,16 @@ class IdentityService:
         self._http_clients: list[Any] = []
         if config.oidc is not None:
             if box is None:
-                raise ValueError(
-                    "identity.oidc needs secret_key: the IdP refresh token is stored sealed"
+                raise ConfigError(
+                    "identity.oidc needs secret_key (or WARDGATE_SECRET_KEY): the IdP's "
+                    "refresh tokens are stored sealed"
                 )
             self._oidc = self._oidc_client(config.oidc)
         if config.local_users and box is None:
-            raise ValueError("identity.local_users needs secret_key: TOTP secrets are sealed")
+            raise ConfigError(
+                "identity.local_users needs secret_key (or WARDGATE_SECRET_KEY): TOTP secrets "
+                "are stored sealed"
+            )
         self._workload = WorkloadTrusts(config.workload, self._http_client)
 
     def _oidc_client(self, cfg: OIDCConfig) -> OidcClient:

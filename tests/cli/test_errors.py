@@ -117,6 +117,19 @@ def test_typo_in_the_gateway_config_names_key_file_and_suggestion(tmp_path: Path
     assert f"{config}: identity.credentials.ttl: Input should be greater than 0" in err
 
 
+def test_local_users_without_a_secret_key_is_a_configuration_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    port, agents = free_port(), free_port()
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nagent_listen: 127.0.0.1:{agents}\n"
+        "identity:\n  local_users: true\n"
+    )
+    err = short_error(
+        wardgate("gateway", "--config", str(config), "--data-dir", str(tmp_path / "d")), 2
+    )
+    assert "identity.local_users needs secret_key (or WARDGATE_SECRET_KEY)" in err
+
+
 def test_bad_listen_flag_is_named(tmp_path: Path) -> None:
     err = short_error(wardgate("gateway", "--listen", "nowhere", "--data-dir", str(tmp_path)), 2)
     assert "--listen: address 'nowhere' is not HOST:PORT" in err
