@@ -233,8 +233,12 @@ def test_a_large_log_streams_with_bounded_memory(kube: KubeSetup, wardgate: Ward
     print(f"\n128 MiB of logs through the gateway: RSS growth MiB {growth}")
     for name, mib in growth.items():
         assert mib < 64, f"{name} RSS grew {mib} MiB while streaming {size >> 20} MiB"
-    # The volume is in the session log.
-    done = [e for e in kube.gw.audit("k8s.response") if e["data"]["bytes"] == size]
+
+    # The volume is in the session log (written after the last byte: waited for).
+    def responses() -> list[dict[str, Any]]:
+        return [e for e in kube.gw.audit("k8s.response") if e["data"]["bytes"] == size]
+
+    done = wait_for(responses, "the k8s.response event of the log's volume", timeout=10)
     assert len(done) == 1 and done[0]["data"]["status"] == 200
 
 
