@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def test_secret_data_is_masked(kube: KubeSetup) -> None:
     assert "czNjcjN0" not in out.stdout  # base64 of the value's start
     assert json.loads(out.stdout)["items"][0]["data"]["password"] == MASKED_B64
     # The session log counts what the agent masked.
-    masked = [e for e in kube.gw.audit("k8s.response") if e["data"].get("masked")]
+    masked = _responses(kube, lambda d: bool(d.get("masked")), count=2)
     assert len(masked) == 2 and all(e["data"]["masked"] == 1 for e in masked)
 
 
@@ -234,12 +235,22 @@ def test_a_large_log_streams_with_bounded_memory(kube: KubeSetup, wardgate: Ward
     for name, mib in growth.items():
         assert mib < 64, f"{name} RSS grew {mib} MiB while streaming {size >> 20} MiB"
 
-    # The volume is in the session log (written after the last byte: waited for).
-    def responses() -> list[dict[str, Any]]:
-        return [e for e in kube.gw.audit("k8s.response") if e["data"]["bytes"] == size]
-
-    done = wait_for(responses, "the k8s.response event of the log's volume", timeout=10)
+    # The volume is in the session log.
+    done = _responses(kube, lambda d: d["bytes"] == size)
     assert len(done) == 1 and done[0]["data"]["status"] == 200
+
+
+def _responses(
+    kube: KubeSetup, where: Callable[[dict[str, Any]], bool], count: int = 1
+) -> list[dict[str, Any]]:
+    """The k8s.response events whose data match `where`, once `count` of them are in the log:
+    a response is recorded after its client has it, so a test waits for its event."""
+
+    def found() -> list[dict[str, Any]] | None:
+        events = [e for e in kube.gw.audit("k8s.response") if where(e["data"])]
+        return events if len(events) >= count else None
+
+    return list(wait_for(found, f"{count} k8s.response event(s)"))
 
 
 def _rss(pid: int) -> int:
@@ -406,9 +417,8 @@ def test_python_client_and_audit(kube: KubeSetup, monkeypatch: pytest.MonkeyPatc
     assert ("delete", "pods", "deny") in verbs
     assert ("create", "pods", "allow") in verbs  # exec
     assert all(e["actor"] == "admin" for e in requests)
-    responses = kube.gw.audit("k8s.response")
-    assert any(e["data"]["status"] == 200 and e["data"]["bytes"] > 0 for e in responses)
-    assert any(e["data"]["status"] == 403 for e in responses)
+    assert _responses(kube, lambda d: d["status"] == 200 and d["bytes"] > 0)
+    assert _responses(kube, lambda d: d["status"] == 403)
 
 
 # ---- writes: apply, create, patch ------------------------------------------------------
@@ -523,8 +533,7 @@ def test_patch_strategic_merge_json_and_denied_in_prod(kube: KubeSetup) -> None:
     }
     assert ("patch", "default", "allow") in decisions
     assert ("patch", "prod", "deny") in decisions
-    responses = kube.gw.audit("k8s.response")
-    assert any(e["data"]["status"] == 403 for e in responses)
+    assert _responses(kube, lambda d: d["status"] == 403)
 
 
 # ---- port-forward: SPDY/3.1 inside a WebSocket ---------------------------------------
@@ -589,8 +598,8 @@ def test_exec_over_a_plain_spdy_upgrade(kube: KubeSetup) -> None:
         (["echo", "over", "spdy"], "allow"),
         (["sh", "-c", "exit 4"], "allow"),
     ]
-    ends = [e["data"] for e in kube.gw.audit("k8s.response")]
-    assert [e["status"] for e in ends if e["status"] == 101] == [101, 101]
+    ends = _responses(kube, lambda d: d["status"] == 101, count=2)
+    assert [e["data"]["status"] for e in ends] == [101, 101]
     # The policy holds on this path too: a Status 403 names the rule, nothing reaches the pod.
     out = kube.kubectl("exec", "api-1", "-n", "prod", "--", "echo", "hi")
     assert out.returncode != 0
